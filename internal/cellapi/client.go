@@ -1,0 +1,171 @@
+package cellapi
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"crypto/tls"
+	"encoding/json"
+	"fmt"
+	"io"
+	"net/http"
+	"net/url"
+	"strings"
+	"time"
+)
+
+// Client implements Agent over HTTPS with mutual TLS.
+type Client struct {
+	base string
+	hc   *http.Client
+}
+
+var _ Agent = (*Client)(nil)
+
+// NewClient returns a client for the agent at baseURL (https://host:port). tlsConfig is
+// normally pki.ClientTLS(ca, cert, key, cellID): it presents kip's client certificate and
+// checks that the agent's certificate names the cell kip launched.
+func NewClient(baseURL string, tlsConfig *tls.Config) *Client {
+	tr := &http.Transport{
+		TLSClientConfig:     tlsConfig,
+		ForceAttemptHTTP2:   true,
+		MaxIdleConnsPerHost: 4,
+		IdleConnTimeout:     90 * time.Second,
+		TLSHandshakeTimeout: 10 * time.Second,
+	}
+	return &Client{base: strings.TrimRight(baseURL, "/"), hc: &http.Client{Transport: tr}}
+}
+
+// Close drops idle connections.
+func (c *Client) Close() { c.hc.CloseIdleConnections() }
+
+// PutPod implements Agent.
+func (c *Client) PutPod(ctx context.Context, req *PodRequest) (*PodStatus, error) {
+	body, err := json.Marshal(req)
+	if err != nil {
+		return nil, fmt.Errorf("encoding pod request: %w", err)
+	}
+	var st PodStatus
+	if err := c.doJSON(ctx, http.MethodPut, PodPath, bytes.NewReader(body), &st); err != nil {
+		return nil, fmt.Errorf("putting pod: %w", err)
+	}
+	return &st, nil
+}
+
+// GetPod implements Agent.
+func (c *Client) GetPod(ctx context.Context) (*PodStatus, error) {
+	var st PodStatus
+	if err := c.doJSON(ctx, http.MethodGet, PodPath, nil, &st); err != nil {
+		return nil, fmt.Errorf("getting pod: %w", err)
+	}
+	return &st, nil
+}
+
+// DeletePod implements Agent.
+func (c *Client) DeletePod(ctx context.Context, grace time.Duration) error {
+	q := url.Values{"grace": {grace.String()}}
+	if err := c.doJSON(ctx, http.MethodDelete, PodPath+"?"+q.Encode(), nil, nil); err != nil {
+		return fmt.Errorf("deleting pod: %w", err)
+	}
+	return nil
+}
+
+// WatchPod implements Agent. The channel closes when ctx ends or the stream breaks.
+func (c *Client) WatchPod(ctx context.Context) (<-chan *PodStatus, error) {
+	resp, err := c.do(ctx, http.MethodGet, WatchPath, nil)
+	if err != nil {
+		return nil, fmt.Errorf("watching pod: %w", err)
+	}
+	ch := make(chan *PodStatus)
+	go func() {
+		defer close(ch)
+		defer resp.Body.Close()
+		sc := bufio.NewScanner(resp.Body)
+		sc.Buffer(make([]byte, 64<<10), MaxRequestBytes)
+		for sc.Scan() {
+			var st PodStatus
+			if err := json.Unmarshal(sc.Bytes(), &st); err != nil {
+				return
+			}
+			select {
+			case ch <- &st:
+			case <-ctx.Done():
+				return
+			}
+		}
+	}()
+	return ch, nil
+}
+
+// Logs implements Agent.
+func (c *Client) Logs(ctx context.Context, container string, opts LogOptions) (io.ReadCloser, error) {
+	path := LogsPath + url.PathEscape(container) + "?" + EncodeLogOptions(opts).Encode()
+	resp, err := c.do(ctx, http.MethodGet, path, nil)
+	if err != nil {
+		return nil, fmt.Errorf("reading logs of container %s: %w", container, err)
+	}
+	return resp.Body, nil
+}
+
+// Stats implements Agent.
+func (c *Client) Stats(ctx context.Context) (*Stats, error) {
+	var s Stats
+	if err := c.doJSON(ctx, http.MethodGet, StatsPath, nil, &s); err != nil {
+		return nil, fmt.Errorf("reading stats: %w", err)
+	}
+	return &s, nil
+}
+
+// Health implements Agent.
+func (c *Client) Health(ctx context.Context) (*Health, error) {
+	var h Health
+	if err := c.doJSON(ctx, http.MethodGet, HealthPath, nil, &h); err != nil {
+		return nil, fmt.Errorf("checking health: %w", err)
+	}
+	return &h, nil
+}
+
+func (c *Client) doJSON(ctx context.Context, method, path string, body io.Reader, out any) error {
+	resp, err := c.do(ctx, method, path, body)
+	if err != nil {
+		return err
+	}
+	defer resp.Body.Close()
+	if out == nil {
+		_, _ = io.Copy(io.Discard, resp.Body)
+		return nil
+	}
+	if err := json.NewDecoder(resp.Body).Decode(out); err != nil {
+		return fmt.Errorf("decoding response: %w", err)
+	}
+	return nil
+}
+
+// do sends a request and turns a non-2xx answer into an *Error.
+func (c *Client) do(ctx context.Context, method, path string, body io.Reader) (*http.Response, error) {
+	req, err := http.NewRequestWithContext(ctx, method, c.base+path, body)
+	if err != nil {
+		return nil, err
+	}
+	if body != nil {
+		req.Header.Set("Content-Type", "application/json")
+	}
+	resp, err := c.hc.Do(req)
+	if err != nil {
+		return nil, err
+	}
+	if resp.StatusCode/100 == 2 {
+		return resp, nil
+	}
+	defer resp.Body.Close()
+	raw, _ := io.ReadAll(io.LimitReader(resp.Body, 64<<10))
+	var e Error
+	if json.Unmarshal(raw, &e) != nil || e.Message == "" {
+		e.Message = strings.TrimSpace(string(raw))
+		if e.Message == "" {
+			e.Message = resp.Status
+		}
+	}
+	e.Kind = ErrorKind(resp.StatusCode)
+	return nil, &e
+}
