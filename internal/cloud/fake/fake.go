@@ -1,0 +1,303 @@
+// Package fake is an in-memory cloud.Cloud for unit tests of the packages that use a cloud:
+// it keeps instances in a map, logs every call, lets a test inject the error the next call of a
+// method returns, and can be Reset. It passes the cloudtest conformance suite.
+package fake
+
+import (
+	"context"
+	"fmt"
+	"maps"
+	"slices"
+	"sync"
+
+	"k8s.io/utils/clock"
+
+	"github.com/kip-dev/kip/internal/cloud"
+	"github.com/kip-dev/kip/internal/instancetype"
+)
+
+// Method names accepted by InjectError and recorded in Call.Method.
+const (
+	MethodInstanceTypes = "InstanceTypes"
+	MethodLaunch        = "Launch"
+	MethodDescribe      = "Describe"
+	MethodList          = "List"
+	MethodTerminate     = "Terminate"
+)
+
+// Zone is the zone the fake's instances are placed in unless the spec names one.
+const Zone = "fake-1a"
+
+// Call is one recorded call. Arg is the LaunchSpec for Launch, the id for Describe and
+// Terminate, the tag filter for List and nil for InstanceTypes.
+type Call struct {
+	Method string
+	Arg    any
+	Err    error
+}
+
+// Fake is an in-memory cloud. The zero value is not usable; call New.
+type Fake struct {
+	clock   clock.Clock
+	catalog []instancetype.InstanceType
+
+	mu        sync.Mutex
+	instances map[string]*cloud.Instance
+	tokens    map[string]string // client token → instance id
+	calls     []Call
+	injected  map[string][]error
+	nextID    int
+}
+
+var _ cloud.Cloud = (*Fake)(nil)
+
+// Option configures a Fake.
+type Option func(*Fake)
+
+// WithClock sets the clock used for launch times.
+func WithClock(c clock.Clock) Option { return func(f *Fake) { f.clock = c } }
+
+// WithCatalog replaces the built-in catalog.
+func WithCatalog(types []instancetype.InstanceType) Option {
+	return func(f *Fake) { f.catalog = slices.Clone(types) }
+}
+
+// New returns an empty fake cloud with a small built-in catalog (see Catalog).
+func New(opts ...Option) *Fake {
+	f := &Fake{clock: clock.RealClock{}, catalog: Catalog()}
+	for _, o := range opts {
+		o(f)
+	}
+	f.Reset()
+	return f
+}
+
+// Catalog returns the fake's built-in instance types: three on-demand/spot sizes in Zone.
+func Catalog() []instancetype.InstanceType {
+	mk := func(name string, vcpu float64, mem int64, price float64) instancetype.InstanceType {
+		return instancetype.InstanceType{
+			Name: name, Arch: "amd64", VCPU: vcpu, MemoryMiB: mem,
+			Offerings: []instancetype.Offering{
+				{Zone: Zone, Price: price, Available: true},
+				{Zone: Zone, Spot: true, Price: price / 3, Available: true},
+			},
+		}
+	}
+	return []instancetype.InstanceType{
+		mk("fake.small", 1, 1024, 0.01),
+		mk("fake.medium", 2, 4096, 0.04),
+		mk("fake.large", 4, 16384, 0.16),
+	}
+}
+
+// Reset forgets every instance, token, logged call and injected error.
+func (f *Fake) Reset() {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.instances = map[string]*cloud.Instance{}
+	f.tokens = map[string]string{}
+	f.calls = nil
+	f.injected = map[string][]error{}
+	f.nextID = 0
+}
+
+// InjectError makes the next call of method (one of the Method constants) return err instead
+// of doing anything. Several injections for one method are returned in order.
+func (f *Fake) InjectError(method string, err error) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.injected[method] = append(f.injected[method], err)
+}
+
+// Calls returns a copy of the call log.
+func (f *Fake) Calls() []Call {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return slices.Clone(f.calls)
+}
+
+// CallCount returns how many times method was called.
+func (f *Fake) CallCount(method string) int {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	n := 0
+	for _, c := range f.calls {
+		if c.Method == method {
+			n++
+		}
+	}
+	return n
+}
+
+// SetState changes an instance's state behind kip's back, as a cloud would when an instance
+// is stopped, preempted or fails. Setting StateTerminated removes it from List.
+func (f *Fake) SetState(id string, s cloud.State) error {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	in, ok := f.instances[id]
+	if !ok {
+		return cloud.NotFound("instance %s", id)
+	}
+	in.State = s
+	return nil
+}
+
+// Instances returns copies of every instance the fake holds, terminated ones included.
+func (f *Fake) Instances() []*cloud.Instance {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	out := make([]*cloud.Instance, 0, len(f.instances))
+	for _, id := range slices.Sorted(maps.Keys(f.instances)) {
+		out = append(out, clone(f.instances[id]))
+	}
+	return out
+}
+
+// Name implements cloud.Cloud.
+func (f *Fake) Name() string { return "fake" }
+
+// begin logs a call and returns the injected error for it, if any. f.mu must be held.
+func (f *Fake) begin(method string, arg any) error {
+	var err error
+	if q := f.injected[method]; len(q) > 0 {
+		err, f.injected[method] = q[0], q[1:]
+	}
+	f.calls = append(f.calls, Call{Method: method, Arg: arg, Err: err})
+	return err
+}
+
+// InstanceTypes implements cloud.Cloud.
+func (f *Fake) InstanceTypes(ctx context.Context) ([]instancetype.InstanceType, error) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if err := f.begin(MethodInstanceTypes, nil); err != nil {
+		return nil, err
+	}
+	out := slices.Clone(f.catalog)
+	for i := range out {
+		out[i].Offerings = slices.Clone(out[i].Offerings)
+	}
+	return out, nil
+}
+
+// Launch implements cloud.Cloud. Instances start in StateRunning with an address in
+// 10.0.0.0/8.
+func (f *Fake) Launch(ctx context.Context, spec cloud.LaunchSpec) (*cloud.Instance, error) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if err := f.begin(MethodLaunch, cloneSpec(spec)); err != nil {
+		return nil, err
+	}
+	if err := ctx.Err(); err != nil {
+		return nil, fmt.Errorf("launching cell %s: %w", spec.CellID, err)
+	}
+	if spec.ClientToken != "" {
+		if id, ok := f.tokens[spec.ClientToken]; ok {
+			return clone(f.instances[id]), nil
+		}
+	}
+	if spec.CellID == "" {
+		return nil, cloud.InvalidSpec("launch spec: field CellID is empty")
+	}
+	idx := slices.IndexFunc(f.catalog, func(it instancetype.InstanceType) bool { return it.Name == spec.InstanceType })
+	if idx < 0 {
+		return nil, cloud.InvalidSpec("launch spec: field InstanceType: unknown instance type %q", spec.InstanceType)
+	}
+	zone := spec.Zone
+	if zone == "" {
+		zone = Zone
+	}
+	f.nextID++
+	n := f.nextID
+	in := &cloud.Instance{
+		ID:           fmt.Sprintf("fake-%08x", n),
+		CellID:       spec.CellID,
+		InstanceType: spec.InstanceType,
+		Spot:         spec.Spot,
+		Zone:         zone,
+		State:        cloud.StateRunning,
+		PrivateIP:    fmt.Sprintf("10.%d.%d.%d", (n>>16)&0xff, (n>>8)&0xff, n&0xff),
+		Tags:         maps.Clone(spec.Tags),
+		LaunchTime:   f.clock.Now(),
+	}
+	if in.Tags == nil {
+		in.Tags = map[string]string{}
+	}
+	f.instances[in.ID] = in
+	if spec.ClientToken != "" {
+		f.tokens[spec.ClientToken] = in.ID
+	}
+	return clone(in), nil
+}
+
+// Describe implements cloud.Cloud. Like EC2, it keeps describing terminated instances with
+// StateTerminated (until Reset); unknown ids give NotFound.
+func (f *Fake) Describe(ctx context.Context, id string) (*cloud.Instance, error) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if err := f.begin(MethodDescribe, id); err != nil {
+		return nil, err
+	}
+	in, ok := f.instances[id]
+	if !ok {
+		return nil, cloud.NotFound("describing instance %s", id)
+	}
+	return clone(in), nil
+}
+
+// List implements cloud.Cloud.
+func (f *Fake) List(ctx context.Context, tags map[string]string) ([]*cloud.Instance, error) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if err := f.begin(MethodList, maps.Clone(tags)); err != nil {
+		return nil, err
+	}
+	var out []*cloud.Instance
+	for _, id := range slices.Sorted(maps.Keys(f.instances)) {
+		in := f.instances[id]
+		if in.State == cloud.StateTerminated || !matches(in.Tags, tags) {
+			continue
+		}
+		out = append(out, clone(in))
+	}
+	return out, nil
+}
+
+// Terminate implements cloud.Cloud. Like EC2, the instance stays describable with
+// StateTerminated, terminating it again succeeds, and its client token stays spent (a Launch
+// with it returns the terminated instance). Unknown ids give NotFound.
+func (f *Fake) Terminate(ctx context.Context, id string) error {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if err := f.begin(MethodTerminate, id); err != nil {
+		return err
+	}
+	in, ok := f.instances[id]
+	if !ok {
+		return cloud.NotFound("terminating instance %s", id)
+	}
+	in.State = cloud.StateTerminated
+	return nil
+}
+
+func matches(have, want map[string]string) bool {
+	for k, v := range want {
+		if got, ok := have[k]; !ok || got != v {
+			return false
+		}
+	}
+	return true
+}
+
+func clone(in *cloud.Instance) *cloud.Instance {
+	out := *in
+	out.Tags = maps.Clone(in.Tags)
+	return &out
+}
+
+func cloneSpec(s cloud.LaunchSpec) cloud.LaunchSpec {
+	s.Tags = maps.Clone(s.Tags)
+	s.BootstrapData = slices.Clone(s.BootstrapData)
+	s.SecurityGroups = slices.Clone(s.SecurityGroups)
+	return s
+}
