@@ -1,0 +1,160 @@
+package config
+
+import (
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	corev1 "k8s.io/api/core/v1"
+	"sigs.k8s.io/yaml"
+)
+
+func TestValidFiles(t *testing.T) {
+	tests := []struct {
+		file  string
+		check func(t *testing.T, c *ProviderConfig)
+	}{
+		{"valid-minimal.yaml", func(t *testing.T, c *ProviderConfig) {
+			eq(t, "cloud.provider", c.Cloud.Provider, ProviderLocal)
+			eq(t, "cloud.local.bridge", c.Cloud.Local.Bridge, DefaultBridge)
+			eq(t, "cloud.local.subnet", c.Cloud.Local.Subnet, DefaultSubnet)
+			eq(t, "node.name", c.Node.Name, "kip")
+			eq(t, "node.internalIP", c.Node.InternalIP, "10.250.0.1")
+			eq(t, "node.kubeletPort", c.Node.KubeletPort, 10250)
+			eq(t, "node.taints", len(c.Node.Taints), 1)
+			eq(t, "node.taints[0]", c.Node.Taints[0], corev1.Taint{Key: "virtual-kubelet.io/provider", Value: "kip", Effect: corev1.TaintEffectNoSchedule})
+			eq(t, "node.capacity.pods", c.Node.Capacity.Pods.String(), "110")
+			eq(t, "cells.healthyTimeout", c.Cells.HealthyTimeout.Duration, 90*time.Second)
+			eq(t, "cells.capacityErrorMemory", c.Cells.CapacityErrorMemory.Duration, 3*time.Minute)
+			eq(t, "cells.launchConcurrency", c.Cells.LaunchConcurrency, 10)
+			eq(t, "cells.clusterName", c.Cells.ClusterName, "kip")
+			eq(t, "cells.reserve.memory", c.Cells.Reserve.Memory.String(), "64Mi")
+		}},
+		{"valid-local-full.yaml", func(t *testing.T, c *ProviderConfig) {
+			eq(t, "node.internalIP", c.Node.InternalIP, "10.250.7.1")
+			eq(t, "node.taints", len(c.Node.Taints), 0)
+			eq(t, "node.capacity.cpu", c.Node.Capacity.CPU.String(), "8")
+			eq(t, "node.capacity.gpu", c.Node.Capacity.GPU.Value(), int64(1))
+			eq(t, "node.kubeletPort", c.Node.KubeletPort, 10251)
+			eq(t, "cells.healthyTimeout", c.Cells.HealthyTimeout.Duration, 2*time.Minute)
+			eq(t, "cells.reserve.cpu", c.Cells.Reserve.CPU.MilliValue(), int64(50))
+			eq(t, "cells.launchConcurrency", c.Cells.LaunchConcurrency, 4)
+			eq(t, "registry.insecure", len(c.Registry.Insecure), 2)
+		}},
+		{"valid-aws.yaml", func(t *testing.T, c *ProviderConfig) {
+			eq(t, "cloud.provider", c.Cloud.Provider, ProviderAWS)
+			eq(t, "cloud.aws.region", c.Cloud.AWS.Region, "us-east-1")
+			eq(t, "cloud.local.bridge", c.Cloud.Local.Bridge, "")
+			eq(t, "node.internalIP", c.Node.InternalIP, "172.31.0.10")
+		}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.file, func(t *testing.T) {
+			c, err := Load(filepath.Join("testdata", tt.file))
+			if err != nil {
+				t.Fatalf("Load: %v", err)
+			}
+			tt.check(t, c)
+		})
+	}
+}
+
+// TestInvalidFiles checks that each invalid file fails and that the error names every bad
+// field.
+func TestInvalidFiles(t *testing.T) {
+	tests := []struct {
+		file string
+		want []string
+	}{
+		{"invalid-unknown-field.yaml", []string{`unknown field "healthyTimout"`}},
+		{"invalid-version.yaml", []string{"apiVersion"}},
+		{"invalid-provider.yaml", []string{"cloud.provider", `"gcp"`}},
+		{"invalid-duration.yaml", []string{"cells.healthyTimeout", "ninety"}},
+		{"invalid-quantity.yaml", []string{"node.capacity.memory", "lots"}},
+		{"invalid-loopback-ip.yaml", []string{"node.internalIP", "loopback"}},
+		{"invalid-taint-effect.yaml", []string{"node.taints[0].effect", "Sometimes"}},
+		{"invalid-aws-missing.yaml", []string{"cloud.aws.region", "cloud.aws.subnetID"}},
+		{"invalid-wrong-type.yaml", []string{"kubeletPort"}},
+		{"invalid-tls-half.yaml", []string{"node.tls"}},
+		{"invalid-duplicate.yaml", []string{`"name"`}},
+		{"invalid-many.yaml", []string{
+			"cloud.local.bridge", "cloud.local.subnet", "node.kubeletPort",
+			"cells.launchConcurrency", "cells.clusterName", "registry.insecure[0]",
+		}},
+	}
+	seen := map[string]bool{}
+	for _, tt := range tests {
+		seen[tt.file] = true
+		t.Run(tt.file, func(t *testing.T) {
+			_, err := Load(filepath.Join("testdata", tt.file))
+			if err == nil {
+				t.Fatal("Load succeeded, want an error")
+			}
+			for _, w := range tt.want {
+				if !strings.Contains(err.Error(), w) {
+					t.Errorf("error %q does not mention %q", err, w)
+				}
+			}
+		})
+	}
+	// Every invalid-*.yaml in testdata must have a row above.
+	files, _ := filepath.Glob(filepath.Join("testdata", "invalid-*.yaml"))
+	for _, f := range files {
+		if !seen[filepath.Base(f)] {
+			t.Errorf("%s has no test row", f)
+		}
+	}
+}
+
+func TestLoadMissingFile(t *testing.T) {
+	if _, err := Load(filepath.Join(t.TempDir(), "nope.yaml")); err == nil || !strings.Contains(err.Error(), "nope.yaml") {
+		t.Fatalf("Load of a missing file: %v", err)
+	}
+}
+
+// TestRoundTrip writes the defaulted config back out and loads it again unchanged.
+func TestRoundTrip(t *testing.T) {
+	c := NewDefault()
+	if err := c.Validate(); err != nil {
+		t.Fatalf("defaults do not validate: %v", err)
+	}
+	out, err := yaml.Marshal(c)
+	if err != nil {
+		t.Fatal(err)
+	}
+	path := filepath.Join(t.TempDir(), "c.yaml")
+	if err := os.WriteFile(path, out, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	c2, err := Load(path)
+	if err != nil {
+		t.Fatalf("reloading %s: %v", out, err)
+	}
+	eq(t, "healthyTimeout", c2.Cells.HealthyTimeout.Duration, c.Cells.HealthyTimeout.Duration)
+	eq(t, "memory", c2.Node.Capacity.Memory.String(), c.Node.Capacity.Memory.String())
+	eq(t, "taints", len(c2.Node.Taints), 1)
+}
+
+func TestBridgeIP(t *testing.T) {
+	for in, want := range map[string]string{
+		"10.250.0.0/24":  "10.250.0.1",
+		"10.250.7.9/24":  "10.250.7.1",
+		"10.0.0.0/8":     "10.0.0.1",
+		"fd00::/64":      "",
+		"not-a-cidr":     "",
+		"10.250.0.0/240": "",
+	} {
+		if got := BridgeIP(in); got != want {
+			t.Errorf("BridgeIP(%q) = %q, want %q", in, got, want)
+		}
+	}
+}
+
+func eq[T comparable](t *testing.T, what string, got, want T) {
+	t.Helper()
+	if got != want {
+		t.Errorf("%s = %v, want %v", what, got, want)
+	}
+}

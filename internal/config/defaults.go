@@ -1,0 +1,97 @@
+package config
+
+import (
+	"net/netip"
+	"time"
+
+	corev1 "k8s.io/api/core/v1"
+)
+
+// Defaults, exported so callers and docs can name them.
+const (
+	DefaultNodeName            = "kip"
+	DefaultKubeletPort         = 10250
+	DefaultBridge              = "kip0"
+	DefaultSubnet              = "10.250.0.0/24"
+	DefaultStateDir            = "/var/lib/kip"
+	DefaultClusterName         = "kip"
+	DefaultHealthyTimeout      = 90 * time.Second
+	DefaultStatusInterval      = 10 * time.Second
+	DefaultCapacityErrorMemory = 3 * time.Minute
+	DefaultLaunchConcurrency   = 10
+	// TaintKey is the default taint's key; its value is "kip", its effect NoSchedule.
+	TaintKey = "virtual-kubelet.io/provider"
+)
+
+// Default fills every unset field with its default. It never overwrites a set value, so it
+// is safe to call more than once.
+func (c *ProviderConfig) Default() {
+	if c.Cloud.Provider == "" {
+		c.Cloud.Provider = ProviderLocal
+	}
+	if c.Cloud.Provider == ProviderLocal {
+		l := &c.Cloud.Local
+		if l.Bridge == "" {
+			l.Bridge = DefaultBridge
+		}
+		if l.Subnet == "" {
+			l.Subnet = DefaultSubnet
+		}
+		if l.StateDir == "" {
+			l.StateDir = DefaultStateDir
+		}
+	}
+
+	n := &c.Node
+	if n.Name == "" {
+		n.Name = DefaultNodeName
+	}
+	if n.Taints == nil {
+		n.Taints = []corev1.Taint{{Key: TaintKey, Value: "kip", Effect: corev1.TaintEffectNoSchedule}}
+	}
+	defaultQuantity(&n.Capacity.CPU, "20")
+	defaultQuantity(&n.Capacity.Memory, "100Gi")
+	defaultQuantity(&n.Capacity.Pods, "110")
+	defaultQuantity(&n.Capacity.GPU, "0")
+	if n.InternalIP == "" && c.Cloud.Provider == ProviderLocal {
+		n.InternalIP = BridgeIP(c.Cloud.Local.Subnet)
+	}
+	if n.KubeletPort == 0 {
+		n.KubeletPort = DefaultKubeletPort
+	}
+
+	cl := &c.Cells
+	defaultQuantity(&cl.Reserve.CPU, "100m")
+	defaultQuantity(&cl.Reserve.Memory, "64Mi")
+	defaultDuration(&cl.HealthyTimeout, DefaultHealthyTimeout)
+	defaultDuration(&cl.StatusInterval, DefaultStatusInterval)
+	defaultDuration(&cl.CapacityErrorMemory, DefaultCapacityErrorMemory)
+	if cl.LaunchConcurrency == 0 {
+		cl.LaunchConcurrency = DefaultLaunchConcurrency
+	}
+	if cl.ClusterName == "" {
+		cl.ClusterName = DefaultClusterName
+	}
+}
+
+// BridgeIP returns the first host address of an IPv4 subnet ("10.250.0.0/24" →
+// "10.250.0.1"), or "" when subnet is not a valid IPv4 CIDR.
+func BridgeIP(subnet string) string {
+	p, err := netip.ParsePrefix(subnet)
+	if err != nil || !p.Addr().Is4() {
+		return ""
+	}
+	return p.Masked().Addr().Next().String()
+}
+
+func defaultQuantity(q *Quantity, v string) {
+	if !q.set {
+		*q = NewQuantity(v)
+	}
+}
+
+func defaultDuration(d *Duration, v time.Duration) {
+	if !d.set {
+		*d = NewDuration(v)
+	}
+}

@@ -1,0 +1,202 @@
+package config
+
+import (
+	"net"
+	"net/netip"
+	"path/filepath"
+	"strconv"
+	"strings"
+
+	corev1 "k8s.io/api/core/v1"
+	"k8s.io/apimachinery/pkg/util/validation"
+	"k8s.io/apimachinery/pkg/util/validation/field"
+)
+
+// Validate checks the whole configuration and returns every problem at once, each naming
+// its field path (for example "cells.healthyTimeout"). Call Default first.
+func (c *ProviderConfig) Validate() error {
+	var errs field.ErrorList
+	if c.APIVersion != APIVersion {
+		errs = append(errs, field.Invalid(field.NewPath("apiVersion"), c.APIVersion, "must be "+APIVersion))
+	}
+	if c.Kind != Kind {
+		errs = append(errs, field.Invalid(field.NewPath("kind"), c.Kind, "must be "+Kind))
+	}
+	errs = append(errs, c.Cloud.validate(field.NewPath("cloud"))...)
+	errs = append(errs, c.Node.validate(field.NewPath("node"), c.Cloud.Provider)...)
+	errs = append(errs, c.Cells.validate(field.NewPath("cells"))...)
+	errs = append(errs, c.Registry.validate(field.NewPath("registry"))...)
+	return errs.ToAggregate()
+}
+
+func (c *Cloud) validate(p *field.Path) field.ErrorList {
+	var errs field.ErrorList
+	switch c.Provider {
+	case ProviderLocal:
+		lp := p.Child("local")
+		l := c.Local
+		if l.Bridge == "" || len(l.Bridge) > 15 || strings.ContainsAny(l.Bridge, "/ \t") {
+			errs = append(errs, field.Invalid(lp.Child("bridge"), l.Bridge, "must be a Linux interface name of 1 to 15 characters"))
+		}
+		if pfx, err := netip.ParsePrefix(l.Subnet); err != nil || !pfx.Addr().Is4() || pfx.Bits() > 30 {
+			errs = append(errs, field.Invalid(lp.Child("subnet"), l.Subnet, "must be an IPv4 CIDR of /30 or larger, like 10.250.0.0/24"))
+		}
+		if !filepath.IsAbs(l.StateDir) {
+			errs = append(errs, field.Invalid(lp.Child("stateDir"), l.StateDir, "must be an absolute path"))
+		}
+		if l.AgentPath != "" && !filepath.IsAbs(l.AgentPath) {
+			errs = append(errs, field.Invalid(lp.Child("agentPath"), l.AgentPath, "must be an absolute path"))
+		}
+	case ProviderAWS:
+		ap := p.Child("aws")
+		if c.AWS.Region == "" {
+			errs = append(errs, field.Required(ap.Child("region"), "the AWS provider needs a region"))
+		}
+		if c.AWS.SubnetID == "" {
+			errs = append(errs, field.Required(ap.Child("subnetID"), "the AWS provider needs a subnet for cells"))
+		}
+		if c.AWS.Endpoint != "" && !strings.HasPrefix(c.AWS.Endpoint, "http://") && !strings.HasPrefix(c.AWS.Endpoint, "https://") {
+			errs = append(errs, field.Invalid(ap.Child("endpoint"), c.AWS.Endpoint, "must be an http:// or https:// URL"))
+		}
+	default:
+		errs = append(errs, field.NotSupported(p.Child("provider"), c.Provider, []string{ProviderLocal, ProviderAWS}))
+	}
+	return errs
+}
+
+func (n *Node) validate(p *field.Path, provider string) field.ErrorList {
+	var errs field.ErrorList
+	for _, msg := range validation.IsDNS1123Subdomain(n.Name) {
+		errs = append(errs, field.Invalid(p.Child("name"), n.Name, msg))
+	}
+	for k, v := range n.Labels {
+		for _, msg := range validation.IsQualifiedName(k) {
+			errs = append(errs, field.Invalid(p.Child("labels").Key(k), k, msg))
+		}
+		for _, msg := range validation.IsValidLabelValue(v) {
+			errs = append(errs, field.Invalid(p.Child("labels").Key(k), v, msg))
+		}
+	}
+	for i, t := range n.Taints {
+		tp := p.Child("taints").Index(i)
+		for _, msg := range validation.IsQualifiedName(t.Key) {
+			errs = append(errs, field.Invalid(tp.Child("key"), t.Key, msg))
+		}
+		if t.Value != "" {
+			for _, msg := range validation.IsValidLabelValue(t.Value) {
+				errs = append(errs, field.Invalid(tp.Child("value"), t.Value, msg))
+			}
+		}
+		switch t.Effect {
+		case corev1.TaintEffectNoSchedule, corev1.TaintEffectPreferNoSchedule, corev1.TaintEffectNoExecute:
+		default:
+			errs = append(errs, field.NotSupported(tp.Child("effect"), t.Effect,
+				[]corev1.TaintEffect{corev1.TaintEffectNoSchedule, corev1.TaintEffectPreferNoSchedule, corev1.TaintEffectNoExecute}))
+		}
+	}
+	cp := p.Child("capacity")
+	errs = append(errs, n.Capacity.CPU.validate(cp.Child("cpu"), true)...)
+	errs = append(errs, n.Capacity.Memory.validate(cp.Child("memory"), true)...)
+	errs = append(errs, n.Capacity.Pods.validate(cp.Child("pods"), true)...)
+	errs = append(errs, n.Capacity.GPU.validate(cp.Child("nvidia.com/gpu"), false)...)
+	if n.InternalIP == "" {
+		if provider == ProviderLocal {
+			errs = append(errs, field.Required(p.Child("internalIP"), "cannot derive it from cloud.local.subnet"))
+		}
+	} else if ip := net.ParseIP(n.InternalIP); ip == nil {
+		errs = append(errs, field.Invalid(p.Child("internalIP"), n.InternalIP, "must be an IP address"))
+	} else if ip.IsLoopback() {
+		errs = append(errs, field.Invalid(p.Child("internalIP"), n.InternalIP, "must not be a loopback address: the apiserver and cells cannot reach it"))
+	}
+	if n.KubeletPort < 1 || n.KubeletPort > 65535 {
+		errs = append(errs, field.Invalid(p.Child("kubeletPort"), n.KubeletPort, "must be a port between 1 and 65535"))
+	}
+	if (n.TLS.CertFile == "") != (n.TLS.KeyFile == "") {
+		errs = append(errs, field.Invalid(p.Child("tls"), n.TLS, "certFile and keyFile must be given together"))
+	}
+	return errs
+}
+
+func (c *Cells) validate(p *field.Path) field.ErrorList {
+	var errs field.ErrorList
+	if c.DefaultInstanceType != "" && strings.ContainsAny(c.DefaultInstanceType, " \t/") {
+		errs = append(errs, field.Invalid(p.Child("defaultInstanceType"), c.DefaultInstanceType, "must be an instance type name"))
+	}
+	errs = append(errs, c.Reserve.CPU.validate(p.Child("reserve", "cpu"), false)...)
+	errs = append(errs, c.Reserve.Memory.validate(p.Child("reserve", "memory"), false)...)
+	errs = append(errs, c.HealthyTimeout.validate(p.Child("healthyTimeout"))...)
+	errs = append(errs, c.StatusInterval.validate(p.Child("statusInterval"))...)
+	errs = append(errs, c.CapacityErrorMemory.validate(p.Child("capacityErrorMemory"))...)
+	if c.LaunchConcurrency < 1 || c.LaunchConcurrency > 1000 {
+		errs = append(errs, field.Invalid(p.Child("launchConcurrency"), c.LaunchConcurrency, "must be between 1 and 1000"))
+	}
+	if msgs := validation.IsDNS1123Label(c.ClusterName); len(msgs) > 0 {
+		errs = append(errs, field.Invalid(p.Child("clusterName"), c.ClusterName, strings.Join(msgs, "; ")))
+	}
+	return errs
+}
+
+func (r *Registry) validate(p *field.Path) field.ErrorList {
+	var errs field.ErrorList
+	if r.DefaultRegistry != "" {
+		host, _, _ := strings.Cut(r.DefaultRegistry, "/")
+		if msg := checkHostPort(host); msg != "" || strings.Contains(r.DefaultRegistry, "://") {
+			if msg == "" {
+				msg = "must not have a scheme"
+			}
+			errs = append(errs, field.Invalid(p.Child("defaultRegistry"), r.DefaultRegistry, msg))
+		}
+	}
+	for i, h := range r.Insecure {
+		if msg := checkHostPort(h); msg != "" {
+			errs = append(errs, field.Invalid(p.Child("insecure").Index(i), h, msg))
+		}
+	}
+	return errs
+}
+
+// checkHostPort accepts "host" or "host:port".
+func checkHostPort(s string) string {
+	const want = "must be host or host:port, like 10.250.0.1:5000"
+	if s == "" || strings.ContainsAny(s, "/ \t") {
+		return want
+	}
+	host, port := s, ""
+	if strings.Contains(s, ":") {
+		var err error
+		if host, port, err = net.SplitHostPort(s); err != nil {
+			return want
+		}
+		if n, err := strconv.Atoi(port); err != nil || n < 1 || n > 65535 {
+			return want
+		}
+	}
+	if net.ParseIP(host) == nil && len(validation.IsDNS1123Subdomain(host)) > 0 {
+		return want
+	}
+	return ""
+}
+
+func (d Duration) validate(p *field.Path) field.ErrorList {
+	if d.err != nil {
+		return field.ErrorList{field.Invalid(p, "", d.err.Error())}
+	}
+	if d.Duration <= 0 {
+		return field.ErrorList{field.Invalid(p, d.Duration.String(), "must be positive")}
+	}
+	return nil
+}
+
+func (q Quantity) validate(p *field.Path, positive bool) field.ErrorList {
+	if q.err != nil {
+		return field.ErrorList{field.Invalid(p, "", q.err.Error())}
+	}
+	if q.Sign() < 0 || (positive && q.Sign() == 0) {
+		msg := "must not be negative"
+		if positive {
+			msg = "must be positive"
+		}
+		return field.ErrorList{field.Invalid(p, q.String(), msg)}
+	}
+	return nil
+}
