@@ -1,0 +1,142 @@
+package instancetype
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"sync"
+
+	"k8s.io/utils/clock"
+)
+
+// Refresher fetches a region's instance types, with current offerings and prices, from a
+// cloud's own APIs (for AWS: EC2 DescribeInstanceTypes, DescribeInstanceTypeOfferings,
+// DescribeSpotPriceHistory and the Price List API). Implementations live beside their cloud's
+// backend; hack/gen-catalog uses the same interface to regenerate the embedded catalog.
+type Refresher interface {
+	Refresh(ctx context.Context, region string) ([]InstanceType, error)
+}
+
+// Live is the catalog of one cloud region as a running kip sees it: the last successful
+// refresh, kept in CacheFile so a restart starts from it, falling back to the embedded copy.
+// It is safe for concurrent use.
+type Live struct {
+	Cloud, Region string
+	// Refresher fetches fresh figures; nil means the catalog never changes.
+	Refresher Refresher
+	// CacheFile keeps the last refresh across restarts; empty means memory only.
+	CacheFile string
+	// Clock stamps refreshes; nil means the real clock.
+	Clock clock.PassiveClock
+
+	mu     sync.Mutex
+	types  []InstanceType
+	origin string
+}
+
+// InstanceTypes returns the current catalog, a deep copy the caller may change. On first use
+// it reads CacheFile (when set, readable, valid and for this cloud and region) and otherwise
+// the embedded catalog.
+func (l *Live) InstanceTypes() ([]InstanceType, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if l.types == nil {
+		if err := l.loadLocked(); err != nil {
+			return nil, err
+		}
+	}
+	return Clone(l.types), nil
+}
+
+// Origin says where the current catalog came from: "embedded", "cache <file>" or "refreshed".
+func (l *Live) Origin() string {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.origin
+}
+
+func (l *Live) loadLocked() error {
+	if types, err := l.readCache(); err == nil {
+		l.types, l.origin = types, "cache "+l.CacheFile
+		return nil
+	}
+	types, err := Load(l.Cloud, l.Region)
+	if err != nil {
+		return err
+	}
+	l.types, l.origin = types, "embedded"
+	return nil
+}
+
+func (l *Live) readCache() ([]InstanceType, error) {
+	if l.CacheFile == "" {
+		return nil, errors.New("no cache file")
+	}
+	fh, err := os.Open(l.CacheFile)
+	if err != nil {
+		return nil, err
+	}
+	defer fh.Close()
+	f, err := DecodeFile(fh)
+	if err != nil {
+		return nil, err
+	}
+	types, ok := f.Regions[CanonicalRegion(l.Cloud, l.Region)]
+	if f.Cloud != l.Cloud || !ok {
+		return nil, fmt.Errorf("cache file %s is not for %s %s", l.CacheFile, l.Cloud, l.Region)
+	}
+	return types, nil
+}
+
+// Refresh asks the Refresher for fresh figures, validates them and, when they are good, makes
+// them current and writes them to CacheFile (atomically). On any error the current catalog is
+// kept and the error returned.
+func (l *Live) Refresh(ctx context.Context) error {
+	if l.Refresher == nil {
+		return fmt.Errorf("refreshing %s %s catalog: no refresher configured", l.Cloud, l.Region)
+	}
+	types, err := l.Refresher.Refresh(ctx, l.Region)
+	if err != nil {
+		return fmt.Errorf("refreshing %s %s catalog: %w", l.Cloud, l.Region, err)
+	}
+	if err := Validate(types); err != nil {
+		return fmt.Errorf("refreshing %s %s catalog: validating: %w", l.Cloud, l.Region, err)
+	}
+	types = Clone(types)
+	if l.CacheFile != "" {
+		clk := l.Clock
+		if clk == nil {
+			clk = clock.RealClock{}
+		}
+		f := &File{Cloud: l.Cloud, Source: "refresh", Fetched: clk.Now().UTC(),
+			Regions: map[string][]InstanceType{CanonicalRegion(l.Cloud, l.Region): types}}
+		if err := writeFileAtomic(l.CacheFile, f); err != nil {
+			return fmt.Errorf("refreshing %s %s catalog: %w", l.Cloud, l.Region, err)
+		}
+	}
+	l.mu.Lock()
+	l.types, l.origin = types, "refreshed"
+	l.mu.Unlock()
+	return nil
+}
+
+func writeFileAtomic(name string, f *File) error {
+	tmp, err := os.CreateTemp(filepath.Dir(name), filepath.Base(name)+".tmp*")
+	if err != nil {
+		return fmt.Errorf("writing cache file: %w", err)
+	}
+	defer os.Remove(tmp.Name())
+	if err := f.Encode(tmp, false); err != nil {
+		tmp.Close()
+		return fmt.Errorf("writing cache file %s: %w", name, err)
+	}
+	if err := tmp.Close(); err != nil {
+		return fmt.Errorf("writing cache file %s: %w", name, err)
+	}
+	if err := os.Rename(tmp.Name(), name); err != nil {
+		return fmt.Errorf("writing cache file: %w", err)
+	}
+	return nil
+}

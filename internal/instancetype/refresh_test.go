@@ -1,0 +1,117 @@
+package instancetype
+
+import (
+	"context"
+	"errors"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	clocktesting "k8s.io/utils/clock/testing"
+)
+
+type fakeRefresher struct {
+	types []InstanceType
+	err   error
+	calls int
+}
+
+func (f *fakeRefresher) Refresh(_ context.Context, region string) ([]InstanceType, error) {
+	f.calls++
+	return Clone(f.types), f.err
+}
+
+func fresh() []InstanceType {
+	return []InstanceType{{Name: "x.fresh", Arch: ArchARM64, VCPU: 1, MemoryMiB: 2048,
+		Offerings: []Offering{{Zone: "us-east-1a", Price: 0.01, Available: true}}}}
+}
+
+func TestLiveFallsBackToEmbedded(t *testing.T) {
+	cache := filepath.Join(t.TempDir(), "catalog.json")
+	for name, content := range map[string]string{"missing": "", "corrupt": "{not json"} {
+		t.Run(name, func(t *testing.T) {
+			if content != "" {
+				if err := os.WriteFile(cache, []byte(content), 0o644); err != nil {
+					t.Fatal(err)
+				}
+			}
+			l := &Live{Cloud: "aws", Region: "us-east-1", CacheFile: cache}
+			types, err := l.InstanceTypes()
+			if err != nil {
+				t.Fatal(err)
+			}
+			if l.Origin() != "embedded" || len(types) < 250 {
+				t.Fatalf("origin %q, %d types; want the embedded catalog", l.Origin(), len(types))
+			}
+		})
+	}
+}
+
+func TestLiveRefreshCachesToFile(t *testing.T) {
+	dir := t.TempDir()
+	cache := filepath.Join(dir, "aws-us-east-1.json")
+	clk := clocktesting.NewFakePassiveClock(time.Date(2026, 1, 2, 3, 4, 5, 0, time.UTC))
+	r := &fakeRefresher{types: fresh()}
+	l := &Live{Cloud: "aws", Region: "us-east-1", Refresher: r, CacheFile: cache, Clock: clk}
+	if err := l.Refresh(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	got, _ := l.InstanceTypes()
+	if l.Origin() != "refreshed" || len(got) != 1 || got[0].Name != "x.fresh" {
+		t.Fatalf("after refresh: origin %q types %+v", l.Origin(), got)
+	}
+	raw, err := os.ReadFile(cache)
+	if err != nil || !strings.Contains(string(raw), "2026-01-02T03:04:05Z") {
+		t.Fatalf("cache file: %v %s", err, raw)
+	}
+	// A restart reads the cache, not the embedded copy.
+	l2 := &Live{Cloud: "aws", Region: "us-east-1", CacheFile: cache}
+	got, err = l2.InstanceTypes()
+	if err != nil || len(got) != 1 || got[0].Name != "x.fresh" || l2.Origin() != "cache "+cache {
+		t.Fatalf("after restart: %v origin %q types %+v", err, l2.Origin(), got)
+	}
+	// The same file is not taken for another region.
+	l3 := &Live{Cloud: "aws", Region: "us-west-2", CacheFile: cache}
+	if _, err := l3.InstanceTypes(); err != nil || l3.Origin() != "embedded" {
+		t.Fatalf("other region: %v origin %q", err, l3.Origin())
+	}
+	entries, _ := os.ReadDir(dir)
+	if len(entries) != 1 {
+		t.Errorf("temporary files left behind: %v", entries)
+	}
+}
+
+func TestLiveRefreshFailureKeepsCurrent(t *testing.T) {
+	bad := fresh()
+	bad[0].VCPU = 0
+	tests := []struct {
+		name string
+		r    Refresher
+		want string
+	}{
+		{"no refresher", nil, "no refresher"},
+		{"api error", &fakeRefresher{err: errors.New("throttled")}, "throttled"},
+		{"invalid data", &fakeRefresher{types: bad}, ".vcpu"},
+		{"empty", &fakeRefresher{}, "catalog is empty"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			cache := filepath.Join(t.TempDir(), "c.json")
+			l := &Live{Cloud: "aws", Region: "us-east-1", Refresher: tt.r, CacheFile: cache}
+			before, _ := l.InstanceTypes()
+			err := l.Refresh(context.Background())
+			if err == nil || !strings.Contains(err.Error(), tt.want) {
+				t.Fatalf("Refresh error = %v, want it to mention %q", err, tt.want)
+			}
+			after, _ := l.InstanceTypes()
+			if len(after) != len(before) || l.Origin() != "embedded" {
+				t.Fatalf("catalog changed after a failed refresh: origin %q", l.Origin())
+			}
+			if _, err := os.Stat(cache); !os.IsNotExist(err) {
+				t.Errorf("cache file written after a failed refresh: %v", err)
+			}
+		})
+	}
+}
