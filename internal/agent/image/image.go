@@ -13,10 +13,22 @@
 package image
 
 import (
+	"bytes"
 	"context"
+	"encoding/json"
 	"errors"
+	"fmt"
+	"io/fs"
+	"os"
+	"path/filepath"
+	"runtime"
+	"strings"
+	"sync/atomic"
 
 	v1 "github.com/google/go-containerregistry/pkg/v1"
+	"github.com/google/go-containerregistry/pkg/v1/mutate"
+	"github.com/google/go-containerregistry/pkg/v1/remote"
+	"golang.org/x/sync/singleflight"
 
 	"github.com/kip-dev/kip/internal/cellapi"
 )
@@ -45,30 +57,153 @@ type Image struct {
 	Config v1.Config
 }
 
-// Store pulls and unpacks images. It is safe for concurrent use.
+// Store pulls and unpacks images. It is safe for concurrent use, and several stores (or
+// agent processes) may share a Root: an unpack is renamed into place atomically.
 type Store struct {
-	cfg Config
+	cfg    Config
+	images string // Root/images
+	tmp    string // Root/tmp
+	group  singleflight.Group
+
+	// unpacks counts completed unpacks, for tests.
+	unpacks atomic.Int64
 }
 
-// NewStore makes a store rooted at cfg.Root, creating the directory.
+// NewStore makes a store rooted at cfg.Root, creating its directories and removing unpacks
+// left half-done by an earlier run.
 func NewStore(cfg Config) (*Store, error) {
-	return nil, errors.New("image store: not implemented yet")
+	if cfg.Root == "" {
+		return nil, errors.New("creating image store: Root is empty")
+	}
+	root, err := filepath.Abs(cfg.Root)
+	if err != nil {
+		return nil, fmt.Errorf("creating image store: resolving Root %q: %w", cfg.Root, err)
+	}
+	if strings.ContainsAny(root, ",:") {
+		return nil, fmt.Errorf("creating image store: Root %q must not contain ',' or ':' (overlayfs options)", root)
+	}
+	s := &Store{cfg: cfg, images: filepath.Join(root, "images"), tmp: filepath.Join(root, "tmp")}
+	s.cfg.Root = root
+	if err := os.RemoveAll(s.tmp); err != nil {
+		return nil, fmt.Errorf("creating image store: clearing %s: %w", s.tmp, err)
+	}
+	for _, d := range []string{s.images, s.tmp} {
+		if err := os.MkdirAll(d, 0o700); err != nil {
+			return nil, fmt.Errorf("creating image store: %w", err)
+		}
+	}
+	return s, nil
 }
 
-// Pull resolves ref, fetches its manifest for this platform, and unpacks it unless the same
-// digest is already unpacked. auths are matched to the registry by host; without a match the
-// pull is anonymous. A reference that does not parse gives an error for which
-// IsInvalidReference is true.
+// Pull resolves ref, fetches its manifest for this platform (linux/GOARCH, chosen from an
+// index), and unpacks it unless the same image digest is already unpacked; concurrent pulls
+// of one image share a single unpack. auths are matched to the registry by host; without a
+// match the pull is anonymous. A reference that does not parse gives an error for which
+// IsInvalidReference is true; a missing image one for which IsNotFound is true; refused
+// credentials one for which IsUnauthorized is true.
 func (s *Store) Pull(ctx context.Context, ref string, auths []cellapi.RegistryAuth) (*Image, error) {
-	return nil, errors.New("pulling image: not implemented yet")
+	r, err := s.parseReference(ref)
+	if err != nil {
+		return nil, err
+	}
+	desc, err := remote.Get(r,
+		remote.WithContext(ctx),
+		remote.WithAuthFromKeychain(keychain(auths)),
+		remote.WithPlatform(v1.Platform{OS: "linux", Architecture: runtime.GOARCH}),
+		remote.WithUserAgent("kip-cell"),
+		remote.WithTransport(&schemeGuard{base: remote.DefaultTransport, insecure: s.insecure}),
+	)
+	if err != nil {
+		return nil, fmt.Errorf("pulling %s: %w", r, err)
+	}
+	img, err := desc.Image()
+	if err != nil {
+		return nil, fmt.Errorf("pulling %s: resolving image for linux/%s: %w", r, runtime.GOARCH, err)
+	}
+	imgDigest, err := img.Digest()
+	if err != nil {
+		return nil, fmt.Errorf("pulling %s: computing image digest: %w", r, err)
+	}
+	key := imgDigest.Algorithm + "-" + imgDigest.Hex
+	v, err, _ := s.group.Do(key, func() (any, error) { return s.ensureUnpacked(ctx, key, img) })
+	if err != nil {
+		return nil, fmt.Errorf("pulling %s: %w", r, err)
+	}
+	return &Image{
+		Ref:     ref,
+		Digest:  desc.Digest.String(),
+		ImageID: r.Context().Name() + "@" + desc.Digest.String(),
+		RootFS:  filepath.Join(s.images, key, "rootfs"),
+		Config:  v.(*v1.ConfigFile).Config,
+	}, nil
 }
 
-// MountRootFS mounts an overlayfs with img's rootfs as the lower layer and upper/work
-// directories under dir, and returns the mount point (dir/rootfs). unmount detaches the
-// overlay and removes everything it created under dir.
-func (s *Store) MountRootFS(img *Image, dir string) (rootfs string, unmount func() error, err error) {
-	return "", nil, errors.New("mounting rootfs: not implemented yet")
+// ensureUnpacked returns the config of the image unpacked under images/<key>, unpacking it
+// first (into tmp, then renamed) when it is not there.
+func (s *Store) ensureUnpacked(ctx context.Context, key string, img v1.Image) (*v1.ConfigFile, error) {
+	dir := filepath.Join(s.images, key)
+	if cf, err := readConfig(dir); err == nil {
+		return cf, nil
+	} else if !errors.Is(err, fs.ErrNotExist) {
+		return nil, err
+	}
+	cf, err := img.ConfigFile()
+	if err != nil {
+		return nil, fmt.Errorf("reading image config: %w", err)
+	}
+	tmp, err := os.MkdirTemp(s.tmp, key+"-")
+	if err != nil {
+		return nil, fmt.Errorf("making unpack directory: %w", err)
+	}
+	done := false
+	defer func() {
+		if !done {
+			os.RemoveAll(tmp)
+		}
+	}()
+	rootfs := filepath.Join(tmp, "rootfs")
+	if err := os.Mkdir(rootfs, 0o755); err != nil {
+		return nil, fmt.Errorf("making rootfs directory: %w", err)
+	}
+	rc := mutate.Extract(img)
+	defer rc.Close()
+	if err := Untar(ctx, rc, rootfs); err != nil {
+		return nil, fmt.Errorf("unpacking image: %w", err)
+	}
+	raw, err := json.Marshal(cf)
+	if err != nil {
+		return nil, fmt.Errorf("encoding image config: %w", err)
+	}
+	if err := os.WriteFile(filepath.Join(tmp, configName), raw, 0o600); err != nil {
+		return nil, fmt.Errorf("writing image config: %w", err)
+	}
+	if err := os.Rename(tmp, dir); err != nil {
+		// Another process may have finished the same unpack first; use its result.
+		if cf2, err2 := readConfig(dir); err2 == nil {
+			return cf2, nil
+		}
+		return nil, fmt.Errorf("moving unpacked image into place: %w", err)
+	}
+	done = true
+	s.unpacks.Add(1)
+	return cf, nil
 }
 
-// IsInvalidReference reports whether err says an image reference does not parse.
-func IsInvalidReference(err error) bool { return false }
+const configName = "config.json"
+
+// readConfig reads the config kept beside an unpacked rootfs; fs.ErrNotExist when the image
+// is not unpacked.
+func readConfig(dir string) (*v1.ConfigFile, error) {
+	raw, err := os.ReadFile(filepath.Join(dir, configName))
+	if err != nil {
+		if errors.Is(err, fs.ErrNotExist) {
+			return nil, err
+		}
+		return nil, fmt.Errorf("reading unpacked image config: %w", err)
+	}
+	cf, err := v1.ParseConfigFile(bytes.NewReader(raw))
+	if err != nil {
+		return nil, fmt.Errorf("parsing unpacked image config %s: %w", dir, err)
+	}
+	return cf, nil
+}
