@@ -1,0 +1,363 @@
+// Package cells runs one state machine per pod: choose an instance type, launch the pod's
+// cell, wait for its agent, put the pod, stream the agent's status into the pod's status, and
+// terminate the cell when the pod is deleted or completes. It is the only writer of cell
+// state. It keeps no database: the cloud's instance tags and the pods are the truth, and
+// Recover rebuilds everything from them after a restart.
+package cells
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"sort"
+	"sync"
+	"time"
+
+	corev1 "k8s.io/api/core/v1"
+	"k8s.io/apimachinery/pkg/types"
+	"k8s.io/client-go/tools/record"
+	"k8s.io/utils/clock"
+
+	"github.com/kip-dev/kip/internal/cellapi"
+	"github.com/kip-dev/kip/internal/cloud"
+	"github.com/kip-dev/kip/internal/config"
+	"github.com/kip-dev/kip/internal/instancetype"
+	"github.com/kip-dev/kip/internal/pki"
+)
+
+// Deps are the Manager's collaborators.
+type Deps struct {
+	Cloud cloud.Cloud
+	// Select picks the instance type for a pod (the provider wires selector.Select). An
+	// error means the pod can never run: it is marked Failed with the error as message.
+	Select func(pod *corev1.Pod, types []instancetype.InstanceType) (*Choice, error)
+	// Resolve builds the agent request: env values, volume files, pull secrets. The pod it
+	// gets carries the cell's IP in Status.PodIP. Errors are retried with back-off.
+	Resolve func(ctx context.Context, pod *corev1.Pod) (*cellapi.PodRequest, error)
+	// Dial returns a client for a cell's agent; nil means mutual TLS with the CA.
+	Dial func(ctx context.Context, inst *cloud.Instance, cellID string) (cellapi.Agent, error)
+	// CA signs each cell's serving certificate and kip's client certificate.
+	CA *pki.CA
+	// Events records Kubernetes events on pods; nil records none.
+	Events record.EventRecorder
+	// Clock drives back-offs and timeouts; nil means the real clock.
+	Clock clock.WithTicker
+	// Mirror mirrors cells into the Cell custom resource; nil mirrors nothing.
+	Mirror Mirror
+	// Registry is handed to every cell's agent at boot.
+	Registry cellapi.RegistryConfig
+	// Log receives the manager's logs; nil means slog.Default().
+	Log *slog.Logger
+	// AgentPort is the agent's port for the default Dial; 0 means cellapi.DefaultPort.
+	AgentPort int
+}
+
+// Mirror keeps an external view of cells (the Cell custom resource) up to date. Errors are
+// logged, never fatal.
+type Mirror interface {
+	Upsert(ctx context.Context, c CellInfo) error
+	Delete(ctx context.Context, cellID string) error
+}
+
+// CellInfo is what the mirror shows of one cell.
+type CellInfo struct {
+	CellID       string
+	InstanceID   string
+	InstanceType string
+	PricePerHour float64
+	Spot         bool
+	IP           string
+	// Phase is one of the Phase* constants.
+	Phase                         string
+	PodNamespace, PodName, PodUID string
+	LaunchTime                    time.Time
+}
+
+// Cell phases shown by the mirror.
+const (
+	PhaseLaunching   = "Launching"
+	PhaseBooting     = "Booting"
+	PhaseReady       = "Ready"
+	PhaseTerminating = "Terminating"
+)
+
+// NodeInfo is the virtual node the pods are bound to.
+type NodeInfo struct {
+	Name   string
+	HostIP string
+}
+
+// Candidate is one instance type and offering a pod may run on.
+type Candidate struct {
+	Type     instancetype.InstanceType
+	Offering instancetype.Offering
+}
+
+// Choice is the selector's answer: the best candidate, then the ones to try, in order, when
+// the cloud has no capacity for it.
+type Choice struct {
+	Type      instancetype.InstanceType
+	Offering  instancetype.Offering
+	Fallbacks []Candidate
+}
+
+// Timing is when a pod reached each phase of its start; zero times were not reached.
+type Timing struct {
+	Namespace, Name string
+	UID             types.UID
+	CellID          string
+	InstanceType    string
+	// Created is when kip was asked to run the pod (right after it was scheduled).
+	Created time.Time
+	// Scheduled is the PodScheduled condition's time, when the pod carries it.
+	Scheduled  time.Time
+	Launched   time.Time
+	AgentReady time.Time
+	// Pulled is when every container's image was pulled (all report an image ID).
+	Pulled time.Time
+	// Started is when every regular container had started.
+	Started  time.Time
+	Finished time.Time
+}
+
+// ErrNotFound is returned (wrapped) for a pod the manager does not know.
+var ErrNotFound = errors.New("pod not found")
+
+// notFoundError wraps ErrNotFound and also answers virtual-kubelet's errdefs.IsNotFound.
+type notFoundError struct{ msg string }
+
+func (e *notFoundError) Error() string        { return e.msg }
+func (e *notFoundError) Is(target error) bool { return target == ErrNotFound }
+func (e *notFoundError) NotFound() bool       { return true }
+
+func notFound(namespace, name string) error {
+	return &notFoundError{msg: fmt.Sprintf("pod %s/%s not found in kip", namespace, name)}
+}
+
+// IsNotFound reports whether err means the pod is unknown.
+func IsNotFound(err error) bool { return errors.Is(err, ErrNotFound) }
+
+// Manager owns every pod's cell. All methods are safe for concurrent use.
+type Manager struct {
+	cfg   config.Cells
+	node  NodeInfo
+	deps  Deps
+	clock clock.WithTicker
+	log   *slog.Logger
+
+	ctx    context.Context // ends on Close
+	cancel context.CancelFunc
+	wg     sync.WaitGroup
+
+	launchSem chan struct{}
+	capacity  *capacityMemory
+
+	certOnce              sync.Once
+	clientCert, clientKey []byte
+	certErr               error
+
+	mu     sync.Mutex
+	cells  map[string]*cell // by namespace/name
+	notify func(*corev1.Pod)
+}
+
+// New returns a manager. cfg should be defaulted (config.ProviderConfig.Default).
+func New(cfg config.Cells, node NodeInfo, deps Deps) *Manager {
+	if deps.Clock == nil {
+		deps.Clock = clock.RealClock{}
+	}
+	if deps.Log == nil {
+		deps.Log = slog.Default()
+	}
+	if deps.AgentPort == 0 {
+		deps.AgentPort = cellapi.DefaultPort
+	}
+	if cfg.LaunchConcurrency < 1 {
+		cfg.LaunchConcurrency = config.DefaultLaunchConcurrency
+	}
+	if cfg.HealthyTimeout.Duration <= 0 {
+		cfg.HealthyTimeout = config.NewDuration(config.DefaultHealthyTimeout)
+	}
+	if cfg.ClusterName == "" {
+		cfg.ClusterName = config.DefaultClusterName
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	return &Manager{
+		cfg:       cfg,
+		node:      node,
+		deps:      deps,
+		clock:     deps.Clock,
+		log:       deps.Log.With("component", "cells"),
+		ctx:       ctx,
+		cancel:    cancel,
+		launchSem: make(chan struct{}, cfg.LaunchConcurrency),
+		capacity:  newCapacityMemory(deps.Clock, cfg.CapacityErrorMemory.Duration),
+		cells:     map[string]*cell{},
+	}
+}
+
+// Close stops every pod's goroutine without touching the cells: they keep running and a
+// new manager's Recover adopts them. It waits for the goroutines to return.
+func (m *Manager) Close() {
+	m.cancel()
+	m.wg.Wait()
+}
+
+// NotifyPods sets the function called with a copy of a pod on every status change.
+func (m *Manager) NotifyPods(f func(*corev1.Pod)) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	m.notify = f
+}
+
+// CreatePod starts running pod on a new cell and returns at once; the work is asynchronous
+// and its progress shows in the pod's status. Creating a pod that already runs updates it.
+func (m *Manager) CreatePod(ctx context.Context, pod *corev1.Pod) error {
+	if pod == nil || pod.UID == "" {
+		return fmt.Errorf("creating pod: pod has no UID")
+	}
+	key := podKey(pod.Namespace, pod.Name)
+	m.mu.Lock()
+	if old, ok := m.cells[key]; ok {
+		if old.uid == pod.UID {
+			old.updateSpec(pod)
+			m.mu.Unlock()
+			return nil
+		}
+		// A new pod reuses the name of an old one that was never deleted here: stop the old.
+		delete(m.cells, key)
+		old.requestDelete(0)
+	}
+	c := m.newCell(pod)
+	m.cells[key] = c
+	if isTerminal(pod.Status.Phase) {
+		// Nothing to run; remember it so GetPod answers.
+		c.stage = stageDone
+		m.mu.Unlock()
+		return nil
+	}
+	c.setWaiting(ReasonCellLaunching, "choosing an instance type and launching a cell")
+	m.mu.Unlock()
+	c.publish()
+	m.start(c, nil)
+	return nil
+}
+
+// UpdatePod records a new version of a running pod's spec and metadata. Containers are not
+// restarted: the agent keeps running the pod it was given.
+func (m *Manager) UpdatePod(ctx context.Context, pod *corev1.Pod) error {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	c, ok := m.cells[podKey(pod.Namespace, pod.Name)]
+	if !ok || c.uid != pod.UID {
+		return notFound(pod.Namespace, pod.Name)
+	}
+	c.updateSpec(pod)
+	return nil
+}
+
+// DeletePod stops the pod: preStop hooks, SIGTERM, its grace period, then the cell is
+// terminated and a terminal status is notified. It returns at once; calling it again is
+// harmless. A pod the manager does not know gives an error satisfying IsNotFound.
+func (m *Manager) DeletePod(ctx context.Context, pod *corev1.Pod) error {
+	key := podKey(pod.Namespace, pod.Name)
+	m.mu.Lock()
+	c, ok := m.cells[key]
+	if !ok || (pod.UID != "" && c.uid != pod.UID) {
+		m.mu.Unlock()
+		return notFound(pod.Namespace, pod.Name)
+	}
+	c.updateSpec(pod)
+	done := c.stage == stageDone
+	if done {
+		delete(m.cells, key)
+	}
+	m.mu.Unlock()
+	if done {
+		c.publish()
+		return nil
+	}
+	c.requestDelete(gracePeriod(pod))
+	return nil
+}
+
+// GetPod returns a copy of the pod with its current status.
+func (m *Manager) GetPod(namespace, name string) (*corev1.Pod, bool) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	c, ok := m.cells[podKey(namespace, name)]
+	if !ok {
+		return nil, false
+	}
+	return c.snapshot(), true
+}
+
+// ListPods returns copies of every pod the manager knows, sorted by namespace/name.
+func (m *Manager) ListPods() []*corev1.Pod {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	keys := make([]string, 0, len(m.cells))
+	for k := range m.cells {
+		keys = append(keys, k)
+	}
+	sort.Strings(keys)
+	out := make([]*corev1.Pod, 0, len(keys))
+	for _, k := range keys {
+		out = append(out, m.cells[k].snapshot())
+	}
+	return out
+}
+
+// Agent returns the agent of the pod's cell, for logs, stats and exec. For a pod that has
+// completed (its cell is gone) it returns an agent serving the logs saved at completion.
+func (m *Manager) Agent(namespace, name string) (cellapi.Agent, error) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	c, ok := m.cells[podKey(namespace, name)]
+	if !ok {
+		return nil, notFound(namespace, name)
+	}
+	if c.archive != nil {
+		return c.archive, nil
+	}
+	if c.agent == nil {
+		return nil, cellapi.Errorf(cellapi.KindNotFound, "pod %s/%s has no running cell yet", namespace, name)
+	}
+	return c.agent, nil
+}
+
+// Timings returns the start timings of every known pod, sorted by creation.
+func (m *Manager) Timings() []Timing {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	out := make([]Timing, 0, len(m.cells))
+	for _, c := range m.cells {
+		out = append(out, c.timing)
+	}
+	sort.Slice(out, func(i, j int) bool { return out[i].Created.Before(out[j].Created) })
+	return out
+}
+
+func (m *Manager) start(c *cell, adopt *cloud.Instance) {
+	m.wg.Add(1)
+	go func() {
+		defer m.wg.Done()
+		c.run(adopt)
+	}()
+}
+
+func podKey(namespace, name string) string { return namespace + "/" + name }
+
+func isTerminal(p corev1.PodPhase) bool { return p == corev1.PodSucceeded || p == corev1.PodFailed }
+
+// gracePeriod is the deletion grace period kubelet would use.
+func gracePeriod(pod *corev1.Pod) time.Duration {
+	switch {
+	case pod.DeletionGracePeriodSeconds != nil:
+		return time.Duration(*pod.DeletionGracePeriodSeconds) * time.Second
+	case pod.Spec.TerminationGracePeriodSeconds != nil:
+		return time.Duration(*pod.Spec.TerminationGracePeriodSeconds) * time.Second
+	}
+	return 30 * time.Second
+}

@@ -1,0 +1,106 @@
+package cells
+
+import (
+	"context"
+	"fmt"
+
+	corev1 "k8s.io/api/core/v1"
+	"k8s.io/apimachinery/pkg/types"
+
+	"github.com/kip-dev/kip/internal/cloud"
+)
+
+// Recover rebuilds state after a restart from the cloud's tags and the node's pods: it
+// adopts each live cell whose pod is among pods (reconnecting to its agent and resuming the
+// status stream, or finishing it when the pod has completed), terminates cells whose pod is
+// gone, and fails pods that ran on a cell that no longer exists. Pods still pending without a
+// cell are left to CreatePod, whose launch is idempotent. Call it before CreatePod.
+func (m *Manager) Recover(ctx context.Context, pods []*corev1.Pod) error {
+	insts, err := m.deps.Cloud.List(ctx, map[string]string{cloud.TagCluster: m.cfg.ClusterName, cloud.TagNode: m.node.Name})
+	if err != nil {
+		return fmt.Errorf("recovering cells: listing instances: %w", err)
+	}
+	byUID := make(map[types.UID]*corev1.Pod, len(pods))
+	for _, p := range pods {
+		byUID[p.UID] = p
+	}
+	adopted := map[types.UID]bool{}
+	var orphans []*cloud.Instance
+	for _, inst := range insts {
+		uid := types.UID(inst.Tags[cloud.TagPodUID])
+		pod, ok := byUID[uid]
+		if !ok || adopted[uid] || inst.State == cloud.StateTerminating || inst.State == cloud.StateTerminated ||
+			inst.Tags[cloud.TagCellID] != CellID(uid) {
+			orphans = append(orphans, inst)
+			continue
+		}
+		adopted[uid] = true
+		m.adopt(pod, inst)
+	}
+	for _, inst := range orphans {
+		m.log.Info("terminating orphan cell", "instance", inst.ID, "cell", inst.Tags[cloud.TagCellID],
+			"pod", inst.Tags[cloud.TagPodNamespace]+"/"+inst.Tags[cloud.TagPodName])
+		if err := m.deps.Cloud.Terminate(ctx, inst.ID); err != nil && !cloud.IsNotFound(err) {
+			return fmt.Errorf("recovering cells: terminating orphan %s: %w", inst.ID, err)
+		}
+		if m.deps.Mirror != nil {
+			if err := m.deps.Mirror.Delete(ctx, inst.Tags[cloud.TagCellID]); err != nil {
+				m.log.Warn("deleting orphan cell mirror", "err", err)
+			}
+		}
+	}
+	for _, pod := range pods {
+		if adopted[pod.UID] {
+			continue
+		}
+		switch {
+		case isTerminal(pod.Status.Phase):
+			m.remember(pod)
+		case pod.Status.PodIP != "" || pod.Status.Phase == corev1.PodRunning:
+			// It ran on a cell that is gone.
+			m.lost(pod)
+		}
+	}
+	return nil
+}
+
+// adopt takes over a live cell of pod after a restart.
+func (m *Manager) adopt(pod *corev1.Pod, inst *cloud.Instance) {
+	c := m.newCell(pod)
+	c.inst = inst
+	c.cand = Candidate{Type: instanceTypeNamed(inst.InstanceType)}
+	c.cand.Offering.Spot = inst.Spot
+	c.timing.InstanceType = inst.InstanceType
+	c.stage = stageBooting
+	m.mu.Lock()
+	if old, ok := m.cells[c.key]; ok {
+		old.requestDelete(0)
+	}
+	m.cells[c.key] = c
+	m.mu.Unlock()
+	if opts, err := parseAnnotations(pod); err == nil {
+		c.healthyAfter = opts.HealthyTimeout
+	}
+	m.start(c, inst)
+}
+
+// remember registers a completed pod so GetPod and ListPods answer for it.
+func (m *Manager) remember(pod *corev1.Pod) {
+	c := m.newCell(pod)
+	c.stage = stageDone
+	m.mu.Lock()
+	m.cells[c.key] = c
+	m.mu.Unlock()
+}
+
+// lost fails a pod whose cell vanished while kip was down.
+func (m *Manager) lost(pod *corev1.Pod) {
+	c := m.newCell(pod)
+	c.stage = stageDone
+	c.failure = &podFailure{reason: ReasonCellLost, message: fmt.Sprintf("cell %s is gone (it was not found when kip restarted)", c.cellID)}
+	m.mu.Lock()
+	m.cells[c.key] = c
+	m.mu.Unlock()
+	m.event(pod, corev1.EventTypeWarning, ReasonCellLost, "%s", c.failure.message)
+	c.publish()
+}

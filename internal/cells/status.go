@@ -1,0 +1,323 @@
+package cells
+
+import (
+	"fmt"
+	"strings"
+	"time"
+
+	corev1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+
+	"github.com/kip-dev/kip/internal/cellapi"
+)
+
+// statusInput is everything a pod's status is computed from.
+type statusInput struct {
+	// pod is the spec; its Status is the previously reported status (for transition times,
+	// StartTime, QOSClass and conditions owned by others).
+	pod    *corev1.Pod
+	now    time.Time
+	hostIP string
+	podIP  string
+	// agent is the agent's last status; nil while none is known.
+	agent *cellapi.PodStatus
+	// reason and message explain a pod still without agent status (CellLaunching...).
+	reason, message string
+	// failure makes the pod Failed.
+	failure *podFailure
+	// stopped means the containers are gone (deleted, completed, failed): every container
+	// must show a terminated state.
+	stopped bool
+	// cellReady means the cell and its agent are up (PodReadyToStartContainers).
+	cellReady bool
+}
+
+// buildStatus computes the pod status kubelet would report.
+func buildStatus(in statusInput) corev1.PodStatus {
+	pod, prev := in.pod, in.pod.Status
+	s := corev1.PodStatus{
+		Phase:              corev1.PodPending,
+		QOSClass:           prev.QOSClass,
+		StartTime:          prev.StartTime,
+		ObservedGeneration: pod.Generation,
+	}
+	if s.QOSClass == "" {
+		s.QOSClass = qosClass(pod)
+	}
+	if s.StartTime == nil {
+		t := metav1.NewTime(in.now)
+		s.StartTime = &t
+	}
+	if in.hostIP != "" {
+		s.HostIP, s.HostIPs = in.hostIP, []corev1.HostIP{{IP: in.hostIP}}
+	}
+	if in.podIP != "" {
+		s.PodIP, s.PodIPs = in.podIP, []corev1.PodIP{{IP: in.podIP}}
+	} else if prev.PodIP != "" {
+		s.PodIP, s.PodIPs = prev.PodIP, prev.PodIPs
+	}
+
+	if in.agent != nil {
+		if in.agent.Phase != "" {
+			s.Phase = in.agent.Phase
+		}
+		s.Reason, s.Message = in.agent.Reason, in.agent.Message
+		s.InitContainerStatuses = containerStatuses(pod.Spec.InitContainers, in.agent.InitContainerStatuses, reasonPodInitializing, "")
+		waiting := reasonContainerCreating
+		if len(pod.Spec.InitContainers) > 0 && !initialized(pod, s.InitContainerStatuses) {
+			waiting = reasonPodInitializing
+		}
+		s.ContainerStatuses = containerStatuses(pod.Spec.Containers, in.agent.ContainerStatuses, waiting, "")
+	} else {
+		reason := in.reason
+		if reason == "" {
+			reason = reasonContainerCreating
+		}
+		s.Reason, s.Message = in.reason, in.message
+		s.InitContainerStatuses = containerStatuses(pod.Spec.InitContainers, nil, reason, in.message)
+		s.ContainerStatuses = containerStatuses(pod.Spec.Containers, nil, reason, in.message)
+	}
+
+	if in.failure != nil {
+		s.Phase, s.Reason, s.Message = corev1.PodFailed, in.failure.reason, in.failure.message
+	}
+	if in.stopped || in.failure != nil {
+		reason, message := reasonStatusUnknown, "The container could not be located when the pod was terminated"
+		if in.failure != nil {
+			reason, message = in.failure.reason, in.failure.message
+		}
+		terminate(s.InitContainerStatuses, reason, message, in.now)
+		terminate(s.ContainerStatuses, reason, message, in.now)
+		if !isTerminal(s.Phase) {
+			s.Phase = corev1.PodSucceeded
+			for _, cs := range s.ContainerStatuses {
+				if cs.State.Terminated == nil || cs.State.Terminated.ExitCode != 0 {
+					s.Phase = corev1.PodFailed
+				}
+			}
+		}
+	}
+	s.Conditions = conditions(pod, &s, in.cellReady, in.now)
+	return s
+}
+
+// containerStatuses lists a status for every container of spec, in spec order: the agent's
+// where it has one, else waiting with reason.
+func containerStatuses(spec []corev1.Container, agent []corev1.ContainerStatus, reason, message string) []corev1.ContainerStatus {
+	if len(spec) == 0 {
+		return nil
+	}
+	byName := make(map[string]*corev1.ContainerStatus, len(agent))
+	for i := range agent {
+		byName[agent[i].Name] = &agent[i]
+	}
+	out := make([]corev1.ContainerStatus, 0, len(spec))
+	for _, c := range spec {
+		if a, ok := byName[c.Name]; ok {
+			cs := *a.DeepCopy()
+			if cs.Image == "" {
+				cs.Image = c.Image
+			}
+			if cs.Started == nil {
+				started := cs.State.Running != nil
+				cs.Started = &started
+			}
+			if cs.State.Waiting == nil && cs.State.Running == nil && cs.State.Terminated == nil {
+				cs.State.Waiting = &corev1.ContainerStateWaiting{Reason: reason, Message: message}
+			}
+			out = append(out, cs)
+			continue
+		}
+		started := false
+		out = append(out, corev1.ContainerStatus{
+			Name:    c.Name,
+			Image:   c.Image,
+			Started: &started,
+			State:   corev1.ContainerState{Waiting: &corev1.ContainerStateWaiting{Reason: reason, Message: message}},
+		})
+	}
+	return out
+}
+
+// terminate gives every container not already terminated a terminated state: exit 137 if
+// it was running (killed), 128 if it never started.
+func terminate(statuses []corev1.ContainerStatus, reason, message string, now time.Time) {
+	for i := range statuses {
+		cs := &statuses[i]
+		cs.Ready = false
+		f := false
+		cs.Started = &f
+		if cs.State.Terminated != nil {
+			continue
+		}
+		t := &corev1.ContainerStateTerminated{ExitCode: 128, Reason: reason, Message: message, FinishedAt: metav1.NewTime(now)}
+		if cs.State.Running != nil {
+			t.ExitCode = 137
+			t.StartedAt = cs.State.Running.StartedAt
+		}
+		cs.State = corev1.ContainerState{Terminated: t}
+	}
+}
+
+// initialized reports whether every init container has succeeded (or, for a restartable
+// sidecar, started).
+func initialized(pod *corev1.Pod, statuses []corev1.ContainerStatus) bool {
+	return len(incompleteInit(pod, statuses)) == 0
+}
+
+func incompleteInit(pod *corev1.Pod, statuses []corev1.ContainerStatus) []string {
+	var out []string
+	for i, c := range pod.Spec.InitContainers {
+		if i >= len(statuses) {
+			out = append(out, c.Name)
+			continue
+		}
+		cs := statuses[i]
+		sidecar := c.RestartPolicy != nil && *c.RestartPolicy == corev1.ContainerRestartPolicyAlways
+		switch {
+		case sidecar && cs.Started != nil && *cs.Started:
+		case !sidecar && cs.State.Terminated != nil && cs.State.Terminated.ExitCode == 0:
+		default:
+			out = append(out, c.Name)
+		}
+	}
+	return out
+}
+
+// conditions computes kubelet's pod conditions, keeping transition times of unchanged ones
+// and conditions kubelet does not own (readiness gates, disruption targets).
+func conditions(pod *corev1.Pod, s *corev1.PodStatus, cellReady bool, now time.Time) []corev1.PodCondition {
+	var conds []corev1.PodCondition
+	add := func(t corev1.PodConditionType, ok bool, reason, message string) {
+		st := corev1.ConditionFalse
+		if ok {
+			st = corev1.ConditionTrue
+		}
+		conds = append(conds, corev1.PodCondition{Type: t, Status: st, Reason: reason, Message: message, ObservedGeneration: pod.Generation})
+	}
+	add(corev1.PodReadyToStartContainers, cellReady, "", "")
+
+	succeeded := s.Phase == corev1.PodSucceeded
+	if inc := incompleteInit(pod, s.InitContainerStatuses); succeeded {
+		add(corev1.PodInitialized, true, "PodCompleted", "")
+	} else if len(inc) == 0 {
+		add(corev1.PodInitialized, true, "", "")
+	} else {
+		add(corev1.PodInitialized, false, "ContainersNotInitialized", fmt.Sprintf("containers with incomplete status: [%s]", strings.Join(inc, " ")))
+	}
+
+	var unready []string
+	for i, c := range pod.Spec.InitContainers {
+		if c.RestartPolicy != nil && *c.RestartPolicy == corev1.ContainerRestartPolicyAlways && (i >= len(s.InitContainerStatuses) || !s.InitContainerStatuses[i].Ready) {
+			unready = append(unready, c.Name)
+		}
+	}
+	for i, c := range pod.Spec.Containers {
+		if i >= len(s.ContainerStatuses) || !s.ContainerStatuses[i].Ready {
+			unready = append(unready, c.Name)
+		}
+	}
+	var crReason, crMessage string
+	switch {
+	case succeeded:
+		crReason = "PodCompleted"
+	case len(unready) > 0:
+		crReason, crMessage = "ContainersNotReady", fmt.Sprintf("containers with unready status: [%s]", strings.Join(unready, " "))
+	}
+	containersReady := !succeeded && len(unready) == 0
+	ready, rReason, rMessage := containersReady, crReason, crMessage
+	if containersReady {
+		for _, g := range pod.Spec.ReadinessGates {
+			if c := findCondition(pod.Status.Conditions, g.ConditionType); c == nil || c.Status != corev1.ConditionTrue {
+				ready, rReason = false, "ReadinessGatesNotReady"
+				rMessage = fmt.Sprintf("corresponding condition of pod readiness gate %q is not true", g.ConditionType)
+				break
+			}
+		}
+	}
+	add(corev1.PodReady, ready, rReason, rMessage)
+	add(corev1.ContainersReady, containersReady, crReason, crMessage)
+
+	if sc := findCondition(pod.Status.Conditions, corev1.PodScheduled); sc != nil {
+		conds = append(conds, *sc)
+	} else {
+		add(corev1.PodScheduled, true, "", "")
+	}
+	for i := range conds {
+		if old := findCondition(pod.Status.Conditions, conds[i].Type); old != nil && old.Status == conds[i].Status && !old.LastTransitionTime.IsZero() {
+			conds[i].LastTransitionTime = old.LastTransitionTime
+		} else if conds[i].LastTransitionTime.IsZero() {
+			conds[i].LastTransitionTime = metav1.NewTime(now)
+		}
+	}
+	owned := map[corev1.PodConditionType]bool{}
+	for _, c := range conds {
+		owned[c.Type] = true
+	}
+	for _, c := range pod.Status.Conditions {
+		if !owned[c.Type] {
+			conds = append(conds, c)
+		}
+	}
+	return conds
+}
+
+func findCondition(conds []corev1.PodCondition, t corev1.PodConditionType) *corev1.PodCondition {
+	for i := range conds {
+		if conds[i].Type == t {
+			return &conds[i]
+		}
+	}
+	return nil
+}
+
+// qosClass computes the pod's QoS class as the API server does.
+func qosClass(pod *corev1.Pod) corev1.PodQOSClass {
+	all := append(append([]corev1.Container{}, pod.Spec.InitContainers...), pod.Spec.Containers...)
+	requested, guaranteed := false, true
+	for _, c := range all {
+		for _, r := range []corev1.ResourceName{corev1.ResourceCPU, corev1.ResourceMemory} {
+			req, hasReq := c.Resources.Requests[r]
+			lim, hasLim := c.Resources.Limits[r]
+			if (hasReq && !req.IsZero()) || (hasLim && !lim.IsZero()) {
+				requested = true
+			}
+			if !hasLim || lim.IsZero() {
+				guaranteed = false
+				continue
+			}
+			if hasReq && req.Cmp(lim) != 0 {
+				guaranteed = false
+			}
+		}
+	}
+	switch {
+	case !requested:
+		return corev1.PodQOSBestEffort
+	case guaranteed:
+		return corev1.PodQOSGuaranteed
+	}
+	return corev1.PodQOSBurstable
+}
+
+// allPulled reports whether every container of the pod reports an image ID.
+func allPulled(pod *corev1.Pod, st *cellapi.PodStatus) bool {
+	return countWith(st.ContainerStatuses, func(cs corev1.ContainerStatus) bool { return cs.ImageID != "" }) >= len(pod.Spec.Containers)
+}
+
+// allStarted reports whether every regular container has started at least once.
+func allStarted(pod *corev1.Pod, st *cellapi.PodStatus) bool {
+	return countWith(st.ContainerStatuses, func(cs corev1.ContainerStatus) bool {
+		return cs.State.Running != nil || cs.State.Terminated != nil || cs.LastTerminationState.Terminated != nil
+	}) >= len(pod.Spec.Containers)
+}
+
+func countWith(statuses []corev1.ContainerStatus, f func(corev1.ContainerStatus) bool) int {
+	n := 0
+	for _, cs := range statuses {
+		if f(cs) {
+			n++
+		}
+	}
+	return n
+}
