@@ -1,0 +1,20 @@
+// Command kip-cell is the cell agent: it runs on every cell, serves the cellapi over mutual
+// TLS and runs the cell's pod with runc. See Run for the flags.
+package main
+
+import (
+	"context"
+	"fmt"
+	"os"
+	"os/signal"
+	"syscall"
+)
+
+func main() {
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	if err := Run(ctx, os.Args[1:], os.Stdout); err != nil {
+		fmt.Fprintln(os.Stderr, "kip-cell:", err)
+		os.Exit(1)
+	}
+}

@@ -1,0 +1,164 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"net/http"
+	"os"
+	"path/filepath"
+	"time"
+
+	"golang.org/x/sync/errgroup"
+
+	"github.com/kip-dev/kip/internal/agent"
+	"github.com/kip-dev/kip/internal/agent/cgroups"
+	"github.com/kip-dev/kip/internal/agent/image"
+	"github.com/kip-dev/kip/internal/agent/runtime"
+	"github.com/kip-dev/kip/internal/cellapi"
+	"github.com/kip-dev/kip/internal/pki"
+)
+
+// Run runs the agent until ctx ends, then stops the pod (SIGTERM, its grace period, SIGKILL)
+// and returns. args are the command line without the program name:
+//
+//	kip-cell --bootstrap FILE [--state-dir DIR] [--runc PATH] [--cgroup-parent NAME]
+//	kip-cell version
+func Run(ctx context.Context, args []string, stdout io.Writer) error {
+	if len(args) > 0 && args[0] == "version" {
+		fmt.Fprintf(stdout, "kip-cell %s (cellapi %s)\n", agent.Version, cellapi.Version)
+		return nil
+	}
+	fs := flag.NewFlagSet("kip-cell", flag.ContinueOnError)
+	fs.SetOutput(stdout)
+	bootstrapFile := fs.String("bootstrap", "", "cellapi.Bootstrap JSON file (required)")
+	stateDir := fs.String("state-dir", "/var/lib/kip-cell", "directory for images, runc state, pods and logs")
+	runcPath := fs.String("runc", "", "runc binary (default: runc on PATH)")
+	cgroupParent := fs.String("cgroup-parent", "kip", "cgroup, relative to the agent's own, under which pods' cgroups go")
+	if err := fs.Parse(args); err != nil {
+		return err
+	}
+	if fs.NArg() > 0 {
+		return fmt.Errorf("unexpected argument %q", fs.Arg(0))
+	}
+	if *bootstrapFile == "" {
+		return errors.New("flag --bootstrap is required")
+	}
+	log := slog.New(slog.NewJSONHandler(os.Stderr, nil))
+
+	bs, err := loadBootstrap(*bootstrapFile)
+	if err != nil {
+		return err
+	}
+	tlsConfig, err := pki.ServerTLS(bs.CACert, bs.Cert, bs.Key)
+	if err != nil {
+		return fmt.Errorf("bootstrap: %w", err)
+	}
+	images, err := image.NewStore(image.Config{
+		Root:            filepath.Join(*stateDir, "images"),
+		DefaultRegistry: bs.Registry.DefaultRegistry,
+		Insecure:        bs.Registry.Insecure,
+	})
+	if err != nil {
+		return fmt.Errorf("opening image store: %w", err)
+	}
+	rt, err := runtime.NewRunc(*runcPath, filepath.Join(*stateDir, "runc"))
+	if err != nil {
+		return err
+	}
+	cg, err := cgroups.Self("/sys/fs/cgroup", "/proc/self/cgroup")
+	if err != nil {
+		return err
+	}
+	ag, err := agent.New(agent.Config{
+		CellID:       bs.CellID,
+		StateDir:     *stateDir,
+		Runtime:      rt,
+		Images:       images,
+		Cgroups:      cg,
+		CgroupParent: *cgroupParent,
+		PodIP:        podIP(),
+		Log:          log,
+	})
+	if err != nil {
+		return err
+	}
+	addr := bs.ListenAddr
+	if addr == "" {
+		addr = fmt.Sprintf(":%d", cellapi.DefaultPort)
+	}
+	ln, err := net.Listen("tcp", addr)
+	if err != nil {
+		return fmt.Errorf("listening on %s: %w", addr, err)
+	}
+	srv := &http.Server{
+		Handler:           cellapi.Handler(ag, cellapi.HandlerOptions{Logger: log}),
+		TLSConfig:         tlsConfig,
+		ReadHeaderTimeout: 10 * time.Second,
+		ErrorLog:          slog.NewLogLogger(log.Handler(), slog.LevelDebug),
+	}
+	log.Info("cell agent serving", "cell", bs.CellID, "addr", ln.Addr().String(), "version", agent.Version)
+
+	g, gctx := errgroup.WithContext(ctx)
+	g.Go(func() error {
+		if err := srv.ServeTLS(ln, "", ""); !errors.Is(err, http.ErrServerClosed) {
+			return fmt.Errorf("serving: %w", err)
+		}
+		return nil
+	})
+	g.Go(func() error {
+		<-gctx.Done()
+		log.Info("shutting down: stopping the pod")
+		// Stop the pod first, while kip can still watch it go; then the server.
+		err := ag.Shutdown(context.Background())
+		sctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		_ = srv.Shutdown(sctx)
+		_ = srv.Close()
+		return err
+	})
+	return g.Wait()
+}
+
+// loadBootstrap strictly decodes and checks the bootstrap file.
+func loadBootstrap(path string) (*cellapi.Bootstrap, error) {
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return nil, fmt.Errorf("reading bootstrap: %w", err)
+	}
+	dec := json.NewDecoder(bytes.NewReader(b))
+	dec.DisallowUnknownFields()
+	var bs cellapi.Bootstrap
+	if err := dec.Decode(&bs); err != nil {
+		return nil, fmt.Errorf("decoding bootstrap %s: %w", path, err)
+	}
+	switch {
+	case bs.CellID == "":
+		return nil, fmt.Errorf("bootstrap %s: field cellID is required", path)
+	case len(bs.CACert) == 0:
+		return nil, fmt.Errorf("bootstrap %s: field caCert is required", path)
+	case len(bs.Cert) == 0 || len(bs.Key) == 0:
+		return nil, fmt.Errorf("bootstrap %s: fields cert and key are required", path)
+	}
+	return &bs, nil
+}
+
+// podIP returns the cell's first global IPv4 address, "" when it has none.
+func podIP() string {
+	addrs, err := net.InterfaceAddrs()
+	if err != nil {
+		return ""
+	}
+	for _, a := range addrs {
+		if ipn, ok := a.(*net.IPNet); ok && ipn.IP.To4() != nil && ipn.IP.IsGlobalUnicast() {
+			return ipn.IP.String()
+		}
+	}
+	return ""
+}

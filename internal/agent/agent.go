@@ -1,0 +1,320 @@
+// Package agent is the cell agent (kip-cell): it implements cellapi.Agent on top of the pod
+// supervisor, the image store, runc and the cgroups of the cell, and pushes every status
+// change to its watchers. cmd/kip-cell serves it over mTLS with cellapi.Handler.
+package agent
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"sync"
+	"time"
+
+	"k8s.io/utils/clock"
+
+	"github.com/kip-dev/kip/internal/agent/logs"
+	"github.com/kip-dev/kip/internal/agent/pod"
+	"github.com/kip-dev/kip/internal/agent/runtime"
+	"github.com/kip-dev/kip/internal/cellapi"
+)
+
+// Version is the agent's version, reported by Health; set by the build.
+var Version = "dev"
+
+// Log rotation of each container run's log, kubelet's defaults.
+const (
+	LogMaxBytes = 10 << 20
+	LogMaxFiles = 5
+)
+
+// Config wires an Agent.
+type Config struct {
+	CellID string
+	// StateDir holds the pods' directories (StateDir/pods/<uid>).
+	StateDir string
+	Runtime  runtime.Runtime
+	Images   pod.Images
+	Cgroups  pod.Cgroups
+	// CgroupParent is relative to the agent's own cgroup ("kip" when empty).
+	CgroupParent string
+	Clock        clock.Clock
+	BackOff      pod.BackOff
+	// PodIP is the cell's address, written into /etc/hosts.
+	PodIP string
+	// ResolvConf is the path of the resolv.conf given to pods without DNS settings
+	// (/etc/resolv.conf when empty; a missing file gives an empty one).
+	ResolvConf string
+	Log        *slog.Logger
+}
+
+// Agent runs at most one pod at a time.
+type Agent struct {
+	cfg    Config
+	resolv string
+
+	mu  sync.Mutex
+	pod *pod.Pod
+
+	// wmu guards last, seq and watchers. Pods publish under their own lock, and PutPod
+	// holds mu while a new pod publishes, so the order is mu → pod → wmu.
+	wmu      sync.Mutex
+	last     *cellapi.PodStatus
+	seq      uint64
+	watchers map[*watcher]struct{}
+}
+
+var _ cellapi.Agent = (*Agent)(nil)
+
+// New makes an agent; it creates StateDir.
+func New(cfg Config) (*Agent, error) {
+	if cfg.CellID == "" {
+		return nil, fmt.Errorf("creating agent: cell id is required")
+	}
+	if cfg.Runtime == nil || cfg.Images == nil || cfg.Cgroups == nil {
+		return nil, fmt.Errorf("creating agent: runtime, images and cgroups are required")
+	}
+	if cfg.CgroupParent == "" {
+		cfg.CgroupParent = "kip"
+	}
+	if cfg.Clock == nil {
+		cfg.Clock = clock.RealClock{}
+	}
+	if cfg.Log == nil {
+		cfg.Log = slog.New(slog.DiscardHandler)
+	}
+	if cfg.ResolvConf == "" {
+		cfg.ResolvConf = "/etc/resolv.conf"
+	}
+	if err := os.MkdirAll(filepath.Join(cfg.StateDir, "pods"), 0o700); err != nil {
+		return nil, fmt.Errorf("creating agent state dir: %w", err)
+	}
+	resolv, _ := os.ReadFile(cfg.ResolvConf)
+	return &Agent{cfg: cfg, resolv: string(resolv), watchers: map[*watcher]struct{}{}}, nil
+}
+
+// PutPod implements cellapi.Agent.
+func (a *Agent) PutPod(ctx context.Context, req *cellapi.PodRequest) (*cellapi.PodStatus, error) {
+	if err := pod.Validate(req); err != nil {
+		return nil, err
+	}
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	if a.pod != nil {
+		if a.pod.UID() == string(req.Pod.UID) {
+			return a.pod.Status(), nil
+		}
+		return nil, cellapi.Errorf(cellapi.KindConflict, "cell %s already runs pod %s; delete it before putting pod %s", a.cfg.CellID, a.pod.UID(), req.Pod.UID)
+	}
+	p, err := pod.Start(pod.Config{
+		Dir:          filepath.Join(a.cfg.StateDir, "pods", string(req.Pod.UID)),
+		Runtime:      a.cfg.Runtime,
+		Images:       a.cfg.Images,
+		Cgroups:      a.cfg.Cgroups,
+		CgroupParent: a.cfg.CgroupParent,
+		NewLog: func(path string) (pod.LogWriter, error) {
+			if err := os.MkdirAll(filepath.Dir(path), 0o700); err != nil {
+				return nil, err
+			}
+			return logs.NewWriter(path, LogMaxBytes, LogMaxFiles)
+		},
+		Clock:      a.cfg.Clock,
+		BackOff:    a.cfg.BackOff,
+		PodIP:      a.cfg.PodIP,
+		ResolvConf: a.resolv,
+		Log:        a.cfg.Log.With("pod", req.Pod.Namespace+"/"+req.Pod.Name),
+		Notify:     a.publish,
+		FirstSeq:   a.currentSeq(),
+	}, req)
+	if err != nil {
+		return nil, err
+	}
+	a.pod = p
+	a.cfg.Log.Info("pod accepted", "uid", req.Pod.UID, "pod", req.Pod.Namespace+"/"+req.Pod.Name)
+	return p.Status(), nil
+}
+
+// publish is the pods' Notify: it records the latest status and wakes the watchers.
+func (a *Agent) publish(st *cellapi.PodStatus) {
+	a.wmu.Lock()
+	defer a.wmu.Unlock()
+	if a.last != nil && a.last.Seq >= st.Seq {
+		return
+	}
+	a.last = st
+	a.seq = st.Seq
+	for w := range a.watchers {
+		w.offer(st)
+	}
+}
+
+func (a *Agent) currentSeq() uint64 {
+	a.wmu.Lock()
+	defer a.wmu.Unlock()
+	return a.seq
+}
+
+// GetPod implements cellapi.Agent.
+func (a *Agent) GetPod(context.Context) (*cellapi.PodStatus, error) {
+	a.mu.Lock()
+	p := a.pod
+	a.mu.Unlock()
+	if p == nil {
+		return nil, cellapi.Errorf(cellapi.KindNotFound, "no pod on cell %s", a.cfg.CellID)
+	}
+	return p.Status(), nil
+}
+
+// WatchPod implements cellapi.Agent. A slow watcher skips intermediate statuses but always
+// gets the latest.
+func (a *Agent) WatchPod(ctx context.Context) (<-chan *cellapi.PodStatus, error) {
+	w := &watcher{wake: make(chan struct{}, 1)}
+	out := make(chan *cellapi.PodStatus)
+	a.wmu.Lock()
+	if a.last != nil {
+		w.offer(a.last)
+	}
+	a.watchers[w] = struct{}{}
+	a.wmu.Unlock()
+	go func() {
+		defer close(out)
+		defer func() {
+			a.wmu.Lock()
+			delete(a.watchers, w)
+			a.wmu.Unlock()
+		}()
+		for {
+			select {
+			case <-ctx.Done():
+				return
+			case <-w.wake:
+			}
+			if st := w.take(); st != nil {
+				select {
+				case out <- st:
+				case <-ctx.Done():
+					return
+				}
+			}
+		}
+	}()
+	return out, nil
+}
+
+type watcher struct {
+	mu      sync.Mutex
+	pending *cellapi.PodStatus
+	wake    chan struct{}
+}
+
+func (w *watcher) offer(st *cellapi.PodStatus) {
+	w.mu.Lock()
+	w.pending = st
+	w.mu.Unlock()
+	select {
+	case w.wake <- struct{}{}:
+	default:
+	}
+}
+
+func (w *watcher) take() *cellapi.PodStatus {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	st := w.pending
+	w.pending = nil
+	return st
+}
+
+// DeletePod implements cellapi.Agent: it returns once every container has stopped and the
+// pod's files, mounts and cgroups are gone. Deleting when no pod runs is not an error.
+func (a *Agent) DeletePod(ctx context.Context, grace time.Duration) error {
+	a.mu.Lock()
+	p := a.pod
+	a.mu.Unlock()
+	if p == nil {
+		return nil
+	}
+	err := p.Stop(ctx, grace)
+	a.mu.Lock()
+	if a.pod == p {
+		a.pod = nil
+		a.wmu.Lock()
+		a.last = nil // new watchers see no pod; Seq keeps growing for the next one
+		a.wmu.Unlock()
+	}
+	a.mu.Unlock()
+	if err != nil {
+		return fmt.Errorf("deleting pod %s: %w", p.UID(), err)
+	}
+	a.cfg.Log.Info("pod deleted", "uid", p.UID())
+	return nil
+}
+
+// Logs implements cellapi.Agent.
+func (a *Agent) Logs(ctx context.Context, container string, opts cellapi.LogOptions) (io.ReadCloser, error) {
+	a.mu.Lock()
+	p := a.pod
+	a.mu.Unlock()
+	if p == nil {
+		return nil, cellapi.Errorf(cellapi.KindNotFound, "no pod on cell %s", a.cfg.CellID)
+	}
+	path, err := p.LogPath(container, opts.Previous)
+	if err != nil {
+		return nil, err
+	}
+	if _, err := os.Stat(path); err != nil {
+		return nil, cellapi.Errorf(cellapi.KindNotFound, "log of container %q: %v", container, err)
+	}
+	pr, pw := io.Pipe()
+	ctx, cancel := context.WithCancel(ctx)
+	go func() {
+		defer cancel()
+		pw.CloseWithError(logs.Serve(ctx, pw, path, opts))
+	}()
+	return &cancelReader{PipeReader: pr, cancel: cancel}, nil
+}
+
+type cancelReader struct {
+	*io.PipeReader
+	cancel context.CancelFunc
+}
+
+func (r *cancelReader) Close() error {
+	r.cancel()
+	return r.PipeReader.Close()
+}
+
+// Stats implements cellapi.Agent.
+func (a *Agent) Stats(context.Context) (*cellapi.Stats, error) {
+	cell, err := a.cfg.Cgroups.Usage("")
+	if err != nil {
+		return nil, fmt.Errorf("reading cell usage: %w", err)
+	}
+	st := &cellapi.Stats{Time: a.cfg.Clock.Now().UTC(), Cell: cell}
+	a.mu.Lock()
+	p := a.pod
+	a.mu.Unlock()
+	if p != nil {
+		st.Containers = p.ContainerStats()
+	}
+	return st, nil
+}
+
+// Health implements cellapi.Agent.
+func (a *Agent) Health(context.Context) (*cellapi.Health, error) {
+	return &cellapi.Health{CellID: a.cfg.CellID, Version: Version}, nil
+}
+
+// Shutdown stops the pod, if any, giving it its terminationGracePeriodSeconds (30s when
+// unset).
+func (a *Agent) Shutdown(ctx context.Context) error {
+	a.mu.Lock()
+	p := a.pod
+	a.mu.Unlock()
+	if p == nil {
+		return nil
+	}
+	return a.DeletePod(ctx, p.GracePeriod())
+}

@@ -1,0 +1,194 @@
+// Package cgroups reads the cgroup v1 hierarchies the cell agent and its containers live in:
+// CPU and memory usage for stats, the OOM-kill counter that tells an OOM-killed container
+// from one killed otherwise, and the removal of the per-pod directories runc leaves behind.
+//
+// runc nests a relative cgroupsPath under the cgroup of the process that runs it, in every
+// hierarchy, so every path here is relative to the agent's own cgroup, which Self reads
+// from /proc/self/cgroup.
+package cgroups
+
+import (
+	"bufio"
+	"errors"
+	"fmt"
+	"io/fs"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+
+	"github.com/kip-dev/kip/internal/cellapi"
+)
+
+// Set is the agent's own place in each mounted cgroup hierarchy.
+type Set struct {
+	// dirs maps a hierarchy's directory under the mount root ("memory", "cpu,cpuacct",
+	// "unified") to the agent's cgroup in it ("/process_api/abc").
+	dirs map[string]string
+	root string
+}
+
+// Self reads procCgroup (normally /proc/self/cgroup) and returns the agent's cgroups under
+// mountRoot (normally /sys/fs/cgroup). Hierarchies whose directory is missing are skipped.
+func Self(mountRoot, procCgroup string) (*Set, error) {
+	f, err := os.Open(procCgroup)
+	if err != nil {
+		return nil, fmt.Errorf("reading own cgroups: %w", err)
+	}
+	defer f.Close()
+	s := &Set{dirs: map[string]string{}, root: mountRoot}
+	sc := bufio.NewScanner(f)
+	for sc.Scan() {
+		parts := strings.SplitN(sc.Text(), ":", 3)
+		if len(parts) != 3 {
+			continue
+		}
+		ctrls, path := parts[1], parts[2]
+		var candidates []string
+		switch {
+		case ctrls == "":
+			candidates = []string{"unified", ""}
+		default:
+			names := strings.Split(ctrls, ",")
+			for i, n := range names {
+				names[i] = strings.TrimPrefix(n, "name=")
+			}
+			candidates = append([]string{strings.Join(names, ",")}, names...)
+		}
+		for _, c := range candidates {
+			if st, err := os.Stat(filepath.Join(mountRoot, c)); err == nil && st.IsDir() {
+				if c == "" && len(s.dirs) > 0 {
+					break // the root is cgroup2 only when no v1 hierarchy is mounted
+				}
+				s.dirs[c] = path
+			}
+		}
+	}
+	if err := sc.Err(); err != nil {
+		return nil, fmt.Errorf("reading own cgroups: %w", err)
+	}
+	if len(s.dirs) == 0 {
+		return nil, fmt.Errorf("reading own cgroups: no hierarchy of %s is mounted under %s", procCgroup, mountRoot)
+	}
+	return s, nil
+}
+
+// Dir returns the directory of rel (relative to the agent's cgroup) in the hierarchy holding
+// controller, or "" when that controller is not mounted.
+func (s *Set) Dir(controller, rel string) string {
+	for h, own := range s.dirs {
+		for _, c := range strings.Split(h, ",") {
+			if c == controller {
+				return filepath.Join(s.root, h, own, rel)
+			}
+		}
+	}
+	return ""
+}
+
+// Usage reads CPU time (cpuacct.usage) and memory (usage, and the working set: usage minus
+// total_inactive_file, as kubelet computes it) of the cgroup rel; "" is the agent's own.
+func (s *Set) Usage(rel string) (cellapi.Usage, error) {
+	var u cellapi.Usage
+	var err error
+	if d := s.Dir("cpuacct", rel); d != "" {
+		if u.CPUUsageNanoSeconds, err = readUint(filepath.Join(d, "cpuacct.usage")); err != nil {
+			return u, err
+		}
+	}
+	if d := s.Dir("memory", rel); d != "" {
+		if u.MemoryUsageBytes, err = readUint(filepath.Join(d, "memory.usage_in_bytes")); err != nil {
+			return u, err
+		}
+		inactive, err := readKey(filepath.Join(d, "memory.stat"), "total_inactive_file")
+		if err != nil {
+			return u, err
+		}
+		if inactive < u.MemoryUsageBytes {
+			u.MemoryWorkingSetBytes = u.MemoryUsageBytes - inactive
+		}
+	}
+	return u, nil
+}
+
+// OOMKills returns how many processes the kernel's OOM killer has killed in rel and its
+// descendants (memory.oom_control "oom_kill"; cgroup v1 counts kills in children up the
+// tree). A missing cgroup counts 0.
+func (s *Set) OOMKills(rel string) (uint64, error) {
+	d := s.Dir("memory", rel)
+	if d == "" {
+		return 0, nil
+	}
+	n, err := readKey(filepath.Join(d, "memory.oom_control"), "oom_kill")
+	if errors.Is(err, fs.ErrNotExist) {
+		return 0, nil
+	}
+	return n, err
+}
+
+// Remove deletes rel and every cgroup below it in every hierarchy, deepest first. It fails
+// when a cgroup still holds a process.
+func (s *Set) Remove(rel string) error {
+	if rel == "" || filepath.IsAbs(rel) || strings.Contains(rel, "..") {
+		return fmt.Errorf("removing cgroup %q: must be a relative path below the agent's cgroup", rel)
+	}
+	var errs []error
+	for h, own := range s.dirs {
+		top := filepath.Join(s.root, h, own, rel)
+		var dirs []string
+		_ = filepath.WalkDir(top, func(p string, d fs.DirEntry, err error) error {
+			if err == nil && d.IsDir() {
+				dirs = append(dirs, p)
+			}
+			return nil
+		})
+		for i := len(dirs) - 1; i >= 0; i-- {
+			if err := os.Remove(dirs[i]); err != nil && !errors.Is(err, fs.ErrNotExist) {
+				errs = append(errs, fmt.Errorf("removing cgroup %s: %w", dirs[i], err))
+			}
+		}
+	}
+	return errors.Join(errs...)
+}
+
+// Exists reports whether rel exists in any hierarchy.
+func (s *Set) Exists(rel string) bool {
+	for h, own := range s.dirs {
+		if _, err := os.Stat(filepath.Join(s.root, h, own, rel)); err == nil {
+			return true
+		}
+	}
+	return false
+}
+
+func readUint(path string) (uint64, error) {
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return 0, fmt.Errorf("reading %s: %w", path, err)
+	}
+	n, err := strconv.ParseUint(strings.TrimSpace(string(b)), 10, 64)
+	if err != nil {
+		return 0, fmt.Errorf("parsing %s: %w", path, err)
+	}
+	return n, nil
+}
+
+func readKey(path, key string) (uint64, error) {
+	f, err := os.Open(path)
+	if err != nil {
+		return 0, fmt.Errorf("reading %s: %w", path, err)
+	}
+	defer f.Close()
+	sc := bufio.NewScanner(f)
+	for sc.Scan() {
+		k, v, ok := strings.Cut(sc.Text(), " ")
+		if ok && k == key {
+			n, err := strconv.ParseUint(strings.TrimSpace(v), 10, 64)
+			if err != nil {
+				return 0, fmt.Errorf("parsing %s in %s: %w", key, path, err)
+			}
+			return n, nil
+		}
+	}
+	return 0, nil
+}

@@ -1,0 +1,172 @@
+package pod
+
+import (
+	"errors"
+	"fmt"
+	"io/fs"
+	"os"
+	"path/filepath"
+	"strings"
+
+	corev1 "k8s.io/api/core/v1"
+
+	"github.com/kip-dev/kip/internal/agent/runtime"
+	"github.com/kip-dev/kip/internal/cellapi"
+)
+
+// Layout of a pod directory:
+//
+//	etc/{hosts,hostname,resolv.conf}     bind-mounted into every container
+//	volumes/<name>/                      emptyDir, or the files of a configMap/secret/... volume
+//	containers/<name>/<run>/             the bundle of one container run (config.json, rootfs)
+//	logs/<name>/<run>.log                the CRI log of one container run
+const (
+	etcDir        = "etc"
+	volumesDir    = "volumes"
+	containersDir = "containers"
+	logsDir       = "logs"
+)
+
+// hostname is the pod's hostname as kubelet sets it: spec.hostname, else the pod name,
+// truncated to 63 characters.
+func hostname(p *corev1.Pod) string {
+	h := p.Spec.Hostname
+	if h == "" {
+		h = p.Name
+	}
+	if h == "" {
+		h = "pod"
+	}
+	if len(h) > 63 {
+		h = strings.TrimRight(h[:63], "-.")
+	}
+	return h
+}
+
+// writePodFiles creates the pod directory with its /etc files and volumes.
+func writePodFiles(dir string, req *cellapi.PodRequest, podIP, hostResolv string) error {
+	p := req.Pod
+	if err := os.MkdirAll(filepath.Join(dir, etcDir), 0o755); err != nil {
+		return fmt.Errorf("creating pod directory: %w", err)
+	}
+	host := hostname(p)
+	fqdn := host
+	if p.Spec.Subdomain != "" {
+		fqdn = fmt.Sprintf("%s.%s.%s.svc.cluster.local", host, p.Spec.Subdomain, p.Namespace)
+	}
+	var hosts strings.Builder
+	hosts.WriteString("# Kubernetes-managed hosts file (written by kip-cell).\n127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n")
+	if podIP != "" {
+		if fqdn != host {
+			fmt.Fprintf(&hosts, "%s\t%s\t%s\n", podIP, fqdn, host)
+		} else {
+			fmt.Fprintf(&hosts, "%s\t%s\n", podIP, host)
+		}
+	}
+	for _, ha := range p.Spec.HostAliases {
+		fmt.Fprintf(&hosts, "%s\t%s\n", ha.IP, strings.Join(ha.Hostnames, "\t"))
+	}
+	resolv := hostResolv
+	if dc := p.Spec.DNSConfig; dc != nil && (p.Spec.DNSPolicy == corev1.DNSNone || len(dc.Nameservers) > 0) {
+		var b strings.Builder
+		for _, ns := range dc.Nameservers {
+			fmt.Fprintf(&b, "nameserver %s\n", ns)
+		}
+		if len(dc.Searches) > 0 {
+			fmt.Fprintf(&b, "search %s\n", strings.Join(dc.Searches, " "))
+		}
+		var opts []string
+		for _, o := range dc.Options {
+			if o.Value != nil {
+				opts = append(opts, o.Name+":"+*o.Value)
+			} else {
+				opts = append(opts, o.Name)
+			}
+		}
+		if len(opts) > 0 {
+			fmt.Fprintf(&b, "options %s\n", strings.Join(opts, " "))
+		}
+		resolv = b.String()
+	}
+	for name, data := range map[string]string{"hosts": hosts.String(), "hostname": host + "\n", "resolv.conf": resolv} {
+		if err := os.WriteFile(filepath.Join(dir, etcDir, name), []byte(data), 0o644); err != nil {
+			return fmt.Errorf("writing pod %s: %w", name, err)
+		}
+	}
+	for _, v := range p.Spec.Volumes {
+		vdir := filepath.Join(dir, volumesDir, v.Name)
+		if err := os.MkdirAll(vdir, 0o777); err != nil {
+			return fmt.Errorf("creating volume %s: %w", v.Name, err)
+		}
+		if v.EmptyDir != nil {
+			// emptyDir is world-writable like kubelet's, so non-root containers can use it.
+			if err := os.Chmod(vdir, 0o777); err != nil {
+				return fmt.Errorf("creating volume %s: %w", v.Name, err)
+			}
+		}
+		for rel, f := range req.Volumes[v.Name].Files {
+			if err := writeVolumeFile(vdir, rel, f); err != nil {
+				return fmt.Errorf("writing volume %s file %s: %w", v.Name, rel, err)
+			}
+		}
+	}
+	return nil
+}
+
+func writeVolumeFile(vdir, rel string, f cellapi.File) error {
+	root, err := os.OpenRoot(vdir)
+	if err != nil {
+		return err
+	}
+	defer root.Close()
+	if d := filepath.Dir(rel); d != "." {
+		if err := root.MkdirAll(d, 0o755); err != nil {
+			return err
+		}
+	}
+	mode := fs.FileMode(f.Mode) & fs.ModePerm
+	if mode == 0 {
+		mode = 0o644
+	}
+	if err := root.WriteFile(rel, f.Data, mode); err != nil {
+		return err
+	}
+	return root.Chmod(rel, mode)
+}
+
+// containerMounts returns the bind mounts of one container: the pod's /etc files, then its
+// volumeMounts. A subPath that does not exist is created as a directory, as kubelet does.
+func containerMounts(dir string, c *corev1.Container) ([]runtime.Mount, error) {
+	ms := []runtime.Mount{
+		{Source: filepath.Join(dir, etcDir, "hosts"), Destination: "/etc/hosts"},
+		{Source: filepath.Join(dir, etcDir, "hostname"), Destination: "/etc/hostname"},
+		{Source: filepath.Join(dir, etcDir, "resolv.conf"), Destination: "/etc/resolv.conf"},
+	}
+	for _, m := range c.VolumeMounts {
+		src := filepath.Join(dir, volumesDir, m.Name)
+		if m.SubPath != "" {
+			root, err := os.OpenRoot(src)
+			if err != nil {
+				return nil, fmt.Errorf("opening volume %s: %w", m.Name, err)
+			}
+			_, err = root.Lstat(m.SubPath)
+			if errors.Is(err, fs.ErrNotExist) {
+				err = root.MkdirAll(m.SubPath, 0o777)
+			}
+			if err == nil {
+				// Refuse a subPath that resolves outside the volume through a symlink.
+				var f *os.File
+				if f, err = root.Open(m.SubPath); err == nil {
+					f.Close()
+				}
+			}
+			root.Close()
+			if err != nil {
+				return nil, fmt.Errorf("volumeMount %s subPath %q: %w", m.Name, m.SubPath, err)
+			}
+			src = filepath.Join(src, m.SubPath)
+		}
+		ms = append(ms, runtime.Mount{Source: src, Destination: m.MountPath, ReadOnly: m.ReadOnly})
+	}
+	return ms, nil
+}

@@ -1,0 +1,648 @@
+// Package pod supervises one pod inside a cell the way kubelet does: it pulls the images,
+// runs the init containers in order and then the app containers, restarts them according to
+// the restart policy with kubelet's exponential back-off, keeps kubelet-shaped container and
+// pod status (every change bumps Seq and is pushed to Notify), and stops everything on
+// delete: SIGTERM, the grace period, SIGKILL, then removal of every container, mount, cgroup
+// and file it made.
+package pod
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"strconv"
+	"sync"
+	"syscall"
+	"time"
+
+	corev1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/utils/clock"
+
+	"github.com/kip-dev/kip/internal/agent/cgroups"
+	"github.com/kip-dev/kip/internal/agent/image"
+	"github.com/kip-dev/kip/internal/agent/runtime"
+	"github.com/kip-dev/kip/internal/cellapi"
+)
+
+// Images is the part of the image store the supervisor uses (*image.Store).
+type Images interface {
+	Pull(ctx context.Context, ref string, auths []cellapi.RegistryAuth) (*image.Image, error)
+	MountRootFS(img *image.Image, dir string) (rootfs string, unmount func() error, err error)
+}
+
+// LogWriter is one container run's log: one writer per stream, closed when the run ends.
+type LogWriter interface {
+	Stream(name string) io.Writer
+	Close() error
+}
+
+// Cgroups is the part of *cgroups.Set the supervisor uses.
+type Cgroups interface {
+	OOMKills(rel string) (uint64, error)
+	Usage(rel string) (cellapi.Usage, error)
+	Remove(rel string) error
+}
+
+var _ Cgroups = (*cgroups.Set)(nil)
+
+// BackOff configures restart and image-pull back-off; kubelet uses 10s doubling to 5m,
+// starting over after a container has run 10m.
+type BackOff struct {
+	Base, Max, Reset time.Duration
+}
+
+// DefaultBackOff is kubelet's.
+var DefaultBackOff = BackOff{Base: 10 * time.Second, Max: 5 * time.Minute, Reset: 10 * time.Minute}
+
+// Config is what a pod needs from the agent.
+type Config struct {
+	// Dir is this pod's directory; Start creates it and Stop removes it.
+	Dir     string
+	Runtime runtime.Runtime
+	Images  Images
+	Cgroups Cgroups
+	// CgroupParent is relative to the agent's cgroup; the pod's cgroups live under
+	// CgroupParent/<pod UID>/<container>/<run>.
+	CgroupParent string
+	// NewLog opens the log of one container run.
+	NewLog func(path string) (LogWriter, error)
+	Clock  clock.Clock
+	BackOff
+	// PodIP goes into /etc/hosts; ResolvConf is the resolv.conf used unless the pod sets DNS.
+	PodIP, ResolvConf string
+	Log               *slog.Logger
+	// Notify receives every new status, under the pod's lock: it must not block or call back.
+	Notify func(*cellapi.PodStatus)
+	// FirstSeq is the Seq of the first status.
+	FirstSeq uint64
+}
+
+// Pod is one supervised pod.
+type Pod struct {
+	cfg    Config
+	req    *cellapi.PodRequest
+	spec   *corev1.PodSpec
+	ctx    context.Context
+	cancel context.CancelFunc
+	wg     sync.WaitGroup
+
+	mu       sync.Mutex
+	status   cellapi.PodStatus
+	ctrs     map[string]*ctr
+	stopping bool
+	killing  bool
+	stopped  chan struct{}
+}
+
+// ctr is the supervisor's record of one container.
+type ctr struct {
+	spec *corev1.Container
+	init bool
+	// idx is the container's index in its status slice.
+	idx int
+	// runs counts the runs started; the current or last one is runs-1.
+	runs    int
+	running *runtime.Container
+	image   *image.Image
+	backOff backOff
+}
+
+// Start validates req, lays out the pod directory and starts supervising the pod.
+func Start(cfg Config, req *cellapi.PodRequest) (*Pod, error) {
+	if err := Validate(req); err != nil {
+		return nil, err
+	}
+	if cfg.Clock == nil {
+		cfg.Clock = clock.RealClock{}
+	}
+	if cfg.Log == nil {
+		cfg.Log = slog.New(slog.DiscardHandler)
+	}
+	if cfg.BackOff == (BackOff{}) {
+		cfg.BackOff = DefaultBackOff
+	}
+	if cfg.Notify == nil {
+		cfg.Notify = func(*cellapi.PodStatus) {}
+	}
+	if err := writePodFiles(cfg.Dir, req, cfg.PodIP, cfg.ResolvConf); err != nil {
+		_ = os.RemoveAll(cfg.Dir)
+		return nil, fmt.Errorf("preparing pod %s: %w", req.Pod.UID, err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	p := &Pod{
+		cfg: cfg, req: req, spec: &req.Pod.Spec, ctx: ctx, cancel: cancel,
+		ctrs: map[string]*ctr{}, stopped: make(chan struct{}),
+	}
+	p.status = cellapi.PodStatus{UID: string(req.Pod.UID), Seq: cfg.FirstSeq, Phase: corev1.PodPending, StartTime: cfg.Clock.Now().UTC().Truncate(time.Second)}
+	bo := backOff{base: cfg.BackOff.Base, max: cfg.BackOff.Max, reset: cfg.BackOff.Reset}
+	waitReason := ReasonContainerCreating
+	if len(p.spec.InitContainers) > 0 {
+		waitReason = ReasonPodInitializing
+	}
+	for i := range p.spec.InitContainers {
+		c := &p.spec.InitContainers[i]
+		p.ctrs[c.Name] = &ctr{spec: c, init: true, idx: i, backOff: bo}
+		p.status.InitContainerStatuses = append(p.status.InitContainerStatuses, corev1.ContainerStatus{
+			Name: c.Name, Image: c.Image, State: waiting(ReasonPodInitializing, ""),
+		})
+	}
+	if len(p.spec.InitContainers) > 0 {
+		p.status.InitContainerStatuses[0].State = waiting(ReasonContainerCreating, "")
+	}
+	for i := range p.spec.Containers {
+		c := &p.spec.Containers[i]
+		p.ctrs[c.Name] = &ctr{spec: c, idx: i, backOff: bo}
+		p.status.ContainerStatuses = append(p.status.ContainerStatuses, corev1.ContainerStatus{
+			Name: c.Name, Image: c.Image, State: waiting(waitReason, ""), Started: new(bool),
+		})
+	}
+	p.mu.Lock()
+	p.publishLocked()
+	p.mu.Unlock()
+	p.wg.Add(1)
+	go p.run()
+	return p, nil
+}
+
+func waiting(reason, msg string) corev1.ContainerState {
+	return corev1.ContainerState{Waiting: &corev1.ContainerStateWaiting{Reason: reason, Message: msg}}
+}
+
+// GracePeriod is the pod's terminationGracePeriodSeconds, 30s when unset.
+func (p *Pod) GracePeriod() time.Duration {
+	if g := p.spec.TerminationGracePeriodSeconds; g != nil && *g >= 0 {
+		return time.Duration(*g) * time.Second
+	}
+	return 30 * time.Second
+}
+
+// UID returns the pod's UID.
+func (p *Pod) UID() string { return string(p.req.Pod.UID) }
+
+// Status returns a copy of the current status.
+func (p *Pod) Status() *cellapi.PodStatus {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return p.snapshotLocked()
+}
+
+func (p *Pod) snapshotLocked() *cellapi.PodStatus {
+	s := p.status
+	s.InitContainerStatuses = deepCopy(p.status.InitContainerStatuses)
+	s.ContainerStatuses = deepCopy(p.status.ContainerStatuses)
+	s.Conditions = append([]corev1.PodCondition(nil), p.status.Conditions...)
+	return &s
+}
+
+func deepCopy(in []corev1.ContainerStatus) []corev1.ContainerStatus {
+	if in == nil {
+		return nil
+	}
+	out := make([]corev1.ContainerStatus, len(in))
+	for i := range in {
+		in[i].DeepCopyInto(&out[i])
+	}
+	return out
+}
+
+// update changes one container's status, recomputes the pod's and publishes it.
+func (p *Pod) update(c *ctr, f func(*corev1.ContainerStatus)) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if c.init {
+		f(&p.status.InitContainerStatuses[c.idx])
+	} else {
+		f(&p.status.ContainerStatuses[c.idx])
+	}
+	p.publishLocked()
+}
+
+func (p *Pod) publishLocked() {
+	p.status.Seq++
+	p.status.Phase = phase(p.spec, p.status.InitContainerStatuses, p.status.ContainerStatuses)
+	now := p.cfg.Clock.Now().UTC().Truncate(time.Second)
+	p.status.Conditions = conditions(p.status.Conditions, p.status.InitContainerStatuses, p.status.ContainerStatuses, now)
+	p.cfg.Notify(p.snapshotLocked())
+}
+
+func (p *Pod) restartPolicy() corev1.RestartPolicy {
+	if p.spec.RestartPolicy == "" {
+		return corev1.RestartPolicyAlways
+	}
+	return p.spec.RestartPolicy
+}
+
+// run runs the init containers in order, then supervises every app container.
+func (p *Pod) run() {
+	defer p.wg.Done()
+	for i := range p.spec.InitContainers {
+		c := p.ctrs[p.spec.InitContainers[i].Name]
+		for {
+			out := p.runOnce(c)
+			if p.ctx.Err() != nil {
+				return
+			}
+			if out.ok() {
+				break
+			}
+			if p.restartPolicy() == corev1.RestartPolicyNever {
+				p.cfg.Log.Info("init container failed; pod failed", "pod", p.UID(), "container", c.spec.Name)
+				return
+			}
+			if !p.backOffRestart(c, out) {
+				return
+			}
+		}
+		if i+1 < len(p.spec.InitContainers) {
+			next := p.ctrs[p.spec.InitContainers[i+1].Name]
+			p.update(next, func(s *corev1.ContainerStatus) { s.State = waiting(ReasonContainerCreating, "") })
+		}
+	}
+	for i := range p.spec.Containers {
+		c := p.ctrs[p.spec.Containers[i].Name]
+		if len(p.spec.InitContainers) > 0 {
+			p.update(c, func(s *corev1.ContainerStatus) { s.State = waiting(ReasonContainerCreating, "") })
+		}
+		p.wg.Add(1)
+		go p.supervise(c)
+	}
+}
+
+// supervise runs one app container and restarts it as the restart policy says.
+func (p *Pod) supervise(c *ctr) {
+	defer p.wg.Done()
+	for {
+		out := p.runOnce(c)
+		if p.ctx.Err() != nil {
+			return
+		}
+		switch p.restartPolicy() {
+		case corev1.RestartPolicyNever:
+			return
+		case corev1.RestartPolicyOnFailure:
+			if out.ok() {
+				return
+			}
+		}
+		if !p.backOffRestart(c, out) {
+			return
+		}
+	}
+}
+
+// outcome is how one run of a container ended.
+type outcome struct {
+	// stage is "" when the process ran; else the waiting reason it failed with.
+	stage  string
+	exit   int
+	ranFor time.Duration
+}
+
+func (o outcome) ok() bool { return o.stage == "" && o.exit == 0 }
+
+// backOffRestart waits the container's back-off, showing it as waiting, and reports whether
+// to run it again (false when the pod is being stopped).
+func (p *Pod) backOffRestart(c *ctr, out outcome) bool {
+	delay := c.backOff.next(out.ranFor)
+	reason, msg := ReasonCrashLoopBackOff, fmt.Sprintf("back-off %s restarting failed container=%s pod=%s", delay, c.spec.Name, p.req.Pod.Name)
+	if out.stage != "" {
+		reason = out.stage
+	}
+	p.update(c, func(s *corev1.ContainerStatus) {
+		if s.State.Terminated != nil {
+			s.LastTerminationState = corev1.ContainerState{Terminated: s.State.Terminated}
+		}
+		if reason != ReasonCrashLoopBackOff && s.State.Waiting != nil {
+			msg = s.State.Waiting.Message
+		}
+		s.State = waiting(reason, msg)
+		s.Ready = false
+	})
+	select {
+	case <-p.cfg.Clock.After(delay):
+	case <-p.ctx.Done():
+		return false
+	}
+	p.update(c, func(s *corev1.ContainerStatus) { s.RestartCount++ })
+	return true
+}
+
+// runOnce pulls, creates, starts and waits for one run of c.
+func (p *Pod) runOnce(c *ctr) outcome {
+	img := p.pull(c)
+	if img == nil {
+		return outcome{stage: ReasonErrImagePull} // only when stopping
+	}
+	p.mu.Lock()
+	run := c.runs
+	c.runs++
+	p.mu.Unlock()
+	id := containerID(p.UID(), c.spec.Name, run)
+	bundle := filepath.Join(p.cfg.Dir, containersDir, c.spec.Name, strconv.Itoa(run))
+	cg := filepath.Join(p.cfg.CgroupParent, p.UID(), c.spec.Name)
+
+	cleanup, err := p.create(c, img, bundle, filepath.Join(cg, strconv.Itoa(run)))
+	if err != nil {
+		p.cfg.Log.Info("creating container failed", "pod", p.UID(), "container", c.spec.Name, "err", err)
+		p.update(c, func(s *corev1.ContainerStatus) {
+			s.State = waiting(ReasonCreateContainerError, err.Error())
+		})
+		return outcome{stage: ReasonCreateContainerError}
+	}
+	defer cleanup()
+
+	oomBefore, _ := p.cfg.Cgroups.OOMKills(cg)
+	logw, err := p.cfg.NewLog(filepath.Join(p.cfg.Dir, logsDir, c.spec.Name, strconv.Itoa(run)+".log"))
+	if err != nil {
+		p.update(c, func(s *corev1.ContainerStatus) { s.State = waiting(ReasonCreateContainerError, err.Error()) })
+		return outcome{stage: ReasonCreateContainerError}
+	}
+	started, err := p.cfg.Runtime.Start(p.ctx, id, bundle, runtime.IO{Stdout: logw.Stream("stdout"), Stderr: logw.Stream("stderr")})
+	if err != nil {
+		_ = logw.Close()
+		if p.ctx.Err() != nil {
+			return outcome{stage: ReasonRunContainerError}
+		}
+		now := metav1.NewTime(p.cfg.Clock.Now())
+		msg := err.Error()
+		var se *runtime.StartError
+		if errors.As(err, &se) {
+			msg = se.Message
+		}
+		p.cfg.Log.Info("starting container failed", "pod", p.UID(), "container", c.spec.Name, "err", msg)
+		policyStops := p.restartPolicy() == corev1.RestartPolicyNever
+		p.update(c, func(s *corev1.ContainerStatus) {
+			term := &corev1.ContainerStateTerminated{
+				ExitCode: 128, Reason: ReasonContainerCannotRun, Message: msg,
+				StartedAt: now, FinishedAt: now, ContainerID: "runc://" + id,
+			}
+			if policyStops {
+				s.State = corev1.ContainerState{Terminated: term}
+			} else {
+				s.LastTerminationState = corev1.ContainerState{Terminated: term}
+				s.State = waiting(ReasonRunContainerError, msg)
+			}
+			s.ContainerID = "runc://" + id
+		})
+		return outcome{stage: ReasonRunContainerError, exit: 128}
+	}
+
+	p.mu.Lock()
+	c.running = started
+	if p.stopping {
+		sig := syscall.SIGTERM
+		if p.killing {
+			sig = syscall.SIGKILL
+		}
+		go p.cfg.Runtime.Kill(context.Background(), id, sig)
+	}
+	startedAt := metav1.NewTime(started.StartedAt)
+	if c.init {
+		p.status.InitContainerStatuses[c.idx].ContainerID = "runc://" + id
+	}
+	p.mu.Unlock()
+	p.update(c, func(s *corev1.ContainerStatus) {
+		s.State = corev1.ContainerState{Running: &corev1.ContainerStateRunning{StartedAt: startedAt}}
+		s.ContainerID = "runc://" + id
+		s.ImageID = img.ImageID
+		s.Ready = !c.init
+		t := true
+		s.Started = &t
+	})
+
+	<-started.Done()
+	_ = logw.Close()
+	st := started.ExitStatus()
+	oomAfter, _ := p.cfg.Cgroups.OOMKills(cg)
+	reason := ReasonCompleted
+	switch {
+	case oomAfter > oomBefore:
+		reason = ReasonOOMKilled
+	case st.Code != 0:
+		reason = ReasonError
+	}
+	p.mu.Lock()
+	c.running = nil
+	p.mu.Unlock()
+	finished := metav1.NewTime(st.At)
+	p.update(c, func(s *corev1.ContainerStatus) {
+		s.State = corev1.ContainerState{Terminated: &corev1.ContainerStateTerminated{
+			ExitCode: int32(st.Code), Signal: int32(st.Signal), Reason: reason,
+			StartedAt: startedAt, FinishedAt: finished, ContainerID: "runc://" + id,
+		}}
+		s.Ready = false
+		f := false
+		s.Started = &f
+	})
+	return outcome{exit: st.Code, ranFor: st.At.Sub(started.StartedAt)}
+}
+
+// pull gets c's image, retrying with back-off; nil when the pod is stopped first.
+func (p *Pod) pull(c *ctr) *image.Image {
+	if c.image != nil {
+		return c.image
+	}
+	bo := backOff{base: p.cfg.BackOff.Base, max: p.cfg.BackOff.Max, reset: p.cfg.BackOff.Reset}
+	for {
+		img, err := p.cfg.Images.Pull(p.ctx, c.spec.Image, p.req.PullSecrets)
+		if err == nil {
+			c.image = img
+			return img
+		}
+		if p.ctx.Err() != nil {
+			return nil
+		}
+		if image.IsInvalidReference(err) {
+			p.update(c, func(s *corev1.ContainerStatus) {
+				s.State = waiting(ReasonInvalidImageName, fmt.Sprintf("Failed to apply default image tag %q: %v", c.spec.Image, err))
+			})
+			<-p.ctx.Done()
+			return nil
+		}
+		p.cfg.Log.Info("pulling image failed", "pod", p.UID(), "container", c.spec.Name, "image", c.spec.Image, "err", err)
+		p.update(c, func(s *corev1.ContainerStatus) { s.State = waiting(ReasonErrImagePull, err.Error()) })
+		delay := bo.next(0)
+		select {
+		case <-p.cfg.Clock.After(delay):
+		case <-p.ctx.Done():
+			return nil
+		}
+		p.update(c, func(s *corev1.ContainerStatus) {
+			s.State = waiting(ReasonImagePullBackOff, fmt.Sprintf("Back-off pulling image %q: %v", c.spec.Image, err))
+		})
+		select {
+		case <-p.cfg.Clock.After(delay):
+		case <-p.ctx.Done():
+			return nil
+		}
+	}
+}
+
+// create lays out one run's bundle: overlay rootfs, resolved process, config.json.
+func (p *Pod) create(c *ctr, img *image.Image, bundle, cgroup string) (cleanup func(), err error) {
+	if err := os.MkdirAll(bundle, 0o700); err != nil {
+		return nil, fmt.Errorf("creating bundle: %w", err)
+	}
+	rootfs, unmount, err := p.cfg.Images.MountRootFS(img, bundle)
+	if err != nil {
+		_ = os.RemoveAll(bundle)
+		return nil, fmt.Errorf("mounting rootfs: %w", err)
+	}
+	cleanup = func() {
+		if err := unmount(); err != nil {
+			p.cfg.Log.Warn("unmounting rootfs", "pod", p.UID(), "container", c.spec.Name, "err", err)
+		}
+		_ = os.RemoveAll(bundle)
+	}
+	proc, err := runtime.ResolveProcess(c.spec, img.Config, rootfs)
+	if err != nil {
+		cleanup()
+		return nil, err
+	}
+	mounts, err := containerMounts(p.cfg.Dir, c.spec)
+	if err != nil {
+		cleanup()
+		return nil, err
+	}
+	cc := runtime.ContainerConfig{
+		RootFS: rootfs, Process: proc, Hostname: hostname(p.req.Pod), Mounts: mounts,
+		Resources: runtime.ResourcesOf(c.spec.Resources), CgroupsPath: cgroup,
+	}
+	if sc := c.spec.SecurityContext; sc != nil && sc.ReadOnlyRootFilesystem != nil {
+		cc.ReadOnlyRootFS = *sc.ReadOnlyRootFilesystem
+	}
+	spec, err := runtime.BuildSpec(cc)
+	if err == nil {
+		err = runtime.WriteBundle(bundle, spec)
+	}
+	if err != nil {
+		cleanup()
+		return nil, err
+	}
+	return cleanup, nil
+}
+
+// containerID is the runtime id of one run: unique per pod, container and run.
+func containerID(uid, name string, run int) string {
+	return fmt.Sprintf("%s-%s-%d", uid, name, run)
+}
+
+// LogPath returns the log file of a container's current (or last) run, or of the run before
+// it when previous is set.
+func (p *Pod) LogPath(name string, previous bool) (string, error) {
+	p.mu.Lock()
+	c, ok := p.ctrs[name]
+	runs := 0
+	if ok {
+		runs = c.runs
+	}
+	p.mu.Unlock()
+	if !ok {
+		return "", cellapi.Errorf(cellapi.KindNotFound, "container %q is not in pod %s", name, p.req.Pod.Name)
+	}
+	run := runs - 1
+	if previous {
+		run--
+	}
+	if run < 0 {
+		if previous {
+			return "", cellapi.Errorf(cellapi.KindInvalid, "previous terminated container %q in pod %q not found", name, p.req.Pod.Name)
+		}
+		return "", cellapi.Errorf(cellapi.KindInvalid, "container %q in pod %q is waiting to start", name, p.req.Pod.Name)
+	}
+	return filepath.Join(p.cfg.Dir, logsDir, name, strconv.Itoa(run)+".log"), nil
+}
+
+// ContainerStats returns the usage of each running container.
+func (p *Pod) ContainerStats() []cellapi.ContainerStats {
+	p.mu.Lock()
+	type run struct {
+		name string
+		at   time.Time
+	}
+	var running []run
+	for _, cs := range p.spec.Containers {
+		if c := p.ctrs[cs.Name]; c.running != nil {
+			running = append(running, run{cs.Name, c.running.StartedAt})
+		}
+	}
+	p.mu.Unlock()
+	var out []cellapi.ContainerStats
+	for _, r := range running {
+		u, err := p.cfg.Cgroups.Usage(filepath.Join(p.cfg.CgroupParent, p.UID(), r.name))
+		if err != nil {
+			continue // the container exited between the two reads
+		}
+		out = append(out, cellapi.ContainerStats{Name: r.name, StartTime: r.at, Usage: u})
+	}
+	return out
+}
+
+// Stop stops the pod: no more starts or restarts, SIGTERM to every running container, up to
+// grace for them to exit, then SIGKILL; then it removes the pod's cgroups and directory. It is
+// safe to call more than once; later calls wait for the first.
+func (p *Pod) Stop(ctx context.Context, grace time.Duration) error {
+	p.mu.Lock()
+	if p.stopping {
+		p.mu.Unlock()
+		select {
+		case <-p.stopped:
+			return nil
+		case <-ctx.Done():
+			return ctx.Err()
+		}
+	}
+	p.stopping = true
+	p.cancel()
+	ids := p.runningIDsLocked()
+	p.mu.Unlock()
+	defer close(p.stopped)
+
+	for _, id := range ids {
+		if err := p.cfg.Runtime.Kill(ctx, id, syscall.SIGTERM); err != nil {
+			p.cfg.Log.Warn("sending SIGTERM", "container", id, "err", err)
+		}
+	}
+	done := make(chan struct{})
+	go func() { p.wg.Wait(); close(done) }()
+	select {
+	case <-done:
+	case <-p.cfg.Clock.After(grace):
+		p.mu.Lock()
+		p.killing = true
+		ids = p.runningIDsLocked()
+		p.mu.Unlock()
+		for _, id := range ids {
+			if err := p.cfg.Runtime.Kill(context.WithoutCancel(ctx), id, syscall.SIGKILL); err != nil {
+				p.cfg.Log.Warn("sending SIGKILL", "container", id, "err", err)
+			}
+		}
+		<-done
+	}
+	var errs []error
+	if err := p.cfg.Cgroups.Remove(filepath.Join(p.cfg.CgroupParent, p.UID())); err != nil {
+		errs = append(errs, err)
+	}
+	if err := os.RemoveAll(p.cfg.Dir); err != nil {
+		errs = append(errs, fmt.Errorf("removing pod directory: %w", err))
+	}
+	if len(errs) > 0 {
+		return fmt.Errorf("cleaning up pod %s: %w", p.UID(), errors.Join(errs...))
+	}
+	return nil
+}
+
+func (p *Pod) runningIDsLocked() []string {
+	var ids []string
+	for _, c := range p.ctrs {
+		if c.running != nil {
+			ids = append(ids, c.running.ID)
+		}
+	}
+	return ids
+}

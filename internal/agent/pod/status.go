@@ -1,0 +1,146 @@
+package pod
+
+import (
+	"time"
+
+	corev1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+)
+
+// Container waiting and terminated reasons, as kubelet reports them.
+const (
+	ReasonContainerCreating    = "ContainerCreating"
+	ReasonPodInitializing      = "PodInitializing"
+	ReasonErrImagePull         = "ErrImagePull"
+	ReasonImagePullBackOff     = "ImagePullBackOff"
+	ReasonInvalidImageName     = "InvalidImageName"
+	ReasonCrashLoopBackOff     = "CrashLoopBackOff"
+	ReasonCreateContainerError = "CreateContainerError"
+	ReasonRunContainerError    = "RunContainerError"
+
+	ReasonCompleted          = "Completed"
+	ReasonError              = "Error"
+	ReasonOOMKilled          = "OOMKilled"
+	ReasonContainerCannotRun = "ContainerCannotRun"
+)
+
+// phase computes the pod phase from container statuses as kubelet's getPhase does.
+func phase(spec *corev1.PodSpec, init, app []corev1.ContainerStatus) corev1.PodPhase {
+	policy := spec.RestartPolicy
+	if policy == "" {
+		policy = corev1.RestartPolicyAlways
+	}
+	pendingInit := 0
+	for _, s := range init {
+		switch {
+		case s.State.Terminated != nil && s.State.Terminated.ExitCode == 0:
+		case s.State.Terminated != nil:
+			if policy == corev1.RestartPolicyNever {
+				return corev1.PodFailed
+			}
+			pendingInit++
+		default:
+			if policy == corev1.RestartPolicyNever && s.LastTerminationState.Terminated != nil && s.LastTerminationState.Terminated.ExitCode != 0 {
+				return corev1.PodFailed
+			}
+			pendingInit++
+		}
+	}
+	if pendingInit > 0 {
+		return corev1.PodPending
+	}
+	var running, waiting, stopped, succeeded int
+	for _, s := range app {
+		switch {
+		case s.State.Running != nil:
+			running++
+		case s.State.Terminated != nil:
+			stopped++
+			if s.State.Terminated.ExitCode == 0 {
+				succeeded++
+			}
+		case s.State.Waiting != nil && s.LastTerminationState.Terminated != nil:
+			stopped++
+		default:
+			waiting++
+		}
+	}
+	switch {
+	case waiting > 0:
+		return corev1.PodPending
+	case running > 0:
+		return corev1.PodRunning
+	case stopped > 0:
+		if policy == corev1.RestartPolicyAlways {
+			return corev1.PodRunning
+		}
+		if stopped == succeeded {
+			return corev1.PodSucceeded
+		}
+		if policy == corev1.RestartPolicyNever {
+			return corev1.PodFailed
+		}
+		return corev1.PodRunning
+	}
+	return corev1.PodPending
+}
+
+// conditions returns Initialized, ContainersReady and Ready, keeping the transition times of
+// those that did not change.
+func conditions(prev []corev1.PodCondition, init, app []corev1.ContainerStatus, now time.Time) []corev1.PodCondition {
+	initialized := true
+	for _, s := range init {
+		if s.State.Terminated == nil || s.State.Terminated.ExitCode != 0 {
+			initialized = false
+		}
+	}
+	ready := initialized
+	for _, s := range app {
+		if !s.Ready {
+			ready = false
+		}
+	}
+	want := []corev1.PodCondition{
+		{Type: corev1.PodInitialized, Status: boolStatus(initialized)},
+		{Type: corev1.ContainersReady, Status: boolStatus(ready)},
+		{Type: corev1.PodReady, Status: boolStatus(ready)},
+	}
+	for i := range want {
+		want[i].LastTransitionTime = metav1.NewTime(now)
+		for _, p := range prev {
+			if p.Type == want[i].Type && p.Status == want[i].Status {
+				want[i].LastTransitionTime = p.LastTransitionTime
+			}
+		}
+	}
+	return want
+}
+
+func boolStatus(b bool) corev1.ConditionStatus {
+	if b {
+		return corev1.ConditionTrue
+	}
+	return corev1.ConditionFalse
+}
+
+// backOff is kubelet's per-container restart back-off: base, doubling up to max, starting
+// over once a container has run for reset.
+type backOff struct {
+	base, max, reset time.Duration
+	cur              time.Duration
+}
+
+func (b *backOff) next(ranFor time.Duration) time.Duration {
+	if ranFor >= b.reset {
+		b.cur = 0
+	}
+	if b.cur == 0 {
+		b.cur = b.base
+	} else {
+		b.cur *= 2
+	}
+	if b.cur > b.max {
+		b.cur = b.max
+	}
+	return b.cur
+}

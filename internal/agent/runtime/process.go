@@ -1,0 +1,276 @@
+package runtime
+
+import (
+	"bufio"
+	"errors"
+	"fmt"
+	"io/fs"
+	"os"
+	"strconv"
+	"strings"
+
+	v1 "github.com/google/go-containerregistry/pkg/v1"
+	corev1 "k8s.io/api/core/v1"
+)
+
+// DefaultPath is added when neither the image nor the pod sets PATH, as containerd does.
+const DefaultPath = "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+
+// DefaultCPUPeriod is the CFS period (µs) used with CPU limits, as kubelet uses.
+const DefaultCPUPeriod uint64 = 100000
+
+// Process is the resolved process of a container.
+type Process struct {
+	Args           []string
+	Env            []string
+	Cwd            string
+	UID, GID       uint32
+	AdditionalGids []uint32
+}
+
+// ResolveProcess merges a pod's container with its image config the way kubelet and the CRI
+// runtimes do:
+//   - command replaces the image Entrypoint and drops its Cmd; args replace Cmd;
+//   - env is the image env, then the container's env (later names win), and $(VAR) in
+//     command and args expands from it;
+//   - workingDir falls back to the image's, then "/";
+//   - the user is securityContext.runAsUser/runAsGroup, else the image's User ("uid",
+//     "uid:gid", "name" or "name:group", looked up in the rootfs's /etc/passwd and /etc/group).
+//
+// rootfs is the container's root directory, read for the user lookup only.
+func ResolveProcess(c *corev1.Container, img v1.Config, rootfs string) (Process, error) {
+	var p Process
+	env := mergeEnv(img.Env, c.Env)
+	lookup := envMap(env)
+	var args []string
+	switch {
+	case len(c.Command) > 0:
+		args = append(expandAll(c.Command, lookup), expandAll(c.Args, lookup)...)
+	case len(c.Args) > 0:
+		args = append(append([]string(nil), img.Entrypoint...), expandAll(c.Args, lookup)...)
+	default:
+		args = append(append([]string(nil), img.Entrypoint...), img.Cmd...)
+	}
+	if len(args) == 0 {
+		return p, fmt.Errorf("container %s: no command specified: neither the pod nor the image sets one", c.Name)
+	}
+	p.Args = args
+	p.Env = env
+	p.Cwd = c.WorkingDir
+	if p.Cwd == "" {
+		p.Cwd = img.WorkingDir
+	}
+	if p.Cwd == "" {
+		p.Cwd = "/"
+	}
+	if !strings.HasPrefix(p.Cwd, "/") {
+		return p, fmt.Errorf("container %s: workingDir %q is not absolute", c.Name, p.Cwd)
+	}
+	uid, gid, err := resolveUser(c, img.User, rootfs)
+	if err != nil {
+		return p, fmt.Errorf("container %s: %w", c.Name, err)
+	}
+	p.UID, p.GID = uid, gid
+	if sc := c.SecurityContext; sc != nil && sc.RunAsNonRoot != nil && *sc.RunAsNonRoot && uid == 0 {
+		return p, fmt.Errorf("container %s: runAsNonRoot is set but the container would run as root", c.Name)
+	}
+	return p, nil
+}
+
+func mergeEnv(image []string, container []corev1.EnvVar) []string {
+	out := make([]string, 0, len(image)+len(container)+1)
+	idx := map[string]int{}
+	set := func(kv string) {
+		k, _, _ := strings.Cut(kv, "=")
+		if i, ok := idx[k]; ok {
+			out[i] = kv
+			return
+		}
+		idx[k] = len(out)
+		out = append(out, kv)
+	}
+	for _, kv := range image {
+		set(kv)
+	}
+	lookup := envMap(out)
+	for _, e := range container {
+		v := expand(e.Value, lookup)
+		set(e.Name + "=" + v)
+		lookup[e.Name] = v
+	}
+	if _, ok := idx["PATH"]; !ok {
+		out = append(out, DefaultPath)
+	}
+	return out
+}
+
+func envMap(env []string) map[string]string {
+	m := make(map[string]string, len(env))
+	for _, kv := range env {
+		k, v, _ := strings.Cut(kv, "=")
+		m[k] = v
+	}
+	return m
+}
+
+func expandAll(in []string, env map[string]string) []string {
+	out := make([]string, len(in))
+	for i, s := range in {
+		out[i] = expand(s, env)
+	}
+	return out
+}
+
+// expand replaces $(VAR) with its value as kubelet does: $$ escapes a $, and references to
+// undefined variables are left as written.
+func expand(s string, env map[string]string) string {
+	if !strings.Contains(s, "$") {
+		return s
+	}
+	var b strings.Builder
+	for i := 0; i < len(s); i++ {
+		if s[i] != '$' || i+1 >= len(s) {
+			b.WriteByte(s[i])
+			continue
+		}
+		switch s[i+1] {
+		case '$':
+			b.WriteByte('$')
+			i++
+		case '(':
+			end := strings.IndexByte(s[i+2:], ')')
+			if end < 0 {
+				b.WriteString(s[i:])
+				return b.String()
+			}
+			name := s[i+2 : i+2+end]
+			if v, ok := env[name]; ok {
+				b.WriteString(v)
+			} else {
+				b.WriteString(s[i : i+3+end])
+			}
+			i += 2 + end
+		default:
+			b.WriteByte('$')
+		}
+	}
+	return b.String()
+}
+
+func resolveUser(c *corev1.Container, imageUser, rootfs string) (uint32, uint32, error) {
+	var uid, gid uint32
+	userPart, groupPart, _ := strings.Cut(imageUser, ":")
+	uidKnown := false
+	if sc := c.SecurityContext; sc != nil && sc.RunAsUser != nil {
+		if *sc.RunAsUser < 0 || *sc.RunAsUser > 1<<31 {
+			return 0, 0, fmt.Errorf("securityContext.runAsUser %d is out of range", *sc.RunAsUser)
+		}
+		uid, uidKnown = uint32(*sc.RunAsUser), true
+		userPart = strconv.FormatUint(uint64(uid), 10)
+	}
+	if !uidKnown && userPart != "" {
+		if n, err := strconv.ParseUint(userPart, 10, 32); err == nil {
+			uid = uint32(n)
+		} else {
+			e, err := lookupFile(rootfs, "/etc/passwd", func(f []string) bool { return len(f) >= 4 && f[0] == userPart })
+			if err != nil {
+				return 0, 0, fmt.Errorf("looking up image user %q: %w", userPart, err)
+			}
+			n, _ := strconv.ParseUint(e[2], 10, 32)
+			g, _ := strconv.ParseUint(e[3], 10, 32)
+			uid, gid = uint32(n), uint32(g)
+			if groupPart == "" {
+				groupPart = e[3]
+			}
+		}
+	}
+	// Without an explicit group, the primary group comes from /etc/passwd when the uid has an
+	// entry there, else 0.
+	if groupPart == "" && userPart != "" {
+		if e, err := lookupFile(rootfs, "/etc/passwd", func(f []string) bool { return len(f) >= 4 && f[2] == userPart }); err == nil {
+			g, _ := strconv.ParseUint(e[3], 10, 32)
+			gid = uint32(g)
+		}
+	}
+	if groupPart != "" {
+		if n, err := strconv.ParseUint(groupPart, 10, 32); err == nil {
+			gid = uint32(n)
+		} else {
+			e, err := lookupFile(rootfs, "/etc/group", func(f []string) bool { return len(f) >= 3 && f[0] == groupPart })
+			if err != nil {
+				return 0, 0, fmt.Errorf("looking up image group %q: %w", groupPart, err)
+			}
+			n, _ := strconv.ParseUint(e[2], 10, 32)
+			gid = uint32(n)
+		}
+	}
+	if sc := c.SecurityContext; sc != nil && sc.RunAsGroup != nil {
+		if *sc.RunAsGroup < 0 || *sc.RunAsGroup > 1<<31 {
+			return 0, 0, fmt.Errorf("securityContext.runAsGroup %d is out of range", *sc.RunAsGroup)
+		}
+		gid = uint32(*sc.RunAsGroup)
+	}
+	return uid, gid, nil
+}
+
+// errNoEntry says a passwd/group lookup found nothing.
+var errNoEntry = errors.New("no such entry")
+
+// lookupFile finds the first colon-separated line of name inside rootfs matching. The file is
+// opened through os.Root so a symlink in the image cannot point outside the rootfs.
+func lookupFile(rootfs, name string, match func([]string) bool) ([]string, error) {
+	root, err := os.OpenRoot(rootfs)
+	if err != nil {
+		return nil, err
+	}
+	defer root.Close()
+	f, err := root.Open(strings.TrimPrefix(name, "/"))
+	if errors.Is(err, fs.ErrNotExist) {
+		return nil, fmt.Errorf("%s: %w (the image has no %s)", name, errNoEntry, name)
+	}
+	if err != nil {
+		return nil, err
+	}
+	defer f.Close()
+	sc := bufio.NewScanner(f)
+	for sc.Scan() {
+		fields := strings.Split(sc.Text(), ":")
+		if match(fields) {
+			return fields, nil
+		}
+	}
+	if err := sc.Err(); err != nil {
+		return nil, err
+	}
+	return nil, fmt.Errorf("%s: %w", name, errNoEntry)
+}
+
+// ResourcesOf turns a container's limits and requests into cgroup settings as kubelet does:
+// memory limit; CPU quota from the CPU limit over a 100ms period; CPU shares from the request
+// (or the limit when no request is set), at least 2.
+func ResourcesOf(r corev1.ResourceRequirements) Resources {
+	var out Resources
+	if m, ok := r.Limits[corev1.ResourceMemory]; ok {
+		out.MemoryLimitBytes = m.Value()
+	}
+	if cpu, ok := r.Limits[corev1.ResourceCPU]; ok && cpu.MilliValue() > 0 {
+		out.CPUPeriod = DefaultCPUPeriod
+		q := cpu.MilliValue() * int64(DefaultCPUPeriod) / 1000
+		if q < 1000 {
+			q = 1000 // the kernel's minimum quota is 1ms
+		}
+		out.CPUQuota = q
+	}
+	req, ok := r.Requests[corev1.ResourceCPU]
+	if !ok {
+		req, ok = r.Limits[corev1.ResourceCPU]
+	}
+	if ok {
+		sh := uint64(req.MilliValue()) * 1024 / 1000
+		if sh < 2 {
+			sh = 2
+		}
+		out.CPUShares = sh
+	}
+	return out
+}
