@@ -1,0 +1,195 @@
+package local
+
+import (
+	"errors"
+	"fmt"
+	"os"
+	"os/exec"
+	"runtime"
+	"strconv"
+	"strings"
+	"syscall"
+
+	"github.com/vishvananda/netns"
+	"golang.org/x/sys/unix"
+)
+
+// agentSpec is how to start one cell's agent.
+type agentSpec struct {
+	argv     []string // AgentCommand plus --bootstrap and --state-dir
+	env      []string
+	logPath  string
+	netns    string // empty: stay in the host netns (process-only mode)
+	hostname string // set in a new UTS namespace when netns is set
+	cgroups  []string
+}
+
+// startAgent starts the agent and returns its pid and start time.
+//
+// The netns is entered with setns on a locked OS thread, never with `ip netns exec` (which
+// remounts /sys and hides the cgroup mounts runc needs). On that same thread a new UTS
+// namespace gets the cell's hostname, and the child, cloned from the thread, inherits both.
+//
+// The agent is started and then moved into the cell's cgroups (cgroup v1 has no
+// CLONE_INTO_CGROUP for these controllers). That is safe without a sync pipe because the
+// agent forks nothing on its own: it starts runc only when kip asks it to, long after it
+// was moved; writing the pid to cgroup.procs moves every thread it has.
+func startAgent(s agentSpec) (pid int, start uint64, err error) {
+	if len(s.argv) == 0 {
+		return 0, 0, errors.New("no agent command configured")
+	}
+	logf, err := os.OpenFile(s.logPath, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o600)
+	if err != nil {
+		return 0, 0, fmt.Errorf("opening agent log: %w", err)
+	}
+	defer logf.Close()
+	cmd := exec.Command(s.argv[0], s.argv[1:]...)
+	cmd.Env = s.env
+	cmd.Stdout, cmd.Stderr = logf, logf
+	cmd.Dir = "/"
+	// Its own session: it outlives kip (a cell survives a restart of kip) and Terminate can
+	// signal its whole process group.
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true}
+
+	if s.netns == "" {
+		if err := cmd.Start(); err != nil {
+			return 0, 0, fmt.Errorf("starting agent %s: %w", s.argv[0], err)
+		}
+	} else if err := startInNamespaces(cmd, s.netns, s.hostname); err != nil {
+		return 0, 0, err
+	}
+	pid = cmd.Process.Pid
+	// Reap it when it exits, so that it never lingers as a zombie of this process.
+	go func() { _ = cmd.Wait() }()
+
+	if err := joinCgroups(s.cgroups, pid); err != nil {
+		_ = syscall.Kill(-pid, syscall.SIGKILL)
+		return 0, 0, err
+	}
+	start, err = procStartTime(pid)
+	if err != nil {
+		_ = syscall.Kill(-pid, syscall.SIGKILL)
+		return 0, 0, fmt.Errorf("reading start time of agent pid %d: %w", pid, err)
+	}
+	return pid, start, nil
+}
+
+// startInNamespaces starts cmd from a locked thread that has joined the cell's netns and a
+// new UTS namespace named hostname, then returns the thread to the host's namespaces. A
+// thread that cannot return stays locked, so the runtime discards it.
+func startInNamespaces(cmd *exec.Cmd, nsName, hostname string) error {
+	errc := make(chan error, 1)
+	go func() {
+		runtime.LockOSThread()
+		restored := false
+		defer func() {
+			if restored {
+				runtime.UnlockOSThread()
+			}
+		}()
+		origNet, err := netns.Get()
+		if err != nil {
+			restored = true
+			errc <- fmt.Errorf("reading this thread's netns: %w", err)
+			return
+		}
+		defer origNet.Close()
+		origUTS, err := os.Open(fmt.Sprintf("/proc/self/task/%d/ns/uts", unix.Gettid()))
+		if err != nil {
+			restored = true
+			errc <- fmt.Errorf("reading this thread's UTS namespace: %w", err)
+			return
+		}
+		defer origUTS.Close()
+		cellNS, err := netns.GetFromName(nsName)
+		if err != nil {
+			restored = true
+			errc <- fmt.Errorf("opening netns %s: %w", nsName, err)
+			return
+		}
+		defer cellNS.Close()
+
+		startErr := func() error {
+			if err := netns.Set(cellNS); err != nil {
+				return fmt.Errorf("entering netns %s: %w", nsName, err)
+			}
+			if err := unix.Unshare(unix.CLONE_NEWUTS); err != nil {
+				return fmt.Errorf("creating a UTS namespace: %w", err)
+			}
+			if err := unix.Sethostname([]byte(hostname)); err != nil {
+				return fmt.Errorf("setting hostname %q: %w", hostname, err)
+			}
+			if err := cmd.Start(); err != nil {
+				return fmt.Errorf("starting agent %s: %w", cmd.Path, err)
+			}
+			return nil
+		}()
+		utsErr := unix.Setns(int(origUTS.Fd()), unix.CLONE_NEWUTS)
+		netErr := netns.Set(origNet)
+		// If the thread cannot return it stays locked and is discarded; an agent that
+		// started is kept either way.
+		restored = utsErr == nil && netErr == nil
+		errc <- startErr
+	}()
+	return <-errc
+}
+
+// procStartTime returns the start time of pid in clock ticks since boot (field 22 of
+// /proc/<pid>/stat).
+func procStartTime(pid int) (uint64, error) {
+	b, err := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/stat")
+	if err != nil {
+		return 0, err
+	}
+	// The command name (field 2) is in parentheses and may contain spaces.
+	s := string(b)
+	i := strings.LastIndexByte(s, ')')
+	if i < 0 {
+		return 0, fmt.Errorf("malformed /proc/%d/stat", pid)
+	}
+	fields := strings.Fields(s[i+1:]) // starts at field 3
+	if len(fields) < 20 {
+		return 0, fmt.Errorf("malformed /proc/%d/stat", pid)
+	}
+	return strconv.ParseUint(fields[19], 10, 64)
+}
+
+// procState returns the state letter of pid (R, S, Z, ...), "" if it does not exist.
+func procState(pid int) string {
+	b, err := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/stat")
+	if err != nil {
+		return ""
+	}
+	s := string(b)
+	i := strings.LastIndexByte(s, ')')
+	if i < 0 || i+2 >= len(s) {
+		return ""
+	}
+	return string(s[i+2])
+}
+
+// agentAlive reports whether pid is still the agent that started at start.
+func agentAlive(pid int, start uint64) bool {
+	if pid <= 0 {
+		return false
+	}
+	st, err := procStartTime(pid)
+	if err != nil || st != start {
+		return false
+	}
+	return procState(pid) != "Z"
+}
+
+// killAgent SIGKILLs the agent's process group if pid is still the agent.
+func killAgent(pid int, start uint64) error {
+	if pid <= 0 {
+		return nil
+	}
+	if st, err := procStartTime(pid); err != nil || st != start {
+		return nil // gone, or the pid was recycled: not ours to signal
+	}
+	if err := syscall.Kill(-pid, syscall.SIGKILL); err != nil && !errors.Is(err, syscall.ESRCH) {
+		return fmt.Errorf("killing agent process group %d: %w", pid, err)
+	}
+	return nil
+}

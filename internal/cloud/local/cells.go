@@ -1,0 +1,476 @@
+package local
+
+import (
+	"bufio"
+	"context"
+	"errors"
+	"fmt"
+	"io/fs"
+	"maps"
+	"net"
+	"os"
+	"path/filepath"
+	"regexp"
+	"slices"
+	"sort"
+	"strconv"
+	"strings"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/kip-dev/kip/internal/cloud"
+	"github.com/kip-dev/kip/internal/instancetype"
+)
+
+// hostnameRE is what a cell id must look like to become the agent's hostname.
+var hostnameRE = regexp.MustCompile(`^[a-z0-9]([a-z0-9.-]{0,61}[a-z0-9])?$`)
+
+// validate checks spec against what this backend can ever launch.
+func (b *Backend) validate(spec cloud.LaunchSpec) (instancetype.InstanceType, error) {
+	if spec.CellID == "" {
+		return instancetype.InstanceType{}, cloud.InvalidSpec("launch spec: field CellID is empty")
+	}
+	if len(spec.CellID) > 253 || strings.ContainsAny(spec.CellID, "/\x00\n") {
+		return instancetype.InstanceType{}, cloud.InvalidSpec("launch spec: field CellID %q is not a valid cell id", spec.CellID)
+	}
+	i := slices.IndexFunc(b.catalog, func(it instancetype.InstanceType) bool { return it.Name == spec.InstanceType })
+	if i < 0 {
+		return instancetype.InstanceType{}, cloud.InvalidSpec("launch spec: field InstanceType: unknown instance type %q", spec.InstanceType)
+	}
+	it := b.catalog[i]
+	if spec.Zone != "" && !slices.ContainsFunc(it.Offerings, func(o instancetype.Offering) bool { return o.Zone == spec.Zone }) {
+		return it, cloud.InvalidSpec("launch spec: field Zone: instance type %s has no offering in zone %q", it.Name, spec.Zone)
+	}
+	if spec.Spot && !slices.ContainsFunc(it.Offerings, func(o instancetype.Offering) bool { return o.Spot }) {
+		return it, cloud.InvalidSpec("launch spec: field Spot: instance type %s has no spot offering here", it.Name)
+	}
+	if len(spec.BootstrapData) > b.cfg.MaxBootstrapBytes {
+		return it, cloud.InvalidSpec("launch spec: field BootstrapData is %d bytes, more than the %d allowed", len(spec.BootstrapData), b.cfg.MaxBootstrapBytes)
+	}
+	if spec.VolumeSizeGiB < 0 {
+		return it, cloud.InvalidSpec("launch spec: field VolumeSizeGiB is negative (%d)", spec.VolumeSizeGiB)
+	}
+	return it, nil
+}
+
+// Launch implements cloud.Cloud. It returns once the agent process has started in the cell
+// (StateRunning); whether the agent answers is for the caller to check. Image,
+// SecurityGroups, InstanceProfile, VolumeSizeGiB and PrivateIPOnly have no local meaning and
+// are ignored.
+func (b *Backend) Launch(ctx context.Context, spec cloud.LaunchSpec) (*cloud.Instance, error) {
+	it, err := b.validate(spec)
+	if err != nil {
+		return nil, err
+	}
+	if err := ctx.Err(); err != nil {
+		return nil, fmt.Errorf("launching cell %s: %w", spec.CellID, err)
+	}
+	id, existing, err := b.reserve(spec)
+	if err != nil {
+		return nil, err
+	}
+	if existing {
+		return b.Describe(ctx, id)
+	}
+	inst, err := b.boot(id, spec, it)
+	if err != nil {
+		if derr := b.destroy(id); derr != nil {
+			b.log.Error("cleaning up a failed launch", "instance", id, "err", derr)
+		}
+		return nil, fmt.Errorf("launching cell %s: %w", spec.CellID, err)
+	}
+	b.log.Debug("launched cell", "instance", id, "cell", spec.CellID, "ip", inst.PrivateIP, "type", it.Name)
+	return inst, nil
+}
+
+// reserve, under the store lock, either finds the cell an earlier launch with the same
+// client token made, or records a new cell (phase launching) with a fresh address.
+func (b *Backend) reserve(spec cloud.LaunchSpec) (id string, existing bool, err error) {
+	unlock, err := b.store.lock()
+	if err != nil {
+		return "", false, err
+	}
+	defer unlock()
+	var tokenHash string
+	if spec.ClientToken != "" {
+		tokenHash = hashToken(spec.ClientToken)
+		prev, err := b.store.tokenCell(tokenHash)
+		if err != nil {
+			return "", false, err
+		}
+		if prev != "" && validID(prev) {
+			if _, err := os.Stat(b.store.cellDir(prev)); err == nil {
+				return prev, true, nil
+			}
+		}
+	}
+	ids, err := b.store.ids()
+	if err != nil {
+		return "", false, err
+	}
+	if len(ids) >= maxCells {
+		return "", false, cloud.InsufficientCapacity("launching cell %s: the local backend holds %d cells, its limit", spec.CellID, len(ids))
+	}
+	used, err := b.store.usedIPs()
+	if err != nil {
+		return "", false, err
+	}
+	ip, err := allocIP(b.subnet, b.bridgeIP, used)
+	if err != nil {
+		return "", false, cloud.Wrap(cloud.KindInsufficientCapacity, err, "launching cell %s", spec.CellID)
+	}
+	for {
+		if id, err = newID(); err != nil {
+			return "", false, err
+		}
+		if _, err := os.Stat(b.store.cellDir(id)); errors.Is(err, fs.ErrNotExist) {
+			break
+		}
+	}
+	dir := b.store.cellDir(id)
+	if err := os.Mkdir(dir, 0o700); err != nil {
+		return "", false, fmt.Errorf("creating cell directory: %w", err)
+	}
+	meta := cellMeta{
+		ID: id, CellID: spec.CellID, InstanceType: spec.InstanceType, TokenHash: tokenHash,
+		LaunchTime: b.cfg.Clock.Now().UTC(), Phase: phaseLaunching, ProcessOnly: b.cfg.ProcessOnly,
+	}
+	if !b.cfg.ProcessOnly {
+		meta.Netns = "kip-" + id
+		meta.HostVeth = "kv" + id[3:]
+		meta.Bridge = b.cfg.Bridge
+		meta.Cgroups = cgroupDirs(b.cfg.CgroupRoot, b.hs, b.cfg.CgroupParent, id)
+	}
+	tags := maps.Clone(spec.Tags)
+	if tags == nil {
+		tags = map[string]string{}
+	}
+	steps := []func() error{
+		func() error { return writeJSON(filepath.Join(dir, "meta.json"), meta) },
+		func() error { return writeJSON(filepath.Join(dir, "tags.json"), tags) },
+		func() error { return writeFile(filepath.Join(dir, "ip"), []byte(ip.String()+"\n")) },
+		func() error { return writeFile(filepath.Join(dir, "bootstrap"), spec.BootstrapData) },
+	}
+	if tokenHash != "" {
+		steps = append(steps, func() error { return writeFile(b.store.tokenPath(tokenHash), []byte(id+"\n")) })
+	}
+	for _, step := range steps {
+		if err := step(); err != nil {
+			os.RemoveAll(dir)
+			return "", false, fmt.Errorf("recording cell %s: %w", spec.CellID, err)
+		}
+	}
+	return id, false, nil
+}
+
+// boot makes the cell's cgroups and network and starts its agent.
+func (b *Backend) boot(id string, spec cloud.LaunchSpec, it instancetype.InstanceType) (*cloud.Instance, error) {
+	r, err := b.store.read(id)
+	if err != nil {
+		return nil, err
+	}
+	ip := net.ParseIP(r.ip).To4()
+	dir := b.store.cellDir(id)
+	agentDir := filepath.Join(dir, "agent")
+	if err := os.Mkdir(agentDir, 0o700); err != nil {
+		return nil, fmt.Errorf("creating agent state directory: %w", err)
+	}
+	if !r.meta.ProcessOnly {
+		if err := createCgroups(r.meta.Cgroups, it); err != nil {
+			return nil, err
+		}
+		if err := plumbCell(b.cellNet(r)); err != nil {
+			return nil, err
+		}
+	}
+	hostname := spec.CellID
+	if !hostnameRE.MatchString(hostname) {
+		hostname = id
+	}
+	path := os.Getenv("PATH")
+	if path == "" {
+		path = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+	}
+	env := append([]string{
+		"PATH=" + path,
+		EnvCellID + "=" + spec.CellID,
+		EnvInstanceID + "=" + id,
+		EnvCellIP + "=" + ip.String(),
+	}, b.cfg.AgentEnv...)
+	argv := append(slices.Clone(b.cfg.AgentCommand), "--bootstrap", filepath.Join(dir, "bootstrap"), "--state-dir", agentDir)
+	pid, start, err := startAgent(agentSpec{
+		argv: argv, env: env, logPath: filepath.Join(dir, "agent.log"),
+		netns: r.meta.Netns, hostname: hostname, cgroups: r.meta.Cgroups,
+	})
+	if err != nil {
+		return nil, err
+	}
+	r.meta.PID, r.meta.PIDStart, r.meta.Phase = pid, start, phaseRunning
+	if err := b.updateMeta(id, func(m *cellMeta) bool {
+		if m.Phase != phaseLaunching {
+			return false // terminated meanwhile
+		}
+		m.PID, m.PIDStart, m.Phase = pid, start, phaseRunning
+		return true
+	}); err != nil {
+		_ = killAgent(pid, start)
+		return nil, err
+	}
+	return b.instance(r), nil
+}
+
+// updateMeta rewrites a cell's meta.json under the store lock if change returns true; it
+// fails when the cell is gone or change refuses.
+func (b *Backend) updateMeta(id string, change func(*cellMeta) bool) error {
+	unlock, err := b.store.lock()
+	if err != nil {
+		return err
+	}
+	defer unlock()
+	r, err := b.store.read(id)
+	if err != nil {
+		return err
+	}
+	if !change(&r.meta) {
+		return fmt.Errorf("cell %s changed phase to %s meanwhile", id, r.meta.Phase)
+	}
+	return writeJSON(filepath.Join(b.store.cellDir(id), "meta.json"), r.meta)
+}
+
+func (b *Backend) cellNet(r *cellRecord) cellNet {
+	ones, _ := b.subnet.Mask.Size()
+	return cellNet{
+		netns: r.meta.Netns, hostVeth: r.meta.HostVeth, bridge: r.meta.Bridge,
+		ip: net.ParseIP(r.ip).To4(), mask: net.CIDRMask(ones, 32),
+	}
+}
+
+// instance turns a record into the contract's Instance.
+//
+// A cell whose agent has died is still reported running: its namespace, address and cgroups
+// are still held, as a cloud VM whose agent crashed is still running; kip's health checks see
+// the agent gone and terminate the cell. Reporting it terminated would hide it from List and
+// so from garbage collection. Only a cell whose namespace is gone (the host rebooted) is
+// reported terminated; Terminate then removes what is left of it.
+func (b *Backend) instance(r *cellRecord) *cloud.Instance {
+	in := &cloud.Instance{
+		ID: r.meta.ID, CellID: r.meta.CellID, InstanceType: r.meta.InstanceType,
+		Zone: Zone, PrivateIP: r.ip, Tags: maps.Clone(r.tags), LaunchTime: r.meta.LaunchTime,
+	}
+	if in.Tags == nil {
+		in.Tags = map[string]string{}
+	}
+	switch r.meta.Phase {
+	case phaseLaunching:
+		in.State = cloud.StatePending
+	case phaseTerminating:
+		in.State = cloud.StateTerminating
+	default:
+		in.State = cloud.StateRunning
+		if r.meta.Netns != "" {
+			if _, err := os.Stat(filepath.Join(netnsDir, r.meta.Netns)); errors.Is(err, fs.ErrNotExist) {
+				in.State = cloud.StateTerminated
+			}
+		}
+	}
+	return in
+}
+
+// Describe implements cloud.Cloud.
+func (b *Backend) Describe(ctx context.Context, id string) (*cloud.Instance, error) {
+	if !validID(id) {
+		return nil, cloud.NotFound("describing instance %q: no such local cell", id)
+	}
+	r, err := b.store.read(id)
+	if errors.Is(err, fs.ErrNotExist) {
+		return nil, cloud.NotFound("describing instance %s: no such local cell", id)
+	}
+	if err != nil {
+		return nil, fmt.Errorf("describing instance %s: %w", id, err)
+	}
+	return b.instance(r), nil
+}
+
+// List implements cloud.Cloud.
+func (b *Backend) List(ctx context.Context, tags map[string]string) ([]*cloud.Instance, error) {
+	ids, err := b.store.ids()
+	if err != nil {
+		return nil, fmt.Errorf("listing cells: %w", err)
+	}
+	sort.Strings(ids)
+	var out []*cloud.Instance
+	for _, id := range ids {
+		r, err := b.store.read(id)
+		if errors.Is(err, fs.ErrNotExist) {
+			continue // being made or removed right now
+		}
+		if err != nil {
+			return nil, fmt.Errorf("listing cells: %w", err)
+		}
+		in := b.instance(r)
+		if in.State == cloud.StateTerminated || !matches(in.Tags, tags) {
+			continue
+		}
+		out = append(out, in)
+	}
+	return out, nil
+}
+
+func matches(have, want map[string]string) bool {
+	for k, v := range want {
+		if got, ok := have[k]; !ok || got != v {
+			return false
+		}
+	}
+	return true
+}
+
+// Terminate implements cloud.Cloud: it kills the agent and everything in the cell's cgroups,
+// unmounts what is mounted under the cell's directory, removes the cgroups, the namespace,
+// the veth and the host's neighbour entry, frees the address and removes the directory. It
+// returns NotFound once the cell is gone.
+func (b *Backend) Terminate(ctx context.Context, id string) error {
+	if !validID(id) {
+		return cloud.NotFound("terminating instance %q: no such local cell", id)
+	}
+	if err := b.updateMeta(id, func(m *cellMeta) bool { m.Phase = phaseTerminating; return true }); err != nil {
+		if errors.Is(err, fs.ErrNotExist) {
+			return cloud.NotFound("terminating instance %s: no such local cell", id)
+		}
+		return fmt.Errorf("terminating instance %s: %w", id, err)
+	}
+	if err := b.destroy(id); err != nil {
+		return fmt.Errorf("terminating instance %s: %w", id, err)
+	}
+	b.log.Debug("terminated cell", "instance", id)
+	return nil
+}
+
+// destroy releases everything of a cell; each step tolerates what is already gone.
+func (b *Backend) destroy(id string) error {
+	r, err := b.store.read(id)
+	if errors.Is(err, fs.ErrNotExist) {
+		return nil
+	}
+	if err != nil {
+		return err
+	}
+	dir := b.store.cellDir(id)
+	if err := killAgent(r.meta.PID, r.meta.PIDStart); err != nil {
+		return err
+	}
+	if err := killCgroups(r.meta.Cgroups, killTimeout); err != nil {
+		return err
+	}
+	if err := unmountUnder(dir); err != nil {
+		return err
+	}
+	if !r.meta.ProcessOnly {
+		if err := unplumbCell(b.cellNet(r)); err != nil {
+			return err
+		}
+	}
+	unlock, err := b.store.lock()
+	if err != nil {
+		return err
+	}
+	defer unlock()
+	if r.meta.TokenHash != "" {
+		if owner, _ := b.store.tokenCell(r.meta.TokenHash); owner == id {
+			if err := os.Remove(b.store.tokenPath(r.meta.TokenHash)); err != nil && !errors.Is(err, fs.ErrNotExist) {
+				return fmt.Errorf("removing client token: %w", err)
+			}
+		}
+	}
+	if err := os.RemoveAll(dir); err != nil {
+		return fmt.Errorf("removing cell directory: %w", err)
+	}
+	return nil
+}
+
+// unmountUnder detaches every mount at or below dir, deepest first (the agent mounts image
+// overlays and volumes under its state directory).
+func unmountUnder(dir string) error {
+	mounts, err := mountsUnder("/proc/self/mountinfo", dir)
+	if err != nil {
+		return err
+	}
+	for _, m := range mounts {
+		if err := unix.Unmount(m, unix.MNT_DETACH); err != nil && !errors.Is(err, unix.EINVAL) && !errors.Is(err, unix.ENOENT) {
+			return fmt.Errorf("unmounting %s: %w", m, err)
+		}
+	}
+	return nil
+}
+
+// mountsUnder returns the mount points at or below dir listed in a mountinfo file, deepest
+// first.
+func mountsUnder(mountinfo, dir string) ([]string, error) {
+	f, err := os.Open(mountinfo)
+	if err != nil {
+		return nil, fmt.Errorf("reading mounts: %w", err)
+	}
+	defer f.Close()
+	dir = filepath.Clean(dir)
+	var out []string
+	sc := bufio.NewScanner(f)
+	sc.Buffer(make([]byte, 64<<10), 1<<20)
+	for sc.Scan() {
+		fields := strings.Fields(sc.Text())
+		if len(fields) < 5 {
+			continue
+		}
+		mp := unescapeMountPath(fields[4])
+		if mp == dir || strings.HasPrefix(mp, dir+"/") {
+			out = append(out, mp)
+		}
+	}
+	if err := sc.Err(); err != nil {
+		return nil, fmt.Errorf("reading mounts: %w", err)
+	}
+	sort.Slice(out, func(i, j int) bool { return len(out[i]) > len(out[j]) })
+	return out, nil
+}
+
+// unescapeMountPath undoes mountinfo's octal escapes (\040 for a space, ...).
+func unescapeMountPath(s string) string {
+	if !strings.Contains(s, `\`) {
+		return s
+	}
+	var sb strings.Builder
+	for i := 0; i < len(s); i++ {
+		if s[i] == '\\' && i+3 < len(s) {
+			if n, err := strconv.ParseUint(s[i+1:i+4], 8, 8); err == nil {
+				sb.WriteByte(byte(n))
+				i += 3
+				continue
+			}
+		}
+		sb.WriteByte(s[i])
+	}
+	return sb.String()
+}
+
+// Partition cuts a cell off the network (its host-side veth goes down), as a test of what
+// kip does when a cell stops answering. Heal undoes it.
+func (b *Backend) Partition(ctx context.Context, id string) error { return b.setLink(id, false) }
+
+// Heal reconnects a cell that Partition cut off.
+func (b *Backend) Heal(ctx context.Context, id string) error { return b.setLink(id, true) }
+
+func (b *Backend) setLink(id string, up bool) error {
+	if !validID(id) {
+		return cloud.NotFound("instance %q: no such local cell", id)
+	}
+	r, err := b.store.read(id)
+	if errors.Is(err, fs.ErrNotExist) {
+		return cloud.NotFound("instance %s: no such local cell", id)
+	}
+	if err != nil {
+		return err
+	}
+	if r.meta.ProcessOnly {
+		return fmt.Errorf("instance %s: process-only cells share the host's network and cannot be partitioned", id)
+	}
+	return setLink(r.meta.HostVeth, up)
+}

@@ -1,0 +1,420 @@
+package local
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/kip-dev/kip/internal/cloud"
+	"github.com/kip-dev/kip/internal/cloud/cloudtest"
+)
+
+func TestConformance(t *testing.T) {
+	e := newEnv(t)
+	cloudtest.Run(t, cloudtest.Harness{
+		New:          func(*testing.T) cloud.Cloud { return e.cloud() },
+		InstanceType: "local.nano",
+		Tags:         map[string]string{cloud.TagCluster: "conformance"},
+	})
+}
+
+func TestConformanceProcessOnly(t *testing.T) {
+	e := newProcessOnlyEnv(t)
+	cloudtest.Run(t, cloudtest.Harness{
+		New:          func(*testing.T) cloud.Cloud { return e.cloud() },
+		InstanceType: "local.nano",
+	})
+}
+
+func TestProcessOnlyAgentAnswers(t *testing.T) {
+	e := newProcessOnlyEnv(t)
+	c := e.cloud()
+	a := e.launch(c, "po-a", "local.nano")
+	b := e.launch(c, "po-b", "local.nano")
+	if a.PrivateIP == b.PrivateIP {
+		t.Fatalf("two cells share %s", a.PrivateIP)
+	}
+	if err := dial(a.PrivateIP, fmt.Sprintf("%s:%d", b.PrivateIP, standinPort)); err != nil {
+		t.Errorf("cell a cannot reach cell b: %v", err)
+	}
+	if err := e.backend().Partition(context.Background(), a.ID); err == nil {
+		t.Errorf("Partition of a process-only cell succeeded")
+	}
+	for _, in := range []*cloud.Instance{a, b} {
+		if err := c.Terminate(context.Background(), in.ID); err != nil {
+			t.Fatalf("Terminate(%s): %v", in.ID, err)
+		}
+	}
+}
+
+// TestNetwork: two cells reach each other over the bridge; a third, partitioned, is
+// unreachable from them and from the host until healed.
+func TestNetwork(t *testing.T) {
+	e := newEnv(t)
+	c := e.cloud()
+	b := e.backend()
+	ctx := context.Background()
+	cells := make([]*cloud.Instance, 3)
+	for i := range cells {
+		cells[i] = e.launch(c, fmt.Sprintf("net-%d", i), "local.nano")
+	}
+	addr := func(in *cloud.Instance) string { return fmt.Sprintf("%s:%d", in.PrivateIP, standinPort) }
+	if err := dial(cells[0].PrivateIP, addr(cells[1])); err != nil {
+		t.Errorf("cell 0 cannot reach cell 1: %v", err)
+	}
+	if err := dial(cells[1].PrivateIP, addr(cells[0])); err != nil {
+		t.Errorf("cell 1 cannot reach cell 0: %v", err)
+	}
+	if err := dial(cells[0].PrivateIP, addr(cells[2])); err != nil {
+		t.Errorf("before the partition, cell 0 cannot reach cell 2: %v", err)
+	}
+	if err := dial(cells[0].PrivateIP, fmt.Sprintf("%s:1", b.BridgeIP())); err == nil || !strings.Contains(err.Error(), "refused") {
+		t.Errorf("dialing the bridge address from a cell: %v, want connection refused (reachable, no listener)", err)
+	}
+
+	if err := b.Partition(ctx, cells[2].ID); err != nil {
+		t.Fatalf("Partition: %v", err)
+	}
+	if err := dial(cells[0].PrivateIP, addr(cells[2])); err == nil {
+		t.Errorf("after the partition, cell 0 still reaches cell 2")
+	}
+	if err := getJSON(cells[2].PrivateIP, "/healthz", new(standinHealth)); err == nil {
+		t.Errorf("after the partition, the host still reaches cell 2")
+	}
+	if err := dial(cells[0].PrivateIP, addr(cells[1])); err != nil {
+		t.Errorf("after partitioning cell 2, cell 0 cannot reach cell 1: %v", err)
+	}
+
+	if err := b.Heal(ctx, cells[2].ID); err != nil {
+		t.Fatalf("Heal: %v", err)
+	}
+	var last error
+	if !waitFor(time.Now().Add(10*time.Second), func() bool {
+		last = dial(cells[0].PrivateIP, addr(cells[2]))
+		return last == nil
+	}) {
+		t.Errorf("after Heal, cell 0 never reached cell 2: %v", last)
+	}
+}
+
+// TestCell checks what a cell is made of: hostname, cgroup limits, the agent inside them.
+func TestCell(t *testing.T) {
+	e := newEnv(t)
+	c := e.cloud()
+	in := e.launch(c, "shape-1", "local.nano")
+	h := e.waitHealthy(in.PrivateIP)
+	if h.Hostname != "shape-1" || h.CellID != "shape-1" || h.IP != in.PrivateIP {
+		t.Errorf("agent reports %+v, want hostname and cell id shape-1, ip %s", h, in.PrivateIP)
+	}
+	r, err := e.backend().store.read(in.ID)
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := map[string]string{
+		"memory.limit_in_bytes": strconv.Itoa(256 << 20),
+		"cpu.cfs_quota_us":      "25000",
+		"cpu.cfs_period_us":     "100000",
+		"cpu.shares":            "256",
+	}
+	seen := map[string]bool{}
+	for _, d := range r.meta.Cgroups {
+		procs, err := os.ReadFile(filepath.Join(d, "cgroup.procs"))
+		if err != nil {
+			t.Fatalf("reading %s: %v", d, err)
+		}
+		if !strings.Contains(" "+strings.Join(strings.Fields(string(procs)), " ")+" ", " "+strconv.Itoa(r.meta.PID)+" ") {
+			t.Errorf("agent pid %d is not in %s (%q)", r.meta.PID, d, procs)
+		}
+		for f, v := range want {
+			b, err := os.ReadFile(filepath.Join(d, f))
+			if err != nil {
+				continue
+			}
+			seen[f] = true
+			if got := strings.TrimSpace(string(b)); got != v {
+				t.Errorf("%s/%s = %s, want %s", d, f, got, v)
+			}
+		}
+	}
+	for f := range want {
+		if !seen[f] {
+			t.Errorf("no cgroup of the cell has %s", f)
+		}
+	}
+	if _, err := os.Stat(filepath.Join(netnsDir, r.meta.Netns)); err != nil {
+		t.Errorf("netns: %v", err)
+	}
+}
+
+// TestTerminateKillsEverything: processes the agent started in nested cgroups and in their
+// own sessions, and mounts under its state directory, are all gone after Terminate.
+func TestTerminateKillsEverything(t *testing.T) {
+	e := newEnv(t)
+	c := e.cloud()
+	ctx := context.Background()
+	in := e.launch(c, "kill-1", "local.small")
+	out, err := post(in.PrivateIP, "/spawn")
+	if err != nil {
+		t.Fatalf("spawn: %v", err)
+	}
+	child, _ := strconv.Atoi(out)
+	if procState(child) == "" {
+		t.Fatalf("spawned pid %d does not exist", child)
+	}
+	mnt, err := post(in.PrivateIP, "/mount")
+	if err != nil {
+		t.Fatalf("mount: %v", err)
+	}
+	if m, _ := mountsUnder("/proc/self/mountinfo", mnt); len(m) != 1 {
+		t.Fatalf("mount %s not visible: %v", mnt, m)
+	}
+	r, err := e.backend().store.read(in.ID)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := c.Terminate(ctx, in.ID); err != nil {
+		t.Fatalf("Terminate: %v", err)
+	}
+	if s := procState(child); s != "" && s != "Z" {
+		t.Errorf("spawned pid %d survived Terminate (state %s)", child, s)
+	}
+	if agentAlive(r.meta.PID, r.meta.PIDStart) {
+		t.Errorf("agent pid %d survived Terminate", r.meta.PID)
+	}
+	if m, _ := mountsUnder("/proc/self/mountinfo", e.cfg.StateDir); len(m) != 0 {
+		t.Errorf("mounts survived Terminate: %v", m)
+	}
+	for _, d := range r.meta.Cgroups {
+		if _, err := os.Stat(d); err == nil {
+			t.Errorf("cgroup %s survived Terminate", d)
+		}
+	}
+	if _, err := c.Describe(ctx, in.ID); !cloud.IsNotFound(err) {
+		t.Errorf("Describe after Terminate: %v, want NotFound", err)
+	}
+	if pids := processesOf(in.ID); len(pids) != 0 {
+		t.Errorf("processes survived: %v", pids)
+	}
+}
+
+// TestRestart: a new Backend on the same state directory lists, describes and terminates the
+// cells of the old one, and reuses none of their addresses.
+func TestRestart(t *testing.T) {
+	e := newEnv(t)
+	ctx := context.Background()
+	old := e.cloud()
+	a := e.launch(old, "rs-a", "local.nano")
+	b := e.launch(old, "rs-b", "local.micro")
+
+	fresh := e.cloud()
+	got, err := fresh.List(ctx, map[string]string{cloud.TagCellID: "rs-a"})
+	if err != nil || len(got) != 1 || got[0].ID != a.ID || got[0].PrivateIP != a.PrivateIP {
+		t.Fatalf("List through a new backend = %v, %v; want [%s]", got, err, a.ID)
+	}
+	c := e.launch(fresh, "rs-c", "local.nano")
+	if c.PrivateIP == a.PrivateIP || c.PrivateIP == b.PrivateIP {
+		t.Errorf("new backend reused address %s", c.PrivateIP)
+	}
+	for _, in := range []*cloud.Instance{a, b, c} {
+		if err := fresh.Terminate(ctx, in.ID); err != nil {
+			t.Errorf("Terminate(%s) through the new backend: %v", in.ID, err)
+		}
+	}
+	if l, _ := fresh.List(ctx, nil); len(l) != 0 {
+		t.Errorf("List after terminating all: %v", l)
+	}
+}
+
+// TestDeadAgent: a cell whose agent died is still listed as running (it still holds its
+// namespace and address) and terminates cleanly.
+func TestDeadAgent(t *testing.T) {
+	e := newEnv(t)
+	ctx := context.Background()
+	c := e.cloud()
+	in := e.launch(c, "dead-1", "local.nano")
+	r, err := e.backend().store.read(in.ID)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := syscall.Kill(r.meta.PID, syscall.SIGKILL); err != nil {
+		t.Fatal(err)
+	}
+	if !waitFor(time.Now().Add(5*time.Second), func() bool { return !agentAlive(r.meta.PID, r.meta.PIDStart) }) {
+		t.Fatal("agent did not die")
+	}
+	d, err := c.Describe(ctx, in.ID)
+	if err != nil || d.State != cloud.StateRunning {
+		t.Errorf("Describe of a cell with a dead agent = %+v, %v; want running", d, err)
+	}
+	if err := c.Terminate(ctx, in.ID); err != nil {
+		t.Fatalf("Terminate: %v", err)
+	}
+}
+
+func TestLaunchRefusesBadSpecs(t *testing.T) {
+	e := newProcessOnlyEnv(t)
+	ok := cloud.LaunchSpec{CellID: "x", InstanceType: "local.nano"}
+	tests := []struct {
+		name   string
+		mutate func(*cloud.LaunchSpec)
+		field  string
+	}{
+		{"unknown type", func(s *cloud.LaunchSpec) { s.InstanceType = "m5.large" }, "InstanceType"},
+		{"empty type", func(s *cloud.LaunchSpec) { s.InstanceType = "" }, "InstanceType"},
+		{"no cell id", func(s *cloud.LaunchSpec) { s.CellID = "" }, "CellID"},
+		{"slash in cell id", func(s *cloud.LaunchSpec) { s.CellID = "a/b" }, "CellID"},
+		{"spot", func(s *cloud.LaunchSpec) { s.Spot = true }, "Spot"},
+		{"zone", func(s *cloud.LaunchSpec) { s.Zone = "us-east-1a" }, "Zone"},
+		{"bootstrap too big", func(s *cloud.LaunchSpec) { s.BootstrapData = make([]byte, DefaultMaxBootstrapBytes+1) }, "BootstrapData"},
+		{"negative volume", func(s *cloud.LaunchSpec) { s.VolumeSizeGiB = -1 }, "VolumeSizeGiB"},
+	}
+	c := e.cloud()
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			spec := ok
+			tc.mutate(&spec)
+			_, err := c.Launch(context.Background(), spec)
+			if !cloud.IsInvalidSpec(err) || !strings.Contains(err.Error(), tc.field) {
+				t.Errorf("Launch: %v, want InvalidSpec naming %s", err, tc.field)
+			}
+		})
+	}
+	if l, err := c.List(context.Background(), nil); err != nil || len(l) != 0 {
+		t.Errorf("refused launches left cells: %v %v", l, err)
+	}
+}
+
+func TestNewRejectsBadConfig(t *testing.T) {
+	dir := t.TempDir()
+	good := Config{StateDir: dir, AgentCommand: []string{"/bin/true"}, ProcessOnly: true}
+	tests := []struct {
+		name   string
+		mutate func(*Config)
+		field  string
+	}{
+		{"no state dir", func(c *Config) { c.StateDir = "" }, "StateDir"},
+		{"no agent", func(c *Config) { c.AgentCommand = nil }, "AgentCommand"},
+		{"long bridge", func(c *Config) { c.Bridge = "a-very-long-bridge" }, "Bridge"},
+		{"bad subnet", func(c *Config) { c.Subnet = "10.0.0.0/33" }, "Subnet"},
+		{"ipv6 subnet", func(c *Config) { c.Subnet = "fd00::/64" }, "Subnet"},
+		{"tiny subnet", func(c *Config) { c.Subnet = "127.0.0.1/32" }, "Subnet"},
+		{"process-only off loopback", func(c *Config) { c.Subnet = "10.250.0.0/16" }, "Subnet"},
+		{"absolute cgroup parent", func(c *Config) { c.CgroupParent = "/kip" }, "CgroupParent"},
+		{"escaping cgroup parent", func(c *Config) { c.CgroupParent = "../kip" }, "CgroupParent"},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			cfg := good
+			tc.mutate(&cfg)
+			_, err := New(cfg)
+			if err == nil || !strings.Contains(err.Error(), tc.field) {
+				t.Errorf("New: %v, want an error naming %s", err, tc.field)
+			}
+		})
+	}
+	if _, err := New(good); err != nil {
+		t.Errorf("New(good): %v", err)
+	}
+}
+
+func TestNewWithoutNamespacesSaysSo(t *testing.T) {
+	denied := errors.New("creating a network namespace: operation not permitted")
+	probe = func(string) Capabilities { return Capabilities{Netns: denied} }
+	t.Cleanup(func() { probe = Probe })
+	_, err := New(Config{StateDir: t.TempDir(), AgentCommand: []string{"/bin/true"}})
+	if err == nil || !strings.Contains(err.Error(), "ProcessOnly") || !strings.Contains(err.Error(), denied.Error()) {
+		t.Errorf("New without namespaces: %v, want an error giving the reason and pointing at ProcessOnly", err)
+	}
+	if _, err := New(Config{StateDir: t.TempDir(), AgentCommand: []string{"/bin/true"}, ProcessOnly: true}); err != nil {
+		t.Errorf("New in process-only mode without namespaces: %v", err)
+	}
+}
+
+func TestProbe(t *testing.T) {
+	caps := Probe("")
+	if os.Geteuid() == 0 && caps.Root != nil {
+		t.Errorf("Probe says not root as root: %v", caps.Root)
+	}
+	if os.Geteuid() != 0 && caps.Root == nil {
+		t.Errorf("Probe says root as euid %d", os.Geteuid())
+	}
+	t.Logf("root=%v netns=%v cgroups=%v runc=%v", caps.Root, caps.Netns, caps.Cgroups, caps.Runc)
+}
+
+func TestAllocIP(t *testing.T) {
+	tests := []struct {
+		subnet   string
+		reserved string
+		used     []string
+		want     string
+		wantErr  bool
+	}{
+		{"10.250.0.0/16", "10.250.0.1", nil, "10.250.0.2", false},
+		{"10.250.0.0/16", "10.250.0.1", []string{"10.250.0.2", "10.250.0.3"}, "10.250.0.4", false},
+		{"10.250.0.0/16", "10.250.0.1", []string{"10.250.0.2", "10.250.0.255"}, "10.250.0.3", false},
+		{"10.250.7.0/24", "10.250.7.1", []string{"10.250.7.2"}, "10.250.7.3", false},
+		{"10.250.7.0/30", "10.250.7.1", []string{"10.250.7.2"}, "", true},
+		{"10.250.7.0/30", "10.250.7.1", nil, "10.250.7.2", false},
+	}
+	for _, tc := range tests {
+		t.Run(fmt.Sprintf("%s-%v", tc.subnet, tc.used), func(t *testing.T) {
+			_, n, _ := net.ParseCIDR(tc.subnet)
+			used := map[string]bool{}
+			for _, u := range tc.used {
+				used[u] = true
+			}
+			got, err := allocIP(n, net.ParseIP(tc.reserved), used)
+			if tc.wantErr {
+				if err == nil {
+					t.Fatalf("allocIP = %v, want an error", got)
+				}
+				return
+			}
+			if err != nil || got.String() != tc.want {
+				t.Errorf("allocIP = %v, %v; want %s", got, err, tc.want)
+			}
+		})
+	}
+}
+
+func TestMountsUnder(t *testing.T) {
+	mi := filepath.Join(t.TempDir(), "mountinfo")
+	lines := []string{
+		`22 1 0:21 / /proc rw - proc proc rw`,
+		`30 22 0:30 / /var/kip/cells/lc-1/agent rw - tmpfs tmpfs rw`,
+		`31 30 0:31 / /var/kip/cells/lc-1/agent/overlay/c\0401 rw - overlay overlay rw`,
+		`32 1 0:32 / /var/kip/cells/lc-10 rw - tmpfs tmpfs rw`,
+	}
+	if err := os.WriteFile(mi, []byte(strings.Join(lines, "\n")+"\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	got, err := mountsUnder(mi, "/var/kip/cells/lc-1")
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := []string{"/var/kip/cells/lc-1/agent/overlay/c 1", "/var/kip/cells/lc-1/agent"}
+	if strings.Join(got, "|") != strings.Join(want, "|") {
+		t.Errorf("mountsUnder = %q, want %q", got, want)
+	}
+}
+
+func TestTerminateUnknown(t *testing.T) {
+	e := newProcessOnlyEnv(t)
+	c := e.cloud()
+	for _, id := range []string{"lc-0000000000", "../../etc", "", "i-123"} {
+		if err := c.Terminate(context.Background(), id); !cloud.IsNotFound(err) {
+			t.Errorf("Terminate(%q) = %v, want NotFound", id, err)
+		}
+		if _, err := c.Describe(context.Background(), id); !cloud.IsNotFound(err) {
+			t.Errorf("Describe(%q) = %v, want NotFound", id, err)
+		}
+	}
+}

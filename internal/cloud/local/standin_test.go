@@ -1,0 +1,127 @@
+package local
+
+import (
+	"encoding/json"
+	"flag"
+	"fmt"
+	"net"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"syscall"
+	"testing"
+	"time"
+
+	"golang.org/x/sys/unix"
+)
+
+// The test binary doubles as a stand-in cell agent: when the backend starts it with
+// standinEnv set, TestMain runs standinAgent instead of the tests. It is a real program in a
+// real cell, serving HTTP on the cell's address, with just enough to test the backend:
+//
+//	GET /healthz        → {"cellID","hostname","ip"}
+//	GET /dial?addr=H:P  → 200 if a TCP connection from inside the cell succeeds, else 502
+//	POST /spawn         → starts "sleep" in its own session and in a nested cgroup
+//	                      (as runc puts containers), answers its pid
+//	POST /mount         → mounts a tmpfs under the agent's state directory (as image overlays)
+const (
+	standinEnv  = "KIP_LOCAL_STANDIN_AGENT"
+	standinPort = 6421
+)
+
+func TestMain(m *testing.M) {
+	if os.Getenv(standinEnv) == "1" {
+		if err := standinAgent(os.Args[1:]); err != nil {
+			fmt.Fprintln(os.Stderr, "stand-in agent:", err)
+			os.Exit(1)
+		}
+		os.Exit(0)
+	}
+	os.Exit(m.Run())
+}
+
+type standinHealth struct {
+	CellID   string `json:"cellID"`
+	Hostname string `json:"hostname"`
+	IP       string `json:"ip"`
+}
+
+func standinAgent(args []string) error {
+	fs := flag.NewFlagSet("standin", flag.ContinueOnError)
+	bootstrap := fs.String("bootstrap", "", "bootstrap file")
+	stateDir := fs.String("state-dir", "", "state directory")
+	if err := fs.Parse(args); err != nil {
+		return err
+	}
+	if _, err := os.ReadFile(*bootstrap); err != nil {
+		return fmt.Errorf("reading bootstrap: %w", err)
+	}
+	if fi, err := os.Stat(*stateDir); err != nil || !fi.IsDir() {
+		return fmt.Errorf("state dir %q: %v", *stateDir, err)
+	}
+	ip := os.Getenv(EnvCellIP)
+	mux := http.NewServeMux()
+	mux.HandleFunc("/healthz", func(w http.ResponseWriter, r *http.Request) {
+		host, _ := os.Hostname()
+		_ = json.NewEncoder(w).Encode(standinHealth{CellID: os.Getenv(EnvCellID), Hostname: host, IP: ip})
+	})
+	mux.HandleFunc("/dial", func(w http.ResponseWriter, r *http.Request) {
+		c, err := net.DialTimeout("tcp", r.URL.Query().Get("addr"), 500*time.Millisecond)
+		if err != nil {
+			http.Error(w, err.Error(), http.StatusBadGateway)
+			return
+		}
+		c.Close()
+	})
+	mux.HandleFunc("/spawn", func(w http.ResponseWriter, r *http.Request) {
+		pid, err := standinSpawn()
+		if err != nil {
+			http.Error(w, err.Error(), http.StatusInternalServerError)
+			return
+		}
+		fmt.Fprint(w, pid)
+	})
+	mux.HandleFunc("/mount", func(w http.ResponseWriter, r *http.Request) {
+		dir := filepath.Join(*stateDir, "overlay", "c1")
+		if err := os.MkdirAll(dir, 0o700); err != nil {
+			http.Error(w, err.Error(), http.StatusInternalServerError)
+			return
+		}
+		if err := unix.Mount("tmpfs", dir, "tmpfs", 0, "size=1m"); err != nil {
+			http.Error(w, err.Error(), http.StatusInternalServerError)
+			return
+		}
+		fmt.Fprint(w, dir)
+	})
+	ln, err := net.Listen("tcp", net.JoinHostPort(ip, fmt.Sprint(standinPort)))
+	if err != nil {
+		return err
+	}
+	return http.Serve(ln, mux)
+}
+
+// standinSpawn starts a long sleep the way runc starts a container: its own session, in a
+// cgroup nested under the agent's own in every hierarchy (relative cgroupsPath kip/pod/c1).
+func standinSpawn() (int, error) {
+	hs, err := hierarchies(defaultCgroupRoot, "/proc/self/cgroup")
+	if err != nil {
+		return 0, err
+	}
+	dirs := cgroupDirs(defaultCgroupRoot, hs, "kip/pod", "c1")
+	for _, d := range dirs {
+		if err := mkdirCgroup(d); err != nil {
+			return 0, err
+		}
+	}
+	cmd := exec.Command("sleep", "1000")
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true}
+	if err := cmd.Start(); err != nil {
+		return 0, err
+	}
+	go func() { _ = cmd.Wait() }()
+	if err := joinCgroups(dirs, cmd.Process.Pid); err != nil {
+		return 0, err
+	}
+	return cmd.Process.Pid, nil
+}
