@@ -1,0 +1,389 @@
+package ec2fake_test
+
+import (
+	"context"
+	"encoding/base64"
+	"errors"
+	"net/http/httptest"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/aws/aws-sdk-go-v2/aws"
+	"github.com/aws/aws-sdk-go-v2/credentials"
+	"github.com/aws/aws-sdk-go-v2/service/ec2"
+	"github.com/aws/aws-sdk-go-v2/service/ec2/types"
+	"github.com/aws/smithy-go"
+	clocktesting "k8s.io/utils/clock/testing"
+
+	"github.com/kip-dev/kip/internal/cloud/aws/ec2fake"
+)
+
+// client returns the real SDK client pointed at a fresh fake.
+func client(t *testing.T, opts ec2fake.Options, attempts int) (*ec2.Client, *ec2fake.Server) {
+	t.Helper()
+	f := ec2fake.New(opts)
+	srv := httptest.NewServer(f)
+	t.Cleanup(srv.Close)
+	c := ec2.New(ec2.Options{Region: f.Region(), BaseEndpoint: aws.String(srv.URL),
+		Credentials: credentials.NewStaticCredentialsProvider("AKIDFAKE", "secret", ""), RetryMaxAttempts: attempts})
+	return c, f
+}
+
+func code(err error) string {
+	var ae smithy.APIError
+	if errors.As(err, &ae) {
+		return ae.ErrorCode()
+	}
+	return ""
+}
+
+func run(ctx context.Context, c *ec2.Client, mod func(*ec2.RunInstancesInput)) (*ec2.RunInstancesOutput, error) {
+	in := &ec2.RunInstancesInput{MinCount: aws.Int32(1), MaxCount: aws.Int32(1), ImageId: aws.String(newestImage(ctx, c)),
+		InstanceType: "t3.nano", SubnetId: aws.String(ec2fake.SubnetA)}
+	if mod != nil {
+		mod(in)
+	}
+	return c.RunInstances(ctx, in)
+}
+
+func newestImage(ctx context.Context, c *ec2.Client) string {
+	out, err := c.DescribeImages(ctx, &ec2.DescribeImagesInput{Owners: []string{ec2fake.ImageOwner},
+		Filters: []types.Filter{{Name: aws.String("name"), Values: []string{"kip-cell-*"}}, {Name: aws.String("architecture"), Values: []string{"x86_64"}}}})
+	if err != nil || len(out.Images) == 0 {
+		return "ami-none"
+	}
+	best := out.Images[0]
+	for _, im := range out.Images {
+		if aws.ToString(im.CreationDate) > aws.ToString(best.CreationDate) {
+			best = im
+		}
+	}
+	return aws.ToString(best.ImageId)
+}
+
+func TestRunDescribeTerminate(t *testing.T) {
+	clk := clocktesting.NewFakeClock(time.Date(2026, 11, 27, 10, 0, 0, 0, time.UTC))
+	c, f := client(t, ec2fake.Options{Clock: clk, PendingDelay: 5 * time.Second, ShutdownDelay: 3 * time.Second}, 1)
+	ctx := context.Background()
+	ud := base64.StdEncoding.EncodeToString([]byte("#cloud-config\n"))
+	out, err := run(ctx, c, func(in *ec2.RunInstancesInput) {
+		in.ClientToken = aws.String("tok-1")
+		in.UserData = aws.String(ud)
+		in.IamInstanceProfile = &types.IamInstanceProfileSpecification{Name: aws.String(ec2fake.InstanceProfile)}
+		in.BlockDeviceMappings = []types.BlockDeviceMapping{{DeviceName: aws.String("/dev/xvda"), Ebs: &types.EbsBlockDevice{VolumeSize: aws.Int32(20), VolumeType: types.VolumeTypeGp3}}}
+		in.InstanceMarketOptions = &types.InstanceMarketOptionsRequest{MarketType: types.MarketTypeSpot}
+		in.TagSpecifications = []types.TagSpecification{
+			{ResourceType: types.ResourceTypeInstance, Tags: []types.Tag{{Key: aws.String("kip.dev/cluster"), Value: aws.String("c1")}, {Key: aws.String("Name"), Value: aws.String("cell")}}},
+			{ResourceType: types.ResourceTypeVolume, Tags: []types.Tag{{Key: aws.String("kip.dev/cluster"), Value: aws.String("c1")}}},
+		}
+	})
+	if err != nil {
+		t.Fatalf("RunInstances: %v", err)
+	}
+	if len(out.Instances) != 1 {
+		t.Fatalf("RunInstances returned %d instances", len(out.Instances))
+	}
+	inst := out.Instances[0]
+	id := aws.ToString(inst.InstanceId)
+	if inst.State.Name != types.InstanceStateNamePending || inst.InstanceLifecycle != types.InstanceLifecycleTypeSpot ||
+		aws.ToString(inst.PrivateIpAddress) == "" || aws.ToString(inst.Placement.AvailabilityZone) != "us-east-1a" || inst.LaunchTime == nil {
+		t.Errorf("RunInstances instance = state %s lifecycle %s ip %s zone %s launch %v", inst.State.Name, inst.InstanceLifecycle,
+			aws.ToString(inst.PrivateIpAddress), aws.ToString(inst.Placement.AvailabilityZone), inst.LaunchTime)
+	}
+	snap := f.Instances()[0]
+	if snap.UserData != ud || snap.RootVolumeGiB != 20 || snap.Profile != ec2fake.InstanceProfile || snap.VolumeTags["kip.dev/cluster"] != "c1" {
+		t.Errorf("fake kept %+v", snap)
+	}
+
+	// Same token, same request: the same instance. Same token, other request: mismatch.
+	again, err := run(ctx, c, func(in *ec2.RunInstancesInput) {
+		in.ClientToken = aws.String("tok-1")
+		in.UserData = aws.String(ud)
+		in.IamInstanceProfile = &types.IamInstanceProfileSpecification{Name: aws.String(ec2fake.InstanceProfile)}
+		in.BlockDeviceMappings = []types.BlockDeviceMapping{{DeviceName: aws.String("/dev/xvda"), Ebs: &types.EbsBlockDevice{VolumeSize: aws.Int32(20), VolumeType: types.VolumeTypeGp3}}}
+		in.InstanceMarketOptions = &types.InstanceMarketOptionsRequest{MarketType: types.MarketTypeSpot}
+		in.TagSpecifications = []types.TagSpecification{
+			{ResourceType: types.ResourceTypeInstance, Tags: []types.Tag{{Key: aws.String("kip.dev/cluster"), Value: aws.String("c1")}, {Key: aws.String("Name"), Value: aws.String("cell")}}},
+			{ResourceType: types.ResourceTypeVolume, Tags: []types.Tag{{Key: aws.String("kip.dev/cluster"), Value: aws.String("c1")}}},
+		}
+	})
+	if err != nil || aws.ToString(again.Instances[0].InstanceId) != id {
+		t.Errorf("replayed RunInstances = %v, %v; want instance %s", again, err, id)
+	}
+	_, err = run(ctx, c, func(in *ec2.RunInstancesInput) { in.ClientToken = aws.String("tok-1") })
+	if code(err) != "IdempotentParameterMismatch" {
+		t.Errorf("RunInstances with a reused token and other arguments: %v, want IdempotentParameterMismatch", err)
+	}
+	if n := len(f.Instances()); n != 1 {
+		t.Errorf("fake has %d instances, want 1", n)
+	}
+
+	describe := func(filters ...types.Filter) []types.Instance {
+		t.Helper()
+		var all []types.Instance
+		p := ec2.NewDescribeInstancesPaginator(c, &ec2.DescribeInstancesInput{Filters: filters, MaxResults: aws.Int32(5)})
+		for p.HasMorePages() {
+			out, err := p.NextPage(ctx)
+			if err != nil {
+				t.Fatalf("DescribeInstances: %v", err)
+			}
+			for _, r := range out.Reservations {
+				all = append(all, r.Instances...)
+			}
+		}
+		return all
+	}
+	clk.Step(5 * time.Second)
+	if got := describe(types.Filter{Name: aws.String("instance-state-name"), Values: []string{"running"}}); len(got) != 1 {
+		t.Errorf("running instances after the pending delay: %d, want 1", len(got))
+	}
+	if got := describe(types.Filter{Name: aws.String("tag:kip.dev/cluster"), Values: []string{"c2"}}); len(got) != 0 {
+		t.Errorf("instances tagged c2: %d, want 0", len(got))
+	}
+
+	// Pagination over many instances.
+	for range 11 {
+		if _, err := run(ctx, c, nil); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if got := describe(); len(got) != 12 {
+		t.Errorf("paginated DescribeInstances returned %d instances, want 12", len(got))
+	}
+	if got := describe(types.Filter{Name: aws.String("tag-key"), Values: []string{"kip.dev/*"}}); len(got) != 1 {
+		t.Errorf("tag-key filter returned %d instances, want 1", len(got))
+	}
+
+	// Terminate is idempotent; unknown ids fail the whole call.
+	for i := range 2 {
+		out, err := c.TerminateInstances(ctx, &ec2.TerminateInstancesInput{InstanceIds: []string{id}})
+		if err != nil {
+			t.Fatalf("TerminateInstances #%d: %v", i, err)
+		}
+		if s := out.TerminatingInstances[0].CurrentState.Name; s != types.InstanceStateNameShuttingDown {
+			t.Errorf("TerminateInstances #%d state %s, want shutting-down", i, s)
+		}
+	}
+	_, err = c.TerminateInstances(ctx, &ec2.TerminateInstancesInput{InstanceIds: []string{id, "i-0123456789abcdef0"}})
+	if code(err) != "InvalidInstanceID.NotFound" || !strings.Contains(err.Error(), "i-0123456789abcdef0") {
+		t.Errorf("TerminateInstances with an unknown id: %v", err)
+	}
+	clk.Step(3 * time.Second)
+	if got := describe(types.Filter{Name: aws.String("instance-id"), Values: []string{id}}); len(got) != 1 || got[0].State.Name != types.InstanceStateNameTerminated {
+		t.Errorf("terminated instance described as %+v", got)
+	}
+	clk.Step(ec2fake.TerminatedRetention + time.Second)
+	if _, err := c.DescribeInstances(ctx, &ec2.DescribeInstancesInput{InstanceIds: []string{id}}); code(err) != "InvalidInstanceID.NotFound" {
+		t.Errorf("DescribeInstances long after termination: %v, want InvalidInstanceID.NotFound", err)
+	}
+	if f.Calls("RunInstances") != 14 {
+		t.Errorf("RunInstances calls = %d, want 14", f.Calls("RunInstances"))
+	}
+	f.Reset()
+	if len(f.Instances()) != 0 || f.Calls("RunInstances") != 0 {
+		t.Errorf("Reset left instances or counters")
+	}
+}
+
+func TestRunInstancesErrors(t *testing.T) {
+	ctx := context.Background()
+	tests := []struct {
+		name string
+		prep func(*ec2fake.Server)
+		mod  func(*ec2.RunInstancesInput)
+		code string
+	}{
+		{"user data over 16 KB", nil, func(in *ec2.RunInstancesInput) {
+			in.UserData = aws.String(base64.StdEncoding.EncodeToString(make([]byte, 12289)))
+		}, "InvalidParameterValue"},
+		{"user data not base64", nil, func(in *ec2.RunInstancesInput) { in.UserData = aws.String("!!") }, "InvalidParameterValue"},
+		{"unknown type", nil, func(in *ec2.RunInstancesInput) { in.InstanceType = "x9.huge" }, "InvalidParameterValue"},
+		{"arm type on x86 image", nil, func(in *ec2.RunInstancesInput) { in.InstanceType = "m6g.large" }, "InvalidParameterValue"},
+		{"unknown image", nil, func(in *ec2.RunInstancesInput) { in.ImageId = aws.String("ami-0000000000000dead") }, "InvalidAMIID.NotFound"},
+		{"unknown subnet", nil, func(in *ec2.RunInstancesInput) { in.SubnetId = aws.String("subnet-0000000000000dead") }, "InvalidSubnetID.NotFound"},
+		{"unknown group", nil, func(in *ec2.RunInstancesInput) { in.SecurityGroupIds = []string{"sg-0000000000000dead"} }, "InvalidGroup.NotFound"},
+		{"unknown profile", nil, func(in *ec2.RunInstancesInput) {
+			in.IamInstanceProfile = &types.IamInstanceProfileSpecification{Name: aws.String("nope")}
+		}, "InvalidParameterValue"},
+		{"subnet and interfaces", nil, func(in *ec2.RunInstancesInput) {
+			in.NetworkInterfaces = []types.InstanceNetworkInterfaceSpecification{{DeviceIndex: aws.Int32(0), SubnetId: aws.String(ec2fake.SubnetA)}}
+		}, "InvalidParameterCombination"},
+		{"volume smaller than image", nil, func(in *ec2.RunInstancesInput) {
+			in.BlockDeviceMappings = []types.BlockDeviceMapping{{DeviceName: aws.String("/dev/xvda"), Ebs: &types.EbsBlockDevice{VolumeSize: aws.Int32(1)}}}
+		}, "InvalidBlockDeviceMapping"},
+		{"capacity", func(f *ec2fake.Server) { f.SetInsufficientCapacity("t3.nano", "", true) }, nil, "InsufficientInstanceCapacity"},
+		{"capacity in the zone", func(f *ec2fake.Server) { f.SetInsufficientCapacity("t3.nano", "us-east-1a", true) }, nil, "InsufficientInstanceCapacity"},
+		{"type not in zone", nil, func(in *ec2.RunInstancesInput) {
+			in.InstanceType = "g4dn.xlarge"
+			in.SubnetId = aws.String(ec2fake.SubnetB)
+		}, "Unsupported"},
+		{"injected", func(f *ec2fake.Server) { f.InjectError("RunInstances", "UnauthorizedOperation", "no", 1) }, nil, "UnauthorizedOperation"},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			c, f := client(t, ec2fake.Options{}, 1)
+			if tc.prep != nil {
+				tc.prep(f)
+			}
+			_, err := run(ctx, c, tc.mod)
+			if got := code(err); got != tc.code {
+				t.Fatalf("RunInstances: %v (code %q), want code %s", err, got, tc.code)
+			}
+			if n := len(f.Instances()); n != 0 {
+				t.Errorf("a refused RunInstances left %d instances", n)
+			}
+		})
+	}
+}
+
+func TestPrivateIPOnlyAndZoneCapacity(t *testing.T) {
+	ctx := context.Background()
+	c, f := client(t, ec2fake.Options{}, 1)
+	f.SetInsufficientCapacity("t3.nano", "us-east-1a", true)
+	out, err := run(ctx, c, func(in *ec2.RunInstancesInput) {
+		in.SubnetId = nil
+		in.NetworkInterfaces = []types.InstanceNetworkInterfaceSpecification{{DeviceIndex: aws.Int32(0), SubnetId: aws.String(ec2fake.SubnetB),
+			Groups: []string{ec2fake.DefaultGroupID}, AssociatePublicIpAddress: aws.Bool(false)}}
+	})
+	if err != nil {
+		t.Fatalf("RunInstances in the other zone: %v", err)
+	}
+	if ip := aws.ToString(out.Instances[0].PublicIpAddress); ip != "" {
+		t.Errorf("private-ip-only instance has public IP %s", ip)
+	}
+	out, err = run(ctx, c, func(in *ec2.RunInstancesInput) { in.SubnetId = aws.String(ec2fake.SubnetB) })
+	if err != nil {
+		t.Fatal(err)
+	}
+	if ip := aws.ToString(out.Instances[0].PublicIpAddress); ip != "" {
+		t.Errorf("subnet B does not map public IPs, yet the instance has %s", ip)
+	}
+}
+
+func TestSubnetAddressExhaustion(t *testing.T) {
+	ctx := context.Background()
+	c, f := client(t, ec2fake.Options{}, 1)
+	id, err := f.AddSubnet("10.0.64.0/29", "us-east-1a", false) // 8 - 5 reserved = 3 usable
+	if err != nil {
+		t.Fatal(err)
+	}
+	out, err := run(ctx, c, func(in *ec2.RunInstancesInput) { in.SubnetId = aws.String(id); in.MaxCount = aws.Int32(10) })
+	if err != nil || len(out.Instances) != 3 {
+		t.Fatalf("RunInstances MinCount 1 MaxCount 10 in a /29: %v, %d instances; want 3", err, len(out.Instances))
+	}
+	seen := map[string]bool{}
+	for _, in := range out.Instances {
+		ip := aws.ToString(in.PrivateIpAddress)
+		if seen[ip] || !strings.HasPrefix(ip, "10.0.64.") {
+			t.Errorf("bad or duplicate address %s", ip)
+		}
+		seen[ip] = true
+	}
+	if _, err := run(ctx, c, func(in *ec2.RunInstancesInput) { in.SubnetId = aws.String(id) }); code(err) != "InsufficientFreeAddressesInSubnet" {
+		t.Errorf("RunInstances in a full subnet: %v", err)
+	}
+}
+
+func TestThrottling(t *testing.T) {
+	lim := ec2fake.PublishedLimits().Scaled(0.01, 0.001) // Describe: burst 1, ~0.02/s
+	c, f := client(t, ec2fake.Options{Limits: &lim}, 1)
+	ctx := context.Background()
+	var throttled int
+	for range 5 {
+		_, err := c.DescribeSubnets(ctx, &ec2.DescribeSubnetsInput{})
+		if code(err) == "RequestLimitExceeded" {
+			throttled++
+		} else if err != nil {
+			t.Fatalf("DescribeSubnets: %v", err)
+		}
+	}
+	if throttled < 3 || f.Throttled("DescribeSubnets") != throttled {
+		t.Errorf("throttled %d of 5 calls (fake counted %d); want at least 3", throttled, f.Throttled("DescribeSubnets"))
+	}
+	f.Reset()
+	if _, err := c.DescribeSubnets(ctx, &ec2.DescribeSubnetsInput{}); err != nil {
+		t.Errorf("DescribeSubnets after Reset refilled the buckets: %v", err)
+	}
+}
+
+func TestSDKRetriesThrottling(t *testing.T) {
+	c, f := client(t, ec2fake.Options{}, 3)
+	f.InjectError("DescribeVpcs", "RequestLimitExceeded", "Request limit exceeded.", 1)
+	out, err := c.DescribeVpcs(context.Background(), &ec2.DescribeVpcsInput{})
+	if err != nil || len(out.Vpcs) != 1 || aws.ToString(out.Vpcs[0].CidrBlock) != ec2fake.VPCCIDR {
+		t.Fatalf("DescribeVpcs after one throttle: %v, %+v", err, out)
+	}
+	if f.Calls("DescribeVpcs") != 2 {
+		t.Errorf("DescribeVpcs calls = %d, want 2 (the SDK retried once)", f.Calls("DescribeVpcs"))
+	}
+}
+
+func TestSecurityGroupsAndImages(t *testing.T) {
+	ctx := context.Background()
+	c, f := client(t, ec2fake.Options{}, 1)
+	cg, err := c.CreateSecurityGroup(ctx, &ec2.CreateSecurityGroupInput{GroupName: aws.String("kip-c1-cells"), Description: aws.String("kip cells"), VpcId: aws.String(ec2fake.VPCID),
+		TagSpecifications: []types.TagSpecification{{ResourceType: types.ResourceTypeSecurityGroup, Tags: []types.Tag{{Key: aws.String("kip.dev/cluster"), Value: aws.String("c1")}}}}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := c.CreateSecurityGroup(ctx, &ec2.CreateSecurityGroupInput{GroupName: aws.String("kip-c1-cells"), Description: aws.String("x"), VpcId: aws.String(ec2fake.VPCID)}); code(err) != "InvalidGroup.Duplicate" {
+		t.Errorf("duplicate CreateSecurityGroup: %v", err)
+	}
+	perm := types.IpPermission{IpProtocol: aws.String("tcp"), FromPort: aws.Int32(6421), ToPort: aws.Int32(6421), IpRanges: []types.IpRange{{CidrIp: aws.String(ec2fake.VPCCIDR)}}}
+	if _, err := c.AuthorizeSecurityGroupIngress(ctx, &ec2.AuthorizeSecurityGroupIngressInput{GroupId: cg.GroupId, IpPermissions: []types.IpPermission{perm}}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := c.AuthorizeSecurityGroupIngress(ctx, &ec2.AuthorizeSecurityGroupIngressInput{GroupId: cg.GroupId, IpPermissions: []types.IpPermission{perm}}); code(err) != "InvalidPermission.Duplicate" {
+		t.Errorf("duplicate rule: %v", err)
+	}
+	out, err := c.DescribeSecurityGroups(ctx, &ec2.DescribeSecurityGroupsInput{Filters: []types.Filter{{Name: aws.String("group-name"), Values: []string{"kip-c1-cells"}}, {Name: aws.String("vpc-id"), Values: []string{ec2fake.VPCID}}}})
+	if err != nil || len(out.SecurityGroups) != 1 || len(out.SecurityGroups[0].IpPermissions) != 1 || aws.ToInt32(out.SecurityGroups[0].IpPermissions[0].FromPort) != 6421 {
+		t.Fatalf("DescribeSecurityGroups: %v %+v", err, out)
+	}
+	if len(f.SecurityGroups()) != 2 {
+		t.Errorf("fake has %d groups, want the default and the new one", len(f.SecurityGroups()))
+	}
+	img := newestImage(ctx, c)
+	im, err := c.DescribeImages(ctx, &ec2.DescribeImagesInput{ImageIds: []string{img}})
+	if err != nil || aws.ToString(im.Images[0].Name) != "kip-cell-2026.03.1-x86_64" || aws.ToString(im.Images[0].RootDeviceName) != "/dev/xvda" {
+		t.Errorf("newest image: %v %+v", err, im)
+	}
+	if _, err := c.DescribeImages(ctx, &ec2.DescribeImagesInput{Filters: []types.Filter{{Name: aws.String("bogus"), Values: []string{"x"}}}}); code(err) != "InvalidParameterValue" {
+		t.Errorf("unknown filter: %v", err)
+	}
+}
+
+func TestCatalogActions(t *testing.T) {
+	ctx := context.Background()
+	c, _ := client(t, ec2fake.Options{}, 1)
+	var names []string
+	p := ec2.NewDescribeInstanceTypesPaginator(c, &ec2.DescribeInstanceTypesInput{MaxResults: aws.Int32(5)})
+	for p.HasMorePages() {
+		out, err := p.NextPage(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, it := range out.InstanceTypes {
+			names = append(names, string(it.InstanceType))
+			if it.InstanceType == "g4dn.xlarge" && (it.GpuInfo == nil || aws.ToInt32(it.GpuInfo.Gpus[0].Count) != 1) {
+				t.Errorf("g4dn.xlarge GPU info %+v", it.GpuInfo)
+			}
+			if it.InstanceType == "t3.nano" && (aws.ToInt64(it.MemoryInfo.SizeInMiB) != 512 || aws.ToInt32(it.VCpuInfo.DefaultVCpus) != 2 || !aws.ToBool(it.BurstablePerformanceSupported)) {
+				t.Errorf("t3.nano %+v", it)
+			}
+		}
+	}
+	if len(names) != 8 {
+		t.Errorf("DescribeInstanceTypes pages returned %v", names)
+	}
+	off, err := c.DescribeInstanceTypeOfferings(ctx, &ec2.DescribeInstanceTypeOfferingsInput{LocationType: types.LocationTypeAvailabilityZone,
+		Filters: []types.Filter{{Name: aws.String("instance-type"), Values: []string{"g4dn.xlarge"}}}})
+	if err != nil || len(off.InstanceTypeOfferings) != 1 || aws.ToString(off.InstanceTypeOfferings[0].Location) != "us-east-1a" {
+		t.Errorf("offerings of g4dn.xlarge: %v %+v", err, off)
+	}
+	sp, err := c.DescribeSpotPriceHistory(ctx, &ec2.DescribeSpotPriceHistoryInput{InstanceTypes: []types.InstanceType{"t3.nano"}, ProductDescriptions: []string{"Linux/UNIX"}})
+	if err != nil || len(sp.SpotPriceHistory) != 2 || aws.ToString(sp.SpotPriceHistory[0].SpotPrice) != "0.001600" {
+		t.Errorf("spot prices of t3.nano: %v %+v", err, sp)
+	}
+}
