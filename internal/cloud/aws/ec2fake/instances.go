@@ -604,4 +604,3 @@ func (s *Server) createTags(q query) (any, *apiError) {
 	}
 	return &returnResponse{Return: true}, nil
 }
-

@@ -297,4 +297,3 @@ func contains(list []string, s string) bool {
 	}
 	return false
 }
-
