@@ -1,0 +1,567 @@
+//go:build e2e
+
+package e2e
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	appsv1 "k8s.io/api/apps/v1"
+	batchv1 "k8s.io/api/batch/v1"
+	corev1 "k8s.io/api/core/v1"
+	"k8s.io/apimachinery/pkg/api/resource"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/fields"
+	"k8s.io/apimachinery/pkg/labels"
+	"k8s.io/apimachinery/pkg/watch"
+	"k8s.io/utils/ptr"
+
+	"github.com/kip-dev/kip/internal/cloud"
+	"github.com/kip-dev/kip/test/e2e/framework"
+)
+
+const (
+	// podTimeout bounds a pod reaching Running/Succeeded: scheduling, a cell boot, an image
+	// pull from the local registry and a container start, on a loaded 2-core machine.
+	podTimeout = 2 * time.Minute
+	// cellGoneTimeout bounds a finished pod's cell being terminated ("within seconds").
+	cellGoneTimeout = 30 * time.Second
+)
+
+// TestJobEcho: a Job echoing hello-kip completes, its logs say so, its cell is gone right
+// after, and the pod's Events tell the story.
+func TestJobEcho(t *testing.T) {
+	e := need(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
+	defer cancel()
+	ns := e.Namespace(t)
+
+	tmpl := framework.Pod("", framework.Busybox("echo", "echo hello-kip"))
+	job := &batchv1.Job{
+		ObjectMeta: metav1.ObjectMeta{Name: "hello"},
+		Spec: batchv1.JobSpec{
+			BackoffLimit: ptr.To[int32](0),
+			Template:     corev1.PodTemplateSpec{Spec: tmpl.Spec},
+		},
+	}
+	if _, err := e.Client.BatchV1().Jobs(ns).Create(ctx, job, metav1.CreateOptions{}); err != nil {
+		t.Fatalf("creating job: %v", err)
+	}
+	wctx, wcancel := context.WithTimeout(ctx, podTimeout)
+	defer wcancel()
+	_, err := framework.Until(wctx, e.Client.BatchV1().Jobs(ns), fields.OneTermEqualSelector("metadata.name", "hello"),
+		func(ev watch.Event) (bool, error) {
+			j, ok := ev.Object.(*batchv1.Job)
+			if !ok {
+				return false, nil
+			}
+			for _, c := range j.Status.Conditions {
+				if c.Status == corev1.ConditionTrue && c.Type == batchv1.JobFailed {
+					return false, fmt.Errorf("job failed: %s: %s", c.Reason, c.Message)
+				}
+			}
+			for _, c := range j.Status.Conditions {
+				if c.Status == corev1.ConditionTrue && c.Type == batchv1.JobComplete {
+					return true, nil
+				}
+			}
+			return false, nil
+		})
+	pods, lerr := e.Client.CoreV1().Pods(ns).List(ctx, metav1.ListOptions{LabelSelector: "job-name=hello"})
+	if lerr != nil || len(pods.Items) != 1 {
+		t.Fatalf("listing the job's pods: %v (%d pods)", lerr, len(pods.Items))
+	}
+	pod := &pods.Items[0]
+	if err != nil {
+		t.Fatalf("waiting for job Complete: %v; pod: %s\nevents:\n%s", err, framework.DescribePod(pod), e.EventsFor(ctx, ns, pod.Name))
+	}
+	if pod.Spec.NodeName != e.NodeName {
+		t.Errorf("pod ran on node %q, want %q", pod.Spec.NodeName, e.NodeName)
+	}
+	if pod.Status.PodIP == "" || pod.Status.PodIP == e.BridgeIP.String() {
+		t.Errorf("pod IP %q: want the cell's own address", pod.Status.PodIP)
+	}
+
+	out, err := e.Kubectl(ctx, "-n", ns, "logs", "job/hello")
+	if err != nil {
+		t.Errorf("kubectl logs: %v", err)
+	} else if strings.TrimSpace(out) != "hello-kip" {
+		t.Errorf("kubectl logs = %q, want hello-kip", out)
+	}
+
+	if _, err := e.WaitForCells(ctx, framework.PodCells(ns, pod.Name), cellGoneTimeout, func(c []*cloud.Instance) bool { return len(c) == 0 }); err != nil {
+		t.Errorf("cell not terminated after the job completed: %v", err)
+	}
+
+	// The story: scheduled by the scheduler, then kip's steps and kubelet-style container events.
+	events := e.EventsFor(ctx, ns, pod.Name)
+	for _, reason := range []string{"Scheduled", "Pulled", "Started"} {
+		if _, err := e.WaitForEvent(ctx, ns, pod.Name, reason, 30*time.Second); err != nil {
+			t.Errorf("no %s event: %v", reason, err)
+		}
+	}
+	t.Logf("events of %s:\n%s", pod.Name, events)
+}
+
+// TestExitCode: a container exiting 3 with restartPolicy Never fails the pod with exit code 3
+// and reason Error, as kubelet reports it.
+func TestExitCode(t *testing.T) {
+	e := need(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
+	defer cancel()
+	ns := e.Namespace(t)
+	pod := framework.Pod("exit3", framework.Busybox("main", "echo bye; exit 3"))
+	if _, err := e.Client.CoreV1().Pods(ns).Create(ctx, pod, metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	got, err := e.WaitForPod(ctx, ns, "exit3", podTimeout, framework.Finished)
+	if err != nil {
+		t.Fatalf("%v\nevents:\n%s", err, e.EventsFor(ctx, ns, "exit3"))
+	}
+	if got.Status.Phase != corev1.PodFailed {
+		t.Errorf("phase %s, want Failed: %s", got.Status.Phase, framework.DescribePod(got))
+	}
+	if len(got.Status.ContainerStatuses) != 1 || got.Status.ContainerStatuses[0].State.Terminated == nil {
+		t.Fatalf("no terminated container status: %s", framework.DescribePod(got))
+	}
+	term := got.Status.ContainerStatuses[0].State.Terminated
+	if term.ExitCode != 3 || term.Reason != "Error" {
+		t.Errorf("terminated exit %d reason %q, want 3 Error", term.ExitCode, term.Reason)
+	}
+	if _, err := e.WaitForCells(ctx, framework.PodCells(ns, "exit3"), cellGoneTimeout, func(c []*cloud.Instance) bool { return len(c) == 0 }); err != nil {
+		t.Errorf("cell of the failed pod not terminated: %v", err)
+	}
+}
+
+// TestDeploymentHTTP: 3 replicas of busybox httpd run on 3 cells with 3 addresses, each
+// answering from the host; scaling to 0 leaves no cell.
+func TestDeploymentHTTP(t *testing.T) {
+	e := need(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 6*time.Minute)
+	defer cancel()
+	ns := e.Namespace(t)
+	sel := map[string]string{"app": "web"}
+	tmpl := framework.Pod("", framework.Busybox("httpd",
+		`mkdir -p /www && echo "kip-web $(hostname)" > /www/index.html && exec httpd -f -p 8080 -h /www`))
+	tmpl.Spec.RestartPolicy = corev1.RestartPolicyAlways
+	dep := &appsv1.Deployment{
+		ObjectMeta: metav1.ObjectMeta{Name: "web"},
+		Spec: appsv1.DeploymentSpec{
+			Replicas: ptr.To[int32](3),
+			Selector: &metav1.LabelSelector{MatchLabels: sel},
+			Template: corev1.PodTemplateSpec{ObjectMeta: metav1.ObjectMeta{Labels: sel}, Spec: tmpl.Spec},
+		},
+	}
+	if _, err := e.Client.AppsV1().Deployments(ns).Create(ctx, dep, metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	running, err := waitRunningPods(ctx, e, ns, labels.SelectorFromSet(sel).String(), 3)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ips := map[string]string{}
+	for _, p := range running {
+		if prev, dup := ips[p.Status.PodIP]; dup {
+			t.Errorf("pods %s and %s share IP %s", prev, p.Name, p.Status.PodIP)
+		}
+		ips[p.Status.PodIP] = p.Name
+	}
+	client := &http.Client{Timeout: 5 * time.Second}
+	for ip, name := range ips {
+		body, err := getWithRetry(ctx, client, "http://"+ip+":8080/", 30*time.Second)
+		if err != nil {
+			t.Errorf("pod %s at %s: %v", name, ip, err)
+			continue
+		}
+		if !strings.HasPrefix(body, "kip-web") {
+			t.Errorf("pod %s at %s answered %q", name, ip, body)
+		}
+	}
+	if out, err := e.Kubectl(ctx, "-n", ns, "get", "pods", "-o", "wide"); err == nil {
+		t.Logf("kubectl get pods -o wide:\n%s", out)
+	}
+
+	if _, err := e.Kubectl(ctx, "-n", ns, "scale", "deployment/web", "--replicas=0"); err != nil {
+		t.Fatal(err)
+	}
+	for _, p := range running {
+		if err := e.WaitForPodGone(ctx, ns, p.Name, time.Minute); err != nil {
+			t.Error(err)
+		}
+	}
+	if _, err := e.WaitForCells(ctx, map[string]string{cloud.TagPodNamespace: ns}, cellGoneTimeout,
+		func(c []*cloud.Instance) bool { return len(c) == 0 }); err != nil {
+		t.Errorf("cells left after scaling to 0: %v", err)
+	}
+}
+
+// TestDeleteSendsSIGTERM: deleting a running pod delivers SIGTERM to its container (which logs
+// it) before the cell goes away.
+func TestDeleteSendsSIGTERM(t *testing.T) {
+	e := need(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
+	defer cancel()
+	ns := e.Namespace(t)
+	script := `trap 'echo got-SIGTERM; exit 0' TERM; echo started; while true; do sleep 1 & wait $!; done`
+	pod := framework.Pod("term", framework.Busybox("main", script))
+	pod.Spec.TerminationGracePeriodSeconds = ptr.To[int64](30)
+	if _, err := e.Client.CoreV1().Pods(ns).Create(ctx, pod, metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := e.WaitForPod(ctx, ns, "term", podTimeout, framework.Running); err != nil {
+		t.Fatalf("%v\nevents:\n%s", err, e.EventsFor(ctx, ns, "term"))
+	}
+	// Follow the logs from before the delete until the container ends.
+	cmd := exec.CommandContext(ctx, e.CP.Kubectl(), "--kubeconfig", e.CP.AdminKubeconfig(), "-n", ns, "logs", "-f", "term")
+	stdout, err := cmd.StdoutPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	defer func() { _ = cmd.Process.Kill(); _ = cmd.Wait() }()
+	lines := make(chan string, 16)
+	go func() {
+		defer close(lines)
+		buf := make([]byte, 4096)
+		var acc string
+		for {
+			n, err := stdout.Read(buf)
+			acc += string(buf[:n])
+			for {
+				i := strings.IndexByte(acc, '\n')
+				if i < 0 {
+					break
+				}
+				lines <- acc[:i]
+				acc = acc[i+1:]
+			}
+			if err != nil {
+				return
+			}
+		}
+	}()
+	if err := expectLine(ctx, lines, "started", time.Minute); err != nil {
+		t.Fatalf("before delete: %v", err)
+	}
+	if err := e.Client.CoreV1().Pods(ns).Delete(ctx, "term", metav1.DeleteOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	if err := expectLine(ctx, lines, "got-SIGTERM", time.Minute); err != nil {
+		t.Errorf("after delete: %v", err)
+	}
+	if err := e.WaitForPodGone(ctx, ns, "term", time.Minute); err != nil {
+		t.Error(err)
+	}
+	if _, err := e.WaitForCells(ctx, framework.PodCells(ns, "term"), cellGoneTimeout, func(c []*cloud.Instance) bool { return len(c) == 0 }); err != nil {
+		t.Errorf("cell of the deleted pod not terminated: %v", err)
+	}
+}
+
+// TestImagePullError: a nonexistent image leaves the pod Pending with ErrImagePull or
+// ImagePullBackOff and a Warning event; kip keeps running.
+func TestImagePullError(t *testing.T) {
+	e := need(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
+	defer cancel()
+	ns := e.Namespace(t)
+	pod := framework.Pod("nopull", corev1.Container{Name: "main", Image: "no-such-image-kip:v0"})
+	if _, err := e.Client.CoreV1().Pods(ns).Create(ctx, pod, metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	got, err := e.WaitForPod(ctx, ns, "nopull", podTimeout, func(p *corev1.Pod) bool {
+		for _, cs := range p.Status.ContainerStatuses {
+			if w := cs.State.Waiting; w != nil && (w.Reason == "ErrImagePull" || w.Reason == "ImagePullBackOff") {
+				return true
+			}
+		}
+		return false
+	})
+	if err != nil {
+		t.Fatalf("%v\nevents:\n%s", err, e.EventsFor(ctx, ns, "nopull"))
+	}
+	if got.Status.Phase != corev1.PodPending {
+		t.Errorf("phase %s, want Pending", got.Status.Phase)
+	}
+	if _, err := e.WaitForEvent(ctx, ns, "nopull", "Failed", time.Minute); err != nil {
+		t.Error(err)
+	}
+	if err := e.Kip.Exited(); err != nil {
+		t.Fatalf("kip died: %v", err)
+	}
+	if err := e.Client.CoreV1().Pods(ns).Delete(ctx, "nopull", metav1.DeleteOptions{GracePeriodSeconds: ptr.To[int64](0)}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := e.WaitForCells(ctx, framework.PodCells(ns, "nopull"), cellGoneTimeout, func(c []*cloud.Instance) bool { return len(c) == 0 }); err != nil {
+		t.Errorf("cell of the deleted pod not terminated: %v", err)
+	}
+}
+
+// TestUnrunnablePods: pods that can never run fail with a message naming what is wrong, and
+// no cell is launched for them.
+func TestUnrunnablePods(t *testing.T) {
+	e := need(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
+	defer cancel()
+	ns := e.Namespace(t)
+	big := framework.Busybox("main", "true")
+	big.Resources.Requests = corev1.ResourceList{
+		corev1.ResourceCPU: resource.MustParse("16"), corev1.ResourceMemory: resource.MustParse("32Gi"),
+	}
+	tests := []struct {
+		name        string
+		annotations map[string]string
+		container   corev1.Container
+		want        []string // substrings of the pod's status message
+	}{
+		{"too-big", nil, big, []string{"asked", "largest: local.xlarge"}},
+		{"bad-volume-size", map[string]string{"pod.kip.dev/volume-size": "lots"}, framework.Busybox("main", "true"), []string{"volume-size", "lots"}},
+		{"bad-launch-type", map[string]string{"pod.kip.dev/launch-type": "sometimes"}, framework.Busybox("main", "true"), []string{"launch-type", "sometimes"}},
+		{"unknown-instance-type", map[string]string{"pod.kip.dev/instance-type": "z9.huge"}, framework.Busybox("main", "true"), []string{"z9.huge"}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			pod := framework.Pod(tt.name, tt.container)
+			pod.Annotations = tt.annotations
+			if _, err := e.Client.CoreV1().Pods(ns).Create(ctx, pod, metav1.CreateOptions{}); err != nil {
+				t.Fatal(err)
+			}
+			got, err := e.WaitForPod(ctx, ns, tt.name, podTimeout, framework.Failed)
+			if err != nil {
+				t.Fatalf("%v\nevents:\n%s", err, e.EventsFor(ctx, ns, tt.name))
+			}
+			for _, w := range tt.want {
+				if !strings.Contains(got.Status.Message, w) {
+					t.Errorf("status message %q does not mention %q (reason %q)", got.Status.Message, w, got.Status.Reason)
+				}
+			}
+			if got.Status.Reason == "" {
+				t.Errorf("failed pod has no reason: %s", framework.DescribePod(got))
+			}
+			list, err := e.Client.CoreV1().Events(ns).List(ctx, metav1.ListOptions{
+				FieldSelector: fields.OneTermEqualSelector("involvedObject.name", tt.name).String(),
+			})
+			if err != nil {
+				t.Fatal(err)
+			}
+			warned := false
+			for _, ev := range list.Items {
+				warned = warned || ev.Type == corev1.EventTypeWarning
+			}
+			if !warned {
+				t.Errorf("no Warning event on the pod:\n%s", e.EventsFor(ctx, ns, tt.name))
+			}
+			if cells, err := e.Cells(ctx, framework.PodCells(ns, tt.name)); err != nil || len(cells) != 0 {
+				t.Errorf("cells for an unrunnable pod: %v %v", cells, err)
+			}
+		})
+	}
+}
+
+// TestBadConfig: kip refuses a config with a bad value and names the field.
+func TestBadConfig(t *testing.T) {
+	e := need(t)
+	tests := []struct{ name, yaml, want string }{
+		{"bad port", "apiVersion: kip.dev/v1alpha1\nkind: ProviderConfig\nnode:\n  kubeletPort: -1\n", "node.kubeletPort"},
+		{"unknown field", "apiVersion: kip.dev/v1alpha1\nkind: ProviderConfig\ncells:\n  healthyTimout: 1s\n", "healthyTimout"},
+		{"bad duration", "apiVersion: kip.dev/v1alpha1\nkind: ProviderConfig\ncells:\n  healthyTimeout: soon\n", "cells.healthyTimeout"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			path := filepath.Join(t.TempDir(), "kip.yaml")
+			if err := os.WriteFile(path, []byte(tt.yaml), 0o600); err != nil {
+				t.Fatal(err)
+			}
+			ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+			defer cancel()
+			out, err := exec.CommandContext(ctx, filepath.Join(e.BinDir, "kip"), "run", "--config", path,
+				"--kubeconfig", e.CP.AdminKubeconfig()).CombinedOutput()
+			if err == nil {
+				t.Fatalf("kip run accepted a bad config:\n%s", out)
+			}
+			if !strings.Contains(string(out), tt.want) {
+				t.Errorf("kip run output does not name %q:\n%s", tt.want, out)
+			}
+			if strings.Contains(string(out), "panic") {
+				t.Errorf("kip panicked:\n%s", out)
+			}
+		})
+	}
+}
+
+// TestKipRestart: killing kip while pods run and starting it again keeps the pods running
+// with the same status and cells; nothing is launched twice, nothing leaks.
+func TestKipRestart(t *testing.T) {
+	e := need(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 8*time.Minute)
+	defer cancel()
+	ns := e.Namespace(t)
+	names := []string{"keep-a", "keep-b"}
+	for _, n := range names {
+		pod := framework.Pod(n, framework.Busybox("main", `echo up; while true; do sleep 1 & wait $!; done`))
+		if _, err := e.Client.CoreV1().Pods(ns).Create(ctx, pod, metav1.CreateOptions{}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	before := map[string]*corev1.Pod{}
+	beforeCells := map[string]string{}
+	for _, n := range names {
+		p, err := e.WaitForPod(ctx, ns, n, podTimeout, framework.Running)
+		if err != nil {
+			t.Fatalf("%v\nevents:\n%s", err, e.EventsFor(ctx, ns, n))
+		}
+		before[n] = p
+		cells, err := e.Cells(ctx, framework.PodCells(ns, n))
+		if err != nil || len(cells) != 1 {
+			t.Fatalf("pod %s has cells %v (%v), want exactly one", n, cells, err)
+		}
+		beforeCells[n] = cells[0].ID
+	}
+	all, err := e.Cells(ctx, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	total := len(all)
+
+	t.Log("killing kip (SIGKILL)")
+	e.Kip.Kill()
+	if err := e.Kip.Start(ctx); err != nil {
+		t.Fatalf("restarting kip: %v", err)
+	}
+
+	for _, n := range names {
+		// Give the restarted kip the chance to (wrongly) change the pod: wait for it to have
+		// reported on the pod again, i.e. for a status at least as new as the restart.
+		p, err := e.WaitForPod(ctx, ns, n, podTimeout, framework.Running)
+		if err != nil {
+			t.Fatal(err)
+		}
+		b := before[n]
+		if p.Status.PodIP != b.Status.PodIP {
+			t.Errorf("pod %s IP changed across the restart: %s → %s", n, b.Status.PodIP, p.Status.PodIP)
+		}
+		if len(p.Status.ContainerStatuses) != 1 || p.Status.ContainerStatuses[0].RestartCount != 0 ||
+			p.Status.ContainerStatuses[0].State.Running == nil {
+			t.Errorf("pod %s container status after restart: %s", n, framework.DescribePod(p))
+		} else if !p.Status.ContainerStatuses[0].State.Running.StartedAt.Equal(&b.Status.ContainerStatuses[0].State.Running.StartedAt) {
+			t.Errorf("pod %s container restarted: started %v, was %v", n, p.Status.ContainerStatuses[0].State.Running.StartedAt, b.Status.ContainerStatuses[0].State.Running.StartedAt)
+		}
+		cells, err := e.Cells(ctx, framework.PodCells(ns, n))
+		if err != nil || len(cells) != 1 || cells[0].ID != beforeCells[n] {
+			t.Errorf("pod %s cells after restart %v (%v), want only %s", n, cells, err, beforeCells[n])
+		}
+	}
+	// kubectl logs still reaches the adopted cells.
+	if out, err := e.Kubectl(ctx, "-n", ns, "logs", names[0]); err != nil || !strings.Contains(out, "up") {
+		t.Errorf("kubectl logs after restart: %q, %v", out, err)
+	}
+	if all, err := e.Cells(ctx, nil); err != nil || len(all) != total {
+		t.Errorf("cells after restart: %d (%v), want %d", len(all), err, total)
+	}
+	for _, n := range names {
+		if err := e.Client.CoreV1().Pods(ns).Delete(ctx, n, metav1.DeleteOptions{}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for _, n := range names {
+		if err := e.WaitForPodGone(ctx, ns, n, time.Minute); err != nil {
+			t.Error(err)
+		}
+		if _, err := e.WaitForCells(ctx, framework.PodCells(ns, n), cellGoneTimeout, func(c []*cloud.Instance) bool { return len(c) == 0 }); err != nil {
+			t.Errorf("cell of %s not terminated: %v", n, err)
+		}
+	}
+}
+
+// waitRunningPods waits until n pods matching selector in ns are Running and Ready.
+func waitRunningPods(ctx context.Context, e *framework.Env, ns, selector string, n int) ([]corev1.Pod, error) {
+	ctx, cancel := context.WithTimeout(ctx, podTimeout+time.Minute)
+	defer cancel()
+	seen := map[string]corev1.Pod{}
+	_, err := framework.UntilOpts(ctx, e.Client.CoreV1().Pods(ns), metav1.ListOptions{LabelSelector: selector},
+		func(ev watch.Event) (bool, error) {
+			p, ok := ev.Object.(*corev1.Pod)
+			if !ok {
+				return false, nil
+			}
+			if ev.Type == watch.Deleted || !framework.Running(p) || !framework.Ready(p) {
+				delete(seen, p.Name)
+			} else {
+				seen[p.Name] = *p
+			}
+			return len(seen) >= n, nil
+		})
+	if err != nil {
+		list, _ := e.Client.CoreV1().Pods(ns).List(context.Background(), metav1.ListOptions{LabelSelector: selector})
+		var b strings.Builder
+		for i := range list.Items {
+			fmt.Fprintf(&b, "  %s: %s\n%s", list.Items[i].Name, framework.DescribePod(&list.Items[i]), e.EventsFor(context.Background(), ns, list.Items[i].Name))
+		}
+		return nil, fmt.Errorf("waiting for %d running pods (%s): %w\n%s", n, selector, err, b.String())
+	}
+	out := make([]corev1.Pod, 0, len(seen))
+	for _, p := range seen {
+		out = append(out, p)
+	}
+	return out, nil
+}
+
+// getWithRetry GETs url until it answers 200 (a server in a freshly started container may
+// not listen yet when the pod turns Running) or timeout passes.
+func getWithRetry(ctx context.Context, c *http.Client, url string, timeout time.Duration) (string, error) {
+	ctx, cancel := context.WithTimeout(ctx, timeout)
+	defer cancel()
+	tick := time.NewTicker(200 * time.Millisecond)
+	defer tick.Stop()
+	var last error
+	for {
+		req, _ := http.NewRequestWithContext(ctx, http.MethodGet, url, nil)
+		resp, err := c.Do(req)
+		if err == nil {
+			body, _ := io.ReadAll(resp.Body)
+			resp.Body.Close()
+			if resp.StatusCode == http.StatusOK {
+				return string(body), nil
+			}
+			err = fmt.Errorf("HTTP %d: %s", resp.StatusCode, body)
+		}
+		last = err
+		select {
+		case <-ctx.Done():
+			return "", fmt.Errorf("GET %s: %w (last: %v)", url, ctx.Err(), last)
+		case <-tick.C:
+		}
+	}
+}
+
+// expectLine reads lines until one equals want, the stream ends or timeout passes.
+func expectLine(ctx context.Context, lines <-chan string, want string, timeout time.Duration) error {
+	timer := time.NewTimer(timeout)
+	defer timer.Stop()
+	var seen []string
+	for {
+		select {
+		case l, ok := <-lines:
+			if !ok {
+				return fmt.Errorf("log stream ended without %q (saw %q)", want, seen)
+			}
+			if strings.TrimSpace(l) == want {
+				return nil
+			}
+			seen = append(seen, l)
+		case <-timer.C:
+			return fmt.Errorf("no %q within %v (saw %q)", want, timeout, seen)
+		case <-ctx.Done():
+			return ctx.Err()
+		}
+	}
+}
