@@ -15,6 +15,7 @@ import (
 	"sort"
 	"strconv"
 	"strings"
+	"time"
 
 	"golang.org/x/sys/unix"
 
@@ -65,13 +66,23 @@ func (b *Backend) Launch(ctx context.Context, spec cloud.LaunchSpec) (*cloud.Ins
 	if err := ctx.Err(); err != nil {
 		return nil, fmt.Errorf("launching cell %s: %w", spec.CellID, err)
 	}
-	id, existing, err := b.reserve(spec)
+	t0 := time.Now()
+	id, existing, unlockLaunch, err := b.reserve(spec)
+	if errors.Is(err, errStaleLaunch) {
+		// A launch with this token died half-way (kip crashed): undo it and start over.
+		if derr := b.destroyLocked(id); derr != nil {
+			return nil, fmt.Errorf("launching cell %s: removing the half-made cell %s: %w", spec.CellID, id, derr)
+		}
+		id, existing, unlockLaunch, err = b.reserve(spec)
+	}
 	if err != nil {
 		return nil, err
 	}
 	if existing {
 		return b.Describe(ctx, id)
 	}
+	defer unlockLaunch()
+	t1 := time.Now()
 	inst, err := b.boot(id, spec, it)
 	if err != nil {
 		if derr := b.destroy(id); derr != nil {
@@ -79,16 +90,23 @@ func (b *Backend) Launch(ctx context.Context, spec cloud.LaunchSpec) (*cloud.Ins
 		}
 		return nil, fmt.Errorf("launching cell %s: %w", spec.CellID, err)
 	}
-	b.log.Debug("launched cell", "instance", id, "cell", spec.CellID, "ip", inst.PrivateIP, "type", it.Name)
+	b.log.Debug("launched cell", "instance", id, "cell", spec.CellID, "ip", inst.PrivateIP, "type", it.Name,
+		"reserve", t1.Sub(t0), "boot", time.Since(t1))
 	return inst, nil
 }
 
+// errStaleLaunch says that the cell of a client token is still launching but nobody holds
+// its launch lock: the launcher died.
+var errStaleLaunch = errors.New("stale launch")
+
 // reserve, under the store lock, either finds the cell an earlier launch with the same
-// client token made, or records a new cell (phase launching) with a fresh address.
-func (b *Backend) reserve(spec cloud.LaunchSpec) (id string, existing bool, err error) {
+// client token made, or records a new cell (phase launching) with a fresh address and
+// returns it with its launch lock held. A cell of the token whose launcher died is returned
+// with errStaleLaunch.
+func (b *Backend) reserve(spec cloud.LaunchSpec) (id string, existing bool, unlockLaunch func(), err error) {
 	unlock, err := b.store.lock()
 	if err != nil {
-		return "", false, err
+		return "", false, nil, err
 	}
 	defer unlock()
 	var tokenHash string
@@ -96,32 +114,40 @@ func (b *Backend) reserve(spec cloud.LaunchSpec) (id string, existing bool, err 
 		tokenHash = hashToken(spec.ClientToken)
 		prev, err := b.store.tokenCell(tokenHash)
 		if err != nil {
-			return "", false, err
+			return "", false, nil, err
 		}
 		if prev != "" && validID(prev) {
-			if _, err := os.Stat(b.store.cellDir(prev)); err == nil {
-				return prev, true, nil
+			if r, err := b.store.read(prev); err == nil {
+				if r.meta.Phase != phaseLaunching {
+					return prev, true, nil, nil
+				}
+				held, err := b.store.launchLock(prev, false)
+				if err != nil {
+					return prev, true, nil, nil // its launcher is at work
+				}
+				held()
+				return prev, false, nil, errStaleLaunch
 			}
 		}
 	}
 	ids, err := b.store.ids()
 	if err != nil {
-		return "", false, err
+		return "", false, nil, err
 	}
 	if len(ids) >= maxCells {
-		return "", false, cloud.InsufficientCapacity("launching cell %s: the local backend holds %d cells, its limit", spec.CellID, len(ids))
+		return "", false, nil, cloud.InsufficientCapacity("launching cell %s: the local backend holds %d cells, its limit", spec.CellID, len(ids))
 	}
 	used, err := b.store.usedIPs()
 	if err != nil {
-		return "", false, err
+		return "", false, nil, err
 	}
 	ip, err := allocIP(b.subnet, b.bridgeIP, used)
 	if err != nil {
-		return "", false, cloud.Wrap(cloud.KindInsufficientCapacity, err, "launching cell %s", spec.CellID)
+		return "", false, nil, cloud.Wrap(cloud.KindInsufficientCapacity, err, "launching cell %s", spec.CellID)
 	}
 	for {
 		if id, err = newID(); err != nil {
-			return "", false, err
+			return "", false, nil, err
 		}
 		if _, err := os.Stat(b.store.cellDir(id)); errors.Is(err, fs.ErrNotExist) {
 			break
@@ -129,7 +155,7 @@ func (b *Backend) reserve(spec cloud.LaunchSpec) (id string, existing bool, err 
 	}
 	dir := b.store.cellDir(id)
 	if err := os.Mkdir(dir, 0o700); err != nil {
-		return "", false, fmt.Errorf("creating cell directory: %w", err)
+		return "", false, nil, fmt.Errorf("creating cell directory: %w", err)
 	}
 	meta := cellMeta{
 		ID: id, CellID: spec.CellID, InstanceType: spec.InstanceType, TokenHash: tokenHash,
@@ -156,11 +182,19 @@ func (b *Backend) reserve(spec cloud.LaunchSpec) (id string, existing bool, err 
 	}
 	for _, step := range steps {
 		if err := step(); err != nil {
+			if tokenHash != "" {
+				os.Remove(b.store.tokenPath(tokenHash))
+			}
 			os.RemoveAll(dir)
-			return "", false, fmt.Errorf("recording cell %s: %w", spec.CellID, err)
+			return "", false, nil, fmt.Errorf("recording cell %s: %w", spec.CellID, err)
 		}
 	}
-	return id, false, nil
+	unlockLaunch, err = b.store.launchLock(id, false)
+	if err != nil {
+		os.RemoveAll(dir)
+		return "", false, nil, err
+	}
+	return id, false, unlockLaunch, nil
 }
 
 // boot makes the cell's cgroups and network and starts its agent.
@@ -175,14 +209,19 @@ func (b *Backend) boot(id string, spec cloud.LaunchSpec, it instancetype.Instanc
 	if err := os.Mkdir(agentDir, 0o700); err != nil {
 		return nil, fmt.Errorf("creating agent state directory: %w", err)
 	}
+	t0 := time.Now()
 	if !r.meta.ProcessOnly {
 		if err := createCgroups(r.meta.Cgroups, it); err != nil {
 			return nil, err
 		}
+	}
+	t1 := time.Now()
+	if !r.meta.ProcessOnly {
 		if err := plumbCell(b.cellNet(r)); err != nil {
 			return nil, err
 		}
 	}
+	t2 := time.Now()
 	hostname := spec.CellID
 	if !hostnameRE.MatchString(hostname) {
 		hostname = id
@@ -205,6 +244,10 @@ func (b *Backend) boot(id string, spec cloud.LaunchSpec, it instancetype.Instanc
 	if err != nil {
 		return nil, err
 	}
+	t3 := time.Now()
+	defer func() {
+		b.log.Debug("booted cell", "instance", id, "cgroups", t1.Sub(t0), "network", t2.Sub(t1), "agent", t3.Sub(t2), "record", time.Since(t3))
+	}()
 	r.meta.PID, r.meta.PIDStart, r.meta.Phase = pid, start, phaseRunning
 	if err := b.updateMeta(id, func(m *cellMeta) bool {
 		if m.Phase != phaseLaunching {
@@ -339,11 +382,25 @@ func (b *Backend) Terminate(ctx context.Context, id string) error {
 		}
 		return fmt.Errorf("terminating instance %s: %w", id, err)
 	}
-	if err := b.destroy(id); err != nil {
+	if err := b.destroyLocked(id); err != nil {
 		return fmt.Errorf("terminating instance %s: %w", id, err)
 	}
 	b.log.Debug("terminated cell", "instance", id)
 	return nil
+}
+
+// destroyLocked waits for the cell's launch to finish (its boot succeeds, or fails and is
+// undone) and then destroys it.
+func (b *Backend) destroyLocked(id string) error {
+	unlock, err := b.store.launchLock(id, true)
+	if errors.Is(err, fs.ErrNotExist) {
+		return nil // removed meanwhile
+	}
+	if err != nil {
+		return err
+	}
+	defer unlock()
+	return b.destroy(id)
 }
 
 // destroy releases everything of a cell; each step tolerates what is already gone.

@@ -28,7 +28,7 @@ import (
 // cgroup parent, so that parallel test binaries never collide, and a record of every cell
 // launched, for the leak check.
 type env struct {
-	t   *testing.T
+	t   testing.TB
 	cfg Config
 
 	mu  sync.Mutex
@@ -61,7 +61,7 @@ func agentCommand(t testing.TB) []string {
 
 // newEnv sets up an isolated backend (bridge included) for t and registers its teardown
 // and the leak check.
-func newEnv(t *testing.T) *env {
+func newEnv(t testing.TB) *env {
 	t.Helper()
 	testenv.RequireNetns(t)
 	tag := randTag(t)
@@ -87,7 +87,7 @@ func newEnv(t *testing.T) *env {
 }
 
 // newProcessOnlyEnv is newEnv for the process-only mode (needs no root).
-func newProcessOnlyEnv(t *testing.T) *env {
+func newProcessOnlyEnv(t testing.TB) *env {
 	t.Helper()
 	e := &env{t: t, ids: map[string]bool{}, cfg: Config{
 		StateDir:     filepath.Join(t.TempDir(), "state"),

@@ -418,3 +418,38 @@ func TestTerminateUnknown(t *testing.T) {
 		}
 	}
 }
+
+// TestStaleLaunch: a launch that died half-way (its launcher crashed after recording the
+// cell) is undone and redone by the next Launch with the same token; a launch still at work
+// is not disturbed.
+func TestStaleLaunch(t *testing.T) {
+	e := newEnv(t)
+	ctx := context.Background()
+	spec := cloud.LaunchSpec{CellID: "stale-1", ClientToken: "stale-1", InstanceType: "local.nano"}
+	b := e.backend()
+	id, _, unlock, err := b.reserve(spec)
+	if err != nil {
+		t.Fatal(err)
+	}
+	e.ids[id] = true
+	// While the launch lock is held the launch is alive: the same token gets the pending cell.
+	in, err := e.cloud().Launch(ctx, spec)
+	if err != nil || in.ID != id || in.State != cloud.StatePending {
+		t.Fatalf("Launch during a live launch = %+v, %v; want pending %s", in, err, id)
+	}
+	unlock() // the launcher "crashes"
+	in, err = e.cloud().Launch(ctx, spec)
+	if err != nil {
+		t.Fatalf("Launch after a dead launch: %v", err)
+	}
+	if in.ID == id || in.State != cloud.StateRunning {
+		t.Errorf("Launch after a dead launch = %s %s, want a new running cell", in.ID, in.State)
+	}
+	if _, err := b.Describe(ctx, id); !cloud.IsNotFound(err) {
+		t.Errorf("the half-made cell %s is still there: %v", id, err)
+	}
+	e.waitHealthy(in.PrivateIP)
+	if err := b.Terminate(ctx, in.ID); err != nil {
+		t.Fatal(err)
+	}
+}

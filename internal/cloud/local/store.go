@@ -21,6 +21,7 @@ import (
 //
 //	<StateDir>/lock                   flock taken around every reservation and release
 //	<StateDir>/tokens/<sha256(token)> the id of the cell a client token launched
+//	<StateDir>/cells/<id>/launch.lock flock held while the cell boots
 //	<StateDir>/cells/<id>/meta.json   cellMeta
 //	<StateDir>/cells/<id>/tags.json   the cell's tags
 //	<StateDir>/cells/<id>/ip          the cell's address (the IP pool is the set of these files)
@@ -76,19 +77,34 @@ func (s *store) init() error {
 // lock takes the store's exclusive file lock; it works between processes and between
 // goroutines of one process (each call opens its own file description).
 func (s *store) lock() (unlock func(), err error) {
-	f, err := os.OpenFile(filepath.Join(s.dir, "lock"), os.O_CREATE|os.O_RDWR, 0o600)
+	return flock(filepath.Join(s.dir, "lock"), true)
+}
+
+// launchLock takes the cell's launch lock, held by whoever boots the cell until the boot has
+// succeeded or been undone. With wait false it fails with unix.EWOULDBLOCK when held.
+func (s *store) launchLock(id string, wait bool) (unlock func(), err error) {
+	return flock(filepath.Join(s.cellDir(id), "launch.lock"), wait)
+}
+
+// flock opens (creating) path and takes an exclusive lock on it.
+func flock(path string, wait bool) (unlock func(), err error) {
+	f, err := os.OpenFile(path, os.O_CREATE|os.O_RDWR, 0o600)
 	if err != nil {
-		return nil, fmt.Errorf("opening state lock: %w", err)
+		return nil, fmt.Errorf("opening lock %s: %w", path, err)
+	}
+	how := unix.LOCK_EX
+	if !wait {
+		how |= unix.LOCK_NB
 	}
 	for {
-		err = unix.Flock(int(f.Fd()), unix.LOCK_EX)
+		err = unix.Flock(int(f.Fd()), how)
 		if !errors.Is(err, unix.EINTR) {
 			break
 		}
 	}
 	if err != nil {
 		f.Close()
-		return nil, fmt.Errorf("locking state directory %s: %w", s.dir, err)
+		return nil, fmt.Errorf("locking %s: %w", path, err)
 	}
 	return func() { f.Close() }, nil
 }
