@@ -39,7 +39,7 @@ type NoFitError struct {
 
 func (e *NoFitError) Error() string {
 	var b strings.Builder
-	fmt.Fprintf(&b, "no instance type fits: asked %s, %s", e.Needs, market(e.Spot))
+	fmt.Fprintf(&b, "no instance type fits: asked %s, %s", e.Needs, marketName(e.Spot))
 	if e.Restriction != "" {
 		fmt.Fprintf(&b, ", %s", e.Restriction)
 	}
@@ -76,9 +76,17 @@ func IsBadPod(err error) bool {
 	return errors.As(err, &e)
 }
 
-func market(spot bool) string {
+// market indexes Index.cands: 0 on-demand, 1 spot.
+func market(spot bool) int {
 	if spot {
-		return "spot"
+		return 1
 	}
-	return "on-demand"
+	return 0
+}
+
+func marketName(spot bool) string {
+	if spot {
+		return LaunchTypeSpot
+	}
+	return LaunchTypeOnDemand
 }

@@ -121,7 +121,7 @@ func testCatalog() []instancetype.InstanceType {
 		it("c5.xlarge", "amd64", 4, 8192, 0, od(0.17), spotAt(0.065)),
 		it("r5.large", "amd64", 2, 16384, 0, od(0.126)),
 		it("g4dn.xlarge", "amd64", 4, 16384, 1, od(0.526), spotAt(0.158)),
-		it("free.large", "amd64", 64, 1 << 20, 0, od(0)),
+		it("free.large", "amd64", 64, 1<<20, 0, od(0)),
 		zoned,
 	}
 }

@@ -7,7 +7,6 @@ import (
 
 	corev1 "k8s.io/api/core/v1"
 	"k8s.io/apimachinery/pkg/api/resource"
-	resourcehelper "k8s.io/component-helpers/resource"
 
 	"github.com/kip-dev/kip/internal/instancetype"
 )
@@ -82,18 +81,14 @@ func Needs(pod *corev1.Pod, opts Options) (Resources, error) {
 	if pod == nil {
 		return Resources{}, &PodError{Field: "pod", Reason: "is nil"}
 	}
-	eff, unspecified, err := effectivePod(pod)
+	total, unspecified, err := podAmount(pod)
 	if err != nil {
 		return Resources{}, err
 	}
-	reqs := resourcehelper.PodRequests(eff, resourcehelper.PodResourcesOptions{})
 	reserve := opts.reserve()
-	r := Resources{Unspecified: unspecified}
-	r.CPUMilli = reqs.Cpu().MilliValue() + reserve.CPUMilli
-	r.MemoryBytes = reqs.Memory().Value() + reserve.MemoryBytes
-	if q, ok := reqs[ResourceGPU]; ok {
-		r.GPU = int(q.Value())
-	}
+	r := Resources{Unspecified: unspecified, GPU: int(total.gpu)}
+	r.CPUMilli = total.cpu + reserve.CPUMilli
+	r.MemoryBytes = total.mem + reserve.MemoryBytes
 	if r.Arch, err = constraintFor(pod, archLabels); err != nil {
 		return Resources{}, err
 	}
@@ -113,71 +108,133 @@ func Needs(pod *corev1.Pod, opts Options) (Resources, error) {
 	return r, nil
 }
 
-var counted = []corev1.ResourceName{corev1.ResourceCPU, corev1.ResourceMemory, ResourceGPU}
+// amount is what a container or pod asks for: millicores, bytes, GPUs.
+type amount struct{ cpu, mem, gpu int64 }
 
-// effectivePod returns a copy of pod whose requests fall back to limits, after checking the
-// quantities the selector counts. unspecified reports that nothing asks for any of them.
-func effectivePod(pod *corev1.Pod) (eff *corev1.Pod, unspecified bool, err error) {
+func (a *amount) add(b amount) { a.cpu, a.mem, a.gpu = a.cpu+b.cpu, a.mem+b.mem, a.gpu+b.gpu }
+
+func (a *amount) max(b amount) {
+	a.cpu, a.mem, a.gpu = max(a.cpu, b.cpu), max(a.mem, b.mem), max(a.gpu, b.gpu)
+}
+
+// podAmount adds up what pod asks for, as kubelet's admission does (k8s.io/component-helpers
+// resource.PodRequests, which the tests hold this to): app containers and sidecars summed,
+// each init container with the sidecars started before it, the larger of the two; pod-level
+// CPU and memory instead when set; plus overhead. Requests fall back to limits per resource.
+// unspecified reports that no container (nor the pod level) asks for CPU, memory or GPUs.
+func podAmount(pod *corev1.Pod) (total amount, unspecified bool, err error) {
 	unspecified = true
-	fill := func(field string, rr corev1.ResourceRequirements) (corev1.ResourceRequirements, error) {
-		out, copied := rr, false
-		for _, name := range counted {
-			for _, l := range [2]struct {
-				kind string
-				list corev1.ResourceList
-			}{{"requests", rr.Requests}, {"limits", rr.Limits}} {
-				q, ok := l.list[name]
-				if !ok {
-					continue
-				}
-				unspecified = false
-				if q.Sign() < 0 {
-					return out, &PodError{Field: fmt.Sprintf("%s.%s[%s]", field, l.kind, name), Reason: fmt.Sprintf("%s must not be negative", q.String())}
-				}
-				if name == ResourceGPU && q.MilliValue()%1000 != 0 {
-					return out, &PodError{Field: fmt.Sprintf("%s.%s[%s]", field, l.kind, name), Reason: fmt.Sprintf("%s must be a whole number", q.String())}
-				}
-			}
-			if _, ok := rr.Requests[name]; ok {
-				continue
-			}
-			if lim, ok := rr.Limits[name]; ok {
-				if !copied { // never write into the caller's pod
-					out.Requests = make(corev1.ResourceList, len(rr.Requests)+len(counted))
-					for k, v := range rr.Requests {
-						out.Requests[k] = v
-					}
-					copied = true
-				}
-				out.Requests[name] = lim
-			}
-		}
-		return out, nil
-	}
-	cp := *pod
-	cp.Spec.Containers = append([]corev1.Container(nil), pod.Spec.Containers...)
-	cp.Spec.InitContainers = append([]corev1.Container(nil), pod.Spec.InitContainers...)
-	for i := range cp.Spec.Containers {
-		if cp.Spec.Containers[i].Resources, err = fill(fmt.Sprintf("spec.containers[%d].resources", i), cp.Spec.Containers[i].Resources); err != nil {
-			return nil, false, err
-		}
-	}
-	for i := range cp.Spec.InitContainers {
-		if cp.Spec.InitContainers[i].Resources, err = fill(fmt.Sprintf("spec.initContainers[%d].resources", i), cp.Spec.InitContainers[i].Resources); err != nil {
-			return nil, false, err
-		}
-	}
-	if pod.Spec.Resources != nil {
-		rr, err := fill("spec.resources", *pod.Spec.Resources)
+	var sum, initMax, sidecars amount
+	for i := range pod.Spec.Containers {
+		a, asked, err := ask(pod.Spec.Containers[i].Resources, "spec.containers", i)
 		if err != nil {
-			return nil, false, err
+			return total, false, err
 		}
-		cp.Spec.Resources = &rr
+		unspecified = unspecified && !asked
+		sum.add(a)
+	}
+	for i := range pod.Spec.InitContainers {
+		c := &pod.Spec.InitContainers[i]
+		a, asked, err := ask(c.Resources, "spec.initContainers", i)
+		if err != nil {
+			return total, false, err
+		}
+		unspecified = unspecified && !asked
+		if c.RestartPolicy != nil && *c.RestartPolicy == corev1.ContainerRestartPolicyAlways {
+			sum.add(a)
+			sidecars.add(a)
+			initMax.max(sidecars)
+		} else {
+			a.add(sidecars)
+			initMax.max(a)
+		}
+	}
+	total = sum
+	total.max(initMax)
+	if pod.Spec.Resources != nil {
+		a, asked, err := ask(*pod.Spec.Resources, "spec.resources", -1)
+		if err != nil {
+			return total, false, err
+		}
+		unspecified = unspecified && !asked
+		if has(*pod.Spec.Resources, corev1.ResourceCPU) {
+			total.cpu = a.cpu
+		}
+		if has(*pod.Spec.Resources, corev1.ResourceMemory) {
+			total.mem = a.mem
+		}
 	}
 	for name, q := range pod.Spec.Overhead {
 		if q.Sign() < 0 {
-			return nil, false, &PodError{Field: fmt.Sprintf("spec.overhead[%s]", name), Reason: fmt.Sprintf("%s must not be negative", q.String())}
+			return total, false, &PodError{Field: fmt.Sprintf("spec.overhead[%s]", name), Reason: fmt.Sprintf("%s must not be negative", q.String())}
+		}
+		switch name {
+		case corev1.ResourceCPU:
+			total.cpu += q.MilliValue()
+		case corev1.ResourceMemory:
+			total.mem += q.Value()
 		}
 	}
-	return &cp, unspecified, nil
+	return total, unspecified, nil
+}
+
+func has(rr corev1.ResourceRequirements, name corev1.ResourceName) bool {
+	_, req := rr.Requests[name]
+	_, lim := rr.Limits[name]
+	return req || lim
+}
+
+var counted = [...]corev1.ResourceName{corev1.ResourceCPU, corev1.ResourceMemory, ResourceGPU}
+
+// ask reads what one container (list[index], or the pod level when index < 0) asks for:
+// requests, falling back to limits. It refuses negative quantities and fractional GPUs.
+func ask(rr corev1.ResourceRequirements, list string, index int) (a amount, asked bool, err error) {
+	for _, name := range counted {
+		req, reqOK := rr.Requests[name]
+		lim, limOK := rr.Limits[name]
+		if reqOK {
+			if err := checkQuantity(req, name, list, index, "requests"); err != nil {
+				return a, false, err
+			}
+		}
+		if limOK {
+			if err := checkQuantity(lim, name, list, index, "limits"); err != nil {
+				return a, false, err
+			}
+		}
+		q := req
+		if !reqOK {
+			if !limOK {
+				continue
+			}
+			q = lim
+		}
+		asked = true
+		switch name {
+		case corev1.ResourceCPU:
+			a.cpu = q.MilliValue()
+		case corev1.ResourceMemory:
+			a.mem = q.Value()
+		default:
+			a.gpu = q.Value()
+		}
+	}
+	return a, asked, nil
+}
+
+func checkQuantity(q resource.Quantity, name corev1.ResourceName, list string, index int, kind string) error {
+	var reason string
+	switch {
+	case q.Sign() < 0:
+		reason = q.String() + " must not be negative"
+	case name == ResourceGPU && q.MilliValue()%1000 != 0:
+		reason = q.String() + " must be a whole number"
+	default:
+		return nil
+	}
+	field := list
+	if index >= 0 {
+		field = fmt.Sprintf("%s[%d].resources", list, index)
+	}
+	return &PodError{Field: fmt.Sprintf("%s.%s[%s]", field, kind, name), Reason: reason}
 }

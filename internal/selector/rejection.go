@@ -40,13 +40,16 @@ type Rejection struct {
 	BaselineVCPU float64 `json:"baselineVCPU,omitempty"`
 	Why          Why     `json:"-"`
 
-	needs Resources
+	needs *Resources // what was asked; shared by a selection's rejections
 }
 
 // Reasons spells out Why against what was asked, e.g. "cpu 2 < 4.05".
 func (r Rejection) Reasons() []string {
 	var out []string
 	n := r.needs
+	if n == nil {
+		n = &Resources{}
+	}
 	if r.Why&WhyCPU != 0 {
 		out = append(out, fmt.Sprintf("cpu %g < %s", r.VCPU, cores(n.CPUMilli)))
 	}

@@ -12,8 +12,10 @@ package selector
 import (
 	"fmt"
 	"math"
+	"slices"
 	"sort"
 	"strings"
+	"sync"
 
 	corev1 "k8s.io/api/core/v1"
 
@@ -106,9 +108,87 @@ func Select(pod *corev1.Pod, types []instancetype.InstanceType, opts Options) (*
 // Index is a catalog prepared for selection: every priced offering, sorted by price. It is
 // immutable and safe for concurrent use.
 type Index struct {
-	types  []instancetype.InstanceType
-	cands  []cand
+	types []instancetype.InstanceType
+	// cands holds the on-demand ([0]) and spot ([1]) offerings, each sorted by price.
+	cands  [2][]cand
 	byName map[string]int
+	arches []string // distinct architectures; cand.arch indexes it
+	// tiers are shortcuts for big pods: per market, the candidates of at least some size.
+	tiers [2][]tier
+
+	globMu sync.Mutex
+	globs  map[string][]bool // pattern → which types it matches
+}
+
+// tier lists (as indexes into Index.cands, in price order) the candidates with at least
+// cpuMilli, memBytes and gpu.
+type tier struct {
+	cpuMilli, memBytes int64
+	gpu                int
+	idx                []int32
+}
+
+// Tier thresholds: a pod's walk uses the shortest tier it is at least as big as.
+var (
+	tierCPUs = []int64{1000, 2000, 4000, 8000, 16000, 32000, 48000, 64000, 96000}
+	tierMems = []int64{2 << 30, 4 << 30, 8 << 30, 16 << 30, 32 << 30, 64 << 30, 128 << 30, 256 << 30, 512 << 30}
+)
+
+func (ix *Index) buildTiers() {
+	for m, cs := range ix.cands {
+		add := func(cpu, mem int64, gpu int) {
+			t := tier{cpuMilli: cpu, memBytes: mem, gpu: gpu}
+			for i := range cs {
+				if cs[i].cpuMilli >= cpu && cs[i].memBytes >= mem && cs[i].gpu >= gpu {
+					t.idx = append(t.idx, int32(i))
+				}
+			}
+			ix.tiers[m] = append(ix.tiers[m], t)
+		}
+		add(0, 0, 0)
+		for _, c := range tierCPUs {
+			add(c, 0, 0)
+		}
+		for _, b := range tierMems {
+			add(0, b, 0)
+		}
+		add(0, 0, 1)
+	}
+}
+
+// walk returns the shortest list of candidates (indexes into cands, in price order) that
+// holds every candidate big enough for needs.
+func (ix *Index) walk(q *query) []int32 {
+	ts := ix.tiers[market(q.spot)]
+	best := ts[0].idx
+	for _, t := range ts[1:] {
+		if t.cpuMilli <= q.needs.CPUMilli && t.memBytes <= q.needs.MemoryBytes && t.gpu <= q.needs.GPU && len(t.idx) < len(best) {
+			best = t.idx
+		}
+	}
+	return best
+}
+
+// maxGlobs bounds the cache of annotation globs an Index keeps.
+const maxGlobs = 256
+
+// globMask returns which types pattern matches, and whether any does.
+func (ix *Index) globMask(pattern string) (mask []bool, any bool) {
+	ix.globMu.Lock()
+	mask, ok := ix.globs[pattern]
+	ix.globMu.Unlock()
+	if !ok {
+		mask = make([]bool, len(ix.types))
+		for i, t := range ix.types {
+			mask[i], _ = pathMatch(pattern, t.Name)
+		}
+		ix.globMu.Lock()
+		if len(ix.globs) < maxGlobs {
+			ix.globs[pattern] = mask
+		}
+		ix.globMu.Unlock()
+	}
+	return mask, slices.Contains(mask, true)
 }
 
 // cand is one offering with its type's figures in the units the needs use.
@@ -120,7 +200,7 @@ type cand struct {
 	baseMilli int64
 	memBytes  int64
 	gpu       int
-	arch      string
+	arch      int
 	zone      string
 	spot      bool
 	avail     bool
@@ -131,37 +211,46 @@ type cand struct {
 // NewIndex prepares types (which it copies) for selection. Offerings without a positive
 // price are left out: their price is unknown, so they cannot be compared.
 func NewIndex(types []instancetype.InstanceType) *Index {
-	ix := &Index{types: instancetype.Clone(types), byName: make(map[string]int, len(types))}
+	ix := &Index{types: instancetype.Clone(types), byName: make(map[string]int, len(types)), globs: map[string][]bool{}}
 	for ti, t := range ix.types {
 		ix.byName[t.Name] = ti
+		arch := slices.Index(ix.arches, t.Arch)
+		if arch < 0 {
+			arch = len(ix.arches)
+			ix.arches = append(ix.arches, t.Arch)
+		}
 		for oi, o := range t.Offerings {
 			if !(o.Price > 0) || math.IsInf(o.Price, 0) {
 				continue
 			}
-			ix.cands = append(ix.cands, cand{
+			m := market(o.Spot)
+			ix.cands[m] = append(ix.cands[m], cand{
 				name: t.Name, typ: ti, off: oi, price: o.Price,
 				cpuMilli:  int64(math.Round(t.VCPU * 1000)),
 				baseMilli: int64(math.Round(t.BaselineVCPU * 1000)),
 				memBytes:  t.MemoryMiB << 20,
-				gpu:       t.GPU, arch: t.Arch, zone: o.Zone, spot: o.Spot, avail: o.Available,
+				gpu:       t.GPU, arch: arch, zone: o.Zone, spot: o.Spot, avail: o.Available,
 				burst: t.Burstable, unlimited: unlimitedCapable(t.Name),
 			})
 		}
 	}
-	sort.SliceStable(ix.cands, func(i, j int) bool {
-		a, b := &ix.cands[i], &ix.cands[j]
-		switch {
-		case a.price != b.price:
-			return a.price < b.price
-		case a.cpuMilli != b.cpuMilli:
-			return a.cpuMilli < b.cpuMilli
-		case a.memBytes != b.memBytes:
-			return a.memBytes < b.memBytes
-		case a.name != b.name:
-			return a.name < b.name
-		}
-		return a.zone < b.zone
-	})
+	for _, cs := range ix.cands {
+		sort.SliceStable(cs, func(i, j int) bool {
+			a, b := &cs[i], &cs[j]
+			switch {
+			case a.price != b.price:
+				return a.price < b.price
+			case a.cpuMilli != b.cpuMilli:
+				return a.cpuMilli < b.cpuMilli
+			case a.memBytes != b.memBytes:
+				return a.memBytes < b.memBytes
+			case a.name != b.name:
+				return a.name < b.name
+			}
+			return a.zone < b.zone
+		})
+	}
+	ix.buildTiers()
 	return ix
 }
 
@@ -185,14 +274,13 @@ type query struct {
 	only        int
 	allowed     []bool
 	restriction string
+	// archOK says which of Index.arches the needs allow.
+	archOK []bool
 }
 
 // compatible reports whether a candidate is in the market, zone and restriction asked for;
 // candidates that are not are never mentioned.
 func (q *query) compatible(c *cand) bool {
-	if c.spot != q.spot {
-		return false
-	}
 	if q.only >= 0 && c.typ != q.only || q.allowed != nil && !q.allowed[c.typ] {
 		return false
 	}
@@ -215,7 +303,7 @@ func (q *query) check(c *cand) (why Why, surcharge float64) {
 	if c.gpu < n.GPU {
 		why |= WhyGPU
 	}
-	if len(n.Arch) > 0 && !n.Arch.Allows(c.arch) {
+	if !q.archOK[c.arch] {
 		why |= WhyArch
 	}
 	if !c.avail {
@@ -258,13 +346,8 @@ func (ix *Index) Select(pod *corev1.Pod, opts Options) (*Choice, error) {
 	}
 	switch {
 	case ann.glob:
-		q.allowed = make([]bool, len(ix.types))
-		matched := false
-		for i, t := range ix.types {
-			ok, _ := pathMatch(ann.typePattern, t.Name)
-			q.allowed[i], matched = ok, matched || ok
-		}
-		if !matched {
+		var matched bool
+		if q.allowed, matched = ix.globMask(ann.typePattern); !matched {
 			return nil, &AnnotationError{Annotation: ann.typeAnnotation, Value: ann.typePattern, Reason: "matches no instance type in the catalog"}
 		}
 		q.restriction = fmt.Sprintf("annotation %s=%q", ann.typeAnnotation, ann.typePattern)
@@ -283,6 +366,10 @@ func (ix *Index) Select(pod *corev1.Pod, opts Options) (*Choice, error) {
 		q.only = i
 		q.restriction = fmt.Sprintf("default instance type %s (the pod asks for no resources)", opts.DefaultType)
 	}
+	q.archOK = make([]bool, len(ix.arches))
+	for i, a := range ix.arches {
+		q.archOK[i] = q.needs.Arch.Allows(a)
+	}
 	return ix.search(&q, orDefault(opts.MaxFallbacks, DefaultMaxFallbacks), orDefault(opts.MaxRejected, DefaultMaxRejected))
 }
 
@@ -298,8 +385,10 @@ type fit struct {
 func (ix *Index) search(q *query, maxFallbacks, maxRejected int) (*Choice, error) {
 	keep := maxFallbacks + 1
 	fits := make([]fit, 0, keep)
-	for i := range ix.cands {
-		c := &ix.cands[i]
+	cands := ix.cands[market(q.spot)]
+	for _, i32 := range ix.walk(q) {
+		i := int(i32)
+		c := &cands[i]
 		if len(fits) == keep && c.price > fits[keep-1].price {
 			break
 		}
@@ -326,17 +415,20 @@ func (ix *Index) search(q *query, maxFallbacks, maxRejected int) (*Choice, error
 	}
 	ch := &Choice{Candidate: ix.candidate(q, fits[0]), Needs: q.needs, Reason: q.restriction}
 	if ch.Reason == "" {
-		ch.Reason = "cheapest fitting " + market(q.spot) + " offering"
+		ch.Reason = "cheapest fitting " + marketName(q.spot) + " offering"
 	}
-	for _, f := range fits[1:] {
-		ch.Fallbacks = append(ch.Fallbacks, ix.candidate(q, f))
+	if len(fits) > 1 {
+		ch.Fallbacks = make([]Candidate, len(fits)-1)
+		for k, f := range fits[1:] {
+			ch.Fallbacks[k] = ix.candidate(q, f)
+		}
 	}
 	ch.Rejected = ix.rejected(q, ch.Price, maxRejected)
 	return ch, nil
 }
 
 func (ix *Index) candidate(q *query, f fit) Candidate {
-	c := &ix.cands[f.i]
+	c := &ix.cands[market(q.spot)][f.i]
 	zone := c.zone
 	if zone == "" {
 		zone = q.needs.Zone.Preferred()
@@ -347,10 +439,14 @@ func (ix *Index) candidate(q *query, f fit) Candidate {
 // rejected lists the compatible candidates listed at or below price that do not fit, one per
 // type, the closest to price first.
 func (ix *Index) rejected(q *query, price float64, max int) []Rejection {
-	var out []Rejection
-	hi := sort.Search(len(ix.cands), func(i int) bool { return ix.cands[i].price > price })
+	if max == 0 {
+		return nil
+	}
+	out := make([]Rejection, 0, max)
+	cands := ix.cands[market(q.spot)]
+	hi := sort.Search(len(cands), func(i int) bool { return cands[i].price > price })
 	for i := hi - 1; i >= 0 && len(out) < max; i-- {
-		c := &ix.cands[i]
+		c := &cands[i]
 		if !q.compatible(c) {
 			continue
 		}
@@ -375,7 +471,7 @@ func containsType(rs []Rejection, name string) bool {
 func (ix *Index) rejection(q *query, c *cand, why Why) Rejection {
 	t := &ix.types[c.typ]
 	return Rejection{Type: c.name, Zone: c.zone, Spot: c.spot, Price: c.price, Why: why,
-		VCPU: t.VCPU, MemoryMiB: t.MemoryMiB, GPU: t.GPU, Arch: t.Arch, BaselineVCPU: t.BaselineVCPU, needs: q.needs}
+		VCPU: t.VCPU, MemoryMiB: t.MemoryMiB, GPU: t.GPU, Arch: t.Arch, BaselineVCPU: t.BaselineVCPU, needs: &q.needs}
 }
 
 // noFit explains why nothing fits: the candidates that missed on the fewest counts, and the
@@ -384,8 +480,9 @@ func (ix *Index) noFit(q *query, max int) *NoFitError {
 	e := &NoFitError{Needs: q.needs, Spot: q.spot, Restriction: q.restriction}
 	best := math.MaxInt
 	var largest *cand
-	for i := range ix.cands {
-		c := &ix.cands[i]
+	cands := ix.cands[market(q.spot)]
+	for i := range cands {
+		c := &cands[i]
 		if !q.compatible(c) {
 			continue
 		}

@@ -120,7 +120,7 @@ func TestSelectExplains(t *testing.T) {
 func TestSelectLimits(t *testing.T) {
 	ix := NewIndex(testCatalog())
 	for _, tt := range []struct {
-		opts                 Options
+		opts                Options
 		fallbacks, rejected int
 	}{
 		{Options{}, DefaultMaxFallbacks, 4},
