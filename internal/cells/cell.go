@@ -743,16 +743,14 @@ func (c *cell) finish(err error) {
 	}
 	if deleted {
 		c.stopped = true
-		if c.failure == nil && c.waitReason == "" && c.agentStatus == nil {
-			c.failure = &podFailure{reason: "Deleted", message: "the pod was deleted before its cell was ready"}
-		}
+		c.waitReason, c.waitMessage = "", ""
 	}
 	if failure == nil && !deleted {
 		c.stopped = true // completed: the agent's terminal status is final
 	}
 	c.m.mu.Unlock()
 	c.publish()
-	if deleted {
+	if deleted || c.isDeleted() {
 		m.mu.Lock()
 		if m.cells[c.key] == c {
 			delete(m.cells, c.key)

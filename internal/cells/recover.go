@@ -29,7 +29,7 @@ func (m *Manager) Recover(ctx context.Context, pods []*corev1.Pod) error {
 	for _, inst := range insts {
 		uid := types.UID(inst.Tags[cloud.TagPodUID])
 		pod, ok := byUID[uid]
-		if !ok || adopted[uid] || inst.State == cloud.StateTerminating || inst.State == cloud.StateTerminated ||
+		if !ok || adopted[uid] || isTerminal(pod.Status.Phase) || inst.State == cloud.StateTerminating || inst.State == cloud.StateTerminated ||
 			inst.Tags[cloud.TagCellID] != CellID(uid) {
 			orphans = append(orphans, inst)
 			continue
