@@ -13,6 +13,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/vishvananda/netlink"
+
 	"github.com/kip-dev/kip/internal/cloud"
 	"github.com/kip-dev/kip/internal/cloud/cloudtest"
 )
@@ -180,8 +182,18 @@ func TestTerminateKillsEverything(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	br, err := netlink.LinkByName(e.cfg.Bridge)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !hasNeigh(t, br, in.PrivateIP) {
+		t.Fatalf("the host has no neighbour entry for %s after talking to it", in.PrivateIP)
+	}
 	if err := c.Terminate(ctx, in.ID); err != nil {
 		t.Fatalf("Terminate: %v", err)
+	}
+	if hasNeigh(t, br, in.PrivateIP) {
+		t.Errorf("neighbour entry for %s survived Terminate", in.PrivateIP)
 	}
 	if s := procState(child); s != "" && s != "Z" {
 		t.Errorf("spawned pid %d survived Terminate (state %s)", child, s)
@@ -452,4 +464,18 @@ func TestStaleLaunch(t *testing.T) {
 	if err := b.Terminate(ctx, in.ID); err != nil {
 		t.Fatal(err)
 	}
+}
+
+func hasNeigh(t *testing.T, br netlink.Link, ip string) bool {
+	t.Helper()
+	ns, err := netlink.NeighList(br.Attrs().Index, netlink.FAMILY_V4)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, n := range ns {
+		if n.IP.String() == ip {
+			return true
+		}
+	}
+	return false
 }

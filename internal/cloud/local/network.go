@@ -198,6 +198,12 @@ func newNamedNetns(name string) (netns.NsHandle, error) {
 	}
 	defer orig.Close()
 	ns, nerr := netns.NewNamed(name)
+	if errors.Is(nerr, fs.ErrNotExist) {
+		// Another process removed an empty /run/netns between NewNamed's mkdir and its
+		// create (see removeNetnsDirIfEmpty); NewNamed left this thread in the new
+		// namespace only on success, so simply try once more.
+		ns, nerr = netns.NewNamed(name)
+	}
 	if err := netns.Set(orig); err != nil {
 		// This thread is stuck in another namespace: keep it locked so that the runtime
 		// throws it away when the goroutine ends, instead of reusing it.
