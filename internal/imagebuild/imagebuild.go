@@ -132,11 +132,7 @@ func Busybox(opts Options) (v1.Image, error) {
 	if err != nil {
 		return nil, fmt.Errorf("making busybox layer: %w", err)
 	}
-	img, err := mutate.Append(mutate.MediaType(empty.Image, types.OCIManifestSchema1), mutate.Addendum{
-		Layer:     layer,
-		MediaType: types.OCILayer,
-		History:   v1.History{Created: v1.Time{Time: Epoch}, CreatedBy: "kip imagebuild busybox"},
-	})
+	img, err := mutate.AppendLayers(mutate.MediaType(empty.Image, types.OCIManifestSchema1), layer)
 	if err != nil {
 		return nil, fmt.Errorf("appending busybox layer: %w", err)
 	}
@@ -150,6 +146,7 @@ func Busybox(opts Options) (v1.Image, error) {
 	cf.Architecture = runtime.GOARCH
 	cf.Created = v1.Time{Time: Epoch}
 	cf.Config = config(opts)
+	cf.History = []v1.History{{Created: v1.Time{Time: Epoch}, CreatedBy: "kip imagebuild busybox"}}
 	img, err = mutate.ConfigFile(img, cf)
 	if err != nil {
 		return nil, fmt.Errorf("setting image config: %w", err)

@@ -14,6 +14,7 @@ import (
 	"net"
 	"net/http"
 	"os"
+	"sync"
 	"time"
 
 	"github.com/google/go-containerregistry/pkg/name"
@@ -24,9 +25,11 @@ import (
 
 // Registry is a running registry.
 type Registry struct {
-	host string
-	srv  *http.Server
-	done chan error
+	host      string
+	srv       *http.Server
+	done      chan error
+	closeOnce sync.Once
+	closeErr  error
 }
 
 // Option configures Start.
@@ -83,15 +86,18 @@ func Start(addr string, opts ...Option) (*Registry, error) {
 // Host returns "ip:port", the registry part of image references.
 func (r *Registry) Host() string { return r.host }
 
-// Close stops the registry, closing open connections.
+// Close stops the registry, closing open connections. Closing twice is a no-op.
 func (r *Registry) Close() error {
-	if err := r.srv.Close(); err != nil {
-		return fmt.Errorf("closing registry %s: %w", r.host, err)
-	}
-	if err := <-r.done; err != nil && !errors.Is(err, http.ErrServerClosed) {
-		return fmt.Errorf("serving registry %s: %w", r.host, err)
-	}
-	return nil
+	r.closeOnce.Do(func() {
+		if err := r.srv.Close(); err != nil {
+			r.closeErr = fmt.Errorf("closing registry %s: %w", r.host, err)
+			return
+		}
+		if err := <-r.done; err != nil && !errors.Is(err, http.ErrServerClosed) {
+			r.closeErr = fmt.Errorf("serving registry %s: %w", r.host, err)
+		}
+	})
+	return r.closeErr
 }
 
 // Push pushes img to host/repo (repo may carry ":tag" or "@digest"; the default tag is

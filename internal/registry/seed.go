@@ -12,12 +12,13 @@ import (
 )
 
 // LongRunningCmd is the default command of seeded images other than nginx: it keeps running
-// until it gets SIGTERM or SIGINT and then exits 0 (PID 1 needs its own trap for that).
-var LongRunningCmd = []string{"sh", "-c", "trap 'exit 0' TERM INT; sleep 2147483647 & wait $!"}
+// until it gets SIGTERM or SIGINT, then stops its child and exits 0 (PID 1 needs its own
+// trap for that).
+var LongRunningCmd = []string{"sh", "-c", "trap 'kill $!; exit 0' TERM INT; sleep 2147483647 & wait $!"}
 
 // NginxCmd is the default command of a seeded "nginx" image: busybox httpd serving /www on
 // port 80 in the foreground, stopping with exit 0 on SIGTERM or SIGINT.
-var NginxCmd = []string{"sh", "-c", "trap 'exit 0' TERM INT; httpd -f -p 80 -h /www & wait $!"}
+var NginxCmd = []string{"sh", "-c", "trap 'kill $!; exit 0' TERM INT; httpd -f -p 80 -h /www & wait $!"}
 
 // NginxIndex is the page the seeded nginx image serves at "/".
 const NginxIndex = "<html><body><h1>Welcome to kip's busybox nginx</h1></body></html>\n"

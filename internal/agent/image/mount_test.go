@@ -4,7 +4,9 @@ import (
 	"context"
 	"errors"
 	"os"
+	"os/exec"
 	"path/filepath"
+	"syscall"
 	"testing"
 
 	"github.com/kip-dev/kip/internal/imagebuild"
@@ -27,10 +29,20 @@ func TestMountRootFS(t *testing.T) {
 	}
 	t.Cleanup(func() { unmount() })
 
-	// The image is visible; writes, changes and deletions stay in the upper layer.
-	if _, err := os.Stat(filepath.Join(rootfs, "bin/busybox")); err != nil {
-		t.Fatal(err)
+	// The unpacked image runs: the shell and its applets resolve through the symlinks.
+	cmd := exec.Command("/bin/sh", "-c", "echo ran > /tmp/ran && id -u && ls /bin/sh")
+	cmd.SysProcAttr = &syscall.SysProcAttr{Chroot: rootfs}
+	cmd.Dir = "/"
+	cmd.Env = []string{"PATH=/bin"}
+	out, err := cmd.CombinedOutput()
+	if err != nil || string(out) != "0\n/bin/sh\n" {
+		t.Fatalf("running the image's shell: %v, output %q", err, out)
 	}
+	if _, err := os.Stat(filepath.Join(img.RootFS, "tmp/ran")); !errors.Is(err, os.ErrNotExist) {
+		t.Errorf("the container's write reached the image: %v", err)
+	}
+
+	// Writes, changes and deletions stay in the upper layer.
 	if err := os.WriteFile(filepath.Join(rootfs, "tmp/new"), []byte("x"), 0o644); err != nil {
 		t.Fatal(err)
 	}
