@@ -19,10 +19,10 @@ import (
 	"path/filepath"
 	"slices"
 	"strings"
-	"sync"
 	"time"
 
 	"github.com/vishvananda/netlink"
+	"golang.org/x/sys/unix"
 	"k8s.io/utils/clock"
 
 	"github.com/kip-dev/kip/internal/cloud"
@@ -101,9 +101,6 @@ type Backend struct {
 	store    *store
 	hs       []hierarchy // nil in process-only mode
 	log      *slog.Logger
-
-	mu          sync.Mutex
-	forwardRule bool // Setup added a FORWARD accept rule
 }
 
 var _ cloud.Cloud = (*Backend)(nil)
@@ -255,20 +252,15 @@ func (b *Backend) Setup(ctx context.Context) error {
 	if _, err := ensureBridge(b.cfg.Bridge, addr); err != nil {
 		return fmt.Errorf("setting up local backend: %w", err)
 	}
-	added, err := forwardAccept(b.cfg.Bridge)
-	if err != nil {
+	if _, err := forwardAccept(b.cfg.Bridge); err != nil {
 		return fmt.Errorf("setting up local backend: %w", err)
-	}
-	if added {
-		b.mu.Lock()
-		b.forwardRule = true
-		b.mu.Unlock()
 	}
 	return nil
 }
 
 // Teardown terminates every cell in the state directory, then removes the bridge, the
-// FORWARD rule Setup added, the cgroup parents and the backend's files.
+// FORWARD rule Setup may have added (by this or another Backend), the cgroup parents that no
+// other backend still uses, and the backend's files.
 func (b *Backend) Teardown(ctx context.Context) error {
 	ids, err := b.store.ids()
 	if err != nil {
@@ -290,19 +282,18 @@ func (b *Backend) Teardown(ctx context.Context) error {
 		}
 	}
 	for _, d := range slices.Sorted(maps.Keys(parents)) {
-		if err := os.Remove(d); err != nil && !errors.Is(err, os.ErrNotExist) {
+		// Another backend may share the parent (same CgroupParent, other StateDir): a parent
+		// that still holds cells is theirs to remove.
+		err := os.Remove(d)
+		if err != nil && !errors.Is(err, os.ErrNotExist) && !errors.Is(err, unix.EBUSY) && !errors.Is(err, unix.ENOTEMPTY) {
 			errs = append(errs, fmt.Errorf("removing cgroup parent %s: %w", d, err))
 		}
 	}
 	if !b.cfg.ProcessOnly {
-		b.mu.Lock()
-		rule := b.forwardRule
-		b.forwardRule = false
-		b.mu.Unlock()
-		if rule {
-			if err := removeForwardAccept(b.cfg.Bridge); err != nil {
-				errs = append(errs, err)
-			}
+		// The rule names this bridge only, and the bridge goes: remove it whoever added it
+		// (Setup may have run in another process, as with kip up / kip down).
+		if err := removeForwardAccept(b.cfg.Bridge); err != nil {
+			errs = append(errs, err)
 		}
 		if err := deleteBridge(b.cfg.Bridge); err != nil {
 			errs = append(errs, err)

@@ -479,3 +479,48 @@ func hasNeigh(t *testing.T, br netlink.Link, ip string) bool {
 	}
 	return false
 }
+
+// TestForwardAccept checks the iptables conversation with a scripted iptables on PATH (the
+// real FORWARD policy is the host's and other tests' traffic depends on it).
+func TestForwardAccept(t *testing.T) {
+	tests := []struct {
+		name      string
+		policy    string
+		ruleThere bool
+		wantAdded bool
+		wantCalls []string
+	}{
+		{"policy accept", "ACCEPT", false, false, []string{"-w -S FORWARD"}},
+		{"policy drop", "DROP", false, true, []string{"-w -S FORWARD", "-w -C FORWARD -i kbr -o kbr -j ACCEPT", "-w -I FORWARD -i kbr -o kbr -j ACCEPT"}},
+		{"policy drop, rule there", "DROP", true, false, []string{"-w -S FORWARD", "-w -C FORWARD -i kbr -o kbr -j ACCEPT"}},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			dir := t.TempDir()
+			log := filepath.Join(dir, "calls")
+			check := "exit 1"
+			if tc.ruleThere {
+				check = "exit 0"
+			}
+			script := fmt.Sprintf(`#!/bin/sh
+echo "$*" >> %s
+case "$2" in
+-S) echo "-P FORWARD %s" ;;
+-C) %s ;;
+esac
+`, log, tc.policy, check)
+			if err := os.WriteFile(filepath.Join(dir, "iptables"), []byte(script), 0o755); err != nil {
+				t.Fatal(err)
+			}
+			t.Setenv("PATH", dir)
+			added, err := forwardAccept("kbr")
+			if err != nil || added != tc.wantAdded {
+				t.Fatalf("forwardAccept = %v, %v; want %v", added, err, tc.wantAdded)
+			}
+			b, _ := os.ReadFile(log)
+			if got := strings.Split(strings.TrimSpace(string(b)), "\n"); strings.Join(got, "|") != strings.Join(tc.wantCalls, "|") {
+				t.Errorf("iptables calls = %q, want %q", got, tc.wantCalls)
+			}
+		})
+	}
+}
