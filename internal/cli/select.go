@@ -1,0 +1,5 @@
+package cli
+
+import "github.com/kip-dev/kip/internal/cli/selectcmd"
+
+func init() { subcommands = append(subcommands, selectcmd.NewCommand) }
