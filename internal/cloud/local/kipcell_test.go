@@ -8,13 +8,20 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"testing"
 	"time"
 
+	corev1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/types"
+
 	"github.com/kip-dev/kip/internal/cellapi"
 	"github.com/kip-dev/kip/internal/cloud"
 	"github.com/kip-dev/kip/internal/pki"
+	"github.com/kip-dev/kip/internal/registry"
+	"github.com/kip-dev/kip/internal/testenv"
 )
 
 // kipCellBinary returns the real cell agent: $KIP_CELL_BIN, or cmd/kip-cell built now.
@@ -146,5 +153,117 @@ func TestKipCell(t *testing.T) {
 	}
 	if err := c.Terminate(ctx, in.ID); err != nil {
 		t.Fatalf("Terminate: %v", err)
+	}
+}
+
+// TestKipCellPodTerminated runs a real pod with runc in a kip-cell cell, then terminates the
+// cell without asking the agent to stop the pod first (as when the agent is wedged): the
+// containers, their cgroups and their mounts must go too.
+func TestKipCellPodTerminated(t *testing.T) {
+	testenv.RequireRunc(t)
+	e := newEnv(t)
+	e.cfg.AgentCommand = []string{kipCellBinary(t)}
+	e.cfg.AgentEnv = nil
+	ctx := context.Background()
+	reg, err := registry.Start(net.JoinHostPort(e.backend().BridgeIP().String(), "0"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { reg.Close() })
+	if err := registry.SeedBusybox(ctx, reg.Host(), "library/sleeper:latest"); err != nil {
+		t.Fatal(err)
+	}
+	p := newKipCellPKI(t)
+	const cellID = "kipcell-pod"
+	cert, key, err := p.ca.Issue(pki.LeafSpec{CommonName: cellID, DNSNames: []string{cellID}, Server: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	bs, err := json.Marshal(cellapi.Bootstrap{
+		CellID: cellID, CACert: p.caPEM, Cert: cert, Key: key,
+		Registry: cellapi.RegistryConfig{DefaultRegistry: reg.Host(), Insecure: []string{reg.Host()}},
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	c := e.cloud()
+	in, err := c.Launch(ctx, cloud.LaunchSpec{CellID: cellID, ClientToken: cellID, InstanceType: "local.small", BootstrapData: bs})
+	if err != nil {
+		t.Fatalf("Launch: %v", err)
+	}
+	logFile := filepath.Join(e.cfg.StateDir, "cells", in.ID, "agent.log")
+	t.Cleanup(func() {
+		if t.Failed() {
+			b, _ := os.ReadFile(logFile)
+			t.Logf("agent log:\n%s", b)
+		}
+	})
+	client := p.client(t, cellID, in.PrivateIP)
+	defer client.Close()
+	waitAgentHealthy(t, client)
+
+	pod := &corev1.Pod{
+		ObjectMeta: metav1.ObjectMeta{Name: "sleeper", Namespace: "default", UID: types.UID("uid-" + cellID)},
+		Spec: corev1.PodSpec{
+			RestartPolicy: corev1.RestartPolicyNever,
+			Containers:    []corev1.Container{{Name: "main", Image: "library/sleeper:latest"}},
+		},
+	}
+	pctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	defer cancel()
+	if _, err := client.PutPod(pctx, &cellapi.PodRequest{Pod: pod}); err != nil {
+		t.Fatalf("PutPod: %v", err)
+	}
+	var last *cellapi.PodStatus
+	if !waitFor(time.Now().Add(60*time.Second), func() bool {
+		gctx, cancel := context.WithTimeout(ctx, 2*time.Second)
+		defer cancel()
+		st, err := client.GetPod(gctx)
+		if err != nil {
+			return false
+		}
+		last = st
+		return len(st.ContainerStatuses) == 1 && st.ContainerStatuses[0].State.Running != nil
+	}) {
+		t.Fatalf("the container never ran; last status %+v", last)
+	}
+
+	r, err := e.backend().store.read(in.ID)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var containerPIDs []int
+	for _, d := range r.meta.Cgroups {
+		pids, err := cgroupPIDs(d)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, pid := range pids {
+			if pid != r.meta.PID && !slices.Contains(containerPIDs, pid) {
+				containerPIDs = append(containerPIDs, pid)
+			}
+		}
+	}
+	if len(containerPIDs) == 0 {
+		t.Fatalf("no container process inside the cell's cgroups")
+	}
+	mounts, _ := mountsUnder("/proc/self/mountinfo", e.cfg.StateDir)
+	t.Logf("before Terminate: agent %d, container processes %v, mounts %v", r.meta.PID, containerPIDs, mounts)
+
+	if err := c.Terminate(ctx, in.ID); err != nil {
+		t.Fatalf("Terminate: %v", err)
+	}
+	for _, pid := range containerPIDs {
+		if s := procState(pid); s != "" && s != "Z" {
+			t.Errorf("container process %d survived Terminate (state %s)", pid, s)
+		}
+	}
+	for _, d := range r.meta.Cgroups {
+		if _, err := os.Stat(d); err == nil {
+			t.Errorf("cgroup %s survived Terminate", d)
+		}
+	}
+	if m, _ := mountsUnder("/proc/self/mountinfo", e.cfg.StateDir); len(m) != 0 {
+		t.Errorf("mounts survived Terminate: %v", m)
 	}
 }
