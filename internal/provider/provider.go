@@ -1,0 +1,268 @@
+// Package provider adapts virtual-kubelet to Kip's cells: it implements nodeutil.Provider and
+// node.PodNotifier on top of the per-pod cell state machine (internal/cells), resolves what a
+// pod needs from the API server (env, volumes, pull secrets) into a cellapi.PodRequest, and
+// serves logs, stats and resource metrics from the cell agents. Errors handed back to
+// virtual-kubelet carry its errdefs kinds (NotFound, InvalidInput).
+package provider
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"sync"
+	"time"
+
+	"github.com/virtual-kubelet/virtual-kubelet/errdefs"
+	"github.com/virtual-kubelet/virtual-kubelet/node"
+	"github.com/virtual-kubelet/virtual-kubelet/node/api"
+	"github.com/virtual-kubelet/virtual-kubelet/node/nodeutil"
+	corev1 "k8s.io/api/core/v1"
+	"k8s.io/apimachinery/pkg/types"
+	"k8s.io/utils/clock"
+
+	"github.com/kip-dev/kip/internal/cellapi"
+)
+
+// Cells is what the provider needs from the cell state machine (*cells.Manager implements it).
+type Cells interface {
+	// CreatePod starts the pod's cell; it returns fast, the work is asynchronous.
+	CreatePod(ctx context.Context, pod *corev1.Pod) error
+	// UpdatePod hands a changed pod (labels, annotations, images, deletion) to its cell.
+	UpdatePod(ctx context.Context, pod *corev1.Pod) error
+	// DeletePod stops the pod gracefully and terminates its cell.
+	DeletePod(ctx context.Context, pod *corev1.Pod) error
+	// GetPod returns a copy of the pod with its current status.
+	GetPod(namespace, name string) (*corev1.Pod, bool)
+	// ListPods returns copies of every pod the manager knows.
+	ListPods() []*corev1.Pod
+	// NotifyPods registers f to be called with every pod status change.
+	NotifyPods(f func(*corev1.Pod))
+	// Agent returns a client of the pod's cell agent.
+	Agent(namespace, name string) (cellapi.Agent, error)
+}
+
+// Config configures a Provider.
+type Config struct {
+	// NodeName is the virtual node's name.
+	NodeName string
+	// Cells runs the pods.
+	Cells Cells
+	// Clock defaults to the real clock.
+	Clock clock.PassiveClock
+	// StatsConcurrency bounds parallel agent calls for stats; default 8.
+	StatsConcurrency int
+}
+
+// Provider implements nodeutil.Provider and node.PodNotifier.
+type Provider struct {
+	cfg   Config
+	cells Cells
+	clock clock.PassiveClock
+	start time.Time
+
+	mu sync.Mutex
+	// deleting holds the UIDs of pods virtual-kubelet asked to delete; they no longer count as
+	// running for /runningpods/ even while their cell drains.
+	deleting map[types.UID]struct{}
+	// cpu remembers the previous cumulative CPU reading per stats key, to report a rate.
+	cpu map[string]cpuSample
+}
+
+var (
+	_ nodeutil.Provider = (*Provider)(nil)
+	_ node.PodNotifier  = (*Provider)(nil)
+)
+
+// New returns a Provider over cfg.Cells.
+func New(cfg Config) (*Provider, error) {
+	if cfg.Cells == nil {
+		return nil, fmt.Errorf("creating provider: Cells is required")
+	}
+	if cfg.NodeName == "" {
+		return nil, fmt.Errorf("creating provider: NodeName is required")
+	}
+	if cfg.Clock == nil {
+		cfg.Clock = clock.RealClock{}
+	}
+	if cfg.StatsConcurrency <= 0 {
+		cfg.StatsConcurrency = 8
+	}
+	return &Provider{
+		cfg:      cfg,
+		cells:    cfg.Cells,
+		clock:    cfg.Clock,
+		start:    cfg.Clock.Now(),
+		deleting: map[types.UID]struct{}{},
+		cpu:      map[string]cpuSample{},
+	}, nil
+}
+
+// CreatePod hands a new pod to its cell.
+func (p *Provider) CreatePod(ctx context.Context, pod *corev1.Pod) error {
+	if err := p.cells.CreatePod(ctx, pod); err != nil {
+		return classify(fmt.Errorf("creating pod %s/%s: %w", pod.Namespace, pod.Name, err))
+	}
+	return nil
+}
+
+// UpdatePod hands a changed pod to its cell.
+func (p *Provider) UpdatePod(ctx context.Context, pod *corev1.Pod) error {
+	if err := p.cells.UpdatePod(ctx, pod); err != nil {
+		return classify(fmt.Errorf("updating pod %s/%s: %w", pod.Namespace, pod.Name, err))
+	}
+	return nil
+}
+
+// DeletePod stops the pod (grace period from the pod) and terminates its cell. It may be called
+// many times; a pod kip does not know is a NotFound error, as virtual-kubelet expects.
+func (p *Provider) DeletePod(ctx context.Context, pod *corev1.Pod) error {
+	if _, ok := p.cells.GetPod(pod.Namespace, pod.Name); !ok {
+		return errdefs.NotFoundf("pod %s/%s is not known to kip", pod.Namespace, pod.Name)
+	}
+	p.mu.Lock()
+	p.deleting[pod.UID] = struct{}{}
+	p.mu.Unlock()
+	if err := p.cells.DeletePod(ctx, pod); err != nil {
+		return classify(fmt.Errorf("deleting pod %s/%s: %w", pod.Namespace, pod.Name, err))
+	}
+	return nil
+}
+
+// GetPod returns the pod with its current status, or a NotFound error.
+func (p *Provider) GetPod(_ context.Context, namespace, name string) (*corev1.Pod, error) {
+	pod, ok := p.cells.GetPod(namespace, name)
+	if !ok {
+		return nil, errdefs.NotFoundf("pod %s/%s is not known to kip", namespace, name)
+	}
+	return pod, nil
+}
+
+// GetPodStatus returns the pod's current status, or a NotFound error.
+func (p *Provider) GetPodStatus(ctx context.Context, namespace, name string) (*corev1.PodStatus, error) {
+	pod, err := p.GetPod(ctx, namespace, name)
+	if err != nil {
+		return nil, err
+	}
+	return pod.Status.DeepCopy(), nil
+}
+
+// GetPods returns every pod kip knows.
+func (p *Provider) GetPods(context.Context) ([]*corev1.Pod, error) {
+	return p.cells.ListPods(), nil
+}
+
+// RunningPods is what /runningpods/ serves, as kubelet does: the pods that have containers on
+// a cell now. Pods being deleted and pods that never started a container (a mandatory Secret
+// or ConfigMap is missing, the cell is still launching) are left out.
+func (p *Provider) RunningPods(context.Context) ([]*corev1.Pod, error) {
+	all := p.cells.ListPods()
+	live := map[types.UID]bool{}
+	out := make([]*corev1.Pod, 0, len(all))
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	for _, pod := range all {
+		live[pod.UID] = true
+		if _, gone := p.deleting[pod.UID]; gone || pod.DeletionTimestamp != nil {
+			continue
+		}
+		if !hasStartedContainer(pod) {
+			continue
+		}
+		out = append(out, pod)
+	}
+	for uid := range p.deleting {
+		if !live[uid] {
+			delete(p.deleting, uid)
+		}
+	}
+	return out, nil
+}
+
+func hasStartedContainer(pod *corev1.Pod) bool {
+	for _, list := range [][]corev1.ContainerStatus{pod.Status.InitContainerStatuses, pod.Status.ContainerStatuses} {
+		for _, cs := range list {
+			if cs.State.Running != nil || cs.State.Terminated != nil || cs.LastTerminationState.Terminated != nil {
+				return true
+			}
+		}
+	}
+	return false
+}
+
+// NotifyPods registers virtual-kubelet's callback with the cells; every status change is
+// pushed, nothing polls.
+func (p *Provider) NotifyPods(_ context.Context, f func(*corev1.Pod)) {
+	p.cells.NotifyPods(f)
+}
+
+// GetContainerLogs streams a container's log from the pod's cell agent.
+func (p *Provider) GetContainerLogs(ctx context.Context, namespace, podName, containerName string, opts api.ContainerLogOpts) (io.ReadCloser, error) {
+	pod, ok := p.cells.GetPod(namespace, podName)
+	if !ok {
+		return nil, errdefs.NotFoundf("pod %s/%s is not known to kip", namespace, podName)
+	}
+	if !hasContainer(pod, containerName) {
+		return nil, errdefs.NotFoundf("container %q is not in pod %s/%s", containerName, namespace, podName)
+	}
+	agent, err := p.cells.Agent(namespace, podName)
+	if err != nil {
+		return nil, classify(fmt.Errorf("reaching the cell of pod %s/%s: %w", namespace, podName, err))
+	}
+	rc, err := agent.Logs(ctx, containerName, logOptions(opts))
+	if err != nil {
+		return nil, classify(fmt.Errorf("reading logs of %s/%s/%s: %w", namespace, podName, containerName, err))
+	}
+	return rc, nil
+}
+
+func hasContainer(pod *corev1.Pod, name string) bool {
+	for _, c := range pod.Spec.InitContainers {
+		if c.Name == name {
+			return true
+		}
+	}
+	for _, c := range pod.Spec.Containers {
+		if c.Name == name {
+			return true
+		}
+	}
+	return false
+}
+
+// logOptions maps virtual-kubelet's parsed query onto the agent's options. Zero values mean
+// "not set" in virtual-kubelet's struct (it cannot express tailLines=0).
+func logOptions(o api.ContainerLogOpts) cellapi.LogOptions {
+	out := cellapi.LogOptions{Follow: o.Follow, Previous: o.Previous, Timestamps: o.Timestamps}
+	if o.Tail > 0 {
+		n := int64(o.Tail)
+		out.TailLines = &n
+	}
+	if o.LimitBytes > 0 {
+		n := int64(o.LimitBytes)
+		out.LimitBytes = &n
+	}
+	if o.SinceSeconds > 0 {
+		n := int64(o.SinceSeconds)
+		out.SinceSeconds = &n
+	}
+	if !o.SinceTime.IsZero() {
+		t := o.SinceTime
+		out.SinceTime = &t
+	}
+	return out
+}
+
+// RunInContainer is not implemented yet: the agent's exec stream is reserved (cellapi.ExecPath).
+func (p *Provider) RunInContainer(_ context.Context, namespace, podName, containerName string, _ []string, _ api.AttachIO) error {
+	return errdefs.AsInvalidInput(fmt.Errorf("exec into %s/%s/%s: %w", namespace, podName, containerName, errNotImplemented))
+}
+
+// AttachToContainer is not implemented yet.
+func (p *Provider) AttachToContainer(_ context.Context, namespace, podName, containerName string, _ api.AttachIO) error {
+	return errdefs.AsInvalidInput(fmt.Errorf("attach to %s/%s/%s: %w", namespace, podName, containerName, errNotImplemented))
+}
+
+// PortForward is not implemented yet.
+func (p *Provider) PortForward(_ context.Context, namespace, podName string, port int32, _ io.ReadWriteCloser) error {
+	return errdefs.AsInvalidInput(fmt.Errorf("port-forward to %s/%s:%d: %w", namespace, podName, port, errNotImplemented))
+}

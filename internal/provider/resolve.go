@@ -1,0 +1,145 @@
+package provider
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+
+	corev1 "k8s.io/api/core/v1"
+	"k8s.io/client-go/kubernetes"
+	corev1listers "k8s.io/client-go/listers/core/v1"
+	"k8s.io/client-go/tools/record"
+
+	"github.com/kip-dev/kip/internal/cellapi"
+)
+
+// Event reasons Resolve emits. The first eight are the ones kubelet-compatible tooling (and
+// virtual-kubelet's e2e suite) look for.
+const (
+	ReasonOptionalConfigMapNotFound     = "OptionalConfigMapNotFound"
+	ReasonOptionalConfigMapKeyNotFound  = "OptionalConfigMapKeyNotFound"
+	ReasonOptionalSecretNotFound        = "OptionalSecretNotFound"
+	ReasonOptionalSecretKeyNotFound     = "OptionalSecretKeyNotFound"
+	ReasonMandatoryConfigMapNotFound    = "MandatoryConfigMapNotFound"
+	ReasonMandatoryConfigMapKeyNotFound = "MandatoryConfigMapKeyNotFound"
+	ReasonMandatorySecretNotFound       = "MandatorySecretNotFound"
+	ReasonMandatorySecretKeyNotFound    = "MandatorySecretKeyNotFound"
+	ReasonInvalidEnvironmentVariable    = "InvalidEnvironmentVariableNames"
+	ReasonFailedMount                   = "FailedMount"
+	ReasonFailedToRetrievePullSecret    = "FailedToRetrieveImagePullSecret"
+)
+
+// ReasonCreateContainerConfigError is the waiting reason kubelet reports on containers whose
+// configuration (env from a missing Secret or ConfigMap) cannot be built.
+const ReasonCreateContainerConfigError = "CreateContainerConfigError"
+
+// ConfigError says a pod cannot be started yet because something it needs from the API server
+// is missing (a mandatory Secret, ConfigMap or key). The pod must not run; kubelet reports it as
+// a waiting container with Reason (CreateContainerConfigError) and retries later.
+type ConfigError struct {
+	// Reason is the waiting reason to report on the pod's containers.
+	Reason string
+	// Message names what is missing, e.g. `secret "db" not found`.
+	Message string
+}
+
+func (e *ConfigError) Error() string { return e.Message }
+
+// IsConfigError reports whether err is (or wraps) a *ConfigError.
+func IsConfigError(err error) bool {
+	var ce *ConfigError
+	return errors.As(err, &ce)
+}
+
+// ResolverConfig holds what a Resolver reads from.
+type ResolverConfig struct {
+	// Secrets, ConfigMaps and Services are informer-backed listers (virtual-kubelet's
+	// nodeutil.ProviderConfig hands them over); no per-pod GETs.
+	Secrets    corev1listers.SecretLister
+	ConfigMaps corev1listers.ConfigMapLister
+	Services   corev1listers.ServiceLister
+	// Client is used for TokenRequest (projected serviceAccountToken volumes) only.
+	Client kubernetes.Interface
+	// Events receives the pod's Events; nil drops them.
+	Events record.EventRecorder
+	// NodeAllocatable stands in for a container's resource limit when it sets none (as kubelet
+	// uses the node's allocatable), for resourceFieldRef.
+	NodeAllocatable corev1.ResourceList
+	Log             *slog.Logger
+}
+
+// Resolver turns a pod into a cellapi.PodRequest: env and envFrom resolved to literal values,
+// configMap/secret/projected/downwardAPI volume contents, and imagePullSecrets.
+type Resolver struct {
+	cfg ResolverConfig
+}
+
+// NewResolver returns a Resolver; Secrets and ConfigMaps listers are required.
+func NewResolver(cfg ResolverConfig) (*Resolver, error) {
+	if cfg.Secrets == nil || cfg.ConfigMaps == nil {
+		return nil, errors.New("creating resolver: Secrets and ConfigMaps listers are required")
+	}
+	if cfg.Events == nil {
+		cfg.Events = &record.FakeRecorder{}
+	}
+	if cfg.Log == nil {
+		cfg.Log = slog.Default()
+	}
+	return &Resolver{cfg: cfg}, nil
+}
+
+// Resolve builds the request the cell agent runs. The pod is not modified.
+//
+// Field references are read from the pod as given: status.podIP and status.podIPs are known
+// only once the cell is launched, so the caller (the cell state machine) sets
+// pod.Status.PodIP(s) to the cell's address before calling Resolve; before that they resolve
+// to "". A missing mandatory Secret/ConfigMap/key is a *ConfigError (the pod must not run; a
+// later call may succeed); every missing optional one is an Event and is skipped.
+func (r *Resolver) Resolve(ctx context.Context, pod *corev1.Pod) (*cellapi.PodRequest, error) {
+	if pod == nil {
+		return nil, errors.New("resolving pod: pod is nil")
+	}
+	out := pod.DeepCopy()
+	svcEnv, err := r.serviceEnv(pod)
+	if err != nil {
+		return nil, fmt.Errorf("resolving service environment of pod %s/%s: %w", pod.Namespace, pod.Name, err)
+	}
+	for i := range out.Spec.InitContainers {
+		c := &out.Spec.InitContainers[i]
+		env, err := r.containerEnv(pod, c, svcEnv)
+		if err != nil {
+			return nil, err
+		}
+		c.Env, c.EnvFrom = env, nil
+	}
+	for i := range out.Spec.Containers {
+		c := &out.Spec.Containers[i]
+		env, err := r.containerEnv(pod, c, svcEnv)
+		if err != nil {
+			return nil, err
+		}
+		c.Env, c.EnvFrom = env, nil
+	}
+	vols, err := r.volumes(ctx, pod)
+	if err != nil {
+		return nil, err
+	}
+	return &cellapi.PodRequest{
+		Pod:         out,
+		PullSecrets: r.pullSecrets(pod),
+		Volumes:     vols,
+	}, nil
+}
+
+func (r *Resolver) warn(pod *corev1.Pod, reason, format string, args ...any) {
+	r.cfg.Events.Eventf(pod, corev1.EventTypeWarning, reason, format, args...)
+}
+
+// configErr emits the Warning Event for a missing mandatory object and returns the error that
+// keeps the pod from running.
+func (r *Resolver) configErr(pod *corev1.Pod, reason, format string, args ...any) error {
+	msg := fmt.Sprintf(format, args...)
+	r.warn(pod, reason, "%s", msg)
+	return &ConfigError{Reason: ReasonCreateContainerConfigError, Message: msg}
+}
