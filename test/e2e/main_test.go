@@ -58,7 +58,7 @@ func run(m *testing.M) int {
 
 // need skips (or fails, under KIP_REQUIRE_NETNS=1) t when the tier cannot run here, and
 // fails it when setup broke.
-func need(t *testing.T) *framework.Env {
+func need(t testing.TB) *framework.Env {
 	t.Helper()
 	if missing != nil {
 		if os.Getenv(testenv.RequireEnv) == "1" {

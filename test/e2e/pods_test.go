@@ -103,7 +103,7 @@ func TestJobEcho(t *testing.T) {
 
 	// The story: scheduled by the scheduler, then kip's steps and kubelet-style container events.
 	events := e.EventsFor(ctx, ns, pod.Name)
-	for _, reason := range []string{"Scheduled", "Pulled", "Started"} {
+	for _, reason := range []string{"Scheduled", "InstanceTypeSelected", "CellLaunched", "CellReady", "Pulled", "Started", "CellTerminated"} {
 		if _, err := e.WaitForEvent(ctx, ns, pod.Name, reason, 30*time.Second); err != nil {
 			t.Errorf("no %s event: %v", reason, err)
 		}

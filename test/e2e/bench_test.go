@@ -1,0 +1,214 @@
+//go:build e2e
+
+package e2e
+
+import (
+	"context"
+	"fmt"
+	"os"
+	"slices"
+	"strconv"
+	"sync"
+	"testing"
+	"time"
+
+	corev1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/watch"
+
+	"github.com/kip-dev/kip/internal/cloud"
+	"github.com/kip-dev/kip/test/e2e/framework"
+)
+
+// phases of a pod's start, in order, each marked by what the client sees first: the pod
+// created (Create returned), bound (spec.nodeName set), kip's events (InstanceTypeSelected →
+// CellLaunched → CellReady → Pulled → Started) and the pod Running. Event times are when the
+// watch delivered them, so they include kip's event recorder's small delay.
+var phases = []string{"created", "scheduled", "InstanceTypeSelected", "CellLaunched", "CellReady", "Pulled", "Started", "running"}
+
+// tracker records, per pod, when each phase was first seen.
+type tracker struct {
+	mu    sync.Mutex
+	seen  map[string]map[string]time.Time
+	ready chan string // pod names as they turn Running
+}
+
+func (tr *tracker) mark(pod, phase string, at time.Time) {
+	tr.mu.Lock()
+	defer tr.mu.Unlock()
+	m := tr.seen[pod]
+	if m == nil {
+		m = map[string]time.Time{}
+		tr.seen[pod] = m
+	}
+	if _, ok := m[phase]; ok {
+		return
+	}
+	m[phase] = at
+	if phase == "running" {
+		tr.ready <- pod
+	}
+}
+
+// watchNamespace feeds the tracker from a pod watch and an event watch until ctx ends.
+func (tr *tracker) watchNamespace(ctx context.Context, e *framework.Env, ns string) error {
+	pw, err := e.Client.CoreV1().Pods(ns).Watch(ctx, metav1.ListOptions{})
+	if err != nil {
+		return err
+	}
+	ew, err := e.Client.CoreV1().Events(ns).Watch(ctx, metav1.ListOptions{})
+	if err != nil {
+		pw.Stop()
+		return err
+	}
+	go func() {
+		defer pw.Stop()
+		for ev := range pw.ResultChan() {
+			p, ok := ev.Object.(*corev1.Pod)
+			if !ok || ev.Type == watch.Deleted {
+				continue
+			}
+			now := time.Now()
+			if p.Spec.NodeName != "" {
+				tr.mark(p.Name, "scheduled", now)
+			}
+			if p.Status.Phase == corev1.PodRunning {
+				tr.mark(p.Name, "running", now)
+			}
+		}
+	}()
+	go func() {
+		defer ew.Stop()
+		for ev := range ew.ResultChan() {
+			if k, ok := ev.Object.(*corev1.Event); ok && k.InvolvedObject.Kind == "Pod" {
+				tr.mark(k.InvolvedObject.Name, k.Reason, time.Now())
+			}
+		}
+	}()
+	return nil
+}
+
+// BenchmarkPodStartup creates KIP_BENCH_PODS (default 30) pods one after another and reports
+// created → Running p50/p99 and each phase's p50/p99; then creates KIP_BENCH_BURST (default
+// 20) pods at once and reports the time until all are Running. Run with -benchtime=1x.
+func BenchmarkPodStartup(b *testing.B) {
+	e := need(b)
+	n := envInt("KIP_BENCH_PODS", 30)
+	burst := envInt("KIP_BENCH_BURST", 20)
+	for range b.N {
+		ctx, cancel := context.WithTimeout(context.Background(), 20*time.Minute)
+		ns := e.Namespace(b)
+		tr := &tracker{seen: map[string]map[string]time.Time{}, ready: make(chan string, n+burst)}
+		if err := tr.watchNamespace(ctx, e, ns); err != nil {
+			b.Fatal(err)
+		}
+		mk := func(name string) *corev1.Pod {
+			p := framework.Pod(name, framework.Busybox("main", "while true; do sleep 1 & wait $!; done"))
+			p.Spec.TerminationGracePeriodSeconds = new(int64) // SIGKILL on delete: do not time the teardown
+			return p
+		}
+		create := func(name string) {
+			if _, err := e.Client.CoreV1().Pods(ns).Create(ctx, mk(name), metav1.CreateOptions{}); err != nil {
+				b.Fatal(err)
+			}
+			tr.mark(name, "created", time.Now())
+		}
+		waitRunning := func(count int) {
+			for range count {
+				select {
+				case <-tr.ready:
+				case <-ctx.Done():
+					b.Fatalf("pods not Running: %v", ctx.Err())
+				}
+			}
+		}
+
+		// Sequential: one pod at a time, each deleted once Running so cells never pile up.
+		for i := range n {
+			name := fmt.Sprintf("seq-%02d", i)
+			create(name)
+			waitRunning(1)
+			if err := e.Client.CoreV1().Pods(ns).Delete(ctx, name, metav1.DeleteOptions{}); err != nil {
+				b.Fatal(err)
+			}
+		}
+		tr.mu.Lock()
+		report(b, "sequential", tr.seen, n)
+		tr.mu.Unlock()
+		// Let the sequential pods' cells go before the burst.
+		if _, err := e.WaitForCells(ctx, map[string]string{cloud.TagPodNamespace: ns}, 2*time.Minute,
+			func(c []*cloud.Instance) bool { return len(c) == 0 }); err != nil {
+			b.Fatal(err)
+		}
+
+		start := time.Now()
+		for i := range burst {
+			create(fmt.Sprintf("burst-%02d", i))
+		}
+		waitRunning(burst)
+		all := time.Since(start)
+		b.ReportMetric(all.Seconds(), "burst-all-running-s")
+		b.Logf("burst: %d pods created at once → all Running in %.2fs (target ≤ 10s)", burst, all.Seconds())
+		cancel()
+	}
+}
+
+// report prints created → Running and per-phase p50/p99 (milliseconds) for pods whose name
+// starts with prefix.
+func report(b *testing.B, prefix string, seen map[string]map[string]time.Time, n int) {
+	total := []float64{}
+	per := map[string][]float64{}
+	for name, m := range seen {
+		if len(name) < 3 || name[:3] != prefix[:3] {
+			continue
+		}
+		c, r := m["created"], m["running"]
+		if c.IsZero() || r.IsZero() {
+			continue
+		}
+		total = append(total, ms(r.Sub(c)))
+		prev := c
+		for _, ph := range phases[1:] {
+			t, ok := m[ph]
+			if !ok {
+				continue
+			}
+			per[ph] = append(per[ph], ms(t.Sub(prev)))
+			prev = t
+		}
+	}
+	p50, p99 := pct(total, 50), pct(total, 99)
+	b.ReportMetric(p50, "start-p50-ms")
+	b.ReportMetric(p99, "start-p99-ms")
+	b.Logf("%s: %d pods, created → Running p50 %.0f ms p99 %.0f ms (target p50 ≤ 1000 ms)", prefix, len(total), p50, p99)
+	for _, ph := range phases[1:] {
+		if v := per[ph]; len(v) > 0 {
+			b.Logf("  phase → %-20s p50 %7.0f ms  p99 %7.0f ms  (%d pods)", ph, pct(v, 50), pct(v, 99), len(v))
+		} else {
+			b.Logf("  phase → %-20s not observed", ph)
+		}
+	}
+	if len(total) < n {
+		b.Logf("  (only %d of %d pods had both times)", len(total), n)
+	}
+}
+
+func ms(d time.Duration) float64 { return float64(d.Microseconds()) / 1000 }
+
+// pct returns the p-th percentile (nearest rank) of v.
+func pct(v []float64, p int) float64 {
+	if len(v) == 0 {
+		return 0
+	}
+	s := slices.Clone(v)
+	slices.Sort(s)
+	i := (p*len(s)+99)/100 - 1
+	return s[max(0, min(i, len(s)-1))]
+}
+
+func envInt(name string, def int) int {
+	if v, err := strconv.Atoi(os.Getenv(name)); err == nil && v > 0 {
+		return v
+	}
+	return def
+}
