@@ -1,0 +1,189 @@
+package crd
+
+import (
+	"context"
+	"fmt"
+	"log/slog"
+	"sync"
+	"time"
+
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
+	"k8s.io/client-go/dynamic"
+	"k8s.io/client-go/util/workqueue"
+
+	"github.com/kip-dev/kip/internal/cells"
+)
+
+// FieldManager is the server-side-apply manager kip writes Cell objects as.
+const FieldManager = "kip"
+
+// maxRetries bounds how often one change is retried before it is dropped (the next change
+// of the same cell writes the whole object again anyway).
+const maxRetries = 8
+
+// Mirror implements cells.Mirror by writing Cell objects through a dynamic client. Upsert and
+// Delete only record the wanted state and return at once: writes happen on Mirror's own
+// workers, coalesced per cell, so the API server's latency never sits on a pod's start path.
+type Mirror struct {
+	client dynamic.Interface
+	node   string
+	log    *slog.Logger
+	queue  workqueue.TypedRateLimitingInterface[string]
+
+	mu   sync.Mutex
+	want map[string]*cells.CellInfo // nil value: delete
+}
+
+var _ cells.Mirror = (*Mirror)(nil)
+
+// NewMirror returns a Mirror writing Cells owned by node. Run must be called for writes to
+// happen.
+func NewMirror(client dynamic.Interface, node string, log *slog.Logger) *Mirror {
+	if log == nil {
+		log = slog.Default()
+	}
+	return &Mirror{
+		client: client,
+		node:   node,
+		log:    log.With("component", "cell-mirror"),
+		queue: workqueue.NewTypedRateLimitingQueueWithConfig(
+			workqueue.NewTypedItemExponentialFailureRateLimiter[string](200*time.Millisecond, 30*time.Second),
+			workqueue.TypedRateLimitingQueueConfig[string]{Name: "cell-mirror"}),
+		want: map[string]*cells.CellInfo{},
+	}
+}
+
+// Upsert records that the Cell c.CellID should show c.
+func (m *Mirror) Upsert(_ context.Context, c cells.CellInfo) error {
+	if c.CellID == "" {
+		return fmt.Errorf("mirroring cell: CellID is empty")
+	}
+	m.mu.Lock()
+	m.want[c.CellID] = &c
+	m.mu.Unlock()
+	m.queue.Add(c.CellID)
+	return nil
+}
+
+// Delete records that the Cell cellID should be gone.
+func (m *Mirror) Delete(_ context.Context, cellID string) error {
+	if cellID == "" {
+		return fmt.Errorf("deleting cell mirror: cell id is empty")
+	}
+	m.mu.Lock()
+	m.want[cellID] = nil
+	m.mu.Unlock()
+	m.queue.Add(cellID)
+	return nil
+}
+
+// Run writes recorded changes with workers goroutines until ctx ends, then drains nothing
+// more and returns.
+func (m *Mirror) Run(ctx context.Context, workers int) {
+	if workers < 1 {
+		workers = 1
+	}
+	var wg sync.WaitGroup
+	for range workers {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for m.next(ctx) {
+			}
+		}()
+	}
+	<-ctx.Done()
+	m.queue.ShutDown()
+	wg.Wait()
+}
+
+// Flush waits until every recorded change has been written (or dropped), or ctx ends.
+func (m *Mirror) Flush(ctx context.Context) error {
+	t := time.NewTicker(20 * time.Millisecond)
+	defer t.Stop()
+	for {
+		m.mu.Lock()
+		n := len(m.want)
+		m.mu.Unlock()
+		if n == 0 && m.queue.Len() == 0 {
+			return nil
+		}
+		select {
+		case <-ctx.Done():
+			return fmt.Errorf("flushing cell mirror: %w", ctx.Err())
+		case <-t.C:
+		}
+	}
+}
+
+func (m *Mirror) next(ctx context.Context) bool {
+	id, quit := m.queue.Get()
+	if quit {
+		return false
+	}
+	defer m.queue.Done(id)
+	m.mu.Lock()
+	want, ok := m.want[id]
+	m.mu.Unlock()
+	if !ok {
+		m.queue.Forget(id)
+		return true
+	}
+	var err error
+	if want == nil {
+		err = m.client.Resource(CellGVR).Delete(ctx, id, metav1.DeleteOptions{})
+		if apierrors.IsNotFound(err) {
+			err = nil
+		}
+	} else {
+		_, err = m.client.Resource(CellGVR).Apply(ctx, id, m.object(want), metav1.ApplyOptions{FieldManager: FieldManager, Force: true})
+	}
+	if err != nil && ctx.Err() == nil && m.queue.NumRequeues(id) < maxRetries {
+		m.log.Debug("writing Cell object; retrying", "cell", id, "err", err)
+		m.queue.AddRateLimited(id)
+		return true
+	}
+	if err != nil && ctx.Err() == nil {
+		m.log.Warn("writing Cell object; giving up", "cell", id, "err", err)
+	}
+	m.queue.Forget(id)
+	m.mu.Lock()
+	if cur, ok := m.want[id]; ok && cur == want {
+		delete(m.want, id) // written; a newer change would have replaced the pointer
+	}
+	m.mu.Unlock()
+	return true
+}
+
+// object renders the Cell object for c.
+func (m *Mirror) object(c *cells.CellInfo) *unstructured.Unstructured {
+	spec := map[string]any{
+		"pod":          c.PodNamespace + "/" + c.PodName,
+		"podUID":       c.PodUID,
+		"node":         m.node,
+		"instanceID":   c.InstanceID,
+		"instanceType": c.InstanceType,
+		"pricePerHour": c.PricePerHour,
+		"spot":         c.Spot,
+	}
+	status := map[string]any{"phase": c.Phase}
+	if c.IP != "" {
+		status["ip"] = c.IP
+	}
+	if !c.LaunchTime.IsZero() {
+		status["launchTime"] = c.LaunchTime.UTC().Format(time.RFC3339)
+	}
+	u := &unstructured.Unstructured{Object: map[string]any{
+		"apiVersion": Group + "/" + Version,
+		"kind":       Kind,
+		"metadata": map[string]any{
+			"name":   c.CellID,
+			"labels": map[string]any{"kip.dev/node": m.node},
+		},
+		"spec":   spec,
+		"status": status,
+	}}
+	return u
+}
