@@ -25,6 +25,7 @@ import (
 	"strings"
 	"sync/atomic"
 
+	"github.com/google/go-containerregistry/pkg/name"
 	v1 "github.com/google/go-containerregistry/pkg/v1"
 	"github.com/google/go-containerregistry/pkg/v1/mutate"
 	"github.com/google/go-containerregistry/pkg/v1/remote"
@@ -125,14 +126,23 @@ func (s *Store) Pull(ctx context.Context, ref string, auths []cellapi.RegistryAu
 		return nil, fmt.Errorf("pulling %s: computing image digest: %w", r, err)
 	}
 	key := imgDigest.Algorithm + "-" + imgDigest.Hex
-	v, err, _ := s.group.Do(key, func() (any, error) { return s.ensureUnpacked(ctx, key, img) })
+	var v any
+	for {
+		var shared bool
+		v, err, shared = s.group.Do(key, func() (any, error) { return s.ensureUnpacked(ctx, key, img) })
+		// The unpack ran under another caller's context, which ended: try again under ours.
+		if err != nil && shared && ctx.Err() == nil && (errors.Is(err, context.Canceled) || errors.Is(err, context.DeadlineExceeded)) {
+			continue
+		}
+		break
+	}
 	if err != nil {
 		return nil, fmt.Errorf("pulling %s: %w", r, err)
 	}
 	return &Image{
 		Ref:     ref,
 		Digest:  desc.Digest.String(),
-		ImageID: r.Context().Name() + "@" + desc.Digest.String(),
+		ImageID: repoName(r) + "@" + desc.Digest.String(),
 		RootFS:  filepath.Join(s.images, key, "rootfs"),
 		Config:  v.(*v1.ConfigFile).Config,
 	}, nil
@@ -206,4 +216,14 @@ func readConfig(dir string) (*v1.ConfigFile, error) {
 		return nil, fmt.Errorf("parsing unpacked image config %s: %w", dir, err)
 	}
 	return cf, nil
+}
+
+// repoName is the repository as kubelet shows it in imageID: "docker.io/library/nginx" for
+// Docker Hub (not go-containerregistry's "index.docker.io"), "<host>/<repo>" otherwise.
+func repoName(r name.Reference) string {
+	repo := r.Context()
+	if repo.RegistryStr() == name.DefaultRegistry {
+		return "docker.io/" + repo.RepositoryStr()
+	}
+	return repo.Name()
 }

@@ -356,3 +356,40 @@ func TestPullFailedUnpackLeavesNothing(t *testing.T) {
 		t.Errorf("escape file exists next to the store: %v", err)
 	}
 }
+
+func TestRepoName(t *testing.T) {
+	tests := []struct{ ref, want string }{
+		{"nginx", "docker.io/library/nginx"},
+		{"docker.io/me/app:1", "docker.io/me/app"},
+		{"10.250.0.1:5000/library/busybox", "10.250.0.1:5000/library/busybox"},
+	}
+	for _, tt := range tests {
+		r, err := name.ParseReference(tt.ref)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if got := repoName(r); got != tt.want {
+			t.Errorf("repoName(%s) = %s, want %s", tt.ref, got, tt.want)
+		}
+	}
+}
+
+func TestParseReferenceDockerHub(t *testing.T) {
+	// Without a default registry, names follow docker.io's rules.
+	store := newStore(t, Config{})
+	tests := []struct{ ref, want string }{
+		{"nginx", "index.docker.io/library/nginx:latest"},
+		{"me/app", "index.docker.io/me/app:latest"},
+		{"localhost/app", "localhost/app:latest"},
+		{"quay.io/x/y:1", "quay.io/x/y:1"},
+	}
+	for _, tt := range tests {
+		r, err := store.parseReference(tt.ref)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if r.Name() != tt.want {
+			t.Errorf("parseReference(%s) = %s, want %s", tt.ref, r.Name(), tt.want)
+		}
+	}
+}

@@ -405,3 +405,29 @@ func TestRunPathAndPrune(t *testing.T) {
 		t.Error("Prune of a missing directory succeeded")
 	}
 }
+
+func TestWriterConcurrent(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "0.log")
+	w := newWriter(t, path, 4096, 100, clocktesting.NewFakeClock(t0))
+	var wg sync.WaitGroup
+	for g := range 8 {
+		stream := []string{Stdout, Stderr}[g%2]
+		wg.Go(func() {
+			for i := range 100 {
+				// Split writes of one line interleave with other goroutines'.
+				fmt.Fprintf(w.Stream(stream), "g%d-", g)
+				fmt.Fprintf(w.Stream(stream), "%03d\n", i)
+			}
+		})
+	}
+	wg.Wait()
+	w.Close()
+	var buf bytes.Buffer
+	if err := Serve(context.Background(), &buf, path, cellapi.LogOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	got := strings.Split(strings.TrimSuffix(buf.String(), "\n"), "\n")
+	if len(got) != 800 {
+		t.Fatalf("served %d lines, want 800", len(got))
+	}
+}
