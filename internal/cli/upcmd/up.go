@@ -68,7 +68,7 @@ After a crash, kip down removes the leftovers.`,
 	f.StringVar(&o.bridge, "bridge", "kip0", "name of the bridge the cells attach to (at most 15 characters)")
 	f.StringVar(&o.subnet, "subnet", "10.250.0.0/24", "cells' subnet; the bridge, the node and the registry take its first address")
 	f.StringVar(&o.node, "node-name", "kip", "name of the virtual node")
-	f.IntVar(&o.registryPort, "registry-port", 5000, "port of the registry on the bridge address")
+	f.IntVar(&o.registryPort, "registry-port", 5000, "port of the registry on the bridge address (0: any free port)")
 	f.DurationVar(&o.readyTimeout, "ready-timeout", 5*time.Minute, "how long to wait for the virtual node to be Ready")
 	return cmd
 }
@@ -91,7 +91,7 @@ func (o *options) validate() error {
 	} else if ones, _ := n.Mask.Size(); ones > 29 {
 		errs = append(errs, fmt.Errorf("--subnet %q: too small, want /29 or larger", o.subnet))
 	}
-	if o.registryPort <= 0 || o.registryPort > 65535 {
+	if o.registryPort < 0 || o.registryPort > 65535 {
 		errs = append(errs, fmt.Errorf("--registry-port %d: out of range", o.registryPort))
 	}
 	if o.node == "" {
@@ -184,7 +184,9 @@ func (o *options) up(ctx context.Context) (err error) {
 			err = errors.Join(err, fmt.Errorf("cleaning up (run kip down --home %s to retry): %w", o.home, e))
 			return
 		}
-		o.step("stopped; everything kip up made is gone")
+		if !keep {
+			o.step("stopped; everything kip up made is gone")
+		}
 	}()
 
 	o.step("starting the control plane (binaries in %s)", o.cpBin)
