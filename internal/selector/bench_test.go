@@ -66,3 +66,15 @@ func BenchmarkSelectUnprepared(b *testing.B) {
 	}
 	b.ReportMetric(float64(b.N)/b.Elapsed().Seconds(), "selections/s")
 }
+
+// BenchmarkNewIndex measures preparing the us-east-1 catalog.
+func BenchmarkNewIndex(b *testing.B) {
+	types, err := instancetype.Load("aws", "us-east-1")
+	if err != nil {
+		b.Fatal(err)
+	}
+	b.ReportAllocs()
+	for i := 0; i < b.N; i++ {
+		NewIndex(types)
+	}
+}

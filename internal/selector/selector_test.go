@@ -2,6 +2,7 @@ package selector
 
 import (
 	"encoding/json"
+	"fmt"
 	"math"
 	"strings"
 	"testing"
@@ -187,5 +188,47 @@ func TestSelectErrors(t *testing.T) {
 				}
 			}
 		})
+	}
+}
+
+// TestIndexConcurrent selects from one Index on many goroutines (run with -race), globs
+// included, and checks every answer matches a sequential run.
+func TestIndexConcurrent(t *testing.T) {
+	ix := NewIndex(testCatalog())
+	pods := []*corev1.Pod{
+		pod(requests("cpu", "1")),
+		pod(annotate(AnnotationInstanceType, "c5*")),
+		pod(annotate(AnnotationInstanceType, "?5.*", AnnotationLaunchType, "spot")),
+		pod(requests("nvidia.com/gpu", "1")),
+	}
+	want := make([]string, len(pods))
+	for i, p := range pods {
+		ch, err := ix.Select(p, Options{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		want[i] = ch.Type.Name
+	}
+	errs := make(chan error, 8)
+	for g := 0; g < 8; g++ {
+		go func() {
+			for k := 0; k < 200; k++ {
+				i := (g + k) % len(pods)
+				ch, err := ix.Select(pods[i].DeepCopy(), Options{})
+				if err == nil && ch.Type.Name != want[i] {
+					err = fmt.Errorf("pod %d: chose %s, want %s", i, ch.Type.Name, want[i])
+				}
+				if err != nil {
+					errs <- err
+					return
+				}
+			}
+			errs <- nil
+		}()
+	}
+	for g := 0; g < 8; g++ {
+		if err := <-errs; err != nil {
+			t.Fatal(err)
+		}
 	}
 }
