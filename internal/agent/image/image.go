@@ -24,6 +24,7 @@ import (
 	"runtime"
 	"strings"
 	"sync/atomic"
+	"time"
 
 	"github.com/google/go-containerregistry/pkg/name"
 	v1 "github.com/google/go-containerregistry/pkg/v1"
@@ -71,7 +72,7 @@ type Store struct {
 }
 
 // NewStore makes a store rooted at cfg.Root, creating its directories and removing unpacks
-// left half-done by an earlier run.
+// left half-done long ago by a crashed agent.
 func NewStore(cfg Config) (*Store, error) {
 	if cfg.Root == "" {
 		return nil, errors.New("creating image store: Root is empty")
@@ -85,15 +86,38 @@ func NewStore(cfg Config) (*Store, error) {
 	}
 	s := &Store{cfg: cfg, images: filepath.Join(root, "images"), tmp: filepath.Join(root, "tmp")}
 	s.cfg.Root = root
-	if err := os.RemoveAll(s.tmp); err != nil {
-		return nil, fmt.Errorf("creating image store: clearing %s: %w", s.tmp, err)
-	}
 	for _, d := range []string{s.images, s.tmp} {
 		if err := os.MkdirAll(d, 0o700); err != nil {
 			return nil, fmt.Errorf("creating image store: %w", err)
 		}
 	}
+	if err := removeStale(s.tmp, time.Now().Add(-staleUnpack)); err != nil {
+		return nil, fmt.Errorf("creating image store: %w", err)
+	}
 	return s, nil
+}
+
+// staleUnpack is how long an unpack directory in tmp may go unchanged before a new store
+// takes it for the leftover of a crashed agent. Another live store on the same Root may be
+// unpacking there, so fresh ones are left alone.
+const staleUnpack = 6 * time.Hour
+
+// removeStale removes the entries of dir last modified before cutoff.
+func removeStale(dir string, cutoff time.Time) error {
+	ents, err := os.ReadDir(dir)
+	if err != nil {
+		return fmt.Errorf("listing %s: %w", dir, err)
+	}
+	for _, e := range ents {
+		info, err := e.Info()
+		if err != nil || !info.ModTime().Before(cutoff) {
+			continue
+		}
+		if err := os.RemoveAll(filepath.Join(dir, e.Name())); err != nil {
+			return fmt.Errorf("removing stale unpack %s: %w", e.Name(), err)
+		}
+	}
+	return nil
 }
 
 // Pull resolves ref, fetches its manifest for this platform (linux/GOARCH, chosen from an

@@ -13,6 +13,7 @@ import (
 	"sync"
 	"sync/atomic"
 	"testing"
+	"time"
 
 	"github.com/google/go-containerregistry/pkg/name"
 	v1 "github.com/google/go-containerregistry/pkg/v1"
@@ -391,5 +392,27 @@ func TestParseReferenceDockerHub(t *testing.T) {
 		if r.Name() != tt.want {
 			t.Errorf("parseReference(%s) = %s, want %s", tt.ref, r.Name(), tt.want)
 		}
+	}
+}
+
+func TestNewStoreRemovesStaleUnpacks(t *testing.T) {
+	root := t.TempDir()
+	newStore(t, Config{Root: root})
+	stale, fresh := filepath.Join(root, "tmp", "sha256-aa-1"), filepath.Join(root, "tmp", "sha256-bb-2")
+	for _, d := range []string{stale, fresh} {
+		if err := os.MkdirAll(filepath.Join(d, "rootfs"), 0o755); err != nil {
+			t.Fatal(err)
+		}
+	}
+	old := time.Now().Add(-2 * staleUnpack)
+	if err := os.Chtimes(stale, old, old); err != nil {
+		t.Fatal(err)
+	}
+	newStore(t, Config{Root: root})
+	if _, err := os.Stat(stale); !errors.Is(err, os.ErrNotExist) {
+		t.Errorf("stale unpack kept: %v", err)
+	}
+	if _, err := os.Stat(fresh); err != nil {
+		t.Errorf("fresh unpack (maybe another store's) removed: %v", err)
 	}
 }
