@@ -63,8 +63,8 @@ type Env struct {
 	// Bridge is the local backend's bridge; BridgeIP is the node's InternalIP.
 	Bridge   string
 	BridgeIP net.IP
-	// BinDir holds kip and kip-cell.
-	BinDir string
+	// BinDir holds kip and kip-cell; CPBin the control plane binaries.
+	BinDir, CPBin string
 
 	log io.Writer
 }
@@ -135,6 +135,7 @@ func Setup(ctx context.Context, o Options) (env *Env, err error) {
 		ClusterName: "e2e" + tag,
 		Bridge:      "kipe2e" + tag,
 		BinDir:      bins,
+		CPBin:       cpBin,
 		log:         o.Log,
 	}
 	defer func() {
