@@ -193,17 +193,7 @@ func TestKipUp(t *testing.T) {
 		t.Errorf("logs = %q, %v; want hello-up", logs, err)
 	}
 	// Leave a pod running so Ctrl-C has a live cell to remove.
-	run := framework.Pod("sleeper", framework.Busybox("main", "while true; do sleep 1 & wait $!; done"))
-	if _, err := cs.CoreV1().Pods("default").Create(ctx, run, metav1.CreateOptions{}); err != nil {
-		t.Fatal(err)
-	}
-	if _, err := framework.Until(ctx, cs.CoreV1().Pods("default"), fields.OneTermEqualSelector("metadata.name", "sleeper"),
-		func(ev watch.Event) (bool, error) {
-			p, ok := ev.Object.(*corev1.Pod)
-			return ok && p.Status.Phase == corev1.PodRunning, nil
-		}); err != nil {
-		t.Fatalf("sleeper pod not Running: %v", err)
-	}
+	startSleeper(ctx, t, cs)
 
 	_ = r.cmd.Process.Signal(syscall.SIGINT)
 	select {
@@ -223,6 +213,17 @@ func TestKipDown(t *testing.T) {
 	home := filepath.Join(t.TempDir(), "kiphome")
 	r := startUp(t, e, home)
 	pids := controlPlanePIDs(t, home)
+	cfg, err := clientcmd.BuildConfigFromFlags("", filepath.Join(home, "kubeconfig"))
+	if err != nil {
+		t.Fatalf("loading kip up's kubeconfig: %v", err)
+	}
+	cs, err := kubernetes.NewForConfig(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
+	defer cancel()
+	startSleeper(ctx, t, cs) // a live cell for kip down to remove
 	_ = r.cmd.Process.Kill()
 	<-r.done
 	out, err := exec.Command(filepath.Join(e.BinDir, "kip"), "down", "--home", home).CombinedOutput()
@@ -231,4 +232,20 @@ func TestKipDown(t *testing.T) {
 	}
 	t.Logf("kip down:\n%s", out)
 	checkGone(t, r, pids)
+}
+
+// startSleeper runs a long-running pod on kip up's node and waits for it to be Running.
+func startSleeper(ctx context.Context, t *testing.T, cs kubernetes.Interface) {
+	t.Helper()
+	run := framework.Pod("sleeper", framework.Busybox("main", "while true; do sleep 1 & wait $!; done"))
+	if _, err := cs.CoreV1().Pods("default").Create(ctx, run, metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := framework.Until(ctx, cs.CoreV1().Pods("default"), fields.OneTermEqualSelector("metadata.name", "sleeper"),
+		func(ev watch.Event) (bool, error) {
+			p, ok := ev.Object.(*corev1.Pod)
+			return ok && p.Status.Phase == corev1.PodRunning, nil
+		}); err != nil {
+		t.Fatalf("sleeper pod not Running: %v", err)
+	}
 }
