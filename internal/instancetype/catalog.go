@@ -137,6 +137,10 @@ func embeddedFile(cloud string) (*File, error) {
 	if f, ok := cache.files[cloud]; ok {
 		return f, nil
 	}
+	unknown := fmt.Errorf("%w %q (known: %s)", ErrUnknownCloud, cloud, strings.Join(Clouds(), ", "))
+	if cloud == "" || strings.ContainsAny(cloud, `/.\`) {
+		return nil, unknown
+	}
 	var data []byte
 	var err error
 	for _, name := range []string{cloud + ".json.gz", cloud + ".json"} {
@@ -144,8 +148,8 @@ func embeddedFile(cloud string) (*File, error) {
 			break
 		}
 	}
-	if errors.Is(err, fs.ErrNotExist) || cloud == "" || strings.ContainsAny(cloud, "/.") {
-		return nil, fmt.Errorf("%w %q (known: %s)", ErrUnknownCloud, cloud, strings.Join(Clouds(), ", "))
+	if errors.Is(err, fs.ErrNotExist) {
+		return nil, unknown
 	}
 	if err != nil {
 		return nil, fmt.Errorf("reading embedded %s catalog: %w", cloud, err)

@@ -95,6 +95,8 @@ type Choice struct {
 	// Reason says how the choice was made: the cheapest fit, an annotation, the default type.
 	Reason string `json:"reason"`
 	// Fallbacks are the next fitting offerings, cheapest first, to try on capacity errors.
+	// They obey the same restriction as the choice: for a pod naming one instance type (or
+	// getting the default type) they are only that type's other zones.
 	Fallbacks []Candidate `json:"fallbacks,omitempty"`
 	// Rejected are the cheaper candidates that did not fit, closest to the choice first.
 	Rejected []Rejection `json:"rejected,omitempty"`
