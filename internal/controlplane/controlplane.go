@@ -35,7 +35,8 @@ type Options struct {
 	// BinDir holds the binaries listed in Binaries (and kubectl, for Kubectl).
 	BinDir string
 	// Dir receives the PKI, etcd's data, kubeconfigs and one log file per process. It is
-	// created if missing; Start refuses a Dir that already holds a running control plane.
+	// created if missing. Each Start makes a fresh cluster there: processes a crashed run
+	// left are stopped, and old etcd data and certificates are replaced.
 	Dir string
 	// Log receives one progress line per step; nil discards them.
 	Log io.Writer
@@ -88,6 +89,10 @@ func Start(ctx context.Context, o Options) (cp *ControlPlane, err error) {
 	}
 	if _, err := StopLeftovers(dir, 5*time.Second); err != nil {
 		return nil, fmt.Errorf("clearing leftovers in %s: %w", dir, err)
+	}
+	// Every Start is a fresh cluster: new certificates would not match old etcd contents.
+	if err := os.RemoveAll(filepath.Join(dir, "etcd")); err != nil {
+		return nil, fmt.Errorf("removing old etcd data: %w", err)
 	}
 
 	started := time.Now()
