@@ -4,9 +4,11 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"log/slog"
 	"os"
 	"path/filepath"
 	"sync"
+	"time"
 
 	"k8s.io/utils/clock"
 )
@@ -28,8 +30,10 @@ type Live struct {
 	Refresher Refresher
 	// CacheFile keeps the last refresh across restarts; empty means memory only.
 	CacheFile string
-	// Clock stamps refreshes; nil means the real clock.
-	Clock clock.PassiveClock
+	// Clock stamps refreshes and paces Run; nil means the real clock.
+	Clock clock.WithTicker
+	// Log receives Run's refresh failures; nil means slog.Default().
+	Log *slog.Logger
 
 	mu     sync.Mutex
 	types  []InstanceType
@@ -106,11 +110,7 @@ func (l *Live) Refresh(ctx context.Context) error {
 	}
 	types = Clone(types)
 	if l.CacheFile != "" {
-		clk := l.Clock
-		if clk == nil {
-			clk = clock.RealClock{}
-		}
-		f := &File{Cloud: l.Cloud, Source: "refresh", Fetched: clk.Now().UTC(),
+		f := &File{Cloud: l.Cloud, Source: "refresh", Fetched: l.clock().Now().UTC(),
 			Regions: map[string][]InstanceType{CanonicalRegion(l.Cloud, l.Region): types}}
 		if err := writeFileAtomic(l.CacheFile, f); err != nil {
 			return fmt.Errorf("refreshing %s %s catalog: %w", l.Cloud, l.Region, err)
@@ -120,6 +120,35 @@ func (l *Live) Refresh(ctx context.Context) error {
 	l.types, l.origin = types, "refreshed"
 	l.mu.Unlock()
 	return nil
+}
+
+// Run refreshes now and then every interval until ctx ends. A failed refresh is logged and
+// the current catalog kept; the next tick tries again.
+func (l *Live) Run(ctx context.Context, every time.Duration) {
+	log := l.Log
+	if log == nil {
+		log = slog.Default()
+	}
+	t := l.clock().NewTicker(every)
+	defer t.Stop()
+	for {
+		if err := l.Refresh(ctx); err != nil && ctx.Err() == nil {
+			log.Warn("instance type catalog refresh failed; keeping the current one",
+				"cloud", l.Cloud, "region", l.Region, "origin", l.Origin(), "err", err)
+		}
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C():
+		}
+	}
+}
+
+func (l *Live) clock() clock.WithTicker {
+	if l.Clock == nil {
+		return clock.RealClock{}
+	}
+	return l.Clock
 }
 
 func writeFileAtomic(name string, f *File) error {

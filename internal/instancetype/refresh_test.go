@@ -6,6 +6,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -13,14 +14,23 @@ import (
 )
 
 type fakeRefresher struct {
+	mu    sync.Mutex
 	types []InstanceType
 	err   error
 	calls int
 }
 
 func (f *fakeRefresher) Refresh(_ context.Context, region string) ([]InstanceType, error) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
 	f.calls++
 	return Clone(f.types), f.err
+}
+
+func (f *fakeRefresher) Calls() int {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return f.calls
 }
 
 func fresh() []InstanceType {
@@ -52,7 +62,7 @@ func TestLiveFallsBackToEmbedded(t *testing.T) {
 func TestLiveRefreshCachesToFile(t *testing.T) {
 	dir := t.TempDir()
 	cache := filepath.Join(dir, "aws-us-east-1.json")
-	clk := clocktesting.NewFakePassiveClock(time.Date(2026, 1, 2, 3, 4, 5, 0, time.UTC))
+	clk := clocktesting.NewFakeClock(time.Date(2026, 1, 2, 3, 4, 5, 0, time.UTC))
 	r := &fakeRefresher{types: fresh()}
 	l := &Live{Cloud: "aws", Region: "us-east-1", Refresher: r, CacheFile: cache, Clock: clk}
 	if err := l.Refresh(context.Background()); err != nil {
@@ -114,4 +124,35 @@ func TestLiveRefreshFailureKeepsCurrent(t *testing.T) {
 			}
 		})
 	}
+}
+
+func TestLiveRun(t *testing.T) {
+	clk := clocktesting.NewFakeClock(time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC))
+	r := &fakeRefresher{err: errors.New("throttled")}
+	l := &Live{Cloud: "aws", Region: "us-east-1", Refresher: r, Clock: clk}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() { l.Run(ctx, time.Hour); close(done) }()
+	waitFor := func(what string, cond func() bool) {
+		t.Helper()
+		deadline := time.Now().Add(10 * time.Second)
+		for !cond() {
+			if time.Now().After(deadline) {
+				t.Fatalf("timed out waiting for %s", what)
+			}
+			time.Sleep(time.Millisecond)
+		}
+	}
+	waitFor("the first refresh", func() bool { return r.Calls() == 1 })
+	if types, err := l.InstanceTypes(); err != nil || l.Origin() != "embedded" || len(types) < 250 {
+		t.Fatalf("after a failed refresh: %v origin %q", err, l.Origin())
+	}
+	r.mu.Lock()
+	r.types, r.err = fresh(), nil
+	r.mu.Unlock()
+	waitFor("the ticker", clk.HasWaiters)
+	clk.Step(time.Hour)
+	waitFor("the second refresh", func() bool { return l.Origin() == "refreshed" })
+	cancel()
+	<-done
 }
