@@ -8,6 +8,7 @@ import (
 	"slices"
 	"strconv"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -19,7 +20,9 @@ const benchCells = 50
 
 // BenchmarkBoot measures cell boot: Launch until the agent's health check answers 200, over
 // max(b.N, 50) cells kept alive together, and reports p50/p99 of it, p50 of Terminate, and
-// Launch alone (launch-p50-ms: until the agent process runs in its cell), and the agent's memory (proportional set size and resident set, averaged over the cells).
+// Launch alone (launch-p50-ms: until the agent process runs in its cell; launch-cpu-ms: the
+// CPU time this process spent per Launch, which a loaded machine does not inflate), and the
+// agent's memory (proportional set size and resident set, averaged over the cells).
 //
 //	standin:  the test's stand-in agent (plain HTTP /healthz)
 //	kip-cell: the real agent, health over mutual TLS
@@ -56,15 +59,18 @@ func benchBoot(b *testing.B, e *env, healthy func(*cloud.Instance), bootstrap fu
 	}
 	boots := make([]time.Duration, 0, n)
 	launches := make([]time.Duration, 0, n)
+	var launchCPU time.Duration
 	insts := make([]*cloud.Instance, 0, n)
 	b.ResetTimer()
 	for _, spec := range specs {
 		start := time.Now()
+		cpu0 := cpuTime()
 		in, err := c.Launch(ctx, spec)
 		if err != nil {
 			b.Fatalf("Launch(%s): %v", spec.CellID, err)
 		}
 		launches = append(launches, time.Since(start))
+		launchCPU += cpuTime() - cpu0
 		healthy(in)
 		boots = append(boots, time.Since(start))
 		insts = append(insts, in)
@@ -93,9 +99,19 @@ func benchBoot(b *testing.B, e *env, healthy func(*cloud.Instance), bootstrap fu
 	b.ReportMetric(ms(percentile(boots, 50)), "boot-p50-ms")
 	b.ReportMetric(ms(percentile(boots, 99)), "boot-p99-ms")
 	b.ReportMetric(ms(percentile(launches, 50)), "launch-p50-ms")
+	b.ReportMetric(ms(launchCPU)/float64(n), "launch-cpu-ms")
 	b.ReportMetric(ms(percentile(terms, 50)), "terminate-p50-ms")
 	b.ReportMetric(pss/float64(n)/1024, "agent-pss-MiB")
 	b.ReportMetric(rss/float64(n)/1024, "agent-rss-MiB")
+}
+
+// cpuTime is this process's user+system CPU time (children excluded).
+func cpuTime() time.Duration {
+	var ru syscall.Rusage
+	if err := syscall.Getrusage(syscall.RUSAGE_SELF, &ru); err != nil {
+		return 0
+	}
+	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
 }
 
 func ms(d time.Duration) float64 { return float64(d) / float64(time.Millisecond) }

@@ -3,6 +3,7 @@ package local
 import (
 	"bufio"
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"io/fs"
@@ -153,10 +154,9 @@ func (b *Backend) reserve(spec cloud.LaunchSpec) (id string, existing bool, unlo
 			break
 		}
 	}
-	dir := b.store.cellDir(id)
-	if err := os.Mkdir(dir, 0o700); err != nil {
-		return "", false, nil, fmt.Errorf("creating cell directory: %w", err)
-	}
+	// Write the cell's files into a staging directory, then rename it into place: one
+	// rename instead of one per file, and no reader ever sees half a cell.
+	staging := filepath.Join(b.store.cellsDir(), stagingPrefix+id)
 	meta := cellMeta{
 		ID: id, CellID: spec.CellID, InstanceType: spec.InstanceType, TokenHash: tokenHash,
 		LaunchTime: b.cfg.Clock.Now().UTC(), Phase: phaseLaunching, ProcessOnly: b.cfg.ProcessOnly,
@@ -171,28 +171,51 @@ func (b *Backend) reserve(spec cloud.LaunchSpec) (id string, existing bool, unlo
 	if tags == nil {
 		tags = map[string]string{}
 	}
-	steps := []func() error{
-		func() error { return writeJSON(filepath.Join(dir, "meta.json"), meta) },
-		func() error { return writeJSON(filepath.Join(dir, "tags.json"), tags) },
-		func() error { return writeFile(filepath.Join(dir, "ip"), []byte(ip.String()+"\n")) },
-		func() error { return writeFile(filepath.Join(dir, "bootstrap"), spec.BootstrapData) },
+	metaJSON, err := json.Marshal(meta)
+	if err != nil {
+		return "", false, nil, fmt.Errorf("encoding cell %s: %w", spec.CellID, err)
 	}
-	if tokenHash != "" {
-		steps = append(steps, func() error { return writeFile(b.store.tokenPath(tokenHash), []byte(id+"\n")) })
+	tagsJSON, err := json.Marshal(tags)
+	if err != nil {
+		return "", false, nil, fmt.Errorf("encoding tags of cell %s: %w", spec.CellID, err)
 	}
-	for _, step := range steps {
-		if err := step(); err != nil {
-			if tokenHash != "" {
-				os.Remove(b.store.tokenPath(tokenHash))
-			}
-			os.RemoveAll(dir)
-			return "", false, nil, fmt.Errorf("recording cell %s: %w", spec.CellID, err)
+	fail := func(err error) (string, bool, func(), error) {
+		if unlockLaunch != nil {
+			unlockLaunch()
+		}
+		os.RemoveAll(staging)
+		return "", false, nil, fmt.Errorf("recording cell %s: %w", spec.CellID, err)
+	}
+	if err := os.Mkdir(staging, 0o700); err != nil {
+		return fail(err)
+	}
+	if err := os.Mkdir(filepath.Join(staging, "agent"), 0o700); err != nil {
+		return fail(err)
+	}
+	for name, data := range map[string][]byte{
+		"meta.json": metaJSON,
+		"tags.json": tagsJSON,
+		"ip":        []byte(ip.String() + "\n"),
+		"bootstrap": spec.BootstrapData,
+	} {
+		if err := os.WriteFile(filepath.Join(staging, name), data, 0o600); err != nil {
+			return fail(err)
 		}
 	}
-	unlockLaunch, err = b.store.launchLock(id, false)
-	if err != nil {
-		os.RemoveAll(dir)
-		return "", false, nil, err
+	// The launch lock is taken before the cell appears and follows the directory's rename.
+	if unlockLaunch, err = flock(filepath.Join(staging, "launch.lock"), false); err != nil {
+		return fail(err)
+	}
+	if err := os.Rename(staging, b.store.cellDir(id)); err != nil {
+		return fail(err)
+	}
+	if tokenHash != "" {
+		// Only reserve reads tokens, under the store lock, so a plain write will do.
+		if err := os.WriteFile(b.store.tokenPath(tokenHash), []byte(id+"\n"), 0o600); err != nil {
+			unlockLaunch()
+			os.RemoveAll(b.store.cellDir(id))
+			return "", false, nil, fmt.Errorf("recording client token of cell %s: %w", spec.CellID, err)
+		}
 	}
 	return id, false, unlockLaunch, nil
 }
@@ -206,9 +229,6 @@ func (b *Backend) boot(id string, spec cloud.LaunchSpec, it instancetype.Instanc
 	ip := net.ParseIP(r.ip).To4()
 	dir := b.store.cellDir(id)
 	agentDir := filepath.Join(dir, "agent")
-	if err := os.Mkdir(agentDir, 0o700); err != nil {
-		return nil, fmt.Errorf("creating agent state directory: %w", err)
-	}
 	t0 := time.Now()
 	if !r.meta.ProcessOnly {
 		if err := createCgroups(r.meta.Cgroups, it); err != nil {

@@ -30,6 +30,9 @@ func kipCellBinary(t testing.TB) string {
 	if p := os.Getenv("KIP_CELL_BIN"); p != "" {
 		return p
 	}
+	if testing.Short() {
+		t.Skip("skipping in -short mode: it builds cmd/kip-cell (set KIP_CELL_BIN to use a built one)")
+	}
 	goBin, err := exec.LookPath("go")
 	if err != nil {
 		t.Skipf("skipping: no go toolchain to build cmd/kip-cell and KIP_CELL_BIN is not set")

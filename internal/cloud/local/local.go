@@ -300,6 +300,14 @@ func (b *Backend) Teardown(ctx context.Context) error {
 		}
 		removeNetnsDirIfEmpty()
 	}
+	// Staging directories of launches that crashed while recording a cell hold only files.
+	if stale, err := filepath.Glob(filepath.Join(b.store.cellsDir(), stagingPrefix+"*")); err == nil {
+		for _, d := range stale {
+			if err := os.RemoveAll(d); err != nil {
+				errs = append(errs, fmt.Errorf("removing %s: %w", d, err))
+			}
+		}
+	}
 	for _, p := range []string{b.store.cellsDir(), filepath.Join(b.store.dir, "tokens"), filepath.Join(b.store.dir, "lock")} {
 		if err := os.Remove(p); err != nil && !errors.Is(err, os.ErrNotExist) {
 			errs = append(errs, fmt.Errorf("removing %s: %w", p, err))

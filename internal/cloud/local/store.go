@@ -29,6 +29,10 @@ import (
 //	<StateDir>/cells/<id>/agent.log   the agent's stdout and stderr
 //	<StateDir>/cells/<id>/agent/      the agent's --state-dir
 
+// stagingPrefix names a cell directory still being written; it is renamed into place whole,
+// so readers never see a cell with some of its files missing.
+const stagingPrefix = ".new-"
+
 // Phases of a cell in meta.json.
 const (
 	phaseLaunching   = "launching"
@@ -134,7 +138,7 @@ func (s *store) ids() ([]string, error) {
 	}
 	var out []string
 	for _, e := range ents {
-		if e.IsDir() {
+		if e.IsDir() && !strings.HasPrefix(e.Name(), stagingPrefix) {
 			out = append(out, e.Name())
 		}
 	}
