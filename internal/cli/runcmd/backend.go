@@ -1,0 +1,93 @@
+package runcmd
+
+import (
+	"context"
+	"fmt"
+	"net"
+	"os"
+	"path/filepath"
+
+	"github.com/kip-dev/kip/internal/cloud"
+	"github.com/kip-dev/kip/internal/cloud/aws"
+	"github.com/kip-dev/kip/internal/cloud/local"
+	"github.com/kip-dev/kip/internal/config"
+)
+
+// backend returns the cell backend: the one handed in by the caller, or one built from the
+// config. This (with kip up) is the only place that names a concrete backend. The returned
+// func releases it; it never terminates cells, which outlive kip.
+func (r *runner) backend(ctx context.Context) (cloud.Cloud, func(), error) {
+	if r.opts.Cloud != nil {
+		return r.opts.Cloud, func() {}, nil
+	}
+	c := r.cfg.Cloud
+	switch c.Provider {
+	case config.ProviderLocal:
+		agent := c.Local.AgentPath
+		if agent == "" {
+			self, err := os.Executable()
+			if err != nil {
+				return nil, nil, fmt.Errorf("starting kip: cloud.local.agentPath is empty and this executable's path is unknown: %w", err)
+			}
+			agent = filepath.Join(filepath.Dir(self), "kip-cell")
+		}
+		if _, err := os.Stat(agent); err != nil {
+			return nil, nil, fmt.Errorf("starting kip: cloud.local.agentPath: the cell agent %s: %w", agent, err)
+		}
+		b, err := local.New(local.Config{
+			StateDir:     c.Local.StateDir,
+			Bridge:       c.Local.Bridge,
+			Subnet:       c.Local.Subnet,
+			AgentCommand: []string{agent},
+			Logger:       r.log.With("component", "local-backend"),
+		})
+		if err != nil {
+			return nil, nil, fmt.Errorf("starting kip: %w", err)
+		}
+		// Idempotent: the bridge may exist already (kip up, a previous run).
+		if err := b.Setup(ctx); err != nil {
+			return nil, nil, fmt.Errorf("starting kip: setting up the local backend: %w", err)
+		}
+		return b, func() {}, nil
+	case config.ProviderAWS:
+		b, err := aws.New(ctx, aws.Config{
+			Region:          c.AWS.Region,
+			VPCID:           c.AWS.VPCID,
+			SubnetID:        c.AWS.SubnetID,
+			ClusterName:     r.cfg.Cells.ClusterName,
+			SecurityGroups:  c.AWS.SecurityGroups,
+			ImageID:         c.AWS.ImageID,
+			InstanceProfile: c.AWS.InstanceProfile,
+			Endpoint:        c.AWS.Endpoint,
+			Logger:          r.log.With("component", "aws-backend"),
+		})
+		if err != nil {
+			return nil, nil, fmt.Errorf("starting kip: %w", err)
+		}
+		return b, func() {}, nil
+	}
+	return nil, nil, fmt.Errorf("starting kip: cloud.provider: unsupported value %q (local, aws)", c.Provider)
+}
+
+// nodeIP is the address the apiserver and cells reach kip on: node.internalIP, else the local
+// bridge address. Loopback is refused: the apiserver will not proxy to it and cells cannot
+// reach the host's loopback.
+func (r *runner) nodeIP(b cloud.Cloud) (string, error) {
+	ip := r.cfg.Node.InternalIP
+	if ip == "" {
+		if lb, ok := b.(interface{ BridgeIP() net.IP }); ok {
+			ip = lb.BridgeIP().String()
+		}
+	}
+	if ip == "" {
+		return "", fmt.Errorf("starting kip: node.internalIP: empty and the %s backend has no bridge address to default to", b.Name())
+	}
+	parsed := net.ParseIP(ip)
+	if parsed == nil {
+		return "", fmt.Errorf("starting kip: node.internalIP: %q is not an IP address", ip)
+	}
+	if parsed.IsLoopback() || parsed.IsUnspecified() {
+		return "", fmt.Errorf("starting kip: node.internalIP: %s cannot be used: the apiserver refuses to reach a node on a loopback or unspecified address", ip)
+	}
+	return ip, nil
+}

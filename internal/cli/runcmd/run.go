@@ -1,0 +1,307 @@
+package runcmd
+
+import (
+	"context"
+	"crypto/tls"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net/http"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/virtual-kubelet/virtual-kubelet/node"
+	"github.com/virtual-kubelet/virtual-kubelet/node/api"
+	"github.com/virtual-kubelet/virtual-kubelet/node/nodeutil"
+	corev1 "k8s.io/api/core/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/fields"
+	"k8s.io/apimachinery/pkg/labels"
+	"k8s.io/client-go/dynamic"
+	"k8s.io/client-go/kubernetes"
+	"k8s.io/client-go/kubernetes/scheme"
+	corev1client "k8s.io/client-go/kubernetes/typed/core/v1"
+	"k8s.io/client-go/rest"
+	"k8s.io/client-go/tools/record"
+
+	"github.com/kip-dev/kip/internal/cellapi"
+	"github.com/kip-dev/kip/internal/cells"
+	"github.com/kip-dev/kip/internal/config"
+	"github.com/kip-dev/kip/internal/crd"
+	"github.com/kip-dev/kip/internal/instancetype"
+	"github.com/kip-dev/kip/internal/provider"
+	"github.com/kip-dev/kip/internal/selector"
+)
+
+// runner holds one Start's state.
+type runner struct {
+	opts    Options
+	cfg     *config.ProviderConfig
+	log     *slog.Logger
+	restCfg *rest.Config
+	client  kubernetes.Interface
+	dynamic dynamic.Interface
+}
+
+func (r *runner) run(ctx context.Context) error {
+	cfg := r.cfg
+	name := cfg.Node.Name
+	log := r.log.With("node", name)
+
+	backend, closeBackend, err := r.backend(ctx)
+	if err != nil {
+		return err
+	}
+	defer closeBackend()
+	nodeIP, err := r.nodeIP(backend)
+	if err != nil {
+		return err
+	}
+	log.Info("starting kip", "backend", backend.Name(), "internalIP", nodeIP, "kubeletPort", cfg.Node.KubeletPort)
+
+	ca, err := ensureCA(ctx, r.client)
+	if err != nil {
+		return err
+	}
+	servingCert, err := r.servingCert(ctx, nodeIP)
+	if err != nil {
+		return err
+	}
+	clientCA, err := clusterClientCA(ctx, r.client, r.restCfg)
+	if err != nil {
+		return err
+	}
+
+	var mirror *crd.Mirror
+	if err := crd.Install(ctx, r.dynamic); err != nil {
+		log.Warn("the Cell custom resource is unavailable; kubectl get cells will show nothing", "err", err)
+	} else {
+		mirror = crd.NewMirror(r.dynamic, name, log)
+	}
+
+	// One event broadcaster for virtual-kubelet, the cells and the resolver.
+	eb := record.NewBroadcaster()
+	defer eb.Shutdown()
+	eb.StartRecordingToSink(&corev1client.EventSinkImpl{Interface: r.client.CoreV1().Events(corev1.NamespaceAll)})
+	recorder := eb.NewRecorder(scheme.Scheme, corev1.EventSource{Component: "kip", Host: name})
+
+	types, err := backend.InstanceTypes(ctx)
+	if err != nil {
+		return fmt.Errorf("starting kip: reading the %s backend's instance types: %w", backend.Name(), err)
+	}
+	index := selector.NewIndex(types)
+	selOpts := selectorOptions(cfg)
+
+	// The resolver needs virtual-kubelet's listers, which exist only inside NewNode; the
+	// cells manager needs the resolver. resolver is set before any pod is dispatched.
+	var resolver atomic.Pointer[provider.Resolver]
+	mgr := cells.New(cfg.Cells, cells.NodeInfo{Name: name, HostIP: nodeIP}, cells.Deps{
+		Cloud: backend,
+		Select: func(pod *corev1.Pod, _ []instancetype.InstanceType) (*cells.Choice, error) {
+			ch, err := index.Select(pod, selOpts)
+			if err != nil {
+				return nil, err
+			}
+			return toCellsChoice(ch), nil
+		},
+		Resolve: func(ctx context.Context, pod *corev1.Pod) (*cellapi.PodRequest, error) {
+			res := resolver.Load()
+			if res == nil {
+				return nil, errors.New("resolving pod: the API caches are not ready yet")
+			}
+			return res.Resolve(ctx, pod)
+		},
+		CA:       ca,
+		Events:   recorder,
+		Mirror:   mirrorOrNil(mirror),
+		Registry: cellapi.RegistryConfig{DefaultRegistry: cfg.Registry.DefaultRegistry, Insecure: cfg.Registry.Insecure},
+		Log:      r.log,
+	})
+	defer mgr.Close()
+
+	// Adopt the cells of pods bound to this node before serving anything.
+	pods, err := r.client.CoreV1().Pods(corev1.NamespaceAll).List(ctx, metav1.ListOptions{
+		FieldSelector: fields.OneTermEqualSelector("spec.nodeName", name).String(),
+	})
+	if err != nil {
+		return fmt.Errorf("starting kip: listing the pods of node %s: %w", name, err)
+	}
+	podPtrs := make([]*corev1.Pod, 0, len(pods.Items))
+	for i := range pods.Items {
+		podPtrs = append(podPtrs, &pods.Items[i])
+	}
+	if err := mgr.Recover(ctx, podPtrs); err != nil {
+		return fmt.Errorf("starting kip: %w", err)
+	}
+	log.Info("recovered cells", "pods", len(podPtrs))
+
+	prov, err := provider.New(provider.Config{NodeName: name, Cells: mgr})
+	if err != nil {
+		return err
+	}
+	auth, err := kubeletAuth(r.client, name, clientCA)
+	if err != nil {
+		return err
+	}
+	routes := &lazyHandler{}
+	nodeSpec := nodeSpec(cfg, nodeIP)
+	allocatable := nodeSpec.Status.Allocatable
+
+	vkNode, err := nodeutil.NewNode(name,
+		func(pc nodeutil.ProviderConfig) (nodeutil.Provider, node.NodeProvider, error) {
+			res, err := provider.NewResolver(provider.ResolverConfig{
+				Secrets:         pc.Secrets,
+				ConfigMaps:      pc.ConfigMaps,
+				Services:        pc.Services,
+				Client:          r.client,
+				Events:          recorder,
+				NodeAllocatable: allocatable,
+				Log:             r.log,
+			})
+			if err != nil {
+				return nil, nil, err
+			}
+			resolver.Store(res)
+			routes.set(api.PodHandler(api.PodHandlerConfig{
+				GetContainerLogs: prov.GetContainerLogs,
+				GetPods:          prov.RunningPods,
+				GetPodsFromKubernetes: func(context.Context) ([]*corev1.Pod, error) {
+					return pc.Pods.List(labels.Everything())
+				},
+				GetStatsSummary:       prov.GetStatsSummary,
+				GetMetricsResource:    prov.GetMetricsResource,
+				StreamIdleTimeout:     30 * time.Minute,
+				StreamCreationTimeout: 30 * time.Second,
+				// exec, attach and port-forward are answered 501 until the agent streams them.
+			}, true))
+			return prov, nil, nil
+		},
+		nodeutil.WithClient(r.client),
+		func(c *nodeutil.NodeConfig) error {
+			c.NodeSpec = *nodeSpec
+			c.HTTPListenAddr = hostPort(nodeIP, cfg.Node.KubeletPort)
+			c.Handler = nodeutil.WithAuth(auth, routes)
+			c.EventRecorder = recorder
+			c.SkipDownwardAPIResolution = true // the provider's resolver does it, with kubelet's events
+			c.NumWorkers = 8
+			c.NodeStatusUpdateErrorHandler = r.recreateNode(nodeSpec)
+			return nil
+		},
+		nodeutil.WithTLSConfig(func(t *tls.Config) error {
+			t.Certificates = []tls.Certificate{servingCert}
+			return nil
+		}),
+	)
+	if err != nil {
+		return fmt.Errorf("starting kip: creating the virtual node: %w", err)
+	}
+
+	runCtx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	var wg sync.WaitGroup
+	if mirror != nil {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			mirror.Run(runCtx, 2)
+		}()
+	}
+	errc := make(chan error, 1)
+	go func() { errc <- vkNode.Run(runCtx) }()
+
+	if err := vkNode.WaitReady(runCtx, 2*time.Minute); err != nil {
+		cancel()
+		<-errc
+		wg.Wait()
+		return fmt.Errorf("starting kip: the virtual node did not become ready: %w", err)
+	}
+	log.Info("kip is ready", "kubeletAPI", "https://"+hostPort(nodeIP, cfg.Node.KubeletPort), "instanceTypes", len(types))
+	if r.opts.Ready != nil {
+		r.opts.Ready()
+	}
+
+	var runErr error
+	select {
+	case <-ctx.Done():
+	case runErr = <-errc:
+		errc = nil
+	}
+	log.Info("stopping kip; cells keep running and are adopted on the next start")
+	cancel()
+	if errc != nil {
+		<-errc
+	}
+	wg.Wait()
+	if runErr != nil && !errors.Is(runErr, context.Canceled) {
+		return fmt.Errorf("running the virtual node: %w", runErr)
+	}
+	return nil
+}
+
+// recreateNode re-registers the node when someone deletes it; other status errors are retried
+// by virtual-kubelet.
+func (r *runner) recreateNode(spec *corev1.Node) node.ErrorHandler {
+	return func(ctx context.Context, err error) error {
+		if !apierrors.IsNotFound(err) {
+			return err
+		}
+		r.log.Warn("the node object was deleted; registering it again", "node", spec.Name)
+		n := spec.DeepCopy()
+		n.ResourceVersion = ""
+		if _, err := r.client.CoreV1().Nodes().Create(ctx, n, metav1.CreateOptions{}); err != nil && !apierrors.IsAlreadyExists(err) {
+			return fmt.Errorf("registering node %s again: %w", spec.Name, err)
+		}
+		return nil
+	}
+}
+
+func mirrorOrNil(m *crd.Mirror) cells.Mirror {
+	if m == nil {
+		return nil
+	}
+	return m
+}
+
+// selectorOptions maps the config onto the selector's options.
+func selectorOptions(cfg *config.ProviderConfig) selector.Options {
+	return selector.Options{
+		Reserve: &selector.Reserve{
+			CPUMilli:    cfg.Cells.Reserve.CPU.MilliValue(),
+			MemoryBytes: cfg.Cells.Reserve.Memory.Value(),
+		},
+		DefaultType: cfg.Cells.DefaultInstanceType,
+	}
+}
+
+// toCellsChoice converts the selector's answer into the cells' view of it.
+func toCellsChoice(ch *selector.Choice) *cells.Choice {
+	out := &cells.Choice{Type: ch.Type, Offering: ch.Offering}
+	if ch.Zone != "" {
+		out.Offering.Zone = ch.Zone
+	}
+	for _, f := range ch.Fallbacks {
+		o := f.Offering
+		if f.Zone != "" {
+			o.Zone = f.Zone
+		}
+		out.Fallbacks = append(out.Fallbacks, cells.Candidate{Type: f.Type, Offering: o})
+	}
+	return out
+}
+
+// lazyHandler serves the kubelet API routes once they exist (they need virtual-kubelet's pod
+// lister, made inside NewNode); before that it answers 503.
+type lazyHandler struct{ h atomic.Pointer[http.Handler] }
+
+func (l *lazyHandler) set(h http.Handler) { l.h.Store(&h) }
+
+func (l *lazyHandler) ServeHTTP(w http.ResponseWriter, req *http.Request) {
+	h := l.h.Load()
+	if h == nil {
+		http.Error(w, "kip is starting", http.StatusServiceUnavailable)
+		return
+	}
+	(*h).ServeHTTP(w, req)
+}
