@@ -36,6 +36,9 @@ type Harness struct {
 	Timeout time.Duration
 	// Concurrency is how many cells the concurrent-launch subtest starts; zero means 4.
 	Concurrency int
+	// UnknownID is an id shaped like the backend's own that names no instance (Describe and
+	// Terminate of it must give NotFound). Empty means "no-such-instance-<random>".
+	UnknownID string
 }
 
 // Run runs the conformance suite against h.
@@ -71,6 +74,9 @@ func Run(t *testing.T, h Harness) {
 			ctx, cancel := context.WithTimeout(context.Background(), h.Timeout)
 			defer cancel()
 			s := &suite{h: h, ctx: ctx, run: randomHex(4)}
+			if s.h.UnknownID == "" {
+				s.h.UnknownID = "no-such-instance-" + s.run
+			}
 			s.cleanup(t)
 			tc.fn(t, s)
 		})

@@ -123,7 +123,7 @@ func testDescribe(t *testing.T, s *suite) {
 		t.Errorf("Describe(%s).PrivateIP = %q, Launch said %q", inst.ID, got.PrivateIP, inst.PrivateIP)
 	}
 
-	_, err = c2.Describe(s.ctx, "no-such-instance-"+s.run)
+	_, err = c2.Describe(s.ctx, s.h.UnknownID)
 	if !cloud.IsNotFound(err) {
 		t.Errorf("Describe of an unknown id: err = %v, want a NotFound error", err)
 	}
@@ -162,7 +162,7 @@ func testTerminate(t *testing.T, s *suite) {
 	if g := ids(list); !equal(g, []string{kept.ID}) {
 		t.Errorf("List after terminating %s = %v, want [%s]", gone.ID, g, kept.ID)
 	}
-	if err := c2.Terminate(s.ctx, "no-such-instance-"+s.run); !cloud.IsNotFound(err) {
+	if err := c2.Terminate(s.ctx, s.h.UnknownID); !cloud.IsNotFound(err) {
 		t.Errorf("Terminate of an unknown id: %v, want NotFound", err)
 	}
 }

@@ -25,6 +25,7 @@ func TestConformance(t *testing.T) {
 		New:          func(*testing.T) cloud.Cloud { return e.cloud() },
 		InstanceType: "local.nano",
 		Tags:         map[string]string{cloud.TagCluster: "conformance"},
+		UnknownID:    "lc-00000000ff",
 	})
 }
 
@@ -522,5 +523,25 @@ esac
 				t.Errorf("iptables calls = %q, want %q", got, tc.wantCalls)
 			}
 		})
+	}
+}
+
+// TestConcurrentTerminate: racing Terminates of one cell all succeed or say NotFound, and the
+// cell is gone.
+func TestConcurrentTerminate(t *testing.T) {
+	e := newEnv(t)
+	ctx := context.Background()
+	in := e.launch(e.cloud(), "race-1", "local.nano")
+	errs := make(chan error, 4)
+	for range 4 {
+		go func() { errs <- e.cloud().Terminate(ctx, in.ID) }()
+	}
+	for range 4 {
+		if err := <-errs; err != nil && !cloud.IsNotFound(err) {
+			t.Errorf("concurrent Terminate: %v", err)
+		}
+	}
+	if _, err := e.cloud().Describe(ctx, in.ID); !cloud.IsNotFound(err) {
+		t.Errorf("Describe after Terminate: %v, want NotFound", err)
 	}
 }
