@@ -111,19 +111,54 @@ func (s *Set) Usage(rel string) (cellapi.Usage, error) {
 	return u, nil
 }
 
-// OOMKills returns how many processes the kernel's OOM killer has killed in rel and its
-// descendants (memory.oom_control "oom_kill"; cgroup v1 counts kills in children up the
-// tree). A missing cgroup counts 0.
-func (s *Set) OOMKills(rel string) (uint64, error) {
+// MemoryEvents are a memory cgroup's counters.
+type MemoryEvents struct {
+	// OOMKills counts processes of this cgroup itself the OOM killer chose
+	// (memory.oom_control "oom_kill"); cgroup v1 counts a victim only in its own cgroup.
+	OOMKills uint64
+	// LimitHits counts how often usage hit this cgroup's limit (memory.failcnt), including
+	// hits caused by its children.
+	LimitHits uint64
+}
+
+// MemoryEvents reads rel's counters; a missing cgroup has zero counters.
+func (s *Set) MemoryEvents(rel string) (MemoryEvents, error) {
+	var ev MemoryEvents
 	d := s.Dir("memory", rel)
 	if d == "" {
-		return 0, nil
+		return ev, nil
 	}
-	n, err := readKey(filepath.Join(d, "memory.oom_control"), "oom_kill")
+	var err error
+	ev.OOMKills, err = readKey(filepath.Join(d, "memory.oom_control"), "oom_kill")
 	if errors.Is(err, fs.ErrNotExist) {
-		return 0, nil
+		return MemoryEvents{}, nil
 	}
-	return n, err
+	if err != nil {
+		return ev, err
+	}
+	ev.LimitHits, err = readUint(filepath.Join(d, "memory.failcnt"))
+	if errors.Is(err, fs.ErrNotExist) {
+		err = nil
+	}
+	return ev, err
+}
+
+// SetMemoryLimit creates rel in the memory hierarchy and sets its memory limit. A container
+// run below rel is limited by it; since rel outlives the run (runc removes the run's own
+// cgroup when it ends), its failcnt can be read afterwards to tell an OOM kill from another
+// SIGKILL.
+func (s *Set) SetMemoryLimit(rel string, bytes int64) error {
+	d := s.Dir("memory", rel)
+	if d == "" {
+		return fmt.Errorf("setting memory limit of %s: the memory controller is not mounted", rel)
+	}
+	if err := os.MkdirAll(d, 0o755); err != nil {
+		return fmt.Errorf("creating memory cgroup %s: %w", rel, err)
+	}
+	if err := os.WriteFile(filepath.Join(d, "memory.limit_in_bytes"), []byte(strconv.FormatInt(bytes, 10)), 0o644); err != nil {
+		return fmt.Errorf("setting memory limit of %s: %w", rel, err)
+	}
+	return nil
 }
 
 // Remove deletes rel and every cgroup below it in every hierarchy, deepest first. It fails

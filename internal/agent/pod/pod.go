@@ -43,7 +43,8 @@ type LogWriter interface {
 
 // Cgroups is the part of *cgroups.Set the supervisor uses.
 type Cgroups interface {
-	OOMKills(rel string) (uint64, error)
+	SetMemoryLimit(rel string, bytes int64) error
+	MemoryEvents(rel string) (cgroups.MemoryEvents, error)
 	Usage(rel string) (cellapi.Usage, error)
 	Remove(rel string) error
 }
@@ -346,7 +347,7 @@ func (p *Pod) runOnce(c *ctr) outcome {
 	bundle := filepath.Join(p.cfg.Dir, containersDir, c.spec.Name, strconv.Itoa(run))
 	cg := filepath.Join(p.cfg.CgroupParent, p.UID(), c.spec.Name)
 
-	cleanup, err := p.create(c, img, bundle, filepath.Join(cg, strconv.Itoa(run)))
+	cleanup, err := p.create(c, img, bundle, cg, strconv.Itoa(run))
 	if err != nil {
 		p.cfg.Log.Info("creating container failed", "pod", p.UID(), "container", c.spec.Name, "err", err)
 		p.update(c, func(s *corev1.ContainerStatus) {
@@ -356,7 +357,7 @@ func (p *Pod) runOnce(c *ctr) outcome {
 	}
 	defer cleanup()
 
-	oomBefore, _ := p.cfg.Cgroups.OOMKills(cg)
+	memBefore, _ := p.cfg.Cgroups.MemoryEvents(cg)
 	logw, err := p.cfg.NewLog(filepath.Join(p.cfg.Dir, logsDir, c.spec.Name, strconv.Itoa(run)+".log"))
 	if err != nil {
 		p.update(c, func(s *corev1.ContainerStatus) { s.State = waiting(ReasonCreateContainerError, err.Error()) })
@@ -418,10 +419,14 @@ func (p *Pod) runOnce(c *ctr) outcome {
 	<-started.Done()
 	_ = logw.Close()
 	st := started.ExitStatus()
-	oomAfter, _ := p.cfg.Cgroups.OOMKills(cg)
+	memAfter, _ := p.cfg.Cgroups.MemoryEvents(cg)
+	p.mu.Lock()
+	killedByUs := p.killing
+	p.mu.Unlock()
 	reason := ReasonCompleted
 	switch {
-	case oomAfter > oomBefore:
+	case memAfter.OOMKills > memBefore.OOMKills,
+		st.Signal == syscall.SIGKILL && !killedByUs && memAfter.LimitHits > memBefore.LimitHits:
 		reason = ReasonOOMKilled
 	case st.Code != 0:
 		reason = ReasonError
@@ -484,7 +489,9 @@ func (p *Pod) pull(c *ctr) *image.Image {
 }
 
 // create lays out one run's bundle: overlay rootfs, resolved process, config.json.
-func (p *Pod) create(c *ctr, img *image.Image, bundle, cgroup string) (cleanup func(), err error) {
+// The memory limit goes on the container's cgroup (cgroup), which outlives the run's own
+// (cgroup/run), so the OOM evidence survives runc's removal of the run's cgroup.
+func (p *Pod) create(c *ctr, img *image.Image, bundle, cgroup, run string) (cleanup func(), err error) {
 	if err := os.MkdirAll(bundle, 0o700); err != nil {
 		return nil, fmt.Errorf("creating bundle: %w", err)
 	}
@@ -509,9 +516,17 @@ func (p *Pod) create(c *ctr, img *image.Image, bundle, cgroup string) (cleanup f
 		cleanup()
 		return nil, err
 	}
+	res := runtime.ResourcesOf(c.spec.Resources)
+	if res.MemoryLimitBytes > 0 {
+		if err := p.cfg.Cgroups.SetMemoryLimit(cgroup, res.MemoryLimitBytes); err != nil {
+			cleanup()
+			return nil, err
+		}
+		res.MemoryLimitBytes = 0
+	}
 	cc := runtime.ContainerConfig{
 		RootFS: rootfs, Process: proc, Hostname: hostname(p.req.Pod), Mounts: mounts,
-		Resources: runtime.ResourcesOf(c.spec.Resources), CgroupsPath: cgroup,
+		Resources: res, CgroupsPath: filepath.Join(cgroup, run),
 	}
 	if sc := c.spec.SecurityContext; sc != nil && sc.ReadOnlyRootFilesystem != nil {
 		cc.ReadOnlyRootFS = *sc.ReadOnlyRootFilesystem

@@ -80,7 +80,6 @@ func BuildSpec(c ContainerConfig) (*specs.Spec, error) {
 			Capabilities: &specs.LinuxCapabilities{
 				Bounding: caps, Effective: caps, Permitted: caps,
 			},
-			Rlimits:         []specs.POSIXRlimit{{Type: "RLIMIT_NOFILE", Hard: 1048576, Soft: 1048576}},
 			NoNewPrivileges: false,
 		},
 		Mounts: []specs.Mount{
