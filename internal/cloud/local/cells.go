@@ -77,7 +77,7 @@ func (b *Backend) Launch(ctx context.Context, spec cloud.LaunchSpec) (*cloud.Ins
 		id, existing, unlockLaunch, err = b.reserve(spec)
 	}
 	if err != nil {
-		return nil, err
+		return nil, fmt.Errorf("launching cell %s: %w", spec.CellID, err) // keeps its kind
 	}
 	if existing {
 		return b.Describe(ctx, id)
@@ -136,7 +136,7 @@ func (b *Backend) reserve(spec cloud.LaunchSpec) (id string, existing bool, unlo
 		return "", false, nil, err
 	}
 	if len(ids) >= maxCells {
-		return "", false, nil, cloud.InsufficientCapacity("launching cell %s: the local backend holds %d cells, its limit", spec.CellID, len(ids))
+		return "", false, nil, cloud.InsufficientCapacity("the local backend holds %d cells, its limit", len(ids))
 	}
 	used, err := b.store.usedIPs()
 	if err != nil {
@@ -144,7 +144,7 @@ func (b *Backend) reserve(spec cloud.LaunchSpec) (id string, existing bool, unlo
 	}
 	ip, err := allocIP(b.subnet, b.bridgeIP, used)
 	if err != nil {
-		return "", false, nil, cloud.Wrap(cloud.KindInsufficientCapacity, err, "launching cell %s", spec.CellID)
+		return "", false, nil, cloud.Wrap(cloud.KindInsufficientCapacity, err, "allocating an address")
 	}
 	for {
 		if id, err = newID(); err != nil {

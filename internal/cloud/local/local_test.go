@@ -545,3 +545,30 @@ func TestConcurrentTerminate(t *testing.T) {
 		t.Errorf("Describe after Terminate: %v, want NotFound", err)
 	}
 }
+
+// TestPoolExhausted: with no address left, Launch says InsufficientCapacity and makes
+// nothing; a terminated cell's address is free again.
+func TestPoolExhausted(t *testing.T) {
+	e := newProcessOnlyEnv(t)
+	e.cfg.Subnet = fmt.Sprintf("127.%d.%d.0/30", randByte(t, 10, 250), randByte(t, 1, 250)) // one cell address
+	c := e.cloud()
+	ctx := context.Background()
+	first := e.launch(c, "pool-1", "local.nano")
+	_, err := c.Launch(ctx, cloud.LaunchSpec{CellID: "pool-2", ClientToken: "pool-2", InstanceType: "local.nano"})
+	if !cloud.IsInsufficientCapacity(err) || !strings.Contains(err.Error(), "pool-2") {
+		t.Fatalf("Launch with the pool exhausted: %v, want InsufficientCapacity naming the cell", err)
+	}
+	if l, _ := c.List(ctx, nil); len(l) != 1 {
+		t.Errorf("List = %d cells, want 1", len(l))
+	}
+	if err := c.Terminate(ctx, first.ID); err != nil {
+		t.Fatal(err)
+	}
+	second := e.launch(c, "pool-2", "local.nano")
+	if second.PrivateIP != first.PrivateIP {
+		t.Errorf("the freed address %s was not reused (got %s)", first.PrivateIP, second.PrivateIP)
+	}
+	if err := c.Terminate(ctx, second.ID); err != nil {
+		t.Fatal(err)
+	}
+}
