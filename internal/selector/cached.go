@@ -1,7 +1,7 @@
 package selector
 
 import (
-	"math"
+	"slices"
 	"sync"
 
 	corev1 "k8s.io/api/core/v1"
@@ -11,67 +11,40 @@ import (
 
 // Selector selects with fixed Options from whatever catalog it is handed, keeping an Index
 // for the last catalog it saw: it rebuilds only when the catalog's contents change (a refresh,
-// an offering marked unavailable), which it notices by a hash of every type's figures and
-// offerings. Its Select has the signature callers that fetch the catalog per pod want. Safe
-// for concurrent use.
+// an offering marked unavailable), which it notices by comparing the catalog with the Index's
+// copy. Its Select has the signature callers that fetch the catalog per pod want. Safe for
+// concurrent use.
 type Selector struct {
 	Options Options
 
-	mu  sync.Mutex
-	sum uint64
-	ix  *Index
+	mu sync.Mutex
+	ix *Index
 }
 
 // Select chooses for pod from types; see Index.Select.
 func (s *Selector) Select(pod *corev1.Pod, types []instancetype.InstanceType) (*Choice, error) {
-	sum := fingerprint(types)
 	s.mu.Lock()
 	ix := s.ix
-	if ix == nil || s.sum != sum {
+	if ix == nil || !sameCatalog(ix.types, types) {
 		ix = NewIndex(types)
-		s.ix, s.sum = ix, sum
+		s.ix = ix
 	}
 	s.mu.Unlock()
 	return ix.Select(pod, s.Options)
 }
 
-// fingerprint hashes everything in types that NewIndex reads (64-bit FNV-1a over words; it
-// guards against change, not against an adversary).
-func fingerprint(types []instancetype.InstanceType) uint64 {
-	const prime = 0x100000001b3
-	h := uint64(0xcbf29ce484222325)
-	num := func(v uint64) { h = (h ^ v) * prime }
-	str := func(s string) {
-		for i := 0; i < len(s); i++ {
-			h = (h ^ uint64(s[i])) * prime
-		}
-		num(uint64(len(s)))
+// sameCatalog reports whether a and b hold the same types and offerings in the same order.
+func sameCatalog(a, b []instancetype.InstanceType) bool {
+	if len(a) != len(b) {
+		return false
 	}
-	for i := range types {
-		t := &types[i]
-		str(t.Name)
-		str(t.Arch)
-		num(math.Float64bits(t.VCPU))
-		num(uint64(t.MemoryMiB))
-		num(uint64(t.GPU))
-		num(math.Float64bits(t.BaselineVCPU))
-		flags := uint64(len(t.Offerings)) << 1
-		if t.Burstable {
-			flags |= 1
-		}
-		num(flags)
-		for _, o := range t.Offerings {
-			str(o.Zone)
-			num(math.Float64bits(o.Price))
-			f := uint64(0)
-			if o.Spot {
-				f |= 1
-			}
-			if o.Available {
-				f |= 2
-			}
-			num(f)
+	for i := range a {
+		x, y := &a[i], &b[i]
+		if x.Name != y.Name || x.Arch != y.Arch || x.VCPU != y.VCPU || x.MemoryMiB != y.MemoryMiB ||
+			x.GPU != y.GPU || x.GPUModel != y.GPUModel || x.Burstable != y.Burstable ||
+			x.BaselineVCPU != y.BaselineVCPU || !slices.Equal(x.Offerings, y.Offerings) {
+			return false
 		}
 	}
-	return h
+	return true
 }
