@@ -1,0 +1,649 @@
+package agent_test
+
+import (
+	"bufio"
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"fmt"
+	"io"
+	"log"
+	"net/http"
+	"net/http/httptest"
+	"os"
+	"path/filepath"
+	"slices"
+	"strings"
+	"testing"
+	"time"
+
+	corev1 "k8s.io/api/core/v1"
+	"k8s.io/apimachinery/pkg/api/resource"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/types"
+
+	"github.com/kip-dev/kip/internal/agent"
+	"github.com/kip-dev/kip/internal/agent/cgroups"
+	"github.com/kip-dev/kip/internal/agent/image"
+	"github.com/kip-dev/kip/internal/agent/pod"
+	"github.com/kip-dev/kip/internal/agent/runtime"
+	"github.com/kip-dev/kip/internal/cellapi"
+	"github.com/kip-dev/kip/internal/pki"
+	"github.com/kip-dev/kip/internal/registry"
+	"github.com/kip-dev/kip/internal/testenv"
+)
+
+// harness is one in-process agent with real runc, a real image store pulling from an
+// in-process registry, and the real HTTPS handler behind mTLS on 127.0.0.1.
+type harness struct {
+	t        testing.TB
+	tag      string
+	ca       *pki.CA
+	srv      *httptest.Server
+	client   *cellapi.Client
+	agent    *agent.Agent
+	rt       *runtime.Runc
+	cg       *cgroups.Set
+	parent   string
+	stateDir string
+	reg      string // registry host
+}
+
+func randTag() string {
+	b := make([]byte, 3)
+	rand.Read(b)
+	return hex.EncodeToString(b)
+}
+
+func newHarness(t testing.TB, backOff pod.BackOff) *harness {
+	t.Helper()
+	testenv.RequireRunc(t)
+	h := &harness{t: t, tag: randTag()}
+	h.stateDir = t.TempDir()
+	h.parent = "kiptest-" + h.tag
+
+	reg, err := registry.Start("127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { reg.Close() })
+	h.reg = reg.Host()
+	if err := registry.SeedBusybox(t.Context(), h.reg, "library/busybox:latest", "library/sleeper:latest"); err != nil {
+		t.Fatal(err)
+	}
+	images, err := image.NewStore(image.Config{Root: filepath.Join(h.stateDir, "images"), DefaultRegistry: h.reg, Insecure: []string{h.reg}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if h.rt, err = runtime.NewRunc("", filepath.Join(h.stateDir, "runc")); err != nil {
+		t.Fatal(err)
+	}
+	if h.cg, err = cgroups.Self("/sys/fs/cgroup", "/proc/self/cgroup"); err != nil {
+		t.Fatal(err)
+	}
+	h.agent, err = agent.New(agent.Config{
+		CellID: "cell-" + h.tag, StateDir: h.stateDir, Runtime: h.rt, Images: images,
+		Cgroups: h.cg, CgroupParent: h.parent, BackOff: backOff, PodIP: "10.250.9.9",
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+
+	h.ca, err = pki.NewCA("kip-test")
+	if err != nil {
+		t.Fatal(err)
+	}
+	cert, key, err := h.ca.Issue(pki.LeafSpec{CommonName: "cell-" + h.tag, DNSNames: []string{"cell-" + h.tag}, Server: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	stls, err := pki.ServerTLS(h.ca.CertPEM, cert, key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	h.srv = httptest.NewUnstartedServer(cellapi.Handler(h.agent, cellapi.HandlerOptions{}))
+	h.srv.TLS = stls
+	h.srv.Config.ErrorLog = log.New(io.Discard, "", 0)
+	h.srv.StartTLS()
+	h.client = h.newClient(h.ca)
+
+	t.Cleanup(func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+		defer cancel()
+		if err := h.agent.DeletePod(ctx, 0); err != nil {
+			t.Errorf("deleting pod at cleanup: %v", err)
+		}
+		h.srv.Close()
+		h.assertClean()
+		if err := h.cg.Remove(h.parent); err != nil {
+			t.Errorf("removing cgroup parent: %v", err)
+		}
+		if h.cg.Exists(h.parent) {
+			t.Errorf("cgroup %s left behind", h.parent)
+		}
+	})
+	return h
+}
+
+func (h *harness) newClient(signer *pki.CA) *cellapi.Client {
+	cert, key, err := signer.Issue(pki.LeafSpec{CommonName: "kip", Client: true})
+	if err != nil {
+		h.t.Fatal(err)
+	}
+	ctls, err := pki.ClientTLS(h.ca.CertPEM, cert, key, "cell-"+h.tag)
+	if err != nil {
+		h.t.Fatal(err)
+	}
+	c := cellapi.NewClient(h.srv.URL, ctls)
+	h.t.Cleanup(c.Close)
+	return c
+}
+
+// assertClean checks that no container, mount, pod cgroup or pod file is left.
+func (h *harness) assertClean() {
+	t := h.t
+	t.Helper()
+	if ids, err := h.rt.List(context.Background()); err != nil || len(ids) != 0 {
+		t.Errorf("runc containers left: %v (%v)", ids, err)
+	}
+	mi, _ := os.ReadFile("/proc/self/mountinfo")
+	for _, line := range strings.Split(string(mi), "\n") {
+		if strings.Contains(line, h.stateDir) {
+			t.Errorf("mount left: %s", line)
+		}
+	}
+	entries, _ := os.ReadDir(filepath.Join(h.stateDir, "pods"))
+	for _, e := range entries {
+		t.Errorf("pod directory left: %s", e.Name())
+	}
+	for _, ctl := range []string{"memory", "cpu", "cpuacct", "pids"} {
+		if d := h.cg.Dir(ctl, h.parent); d != "" {
+			sub, _ := os.ReadDir(d)
+			for _, e := range sub {
+				if e.IsDir() {
+					t.Errorf("pod cgroup left: %s/%s", d, e.Name())
+				}
+			}
+		}
+	}
+}
+
+func (h *harness) img(name string) string { return h.reg + "/library/" + name + ":latest" }
+
+func newPod(name string, policy corev1.RestartPolicy, containers ...corev1.Container) *corev1.Pod {
+	return &corev1.Pod{
+		ObjectMeta: metav1.ObjectMeta{Name: name, Namespace: "default", UID: types.UID("uid-" + randTag())},
+		Spec:       corev1.PodSpec{RestartPolicy: policy, Containers: containers},
+	}
+}
+
+func shell(name, image, script string) corev1.Container {
+	return corev1.Container{Name: name, Image: image, Command: []string{"/bin/sh", "-c", script}}
+}
+
+// watchUntil follows the status stream until cond holds, returning every status seen.
+func (h *harness) watchUntil(timeout time.Duration, cond func(*cellapi.PodStatus) bool) []*cellapi.PodStatus {
+	h.t.Helper()
+	ctx, cancel := context.WithTimeout(h.t.Context(), timeout)
+	defer cancel()
+	ch, err := h.client.WatchPod(ctx)
+	if err != nil {
+		h.t.Fatal(err)
+	}
+	var seen []*cellapi.PodStatus
+	var last uint64
+	for st := range ch {
+		if st.Seq <= last {
+			h.t.Fatalf("status seq went from %d to %d", last, st.Seq)
+		}
+		last = st.Seq
+		seen = append(seen, st)
+		if cond(st) {
+			return seen
+		}
+	}
+	if len(seen) > 0 {
+		h.t.Fatalf("condition not reached in %s; last status: %s", timeout, describe(seen[len(seen)-1]))
+	}
+	h.t.Fatalf("condition not reached in %s; no status", timeout)
+	return nil
+}
+
+func describe(st *cellapi.PodStatus) string {
+	var b strings.Builder
+	fmt.Fprintf(&b, "seq=%d phase=%s", st.Seq, st.Phase)
+	for _, cs := range append(append([]corev1.ContainerStatus(nil), st.InitContainerStatuses...), st.ContainerStatuses...) {
+		fmt.Fprintf(&b, " [%s restarts=%d %s]", cs.Name, cs.RestartCount, stateString(cs.State))
+	}
+	return b.String()
+}
+
+func stateString(s corev1.ContainerState) string {
+	switch {
+	case s.Waiting != nil:
+		return "waiting:" + s.Waiting.Reason + ":" + s.Waiting.Message
+	case s.Running != nil:
+		return "running"
+	case s.Terminated != nil:
+		return fmt.Sprintf("terminated:%s:%d:%s", s.Terminated.Reason, s.Terminated.ExitCode, s.Terminated.Message)
+	}
+	return "none"
+}
+
+func (h *harness) logs(container string, opts cellapi.LogOptions) string {
+	h.t.Helper()
+	rc, err := h.client.Logs(h.t.Context(), container, opts)
+	if err != nil {
+		h.t.Fatal(err)
+	}
+	defer rc.Close()
+	b, err := io.ReadAll(rc)
+	if err != nil {
+		h.t.Fatal(err)
+	}
+	return string(b)
+}
+
+func (h *harness) deletePod(grace time.Duration) {
+	h.t.Helper()
+	if err := h.client.DeletePod(h.t.Context(), grace); err != nil {
+		h.t.Fatal(err)
+	}
+	h.assertClean()
+	if _, err := h.client.GetPod(h.t.Context()); !cellapi.IsNotFound(err) {
+		h.t.Errorf("GetPod after delete: %v, want NotFound", err)
+	}
+}
+
+var fastBackOff = pod.BackOff{Base: 200 * time.Millisecond, Max: 2 * time.Second, Reset: time.Minute}
+
+func TestEchoExitsZeroWithLogs(t *testing.T) {
+	h := newHarness(t, fastBackOff)
+	p := newPod("echo", corev1.RestartPolicyNever, shell("app", h.img("busybox"), "echo hello; echo to-stderr >&2; cat /etc/hostname"))
+	st, err := h.client.PutPod(t.Context(), &cellapi.PodRequest{Pod: p})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if st.UID != string(p.UID) || st.Phase != corev1.PodPending {
+		t.Fatalf("first status %s", describe(st))
+	}
+	// Idempotent put.
+	if again, err := h.client.PutPod(t.Context(), &cellapi.PodRequest{Pod: p}); err != nil || again.UID != st.UID {
+		t.Fatalf("second put: %v", err)
+	}
+	final := h.watchUntil(60*time.Second, func(s *cellapi.PodStatus) bool { return s.Phase == corev1.PodSucceeded })
+	last := final[len(final)-1]
+	term := last.ContainerStatuses[0].State.Terminated
+	if term == nil || term.ExitCode != 0 || term.Reason != "Completed" || !strings.HasPrefix(term.ContainerID, "runc://") {
+		t.Fatalf("terminated state %+v", term)
+	}
+	if term.StartedAt.IsZero() || term.FinishedAt.Before(&term.StartedAt) {
+		t.Errorf("times started %v finished %v", term.StartedAt, term.FinishedAt)
+	}
+	if id := last.ContainerStatuses[0].ImageID; !strings.Contains(id, "@sha256:") {
+		t.Errorf("imageID %q", id)
+	}
+	// stdout and stderr are separate pipes, so only the order within a stream is defined.
+	got := h.logs("app", cellapi.LogOptions{})
+	var stdout []string
+	for _, l := range strings.Split(strings.TrimSuffix(got, "\n"), "\n") {
+		if l != "to-stderr" {
+			stdout = append(stdout, l)
+		}
+	}
+	if !strings.Contains(got, "to-stderr\n") || strings.Join(stdout, ",") != "hello,echo" {
+		t.Errorf("logs %q, want hello and echo (in that order) and to-stderr", got)
+	}
+	if ts := h.logs("app", cellapi.LogOptions{Timestamps: true}); !strings.Contains(ts, "Z hello\n") {
+		t.Errorf("timestamped logs %q", ts)
+	}
+	if _, err := h.client.PutPod(t.Context(), &cellapi.PodRequest{Pod: newPod("other", "", shell("x", h.img("busybox"), "true"))}); !cellapi.IsConflict(err) {
+		t.Errorf("put of another pod: %v, want Conflict", err)
+	}
+	h.deletePod(time.Second)
+}
+
+func TestExitCode3FailsPod(t *testing.T) {
+	h := newHarness(t, fastBackOff)
+	p := newPod("exit3", corev1.RestartPolicyNever, shell("app", h.img("busybox"), "exit 3"))
+	if _, err := h.client.PutPod(t.Context(), &cellapi.PodRequest{Pod: p}); err != nil {
+		t.Fatal(err)
+	}
+	seen := h.watchUntil(60*time.Second, func(s *cellapi.PodStatus) bool { return s.Phase == corev1.PodFailed })
+	term := seen[len(seen)-1].ContainerStatuses[0].State.Terminated
+	if term == nil || term.ExitCode != 3 || term.Reason != "Error" {
+		t.Fatalf("terminated %+v", term)
+	}
+	h.deletePod(time.Second)
+}
+
+func TestInitContainerSharesEmptyDir(t *testing.T) {
+	h := newHarness(t, fastBackOff)
+	p := newPod("init", corev1.RestartPolicyNever, shell("app", h.img("busybox"), "cat /work/msg; cat /cfg/sub/greeting"))
+	p.Spec.InitContainers = []corev1.Container{shell("prepare", h.img("busybox"), "echo from-init > /data/msg")}
+	p.Spec.InitContainers[0].VolumeMounts = []corev1.VolumeMount{{Name: "shared", MountPath: "/data"}}
+	p.Spec.Containers[0].VolumeMounts = []corev1.VolumeMount{
+		{Name: "shared", MountPath: "/work", ReadOnly: true},
+		{Name: "cfg", MountPath: "/cfg", ReadOnly: true},
+	}
+	p.Spec.Volumes = []corev1.Volume{
+		{Name: "shared", VolumeSource: corev1.VolumeSource{EmptyDir: &corev1.EmptyDirVolumeSource{}}},
+		{Name: "cfg", VolumeSource: corev1.VolumeSource{ConfigMap: &corev1.ConfigMapVolumeSource{}}},
+	}
+	req := &cellapi.PodRequest{Pod: p, Volumes: map[string]cellapi.VolumeFiles{
+		"cfg": {Files: map[string]cellapi.File{"sub/greeting": {Data: []byte("hi from configmap\n"), Mode: 0o644}}},
+	}}
+	if _, err := h.client.PutPod(t.Context(), req); err != nil {
+		t.Fatal(err)
+	}
+	seen := h.watchUntil(60*time.Second, func(s *cellapi.PodStatus) bool { return s.Phase == corev1.PodSucceeded || s.Phase == corev1.PodFailed })
+	last := seen[len(seen)-1]
+	if last.Phase != corev1.PodSucceeded {
+		t.Fatalf("pod %s", describe(last))
+	}
+	if it := last.InitContainerStatuses[0].State.Terminated; it == nil || it.Reason != "Completed" {
+		t.Errorf("init status %+v", last.InitContainerStatuses[0].State)
+	}
+	// While the init container ran, the app container waited with PodInitializing.
+	sawInitializing := false
+	for _, s := range seen {
+		if w := s.ContainerStatuses[0].State.Waiting; w != nil && w.Reason == "PodInitializing" {
+			sawInitializing = true
+		}
+	}
+	if !sawInitializing {
+		t.Error("app container never waited with PodInitializing")
+	}
+	if got, want := h.logs("app", cellapi.LogOptions{}), "from-init\nhi from configmap\n"; got != want {
+		t.Errorf("app logs %q, want %q", got, want)
+	}
+	h.deletePod(time.Second)
+}
+
+func TestOnFailureRestartsWithGrowingBackOff(t *testing.T) {
+	bo := pod.BackOff{Base: 300 * time.Millisecond, Max: 10 * time.Second, Reset: time.Minute}
+	h := newHarness(t, bo)
+	p := newPod("crash", corev1.RestartPolicyOnFailure, shell("app", h.img("busybox"), "echo run; exit 1"))
+	if _, err := h.client.PutPod(t.Context(), &cellapi.PodRequest{Pod: p}); err != nil {
+		t.Fatal(err)
+	}
+	type obs struct {
+		msg string
+		at  time.Time
+	}
+	var backoffs []obs
+	var starts []time.Time
+	lastRestart := int32(-1)
+	h.watchUntil(60*time.Second, func(s *cellapi.PodStatus) bool {
+		cs := s.ContainerStatuses[0]
+		if w := cs.State.Waiting; w != nil && w.Reason == "CrashLoopBackOff" && (len(backoffs) == 0 || backoffs[len(backoffs)-1].msg != w.Message) {
+			backoffs = append(backoffs, obs{w.Message, time.Now()})
+			if cs.LastTerminationState.Terminated == nil || cs.LastTerminationState.Terminated.ExitCode != 1 {
+				t.Errorf("CrashLoopBackOff without lastState exit 1: %+v", cs.LastTerminationState)
+			}
+		}
+		if cs.State.Running != nil && cs.RestartCount != lastRestart {
+			lastRestart = cs.RestartCount
+			starts = append(starts, time.Now())
+		}
+		if s.Phase == corev1.PodFailed || s.Phase == corev1.PodSucceeded {
+			t.Fatalf("OnFailure pod reached %s", s.Phase)
+		}
+		return cs.RestartCount >= 3 && len(backoffs) >= 3
+	})
+	want := []string{"back-off 300ms", "back-off 600ms", "back-off 1.2s"}
+	for i, w := range want {
+		if !strings.HasPrefix(backoffs[i].msg, w) {
+			t.Errorf("back-off %d message %q, want prefix %q", i, backoffs[i].msg, w)
+		}
+	}
+	// Each restart came no sooner than its back-off asked.
+	for i := 1; i < len(starts) && i <= len(want); i++ {
+		gap := starts[i].Sub(backoffs[i-1].at)
+		min := bo.Base << (i - 1)
+		if gap < min-50*time.Millisecond {
+			t.Errorf("restart %d came %s after back-off began, want at least %s", i, gap, min)
+		}
+	}
+	got := h.logs("app", cellapi.LogOptions{Previous: true})
+	if got != "run\n" {
+		t.Errorf("previous logs %q", got)
+	}
+	h.deletePod(0)
+}
+
+func TestMemoryLimitOOMKilled(t *testing.T) {
+	h := newHarness(t, fastBackOff)
+	c := shell("hog", h.img("busybox"), "dd if=/dev/zero of=/dev/null bs=64M count=1")
+	c.Resources.Limits = corev1.ResourceList{corev1.ResourceMemory: resource.MustParse("16Mi"), corev1.ResourceCPU: resource.MustParse("500m")}
+	p := newPod("oom", corev1.RestartPolicyNever, c)
+	if _, err := h.client.PutPod(t.Context(), &cellapi.PodRequest{Pod: p}); err != nil {
+		t.Fatal(err)
+	}
+	seen := h.watchUntil(60*time.Second, func(s *cellapi.PodStatus) bool { return s.Phase == corev1.PodFailed })
+	term := seen[len(seen)-1].ContainerStatuses[0].State.Terminated
+	if term == nil || term.Reason != "OOMKilled" || term.ExitCode != 137 {
+		t.Fatalf("terminated %+v, want OOMKilled 137", term)
+	}
+	h.deletePod(0)
+}
+
+func TestMissingImagePullBackOff(t *testing.T) {
+	h := newHarness(t, pod.BackOff{Base: 500 * time.Millisecond, Max: time.Second, Reset: time.Minute})
+	p := newPod("missing", corev1.RestartPolicyAlways, corev1.Container{Name: "app", Image: h.img("does-not-exist")})
+	if _, err := h.client.PutPod(t.Context(), &cellapi.PodRequest{Pod: p}); err != nil {
+		t.Fatal(err)
+	}
+	var reasons []string
+	h.watchUntil(60*time.Second, func(s *cellapi.PodStatus) bool {
+		w := s.ContainerStatuses[0].State.Waiting
+		if w != nil && w.Reason != "ContainerCreating" && (len(reasons) == 0 || reasons[len(reasons)-1] != w.Reason) {
+			reasons = append(reasons, w.Reason)
+			if !strings.Contains(w.Message, "does-not-exist") {
+				t.Errorf("%s message %q does not name the image", w.Reason, w.Message)
+			}
+		}
+		if s.Phase != corev1.PodPending {
+			t.Fatalf("phase %s", s.Phase)
+		}
+		return len(reasons) >= 4
+	})
+	want := []string{"ErrImagePull", "ImagePullBackOff", "ErrImagePull", "ImagePullBackOff"}
+	if strings.Join(reasons, ",") != strings.Join(want, ",") {
+		t.Errorf("waiting reasons %v, want %v", reasons, want)
+	}
+	h.deletePod(0)
+}
+
+func TestBadInputKeepsServing(t *testing.T) {
+	h := newHarness(t, fastBackOff)
+	cert, key, _ := h.ca.Issue(pki.LeafSpec{CommonName: "kip", Client: true})
+	ctls, _ := pki.ClientTLS(h.ca.CertPEM, cert, key, "cell-"+h.tag)
+	hc := &http.Client{Transport: &http.Transport{TLSClientConfig: ctls}}
+	defer hc.CloseIdleConnections()
+	for _, tc := range []struct{ name, body, want string }{
+		{"malformed", `{"pod":`, "decoding pod request"},
+		{"unknown field", `{"pod":{"metadata":{"uid":"u1"},"spec":{"containers":[{"name":"a","image":"x","comand":["x"]}]}}}`, `unknown field \"comand\"`},
+		{"no containers", `{"pod":{"metadata":{"uid":"u1"},"spec":{}}}`, "pod.spec.containers"},
+		{"no image", `{"pod":{"metadata":{"uid":"u1"},"spec":{"containers":[{"name":"a"}]}}}`, "pod.spec.containers[0].image: required"},
+		{"no uid", `{"pod":{"spec":{"containers":[{"name":"a","image":"x"}]}}}`, "pod.metadata.uid: required"},
+		{"bad mount", `{"pod":{"metadata":{"uid":"u1"},"spec":{"containers":[{"name":"a","image":"x","volumeMounts":[{"name":"v","mountPath":"/x"}]}]}}}`, `volume \"v\" is not declared`},
+	} {
+		req, _ := http.NewRequest("PUT", h.srv.URL+cellapi.PodPath, strings.NewReader(tc.body))
+		resp, err := hc.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		b, _ := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		if resp.StatusCode != 400 || !strings.Contains(string(b), tc.want) {
+			t.Errorf("%s: %d %s; want 400 containing %s", tc.name, resp.StatusCode, b, tc.want)
+		}
+	}
+	if _, err := h.client.GetPod(t.Context()); !cellapi.IsNotFound(err) {
+		t.Fatalf("a rejected request left a pod: %v", err)
+	}
+
+	// An image reference that does not parse: InvalidImageName, and the pod stays Pending.
+	p := newPod("badref", corev1.RestartPolicyNever, corev1.Container{Name: "app", Image: "UPPER/Case::nope"})
+	if _, err := h.client.PutPod(t.Context(), &cellapi.PodRequest{Pod: p}); err != nil {
+		t.Fatal(err)
+	}
+	h.watchUntil(30*time.Second, func(s *cellapi.PodStatus) bool {
+		w := s.ContainerStatuses[0].State.Waiting
+		return w != nil && w.Reason == "InvalidImageName"
+	})
+	h.deletePod(0)
+
+	// A command that does not exist: the container cannot run, with runc's message.
+	p = newPod("nocmd", corev1.RestartPolicyNever, corev1.Container{Name: "app", Image: h.img("busybox"), Command: []string{"/no/such/binary"}})
+	if _, err := h.client.PutPod(t.Context(), &cellapi.PodRequest{Pod: p}); err != nil {
+		t.Fatal(err)
+	}
+	seen := h.watchUntil(30*time.Second, func(s *cellapi.PodStatus) bool { return s.Phase == corev1.PodFailed })
+	term := seen[len(seen)-1].ContainerStatuses[0].State.Terminated
+	if term == nil || term.Reason != "ContainerCannotRun" || term.ExitCode != 128 || !strings.Contains(term.Message, "/no/such/binary") {
+		t.Fatalf("terminated %+v", term)
+	}
+	h.deletePod(0)
+
+	// With restartPolicy Always the same mistake shows RunContainerError between retries.
+	p = newPod("nocmd2", corev1.RestartPolicyAlways, corev1.Container{Name: "app", Image: h.img("busybox"), Command: []string{"/no/such/binary"}})
+	if _, err := h.client.PutPod(t.Context(), &cellapi.PodRequest{Pod: p}); err != nil {
+		t.Fatal(err)
+	}
+	h.watchUntil(30*time.Second, func(s *cellapi.PodStatus) bool {
+		w := s.ContainerStatuses[0].State.Waiting
+		return w != nil && w.Reason == "RunContainerError" && strings.Contains(w.Message, "/no/such/binary")
+	})
+	h.deletePod(0)
+
+	if hl, err := h.client.Health(t.Context()); err != nil || hl.CellID != "cell-"+h.tag {
+		t.Fatalf("agent stopped serving: %v", err)
+	}
+}
+
+func TestClientFromOtherCARefused(t *testing.T) {
+	h := newHarness(t, fastBackOff)
+	other, err := pki.NewCA("intruder")
+	if err != nil {
+		t.Fatal(err)
+	}
+	intruder := h.newClient(other)
+	if _, err := intruder.PutPod(t.Context(), &cellapi.PodRequest{Pod: newPod("x", "", shell("a", h.img("busybox"), "true"))}); err == nil {
+		t.Fatal("agent accepted a client certificate from another CA")
+	}
+	if _, err := h.client.GetPod(t.Context()); !cellapi.IsNotFound(err) {
+		t.Fatalf("the refused request created a pod: %v", err)
+	}
+}
+
+func TestDeleteStopsRunningContainers(t *testing.T) {
+	h := newHarness(t, fastBackOff)
+	// "sleeper" traps SIGTERM and exits 0; "stubborn" ignores it (sleep as PID 1).
+	p := newPod("long", corev1.RestartPolicyAlways,
+		corev1.Container{Name: "sleeper", Image: h.img("sleeper")},
+		corev1.Container{Name: "stubborn", Image: h.img("busybox"), Command: []string{"sleep", "1000"}},
+	)
+	if _, err := h.client.PutPod(t.Context(), &cellapi.PodRequest{Pod: p}); err != nil {
+		t.Fatal(err)
+	}
+	h.watchUntil(60*time.Second, func(s *cellapi.PodStatus) bool {
+		return s.Phase == corev1.PodRunning && s.ContainerStatuses[0].Ready && s.ContainerStatuses[1].Ready
+	})
+	stats, err := h.client.Stats(t.Context())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(stats.Containers) != 2 || stats.Cell.MemoryUsageBytes == 0 {
+		t.Errorf("stats %+v", stats)
+	}
+	for _, c := range stats.Containers {
+		if c.Usage.MemoryWorkingSetBytes == 0 || c.Usage.CPUUsageNanoSeconds == 0 {
+			t.Errorf("container %s usage %+v", c.Name, c.Usage)
+		}
+	}
+
+	ctx, cancel := context.WithCancel(t.Context())
+	defer cancel()
+	ch, err := h.client.WatchPod(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	h.deletePod(time.Second)
+	var last *cellapi.PodStatus
+	for st := range ch {
+		last = st
+		if st.ContainerStatuses[0].State.Terminated != nil && st.ContainerStatuses[1].State.Terminated != nil {
+			break
+		}
+	}
+	if last == nil {
+		t.Fatal("no status after delete")
+	}
+	if t0 := last.ContainerStatuses[0].State.Terminated; t0 == nil || t0.ExitCode != 0 {
+		t.Errorf("sleeper %s, want exit 0 on SIGTERM", stateString(last.ContainerStatuses[0].State))
+	}
+	if t1 := last.ContainerStatuses[1].State.Terminated; t1 == nil || t1.ExitCode != 137 || t1.Reason != "Error" {
+		t.Errorf("stubborn %s, want SIGKILL after the grace period (137, Error)", stateString(last.ContainerStatuses[1].State))
+	}
+}
+
+// BenchmarkContainerStart measures pod put → container running with a cached busybox image,
+// and reports p50/p99 and the agent process's RSS.
+func BenchmarkContainerStart(b *testing.B) {
+	h := newHarness(b, fastBackOff)
+	b.ResetTimer()
+	var durs []time.Duration
+	for i := 0; i < b.N; i++ {
+		p := newPod("bench", corev1.RestartPolicyNever, corev1.Container{Name: "app", Image: h.img("busybox"), Command: []string{"sleep", "1000"}})
+		start := time.Now()
+		ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+		ch, err := h.client.WatchPod(ctx)
+		if err != nil {
+			b.Fatal(err)
+		}
+		if _, err := h.client.PutPod(ctx, &cellapi.PodRequest{Pod: p}); err != nil {
+			b.Fatal(err)
+		}
+		for st := range ch {
+			if st.UID == string(p.UID) && len(st.ContainerStatuses) > 0 && st.ContainerStatuses[0].State.Running != nil {
+				break
+			}
+		}
+		durs = append(durs, time.Since(start))
+		cancel()
+		if err := h.client.DeletePod(context.Background(), 0); err != nil {
+			b.Fatal(err)
+		}
+	}
+	reportPercentiles(b, durs)
+	b.ReportMetric(float64(rssBytes())/(1<<20), "agent-rss-MiB")
+}
+
+func reportPercentiles(b *testing.B, durs []time.Duration) {
+	if len(durs) == 0 {
+		return
+	}
+	sorted := append([]time.Duration(nil), durs...)
+	slices.Sort(sorted)
+	pct := func(p float64) time.Duration { return sorted[int(p*float64(len(sorted)-1))] }
+	b.ReportMetric(float64(pct(0.50).Microseconds())/1000, "p50-ms")
+	b.ReportMetric(float64(pct(0.99).Microseconds())/1000, "p99-ms")
+}
+
+func rssBytes() int64 {
+	f, err := os.Open("/proc/self/status")
+	if err != nil {
+		return 0
+	}
+	defer f.Close()
+	sc := bufio.NewScanner(f)
+	for sc.Scan() {
+		var kb int64
+		if n, _ := fmt.Sscanf(sc.Text(), "VmRSS: %d kB", &kb); n == 1 {
+			return kb << 10
+		}
+	}
+	return 0
+}
