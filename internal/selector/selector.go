@@ -284,7 +284,8 @@ type query struct {
 	archOK []bool
 }
 
-// compatible reports whether a candidate is in the market, zone and restriction asked for;
+// compatible reports whether a candidate (already in the right market) is in the zone and
+// restriction asked for;
 // candidates that are not are never mentioned.
 func (q *query) compatible(c *cand) bool {
 	if q.only >= 0 && c.typ != q.only || q.allowed != nil && !q.allowed[c.typ] {
