@@ -112,6 +112,7 @@ type instance struct {
 	tags, volumeTags                               map[string]string
 	launched                                       time.Time
 	terminateAt                                    time.Time // zero while not terminated
+	released                                       bool      // its address went back to the subnet
 }
 
 type tokenEntry struct {
@@ -141,8 +142,9 @@ func (s *Server) sweepLocked(now time.Time) {
 	for _, id := range s.order {
 		in := s.instances[id]
 		if s.stateOf(in, now) == "terminated" {
-			if sn := s.subnets[in.subnetID]; sn != nil && in.privateIP != "" {
+			if sn := s.subnets[in.subnetID]; sn != nil && in.privateIP != "" && !in.released {
 				delete(sn.used, netip.MustParseAddr(in.privateIP))
+				in.released = true
 			}
 			if now.After(in.terminateAt.Add(s.opts.ShutdownDelay + TerminatedRetention)) {
 				delete(s.instances, id)
@@ -307,4 +309,21 @@ func (t InstanceType) offeredIn(zone string, all []string) bool {
 		}
 	}
 	return false
+}
+
+// Image is a snapshot of an image for assertions.
+type Image struct {
+	ID, Name, Owner, Arch, Created string
+}
+
+// Images returns snapshots of all images, sorted by id.
+func (s *Server) Images() []Image {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	var out []Image
+	for _, id := range sortedKeys(s.images) {
+		im := s.images[id]
+		out = append(out, Image{ID: im.id, Name: im.name, Owner: im.owner, Arch: im.arch, Created: im.created})
+	}
+	return out
 }

@@ -1,0 +1,257 @@
+package aws
+
+import (
+	"context"
+	"encoding/base64"
+	"fmt"
+	"regexp"
+	"sort"
+	"strings"
+
+	"github.com/aws/aws-sdk-go-v2/aws"
+	"github.com/aws/aws-sdk-go-v2/service/ec2"
+	"github.com/aws/aws-sdk-go-v2/service/ec2/types"
+
+	"github.com/kip-dev/kip/internal/cloud"
+	"github.com/kip-dev/kip/internal/instancetype"
+)
+
+// EC2 limits a launch must respect.
+const (
+	// MaxUserDataBytes is EC2's limit on user data, base64-encoded as the API carries it.
+	MaxUserDataBytes = 16384
+	// MaxSecurityGroups is how many security groups an instance's interface may carry.
+	MaxSecurityGroups = 5
+	maxTags           = 50
+	maxClientToken    = 64
+)
+
+var groupIDRe = regexp.MustCompile(`^sg-[0-9a-f]{8}([0-9a-f]{9})?$`)
+
+// Launch starts a cell. See cloud.Cloud.
+func (b *Backend) Launch(ctx context.Context, spec cloud.LaunchSpec) (*cloud.Instance, error) {
+	in, it, err := b.runInput(ctx, spec)
+	if err != nil {
+		return nil, fmt.Errorf("launching cell %s: %w", spec.CellID, err)
+	}
+	if b.unavailable.blocked(b.clk.Now(), it.Name, b.zone, spec.Spot) {
+		return nil, fmt.Errorf("launching cell %s: %w", spec.CellID, cloud.InsufficientCapacity(
+			"%s %s in %s had no capacity recently; not asking again before it expires", market(spec.Spot), it.Name, b.zone))
+	}
+	var out *ec2.RunInstancesOutput
+	err = b.call(ctx, "RunInstances", 1, func(ctx context.Context) (err error) {
+		out, err = b.ec2.RunInstances(ctx, in)
+		return err
+	})
+	if err == nil && len(out.Instances) == 0 {
+		err = fmt.Errorf("RunInstances returned no instance")
+	}
+	if err != nil {
+		switch {
+		case cloud.IsInsufficientCapacity(err):
+			if c := errorCode(err); c != "InsufficientFreeAddressesInSubnet" {
+				b.unavailable.remember(b.clk.Now().Add(b.cfg.CapacityTTL), it.Name, b.zone, spec.Spot)
+			}
+		case cloud.IsNotFound(err):
+			err = cloud.Wrap(cloud.KindInvalidSpec, err, "a resource the spec names does not exist")
+		}
+		return nil, fmt.Errorf("launching cell %s as %s: %w", spec.CellID, it.Name, err)
+	}
+	inst := toInstance(out.Instances[0])
+	b.cache.launched(inst, b.clk.Now())
+	b.log.Info("launched cell", "cell", spec.CellID, "instance", inst.ID, "type", inst.InstanceType, "spot", inst.Spot, "zone", inst.Zone)
+	return copyInstance(inst), nil
+}
+
+func market(spot bool) string {
+	if spot {
+		return "spot"
+	}
+	return "on-demand"
+}
+
+// runInput validates spec and builds the RunInstances request for it. Every refusal is an
+// InvalidSpec error naming the field.
+func (b *Backend) runInput(ctx context.Context, spec cloud.LaunchSpec) (*ec2.RunInstancesInput, instancetype.InstanceType, error) {
+	var it instancetype.InstanceType
+	if spec.CellID == "" {
+		return nil, it, cloud.InvalidSpec("cellID: must not be empty")
+	}
+	if len(spec.ClientToken) > maxClientToken {
+		return nil, it, cloud.InvalidSpec("clientToken: %d characters, EC2 allows at most %d", len(spec.ClientToken), maxClientToken)
+	}
+	types_, err := b.cfg.Catalog.InstanceTypes()
+	if err != nil {
+		return nil, it, fmt.Errorf("reading the instance-type catalog: %w", err)
+	}
+	found := false
+	for _, t := range types_ {
+		if t.Name == spec.InstanceType {
+			it, found = t, true
+			break
+		}
+	}
+	if !found {
+		return nil, it, cloud.InvalidSpec("instanceType: %q is not in the catalog of %s", spec.InstanceType, b.cfg.Region)
+	}
+	if spec.Zone != "" && spec.Zone != b.zone {
+		return nil, it, cloud.InvalidSpec("zone: cells launch in subnet %s, which is in %s, not %s", b.cfg.SubnetID, b.zone, spec.Zone)
+	}
+	if spec.VolumeSizeGiB < 0 || spec.VolumeSizeGiB > 16384 {
+		return nil, it, cloud.InvalidSpec("volumeSizeGiB: %d is outside 0..16384", spec.VolumeSizeGiB)
+	}
+	userData := base64.StdEncoding.EncodeToString(spec.BootstrapData)
+	if len(userData) > MaxUserDataBytes {
+		return nil, it, cloud.InvalidSpec("bootstrapData: %d bytes are %d base64-encoded; EC2 user data is limited to %d (about %d bytes before encoding)",
+			len(spec.BootstrapData), len(userData), MaxUserDataBytes, MaxUserDataBytes/4*3)
+	}
+	tags, err := b.tags(spec)
+	if err != nil {
+		return nil, it, err
+	}
+	groups := []string{b.groupID}
+	for _, g := range append(append([]string(nil), b.cfg.SecurityGroups...), spec.SecurityGroups...) {
+		if !groupIDRe.MatchString(g) {
+			return nil, it, cloud.InvalidSpec("securityGroups: %q is not a security group id (sg-...)", g)
+		}
+		if !contains(groups, g) {
+			groups = append(groups, g)
+		}
+	}
+	if len(groups) > MaxSecurityGroups {
+		return nil, it, cloud.InvalidSpec("securityGroups: %d groups with Kip's own; EC2 allows %d per instance", len(groups), MaxSecurityGroups)
+	}
+	image := spec.Image
+	if image == "" {
+		b.imgMu.Lock()
+		image = b.images[it.Arch]
+		b.imgMu.Unlock()
+		if image == "" {
+			return nil, it, cloud.InvalidSpec("instanceType: %s is %s and no %s cell image was found", it.Name, it.Arch, it.Arch)
+		}
+	}
+	facts, err := b.image(ctx, image)
+	if err != nil {
+		return nil, it, err
+	}
+	if facts.arch != it.Arch {
+		return nil, it, cloud.InvalidSpec("image: %s is %s but instance type %s is %s", image, facts.arch, it.Name, it.Arch)
+	}
+
+	in := &ec2.RunInstancesInput{
+		MinCount: aws.Int32(1), MaxCount: aws.Int32(1),
+		ImageId:      aws.String(image),
+		InstanceType: types.InstanceType(it.Name),
+		UserData:     aws.String(userData),
+		TagSpecifications: []types.TagSpecification{
+			{ResourceType: types.ResourceTypeInstance, Tags: tags},
+			{ResourceType: types.ResourceTypeVolume, Tags: tags},
+		},
+	}
+	if spec.ClientToken != "" {
+		in.ClientToken = aws.String(spec.ClientToken)
+	}
+	if spec.PrivateIPOnly {
+		in.NetworkInterfaces = []types.InstanceNetworkInterfaceSpecification{{DeviceIndex: aws.Int32(0),
+			SubnetId: aws.String(b.cfg.SubnetID), Groups: groups, AssociatePublicIpAddress: aws.Bool(false), DeleteOnTermination: aws.Bool(true)}}
+	} else {
+		in.SubnetId, in.SecurityGroupIds = aws.String(b.cfg.SubnetID), groups
+	}
+	profile := spec.InstanceProfile
+	if profile == "" {
+		profile = b.cfg.InstanceProfile
+	}
+	switch {
+	case strings.HasPrefix(profile, "arn:"):
+		in.IamInstanceProfile = &types.IamInstanceProfileSpecification{Arn: aws.String(profile)}
+	case profile != "":
+		in.IamInstanceProfile = &types.IamInstanceProfileSpecification{Name: aws.String(profile)}
+	}
+	if spec.VolumeSizeGiB > 0 {
+		in.BlockDeviceMappings = []types.BlockDeviceMapping{{DeviceName: aws.String(facts.rootDevice), Ebs: &types.EbsBlockDevice{
+			VolumeSize: aws.Int32(int32(spec.VolumeSizeGiB)), VolumeType: types.VolumeTypeGp3, DeleteOnTermination: aws.Bool(true)}}}
+	}
+	if spec.Spot {
+		in.InstanceMarketOptions = &types.InstanceMarketOptionsRequest{MarketType: types.MarketTypeSpot,
+			SpotOptions: &types.SpotMarketOptions{SpotInstanceType: types.SpotInstanceTypeOneTime,
+				InstanceInterruptionBehavior: types.InstanceInterruptionBehaviorTerminate}}
+	}
+	return in, it, nil
+}
+
+// tags returns the instance's tags: spec.Tags, the cluster and cell tags and a Name.
+func (b *Backend) tags(spec cloud.LaunchSpec) ([]types.Tag, error) {
+	m := map[string]string{"Name": "kip-" + spec.CellID}
+	for k, v := range spec.Tags {
+		switch {
+		case k == "" || len(k) > 128:
+			return nil, cloud.InvalidSpec("tags: key %q must be 1..128 characters", k)
+		case len(v) > 256:
+			return nil, cloud.InvalidSpec("tags[%s]: value is %d characters, EC2 allows 256", k, len(v))
+		case strings.HasPrefix(strings.ToLower(k), "aws:"):
+			return nil, cloud.InvalidSpec("tags: key %q uses the reserved aws: prefix", k)
+		case k == cloud.TagCluster && v != b.cfg.ClusterName:
+			return nil, cloud.InvalidSpec("tags[%s]: %q, but this backend serves cluster %q", k, v, b.cfg.ClusterName)
+		case k == cloud.TagCellID && v != spec.CellID:
+			return nil, cloud.InvalidSpec("tags[%s]: %q differs from cellID %q", k, v, spec.CellID)
+		}
+		m[k] = v
+	}
+	m[cloud.TagCluster] = b.cfg.ClusterName
+	m[cloud.TagCellID] = spec.CellID
+	if len(m) > maxTags {
+		return nil, cloud.InvalidSpec("tags: %d tags with Kip's own; EC2 allows %d per resource", len(m), maxTags)
+	}
+	keys := make([]string, 0, len(m))
+	for k := range m {
+		keys = append(keys, k)
+	}
+	sort.Strings(keys)
+	out := make([]types.Tag, 0, len(m))
+	for _, k := range keys {
+		out = append(out, types.Tag{Key: aws.String(k), Value: aws.String(m[k])})
+	}
+	return out, nil
+}
+
+func contains(list []string, s string) bool {
+	for _, v := range list {
+		if v == s {
+			return true
+		}
+	}
+	return false
+}
+
+// toInstance converts an EC2 instance.
+func toInstance(in types.Instance) *cloud.Instance {
+	out := &cloud.Instance{
+		ID:           aws.ToString(in.InstanceId),
+		InstanceType: string(in.InstanceType),
+		Spot:         in.InstanceLifecycle == types.InstanceLifecycleTypeSpot,
+		PrivateIP:    aws.ToString(in.PrivateIpAddress),
+		PublicIP:     aws.ToString(in.PublicIpAddress),
+		LaunchTime:   aws.ToTime(in.LaunchTime),
+		Tags:         map[string]string{},
+	}
+	if in.Placement != nil {
+		out.Zone = aws.ToString(in.Placement.AvailabilityZone)
+	}
+	if in.State != nil {
+		switch in.State.Name {
+		case types.InstanceStateNamePending:
+			out.State = cloud.StatePending
+		case types.InstanceStateNameRunning:
+			out.State = cloud.StateRunning
+		case types.InstanceStateNameTerminated:
+			out.State = cloud.StateTerminated
+		default: // shutting-down, stopping, stopped: on its way out; cells are never stopped.
+			out.State = cloud.StateTerminating
+		}
+	}
+	for _, t := range in.Tags {
+		out.Tags[aws.ToString(t.Key)] = aws.ToString(t.Value)
+	}
+	out.CellID = out.Tags[cloud.TagCellID]
+	return out
+}
