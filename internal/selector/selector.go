@@ -285,8 +285,7 @@ type query struct {
 }
 
 // compatible reports whether a candidate (already in the right market) is in the zone and
-// restriction asked for;
-// candidates that are not are never mentioned.
+// restriction asked for; candidates that are not are never mentioned.
 func (q *query) compatible(c *cand) bool {
 	if q.only >= 0 && c.typ != q.only || q.allowed != nil && !q.allowed[c.typ] {
 		return false
