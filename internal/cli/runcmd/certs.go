@@ -21,6 +21,7 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apiserver/pkg/apis/apiserver"
 	"k8s.io/apiserver/pkg/server/dynamiccertificates"
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/rest"
@@ -226,7 +227,10 @@ func clusterClientCA(ctx context.Context, client kubernetes.Interface, cfg *rest
 // kubeletAuth authenticates kubelet API requests as kubelet does: client certificates signed
 // by the cluster's client CA, or bearer tokens through TokenReview; anonymous requests are
 // refused. Requests are authorized with SubjectAccessReview on the node's subresources.
-func kubeletAuth(client kubernetes.Interface, nodeName string, clientCA []byte) (nodeutil.Auth, error) {
+//
+// anonymousPaths opens exactly those paths to requests without credentials (the apiserver's
+// pod proxy sends none); they are authorized as system:anonymous by SubjectAccessReview.
+func kubeletAuth(client kubernetes.Interface, nodeName string, clientCA []byte, anonymousPaths []string) (nodeutil.Auth, error) {
 	if !bytes.Contains(clientCA, []byte("CERTIFICATE")) {
 		return nil, errors.New("setting up kubelet API authentication: the client CA bundle holds no certificate")
 	}
@@ -237,6 +241,13 @@ func kubeletAuth(client kubernetes.Interface, nodeName string, clientCA []byte) 
 	auth, err := nodeutil.WebhookAuth(client, nodeName, func(c *nodeutil.WebhookAuthConfig) error {
 		c.AuthnConfig.ClientCertificateCAContentProvider = caContent
 		c.AuthnConfig.Anonymous = nil
+		if len(anonymousPaths) > 0 {
+			anon := &apiserver.AnonymousAuthConfig{Enabled: true}
+			for _, p := range anonymousPaths {
+				anon.Conditions = append(anon.Conditions, apiserver.AnonymousAuthCondition{Path: p})
+			}
+			c.AuthnConfig.Anonymous = anon
+		}
 		return nil
 	})
 	if err != nil {

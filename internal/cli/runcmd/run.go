@@ -11,6 +11,8 @@ import (
 	"sync/atomic"
 	"time"
 
+	vklog "github.com/virtual-kubelet/virtual-kubelet/log"
+	vkslog "github.com/virtual-kubelet/virtual-kubelet/log/slog"
 	"github.com/virtual-kubelet/virtual-kubelet/node"
 	"github.com/virtual-kubelet/virtual-kubelet/node/api"
 	"github.com/virtual-kubelet/virtual-kubelet/node/nodeutil"
@@ -141,7 +143,7 @@ func (r *runner) run(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
-	auth, err := kubeletAuth(r.client, name, clientCA)
+	auth, err := kubeletAuth(r.client, name, clientCA, r.opts.AnonymousPaths)
 	if err != nil {
 		return err
 	}
@@ -149,6 +151,9 @@ func (r *runner) run(ctx context.Context) error {
 	nodeSpec := nodeSpec(cfg, nodeIP)
 	allocatable := nodeSpec.Status.Allocatable
 
+	// NewNode first tries a client from $KUBECONFIG or in-cluster and warns when there is none,
+	// before our WithClient applies; silence virtual-kubelet's logger meanwhile.
+	vklog.L = nopLogger{vklog.L}
 	vkNode, err := nodeutil.NewNode(name,
 		func(pc nodeutil.ProviderConfig) (nodeutil.Provider, node.NodeProvider, error) {
 			res, err := provider.NewResolver(provider.ResolverConfig{
@@ -194,6 +199,7 @@ func (r *runner) run(ctx context.Context) error {
 			return nil
 		}),
 	)
+	vklog.L = vkslog.FromSlog(r.log)
 	if err != nil {
 		return fmt.Errorf("starting kip: creating the virtual node: %w", err)
 	}
@@ -305,3 +311,16 @@ func (l *lazyHandler) ServeHTTP(w http.ResponseWriter, req *http.Request) {
 	}
 	(*h).ServeHTTP(w, req)
 }
+
+// nopLogger drops Debug/Info/Warn lines of virtual-kubelet's logger; errors still go through.
+type nopLogger struct{ vklog.Logger }
+
+func (nopLogger) Debug(...any)                           {}
+func (nopLogger) Debugf(string, ...any)                  {}
+func (nopLogger) Info(...any)                            {}
+func (nopLogger) Infof(string, ...any)                   {}
+func (nopLogger) Warn(...any)                            {}
+func (nopLogger) Warnf(string, ...any)                   {}
+func (n nopLogger) WithField(string, any) vklog.Logger   { return n }
+func (n nopLogger) WithFields(vklog.Fields) vklog.Logger { return n }
+func (n nopLogger) WithError(error) vklog.Logger         { return n }

@@ -12,6 +12,7 @@ import (
 	"net"
 	"os"
 	"strconv"
+	"strings"
 	"time"
 
 	"github.com/spf13/cobra"
@@ -41,12 +42,18 @@ type Options struct {
 	Log *slog.Logger
 	// Ready, when set, is called once the virtual node is Ready and serving.
 	Ready func()
+	// AnonymousPaths lists kubelet API paths (e.g. /stats/summary) on which requests without
+	// credentials are authenticated as system:anonymous; they are then authorized by
+	// SubjectAccessReview like any other user, so RBAC must grant them. Empty (the default)
+	// refuses anonymous requests everywhere, as kubelet with --anonymous-auth=false does.
+	AnonymousPaths []string
 }
 
 // NewCommand returns `kip run`.
 func NewCommand() *cobra.Command {
 	var (
 		cfgPath, kubeconfig, logLevel string
+		anonymousPaths                []string
 	)
 	cmd := &cobra.Command{
 		Use:   "run",
@@ -69,13 +76,21 @@ cells keep running when it stops and are adopted by the next kip run.`,
 			if err != nil {
 				return err
 			}
-			return Start(cmd.Context(), Options{Config: cfg, Kubeconfig: kubeconfig, Log: log})
+			for _, p := range anonymousPaths {
+				if !strings.HasPrefix(p, "/") {
+					return fmt.Errorf("--anonymous-auth-paths: %q is not an absolute path", p)
+				}
+			}
+			return Start(cmd.Context(), Options{Config: cfg, Kubeconfig: kubeconfig, Log: log, AnonymousPaths: anonymousPaths})
 		},
 	}
 	f := cmd.Flags()
 	f.StringVar(&cfgPath, "config", "", "provider config file (apiVersion kip.dev/v1alpha1, kind ProviderConfig)")
 	f.StringVar(&kubeconfig, "kubeconfig", os.Getenv("KUBECONFIG"), "kubeconfig of the cluster (default $KUBECONFIG, else in-cluster)")
 	f.StringVar(&logLevel, "log-level", "info", "log level: debug, info, warn or error")
+	f.StringSliceVar(&anonymousPaths, "anonymous-auth-paths", nil,
+		"kubelet API paths (e.g. /stats/summary,/metrics/resource) where requests without credentials count as system:anonymous, "+
+			"still authorized by SubjectAccessReview; default none: anonymous requests are refused")
 	return cmd
 }
 
