@@ -1,0 +1,320 @@
+package pod
+
+import (
+	"context"
+	"errors"
+	"io"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	v1 "github.com/google/go-containerregistry/pkg/v1"
+	corev1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	clocktesting "k8s.io/utils/clock/testing"
+
+	"github.com/kip-dev/kip/internal/agent/cgroups"
+	"github.com/kip-dev/kip/internal/agent/image"
+	"github.com/kip-dev/kip/internal/agent/runtime"
+	"github.com/kip-dev/kip/internal/cellapi"
+)
+
+// fakeRuntime starts "containers" that exit when the test says, or on a signal they do not
+// ignore.
+type fakeRuntime struct {
+	mu       sync.Mutex
+	exits    map[string]func(runtime.ExitStatus)
+	ignore   map[syscall.Signal]bool
+	startErr error
+	started  chan string
+	signals  []string
+}
+
+func newFakeRuntime() *fakeRuntime {
+	return &fakeRuntime{exits: map[string]func(runtime.ExitStatus){}, ignore: map[syscall.Signal]bool{}, started: make(chan string, 100)}
+}
+
+func (f *fakeRuntime) Start(_ context.Context, id, bundle string, _ runtime.IO) (*runtime.Container, error) {
+	if _, err := os.Stat(filepath.Join(bundle, "config.json")); err != nil {
+		return nil, err
+	}
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if f.startErr != nil {
+		return nil, f.startErr
+	}
+	c, exit := runtime.NewContainer(id, 1, time.Now())
+	f.exits[id] = exit
+	f.started <- id
+	return c, nil
+}
+
+func (f *fakeRuntime) exit(id string, code int) {
+	f.mu.Lock()
+	exit := f.exits[id]
+	delete(f.exits, id)
+	f.mu.Unlock()
+	if exit != nil {
+		exit(runtime.ExitStatus{Code: code, At: time.Now()})
+	}
+}
+
+func (f *fakeRuntime) State(context.Context, string) (*runtime.State, error) { return nil, nil }
+func (f *fakeRuntime) Delete(context.Context, string) error                  { return nil }
+func (f *fakeRuntime) List(context.Context) ([]string, error)                { return nil, nil }
+
+func (f *fakeRuntime) Kill(_ context.Context, id string, sig syscall.Signal) error {
+	f.mu.Lock()
+	f.signals = append(f.signals, sig.String())
+	ignored := f.ignore[sig]
+	f.mu.Unlock()
+	if !ignored {
+		f.exit(id, 128+int(sig))
+	}
+	return nil
+}
+
+type fakeImages struct{ err error }
+
+func (f *fakeImages) Pull(_ context.Context, ref string, _ []cellapi.RegistryAuth) (*image.Image, error) {
+	if f.err != nil {
+		return nil, f.err
+	}
+	return &image.Image{Ref: ref, ImageID: ref + "@sha256:00", Config: v1.Config{Cmd: []string{"/bin/sh"}}}, nil
+}
+
+func (f *fakeImages) MountRootFS(_ *image.Image, dir string) (string, func() error, error) {
+	root := filepath.Join(dir, "rootfs")
+	return root, func() error { return os.RemoveAll(root) }, os.MkdirAll(root, 0o755)
+}
+
+type fakeCgroups struct{}
+
+func (fakeCgroups) SetMemoryLimit(string, int64) error { return nil }
+func (fakeCgroups) MemoryEvents(string) (cgroups.MemoryEvents, error) {
+	return cgroups.MemoryEvents{}, nil
+}
+func (fakeCgroups) Usage(string) (cellapi.Usage, error) { return cellapi.Usage{}, nil }
+func (fakeCgroups) Remove(string) error                 { return nil }
+
+type discardLog struct{}
+
+func (discardLog) Stream(string) io.Writer { return io.Discard }
+func (discardLog) Close() error            { return nil }
+
+type rig struct {
+	rt       *fakeRuntime
+	clk      *clocktesting.FakeClock
+	statuses chan *cellapi.PodStatus
+	pod      *Pod
+}
+
+func start(t *testing.T, p *corev1.Pod, images *fakeImages) *rig {
+	t.Helper()
+	r := &rig{rt: newFakeRuntime(), clk: clocktesting.NewFakeClock(time.Now()), statuses: make(chan *cellapi.PodStatus, 1000)}
+	var err error
+	r.pod, err = Start(Config{
+		Dir: filepath.Join(t.TempDir(), "pod"), Runtime: r.rt, Images: images, Cgroups: fakeCgroups{},
+		CgroupParent: "kip", NewLog: func(string) (LogWriter, error) { return discardLog{}, nil },
+		Clock: r.clk, Notify: func(s *cellapi.PodStatus) { r.statuses <- s },
+	}, &cellapi.PodRequest{Pod: p})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		done := make(chan error, 1)
+		go func() { done <- r.pod.Stop(context.Background(), 0) }()
+		for {
+			select {
+			case <-done:
+				return
+			case <-time.After(10 * time.Millisecond):
+				r.clk.Step(time.Hour) // the grace timer runs on the fake clock
+			}
+		}
+	})
+	return r
+}
+
+// until reads statuses until cond holds.
+func (r *rig) until(t *testing.T, cond func(*cellapi.PodStatus) bool) *cellapi.PodStatus {
+	t.Helper()
+	deadline := time.After(10 * time.Second)
+	for {
+		select {
+		case s := <-r.statuses:
+			if cond(s) {
+				return s
+			}
+		case <-deadline:
+			t.Fatalf("condition not reached; status now %+v", r.pod.Status())
+		}
+	}
+}
+
+func (r *rig) nextStart(t *testing.T) string {
+	t.Helper()
+	select {
+	case id := <-r.rt.started:
+		return id
+	case <-time.After(10 * time.Second):
+		t.Fatal("no container started")
+		return ""
+	}
+}
+
+func testPod(policy corev1.RestartPolicy, names ...string) *corev1.Pod {
+	p := &corev1.Pod{ObjectMeta: metav1.ObjectMeta{Name: "p", UID: "u1"}, Spec: corev1.PodSpec{RestartPolicy: policy}}
+	for _, n := range names {
+		p.Spec.Containers = append(p.Spec.Containers, corev1.Container{Name: n, Image: "busybox"})
+	}
+	return p
+}
+
+// TestCrashLoopBackOffOnFakeClock checks kubelet's delays (10s, 20s, 40s) on an injected
+// clock: a restart happens only once the clock has moved past the back-off.
+func TestCrashLoopBackOffOnFakeClock(t *testing.T) {
+	r := start(t, testPod(corev1.RestartPolicyOnFailure, "app"), &fakeImages{})
+	for i, want := range []time.Duration{10 * time.Second, 20 * time.Second, 40 * time.Second} {
+		id := r.nextStart(t)
+		r.until(t, func(s *cellapi.PodStatus) bool { return s.ContainerStatuses[0].State.Running != nil })
+		r.rt.exit(id, 1)
+		st := r.until(t, func(s *cellapi.PodStatus) bool {
+			w := s.ContainerStatuses[0].State.Waiting
+			return w != nil && w.Reason == ReasonCrashLoopBackOff
+		})
+		cs := st.ContainerStatuses[0]
+		if !strings.HasPrefix(cs.State.Waiting.Message, "back-off "+want.String()) || cs.RestartCount != int32(i) {
+			t.Fatalf("restart %d: waiting %q restarts %d, want back-off %s", i, cs.State.Waiting.Message, cs.RestartCount, want)
+		}
+		if lt := cs.LastTerminationState.Terminated; lt == nil || lt.ExitCode != 1 || lt.Reason != ReasonError {
+			t.Fatalf("lastState %+v", cs.LastTerminationState)
+		}
+		if st.Phase != corev1.PodRunning {
+			t.Fatalf("phase %s during back-off of an OnFailure pod", st.Phase)
+		}
+		// Not yet: the clock is just short of the back-off.
+		r.clk.Step(want - time.Millisecond)
+		select {
+		case id := <-r.rt.started:
+			t.Fatalf("%s restarted before its back-off of %s", id, want)
+		case <-time.After(50 * time.Millisecond):
+		}
+		r.clk.Step(time.Millisecond)
+	}
+	// Success ends an OnFailure pod.
+	id := r.nextStart(t)
+	r.until(t, func(s *cellapi.PodStatus) bool { return s.ContainerStatuses[0].State.Running != nil })
+	r.rt.exit(id, 0)
+	st := r.until(t, func(s *cellapi.PodStatus) bool { return s.Phase == corev1.PodSucceeded })
+	if st.ContainerStatuses[0].RestartCount != 3 {
+		t.Errorf("restartCount %d, want 3", st.ContainerStatuses[0].RestartCount)
+	}
+}
+
+func TestFailingInitContainerNeverFailsPod(t *testing.T) {
+	p := testPod(corev1.RestartPolicyNever, "app")
+	p.Spec.InitContainers = []corev1.Container{{Name: "init1", Image: "busybox"}, {Name: "init2", Image: "busybox"}}
+	r := start(t, p, &fakeImages{})
+	r.rt.exit(r.nextStart(t), 0)
+	id := r.nextStart(t)
+	if !strings.Contains(id, "-init2-") {
+		t.Fatalf("second start %s, want init2", id)
+	}
+	r.rt.exit(id, 2)
+	st := r.until(t, func(s *cellapi.PodStatus) bool { return s.Phase == corev1.PodFailed })
+	if w := st.ContainerStatuses[0].State.Waiting; w == nil || w.Reason != ReasonPodInitializing {
+		t.Errorf("app container %+v, want waiting PodInitializing", st.ContainerStatuses[0].State)
+	}
+	select {
+	case id := <-r.rt.started:
+		t.Fatalf("started %s after a failed init container", id)
+	case <-time.After(50 * time.Millisecond):
+	}
+}
+
+func TestStopEscalatesToSIGKILL(t *testing.T) {
+	r := start(t, testPod(corev1.RestartPolicyAlways, "a", "b"), &fakeImages{})
+	r.nextStart(t)
+	r.nextStart(t)
+	r.until(t, func(s *cellapi.PodStatus) bool { return s.Phase == corev1.PodRunning })
+	r.rt.ignore[syscall.SIGTERM] = true
+	done := make(chan error, 1)
+	go func() { done <- r.pod.Stop(context.Background(), 30*time.Second) }()
+	// Wait until the grace timer is armed on the fake clock, then let it expire.
+	deadline := time.Now().Add(10 * time.Second)
+	for !r.clk.HasWaiters() {
+		if time.Now().After(deadline) {
+			t.Fatal("Stop never waited for the grace period")
+		}
+		time.Sleep(time.Millisecond)
+	}
+	select {
+	case <-done:
+		t.Fatal("Stop returned before the grace period although containers ignore SIGTERM")
+	default:
+	}
+	r.clk.Step(30 * time.Second)
+	if err := <-done; err != nil {
+		t.Fatal(err)
+	}
+	st := r.pod.Status()
+	for _, cs := range st.ContainerStatuses {
+		if cs.State.Terminated == nil || cs.State.Terminated.ExitCode != 137 {
+			t.Errorf("%s: %+v, want terminated 137", cs.Name, cs.State)
+		}
+	}
+	if got := strings.Join(r.rt.signals, ","); got != "terminated,terminated,killed,killed" {
+		t.Errorf("signals %s", got)
+	}
+}
+
+func TestImagePullErrors(t *testing.T) {
+	r := start(t, testPod(corev1.RestartPolicyAlways, "app"), &fakeImages{err: errors.New("manifest unknown")})
+	r.until(t, func(s *cellapi.PodStatus) bool {
+		w := s.ContainerStatuses[0].State.Waiting
+		return w != nil && w.Reason == ReasonErrImagePull && strings.Contains(w.Message, "manifest unknown")
+	})
+	r.clk.Step(10 * time.Second)
+	r.until(t, func(s *cellapi.PodStatus) bool {
+		w := s.ContainerStatuses[0].State.Waiting
+		return w != nil && w.Reason == ReasonImagePullBackOff
+	})
+}
+
+func TestStartErrorIsRunContainerError(t *testing.T) {
+	images := &fakeImages{}
+	rt := newFakeRuntime()
+	rt.startErr = &runtime.StartError{ID: "x", Message: `exec: "nope": executable file not found in $PATH`}
+	p := testPod(corev1.RestartPolicyAlways, "app")
+	statuses := make(chan *cellapi.PodStatus, 100)
+	pd, err := Start(Config{
+		Dir: filepath.Join(t.TempDir(), "pod"), Runtime: rt, Images: images, Cgroups: fakeCgroups{}, CgroupParent: "kip",
+		NewLog: func(string) (LogWriter, error) { return discardLog{}, nil },
+		Clock:  clocktesting.NewFakeClock(time.Now()), Notify: func(s *cellapi.PodStatus) { statuses <- s },
+	}, &cellapi.PodRequest{Pod: p})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer pd.Stop(context.Background(), 0)
+	deadline := time.After(10 * time.Second)
+	for {
+		select {
+		case s := <-statuses:
+			cs := s.ContainerStatuses[0]
+			if w := cs.State.Waiting; w != nil && w.Reason == ReasonRunContainerError {
+				lt := cs.LastTerminationState.Terminated
+				if !strings.Contains(w.Message, "nope") || lt == nil || lt.Reason != ReasonContainerCannotRun || lt.ExitCode != 128 {
+					t.Fatalf("status %+v", cs)
+				}
+				return
+			}
+		case <-deadline:
+			t.Fatalf("no RunContainerError; status %+v", pd.Status())
+		}
+	}
+}

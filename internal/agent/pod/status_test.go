@@ -1,0 +1,161 @@
+package pod
+
+import (
+	"strings"
+	"testing"
+	"time"
+
+	corev1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+
+	"github.com/kip-dev/kip/internal/cellapi"
+)
+
+func running() corev1.ContainerStatus {
+	return corev1.ContainerStatus{State: corev1.ContainerState{Running: &corev1.ContainerStateRunning{}}, Ready: true}
+}
+
+func exited(code int32) corev1.ContainerStatus {
+	return corev1.ContainerStatus{State: corev1.ContainerState{Terminated: &corev1.ContainerStateTerminated{ExitCode: code}}}
+}
+
+func waitingFor(reason string) corev1.ContainerStatus {
+	return corev1.ContainerStatus{State: waiting(reason, "")}
+}
+
+func crashLooping(code int32) corev1.ContainerStatus {
+	s := waitingFor(ReasonCrashLoopBackOff)
+	s.LastTerminationState = exited(code).State
+	return s
+}
+
+func TestPhase(t *testing.T) {
+	cs := func(s ...corev1.ContainerStatus) []corev1.ContainerStatus { return s }
+	cases := []struct {
+		name   string
+		policy corev1.RestartPolicy
+		init   []corev1.ContainerStatus
+		app    []corev1.ContainerStatus
+		want   corev1.PodPhase
+	}{
+		{"creating", "", nil, cs(waitingFor(ReasonContainerCreating)), corev1.PodPending},
+		{"running", "", nil, cs(running()), corev1.PodRunning},
+		{"one running one creating", "", nil, cs(running(), waitingFor(ReasonContainerCreating)), corev1.PodPending},
+		{"init running", "", cs(running()), cs(waitingFor(ReasonPodInitializing)), corev1.PodPending},
+		{"init failed never", corev1.RestartPolicyNever, cs(exited(1)), cs(waitingFor(ReasonPodInitializing)), corev1.PodFailed},
+		{"init failed always", corev1.RestartPolicyAlways, cs(exited(1)), cs(waitingFor(ReasonPodInitializing)), corev1.PodPending},
+		{"init crashlooping onfailure", corev1.RestartPolicyOnFailure, cs(crashLooping(1)), cs(waitingFor(ReasonPodInitializing)), corev1.PodPending},
+		{"init done app running", "", cs(exited(0)), cs(running()), corev1.PodRunning},
+		{"all succeeded never", corev1.RestartPolicyNever, nil, cs(exited(0), exited(0)), corev1.PodSucceeded},
+		{"all succeeded onfailure", corev1.RestartPolicyOnFailure, nil, cs(exited(0)), corev1.PodSucceeded},
+		{"exited always", corev1.RestartPolicyAlways, nil, cs(exited(0)), corev1.PodRunning},
+		{"one failed never", corev1.RestartPolicyNever, nil, cs(exited(0), exited(3)), corev1.PodFailed},
+		{"failed onfailure restarts", corev1.RestartPolicyOnFailure, nil, cs(exited(3)), corev1.PodRunning},
+		{"crashloop always", corev1.RestartPolicyAlways, nil, cs(crashLooping(1)), corev1.PodRunning},
+		{"image pull", "", nil, cs(waitingFor(ReasonErrImagePull)), corev1.PodPending},
+		{"one running one exited never", corev1.RestartPolicyNever, nil, cs(running(), exited(1)), corev1.PodRunning},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			if got := phase(&corev1.PodSpec{RestartPolicy: tc.policy}, tc.init, tc.app); got != tc.want {
+				t.Errorf("phase = %s, want %s", got, tc.want)
+			}
+		})
+	}
+}
+
+func TestConditionsKeepTransitionTimes(t *testing.T) {
+	t0 := time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)
+	c1 := conditions(nil, nil, []corev1.ContainerStatus{waitingFor(ReasonContainerCreating)}, t0)
+	c2 := conditions(c1, nil, []corev1.ContainerStatus{waitingFor(ReasonContainerCreating)}, t0.Add(time.Minute))
+	c3 := conditions(c2, nil, []corev1.ContainerStatus{running()}, t0.Add(2*time.Minute))
+	get := func(cs []corev1.PodCondition, typ corev1.PodConditionType) corev1.PodCondition {
+		for _, c := range cs {
+			if c.Type == typ {
+				return c
+			}
+		}
+		t.Fatalf("no %s condition", typ)
+		return corev1.PodCondition{}
+	}
+	if r := get(c2, corev1.PodReady); r.Status != corev1.ConditionFalse || !r.LastTransitionTime.Equal(&metav1.Time{Time: t0}) {
+		t.Errorf("ready after no change: %+v", r)
+	}
+	if r := get(c3, corev1.PodReady); r.Status != corev1.ConditionTrue || !r.LastTransitionTime.Time.Equal(t0.Add(2*time.Minute)) {
+		t.Errorf("ready after start: %+v", r)
+	}
+	if i := get(c3, corev1.PodInitialized); i.Status != corev1.ConditionTrue || !i.LastTransitionTime.Time.Equal(t0) {
+		t.Errorf("initialized: %+v", i)
+	}
+}
+
+func TestBackOff(t *testing.T) {
+	b := backOff{base: 10 * time.Second, max: 5 * time.Minute, reset: 10 * time.Minute}
+	var got []time.Duration
+	for i := 0; i < 7; i++ {
+		got = append(got, b.next(time.Second))
+	}
+	want := []time.Duration{10 * time.Second, 20 * time.Second, 40 * time.Second, 80 * time.Second, 160 * time.Second, 300 * time.Second, 300 * time.Second}
+	for i := range want {
+		if got[i] != want[i] {
+			t.Fatalf("delays %v, want %v", got, want)
+		}
+	}
+	if d := b.next(10 * time.Minute); d != 10*time.Second {
+		t.Errorf("after a 10m run the back-off is %s, want it reset to 10s", d)
+	}
+}
+
+func TestValidate(t *testing.T) {
+	good := func() *cellapi.PodRequest {
+		return &cellapi.PodRequest{Pod: &corev1.Pod{
+			ObjectMeta: metav1.ObjectMeta{Name: "p", UID: "0b6f-uid"},
+			Spec: corev1.PodSpec{
+				Volumes:    []corev1.Volume{{Name: "v", VolumeSource: corev1.VolumeSource{EmptyDir: &corev1.EmptyDirVolumeSource{}}}},
+				Containers: []corev1.Container{{Name: "a", Image: "busybox", VolumeMounts: []corev1.VolumeMount{{Name: "v", MountPath: "/v"}}}},
+			},
+		}}
+	}
+	if err := Validate(good()); err != nil {
+		t.Fatalf("valid request rejected: %v", err)
+	}
+	cases := []struct {
+		name string
+		mut  func(*cellapi.PodRequest)
+		want string
+	}{
+		{"nil pod", func(r *cellapi.PodRequest) { r.Pod = nil }, "pod: required"},
+		{"no uid", func(r *cellapi.PodRequest) { r.Pod.UID = "" }, "pod.metadata.uid: required"},
+		{"uid with slash", func(r *cellapi.PodRequest) { r.Pod.UID = "../etc" }, "pod.metadata.uid"},
+		{"bad policy", func(r *cellapi.PodRequest) { r.Pod.Spec.RestartPolicy = "Sometimes" }, "pod.spec.restartPolicy"},
+		{"no containers", func(r *cellapi.PodRequest) { r.Pod.Spec.Containers = nil }, "pod.spec.containers: at least one"},
+		{"bad name", func(r *cellapi.PodRequest) { r.Pod.Spec.Containers[0].Name = "A_B" }, "pod.spec.containers[0].name"},
+		{"dup name", func(r *cellapi.PodRequest) {
+			r.Pod.Spec.InitContainers = []corev1.Container{{Name: "a", Image: "x"}}
+		}, "pod.spec.containers[0].name: duplicate"},
+		{"no image", func(r *cellapi.PodRequest) { r.Pod.Spec.Containers[0].Image = " " }, "pod.spec.containers[0].image: required"},
+		{"relative workingDir", func(r *cellapi.PodRequest) { r.Pod.Spec.Containers[0].WorkingDir = "srv" }, "workingDir"},
+		{"undeclared volume", func(r *cellapi.PodRequest) { r.Pod.Spec.Containers[0].VolumeMounts[0].Name = "w" }, "volumeMounts[0].name"},
+		{"relative mountPath", func(r *cellapi.PodRequest) { r.Pod.Spec.Containers[0].VolumeMounts[0].MountPath = "v" }, "mountPath"},
+		{"escaping subPath", func(r *cellapi.PodRequest) { r.Pod.Spec.Containers[0].VolumeMounts[0].SubPath = "a/../../x" }, "subPath"},
+		{"hostPath", func(r *cellapi.PodRequest) {
+			r.Pod.Spec.Volumes[0].VolumeSource = corev1.VolumeSource{HostPath: &corev1.HostPathVolumeSource{Path: "/"}}
+		}, "only emptyDir"},
+		{"files for unknown volume", func(r *cellapi.PodRequest) {
+			r.Volumes = map[string]cellapi.VolumeFiles{"nope": {}}
+		}, `volume "nope"`},
+		{"escaping file", func(r *cellapi.PodRequest) {
+			r.Volumes = map[string]cellapi.VolumeFiles{"v": {Files: map[string]cellapi.File{"../x": {}}}}
+		}, "volumes[v].files[../x]"},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			r := good()
+			tc.mut(r)
+			err := Validate(r)
+			if err == nil || !cellapi.IsInvalid(err) || !strings.Contains(err.Error(), tc.want) {
+				t.Fatalf("err = %v, want Invalid containing %q", err, tc.want)
+			}
+		})
+	}
+}
