@@ -9,6 +9,7 @@ import (
 	"strconv"
 	"strings"
 	"syscall"
+	"time"
 
 	"github.com/vishvananda/netns"
 	"golang.org/x/sys/unix"
@@ -180,8 +181,9 @@ func agentAlive(pid int, start uint64) bool {
 	return procState(pid) != "Z"
 }
 
-// killAgent SIGKILLs the agent's process group if pid is still the agent.
-func killAgent(pid int, start uint64) error {
+// killAgent SIGKILLs the agent's process group if pid is still the agent, and waits until
+// it has died (its address and files are free again) or timeout passes.
+func killAgent(pid int, start uint64, timeout time.Duration) error {
 	if pid <= 0 {
 		return nil
 	}
@@ -190,6 +192,9 @@ func killAgent(pid int, start uint64) error {
 	}
 	if err := syscall.Kill(-pid, syscall.SIGKILL); err != nil && !errors.Is(err, syscall.ESRCH) {
 		return fmt.Errorf("killing agent process group %d: %w", pid, err)
+	}
+	if !waitFor(time.Now().Add(timeout), func() bool { return !agentAlive(pid, start) }) {
+		return fmt.Errorf("agent pid %d survived SIGKILL for %s", pid, timeout)
 	}
 	return nil
 }

@@ -276,7 +276,7 @@ func (b *Backend) boot(id string, spec cloud.LaunchSpec, it instancetype.Instanc
 		m.PID, m.PIDStart, m.Phase = pid, start, phaseRunning
 		return true
 	}); err != nil {
-		_ = killAgent(pid, start)
+		_ = killAgent(pid, start, killTimeout)
 		return nil, err
 	}
 	return b.instance(r), nil
@@ -433,7 +433,7 @@ func (b *Backend) destroy(id string) error {
 		return err
 	}
 	dir := b.store.cellDir(id)
-	if err := killAgent(r.meta.PID, r.meta.PIDStart); err != nil {
+	if err := killAgent(r.meta.PID, r.meta.PIDStart, killTimeout); err != nil {
 		return err
 	}
 	if err := killCgroups(r.meta.Cgroups, killTimeout); err != nil {
