@@ -8,7 +8,6 @@ import (
 	"log/slog"
 	"os"
 	"path/filepath"
-	"strconv"
 	"strings"
 	"syscall"
 	"time"
@@ -81,10 +80,6 @@ func down(ctx context.Context, home string, st *state, log io.Writer) error {
 	}
 
 	var errs []error
-	if pid := readPID(filepath.Join(st.LogDir, providerPIDFile)); pid > 0 && processIs(pid, "kip") {
-		say("stopping kip's provider (pid %d)", pid)
-		_ = syscall.Kill(-pid, syscall.SIGKILL)
-	}
 	if stopped, err := controlplane.StopLeftovers(st.ControlPlaneDir, 10*time.Second); err != nil {
 		errs = append(errs, err)
 	} else if len(stopped) > 0 {
@@ -111,19 +106,4 @@ func down(ctx context.Context, home string, st *state, log io.Writer) error {
 	}
 	say("done: everything under %s that kip up made is gone", home)
 	return nil
-}
-
-func readPID(path string) int {
-	data, err := os.ReadFile(path)
-	if err != nil {
-		return 0
-	}
-	pid, _ := strconv.Atoi(strings.TrimSpace(string(data)))
-	return pid
-}
-
-// processIs reports whether pid runs an executable named name (guards against reused PIDs).
-func processIs(pid int, name string) bool {
-	exe, err := os.Readlink(filepath.Join("/proc", strconv.Itoa(pid), "exe"))
-	return err == nil && filepath.Base(exe) == name
 }

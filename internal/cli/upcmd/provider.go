@@ -2,46 +2,33 @@ package upcmd
 
 import (
 	"context"
-	"errors"
 	"fmt"
+	"log/slog"
 	"os"
-	"os/exec"
 	"path/filepath"
-	"runtime"
-	"syscall"
+	"sync"
 	"time"
 
-	corev1 "k8s.io/api/core/v1"
-	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
-	"k8s.io/apimachinery/pkg/fields"
-	"k8s.io/apimachinery/pkg/watch"
-	"k8s.io/client-go/kubernetes"
-	watchtools "k8s.io/client-go/tools/watch"
-
+	"github.com/kip-dev/kip/internal/cli/runcmd"
+	"github.com/kip-dev/kip/internal/cloud"
+	"github.com/kip-dev/kip/internal/config"
 	"github.com/kip-dev/kip/internal/controlplane"
 )
 
-// provider is kip's provider (`kip run`), run by `kip up` as a child process with its own
-// log file, so that its logs do not bury kip up's progress lines and a crash of one does not
-// take the other down without cleanup.
+// provider is kip's provider (`kip run`'s Start) running in this process on the backend kip
+// up set up, logging to its own file so its lines do not bury kip up's progress.
 type provider struct {
-	cmd    *exec.Cmd
-	done   chan struct{}
-	waitEr error
-	client kubernetes.Interface
-	node   string
-	log    string
+	cancel  context.CancelFunc
+	ready   chan struct{}
+	done    chan struct{}
+	runErr  error
+	logFile *os.File
+	node    string
+	log     string
 }
 
-// providerPIDFile records the provider's PID under the log dir for kip down.
-const providerPIDFile = "kip.pid"
-
-func startProvider(ctx context.Context, st *state, cp *controlplane.ControlPlane, node string) (*provider, error) {
-	self, err := os.Executable()
-	if err != nil {
-		return nil, fmt.Errorf("starting kip's provider: finding this executable: %w", err)
-	}
-	client, err := kubernetes.NewForConfig(cp.RESTConfig())
+func startProvider(ctx context.Context, st *state, cfgText string, cp *controlplane.ControlPlane, backend cloud.Cloud) (*provider, error) {
+	cfg, err := config.Parse([]byte(cfgText))
 	if err != nil {
 		return nil, fmt.Errorf("starting kip's provider: %w", err)
 	}
@@ -50,102 +37,50 @@ func startProvider(ctx context.Context, st *state, cp *controlplane.ControlPlane
 	if err != nil {
 		return nil, fmt.Errorf("starting kip's provider: %w", err)
 	}
-	cmd := exec.Command(self, "run", "--config", st.Config, "--kubeconfig", st.Kubeconfig)
-	cmd.Stdout, cmd.Stderr = logf, logf
-	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGKILL}
-	if err := startLocked(cmd); err != nil {
-		logf.Close()
-		return nil, fmt.Errorf("starting kip's provider: %w", err)
-	}
-	p := &provider{cmd: cmd, done: make(chan struct{}), client: client, node: node, log: logPath}
-	_ = os.WriteFile(filepath.Join(st.LogDir, providerPIDFile), []byte(fmt.Sprint(cmd.Process.Pid)), 0o600)
+	pctx, cancel := context.WithCancel(ctx)
+	p := &provider{cancel: cancel, ready: make(chan struct{}), done: make(chan struct{}), logFile: logf,
+		node: cfg.Node.Name, log: logPath}
+	var once sync.Once
 	go func() {
-		p.waitEr = cmd.Wait()
-		logf.Close()
-		close(p.done)
+		defer close(p.done)
+		p.runErr = runcmd.Start(pctx, runcmd.Options{
+			Config:     cfg,
+			RESTConfig: cp.RESTConfig(),
+			Cloud:      backend,
+			Log:        slog.New(slog.NewTextHandler(logf, nil)),
+			Ready:      func() { once.Do(func() { close(p.ready) }) },
+		})
 	}()
 	return p, nil
 }
 
-// waitReady watches the node until it is Ready, the provider exits, or timeout passes.
+// waitReady waits for the virtual node to be Ready, the provider to stop, or timeout.
 func (p *provider) waitReady(ctx context.Context, timeout time.Duration) error {
-	ctx, cancel := context.WithTimeout(ctx, timeout)
-	defer cancel()
-	go func() {
-		select {
-		case <-p.done:
-			cancel()
-		case <-ctx.Done():
-		}
-	}()
-	sel := fields.OneTermEqualSelector("metadata.name", p.node).String()
-	for {
-		w, err := p.client.CoreV1().Nodes().Watch(ctx, metav1.ListOptions{FieldSelector: sel})
-		if err == nil {
-			_, err = watchtools.UntilWithoutRetry(ctx, w, func(ev watch.Event) (bool, error) {
-				n, ok := ev.Object.(*corev1.Node)
-				if !ok {
-					return false, nil
-				}
-				for _, c := range n.Status.Conditions {
-					if c.Type == corev1.NodeReady {
-						return c.Status == corev1.ConditionTrue, nil
-					}
-				}
-				return false, nil
-			})
-		}
-		switch {
-		case err == nil:
-			return nil
-		case p.exited():
-			return fmt.Errorf("kip's provider exited (%v) before node %s was Ready; see %s", p.waitEr, p.node, p.log)
-		case ctx.Err() != nil:
-			return fmt.Errorf("waiting for node %s to be Ready: %w; see %s", p.node, ctx.Err(), p.log)
-		case errors.Is(err, watchtools.ErrWatchClosed):
-			continue
-		default:
-			return fmt.Errorf("watching node %s: %w", p.node, err)
-		}
-	}
-}
-
-func (p *provider) exited() bool {
+	timer := time.NewTimer(timeout)
+	defer timer.Stop()
 	select {
+	case <-p.ready:
+		return nil
 	case <-p.done:
-		return true
-	default:
-		return false
+		return fmt.Errorf("kip's provider stopped before node %s was Ready: %v; see %s", p.node, p.runErr, p.log)
+	case <-ctx.Done():
+		return ctx.Err()
+	case <-timer.C:
+		return fmt.Errorf("node %s was not Ready within %v; see %s", p.node, timeout, p.log)
 	}
 }
 
-func (p *provider) err() error { return p.waitEr }
+// err returns why the provider stopped.
+func (p *provider) err() error { return p.runErr }
 
-// stop sends SIGTERM and waits for the provider to exit (SIGKILL when ctx ends first).
+// stop ends the provider and waits for it (cells stay; the backend's Teardown removes them).
 func (p *provider) stop(ctx context.Context) error {
-	if p.exited() {
-		return nil
-	}
-	_ = syscall.Kill(p.cmd.Process.Pid, syscall.SIGTERM)
+	p.cancel()
+	defer p.logFile.Close()
 	select {
 	case <-p.done:
 		return nil
 	case <-ctx.Done():
-		_ = syscall.Kill(-p.cmd.Process.Pid, syscall.SIGKILL)
-		<-p.done
-		return fmt.Errorf("kip's provider did not stop after SIGTERM; killed it")
+		return fmt.Errorf("kip's provider did not stop in time; see %s", p.log)
 	}
-}
-
-// startLocked starts cmd from a goroutine locked to its own OS thread, kept for the life of
-// the process: PR_SET_PDEATHSIG fires when the forking *thread* exits, and the local backend
-// ends threads (locked goroutines that entered a cell's namespace return without unlocking).
-func startLocked(cmd *exec.Cmd) error {
-	errc := make(chan error, 1)
-	go func() {
-		runtime.LockOSThread()
-		errc <- cmd.Start()
-		select {} // park: this thread must outlive the child
-	}()
-	return <-errc
 }

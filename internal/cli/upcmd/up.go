@@ -232,7 +232,7 @@ func (o *options) up(ctx context.Context) (err error) {
 		return fmt.Errorf("writing %s: %w", st.Config, err)
 	}
 	o.step("starting kip's provider (node %s on %s; log %s)", o.node, bridgeIP, filepath.Join(st.LogDir, "kip.log"))
-	prov, err := startProvider(ctx, st, cp, o.node)
+	prov, err := startProvider(ctx, st, cfg, cp, backend)
 	if err != nil {
 		return err
 	}
