@@ -149,8 +149,13 @@ func loadBootstrap(path string) (*cellapi.Bootstrap, error) {
 	return &bs, nil
 }
 
-// podIP returns the cell's first global IPv4 address, "" when it has none.
+// podIP returns the cell's address: $KIP_CELL_IP when the backend set it (the local
+// backend does; in its process-only mode every cell shares the host's interfaces), else the
+// first global IPv4 address, "" when there is none.
 func podIP() string {
+	if ip := net.ParseIP(os.Getenv("KIP_CELL_IP")); ip != nil {
+		return ip.String()
+	}
 	addrs, err := net.InterfaceAddrs()
 	if err != nil {
 		return ""

@@ -1,0 +1,142 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"encoding/json"
+	"net"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/kip-dev/kip/internal/agent/cgroups"
+	"github.com/kip-dev/kip/internal/cellapi"
+	"github.com/kip-dev/kip/internal/pki"
+)
+
+func TestVersion(t *testing.T) {
+	var out bytes.Buffer
+	if err := Run(t.Context(), []string{"version"}, &out); err != nil {
+		t.Fatal(err)
+	}
+	if !strings.HasPrefix(out.String(), "kip-cell ") || !strings.Contains(out.String(), "cellapi v1") {
+		t.Errorf("version output %q", out.String())
+	}
+}
+
+func writeJSON(t *testing.T, v any) string {
+	t.Helper()
+	p := filepath.Join(t.TempDir(), "bootstrap.json")
+	b, err := json.Marshal(v)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(p, b, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	return p
+}
+
+func TestBadInvocations(t *testing.T) {
+	ca, _ := pki.NewCA("t")
+	cert, key, _ := ca.Issue(pki.LeafSpec{CommonName: "c1", DNSNames: []string{"c1"}, Server: true})
+	raw := filepath.Join(t.TempDir(), "raw")
+	os.WriteFile(raw, []byte(`{"cellID":"c1","caCert":"eA==","bogus":1}`), 0o600)
+	cases := []struct {
+		name string
+		args []string
+		want string
+	}{
+		{"no bootstrap", nil, "--bootstrap is required"},
+		{"unknown flag", []string{"--nope"}, "flag provided but not defined"},
+		{"extra argument", []string{"--bootstrap", "x", "extra"}, `unexpected argument "extra"`},
+		{"missing file", []string{"--bootstrap", "/nonexistent/bs"}, "reading bootstrap"},
+		{"unknown field", []string{"--bootstrap", raw}, `unknown field "bogus"`},
+		{"no cell id", []string{"--bootstrap", writeJSON(t, cellapi.Bootstrap{CACert: ca.CertPEM, Cert: cert, Key: key})}, "field cellID is required"},
+		{"no cert", []string{"--bootstrap", writeJSON(t, cellapi.Bootstrap{CellID: "c1", CACert: ca.CertPEM})}, "fields cert and key are required"},
+		{"bad cert", []string{"--bootstrap", writeJSON(t, cellapi.Bootstrap{CellID: "c1", CACert: ca.CertPEM, Cert: []byte("x"), Key: key})}, "loading server certificate"},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			err := Run(t.Context(), append(tc.args, "--state-dir", t.TempDir()), &bytes.Buffer{})
+			if err == nil || !strings.Contains(err.Error(), tc.want) {
+				t.Fatalf("err = %v, want %q", err, tc.want)
+			}
+		})
+	}
+}
+
+// TestServeAndShutdown runs the agent on 127.0.0.1 with mutual TLS, checks health and an
+// authenticated call, then cancels the context and expects a clean return.
+func TestServeAndShutdown(t *testing.T) {
+	if _, err := exec.LookPath("runc"); err != nil {
+		t.Skip("runc is not installed")
+	}
+	ca, _ := pki.NewCA("t")
+	cert, key, _ := ca.Issue(pki.LeafSpec{CommonName: "c1", DNSNames: []string{"c1"}, Server: true})
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	addr := ln.Addr().String()
+	ln.Close()
+	bs := writeJSON(t, cellapi.Bootstrap{CellID: "c1", CACert: ca.CertPEM, Cert: cert, Key: key, ListenAddr: addr})
+	b := make([]byte, 3)
+	rand.Read(b)
+	parent := "kiptest-" + hex.EncodeToString(b)
+	t.Cleanup(func() {
+		if cg, err := cgroups.Self("/sys/fs/cgroup", "/proc/self/cgroup"); err == nil {
+			cg.Remove(parent)
+		}
+	})
+
+	ctx, cancel := context.WithCancel(t.Context())
+	done := make(chan error, 1)
+	go func() {
+		done <- Run(ctx, []string{"--bootstrap", bs, "--state-dir", t.TempDir(), "--cgroup-parent", parent}, &bytes.Buffer{})
+	}()
+
+	ccert, ckey, _ := ca.Issue(pki.LeafSpec{CommonName: "kip", Client: true})
+	ctls, _ := pki.ClientTLS(ca.CertPEM, ccert, ckey, "c1")
+	client := cellapi.NewClient("https://"+addr, ctls)
+	defer client.Close()
+	deadline := time.Now().Add(20 * time.Second)
+	for {
+		h, err := client.Health(t.Context())
+		if err == nil {
+			if h.CellID != "c1" {
+				t.Fatalf("health %+v", h)
+			}
+			break
+		}
+		select {
+		case err := <-done:
+			t.Fatalf("Run returned early: %v", err)
+		default:
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("agent never became healthy: %v", err)
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+	if _, err := client.GetPod(t.Context()); !cellapi.IsNotFound(err) {
+		t.Fatalf("GetPod: %v, want NotFound", err)
+	}
+	if _, err := client.Stats(t.Context()); err != nil {
+		t.Fatalf("Stats: %v", err)
+	}
+	cancel()
+	select {
+	case err := <-done:
+		if err != nil {
+			t.Fatalf("Run: %v", err)
+		}
+	case <-time.After(30 * time.Second):
+		t.Fatal("Run did not return after cancel")
+	}
+}
