@@ -99,8 +99,12 @@ func (f *fakeCells) CreatePod(_ context.Context, p *corev1.Pod) error {
 	return nil
 }
 
-func (f *fakeCells) UpdatePod(_ context.Context, p *corev1.Pod) error { return f.take("update " + p.Name) }
-func (f *fakeCells) DeletePod(_ context.Context, p *corev1.Pod) error { return f.take("delete " + p.Name) }
+func (f *fakeCells) UpdatePod(_ context.Context, p *corev1.Pod) error {
+	return f.take("update " + p.Name)
+}
+func (f *fakeCells) DeletePod(_ context.Context, p *corev1.Pod) error {
+	return f.take("delete " + p.Name)
+}
 
 func (f *fakeCells) GetPod(ns, name string) (*corev1.Pod, bool) {
 	f.mu.Lock()
