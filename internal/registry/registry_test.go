@@ -138,9 +138,11 @@ func TestLongRunningCmd(t *testing.T) {
 	}
 	exited := make(chan error, 1)
 	go func() { exited <- cmd.Wait() }()
-	// Wait until the shell has started its sleep child, so the trap is installed.
+	// Wait until the shell has started its sleep child and the child has reset the shell's
+	// SIGTERM handler (a signal in between would be lost in the child, a window only a test
+	// signalling at once can hit).
 	deadline := time.Now().Add(10 * time.Second)
-	for !hasChild(cmd.Process.Pid) {
+	for !childReady(cmd.Process.Pid) {
 		if time.Now().After(deadline) {
 			cmd.Process.Kill()
 			t.Fatal("the command did not start sleeping")
@@ -176,7 +178,24 @@ func TestLongRunningCmd(t *testing.T) {
 	}
 }
 
-func hasChild(pid int) bool { return children(pid) != "" }
+// childReady reports whether pid has a child that no longer catches SIGTERM.
+func childReady(pid int) bool {
+	kids := strings.Fields(children(pid))
+	if len(kids) == 0 {
+		return false
+	}
+	b, err := os.ReadFile(filepath.Join("/proc", kids[0], "status"))
+	if err != nil {
+		return false
+	}
+	for _, line := range strings.Split(string(b), "\n") {
+		if v, ok := strings.CutPrefix(line, "SigCgt:"); ok {
+			mask, err := strconv.ParseUint(strings.TrimSpace(v), 16, 64)
+			return err == nil && mask&(1<<(uint(syscall.SIGTERM)-1)) == 0
+		}
+	}
+	return false
+}
 
 func children(pid int) string {
 	b, _ := os.ReadFile(filepath.Join("/proc", strconv.Itoa(pid), "task", strconv.Itoa(pid), "children"))
