@@ -24,7 +24,8 @@ var ErrUnsafePath = errors.New("tar entry escapes the root")
 // absolute or relative, is followed as if dir were "/" (openat2 RESOLVE_IN_ROOT), so no entry
 // can be written outside dir; a name or hard link target with ".." leading out of the root
 // is refused with ErrUnsafePath. As root it restores ownership, then the mode (so setuid
-// bits survive the chown), then modification times (directories last).
+// bits survive the chown), then extended attributes of files and directories (file
+// capabilities), then modification times (directories last).
 func Untar(ctx context.Context, r io.Reader, dir string) error {
 	root, err := unix.Open(dir, unix.O_RDONLY|unix.O_DIRECTORY|unix.O_CLOEXEC, 0)
 	if err != nil {
@@ -211,8 +212,24 @@ func (u *untarrer) fdMeta(fd int, hdr *tar.Header, mode uint32) error {
 	if err := unix.Fchmod(fd, mode); err != nil {
 		return fmt.Errorf("setting mode %o: %w", mode, err)
 	}
+	// Extended attributes last: chown clears security.capability.
+	for k, v := range hdr.PAXRecords {
+		name, ok := strings.CutPrefix(k, paxXattr)
+		if !ok {
+			continue
+		}
+		if err := unix.Fsetxattr(fd, name, []byte(v), 0); err != nil {
+			if errors.Is(err, unix.ENOTSUP) || errors.Is(err, unix.EPERM) {
+				continue // the filesystem or an unprivileged unpack cannot keep it
+			}
+			return fmt.Errorf("setting extended attribute %s: %w", name, err)
+		}
+	}
 	return nil
 }
+
+// paxXattr prefixes the PAX records that carry extended attributes.
+const paxXattr = "SCHILY.xattr."
 
 // meta sets owner (without following a symlink), optionally the mode, and the times of
 // pfd/base.

@@ -14,9 +14,11 @@ import (
 
 	v1 "github.com/google/go-containerregistry/pkg/v1"
 	"github.com/google/go-containerregistry/pkg/v1/tarball"
+	"golang.org/x/sys/unix"
 )
 
 type tarEntry struct {
+	pax              map[string]string
 	name, body, link string
 	typ              byte
 	mode             int64
@@ -29,7 +31,7 @@ func tarBytes(t testing.TB, entries ...tarEntry) []byte {
 	var buf bytes.Buffer
 	tw := tar.NewWriter(&buf)
 	for _, e := range entries {
-		h := &tar.Header{Name: e.name, Linkname: e.link, Typeflag: e.typ, Mode: e.mode, Uid: e.uid, Gid: e.gid, ModTime: e.mtime, Format: tar.FormatPAX}
+		h := &tar.Header{Name: e.name, Linkname: e.link, Typeflag: e.typ, Mode: e.mode, Uid: e.uid, Gid: e.gid, ModTime: e.mtime, Format: tar.FormatPAX, PAXRecords: e.pax}
 		if h.Typeflag == 0 {
 			h.Typeflag = tar.TypeReg
 		}
@@ -185,6 +187,17 @@ func TestUntar(t *testing.T) {
 			checks: []check{absent("dev/null"), func(t *testing.T, dir, _ string) {
 				if st, err := os.Lstat(filepath.Join(dir, "run/pipe")); err != nil || st.Mode()&os.ModeNamedPipe == 0 {
 					t.Errorf("run/pipe: %v %v", st, err)
+				}
+			}},
+		},
+		{
+			name:    "extended attributes",
+			entries: []tarEntry{{name: "f", body: "x", pax: map[string]string{"SCHILY.xattr.user.kip": "v1"}}},
+			checks: []check{func(t *testing.T, dir, _ string) {
+				buf := make([]byte, 16)
+				n, err := unix.Getxattr(filepath.Join(dir, "f"), "user.kip", buf)
+				if err != nil || string(buf[:n]) != "v1" {
+					t.Errorf("user.kip = %q (%v), want v1", buf[:max(n, 0)], err)
 				}
 			}},
 		},
