@@ -20,6 +20,7 @@ import (
 	"github.com/kip-dev/kip/internal/agent"
 	"github.com/kip-dev/kip/internal/agent/cgroups"
 	"github.com/kip-dev/kip/internal/agent/image"
+	"github.com/kip-dev/kip/internal/agent/pod"
 	"github.com/kip-dev/kip/internal/agent/runtime"
 	"github.com/kip-dev/kip/internal/cellapi"
 	"github.com/kip-dev/kip/internal/pki"
@@ -29,6 +30,7 @@ import (
 // and returns. args are the command line without the program name:
 //
 //	kip-cell --bootstrap FILE [--state-dir DIR] [--runc PATH] [--cgroup-parent NAME]
+//	         [--backoff-base 10s] [--backoff-max 5m]
 //	kip-cell version
 func Run(ctx context.Context, args []string, stdout io.Writer) error {
 	if len(args) > 0 && args[0] == "version" {
@@ -41,11 +43,16 @@ func Run(ctx context.Context, args []string, stdout io.Writer) error {
 	stateDir := fs.String("state-dir", "/var/lib/kip-cell", "directory for images, runc state, pods and logs")
 	runcPath := fs.String("runc", "", "runc binary (default: runc on PATH)")
 	cgroupParent := fs.String("cgroup-parent", "kip", "cgroup, relative to the agent's own, under which pods' cgroups go")
+	backOffBase := fs.Duration("backoff-base", pod.DefaultBackOff.Base, "first restart and image-pull back-off (kubelet: 10s)")
+	backOffMax := fs.Duration("backoff-max", pod.DefaultBackOff.Max, "longest back-off (kubelet: 5m)")
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
 	if fs.NArg() > 0 {
 		return fmt.Errorf("unexpected argument %q", fs.Arg(0))
+	}
+	if *backOffBase <= 0 || *backOffMax < *backOffBase {
+		return fmt.Errorf("flags --backoff-base %s and --backoff-max %s: need 0 < base <= max", *backOffBase, *backOffMax)
 	}
 	if *bootstrapFile == "" {
 		return errors.New("flag --bootstrap is required")
@@ -83,6 +90,7 @@ func Run(ctx context.Context, args []string, stdout io.Writer) error {
 		Images:       images,
 		Cgroups:      cg,
 		CgroupParent: *cgroupParent,
+		BackOff:      pod.BackOff{Base: *backOffBase, Max: *backOffMax, Reset: pod.DefaultBackOff.Reset},
 		PodIP:        podIP(),
 		Log:          log,
 	})

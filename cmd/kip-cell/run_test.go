@@ -53,6 +53,7 @@ func TestBadInvocations(t *testing.T) {
 		want string
 	}{
 		{"no bootstrap", nil, "--bootstrap is required"},
+		{"bad back-off", []string{"--bootstrap", "x", "--backoff-base", "1m", "--backoff-max", "1s"}, "need 0 < base <= max"},
 		{"unknown flag", []string{"--nope"}, "flag provided but not defined"},
 		{"extra argument", []string{"--bootstrap", "x", "extra"}, `unexpected argument "extra"`},
 		{"missing file", []string{"--bootstrap", "/nonexistent/bs"}, "reading bootstrap"},

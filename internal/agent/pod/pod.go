@@ -57,6 +57,9 @@ type BackOff struct {
 	Base, Max, Reset time.Duration
 }
 
+// errImagePullShown is how long ErrImagePull shows before ImagePullBackOff.
+const errImagePullShown = time.Second
+
 // DefaultBackOff is kubelet's.
 var DefaultBackOff = BackOff{Base: 10 * time.Second, Max: 5 * time.Minute, Reset: 10 * time.Minute}
 
@@ -470,10 +473,13 @@ func (p *Pod) pull(c *ctr) *image.Image {
 			return nil
 		}
 		p.cfg.Log.Info("pulling image failed", "pod", p.UID(), "container", c.spec.Name, "image", c.spec.Image, "err", err)
+		// As with kubelet: ErrImagePull right after the failure, then ImagePullBackOff for
+		// the rest of the back-off.
 		p.update(c, func(s *corev1.ContainerStatus) { s.State = waiting(ReasonErrImagePull, err.Error()) })
 		delay := bo.next(0)
+		shown := min(delay/2, errImagePullShown)
 		select {
-		case <-p.cfg.Clock.After(delay):
+		case <-p.cfg.Clock.After(shown):
 		case <-p.ctx.Done():
 			return nil
 		}
@@ -481,7 +487,7 @@ func (p *Pod) pull(c *ctr) *image.Image {
 			s.State = waiting(ReasonImagePullBackOff, fmt.Sprintf("Back-off pulling image %q: %v", c.spec.Image, err))
 		})
 		select {
-		case <-p.cfg.Clock.After(delay):
+		case <-p.cfg.Clock.After(delay - shown):
 		case <-p.ctx.Done():
 			return nil
 		}

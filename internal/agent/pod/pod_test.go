@@ -279,10 +279,16 @@ func TestImagePullErrors(t *testing.T) {
 		w := s.ContainerStatuses[0].State.Waiting
 		return w != nil && w.Reason == ReasonErrImagePull && strings.Contains(w.Message, "manifest unknown")
 	})
-	r.clk.Step(10 * time.Second)
+	r.clk.Step(time.Second)
 	r.until(t, func(s *cellapi.PodStatus) bool {
 		w := s.ContainerStatuses[0].State.Waiting
 		return w != nil && w.Reason == ReasonImagePullBackOff
+	})
+	// The retry comes after the whole 10s back-off.
+	r.clk.Step(9 * time.Second)
+	r.until(t, func(s *cellapi.PodStatus) bool {
+		w := s.ContainerStatuses[0].State.Waiting
+		return w != nil && w.Reason == ReasonErrImagePull
 	})
 }
 
