@@ -224,4 +224,6 @@ func (c staticCatalog) InstanceTypes() ([]instancetype.InstanceType, error) {
 }
 
 // StaticCatalog returns a Catalog that always answers types.
-func StaticCatalog(types []instancetype.InstanceType) Catalog { return staticCatalog(instancetype.Clone(types)) }
+func StaticCatalog(types []instancetype.InstanceType) Catalog {
+	return staticCatalog(instancetype.Clone(types))
+}
