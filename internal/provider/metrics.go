@@ -2,6 +2,7 @@ package provider
 
 import (
 	"context"
+	"k8s.io/utils/ptr"
 
 	dto "github.com/prometheus/client_model/go"
 )
@@ -68,27 +69,27 @@ func (p *Provider) GetMetricsResource(ctx context.Context) ([]*dto.MetricFamily,
 func labelPairs(kv ...string) []*dto.LabelPair {
 	out := make([]*dto.LabelPair, 0, len(kv)/2)
 	for i := 0; i+1 < len(kv); i += 2 {
-		out = append(out, &dto.LabelPair{Name: ptr(kv[i]), Value: ptr(kv[i+1])})
+		out = append(out, &dto.LabelPair{Name: ptr.To(kv[i]), Value: ptr.To(kv[i+1])})
 	}
 	return out
 }
 
 func counter(l []*dto.LabelPair, v float64, ms int64) *dto.Metric {
-	m := &dto.Metric{Label: l, Counter: &dto.Counter{Value: ptr(v)}}
+	m := &dto.Metric{Label: l, Counter: &dto.Counter{Value: ptr.To(v)}}
 	if ms != 0 {
-		m.TimestampMs = ptr(ms)
+		m.TimestampMs = ptr.To(ms)
 	}
 	return m
 }
 
 func gauge(l []*dto.LabelPair, v float64, ms int64) *dto.Metric {
-	m := &dto.Metric{Label: l, Gauge: &dto.Gauge{Value: ptr(v)}}
+	m := &dto.Metric{Label: l, Gauge: &dto.Gauge{Value: ptr.To(v)}}
 	if ms != 0 {
-		m.TimestampMs = ptr(ms)
+		m.TimestampMs = ptr.To(ms)
 	}
 	return m
 }
 
 func family(name, help string, t dto.MetricType, ms ...*dto.Metric) *dto.MetricFamily {
-	return &dto.MetricFamily{Name: ptr(name), Help: ptr(help), Type: t.Enum(), Metric: ms}
+	return &dto.MetricFamily{Name: ptr.To(name), Help: ptr.To(help), Type: t.Enum(), Metric: ms}
 }

@@ -2,6 +2,7 @@ package provider
 
 import (
 	"context"
+	"k8s.io/utils/ptr"
 	"log/slog"
 	"time"
 
@@ -120,7 +121,7 @@ func statsKey(pod *corev1.Pod, container string) string {
 // cpuStats reports the cumulative figure and, from the previous reading of the same key, the
 // current rate in nanocores.
 func (p *Provider) cpuStats(key string, at time.Time, nanos uint64) *statsv1alpha1.CPUStats {
-	out := &statsv1alpha1.CPUStats{Time: metav1.NewTime(at), UsageCoreNanoSeconds: ptr(nanos)}
+	out := &statsv1alpha1.CPUStats{Time: metav1.NewTime(at), UsageCoreNanoSeconds: ptr.To(nanos)}
 	p.mu.Lock()
 	prev, ok := p.cpu[key]
 	p.cpu[key] = cpuSample{at: at, nanos: nanos}
@@ -160,9 +161,7 @@ func cutSlash(s string) (string, string, bool) {
 func memStats(at time.Time, u cellapi.Usage) *statsv1alpha1.MemoryStats {
 	return &statsv1alpha1.MemoryStats{
 		Time:            metav1.NewTime(at),
-		WorkingSetBytes: ptr(u.MemoryWorkingSetBytes),
-		UsageBytes:      ptr(u.MemoryUsageBytes),
+		WorkingSetBytes: ptr.To(u.MemoryWorkingSetBytes),
+		UsageBytes:      ptr.To(u.MemoryUsageBytes),
 	}
 }
-
-func ptr[T any](v T) *T { return &v }
