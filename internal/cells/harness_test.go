@@ -200,8 +200,11 @@ type harness struct {
 	mu       sync.Mutex
 	agents   map[string]*testAgent
 	newAgent func(cellID string) *testAgent
-	events   []string
-	notified []*corev1.Pod
+	// dial is Deps.Dial (nil: the manager's mutual-TLS default, on agentPort).
+	dial      func(ctx context.Context, inst *cloud.Instance, cellID string) (cellapi.Agent, error)
+	agentPort int
+	events    []string
+	notified  []*corev1.Pod
 }
 
 func newHarness(t *testing.T, opts ...func(*harness)) *harness {
@@ -220,6 +223,9 @@ func newHarness(t *testing.T, opts ...func(*harness)) *harness {
 	}
 	h.cloud = fake.New(fake.WithClock(h.clock))
 	h.cl = h.cloud
+	h.dial = func(ctx context.Context, inst *cloud.Instance, cellID string) (cellapi.Agent, error) {
+		return h.agent(cellID), nil
+	}
 	for _, o := range opts {
 		o(h)
 	}
@@ -231,17 +237,18 @@ func newHarness(t *testing.T, opts ...func(*harness)) *harness {
 func (h *harness) newManager() *Manager {
 	cfg := config.NewDefault().Cells
 	m := New(cfg, NodeInfo{Name: "kip", HostIP: "10.250.0.1"}, Deps{
-		Cloud:   h.cl,
-		Select:  testSelect,
-		Resolve: func(ctx context.Context, pod *corev1.Pod) (*cellapi.PodRequest, error) { return &cellapi.PodRequest{Pod: pod}, nil },
-		Dial: func(ctx context.Context, inst *cloud.Instance, cellID string) (cellapi.Agent, error) {
-			return h.agent(cellID), nil
+		Cloud:  h.cl,
+		Select: testSelect,
+		Resolve: func(ctx context.Context, pod *corev1.Pod) (*cellapi.PodRequest, error) {
+			return &cellapi.PodRequest{Pod: pod}, nil
 		},
-		CA:     h.ca,
-		Events: h.rec,
-		Clock:  h.clock,
-		Mirror: h.mirror,
-		Log:    slog.New(slog.NewTextHandler(testWriter{h.t}, nil)),
+		Dial:      h.dial,
+		AgentPort: h.agentPort,
+		CA:        h.ca,
+		Events:    h.rec,
+		Clock:     h.clock,
+		Mirror:    h.mirror,
+		Log:       slog.New(slog.NewTextHandler(testWriter{h.t}, nil)),
 	})
 	m.NotifyPods(func(p *corev1.Pod) {
 		h.mu.Lock()

@@ -1,0 +1,306 @@
+package cells
+
+import (
+	"testing"
+	"time"
+
+	corev1 "k8s.io/api/core/v1"
+	"k8s.io/apimachinery/pkg/api/resource"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+
+	"github.com/kip-dev/kip/internal/cellapi"
+)
+
+func TestBuildStatus(t *testing.T) {
+	t0 := time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)
+	now := t0.Add(time.Minute)
+	always := corev1.ContainerRestartPolicyAlways
+	withInit := func(p *corev1.Pod) {
+		p.Spec.InitContainers = []corev1.Container{{Name: "init", Image: "busybox"}}
+	}
+	cond := func(tp corev1.PodConditionType, st corev1.ConditionStatus, reason string) corev1.PodCondition {
+		return corev1.PodCondition{Type: tp, Status: st, Reason: reason}
+	}
+	type want struct {
+		phase      corev1.PodPhase
+		reason     string
+		ctrState   string // "waiting:<reason>", "running", "terminated:<reason>:<code>"
+		initState  string
+		conds      []corev1.PodCondition // type, status, reason checked
+		podIP      string
+		transition map[corev1.PodConditionType]time.Time
+	}
+	tests := []struct {
+		name string
+		pod  *corev1.Pod
+		in   statusInput
+		want want
+	}{
+		{
+			name: "launching",
+			pod:  testPod("p"),
+			in:   statusInput{reason: ReasonCellLaunching, message: "launching"},
+			want: want{phase: corev1.PodPending, reason: ReasonCellLaunching, ctrState: "waiting:" + ReasonCellLaunching, conds: []corev1.PodCondition{
+				cond(corev1.PodReadyToStartContainers, corev1.ConditionFalse, ""),
+				cond(corev1.PodInitialized, corev1.ConditionTrue, ""),
+				cond(corev1.PodReady, corev1.ConditionFalse, "ContainersNotReady"),
+				cond(corev1.ContainersReady, corev1.ConditionFalse, "ContainersNotReady"),
+				cond(corev1.PodScheduled, corev1.ConditionTrue, ""),
+			}},
+		},
+		{
+			name: "running and ready",
+			pod:  testPod("p"),
+			in: statusInput{podIP: "10.0.0.5", cellReady: true, agent: &cellapi.PodStatus{Phase: corev1.PodRunning,
+				ContainerStatuses: []corev1.ContainerStatus{running("main", true)}}},
+			want: want{phase: corev1.PodRunning, ctrState: "running", podIP: "10.0.0.5", conds: []corev1.PodCondition{
+				cond(corev1.PodReadyToStartContainers, corev1.ConditionTrue, ""),
+				cond(corev1.PodInitialized, corev1.ConditionTrue, ""),
+				cond(corev1.PodReady, corev1.ConditionTrue, ""),
+				cond(corev1.ContainersReady, corev1.ConditionTrue, ""),
+			}},
+		},
+		{
+			name: "init container running",
+			pod:  testPod("p", withInit),
+			in: statusInput{cellReady: true, agent: &cellapi.PodStatus{Phase: corev1.PodPending,
+				InitContainerStatuses: []corev1.ContainerStatus{running("init", false)}}},
+			want: want{phase: corev1.PodPending, ctrState: "waiting:PodInitializing", initState: "running", conds: []corev1.PodCondition{
+				cond(corev1.PodInitialized, corev1.ConditionFalse, "ContainersNotInitialized"),
+			}},
+		},
+		{
+			name: "init done, main creating",
+			pod:  testPod("p", withInit),
+			in: statusInput{cellReady: true, agent: &cellapi.PodStatus{Phase: corev1.PodPending,
+				InitContainerStatuses: []corev1.ContainerStatus{exited("init", 0)}}},
+			want: want{phase: corev1.PodPending, ctrState: "waiting:ContainerCreating", initState: "terminated:Completed:0", conds: []corev1.PodCondition{
+				cond(corev1.PodInitialized, corev1.ConditionTrue, ""),
+			}},
+		},
+		{
+			name: "sidecar started counts as initialized",
+			pod: testPod("p", func(p *corev1.Pod) {
+				p.Spec.InitContainers = []corev1.Container{{Name: "init", Image: "busybox", RestartPolicy: &always}}
+			}),
+			in: statusInput{cellReady: true, agent: &cellapi.PodStatus{Phase: corev1.PodRunning,
+				InitContainerStatuses: []corev1.ContainerStatus{running("init", false)},
+				ContainerStatuses:     []corev1.ContainerStatus{running("main", true)}}},
+			want: want{phase: corev1.PodRunning, ctrState: "running", initState: "running", conds: []corev1.PodCondition{
+				cond(corev1.PodInitialized, corev1.ConditionTrue, ""),
+				cond(corev1.ContainersReady, corev1.ConditionFalse, "ContainersNotReady"),
+			}},
+		},
+		{
+			name: "succeeded",
+			pod:  testPod("p"),
+			in: statusInput{stopped: true, agent: &cellapi.PodStatus{Phase: corev1.PodSucceeded,
+				ContainerStatuses: []corev1.ContainerStatus{exited("main", 0)}}},
+			want: want{phase: corev1.PodSucceeded, ctrState: "terminated:Completed:0", conds: []corev1.PodCondition{
+				cond(corev1.PodReadyToStartContainers, corev1.ConditionFalse, ""),
+				cond(corev1.PodInitialized, corev1.ConditionTrue, "PodCompleted"),
+				cond(corev1.PodReady, corev1.ConditionFalse, "PodCompleted"),
+				cond(corev1.ContainersReady, corev1.ConditionFalse, "PodCompleted"),
+			}},
+		},
+		{
+			name: "failed exit 3",
+			pod:  testPod("p"),
+			in: statusInput{stopped: true, agent: &cellapi.PodStatus{Phase: corev1.PodFailed,
+				ContainerStatuses: []corev1.ContainerStatus{exited("main", 3)}}},
+			want: want{phase: corev1.PodFailed, ctrState: "terminated:Error:3"},
+		},
+		{
+			name: "cell lost while running",
+			pod:  testPod("p"),
+			in: statusInput{failure: &podFailure{reason: ReasonCellLost, message: "gone"}, agent: &cellapi.PodStatus{Phase: corev1.PodRunning,
+				ContainerStatuses: []corev1.ContainerStatus{running("main", true)}}},
+			want: want{phase: corev1.PodFailed, reason: ReasonCellLost, ctrState: "terminated:" + ReasonCellLost + ":137", conds: []corev1.PodCondition{
+				cond(corev1.PodReady, corev1.ConditionFalse, "ContainersNotReady"),
+			}},
+		},
+		{
+			name: "never started",
+			pod:  testPod("p"),
+			in:   statusInput{failure: &podFailure{reason: ReasonNoInstanceType, message: "too big"}, reason: ReasonCellLaunching},
+			want: want{phase: corev1.PodFailed, reason: ReasonNoInstanceType, ctrState: "terminated:" + ReasonNoInstanceType + ":128"},
+		},
+		{
+			name: "deleted while running: unknown container state",
+			pod:  testPod("p", func(p *corev1.Pod) { p.Spec.RestartPolicy = corev1.RestartPolicyAlways }),
+			in: statusInput{stopped: true, agent: &cellapi.PodStatus{Phase: corev1.PodRunning,
+				ContainerStatuses: []corev1.ContainerStatus{running("main", true)}}},
+			want: want{phase: corev1.PodFailed, ctrState: "terminated:" + reasonStatusUnknown + ":137"},
+		},
+		{
+			name: "deleted after a clean exit",
+			pod:  testPod("p", func(p *corev1.Pod) { p.Spec.RestartPolicy = corev1.RestartPolicyAlways }),
+			in: statusInput{stopped: true, agent: &cellapi.PodStatus{Phase: corev1.PodRunning,
+				ContainerStatuses: []corev1.ContainerStatus{exited("main", 0)}}},
+			want: want{phase: corev1.PodSucceeded, ctrState: "terminated:Completed:0"},
+		},
+		{
+			name: "image pull error shows on the container",
+			pod:  testPod("p"),
+			in: statusInput{cellReady: true, agent: &cellapi.PodStatus{Phase: corev1.PodPending,
+				ContainerStatuses: []corev1.ContainerStatus{{Name: "main", State: corev1.ContainerState{Waiting: &corev1.ContainerStateWaiting{Reason: "ErrImagePull", Message: "not found"}}}}}},
+			want: want{phase: corev1.PodPending, ctrState: "waiting:ErrImagePull"},
+		},
+		{
+			name: "readiness gate unmet",
+			pod: testPod("p", func(p *corev1.Pod) {
+				p.Spec.ReadinessGates = []corev1.PodReadinessGate{{ConditionType: "example.com/lb"}}
+			}),
+			in: statusInput{cellReady: true, agent: &cellapi.PodStatus{Phase: corev1.PodRunning,
+				ContainerStatuses: []corev1.ContainerStatus{running("main", true)}}},
+			want: want{phase: corev1.PodRunning, ctrState: "running", conds: []corev1.PodCondition{
+				cond(corev1.ContainersReady, corev1.ConditionTrue, ""),
+				cond(corev1.PodReady, corev1.ConditionFalse, "ReadinessGatesNotReady"),
+			}},
+		},
+		{
+			name: "transition times kept when unchanged, foreign conditions kept",
+			pod: testPod("p", func(p *corev1.Pod) {
+				p.Status.Conditions = []corev1.PodCondition{
+					{Type: corev1.PodReady, Status: corev1.ConditionTrue, LastTransitionTime: metav1.NewTime(t0)},
+					{Type: corev1.ContainersReady, Status: corev1.ConditionFalse, LastTransitionTime: metav1.NewTime(t0)},
+					{Type: corev1.PodScheduled, Status: corev1.ConditionTrue, LastTransitionTime: metav1.NewTime(t0)},
+					{Type: corev1.DisruptionTarget, Status: corev1.ConditionTrue, Reason: "EvictionByEvictionAPI", LastTransitionTime: metav1.NewTime(t0)},
+				}
+			}),
+			in: statusInput{cellReady: true, agent: &cellapi.PodStatus{Phase: corev1.PodRunning,
+				ContainerStatuses: []corev1.ContainerStatus{running("main", true)}}},
+			want: want{phase: corev1.PodRunning, ctrState: "running", conds: []corev1.PodCondition{
+				cond(corev1.DisruptionTarget, corev1.ConditionTrue, "EvictionByEvictionAPI"),
+			}, transition: map[corev1.PodConditionType]time.Time{
+				corev1.PodReady: t0, corev1.ContainersReady: now, corev1.PodScheduled: t0, corev1.DisruptionTarget: t0,
+			}},
+		},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			in := tt.in
+			in.pod, in.now, in.hostIP = tt.pod, now, "10.250.0.1"
+			s := buildStatus(in)
+			if s.Phase != tt.want.phase || s.Reason != tt.want.reason {
+				t.Errorf("phase %q reason %q, want %q %q", s.Phase, s.Reason, tt.want.phase, tt.want.reason)
+			}
+			if s.HostIP != "10.250.0.1" || len(s.HostIPs) != 1 || s.PodIP != tt.want.podIP || s.StartTime == nil || s.QOSClass != corev1.PodQOSBestEffort {
+				t.Errorf("hostIP %q podIP %q startTime %v qos %q", s.HostIP, s.PodIP, s.StartTime, s.QOSClass)
+			}
+			if len(s.ContainerStatuses) != len(tt.pod.Spec.Containers) {
+				t.Fatalf("%d container statuses", len(s.ContainerStatuses))
+			}
+			if got := stateString(s.ContainerStatuses[0]); got != tt.want.ctrState {
+				t.Errorf("container state %s, want %s", got, tt.want.ctrState)
+			}
+			if tt.want.initState != "" {
+				if got := stateString(s.InitContainerStatuses[0]); got != tt.want.initState {
+					t.Errorf("init container state %s, want %s", got, tt.want.initState)
+				}
+			}
+			for _, w := range tt.want.conds {
+				c := findCondition(s.Conditions, w.Type)
+				if c == nil || c.Status != w.Status || c.Reason != w.Reason {
+					t.Errorf("condition %s = %+v, want %s %q", w.Type, c, w.Status, w.Reason)
+				}
+			}
+			for tp, at := range tt.want.transition {
+				if c := findCondition(s.Conditions, tp); c == nil || !c.LastTransitionTime.Time.Equal(at) {
+					t.Errorf("condition %s transition %v, want %v", tp, c, at)
+				}
+			}
+			if isTerminal(s.Phase) {
+				for _, cs := range append(s.InitContainerStatuses, s.ContainerStatuses...) {
+					if cs.State.Terminated == nil || cs.Ready {
+						t.Errorf("terminal pod with container %s not terminated: %+v", cs.Name, cs.State)
+					}
+				}
+			}
+		})
+	}
+}
+
+func stateString(cs corev1.ContainerStatus) string {
+	switch {
+	case cs.State.Waiting != nil:
+		return "waiting:" + cs.State.Waiting.Reason
+	case cs.State.Running != nil:
+		return "running"
+	case cs.State.Terminated != nil:
+		return "terminated:" + cs.State.Terminated.Reason + ":" + itoa(int(cs.State.Terminated.ExitCode))
+	}
+	return "none"
+}
+
+func itoa(n int) string {
+	return resource.NewQuantity(int64(n), resource.DecimalSI).String()
+}
+
+func TestQOSClass(t *testing.T) {
+	rl := func(cpu, mem string) corev1.ResourceList {
+		l := corev1.ResourceList{}
+		if cpu != "" {
+			l[corev1.ResourceCPU] = resource.MustParse(cpu)
+		}
+		if mem != "" {
+			l[corev1.ResourceMemory] = resource.MustParse(mem)
+		}
+		return l
+	}
+	tests := []struct {
+		name     string
+		req, lim corev1.ResourceList
+		want     corev1.PodQOSClass
+	}{
+		{"nothing", nil, nil, corev1.PodQOSBestEffort},
+		{"requests only", rl("100m", ""), nil, corev1.PodQOSBurstable},
+		{"limits equal requests", rl("1", "1Gi"), rl("1", "1Gi"), corev1.PodQOSGuaranteed},
+		{"limits only", nil, rl("1", "1Gi"), corev1.PodQOSGuaranteed},
+		{"cpu limit only", nil, rl("1", ""), corev1.PodQOSBurstable},
+		{"requests below limits", rl("500m", "1Gi"), rl("1", "1Gi"), corev1.PodQOSBurstable},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			p := testPod("q", func(p *corev1.Pod) {
+				p.Spec.Containers[0].Resources = corev1.ResourceRequirements{Requests: tt.req, Limits: tt.lim}
+			})
+			if got := qosClass(p); got != tt.want {
+				t.Errorf("qosClass = %s, want %s", got, tt.want)
+			}
+		})
+	}
+}
+
+func TestEventsFromContainerTransitions(t *testing.T) {
+	pod := testPod("e")
+	var es eventState
+	steps := []struct {
+		cs   corev1.ContainerStatus
+		want []string
+	}{
+		{corev1.ContainerStatus{Name: "main", State: corev1.ContainerState{Waiting: &corev1.ContainerStateWaiting{Reason: "ContainerCreating"}}}, []string{"Pulling"}},
+		{corev1.ContainerStatus{Name: "main", State: corev1.ContainerState{Waiting: &corev1.ContainerStateWaiting{Reason: "ErrImagePull", Message: "manifest unknown"}}}, []string{"Failed"}},
+		{corev1.ContainerStatus{Name: "main", State: corev1.ContainerState{Waiting: &corev1.ContainerStateWaiting{Reason: "ImagePullBackOff"}}}, []string{"BackOff"}},
+		{corev1.ContainerStatus{Name: "main", State: corev1.ContainerState{Waiting: &corev1.ContainerStateWaiting{Reason: "ImagePullBackOff"}}}, nil},
+		{running("main", true), []string{"Pulled", "Started"}},
+		{running("main", true), nil},
+		{corev1.ContainerStatus{Name: "main", ImageID: "sha256:abc", RestartCount: 1, State: corev1.ContainerState{Waiting: &corev1.ContainerStateWaiting{Reason: "CrashLoopBackOff"}}}, []string{"BackOff"}},
+	}
+	for i, s := range steps {
+		evs := es.diff(pod, nil, &cellapi.PodStatus{ContainerStatuses: []corev1.ContainerStatus{s.cs}})
+		var got []string
+		for _, e := range evs {
+			got = append(got, e.reason)
+		}
+		if len(got) != len(s.want) {
+			t.Errorf("step %d: events %v, want %v", i, got, s.want)
+			continue
+		}
+		for j := range got {
+			if got[j] != s.want[j] {
+				t.Errorf("step %d: events %v, want %v", i, got, s.want)
+			}
+		}
+	}
+}
