@@ -72,12 +72,12 @@ func (s *Server) servePricing(w http.ResponseWriter, r *http.Request) {
 			}
 			sku := fmt.Sprintf("SKU%s%s", os[:3], t.Name)
 			doc := map[string]any{
-				"product": map[string]any{"productFamily": "Compute Instance", "sku": sku, "attributes": attrs},
+				"product":     map[string]any{"productFamily": "Compute Instance", "sku": sku, "attributes": attrs},
 				"serviceCode": "AmazonEC2",
 				"terms": map[string]any{"OnDemand": map[string]any{
 					sku + ".JRTCKXETXF": map[string]any{"sku": sku, "priceDimensions": map[string]any{
 						sku + ".JRTCKXETXF.6YS6EN2CT7": map[string]any{"unit": "Hrs", "description": "per On Demand hour",
-							"pricePerUnit": map[string]string{"USD": strconv.FormatFloat(price, 'f', 10, 64)}},
+							"pricePerUnit": map[string]string{"USD": strconv.FormatFloat(price, 'f', -1, 64)}},
 					}},
 				}},
 			}
