@@ -78,6 +78,9 @@ type cell struct {
 	cancelOps context.CancelFunc
 	delOnce   sync.Once
 	deleted   chan struct{}
+	// lost is closed by the sweep when the cloud no longer has the cell's instance.
+	lostOnce sync.Once
+	lost     chan struct{}
 
 	// Guarded by m.mu.
 	pod          *corev1.Pod // latest spec and metadata; Status is what kip reports
@@ -107,6 +110,7 @@ func (m *Manager) newCell(pod *corev1.Pod) *cell {
 		ops:       ops,
 		cancelOps: cancel,
 		deleted:   make(chan struct{}),
+		lost:      make(chan struct{}),
 		pod:       pod.DeepCopy(),
 		stage:     stageLaunching,
 	}
@@ -615,14 +619,22 @@ func (c *cell) watch() error {
 		c.m.mu.Lock()
 		agent, inst := c.agent, c.inst
 		c.m.mu.Unlock()
-		ch, err := agent.WatchPod(c.ops)
+		sctx, cancel := context.WithCancel(c.ops)
+		ch, err := agent.WatchPod(sctx)
 		if err == nil {
-			if done := c.consume(ch); done {
+			done := c.consume(ch)
+			cancel()
+			if done {
 				return nil
 			}
+		} else {
+			cancel()
 		}
 		if err := c.interrupted(); err != nil {
 			return err
+		}
+		if c.isLost() {
+			return fail(ReasonCellLost, "cell %s (instance %s) is gone", c.cellID, inst.ID)
 		}
 		c.log.Info("agent status stream ended; reconnecting", "err", err)
 		if _, err := c.connect(inst, ReasonCellLost); err != nil {
@@ -651,7 +663,21 @@ func (c *cell) consume(ch <-chan *cellapi.PodStatus) bool {
 			}
 		case <-c.ops.Done():
 			return false
+		case <-c.lost:
+			return false
 		}
+	}
+}
+
+// markLost tells the state machine its instance is gone.
+func (c *cell) markLost() { c.lostOnce.Do(func() { close(c.lost) }) }
+
+func (c *cell) isLost() bool {
+	select {
+	case <-c.lost:
+		return true
+	default:
+		return false
 	}
 }
 

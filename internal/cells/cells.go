@@ -152,6 +152,7 @@ type Manager struct {
 
 	launchSem chan struct{}
 	capacity  *capacityMemory
+	sweepOnce sync.Once
 
 	certOnce              sync.Once
 	clientCert, clientKey []byte

@@ -49,6 +49,7 @@ func (m *Manager) Recover(ctx context.Context, pods []*corev1.Pod) error {
 			}
 		}
 	}
+	defer m.startSweeper()
 	for _, pod := range pods {
 		if adopted[pod.UID] {
 			continue
@@ -72,15 +73,15 @@ func (m *Manager) adopt(pod *corev1.Pod, inst *cloud.Instance) {
 	c.cand.Offering.Spot = inst.Spot
 	c.timing.InstanceType = inst.InstanceType
 	c.stage = stageBooting
+	if opts, err := parseAnnotations(pod); err == nil {
+		c.healthyAfter = opts.HealthyTimeout
+	}
 	m.mu.Lock()
 	if old, ok := m.cells[c.key]; ok {
 		old.requestDelete(0)
 	}
 	m.cells[c.key] = c
 	m.mu.Unlock()
-	if opts, err := parseAnnotations(pod); err == nil {
-		c.healthyAfter = opts.HealthyTimeout
-	}
 	m.start(c, inst)
 }
 
