@@ -16,7 +16,7 @@ import (
 	"github.com/kip-dev/kip/internal/cells"
 )
 
-// FieldManager is the server-side-apply manager kip writes Cell objects as.
+// FieldManager is the manager name kip writes Cell objects (and the definition) as.
 const FieldManager = "kip"
 
 // maxRetries bounds how often one change is retried before it is dropped (the next change
@@ -138,7 +138,7 @@ func (m *Mirror) next(ctx context.Context) bool {
 			err = nil
 		}
 	} else {
-		_, err = m.client.Resource(CellGVR).Apply(ctx, id, m.object(want), metav1.ApplyOptions{FieldManager: FieldManager, Force: true})
+		err = m.write(ctx, m.object(want))
 	}
 	if err != nil && ctx.Err() == nil && m.queue.NumRequeues(id) < maxRetries {
 		m.log.Debug("writing Cell object; retrying", "cell", id, "err", err)
@@ -155,6 +155,23 @@ func (m *Mirror) next(ctx context.Context) bool {
 	}
 	m.mu.Unlock()
 	return true
+}
+
+// write creates the Cell or replaces its content (kip is its only writer; a conflict is
+// retried from the queue).
+func (m *Mirror) write(ctx context.Context, obj *unstructured.Unstructured) error {
+	res := m.client.Resource(CellGVR)
+	cur, err := res.Get(ctx, obj.GetName(), metav1.GetOptions{})
+	if apierrors.IsNotFound(err) {
+		_, err = res.Create(ctx, obj, metav1.CreateOptions{FieldManager: FieldManager})
+		return err
+	}
+	if err != nil {
+		return err
+	}
+	obj.SetResourceVersion(cur.GetResourceVersion())
+	_, err = res.Update(ctx, obj, metav1.UpdateOptions{FieldManager: FieldManager})
+	return err
 }
 
 // object renders the Cell object for c.
