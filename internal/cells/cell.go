@@ -18,6 +18,7 @@ import (
 	"github.com/kip-dev/kip/internal/cloud"
 	"github.com/kip-dev/kip/internal/instancetype"
 	"github.com/kip-dev/kip/internal/pki"
+	"github.com/kip-dev/kip/internal/selector"
 )
 
 // stage is where a cell's state machine is.
@@ -338,7 +339,7 @@ func (c *cell) candidates(pod *corev1.Pod) ([]Candidate, error) {
 			}
 			choice, err := m.deps.Select(pod, types)
 			if err != nil {
-				return nil, fail(ReasonNoInstanceType, "%v", err)
+				return nil, fail(selectReason(err), "%v", err)
 			}
 			if choice == nil {
 				return nil, fail(ReasonNoInstanceType, "no instance type fits the pod")
@@ -354,6 +355,17 @@ func (c *cell) candidates(pod *corev1.Pod) ([]Candidate, error) {
 			return nil, err
 		}
 	}
+}
+
+// selectReason classifies a selector error into the pod's failure reason.
+func selectReason(err error) string {
+	switch {
+	case selector.IsBadAnnotation(err):
+		return ReasonInvalidAnnotation
+	case selector.IsBadPod(err):
+		return ReasonInvalidSpec
+	}
+	return ReasonNoInstanceType
 }
 
 // launchAny tries each candidate in turn. It returns (nil, nil) when all lacked capacity.

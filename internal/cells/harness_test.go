@@ -24,6 +24,7 @@ import (
 	"github.com/kip-dev/kip/internal/config"
 	"github.com/kip-dev/kip/internal/instancetype"
 	"github.com/kip-dev/kip/internal/pki"
+	"github.com/kip-dev/kip/internal/selector"
 )
 
 // testAgent is an in-process cell agent: tests drive its pod status by hand.
@@ -377,6 +378,12 @@ func (m *testMirror) get(id string) (CellInfo, bool) {
 // testSelect picks the cheapest on-demand type with enough CPU and memory; the others that
 // fit are fallbacks, cheapest first.
 func testSelect(pod *corev1.Pod, types []instancetype.InstanceType) (*Choice, error) {
+	switch pod.Annotations["test/selector"] {
+	case "bad-annotation":
+		return nil, &selector.AnnotationError{Annotation: "pod.kip.dev/instance-type", Value: "[", Reason: "bad glob"}
+	case "bad-pod":
+		return nil, &selector.PodError{Field: "spec.overhead", Reason: "negative"}
+	}
 	var cpu, mem resource.Quantity
 	for _, c := range pod.Spec.Containers {
 		cpu.Add(c.Resources.Requests[corev1.ResourceCPU])

@@ -174,6 +174,12 @@ func TestPodThatCannotRunFailsWithoutLaunching(t *testing.T) {
 		{"bad annotation", func(p *corev1.Pod) {
 			p.Annotations = map[string]string{"pod.kip.dev/volume-size": "huge"}
 		}, ReasonInvalidAnnotation, "pod.kip.dev/volume-size"},
+		{"selector refuses an annotation", func(p *corev1.Pod) {
+			p.Annotations = map[string]string{"test/selector": "bad-annotation"}
+		}, ReasonInvalidAnnotation, "pod.kip.dev/instance-type"},
+		{"selector refuses a field", func(p *corev1.Pod) {
+			p.Annotations = map[string]string{"test/selector": "bad-pod"}
+		}, ReasonInvalidSpec, "spec.overhead"},
 		{"bad legacy annotation", func(p *corev1.Pod) {
 			p.Annotations = map[string]string{"pod.elotl.co/healthcheck-healthy-timeout": "soon"}
 		}, ReasonInvalidAnnotation, "pod.elotl.co/healthcheck-healthy-timeout"},
