@@ -276,7 +276,12 @@ func (c *cell) bringUp(adopt *cloud.Instance) error {
 	if err != nil {
 		return err
 	}
-	agent, err := c.connect(inst, ReasonCellUnhealthy)
+	// A new cell that never answers is unhealthy; an adopted one that stopped answering is lost.
+	reason := ReasonCellUnhealthy
+	if adopt != nil {
+		reason = ReasonCellLost
+	}
+	agent, err := c.connect(inst, reason)
 	if err != nil {
 		return err
 	}
@@ -770,7 +775,9 @@ func (c *cell) finish(err error) {
 		}
 		cancel()
 	}
-	c.mirror(PhaseTerminating)
+	if inst != nil {
+		c.mirror(PhaseTerminating)
+	}
 	c.terminate(pod, inst)
 
 	c.m.mu.Lock()
@@ -834,7 +841,7 @@ func (c *cell) terminate(pod *corev1.Pod, inst *cloud.Instance) {
 			t.Stop()
 		}
 	}
-	if m.deps.Mirror != nil {
+	if m.deps.Mirror != nil && len(ids) > 0 {
 		if err := m.deps.Mirror.Delete(ctx, c.cellID); err != nil {
 			c.log.Warn("deleting cell mirror", "err", err)
 		}

@@ -201,6 +201,11 @@ func TestPodThatCannotRunFailsWithoutLaunching(t *testing.T) {
 			if n := h.cloud.CallCount(fake.MethodLaunch); n != 0 {
 				t.Errorf("%d launches, want none", n)
 			}
+			h.mirror.mu.Lock()
+			if len(h.mirror.cells) != 0 || len(h.mirror.deleted) != 0 {
+				t.Errorf("mirror touched for a pod that never had a cell: %v %v", h.mirror.cells, h.mirror.deleted)
+			}
+			h.mirror.mu.Unlock()
 			if !h.hasEvent("Warning " + tt.wantReason) {
 				t.Errorf("no warning event: %v", h.allEvents())
 			}
