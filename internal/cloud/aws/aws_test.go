@@ -10,6 +10,7 @@ import (
 	"net/http/httptest"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -518,10 +519,10 @@ func TestIMDSDiscovery(t *testing.T) {
 		"/latest/meta-data/placement/region":                              "us-east-1",
 		"/latest/dynamic/instance-identity/document":                      `{"region":"us-east-1","availabilityZone":"us-east-1b"}`,
 	}
-	var tokened bool
+	var tokened atomic.Bool
 	imdsSrv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		if r.Method == http.MethodPut && r.URL.Path == "/latest/api/token" {
-			tokened = true
+			tokened.Store(true)
 			w.Header().Set("X-Aws-Ec2-Metadata-Token-Ttl-Seconds", r.Header.Get("X-Aws-Ec2-Metadata-Token-Ttl-Seconds"))
 			io.WriteString(w, "token-1")
 			return
@@ -539,8 +540,8 @@ func TestIMDSDiscovery(t *testing.T) {
 	}))
 	t.Cleanup(imdsSrv.Close)
 	b := e.backend(t, func(c *kipaws.Config) { c.Region, c.SubnetID, c.IMDSEndpoint = "", "", imdsSrv.URL })
-	if b.Zone() != "us-east-1b" || !tokened {
-		t.Errorf("discovered zone %q (IMDSv2 token asked: %v), want us-east-1b from subnet %s", b.Zone(), tokened, ec2fake.SubnetB)
+	if b.Zone() != "us-east-1b" || !tokened.Load() {
+		t.Errorf("discovered zone %q (IMDSv2 token asked: %v), want us-east-1b from subnet %s", b.Zone(), tokened.Load(), ec2fake.SubnetB)
 	}
 	inst, err := b.Launch(ctxT(t, 10*time.Second), spec("imds"))
 	if err != nil || inst.Zone != "us-east-1b" {

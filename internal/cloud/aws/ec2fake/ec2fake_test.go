@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/base64"
 	"errors"
+	"fmt"
 	"net/http/httptest"
 	"strings"
 	"testing"
@@ -385,5 +386,57 @@ func TestCatalogActions(t *testing.T) {
 	sp, err := c.DescribeSpotPriceHistory(ctx, &ec2.DescribeSpotPriceHistoryInput{InstanceTypes: []types.InstanceType{"t3.nano"}, ProductDescriptions: []string{"Linux/UNIX"}})
 	if err != nil || len(sp.SpotPriceHistory) != 2 || aws.ToString(sp.SpotPriceHistory[0].SpotPrice) != "0.001600" {
 		t.Errorf("spot prices of t3.nano: %v %+v", err, sp)
+	}
+}
+
+func TestCreateTags(t *testing.T) {
+	ctx := context.Background()
+	c, f := client(t, ec2fake.Options{}, 1)
+	out, err := run(ctx, c, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	id := aws.ToString(out.Instances[0].InstanceId)
+	if _, err := c.CreateTags(ctx, &ec2.CreateTagsInput{Resources: []string{id, ec2fake.DefaultGroupID},
+		Tags: []types.Tag{{Key: aws.String("team"), Value: aws.String("blue")}}}); err != nil {
+		t.Fatal(err)
+	}
+	if got := f.Instances()[0].Tags["team"]; got != "blue" {
+		t.Errorf("instance tag team = %q", got)
+	}
+	tests := []struct {
+		name string
+		in   *ec2.CreateTagsInput
+		code string
+	}{
+		{"unknown instance", &ec2.CreateTagsInput{Resources: []string{"i-0000000000000dead"}, Tags: []types.Tag{{Key: aws.String("k"), Value: aws.String("v")}}}, "InvalidInstanceID.NotFound"},
+		{"reserved key", &ec2.CreateTagsInput{Resources: []string{id}, Tags: []types.Tag{{Key: aws.String("aws:x"), Value: aws.String("v")}}}, "InvalidParameterValue"},
+		{"unknown resource", &ec2.CreateTagsInput{Resources: []string{"foo-1"}, Tags: []types.Tag{{Key: aws.String("k"), Value: aws.String("v")}}}, "InvalidID"},
+	}
+	for _, tc := range tests {
+		if _, err := c.CreateTags(ctx, tc.in); code(err) != tc.code {
+			t.Errorf("%s: %v, want %s", tc.name, err, tc.code)
+		}
+	}
+	var many []types.Tag
+	for i := range 50 {
+		many = append(many, types.Tag{Key: aws.String(fmt.Sprint("k", i)), Value: aws.String("v")})
+	}
+	if _, err := c.CreateTags(ctx, &ec2.CreateTagsInput{Resources: []string{id}, Tags: many}); code(err) != "TagLimitExceeded" {
+		t.Errorf("51 tags on one instance: %v, want TagLimitExceeded", err)
+	}
+}
+
+func TestLatency(t *testing.T) {
+	c, f := client(t, ec2fake.Options{}, 1)
+	f.SetLatency(time.Hour)
+	ctx, cancel := context.WithTimeout(context.Background(), 50*time.Millisecond)
+	defer cancel()
+	if _, err := c.DescribeVpcs(ctx, &ec2.DescribeVpcsInput{}); !errors.Is(err, context.DeadlineExceeded) {
+		t.Errorf("DescribeVpcs with an hour of latency: %v, want the caller's deadline", err)
+	}
+	f.SetLatency(0)
+	if _, err := c.DescribeVpcs(context.Background(), &ec2.DescribeVpcsInput{}); err != nil {
+		t.Errorf("DescribeVpcs without latency: %v", err)
 	}
 }
