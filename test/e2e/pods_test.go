@@ -152,6 +152,8 @@ func TestDeploymentHTTP(t *testing.T) {
 	tmpl := framework.Pod("", framework.Busybox("httpd",
 		`mkdir -p /www && echo "kip-web $(hostname)" > /www/index.html && exec httpd -f -p 8080 -h /www`))
 	tmpl.Spec.RestartPolicy = corev1.RestartPolicyAlways
+	// httpd as PID 1 ignores SIGTERM, so scaling down waits out the grace period: keep it short.
+	tmpl.Spec.TerminationGracePeriodSeconds = ptr.To[int64](3)
 	dep := &appsv1.Deployment{
 		ObjectMeta: metav1.ObjectMeta{Name: "web"},
 		Spec: appsv1.DeploymentSpec{
@@ -253,15 +255,18 @@ func TestDeleteSendsSIGTERM(t *testing.T) {
 	if err := expectLine(ctx, lines, "started", time.Minute); err != nil {
 		t.Fatalf("before delete: %v", err)
 	}
+	deleted := time.Now()
 	if err := e.Client.CoreV1().Pods(ns).Delete(ctx, "term", metav1.DeleteOptions{}); err != nil {
 		t.Fatal(err)
 	}
 	if err := expectLine(ctx, lines, "got-SIGTERM", time.Minute); err != nil {
 		t.Errorf("after delete: %v", err)
 	}
+	t.Logf("SIGTERM logged %v after the delete", time.Since(deleted).Round(time.Millisecond))
 	if err := e.WaitForPodGone(ctx, ns, "term", time.Minute); err != nil {
 		t.Error(err)
 	}
+	t.Logf("pod gone %v after the delete (grace period 30s; the container exits at once)", time.Since(deleted).Round(time.Millisecond))
 	if _, err := e.WaitForCells(ctx, framework.PodCells(ns, "term"), cellGoneTimeout, func(c []*cloud.Instance) bool { return len(c) == 0 }); err != nil {
 		t.Errorf("cell of the deleted pod not terminated: %v", err)
 	}
@@ -347,18 +352,11 @@ func TestUnrunnablePods(t *testing.T) {
 			if got.Status.Reason == "" {
 				t.Errorf("failed pod has no reason: %s", framework.DescribePod(got))
 			}
-			list, err := e.Client.CoreV1().Events(ns).List(ctx, metav1.ListOptions{
-				FieldSelector: fields.OneTermEqualSelector("involvedObject.name", tt.name).String(),
-			})
-			if err != nil {
-				t.Fatal(err)
-			}
-			warned := false
-			for _, ev := range list.Items {
-				warned = warned || ev.Type == corev1.EventTypeWarning
-			}
-			if !warned {
-				t.Errorf("no Warning event on the pod:\n%s", e.EventsFor(ctx, ns, tt.name))
+			// The failure is also an Event (recorded asynchronously: wait for it).
+			if ev, err := e.WaitForEvent(ctx, ns, tt.name, got.Status.Reason, 30*time.Second); err != nil {
+				t.Error(err)
+			} else if ev.Type != corev1.EventTypeWarning {
+				t.Errorf("event %s is %s, want Warning", ev.Reason, ev.Type)
 			}
 			if cells, err := e.Cells(ctx, framework.PodCells(ns, tt.name)); err != nil || len(cells) != 0 {
 				t.Errorf("cells for an unrunnable pod: %v %v", cells, err)

@@ -12,8 +12,10 @@ import (
 
 	vke2e "github.com/virtual-kubelet/virtual-kubelet/test/e2e"
 	corev1 "k8s.io/api/core/v1"
+	rbacv1 "k8s.io/api/rbac/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/client-go/kubernetes"
 	corev1client "k8s.io/client-go/kubernetes/typed/core/v1"
 	"k8s.io/utils/ptr"
 )
@@ -42,7 +44,12 @@ func TestVirtualKubeletSuite(t *testing.T) {
 		Namespace:    ns,
 		NodeName:     e.NodeName,
 		WatchTimeout: 3 * time.Minute,
-		Setup:        func() error { return placeholderPod(e.Client.CoreV1(), ns, e.NodeName, e.BridgeIP.String()) },
+		Setup: func() error {
+			if err := grantAnonymousStats(e.Client, t); err != nil {
+				return err
+			}
+			return placeholderPod(e.Client.CoreV1(), ns, e.NodeName, e.BridgeIP.String())
+		},
 		Teardown: func() error {
 			err := e.Client.CoreV1().Pods(ns).Delete(context.Background(), e.NodeName, metav1.DeleteOptions{GracePeriodSeconds: ptr.To[int64](0)})
 			if err != nil && !apierrors.IsNotFound(err) {
@@ -80,5 +87,32 @@ func placeholderPod(c corev1client.CoreV1Interface, ns, name, ip string) error {
 	if _, err := c.Pods(ns).UpdateStatus(ctx, created, metav1.UpdateOptions{}); err != nil {
 		return fmt.Errorf("setting placeholder pod IP: %w", err)
 	}
+	return nil
+}
+
+// grantAnonymousStats lets system:anonymous read the node's stats and metrics (what the pod
+// proxy of the stats tests arrives as) until t ends.
+func grantAnonymousStats(c kubernetes.Interface, t *testing.T) error {
+	ctx := context.Background()
+	name := "kip-e2e-anonymous-stats"
+	role := &rbacv1.ClusterRole{
+		ObjectMeta: metav1.ObjectMeta{Name: name},
+		Rules:      []rbacv1.PolicyRule{{APIGroups: []string{""}, Resources: []string{"nodes/stats", "nodes/metrics"}, Verbs: []string{"get"}}},
+	}
+	if _, err := c.RbacV1().ClusterRoles().Create(ctx, role, metav1.CreateOptions{}); err != nil && !apierrors.IsAlreadyExists(err) {
+		return fmt.Errorf("creating %s role: %w", name, err)
+	}
+	binding := &rbacv1.ClusterRoleBinding{
+		ObjectMeta: metav1.ObjectMeta{Name: name},
+		RoleRef:    rbacv1.RoleRef{APIGroup: "rbac.authorization.k8s.io", Kind: "ClusterRole", Name: name},
+		Subjects:   []rbacv1.Subject{{APIGroup: "rbac.authorization.k8s.io", Kind: "User", Name: "system:anonymous"}},
+	}
+	if _, err := c.RbacV1().ClusterRoleBindings().Create(ctx, binding, metav1.CreateOptions{}); err != nil && !apierrors.IsAlreadyExists(err) {
+		return fmt.Errorf("creating %s binding: %w", name, err)
+	}
+	t.Cleanup(func() {
+		_ = c.RbacV1().ClusterRoleBindings().Delete(ctx, name, metav1.DeleteOptions{})
+		_ = c.RbacV1().ClusterRoles().Delete(ctx, name, metav1.DeleteOptions{})
+	})
 	return nil
 }

@@ -76,6 +76,8 @@ type Options struct {
 	// ExtraConfig is YAML appended verbatim to kip's config (under no key: give whole
 	// sections, e.g. "cells:\n  healthyTimeout: 30s\n").
 	ExtraConfig string
+	// KipArgs are extra arguments to `kip run`.
+	KipArgs []string
 }
 
 // Missing returns why the end-to-end tier cannot run on this machine, or nil: it needs root
@@ -193,6 +195,7 @@ func Setup(ctx context.Context, o Options) (env *Env, err error) {
 		Config:     cfgPath,
 		Kubeconfig: env.CP.AdminKubeconfig(),
 		LogDir:     filepath.Join(dir, "kip-logs"),
+		Args:       o.KipArgs,
 		env:        env,
 	}
 	if err := env.Kip.Start(ctx); err != nil {
