@@ -764,12 +764,7 @@ func (c *cell) finish(err error) {
 	if agent != nil && inst != nil {
 		ctx, cancel := context.WithTimeout(m.ctx, grace+30*time.Second)
 		if deleted {
-			if derr := agent.DeletePod(ctx, grace); derr != nil && !cellapi.IsNotFound(derr) {
-				c.log.Warn("stopping the pod's containers", "err", derr)
-			}
-			if st, gerr := agent.GetPod(ctx); gerr == nil {
-				c.apply(st)
-			}
+			c.stop(ctx, agent, grace)
 		} else if failure == nil {
 			c.saveLogs(ctx, agent)
 		}
@@ -802,6 +797,56 @@ func (c *cell) finish(err error) {
 		}
 		m.mu.Unlock()
 	}
+}
+
+// stop asks the agent to stop the pod's containers (preStop hooks, SIGTERM, grace, SIGKILL)
+// while watching its status, so the containers' real exit codes reach the final status.
+func (c *cell) stop(ctx context.Context, agent cellapi.Agent, grace time.Duration) {
+	wctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	quiet := make(chan struct{}) // closed once no container runs
+	consumed := make(chan struct{})
+	if ch, err := agent.WatchPod(wctx); err == nil {
+		go func() {
+			defer close(consumed)
+			var once sync.Once
+			for st := range ch {
+				c.apply(st)
+				if st.UID == string(c.uid) && !anyRunning(st) {
+					once.Do(func() { close(quiet) })
+				}
+			}
+		}()
+	} else {
+		close(consumed)
+	}
+	if err := agent.DeletePod(ctx, grace); err != nil && !cellapi.IsNotFound(err) {
+		c.log.Warn("stopping the pod's containers", "err", err)
+	}
+	// The last statuses may still be on the wire when DeletePod returns.
+	t := c.m.clock.NewTimer(2 * time.Second)
+	select {
+	case <-quiet:
+	case <-t.C():
+	case <-ctx.Done():
+	}
+	t.Stop()
+	cancel()
+	<-consumed
+	if st, err := agent.GetPod(ctx); err == nil {
+		c.apply(st) // an agent that keeps the pod after stopping it
+	}
+}
+
+func anyRunning(st *cellapi.PodStatus) bool {
+	for _, list := range [][]corev1.ContainerStatus{st.InitContainerStatuses, st.ContainerStatuses} {
+		for _, cs := range list {
+			if cs.State.Running != nil {
+				return true
+			}
+		}
+	}
+	return false
 }
 
 // terminate terminates the cell's instance, and any other instance tagged with the pod's UID

@@ -1,0 +1,243 @@
+package cells
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"fmt"
+	"io"
+	"math/big"
+	"net"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	corev1 "k8s.io/api/core/v1"
+	"k8s.io/utils/clock"
+
+	"github.com/kip-dev/kip/internal/cellapi"
+	"github.com/kip-dev/kip/internal/cloud/local"
+	"github.com/kip-dev/kip/internal/config"
+	"github.com/kip-dev/kip/internal/pki"
+	"github.com/kip-dev/kip/internal/registry"
+	"github.com/kip-dev/kip/internal/testenv"
+)
+
+// TestLocalCells runs pods through the manager on real local cells: network namespaces on a
+// bridge, the real kip-cell agent over mutual TLS, runc, and images pulled from a registry
+// on the bridge. Needs root and runc; builds cmd/kip-cell unless KIP_CELL_BIN is set.
+func TestLocalCells(t *testing.T) {
+	testenv.RequireRunc(t)
+	if testing.Short() && os.Getenv("KIP_CELL_BIN") == "" {
+		t.Skip("skipping in -short mode: it builds cmd/kip-cell (set KIP_CELL_BIN to use a built one)")
+	}
+	bin := os.Getenv("KIP_CELL_BIN")
+	if bin == "" {
+		bin = filepath.Join(t.TempDir(), "kip-cell")
+		if out, err := exec.Command("go", "build", "-o", bin, "github.com/kip-dev/kip/cmd/kip-cell").CombinedOutput(); err != nil {
+			t.Fatalf("building cmd/kip-cell: %v\n%s", err, out)
+		}
+	}
+	ctx := context.Background()
+	tag := randHex(t)
+	stateDir := filepath.Join(t.TempDir(), "state")
+	b, err := local.New(local.Config{
+		StateDir:     stateDir,
+		Bridge:       "kc" + tag,
+		Subnet:       fmt.Sprintf("10.250.%d.0/24", randInt(t, 2, 254)),
+		AgentCommand: []string{bin},
+		CgroupParent: "kip-c" + tag,
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := b.Setup(ctx); err != nil {
+		t.Fatalf("Setup: %v", err)
+	}
+	t.Cleanup(func() {
+		if err := b.Teardown(context.Background()); err != nil {
+			t.Errorf("Teardown: %v", err)
+		}
+	})
+	reg, err := registry.Start(net.JoinHostPort(b.BridgeIP().String(), "0"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { reg.Close() })
+	if err := registry.SeedBusybox(ctx, reg.Host(), "library/busybox:latest"); err != nil {
+		t.Fatal(err)
+	}
+	ca, err := pki.NewCA("kip-cells-test")
+	if err != nil {
+		t.Fatal(err)
+	}
+
+	var mu sync.Mutex
+	notified := map[string]*corev1.Pod{}
+	cfg := config.NewDefault().Cells
+	cfg.ClusterName = "t" + tag
+	m := New(cfg, NodeInfo{Name: "kip-" + tag, HostIP: b.BridgeIP().String()}, Deps{
+		Cloud:    b,
+		Select:   testSelect,
+		CA:       ca,
+		Clock:    clock.RealClock{},
+		Registry: cellapi.RegistryConfig{DefaultRegistry: reg.Host(), Insecure: []string{reg.Host()}},
+	})
+	t.Cleanup(m.Close)
+	m.NotifyPods(func(p *corev1.Pod) {
+		mu.Lock()
+		defer mu.Unlock()
+		notified[p.Name] = p
+	})
+	t.Cleanup(func() {
+		// Whatever happened, no cell of this test may outlive it.
+		for _, p := range m.ListPods() {
+			_ = m.DeletePod(context.Background(), p)
+		}
+		waitReal(t, 30*time.Second, "every cell terminated", func() bool {
+			insts, err := b.List(context.Background(), map[string]string{"kip.dev/cluster": cfg.ClusterName})
+			return err == nil && len(insts) == 0
+		})
+	})
+	live := func() int {
+		insts, err := b.List(ctx, map[string]string{"kip.dev/cluster": cfg.ClusterName})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return len(insts)
+	}
+	sh := func(name string, policy corev1.RestartPolicy, script string) *corev1.Pod {
+		return testPod(name, func(p *corev1.Pod) {
+			p.Spec.RestartPolicy = policy
+			p.Spec.Containers[0].Command = []string{"sh", "-c", script}
+		})
+	}
+
+	t.Run("job completes, logs survive the cell", func(t *testing.T) {
+		pod := sh("hello", corev1.RestartPolicyNever, "echo hello-kip")
+		if err := m.CreatePod(ctx, pod); err != nil {
+			t.Fatal(err)
+		}
+		got := waitManagerPod(t, m, pod, 90*time.Second, "Succeeded", func(p *corev1.Pod) bool { return p.Status.Phase == corev1.PodSucceeded })
+		cs := got.Status.ContainerStatuses[0]
+		if cs.State.Terminated == nil || cs.State.Terminated.ExitCode != 0 || cs.ImageID == "" {
+			t.Errorf("container status %+v", cs)
+		}
+		if got.Status.PodIP == "" || got.Status.HostIP != b.BridgeIP().String() {
+			t.Errorf("podIP %q hostIP %q", got.Status.PodIP, got.Status.HostIP)
+		}
+		waitReal(t, 30*time.Second, "the cell to be terminated", func() bool { return live() == 0 })
+		a, err := m.Agent("default", "hello")
+		if err != nil {
+			t.Fatal(err)
+		}
+		rc, err := a.Logs(ctx, "main", cellapi.LogOptions{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		out, _ := io.ReadAll(rc)
+		if strings.TrimSpace(string(out)) != "hello-kip" {
+			t.Errorf("logs = %q", out)
+		}
+		tm := m.Timings()
+		t.Logf("timings: launched %v, agent ready %v, pulled %v, started %v after create",
+			tm[0].Launched.Sub(tm[0].Created), tm[0].AgentReady.Sub(tm[0].Created), tm[0].Pulled.Sub(tm[0].Created), tm[0].Started.Sub(tm[0].Created))
+		if err := m.DeletePod(ctx, pod); err != nil {
+			t.Fatal(err)
+		}
+	})
+
+	t.Run("exit 3 fails the pod", func(t *testing.T) {
+		pod := sh("three", corev1.RestartPolicyNever, "exit 3")
+		if err := m.CreatePod(ctx, pod); err != nil {
+			t.Fatal(err)
+		}
+		got := waitManagerPod(t, m, pod, 90*time.Second, "Failed", func(p *corev1.Pod) bool { return p.Status.Phase == corev1.PodFailed })
+		if term := got.Status.ContainerStatuses[0].State.Terminated; term == nil || term.ExitCode != 3 || term.Reason != "Error" {
+			t.Errorf("container state %+v", got.Status.ContainerStatuses[0].State)
+		}
+		waitReal(t, 30*time.Second, "the cell to be terminated", func() bool { return live() == 0 })
+		if err := m.DeletePod(ctx, pod); err != nil {
+			t.Fatal(err)
+		}
+	})
+
+	t.Run("delete sends SIGTERM and removes the cell", func(t *testing.T) {
+		pod := sh("server", corev1.RestartPolicyAlways, `trap 'echo got-TERM; exit 0' TERM; echo up; while true; do sleep 0.1; done`)
+		if err := m.CreatePod(ctx, pod); err != nil {
+			t.Fatal(err)
+		}
+		waitManagerPod(t, m, pod, 90*time.Second, "Running", func(p *corev1.Pod) bool { return p.Status.Phase == corev1.PodRunning })
+		grace := int64(10)
+		del := pod.DeepCopy()
+		del.DeletionGracePeriodSeconds = &grace
+		if err := m.DeletePod(ctx, del); err != nil {
+			t.Fatal(err)
+		}
+		waitReal(t, 60*time.Second, "the pod to be gone", func() bool { _, ok := m.GetPod("default", "server"); return !ok })
+		if live() != 0 {
+			t.Error("the cell outlived the pod")
+		}
+		mu.Lock()
+		final := notified["server"]
+		mu.Unlock()
+		if final == nil || final.Status.Phase != corev1.PodSucceeded {
+			t.Fatalf("final status %+v", final)
+		}
+		if term := final.Status.ContainerStatuses[0].State.Terminated; term == nil || term.ExitCode != 0 {
+			t.Errorf("container state %+v (the trap should exit 0 on SIGTERM)", final.Status.ContainerStatuses[0].State)
+		}
+	})
+}
+
+func waitManagerPod(t *testing.T, m *Manager, pod *corev1.Pod, d time.Duration, what string, cond func(*corev1.Pod) bool) *corev1.Pod {
+	t.Helper()
+	var got *corev1.Pod
+	ok := pollUntil(d, func() bool {
+		p, ok := m.GetPod(pod.Namespace, pod.Name)
+		got = p
+		return ok && cond(p)
+	})
+	if !ok {
+		t.Fatalf("timed out waiting for %s %s; last status %+v", pod.Name, what, got)
+	}
+	return got
+}
+
+func waitReal(t *testing.T, d time.Duration, what string, cond func() bool) {
+	t.Helper()
+	if !pollUntil(d, cond) {
+		t.Fatalf("timed out waiting for %s", what)
+	}
+}
+
+func pollUntil(d time.Duration, cond func() bool) bool {
+	deadline := time.Now().Add(d)
+	for !cond() {
+		if time.Now().After(deadline) {
+			return false
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	return true
+}
+
+func randHex(t *testing.T) string {
+	b := make([]byte, 3)
+	if _, err := rand.Read(b); err != nil {
+		t.Fatal(err)
+	}
+	return hex.EncodeToString(b)
+}
+
+func randInt(t *testing.T, lo, hi int64) int64 {
+	n, err := rand.Int(rand.Reader, big.NewInt(hi-lo+1))
+	if err != nil {
+		t.Fatal(err)
+	}
+	return lo + n.Int64()
+}
