@@ -448,23 +448,27 @@ func TestThousandCellsUnderThrottling(t *testing.T) {
 	if testing.Short() {
 		t.Skip("launches 1,000 cells; skipped with -short")
 	}
-	fakeLimits := ec2fake.PublishedLimits().Scaled(0.1, 100) // RunInstances: 100 burst, 200/s
 	tests := []struct {
-		name   string
-		limits kipaws.Limits
-		// throttledAtFake says whether the fake is expected to refuse calls: with buckets
-		// above EC2's the backend's retries absorb them; with buckets below, (almost) none
-		// happen: requests a loaded machine delays can still reach EC2 bunched together, so up
-		// to 2% are tolerated, and absorbed like the rest.
+		name string
+		// fake are the buckets the fake enforces, EC2's scaled so that the test takes seconds;
+		// client the backend's own.
+		fake   ec2fake.Limits
+		client kipaws.Limits
+		// throttledAtFake says whether the fake is expected to refuse calls: with client
+		// buckets above the fake's, the backend's retries absorb the refusals; with buckets
+		// below, (almost) none happen: requests that a stalled machine delays still reach the
+		// fake bunched together, so up to 2% are tolerated, and absorbed like the rest.
 		throttledAtFake bool
 	}{
-		{"client buckets below EC2's", kipaws.DefaultLimits().Scaled(0.1, 100), false},
-		{"client buckets above EC2's", kipaws.DefaultLimits().Scaled(1, 1000), true},
+		// RunInstances: the fake allows 500 burst and 200/s, the backend asks for 400 and 160/s.
+		{"client buckets below EC2's", ec2fake.PublishedLimits().Scaled(0.5, 100), kipaws.DefaultLimits().Scaled(0.5, 100), false},
+		// RunInstances: the fake allows 100 burst and 200/s, the backend asks for 800 and 1600/s.
+		{"client buckets above EC2's", ec2fake.PublishedLimits().Scaled(0.1, 100), kipaws.DefaultLimits().Scaled(1, 1000), true},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
-			e := newEnv(t, ec2fake.Options{Limits: &fakeLimits})
-			b := e.backend(t, func(c *kipaws.Config) { c.Limits = &tc.limits; c.PollInterval = 100 * time.Millisecond })
+			e := newEnv(t, ec2fake.Options{Limits: &tc.fake})
+			b := e.backend(t, func(c *kipaws.Config) { c.Limits = &tc.client; c.PollInterval = 100 * time.Millisecond })
 			ctx := ctxT(t, 2*time.Minute)
 			const n = 1000
 			errs := make([]error, n)

@@ -80,12 +80,12 @@ func (b *Backend) runInput(ctx context.Context, spec cloud.LaunchSpec) (*ec2.Run
 	if len(spec.ClientToken) > maxClientToken {
 		return nil, it, cloud.InvalidSpec("clientToken: %d characters, EC2 allows at most %d", len(spec.ClientToken), maxClientToken)
 	}
-	types_, err := b.cfg.Catalog.InstanceTypes()
+	catalog, err := b.cfg.Catalog.InstanceTypes()
 	if err != nil {
 		return nil, it, fmt.Errorf("reading the instance-type catalog: %w", err)
 	}
 	found := false
-	for _, t := range types_ {
+	for _, t := range catalog {
 		if t.Name == spec.InstanceType {
 			it, found = t, true
 			break
