@@ -552,3 +552,25 @@ func TestIMDSDiscovery(t *testing.T) {
 		t.Errorf("Launch = %v, %v; want a cell in us-east-1b", inst, err)
 	}
 }
+
+// TestFailedRefreshNotRepeated: a DescribeInstances sweep that fails is not retried by every
+// caller; its error stands for a poll interval.
+func TestFailedRefreshNotRepeated(t *testing.T) {
+	e := newEnv(t, ec2fake.Options{})
+	clk := clocktesting.NewFakeClock(time.Now())
+	b := e.backend(t, func(c *kipaws.Config) { c.Clock = clk; c.PollInterval = 5 * time.Second })
+	ctx := ctxT(t, 10*time.Second)
+	e.fake.InjectError("DescribeInstances", "UnauthorizedOperation", "You are not authorized to perform this operation.", 1)
+	for range 10 {
+		if _, err := b.List(ctx, nil); err == nil || !strings.Contains(err.Error(), "UnauthorizedOperation") {
+			t.Fatalf("List while DescribeInstances is refused: %v", err)
+		}
+	}
+	if n := e.fake.Calls("DescribeInstances"); n != 1 {
+		t.Errorf("DescribeInstances called %d times within one poll interval, want 1", n)
+	}
+	clk.Step(5 * time.Second)
+	if _, err := b.List(ctx, nil); err != nil {
+		t.Errorf("List after the interval: %v", err)
+	}
+}

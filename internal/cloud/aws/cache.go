@@ -24,6 +24,8 @@ type instanceCache struct {
 	byID      map[string]*cloud.Instance
 	launchAt  map[string]time.Time // instances this backend launched, when
 	refreshed time.Time            // when the last successful refresh started
+	failed    time.Time            // when the last failed refresh started
+	failErr   error                // and why it failed
 	inflight  *refresh
 	refreshes int
 }
@@ -62,6 +64,12 @@ func (b *Backend) fresh(ctx context.Context) error {
 	if !c.refreshed.IsZero() && b.clk.Since(c.refreshed) < b.cfg.PollInterval {
 		c.mu.Unlock()
 		return nil
+	}
+	// A sweep that failed is not repeated before PollInterval either: its error stands.
+	if c.failErr != nil && b.clk.Since(c.failed) < b.cfg.PollInterval {
+		err := c.failErr
+		c.mu.Unlock()
+		return err
 	}
 	if r := c.inflight; r != nil {
 		c.mu.Unlock()
@@ -108,7 +116,9 @@ func (b *Backend) refresh(ctx context.Context, r *refresh) {
 				got[id] = c.byID[id]
 			}
 		}
-		c.byID, c.refreshed = got, start
+		c.byID, c.refreshed, c.failErr = got, start, nil
+	} else {
+		c.failed, c.failErr = start, err
 	}
 	c.inflight = nil
 	c.mu.Unlock()
