@@ -27,6 +27,7 @@ type EC2API interface {
 	DescribeInstanceTypes(ctx context.Context, in *ec2.DescribeInstanceTypesInput, opts ...func(*ec2.Options)) (*ec2.DescribeInstanceTypesOutput, error)
 	DescribeInstanceTypeOfferings(ctx context.Context, in *ec2.DescribeInstanceTypeOfferingsInput, opts ...func(*ec2.Options)) (*ec2.DescribeInstanceTypeOfferingsOutput, error)
 	DescribeSpotPriceHistory(ctx context.Context, in *ec2.DescribeSpotPriceHistoryInput, opts ...func(*ec2.Options)) (*ec2.DescribeSpotPriceHistoryOutput, error)
+	DescribeRegions(ctx context.Context, in *ec2.DescribeRegionsInput, opts ...func(*ec2.Options)) (*ec2.DescribeRegionsOutput, error)
 }
 
 // PricingAPI lists the Price List API calls the refresher makes.
@@ -52,6 +53,8 @@ type Refresher struct {
 	Baselines map[string]float64
 	// Clock dates the spot price query; nil means the real clock.
 	Clock clock.PassiveClock
+	// HomeRegion is the region asked for the list of regions; empty means us-east-1.
+	HomeRegion string
 }
 
 var _ instancetype.Refresher = (*Refresher)(nil)
@@ -78,6 +81,30 @@ func New(cfg aws.Config, ec2Endpoint, pricingEndpoint string) *Refresher {
 			}
 		}),
 	}
+}
+
+// Regions lists the regions enabled for the account, sorted, so that hack/gen-catalog can use
+// the Refresher as a source.
+func (r *Refresher) Regions(ctx context.Context) ([]string, error) {
+	home := r.HomeRegion
+	if home == "" {
+		home = "us-east-1"
+	}
+	out, err := r.EC2(home).DescribeRegions(ctx, &ec2.DescribeRegionsInput{})
+	if err != nil {
+		return nil, fmt.Errorf("describing regions: %w", err)
+	}
+	var regions []string
+	for _, rg := range out.Regions {
+		regions = append(regions, aws.ToString(rg.RegionName))
+	}
+	sort.Strings(regions)
+	return regions, nil
+}
+
+// Describe says where the figures come from, for a catalog file's source field.
+func (r *Refresher) Describe() string {
+	return "AWS APIs: EC2 DescribeInstanceTypes, DescribeInstanceTypeOfferings, DescribeSpotPriceHistory; Price List GetProducts"
 }
 
 // Refresh returns region's instance types that run Linux on amd64 or arm64, each with an

@@ -140,3 +140,14 @@ func TestRefreshPaginates(t *testing.T) {
 		t.Errorf("calls %v: want 3 pages of DescribeInstanceTypes and of GetProducts", f.CallCounts())
 	}
 }
+
+func TestRegions(t *testing.T) {
+	r, _ := setup(t)
+	regions, err := r.Regions(context.Background())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if strings.Join(regions, ",") != "eu-west-1,us-east-1" {
+		t.Errorf("Regions = %v, want [eu-west-1 us-east-1]", regions)
+	}
+}

@@ -176,3 +176,34 @@ func (s *Server) describeSpotPriceHistory(q query) (any, *apiError) {
 	}
 	return &describeSpotPriceHistoryResponse{Prices: pg, NextToken: next}, nil
 }
+
+type regionXML struct {
+	RegionName     string `xml:"regionName"`
+	RegionEndpoint string `xml:"regionEndpoint"`
+	OptInStatus    string `xml:"optInStatus"`
+}
+
+type describeRegionsResponse struct {
+	header
+	Regions []regionXML `xml:"regionInfo>item"`
+}
+
+// describeRegions lists the fake's own region and one other, both enabled.
+func (s *Server) describeRegions(q query) (any, *apiError) {
+	names := q.list("RegionName")
+	resp := &describeRegionsResponse{}
+	for _, r := range []string{s.opts.Region, otherRegion(s.opts.Region)} {
+		if len(names) > 0 && !contains(names, r) {
+			continue
+		}
+		resp.Regions = append(resp.Regions, regionXML{RegionName: r, RegionEndpoint: "ec2." + r + ".amazonaws.com", OptInStatus: "opt-in-not-required"})
+	}
+	return resp, nil
+}
+
+func otherRegion(r string) string {
+	if r == "eu-west-1" {
+		return "us-east-1"
+	}
+	return "eu-west-1"
+}

@@ -276,6 +276,7 @@ func init() {
 		"DescribeInstanceTypes":         (*Server).describeInstanceTypes,
 		"DescribeInstanceTypeOfferings": (*Server).describeInstanceTypeOfferings,
 		"DescribeSpotPriceHistory":      (*Server).describeSpotPriceHistory,
+		"DescribeRegions":               (*Server).describeRegions,
 	}
 }
 
