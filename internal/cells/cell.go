@@ -79,9 +79,11 @@ type cell struct {
 	cancelOps context.CancelFunc
 	delOnce   sync.Once
 	deleted   chan struct{}
-	// lost is closed by the sweep when the cloud no longer has the cell's instance.
+	// lost is closed by the sweep when the cell's instance is gone or its agent has been
+	// unreachable past the healthy timeout; lostMsg says which.
 	lostOnce sync.Once
 	lost     chan struct{}
+	lostMsg  string
 
 	// Guarded by m.mu.
 	pod          *corev1.Pod // latest spec and metadata; Status is what kip reports
@@ -651,7 +653,7 @@ func (c *cell) watch() error {
 			return err
 		}
 		if c.isLost() {
-			return fail(ReasonCellLost, "cell %s (instance %s) is gone", c.cellID, inst.ID)
+			return fail(ReasonCellLost, "%s", c.lostMsg)
 		}
 		c.log.Info("agent status stream ended; reconnecting", "err", err)
 		if _, err := c.connect(inst, ReasonCellLost); err != nil {
@@ -686,8 +688,13 @@ func (c *cell) consume(ch <-chan *cellapi.PodStatus) bool {
 	}
 }
 
-// markLost tells the state machine its instance is gone.
-func (c *cell) markLost() { c.lostOnce.Do(func() { close(c.lost) }) }
+// markLost tells the state machine its cell is lost, and why.
+func (c *cell) markLost(msg string) {
+	c.lostOnce.Do(func() {
+		c.lostMsg = msg
+		close(c.lost)
+	})
+}
 
 func (c *cell) isLost() bool {
 	select {

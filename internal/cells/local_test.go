@@ -17,6 +17,7 @@ import (
 	"time"
 
 	corev1 "k8s.io/api/core/v1"
+	"k8s.io/client-go/tools/record"
 	"k8s.io/utils/clock"
 
 	"github.com/kip-dev/kip/internal/cellapi"
@@ -80,19 +81,47 @@ func TestLocalCells(t *testing.T) {
 	notified := map[string]*corev1.Pod{}
 	cfg := config.NewDefault().Cells
 	cfg.ClusterName = "t" + tag
-	m := New(cfg, NodeInfo{Name: "kip-" + tag, HostIP: b.BridgeIP().String()}, Deps{
-		Cloud:    b,
-		Select:   testSelect,
-		CA:       ca,
-		Clock:    clock.RealClock{},
-		Registry: cellapi.RegistryConfig{DefaultRegistry: reg.Host(), Insecure: []string{reg.Host()}},
-	})
-	t.Cleanup(m.Close)
-	m.NotifyPods(func(p *corev1.Pod) {
-		mu.Lock()
-		defer mu.Unlock()
-		notified[p.Name] = p
-	})
+	cfg.StatusInterval = config.NewDuration(time.Second)
+	rec := record.NewFakeRecorder(100000)
+	var events []string
+	sawEvent := func(prefix, contains string) bool {
+		for {
+			select {
+			case e := <-rec.Events:
+				events = append(events, e)
+				continue
+			default:
+			}
+			break
+		}
+		for _, e := range events {
+			if strings.HasPrefix(e, prefix) && strings.Contains(e, contains) {
+				return true
+			}
+		}
+		return false
+	}
+	newManager := func(pods []*corev1.Pod) *Manager {
+		m := New(cfg, NodeInfo{Name: "kip-" + tag, HostIP: b.BridgeIP().String()}, Deps{
+			Cloud:    b,
+			Select:   testSelect,
+			CA:       ca,
+			Events:   rec,
+			Clock:    clock.RealClock{},
+			Registry: cellapi.RegistryConfig{DefaultRegistry: reg.Host(), Insecure: []string{reg.Host()}},
+		})
+		t.Cleanup(m.Close)
+		m.NotifyPods(func(p *corev1.Pod) {
+			mu.Lock()
+			defer mu.Unlock()
+			notified[p.Name] = p
+		})
+		if err := m.Recover(ctx, pods); err != nil {
+			t.Fatalf("Recover: %v", err)
+		}
+		return m
+	}
+	m := newManager(nil)
 	t.Cleanup(func() {
 		// Whatever happened, no cell of this test may outlive it.
 		for _, p := range m.ListPods() {
@@ -143,6 +172,11 @@ func TestLocalCells(t *testing.T) {
 		if strings.TrimSpace(string(out)) != "hello-kip" {
 			t.Errorf("logs = %q", out)
 		}
+		for _, want := range []string{"Normal InstanceTypeSelected", "Normal CellLaunched", "Normal CellReady", "Normal Pulling", "Normal Pulled", "Normal Started", "Normal CellTerminated"} {
+			if !sawEvent(want, "") {
+				t.Errorf("no %s event: %v", want, events)
+			}
+		}
 		tm := m.Timings()
 		t.Logf("timings: launched %v, agent ready %v, pulled %v, started %v after create",
 			tm[0].Launched.Sub(tm[0].Created), tm[0].AgentReady.Sub(tm[0].Created), tm[0].Pulled.Sub(tm[0].Created), tm[0].Started.Sub(tm[0].Created))
@@ -190,6 +224,101 @@ func TestLocalCells(t *testing.T) {
 		}
 		if term := final.Status.ContainerStatuses[0].State.Terminated; term == nil || term.ExitCode != 0 {
 			t.Errorf("container state %+v (the trap should exit 0 on SIGTERM)", final.Status.ContainerStatuses[0].State)
+		}
+	})
+
+	t.Run("a missing image waits with ErrImagePull, no crash", func(t *testing.T) {
+		pod := testPod("noimage", func(p *corev1.Pod) { p.Spec.Containers[0].Image = "library/does-not-exist:1" })
+		if err := m.CreatePod(ctx, pod); err != nil {
+			t.Fatal(err)
+		}
+		got := waitManagerPod(t, m, pod, 60*time.Second, "ErrImagePull", func(p *corev1.Pod) bool {
+			w := p.Status.ContainerStatuses[0].State.Waiting
+			return w != nil && (w.Reason == "ErrImagePull" || w.Reason == "ImagePullBackOff")
+		})
+		if got.Status.Phase != corev1.PodPending {
+			t.Errorf("phase %s", got.Status.Phase)
+		}
+		if !sawEvent("Warning Failed", "") {
+			t.Errorf("no Warning Failed event for the pull: %v", events)
+		}
+		if err := m.DeletePod(ctx, pod); err != nil {
+			t.Fatal(err)
+		}
+		waitReal(t, 30*time.Second, "the cell to be terminated", func() bool { return live() == 0 })
+	})
+
+	t.Run("kip restarts while a pod runs: adopted, not relaunched", func(t *testing.T) {
+		pod := sh("survivor", corev1.RestartPolicyAlways, `echo up; while true; do sleep 0.1; done`)
+		if err := m.CreatePod(ctx, pod); err != nil {
+			t.Fatal(err)
+		}
+		before := waitManagerPod(t, m, pod, 90*time.Second, "Running", func(p *corev1.Pod) bool { return p.Status.Phase == corev1.PodRunning })
+		insts, _ := b.List(ctx, map[string]string{"kip.dev/cluster": cfg.ClusterName})
+		m.Close() // kip dies; the cell keeps running
+		m = newManager([]*corev1.Pod{before})
+		after, ok := m.GetPod("default", "survivor")
+		if !ok || after.Status.Phase != corev1.PodRunning || after.Status.PodIP != before.Status.PodIP {
+			t.Fatalf("after restart: %+v", after)
+		}
+		if err := m.CreatePod(ctx, pod); err != nil { // virtual-kubelet resyncs
+			t.Fatal(err)
+		}
+		// The adopted pod keeps its container (same start time, no restart).
+		waitReal(t, 30*time.Second, "the adopted cell's agent", func() bool {
+			a, err := m.Agent("default", "survivor")
+			if err != nil {
+				return false
+			}
+			st, err := a.GetPod(ctx)
+			return err == nil && st.ContainerStatuses[0].State.Running != nil && st.ContainerStatuses[0].RestartCount == 0
+		})
+		got, _ := m.GetPod("default", "survivor")
+		if got.Status.ContainerStatuses[0].State.Running == nil ||
+			!got.Status.ContainerStatuses[0].State.Running.StartedAt.Equal(&before.Status.ContainerStatuses[0].State.Running.StartedAt) {
+			t.Errorf("container restarted: before %+v after %+v", before.Status.ContainerStatuses[0].State, got.Status.ContainerStatuses[0].State)
+		}
+		now, _ := b.List(ctx, map[string]string{"kip.dev/cluster": cfg.ClusterName})
+		if len(now) != 1 || len(insts) != 1 || now[0].ID != insts[0].ID {
+			t.Errorf("instances before %d, after %d (a cell launched twice or lost)", len(insts), len(now))
+		}
+		// sh as PID 1 ignores SIGTERM: a short grace period ends it with SIGKILL.
+		grace := int64(1)
+		del := pod.DeepCopy()
+		del.DeletionGracePeriodSeconds = &grace
+		if err := m.DeletePod(ctx, del); err != nil {
+			t.Fatal(err)
+		}
+		waitReal(t, 30*time.Second, "the cell to be terminated", func() bool { return live() == 0 })
+		mu.Lock()
+		final := notified["survivor"]
+		mu.Unlock()
+		if term := final.Status.ContainerStatuses[0].State.Terminated; final.Status.Phase != corev1.PodFailed || term == nil || term.ExitCode != 137 {
+			t.Errorf("final status: phase %s, container %+v", final.Status.Phase, final.Status.ContainerStatuses[0].State)
+		}
+	})
+
+	t.Run("a cell cut off the network fails its pod and is terminated", func(t *testing.T) {
+		pod := sh("island", corev1.RestartPolicyAlways, `while true; do sleep 0.1; done`)
+		pod.Annotations = map[string]string{AnnotationPrefix + AnnotationHealthyTimeout: "2s"}
+		if err := m.CreatePod(ctx, pod); err != nil {
+			t.Fatal(err)
+		}
+		waitManagerPod(t, m, pod, 90*time.Second, "Running", func(p *corev1.Pod) bool { return p.Status.Phase == corev1.PodRunning })
+		insts, _ := b.List(ctx, map[string]string{"kip.dev/cluster": cfg.ClusterName})
+		if len(insts) != 1 {
+			t.Fatalf("%d instances", len(insts))
+		}
+		if err := b.Partition(ctx, insts[0].ID); err != nil {
+			t.Fatal(err)
+		}
+		got := waitManagerPod(t, m, pod, 60*time.Second, "Failed", func(p *corev1.Pod) bool { return p.Status.Phase == corev1.PodFailed })
+		if got.Status.Reason != ReasonCellLost {
+			t.Errorf("reason %q message %q", got.Status.Reason, got.Status.Message)
+		}
+		waitReal(t, 30*time.Second, "the cell to be terminated", func() bool { return live() == 0 })
+		if err := m.DeletePod(ctx, pod); err != nil {
+			t.Fatal(err)
 		}
 	})
 }

@@ -2,6 +2,8 @@ package cells
 
 import (
 	"context"
+	"fmt"
+	"sync"
 	"time"
 
 	"k8s.io/apimachinery/pkg/types"
@@ -21,6 +23,8 @@ type sweeper struct {
 	m       *Manager
 	missing map[string]int // cell key → consecutive sweeps without its instance
 	orphan  map[string]int // instance id → consecutive sweeps without a pod
+	// failingSince is when each running cell's agent first failed a probe in a row.
+	failingSince map[*cell]time.Time
 }
 
 // startSweeper starts the sweep loop once; Recover calls it, when the manager knows the truth.
@@ -30,7 +34,7 @@ func (m *Manager) startSweeper() {
 		if interval <= 0 {
 			return
 		}
-		s := &sweeper{m: m, missing: map[string]int{}, orphan: map[string]int{}}
+		s := &sweeper{m: m, missing: map[string]int{}, orphan: map[string]int{}, failingSince: map[*cell]time.Time{}}
 		m.wg.Add(1)
 		go func() {
 			defer m.wg.Done()
@@ -95,9 +99,10 @@ func (s *sweeper) sweep(ctx context.Context) {
 		// Confirm with Describe: List may lag.
 		in, err := m.deps.Cloud.Describe(ctx, sc.id)
 		if cloud.IsNotFound(err) || (err == nil && (in.State == cloud.StateTerminated || in.State == cloud.StateTerminating)) {
-			sc.c.markLost()
+			sc.c.markLost(fmt.Sprintf("cell %s (instance %s) is gone", sc.c.cellID, sc.id))
 		}
 	}
+	s.probe(ctx)
 
 	seen := map[string]bool{}
 	for _, in := range insts {
@@ -128,6 +133,61 @@ func (s *sweeper) sweep(ctx context.Context) {
 	for id := range s.orphan {
 		if !seen[id] {
 			delete(s.orphan, id)
+		}
+	}
+}
+
+// probe checks the health of every running cell's agent in parallel. A status stream can
+// hang without breaking when a cell is cut off the network; an agent that fails every probe
+// for longer than the healthy timeout marks its cell lost.
+func (s *sweeper) probe(ctx context.Context) {
+	m := s.m
+	var running []*cell
+	m.mu.Lock()
+	for _, c := range m.cells {
+		if c.stage == stageRunning && c.agent != nil {
+			running = append(running, c)
+		}
+	}
+	m.mu.Unlock()
+
+	timeout := min(5*time.Second, m.cfg.StatusInterval.Duration)
+	results := make([]error, len(running))
+	var wg sync.WaitGroup
+	for i, c := range running {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			m.mu.Lock()
+			agent := c.agent
+			m.mu.Unlock()
+			pctx, cancel := context.WithTimeout(ctx, timeout)
+			defer cancel()
+			_, results[i] = agent.Health(pctx)
+		}()
+	}
+	wg.Wait()
+
+	now := m.clock.Now()
+	alive := map[*cell]bool{}
+	for i, c := range running {
+		alive[c] = true
+		if results[i] == nil {
+			delete(s.failingSince, c)
+			continue
+		}
+		since, ok := s.failingSince[c]
+		if !ok {
+			s.failingSince[c] = now
+			continue
+		}
+		if limit := c.healthyTimeout(); now.Sub(since) >= limit {
+			c.markLost(fmt.Sprintf("cell %s agent unreachable for %s: %v", c.cellID, limit, results[i]))
+		}
+	}
+	for c := range s.failingSince {
+		if !alive[c] {
+			delete(s.failingSince, c)
 		}
 	}
 }

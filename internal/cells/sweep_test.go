@@ -2,6 +2,8 @@ package cells
 
 import (
 	"context"
+	"errors"
+	"strings"
 	"testing"
 
 	corev1 "k8s.io/api/core/v1"
@@ -65,4 +67,27 @@ func TestSweepTerminatesOrphansAfterTwoSweeps(t *testing.T) {
 			t.Error("the sweep terminated a pod's cell")
 		}
 	}
+}
+
+func TestSweepFailsPodWhoseAgentStopsAnsweringUnderAHangingStream(t *testing.T) {
+	h := newHarness(t)
+	if err := h.m.Recover(context.Background(), nil); err != nil {
+		t.Fatal(err)
+	}
+	pod := testPod("cut", func(p *corev1.Pod) { p.Spec.RestartPolicy = corev1.RestartPolicyAlways })
+	if err := h.m.CreatePod(context.Background(), pod); err != nil {
+		t.Fatal(err)
+	}
+	a := h.agent(CellID(pod.UID))
+	h.waitFor("a status watch", func() bool { return a.watcherCount() > 0 })
+	a.set(&cellapi.PodStatus{Phase: corev1.PodRunning, ContainerStatuses: []corev1.ContainerStatus{running("main", true)}})
+	h.waitPod(pod, "Running", func(p *corev1.Pod) bool { return p.Status.Phase == corev1.PodRunning })
+
+	// The agent stops answering but the stream neither breaks nor sends.
+	a.setHealth(errors.New("i/o timeout"))
+	got := h.waitPod(pod, "Failed by the probes", func(p *corev1.Pod) bool { return p.Status.Phase == corev1.PodFailed })
+	if got.Status.Reason != ReasonCellLost || !strings.Contains(got.Status.Message, "unreachable") {
+		t.Errorf("reason %q message %q", got.Status.Reason, got.Status.Message)
+	}
+	h.waitFor("the cell to be terminated", func() bool { return len(h.live()) == 0 })
 }
