@@ -211,6 +211,8 @@ func (c *cell) setWaiting(reason, message string) {
 
 // publish recomputes the pod's status and notifies it when it changed.
 func (c *cell) publish() {
+	c.m.notifyMu.Lock()
+	defer c.m.notifyMu.Unlock()
 	c.m.mu.Lock()
 	prev := c.pod.Status
 	c.pod.Status = buildStatus(c.statusInput())

@@ -158,6 +158,10 @@ type Manager struct {
 	clientCert, clientKey []byte
 	certErr               error
 
+	// notifyMu orders notifications: it is held from computing a status to delivering it,
+	// so the callback never sees an older status after a newer one. Taken before mu.
+	notifyMu sync.Mutex
+
 	mu     sync.Mutex
 	cells  map[string]*cell // by namespace/name
 	notify func(*corev1.Pod)
@@ -205,11 +209,21 @@ func (m *Manager) Close() {
 	m.wg.Wait()
 }
 
-// NotifyPods sets the function called with a copy of a pod on every status change.
+// NotifyPods sets the function called with a copy of a pod on every status change. It is
+// called at once with every pod the manager knows, so statuses computed before (during
+// Recover, say) are delivered too.
 func (m *Manager) NotifyPods(f func(*corev1.Pod)) {
+	m.notifyMu.Lock()
+	defer m.notifyMu.Unlock()
 	m.mu.Lock()
-	defer m.mu.Unlock()
 	m.notify = f
+	m.mu.Unlock()
+	if f == nil {
+		return
+	}
+	for _, p := range m.ListPods() {
+		f(p)
+	}
 }
 
 // CreatePod starts running pod on a new cell and returns at once; the work is asynchronous

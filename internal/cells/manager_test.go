@@ -504,3 +504,39 @@ func TestCreatePodIsIdempotentAndUpdateKeepsStatus(t *testing.T) {
 		t.Errorf("ListPods = %d pods", len(h.m.ListPods()))
 	}
 }
+
+func TestRecoverFailsPodsWhoseCellVanishedAndReplaysOnNotify(t *testing.T) {
+	h := newHarness(t)
+	m := h.newManager()
+	t.Cleanup(m.Close)
+	m.NotifyPods(nil) // as at kip's start: Recover runs before virtual-kubelet subscribes
+	ran := testPod("ran", func(p *corev1.Pod) {
+		p.Spec.RestartPolicy = corev1.RestartPolicyAlways
+		p.Status = corev1.PodStatus{Phase: corev1.PodRunning, PodIP: "10.0.0.9"}
+	})
+	pending := testPod("pending")
+	done := testPod("done", func(p *corev1.Pod) { p.Status.Phase = corev1.PodSucceeded })
+	if err := m.Recover(context.Background(), []*corev1.Pod{ran, pending, done}); err != nil {
+		t.Fatal(err)
+	}
+	if _, ok := m.GetPod("default", "pending"); ok {
+		t.Error("a pending pod without a cell was registered; CreatePod should launch it")
+	}
+	if p, ok := m.GetPod("default", "done"); !ok || p.Status.Phase != corev1.PodSucceeded {
+		t.Errorf("completed pod %+v", p)
+	}
+	var got []*corev1.Pod
+	m.NotifyPods(func(p *corev1.Pod) { got = append(got, p) })
+	var failed *corev1.Pod
+	for _, p := range got {
+		if p.Name == "ran" {
+			failed = p
+		}
+	}
+	if failed == nil || failed.Status.Phase != corev1.PodFailed || failed.Status.Reason != ReasonCellLost {
+		t.Fatalf("replayed statuses %+v", got)
+	}
+	if n := h.cloud.CallCount(fake.MethodLaunch); n != 0 {
+		t.Errorf("%d launches", n)
+	}
+}
