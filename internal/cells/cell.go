@@ -790,12 +790,10 @@ func (c *cell) finish(err error) {
 	if failure != nil && c.failure == nil && !(deleted && c.agentStatus != nil) {
 		c.failure = failure
 	}
+	// Whatever ended it, the cell is gone: every container shows a terminated state.
+	c.stopped = true
 	if deleted {
-		c.stopped = true
 		c.waitReason, c.waitMessage = "", ""
-	}
-	if failure == nil && !deleted {
-		c.stopped = true // completed: the agent's terminal status is final
 	}
 	c.m.mu.Unlock()
 	c.publish()

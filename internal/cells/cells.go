@@ -336,6 +336,9 @@ func (m *Manager) Agent(namespace, name string) (cellapi.Agent, error) {
 	if c.archive != nil {
 		return c.archive, nil
 	}
+	if c.stage == stageDone {
+		return nil, cellapi.Errorf(cellapi.KindNotFound, "the cell of pod %s/%s is terminated and no logs were saved", namespace, name)
+	}
 	if c.agent == nil {
 		return nil, cellapi.Errorf(cellapi.KindNotFound, "pod %s/%s has no running cell yet", namespace, name)
 	}
