@@ -20,23 +20,37 @@ import (
 	"github.com/kip-dev/kip/internal/cellapi"
 )
 
-// Set is the agent's own place in each mounted cgroup hierarchy.
+// Set is the agent's own place in each mounted cgroup hierarchy. It reads /proc/self/cgroup
+// on every use: the local backend moves a freshly started agent into its cell's cgroups, so
+// a path read at startup could be stale.
 type Set struct {
-	// dirs maps a hierarchy's directory under the mount root ("memory", "cpu,cpuacct",
-	// "unified") to the agent's cgroup in it ("/process_api/abc").
-	dirs map[string]string
-	root string
+	root, proc string
 }
 
-// Self reads procCgroup (normally /proc/self/cgroup) and returns the agent's cgroups under
-// mountRoot (normally /sys/fs/cgroup). Hierarchies whose directory is missing are skipped.
+// Self returns the agent's cgroups under mountRoot (normally /sys/fs/cgroup) as procCgroup
+// (normally /proc/self/cgroup) names them. Hierarchies whose directory is missing are
+// skipped; none at all is an error.
 func Self(mountRoot, procCgroup string) (*Set, error) {
-	f, err := os.Open(procCgroup)
+	s := &Set{root: mountRoot, proc: procCgroup}
+	dirs, err := s.dirs()
+	if err != nil {
+		return nil, err
+	}
+	if len(dirs) == 0 {
+		return nil, fmt.Errorf("reading own cgroups: no hierarchy of %s is mounted under %s", procCgroup, mountRoot)
+	}
+	return s, nil
+}
+
+// dirs maps each hierarchy's directory under the mount root ("memory", "cpu,cpuacct",
+// "unified") to the agent's cgroup in it ("/process_api/abc").
+func (s *Set) dirs() (map[string]string, error) {
+	f, err := os.Open(s.proc)
 	if err != nil {
 		return nil, fmt.Errorf("reading own cgroups: %w", err)
 	}
 	defer f.Close()
-	s := &Set{dirs: map[string]string{}, root: mountRoot}
+	dirs := map[string]string{}
 	sc := bufio.NewScanner(f)
 	for sc.Scan() {
 		parts := strings.SplitN(sc.Text(), ":", 3)
@@ -56,27 +70,25 @@ func Self(mountRoot, procCgroup string) (*Set, error) {
 			candidates = append([]string{strings.Join(names, ",")}, names...)
 		}
 		for _, c := range candidates {
-			if st, err := os.Stat(filepath.Join(mountRoot, c)); err == nil && st.IsDir() {
-				if c == "" && len(s.dirs) > 0 {
-					break // the root is cgroup2 only when no v1 hierarchy is mounted
+			if st, err := os.Stat(filepath.Join(s.root, c)); err == nil && st.IsDir() {
+				if c == "" && len(dirs) > 0 {
+					break // the mount root is cgroup2 only when no v1 hierarchy is mounted
 				}
-				s.dirs[c] = path
+				dirs[c] = path
 			}
 		}
 	}
 	if err := sc.Err(); err != nil {
 		return nil, fmt.Errorf("reading own cgroups: %w", err)
 	}
-	if len(s.dirs) == 0 {
-		return nil, fmt.Errorf("reading own cgroups: no hierarchy of %s is mounted under %s", procCgroup, mountRoot)
-	}
-	return s, nil
+	return dirs, nil
 }
 
 // Dir returns the directory of rel (relative to the agent's cgroup) in the hierarchy holding
 // controller, or "" when that controller is not mounted.
 func (s *Set) Dir(controller, rel string) string {
-	for h, own := range s.dirs {
+	dirs, _ := s.dirs()
+	for h, own := range dirs {
 		for _, c := range strings.Split(h, ",") {
 			if c == controller {
 				return filepath.Join(s.root, h, own, rel)
@@ -167,8 +179,12 @@ func (s *Set) Remove(rel string) error {
 	if rel == "" || filepath.IsAbs(rel) || strings.Contains(rel, "..") {
 		return fmt.Errorf("removing cgroup %q: must be a relative path below the agent's cgroup", rel)
 	}
+	dirs, err := s.dirs()
+	if err != nil {
+		return err
+	}
 	var errs []error
-	for h, own := range s.dirs {
+	for h, own := range dirs {
 		top := filepath.Join(s.root, h, own, rel)
 		var dirs []string
 		_ = filepath.WalkDir(top, func(p string, d fs.DirEntry, err error) error {
@@ -188,7 +204,8 @@ func (s *Set) Remove(rel string) error {
 
 // Exists reports whether rel exists in any hierarchy.
 func (s *Set) Exists(rel string) bool {
-	for h, own := range s.dirs {
+	dirs, _ := s.dirs()
+	for h, own := range dirs {
 		if _, err := os.Stat(filepath.Join(s.root, h, own, rel)); err == nil {
 			return true
 		}
