@@ -10,6 +10,8 @@ import (
 	"log/slog"
 	"os"
 	"path/filepath"
+	"strconv"
+	"strings"
 	"sync"
 	"time"
 
@@ -114,12 +116,7 @@ func (a *Agent) PutPod(ctx context.Context, req *cellapi.PodRequest) (*cellapi.P
 		Images:       a.cfg.Images,
 		Cgroups:      a.cfg.Cgroups,
 		CgroupParent: a.cfg.CgroupParent,
-		NewLog: func(path string) (pod.LogWriter, error) {
-			if err := os.MkdirAll(filepath.Dir(path), 0o700); err != nil {
-				return nil, err
-			}
-			return logs.NewWriter(path, LogMaxBytes, LogMaxFiles)
-		},
+		NewLog:       a.newLog,
 		Clock:      a.cfg.Clock,
 		BackOff:    a.cfg.BackOff,
 		PodIP:      a.cfg.PodIP,
@@ -134,6 +131,21 @@ func (a *Agent) PutPod(ctx context.Context, req *cellapi.PodRequest) (*cellapi.P
 	a.pod = p
 	a.cfg.Log.Info("pod accepted", "uid", req.Pod.UID, "pod", req.Pod.Namespace+"/"+req.Pod.Name)
 	return p.Status(), nil
+}
+
+// newLog opens the log of one container run (<dir>/<run>.log) and drops the logs of runs
+// before the previous one, as kubelet keeps only the current and the previous run.
+func (a *Agent) newLog(path string) (pod.LogWriter, error) {
+	dir := filepath.Dir(path)
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		return nil, fmt.Errorf("creating log directory: %w", err)
+	}
+	if run, err := strconv.Atoi(strings.TrimSuffix(filepath.Base(path), ".log")); err == nil && run >= 2 {
+		if err := logs.Prune(dir, run-1); err != nil {
+			a.cfg.Log.Warn("pruning old logs", "dir", dir, "err", err)
+		}
+	}
+	return logs.NewWriter(path, LogMaxBytes, LogMaxFiles)
 }
 
 // publish is the pods' Notify: it records the latest status and wakes the watchers.

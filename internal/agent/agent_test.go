@@ -409,6 +409,20 @@ func TestOnFailureRestartsWithGrowingBackOff(t *testing.T) {
 	if got != "run\n" {
 		t.Errorf("previous logs %q", got)
 	}
+	// Only the current and the previous run keep their logs.
+	for _, c := range []string{"app"} {
+		dir := filepath.Join(h.stateDir, "pods", string(p.UID), "logs", c)
+		ents, _ := os.ReadDir(dir)
+		var runs []string
+		for _, e := range ents {
+			if strings.HasSuffix(e.Name(), ".log") {
+				runs = append(runs, e.Name())
+			}
+		}
+		if len(runs) > 2 {
+			t.Errorf("logs kept for runs %v, want at most the last two", runs)
+		}
+	}
 	h.deletePod(0)
 }
 
