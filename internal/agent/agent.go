@@ -117,13 +117,13 @@ func (a *Agent) PutPod(ctx context.Context, req *cellapi.PodRequest) (*cellapi.P
 		Cgroups:      a.cfg.Cgroups,
 		CgroupParent: a.cfg.CgroupParent,
 		NewLog:       a.newLog,
-		Clock:      a.cfg.Clock,
-		BackOff:    a.cfg.BackOff,
-		PodIP:      a.cfg.PodIP,
-		ResolvConf: a.resolv,
-		Log:        a.cfg.Log.With("pod", req.Pod.Namespace+"/"+req.Pod.Name),
-		Notify:     a.publish,
-		FirstSeq:   a.currentSeq(),
+		Clock:        a.cfg.Clock,
+		BackOff:      a.cfg.BackOff,
+		PodIP:        a.cfg.PodIP,
+		ResolvConf:   a.resolv,
+		Log:          a.cfg.Log.With("pod", req.Pod.Namespace+"/"+req.Pod.Name),
+		Notify:       a.publish,
+		FirstSeq:     a.currentSeq(),
 	}, req)
 	if err != nil {
 		return nil, err
