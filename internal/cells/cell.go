@@ -517,7 +517,7 @@ func (c *cell) connect(inst *cloud.Instance, reason string) (cellapi.Agent, erro
 	c.m.mu.Unlock()
 	start := m.clock.Now()
 	timeout := c.healthyTimeout()
-	bo := newBackoff(50*time.Millisecond, 2*time.Second)
+	bo := newBackoff(20*time.Millisecond, 500*time.Millisecond)
 	var lastErr error
 	for {
 		if agent == nil {

@@ -11,6 +11,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
@@ -32,50 +33,8 @@ import (
 // bridge, the real kip-cell agent over mutual TLS, runc, and images pulled from a registry
 // on the bridge. Needs root and runc; builds cmd/kip-cell unless KIP_CELL_BIN is set.
 func TestLocalCells(t *testing.T) {
-	testenv.RequireRunc(t)
-	if testing.Short() && os.Getenv("KIP_CELL_BIN") == "" {
-		t.Skip("skipping in -short mode: it builds cmd/kip-cell (set KIP_CELL_BIN to use a built one)")
-	}
-	bin := os.Getenv("KIP_CELL_BIN")
-	if bin == "" {
-		bin = filepath.Join(t.TempDir(), "kip-cell")
-		if out, err := exec.Command("go", "build", "-o", bin, "github.com/kip-dev/kip/cmd/kip-cell").CombinedOutput(); err != nil {
-			t.Fatalf("building cmd/kip-cell: %v\n%s", err, out)
-		}
-	}
 	ctx := context.Background()
-	tag := randHex(t)
-	stateDir := filepath.Join(t.TempDir(), "state")
-	b, err := local.New(local.Config{
-		StateDir:     stateDir,
-		Bridge:       "kc" + tag,
-		Subnet:       fmt.Sprintf("10.250.%d.0/24", randInt(t, 2, 254)),
-		AgentCommand: []string{bin},
-		CgroupParent: "kip-c" + tag,
-	})
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := b.Setup(ctx); err != nil {
-		t.Fatalf("Setup: %v", err)
-	}
-	t.Cleanup(func() {
-		if err := b.Teardown(context.Background()); err != nil {
-			t.Errorf("Teardown: %v", err)
-		}
-	})
-	reg, err := registry.Start(net.JoinHostPort(b.BridgeIP().String(), "0"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { reg.Close() })
-	if err := registry.SeedBusybox(ctx, reg.Host(), "library/busybox:latest"); err != nil {
-		t.Fatal(err)
-	}
-	ca, err := pki.NewCA("kip-cells-test")
-	if err != nil {
-		t.Fatal(err)
-	}
+	b, reg, ca, tag := localSetup(t)
 
 	var mu sync.Mutex
 	notified := map[string]*corev1.Pod{}
@@ -323,6 +282,56 @@ func TestLocalCells(t *testing.T) {
 	})
 }
 
+// localSetup makes a local backend on its own bridge, subnet and cgroup parent, a registry
+// on the bridge seeded with busybox, and a CA. Everything is removed in t.Cleanup.
+func localSetup(t testing.TB) (*local.Backend, *registry.Registry, *pki.CA, string) {
+	t.Helper()
+	testenv.RequireRunc(t)
+	if testing.Short() && os.Getenv("KIP_CELL_BIN") == "" {
+		t.Skip("skipping in -short mode: it builds cmd/kip-cell (set KIP_CELL_BIN to use a built one)")
+	}
+	bin := os.Getenv("KIP_CELL_BIN")
+	if bin == "" {
+		bin = filepath.Join(t.TempDir(), "kip-cell")
+		if out, err := exec.Command("go", "build", "-o", bin, "github.com/kip-dev/kip/cmd/kip-cell").CombinedOutput(); err != nil {
+			t.Fatalf("building cmd/kip-cell: %v\n%s", err, out)
+		}
+	}
+	ctx := context.Background()
+	tag := randHex(t)
+	b, err := local.New(local.Config{
+		StateDir:     filepath.Join(t.TempDir(), "state"),
+		Bridge:       "kc" + tag,
+		Subnet:       fmt.Sprintf("10.250.%d.0/24", randInt(t, 2, 254)),
+		AgentCommand: []string{bin},
+		CgroupParent: "kip-c" + tag,
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := b.Setup(ctx); err != nil {
+		t.Fatalf("Setup: %v", err)
+	}
+	t.Cleanup(func() {
+		if err := b.Teardown(context.Background()); err != nil {
+			t.Errorf("Teardown: %v", err)
+		}
+	})
+	reg, err := registry.Start(net.JoinHostPort(b.BridgeIP().String(), "0"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { reg.Close() })
+	if err := registry.SeedBusybox(ctx, reg.Host(), "library/busybox:latest"); err != nil {
+		t.Fatal(err)
+	}
+	ca, err := pki.NewCA("kip-cells-test")
+	if err != nil {
+		t.Fatal(err)
+	}
+	return b, reg, ca, tag
+}
+
 func waitManagerPod(t *testing.T, m *Manager, pod *corev1.Pod, d time.Duration, what string, cond func(*corev1.Pod) bool) *corev1.Pod {
 	t.Helper()
 	var got *corev1.Pod
@@ -355,7 +364,7 @@ func pollUntil(d time.Duration, cond func() bool) bool {
 	return true
 }
 
-func randHex(t *testing.T) string {
+func randHex(t testing.TB) string {
 	b := make([]byte, 3)
 	if _, err := rand.Read(b); err != nil {
 		t.Fatal(err)
@@ -363,10 +372,80 @@ func randHex(t *testing.T) string {
 	return hex.EncodeToString(b)
 }
 
-func randInt(t *testing.T, lo, hi int64) int64 {
+func randInt(t testing.TB, lo, hi int64) int64 {
 	n, err := rand.Int(rand.Reader, big.NewInt(hi-lo+1))
 	if err != nil {
 		t.Fatal(err)
 	}
 	return lo + n.Int64()
+}
+
+// BenchmarkLocalBurst creates 20 pods at once on real local cells (busybox from the bridge
+// registry) and prints, over all pods of all iterations, p50/p99 of each start phase from
+// CreatePod, and the time until the whole burst runs. Needs root and runc.
+func BenchmarkLocalBurst(b *testing.B) {
+	ctx := context.Background()
+	backend, reg, ca, tag := localSetup(b)
+	const burst = 20
+	var phases = map[string][]time.Duration{}
+	var bursts []time.Duration
+	for i := 0; i < b.N; i++ {
+		cfg := config.NewDefault().Cells
+		cfg.ClusterName = "b" + tag
+		m := New(cfg, NodeInfo{Name: "kip-" + tag, HostIP: backend.BridgeIP().String()}, Deps{
+			Cloud: backend, Select: testSelect, CA: ca, Clock: clock.RealClock{},
+			Registry: cellapi.RegistryConfig{DefaultRegistry: reg.Host(), Insecure: []string{reg.Host()}},
+		})
+		var pods []*corev1.Pod
+		start := time.Now()
+		for j := 0; j < burst; j++ {
+			p := testPod(fmt.Sprintf("burst-%d-%d", i, j), func(p *corev1.Pod) {
+				p.Spec.RestartPolicy = corev1.RestartPolicyAlways
+				p.Spec.Containers[0].Command = []string{"sh", "-c", "while true; do sleep 1; done"}
+			})
+			pods = append(pods, p)
+			if err := m.CreatePod(ctx, p); err != nil {
+				b.Fatal(err)
+			}
+		}
+		if !pollUntil(120*time.Second, func() bool {
+			for _, p := range pods {
+				got, ok := m.GetPod(p.Namespace, p.Name)
+				if !ok || got.Status.Phase != corev1.PodRunning {
+					return false
+				}
+			}
+			return true
+		}) {
+			b.Fatalf("the burst never ran")
+		}
+		bursts = append(bursts, time.Since(start))
+		for _, tm := range m.Timings() {
+			phases["launched"] = append(phases["launched"], tm.Launched.Sub(tm.Created))
+			phases["agent ready"] = append(phases["agent ready"], tm.AgentReady.Sub(tm.Created))
+			phases["pulled"] = append(phases["pulled"], tm.Pulled.Sub(tm.Created))
+			phases["started"] = append(phases["started"], tm.Started.Sub(tm.Created))
+		}
+		grace := int64(0)
+		for _, p := range pods {
+			d := p.DeepCopy()
+			d.DeletionGracePeriodSeconds = &grace
+			_ = m.DeletePod(ctx, d)
+		}
+		if !pollUntil(60*time.Second, func() bool { return len(m.ListPods()) == 0 }) {
+			b.Fatalf("the burst's pods were never deleted")
+		}
+		m.Close()
+	}
+	pct := func(ds []time.Duration, q float64) time.Duration {
+		s := append([]time.Duration(nil), ds...)
+		slices.Sort(s)
+		return s[int(q*float64(len(s)-1))]
+	}
+	for _, name := range []string{"launched", "agent ready", "pulled", "started"} {
+		b.Logf("CreatePod → %-11s p50 %8v  p99 %8v  (%d pods)", name, pct(phases[name], 0.5).Round(time.Millisecond), pct(phases[name], 0.99).Round(time.Millisecond), len(phases[name]))
+	}
+	b.Logf("%d pods at once → all Running: p50 %v (%d bursts)", burst, pct(bursts, 0.5).Round(time.Millisecond), len(bursts))
+	b.ReportMetric(float64(pct(phases["started"], 0.5).Milliseconds()), "p50-started-ms")
+	b.ReportMetric(float64(pct(phases["started"], 0.99).Milliseconds()), "p99-started-ms")
 }
