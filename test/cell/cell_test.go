@@ -17,6 +17,8 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
+	"strconv"
 	"strings"
 	"sync"
 	"testing"
@@ -42,7 +44,7 @@ var (
 )
 
 // kipCell returns the agent binary: $KIP_CELL_BIN, or cmd/kip-cell built once per run.
-func kipCell(t *testing.T) string {
+func kipCell(t testing.TB) string {
 	t.Helper()
 	if p := os.Getenv("KIP_CELL_BIN"); p != "" {
 		return p
@@ -82,7 +84,7 @@ func randHex(n int) string {
 // vpc is a local backend with its own bridge, subnet and cgroup parent, a registry on the
 // bridge address and a CA.
 type vpc struct {
-	t       *testing.T
+	t       testing.TB
 	backend *local.Backend
 	state   string
 	bridge  string
@@ -91,7 +93,7 @@ type vpc struct {
 	ca      *pki.CA
 }
 
-func newVPC(t *testing.T) *vpc {
+func newVPC(t testing.TB) *vpc {
 	t.Helper()
 	testenv.RequireRunc(t)
 	if _, err := exec.LookPath("busybox"); err != nil {
@@ -508,4 +510,86 @@ func TestCellsReachEachOther(t *testing.T) {
 	for _, c := range []*cell{a, b} {
 		c.del(t)
 	}
+}
+
+// BenchmarkContainerStartInCell measures pod put → container running inside a real cell with
+// a cached image (the first, uncached start is not counted), and reports p50/p99 and the
+// agent's memory (VmRSS and PSS of the kip-cell process).
+func BenchmarkContainerStartInCell(b *testing.B) {
+	v := newVPC(b)
+	c := v.launch("bench")
+	put := func() time.Duration {
+		p := newPod("bench", corev1.RestartPolicyNever, corev1.Container{Name: "app", Image: "sleeper"})
+		ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+		defer cancel()
+		ch, err := c.client.WatchPod(ctx)
+		if err != nil {
+			b.Fatal(err)
+		}
+		start := time.Now()
+		if _, err := c.client.PutPod(ctx, &cellapi.PodRequest{Pod: p}); err != nil {
+			b.Fatal(err)
+		}
+		for st := range ch {
+			if st.UID == string(p.UID) && st.ContainerStatuses[0].State.Running != nil {
+				d := time.Since(start)
+				if err := c.client.DeletePod(ctx, 5*time.Second); err != nil {
+					b.Fatal(err)
+				}
+				return d
+			}
+		}
+		b.Fatal("container never ran")
+		return 0
+	}
+	put() // pull and unpack once
+	b.ResetTimer()
+	var durs []time.Duration
+	for i := 0; i < b.N; i++ {
+		durs = append(durs, put())
+	}
+	b.StopTimer()
+	slices.Sort(durs)
+	b.ReportMetric(float64(durs[len(durs)/2].Microseconds())/1000, "p50-ms")
+	b.ReportMetric(float64(durs[(len(durs)-1)*99/100].Microseconds())/1000, "p99-ms")
+	rss, pss := v.agentMemory(c)
+	b.ReportMetric(float64(rss)/(1<<20), "agent-rss-MiB")
+	b.ReportMetric(float64(pss)/(1<<20), "agent-pss-MiB")
+}
+
+// agentMemory finds the kip-cell process in the cell's memory cgroup and returns its VmRSS
+// and PSS in bytes.
+func (v *vpc) agentMemory(c *cell) (rss, pss int64) {
+	own, _ := os.ReadFile("/proc/self/cgroup")
+	var memPath string
+	for _, l := range strings.Split(string(own), "\n") {
+		if parts := strings.SplitN(l, ":", 3); len(parts) == 3 && parts[1] == "memory" {
+			memPath = parts[2]
+		}
+	}
+	procs, err := os.ReadFile(filepath.Join("/sys/fs/cgroup/memory", memPath, v.cgroup, c.id, "cgroup.procs"))
+	if err != nil {
+		v.t.Logf("reading the cell's processes: %v", err)
+		return 0, 0
+	}
+	for _, pid := range strings.Fields(string(procs)) {
+		comm, _ := os.ReadFile("/proc/" + pid + "/comm")
+		if strings.TrimSpace(string(comm)) != "kip-cell" {
+			continue
+		}
+		rss = kbField("/proc/"+pid+"/status", "VmRSS:")
+		pss = kbField("/proc/"+pid+"/smaps_rollup", "Pss:")
+	}
+	return rss, pss
+}
+
+func kbField(path, key string) int64 {
+	b, _ := os.ReadFile(path)
+	for _, l := range strings.Split(string(b), "\n") {
+		if f := strings.Fields(l); len(f) >= 2 && f[0] == key {
+			n, _ := strconv.ParseInt(f[1], 10, 64)
+			return n << 10
+		}
+	}
+	return 0
 }
