@@ -5,7 +5,9 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
+	"io"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -140,6 +142,39 @@ func runcError(logFile string, st ExitStatus) string {
 	}
 	return last
 }
+
+// Exec implements Execer with `runc exec`, which starts from the container's own process
+// settings. When ctx ends the exec'd process is killed.
+func (r *Runc) Exec(ctx context.Context, id string, args []string, stdio IO) (int, error) {
+	if len(args) == 0 {
+		return -1, fmt.Errorf("executing in container %s: no command", id)
+	}
+	cmd := exec.CommandContext(ctx, r.binary, append([]string{"--root", r.root, "exec", id}, args...)...)
+	var stderr bytes.Buffer
+	cmd.Stdout = stdio.Stdout
+	cmd.Stderr = &stderr
+	if stdio.Stderr != nil {
+		cmd.Stderr = io.MultiWriter(&stderr, stdio.Stderr)
+	}
+	err := cmd.Run()
+	if ctx.Err() != nil {
+		return -1, fmt.Errorf("executing %q in container %s: %w", args[0], id, ctx.Err())
+	}
+	var ee *exec.ExitError
+	if errors.As(err, &ee) {
+		// runc exec exits 255 with a message when it could not start the process.
+		if ee.ExitCode() == 255 && strings.Contains(stderr.String(), "exec failed") {
+			return -1, fmt.Errorf("executing %q in container %s: %s", args[0], id, strings.TrimSpace(stderr.String()))
+		}
+		return ee.ExitCode(), nil
+	}
+	if err != nil {
+		return -1, fmt.Errorf("executing %q in container %s: %w", args[0], id, err)
+	}
+	return 0, nil
+}
+
+var _ Execer = (*Runc)(nil)
 
 // State implements Runtime.
 func (r *Runc) State(ctx context.Context, id string) (*State, error) {

@@ -183,6 +183,13 @@ func TestRuncLifecycle(t *testing.T) {
 		if err != nil || st.Status != "running" || st.Pid != c.Pid {
 			t.Fatalf("State = %+v, %v (pid %d)", st, err, c.Pid)
 		}
+		var out syncBuf
+		if code, err := rt.Exec(t.Context(), id, []string{"/bin/sh", "-c", "echo in-container; exit 4"}, IO{Stdout: &out}); err != nil || code != 4 || out.String() != "in-container\n" {
+			t.Errorf("Exec = %d, %v, output %q; want 4 and the output", code, err, out.String())
+		}
+		if _, err := rt.Exec(t.Context(), id, []string{"/no/such"}, IO{}); err == nil {
+			t.Error("Exec of a missing binary: want an error")
+		}
 		// sleep is PID 1 of its namespace and has no SIGTERM handler: only SIGKILL ends it.
 		if err := rt.Kill(t.Context(), id, syscall.SIGKILL); err != nil {
 			t.Fatal(err)

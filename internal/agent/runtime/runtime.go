@@ -104,3 +104,10 @@ func NewContainer(id string, pid int, startedAt time.Time) (*Container, func(Exi
 		close(c.done)
 	}
 }
+
+// Execer runs an extra process in a running container (probes, lifecycle hooks).
+type Execer interface {
+	// Exec runs args in container id with the container's user, environment and working
+	// directory, and returns its exit code. An error means it could not be run at all.
+	Exec(ctx context.Context, id string, args []string, stdio IO) (int, error)
+}
