@@ -1,0 +1,283 @@
+package cells
+
+import (
+	"encoding/json"
+	"errors"
+	"fmt"
+	"strings"
+	"time"
+
+	corev1 "k8s.io/api/core/v1"
+	"k8s.io/apimachinery/pkg/types"
+
+	"github.com/kip-dev/kip/internal/cellapi"
+	"github.com/kip-dev/kip/internal/cloud"
+	"github.com/kip-dev/kip/internal/instancetype"
+	"github.com/kip-dev/kip/internal/pki"
+	"github.com/kip-dev/kip/internal/selector"
+)
+
+// clientToken derives the launch idempotency token from the pod UID and the instance type,
+// so a retried launch (even from a restarted kip) returns the same instance. At most 64
+// characters, as EC2 requires.
+func clientToken(uid types.UID, instanceType string) string {
+	t := strings.ReplaceAll(string(uid), "-", "") + "-" + instanceType
+	if len(t) > 64 {
+		t = t[:64]
+	}
+	return t
+}
+
+// launch selects an instance type and launches the cell, falling back to the next candidate
+// on capacity errors.
+func (c *cell) launch() (*cloud.Instance, error) {
+	c.m.mu.Lock()
+	pod := c.pod.DeepCopy()
+	c.m.mu.Unlock()
+
+	opts, err := parseAnnotations(pod)
+	if err != nil {
+		return nil, fail(ReasonInvalidAnnotation, "%v", err)
+	}
+	c.m.mu.Lock()
+	c.healthyAfter = opts.HealthyTimeout
+	c.m.mu.Unlock()
+
+	bo := newBackoff(time.Second, time.Minute)
+	for {
+		cands, err := c.candidates(pod)
+		if err != nil {
+			return nil, err
+		}
+		inst, err := c.launchAny(pod, cands, opts)
+		if inst != nil || err != nil {
+			return inst, err
+		}
+		// Every candidate lacked capacity: wait and choose again.
+		c.m.mu.Lock()
+		c.setWaiting(ReasonInsufficientCapacity, fmt.Sprintf("no capacity for any instance type that fits; retrying (tried %s)", candNames(cands)))
+		c.m.mu.Unlock()
+		c.publish()
+		if err := c.sleep(bo.next()); err != nil {
+			return nil, err
+		}
+	}
+}
+
+// candidates asks the selector, ordering recently capacity-starved types last.
+func (c *cell) candidates(pod *corev1.Pod) ([]Candidate, error) {
+	m := c.m
+	bo := newBackoff(time.Second, 30*time.Second)
+	for {
+		types, err := m.deps.Cloud.InstanceTypes(c.ops)
+		if err == nil {
+			if m.deps.Select == nil {
+				return nil, fail(ReasonNoInstanceType, "no instance type selector configured")
+			}
+			choice, err := m.deps.Select(pod, types)
+			if err != nil {
+				return nil, fail(selectReason(err), "%v", err)
+			}
+			if choice == nil {
+				return nil, fail(ReasonNoInstanceType, "no instance type fits the pod")
+			}
+			first := Candidate{Type: choice.Type, Offering: choice.Offering}
+			return m.capacity.order(append([]Candidate{first}, choice.Fallbacks...)), nil
+		}
+		if ierr := c.interrupted(); ierr != nil {
+			return nil, ierr
+		}
+		c.log.Warn("listing instance types", "err", err)
+		if err := c.sleep(bo.next()); err != nil {
+			return nil, err
+		}
+	}
+}
+
+// selectReason classifies a selector error into the pod's failure reason.
+func selectReason(err error) string {
+	switch {
+	case selector.IsBadAnnotation(err):
+		return ReasonInvalidAnnotation
+	case selector.IsBadPod(err):
+		return ReasonInvalidSpec
+	}
+	return ReasonNoInstanceType
+}
+
+// launchAny tries each candidate in turn. It returns (nil, nil) when all lacked capacity.
+func (c *cell) launchAny(pod *corev1.Pod, cands []Candidate, opts podOptions) (*cloud.Instance, error) {
+	m := c.m
+	for i, cand := range cands {
+		if i == 0 || c.cand.Type.Name != cand.Type.Name {
+			m.event(pod, corev1.EventTypeNormal, "InstanceTypeSelected", "Selected instance type %s (%s, $%.4f/h)", cand.Type.Name, market(cand.Offering), cand.Offering.Price)
+		}
+		c.m.mu.Lock()
+		c.cand = cand
+		c.timing.InstanceType = cand.Type.Name
+		c.m.mu.Unlock()
+		inst, err := c.launchOne(pod, cand, opts)
+		switch {
+		case err == nil:
+			return inst, nil
+		case cloud.IsInsufficientCapacity(err):
+			m.capacity.remember(cand)
+			m.event(pod, corev1.EventTypeWarning, ReasonInsufficientCapacity, "No capacity for %s (%s): %v", cand.Type.Name, market(cand.Offering), err)
+			if ierr := c.interrupted(); ierr != nil {
+				return nil, ierr
+			}
+			continue
+		case cloud.IsInvalidSpec(err):
+			return nil, fail(ReasonInvalidSpec, "the cloud refused the cell: %v", err)
+		default:
+			return nil, err // interrupted
+		}
+	}
+	return nil, nil
+}
+
+// launchOne launches one candidate, retrying transient errors with back-off. The launch call
+// itself is never canceled by a deletion, so an instance it makes is always known and
+// terminated.
+func (c *cell) launchOne(pod *corev1.Pod, cand Candidate, opts podOptions) (*cloud.Instance, error) {
+	m := c.m
+	boot, err := m.bootstrap(c.cellID)
+	if err != nil {
+		return nil, fail(ReasonInvalidSpec, "making the cell's bootstrap data: %v", err)
+	}
+	spec := cloud.LaunchSpec{
+		CellID:          c.cellID,
+		ClientToken:     clientToken(c.uid, cand.Type.Name),
+		InstanceType:    cand.Type.Name,
+		Spot:            cand.Offering.Spot,
+		Zone:            cand.Offering.Zone,
+		Tags:            m.tags(pod, c.cellID),
+		BootstrapData:   boot,
+		SecurityGroups:  opts.SecurityGroups,
+		InstanceProfile: opts.InstanceProfile,
+		VolumeSizeGiB:   opts.VolumeSizeGiB,
+		PrivateIPOnly:   opts.PrivateIPOnly,
+	}
+	bo := newBackoff(500*time.Millisecond, 30*time.Second)
+	for {
+		select {
+		case m.launchSem <- struct{}{}:
+		case <-c.deleted:
+			return nil, errDeleted
+		case <-m.ctx.Done():
+			return nil, errClosed
+		}
+		inst, err := m.deps.Cloud.Launch(m.ctx, spec)
+		<-m.launchSem
+		if err == nil {
+			now := m.clock.Now()
+			c.m.mu.Lock()
+			c.inst = inst
+			c.timing.Launched = now
+			c.m.mu.Unlock()
+			m.event(pod, corev1.EventTypeNormal, "CellLaunched", "Launched cell %s: instance %s (%s) at %s", c.cellID, inst.ID, inst.InstanceType, orNone(inst.PrivateIP))
+			c.mirror(PhaseLaunching)
+			return inst, nil
+		}
+		if cloud.IsInsufficientCapacity(err) || cloud.IsInvalidSpec(err) {
+			return nil, err
+		}
+		if m.ctx.Err() != nil {
+			return nil, errClosed
+		}
+		m.event(pod, corev1.EventTypeWarning, "LaunchFailed", "Launching cell %s (%s) failed, retrying: %v", c.cellID, cand.Type.Name, err)
+		if err := c.sleep(bo.next()); err != nil {
+			return nil, err
+		}
+	}
+}
+
+// waitRunning describes a pending instance with back-off until it runs with an address.
+func (c *cell) waitRunning(inst *cloud.Instance) (*cloud.Instance, error) {
+	m := c.m
+	start := m.clock.Now()
+	bo := newBackoff(200*time.Millisecond, 5*time.Second)
+	for inst.State != cloud.StateRunning || inst.PrivateIP == "" {
+		switch inst.State {
+		case cloud.StateTerminated, cloud.StateTerminating:
+			return nil, fail(ReasonCellLost, "cell %s (instance %s) was terminated while booting", c.cellID, inst.ID)
+		}
+		if m.clock.Since(start) > c.healthyTimeout() {
+			return nil, fail(ReasonCellUnhealthy, "cell %s (instance %s) did not start within %s", c.cellID, inst.ID, c.healthyTimeout())
+		}
+		if err := c.sleep(bo.next()); err != nil {
+			return nil, err
+		}
+		got, err := m.deps.Cloud.Describe(c.ops, inst.ID)
+		switch {
+		case cloud.IsNotFound(err):
+			return nil, fail(ReasonCellLost, "cell %s (instance %s) disappeared while booting", c.cellID, inst.ID)
+		case err != nil:
+			if ierr := c.interrupted(); ierr != nil {
+				return nil, ierr
+			}
+			c.log.Warn("describing instance", "instance", inst.ID, "err", err)
+			continue
+		}
+		inst = got
+		c.m.mu.Lock()
+		c.inst = inst
+		c.m.mu.Unlock()
+	}
+	return inst, nil
+}
+
+// tags are the tags every cell carries; they are what Recover rebuilds state from.
+func (m *Manager) tags(pod *corev1.Pod, cellID string) map[string]string {
+	return map[string]string{
+		cloud.TagCluster:      m.cfg.ClusterName,
+		cloud.TagNode:         m.node.Name,
+		cloud.TagCellID:       cellID,
+		cloud.TagPodNamespace: pod.Namespace,
+		cloud.TagPodName:      pod.Name,
+		cloud.TagPodUID:       string(pod.UID),
+	}
+}
+
+// bootstrap makes the cell's boot data: its serving certificate (naming the cell id) and
+// the CA, as JSON.
+func (m *Manager) bootstrap(cellID string) ([]byte, error) {
+	if m.deps.CA == nil {
+		return nil, errors.New("no CA configured")
+	}
+	cert, key, err := m.deps.CA.Issue(pki.LeafSpec{CommonName: cellID, DNSNames: []string{cellID}, Server: true})
+	if err != nil {
+		return nil, fmt.Errorf("issuing certificate for cell %s: %w", cellID, err)
+	}
+	b, err := json.Marshal(cellapi.Bootstrap{CellID: cellID, CACert: m.deps.CA.CertPEM, Cert: cert, Key: key, Registry: m.deps.Registry})
+	if err != nil {
+		return nil, fmt.Errorf("encoding bootstrap for cell %s: %w", cellID, err)
+	}
+	return b, nil
+}
+
+func market(o instancetype.Offering) string {
+	m := "on-demand"
+	if o.Spot {
+		m = "spot"
+	}
+	if o.Zone != "" {
+		m += " in " + o.Zone
+	}
+	return m
+}
+
+func orNone(s string) string {
+	if s == "" {
+		return "(no address yet)"
+	}
+	return s
+}
+
+func candNames(cands []Candidate) string {
+	names := make([]string, len(cands))
+	for i, c := range cands {
+		names[i] = c.Type.Name
+	}
+	return strings.Join(names, ", ")
+}
