@@ -9,6 +9,7 @@ import (
 	"context"
 	"fmt"
 	"io"
+	"log/slog"
 	"sync"
 	"time"
 
@@ -17,8 +18,12 @@ import (
 	"github.com/virtual-kubelet/virtual-kubelet/node/api"
 	"github.com/virtual-kubelet/virtual-kubelet/node/nodeutil"
 	corev1 "k8s.io/api/core/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/types"
+	corev1client "k8s.io/client-go/kubernetes/typed/core/v1"
 	"k8s.io/utils/clock"
+	"k8s.io/utils/ptr"
 
 	"github.com/kip-dev/kip/internal/cellapi"
 )
@@ -51,6 +56,12 @@ type Config struct {
 	Clock clock.PassiveClock
 	// StatsConcurrency bounds parallel agent calls for stats; default 8.
 	StatsConcurrency int
+	// Pods, when set, lets the provider finish deletions as kubelet does: once a pod marked for
+	// deletion has no running container left, its API object is deleted (grace period 0, UID
+	// precondition). Without it the pod object lingers until its grace period has passed.
+	Pods corev1client.PodsGetter
+	// Log defaults to slog.Default().
+	Log *slog.Logger
 }
 
 // Provider implements nodeutil.Provider and node.PodNotifier.
@@ -66,6 +77,8 @@ type Provider struct {
 	deleting map[types.UID]struct{}
 	// cpu remembers the previous cumulative CPU reading per stats key, to report a rate.
 	cpu map[string]cpuSample
+	// finished holds the UIDs of deleted pods whose API object kip has removed (or is removing).
+	finished map[types.UID]struct{}
 }
 
 var (
@@ -87,6 +100,9 @@ func New(cfg Config) (*Provider, error) {
 	if cfg.StatsConcurrency <= 0 {
 		cfg.StatsConcurrency = 8
 	}
+	if cfg.Log == nil {
+		cfg.Log = slog.Default()
+	}
 	return &Provider{
 		cfg:      cfg,
 		cells:    cfg.Cells,
@@ -94,6 +110,7 @@ func New(cfg Config) (*Provider, error) {
 		start:    cfg.Clock.Now(),
 		deleting: map[types.UID]struct{}{},
 		cpu:      map[string]cpuSample{},
+		finished: map[types.UID]struct{}{},
 	}, nil
 }
 
@@ -175,6 +192,11 @@ func (p *Provider) RunningPods(context.Context) ([]*corev1.Pod, error) {
 			delete(p.deleting, uid)
 		}
 	}
+	for uid := range p.finished {
+		if !live[uid] {
+			delete(p.finished, uid)
+		}
+	}
 	return out, nil
 }
 
@@ -190,9 +212,62 @@ func hasStartedContainer(pod *corev1.Pod) bool {
 }
 
 // NotifyPods registers virtual-kubelet's callback with the cells; every status change is
-// pushed, nothing polls.
-func (p *Provider) NotifyPods(_ context.Context, f func(*corev1.Pod)) {
-	p.cells.NotifyPods(f)
+// pushed, nothing polls. A pushed status that shows a deleted pod's containers all stopped
+// also finishes the deletion (see Config.Pods).
+func (p *Provider) NotifyPods(ctx context.Context, f func(*corev1.Pod)) {
+	p.cells.NotifyPods(func(pod *corev1.Pod) {
+		f(pod)
+		p.finishDeletion(ctx, pod)
+	})
+}
+
+// finishDeletion removes the API object of a pod marked for deletion once none of its
+// containers runs, as kubelet does after a graceful stop: virtual-kubelet itself only does so
+// when the grace period has passed, which would hold every deleted pod (and a Deployment's
+// rollout) for its full grace period even when its containers exit at once on SIGTERM.
+func (p *Provider) finishDeletion(ctx context.Context, pod *corev1.Pod) {
+	if p.cfg.Pods == nil || pod.DeletionTimestamp == nil || anyRunning(pod) {
+		return
+	}
+	p.mu.Lock()
+	if _, done := p.finished[pod.UID]; done {
+		p.mu.Unlock()
+		return
+	}
+	p.finished[pod.UID] = struct{}{}
+	p.mu.Unlock()
+	ns, name, uid := pod.Namespace, pod.Name, pod.UID
+	go func() {
+		ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 30*time.Second)
+		defer cancel()
+		err := p.cfg.Pods.Pods(ns).Delete(ctx, name, metav1.DeleteOptions{
+			GracePeriodSeconds: ptr.To[int64](0),
+			Preconditions:      &metav1.Preconditions{UID: &uid},
+		})
+		switch {
+		case err == nil:
+			p.cfg.Log.Debug("deleted the pod object: its containers have stopped", "pod", ns+"/"+name)
+		case apierrors.IsNotFound(err), apierrors.IsConflict(err):
+			// Gone already, or a new pod of the same name: nothing to finish.
+		default:
+			p.cfg.Log.Warn("finishing the deletion of a stopped pod", "pod", ns+"/"+name, "err", err)
+			p.mu.Lock()
+			delete(p.finished, uid) // a later status push retries
+			p.mu.Unlock()
+		}
+	}()
+}
+
+// anyRunning reports whether some (init) container of the pod is running.
+func anyRunning(pod *corev1.Pod) bool {
+	for _, list := range [][]corev1.ContainerStatus{pod.Status.InitContainerStatuses, pod.Status.ContainerStatuses} {
+		for _, cs := range list {
+			if cs.State.Running != nil {
+				return true
+			}
+		}
+	}
+	return false
 }
 
 // GetContainerLogs streams a container's log from the pod's cell agent.

@@ -15,7 +15,10 @@ import (
 	"github.com/virtual-kubelet/virtual-kubelet/node/api"
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	k8sruntime "k8s.io/apimachinery/pkg/runtime"
 	"k8s.io/apimachinery/pkg/types"
+	k8sfake "k8s.io/client-go/kubernetes/fake"
+	k8stesting "k8s.io/client-go/testing"
 	clocktesting "k8s.io/utils/clock/testing"
 
 	"github.com/kip-dev/kip/internal/cellapi"
@@ -365,5 +368,90 @@ func TestGetMetricsResource(t *testing.T) {
 	}
 	if v := got["node_cpu_usage_seconds_total"].Metric[0].GetCounter().GetValue(); v != 10 {
 		t.Errorf("node cpu = %v, want 10", v)
+	}
+}
+
+func TestFinishDeletion(t *testing.T) {
+	deleting := metav1.NewTime(time.Unix(50, 0))
+	stopped := func() *corev1.Pod {
+		p := runningPod("ns", "web", "app")
+		p.DeletionTimestamp = &deleting
+		p.Status.ContainerStatuses[0].State = corev1.ContainerState{Terminated: &corev1.ContainerStateTerminated{ExitCode: 0}}
+		return p
+	}
+	tests := []struct {
+		name       string
+		pod        func() *corev1.Pod
+		wantDelete bool
+	}{
+		{"deleted and stopped", stopped, true},
+		{"deleted, never started", func() *corev1.Pod {
+			p := stopped()
+			p.Status.ContainerStatuses[0].State = corev1.ContainerState{Waiting: &corev1.ContainerStateWaiting{Reason: "CellLaunching"}}
+			return p
+		}, true},
+		{"deleted but still running (grace period)", func() *corev1.Pod {
+			p := stopped()
+			p.Status.ContainerStatuses[0].State = corev1.ContainerState{Running: &corev1.ContainerStateRunning{}}
+			return p
+		}, false},
+		{"completed, not deleted", func() *corev1.Pod {
+			p := stopped()
+			p.DeletionTimestamp = nil
+			return p
+		}, false},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			pod := tc.pod()
+			client := k8sfake.NewClientset(&corev1.Pod{ObjectMeta: metav1.ObjectMeta{Namespace: "ns", Name: "web", UID: pod.UID}})
+			deleted := make(chan struct{}, 4)
+			client.PrependReactor("delete", "pods", func(k8stesting.Action) (bool, k8sruntime.Object, error) {
+				deleted <- struct{}{}
+				return false, nil, nil // let the tracker delete it
+			})
+			c := newFakeCells()
+			p, err := New(Config{NodeName: "kip", Cells: c, Pods: client.CoreV1()})
+			if err != nil {
+				t.Fatal(err)
+			}
+			var seen []*corev1.Pod
+			p.NotifyPods(context.Background(), func(p *corev1.Pod) { seen = append(seen, p) })
+			c.notify(pod)
+			c.notify(pod) // a repeated status must not delete twice
+			if len(seen) != 2 {
+				t.Fatalf("virtual-kubelet's callback got %d pods, want 2", len(seen))
+			}
+			deletes := func() []k8stesting.DeleteActionImpl {
+				var out []k8stesting.DeleteActionImpl
+				for _, a := range client.Actions() {
+					if d, ok := a.(k8stesting.DeleteActionImpl); ok {
+						out = append(out, d)
+					}
+				}
+				return out
+			}
+			if !tc.wantDelete {
+				// The decision is synchronous; only the API call is asynchronous.
+				if d := deletes(); len(d) != 0 {
+					t.Fatalf("deleted %v", d)
+				}
+				return
+			}
+			select {
+			case <-deleted:
+			case <-time.After(10 * time.Second):
+				t.Fatal("the pod object was never deleted")
+			}
+			d := deletes()
+			if len(d) != 1 {
+				t.Fatalf("%d deletes, want 1", len(d))
+			}
+			o := d[0].DeleteOptions
+			if d[0].Name != "web" || o.GracePeriodSeconds == nil || *o.GracePeriodSeconds != 0 ||
+				o.Preconditions == nil || o.Preconditions.UID == nil || *o.Preconditions.UID != pod.UID {
+				t.Errorf("delete %+v", d[0])
+			}
+		})
 	}
 }

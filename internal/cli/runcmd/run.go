@@ -139,7 +139,7 @@ func (r *runner) run(ctx context.Context) error {
 	}
 	log.Info("recovered cells", "pods", len(podPtrs))
 
-	prov, err := provider.New(provider.Config{NodeName: name, Cells: mgr})
+	prov, err := provider.New(provider.Config{NodeName: name, Cells: mgr, Pods: r.client.CoreV1(), Log: r.log})
 	if err != nil {
 		return err
 	}

@@ -22,6 +22,7 @@ import (
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/rest"
 	"k8s.io/client-go/tools/clientcmd"
+	"k8s.io/klog/v2"
 
 	"github.com/kip-dev/kip/internal/cloud"
 	"github.com/kip-dev/kip/internal/config"
@@ -87,7 +88,7 @@ cells keep running when it stops and are adopted by the next kip run.`,
 	f := cmd.Flags()
 	f.StringVar(&cfgPath, "config", "", "provider config file (apiVersion kip.dev/v1alpha1, kind ProviderConfig)")
 	f.StringVar(&kubeconfig, "kubeconfig", os.Getenv("KUBECONFIG"), "kubeconfig of the cluster (default $KUBECONFIG, else in-cluster)")
-	f.StringVar(&logLevel, "log-level", "info", "log level: debug, info, warn or error")
+	f.StringVar(&logLevel, "log-level", envOr("KIP_LOG_LEVEL", "info"), "log level: debug, info, warn or error (default $KIP_LOG_LEVEL, else info)")
 	f.StringSliceVar(&anonymousPaths, "anonymous-auth-paths", nil,
 		"kubelet API paths (e.g. /stats/summary,/metrics/resource) where requests without credentials count as system:anonymous, "+
 			"still authorized by SubjectAccessReview; default none: anonymous requests are refused")
@@ -104,6 +105,7 @@ func Start(ctx context.Context, o Options) error {
 		o.Log = slog.Default()
 	}
 	vklog.L = vkslog.FromSlog(o.Log)
+	klog.SetSlogLogger(slog.New(demoted{o.Log.Handler()}).With("source", "client-go"))
 	ctx = vklog.WithLogger(ctx, vklog.L)
 
 	restCfg, err := restConfig(o)
@@ -147,6 +149,13 @@ func restConfig(o Options) (*rest.Config, error) {
 
 // Version is reported as the node's kubelet version suffix and user agent.
 var Version = "v0.1.0"
+
+func envOr(key, def string) string {
+	if v := os.Getenv(key); v != "" {
+		return v
+	}
+	return def
+}
 
 // hostPort joins the node IP and kubelet port.
 func hostPort(ip string, port int) string { return net.JoinHostPort(ip, strconv.Itoa(port)) }

@@ -5,6 +5,7 @@ import (
 	"context"
 	"crypto/tls"
 	"encoding/json"
+	"log/slog"
 	"net"
 	"net/http"
 	"net/http/httptest"
@@ -261,5 +262,22 @@ func TestToCellsChoice(t *testing.T) {
 	if got.Type.Name != "local.nano" || got.Offering.Zone != "z1" || len(got.Fallbacks) != 1 ||
 		got.Fallbacks[0].Type.Name != "local.small" || got.Fallbacks[0].Offering.Zone != "z2" {
 		t.Errorf("choice %+v", got)
+	}
+}
+
+func TestDemotedLogging(t *testing.T) {
+	var buf bytes.Buffer
+	log := slog.New(demoted{slog.NewTextHandler(&buf, &slog.HandlerOptions{Level: slog.LevelInfo})})
+	log.Info("cache synced")
+	log.Warn("watch failed")
+	log.Error("broken")
+	out := buf.String()
+	if bytes.Contains(buf.Bytes(), []byte("cache synced")) {
+		t.Errorf("an info line passed an info-level handler: %s", out)
+	}
+	for _, want := range []string{"level=WARN msg=\"watch failed\"", "level=ERROR msg=broken"} {
+		if !bytes.Contains(buf.Bytes(), []byte(want)) {
+			t.Errorf("missing %q in %s", want, out)
+		}
 	}
 }
