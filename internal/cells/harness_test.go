@@ -33,6 +33,7 @@ type testAgent struct {
 
 	mu        sync.Mutex
 	healthErr error
+	putErr    error
 	req       *cellapi.PodRequest
 	status    *cellapi.PodStatus
 	puts      int
@@ -67,6 +68,9 @@ func (a *testAgent) PutPod(_ context.Context, req *cellapi.PodRequest) (*cellapi
 		return nil, a.healthErr
 	}
 	a.puts++
+	if a.putErr != nil {
+		return nil, a.putErr
+	}
 	if a.status != nil && a.status.UID == string(req.Pod.UID) {
 		return a.status, nil
 	}
