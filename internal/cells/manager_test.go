@@ -540,3 +540,24 @@ func TestRecoverFailsPodsWhoseCellVanishedAndReplaysOnNotify(t *testing.T) {
 		t.Errorf("%d launches", n)
 	}
 }
+
+func TestRecoverTwiceKeepsRunningCells(t *testing.T) {
+	h := newHarness(t)
+	pod := testPod("steady", func(p *corev1.Pod) { p.Spec.RestartPolicy = corev1.RestartPolicyAlways })
+	if err := h.m.CreatePod(context.Background(), pod); err != nil {
+		t.Fatal(err)
+	}
+	a := h.agent(CellID(pod.UID))
+	h.waitFor("a status watch", func() bool { return a.watcherCount() > 0 })
+	// A stale pod list (without the pod) and a repeated call must not touch its cell.
+	for _, pods := range [][]*corev1.Pod{nil, {pod}} {
+		if err := h.m.Recover(context.Background(), pods); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if len(h.live()) != 1 || h.cloud.CallCount(fake.MethodTerminate) != 0 {
+		t.Errorf("live %d, terminates %d", len(h.live()), h.cloud.CallCount(fake.MethodTerminate))
+	}
+	a.set(&cellapi.PodStatus{Phase: corev1.PodRunning, ContainerStatuses: []corev1.ContainerStatus{running("main", true)}})
+	h.waitPod(pod, "Running", func(p *corev1.Pod) bool { return p.Status.Phase == corev1.PodRunning })
+}

@@ -24,10 +24,22 @@ func (m *Manager) Recover(ctx context.Context, pods []*corev1.Pod) error {
 	for _, p := range pods {
 		byUID[p.UID] = p
 	}
+	// Pods already managed (Recover called again, or CreatePod first) keep their machines.
+	managed := map[types.UID]bool{}
+	m.mu.Lock()
+	for _, c := range m.cells {
+		if c.stage != stageDone {
+			managed[c.uid] = true
+		}
+	}
+	m.mu.Unlock()
 	adopted := map[types.UID]bool{}
 	var orphans []*cloud.Instance
 	for _, inst := range insts {
 		uid := types.UID(inst.Tags[cloud.TagPodUID])
+		if managed[uid] {
+			continue
+		}
 		pod, ok := byUID[uid]
 		if !ok || adopted[uid] || isTerminal(pod.Status.Phase) || inst.State == cloud.StateTerminating || inst.State == cloud.StateTerminated ||
 			inst.Tags[cloud.TagCellID] != CellID(uid) {
@@ -51,7 +63,7 @@ func (m *Manager) Recover(ctx context.Context, pods []*corev1.Pod) error {
 	}
 	defer m.startSweeper()
 	for _, pod := range pods {
-		if adopted[pod.UID] {
+		if adopted[pod.UID] || managed[pod.UID] {
 			continue
 		}
 		switch {
