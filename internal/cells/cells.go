@@ -152,6 +152,7 @@ type Manager struct {
 
 	launchSem chan struct{}
 	capacity  *capacityMemory
+	mirror    *mirrorQueue // nil without Deps.Mirror
 	sweepOnce sync.Once
 
 	certOnce              sync.Once
@@ -188,7 +189,7 @@ func New(cfg config.Cells, node NodeInfo, deps Deps) *Manager {
 		cfg.ClusterName = config.DefaultClusterName
 	}
 	ctx, cancel := context.WithCancel(context.Background())
-	return &Manager{
+	m := &Manager{
 		cfg:       cfg,
 		node:      node,
 		deps:      deps,
@@ -200,6 +201,15 @@ func New(cfg config.Cells, node NodeInfo, deps Deps) *Manager {
 		capacity:  newCapacityMemory(deps.Clock, cfg.CapacityErrorMemory.Duration),
 		cells:     map[string]*cell{},
 	}
+	if deps.Mirror != nil {
+		m.mirror = newMirrorQueue(deps.Mirror, m.log)
+		m.wg.Add(1)
+		go func() {
+			defer m.wg.Done()
+			m.mirror.run(ctx)
+		}()
+	}
+	return m
 }
 
 // Close stops every pod's goroutine without touching the cells: they keep running and a

@@ -160,17 +160,15 @@ func (c *cell) terminate(pod *corev1.Pod, inst *cloud.Instance) {
 			t.Stop()
 		}
 	}
-	if m.deps.Mirror != nil && len(ids) > 0 {
-		if err := m.deps.Mirror.Delete(ctx, c.cellID); err != nil {
-			c.log.Warn("deleting cell mirror", "err", err)
-		}
+	if m.mirror != nil && len(ids) > 0 {
+		m.mirror.delete(c.cellID)
 	}
 }
 
 // mirror upserts the cell's Cell resource.
 func (c *cell) mirror(phase string) {
 	m := c.m
-	if m.deps.Mirror == nil {
+	if m.mirror == nil {
 		return
 	}
 	c.m.mu.Lock()
@@ -184,9 +182,7 @@ func (c *cell) mirror(phase string) {
 		info.InstanceType, info.Spot = c.inst.InstanceType, c.inst.Spot
 	}
 	c.m.mu.Unlock()
-	if err := m.deps.Mirror.Upsert(m.ctx, info); err != nil {
-		c.log.Warn("mirroring cell", "err", err)
-	}
+	m.mirror.upsert(info)
 }
 
 func (m *Manager) event(pod *corev1.Pod, typ, reason, format string, args ...any) {

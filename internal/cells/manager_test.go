@@ -65,9 +65,11 @@ func TestHappyPathRunsCompletesAndTerminates(t *testing.T) {
 	if c := findCondition(got.Status.Conditions, corev1.PodReady); c == nil || c.Status != corev1.ConditionTrue {
 		t.Errorf("Ready condition = %+v", c)
 	}
-	if ci, ok := h.mirror.get(cellID); !ok || ci.Phase != PhaseReady || ci.IP != inst.PrivateIP || ci.InstanceType != "fake.small" || ci.PricePerHour != 0.01 {
-		t.Errorf("mirror = %+v, %v", ci, ok)
-	}
+	h.waitFor("the mirror to show the ready cell", func() bool {
+		ci, ok := h.mirror.get(cellID)
+		return ok && ci.Phase == PhaseReady && ci.IP == inst.PrivateIP && ci.InstanceType == "fake.small" && ci.PricePerHour == 0.01 &&
+			ci.PodName == "job" && ci.InstanceID == inst.ID
+	})
 	if n := h.lastNotified("job"); n == nil || n.Status.Phase != corev1.PodRunning {
 		t.Errorf("last notified = %+v", n)
 	}
@@ -82,9 +84,7 @@ func TestHappyPathRunsCompletesAndTerminates(t *testing.T) {
 	if cs := got.Status.ContainerStatuses[0]; cs.State.Terminated == nil || cs.State.Terminated.Reason != "Completed" {
 		t.Errorf("container status = %+v", cs)
 	}
-	if _, ok := h.mirror.get(cellID); ok {
-		t.Error("mirror still shows the cell")
-	}
+	h.waitFor("the mirror to drop the cell", func() bool { _, ok := h.mirror.get(cellID); return !ok })
 	h.waitFor("the terminal notification", func() bool {
 		n := h.lastNotified("job")
 		return n != nil && n.Status.Phase == corev1.PodSucceeded

@@ -55,10 +55,8 @@ func (m *Manager) Recover(ctx context.Context, pods []*corev1.Pod) error {
 		if err := m.deps.Cloud.Terminate(ctx, inst.ID); err != nil && !cloud.IsNotFound(err) {
 			return fmt.Errorf("recovering cells: terminating orphan %s: %w", inst.ID, err)
 		}
-		if m.deps.Mirror != nil {
-			if err := m.deps.Mirror.Delete(ctx, inst.Tags[cloud.TagCellID]); err != nil {
-				m.log.Warn("deleting orphan cell mirror", "err", err)
-			}
+		if m.mirror != nil {
+			m.mirror.delete(inst.Tags[cloud.TagCellID])
 		}
 	}
 	defer m.startSweeper()

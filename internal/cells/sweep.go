@@ -124,10 +124,8 @@ func (s *sweeper) sweep(ctx context.Context) {
 			continue
 		}
 		delete(s.orphan, in.ID)
-		if m.deps.Mirror != nil {
-			if err := m.deps.Mirror.Delete(ctx, in.Tags[cloud.TagCellID]); err != nil {
-				m.log.Warn("deleting orphan cell mirror", "err", err)
-			}
+		if m.mirror != nil {
+			m.mirror.delete(in.Tags[cloud.TagCellID])
 		}
 	}
 	for id := range s.orphan {
