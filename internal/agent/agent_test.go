@@ -8,12 +8,15 @@ import (
 	"fmt"
 	"io"
 	"log"
+	"net"
 	"net/http"
 	"net/http/httptest"
 	"os"
 	"path/filepath"
 	"slices"
+	"strconv"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -21,6 +24,7 @@ import (
 	"k8s.io/apimachinery/pkg/api/resource"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/types"
+	"k8s.io/apimachinery/pkg/util/intstr"
 
 	"github.com/kip-dev/kip/internal/agent"
 	"github.com/kip-dev/kip/internal/agent/cgroups"
@@ -600,6 +604,64 @@ func TestDeleteStopsRunningContainers(t *testing.T) {
 	}
 	if t1 := last.ContainerStatuses[1].State.Terminated; t1 == nil || t1.ExitCode != 137 || t1.Reason != "Error" {
 		t.Errorf("stubborn %s, want SIGKILL after the grace period (137, Error)", stateString(last.ContainerStatuses[1].State))
+	}
+}
+
+func TestReadinessProbeAndPreStopHook(t *testing.T) {
+	h := newHarness(t, fastBackOff)
+	var preStops atomic.Int32
+	hook := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.URL.Path == "/prestop" {
+			preStops.Add(1)
+		}
+	}))
+	defer hook.Close()
+	_, port, _ := net.SplitHostPort(strings.TrimPrefix(hook.URL, "http://"))
+	portNum, _ := strconv.Atoi(port)
+
+	c := shell("app", h.img("busybox"), `trap "exit 0" TERM; sleep 1; touch /tmp/ready; while true; do sleep 1; done`)
+	c.ReadinessProbe = &corev1.Probe{
+		ProbeHandler:  corev1.ProbeHandler{Exec: &corev1.ExecAction{Command: []string{"cat", "/tmp/ready"}}},
+		PeriodSeconds: 1,
+	}
+	c.Lifecycle = &corev1.Lifecycle{PreStop: &corev1.LifecycleHandler{
+		HTTPGet: &corev1.HTTPGetAction{Path: "/prestop", Port: intstr.FromInt(portNum)},
+	}}
+	p := newPod("probed", corev1.RestartPolicyAlways, c)
+	if _, err := h.client.PutPod(t.Context(), &cellapi.PodRequest{Pod: p}); err != nil {
+		t.Fatal(err)
+	}
+	seen := h.watchUntil(60*time.Second, func(s *cellapi.PodStatus) bool { return s.ContainerStatuses[0].Ready })
+	sawRunningUnready := false
+	for _, s := range seen {
+		if cs := s.ContainerStatuses[0]; cs.State.Running != nil && !cs.Ready {
+			sawRunningUnready = true
+		}
+	}
+	if !sawRunningUnready {
+		t.Error("the container was ready before its readiness probe passed")
+	}
+	if last := seen[len(seen)-1]; last.Phase != corev1.PodRunning {
+		t.Errorf("phase %s", last.Phase)
+	}
+
+	ctx, cancel := context.WithCancel(t.Context())
+	defer cancel()
+	ch, err := h.client.WatchPod(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	h.deletePod(20 * time.Second)
+	if preStops.Load() != 1 {
+		t.Errorf("preStop hook called %d times, want 1", preStops.Load())
+	}
+	for st := range ch {
+		if term := st.ContainerStatuses[0].State.Terminated; term != nil {
+			if term.ExitCode != 0 {
+				t.Errorf("terminated %+v, want exit 0 from the TERM trap", term)
+			}
+			break
+		}
 	}
 }
 

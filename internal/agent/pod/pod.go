@@ -114,6 +114,8 @@ type ctr struct {
 	running *runtime.Container
 	image   *image.Image
 	backOff backOff
+	// killReason explains why the agent killed the current run (a failed probe or hook).
+	killReason string
 }
 
 // Start validates req, lays out the pod directory and starts supervising the pod.
@@ -410,16 +412,31 @@ func (p *Pod) runOnce(c *ctr) outcome {
 		p.status.InitContainerStatuses[c.idx].ContainerID = "runc://" + id
 	}
 	p.mu.Unlock()
+	spec := c.spec
 	p.update(c, func(s *corev1.ContainerStatus) {
 		s.State = corev1.ContainerState{Running: &corev1.ContainerStateRunning{StartedAt: startedAt}}
 		s.ContainerID = "runc://" + id
 		s.ImageID = img.ImageID
-		s.Ready = !c.init
-		t := true
-		s.Started = &t
+		s.Ready = !c.init && spec.ReadinessProbe == nil && spec.StartupProbe == nil
+		st := spec.StartupProbe == nil
+		s.Started = &st
 	})
 
+	runCtx, endRun := context.WithCancel(p.ctx)
+	go func() {
+		if spec.Lifecycle != nil && spec.Lifecycle.PostStart != nil {
+			ok, msg := p.lifecycleHandler(runCtx, c, id, spec.Lifecycle.PostStart, p.GracePeriod())
+			if !ok && runCtx.Err() == nil {
+				p.killRun(c, id, "postStart hook", msg)
+				return
+			}
+		}
+		if !c.init && (spec.StartupProbe != nil || spec.LivenessProbe != nil || spec.ReadinessProbe != nil) {
+			p.probeLoop(runCtx, c, id)
+		}
+	}()
 	<-started.Done()
+	endRun()
 	_ = logw.Close()
 	st := started.ExitStatus()
 	memAfter, _ := p.cfg.Cgroups.MemoryEvents(cg)
@@ -436,11 +453,13 @@ func (p *Pod) runOnce(c *ctr) outcome {
 	}
 	p.mu.Lock()
 	c.running = nil
+	msg := c.killReason
+	c.killReason = ""
 	p.mu.Unlock()
 	finished := metav1.NewTime(st.At)
 	p.update(c, func(s *corev1.ContainerStatus) {
 		s.State = corev1.ContainerState{Terminated: &corev1.ContainerStateTerminated{
-			ExitCode: int32(st.Code), Signal: int32(st.Signal), Reason: reason,
+			ExitCode: int32(st.Code), Signal: int32(st.Signal), Reason: reason, Message: msg,
 			StartedAt: startedAt, FinishedAt: finished, ContainerID: "runc://" + id,
 		}}
 		s.Ready = false
@@ -620,25 +639,46 @@ func (p *Pod) Stop(ctx context.Context, grace time.Duration) error {
 	}
 	p.stopping = true
 	p.cancel()
-	ids := p.runningIDsLocked()
+	var runs []*ctr
+	for _, c := range p.ctrs {
+		if c.running != nil {
+			runs = append(runs, c)
+		}
+	}
+	ids := map[*ctr]string{}
+	for _, c := range runs {
+		ids[c] = c.running.ID
+	}
 	p.mu.Unlock()
 	defer close(p.stopped)
 
-	for _, id := range ids {
-		if err := p.cfg.Runtime.Kill(ctx, id, syscall.SIGTERM); err != nil {
-			p.cfg.Log.Warn("sending SIGTERM", "container", id, "err", err)
-		}
+	graceOver := p.cfg.Clock.After(grace)
+	hookCtx, endHooks := context.WithCancel(context.WithoutCancel(ctx))
+	defer endHooks()
+	for _, c := range runs {
+		go func(c *ctr, id string) {
+			// preStop runs first and counts against the grace period, as in kubelet.
+			if ls := c.spec.Lifecycle; ls != nil && ls.PreStop != nil {
+				if ok, msg := p.lifecycleHandler(hookCtx, c, id, ls.PreStop, grace); !ok {
+					p.cfg.Log.Info("preStop hook failed", "pod", p.UID(), "container", c.spec.Name, "msg", msg)
+				}
+			}
+			if err := p.cfg.Runtime.Kill(hookCtx, id, syscall.SIGTERM); err != nil {
+				p.cfg.Log.Warn("sending SIGTERM", "container", id, "err", err)
+			}
+		}(c, ids[c])
 	}
 	done := make(chan struct{})
 	go func() { p.wg.Wait(); close(done) }()
 	select {
 	case <-done:
-	case <-p.cfg.Clock.After(grace):
+	case <-graceOver:
+		endHooks()
 		p.mu.Lock()
 		p.killing = true
-		ids = p.runningIDsLocked()
+		left := p.runningIDsLocked()
 		p.mu.Unlock()
-		for _, id := range ids {
+		for _, id := range left {
 			if err := p.cfg.Runtime.Kill(context.WithoutCancel(ctx), id, syscall.SIGKILL); err != nil {
 				p.cfg.Log.Warn("sending SIGKILL", "container", id, "err", err)
 			}

@@ -4,10 +4,15 @@ import (
 	"context"
 	"errors"
 	"io"
+	"net"
+	"net/http"
+	"net/http/httptest"
 	"os"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"testing"
 	"time"
@@ -15,6 +20,7 @@ import (
 	v1 "github.com/google/go-containerregistry/pkg/v1"
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/util/intstr"
 	clocktesting "k8s.io/utils/clock/testing"
 
 	"github.com/kip-dev/kip/internal/agent/cgroups"
@@ -156,6 +162,18 @@ func (r *rig) until(t *testing.T, cond func(*cellapi.PodStatus) bool) *cellapi.P
 	}
 }
 
+// waitTimer waits until the supervisor has armed a timer on the fake clock.
+func (r *rig) waitTimer(t *testing.T) {
+	t.Helper()
+	deadline := time.Now().Add(10 * time.Second)
+	for !r.clk.HasWaiters() {
+		if time.Now().After(deadline) {
+			t.Fatal("no timer armed")
+		}
+		time.Sleep(time.Millisecond)
+	}
+}
+
 func (r *rig) nextStart(t *testing.T) string {
 	t.Helper()
 	select {
@@ -198,6 +216,7 @@ func TestCrashLoopBackOffOnFakeClock(t *testing.T) {
 			t.Fatalf("phase %s during back-off of an OnFailure pod", st.Phase)
 		}
 		// Not yet: the clock is just short of the back-off.
+		r.waitTimer(t)
 		r.clk.Step(want - time.Millisecond)
 		select {
 		case id := <-r.rt.started:
@@ -242,7 +261,9 @@ func TestStopEscalatesToSIGKILL(t *testing.T) {
 	r.nextStart(t)
 	r.nextStart(t)
 	r.until(t, func(s *cellapi.PodStatus) bool { return s.Phase == corev1.PodRunning })
+	r.rt.mu.Lock()
 	r.rt.ignore[syscall.SIGTERM] = true
+	r.rt.mu.Unlock()
 	done := make(chan error, 1)
 	go func() { done <- r.pod.Stop(context.Background(), 30*time.Second) }()
 	// Wait until the grace timer is armed on the fake clock, then let it expire.
@@ -250,6 +271,18 @@ func TestStopEscalatesToSIGKILL(t *testing.T) {
 	for !r.clk.HasWaiters() {
 		if time.Now().After(deadline) {
 			t.Fatal("Stop never waited for the grace period")
+		}
+		time.Sleep(time.Millisecond)
+	}
+	for {
+		r.rt.mu.Lock()
+		n := len(r.rt.signals)
+		r.rt.mu.Unlock()
+		if n == 2 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("SIGTERM never sent")
 		}
 		time.Sleep(time.Millisecond)
 	}
@@ -279,12 +312,14 @@ func TestImagePullErrors(t *testing.T) {
 		w := s.ContainerStatuses[0].State.Waiting
 		return w != nil && w.Reason == ReasonErrImagePull && strings.Contains(w.Message, "manifest unknown")
 	})
+	r.waitTimer(t)
 	r.clk.Step(time.Second)
 	r.until(t, func(s *cellapi.PodStatus) bool {
 		w := s.ContainerStatuses[0].State.Waiting
 		return w != nil && w.Reason == ReasonImagePullBackOff
 	})
 	// The retry comes after the whole 10s back-off.
+	r.waitTimer(t)
 	r.clk.Step(9 * time.Second)
 	r.until(t, func(s *cellapi.PodStatus) bool {
 		w := s.ContainerStatuses[0].State.Waiting
@@ -323,4 +358,77 @@ func TestStartErrorIsRunContainerError(t *testing.T) {
 			t.Fatalf("no RunContainerError; status %+v", pd.Status())
 		}
 	}
+}
+
+// untilStepping is until while the fake clock advances a second every few milliseconds, for
+// behaviour driven by periodic timers (probes).
+func (r *rig) untilStepping(t *testing.T, cond func(*cellapi.PodStatus) bool) *cellapi.PodStatus {
+	t.Helper()
+	deadline := time.After(20 * time.Second)
+	tick := time.NewTicker(2 * time.Millisecond)
+	defer tick.Stop()
+	for {
+		select {
+		case s := <-r.statuses:
+			if cond(s) {
+				return s
+			}
+		case <-tick.C:
+			r.clk.Step(time.Second)
+		case <-deadline:
+			t.Fatalf("condition not reached; status now %+v", r.pod.Status())
+		}
+	}
+}
+
+func TestProbes(t *testing.T) {
+	var healthy, live atomic.Bool
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, req *http.Request) {
+		ok := healthy.Load()
+		if req.URL.Path == "/live" {
+			ok = live.Load()
+		}
+		if !ok {
+			w.WriteHeader(http.StatusServiceUnavailable)
+		}
+	}))
+	defer srv.Close()
+	_, portStr, _ := net.SplitHostPort(strings.TrimPrefix(srv.URL, "http://"))
+	port, _ := strconv.Atoi(portStr)
+	live.Store(true)
+
+	p := testPod(corev1.RestartPolicyAlways, "web")
+	c := &p.Spec.Containers[0]
+	c.Ports = []corev1.ContainerPort{{Name: "http", ContainerPort: int32(port)}}
+	c.ReadinessProbe = &corev1.Probe{ProbeHandler: corev1.ProbeHandler{HTTPGet: &corev1.HTTPGetAction{Path: "/ready", Port: intstr.FromString("http")}}, PeriodSeconds: 1, FailureThreshold: 1}
+	c.LivenessProbe = &corev1.Probe{ProbeHandler: corev1.ProbeHandler{TCPSocket: &corev1.TCPSocketAction{Port: intstr.FromInt32(int32(port))}}, PeriodSeconds: 1}
+	c.StartupProbe = &corev1.Probe{ProbeHandler: corev1.ProbeHandler{HTTPGet: &corev1.HTTPGetAction{Path: "/live", Port: intstr.FromInt32(int32(port))}}, PeriodSeconds: 1}
+	r := start(t, p, &fakeImages{})
+	r.nextStart(t)
+	st := r.until(t, func(s *cellapi.PodStatus) bool { return s.ContainerStatuses[0].State.Running != nil })
+	if cs := st.ContainerStatuses[0]; cs.Ready || *cs.Started {
+		t.Fatalf("running before any probe: ready=%v started=%v, want both false", cs.Ready, *cs.Started)
+	}
+	r.untilStepping(t, func(s *cellapi.PodStatus) bool { return *s.ContainerStatuses[0].Started })
+	healthy.Store(true)
+	r.untilStepping(t, func(s *cellapi.PodStatus) bool { return s.ContainerStatuses[0].Ready })
+	healthy.Store(false)
+	st = r.untilStepping(t, func(s *cellapi.PodStatus) bool { return !s.ContainerStatuses[0].Ready })
+	if st.ContainerStatuses[0].State.Running == nil {
+		t.Fatal("a failing readiness probe stopped the container")
+	}
+}
+
+func TestLivenessFailureRestarts(t *testing.T) {
+	p := testPod(corev1.RestartPolicyAlways, "app")
+	// Nothing listens on port 1: the liveness probe fails.
+	p.Spec.Containers[0].LivenessProbe = &corev1.Probe{ProbeHandler: corev1.ProbeHandler{TCPSocket: &corev1.TCPSocketAction{Port: intstr.FromInt32(1)}}, PeriodSeconds: 1, FailureThreshold: 2}
+	r := start(t, p, &fakeImages{})
+	r.nextStart(t)
+	st := r.untilStepping(t, func(s *cellapi.PodStatus) bool { return s.ContainerStatuses[0].State.Terminated != nil })
+	term := st.ContainerStatuses[0].State.Terminated
+	if !strings.Contains(term.Message, "failed liveness probe") || term.ExitCode != 143 {
+		t.Fatalf("terminated %+v", term)
+	}
+	st = r.untilStepping(t, func(s *cellapi.PodStatus) bool { return s.ContainerStatuses[0].RestartCount >= 1 })
 }
