@@ -30,6 +30,7 @@ import (
 	"k8s.io/utils/clock"
 
 	"github.com/kip-dev/kip/internal/cloud"
+	"github.com/kip-dev/kip/internal/cloud/aws/sdkhttp"
 	"github.com/kip-dev/kip/internal/instancetype"
 )
 
@@ -201,6 +202,7 @@ func newClient(ctx context.Context, cfg Config) (*ec2.Client, error) {
 	if err != nil {
 		return nil, fmt.Errorf("loading AWS configuration: %w", err)
 	}
+	awsCfg.HTTPClient = sdkhttp.Wrap(awsCfg.HTTPClient)
 	return ec2.NewFromConfig(awsCfg, func(o *ec2.Options) {
 		if cfg.Endpoint != "" {
 			o.BaseEndpoint = aws.String(cfg.Endpoint)

@@ -19,6 +19,7 @@ import (
 	pricingtypes "github.com/aws/aws-sdk-go-v2/service/pricing/types"
 	"k8s.io/utils/clock"
 
+	"github.com/kip-dev/kip/internal/cloud/aws/sdkhttp"
 	"github.com/kip-dev/kip/internal/instancetype"
 )
 
@@ -62,6 +63,7 @@ var _ instancetype.Refresher = (*Refresher)(nil)
 // New returns a Refresher using SDK clients made from cfg. ec2Endpoint and pricingEndpoint
 // override the services' endpoints when not empty (fakes in tests).
 func New(cfg aws.Config, ec2Endpoint, pricingEndpoint string) *Refresher {
+	cfg.HTTPClient = sdkhttp.Wrap(cfg.HTTPClient)
 	pcfg := cfg.Copy()
 	if pcfg.Region == "" || pricingEndpoint == "" {
 		pcfg.Region = "us-east-1"

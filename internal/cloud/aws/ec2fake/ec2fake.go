@@ -12,12 +12,14 @@
 package ec2fake
 
 import (
+	"bytes"
 	"encoding/xml"
 	"fmt"
 	"io"
 	"net/http"
 	"net/url"
 	"sort"
+	"strconv"
 	"sync"
 	"time"
 
@@ -341,21 +343,33 @@ type errorItem struct {
 }
 
 func writeError(w http.ResponseWriter, reqID string, status int, code, message string) {
-	w.Header().Set("Content-Type", "text/xml;charset=UTF-8")
-	w.WriteHeader(status)
-	io.WriteString(w, xml.Header)
-	xml.NewEncoder(w).Encode(errorResponse{Errors: []errorItem{{Code: code, Message: message}}, RequestID: reqID})
+	var b bytes.Buffer
+	b.WriteString(xml.Header)
+	xml.NewEncoder(&b).Encode(errorResponse{Errors: []errorItem{{Code: code, Message: message}}, RequestID: reqID})
+	writeXML(w, status, b.Bytes())
 }
 
 func writeResponse(w http.ResponseWriter, action, reqID string, resp any) {
-	w.Header().Set("Content-Type", "text/xml;charset=UTF-8")
-	w.WriteHeader(http.StatusOK)
-	io.WriteString(w, xml.Header)
 	if h, ok := resp.(interface{ setRequestID(string) }); ok {
 		h.setRequestID(reqID)
 	}
+	var b bytes.Buffer
+	b.WriteString(xml.Header)
 	start := xml.StartElement{Name: xml.Name{Local: action + "Response"}, Attr: []xml.Attr{{Name: xml.Name{Local: "xmlns"}, Value: Namespace}}}
-	xml.NewEncoder(w).EncodeElement(resp, start)
+	if err := xml.NewEncoder(&b).EncodeElement(resp, start); err != nil {
+		writeError(w, reqID, http.StatusInternalServerError, "InternalError", "encoding the response: "+err.Error())
+		return
+	}
+	writeXML(w, http.StatusOK, b.Bytes())
+}
+
+// writeXML sends a whole document with its length, as EC2 does, so that a client that stops
+// reading at the document's end leaves nothing unread on the connection.
+func writeXML(w http.ResponseWriter, status int, doc []byte) {
+	w.Header().Set("Content-Type", "text/xml;charset=UTF-8")
+	w.Header().Set("Content-Length", strconv.Itoa(len(doc)))
+	w.WriteHeader(status)
+	w.Write(doc)
 }
 
 // header is embedded in every response document.

@@ -18,6 +18,7 @@ import (
 	clocktesting "k8s.io/utils/clock/testing"
 
 	"github.com/kip-dev/kip/internal/cloud/aws/ec2fake"
+	"github.com/kip-dev/kip/internal/cloud/aws/sdkhttp"
 )
 
 // client returns the real SDK client pointed at a fresh fake.
@@ -26,7 +27,7 @@ func client(t *testing.T, opts ec2fake.Options, attempts int) (*ec2.Client, *ec2
 	f := ec2fake.New(opts)
 	srv := httptest.NewServer(f)
 	t.Cleanup(srv.Close)
-	c := ec2.New(ec2.Options{Region: f.Region(), BaseEndpoint: aws.String(srv.URL),
+	c := ec2.New(ec2.Options{Region: f.Region(), BaseEndpoint: aws.String(srv.URL), HTTPClient: sdkhttp.New(),
 		Credentials: credentials.NewStaticCredentialsProvider("AKIDFAKE", "secret", ""), RetryMaxAttempts: attempts})
 	return c, f
 }
