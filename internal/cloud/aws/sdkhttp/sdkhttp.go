@@ -4,7 +4,10 @@
 // transport may still be reading that body then (after the server has answered, it reads once
 // more to see EOF), and an error there makes it close the connection under the response being
 // read: the call fails with "use of closed network connection" while decoding a good response.
-// The EC2 fake in internal/cloud/aws/ec2fake shows it within a few calls of large responses.
+// The EC2 fake in internal/cloud/aws/ec2fake shows it within a few calls of large responses
+// (a traced close points at the transport's writeLoop). This is the failure reported upstream
+// as aws/aws-sdk-go-v2#1825 and #2737; the SDK now retries net.ErrClosed (PR #2949), which
+// hides it when retries are on but spends an attempt each time.
 // Client reads the body into memory first (EC2 and Price List request bodies are small forms
 // or JSON documents) and gives the transport a copy nobody else closes.
 package sdkhttp
