@@ -406,6 +406,7 @@ func TestKipRestart(t *testing.T) {
 	names := []string{"keep-a", "keep-b"}
 	for _, n := range names {
 		pod := framework.Pod(n, framework.Busybox("main", `echo up; while true; do sleep 1 & wait $!; done`))
+		pod.Spec.TerminationGracePeriodSeconds = ptr.To[int64](3) // sh as PID 1 ignores SIGTERM
 		if _, err := e.Client.CoreV1().Pods(ns).Create(ctx, pod, metav1.CreateOptions{}); err != nil {
 			t.Fatal(err)
 		}
@@ -458,6 +459,7 @@ func TestKipRestart(t *testing.T) {
 			t.Errorf("pod %s cells after restart %v (%v), want only %s", n, cells, err, beforeCells[n])
 		}
 	}
+	t.Log("pods kept running with their cells across the restart")
 	// kubectl logs still reaches the adopted cells.
 	if out, err := e.Kubectl(ctx, "-n", ns, "logs", names[0]); err != nil || !strings.Contains(out, "up") {
 		t.Errorf("kubectl logs after restart: %q, %v", out, err)
@@ -465,6 +467,7 @@ func TestKipRestart(t *testing.T) {
 	if all, err := e.Cells(ctx, nil); err != nil || len(all) != total {
 		t.Errorf("cells after restart: %d (%v), want %d", len(all), err, total)
 	}
+	t.Log("deleting the pods")
 	for _, n := range names {
 		if err := e.Client.CoreV1().Pods(ns).Delete(ctx, n, metav1.DeleteOptions{}); err != nil {
 			t.Fatal(err)
