@@ -321,6 +321,26 @@ func TestExitCode3FailsPod(t *testing.T) {
 	h.deletePod(time.Second)
 }
 
+func TestTerminationMessages(t *testing.T) {
+	h := newHarness(t, fastBackOff)
+	fallback := shell("fallback", h.img("busybox"), "echo line1; echo host=$HOSTNAME; exit 2")
+	fallback.TerminationMessagePolicy = corev1.TerminationMessageFallbackToLogsOnError
+	custom := shell("custom", h.img("busybox"), "printf bye > /tmp/why; exit 1")
+	custom.TerminationMessagePath = "/tmp/why"
+	p := newPod("msgs", corev1.RestartPolicyNever, shell("file", h.img("busybox"), "echo -n 'disk full' > /dev/termination-log; exit 1"), fallback, custom)
+	if _, err := h.client.PutPod(t.Context(), &cellapi.PodRequest{Pod: p}); err != nil {
+		t.Fatal(err)
+	}
+	seen := h.watchUntil(60*time.Second, func(s *cellapi.PodStatus) bool { return s.Phase == corev1.PodFailed })
+	want := map[string]string{"file": "disk full", "fallback": "line1\nhost=msgs\n", "custom": "bye"}
+	for _, cs := range seen[len(seen)-1].ContainerStatuses {
+		if term := cs.State.Terminated; term == nil || term.Message != want[cs.Name] {
+			t.Errorf("%s: terminated %+v, want message %q", cs.Name, term, want[cs.Name])
+		}
+	}
+	h.deletePod(0)
+}
+
 func TestInitContainerSharesEmptyDir(t *testing.T) {
 	h := newHarness(t, fastBackOff)
 	p := newPod("init", corev1.RestartPolicyNever, shell("app", h.img("busybox"), "cat /work/msg; cat /cfg/sub/greeting"))

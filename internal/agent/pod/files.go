@@ -3,6 +3,7 @@ package pod
 import (
 	"errors"
 	"fmt"
+	"io"
 	"io/fs"
 	"os"
 	"path/filepath"
@@ -169,4 +170,78 @@ func containerMounts(dir string, c *corev1.Container) ([]runtime.Mount, error) {
 		ms = append(ms, runtime.Mount{Source: src, Destination: m.MountPath, ReadOnly: m.ReadOnly})
 	}
 	return ms, nil
+}
+
+// terminationLogName is the file in a run's bundle mounted at terminationMessagePath.
+const terminationLogName = "termination-log"
+
+// Limits kubelet applies to termination messages.
+const (
+	maxTerminationMessage = 4096
+	fallbackLogLines      = 80
+	fallbackLogBytes      = 2048
+)
+
+// terminationMessage is what kubelet reports as a terminated container's message: the file
+// at terminationMessagePath (at most 4 KiB), or with FallbackToLogsOnError and a failed run,
+// the tail of its log (80 lines, 2 KiB).
+func terminationMessage(c *corev1.Container, termLog, logPath string, exitCode int) string {
+	if f, err := os.Open(termLog); err == nil {
+		b := make([]byte, maxTerminationMessage)
+		n, _ := io.ReadFull(f, b)
+		f.Close()
+		if n > 0 {
+			return string(b[:n])
+		}
+	}
+	if c.TerminationMessagePolicy != corev1.TerminationMessageFallbackToLogsOnError || exitCode == 0 {
+		return ""
+	}
+	return tailCRILog(logPath, fallbackLogLines, fallbackLogBytes)
+}
+
+// tailCRILog returns the last lines of a CRI log's content ("<time> <stream> <P|F> <msg>"),
+// at most maxBytes.
+func tailCRILog(path string, lines, maxBytes int) string {
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return ""
+	}
+	var out []string
+	var partial strings.Builder
+	for _, rec := range strings.Split(string(b), "\n") {
+		f := strings.SplitN(rec, " ", 4)
+		if len(f) < 3 {
+			continue
+		}
+		msg := ""
+		if len(f) == 4 {
+			msg = f[3]
+		}
+		partial.WriteString(msg)
+		if f[2] == "F" {
+			out = append(out, partial.String())
+			partial.Reset()
+		}
+	}
+	if len(out) > lines {
+		out = out[len(out)-lines:]
+	}
+	s := strings.Join(out, "\n")
+	if len(out) > 0 {
+		s += "\n"
+	}
+	if len(s) > maxBytes {
+		s = s[len(s)-maxBytes:]
+	}
+	return s
+}
+
+func hasEnv(env []string, name string) bool {
+	for _, kv := range env {
+		if strings.HasPrefix(kv, name+"=") {
+			return true
+		}
+	}
+	return false
 }

@@ -363,7 +363,8 @@ func (p *Pod) runOnce(c *ctr) outcome {
 	defer cleanup()
 
 	memBefore, _ := p.cfg.Cgroups.MemoryEvents(cg)
-	logw, err := p.cfg.NewLog(filepath.Join(p.cfg.Dir, logsDir, c.spec.Name, strconv.Itoa(run)+".log"))
+	logPath := filepath.Join(p.cfg.Dir, logsDir, c.spec.Name, strconv.Itoa(run)+".log")
+	logw, err := p.cfg.NewLog(logPath)
 	if err != nil {
 		p.update(c, func(s *corev1.ContainerStatus) { s.State = waiting(ReasonCreateContainerError, err.Error()) })
 		return outcome{stage: ReasonCreateContainerError}
@@ -456,6 +457,9 @@ func (p *Pod) runOnce(c *ctr) outcome {
 	msg := c.killReason
 	c.killReason = ""
 	p.mu.Unlock()
+	if tm := terminationMessage(c.spec, filepath.Join(bundle, terminationLogName), logPath, st.Code); tm != "" {
+		msg = tm
+	}
 	finished := metav1.NewTime(st.At)
 	p.update(c, func(s *corev1.ContainerStatus) {
 		s.State = corev1.ContainerState{Terminated: &corev1.ContainerStateTerminated{
@@ -536,11 +540,26 @@ func (p *Pod) create(c *ctr, img *image.Image, bundle, cgroup, run string) (clea
 		cleanup()
 		return nil, err
 	}
+	if !hasEnv(proc.Env, "HOSTNAME") { // as containerd's CRI plugin sets it
+		proc.Env = append(proc.Env, "HOSTNAME="+hostname(p.req.Pod))
+	}
 	mounts, err := containerMounts(p.cfg.Dir, c.spec)
 	if err != nil {
 		cleanup()
 		return nil, err
 	}
+	// The termination message file, read back when the run ends.
+	termLog := filepath.Join(bundle, terminationLogName)
+	if err := os.WriteFile(termLog, nil, 0o666); err != nil {
+		cleanup()
+		return nil, fmt.Errorf("creating termination log: %w", err)
+	}
+	_ = os.Chmod(termLog, 0o666)
+	termPath := c.spec.TerminationMessagePath
+	if termPath == "" {
+		termPath = corev1.TerminationMessagePathDefault
+	}
+	mounts = append(mounts, runtime.Mount{Source: termLog, Destination: termPath})
 	res := runtime.ResourcesOf(c.spec.Resources)
 	if res.MemoryLimitBytes > 0 {
 		if err := p.cfg.Cgroups.SetMemoryLimit(cgroup, res.MemoryLimitBytes); err != nil {
