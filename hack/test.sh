@@ -63,7 +63,7 @@ build_cp() {
 
 stage "install Debian packages (hack/install-deps.sh)" hack/install-deps.sh || exit 1
 stage "build control plane (hack/build-control-plane.sh; ~15 min cold)" build_cp || exit 1
-stage "go vet ./..." go vet ./...
+stage "go vet ./... (and the e2e-tagged tests)" bash -c "go vet ./... && go vet -tags e2e ./test/e2e/..."
 stage "build bin/kip and bin/kip-cell" go build -o bin/ ./cmd/... || exit 1
 export KIP_BIN=$root/bin
 
