@@ -5,8 +5,8 @@
 #
 # Environment:
 #   KIP_CP_BIN          control plane binary dir (default: built by hack/build-control-plane.sh)
-#   KIP_TEST_TIMEOUT    go test -timeout for the package tests (default 45m)
-#   KIP_E2E_TIMEOUT     go test -timeout for the e2e tier (default 30m)
+#   KIP_TEST_TIMEOUT    go test -timeout for the package tests (default 25m)
+#   KIP_E2E_TIMEOUT     go test -timeout for the e2e tier (default 20m)
 #   KIP_TEST_P          go test -p (default 1: the 2-core reference machine runs one package's
 #                       tests at a time, so root tests that boot cells do not starve each other)
 #   KIP_SKIP_E2E=1      skip the e2e tier
@@ -68,9 +68,9 @@ stage "build bin/kip and bin/kip-cell" go build -o bin/ ./cmd/... || exit 1
 export KIP_BIN=$root/bin
 
 stage "go test ./... (root tests included; full log $logdir/unit.log)" \
-  go_test "$logdir/unit.log" -count=1 -p "${KIP_TEST_P:-1}" -timeout "${KIP_TEST_TIMEOUT:-45m}" ./...
+  go_test "$logdir/unit.log" -count=1 -p "${KIP_TEST_P:-1}" -timeout "${KIP_TEST_TIMEOUT:-25m}" ./...
 
 if [ "${KIP_SKIP_E2E:-0}" != 1 ]; then
   stage "e2e: real control plane + kip + local cells (full log $logdir/e2e.log)" \
-    go_test "$logdir/e2e.log" -count=1 -tags e2e -timeout "${KIP_E2E_TIMEOUT:-30m}" -v ./test/e2e/...
+    go_test "$logdir/e2e.log" -count=1 -tags e2e -timeout "${KIP_E2E_TIMEOUT:-20m}" -v ./test/e2e/...
 fi
