@@ -30,6 +30,7 @@ import (
 	"k8s.io/utils/clock"
 
 	"github.com/kip-dev/kip/internal/cloud"
+	"github.com/kip-dev/kip/internal/cloud/aws/ec2limits"
 	"github.com/kip-dev/kip/internal/cloud/aws/sdkhttp"
 	"github.com/kip-dev/kip/internal/instancetype"
 )
@@ -92,7 +93,7 @@ type Config struct {
 	// CapacityTTL is how long a capacity error keeps an offering unavailable. Default 3m.
 	CapacityTTL time.Duration
 	// Limits are the client-side token buckets; nil means DefaultLimits().
-	Limits *Limits
+	Limits *ec2limits.Limits
 	// Catalog supplies instance types; nil means the embedded catalog of Region.
 	Catalog Catalog
 	// Clock measures cache age and capacity memory; nil means the real clock.

@@ -20,6 +20,7 @@ import (
 	"github.com/kip-dev/kip/internal/cloud"
 	kipaws "github.com/kip-dev/kip/internal/cloud/aws"
 	"github.com/kip-dev/kip/internal/cloud/aws/ec2fake"
+	"github.com/kip-dev/kip/internal/cloud/aws/ec2limits"
 	"github.com/kip-dev/kip/internal/cloud/cloudtest"
 )
 
@@ -452,8 +453,8 @@ func TestThousandCellsUnderThrottling(t *testing.T) {
 		name string
 		// fake are the buckets the fake enforces, EC2's scaled so that the test takes seconds;
 		// client the backend's own.
-		fake   ec2fake.Limits
-		client kipaws.Limits
+		fake   ec2limits.Limits
+		client ec2limits.Limits
 		// throttledAtFake says whether the fake is expected to refuse calls: with client
 		// buckets above the fake's, the backend's retries absorb the refusals; with buckets
 		// below, (almost) none happen: requests that a stalled machine delays still reach the
@@ -463,9 +464,9 @@ func TestThousandCellsUnderThrottling(t *testing.T) {
 		// RunInstances: the fake allows EC2's 1000 burst and 40/s (EC2's 2/s sped up 20 times),
 		// the backend asks for 800 and 32/s. (Speeding refills up more would shrink the 200
 		// tokens of slack to less than a stall of a loaded machine.)
-		{"client buckets below EC2's", ec2fake.PublishedLimits().Scaled(1, 20), kipaws.DefaultLimits().Scaled(1, 20), false},
+		{"client buckets below EC2's", ec2limits.Published().Scaled(1, 20), kipaws.DefaultLimits().Scaled(1, 20), false},
 		// RunInstances: the fake allows 100 burst and 200/s, the backend asks for 800 and 1600/s.
-		{"client buckets above EC2's", ec2fake.PublishedLimits().Scaled(0.1, 100), kipaws.DefaultLimits().Scaled(1, 1000), true},
+		{"client buckets above EC2's", ec2limits.Published().Scaled(0.1, 100), kipaws.DefaultLimits().Scaled(1, 1000), true},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {

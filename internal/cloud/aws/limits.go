@@ -4,65 +4,18 @@ import (
 	"context"
 	"errors"
 	"math/rand/v2"
-	"strings"
 	"time"
 
 	"golang.org/x/time/rate"
 
 	"github.com/kip-dev/kip/internal/cloud"
+	"github.com/kip-dev/kip/internal/cloud/aws/ec2limits"
 )
 
-// Bucket is a token bucket: Burst tokens at most, refilled at PerSecond tokens a second.
-type Bucket struct {
-	Burst     int
-	PerSecond float64
-}
-
-// Limits are the backend's client-side token buckets. Every call takes a token from its
-// action's bucket before it is sent; RunInstances and TerminateInstances also take one token
-// per instance from their instance bucket.
-type Limits struct {
-	// Actions overrides the bucket of individual actions.
-	Actions map[string]Bucket
-	// Describe is the bucket of Describe* actions.
-	Describe Bucket
-	// Mutating is the bucket of other actions.
-	Mutating Bucket
-	// RunInstances and TerminateInstances limit instances launched and terminated.
-	RunInstances, TerminateInstances Bucket
-}
-
-// DefaultLimits returns buckets at 80% of EC2's published defaults per account and region
-// (non-mutating 100 burst / 20 per s, mutating 50 / 5, RunInstances 1000 / 2 requests and
-// instances, TerminateInstances 100 / 20 requests and 1000 / 20 instances), so that Kip
-// leaves room for other clients of the account and is not throttled itself.
-func DefaultLimits() Limits {
-	return Limits{
-		Actions: map[string]Bucket{
-			"RunInstances":       {Burst: 800, PerSecond: 1.6},
-			"TerminateInstances": {Burst: 80, PerSecond: 16},
-		},
-		Describe:           Bucket{Burst: 80, PerSecond: 16},
-		Mutating:           Bucket{Burst: 40, PerSecond: 4},
-		RunInstances:       Bucket{Burst: 800, PerSecond: 1.6},
-		TerminateInstances: Bucket{Burst: 800, PerSecond: 16},
-	}
-}
-
-// Scaled returns the limits with bursts multiplied by burst and refill rates by perSecond
-// (bursts stay at least 1).
-func (l Limits) Scaled(burst, perSecond float64) Limits {
-	sc := func(b Bucket) Bucket {
-		return Bucket{Burst: max(int(float64(b.Burst)*burst), 1), PerSecond: b.PerSecond * perSecond}
-	}
-	out := Limits{Actions: map[string]Bucket{}}
-	for k, v := range l.Actions {
-		out.Actions[k] = sc(v)
-	}
-	out.Describe, out.Mutating = sc(l.Describe), sc(l.Mutating)
-	out.RunInstances, out.TerminateInstances = sc(l.RunInstances), sc(l.TerminateInstances)
-	return out
-}
+// DefaultLimits returns the backend's client-side buckets: 80% of EC2's published defaults
+// (ec2limits.Published), so that Kip leaves room for other clients of the account and, even
+// when requests bunch up on their way, is not throttled itself.
+func DefaultLimits() ec2limits.Limits { return ec2limits.Published().Scaled(0.8, 0.8) }
 
 type limiters struct {
 	requests map[string]*rate.Limiter
@@ -70,23 +23,13 @@ type limiters struct {
 	term     *rate.Limiter
 }
 
-func newLimiters(l Limits) *limiters {
-	ls := &limiters{requests: map[string]*rate.Limiter{}, run: newLimiter(l.RunInstances), term: newLimiter(l.TerminateInstances)}
+func newLimiters(l ec2limits.Limits) *limiters {
+	ls := &limiters{requests: map[string]*rate.Limiter{}, run: l.RunInstances.Limiter(), term: l.TerminateInstances.Limiter()}
 	for _, a := range ec2Actions() {
-		b, ok := l.Actions[a]
-		switch {
-		case ok:
-		case strings.HasPrefix(a, "Describe"):
-			b = l.Describe
-		default:
-			b = l.Mutating
-		}
-		ls.requests[a] = newLimiter(b)
+		ls.requests[a] = l.Request(a).Limiter()
 	}
 	return ls
 }
-
-func newLimiter(b Bucket) *rate.Limiter { return rate.NewLimiter(rate.Limit(b.PerSecond), b.Burst) }
 
 // maxTerminateBatch is the most instances one TerminateInstances may carry: EC2's 1000, or
 // less when the instance bucket is smaller.

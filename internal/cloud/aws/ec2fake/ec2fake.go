@@ -24,6 +24,8 @@ import (
 	"time"
 
 	"k8s.io/utils/clock"
+
+	"github.com/kip-dev/kip/internal/cloud/aws/ec2limits"
 )
 
 // Namespace is the XML namespace of EC2 API version 2016-11-15 responses.
@@ -46,8 +48,9 @@ type Options struct {
 	PendingDelay time.Duration
 	// ShutdownDelay is how long a terminated instance stays shutting-down.
 	ShutdownDelay time.Duration
-	// Limits enables throttling with these buckets; nil disables it. See PublishedLimits.
-	Limits *Limits
+	// Limits enables throttling with these buckets; nil disables it. See
+	// ec2limits.Published.
+	Limits *ec2limits.Limits
 	// Latency is added to every request before it is served.
 	Latency time.Duration
 }

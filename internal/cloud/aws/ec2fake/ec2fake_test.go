@@ -18,6 +18,7 @@ import (
 	clocktesting "k8s.io/utils/clock/testing"
 
 	"github.com/kip-dev/kip/internal/cloud/aws/ec2fake"
+	"github.com/kip-dev/kip/internal/cloud/aws/ec2limits"
 	"github.com/kip-dev/kip/internal/cloud/aws/sdkhttp"
 )
 
@@ -288,7 +289,7 @@ func TestSubnetAddressExhaustion(t *testing.T) {
 }
 
 func TestThrottling(t *testing.T) {
-	lim := ec2fake.PublishedLimits().Scaled(0.01, 0.001) // Describe: burst 1, ~0.02/s
+	lim := ec2limits.Published().Scaled(0.01, 0.001) // Describe: burst 1, ~0.02/s
 	c, f := client(t, ec2fake.Options{Limits: &lim}, 1)
 	ctx := context.Background()
 	var throttled int
