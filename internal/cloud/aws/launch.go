@@ -5,6 +5,7 @@ import (
 	"encoding/base64"
 	"fmt"
 	"regexp"
+	"slices"
 	"sort"
 	"strings"
 
@@ -114,7 +115,7 @@ func (b *Backend) runInput(ctx context.Context, spec cloud.LaunchSpec) (*ec2.Run
 		if !groupIDRe.MatchString(g) {
 			return nil, it, cloud.InvalidSpec("securityGroups: %q is not a security group id (sg-...)", g)
 		}
-		if !contains(groups, g) {
+		if !slices.Contains(groups, g) {
 			groups = append(groups, g)
 		}
 	}
@@ -212,15 +213,6 @@ func (b *Backend) tags(spec cloud.LaunchSpec) ([]types.Tag, error) {
 		out = append(out, types.Tag{Key: aws.String(k), Value: aws.String(m[k])})
 	}
 	return out, nil
-}
-
-func contains(list []string, s string) bool {
-	for _, v := range list {
-		if v == s {
-			return true
-		}
-	}
-	return false
 }
 
 // toInstance converts an EC2 instance.

@@ -7,6 +7,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/aws/aws-sdk-go-v2/aws"
 	"github.com/aws/aws-sdk-go-v2/service/ec2"
 	"github.com/aws/aws-sdk-go-v2/service/ec2/types"
 
@@ -113,7 +114,7 @@ func (t *terminator) send(batch map[string][]chan error) {
 		if err == nil {
 			for _, c := range out.TerminatingInstances {
 				if c.CurrentState != nil {
-					b.cache.setState(deref(c.InstanceId), toInstance(types.Instance{State: c.CurrentState}).State)
+					b.cache.setState(aws.ToString(c.InstanceId), toInstance(types.Instance{State: c.CurrentState}).State)
 				}
 			}
 			for _, id := range ids {
@@ -146,11 +147,4 @@ func (t *terminator) send(batch map[string][]chan error) {
 			}
 		}
 	}
-}
-
-func deref(s *string) string {
-	if s == nil {
-		return ""
-	}
-	return *s
 }

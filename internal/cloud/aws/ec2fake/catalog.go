@@ -1,6 +1,7 @@
 package ec2fake
 
 import (
+	"slices"
 	"strconv"
 	"strings"
 )
@@ -75,7 +76,7 @@ func (s *Server) describeInstanceTypes(q query) (any, *apiError) {
 	}
 	var match []instanceTypeXML
 	for _, t := range s.types {
-		if len(names) > 0 && !contains(names, t.Name) {
+		if len(names) > 0 && !slices.Contains(names, t.Name) {
 			continue
 		}
 		ok, err := matchAll(q.filters(), nil, map[string]string{"instance-type": t.Name, "processor-info.supported-architecture": t.Arch,
@@ -148,7 +149,7 @@ func (s *Server) describeSpotPriceHistory(q query) (any, *apiError) {
 	now := s.clk.Now().UTC().Format("2006-01-02T15:04:05.000Z")
 	var match []spotPriceXML
 	for _, t := range s.types {
-		if len(names) > 0 && !contains(names, t.Name) {
+		if len(names) > 0 && !slices.Contains(names, t.Name) {
 			continue
 		}
 		for _, z := range s.zones() {
@@ -156,7 +157,7 @@ func (s *Server) describeSpotPriceHistory(q query) (any, *apiError) {
 				continue
 			}
 			for _, pd := range []string{"Linux/UNIX", "Linux/UNIX (Amazon VPC)"} {
-				if len(products) > 0 && !contains(products, pd) {
+				if len(products) > 0 && !slices.Contains(products, pd) {
 					continue
 				}
 				ok, err := matchAll(q.filters(), nil, map[string]string{"instance-type": t.Name, "availability-zone": z, "product-description": pd})
@@ -193,7 +194,7 @@ func (s *Server) describeRegions(q query) (any, *apiError) {
 	names := q.list("RegionName")
 	resp := &describeRegionsResponse{}
 	for _, r := range []string{s.opts.Region, otherRegion(s.opts.Region)} {
-		if len(names) > 0 && !contains(names, r) {
+		if len(names) > 0 && !slices.Contains(names, r) {
 			continue
 		}
 		resp.Regions = append(resp.Regions, regionXML{RegionName: r, RegionEndpoint: "ec2." + r + ".amazonaws.com", OptInStatus: "opt-in-not-required"})

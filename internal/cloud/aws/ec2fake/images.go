@@ -1,6 +1,7 @@
 package ec2fake
 
 import (
+	"slices"
 	"sort"
 	"strings"
 )
@@ -51,10 +52,10 @@ func (s *Server) describeImages(q query) (any, *apiError) {
 	var match []imageXML
 	for _, id := range sortedKeys(s.images) {
 		img := s.images[id]
-		if len(ids) > 0 && !contains(ids, id) {
+		if len(ids) > 0 && !slices.Contains(ids, id) {
 			continue
 		}
-		if len(owners) > 0 && !contains(owners, img.owner) && !(contains(owners, "self") && img.owner == OwnerID) {
+		if len(owners) > 0 && !slices.Contains(owners, img.owner) && !(slices.Contains(owners, "self") && img.owner == OwnerID) {
 			continue
 		}
 		ok, err := matchAll(q.filters(), img.tags, map[string]string{"image-id": img.id, "name": img.name, "owner-id": img.owner,

@@ -1,8 +1,9 @@
 package ec2fake
 
 import (
+	"maps"
 	"net/netip"
-	"sort"
+	"slices"
 	"strings"
 )
 
@@ -82,7 +83,7 @@ func (s *Server) describeVpcs(q query) (any, *apiError) {
 	resp := &describeVpcsResponse{}
 	for _, id := range sortedKeys(s.vpcs) {
 		v := s.vpcs[id]
-		if len(ids) > 0 && !contains(ids, id) {
+		if len(ids) > 0 && !slices.Contains(ids, id) {
 			continue
 		}
 		ok, err := matchAll(q.filters(), v.tags, map[string]string{"vpc-id": v.id, "cidr": v.cidr, "cidr-block": v.cidr, "state": "available", "is-default": "false"})
@@ -107,7 +108,7 @@ func (s *Server) describeSubnets(q query) (any, *apiError) {
 	resp := &describeSubnetsResponse{}
 	for _, id := range sortedKeys(s.subnets) {
 		sn := s.subnets[id]
-		if len(ids) > 0 && !contains(ids, id) {
+		if len(ids) > 0 && !slices.Contains(ids, id) {
 			continue
 		}
 		ok, err := matchAll(q.filters(), sn.tags, map[string]string{"subnet-id": sn.id, "vpc-id": sn.vpcID,
@@ -134,7 +135,7 @@ func (s *Server) describeSecurityGroups(q query) (any, *apiError) {
 	var match []securityGroupXML
 	for _, id := range sortedKeys(s.groups) {
 		g := s.groups[id]
-		if len(ids) > 0 && !contains(ids, id) || len(names) > 0 && !contains(names, g.name) {
+		if len(ids) > 0 && !slices.Contains(ids, id) || len(names) > 0 && !slices.Contains(names, g.name) {
 			continue
 		}
 		ok, err := matchAll(q.filters(), g.tags, map[string]string{"group-id": g.id, "group-name": g.name, "vpc-id": g.vpcID, "description": g.desc})
@@ -280,20 +281,4 @@ func matchAll(filters []filter, tags map[string]string, attrs map[string]string)
 	return true, nil
 }
 
-func sortedKeys[V any](m map[string]V) []string {
-	out := make([]string, 0, len(m))
-	for k := range m {
-		out = append(out, k)
-	}
-	sort.Strings(out)
-	return out
-}
-
-func contains(list []string, s string) bool {
-	for _, v := range list {
-		if v == s {
-			return true
-		}
-	}
-	return false
-}
+func sortedKeys[V any](m map[string]V) []string { return slices.Sorted(maps.Keys(m)) }
