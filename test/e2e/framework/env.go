@@ -21,6 +21,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"sync"
 	"time"
 
 	"k8s.io/client-go/dynamic"
@@ -67,6 +68,9 @@ type Env struct {
 	BinDir, CPBin string
 
 	log io.Writer
+
+	mu   sync.Mutex
+	seen map[string]bool // IDs of every cell Cells has returned
 }
 
 // Options configure Setup.
@@ -261,7 +265,27 @@ func (e *Env) Teardown(ctx context.Context) error {
 // Cells lists the live cells in this environment's state directory (every cell kip made
 // here), narrowed to those carrying all of tags (nil: all of them).
 func (e *Env) Cells(ctx context.Context, tags map[string]string) ([]*cloud.Instance, error) {
-	return e.Backend.List(ctx, tags)
+	cells, err := e.Backend.List(ctx, tags)
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	if e.seen == nil {
+		e.seen = map[string]bool{}
+	}
+	for _, c := range cells {
+		e.seen[c.ID] = true
+	}
+	return cells, err
+}
+
+// SeenCells returns the IDs of every cell Cells has returned so far.
+func (e *Env) SeenCells() []string {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	ids := make([]string, 0, len(e.seen))
+	for id := range e.seen {
+		ids = append(ids, id)
+	}
+	return ids
 }
 
 func (e *Env) logf(format string, args ...any) {

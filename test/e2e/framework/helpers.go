@@ -106,4 +106,13 @@ func (e *Env) CheckNoLeaks(t testing.TB, timeout time.Duration) {
 		}
 		t.Errorf("cell state directories left behind: %v", names)
 	}
+	// The network namespace of every cell the tests saw (the local backend names it
+	// kip-<instance id>) must be gone with its cell.
+	seen := e.SeenCells()
+	for _, id := range seen {
+		if _, err := os.Stat(filepath.Join("/run/netns", "kip-"+id)); err == nil {
+			t.Errorf("network namespace kip-%s left behind", id)
+		}
+	}
+	t.Logf("checked the %d cells seen during the run for leftovers", len(seen))
 }
