@@ -242,11 +242,12 @@ func (c *cell) apply(st *cellapi.PodStatus) {
 	}
 	c.agentStatus = st
 	c.waitReason, c.waitMessage = "", ""
+	reached := false
 	if c.timing.Pulled.IsZero() && allPulled(c.pod, st) {
-		c.timing.Pulled = now
+		c.timing.Pulled, reached = now, true
 	}
 	if c.timing.Started.IsZero() && allStarted(c.pod, st) {
-		c.timing.Started = now
+		c.timing.Started, reached = now, true
 	}
 	evs := c.events.diff(c.pod, prev, st)
 	pod := c.pod
@@ -255,4 +256,7 @@ func (c *cell) apply(st *cellapi.PodStatus) {
 		m.event(pod, e.typ, e.reason, "%s", e.message)
 	}
 	c.publish()
+	if reached {
+		c.observe()
+	}
 }

@@ -229,6 +229,17 @@ func (c *cell) statusInput() statusInput {
 	return in
 }
 
+// observe hands the pod's timing to Deps.Observe after it reached a new phase.
+func (c *cell) observe() {
+	if c.m.deps.Observe == nil {
+		return
+	}
+	c.m.mu.Lock()
+	t := c.timing
+	c.m.mu.Unlock()
+	c.m.deps.Observe(t)
+}
+
 // run is the state machine. adopt is the instance of a recovered cell, nil for a new pod.
 func (c *cell) run(adopt *cloud.Instance) {
 	err := c.bringUp(adopt)
@@ -280,6 +291,7 @@ func (c *cell) bringUp(adopt *cloud.Instance) error {
 	c.timing.AgentReady = c.m.clock.Now()
 	pod := c.pod
 	c.m.mu.Unlock()
+	c.observe()
 	c.m.event(pod, corev1.EventTypeNormal, "CellReady", "Cell %s agent is ready at %s", c.cellID, inst.PrivateIP)
 	c.mirror(PhaseReady)
 	return c.ensurePut(agent)

@@ -51,6 +51,9 @@ type Deps struct {
 	Log *slog.Logger
 	// AgentPort is the agent's port for the default Dial; 0 means cellapi.DefaultPort.
 	AgentPort int
+	// Observe, if set, gets a pod's Timing each time it reaches a new phase (launched, agent
+	// ready, pulled, started, finished), for per-phase histograms. It must not block.
+	Observe func(Timing)
 }
 
 // Mirror keeps an external view of cells (the Cell custom resource) up to date. Errors are

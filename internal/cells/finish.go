@@ -64,6 +64,7 @@ func (c *cell) finish(err error) {
 	}
 	c.m.mu.Unlock()
 	c.publish()
+	c.observe()
 	if deleted || c.isDeleted() {
 		m.mu.Lock()
 		if m.cells[c.key] == c {

@@ -210,6 +210,7 @@ type harness struct {
 	agentPort int
 	events    []string
 	notified  []*corev1.Pod
+	observed  []Timing
 }
 
 func newHarness(t *testing.T, opts ...func(*harness)) *harness {
@@ -254,6 +255,11 @@ func (h *harness) newManager() *Manager {
 		Clock:     h.clock,
 		Mirror:    h.mirror,
 		Log:       slog.New(slog.NewTextHandler(testWriter{h.t}, nil)),
+		Observe: func(tm Timing) {
+			h.mu.Lock()
+			defer h.mu.Unlock()
+			h.observed = append(h.observed, tm)
+		},
 	})
 	m.NotifyPods(func(p *corev1.Pod) {
 		h.mu.Lock()

@@ -175,6 +175,7 @@ func (c *cell) launchOne(pod *corev1.Pod, cand Candidate, opts podOptions) (*clo
 			c.inst = inst
 			c.timing.Launched = now
 			c.m.mu.Unlock()
+			c.observe()
 			m.event(pod, corev1.EventTypeNormal, "CellLaunched", "Launched cell %s: instance %s (%s) at %s", c.cellID, inst.ID, inst.InstanceType, orNone(inst.PrivateIP))
 			c.mirror(PhaseLaunching)
 			return inst, nil

@@ -108,6 +108,12 @@ func TestHappyPathRunsCompletesAndTerminates(t *testing.T) {
 	if string(b) != "hello-kip\n" {
 		t.Errorf("saved log = %q", b)
 	}
+	h.mu.Lock()
+	observed := append([]Timing(nil), h.observed...)
+	h.mu.Unlock()
+	if len(observed) < 4 || observed[len(observed)-1].Finished.IsZero() || observed[0].Launched.IsZero() || !observed[0].AgentReady.IsZero() {
+		t.Errorf("observed timings %+v", observed)
+	}
 	tm := h.m.Timings()
 	if len(tm) != 1 || tm[0].Launched.IsZero() || tm[0].AgentReady.IsZero() || tm[0].Pulled.IsZero() || tm[0].Started.IsZero() || tm[0].Finished.IsZero() {
 		t.Errorf("timings = %+v", tm)
