@@ -70,13 +70,20 @@ func (r *runner) backend(ctx context.Context) (cloud.Cloud, func(), error) {
 }
 
 // nodeIP is the address the apiserver and cells reach kip on: node.internalIP, else the local
-// bridge address. Loopback is refused: the apiserver will not proxy to it and cells cannot
-// reach the host's loopback.
+// bridge address, else $POD_IP (kip running as a pod, from the downward API), else the host's
+// first global unicast IPv4 address. Loopback is refused: the apiserver will not proxy to it
+// and cells cannot reach the host's loopback.
 func (r *runner) nodeIP(b cloud.Cloud) (string, error) {
 	ip := r.cfg.Node.InternalIP
 	if ip == "" {
 		if lb, ok := b.(interface{ BridgeIP() net.IP }); ok {
 			ip = lb.BridgeIP().String()
+		} else {
+			addrs := r.interfaceAddrs
+			if addrs == nil {
+				addrs = net.InterfaceAddrs
+			}
+			ip = hostIP(os.Getenv("POD_IP"), addrs)
 		}
 	}
 	if ip == "" {
@@ -90,4 +97,21 @@ func (r *runner) nodeIP(b cloud.Cloud) (string, error) {
 		return "", fmt.Errorf("starting kip: node.internalIP: %s cannot be used: the apiserver refuses to reach a node on a loopback or unspecified address", ip)
 	}
 	return ip, nil
+}
+
+// hostIP returns podIP when set, else the first global unicast IPv4 address of this host.
+func hostIP(podIP string, addrs func() ([]net.Addr, error)) string {
+	if podIP != "" {
+		return podIP
+	}
+	as, err := addrs()
+	if err != nil {
+		return ""
+	}
+	for _, a := range as {
+		if n, ok := a.(*net.IPNet); ok && n.IP.To4() != nil && n.IP.IsGlobalUnicast() {
+			return n.IP.String()
+		}
+	}
+	return ""
 }

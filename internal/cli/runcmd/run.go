@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"net"
 	"net/http"
 	"sync"
 	"sync/atomic"
@@ -45,6 +46,8 @@ type runner struct {
 	restCfg *rest.Config
 	client  kubernetes.Interface
 	dynamic dynamic.Interface
+	// interfaceAddrs lists the host's addresses; nil means net.InterfaceAddrs (tests inject).
+	interfaceAddrs func() ([]net.Addr, error)
 }
 
 func (r *runner) run(ctx context.Context) error {

@@ -180,21 +180,29 @@ func TestNodeIP(t *testing.T) {
 	tests := []struct {
 		name, cfgIP string
 		bridge      net.IP
+		host        string // a global address of the host besides loopback
 		want        string
 		wantErr     bool
 	}{
-		{"configured", "10.1.2.3", nil, "10.1.2.3", false},
-		{"bridge default", "", net.ParseIP("10.250.0.1"), "10.250.0.1", false},
-		{"loopback refused", "127.0.0.1", nil, "", true},
-		{"unspecified refused", "0.0.0.0", nil, "", true},
-		{"not an IP", "kip.local", nil, "", true},
-		{"nothing to default to", "", nil, "", true},
+		{"configured", "10.1.2.3", nil, "", "10.1.2.3", false},
+		{"bridge default", "", net.ParseIP("10.250.0.1"), "192.168.7.9", "10.250.0.1", false},
+		{"loopback refused", "127.0.0.1", nil, "", "", true},
+		{"unspecified refused", "0.0.0.0", nil, "", "", true},
+		{"not an IP", "kip.local", nil, "", "", true},
+		{"nothing to default to", "", nil, "", "", true},
+		{"host address", "", nil, "192.168.7.9", "192.168.7.9", false},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
 			cfg := config.NewDefault()
 			cfg.Node.InternalIP = tc.cfgIP
-			r := &runner{cfg: cfg}
+			r := &runner{cfg: cfg, interfaceAddrs: func() ([]net.Addr, error) {
+				addrs := []net.Addr{&net.IPNet{IP: net.ParseIP("127.0.0.1"), Mask: net.CIDRMask(8, 32)}}
+				if tc.host != "" {
+					addrs = append(addrs, &net.IPNet{IP: net.ParseIP(tc.host), Mask: net.CIDRMask(24, 32)})
+				}
+				return addrs, nil
+			}}
 			var b cloud.Cloud = cloudfake.New()
 			if tc.bridge != nil {
 				b = bridgedFake{cloudfake.New(), tc.bridge}
