@@ -133,7 +133,12 @@ func (p *Provider) UpdatePod(ctx context.Context, pod *corev1.Pod) error {
 // DeletePod stops the pod (grace period from the pod) and terminates its cell. It may be called
 // many times; a pod kip does not know is a NotFound error, as virtual-kubelet expects.
 func (p *Provider) DeletePod(ctx context.Context, pod *corev1.Pod) error {
-	if _, ok := p.cells.GetPod(pod.Namespace, pod.Name); !ok {
+	if known, ok := p.cells.GetPod(pod.Namespace, pod.Name); !ok || known.UID != pod.UID {
+		// Nothing runs for it here: like kubelet, let the API object go now rather than after
+		// its grace period.
+		if pod.DeletionTimestamp != nil {
+			p.removeObject(ctx, pod)
+		}
 		return errdefs.NotFoundf("pod %s/%s is not known to kip", pod.Namespace, pod.Name)
 	}
 	p.mu.Lock()
@@ -226,7 +231,15 @@ func (p *Provider) NotifyPods(ctx context.Context, f func(*corev1.Pod)) {
 // when the grace period has passed, which would hold every deleted pod (and a Deployment's
 // rollout) for its full grace period even when its containers exit at once on SIGTERM.
 func (p *Provider) finishDeletion(ctx context.Context, pod *corev1.Pod) {
-	if p.cfg.Pods == nil || pod.DeletionTimestamp == nil || anyRunning(pod) {
+	if pod.DeletionTimestamp == nil || anyRunning(pod) {
+		return
+	}
+	p.removeObject(ctx, pod)
+}
+
+// removeObject deletes the pod's API object (grace period 0, UID precondition), once per UID.
+func (p *Provider) removeObject(ctx context.Context, pod *corev1.Pod) {
+	if p.cfg.Pods == nil {
 		return
 	}
 	p.mu.Lock()

@@ -455,3 +455,27 @@ func TestFinishDeletion(t *testing.T) {
 		})
 	}
 }
+
+func TestDeleteOfUnknownPodRemovesTheObject(t *testing.T) {
+	pod := runningPod("ns", "ghost", "app")
+	pod.DeletionTimestamp = &metav1.Time{Time: time.Unix(50, 0)}
+	client := k8sfake.NewClientset(&corev1.Pod{ObjectMeta: metav1.ObjectMeta{Namespace: "ns", Name: "ghost", UID: pod.UID}})
+	deleted := make(chan struct{}, 4)
+	client.PrependReactor("delete", "pods", func(k8stesting.Action) (bool, k8sruntime.Object, error) {
+		deleted <- struct{}{}
+		return false, nil, nil
+	})
+	p, err := New(Config{NodeName: "kip", Cells: newFakeCells(), Pods: client.CoreV1()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	// The API still says Running (kip was down when its cell went away); nothing runs here.
+	if err := p.DeletePod(context.Background(), pod); !errdefs.IsNotFound(err) {
+		t.Fatalf("DeletePod = %v, want NotFound", err)
+	}
+	select {
+	case <-deleted:
+	case <-time.After(10 * time.Second):
+		t.Fatal("the object of a pod kip does not run was left for its grace period")
+	}
+}
