@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"net"
 	"os"
 	"path/filepath"
 	"strconv"
@@ -68,7 +69,10 @@ type Agent struct {
 	watchers map[*watcher]struct{}
 }
 
-var _ cellapi.Agent = (*Agent)(nil)
+var (
+	_ cellapi.Agent    = (*Agent)(nil)
+	_ cellapi.Streamer = (*Agent)(nil)
+)
 
 // New makes an agent; it creates StateDir.
 func New(cfg Config) (*Agent, error) {
@@ -329,4 +333,75 @@ func (a *Agent) Shutdown(ctx context.Context) error {
 		return nil
 	}
 	return a.DeletePod(ctx, p.GracePeriod())
+}
+
+// Exec implements cellapi.Streamer: it runs a command in a running container of the pod.
+func (a *Agent) Exec(ctx context.Context, container string, opts cellapi.ExecOptions, stdio cellapi.ExecIO) (int, error) {
+	a.mu.Lock()
+	p := a.pod
+	a.mu.Unlock()
+	if p == nil {
+		return -1, cellapi.Errorf(cellapi.KindNotFound, "no pod on cell %s", a.cfg.CellID)
+	}
+	if len(opts.Command) == 0 {
+		return -1, cellapi.Errorf(cellapi.KindInvalid, "exec: command is required")
+	}
+	ex, ok := a.cfg.Runtime.(runtime.Execer)
+	if !ok {
+		return -1, cellapi.Errorf(cellapi.KindBadVersion, "exec: the runtime cannot run processes in containers")
+	}
+	id, err := p.RunningID(container)
+	if err != nil {
+		return -1, err
+	}
+	var resize chan [2]uint16
+	if stdio.Resize != nil {
+		resize = make(chan [2]uint16, 1)
+		go func() {
+			defer close(resize)
+			for {
+				select {
+				case ts, ok := <-stdio.Resize:
+					if !ok {
+						return
+					}
+					select {
+					case resize <- [2]uint16{ts.Width, ts.Height}:
+					case <-ctx.Done():
+						return
+					}
+				case <-ctx.Done():
+					return
+				}
+			}
+		}()
+	}
+	o := runtime.ExecOptions{Args: opts.Command, TTY: opts.TTY, Stdout: stdio.Stdout, Stderr: stdio.Stderr, Resize: resize}
+	if opts.Stdin {
+		o.Stdin = stdio.Stdin
+	}
+	return ex.ExecProcess(ctx, id, o)
+}
+
+// PortForward implements cellapi.Streamer: containers share the cell's network namespace
+// with the agent, so the port is reached on the loopback.
+func (a *Agent) PortForward(ctx context.Context, port int32, conn io.ReadWriteCloser) error {
+	defer conn.Close()
+	var d net.Dialer
+	target, err := d.DialContext(ctx, "tcp", net.JoinHostPort("127.0.0.1", strconv.Itoa(int(port))))
+	if err != nil {
+		return cellapi.Errorf(cellapi.KindNotFound, "port %d: %v", port, err)
+	}
+	defer target.Close()
+	done := make(chan struct{}, 2)
+	go func() { _, _ = io.Copy(target, conn); target.(*net.TCPConn).CloseWrite(); done <- struct{}{} }()
+	go func() { _, _ = io.Copy(conn, target); conn.Close(); done <- struct{}{} }()
+	for range 2 {
+		select {
+		case <-done:
+		case <-ctx.Done():
+			return nil
+		}
+	}
+	return nil
 }

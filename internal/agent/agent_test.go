@@ -2,6 +2,7 @@ package agent_test
 
 import (
 	"bufio"
+	"bytes"
 	"context"
 	"crypto/rand"
 	"encoding/hex"
@@ -683,6 +684,65 @@ func TestReadinessProbeAndPreStopHook(t *testing.T) {
 			break
 		}
 	}
+}
+
+func TestExecAndPortForward(t *testing.T) {
+	h := newHarness(t, fastBackOff)
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	addr := ln.Addr().String()
+	ln.Close()
+	_, port, _ := net.SplitHostPort(addr)
+	web := corev1.Container{Name: "web", Image: h.img("busybox"), Command: []string{"httpd", "-f", "-p", addr, "-h", "/etc"}}
+	p := newPod("exec", corev1.RestartPolicyNever, web)
+	if _, err := h.client.PutPod(t.Context(), &cellapi.PodRequest{Pod: p}); err != nil {
+		t.Fatal(err)
+	}
+	h.watchUntil(60*time.Second, func(s *cellapi.PodStatus) bool { return s.ContainerStatuses[0].State.Running != nil })
+
+	var out, errb bytes.Buffer
+	code, err := h.client.Exec(t.Context(), "web", cellapi.ExecOptions{Command: []string{"sh", "-c", "echo out; echo err >&2; exit 7"}}, cellapi.ExecIO{Stdout: &out, Stderr: &errb})
+	if err != nil || code != 7 || out.String() != "out\n" || errb.String() != "err\n" {
+		t.Errorf("exec = %d, %v, stdout %q, stderr %q", code, err, out.String(), errb.String())
+	}
+	out.Reset()
+	code, err = h.client.Exec(t.Context(), "web", cellapi.ExecOptions{Command: []string{"cat"}, Stdin: true}, cellapi.ExecIO{Stdin: strings.NewReader("from stdin"), Stdout: &out})
+	if err != nil || code != 0 || out.String() != "from stdin" {
+		t.Errorf("exec cat = %d, %v, %q", code, err, out.String())
+	}
+	out.Reset()
+	resize := make(chan cellapi.TermSize, 1)
+	resize <- cellapi.TermSize{Width: 100, Height: 40}
+	code, err = h.client.Exec(t.Context(), "web", cellapi.ExecOptions{Command: []string{"sh", "-c", "sleep 0.2; tty; stty size"}, TTY: true}, cellapi.ExecIO{Stdout: &out, Resize: resize})
+	if err != nil || code != 0 || !strings.HasPrefix(out.String(), "/dev/pts/") || !strings.Contains(out.String(), "40 100") {
+		t.Errorf("exec with tty = %d, %v, %q", code, err, out.String())
+	}
+	if _, err := h.client.Exec(t.Context(), "nope", cellapi.ExecOptions{Command: []string{"true"}}, cellapi.ExecIO{}); !cellapi.IsNotFound(err) {
+		t.Errorf("exec in a missing container: %v, want NotFound", err)
+	}
+	if _, err := h.client.Exec(t.Context(), "web", cellapi.ExecOptions{Command: []string{"/no/such"}}, cellapi.ExecIO{}); err == nil || !strings.Contains(err.Error(), "/no/such") {
+		t.Errorf("exec of a missing binary: %v", err)
+	}
+
+	portNum, _ := strconv.Atoi(port)
+	local, remote := net.Pipe()
+	fwdDone := make(chan error, 1)
+	go func() { fwdDone <- h.client.PortForward(t.Context(), int32(portNum), remote) }()
+	local.SetDeadline(time.Now().Add(20 * time.Second))
+	if _, err := io.WriteString(local, "GET /hostname HTTP/1.0\r\n\r\n"); err != nil {
+		t.Fatal(err)
+	}
+	resp, _ := io.ReadAll(local)
+	local.Close()
+	if !strings.Contains(string(resp), "200 OK") || !strings.HasSuffix(string(resp), "exec\n") {
+		t.Errorf("port-forwarded response %q", resp)
+	}
+	if err := <-fwdDone; err != nil {
+		t.Errorf("PortForward: %v", err)
+	}
+	h.deletePod(time.Second)
 }
 
 // BenchmarkContainerStart measures pod put → container running with a cached busybox image,

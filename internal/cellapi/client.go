@@ -18,9 +18,14 @@ import (
 type Client struct {
 	base string
 	hc   *http.Client
+	// stream is an HTTP/1.1-only client for upgraded exec and port-forward connections.
+	stream *http.Client
 }
 
-var _ Agent = (*Client)(nil)
+var (
+	_ Agent    = (*Client)(nil)
+	_ Streamer = (*Client)(nil)
+)
 
 // NewClient returns a client for the agent at baseURL (https://host:port). tlsConfig is
 // normally pki.ClientTLS(ca, cert, key, cellID): it presents kip's client certificate and
@@ -33,7 +38,65 @@ func NewClient(baseURL string, tlsConfig *tls.Config) *Client {
 		IdleConnTimeout:     90 * time.Second,
 		TLSHandshakeTimeout: 10 * time.Second,
 	}
-	return &Client{base: strings.TrimRight(baseURL, "/"), hc: &http.Client{Transport: tr}}
+	var stls *tls.Config
+	if tlsConfig != nil {
+		stls = tlsConfig.Clone()
+		stls.NextProtos = []string{"http/1.1"}
+	}
+	str := &http.Transport{TLSClientConfig: stls, TLSHandshakeTimeout: 10 * time.Second, DisableKeepAlives: true}
+	return &Client{base: strings.TrimRight(baseURL, "/"), hc: &http.Client{Transport: tr}, stream: &http.Client{Transport: str}}
+}
+
+// Exec implements Streamer.
+func (c *Client) Exec(ctx context.Context, container string, opts ExecOptions, stdio ExecIO) (int, error) {
+	q := url.Values{"command": opts.Command}
+	if opts.Stdin {
+		q.Set("stdin", "true")
+	}
+	if opts.TTY {
+		q.Set("tty", "true")
+	}
+	conn, err := c.upgrade(ctx, ExecPath+url.PathEscape(container)+"?"+q.Encode())
+	if err != nil {
+		return -1, fmt.Errorf("executing in container %s: %w", container, err)
+	}
+	defer conn.Close()
+	return clientExec(ctx, conn, opts, stdio)
+}
+
+// PortForward implements Streamer.
+func (c *Client) PortForward(ctx context.Context, port int32, conn io.ReadWriteCloser) error {
+	up, err := c.upgrade(ctx, fmt.Sprintf("%s%d", PortForwardPath, port))
+	if err != nil {
+		conn.Close()
+		return fmt.Errorf("forwarding port %d: %w", port, err)
+	}
+	stop := context.AfterFunc(ctx, func() { up.Close(); conn.Close() })
+	defer stop()
+	pipe(up, conn)
+	return nil
+}
+
+func (c *Client) upgrade(ctx context.Context, path string) (io.ReadWriteCloser, error) {
+	req, err := http.NewRequestWithContext(context.WithoutCancel(ctx), http.MethodPost, c.base+path, nil)
+	if err != nil {
+		return nil, err
+	}
+	req.Header.Set("Connection", "Upgrade")
+	req.Header.Set("Upgrade", StreamProtocol)
+	resp, err := c.stream.Do(req)
+	if err != nil {
+		return nil, err
+	}
+	if resp.StatusCode != http.StatusSwitchingProtocols {
+		return nil, errorFrom(resp)
+	}
+	rwc, ok := resp.Body.(io.ReadWriteCloser)
+	if !ok {
+		resp.Body.Close()
+		return nil, fmt.Errorf("the agent's upgraded connection is not writable")
+	}
+	return rwc, nil
 }
 
 // Close drops idle connections.
@@ -157,6 +220,11 @@ func (c *Client) do(ctx context.Context, method, path string, body io.Reader) (*
 	if resp.StatusCode/100 == 2 {
 		return resp, nil
 	}
+	return nil, errorFrom(resp)
+}
+
+// errorFrom turns a failed response into an *Error, closing its body.
+func errorFrom(resp *http.Response) error {
 	defer resp.Body.Close()
 	raw, _ := io.ReadAll(io.LimitReader(resp.Body, 64<<10))
 	var e Error
@@ -167,5 +235,5 @@ func (c *Client) do(ctx context.Context, method, path string, body io.Reader) (*
 		}
 	}
 	e.Kind = ErrorKind(resp.StatusCode)
-	return nil, &e
+	return &e
 }

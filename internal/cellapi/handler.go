@@ -41,8 +41,10 @@ func Handler(agent Agent, opts HandlerOptions) http.Handler {
 	mux.HandleFunc("GET "+WatchPath, h.authed(h.watch))
 	mux.HandleFunc("GET "+LogsPath+"{container}", h.authed(h.logs))
 	mux.HandleFunc("GET "+StatsPath, h.authed(h.stats))
+	mux.HandleFunc("POST "+ExecPath+"{container}", h.authed(h.exec))
+	mux.HandleFunc("POST "+PortForwardPath+"{port}", h.authed(h.portForward))
 	mux.HandleFunc(ExecPath, h.authed(func(w http.ResponseWriter, r *http.Request) {
-		h.fail(w, r, Errorf(KindBadVersion, "%s is not implemented by this agent", r.URL.Path))
+		h.fail(w, r, Errorf(KindBadVersion, "%s %s is not implemented by this agent", r.Method, r.URL.Path))
 	}))
 	mux.HandleFunc("/", h.authed(func(w http.ResponseWriter, r *http.Request) {
 		if !strings.HasPrefix(r.URL.Path, "/"+Version+"/") {
@@ -179,6 +181,91 @@ func (h *handler) logs(w http.ResponseWriter, r *http.Request) {
 		if err != nil {
 			return
 		}
+	}
+}
+
+// streamer returns the agent as a Streamer, or fails the request.
+func (h *handler) streamer(w http.ResponseWriter, r *http.Request) (Streamer, bool) {
+	s, ok := h.agent.(Streamer)
+	if !ok {
+		h.fail(w, r, Errorf(KindBadVersion, "this agent does not support exec or port forwarding"))
+		return nil, false
+	}
+	if !strings.EqualFold(r.Header.Get("Upgrade"), StreamProtocol) {
+		h.fail(w, r, Errorf(KindInvalid, "%s needs Upgrade: %s", r.URL.Path, StreamProtocol))
+		return nil, false
+	}
+	return s, true
+}
+
+// upgrade answers 101 and takes over the connection (HTTP/1.1 only).
+func upgrade(w http.ResponseWriter) (io.ReadWriteCloser, error) {
+	conn, brw, err := http.NewResponseController(w).Hijack()
+	if err != nil {
+		return nil, fmt.Errorf("taking over the connection (HTTP/1.1 is required): %w", err)
+	}
+	if _, err := brw.WriteString("HTTP/1.1 101 Switching Protocols\r\nConnection: Upgrade\r\nUpgrade: " + StreamProtocol + "\r\n\r\n"); err != nil {
+		conn.Close()
+		return nil, err
+	}
+	if err := brw.Flush(); err != nil {
+		conn.Close()
+		return nil, err
+	}
+	return struct {
+		io.Reader
+		io.Writer
+		io.Closer
+	}{brw.Reader, conn, conn}, nil
+}
+
+func (h *handler) exec(w http.ResponseWriter, r *http.Request) {
+	s, ok := h.streamer(w, r)
+	if !ok {
+		return
+	}
+	q := r.URL.Query()
+	opts := ExecOptions{Command: q["command"]}
+	if len(opts.Command) == 0 {
+		h.fail(w, r, Errorf(KindInvalid, "query parameter command: required"))
+		return
+	}
+	for name, dst := range map[string]*bool{"stdin": &opts.Stdin, "tty": &opts.TTY} {
+		if v := q.Get(name); v != "" {
+			b, err := strconv.ParseBool(v)
+			if err != nil {
+				h.fail(w, r, Errorf(KindInvalid, "query parameter %s: %q is not a boolean", name, v))
+				return
+			}
+			*dst = b
+		}
+	}
+	conn, err := upgrade(w)
+	if err != nil {
+		h.log.Info("exec upgrade failed", "err", err)
+		return
+	}
+	// The request's context ends when the handler returns; the stream outlives nothing else.
+	serveExec(r.Context(), s, r.PathValue("container"), opts, conn)
+}
+
+func (h *handler) portForward(w http.ResponseWriter, r *http.Request) {
+	s, ok := h.streamer(w, r)
+	if !ok {
+		return
+	}
+	port, err := strconv.ParseInt(r.PathValue("port"), 10, 32)
+	if err != nil || port <= 0 || port > 65535 {
+		h.fail(w, r, Errorf(KindInvalid, "port %q is not a port number", r.PathValue("port")))
+		return
+	}
+	conn, err := upgrade(w)
+	if err != nil {
+		h.log.Info("port-forward upgrade failed", "err", err)
+		return
+	}
+	if err := s.PortForward(r.Context(), int32(port), conn); err != nil {
+		h.log.Info("port forward failed", "port", port, "err", err)
 	}
 }
 

@@ -5,8 +5,10 @@ import (
 	"context"
 	"crypto/tls"
 	"errors"
+	"fmt"
 	"io"
 	"log"
+	"net"
 	"net/http"
 	"net/http/httptest"
 	"strings"
@@ -300,3 +302,78 @@ func TestAuthentication(t *testing.T) {
 		t.Logf("wrong-cell error: %v", err)
 	}
 }
+
+// streamingAgent adds exec and port-forward to fakeAgent.
+type streamingAgent struct {
+	*fakeAgent
+}
+
+func (s streamingAgent) Exec(ctx context.Context, container string, opts cellapi.ExecOptions, stdio cellapi.ExecIO) (int, error) {
+	if container != "app" {
+		return -1, cellapi.Errorf(cellapi.KindNotFound, "container %q is not running", container)
+	}
+	if opts.Stdin {
+		io.Copy(stdio.Stdout, stdio.Stdin)
+	}
+	if opts.TTY {
+		ts := <-stdio.Resize
+		fmt.Fprintf(stdio.Stdout, " %dx%d", ts.Width, ts.Height)
+	}
+	fmt.Fprint(stdio.Stderr, strings.Join(opts.Command, " "))
+	return 3, nil
+}
+
+func (s streamingAgent) PortForward(ctx context.Context, port int32, conn io.ReadWriteCloser) error {
+	defer conn.Close()
+	buf := make([]byte, 4)
+	if _, err := io.ReadFull(conn, buf); err != nil {
+		return err
+	}
+	fmt.Fprintf(conn, "%d:%s", port, buf)
+	return nil
+}
+
+func TestExecAndPortForwardStreams(t *testing.T) {
+	r := newRig(t)
+	// A plain Agent has no streams.
+	if _, err := r.client.Exec(t.Context(), "app", cellapi.ExecOptions{Command: []string{"x"}}, cellapi.ExecIO{}); cellapi.KindOf(err) != cellapi.KindBadVersion {
+		t.Fatalf("exec on a plain agent: %v, want BadVersion", err)
+	}
+
+	r.srv.Config.Handler = cellapi.Handler(streamingAgent{r.agent}, cellapi.HandlerOptions{})
+	var out, errb bytes.Buffer
+	resize := make(chan cellapi.TermSize, 1)
+	resize <- cellapi.TermSize{Width: 80, Height: 24}
+	code, err := r.client.Exec(t.Context(), "app", cellapi.ExecOptions{Command: []string{"cat", "-"}, Stdin: true, TTY: true},
+		cellapi.ExecIO{Stdin: strings.NewReader(strings.Repeat("z", 3<<20)), Stdout: &out, Stderr: &errb, Resize: resize})
+	if err != nil || code != 3 || out.Len() != 3<<20+len(" 80x24") || !strings.HasSuffix(out.String(), "zzz 80x24") || errb.String() != "cat -" {
+		t.Fatalf("exec = %d, %v, stdout %d bytes, stderr %q", code, err, out.Len(), errb.String())
+	}
+	if _, err := r.client.Exec(t.Context(), "nope", cellapi.ExecOptions{Command: []string{"x"}}, cellapi.ExecIO{}); !cellapi.IsNotFound(err) {
+		t.Fatalf("exec in a missing container: %v, want NotFound", err)
+	}
+	if _, err := r.client.Exec(t.Context(), "app", cellapi.ExecOptions{}, cellapi.ExecIO{}); !cellapi.IsInvalid(err) {
+		t.Fatalf("exec without a command: %v, want Invalid", err)
+	}
+
+	local, remote := net.Pipe()
+	done := make(chan error, 1)
+	go func() { done <- r.client.PortForward(t.Context(), 8080, remote) }()
+	io.WriteString(local, "ping")
+	got, _ := io.ReadAll(local)
+	if string(got) != "8080:ping" {
+		t.Fatalf("port-forwarded %q", got)
+	}
+	if err := <-done; err != nil {
+		t.Fatal(err)
+	}
+	if err := r.client.PortForward(t.Context(), 0, nopRWC{}); !cellapi.IsInvalid(err) {
+		t.Fatalf("port 0: %v, want Invalid", err)
+	}
+}
+
+type nopRWC struct{}
+
+func (nopRWC) Read([]byte) (int, error)    { return 0, io.EOF }
+func (nopRWC) Write(p []byte) (int, error) { return len(p), nil }
+func (nopRWC) Close() error                { return nil }

@@ -617,6 +617,21 @@ func (p *Pod) LogPath(name string, previous bool) (string, error) {
 	return filepath.Join(p.cfg.Dir, logsDir, name, strconv.Itoa(run)+".log"), nil
 }
 
+// RunningID returns the runtime id of the container's running run; an error of kind
+// NotFound when it has no such container or it is not running.
+func (p *Pod) RunningID(name string) (string, error) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	c, ok := p.ctrs[name]
+	if !ok {
+		return "", cellapi.Errorf(cellapi.KindNotFound, "container %q is not in pod %s", name, p.req.Pod.Name)
+	}
+	if c.running == nil {
+		return "", cellapi.Errorf(cellapi.KindNotFound, "container %q of pod %s is not running", name, p.req.Pod.Name)
+	}
+	return c.running.ID, nil
+}
+
 // ContainerStats returns the usage of each running container.
 func (p *Pod) ContainerStats() []cellapi.ContainerStats {
 	p.mu.Lock()

@@ -12,6 +12,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strings"
+	"sync"
 	"syscall"
 	"time"
 	"unsafe"
@@ -146,32 +147,159 @@ func runcError(logFile string, st ExitStatus) string {
 // Exec implements Execer with `runc exec`, which starts from the container's own process
 // settings. When ctx ends the exec'd process is killed.
 func (r *Runc) Exec(ctx context.Context, id string, args []string, stdio IO) (int, error) {
-	if len(args) == 0 {
+	return r.ExecProcess(ctx, id, ExecOptions{Args: args, Stdout: stdio.Stdout, Stderr: stdio.Stderr})
+}
+
+// ExecProcess implements Execer.
+//
+// With a terminal, runc in the foreground needs one itself: it gets the slave side of a pty
+// as its stdio and controlling terminal, makes the container process's own pty and relays
+// between the two, resizing the container's when ours changes (SIGWINCH).
+func (r *Runc) ExecProcess(ctx context.Context, id string, o ExecOptions) (int, error) {
+	if len(o.Args) == 0 {
 		return -1, fmt.Errorf("executing in container %s: no command", id)
 	}
-	cmd := exec.CommandContext(ctx, r.binary, append([]string{"--root", r.root, "exec", id}, args...)...)
-	var stderr bytes.Buffer
-	cmd.Stdout = stdio.Stdout
-	cmd.Stderr = &stderr
-	if stdio.Stderr != nil {
-		cmd.Stderr = io.MultiWriter(&stderr, stdio.Stderr)
+	runcArgs := []string{"--root", r.root, "exec"}
+	if o.TTY {
+		runcArgs = append(runcArgs, "--tty")
 	}
-	err := cmd.Run()
-	if ctx.Err() != nil {
-		return -1, fmt.Errorf("executing %q in container %s: %w", args[0], id, ctx.Err())
+	cmd := exec.Command(r.binary, append(append(runcArgs, id), o.Args...)...)
+	var stderr limitedWriter
+	cmd.Stderr = &stderr
+	var master *os.File
+	var stdinPipe io.WriteCloser
+	if o.TTY {
+		m, slave, err := openPTY()
+		if err != nil {
+			return -1, fmt.Errorf("executing in container %s: %w", id, err)
+		}
+		master = m
+		defer master.Close()
+		defer slave.Close()
+		_ = unix.IoctlSetWinsize(int(master.Fd()), unix.TIOCSWINSZ, &unix.Winsize{Row: 24, Col: 80})
+		cmd.Stdin, cmd.Stdout = slave, slave
+		cmd.Stderr = io.MultiWriter(slave, &stderr)
+		cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true, Setctty: true, Ctty: 0}
+	} else {
+		cmd.Stdout = o.Stdout
+		if o.Stderr != nil {
+			cmd.Stderr = io.MultiWriter(&stderr, o.Stderr)
+		}
+		if o.Stdin != nil {
+			// Not cmd.Stdin: Wait would wait for a reader that may never end.
+			var err error
+			if stdinPipe, err = cmd.StdinPipe(); err != nil {
+				return -1, fmt.Errorf("executing in container %s: %w", id, err)
+			}
+		}
+	}
+	if err := cmd.Start(); err != nil {
+		return -1, fmt.Errorf("executing %q in container %s: %w", o.Args[0], id, err)
+	}
+	waited := make(chan error, 1)
+	go func() { waited <- cmd.Wait() }()
+	outDone := make(chan struct{})
+	switch {
+	case master != nil:
+		if o.Stdin != nil {
+			go func() { _, _ = io.Copy(master, o.Stdin) }()
+		}
+		if o.Resize != nil {
+			go func() {
+				for ts := range o.Resize {
+					_ = unix.IoctlSetWinsize(int(master.Fd()), unix.TIOCSWINSZ, &unix.Winsize{Row: ts[1], Col: ts[0]})
+				}
+			}()
+		}
+		out := o.Stdout
+		if out == nil {
+			out = io.Discard
+		}
+		go func() {
+			_, _ = io.Copy(out, master) // ends with EIO once the slave is closed everywhere
+			close(outDone)
+		}()
+	default:
+		if stdinPipe != nil {
+			go func() {
+				_, _ = io.Copy(stdinPipe, o.Stdin)
+				stdinPipe.Close()
+			}()
+		}
+		close(outDone)
+	}
+	var err error
+	select {
+	case err = <-waited:
+		if master != nil {
+			// Drain what runc relayed; our copy of the slave must go for the read to end.
+			cmd.Stdin.(*os.File).Close()
+			select {
+			case <-outDone:
+			case <-time.After(2 * time.Second):
+			}
+		}
+	case <-ctx.Done():
+		_ = cmd.Process.Signal(syscall.SIGKILL)
+		<-waited
+		return -1, fmt.Errorf("executing %q in container %s: %w", o.Args[0], id, ctx.Err())
 	}
 	var ee *exec.ExitError
 	if errors.As(err, &ee) {
-		// runc exec exits 255 with a message when it could not start the process.
+		// runc exits 255 with a message when it could not start the process.
 		if ee.ExitCode() == 255 && strings.Contains(stderr.String(), "exec failed") {
-			return -1, fmt.Errorf("executing %q in container %s: %s", args[0], id, strings.TrimSpace(stderr.String()))
+			return -1, fmt.Errorf("executing %q in container %s: %s", o.Args[0], id, strings.TrimSpace(stderr.String()))
 		}
 		return ee.ExitCode(), nil
 	}
 	if err != nil {
-		return -1, fmt.Errorf("executing %q in container %s: %w", args[0], id, err)
+		return -1, fmt.Errorf("executing %q in container %s: %w", o.Args[0], id, err)
 	}
 	return 0, nil
+}
+
+// openPTY opens a new pseudo-terminal pair.
+func openPTY() (master, slave *os.File, err error) {
+	m, err := os.OpenFile("/dev/ptmx", os.O_RDWR|unix.O_NOCTTY|unix.O_CLOEXEC, 0)
+	if err != nil {
+		return nil, nil, fmt.Errorf("opening a pty: %w", err)
+	}
+	if err := unix.IoctlSetPointerInt(int(m.Fd()), unix.TIOCSPTLCK, 0); err != nil {
+		m.Close()
+		return nil, nil, fmt.Errorf("unlocking the pty: %w", err)
+	}
+	n, err := unix.IoctlGetInt(int(m.Fd()), unix.TIOCGPTN)
+	if err != nil {
+		m.Close()
+		return nil, nil, fmt.Errorf("naming the pty: %w", err)
+	}
+	sl, err := os.OpenFile(fmt.Sprintf("/dev/pts/%d", n), os.O_RDWR|unix.O_NOCTTY|unix.O_CLOEXEC, 0)
+	if err != nil {
+		m.Close()
+		return nil, nil, fmt.Errorf("opening the pty's slave: %w", err)
+	}
+	return m, sl, nil
+}
+
+// limitedWriter keeps the first 4 KiB written (runc's error messages).
+type limitedWriter struct {
+	mu  sync.Mutex
+	buf bytes.Buffer
+}
+
+func (w *limitedWriter) Write(p []byte) (int, error) {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	if room := 4096 - w.buf.Len(); room > 0 {
+		w.buf.Write(p[:min(room, len(p))])
+	}
+	return len(p), nil
+}
+
+func (w *limitedWriter) String() string {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	return w.buf.String()
 }
 
 var _ Execer = (*Runc)(nil)

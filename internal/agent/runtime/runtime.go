@@ -105,9 +105,21 @@ func NewContainer(id string, pid int, startedAt time.Time) (*Container, func(Exi
 	}
 }
 
-// Execer runs an extra process in a running container (probes, lifecycle hooks).
+// Execer runs an extra process in a running container (probes, hooks, kubectl exec).
 type Execer interface {
 	// Exec runs args in container id with the container's user, environment and working
 	// directory, and returns its exit code. An error means it could not be run at all.
 	Exec(ctx context.Context, id string, args []string, stdio IO) (int, error)
+	// ExecProcess is Exec with stdin and optionally a terminal.
+	ExecProcess(ctx context.Context, id string, o ExecOptions) (int, error)
+}
+
+// ExecOptions describe an exec'd process. With TTY, output comes on Stdout only, and Resize
+// carries terminal sizes as [width, height].
+type ExecOptions struct {
+	Args           []string
+	TTY            bool
+	Stdin          io.Reader
+	Stdout, Stderr io.Writer
+	Resize         <-chan [2]uint16
 }
