@@ -26,7 +26,7 @@ const (
 	WatchPath  = "/v1/pod/watch" // GET: newline-delimited JSON PodStatus, current first, then every change
 	LogsPath   = "/v1/logs/"     // GET /v1/logs/<container>?tail=&follow=&since=&sinceTime=&timestamps=&previous=&limitBytes=
 	StatsPath  = "/v1/stats"     // GET: Stats
-	ExecPath   = "/v1/exec/"     // reserved for exec/attach/port-forward
+	ExecPath   = "/v1/exec/"     // POST /v1/exec/<container>?command=&stdin=&tty=, upgraded (see Streamer)
 )
 
 // Agent is what runs inside a cell. The agent implements it; Client implements it over the
