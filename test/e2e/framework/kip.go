@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -96,9 +97,14 @@ func (k *Kip) waitNodeReady(ctx context.Context, since time.Time) error {
 		_, err = Until(ctx, k.env.Client.CoordinationV1().Leases("kube-node-lease"), sel,
 			func(ev watch.Event) (bool, error) {
 				l, ok := ev.Object.(*coordv1.Lease)
-				// RenewTime has microsecond precision; allow for truncation.
-				return ok && l.Spec.RenewTime != nil && !l.Spec.RenewTime.Time.Before(since.Add(-time.Second)), nil
+				// Strictly after this start: the previous kip may have renewed it a moment ago.
+				return ok && l.Spec.RenewTime != nil && l.Spec.RenewTime.Time.After(since), nil
 			})
+	}
+	if err == nil {
+		// The node's status and Lease may be written before the kubelet API listens; the
+		// previous kip's are no proof at all. Nothing announces the listener: dial it.
+		err = waitListening(ctx, net.JoinHostPort(k.env.BridgeIP.String(), "10250"))
 	}
 	if err != nil {
 		if k.exited() {
@@ -107,6 +113,25 @@ func (k *Kip) waitNodeReady(ctx context.Context, since time.Time) error {
 		return fmt.Errorf("waiting for node %s to be Ready: %w; kip log %s:\n%s", name, err, k.logPath, k.LogTail(30))
 	}
 	return nil
+}
+
+// waitListening dials addr until it accepts a TCP connection or ctx ends.
+func waitListening(ctx context.Context, addr string) error {
+	tick := time.NewTicker(50 * time.Millisecond)
+	defer tick.Stop()
+	var d net.Dialer
+	for {
+		c, err := d.DialContext(ctx, "tcp", addr)
+		if err == nil {
+			c.Close()
+			return nil
+		}
+		select {
+		case <-ctx.Done():
+			return fmt.Errorf("waiting for the kubelet API on %s: %w (last: %v)", addr, ctx.Err(), err)
+		case <-tick.C:
+		}
+	}
 }
 
 func nodeReady(n *corev1.Node) bool {

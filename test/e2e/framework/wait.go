@@ -73,10 +73,16 @@ func (e *Env) WaitForPod(ctx context.Context, ns, name string, timeout time.Dura
 func (e *Env) WaitForPodGone(ctx context.Context, ns, name string, timeout time.Duration) error {
 	ctx, cancel := context.WithTimeout(ctx, timeout)
 	defer cancel()
-	if _, err := e.Client.CoreV1().Pods(ns).Get(ctx, name, metav1.GetOptions{}); err != nil {
-		return nil //nolint:nilerr // any error (NotFound included) means there is nothing to wait for
+	sel := fields.OneTermEqualSelector("metadata.name", name).String()
+	list, err := e.Client.CoreV1().Pods(ns).List(ctx, metav1.ListOptions{FieldSelector: sel})
+	if err != nil {
+		return fmt.Errorf("waiting for pod %s/%s to be deleted: %w", ns, name, err)
 	}
-	_, err := Until(ctx, e.Client.CoreV1().Pods(ns), fields.OneTermEqualSelector("metadata.name", name),
+	if len(list.Items) == 0 {
+		return nil
+	}
+	// Watch from the list's version, so a deletion between the list and the watch is seen.
+	_, err = UntilOpts(ctx, e.Client.CoreV1().Pods(ns), metav1.ListOptions{FieldSelector: sel, ResourceVersion: list.ResourceVersion},
 		func(ev watch.Event) (bool, error) { return ev.Type == watch.Deleted, nil })
 	if err != nil {
 		return fmt.Errorf("waiting for pod %s/%s to be deleted: %w", ns, name, err)
