@@ -5,6 +5,8 @@ import (
 	"context"
 	"crypto/tls"
 	"encoding/json"
+	"errors"
+	"io"
 	"log/slog"
 	"net"
 	"net/http"
@@ -15,6 +17,9 @@ import (
 	"github.com/virtual-kubelet/virtual-kubelet/node/nodeutil"
 	authzv1 "k8s.io/api/authorization/v1"
 	corev1 "k8s.io/api/core/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/runtime/schema"
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/kubernetes/fake"
 	"k8s.io/client-go/rest"
@@ -287,5 +292,49 @@ func TestDemotedLogging(t *testing.T) {
 		if !bytes.Contains(buf.Bytes(), []byte(want)) {
 			t.Errorf("missing %q in %s", want, out)
 		}
+	}
+}
+
+func TestRecreateNode(t *testing.T) {
+	ctx := context.Background()
+	client := fake.NewClientset()
+	cfg := config.NewDefault()
+	r := &runner{cfg: cfg, client: client, log: slog.New(slog.NewTextHandler(io.Discard, nil))}
+	spec := nodeSpec(cfg, "10.250.0.1")
+	spec.ResourceVersion = "42"
+	handle := r.recreateNode(spec)
+
+	other := errors.New("apiserver unavailable")
+	if err := handle(ctx, other); err != other {
+		t.Errorf("a non-NotFound error was handled: %v", err)
+	}
+	gone := apierrors.NewNotFound(schema.GroupResource{Resource: "nodes"}, spec.Name)
+	if err := handle(ctx, gone); err != nil {
+		t.Fatalf("re-registering: %v", err)
+	}
+	n, err := client.CoreV1().Nodes().Get(ctx, spec.Name, metav1.GetOptions{})
+	if err != nil {
+		t.Fatalf("the node was not registered again: %v", err)
+	}
+	if n.Labels["type"] != "virtual-kubelet" {
+		t.Errorf("re-registered node lost its labels: %v", n.Labels)
+	}
+	if err := handle(ctx, gone); err != nil {
+		t.Errorf("a second NotFound while the node exists: %v", err)
+	}
+}
+
+func TestLazyHandler(t *testing.T) {
+	var h lazyHandler
+	rec := httptest.NewRecorder()
+	h.ServeHTTP(rec, httptest.NewRequest(http.MethodGet, "/pods", nil))
+	if rec.Code != http.StatusServiceUnavailable {
+		t.Errorf("before routes exist: %d, want 503", rec.Code)
+	}
+	h.set(http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) { w.WriteHeader(http.StatusTeapot) }))
+	rec = httptest.NewRecorder()
+	h.ServeHTTP(rec, httptest.NewRequest(http.MethodGet, "/pods", nil))
+	if rec.Code != http.StatusTeapot {
+		t.Errorf("after set: %d", rec.Code)
 	}
 }
