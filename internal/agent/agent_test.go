@@ -322,6 +322,39 @@ func TestExitCode3FailsPod(t *testing.T) {
 	h.deletePod(time.Second)
 }
 
+func TestSidecarRunsBesideAppAndStopsAfter(t *testing.T) {
+	h := newHarness(t, fastBackOff)
+	always := corev1.ContainerRestartPolicyAlways
+	side := corev1.Container{Name: "side", Image: h.img("sleeper"), RestartPolicy: &always,
+		VolumeMounts: []corev1.VolumeMount{{Name: "shared", MountPath: "/shared"}}}
+	side.Command = []string{"/bin/sh", "-c", `trap "exit 0" TERM; echo up > /shared/side; while true; do sleep 1; done`}
+	side.StartupProbe = &corev1.Probe{ProbeHandler: corev1.ProbeHandler{Exec: &corev1.ExecAction{Command: []string{"cat", "/shared/side"}}}, PeriodSeconds: 1}
+	check := shell("check", h.img("busybox"), "cat /shared/side")
+	check.VolumeMounts = side.VolumeMounts
+	app := shell("app", h.img("busybox"), "cat /shared/side; echo app done")
+	app.VolumeMounts = side.VolumeMounts
+	p := newPod("sidecar", corev1.RestartPolicyNever, app)
+	p.Spec.InitContainers = []corev1.Container{side, check}
+	p.Spec.Volumes = []corev1.Volume{{Name: "shared", VolumeSource: corev1.VolumeSource{EmptyDir: &corev1.EmptyDirVolumeSource{}}}}
+	if _, err := h.client.PutPod(t.Context(), &cellapi.PodRequest{Pod: p}); err != nil {
+		t.Fatal(err)
+	}
+	seen := h.watchUntil(60*time.Second, func(s *cellapi.PodStatus) bool {
+		return s.Phase == corev1.PodSucceeded && s.InitContainerStatuses[0].State.Terminated != nil
+	})
+	last := seen[len(seen)-1]
+	if term := last.InitContainerStatuses[0].State.Terminated; term.ExitCode != 0 {
+		t.Errorf("sidecar ended %+v, want exit 0 from its TERM trap", term)
+	}
+	if term := last.InitContainerStatuses[1].State.Terminated; term == nil || term.ExitCode != 0 {
+		t.Errorf("init after the sidecar: %+v", last.InitContainerStatuses[1].State)
+	}
+	if got := h.logs("app", cellapi.LogOptions{}); got != "up\napp done\n" {
+		t.Errorf("app logs %q", got)
+	}
+	h.deletePod(time.Second)
+}
+
 func TestTerminationMessages(t *testing.T) {
 	h := newHarness(t, fastBackOff)
 	fallback := shell("fallback", h.img("busybox"), "echo line1; echo host=$HOSTNAME; exit 2")

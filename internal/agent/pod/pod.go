@@ -94,6 +94,9 @@ type Pod struct {
 	ctx    context.Context
 	cancel context.CancelFunc
 	wg     sync.WaitGroup
+	// sidecarCtx is the sidecars' context, ended by stopSidecars.
+	sidecarCtx    context.Context
+	stopSidecarsF context.CancelFunc
 
 	mu       sync.Mutex
 	status   cellapi.PodStatus
@@ -116,6 +119,21 @@ type ctr struct {
 	backOff backOff
 	// killReason explains why the agent killed the current run (a failed probe or hook).
 	killReason string
+	// ctx ends the container's pulls, starts and restarts: the pod's, or for sidecars the
+	// sidecars' (ended once the app containers are done).
+	ctx context.Context
+	// sidecar is an init container with restartPolicy Always: it starts in order, keeps
+	// running and restarting beside the app containers, and stops after them.
+	sidecar bool
+	// startedOnce is closed when the container first counts as started.
+	startedOnce chan struct{}
+	startedSet  sync.Once
+}
+
+func (c *ctr) markStarted() { c.startedSet.Do(func() { close(c.startedOnce) }) }
+
+func isSidecar(c *corev1.Container) bool {
+	return c.RestartPolicy != nil && *c.RestartPolicy == corev1.ContainerRestartPolicyAlways
 }
 
 // Start validates req, lays out the pod directory and starts supervising the pod.
@@ -144,6 +162,7 @@ func Start(cfg Config, req *cellapi.PodRequest) (*Pod, error) {
 		cfg: cfg, req: req, spec: &req.Pod.Spec, ctx: ctx, cancel: cancel,
 		ctrs: map[string]*ctr{}, stopped: make(chan struct{}),
 	}
+	p.sidecarCtx, p.stopSidecarsF = context.WithCancel(ctx)
 	p.status = cellapi.PodStatus{UID: string(req.Pod.UID), Seq: cfg.FirstSeq, Phase: corev1.PodPending, StartTime: cfg.Clock.Now().UTC().Truncate(time.Second)}
 	bo := backOff{base: cfg.BackOff.Base, max: cfg.BackOff.Max, reset: cfg.BackOff.Reset}
 	waitReason := ReasonContainerCreating
@@ -152,7 +171,11 @@ func Start(cfg Config, req *cellapi.PodRequest) (*Pod, error) {
 	}
 	for i := range p.spec.InitContainers {
 		c := &p.spec.InitContainers[i]
-		p.ctrs[c.Name] = &ctr{spec: c, init: true, idx: i, backOff: bo}
+		cc := &ctr{spec: c, init: true, idx: i, backOff: bo, ctx: ctx, startedOnce: make(chan struct{})}
+		if isSidecar(c) {
+			cc.sidecar, cc.ctx = true, p.sidecarCtx
+		}
+		p.ctrs[c.Name] = cc
 		p.status.InitContainerStatuses = append(p.status.InitContainerStatuses, corev1.ContainerStatus{
 			Name: c.Name, Image: c.Image, State: waiting(ReasonPodInitializing, ""),
 		})
@@ -162,7 +185,7 @@ func Start(cfg Config, req *cellapi.PodRequest) (*Pod, error) {
 	}
 	for i := range p.spec.Containers {
 		c := &p.spec.Containers[i]
-		p.ctrs[c.Name] = &ctr{spec: c, idx: i, backOff: bo}
+		p.ctrs[c.Name] = &ctr{spec: c, idx: i, backOff: bo, ctx: ctx, startedOnce: make(chan struct{})}
 		p.status.ContainerStatuses = append(p.status.ContainerStatuses, corev1.ContainerStatus{
 			Name: c.Name, Image: c.Image, State: waiting(waitReason, ""), Started: new(bool),
 		})
@@ -232,7 +255,7 @@ func (p *Pod) publishLocked() {
 	p.status.Seq++
 	p.status.Phase = phase(p.spec, p.status.InitContainerStatuses, p.status.ContainerStatuses)
 	now := p.cfg.Clock.Now().UTC().Truncate(time.Second)
-	p.status.Conditions = conditions(p.status.Conditions, p.status.InitContainerStatuses, p.status.ContainerStatuses, now)
+	p.status.Conditions = conditions(p.spec, p.status.Conditions, p.status.InitContainerStatuses, p.status.ContainerStatuses, now)
 	p.cfg.Notify(p.snapshotLocked())
 }
 
@@ -246,8 +269,24 @@ func (p *Pod) restartPolicy() corev1.RestartPolicy {
 // run runs the init containers in order, then supervises every app container.
 func (p *Pod) run() {
 	defer p.wg.Done()
+	var sidecars []*ctr
 	for i := range p.spec.InitContainers {
 		c := p.ctrs[p.spec.InitContainers[i].Name]
+		if c.sidecar {
+			sidecars = append(sidecars, c)
+			p.wg.Add(1)
+			go p.superviseSidecar(c)
+			select {
+			case <-c.startedOnce: // the next init container waits for the sidecar to start
+			case <-p.ctx.Done():
+				return
+			}
+			if i+1 < len(p.spec.InitContainers) {
+				next := p.ctrs[p.spec.InitContainers[i+1].Name]
+				p.update(next, func(s *corev1.ContainerStatus) { s.State = waiting(ReasonContainerCreating, "") })
+			}
+			continue
+		}
 		for {
 			out := p.runOnce(c)
 			if p.ctx.Err() != nil {
@@ -269,13 +308,45 @@ func (p *Pod) run() {
 			p.update(next, func(s *corev1.ContainerStatus) { s.State = waiting(ReasonContainerCreating, "") })
 		}
 	}
+	var apps sync.WaitGroup
 	for i := range p.spec.Containers {
 		c := p.ctrs[p.spec.Containers[i].Name]
 		if len(p.spec.InitContainers) > 0 {
 			p.update(c, func(s *corev1.ContainerStatus) { s.State = waiting(ReasonContainerCreating, "") })
 		}
 		p.wg.Add(1)
-		go p.supervise(c)
+		apps.Add(1)
+		go func() {
+			defer apps.Done()
+			p.supervise(c)
+		}()
+	}
+	// Once every app container is done for good, the sidecars stop, last started first.
+	apps.Wait()
+	if p.ctx.Err() == nil && len(sidecars) > 0 {
+		p.stopSidecarsF()
+		for i := len(sidecars) - 1; i >= 0; i-- {
+			p.mu.Lock()
+			run := sidecars[i].running
+			p.mu.Unlock()
+			if run != nil {
+				p.stopRun(run, p.GracePeriod())
+			}
+		}
+	}
+}
+
+// superviseSidecar runs a sidecar and restarts it whenever it exits, until the sidecars stop.
+func (p *Pod) superviseSidecar(c *ctr) {
+	defer p.wg.Done()
+	for {
+		out := p.runOnce(c)
+		if c.ctx.Err() != nil {
+			return
+		}
+		if !p.backOffRestart(c, out) {
+			return
+		}
 	}
 }
 
@@ -331,7 +402,7 @@ func (p *Pod) backOffRestart(c *ctr, out outcome) bool {
 	})
 	select {
 	case <-p.cfg.Clock.After(delay):
-	case <-p.ctx.Done():
+	case <-c.ctx.Done():
 		return false
 	}
 	p.update(c, func(s *corev1.ContainerStatus) { s.RestartCount++ })
@@ -369,10 +440,10 @@ func (p *Pod) runOnce(c *ctr) outcome {
 		p.update(c, func(s *corev1.ContainerStatus) { s.State = waiting(ReasonCreateContainerError, err.Error()) })
 		return outcome{stage: ReasonCreateContainerError}
 	}
-	started, err := p.cfg.Runtime.Start(p.ctx, id, bundle, runtime.IO{Stdout: logw.Stream("stdout"), Stderr: logw.Stream("stderr")})
+	started, err := p.cfg.Runtime.Start(c.ctx, id, bundle, runtime.IO{Stdout: logw.Stream("stdout"), Stderr: logw.Stream("stderr")})
 	if err != nil {
 		_ = logw.Close()
-		if p.ctx.Err() != nil {
+		if c.ctx.Err() != nil {
 			return outcome{stage: ReasonRunContainerError}
 		}
 		now := metav1.NewTime(p.cfg.Clock.Now())
@@ -382,7 +453,7 @@ func (p *Pod) runOnce(c *ctr) outcome {
 			msg = se.Message
 		}
 		p.cfg.Log.Info("starting container failed", "pod", p.UID(), "container", c.spec.Name, "err", msg)
-		policyStops := p.restartPolicy() == corev1.RestartPolicyNever
+		policyStops := p.restartPolicy() == corev1.RestartPolicyNever && !c.sidecar
 		p.update(c, func(s *corev1.ContainerStatus) {
 			term := &corev1.ContainerStateTerminated{
 				ExitCode: 128, Reason: ReasonContainerCannotRun, Message: msg,
@@ -401,7 +472,7 @@ func (p *Pod) runOnce(c *ctr) outcome {
 
 	p.mu.Lock()
 	c.running = started
-	if p.stopping {
+	if p.stopping || c.ctx.Err() != nil {
 		sig := syscall.SIGTERM
 		if p.killing {
 			sig = syscall.SIGKILL
@@ -418,10 +489,13 @@ func (p *Pod) runOnce(c *ctr) outcome {
 		s.State = corev1.ContainerState{Running: &corev1.ContainerStateRunning{StartedAt: startedAt}}
 		s.ContainerID = "runc://" + id
 		s.ImageID = img.ImageID
-		s.Ready = !c.init && spec.ReadinessProbe == nil && spec.StartupProbe == nil
+		s.Ready = (!c.init || c.sidecar) && spec.ReadinessProbe == nil && spec.StartupProbe == nil
 		st := spec.StartupProbe == nil
 		s.Started = &st
 	})
+	if spec.StartupProbe == nil {
+		c.markStarted()
+	}
 
 	runCtx, endRun := context.WithCancel(p.ctx)
 	go func() {
@@ -432,7 +506,7 @@ func (p *Pod) runOnce(c *ctr) outcome {
 				return
 			}
 		}
-		if !c.init && (spec.StartupProbe != nil || spec.LivenessProbe != nil || spec.ReadinessProbe != nil) {
+		if (!c.init || c.sidecar) && (spec.StartupProbe != nil || spec.LivenessProbe != nil || spec.ReadinessProbe != nil) {
 			p.probeLoop(runCtx, c, id)
 		}
 	}()
@@ -480,19 +554,19 @@ func (p *Pod) pull(c *ctr) *image.Image {
 	}
 	bo := backOff{base: p.cfg.BackOff.Base, max: p.cfg.BackOff.Max, reset: p.cfg.BackOff.Reset}
 	for {
-		img, err := p.cfg.Images.Pull(p.ctx, c.spec.Image, p.req.PullSecrets)
+		img, err := p.cfg.Images.Pull(c.ctx, c.spec.Image, p.req.PullSecrets)
 		if err == nil {
 			c.image = img
 			return img
 		}
-		if p.ctx.Err() != nil {
+		if c.ctx.Err() != nil {
 			return nil
 		}
 		if image.IsInvalidReference(err) {
 			p.update(c, func(s *corev1.ContainerStatus) {
 				s.State = waiting(ReasonInvalidImageName, fmt.Sprintf("Failed to apply default image tag %q: %v", c.spec.Image, err))
 			})
-			<-p.ctx.Done()
+			<-c.ctx.Done()
 			return nil
 		}
 		p.cfg.Log.Info("pulling image failed", "pod", p.UID(), "container", c.spec.Name, "image", c.spec.Image, "err", err)
@@ -503,7 +577,7 @@ func (p *Pod) pull(c *ctr) *image.Image {
 		shown := min(delay/2, errImagePullShown)
 		select {
 		case <-p.cfg.Clock.After(shown):
-		case <-p.ctx.Done():
+		case <-c.ctx.Done():
 			return nil
 		}
 		p.update(c, func(s *corev1.ContainerStatus) {
@@ -511,7 +585,7 @@ func (p *Pod) pull(c *ctr) *image.Image {
 		})
 		select {
 		case <-p.cfg.Clock.After(delay - shown):
-		case <-p.ctx.Done():
+		case <-c.ctx.Done():
 			return nil
 		}
 	}

@@ -237,9 +237,10 @@ func (p *Pod) probeLoop(ctx context.Context, c *ctr, id string) {
 						t := true
 						s.Started = &t
 						if spec.ReadinessProbe == nil {
-							s.Ready = !c.init
+							s.Ready = !c.init || c.sidecar
 						}
 					})
+					c.markStarted()
 				} else if st.failure >= threshold(pr.FailureThreshold, 3) {
 					p.killRun(c, id, "startup", msg)
 					return

@@ -31,7 +31,13 @@ func phase(spec *corev1.PodSpec, init, app []corev1.ContainerStatus) corev1.PodP
 		policy = corev1.RestartPolicyAlways
 	}
 	pendingInit := 0
-	for _, s := range init {
+	for i, s := range init {
+		if i < len(spec.InitContainers) && isSidecar(&spec.InitContainers[i]) {
+			if !sidecarStarted(s) {
+				pendingInit++
+			}
+			continue // a sidecar's exits never fail the pod
+		}
 		switch {
 		case s.State.Terminated != nil && s.State.Terminated.ExitCode == 0:
 		case s.State.Terminated != nil:
@@ -87,14 +93,20 @@ func phase(spec *corev1.PodSpec, init, app []corev1.ContainerStatus) corev1.PodP
 
 // conditions returns Initialized, ContainersReady and Ready, keeping the transition times of
 // those that did not change.
-func conditions(prev []corev1.PodCondition, init, app []corev1.ContainerStatus, now time.Time) []corev1.PodCondition {
+func conditions(spec *corev1.PodSpec, prev []corev1.PodCondition, init, app []corev1.ContainerStatus, now time.Time) []corev1.PodCondition {
 	initialized := true
-	for _, s := range init {
+	ready := true
+	for i, s := range init {
+		if i < len(spec.InitContainers) && isSidecar(&spec.InitContainers[i]) {
+			initialized = initialized && sidecarStarted(s)
+			ready = ready && s.Ready // sidecars count for readiness, as in kubelet
+			continue
+		}
 		if s.State.Terminated == nil || s.State.Terminated.ExitCode != 0 {
 			initialized = false
 		}
 	}
-	ready := initialized
+	ready = ready && initialized
 	for _, s := range app {
 		if !s.Ready {
 			ready = false
@@ -143,4 +155,10 @@ func (b *backOff) next(ranFor time.Duration) time.Duration {
 		b.cur = b.max
 	}
 	return b.cur
+}
+
+// sidecarStarted reports whether a sidecar has ever started: then the pod counts as
+// initialized past it, even while the sidecar restarts.
+func sidecarStarted(s corev1.ContainerStatus) bool {
+	return (s.Started != nil && *s.Started) || s.RestartCount > 0 || s.LastTerminationState.Terminated != nil || s.State.Terminated != nil
 }

@@ -64,11 +64,40 @@ func TestPhase(t *testing.T) {
 	}
 }
 
+func TestPhaseWithSidecar(t *testing.T) {
+	always := corev1.ContainerRestartPolicyAlways
+	spec := &corev1.PodSpec{RestartPolicy: corev1.RestartPolicyNever, InitContainers: []corev1.Container{{Name: "side", RestartPolicy: &always}}}
+	started := running()
+	started.Started = ptrTo(true)
+	notStarted := running()
+	notStarted.Started = ptrTo(false)
+	cs := func(s ...corev1.ContainerStatus) []corev1.ContainerStatus { return s }
+	cases := []struct {
+		name      string
+		init, app []corev1.ContainerStatus
+		want      corev1.PodPhase
+	}{
+		{"sidecar starting", cs(notStarted), cs(waitingFor(ReasonPodInitializing)), corev1.PodPending},
+		{"sidecar started, app running", cs(started), cs(running()), corev1.PodRunning},
+		{"app done, sidecar still running", cs(started), cs(exited(0)), corev1.PodSucceeded},
+		{"app done, sidecar killed", cs(exited(143)), cs(exited(0)), corev1.PodSucceeded},
+		{"app failed", cs(started), cs(exited(1)), corev1.PodFailed},
+		{"sidecar crashlooping does not fail", cs(crashLooping(1)), cs(running()), corev1.PodRunning},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			if got := phase(spec, tc.init, tc.app); got != tc.want {
+				t.Errorf("phase = %s, want %s", got, tc.want)
+			}
+		})
+	}
+}
+
 func TestConditionsKeepTransitionTimes(t *testing.T) {
 	t0 := time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)
-	c1 := conditions(nil, nil, []corev1.ContainerStatus{waitingFor(ReasonContainerCreating)}, t0)
-	c2 := conditions(c1, nil, []corev1.ContainerStatus{waitingFor(ReasonContainerCreating)}, t0.Add(time.Minute))
-	c3 := conditions(c2, nil, []corev1.ContainerStatus{running()}, t0.Add(2*time.Minute))
+	c1 := conditions(&corev1.PodSpec{}, nil, nil, []corev1.ContainerStatus{waitingFor(ReasonContainerCreating)}, t0)
+	c2 := conditions(&corev1.PodSpec{}, c1, nil, []corev1.ContainerStatus{waitingFor(ReasonContainerCreating)}, t0.Add(time.Minute))
+	c3 := conditions(&corev1.PodSpec{}, c2, nil, []corev1.ContainerStatus{running()}, t0.Add(2*time.Minute))
 	get := func(cs []corev1.PodCondition, typ corev1.PodConditionType) corev1.PodCondition {
 		for _, c := range cs {
 			if c.Type == typ {
@@ -159,3 +188,5 @@ func TestValidate(t *testing.T) {
 		})
 	}
 }
+
+func ptrTo[T any](v T) *T { return &v }

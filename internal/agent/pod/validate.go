@@ -69,6 +69,9 @@ func Validate(req *cellapi.PodRequest) error {
 				return invalid(f+".name", fmt.Sprintf("duplicate container name %q", c.Name))
 			}
 			names[c.Name] = true
+			if c.RestartPolicy != nil && (kind != "initContainers" || *c.RestartPolicy != corev1.ContainerRestartPolicyAlways) {
+				return invalid(f+".restartPolicy", fmt.Sprintf("%q: only init containers may set it, and only to Always (a sidecar)", *c.RestartPolicy))
+			}
 			if strings.TrimSpace(c.Image) == "" {
 				return invalid(f+".image", "required")
 			}
