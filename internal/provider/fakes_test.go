@@ -62,12 +62,14 @@ func (a *fakeAgent) Stats(context.Context) (*cellapi.Stats, error) {
 // fakeCells is a hand-written Cells: pods by namespace/name, one agent each, a call log and
 // an error to return from the next lifecycle call.
 type fakeCells struct {
-	mu      sync.Mutex
-	pods    map[string]*corev1.Pod
-	agents  map[string]*fakeAgent
-	calls   []string
-	nextErr error
-	notify  func(*corev1.Pod)
+	mu     sync.Mutex
+	pods   map[string]*corev1.Pod
+	agents map[string]*fakeAgent
+	// agentsAny overrides agents with any Agent implementation.
+	agentsAny map[string]cellapi.Agent
+	calls     []string
+	nextErr   error
+	notify    func(*corev1.Pod)
 }
 
 var _ Cells = (*fakeCells)(nil)
@@ -133,6 +135,9 @@ func (f *fakeCells) Agent(ns, name string) (cellapi.Agent, error) {
 	defer f.mu.Unlock()
 	if _, ok := f.pods[ns+"/"+name]; !ok {
 		return nil, errors.New("pod not found")
+	}
+	if a, ok := f.agentsAny[ns+"/"+name]; ok {
+		return a, nil
 	}
 	a, ok := f.agents[ns+"/"+name]
 	if !ok {

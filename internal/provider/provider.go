@@ -339,18 +339,3 @@ func logOptions(o api.ContainerLogOpts) cellapi.LogOptions {
 	}
 	return out
 }
-
-// RunInContainer is not implemented yet: the agent's exec stream is reserved (cellapi.ExecPath).
-func (p *Provider) RunInContainer(_ context.Context, namespace, podName, containerName string, _ []string, _ api.AttachIO) error {
-	return errdefs.AsInvalidInput(fmt.Errorf("exec into %s/%s/%s: %w", namespace, podName, containerName, errNotImplemented))
-}
-
-// AttachToContainer is not implemented yet.
-func (p *Provider) AttachToContainer(_ context.Context, namespace, podName, containerName string, _ api.AttachIO) error {
-	return errdefs.AsInvalidInput(fmt.Errorf("attach to %s/%s/%s: %w", namespace, podName, containerName, errNotImplemented))
-}
-
-// PortForward is not implemented yet.
-func (p *Provider) PortForward(_ context.Context, namespace, podName string, port int32, _ io.ReadWriteCloser) error {
-	return errdefs.AsInvalidInput(fmt.Errorf("port-forward to %s/%s:%d: %w", namespace, podName, port, errNotImplemented))
-}

@@ -100,8 +100,17 @@ func TestErrdefsMapping(t *testing.T) {
 			call: func(p *Provider) error { return p.UpdatePod(ctx, known) }, wantNotFound: true},
 		{name: "create with an internal error stays internal", cellsErr: errors.New("boom"),
 			call: func(p *Provider) error { return p.CreatePod(ctx, runningPod("ns", "new")) }},
-		{name: "exec is refused", call: func(p *Provider) error {
+		{name: "exec before the cell exists", call: func(p *Provider) error {
 			return p.RunInContainer(ctx, "ns", "web", "app", []string{"sh"}, nil)
+		}, wantNotFound: true},
+		{name: "exec in an unknown container", call: func(p *Provider) error {
+			return p.RunInContainer(ctx, "ns", "web", "nope", []string{"sh"}, nil)
+		}, wantNotFound: true},
+		{name: "attach is not offered", call: func(p *Provider) error {
+			return p.AttachToContainer(ctx, "ns", "web", "app", nil)
+		}, wantInvalid: true},
+		{name: "port-forward to a bad port", call: func(p *Provider) error {
+			return p.PortForward(ctx, "ns", "web", 0, nil)
 		}, wantInvalid: true},
 	}
 	for _, tc := range tests {

@@ -174,6 +174,8 @@ func (r *runner) run(ctx context.Context) error {
 			resolver.Store(res)
 			routes.set(api.PodHandler(api.PodHandlerConfig{
 				GetContainerLogs: prov.GetContainerLogs,
+				RunInContainer:   prov.RunInContainer,
+				PortForward:      prov.PortForward,
 				GetPods:          prov.RunningPods,
 				GetPodsFromKubernetes: func(context.Context) ([]*corev1.Pod, error) {
 					return pc.Pods.List(labels.Everything())
@@ -182,7 +184,7 @@ func (r *runner) run(ctx context.Context) error {
 				GetMetricsResource:    prov.GetMetricsResource,
 				StreamIdleTimeout:     30 * time.Minute,
 				StreamCreationTimeout: 30 * time.Second,
-				// exec, attach and port-forward are answered 501 until the agent streams them.
+				// attach is answered 501 until the agent offers it.
 			}, true))
 			return prov, nil, nil
 		},
