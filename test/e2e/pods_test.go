@@ -102,13 +102,12 @@ func TestJobEcho(t *testing.T) {
 	}
 
 	// The story: scheduled by the scheduler, then kip's steps and kubelet-style container events.
-	events := e.EventsFor(ctx, ns, pod.Name)
 	for _, reason := range []string{"Scheduled", "InstanceTypeSelected", "CellLaunched", "CellReady", "Pulled", "Started", "CellTerminated"} {
 		if _, err := e.WaitForEvent(ctx, ns, pod.Name, reason, 30*time.Second); err != nil {
 			t.Errorf("no %s event: %v", reason, err)
 		}
 	}
-	t.Logf("events of %s:\n%s", pod.Name, events)
+	t.Logf("events of %s:\n%s", pod.Name, e.EventsFor(ctx, ns, pod.Name))
 }
 
 // TestExitCode: a container exiting 3 with restartPolicy Never fails the pod with exit code 3
