@@ -200,12 +200,17 @@ func (o *options) up(ctx context.Context) (err error) {
 	}
 
 	o.step("setting up bridge %s (%s)", o.bridge, o.subnet)
+	backendLog, err := os.OpenFile(filepath.Join(st.LogDir, "local-backend.log"), os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o600)
+	if err != nil {
+		return fmt.Errorf("opening the local backend's log: %w", err)
+	}
+	teardown = append(teardown, func(context.Context) error { return backendLog.Close() })
 	backend, err := local.New(local.Config{
 		StateDir:     st.CellsDir,
 		Bridge:       o.bridge,
 		Subnet:       o.subnet,
 		AgentCommand: []string{o.cellBin},
-		Logger:       slog.New(slog.NewTextHandler(io.Discard, nil)),
+		Logger:       slog.New(slog.NewTextHandler(backendLog, nil)),
 	})
 	if err != nil {
 		return fmt.Errorf("making the local backend: %w", err)
