@@ -102,7 +102,7 @@ func newVPC(t testing.TB) *vpc {
 	tag := randHex(2)
 	var sub [1]byte
 	rand.Read(sub[:])
-	v := &vpc{t: t, state: filepath.Join(t.TempDir(), "state"), bridge: "kc" + tag, cgroup: "kip-c" + tag}
+	v := &vpc{t: t, state: filepath.Join(t.TempDir(), "state"), bridge: "kcell" + tag, cgroup: "kip-celltest-" + tag}
 	var err error
 	v.backend, err = local.New(local.Config{
 		StateDir:     v.state,
