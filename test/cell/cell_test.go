@@ -95,6 +95,9 @@ type vpc struct {
 
 func newVPC(t testing.TB) *vpc {
 	t.Helper()
+	if testing.Short() {
+		t.Skip("skipping in -short mode: boots real cells and builds cmd/kip-cell")
+	}
 	testenv.RequireRunc(t)
 	if _, err := exec.LookPath("busybox"); err != nil {
 		t.Skip("busybox-static is not installed")
