@@ -1,6 +1,7 @@
 package provider
 
 import (
+	"context"
 	"fmt"
 	"math"
 	"net"
@@ -43,10 +44,10 @@ func (l *envList) vars() []corev1.EnvVar {
 // builds a container's environment: envFrom sources in order, then env entries (with $(VAR)
 // expansion over what is defined so far and the service variables), then the service
 // variables not defined otherwise.
-func (r *Resolver) containerEnv(pod *corev1.Pod, c *corev1.Container, svc *envList) ([]corev1.EnvVar, error) {
+func (r *Resolver) containerEnv(ctx context.Context, pod *corev1.Pod, c *corev1.Container, svc *envList) ([]corev1.EnvVar, error) {
 	env := newEnvList()
 	for _, ef := range c.EnvFrom {
-		if err := r.envFrom(pod, c, ef, env); err != nil {
+		if err := r.envFrom(ctx, pod, c, ef, env); err != nil {
 			return nil, err
 		}
 	}
@@ -62,7 +63,7 @@ func (r *Resolver) containerEnv(pod *corev1.Pod, c *corev1.Container, svc *envLi
 			env.set(e.Name, expand(e.Value, lookup))
 			continue
 		}
-		v, ok, err := r.envValueFrom(pod, c, e)
+		v, ok, err := r.envValueFrom(ctx, pod, c, e)
 		if err != nil {
 			return nil, err
 		}
@@ -78,7 +79,7 @@ func (r *Resolver) containerEnv(pod *corev1.Pod, c *corev1.Container, svc *envLi
 	return env.vars(), nil
 }
 
-func (r *Resolver) envFrom(pod *corev1.Pod, c *corev1.Container, ef corev1.EnvFromSource, env *envList) error {
+func (r *Resolver) envFrom(ctx context.Context, pod *corev1.Pod, c *corev1.Container, ef corev1.EnvFromSource, env *envList) error {
 	var (
 		data     map[string]string
 		kind     string
@@ -89,7 +90,7 @@ func (r *Resolver) envFrom(pod *corev1.Pod, c *corev1.Container, ef corev1.EnvFr
 	case ef.ConfigMapRef != nil:
 		kind, name = "configmap", ef.ConfigMapRef.Name
 		optional = ef.ConfigMapRef.Optional != nil && *ef.ConfigMapRef.Optional
-		cm, err := r.cfg.ConfigMaps.ConfigMaps(pod.Namespace).Get(name)
+		cm, err := r.configMap(ctx, pod.Namespace, name)
 		switch {
 		case apierrors.IsNotFound(err) && optional:
 			r.warn(pod, ReasonOptionalConfigMapNotFound, "configmap %q not found (optional, container %s)", name, c.Name)
@@ -103,7 +104,7 @@ func (r *Resolver) envFrom(pod *corev1.Pod, c *corev1.Container, ef corev1.EnvFr
 	case ef.SecretRef != nil:
 		kind, name = "secret", ef.SecretRef.Name
 		optional = ef.SecretRef.Optional != nil && *ef.SecretRef.Optional
-		s, err := r.cfg.Secrets.Secrets(pod.Namespace).Get(name)
+		s, err := r.secret(ctx, pod.Namespace, name)
 		switch {
 		case apierrors.IsNotFound(err) && optional:
 			r.warn(pod, ReasonOptionalSecretNotFound, "secret %q not found (optional, container %s)", name, c.Name)
@@ -143,13 +144,13 @@ func (r *Resolver) envFrom(pod *corev1.Pod, c *corev1.Container, ef corev1.EnvFr
 
 // envValueFrom resolves one valueFrom; ok is false when an optional source is missing (the
 // variable is then left out).
-func (r *Resolver) envValueFrom(pod *corev1.Pod, c *corev1.Container, e corev1.EnvVar) (string, bool, error) {
+func (r *Resolver) envValueFrom(ctx context.Context, pod *corev1.Pod, c *corev1.Container, e corev1.EnvVar) (string, bool, error) {
 	vf := e.ValueFrom
 	switch {
 	case vf.ConfigMapKeyRef != nil:
 		ref := vf.ConfigMapKeyRef
 		optional := ref.Optional != nil && *ref.Optional
-		cm, err := r.cfg.ConfigMaps.ConfigMaps(pod.Namespace).Get(ref.Name)
+		cm, err := r.configMap(ctx, pod.Namespace, ref.Name)
 		switch {
 		case apierrors.IsNotFound(err) && optional:
 			r.warn(pod, ReasonOptionalConfigMapNotFound, "skipping optional envvar %q: configmap %q not found", e.Name, ref.Name)
@@ -173,7 +174,7 @@ func (r *Resolver) envValueFrom(pod *corev1.Pod, c *corev1.Container, e corev1.E
 	case vf.SecretKeyRef != nil:
 		ref := vf.SecretKeyRef
 		optional := ref.Optional != nil && *ref.Optional
-		s, err := r.cfg.Secrets.Secrets(pod.Namespace).Get(ref.Name)
+		s, err := r.secret(ctx, pod.Namespace, ref.Name)
 		switch {
 		case apierrors.IsNotFound(err) && optional:
 			r.warn(pod, ReasonOptionalSecretNotFound, "skipping optional envvar %q: secret %q not found", e.Name, ref.Name)

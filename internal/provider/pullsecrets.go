@@ -1,6 +1,7 @@
 package provider
 
 import (
+	"context"
 	"encoding/json"
 	"sort"
 
@@ -20,10 +21,10 @@ type dockerAuth struct {
 // pullSecrets reads the pod's imagePullSecrets (kubernetes.io/dockerconfigjson or the legacy
 // kubernetes.io/dockercfg). As kubelet does, a missing or unreadable one is a Warning Event,
 // not a failure: the pull may still succeed anonymously. Credentials are never logged.
-func (r *Resolver) pullSecrets(pod *corev1.Pod) []cellapi.RegistryAuth {
+func (r *Resolver) pullSecrets(ctx context.Context, pod *corev1.Pod) []cellapi.RegistryAuth {
 	var out []cellapi.RegistryAuth
 	for _, ref := range pod.Spec.ImagePullSecrets {
-		s, err := r.cfg.Secrets.Secrets(pod.Namespace).Get(ref.Name)
+		s, err := r.secret(ctx, pod.Namespace, ref.Name)
 		if err != nil {
 			r.warn(pod, ReasonFailedToRetrievePullSecret, "Unable to retrieve some image pull secrets (%s); attempting to pull the image may not succeed.", ref.Name)
 			continue

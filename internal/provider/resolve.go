@@ -7,6 +7,8 @@ import (
 	"log/slog"
 
 	corev1 "k8s.io/api/core/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/client-go/kubernetes"
 	corev1listers "k8s.io/client-go/listers/core/v1"
 	"k8s.io/client-go/tools/record"
@@ -59,7 +61,8 @@ type ResolverConfig struct {
 	Secrets    corev1listers.SecretLister
 	ConfigMaps corev1listers.ConfigMapLister
 	Services   corev1listers.ServiceLister
-	// Client is used for TokenRequest (projected serviceAccountToken volumes) only.
+	// Client is used for TokenRequest (projected serviceAccountToken volumes) and to confirm a
+	// cache miss of a Secret or ConfigMap with one GET.
 	Client kubernetes.Interface
 	// Events receives the pod's Events; nil drops them.
 	Events record.EventRecorder
@@ -107,7 +110,7 @@ func (r *Resolver) Resolve(ctx context.Context, pod *corev1.Pod) (*cellapi.PodRe
 	}
 	for i := range out.Spec.InitContainers {
 		c := &out.Spec.InitContainers[i]
-		env, err := r.containerEnv(pod, c, svcEnv)
+		env, err := r.containerEnv(ctx, pod, c, svcEnv)
 		if err != nil {
 			return nil, err
 		}
@@ -115,7 +118,7 @@ func (r *Resolver) Resolve(ctx context.Context, pod *corev1.Pod) (*cellapi.PodRe
 	}
 	for i := range out.Spec.Containers {
 		c := &out.Spec.Containers[i]
-		env, err := r.containerEnv(pod, c, svcEnv)
+		env, err := r.containerEnv(ctx, pod, c, svcEnv)
 		if err != nil {
 			return nil, err
 		}
@@ -127,9 +130,29 @@ func (r *Resolver) Resolve(ctx context.Context, pod *corev1.Pod) (*cellapi.PodRe
 	}
 	return &cellapi.PodRequest{
 		Pod:         out,
-		PullSecrets: r.pullSecrets(pod),
+		PullSecrets: r.pullSecrets(ctx, pod),
 		Volumes:     vols,
 	}, nil
+}
+
+// secret reads a Secret from the informer cache. A miss is confirmed with one GET before it
+// counts: the cache may not have synced yet (kip just started) or may lag an object created
+// together with the pod, and an optional variable silently left out would be wrong for good.
+func (r *Resolver) secret(ctx context.Context, namespace, name string) (*corev1.Secret, error) {
+	s, err := r.cfg.Secrets.Secrets(namespace).Get(name)
+	if apierrors.IsNotFound(err) && r.cfg.Client != nil {
+		return r.cfg.Client.CoreV1().Secrets(namespace).Get(ctx, name, metav1.GetOptions{})
+	}
+	return s, err
+}
+
+// configMap is secret's twin for ConfigMaps.
+func (r *Resolver) configMap(ctx context.Context, namespace, name string) (*corev1.ConfigMap, error) {
+	cm, err := r.cfg.ConfigMaps.ConfigMaps(namespace).Get(name)
+	if apierrors.IsNotFound(err) && r.cfg.Client != nil {
+		return r.cfg.Client.CoreV1().ConfigMaps(namespace).Get(ctx, name, metav1.GetOptions{})
+	}
+	return cm, err
 }
 
 func (r *Resolver) warn(pod *corev1.Pod, reason, format string, args ...any) {

@@ -551,3 +551,35 @@ func TestExpand(t *testing.T) {
 		}
 	}
 }
+
+// TestResolveConfirmsCacheMisses: a Secret or ConfigMap the informer has not seen yet (kip just
+// started, or it was created together with the pod) is read from the API server, not reported
+// missing.
+func TestResolveConfirmsCacheMisses(t *testing.T) {
+	e := newResolverEnv(t) // empty caches
+	for _, o := range []runtime.Object{secret("late", map[string]string{"k": "from-api"}), configMap("late-cm", map[string]string{"k": "cm-from-api"})} {
+		if err := e.client.Tracker().Add(o); err != nil {
+			t.Fatal(err)
+		}
+	}
+	optional := ptr.To(true)
+	pod := basePod(corev1.Container{Name: "app", Env: []corev1.EnvVar{
+		{Name: "S", ValueFrom: &corev1.EnvVarSource{SecretKeyRef: &corev1.SecretKeySelector{LocalObjectReference: corev1.LocalObjectReference{Name: "late"}, Key: "k", Optional: optional}}},
+		{Name: "C", ValueFrom: &corev1.EnvVarSource{ConfigMapKeyRef: &corev1.ConfigMapKeySelector{LocalObjectReference: corev1.LocalObjectReference{Name: "late-cm"}, Key: "k"}}},
+	}})
+	pod.Spec.Volumes = []corev1.Volume{{Name: "v", VolumeSource: corev1.VolumeSource{Secret: &corev1.SecretVolumeSource{SecretName: "late"}}}}
+	req, err := e.r.Resolve(context.Background(), pod)
+	if err != nil {
+		t.Fatal(err)
+	}
+	got := envOf(t, req, "app")
+	if got["S"] != "from-api" || got["C"] != "cm-from-api" {
+		t.Errorf("env %v", got)
+	}
+	if string(req.Volumes["v"].Files["k"].Data) != "from-api" {
+		t.Errorf("volume %v", req.Volumes["v"])
+	}
+	if ev := e.drain(); len(ev) != 0 {
+		t.Errorf("events for objects that exist: %v", ev)
+	}
+}

@@ -29,9 +29,9 @@ func (r *Resolver) volumes(ctx context.Context, pod *corev1.Pod) (map[string]cel
 		var err error
 		switch {
 		case v.ConfigMap != nil:
-			err = r.configMapFiles(pod, v.Name, v.ConfigMap.Name, v.ConfigMap.Items, v.ConfigMap.Optional, mode(v.ConfigMap.DefaultMode), files)
+			err = r.configMapFiles(ctx, pod, v.Name, v.ConfigMap.Name, v.ConfigMap.Items, v.ConfigMap.Optional, mode(v.ConfigMap.DefaultMode), files)
 		case v.Secret != nil:
-			err = r.secretFiles(pod, v.Name, v.Secret.SecretName, v.Secret.Items, v.Secret.Optional, mode(v.Secret.DefaultMode), files)
+			err = r.secretFiles(ctx, pod, v.Name, v.Secret.SecretName, v.Secret.Items, v.Secret.Optional, mode(v.Secret.DefaultMode), files)
 		case v.DownwardAPI != nil:
 			err = r.downwardFiles(pod, v.Name, v.DownwardAPI.Items, mode(v.DownwardAPI.DefaultMode), files)
 		case v.Projected != nil:
@@ -105,9 +105,9 @@ func checkPath(p string) error {
 	return nil
 }
 
-func (r *Resolver) configMapFiles(pod *corev1.Pod, volume, name string, items []corev1.KeyToPath, optional *bool, defMode int32, files map[string]cellapi.File) error {
+func (r *Resolver) configMapFiles(ctx context.Context, pod *corev1.Pod, volume, name string, items []corev1.KeyToPath, optional *bool, defMode int32, files map[string]cellapi.File) error {
 	opt := optional != nil && *optional
-	cm, err := r.cfg.ConfigMaps.ConfigMaps(pod.Namespace).Get(name)
+	cm, err := r.configMap(ctx, pod.Namespace, name)
 	switch {
 	case apierrors.IsNotFound(err) && opt:
 		return nil
@@ -126,9 +126,9 @@ func (r *Resolver) configMapFiles(pod *corev1.Pod, volume, name string, items []
 	return r.addItems(pod, volume, "ConfigMap", name, data, items, opt, defMode, files)
 }
 
-func (r *Resolver) secretFiles(pod *corev1.Pod, volume, name string, items []corev1.KeyToPath, optional *bool, defMode int32, files map[string]cellapi.File) error {
+func (r *Resolver) secretFiles(ctx context.Context, pod *corev1.Pod, volume, name string, items []corev1.KeyToPath, optional *bool, defMode int32, files map[string]cellapi.File) error {
 	opt := optional != nil && *optional
-	s, err := r.cfg.Secrets.Secrets(pod.Namespace).Get(name)
+	s, err := r.secret(ctx, pod.Namespace, name)
 	switch {
 	case apierrors.IsNotFound(err) && opt:
 		return nil
@@ -175,9 +175,9 @@ func (r *Resolver) projectedFiles(ctx context.Context, pod *corev1.Pod, volume s
 		var err error
 		switch {
 		case src.ConfigMap != nil:
-			err = r.configMapFiles(pod, volume, src.ConfigMap.Name, src.ConfigMap.Items, src.ConfigMap.Optional, defMode, files)
+			err = r.configMapFiles(ctx, pod, volume, src.ConfigMap.Name, src.ConfigMap.Items, src.ConfigMap.Optional, defMode, files)
 		case src.Secret != nil:
-			err = r.secretFiles(pod, volume, src.Secret.Name, src.Secret.Items, src.Secret.Optional, defMode, files)
+			err = r.secretFiles(ctx, pod, volume, src.Secret.Name, src.Secret.Items, src.Secret.Optional, defMode, files)
 		case src.DownwardAPI != nil:
 			err = r.downwardFiles(pod, volume, src.DownwardAPI.Items, defMode, files)
 		case src.ServiceAccountToken != nil:
