@@ -114,9 +114,13 @@ func BenchmarkPodStartup(b *testing.B) {
 			tr.mark(name, "created", time.Now())
 		}
 		waitRunning := func(count int) {
-			for range count {
+			timer := time.NewTimer(podTimeout)
+			defer timer.Stop()
+			for i := range count {
 				select {
 				case <-tr.ready:
+				case <-timer.C:
+					b.Fatalf("%d of %d pods not Running within %v; kip log %s", count-i, count, podTimeout, e.Kip.LogPath())
 				case <-ctx.Done():
 					b.Fatalf("pods not Running: %v", ctx.Err())
 				}
