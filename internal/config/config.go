@@ -53,17 +53,49 @@ type LocalCloud struct {
 	AgentPath string `json:"agentPath,omitempty"`
 }
 
-// AWSCloud configures the EC2 backend.
+// AWSCloud configures the EC2 backend (internal/cloud/aws). Every cell is an EC2 instance
+// tagged with cells.clusterName. Region, VPCID and SubnetID are discovered from the instance
+// metadata of the machine kip runs on when empty; credentials come from the SDK's default
+// chain (environment, shared files, IRSA / Pod Identity, the instance profile).
 type AWSCloud struct {
-	Region         string   `json:"region"`
-	VPCID          string   `json:"vpcID"`
-	SubnetID       string   `json:"subnetID"`
+	// Region is the AWS region, like us-east-1; empty means kip's own (instance metadata).
+	Region string `json:"region,omitempty"`
+	// VPCID is checked against the subnet's VPC when set; empty means the subnet's.
+	VPCID string `json:"vpcID,omitempty"`
+	// SubnetID is the one subnet (and so zone) cells launch in; empty means kip's own.
+	SubnetID string `json:"subnetID,omitempty"`
+	// SecurityGroups (sg-...) are attached to every cell besides Kip's own group; at most
+	// MaxAWSSecurityGroups.
 	SecurityGroups []string `json:"securityGroups,omitempty"`
-	// ImageID is the cell boot image (AMI); empty means the backend's default lookup.
-	ImageID         string `json:"imageID,omitempty"`
+	// ImageID is the cell boot image (ami-...). When empty, the newest available image owned
+	// by ImageOwners and matching ImageFilters (EC2 DescribeImages filter name → values) is
+	// used, per architecture; with none of the three given the defaults are owners ["self"]
+	// and filters {name: ["kip-cell-*"]}.
+	ImageID      string              `json:"imageID,omitempty"`
+	ImageOwners  []string            `json:"imageOwners,omitempty"`
+	ImageFilters map[string][]string `json:"imageFilters,omitempty"`
+	// InstanceProfile (a name or an ARN) is attached to cells whose pod names none.
 	InstanceProfile string `json:"instanceProfile,omitempty"`
-	// Endpoint overrides the EC2 endpoint URL (tests point it at the EC2 fake).
+	// PollInterval is the age at which the one DescribeInstances sweep for all cells is
+	// repeated; default 5s.
+	PollInterval Duration `json:"pollInterval"`
+	// Endpoint overrides the EC2 endpoint URL (a VPC endpoint; tests point it at the EC2 fake).
 	Endpoint string `json:"endpoint,omitempty"`
+	// PricingEndpoint overrides the Price List API endpoint URL (tests: the pricing fake).
+	PricingEndpoint string `json:"pricingEndpoint,omitempty"`
+	// Catalog configures the instance-type catalog refresh.
+	Catalog AWSCatalog `json:"catalog"`
+}
+
+// AWSCatalog configures how the AWS instance-type catalog is kept fresh: the embedded copy is
+// the fallback, CacheFile keeps the last good refresh across restarts, and the EC2 and Price
+// List APIs are asked again every RefreshInterval.
+type AWSCatalog struct {
+	// RefreshInterval is the period of refreshes from the AWS APIs (the first one at start);
+	// default 6h; "0s" disables refreshing (the cache file, else the embedded catalog).
+	RefreshInterval Duration `json:"refreshInterval"`
+	// CacheFile (an absolute path) keeps the last refresh; empty means memory only.
+	CacheFile string `json:"cacheFile,omitempty"`
 }
 
 // Node describes the virtual node kip registers.

@@ -44,10 +44,36 @@ func TestValidFiles(t *testing.T) {
 			eq(t, "registry.insecure", len(c.Registry.Insecure), 2)
 		}},
 		{"valid-aws.yaml", func(t *testing.T, c *ProviderConfig) {
+			a := c.Cloud.AWS
 			eq(t, "cloud.provider", c.Cloud.Provider, ProviderAWS)
-			eq(t, "cloud.aws.region", c.Cloud.AWS.Region, "us-east-1")
+			eq(t, "cloud.aws.region", a.Region, "us-east-1")
+			eq(t, "cloud.aws.subnetID", a.SubnetID, "subnet-0456789abcdef0123")
+			eq(t, "cloud.aws.securityGroups", strings.Join(a.SecurityGroups, ","), "sg-0123456789abcdef0,sg-01234567")
+			eq(t, "cloud.aws.imageID", a.ImageID, "")
+			eq(t, "cloud.aws.imageOwners", strings.Join(a.ImageOwners, ","), "123456789012")
+			eq(t, "cloud.aws.imageFilters", len(a.ImageFilters), 2)
+			eq(t, "cloud.aws.imageFilters[tag:channel]", strings.Join(a.ImageFilters["tag:channel"], ","), "stable")
+			eq(t, "cloud.aws.instanceProfile", a.InstanceProfile, "arn:aws:iam::123456789012:instance-profile/kip-cell")
+			eq(t, "cloud.aws.pollInterval", a.PollInterval.Duration, 10*time.Second)
+			eq(t, "cloud.aws.pricingEndpoint", a.PricingEndpoint, "https://api.pricing.us-east-1.amazonaws.com")
+			eq(t, "cloud.aws.catalog.refreshInterval", a.Catalog.RefreshInterval.Duration, 0)
+			eq(t, "cloud.aws.catalog.refreshInterval set", a.Catalog.RefreshInterval.IsSet(), true)
+			eq(t, "cloud.aws.catalog.cacheFile", a.Catalog.CacheFile, "/var/lib/kip/aws-catalog.json")
 			eq(t, "cloud.local.bridge", c.Cloud.Local.Bridge, "")
 			eq(t, "node.internalIP", c.Node.InternalIP, "172.31.0.10")
+			eq(t, "cells.clusterName", c.Cells.ClusterName, "prod")
+		}},
+		{"valid-aws-minimal.yaml", func(t *testing.T, c *ProviderConfig) {
+			a := c.Cloud.AWS
+			eq(t, "cloud.aws.region", a.Region, "") // discovered at start
+			eq(t, "cloud.aws.subnetID", a.SubnetID, "")
+			eq(t, "cloud.aws.imageOwners", strings.Join(a.ImageOwners, ","), DefaultAWSImageOwner)
+			eq(t, "cloud.aws.imageFilters[name]", strings.Join(a.ImageFilters["name"], ","), DefaultAWSImageName)
+			eq(t, "cloud.aws.pollInterval", a.PollInterval.Duration, DefaultAWSPollInterval)
+			eq(t, "cloud.aws.catalog.refreshInterval", a.Catalog.RefreshInterval.Duration, DefaultAWSCatalogRefresh)
+			eq(t, "cloud.aws.catalog.cacheFile", a.Catalog.CacheFile, "")
+			eq(t, "node.internalIP", c.Node.InternalIP, "") // detected at start
+			eq(t, "cells.clusterName", c.Cells.ClusterName, DefaultClusterName)
 		}},
 	}
 	for _, tt := range tests {
@@ -75,7 +101,16 @@ func TestInvalidFiles(t *testing.T) {
 		{"invalid-quantity.yaml", []string{"node.capacity.memory", "lots"}},
 		{"invalid-loopback-ip.yaml", []string{"node.internalIP", "loopback"}},
 		{"invalid-taint-effect.yaml", []string{"node.taints[0].effect", "Sometimes"}},
-		{"invalid-aws-missing.yaml", []string{"cloud.aws.region", "cloud.aws.subnetID"}},
+		{"invalid-aws.yaml", []string{
+			"cloud.aws.region", "cloud.aws.vpcID", "cloud.aws.subnetID", "cloud.aws.securityGroups: Too many",
+			"cloud.aws.securityGroups[0]", "cloud.aws.imageID", "cloud.aws.instanceProfile",
+			"cloud.aws.pollInterval", "cloud.aws.endpoint", "cloud.aws.pricingEndpoint",
+			"cloud.aws.catalog.refreshInterval", "cloud.aws.catalog.cacheFile",
+		}},
+		{"invalid-aws-image.yaml", []string{
+			"cloud.aws.imageID", "not both", "cloud.aws.imageOwners[0]", "cloud.aws.imageFilters[name]",
+			"cloud.aws.imageFilters[architecture][0]", "cloud.aws.catalog.refreshInterval", "often",
+		}},
 		{"invalid-wrong-type.yaml", []string{"kubeletPort"}},
 		{"invalid-tls-half.yaml", []string{"node.tls"}},
 		{"invalid-duplicate.yaml", []string{`"name"`}},

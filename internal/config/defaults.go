@@ -19,6 +19,15 @@ const (
 	DefaultStatusInterval      = 10 * time.Second
 	DefaultCapacityErrorMemory = 3 * time.Minute
 	DefaultLaunchConcurrency   = 10
+	DefaultAWSPollInterval     = 5 * time.Second
+	DefaultAWSCatalogRefresh   = 6 * time.Hour
+	// MaxAWSSecurityGroups is how many extra groups cloud.aws.securityGroups may name: EC2
+	// allows 5 per interface and Kip's own group takes one.
+	MaxAWSSecurityGroups = 4
+	// DefaultAWSImageOwner and DefaultAWSImageName find the cell image when none is
+	// configured: the newest image of this account named kip-cell-*.
+	DefaultAWSImageOwner = "self"
+	DefaultAWSImageName  = "kip-cell-*"
 	// TaintKey is the default taint's key; its value is "kip", its effect NoSchedule.
 	TaintKey = "virtual-kubelet.io/provider"
 )
@@ -40,6 +49,16 @@ func (c *ProviderConfig) Default() {
 		if l.StateDir == "" {
 			l.StateDir = DefaultStateDir
 		}
+	}
+
+	if c.Cloud.Provider == ProviderAWS {
+		a := &c.Cloud.AWS
+		if a.ImageID == "" && len(a.ImageOwners) == 0 && len(a.ImageFilters) == 0 {
+			a.ImageOwners = []string{DefaultAWSImageOwner}
+			a.ImageFilters = map[string][]string{"name": {DefaultAWSImageName}}
+		}
+		defaultDuration(&a.PollInterval, DefaultAWSPollInterval)
+		defaultDuration(&a.Catalog.RefreshInterval, DefaultAWSCatalogRefresh)
 	}
 
 	n := &c.Node

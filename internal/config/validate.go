@@ -1,9 +1,13 @@
 package config
 
 import (
+	"maps"
 	"net"
 	"net/netip"
+	"net/url"
 	"path/filepath"
+	"regexp"
+	"slices"
 	"strconv"
 	"strings"
 
@@ -48,18 +52,100 @@ func (c *Cloud) validate(p *field.Path) field.ErrorList {
 			errs = append(errs, field.Invalid(lp.Child("agentPath"), l.AgentPath, "must be an absolute path"))
 		}
 	case ProviderAWS:
-		ap := p.Child("aws")
-		if c.AWS.Region == "" {
-			errs = append(errs, field.Required(ap.Child("region"), "the AWS provider needs a region"))
-		}
-		if c.AWS.SubnetID == "" {
-			errs = append(errs, field.Required(ap.Child("subnetID"), "the AWS provider needs a subnet for cells"))
-		}
-		if c.AWS.Endpoint != "" && !strings.HasPrefix(c.AWS.Endpoint, "http://") && !strings.HasPrefix(c.AWS.Endpoint, "https://") {
-			errs = append(errs, field.Invalid(ap.Child("endpoint"), c.AWS.Endpoint, "must be an http:// or https:// URL"))
-		}
+		errs = append(errs, c.AWS.validate(p.Child("aws"))...)
 	default:
 		errs = append(errs, field.NotSupported(p.Child("provider"), c.Provider, []string{ProviderLocal, ProviderAWS}))
+	}
+	return errs
+}
+
+// Shapes of AWS names and ids, as EC2 and IAM spell them.
+var (
+	awsRegionRe  = regexp.MustCompile(`^[a-z]{2}(-[a-z]+)+-[0-9]+$`)
+	awsOwnerRe   = regexp.MustCompile(`^([0-9]{12}|[a-z][a-z-]*)$`)
+	awsProfileRe = regexp.MustCompile(`^(arn:aws[a-z-]*:iam::[0-9]{12}:instance-profile/[\w+=,.@/-]+|[\w+=,.@-]{1,128})$`)
+)
+
+// awsID returns a pattern for an EC2 resource id with prefix: 8 or 17 hex digits.
+func awsID(prefix string) *regexp.Regexp {
+	return regexp.MustCompile(`^` + prefix + `-[0-9a-f]{8}([0-9a-f]{9})?$`)
+}
+
+var (
+	vpcIDRe    = awsID("vpc")
+	subnetIDRe = awsID("subnet")
+	groupIDRe  = awsID("sg")
+	imageIDRe  = awsID("ami")
+)
+
+func (a *AWSCloud) validate(p *field.Path) field.ErrorList {
+	var errs field.ErrorList
+	if a.Region != "" && !awsRegionRe.MatchString(a.Region) {
+		errs = append(errs, field.Invalid(p.Child("region"), a.Region, "must be an AWS region like us-east-1, or empty to use kip's own"))
+	}
+	if a.VPCID != "" && !vpcIDRe.MatchString(a.VPCID) {
+		errs = append(errs, field.Invalid(p.Child("vpcID"), a.VPCID, "must be a VPC id like vpc-0123456789abcdef0, or empty"))
+	}
+	if a.SubnetID != "" && !subnetIDRe.MatchString(a.SubnetID) {
+		errs = append(errs, field.Invalid(p.Child("subnetID"), a.SubnetID, "must be a subnet id like subnet-0123456789abcdef0, or empty to use kip's own"))
+	}
+	if len(a.SecurityGroups) > MaxAWSSecurityGroups {
+		errs = append(errs, field.TooMany(p.Child("securityGroups"), len(a.SecurityGroups), MaxAWSSecurityGroups))
+	}
+	for i, g := range a.SecurityGroups {
+		if !groupIDRe.MatchString(g) {
+			errs = append(errs, field.Invalid(p.Child("securityGroups").Index(i), g, "must be a security group id like sg-0123456789abcdef0"))
+		}
+	}
+	if a.ImageID != "" {
+		if !imageIDRe.MatchString(a.ImageID) {
+			errs = append(errs, field.Invalid(p.Child("imageID"), a.ImageID, "must be an image id like ami-0123456789abcdef0"))
+		}
+		if len(a.ImageOwners) > 0 || len(a.ImageFilters) > 0 {
+			errs = append(errs, field.Invalid(p.Child("imageID"), a.ImageID, "give imageID, or imageOwners and imageFilters, not both"))
+		}
+	} else if len(a.ImageOwners) == 0 && len(a.ImageFilters) == 0 {
+		errs = append(errs, field.Required(p.Child("imageID"), "set imageID, or imageOwners and imageFilters"))
+	}
+	for i, o := range a.ImageOwners {
+		if !awsOwnerRe.MatchString(o) {
+			errs = append(errs, field.Invalid(p.Child("imageOwners").Index(i), o, "must be an account id, self, amazon or another owner alias"))
+		}
+	}
+	for _, name := range slices.Sorted(maps.Keys(a.ImageFilters)) {
+		fp := p.Child("imageFilters").Key(name)
+		if strings.TrimSpace(name) == "" {
+			errs = append(errs, field.Invalid(fp, name, "must be a DescribeImages filter name like name or tag:version"))
+		}
+		if len(a.ImageFilters[name]) == 0 {
+			errs = append(errs, field.Required(fp, "a filter needs at least one value"))
+		}
+		for i, v := range a.ImageFilters[name] {
+			if v == "" {
+				errs = append(errs, field.Invalid(fp.Index(i), v, "must not be empty"))
+			}
+		}
+	}
+	if a.InstanceProfile != "" && !awsProfileRe.MatchString(a.InstanceProfile) {
+		errs = append(errs, field.Invalid(p.Child("instanceProfile"), a.InstanceProfile, "must be an instance profile name or ARN"))
+	}
+	errs = append(errs, a.PollInterval.validate(p.Child("pollInterval"))...)
+	for _, e := range []struct{ name, url string }{{"endpoint", a.Endpoint}, {"pricingEndpoint", a.PricingEndpoint}} {
+		if e.url == "" {
+			continue
+		}
+		if u, err := url.Parse(e.url); err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
+			errs = append(errs, field.Invalid(p.Child(e.name), e.url, "must be an http:// or https:// URL"))
+		}
+	}
+	cp := p.Child("catalog")
+	if ri := a.Catalog.RefreshInterval; ri.err != nil {
+		errs = append(errs, field.Invalid(cp.Child("refreshInterval"), "", ri.err.Error()))
+	} else if ri.Duration < 0 {
+		errs = append(errs, field.Invalid(cp.Child("refreshInterval"), ri.Duration.String(), "must not be negative (0s disables refreshing)"))
+	}
+	if a.Catalog.CacheFile != "" && !filepath.IsAbs(a.Catalog.CacheFile) {
+		errs = append(errs, field.Invalid(cp.Child("cacheFile"), a.Catalog.CacheFile, "must be an absolute path"))
 	}
 	return errs
 }

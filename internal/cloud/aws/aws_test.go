@@ -546,6 +546,12 @@ func TestIMDSDiscovery(t *testing.T) {
 		io.WriteString(w, v)
 	}))
 	t.Cleanup(imdsSrv.Close)
+	cfg := e.config()
+	cfg.Region, cfg.SubnetID, cfg.IMDSEndpoint = "", "", imdsSrv.URL
+	got, err := kipaws.Discover(ctxT(t, 10*time.Second), cfg)
+	if err != nil || got.Region != "us-east-1" || got.SubnetID != ec2fake.SubnetB || got.VPCID != ec2fake.VPCID {
+		t.Errorf("Discover = region %q, subnet %q, VPC %q, %v; want us-east-1, %s, %s", got.Region, got.SubnetID, got.VPCID, err, ec2fake.SubnetB, ec2fake.VPCID)
+	}
 	b := e.backend(t, func(c *kipaws.Config) { c.Region, c.SubnetID, c.IMDSEndpoint = "", "", imdsSrv.URL })
 	if b.Zone() != "us-east-1b" || !tokened.Load() {
 		t.Errorf("discovered zone %q (IMDSv2 token asked: %v), want us-east-1b from subnet %s", b.Zone(), tokened.Load(), ec2fake.SubnetB)

@@ -17,6 +17,17 @@ import (
 	"github.com/kip-dev/kip/internal/instancetype"
 )
 
+// Discover returns cfg with Region, VPCID and SubnetID filled from the instance metadata
+// service where they are empty, as New does. Callers that need the region before New (to
+// pick the region's instance-type catalog) call it first and hand New the result.
+func Discover(ctx context.Context, cfg Config) (Config, error) {
+	b := &Backend{cfg: cfg}
+	if err := b.discover(ctx); err != nil {
+		return cfg, fmt.Errorf("discovering the EC2 network: %w", err)
+	}
+	return b.cfg, nil
+}
+
 // discover fills Region, VPCID and SubnetID from the instance metadata service when they are
 // not configured: the region kip runs in, and the VPC and subnet of its primary interface.
 func (b *Backend) discover(ctx context.Context) error {
