@@ -8,6 +8,7 @@ import (
 	"os"
 	"slices"
 	"strconv"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -162,6 +163,7 @@ func BenchmarkPodStartup(b *testing.B) {
 func report(b *testing.B, prefix string, seen map[string]map[string]time.Time, n int) {
 	total := []float64{}
 	per := map[string][]float64{}
+	slowest, slowestMS := "", 0.0
 	for name, m := range seen {
 		if len(name) < 3 || name[:3] != prefix[:3] {
 			continue
@@ -171,6 +173,9 @@ func report(b *testing.B, prefix string, seen map[string]map[string]time.Time, n
 			continue
 		}
 		total = append(total, ms(r.Sub(c)))
+		if d := ms(r.Sub(c)); d > slowestMS {
+			slowest, slowestMS = name, d
+		}
 		prev := c
 		for _, ph := range phases[1:] {
 			t, ok := m[ph]
@@ -191,6 +196,15 @@ func report(b *testing.B, prefix string, seen map[string]map[string]time.Time, n
 		} else {
 			b.Logf("  phase → %-20s not observed", ph)
 		}
+	}
+	if slowest != "" {
+		var parts []string
+		for _, ph := range phases {
+			if t, ok := seen[slowest][ph]; ok {
+				parts = append(parts, fmt.Sprintf("%s +%.0fms", ph, ms(t.Sub(seen[slowest]["created"]))))
+			}
+		}
+		b.Logf("  slowest: %s %.0f ms (%s)", slowest, slowestMS, strings.Join(parts, ", "))
 	}
 	if len(total) < n {
 		b.Logf("  (only %d of %d pods had both times)", len(total), n)
