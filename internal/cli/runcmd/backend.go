@@ -8,14 +8,14 @@ import (
 	"path/filepath"
 
 	"github.com/kip-dev/kip/internal/cloud"
-	"github.com/kip-dev/kip/internal/cloud/aws"
 	"github.com/kip-dev/kip/internal/cloud/local"
 	"github.com/kip-dev/kip/internal/config"
 )
 
 // backend returns the cell backend: the one handed in by the caller, or one built from the
-// config. This (with kip up) is the only place that names a concrete backend. The returned
-// func releases it; it never terminates cells, which outlive kip.
+// config. This (with aws.go and kip up) is the only place that names a concrete backend. The
+// returned func releases it (for AWS: stops the catalog refresh); it never terminates cells,
+// which outlive kip.
 func (r *runner) backend(ctx context.Context) (cloud.Cloud, func(), error) {
 	if r.opts.Cloud != nil {
 		return r.opts.Cloud, func() {}, nil
@@ -50,21 +50,11 @@ func (r *runner) backend(ctx context.Context) (cloud.Cloud, func(), error) {
 		}
 		return b, func() {}, nil
 	case config.ProviderAWS:
-		b, err := aws.New(ctx, aws.Config{
-			Region:          c.AWS.Region,
-			VPCID:           c.AWS.VPCID,
-			SubnetID:        c.AWS.SubnetID,
-			ClusterName:     r.cfg.Cells.ClusterName,
-			SecurityGroups:  c.AWS.SecurityGroups,
-			ImageID:         c.AWS.ImageID,
-			InstanceProfile: c.AWS.InstanceProfile,
-			Endpoint:        c.AWS.Endpoint,
-			Logger:          r.log.With("component", "aws-backend"),
-		})
+		b, _, stop, err := r.awsBackend(ctx)
 		if err != nil {
-			return nil, nil, fmt.Errorf("starting kip: %w", err)
+			return nil, nil, err
 		}
-		return b, func() {}, nil
+		return b, stop, nil
 	}
 	return nil, nil, fmt.Errorf("starting kip: cloud.provider: unsupported value %q (local, aws)", c.Provider)
 }

@@ -96,21 +96,13 @@ func (r *runner) run(ctx context.Context) error {
 	if err != nil {
 		return fmt.Errorf("starting kip: reading the %s backend's instance types: %w", backend.Name(), err)
 	}
-	index := selector.NewIndex(types)
-	selOpts := selectorOptions(cfg)
 
 	// The resolver needs virtual-kubelet's listers, which exist only inside NewNode; the
 	// cells manager needs the resolver. resolver is set before any pod is dispatched.
 	var resolver atomic.Pointer[provider.Resolver]
 	mgr := cells.New(cfg.Cells, cells.NodeInfo{Name: name, HostIP: nodeIP}, cells.Deps{
-		Cloud: backend,
-		Select: func(pod *corev1.Pod, _ []instancetype.InstanceType) (*cells.Choice, error) {
-			ch, err := index.Select(pod, selOpts)
-			if err != nil {
-				return nil, err
-			}
-			return toCellsChoice(ch), nil
-		},
+		Cloud:  backend,
+		Select: cellsSelect(cfg),
 		Resolve: func(ctx context.Context, pod *corev1.Pod) (*cellapi.PodRequest, error) {
 			res := resolver.Load()
 			if res == nil {
@@ -283,6 +275,20 @@ func selectorOptions(cfg *config.ProviderConfig) selector.Options {
 			MemoryBytes: cfg.Cells.Reserve.Memory.Value(),
 		},
 		DefaultType: cfg.Cells.DefaultInstanceType,
+	}
+}
+
+// cellsSelect is the cells manager's selector: it chooses from the catalog the manager hands it
+// at each launch (the backend's current one: refreshed prices, offerings that just lacked
+// capacity marked unavailable), rebuilding its index only when that catalog changes.
+func cellsSelect(cfg *config.ProviderConfig) func(*corev1.Pod, []instancetype.InstanceType) (*cells.Choice, error) {
+	sel := &selector.Selector{Options: selectorOptions(cfg)}
+	return func(pod *corev1.Pod, types []instancetype.InstanceType) (*cells.Choice, error) {
+		ch, err := sel.Select(pod, types)
+		if err != nil {
+			return nil, err
+		}
+		return toCellsChoice(ch), nil
 	}
 }
 

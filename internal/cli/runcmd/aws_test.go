@@ -1,0 +1,588 @@
+package runcmd
+
+import (
+	"context"
+	"crypto/x509"
+	"encoding/base64"
+	"encoding/json"
+	"encoding/pem"
+	"fmt"
+	"io"
+	"log/slog"
+	"net/http/httptest"
+	"os"
+	"path/filepath"
+	"slices"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	corev1 "k8s.io/api/core/v1"
+	"k8s.io/apimachinery/pkg/api/resource"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/types"
+	"k8s.io/client-go/tools/record"
+	"k8s.io/utils/ptr"
+
+	"github.com/kip-dev/kip/internal/cellapi"
+	"github.com/kip-dev/kip/internal/cells"
+	"github.com/kip-dev/kip/internal/cloud"
+	"github.com/kip-dev/kip/internal/cloud/aws/ec2fake"
+	"github.com/kip-dev/kip/internal/config"
+	"github.com/kip-dev/kip/internal/instancetype"
+	"github.com/kip-dev/kip/internal/pki"
+)
+
+// awsEnv is the EC2 fake and its Price List fake over HTTP, and a kip config pointing at them.
+type awsEnv struct {
+	fake *ec2fake.Server
+	cfg  *config.ProviderConfig
+	log  *slog.Logger
+}
+
+// newAWSEnv serves the fakes and loads a config for them through config.Load, as kip run
+// does. extra is appended under cloud.aws. Credentials come from the environment, as on a
+// host without instance metadata.
+func newAWSEnv(t *testing.T, extra string) *awsEnv {
+	t.Helper()
+	log := slog.New(slog.NewTextHandler(newTestLogWriter(t), nil))
+	t.Setenv("AWS_ACCESS_KEY_ID", "AKIDKIPTEST")
+	t.Setenv("AWS_SECRET_ACCESS_KEY", "secret")
+	t.Setenv("AWS_SESSION_TOKEN", "")
+	t.Setenv("AWS_PROFILE", "")
+	t.Setenv("AWS_REGION", "")
+	t.Setenv("AWS_EC2_METADATA_DISABLED", "true")
+	dir := t.TempDir()
+	t.Setenv("AWS_CONFIG_FILE", filepath.Join(dir, "no-aws-config"))
+	t.Setenv("AWS_SHARED_CREDENTIALS_FILE", filepath.Join(dir, "no-aws-credentials"))
+
+	f := ec2fake.New(ec2fake.Options{})
+	ec2Srv := httptest.NewServer(f)
+	t.Cleanup(ec2Srv.Close)
+	priceSrv := httptest.NewServer(f.PricingHandler())
+	t.Cleanup(priceSrv.Close)
+
+	doc := fmt.Sprintf(`apiVersion: kip.dev/v1alpha1
+kind: ProviderConfig
+cloud:
+  provider: aws
+  aws:
+    region: us-east-1
+    subnetID: %s
+    endpoint: %s
+    pricingEndpoint: %s
+    pollInterval: 50ms
+    catalog:
+      cacheFile: %s
+%s
+node:
+  name: kip-aws
+  internalIP: 10.0.200.10
+cells:
+  clusterName: kiptest
+`, ec2fake.SubnetA, ec2Srv.URL, priceSrv.URL, filepath.Join(dir, "aws-catalog.json"), extra)
+	path := filepath.Join(dir, "kip.yaml")
+	if err := os.WriteFile(path, []byte(doc), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	cfg, err := config.Load(path)
+	if err != nil {
+		t.Fatalf("config.Load:\n%s\n%v", doc, err)
+	}
+	return &awsEnv{fake: f, cfg: cfg, log: log}
+}
+
+func (e *awsEnv) runner() *runner {
+	return &runner{opts: Options{Config: e.cfg}, cfg: e.cfg, log: e.log}
+}
+
+// instance returns the fake's view of an instance.
+func (e *awsEnv) instance(id string) (ec2fake.Instance, bool) {
+	for _, in := range e.fake.Instances() {
+		if in.ID == id {
+			return in, true
+		}
+	}
+	return ec2fake.Instance{}, false
+}
+
+// waitUntil polls cond every 10ms for at most 20 seconds.
+func waitUntil(t *testing.T, what string, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(20 * time.Second)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out waiting for %s", what)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+}
+
+// TestAWSBackendFromConfig builds the backend from a config as kip run does, against the EC2
+// fake: the catalog starts embedded, is refreshed from the fake's APIs (and cached in the
+// cache file), and stopping the backend stops the refresh.
+func TestAWSBackendFromConfig(t *testing.T) {
+	e := newAWSEnv(t, "")
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	r := e.runner()
+	b, live, stop, err := r.awsBackend(ctx)
+	if err != nil {
+		t.Fatalf("awsBackend: %v", err)
+	}
+	if b.Zone() != "us-east-1a" || b.SecurityGroupID() == "" {
+		t.Errorf("backend zone %q, group %q; want us-east-1a (subnet %s) and Kip's group", b.Zone(), b.SecurityGroupID(), ec2fake.SubnetA)
+	}
+	cacheFile := e.cfg.Cloud.AWS.Catalog.CacheFile
+	waitUntil(t, "the first catalog refresh", func() bool { return live.Origin() == "refreshed" })
+	types, err := b.InstanceTypes(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var names []string
+	for _, it := range types {
+		names = append(names, it.Name)
+	}
+	if len(types) != len(e.fake.InstanceTypes()) {
+		t.Errorf("backend catalog after refresh = %v, want the fake's %d types", names, len(e.fake.InstanceTypes()))
+	}
+	fh, err := os.Open(cacheFile)
+	if err != nil {
+		t.Fatalf("cache file: %v", err)
+	}
+	cached, err := instancetype.DecodeFile(fh)
+	fh.Close()
+	if err != nil || cached.Cloud != "aws" || len(cached.Regions["us-east-1"]) != len(types) {
+		t.Errorf("cache file = %+v, %v; want the refreshed us-east-1 catalog", cached, err)
+	}
+	stop() // returns only once the refresh goroutine is gone
+	calls := e.fake.Calls("DescribeInstanceTypes")
+	if calls == 0 {
+		t.Error("no DescribeInstanceTypes call: the refresh did not use the configured endpoint")
+	}
+
+	// A restart reads the cache file before any refresh.
+	e.cfg.Cloud.AWS.Catalog.RefreshInterval = config.NewDuration(0)
+	_, live2, stop2, err := e.runner().awsBackend(ctx)
+	if err != nil {
+		t.Fatalf("awsBackend with refreshing off: %v", err)
+	}
+	defer stop2()
+	if got := live2.Origin(); got != "cache "+cacheFile {
+		t.Errorf("catalog origin after restart = %q, want the cache file", got)
+	}
+	if n := e.fake.Calls("DescribeInstanceTypes"); n != calls {
+		t.Errorf("DescribeInstanceTypes calls went from %d to %d with refreshInterval 0s", calls, n)
+	}
+}
+
+// TestAWSUnknownRegionRefreshesAtStart: a region the embedded catalog does not know gets its
+// catalog from the APIs before the backend starts.
+func TestAWSUnknownRegionRefreshesAtStart(t *testing.T) {
+	e := newAWSEnv(t, "")
+	e.cfg.Cloud.AWS.Region = "eu-south-9"
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	b, live, stop, err := e.runner().awsBackend(ctx)
+	if err != nil {
+		t.Fatalf("awsBackend: %v", err)
+	}
+	defer stop()
+	if got := live.Origin(); got != "refreshed" {
+		t.Errorf("catalog origin = %q, want refreshed before the backend started", got)
+	}
+	if its, err := b.InstanceTypes(ctx); err != nil || len(its) == 0 {
+		t.Errorf("InstanceTypes = %d types, %v", len(its), err)
+	}
+}
+
+// TestAWSBackendErrors: a config the backend cannot start with fails with an error naming the
+// field, and leaves no goroutine behind.
+func TestAWSBackendErrors(t *testing.T) {
+	tests := []struct {
+		name  string
+		extra string
+		mod   func(c *config.ProviderConfig)
+		want  string
+	}{
+		{"no image matches", "    imageFilters: {name: [no-such-image-*]}\n", nil, "no available image"},
+		{"unknown region without refresh", "", func(c *config.ProviderConfig) {
+			c.Cloud.AWS.Region = "xx-north-1"
+			c.Cloud.AWS.Catalog.RefreshInterval = config.NewDuration(0)
+		}, "cloud.aws.catalog: region xx-north-1"},
+		{"subnet does not exist", "", func(c *config.ProviderConfig) { c.Cloud.AWS.SubnetID = "subnet-0ffffffffffffffff" }, "subnet-0ffffffffffffffff"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			e := newAWSEnv(t, tt.extra)
+			if tt.mod != nil {
+				tt.mod(e.cfg)
+			}
+			ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+			defer cancel()
+			_, _, err := e.runner().backend(ctx)
+			if err == nil || !strings.Contains(err.Error(), tt.want) {
+				t.Fatalf("backend: %v, want an error mentioning %q", err, tt.want)
+			}
+		})
+	}
+}
+
+// TestAWSPodLifecycle runs one pod through the real cells manager on the backend kip run
+// builds from its config, against the EC2 fake, with an in-process agent standing in for the
+// one the cell image would boot: one instance of the type the selector picks from the
+// refreshed catalog (and an image of its architecture), tagged, carrying the bootstrap as user
+// data; deleting the pod terminates it.
+func TestAWSPodLifecycle(t *testing.T) {
+	e := newAWSEnv(t, "")
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	r := e.runner()
+	backend, stop, err := r.backend(ctx)
+	if err != nil {
+		t.Fatalf("backend: %v", err)
+	}
+	defer stop()
+	// The selector must see the refreshed catalog (the fake's types), not the embedded one.
+	waitUntil(t, "the catalog refresh", func() bool {
+		its, err := backend.InstanceTypes(ctx)
+		return err == nil && len(its) == len(e.fake.InstanceTypes())
+	})
+
+	ca, err := pki.NewCA("kip-test")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var mu sync.Mutex
+	agents := map[string]*awsTestAgent{}
+	dial := func(_ context.Context, inst *cloud.Instance, cellID string) (cellapi.Agent, error) {
+		// The agent boots from the instance's user data, as kip-cell does.
+		fi, ok := e.instance(inst.ID)
+		if !ok {
+			return nil, fmt.Errorf("instance %s is not in EC2", inst.ID)
+		}
+		boot, err := decodeBootstrap(fi.UserData)
+		if err != nil {
+			return nil, err
+		}
+		if boot.CellID != cellID {
+			return nil, fmt.Errorf("instance %s booted as cell %q, kip dials %q", inst.ID, boot.CellID, cellID)
+		}
+		mu.Lock()
+		defer mu.Unlock()
+		a, ok := agents[cellID]
+		if !ok {
+			a = &awsTestAgent{cellID: cellID}
+			agents[cellID] = a
+		}
+		return a, nil
+	}
+	mgr := cells.New(e.cfg.Cells, cells.NodeInfo{Name: e.cfg.Node.Name, HostIP: e.cfg.Node.InternalIP}, cells.Deps{
+		Cloud:  backend,
+		Select: cellsSelect(e.cfg),
+		Resolve: func(_ context.Context, pod *corev1.Pod) (*cellapi.PodRequest, error) {
+			return &cellapi.PodRequest{Pod: pod}, nil
+		},
+		Dial:   dial,
+		CA:     ca,
+		Events: record.NewFakeRecorder(1000),
+		Log:    r.log,
+	})
+	defer mgr.Close()
+
+	images := map[string]string{} // image name → id
+	for _, im := range e.fake.Images() {
+		images[im.Name] = im.ID
+	}
+	// Both pods ask 500m + 1Gi, plus the 100m/64Mi reserve: the t3 types' baselines
+	// (0.1-0.4 vCPU) are too small, so the cheapest fit of the fake's catalog is c5.large
+	// ($0.085) for amd64 (the default) and m6g.large ($0.077) for arm64. The embedded 2020
+	// catalog would have chosen types the fake does not have (c5a.large, c6g.medium).
+	tests := []struct {
+		name, arch, wantType, wantImage string
+	}{
+		{"web", "", "c5.large", "kip-cell-2026.03.1-x86_64"},
+		{"arm", "arm64", "m6g.large", "kip-cell-2026.03.1-arm64"},
+	}
+	pods := map[string]*corev1.Pod{}
+	for i, tt := range tests {
+		grace := int64(0)
+		pod := &corev1.Pod{
+			ObjectMeta: metav1.ObjectMeta{Namespace: "team-a", Name: tt.name, UID: types.UID(fmt.Sprintf("%d0b7c6c1-5d1f-4d59-9a57-2f1f6c0e0001", i))},
+			Spec: corev1.PodSpec{
+				NodeName:                      "kip-aws",
+				TerminationGracePeriodSeconds: &grace,
+				Containers: []corev1.Container{{Name: "app", Image: "nginx", Resources: corev1.ResourceRequirements{
+					Requests: corev1.ResourceList{corev1.ResourceCPU: resource.MustParse("500m"), corev1.ResourceMemory: resource.MustParse("1Gi")},
+				}}},
+			},
+		}
+		if tt.arch != "" {
+			pod.Spec.NodeSelector = map[string]string{corev1.LabelArchStable: tt.arch}
+		}
+		pods[tt.name] = pod
+		if err := mgr.CreatePod(ctx, pod); err != nil {
+			t.Fatalf("CreatePod %s: %v", tt.name, err)
+		}
+	}
+	for _, tt := range tests {
+		waitUntil(t, "pod "+tt.name+" to run", func() bool {
+			p, ok := mgr.GetPod("team-a", tt.name)
+			return ok && p.Status.Phase == corev1.PodRunning
+		})
+	}
+
+	byPod := map[string]ec2fake.Instance{}
+	for _, in := range e.fake.Instances() {
+		byPod[in.Tags[cloud.TagPodName]] = in
+	}
+	if n := len(e.fake.Instances()); n != len(tests) {
+		t.Errorf("EC2 has %d instances, want %d", n, len(tests))
+	}
+	group := backend.(interface{ SecurityGroupID() string }).SecurityGroupID()
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			pod := pods[tt.name]
+			in, ok := byPod[tt.name]
+			if !ok {
+				t.Fatalf("no instance tagged %s=%s", cloud.TagPodName, tt.name)
+			}
+			if in.InstanceType != tt.wantType || in.Spot || in.Zone != "us-east-1a" {
+				t.Errorf("instance %s is %s (spot %v) in %s, want on-demand %s in us-east-1a", in.ID, in.InstanceType, in.Spot, in.Zone, tt.wantType)
+			}
+			if in.ImageID != images[tt.wantImage] {
+				t.Errorf("image %s, want %s (%s): the newest of this account for the type's architecture", in.ImageID, images[tt.wantImage], tt.wantImage)
+			}
+			cellID := in.Tags[cloud.TagCellID]
+			if cellID == "" {
+				t.Errorf("instance tags %v have no %s", in.Tags, cloud.TagCellID)
+			}
+			want := map[string]string{
+				cloud.TagCluster: "kiptest", cloud.TagNode: "kip-aws", cloud.TagPodNamespace: "team-a",
+				cloud.TagPodName: tt.name, cloud.TagPodUID: string(pod.UID), "Name": "kip-" + cellID,
+			}
+			for k, v := range want {
+				if in.Tags[k] != v {
+					t.Errorf("tag %s = %q, want %q (all: %v)", k, in.Tags[k], v, in.Tags)
+				}
+			}
+			boot, err := decodeBootstrap(in.UserData)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if boot.CellID != cellID || string(boot.CACert) != string(ca.CertPEM) || len(boot.Key) == 0 {
+				t.Errorf("bootstrap names cell %q (tag %q), CA matches %v, key %d bytes", boot.CellID, cellID, string(boot.CACert) == string(ca.CertPEM), len(boot.Key))
+			}
+			if err := verifyCellCert(ca, boot.Cert, cellID); err != nil {
+				t.Errorf("bootstrap certificate: %v", err)
+			}
+			if group == "" || !slices.Contains(in.SecurityGroups, group) {
+				t.Errorf("instance groups %v, want Kip's group %q", in.SecurityGroups, group)
+			}
+			if in.PrivateIP == "" {
+				t.Errorf("instance %s has no private address", in.ID)
+			}
+		})
+	}
+
+	for _, tt := range tests {
+		if err := mgr.DeletePod(ctx, pods[tt.name]); err != nil {
+			t.Fatalf("DeletePod %s: %v", tt.name, err)
+		}
+	}
+	for _, tt := range tests {
+		id := byPod[tt.name].ID
+		waitUntil(t, "instance "+id+" to terminate", func() bool {
+			fi, _ := e.instance(id)
+			return fi.State == "shutting-down" || fi.State == "terminated"
+		})
+		waitUntil(t, "pod "+tt.name+" to be gone", func() bool {
+			_, ok := mgr.GetPod("team-a", tt.name)
+			return !ok
+		})
+		mu.Lock()
+		a := agents[byPod[tt.name].Tags[cloud.TagCellID]]
+		mu.Unlock()
+		if a == nil || a.deletes() != 1 {
+			t.Errorf("the agent of pod %s was not asked once to stop it", tt.name)
+		}
+	}
+	if n := e.fake.Calls("RunInstances"); n != len(tests) {
+		t.Errorf("RunInstances calls = %d, want %d", n, len(tests))
+	}
+	if n := e.fake.Calls("TerminateInstances"); n < 1 || n > len(tests) {
+		t.Errorf("TerminateInstances calls = %d, want 1 to %d", n, len(tests))
+	}
+}
+
+func decodeBootstrap(userData string) (*cellapi.Bootstrap, error) {
+	raw, err := base64.StdEncoding.DecodeString(userData)
+	if err != nil {
+		return nil, fmt.Errorf("user data is not base64: %w", err)
+	}
+	var b cellapi.Bootstrap
+	if err := json.Unmarshal(raw, &b); err != nil {
+		return nil, fmt.Errorf("user data is not a cellapi.Bootstrap: %w", err)
+	}
+	return &b, nil
+}
+
+// verifyCellCert checks certPEM is a serving certificate for cellID signed by ca.
+func verifyCellCert(ca *pki.CA, certPEM []byte, cellID string) error {
+	blk, _ := pem.Decode(certPEM)
+	if blk == nil {
+		return fmt.Errorf("no PEM block")
+	}
+	cert, err := x509.ParseCertificate(blk.Bytes)
+	if err != nil {
+		return err
+	}
+	_, err = cert.Verify(x509.VerifyOptions{Roots: ca.Pool(), DNSName: cellID, KeyUsages: []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth}})
+	return err
+}
+
+// awsTestAgent is an in-process cell agent: PutPod starts the containers at once, DeletePod
+// stops them with exit code 0.
+type awsTestAgent struct {
+	cellID string
+
+	mu       sync.Mutex
+	status   *cellapi.PodStatus
+	watchers []chan *cellapi.PodStatus
+	nDeletes int
+}
+
+var _ cellapi.Agent = (*awsTestAgent)(nil)
+
+func (a *awsTestAgent) Health(context.Context) (*cellapi.Health, error) {
+	return &cellapi.Health{CellID: a.cellID, Version: "test"}, nil
+}
+
+func (a *awsTestAgent) PutPod(_ context.Context, req *cellapi.PodRequest) (*cellapi.PodStatus, error) {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	if a.status != nil && a.status.UID == string(req.Pod.UID) {
+		return a.status, nil
+	}
+	now := time.Now()
+	st := &cellapi.PodStatus{UID: string(req.Pod.UID), Phase: corev1.PodRunning, StartTime: now}
+	for _, c := range req.Pod.Spec.Containers {
+		st.ContainerStatuses = append(st.ContainerStatuses, corev1.ContainerStatus{
+			Name: c.Name, Image: c.Image, Ready: true, Started: ptr.To(true),
+			State: corev1.ContainerState{Running: &corev1.ContainerStateRunning{StartedAt: metav1.NewTime(now)}},
+		})
+	}
+	a.publishLocked(st)
+	return st, nil
+}
+
+func (a *awsTestAgent) publishLocked(st *cellapi.PodStatus) {
+	if a.status != nil {
+		st.Seq = a.status.Seq + 1
+	} else {
+		st.Seq = 1
+	}
+	a.status = st
+	for _, w := range a.watchers {
+		select {
+		case w <- st:
+		default: // a slow watcher re-reads with GetPod
+		}
+	}
+}
+
+func (a *awsTestAgent) GetPod(context.Context) (*cellapi.PodStatus, error) {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	if a.status == nil {
+		return nil, cellapi.Errorf(cellapi.KindNotFound, "no pod")
+	}
+	return a.status, nil
+}
+
+func (a *awsTestAgent) WatchPod(ctx context.Context) (<-chan *cellapi.PodStatus, error) {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	ch := make(chan *cellapi.PodStatus, 16)
+	if a.status != nil {
+		ch <- a.status
+	}
+	a.watchers = append(a.watchers, ch)
+	go func() {
+		<-ctx.Done()
+		a.mu.Lock()
+		defer a.mu.Unlock()
+		for i, w := range a.watchers {
+			if w == ch {
+				a.watchers = append(a.watchers[:i], a.watchers[i+1:]...)
+				break
+			}
+		}
+		close(ch)
+	}()
+	return ch, nil
+}
+
+func (a *awsTestAgent) DeletePod(context.Context, time.Duration) error {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	a.nDeletes++
+	if a.status == nil {
+		return nil
+	}
+	st := *a.status
+	st.Phase = corev1.PodSucceeded
+	st.ContainerStatuses = nil
+	for _, cs := range a.status.ContainerStatuses {
+		started := time.Now()
+		if cs.State.Running != nil {
+			started = cs.State.Running.StartedAt.Time
+		}
+		cs.Ready, cs.Started = false, ptr.To(false)
+		cs.State = corev1.ContainerState{Terminated: &corev1.ContainerStateTerminated{
+			ExitCode: 0, Reason: "Completed", StartedAt: metav1.NewTime(started), FinishedAt: metav1.Now()}}
+		st.ContainerStatuses = append(st.ContainerStatuses, cs)
+	}
+	a.publishLocked(&st)
+	return nil
+}
+
+func (a *awsTestAgent) deletes() int {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	return a.nDeletes
+}
+
+func (a *awsTestAgent) Logs(context.Context, string, cellapi.LogOptions) (io.ReadCloser, error) {
+	return io.NopCloser(strings.NewReader("")), nil
+}
+
+func (a *awsTestAgent) Stats(context.Context) (*cellapi.Stats, error) { return &cellapi.Stats{}, nil }
+
+// testLogWriter sends log lines to t.Log until the test and its cleanups are over, then
+// drops them (a goroutine may still log while it winds down).
+type testLogWriter struct {
+	t    *testing.T
+	mu   *sync.Mutex
+	done *bool
+}
+
+func newTestLogWriter(t *testing.T) testLogWriter {
+	w := testLogWriter{t: t, mu: &sync.Mutex{}, done: new(bool)}
+	t.Cleanup(func() { // registered first, so it runs last
+		w.mu.Lock()
+		defer w.mu.Unlock()
+		*w.done = true
+	})
+	return w
+}
+
+func (w testLogWriter) Write(p []byte) (int, error) {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	if !*w.done {
+		w.t.Log(strings.TrimRight(string(p), "\n"))
+	}
+	return len(p), nil
+}
