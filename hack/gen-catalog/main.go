@@ -3,15 +3,17 @@
 //
 // Sources:
 //
-//	-source 2020   the December 2020 price-list figures in ../shared/data (default)
+//	-source 2020      the December 2020 price-list figures in ../shared/data (default)
+//	-source aws-api   AWS's own APIs through internal/instancetype/awsapi (EC2 and the Price
+//	                  List API, with the SDK's default credentials; aws only)
 //
-// A source that asks a cloud's APIs (for AWS, internal/instancetype/awsapi) plugs in by adding
-// an entry to sources below: anything that lists regions and implements
-// instancetype.Refresher for one region will do.
+// Another source plugs in by adding an entry to sources below: anything that lists regions
+// and implements instancetype.Refresher for one region will do.
 //
 // Usage (from the repository root):
 //
 //	go run ./hack/gen-catalog [-source 2020] [-data ../shared/data] [-out internal/instancetype/catalog] [-clouds aws,azure]
+//	go run ./hack/gen-catalog -source aws-api [-regions us-east-1,eu-west-1] [-ec2-endpoint URL] [-pricing-endpoint URL]
 package main
 
 import (
@@ -36,11 +38,17 @@ type Source interface {
 
 // sources makes a Source for a cloud from the command's flags.
 var sources = map[string]func(cloud string, f *flags) (Source, error){
-	"2020": newSource2020,
+	"2020":    newSource2020,
+	"aws-api": newSourceAWSAPI,
 }
+
+// defaultClouds are the clouds a source regenerates when -clouds is not given.
+var defaultClouds = map[string]string{"2020": "aws,azure", "aws-api": "aws"}
 
 type flags struct {
 	source, data, out, clouds string
+	// aws-api only.
+	regions, homeRegion, ec2Endpoint, pricingEndpoint string
 }
 
 func main() {
@@ -53,16 +61,23 @@ func main() {
 func run(ctx context.Context, args []string) error {
 	var f flags
 	fs := flag.NewFlagSet("gen-catalog", flag.ContinueOnError)
-	fs.StringVar(&f.source, "source", "2020", "where figures come from: 2020")
+	fs.StringVar(&f.source, "source", "2020", "where figures come from: 2020 or aws-api")
 	fs.StringVar(&f.data, "data", "../shared/data", "directory of the 2020 data files")
 	fs.StringVar(&f.out, "out", "internal/instancetype/catalog", "directory to write <cloud>.json.gz into")
-	fs.StringVar(&f.clouds, "clouds", "aws,azure", "comma-separated clouds to regenerate")
+	fs.StringVar(&f.clouds, "clouds", "", "comma-separated clouds to regenerate (default: aws,azure for 2020, aws for aws-api)")
+	fs.StringVar(&f.regions, "regions", "", "aws-api: comma-separated regions (default: every region of the account)")
+	fs.StringVar(&f.homeRegion, "home-region", "us-east-1", "aws-api: the region asked for the list of regions")
+	fs.StringVar(&f.ec2Endpoint, "ec2-endpoint", "", "aws-api: EC2 endpoint URL (default: AWS's)")
+	fs.StringVar(&f.pricingEndpoint, "pricing-endpoint", "", "aws-api: Price List API endpoint URL (default: AWS's)")
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
 	newSource, ok := sources[f.source]
 	if !ok {
-		return fmt.Errorf("-source: unknown source %q", f.source)
+		return fmt.Errorf("-source: unknown source %q (2020, aws-api)", f.source)
+	}
+	if f.clouds == "" {
+		f.clouds = defaultClouds[f.source]
 	}
 	for _, cloud := range strings.Split(f.clouds, ",") {
 		src, err := newSource(cloud, &f)
