@@ -193,3 +193,31 @@ func eq[T comparable](t *testing.T, what string, got, want T) {
 		t.Errorf("%s = %v, want %v", what, got, want)
 	}
 }
+
+// TestRoundTripAWS writes a defaulted AWS config out and loads it again unchanged, including
+// a refreshInterval of 0s (refreshing off), which must not turn back into the default.
+func TestRoundTripAWS(t *testing.T) {
+	for _, file := range []string{"valid-aws.yaml", "valid-aws-minimal.yaml"} {
+		t.Run(file, func(t *testing.T) {
+			c, err := Load(filepath.Join("testdata", file))
+			if err != nil {
+				t.Fatal(err)
+			}
+			out, err := yaml.Marshal(c)
+			if err != nil {
+				t.Fatal(err)
+			}
+			c2, err := Parse(out)
+			if err != nil {
+				t.Fatalf("reloading %s: %v", out, err)
+			}
+			a, a2 := c.Cloud.AWS, c2.Cloud.AWS
+			eq(t, "pollInterval", a2.PollInterval.Duration, a.PollInterval.Duration)
+			eq(t, "catalog.refreshInterval", a2.Catalog.RefreshInterval.Duration, a.Catalog.RefreshInterval.Duration)
+			eq(t, "imageOwners", strings.Join(a2.ImageOwners, ","), strings.Join(a.ImageOwners, ","))
+			eq(t, "imageFilters", len(a2.ImageFilters), len(a.ImageFilters))
+			eq(t, "subnetID", a2.SubnetID, a.SubnetID)
+			eq(t, "catalog.cacheFile", a2.Catalog.CacheFile, a.Catalog.CacheFile)
+		})
+	}
+}
