@@ -140,9 +140,12 @@ func createCgroups(dirs []string, it instancetype.InstanceType) error {
 }
 
 // mkdirCgroup creates dir and its missing parents. A new cpuset cgroup starts with no CPUs
-// and no memory nodes, so each new level gets its parent's.
+// and no memory nodes, so each new level gets its parent's. A level that exists but has no
+// CPUs yet is filled in too: concurrent launches share the parent levels, and another one
+// may have made a level without having set it up yet (a child made under an empty parent
+// would stay empty, and moving a process into it fails with ENOSPC).
 func mkdirCgroup(dir string) error {
-	if _, err := os.Stat(dir); err == nil {
+	if _, err := os.Stat(dir); err == nil && cpusetReady(dir) {
 		return nil
 	}
 	parent := filepath.Dir(dir)
@@ -154,7 +157,7 @@ func mkdirCgroup(dir string) error {
 	}
 	for _, f := range []string{"cpuset.cpus", "cpuset.mems"} {
 		b, err := os.ReadFile(filepath.Join(parent, f))
-		if err != nil {
+		if err != nil || strings.TrimSpace(string(b)) == "" {
 			continue
 		}
 		cur, _ := os.ReadFile(filepath.Join(dir, f))
@@ -166,6 +169,17 @@ func mkdirCgroup(dir string) error {
 		}
 	}
 	return nil
+}
+
+// cpusetReady reports whether dir has CPUs and memory nodes, or is not a cpuset cgroup.
+func cpusetReady(dir string) bool {
+	for _, f := range []string{"cpuset.cpus", "cpuset.mems"} {
+		b, err := os.ReadFile(filepath.Join(dir, f))
+		if err == nil && strings.TrimSpace(string(b)) == "" {
+			return false
+		}
+	}
+	return true
 }
 
 // joinCgroups moves pid (every thread of it) into each dir.

@@ -6,7 +6,9 @@ import (
 	"fmt"
 	"net"
 	"os"
+	"os/exec"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"syscall"
@@ -17,6 +19,7 @@ import (
 
 	"github.com/kip-dev/kip/internal/cloud"
 	"github.com/kip-dev/kip/internal/cloud/cloudtest"
+	"github.com/kip-dev/kip/internal/testenv"
 )
 
 func TestConformance(t *testing.T) {
@@ -570,5 +573,109 @@ func TestPoolExhausted(t *testing.T) {
 	}
 	if err := c.Terminate(ctx, second.ID); err != nil {
 		t.Fatal(err)
+	}
+}
+
+// TestBridgeKeepsItsMAC: the bridge has the MAC derived from its address and keeps it when a
+// port with a lower MAC joins (a bridge whose MAC was never set takes its lowest port's,
+// and cells then send to a MAC that no longer exists); Setup fixes an adopted bridge's MAC.
+func TestBridgeKeepsItsMAC(t *testing.T) {
+	e := newEnv(t)
+	b := e.backend()
+	want := macFor(b.BridgeIP()).String()
+	mac := func() string {
+		t.Helper()
+		br, err := netlink.LinkByName(e.cfg.Bridge)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return br.Attrs().HardwareAddr.String()
+	}
+	if got := mac(); got != want {
+		t.Fatalf("bridge MAC after Setup = %s, want %s", got, want)
+	}
+	in := e.launch(e.cloud(), "mac-1", "local.nano")
+	low := &netlink.Veth{
+		LinkAttrs: netlink.LinkAttrs{Name: "kl" + randTag(t), HardwareAddr: net.HardwareAddr{0, 0, 0, 0, 0, 1}},
+		PeerName:  "kp" + randTag(t),
+	}
+	if err := netlink.LinkAdd(low); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = netlink.LinkDel(low) })
+	br, err := netlink.LinkByName(e.cfg.Bridge)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := netlink.LinkSetMaster(low, br); err != nil {
+		t.Fatal(err)
+	}
+	if got := mac(); got != want {
+		t.Errorf("bridge MAC after a port with MAC 00:00:00:00:00:01 joined = %s, want %s", got, want)
+	}
+	if err := netlink.LinkDel(low); err != nil {
+		t.Fatal(err)
+	}
+	if err := e.cloud().Terminate(context.Background(), in.ID); err != nil {
+		t.Fatal(err)
+	}
+
+	// An adopted bridge (made by an older kip, MAC never set) gets its MAC fixed.
+	if err := netlink.LinkSetHardwareAddr(br, net.HardwareAddr{0x02, 0, 0, 0, 0, 0x42}); err != nil {
+		t.Fatal(err)
+	}
+	if err := b.Setup(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	if got := mac(); got != want {
+		t.Errorf("bridge MAC after Setup adopted the bridge = %s, want %s", got, want)
+	}
+}
+
+// TestMkdirCgroupUnderUnsetParent: a cell cgroup made under a cpuset parent that exists but
+// has no CPUs yet (another launch made it and has not filled it in) still gets CPUs and
+// memory nodes, so a process can join it.
+func TestMkdirCgroupUnderUnsetParent(t *testing.T) {
+	testenv.RequireNetns(t) // root, and this is part of the isolated backend
+	if err := Probe("").Cgroups; err != nil {
+		t.Skipf("skipping: %v", err)
+	}
+	hs, err := hierarchies(defaultCgroupRoot, "/proc/self/cgroup")
+	if err != nil {
+		t.Fatal(err)
+	}
+	i := slices.IndexFunc(hs, func(h hierarchy) bool { return h.name == "cpuset" })
+	if i < 0 {
+		t.Skip("skipping: no cgroup v1 cpuset hierarchy")
+	}
+	parent := filepath.Join(defaultCgroupRoot, "cpuset", hs[i].self, "kip-t"+randTag(t))
+	if err := os.Mkdir(parent, 0o755); err != nil { // a new cpuset cgroup has no CPUs
+		t.Fatal(err)
+	}
+	child := filepath.Join(parent, "c1")
+	t.Cleanup(func() {
+		_ = os.Remove(child)
+		_ = os.Remove(parent)
+	})
+	if err := mkdirCgroup(child); err != nil {
+		t.Fatalf("mkdirCgroup: %v", err)
+	}
+	for _, d := range []string{parent, child} {
+		for _, f := range []string{"cpuset.cpus", "cpuset.mems"} {
+			if b, err := os.ReadFile(filepath.Join(d, f)); err != nil || strings.TrimSpace(string(b)) == "" {
+				t.Errorf("%s of %s = %q, %v; want the parent's", f, d, b, err)
+			}
+		}
+	}
+	cmd := exec.Command("sleep", "60")
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	defer func() {
+		_ = cmd.Process.Kill()
+		_ = cmd.Wait()
+	}()
+	if err := joinCgroups([]string{child}, cmd.Process.Pid); err != nil {
+		t.Errorf("joining the cgroup: %v", err)
 	}
 }

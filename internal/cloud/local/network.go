@@ -27,9 +27,17 @@ func macFor(ip net.IP) net.HardwareAddr {
 	return net.HardwareAddr{0x02, 0x00, v4[0], v4[1], v4[2], v4[3]}
 }
 
-// ensureBridge creates the bridge if needed, puts addr on it, brings it up and shortens the
-// ARP retransmit time (the first ARP after a veth comes up is sometimes lost; at the default
-// 1 s retransmit that costs a second).
+// ensureBridge creates the bridge if needed, gives it a fixed MAC, puts addr on it, brings it
+// up and shortens the ARP retransmit time (the first ARP after a veth comes up is sometimes
+// lost; at the default 1 s retransmit that costs a second).
+//
+// The fixed MAC (derived from addr, as cells' are from theirs) matters: a bridge whose MAC
+// was never set takes the lowest MAC of its ports, and the host ends of the veths have random
+// ones, so the bridge's MAC changed whenever a cell came or went. Cells kept sending to the
+// old MAC from their neighbour cache (reachable for up to 45 s, then 5 s of delay and 3 s of
+// unicast probes before they ask again), and the bridge flooded those frames instead of
+// taking them: the cells' SYNs to the registry or kip on the bridge address were lost, and
+// connects took 1, 3, 7 or 15 s of retransmits.
 func ensureBridge(name string, addr *netlink.Addr) (netlink.Link, error) {
 	br, err := netlink.LinkByName(name)
 	if err != nil {
@@ -46,6 +54,11 @@ func ensureBridge(name string, addr *netlink.Addr) (netlink.Link, error) {
 	}
 	if br.Type() != "bridge" {
 		return nil, fmt.Errorf("link %s exists and is a %s, not a bridge", name, br.Type())
+	}
+	if mac := macFor(addr.IP); !bytes.Equal(br.Attrs().HardwareAddr, mac) {
+		if err := netlink.LinkSetHardwareAddr(br, mac); err != nil {
+			return nil, fmt.Errorf("setting the MAC of bridge %s to %s: %w", name, mac, err)
+		}
 	}
 	if err := netlink.AddrReplace(br, addr); err != nil {
 		return nil, fmt.Errorf("adding %s to bridge %s: %w", addr.IPNet, name, err)

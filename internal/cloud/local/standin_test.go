@@ -24,6 +24,8 @@ import (
 //	GET /dial?addr=H:P  → 200 if a TCP connection from inside the cell succeeds, else 502
 //	POST /spawn         → starts "sleep" in its own session and in a nested cgroup
 //	                      (as runc puts containers), answers its pid
+//	GET /pull?ref=R&insecure=H → pulls R (registry H over plain HTTP) into a fresh image
+//	                      store, answers a pullResult with its duration and a trace
 //	POST /mount         → mounts a tmpfs under the agent's state directory (as image overlays)
 const (
 	standinEnv  = "KIP_LOCAL_STANDIN_AGENT"
@@ -73,6 +75,9 @@ func standinAgent(args []string) error {
 			return
 		}
 		c.Close()
+	})
+	mux.HandleFunc("/pull", func(w http.ResponseWriter, r *http.Request) {
+		_ = json.NewEncoder(w).Encode(standinPull(*stateDir, r.URL.Query().Get("ref"), r.URL.Query().Get("insecure")))
 	})
 	mux.HandleFunc("/spawn", func(w http.ResponseWriter, r *http.Request) {
 		pid, err := standinSpawn()
