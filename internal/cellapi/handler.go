@@ -7,10 +7,12 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"net"
 	"net/http"
 	"net/url"
 	"strconv"
 	"strings"
+	"sync"
 	"time"
 )
 
@@ -259,14 +261,72 @@ func (h *handler) portForward(w http.ResponseWriter, r *http.Request) {
 		h.fail(w, r, Errorf(KindInvalid, "port %q is not a port number", r.PathValue("port")))
 		return
 	}
-	conn, err := upgrade(w)
-	if err != nil {
-		h.log.Info("port-forward upgrade failed", "err", err)
-		return
-	}
-	if err := s.PortForward(r.Context(), int32(port), conn); err != nil {
+	// Upgrade only when the streamer first uses the connection: an error before that (nothing
+	// listens on the port) is then an ordinary error response, which the client returns and
+	// kubectl reports, instead of a stream that just closes.
+	conn := &lazyUpgrade{w: w}
+	err = s.PortForward(r.Context(), int32(port), conn)
+	switch {
+	case err != nil && !conn.upgraded():
+		h.fail(w, r, err)
+	case err != nil:
 		h.log.Info("port forward failed", "port", port, "err", err)
 	}
+}
+
+// lazyUpgrade is a connection that upgrades the HTTP exchange on its first Read or Write.
+// Closed before that, it never upgrades.
+type lazyUpgrade struct {
+	w    http.ResponseWriter
+	mu   sync.Mutex
+	conn io.ReadWriteCloser
+	err  error
+}
+
+func (l *lazyUpgrade) get() (io.ReadWriteCloser, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if l.conn == nil && l.err == nil {
+		l.conn, l.err = upgrade(l.w)
+		if l.err != nil {
+			l.err = fmt.Errorf("upgrading the port-forward connection: %w", l.err)
+		}
+	}
+	return l.conn, l.err
+}
+
+func (l *lazyUpgrade) upgraded() bool {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.conn != nil
+}
+
+func (l *lazyUpgrade) Read(p []byte) (int, error) {
+	c, err := l.get()
+	if err != nil {
+		return 0, err
+	}
+	return c.Read(p)
+}
+
+func (l *lazyUpgrade) Write(p []byte) (int, error) {
+	c, err := l.get()
+	if err != nil {
+		return 0, err
+	}
+	return c.Write(p)
+}
+
+func (l *lazyUpgrade) Close() error {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if l.conn == nil {
+		if l.err == nil {
+			l.err = net.ErrClosed // never upgrade now
+		}
+		return nil
+	}
+	return l.conn.Close()
 }
 
 func (h *handler) stats(w http.ResponseWriter, r *http.Request) {

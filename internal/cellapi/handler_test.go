@@ -325,6 +325,9 @@ func (s streamingAgent) Exec(ctx context.Context, container string, opts cellapi
 
 func (s streamingAgent) PortForward(ctx context.Context, port int32, conn io.ReadWriteCloser) error {
 	defer conn.Close()
+	if port == 9999 { // nothing listens there: fail before using conn, as the agent does
+		return cellapi.Errorf(cellapi.KindNotFound, "port %d: connection refused", port)
+	}
 	buf := make([]byte, 4)
 	if _, err := io.ReadFull(conn, buf); err != nil {
 		return err
@@ -369,6 +372,11 @@ func TestExecAndPortForwardStreams(t *testing.T) {
 	}
 	if err := r.client.PortForward(t.Context(), 0, nopRWC{}); !cellapi.IsInvalid(err) {
 		t.Fatalf("port 0: %v, want Invalid", err)
+	}
+	// A port the agent cannot connect to is an error of the call (kubectl reports it), not a
+	// stream that closes without a word.
+	if err := r.client.PortForward(t.Context(), 9999, nopRWC{}); !cellapi.IsNotFound(err) || !strings.Contains(err.Error(), "connection refused") {
+		t.Fatalf("refused port: %v, want NotFound naming the refusal", err)
 	}
 }
 

@@ -45,6 +45,8 @@ type Streamer interface {
 	// error means it could not be run (kind NotFound: no such running container).
 	Exec(ctx context.Context, container string, opts ExecOptions, stdio ExecIO) (int, error)
 	// PortForward connects conn to port on the cell's loopback until either side closes.
+	// Served by Handler, an error returned before conn is first read or written (nothing
+	// listens on the port) is the request's error: the Client's PortForward returns it.
 	PortForward(ctx context.Context, port int32, conn io.ReadWriteCloser) error
 }
 

@@ -296,7 +296,11 @@ func (p *Provider) GetContainerLogs(ctx context.Context, namespace, podName, con
 	if err != nil {
 		return nil, classify(fmt.Errorf("reaching the cell of pod %s/%s: %w", namespace, podName, err))
 	}
-	rc, err := agent.Logs(ctx, containerName, logOptions(opts))
+	lo := logOptions(opts)
+	if zeroTail(ctx) {
+		lo.TailLines = ptr.To[int64](0)
+	}
+	rc, err := agent.Logs(ctx, containerName, lo)
 	if err != nil {
 		return nil, classify(fmt.Errorf("reading logs of %s/%s/%s: %w", namespace, podName, containerName, err))
 	}
@@ -318,7 +322,7 @@ func hasContainer(pod *corev1.Pod, name string) bool {
 }
 
 // logOptions maps virtual-kubelet's parsed query onto the agent's options. Zero values mean
-// "not set" in virtual-kubelet's struct (it cannot express tailLines=0).
+// "not set" in virtual-kubelet's struct (it cannot express tailLines=0: WithLogQuery does).
 func logOptions(o api.ContainerLogOpts) cellapi.LogOptions {
 	out := cellapi.LogOptions{Follow: o.Follow, Previous: o.Previous, Timestamps: o.Timestamps}
 	if o.Tail > 0 {

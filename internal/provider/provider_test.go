@@ -6,6 +6,9 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"net/http"
+	"net/http/httptest"
+	"strconv"
 	"testing"
 	"time"
 
@@ -20,6 +23,7 @@ import (
 	k8sfake "k8s.io/client-go/kubernetes/fake"
 	k8stesting "k8s.io/client-go/testing"
 	clocktesting "k8s.io/utils/clock/testing"
+	"k8s.io/utils/ptr"
 
 	"github.com/kip-dev/kip/internal/cellapi"
 	"github.com/kip-dev/kip/internal/cloud"
@@ -487,4 +491,48 @@ func TestDeleteOfUnknownPodRemovesTheObject(t *testing.T) {
 	case <-time.After(10 * time.Second):
 		t.Fatal("the object of a pod kip does not run was left for its grace period")
 	}
+}
+
+// TestWithLogQueryTailZero: tailLines=0 reaches the agent as 0 through the kubelet API
+// (virtual-kubelet alone reads it as "not set"), other values as they are.
+func TestWithLogQueryTailZero(t *testing.T) {
+	c := newFakeCells(runningPod("ns", "web", "app"))
+	agent := &fakeAgent{logs: "hello-kip\n"}
+	c.agents["ns/web"] = agent
+	p, _ := newTestProvider(t, c)
+	srv := httptest.NewServer(WithLogQuery(api.PodHandler(api.PodHandlerConfig{GetContainerLogs: p.GetContainerLogs}, false)))
+	defer srv.Close()
+	tests := []struct {
+		query string
+		want  *int64 // nil: not set
+	}{
+		{"tailLines=0", ptr.To[int64](0)},
+		{"tailLines=3", ptr.To[int64](3)},
+		{"", nil},
+		{"timestamps=true", nil},
+	}
+	for _, tt := range tests {
+		t.Run(tt.query, func(t *testing.T) {
+			agent.lastLogs = cellapi.LogOptions{}
+			resp, err := http.Get(srv.URL + "/containerLogs/ns/web/app?" + tt.query)
+			if err != nil {
+				t.Fatal(err)
+			}
+			resp.Body.Close()
+			if resp.StatusCode != http.StatusOK {
+				t.Fatalf("status %s", resp.Status)
+			}
+			got := agent.lastLogs.TailLines
+			if (got == nil) != (tt.want == nil) || (got != nil && *got != *tt.want) {
+				t.Errorf("agent got tailLines %v, want %v", ptrString(got), ptrString(tt.want))
+			}
+		})
+	}
+}
+
+func ptrString(p *int64) string {
+	if p == nil {
+		return "unset"
+	}
+	return strconv.FormatInt(*p, 10)
 }

@@ -13,6 +13,7 @@ import (
 	"os/exec"
 	"regexp"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -65,6 +66,8 @@ func TestLogsOptions(t *testing.T) {
 		}
 	}
 	check("tail", "line-3\nline-4\n", "-c", "a", "--tail=2")
+	check("tail 0", "", "-c", "a", "--tail=0")
+	check("tail and limit-bytes", "line-4", "-c", "a", "--tail=1", "--limit-bytes=6")
 	check("limit-bytes", "line-1\nli", "-c", "a", "--limit-bytes=9")
 	check("second container", "from-b\n", "-c", "b")
 
@@ -98,6 +101,11 @@ func TestLogsOptions(t *testing.T) {
 	// back to the middle of the gap, which leaves gap/2 (≥ 2.5 s) for kubectl to get there.
 	since := int(math.Ceil(time.Since(mid).Seconds()))
 	check("since", "line-4\n", "-c", "a", fmt.Sprintf("--since=%ds", since))
+
+	// No earlier run to show: an error saying so, as kubelet gives.
+	if out, err := e.Kubectl(ctx, "-n", ns, "logs", "logs", "-c", "a", "--previous"); err == nil || !strings.Contains(err.Error(), "previous terminated container") {
+		t.Errorf("logs --previous of a container that never restarted: %q, %v", out, err)
+	}
 
 	t.Run("previous", func(t *testing.T) { testLogsPrevious(t, e, ns) })
 }
@@ -289,20 +297,56 @@ func TestPortForward(t *testing.T) {
 	if _, err := e.WaitForPod(ctx, ns, "pf", podTimeout, framework.Running); err != nil {
 		t.Fatalf("%v\nevents:\n%s", err, e.EventsFor(ctx, ns, "pf"))
 	}
+	port, _ := portForward(ctx, t, e, ns, "pf", 8080)
+	client := &http.Client{Timeout: 10 * time.Second}
+	body, err := getWithRetry(ctx, client, "http://127.0.0.1:"+port+"/", 30*time.Second)
+	if err != nil {
+		t.Fatalf("through port-forward: %v", err)
+	}
+	if body != "kip-port-forward\n" {
+		t.Errorf("body %q, want kip-port-forward", body)
+	}
+	// A second request over a fresh connection through the same forward.
+	if body, err := getWithRetry(ctx, client, "http://127.0.0.1:"+port+"/index.html", 10*time.Second); err != nil || body != "kip-port-forward\n" {
+		t.Errorf("second request: %q, %v", body, err)
+	}
+
+	// Nothing listens on 9999: the connection fails and kubectl reports why, as with kubelet.
+	refused, stderr := portForward(ctx, t, e, ns, "pf", 9999)
+	if body, err := (&http.Client{Timeout: 10 * time.Second}).Get("http://127.0.0.1:" + refused + "/"); err == nil {
+		body.Body.Close()
+		t.Errorf("GET through a forward to a closed port answered %s", body.Status)
+	}
+	wctx, wcancel := context.WithTimeout(ctx, 30*time.Second)
+	defer wcancel()
+	for !strings.Contains(stderr(), "connection refused") {
+		select {
+		case <-wctx.Done():
+			t.Fatalf("kubectl port-forward to a closed port did not report the refusal: stderr %q", stderr())
+		case <-time.After(100 * time.Millisecond):
+		}
+	}
+	t.Logf("kubectl port-forward to a closed port: %s", strings.TrimSpace(stderr()))
+}
+
+// portForward runs `kubectl port-forward pod/<pod> :<port>` until t ends and returns the local
+// port it listens on and a function returning its stderr so far.
+func portForward(ctx context.Context, t *testing.T, e *framework.Env, ns, pod string, port int) (string, func() string) {
+	t.Helper()
 	cmd := exec.CommandContext(ctx, e.CP.Kubectl(), "--kubeconfig", e.CP.AdminKubeconfig(), "-n", ns,
-		"port-forward", "pod/pf", "--address=127.0.0.1", ":8080")
+		"port-forward", "pod/"+pod, "--address=127.0.0.1", fmt.Sprintf(":%d", port))
 	stdout, err := cmd.StdoutPipe()
 	if err != nil {
 		t.Fatal(err)
 	}
-	var stderr bytes.Buffer
-	cmd.Stderr = &stderr
+	stderr := &syncBuffer{}
+	cmd.Stderr = stderr
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)
 	}
-	defer func() { _ = cmd.Process.Kill(); _ = cmd.Wait() }()
+	t.Cleanup(func() { _ = cmd.Process.Kill(); _ = cmd.Wait() })
 	// "Forwarding from 127.0.0.1:41234 -> 8080"
-	re := regexp.MustCompile(`Forwarding from 127\.0\.0\.1:(\d+) -> 8080`)
+	re := regexp.MustCompile(fmt.Sprintf(`Forwarding from 127\.0\.0\.1:(\d+) -> %d`, port))
 	ports := make(chan string, 1)
 	go func() {
 		sc := bufio.NewScanner(stdout)
@@ -316,26 +360,32 @@ func TestPortForward(t *testing.T) {
 		for sc.Scan() { // keep draining so kubectl never blocks on its stdout
 		}
 	}()
-	var port string
 	select {
 	case p, ok := <-ports:
 		if !ok {
 			t.Fatalf("kubectl port-forward ended without forwarding: %s", stderr.String())
 		}
-		port = p
+		return p, stderr.String
 	case <-time.After(time.Minute):
 		t.Fatalf("kubectl port-forward printed no local port within a minute: %s", stderr.String())
 	}
-	client := &http.Client{Timeout: 10 * time.Second}
-	body, err := getWithRetry(ctx, client, "http://127.0.0.1:"+port+"/", 30*time.Second)
-	if err != nil {
-		t.Fatalf("through port-forward: %v; kubectl stderr: %s", err, stderr.String())
-	}
-	if body != "kip-port-forward\n" {
-		t.Errorf("body %q, want kip-port-forward", body)
-	}
-	// A second request over a fresh connection through the same forward.
-	if body, err := getWithRetry(ctx, client, "http://127.0.0.1:"+port+"/index.html", 10*time.Second); err != nil || body != "kip-port-forward\n" {
-		t.Errorf("second request: %q, %v", body, err)
-	}
+	return "", nil
+}
+
+// syncBuffer is a bytes.Buffer safe for a writing process and a reading test.
+type syncBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (s *syncBuffer) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.Write(p)
+}
+
+func (s *syncBuffer) String() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.String()
 }

@@ -164,7 +164,7 @@ func (r *runner) run(ctx context.Context) error {
 				return nil, nil, err
 			}
 			resolver.Store(res)
-			routes.set(api.PodHandler(api.PodHandlerConfig{
+			routes.set(provider.WithLogQuery(api.PodHandler(api.PodHandlerConfig{
 				GetContainerLogs: prov.GetContainerLogs,
 				RunInContainer:   prov.RunInContainer,
 				PortForward:      prov.PortForward,
@@ -177,7 +177,7 @@ func (r *runner) run(ctx context.Context) error {
 				StreamIdleTimeout:     30 * time.Minute,
 				StreamCreationTimeout: 30 * time.Second,
 				// attach is answered 501 until the agent offers it.
-			}, true))
+			}, true)))
 			return prov, nil, nil
 		},
 		nodeutil.WithClient(r.client),
