@@ -8,6 +8,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"runtime"
 	"slices"
 	"strconv"
 	"strings"
@@ -16,6 +17,7 @@ import (
 	"time"
 
 	"github.com/vishvananda/netlink"
+	"github.com/vishvananda/netns"
 
 	"github.com/kip-dev/kip/internal/cloud"
 	"github.com/kip-dev/kip/internal/cloud/cloudtest"
@@ -576,9 +578,12 @@ func TestPoolExhausted(t *testing.T) {
 	}
 }
 
-// TestBridgeKeepsItsMAC: the bridge has the MAC derived from its address and keeps it when a
-// port with a lower MAC joins (a bridge whose MAC was never set takes its lowest port's,
-// and cells then send to a MAC that no longer exists); Setup fixes an adopted bridge's MAC.
+// TestBridgeKeepsItsMAC: the bridge has the MAC derived from its address and keeps it while
+// ports come and go, and a cell still reaches the bridge address after a port left. (A
+// bridge whose MAC was never set takes its lowest port's MAC; when that port's cell is
+// terminated, the other cells keep sending to a MAC that no longer exists, and their
+// connections to kip or the registry on the bridge address stall for many seconds.) Setup
+// fixes the MAC of a bridge it adopts.
 func TestBridgeKeepsItsMAC(t *testing.T) {
 	e := newEnv(t)
 	b := e.backend()
@@ -592,9 +597,24 @@ func TestBridgeKeepsItsMAC(t *testing.T) {
 		return br.Attrs().HardwareAddr.String()
 	}
 	if got := mac(); got != want {
-		t.Fatalf("bridge MAC after Setup = %s, want %s", got, want)
+		t.Errorf("bridge MAC after Setup = %s, want %s", got, want)
 	}
-	in := e.launch(e.cloud(), "mac-1", "local.nano")
+	ln, err := net.Listen("tcp", net.JoinHostPort(b.BridgeIP().String(), "0"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			c.Close()
+		}
+	}()
+
+	// A port with the lowest possible MAC joins, as another cell's veth might.
 	low := &netlink.Veth{
 		LinkAttrs: netlink.LinkAttrs{Name: "kl" + randTag(t), HardwareAddr: net.HardwareAddr{0, 0, 0, 0, 0, 1}},
 		PeerName:  "kp" + randTag(t),
@@ -613,8 +633,22 @@ func TestBridgeKeepsItsMAC(t *testing.T) {
 	if got := mac(); got != want {
 		t.Errorf("bridge MAC after a port with MAC 00:00:00:00:00:01 joined = %s, want %s", got, want)
 	}
+	// A cell boots (its agent answers, so it knows the bridge's MAC), then that port leaves.
+	in := e.launch(e.cloud(), "mac-1", "local.nano")
 	if err := netlink.LinkDel(low); err != nil {
 		t.Fatal(err)
+	}
+	if got := mac(); got != want {
+		t.Errorf("bridge MAC after the port left = %s, want %s", got, want)
+	}
+	// Dial from the cell's namespace directly: a request from the host to the agent would
+	// make the host ask for the cell's MAC, which also tells the cell the bridge's new one.
+	r, err := b.store.read(in.ID)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := dialFromNetns(r.meta.Netns, ln.Addr().String()); err != nil {
+		t.Errorf("after a port left the bridge, the cell cannot reach the bridge address: %v", err)
 	}
 	if err := e.cloud().Terminate(context.Background(), in.ID); err != nil {
 		t.Fatal(err)
@@ -630,6 +664,31 @@ func TestBridgeKeepsItsMAC(t *testing.T) {
 	if got := mac(); got != want {
 		t.Errorf("bridge MAC after Setup adopted the bridge = %s, want %s", got, want)
 	}
+}
+
+// dialFromNetns opens a TCP connection to addr from inside the named netns (500 ms at most:
+// a lost SYN is only sent again after 1 s).
+func dialFromNetns(name, addr string) error {
+	errc := make(chan error, 1)
+	go func() {
+		runtime.LockOSThread() // never unlocked: the thread is discarded, not returned
+		ns, err := netns.GetFromName(name)
+		if err != nil {
+			errc <- err
+			return
+		}
+		defer ns.Close()
+		if err := netns.Set(ns); err != nil {
+			errc <- err
+			return
+		}
+		c, err := net.DialTimeout("tcp", addr, 500*time.Millisecond)
+		if err == nil {
+			c.Close()
+		}
+		errc <- err
+	}()
+	return <-errc
 }
 
 // TestMkdirCgroupUnderUnsetParent: a cell cgroup made under a cpuset parent that exists but
