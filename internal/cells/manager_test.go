@@ -567,3 +567,44 @@ func TestRecoverTwiceKeepsRunningCells(t *testing.T) {
 	a.set(&cellapi.PodStatus{Phase: corev1.PodRunning, ContainerStatuses: []corev1.ContainerStatus{running("main", true)}})
 	h.waitPod(pod, "Running", func(p *corev1.Pod) bool { return p.Status.Phase == corev1.PodRunning })
 }
+
+// TestRecoverKeepsThePrice: a cell adopted after a restart shows the instance type and price
+// per hour of the offering it was launched on, as before the restart (they were 0 and bare).
+func TestRecoverKeepsThePrice(t *testing.T) {
+	h := newHarness(t)
+	pod := testPod("priced", func(p *corev1.Pod) { p.Spec.RestartPolicy = corev1.RestartPolicyAlways })
+	if err := h.m.CreatePod(context.Background(), pod); err != nil {
+		t.Fatal(err)
+	}
+	id := CellID(pod.UID)
+	a := h.agent(id)
+	h.waitFor("a status watch", func() bool { return a.watcherCount() > 0 })
+	a.set(&cellapi.PodStatus{Phase: corev1.PodRunning, ContainerStatuses: []corev1.ContainerStatus{running("main", true)}})
+	running := h.waitPod(pod, "Running", func(p *corev1.Pod) bool { return p.Status.Phase == corev1.PodRunning })
+	var before CellInfo
+	h.waitFor("the Cell to show the running cell", func() bool {
+		before, _ = h.mirror.get(id)
+		return before.Phase == PhaseReady && before.PricePerHour > 0
+	})
+
+	h.m.Close()
+	h.waitFor("closing the manager to end the watch", func() bool { return a.watcherCount() == 0 })
+	h.mirror.mu.Lock()
+	h.mirror.cells = map[string]CellInfo{}
+	h.mirror.mu.Unlock()
+	m2 := h.newManager()
+	t.Cleanup(m2.Close)
+	h.m = m2
+	if err := m2.Recover(context.Background(), []*corev1.Pod{running}); err != nil {
+		t.Fatal(err)
+	}
+	var after CellInfo
+	h.waitFor("the adopted cell's Cell to be Ready", func() bool {
+		after, _ = h.mirror.get(id)
+		return after.Phase == PhaseReady
+	})
+	if after.InstanceType != before.InstanceType || after.PricePerHour != before.PricePerHour || after.Spot != before.Spot {
+		t.Errorf("adopted Cell shows %s $%v/h spot=%v, before the restart %s $%v/h spot=%v",
+			after.InstanceType, after.PricePerHour, after.Spot, before.InstanceType, before.PricePerHour, before.Spot)
+	}
+}

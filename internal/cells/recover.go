@@ -8,6 +8,7 @@ import (
 	"k8s.io/apimachinery/pkg/types"
 
 	"github.com/kip-dev/kip/internal/cloud"
+	"github.com/kip-dev/kip/internal/instancetype"
 )
 
 // Recover rebuilds state after a restart from the cloud's tags and the node's pods: it
@@ -33,6 +34,14 @@ func (m *Manager) Recover(ctx context.Context, pods []*corev1.Pod) error {
 		}
 	}
 	m.mu.Unlock()
+	// The catalog gives adopted cells back their offering (the Cell resource shows its price);
+	// without it they are still adopted, known by type name only.
+	var catalog []instancetype.InstanceType
+	if len(insts) > 0 {
+		if catalog, err = m.deps.Cloud.InstanceTypes(ctx); err != nil {
+			m.log.Warn("recovering cells: listing instance types; adopted cells show no price", "err", err)
+		}
+	}
 	adopted := map[types.UID]bool{}
 	var orphans []*cloud.Instance
 	for _, inst := range insts {
@@ -47,7 +56,7 @@ func (m *Manager) Recover(ctx context.Context, pods []*corev1.Pod) error {
 			continue
 		}
 		adopted[uid] = true
-		m.adopt(pod, inst)
+		m.adopt(pod, inst, catalog)
 	}
 	for _, inst := range orphans {
 		m.log.Info("terminating orphan cell", "instance", inst.ID, "cell", inst.Tags[cloud.TagCellID],
@@ -76,11 +85,10 @@ func (m *Manager) Recover(ctx context.Context, pods []*corev1.Pod) error {
 }
 
 // adopt takes over a live cell of pod after a restart.
-func (m *Manager) adopt(pod *corev1.Pod, inst *cloud.Instance) {
+func (m *Manager) adopt(pod *corev1.Pod, inst *cloud.Instance, catalog []instancetype.InstanceType) {
 	c := m.newCell(pod)
 	c.inst = inst
-	c.cand = Candidate{Type: instanceTypeNamed(inst.InstanceType)}
-	c.cand.Offering.Spot = inst.Spot
+	c.cand = adoptedCandidate(inst, catalog)
 	c.timing.InstanceType = inst.InstanceType
 	c.stage = stageBooting
 	if opts, err := parseAnnotations(pod); err == nil {
@@ -93,6 +101,27 @@ func (m *Manager) adopt(pod *corev1.Pod, inst *cloud.Instance) {
 	m.cells[c.key] = c
 	m.mu.Unlock()
 	m.start(c, inst)
+}
+
+// adoptedCandidate is what inst was launched as: its type from catalog and the offering of its
+// market (spot or not), in its zone when the catalog has one there. A type the catalog lacks
+// is known by name only, with no price.
+func adoptedCandidate(inst *cloud.Instance, catalog []instancetype.InstanceType) Candidate {
+	cand := Candidate{Type: instanceTypeNamed(inst.InstanceType)}
+	for _, t := range catalog {
+		if t.Name != inst.InstanceType {
+			continue
+		}
+		cand.Type = t
+		for _, o := range t.Offerings {
+			if o.Spot == inst.Spot && (cand.Offering.Price == 0 || o.Zone == inst.Zone) {
+				cand.Offering = o
+			}
+		}
+		break
+	}
+	cand.Offering.Spot, cand.Offering.Zone = inst.Spot, inst.Zone
+	return cand
 }
 
 // remember registers a completed pod so GetPod and ListPods answer for it.

@@ -40,8 +40,8 @@ type cellView struct {
 }
 
 // TestCellsResource: while a pod runs, `kubectl get cells` shows a Cell for it with its pod,
-// instance type, price per hour, the pod's IP and phase Ready; once the pod is deleted the
-// Cell is gone.
+// instance type, price per hour, the pod's IP and phase Ready, and shows it again the same
+// after a kip restart; once the pod is deleted the Cell is gone.
 func TestCellsResource(t *testing.T) {
 	e := need(t)
 	ctx, cancel := context.WithTimeout(context.Background(), 4*time.Minute)
@@ -138,6 +138,38 @@ func TestCellsResource(t *testing.T) {
 	}
 	if table, err := e.Kubectl(ctx, "get", "cells"); err == nil {
 		t.Logf("kubectl get cells:\n%s", table)
+	}
+
+	// A restarted kip adopts the cell and mirrors it in full again: with kip down, remove the
+	// Cell, then watch the new kip write it back with the same type, price, IP and phase.
+	e.Kip.Kill()
+	if err := e.Dynamic.Resource(crd.CellGVR).Delete(ctx, name, metav1.DeleteOptions{}); err != nil {
+		t.Fatalf("deleting Cell %s while kip is down: %v", name, err)
+	}
+	if err := e.Kip.Start(ctx); err != nil {
+		t.Fatalf("restarting kip: %v", err)
+	}
+	rctx, rcancel := context.WithTimeout(ctx, time.Minute)
+	defer rcancel()
+	last = nil
+	_, err = framework.Until(rctx, e.Dynamic.Resource(crd.CellGVR), fields.OneTermEqualSelector("metadata.name", name), func(ev watch.Event) (bool, error) {
+		u, ok := ev.Object.(*unstructured.Unstructured)
+		if !ok || ev.Type == watch.Deleted {
+			return false, nil
+		}
+		last = u
+		phase, _, _ := unstructured.NestedString(u.Object, "status", "phase")
+		return phase == "Ready", nil
+	})
+	if err != nil {
+		t.Fatalf("Cell %s not written back Ready by the restarted kip: %v", name, err)
+	}
+	var again cellView
+	if b, err := json.Marshal(last.Object); err != nil || json.Unmarshal(b, &again) != nil {
+		t.Fatalf("decoding Cell %s: %v", name, err)
+	}
+	if again.Spec != c.Spec || again.Status != c.Status {
+		t.Errorf("Cell %s after a kip restart: %+v %+v, before %+v %+v", name, again.Spec, again.Status, c.Spec, c.Status)
 	}
 
 	// Deleting the pod removes its cell and its Cell.
