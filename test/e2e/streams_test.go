@@ -229,8 +229,8 @@ func kubectlRun(ctx context.Context, e *framework.Env, stdin string, args ...str
 	return out.String(), errb.String(), code
 }
 
-// TestExec: kubectl exec prints the command's output, propagates its exit code and feeds it
-// stdin.
+// TestExec: kubectl exec prints the command's output, propagates its exit code, feeds it
+// stdin and gives it a terminal with -it.
 func TestExec(t *testing.T) {
 	e := need(t)
 	ctx, cancel := context.WithTimeout(context.Background(), 4*time.Minute)
@@ -274,10 +274,39 @@ func TestExec(t *testing.T) {
 			}
 		})
 	}
+	t.Run("tty", func(t *testing.T) { testExecTTY(ctx, t, e, ns) })
 	// A container that is not in the pod is a clear error, not a hang.
 	_, stderr, code := kubectlRun(ctx, e, "", "-n", ns, "exec", "exec", "-c", "nope", "--", "true")
 	if code == 0 || !strings.Contains(stderr, "nope") {
 		t.Errorf("exec in a missing container: exit %d, stderr %q", code, stderr)
+	}
+}
+
+// testExecTTY: `kubectl exec -it` gives the command a terminal of the size of kubectl's own.
+// kubectl only asks for a TTY when its stdin is a terminal, so it runs under script(1) in a
+// pty of 30x100 whose input stays open (at EOF script would type into the terminal).
+func testExecTTY(ctx context.Context, t *testing.T, e *framework.Env, ns string) {
+	script, err := exec.LookPath("script")
+	if err != nil {
+		t.Skipf("no script(1) to give kubectl a terminal: %v", err)
+	}
+	kubectl := fmt.Sprintf("stty rows 30 cols 100; %s --kubeconfig %s -n %s exec -it exec -c main -- sh -c 'tty; stty size; exit 4'",
+		e.CP.Kubectl(), e.CP.AdminKubeconfig(), ns)
+	cctx, ccancel := context.WithTimeout(ctx, time.Minute)
+	defer ccancel()
+	cmd := exec.CommandContext(cctx, script, "-qec", kubectl, "/dev/null")
+	stdin, err := cmd.StdinPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer stdin.Close()
+	out, err := cmd.CombinedOutput()
+	var ee *exec.ExitError
+	if !errors.As(err, &ee) || ee.ExitCode() != 4 {
+		t.Errorf("exit: %v, want exit code 4 (output %q)", err, out)
+	}
+	if !regexp.MustCompile(`^/dev/pts/\d+\r\n30 100\r\n`).Match(out) {
+		t.Errorf("output %q, want a /dev/pts terminal of 30 rows and 100 columns", out)
 	}
 }
 
