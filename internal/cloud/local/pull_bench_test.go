@@ -100,8 +100,9 @@ func standinPull(stateDir, ref, insecure string) pullResult {
 // their agent answers, as kip-cell does for a pod, and reports the pull's p50/p99 (timed
 // inside the cell, with a fresh store and connection pool each) over max(b.N, 50) cells,
 // the longest TCP connect of a pull (connect-p99-ms; connects-over-900ms counts pulls that
-// lost a SYN), Launch until the agent answers (ready-p50/p99-ms), and prints the traces
-// of the slowest pulls.
+// lost a SYN), Launch until the agent answers (ready-p50/p99-ms), the host's whole call
+// to the agent that pulls (call-p50/p99-ms: the pull plus getting the answer back), and
+// prints the traces of the slowest pulls.
 //
 //	burst:      10 cells at a time, each terminated after its pull (a burst of pods)
 //	sequential: one cell at a time, the previous one terminated while the next one boots
@@ -128,6 +129,7 @@ func benchCellPull(b *testing.B, parallel int, terminateLater bool) {
 	tag := randTag(b)
 	results := make([]pullResult, n)
 	readies := make([]time.Duration, n) // Launch → the agent answers
+	calls := make([]time.Duration, n)   // the host's GET /pull, as kip's calls to an agent
 	sem := make(chan struct{}, parallel)
 	var wg, terminating sync.WaitGroup
 	b.ResetTimer()
@@ -157,9 +159,11 @@ func benchCellPull(b *testing.B, parallel int, terminateLater bool) {
 			}()
 			e.waitHealthy(in.PrivateIP)
 			readies[i] = time.Since(start)
+			callStart := time.Now()
 			if err := getJSONTimeout(in.PrivateIP, "/pull?ref="+ref+"&insecure="+reg.Host(), &results[i]); err != nil {
 				results[i].Err = err.Error()
 			}
+			calls[i] = time.Since(callStart)
 		}()
 	}
 	wg.Wait()
@@ -189,6 +193,8 @@ func benchCellPull(b *testing.B, parallel int, terminateLater bool) {
 	b.ReportMetric(float64(slow), "connects-over-900ms")
 	b.ReportMetric(ms(percentile(readies, 50)), "ready-p50-ms")
 	b.ReportMetric(ms(percentile(readies, 99)), "ready-p99-ms")
+	b.ReportMetric(ms(percentile(calls, 50)), "call-p50-ms")
+	b.ReportMetric(ms(percentile(calls, 99)), "call-p99-ms")
 	sort.Slice(results, func(i, j int) bool { return results[i].Millis > results[j].Millis })
 	for _, r := range results[:min(3, len(results))] {
 		// Printed, not logged: the benchmark log keeps only a few lines.
