@@ -738,3 +738,31 @@ func TestMkdirCgroupUnderUnsetParent(t *testing.T) {
 		t.Errorf("joining the cgroup: %v", err)
 	}
 }
+
+// TestNetnsSurvivesIPNetnsAdd: a cell made before someone on the host runs `ip netns add`
+// (which bind-mounts /run/netns over itself when it is not already a mount point) can still be
+// terminated without leaving its namespace behind.
+func TestNetnsSurvivesIPNetnsAdd(t *testing.T) {
+	e := newEnv(t)
+	if _, err := exec.LookPath("ip"); err != nil {
+		t.Skip("skipping: iproute2's ip is not installed")
+	}
+	c := e.cloud()
+	in := e.launch(c, "ipns-1", "local.nano")
+	e.waitHealthy(in.PrivateIP)
+	r, err := e.backend().store.read(in.ID)
+	if err != nil {
+		t.Fatal(err)
+	}
+	other := "kiptest-ipns-" + strconv.Itoa(os.Getpid())
+	if out, err := exec.Command("ip", "netns", "add", other).CombinedOutput(); err != nil {
+		t.Fatalf("ip netns add %s: %v: %s", other, err, out)
+	}
+	t.Cleanup(func() { _ = exec.Command("ip", "netns", "del", other).Run() })
+	if err := c.Terminate(context.Background(), in.ID); err != nil {
+		t.Fatalf("terminating after ip netns add: %v", err)
+	}
+	if _, err := os.Stat(filepath.Join(netnsDir, r.meta.Netns)); !errors.Is(err, os.ErrNotExist) {
+		t.Errorf("netns %s still exists after Terminate (stat: %v)", r.meta.Netns, err)
+	}
+}

@@ -203,6 +203,9 @@ func plumbCell(c cellNet) (err error) {
 // newNamedNetns creates /run/netns/<name> on a locked thread and returns a handle to it,
 // leaving the calling thread in its own namespace.
 func newNamedNetns(name string) (netns.NsHandle, error) {
+	if err := ensureNetnsDir(); err != nil {
+		return netns.None(), err
+	}
 	runtime.LockOSThread()
 	orig, err := netns.Get()
 	if err != nil {
@@ -255,6 +258,31 @@ func unplumbCell(c cellNet) error {
 		}
 	}
 	return errors.Join(errs...)
+}
+
+// ensureNetnsDir makes /run/netns a mount point of its own with shared propagation, as
+// iproute2 does. Otherwise the first `ip netns add` run by anyone on the host bind-mounts the
+// directory over itself and hides the namespaces mounted there before, which can then no longer
+// be unmounted or removed by path (cells leak).
+func ensureNetnsDir() error {
+	if err := os.MkdirAll(netnsDir, 0o755); err != nil {
+		return fmt.Errorf("creating %s: %w", netnsDir, err)
+	}
+	err := unix.Mount("", netnsDir, "none", unix.MS_SHARED|unix.MS_REC, "")
+	if err == nil {
+		return nil
+	}
+	if !errors.Is(err, unix.EINVAL) {
+		return fmt.Errorf("making %s shared: %w", netnsDir, err)
+	}
+	// EINVAL: not a mount point yet. Bind it onto itself, then make it shared.
+	if err := unix.Mount(netnsDir, netnsDir, "none", unix.MS_BIND|unix.MS_REC, ""); err != nil {
+		return fmt.Errorf("bind-mounting %s onto itself: %w", netnsDir, err)
+	}
+	if err := unix.Mount("", netnsDir, "none", unix.MS_SHARED|unix.MS_REC, ""); err != nil {
+		return fmt.Errorf("making %s shared: %w", netnsDir, err)
+	}
+	return nil
 }
 
 // deleteNamedNetns unmounts and removes /run/netns/<name>.
