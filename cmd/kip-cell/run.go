@@ -13,6 +13,7 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
+	"strconv"
 	"time"
 
 	"golang.org/x/sync/errgroup"
@@ -97,10 +98,7 @@ func Run(ctx context.Context, args []string, stdout io.Writer) error {
 	if err != nil {
 		return err
 	}
-	addr := bs.ListenAddr
-	if addr == "" {
-		addr = fmt.Sprintf(":%d", cellapi.DefaultPort)
-	}
+	addr := listenAddr(bs.ListenAddr)
 	ln, err := net.Listen("tcp", addr)
 	if err != nil {
 		return fmt.Errorf("listening on %s: %w", addr, err)
@@ -155,6 +153,19 @@ func loadBootstrap(path string) (*cellapi.Bootstrap, error) {
 		return nil, fmt.Errorf("bootstrap %s: fields cert and key are required", path)
 	}
 	return &bs, nil
+}
+
+// listenAddr is the bootstrap's address, else the default port on every interface — except
+// in the local backend's process-only mode, where all cells share the host's interfaces and
+// each agent binds its own loopback address ($KIP_CELL_IP) so that they do not clash.
+func listenAddr(configured string) string {
+	if configured != "" {
+		return configured
+	}
+	if ip := net.ParseIP(os.Getenv("KIP_CELL_IP")); ip != nil && ip.IsLoopback() {
+		return net.JoinHostPort(ip.String(), strconv.Itoa(cellapi.DefaultPort))
+	}
+	return fmt.Sprintf(":%d", cellapi.DefaultPort)
 }
 
 // podIP returns the cell's address: $KIP_CELL_IP when the backend set it (the local

@@ -141,3 +141,19 @@ func TestServeAndShutdown(t *testing.T) {
 		t.Fatal("Run did not return after cancel")
 	}
 }
+
+func TestListenAddr(t *testing.T) {
+	for _, tc := range []struct {
+		configured, cellIP, want string
+	}{
+		{"10.0.0.5:7000", "127.0.1.4", "10.0.0.5:7000"},
+		{"", "127.0.1.4", "127.0.1.4:6421"},
+		{"", "10.250.0.7", ":6421"},
+		{"", "", ":6421"},
+	} {
+		t.Setenv("KIP_CELL_IP", tc.cellIP)
+		if got := listenAddr(tc.configured); got != tc.want {
+			t.Errorf("listenAddr(%q) with KIP_CELL_IP=%q = %q, want %q", tc.configured, tc.cellIP, got, tc.want)
+		}
+	}
+}
