@@ -10,6 +10,8 @@ import (
 	"strings"
 
 	corev1 "k8s.io/api/core/v1"
+
+	"github.com/kip-dev/kip/internal/podenv"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	"k8s.io/apimachinery/pkg/api/resource"
 	"k8s.io/apimachinery/pkg/labels"
@@ -60,7 +62,7 @@ func (r *Resolver) containerEnv(ctx context.Context, pod *corev1.Pod, c *corev1.
 	}
 	for _, e := range c.Env {
 		if e.ValueFrom == nil {
-			env.set(e.Name, expand(e.Value, lookup))
+			env.set(e.Name, podenv.Expand(e.Value, lookup))
 			continue
 		}
 		v, ok, err := r.envValueFrom(ctx, pod, c, e)
@@ -339,42 +341,6 @@ func (r *Resolver) resourceValue(pod *corev1.Pod, container string, ref *corev1.
 		return strconv.FormatInt(int64(math.Ceil(float64(q.Value())/float64(divisor.Value()))), 10), nil
 	}
 	return "", fmt.Errorf("unsupported resourceFieldRef.resource %q", ref.Resource)
-}
-
-// expand replaces $(NAME) with lookup(NAME) when defined; $$ escapes a $; anything else is
-// kept verbatim, as Kubernetes' expansion does.
-func expand(s string, lookup func(string) (string, bool)) string {
-	if !strings.Contains(s, "$") {
-		return s
-	}
-	var b strings.Builder
-	for i := 0; i < len(s); i++ {
-		if s[i] != '$' || i+1 == len(s) {
-			b.WriteByte(s[i])
-			continue
-		}
-		switch s[i+1] {
-		case '$':
-			b.WriteByte('$')
-			i++
-		case '(':
-			end := strings.IndexByte(s[i+2:], ')')
-			if end < 0 {
-				b.WriteString(s[i:])
-				return b.String()
-			}
-			name := s[i+2 : i+2+end]
-			if v, ok := lookup(name); ok {
-				b.WriteString(v)
-			} else {
-				b.WriteString(s[i : i+3+end])
-			}
-			i += 2 + end
-		default:
-			b.WriteByte('$')
-		}
-	}
-	return b.String()
 }
 
 // serviceEnv builds the docker-link style variables kubelet gives every container: the

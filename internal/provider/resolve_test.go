@@ -531,27 +531,6 @@ func TestResolveServiceLinks(t *testing.T) {
 	}
 }
 
-func TestExpand(t *testing.T) {
-	vars := map[string]string{"A": "1", "B": "two"}
-	lookup := func(k string) (string, bool) { v, ok := vars[k]; return v, ok }
-	for in, want := range map[string]string{
-		"plain":       "plain",
-		"$(A)":        "1",
-		"x$(A)y$(B)z": "x1ytwoz",
-		"$$(A)":       "$(A)",
-		"$$":          "$",
-		"$(C)":        "$(C)",
-		"$(A":         "$(A",
-		"cost $5":     "cost $5",
-		"end$":        "end$",
-		"$($(A))":     "$($(A))",
-	} {
-		if got := expand(in, lookup); got != want {
-			t.Errorf("expand(%q) = %q, want %q", in, got, want)
-		}
-	}
-}
-
 // TestResolveConfirmsCacheMisses: a Secret or ConfigMap the informer has not seen yet (kip just
 // started, or it was created together with the pod) is read from the API server, not reported
 // missing.

@@ -11,6 +11,8 @@ import (
 
 	v1 "github.com/google/go-containerregistry/pkg/v1"
 	corev1 "k8s.io/api/core/v1"
+
+	"github.com/kip-dev/kip/internal/podenv"
 )
 
 // DefaultPath is added when neither the image nor the pod sets PATH, as containerd does.
@@ -121,40 +123,12 @@ func expandAll(in []string, env map[string]string) []string {
 	return out
 }
 
-// expand replaces $(VAR) with its value as kubelet does: $$ escapes a $, and references to
-// undefined variables are left as written.
+// expand replaces $(VAR) in s with its value in env, as kubelet does (see podenv.Expand).
 func expand(s string, env map[string]string) string {
-	if !strings.Contains(s, "$") {
-		return s
-	}
-	var b strings.Builder
-	for i := 0; i < len(s); i++ {
-		if s[i] != '$' || i+1 >= len(s) {
-			b.WriteByte(s[i])
-			continue
-		}
-		switch s[i+1] {
-		case '$':
-			b.WriteByte('$')
-			i++
-		case '(':
-			end := strings.IndexByte(s[i+2:], ')')
-			if end < 0 {
-				b.WriteString(s[i:])
-				return b.String()
-			}
-			name := s[i+2 : i+2+end]
-			if v, ok := env[name]; ok {
-				b.WriteString(v)
-			} else {
-				b.WriteString(s[i : i+3+end])
-			}
-			i += 2 + end
-		default:
-			b.WriteByte('$')
-		}
-	}
-	return b.String()
+	return podenv.Expand(s, func(name string) (string, bool) {
+		v, ok := env[name]
+		return v, ok
+	})
 }
 
 func resolveUser(c *corev1.Container, imageUser, rootfs string) (uint32, uint32, error) {
