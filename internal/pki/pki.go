@@ -40,9 +40,9 @@ type LeafSpec struct {
 
 // NewCA makes a self-signed CA valid for ten years.
 func NewCA(commonName string) (*CA, error) {
-	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	key, keyPEM, err := NewKey()
 	if err != nil {
-		return nil, fmt.Errorf("generating CA key: %w", err)
+		return nil, fmt.Errorf("making CA %s: %w", commonName, err)
 	}
 	now := time.Now()
 	tmpl := &x509.Certificate{
@@ -59,10 +59,6 @@ func NewCA(commonName string) (*CA, error) {
 		return nil, fmt.Errorf("signing CA certificate: %w", err)
 	}
 	cert, err := x509.ParseCertificate(der)
-	if err != nil {
-		return nil, err
-	}
-	keyPEM, err := encodeKey(key)
 	if err != nil {
 		return nil, err
 	}
@@ -91,16 +87,30 @@ func LoadCA(certPEM, keyPEM []byte) (*CA, error) {
 
 // Issue makes a key and a certificate for spec signed by the CA; both PEM.
 func (ca *CA) Issue(spec LeafSpec) (certPEM, keyPEM []byte, err error) {
-	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	key, keyPEM, err := NewKey()
 	if err != nil {
-		return nil, nil, fmt.Errorf("generating key for %s: %w", spec.CommonName, err)
+		return nil, nil, fmt.Errorf("issuing %s: %w", spec.CommonName, err)
 	}
 	certPEM, err = ca.Sign(spec, &key.PublicKey)
 	if err != nil {
 		return nil, nil, err
 	}
-	keyPEM, err = encodeKey(key)
-	return certPEM, keyPEM, err
+	return certPEM, keyPEM, nil
+}
+
+// NewKey makes a private key of the kind every Kip certificate uses (ECDSA P-256) and its
+// PEM encoding ("EC PRIVATE KEY"), for callers that get the certificate elsewhere, such as
+// from a Kubernetes CSR.
+func NewKey() (*ecdsa.PrivateKey, []byte, error) {
+	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		return nil, nil, fmt.Errorf("generating key: %w", err)
+	}
+	der, err := x509.MarshalECPrivateKey(key)
+	if err != nil {
+		return nil, nil, fmt.Errorf("encoding key: %w", err)
+	}
+	return key, pem.EncodeToMemory(&pem.Block{Type: "EC PRIVATE KEY", Bytes: der}), nil
 }
 
 // Sign signs a certificate for spec over the given public key.
@@ -188,12 +198,4 @@ func serial() *big.Int {
 
 func encodeCert(der []byte) []byte {
 	return pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der})
-}
-
-func encodeKey(key *ecdsa.PrivateKey) ([]byte, error) {
-	der, err := x509.MarshalECPrivateKey(key)
-	if err != nil {
-		return nil, fmt.Errorf("encoding key: %w", err)
-	}
-	return pem.EncodeToMemory(&pem.Block{Type: "EC PRIVATE KEY", Bytes: der}), nil
 }

@@ -3,13 +3,9 @@ package runcmd
 import (
 	"bytes"
 	"context"
-	"crypto/ecdsa"
-	"crypto/elliptic"
-	"crypto/rand"
 	"crypto/tls"
 	"crypto/x509"
 	"crypto/x509/pkix"
-	"encoding/pem"
 	"errors"
 	"fmt"
 	"net"
@@ -153,9 +149,9 @@ func usableServing(certPEM, keyPEM []byte, ip string, now time.Time) (tls.Certif
 // itself (kubelet-serving CSRs are never auto-approved) and waits for the certificate.
 func (r *runner) requestServingCert(ctx context.Context, ip string) (certPEM, keyPEM []byte, err error) {
 	name := r.cfg.Node.Name
-	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	key, keyPEM, err := pki.NewKey()
 	if err != nil {
-		return nil, nil, fmt.Errorf("generating the serving key: %w", err)
+		return nil, nil, fmt.Errorf("making the serving key: %w", err)
 	}
 	csrPEM, err := certutil.MakeCSR(key, &pkix.Name{CommonName: "system:node:" + name, Organization: []string{"system:nodes"}},
 		[]string{name}, []net.IP{net.ParseIP(ip)})
@@ -177,11 +173,7 @@ func (r *runner) requestServingCert(ctx context.Context, ip string) (certPEM, ke
 	if err != nil {
 		return nil, nil, fmt.Errorf("waiting for CSR %s to be signed (approve it, or set node.tls.certFile/keyFile): %w", reqName, err)
 	}
-	der, err := x509.MarshalECPrivateKey(key)
-	if err != nil {
-		return nil, nil, fmt.Errorf("encoding the serving key: %w", err)
-	}
-	return certPEM, pem.EncodeToMemory(&pem.Block{Type: "EC PRIVATE KEY", Bytes: der}), nil
+	return certPEM, keyPEM, nil
 }
 
 // approve marks a CSR approved (needs the approve verb on the kubelet-serving signer).
