@@ -1,0 +1,51 @@
+package metrics
+
+import (
+	"context"
+
+	"github.com/kip-dev/kip/internal/cloud"
+)
+
+// Launch results, the result label of kip_cell_launches_total.
+const (
+	ResultSuccess              = "success"
+	ResultInsufficientCapacity = "insufficient_capacity"
+	ResultInvalidSpec          = "invalid_spec"
+	ResultThrottled            = "throttled"
+	ResultError                = "error"
+)
+
+// instrumentedCloud counts Launch calls; every other method is the wrapped cloud's.
+type instrumentedCloud struct {
+	cloud.Cloud
+	m *Metrics
+}
+
+// InstrumentCloud returns c with every Launch counted in kip_cell_launches_total by the
+// spec's instance type and the call's result. Each call counts, retries included. The
+// wrapper offers only the cloud.Cloud methods: type-assert optional interfaces on c itself.
+func (m *Metrics) InstrumentCloud(c cloud.Cloud) cloud.Cloud {
+	return &instrumentedCloud{Cloud: c, m: m}
+}
+
+func (c *instrumentedCloud) Launch(ctx context.Context, spec cloud.LaunchSpec) (*cloud.Instance, error) {
+	inst, err := c.Cloud.Launch(ctx, spec)
+	c.m.launches.WithLabelValues(spec.InstanceType, launchResult(err)).Inc()
+	return inst, err
+}
+
+// launchResult names how a Launch ended.
+func launchResult(err error) string {
+	if err == nil {
+		return ResultSuccess
+	}
+	switch cloud.KindOf(err) {
+	case cloud.KindInsufficientCapacity:
+		return ResultInsufficientCapacity
+	case cloud.KindInvalidSpec:
+		return ResultInvalidSpec
+	case cloud.KindThrottled:
+		return ResultThrottled
+	}
+	return ResultError
+}
