@@ -12,6 +12,8 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
 	vklog "github.com/virtual-kubelet/virtual-kubelet/log"
 	vkslog "github.com/virtual-kubelet/virtual-kubelet/log/slog"
 	"github.com/virtual-kubelet/virtual-kubelet/node"
@@ -34,6 +36,7 @@ import (
 	"github.com/kip-dev/kip/internal/config"
 	"github.com/kip-dev/kip/internal/crd"
 	"github.com/kip-dev/kip/internal/instancetype"
+	"github.com/kip-dev/kip/internal/metrics"
 	"github.com/kip-dev/kip/internal/provider"
 	"github.com/kip-dev/kip/internal/selector"
 )
@@ -97,11 +100,19 @@ func (r *runner) run(ctx context.Context) error {
 		return fmt.Errorf("starting kip: reading the %s backend's instance types: %w", backend.Name(), err)
 	}
 
+	// kip's own metrics, served at /metrics/kip on the kubelet API.
+	reg := prometheus.NewRegistry()
+	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	met, err := metrics.New(reg)
+	if err != nil {
+		return fmt.Errorf("starting kip: %w", err)
+	}
+
 	// The resolver needs virtual-kubelet's listers, which exist only inside NewNode; the
 	// cells manager needs the resolver. resolver is set before any pod is dispatched.
 	var resolver atomic.Pointer[provider.Resolver]
 	mgr := cells.New(cfg.Cells, cells.NodeInfo{Name: name, HostIP: nodeIP}, cells.Deps{
-		Cloud:  backend,
+		Cloud:  met.InstrumentCloud(backend),
 		Select: cellsSelect(cfg),
 		Resolve: func(ctx context.Context, pod *corev1.Pod) (*cellapi.PodRequest, error) {
 			res := resolver.Load()
@@ -115,6 +126,7 @@ func (r *runner) run(ctx context.Context) error {
 		Mirror:   mirrorOrNil(mirror),
 		Registry: cellapi.RegistryConfig{DefaultRegistry: cfg.Registry.DefaultRegistry, Insecure: cfg.Registry.Insecure},
 		Log:      r.log,
+		Observe:  met.Observe,
 	})
 	defer mgr.Close()
 
@@ -184,7 +196,7 @@ func (r *runner) run(ctx context.Context) error {
 		func(c *nodeutil.NodeConfig) error {
 			c.NodeSpec = *nodeSpec
 			c.HTTPListenAddr = hostPort(nodeIP, cfg.Node.KubeletPort)
-			c.Handler = nodeutil.WithAuth(auth, routes)
+			c.Handler = nodeutil.WithAuth(auth, withMetrics(metrics.Handler(reg), routes))
 			c.EventRecorder = recorder
 			c.SkipDownwardAPIResolution = true // the provider's resolver does it, with kubelet's events
 			c.NumWorkers = 8
@@ -321,6 +333,18 @@ func (l *lazyHandler) ServeHTTP(w http.ResponseWriter, req *http.Request) {
 		return
 	}
 	(*h).ServeHTTP(w, req)
+}
+
+// withMetrics serves kip's metrics at metrics.Path and everything else from routes. It sits
+// inside the kubelet API's authentication, which authorizes /metrics/... as nodes/metrics.
+func withMetrics(metricsHandler, routes http.Handler) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, req *http.Request) {
+		if req.URL.Path == metrics.Path {
+			metricsHandler.ServeHTTP(w, req)
+			return
+		}
+		routes.ServeHTTP(w, req)
+	})
 }
 
 // nopLogger drops Debug/Info/Warn lines of virtual-kubelet's logger; errors still go through.
