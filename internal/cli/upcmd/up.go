@@ -19,6 +19,7 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/kip-dev/kip/internal/cloud/local"
+	"github.com/kip-dev/kip/internal/config"
 	"github.com/kip-dev/kip/internal/controlplane"
 	"github.com/kip-dev/kip/internal/registry"
 )
@@ -257,24 +258,10 @@ func (o *options) up(ctx context.Context) (err error) {
 
 // providerConfig is kip's config for the local backend `kip up` set up.
 func providerConfig(st *state, node, nodeIP, registryHost string) string {
-	return fmt.Sprintf(`# Written by kip up; removed when it stops.
-apiVersion: kip.dev/v1alpha1
-kind: ProviderConfig
-cloud:
-  provider: local
-  local:
-    bridge: %s
-    subnet: %s
-    stateDir: %s
-    agentPath: %s
-node:
-  name: %s
-  internalIP: %s
-registry:
-  defaultRegistry: %s
-  insecure:
-  - %s
-`, st.Bridge, st.Subnet, st.CellsDir, st.AgentPath, node, nodeIP, registryHost, registryHost)
+	return "# Written by kip up; removed when it stops.\n" + config.LocalSetup{
+		Bridge: st.Bridge, Subnet: st.Subnet, StateDir: st.CellsDir, AgentPath: st.AgentPath,
+		NodeName: node, NodeIP: nodeIP, Registry: registryHost,
+	}.YAML()
 }
 
 // removeFiles removes everything under home that kip up made, and home itself if empty.

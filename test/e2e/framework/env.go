@@ -29,6 +29,7 @@ import (
 
 	"github.com/kip-dev/kip/internal/cloud"
 	"github.com/kip-dev/kip/internal/cloud/local"
+	"github.com/kip-dev/kip/internal/config"
 	"github.com/kip-dev/kip/internal/controlplane"
 	"github.com/kip-dev/kip/internal/registry"
 	"github.com/kip-dev/kip/internal/testenv"
@@ -211,26 +212,10 @@ func Setup(ctx context.Context, o Options) (env *Env, err error) {
 // kipConfig is the provider config kip runs with: the local backend on this environment's
 // bridge, the node's address on it, and the seeded registry as the default registry.
 func (e *Env) kipConfig(subnet string) string {
-	return fmt.Sprintf(`apiVersion: kip.dev/v1alpha1
-kind: ProviderConfig
-cloud:
-  provider: local
-  local:
-    bridge: %s
-    subnet: %s
-    stateDir: %s
-    agentPath: %s
-node:
-  name: %s
-  internalIP: %s
-cells:
-  clusterName: %s
-registry:
-  defaultRegistry: %s
-  insecure:
-  - %s
-`, e.Bridge, subnet, filepath.Join(e.Dir, "cells"), filepath.Join(e.BinDir, "kip-cell"),
-		e.NodeName, e.BridgeIP, e.ClusterName, e.Registry.Host(), e.Registry.Host())
+	return config.LocalSetup{
+		Bridge: e.Bridge, Subnet: subnet, StateDir: filepath.Join(e.Dir, "cells"), AgentPath: filepath.Join(e.BinDir, "kip-cell"),
+		NodeName: e.NodeName, NodeIP: e.BridgeIP.String(), ClusterName: e.ClusterName, Registry: e.Registry.Host(),
+	}.YAML()
 }
 
 // Teardown stops kip, terminates any cell still there, removes the bridge, stops the
