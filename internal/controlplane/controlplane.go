@@ -281,7 +281,7 @@ func (cp *ControlPlane) waitHealthy(ctx context.Context, name, url string, tlsCf
 			return fmt.Errorf("waiting for %s: %w", name, proc.exitError())
 		case <-ctx.Done():
 			return fmt.Errorf("waiting for %s at %s: %w (last answer: %s); log %s:\n%s",
-				name, url, ctx.Err(), last, proc.log, tail(proc.log, 15))
+				name, url, ctx.Err(), last, proc.log, LogTail(proc.log, 15))
 		case <-tick.C:
 		}
 	}

@@ -110,7 +110,7 @@ func (p *process) exited() bool {
 
 // exitError describes how the process ended, with the end of its log.
 func (p *process) exitError() error {
-	return fmt.Errorf("%s exited (%v); last log lines:\n%s", p.name, p.err, tail(p.log, 15))
+	return fmt.Errorf("%s exited (%v); last log lines:\n%s", p.name, p.err, LogTail(p.log, 15))
 }
 
 // stop sends SIGTERM to the process group, waits up to grace, then SIGKILLs and waits.
@@ -221,8 +221,10 @@ func procStat(pid int) (start uint64, state string, err error) {
 	return start, fields[0], err
 }
 
-// tail returns the last n lines of the file at path.
-func tail(path string, n int) string {
+// LogTail returns the last n lines of the log file at path, or a note saying why it could
+// not be read, for error messages that quote a component's log: the control plane's own
+// components here, kip's log in the e2e framework.
+func LogTail(path string, n int) string {
 	data, err := os.ReadFile(path)
 	if err != nil {
 		return fmt.Sprintf("(reading %s: %v)", path, err)

@@ -16,6 +16,8 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	"k8s.io/apimachinery/pkg/fields"
 	"k8s.io/apimachinery/pkg/watch"
+
+	"github.com/kip-dev/kip/internal/controlplane"
 )
 
 // Kip runs `kip run` as a subprocess so tests can stop, kill and restart it.
@@ -192,7 +194,7 @@ func (k *Kip) exited() bool {
 func (k *Kip) LogPath() string { return k.logPath }
 
 // LogTail returns the last n lines of the current run's log.
-func (k *Kip) LogTail(n int) string { return tailFile(k.logPath, n) }
+func (k *Kip) LogTail(n int) string { return controlplane.LogTail(k.logPath, n) }
 
 // startLocked starts cmd from a goroutine locked to a fresh OS thread that stays alive
 // (parked) for the life of the test binary. PR_SET_PDEATHSIG fires when the forking thread
