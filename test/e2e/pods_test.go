@@ -44,6 +44,10 @@ func TestJobEcho(t *testing.T) {
 	defer cancel()
 	ns := e.Namespace(t)
 
+	before, err := kipMetrics(ctx, e)
+	if err != nil {
+		t.Fatalf("kip's metrics before the job: %v", err)
+	}
 	tmpl := framework.Pod("", framework.Busybox("echo", "echo hello-kip"))
 	job := &batchv1.Job{
 		ObjectMeta: metav1.ObjectMeta{Name: "hello"},
@@ -57,7 +61,7 @@ func TestJobEcho(t *testing.T) {
 	}
 	wctx, wcancel := context.WithTimeout(ctx, podTimeout)
 	defer wcancel()
-	_, err := framework.Until(wctx, e.Client.BatchV1().Jobs(ns), fields.OneTermEqualSelector("metadata.name", "hello"),
+	_, err = framework.Until(wctx, e.Client.BatchV1().Jobs(ns), fields.OneTermEqualSelector("metadata.name", "hello"),
 		func(ev watch.Event) (bool, error) {
 			j, ok := ev.Object.(*batchv1.Job)
 			if !ok {
@@ -96,6 +100,9 @@ func TestJobEcho(t *testing.T) {
 	} else if strings.TrimSpace(out) != "hello-kip" {
 		t.Errorf("kubectl logs = %q, want hello-kip", out)
 	}
+
+	// kip's own metrics, read through the node proxy, counted the pod's start phases.
+	waitMetricsGrew(t, ctx, e, before)
 
 	if _, err := e.WaitForCells(ctx, framework.PodCells(ns, pod.Name), cellGoneTimeout, func(c []*cloud.Instance) bool { return len(c) == 0 }); err != nil {
 		t.Errorf("cell not terminated after the job completed: %v", err)
