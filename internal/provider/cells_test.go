@@ -3,8 +3,6 @@ package provider
 import (
 	"context"
 	"io"
-	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -16,6 +14,7 @@ import (
 	k8stesting "k8s.io/client-go/testing"
 
 	"github.com/kip-dev/kip/internal/cellapi"
+	"github.com/kip-dev/kip/internal/cellapi/cellapitest"
 	"github.com/kip-dev/kip/internal/cells"
 	"github.com/kip-dev/kip/internal/cloud"
 	cloudfake "github.com/kip-dev/kip/internal/cloud/fake"
@@ -24,118 +23,7 @@ import (
 	"github.com/kip-dev/kip/internal/pki"
 )
 
-// streamAgent is an in-process agent that runs a pod at once, streams every status change,
-// and stops the containers (exit 0) on DeletePod.
-type streamAgent struct {
-	mu       sync.Mutex
-	req      *cellapi.PodRequest
-	status   *cellapi.PodStatus
-	watchers []chan *cellapi.PodStatus
-}
-
-var _ cellapi.Agent = (*streamAgent)(nil)
-
-func (a *streamAgent) Health(context.Context) (*cellapi.Health, error) { return &cellapi.Health{}, nil }
-
-func (a *streamAgent) PutPod(_ context.Context, req *cellapi.PodRequest) (*cellapi.PodStatus, error) {
-	a.mu.Lock()
-	defer a.mu.Unlock()
-	if a.status != nil && a.status.UID == string(req.Pod.UID) {
-		return a.status, nil
-	}
-	a.req = req
-	now := time.Now()
-	st := &cellapi.PodStatus{UID: string(req.Pod.UID), Phase: corev1.PodRunning, StartTime: now}
-	for _, c := range req.Pod.Spec.Containers {
-		st.ContainerStatuses = append(st.ContainerStatuses, corev1.ContainerStatus{
-			Name: c.Name, Image: c.Image, ImageID: "sha256:1", Ready: true, Started: ptrTo(true),
-			State: corev1.ContainerState{Running: &corev1.ContainerStateRunning{StartedAt: metav1.NewTime(now)}},
-		})
-	}
-	a.setLocked(st)
-	return st, nil
-}
-
 func ptrTo[T any](v T) *T { return &v }
-
-func (a *streamAgent) setLocked(st *cellapi.PodStatus) {
-	if a.status != nil {
-		st.Seq = a.status.Seq + 1
-	}
-	a.status = st
-	for _, w := range a.watchers {
-		select {
-		case w <- st:
-		default:
-		}
-	}
-}
-
-func (a *streamAgent) GetPod(context.Context) (*cellapi.PodStatus, error) {
-	a.mu.Lock()
-	defer a.mu.Unlock()
-	if a.status == nil {
-		return nil, cellapi.Errorf(cellapi.KindNotFound, "no pod")
-	}
-	return a.status, nil
-}
-
-func (a *streamAgent) WatchPod(ctx context.Context) (<-chan *cellapi.PodStatus, error) {
-	a.mu.Lock()
-	defer a.mu.Unlock()
-	ch := make(chan *cellapi.PodStatus, 64)
-	if a.status != nil {
-		ch <- a.status
-	}
-	a.watchers = append(a.watchers, ch)
-	go func() {
-		<-ctx.Done()
-		a.mu.Lock()
-		defer a.mu.Unlock()
-		for i, w := range a.watchers {
-			if w == ch {
-				a.watchers = append(a.watchers[:i], a.watchers[i+1:]...)
-				close(ch)
-				break
-			}
-		}
-	}()
-	return ch, nil
-}
-
-func (a *streamAgent) DeletePod(context.Context, time.Duration) error {
-	a.mu.Lock()
-	defer a.mu.Unlock()
-	if a.status == nil {
-		return nil
-	}
-	st := *a.status
-	st.ContainerStatuses = nil
-	now := metav1.Now()
-	for _, cs := range a.status.ContainerStatuses {
-		cs.State = corev1.ContainerState{Terminated: &corev1.ContainerStateTerminated{ExitCode: 0, Reason: "Completed", FinishedAt: now}}
-		cs.Ready = false
-		st.ContainerStatuses = append(st.ContainerStatuses, cs)
-	}
-	st.Phase = corev1.PodSucceeded
-	a.setLocked(&st)
-	return nil
-}
-
-func (a *streamAgent) Logs(_ context.Context, container string, _ cellapi.LogOptions) (io.ReadCloser, error) {
-	return io.NopCloser(strings.NewReader("hello from " + container + "\n")), nil
-}
-
-func (a *streamAgent) Stats(context.Context) (*cellapi.Stats, error) {
-	a.mu.Lock()
-	defer a.mu.Unlock()
-	s := &cellapi.Stats{Time: time.Now(), Cell: cellapi.Usage{CPUUsageNanoSeconds: 5e9, MemoryWorkingSetBytes: 64 << 20}}
-	for _, c := range a.req.Pod.Spec.Containers {
-		s.Containers = append(s.Containers, cellapi.ContainerStats{Name: c.Name, StartTime: a.status.StartTime,
-			Usage: cellapi.Usage{CPUUsageNanoSeconds: 1e9, MemoryWorkingSetBytes: 32 << 20}})
-	}
-	return s, nil
-}
 
 // TestWithCellsManager runs the provider over the real cell state machine, the fake cloud and
 // an in-process agent: create → Running with the cell's IP (and env resolved after launch) →
@@ -161,7 +49,7 @@ func TestWithCellsManager(t *testing.T) {
 	})
 
 	fc := cloudfake.New()
-	agent := &streamAgent{}
+	agent := &cellapitest.Agent{}
 	cfg := config.NewDefault()
 	mgr := cells.New(cfg.Cells, cells.NodeInfo{Name: "kip", HostIP: "10.250.0.1"}, cells.Deps{
 		Cloud: fc,
@@ -206,10 +94,7 @@ func TestWithCellsManager(t *testing.T) {
 	if running.Status.PodIP != insts[0].PrivateIP {
 		t.Errorf("pod IP %q, want the cell's %q", running.Status.PodIP, insts[0].PrivateIP)
 	}
-	agent.mu.Lock()
-	req := agent.req
-	agent.mu.Unlock()
-	got := envOf(t, req, "app")
+	got := envOf(t, agent.Request(), "app")
 	if got["PW"] != "s3cret" || got["MY_IP"] != insts[0].PrivateIP {
 		t.Errorf("agent got env %v; want the secret and the cell's IP", got)
 	}

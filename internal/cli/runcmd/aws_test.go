@@ -7,7 +7,6 @@ import (
 	"encoding/json"
 	"encoding/pem"
 	"fmt"
-	"io"
 	"log/slog"
 	"net/http/httptest"
 	"os"
@@ -23,9 +22,9 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/client-go/tools/record"
-	"k8s.io/utils/ptr"
 
 	"github.com/kip-dev/kip/internal/cellapi"
+	"github.com/kip-dev/kip/internal/cellapi/cellapitest"
 	"github.com/kip-dev/kip/internal/cells"
 	"github.com/kip-dev/kip/internal/cloud"
 	"github.com/kip-dev/kip/internal/cloud/aws/ec2fake"
@@ -255,7 +254,7 @@ func TestAWSPodLifecycle(t *testing.T) {
 		t.Fatal(err)
 	}
 	var mu sync.Mutex
-	agents := map[string]*awsTestAgent{}
+	agents := map[string]*cellapitest.Agent{}
 	dial := func(_ context.Context, inst *cloud.Instance, cellID string) (cellapi.Agent, error) {
 		// The agent boots from the instance's user data, as kip-cell does.
 		fi, ok := e.instance(inst.ID)
@@ -273,7 +272,7 @@ func TestAWSPodLifecycle(t *testing.T) {
 		defer mu.Unlock()
 		a, ok := agents[cellID]
 		if !ok {
-			a = &awsTestAgent{cellID: cellID}
+			a = &cellapitest.Agent{CellID: cellID}
 			agents[cellID] = a
 		}
 		return a, nil
@@ -404,7 +403,7 @@ func TestAWSPodLifecycle(t *testing.T) {
 		mu.Lock()
 		a := agents[byPod[tt.name].Tags[cloud.TagCellID]]
 		mu.Unlock()
-		if a == nil || a.deletes() != 1 {
+		if a == nil || a.Deletes() != 1 {
 			t.Errorf("the agent of pod %s was not asked once to stop it", tt.name)
 		}
 	}
@@ -441,124 +440,6 @@ func verifyCellCert(ca *pki.CA, certPEM []byte, cellID string) error {
 	_, err = cert.Verify(x509.VerifyOptions{Roots: ca.Pool(), DNSName: cellID, KeyUsages: []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth}})
 	return err
 }
-
-// awsTestAgent is an in-process cell agent: PutPod starts the containers at once, DeletePod
-// stops them with exit code 0.
-type awsTestAgent struct {
-	cellID string
-
-	mu       sync.Mutex
-	status   *cellapi.PodStatus
-	watchers []chan *cellapi.PodStatus
-	nDeletes int
-}
-
-var _ cellapi.Agent = (*awsTestAgent)(nil)
-
-func (a *awsTestAgent) Health(context.Context) (*cellapi.Health, error) {
-	return &cellapi.Health{CellID: a.cellID, Version: "test"}, nil
-}
-
-func (a *awsTestAgent) PutPod(_ context.Context, req *cellapi.PodRequest) (*cellapi.PodStatus, error) {
-	a.mu.Lock()
-	defer a.mu.Unlock()
-	if a.status != nil && a.status.UID == string(req.Pod.UID) {
-		return a.status, nil
-	}
-	now := time.Now()
-	st := &cellapi.PodStatus{UID: string(req.Pod.UID), Phase: corev1.PodRunning, StartTime: now}
-	for _, c := range req.Pod.Spec.Containers {
-		st.ContainerStatuses = append(st.ContainerStatuses, corev1.ContainerStatus{
-			Name: c.Name, Image: c.Image, Ready: true, Started: ptr.To(true),
-			State: corev1.ContainerState{Running: &corev1.ContainerStateRunning{StartedAt: metav1.NewTime(now)}},
-		})
-	}
-	a.publishLocked(st)
-	return st, nil
-}
-
-func (a *awsTestAgent) publishLocked(st *cellapi.PodStatus) {
-	if a.status != nil {
-		st.Seq = a.status.Seq + 1
-	} else {
-		st.Seq = 1
-	}
-	a.status = st
-	for _, w := range a.watchers {
-		select {
-		case w <- st:
-		default: // a slow watcher re-reads with GetPod
-		}
-	}
-}
-
-func (a *awsTestAgent) GetPod(context.Context) (*cellapi.PodStatus, error) {
-	a.mu.Lock()
-	defer a.mu.Unlock()
-	if a.status == nil {
-		return nil, cellapi.Errorf(cellapi.KindNotFound, "no pod")
-	}
-	return a.status, nil
-}
-
-func (a *awsTestAgent) WatchPod(ctx context.Context) (<-chan *cellapi.PodStatus, error) {
-	a.mu.Lock()
-	defer a.mu.Unlock()
-	ch := make(chan *cellapi.PodStatus, 16)
-	if a.status != nil {
-		ch <- a.status
-	}
-	a.watchers = append(a.watchers, ch)
-	go func() {
-		<-ctx.Done()
-		a.mu.Lock()
-		defer a.mu.Unlock()
-		for i, w := range a.watchers {
-			if w == ch {
-				a.watchers = append(a.watchers[:i], a.watchers[i+1:]...)
-				break
-			}
-		}
-		close(ch)
-	}()
-	return ch, nil
-}
-
-func (a *awsTestAgent) DeletePod(context.Context, time.Duration) error {
-	a.mu.Lock()
-	defer a.mu.Unlock()
-	a.nDeletes++
-	if a.status == nil {
-		return nil
-	}
-	st := *a.status
-	st.Phase = corev1.PodSucceeded
-	st.ContainerStatuses = nil
-	for _, cs := range a.status.ContainerStatuses {
-		started := time.Now()
-		if cs.State.Running != nil {
-			started = cs.State.Running.StartedAt.Time
-		}
-		cs.Ready, cs.Started = false, ptr.To(false)
-		cs.State = corev1.ContainerState{Terminated: &corev1.ContainerStateTerminated{
-			ExitCode: 0, Reason: "Completed", StartedAt: metav1.NewTime(started), FinishedAt: metav1.Now()}}
-		st.ContainerStatuses = append(st.ContainerStatuses, cs)
-	}
-	a.publishLocked(&st)
-	return nil
-}
-
-func (a *awsTestAgent) deletes() int {
-	a.mu.Lock()
-	defer a.mu.Unlock()
-	return a.nDeletes
-}
-
-func (a *awsTestAgent) Logs(context.Context, string, cellapi.LogOptions) (io.ReadCloser, error) {
-	return io.NopCloser(strings.NewReader("")), nil
-}
-
-func (a *awsTestAgent) Stats(context.Context) (*cellapi.Stats, error) { return &cellapi.Stats{}, nil }
 
 // testLogWriter sends log lines to t.Log until the test and its cleanups are over, then
 // drops them (a goroutine may still log while it winds down).
