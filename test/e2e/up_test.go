@@ -16,7 +16,6 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strings"
-	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -29,6 +28,7 @@ import (
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/tools/clientcmd"
 
+	"github.com/kip-dev/kip/internal/syncbuf"
 	"github.com/kip-dev/kip/test/e2e/framework"
 )
 
@@ -38,8 +38,8 @@ type upRun struct {
 	home   string
 	bridge string
 	done   chan error
-	ready  chan string // the ready line
-	stderr *lockedBuffer
+	ready  chan string     // the ready line
+	stderr *syncbuf.Buffer // kip up's stderr, written by exec's copying goroutine
 }
 
 // startUp runs bin/kip up with its own home, bridge and subnet, and waits for its ready line.
@@ -53,7 +53,7 @@ func startUp(t *testing.T, e *framework.Env, home string) *upRun {
 		bridge: "kipup" + hex.EncodeToString(b),
 		done:   make(chan error, 1),
 		ready:  make(chan string, 1),
-		stderr: &lockedBuffer{},
+		stderr: &syncbuf.Buffer{},
 	}
 	r.cmd = exec.Command(filepath.Join(e.BinDir, "kip"), "up", "--home", home, "--bridge", r.bridge,
 		"--subnet", fmt.Sprintf("10.250.%d.0/24", 100+third.Int64()), "--registry-port", "0", "--node-name", "kip-up")
@@ -96,24 +96,6 @@ func startUp(t *testing.T, e *framework.Env, home string) *upRun {
 		t.Fatalf("kip up not ready within 5 minutes:\n%s", r.stderr)
 	}
 	return r
-}
-
-// lockedBuffer collects kip up's stderr from exec's copying goroutine while tests read it.
-type lockedBuffer struct {
-	mu sync.Mutex
-	b  strings.Builder
-}
-
-func (l *lockedBuffer) Write(p []byte) (int, error) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.Write(p)
-}
-
-func (l *lockedBuffer) String() string {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.String()
 }
 
 // checkGone asserts that nothing of run r remains: home, bridge, control plane processes.

@@ -1,7 +1,6 @@
 package pod
 
 import (
-	"bytes"
 	"context"
 	"crypto/tls"
 	"fmt"
@@ -10,7 +9,6 @@ import (
 	"net/http"
 	"strconv"
 	"strings"
-	"sync"
 	"syscall"
 	"time"
 
@@ -18,6 +16,7 @@ import (
 	"k8s.io/apimachinery/pkg/util/intstr"
 
 	"github.com/kip-dev/kip/internal/agent/runtime"
+	"github.com/kip-dev/kip/internal/syncbuf"
 )
 
 // handler runs one probe or lifecycle handler against a running container and reports
@@ -33,7 +32,7 @@ func (p *Pod) handler(ctx context.Context, c *ctr, id string, h corev1.ProbeHand
 		if !ok {
 			return false, "exec handlers are not supported by this runtime"
 		}
-		var out limitedBuffer
+		out := syncbuf.Buffer{Max: 10 << 10} // the handler's output, for the failure message
 		code, err := ex.Exec(ctx, id, h.Exec.Command, runtime.IO{Stdout: &out, Stderr: &out})
 		if err != nil {
 			return false, err.Error()
@@ -127,28 +126,6 @@ func resolvePort(port intstr.IntOrString, c *corev1.Container) (int, error) {
 		return n, nil
 	}
 	return 0, fmt.Errorf("port %q is not a named port of container %s", port.StrVal, c.Name)
-}
-
-// limitedBuffer keeps the first 10 KiB of a handler's output for its failure message; stdout
-// and stderr write to it concurrently.
-type limitedBuffer struct {
-	mu  sync.Mutex
-	buf bytes.Buffer
-}
-
-func (b *limitedBuffer) Write(p []byte) (int, error) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	if room := 10<<10 - b.buf.Len(); room > 0 {
-		b.buf.Write(p[:min(len(p), room)])
-	}
-	return len(p), nil
-}
-
-func (b *limitedBuffer) String() string {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.String()
 }
 
 func seconds(n int32, def time.Duration) time.Duration {

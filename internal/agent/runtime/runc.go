@@ -12,12 +12,13 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strings"
-	"sync"
 	"syscall"
 	"time"
 	"unsafe"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/kip-dev/kip/internal/syncbuf"
 )
 
 // Runc runs containers with the runc binary. Its state lives under Root (runc --root).
@@ -164,7 +165,7 @@ func (r *Runc) ExecProcess(ctx context.Context, id string, o ExecOptions) (int, 
 		runcArgs = append(runcArgs, "--tty")
 	}
 	cmd := exec.Command(r.binary, append(append(runcArgs, id), o.Args...)...)
-	var stderr limitedWriter
+	stderr := syncbuf.Buffer{Max: 4 << 10} // runc's error messages
 	cmd.Stderr = &stderr
 	var master *os.File
 	var stdinPipe io.WriteCloser
@@ -279,27 +280,6 @@ func openPTY() (master, slave *os.File, err error) {
 		return nil, nil, fmt.Errorf("opening the pty's slave: %w", err)
 	}
 	return m, sl, nil
-}
-
-// limitedWriter keeps the first 4 KiB written (runc's error messages).
-type limitedWriter struct {
-	mu  sync.Mutex
-	buf bytes.Buffer
-}
-
-func (w *limitedWriter) Write(p []byte) (int, error) {
-	w.mu.Lock()
-	defer w.mu.Unlock()
-	if room := 4096 - w.buf.Len(); room > 0 {
-		w.buf.Write(p[:min(room, len(p))])
-	}
-	return len(p), nil
-}
-
-func (w *limitedWriter) String() string {
-	w.mu.Lock()
-	defer w.mu.Unlock()
-	return w.buf.String()
 }
 
 var _ Execer = (*Runc)(nil)

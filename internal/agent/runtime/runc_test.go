@@ -1,7 +1,6 @@
 package runtime
 
 import (
-	"bytes"
 	"context"
 	"crypto/rand"
 	"encoding/hex"
@@ -9,12 +8,12 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strings"
-	"sync"
 	"syscall"
 	"testing"
 	"time"
 
 	"github.com/kip-dev/kip/internal/agent/cgroups"
+	"github.com/kip-dev/kip/internal/syncbuf"
 	"github.com/kip-dev/kip/internal/testenv"
 )
 
@@ -46,23 +45,6 @@ func randTag() string {
 	b := make([]byte, 3)
 	rand.Read(b)
 	return hex.EncodeToString(b)
-}
-
-type syncBuf struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuf) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuf) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
 }
 
 func TestRuncLifecycle(t *testing.T) {
@@ -128,7 +110,7 @@ func TestRuncLifecycle(t *testing.T) {
 					t.Fatal(err)
 				}
 			}
-			var out, errb syncBuf
+			var out, errb syncbuf.Buffer
 			id := "kiptest-" + tag + "-" + tc.name
 			ctx, cancel := context.WithTimeout(t.Context(), 30*time.Second)
 			defer cancel()
@@ -175,7 +157,7 @@ func TestRuncLifecycle(t *testing.T) {
 		spec, _ := BuildSpec(ContainerConfig{RootFS: rootfs, Process: Process{Args: []string{"/bin/sleep", "1000"}, Cwd: "/"}, CgroupsPath: filepath.Join(parent, "kill", "0")})
 		WriteBundle(bundle, spec)
 		id := "kiptest-" + tag + "-kill"
-		c, err := rt.Start(t.Context(), id, bundle, IO{Stdout: &syncBuf{}, Stderr: &syncBuf{}})
+		c, err := rt.Start(t.Context(), id, bundle, IO{Stdout: &syncbuf.Buffer{}, Stderr: &syncbuf.Buffer{}})
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -183,7 +165,7 @@ func TestRuncLifecycle(t *testing.T) {
 		if err != nil || st.Status != "running" || st.Pid != c.Pid {
 			t.Fatalf("State = %+v, %v (pid %d)", st, err, c.Pid)
 		}
-		var out syncBuf
+		var out syncbuf.Buffer
 		if code, err := rt.Exec(t.Context(), id, []string{"/bin/sh", "-c", "echo in-container; exit 4"}, IO{Stdout: &out}); err != nil || code != 4 || out.String() != "in-container\n" {
 			t.Errorf("Exec = %d, %v, output %q; want 4 and the output", code, err, out.String())
 		}
