@@ -183,9 +183,18 @@ func (s *Set) Remove(rel string) error {
 	if err != nil {
 		return err
 	}
-	var errs []error
+	var tops []string
 	for h, own := range dirs {
-		top := filepath.Join(s.root, h, own, rel)
+		tops = append(tops, filepath.Join(s.root, h, own, rel))
+		if h == "unified" && own != "/" {
+			// In hybrid mode runc (1.1) does not nest a relative cgroupsPath under the
+			// caller's cgroup in the cgroup2 "unified" hierarchy: it puts it at the
+			// hierarchy's root.
+			tops = append(tops, filepath.Join(s.root, h, rel))
+		}
+	}
+	var errs []error
+	for _, top := range tops {
 		var dirs []string
 		_ = filepath.WalkDir(top, func(p string, d fs.DirEntry, err error) error {
 			if err == nil && d.IsDir() {
@@ -196,6 +205,17 @@ func (s *Set) Remove(rel string) error {
 		for i := len(dirs) - 1; i >= 0; i-- {
 			if err := os.Remove(dirs[i]); err != nil && !errors.Is(err, fs.ErrNotExist) {
 				errs = append(errs, fmt.Errorf("removing cgroup %s: %w", dirs[i], err))
+			}
+		}
+	}
+	// Parents runc made on the way ("kip" at the unified root) go once empty; a parent
+	// still used by another pod simply stays.
+	for h, own := range dirs {
+		if h == "unified" && own != "/" {
+			for d := filepath.Dir(filepath.Join(s.root, h, rel)); d != filepath.Join(s.root, h); d = filepath.Dir(d) {
+				if os.Remove(d) != nil {
+					break
+				}
 			}
 		}
 	}

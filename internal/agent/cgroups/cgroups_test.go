@@ -92,3 +92,36 @@ func TestOOMKillsAndRemove(t *testing.T) {
 		}
 	}
 }
+
+// TestRemoveUnifiedAtRoot: in hybrid mode runc puts a relative cgroupsPath at the root of the
+// cgroup2 "unified" hierarchy rather than under the agent's cgroup; Remove finds it there too.
+func TestRemoveUnifiedAtRoot(t *testing.T) {
+	root := t.TempDir()
+	for _, d := range []string{"memory/cell", "unified/cell", "unified/kip/other"} {
+		if err := os.MkdirAll(filepath.Join(root, d), 0o755); err != nil {
+			t.Fatal(err)
+		}
+	}
+	proc := filepath.Join(t.TempDir(), "cgroup")
+	os.WriteFile(proc, []byte("4:memory:/cell\n0::/cell\n"), 0o644)
+	s, err := Self(root, proc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, d := range []string{"memory/cell/kip/p/c", "unified/kip/p/c"} {
+		if err := os.MkdirAll(filepath.Join(root, d), 0o755); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := s.Remove("kip/p"); err != nil {
+		t.Fatal(err)
+	}
+	for _, d := range []string{"memory/cell/kip/p", "unified/kip/p"} {
+		if _, err := os.Stat(filepath.Join(root, d)); !os.IsNotExist(err) {
+			t.Errorf("%s left after Remove (stat: %v)", d, err)
+		}
+	}
+	if _, err := os.Stat(filepath.Join(root, "unified/kip/other")); err != nil {
+		t.Errorf("another pod's cgroup was removed: %v", err)
+	}
+}
