@@ -439,6 +439,12 @@ func (b *Backend) destroy(id string) error {
 	if err := killCgroups(r.meta.Cgroups, killTimeout); err != nil {
 		return err
 	}
+	for _, d := range strayPodCgroups(b.cfg.CgroupRoot, b.hs, r.tags[cloud.TagPodUID]) {
+		if err := removeCgroupTree(d, time.Now().Add(killTimeout)); err != nil {
+			return err
+		}
+		_ = os.Remove(filepath.Dir(d)) // the shared parent, once no other pod uses it
+	}
 	if err := unmountUnder(dir); err != nil {
 		return err
 	}

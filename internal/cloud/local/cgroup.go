@@ -275,6 +275,29 @@ func killCgroups(dirs []string, timeout time.Duration) error {
 	return nil
 }
 
+// agentCgroupParent is kip-cell's default --cgroup-parent: the agent gives each pod the
+// relative cgroupsPath <agentCgroupParent>/<pod UID>/<container run>.
+const agentCgroupParent = "kip"
+
+// strayPodCgroups returns where runc left a pod's cgroups outside the cell. runc (1.1) in
+// hybrid mode nests a relative cgroupsPath under its caller's cgroup in every v1 hierarchy,
+// but puts it at the root of the cgroup2 one, outside the cell's cgroup: the backend removes
+// that tree itself, so a cell ended without its agent's help leaves nothing behind.
+func strayPodCgroups(root string, hs []hierarchy, podUID string) []string {
+	if podUID == "" || strings.ContainsAny(podUID, "/.") {
+		return nil
+	}
+	var out []string
+	for _, h := range hs {
+		var st unix.Statfs_t
+		dir := filepath.Join(root, h.name)
+		if unix.Statfs(dir, &st) == nil && st.Type == unix.CGROUP2_SUPER_MAGIC {
+			out = append(out, filepath.Join(dir, agentCgroupParent, podUID))
+		}
+	}
+	return out
+}
+
 // removeCgroupTree removes dir and every cgroup below it, deepest first.
 func removeCgroupTree(dir string, deadline time.Time) error {
 	var tree []string

@@ -190,7 +190,11 @@ func TestKipCellPodTerminated(t *testing.T) {
 		t.Fatal(err)
 	}
 	c := e.cloud()
-	in, err := c.Launch(ctx, cloud.LaunchSpec{CellID: cellID, ClientToken: cellID, InstanceType: "local.small", BootstrapData: bs})
+	podUID := "uid-" + cellID
+	in, err := c.Launch(ctx, cloud.LaunchSpec{
+		CellID: cellID, ClientToken: cellID, InstanceType: "local.small", BootstrapData: bs,
+		Tags: map[string]string{cloud.TagCellID: cellID, cloud.TagPodUID: podUID}, // as kip tags cells
+	})
 	if err != nil {
 		t.Fatalf("Launch: %v", err)
 	}
@@ -206,7 +210,7 @@ func TestKipCellPodTerminated(t *testing.T) {
 	waitAgentHealthy(t, client)
 
 	pod := &corev1.Pod{
-		ObjectMeta: metav1.ObjectMeta{Name: "sleeper", Namespace: "default", UID: types.UID("uid-" + cellID)},
+		ObjectMeta: metav1.ObjectMeta{Name: "sleeper", Namespace: "default", UID: types.UID(podUID)},
 		Spec: corev1.PodSpec{
 			RestartPolicy: corev1.RestartPolicyNever,
 			Containers:    []corev1.Container{{Name: "main", Image: "library/sleeper:latest"}},
@@ -268,5 +272,14 @@ func TestKipCellPodTerminated(t *testing.T) {
 	}
 	if m, _ := mountsUnder("/proc/self/mountinfo", e.cfg.StateDir); len(m) != 0 {
 		t.Errorf("mounts survived Terminate: %v", m)
+	}
+	strays := strayPodCgroups(e.backend().cfg.CgroupRoot, e.backend().hs, podUID)
+	if len(strays) == 0 {
+		t.Log("no cgroup2 hierarchy beside the v1 ones: nothing to check for stray pod cgroups")
+	}
+	for _, d := range strays {
+		if _, err := os.Stat(d); err == nil {
+			t.Errorf("the pod's cgroup %s (where runc puts cgroup2 dirs) survived Terminate", d)
+		}
 	}
 }

@@ -766,3 +766,41 @@ func TestNetnsSurvivesIPNetnsAdd(t *testing.T) {
 		t.Errorf("netns %s still exists after Terminate (stat: %v)", r.meta.Netns, err)
 	}
 }
+
+// TestTerminateRemovesStrayPodCgroups: runc in hybrid mode puts a pod's cgroup2 directories at
+// the root of the "unified" hierarchy, outside the cell; Terminate removes them by the pod's UID.
+func TestTerminateRemovesStrayPodCgroups(t *testing.T) {
+	e := newEnv(t)
+	b := e.backend()
+	strays := strayPodCgroups(b.cfg.CgroupRoot, b.hs, "stray-uid-probe")
+	if len(strays) == 0 {
+		t.Skip("skipping: no cgroup2 hierarchy is mounted beside the v1 ones (not hybrid mode)")
+	}
+	uid := fmt.Sprintf("stray-%d-%d", os.Getpid(), time.Now().UnixNano())
+	c := e.cloud()
+	in, err := c.Launch(context.Background(), cloud.LaunchSpec{
+		CellID: "stray-1", ClientToken: "stray-1", InstanceType: "local.nano",
+		Tags:          map[string]string{cloud.TagCellID: "stray-1", cloud.TagPodUID: uid},
+		BootstrapData: []byte("{}"),
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	e.waitHealthy(in.PrivateIP)
+	var made []string
+	for _, d := range strayPodCgroups(b.cfg.CgroupRoot, b.hs, uid) {
+		leaf := filepath.Join(d, "main", "0") // as runc leaves it: <parent>/<pod>/<container>/<run>
+		if err := os.MkdirAll(leaf, 0o755); err != nil {
+			t.Fatal(err)
+		}
+		made = append(made, d)
+	}
+	if err := c.Terminate(context.Background(), in.ID); err != nil {
+		t.Fatal(err)
+	}
+	for _, d := range made {
+		if _, err := os.Stat(d); !errors.Is(err, os.ErrNotExist) {
+			t.Errorf("pod cgroup %s left after Terminate (stat: %v)", d, err)
+		}
+	}
+}
