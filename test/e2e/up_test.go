@@ -11,7 +11,6 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"math/big"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -47,7 +46,10 @@ func startUp(t *testing.T, e *framework.Env, home string) *upRun {
 	t.Helper()
 	b := make([]byte, 2)
 	_, _ = rand.Read(b)
-	third, _ := rand.Int(rand.Reader, big.NewInt(150))
+	subnet, err := framework.FreeSubnet()
+	if err != nil {
+		t.Fatal(err)
+	}
 	r := &upRun{
 		home:   home,
 		bridge: "kipup" + hex.EncodeToString(b),
@@ -56,7 +58,7 @@ func startUp(t *testing.T, e *framework.Env, home string) *upRun {
 		stderr: &syncbuf.Buffer{},
 	}
 	r.cmd = exec.Command(filepath.Join(e.BinDir, "kip"), "up", "--home", home, "--bridge", r.bridge,
-		"--subnet", fmt.Sprintf("10.250.%d.0/24", 100+third.Int64()), "--registry-port", "0", "--node-name", "kip-up")
+		"--subnet", subnet, "--registry-port", "0", "--node-name", "kip-up")
 	r.cmd.Env = append(os.Environ(), "KIP_CP_BIN="+e.CPBin)
 	r.cmd.Stderr = r.stderr
 	out, err := r.cmd.StdoutPipe()

@@ -284,9 +284,45 @@ func randomTag() (string, int, error) {
 	if _, err := rand.Read(b); err != nil {
 		return "", 0, fmt.Errorf("reading random tag: %w", err)
 	}
-	n, err := rand.Int(rand.Reader, big.NewInt(150))
+	third, err := freeThirdOctet()
 	if err != nil {
-		return "", 0, fmt.Errorf("reading random subnet: %w", err)
+		return "", 0, err
 	}
-	return hex.EncodeToString(b), 100 + int(n.Int64()), nil
+	return hex.EncodeToString(b), third, nil
+}
+
+// FreeSubnet returns a random 10.250.X.0/24 that no interface on this host has an address
+// in (another test's bridge, or this run's own), for a second local VPC such as kip up's.
+func FreeSubnet() (string, error) {
+	third, err := freeThirdOctet()
+	if err != nil {
+		return "", err
+	}
+	return fmt.Sprintf("10.250.%d.0/24", third), nil
+}
+
+func freeThirdOctet() (int, error) {
+	addrs, err := net.InterfaceAddrs()
+	if err != nil {
+		return 0, fmt.Errorf("listing host addresses: %w", err)
+	}
+	for range 100 {
+		n, err := rand.Int(rand.Reader, big.NewInt(150))
+		if err != nil {
+			return 0, fmt.Errorf("reading random subnet: %w", err)
+		}
+		third := 100 + int(n.Int64())
+		_, subnet, _ := net.ParseCIDR(fmt.Sprintf("10.250.%d.0/24", third))
+		used := false
+		for _, a := range addrs {
+			if ipn, ok := a.(*net.IPNet); ok && subnet.Contains(ipn.IP) {
+				used = true
+				break
+			}
+		}
+		if !used {
+			return third, nil
+		}
+	}
+	return 0, fmt.Errorf("no free 10.250.X.0/24 subnet for a test bridge")
 }
