@@ -285,6 +285,20 @@ func (h *harness) agent(cellID string) *testAgent {
 	return a
 }
 
+// runPod creates pod, has its agent report the main container running, and waits until the
+// manager shows the pod Running; it returns the pod's agent.
+func (h *harness) runPod(pod *corev1.Pod) *testAgent {
+	h.t.Helper()
+	if err := h.m.CreatePod(context.Background(), pod); err != nil {
+		h.t.Fatal(err)
+	}
+	a := h.agent(CellID(pod.UID))
+	h.waitFor("a status watch", func() bool { return a.watcherCount() > 0 })
+	a.set(&cellapi.PodStatus{Phase: corev1.PodRunning, ContainerStatuses: []corev1.ContainerStatus{running("main", true)}})
+	h.waitPod(pod, "Running", func(p *corev1.Pod) bool { return p.Status.Phase == corev1.PodRunning })
+	return a
+}
+
 // waitFor polls cond until it holds, stepping the fake clock whenever something waits on
 // it, for at most 10 real seconds.
 func (h *harness) waitFor(what string, cond func() bool) {

@@ -284,13 +284,7 @@ func TestDeleteRunningPodStopsGracefully(t *testing.T) {
 	h := newHarness(t)
 	grace := int64(7)
 	pod := testPod("web", func(p *corev1.Pod) { p.Spec.RestartPolicy = corev1.RestartPolicyAlways })
-	if err := h.m.CreatePod(context.Background(), pod); err != nil {
-		t.Fatal(err)
-	}
-	a := h.agent(CellID(pod.UID))
-	h.waitFor("a status watch", func() bool { return a.watcherCount() > 0 })
-	a.set(&cellapi.PodStatus{Phase: corev1.PodRunning, ContainerStatuses: []corev1.ContainerStatus{running("main", true)}})
-	h.waitPod(pod, "Running", func(p *corev1.Pod) bool { return p.Status.Phase == corev1.PodRunning })
+	a := h.runPod(pod)
 	a.mu.Lock()
 	a.onDelete = func(a *testAgent) {
 		a.setLocked(&cellapi.PodStatus{Phase: corev1.PodFailed, ContainerStatuses: []corev1.ContainerStatus{exited("main", 143)}})
@@ -342,13 +336,7 @@ func TestWatchReconnects(t *testing.T) {
 func TestLostCellFailsPod(t *testing.T) {
 	h := newHarness(t)
 	pod := testPod("fragile", func(p *corev1.Pod) { p.Spec.RestartPolicy = corev1.RestartPolicyAlways })
-	if err := h.m.CreatePod(context.Background(), pod); err != nil {
-		t.Fatal(err)
-	}
-	a := h.agent(CellID(pod.UID))
-	h.waitFor("a status watch", func() bool { return a.watcherCount() > 0 })
-	a.set(&cellapi.PodStatus{Phase: corev1.PodRunning, ContainerStatuses: []corev1.ContainerStatus{running("main", true)}})
-	h.waitPod(pod, "Running", func(p *corev1.Pod) bool { return p.Status.Phase == corev1.PodRunning })
+	a := h.runPod(pod)
 
 	// The instance dies behind kip's back.
 	if err := h.cloud.SetState(h.live()[0].ID, cloud.StateTerminated); err != nil {

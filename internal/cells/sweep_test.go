@@ -8,7 +8,6 @@ import (
 
 	corev1 "k8s.io/api/core/v1"
 
-	"github.com/kip-dev/kip/internal/cellapi"
 	"github.com/kip-dev/kip/internal/cloud"
 )
 
@@ -18,13 +17,7 @@ func TestSweepFailsPodWhoseInstanceVanishedUnderAHangingStream(t *testing.T) {
 		t.Fatal(err)
 	}
 	pod := testPod("hang", func(p *corev1.Pod) { p.Spec.RestartPolicy = corev1.RestartPolicyAlways })
-	if err := h.m.CreatePod(context.Background(), pod); err != nil {
-		t.Fatal(err)
-	}
-	a := h.agent(CellID(pod.UID))
-	h.waitFor("a status watch", func() bool { return a.watcherCount() > 0 })
-	a.set(&cellapi.PodStatus{Phase: corev1.PodRunning, ContainerStatuses: []corev1.ContainerStatus{running("main", true)}})
-	h.waitPod(pod, "Running", func(p *corev1.Pod) bool { return p.Status.Phase == corev1.PodRunning })
+	h.runPod(pod)
 
 	// The instance goes away but the stream stays open (no RST from a vanished host).
 	if err := h.cloud.SetState(h.live()[0].ID, cloud.StateTerminated); err != nil {
@@ -75,13 +68,7 @@ func TestSweepFailsPodWhoseAgentStopsAnsweringUnderAHangingStream(t *testing.T) 
 		t.Fatal(err)
 	}
 	pod := testPod("cut", func(p *corev1.Pod) { p.Spec.RestartPolicy = corev1.RestartPolicyAlways })
-	if err := h.m.CreatePod(context.Background(), pod); err != nil {
-		t.Fatal(err)
-	}
-	a := h.agent(CellID(pod.UID))
-	h.waitFor("a status watch", func() bool { return a.watcherCount() > 0 })
-	a.set(&cellapi.PodStatus{Phase: corev1.PodRunning, ContainerStatuses: []corev1.ContainerStatus{running("main", true)}})
-	h.waitPod(pod, "Running", func(p *corev1.Pod) bool { return p.Status.Phase == corev1.PodRunning })
+	a := h.runPod(pod)
 
 	// The agent stops answering but the stream neither breaks nor sends.
 	a.setHealth(errors.New("i/o timeout"))

@@ -142,7 +142,7 @@ func BenchmarkPodStartup(b *testing.B) {
 		tr.mu.Unlock()
 		// Let the sequential pods' cells go before the burst.
 		if _, err := e.WaitForCells(ctx, map[string]string{cloud.TagPodNamespace: ns}, 2*time.Minute,
-			func(c []*cloud.Instance) bool { return len(c) == 0 }); err != nil {
+			framework.NoCells); err != nil {
 			b.Fatal(err)
 		}
 

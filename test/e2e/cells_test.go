@@ -15,7 +15,6 @@ import (
 	"k8s.io/apimachinery/pkg/watch"
 	"k8s.io/utils/ptr"
 
-	"github.com/kip-dev/kip/internal/cloud"
 	"github.com/kip-dev/kip/internal/crd"
 	"github.com/kip-dev/kip/test/e2e/framework"
 )
@@ -189,7 +188,7 @@ func TestCellsResource(t *testing.T) {
 	if err != nil {
 		t.Errorf("Cell %s not deleted after its pod: %v", name, err)
 	}
-	if _, err := e.WaitForCells(ctx, framework.PodCells(ns, "celled"), cellGoneTimeout, func(c []*cloud.Instance) bool { return len(c) == 0 }); err != nil {
+	if _, err := e.WaitForCells(ctx, framework.PodCells(ns, "celled"), cellGoneTimeout, framework.NoCells); err != nil {
 		t.Errorf("cell of the deleted pod not terminated: %v", err)
 	}
 	if _, err := e.Dynamic.Resource(crd.CellGVR).Get(ctx, name, metav1.GetOptions{}); err == nil {

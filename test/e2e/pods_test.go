@@ -104,7 +104,7 @@ func TestJobEcho(t *testing.T) {
 	// kip's own metrics, read through the node proxy, counted the pod's start phases.
 	waitMetricsGrew(t, ctx, e, before)
 
-	if _, err := e.WaitForCells(ctx, framework.PodCells(ns, pod.Name), cellGoneTimeout, func(c []*cloud.Instance) bool { return len(c) == 0 }); err != nil {
+	if _, err := e.WaitForCells(ctx, framework.PodCells(ns, pod.Name), cellGoneTimeout, framework.NoCells); err != nil {
 		t.Errorf("cell not terminated after the job completed: %v", err)
 	}
 
@@ -142,7 +142,7 @@ func TestExitCode(t *testing.T) {
 	if term.ExitCode != 3 || term.Reason != "Error" {
 		t.Errorf("terminated exit %d reason %q, want 3 Error", term.ExitCode, term.Reason)
 	}
-	if _, err := e.WaitForCells(ctx, framework.PodCells(ns, "exit3"), cellGoneTimeout, func(c []*cloud.Instance) bool { return len(c) == 0 }); err != nil {
+	if _, err := e.WaitForCells(ctx, framework.PodCells(ns, "exit3"), cellGoneTimeout, framework.NoCells); err != nil {
 		t.Errorf("cell of the failed pod not terminated: %v", err)
 	}
 }
@@ -206,7 +206,7 @@ func TestDeploymentHTTP(t *testing.T) {
 		}
 	}
 	if _, err := e.WaitForCells(ctx, map[string]string{cloud.TagPodNamespace: ns}, cellGoneTimeout,
-		func(c []*cloud.Instance) bool { return len(c) == 0 }); err != nil {
+		framework.NoCells); err != nil {
 		t.Errorf("cells left after scaling to 0: %v", err)
 	}
 }
@@ -273,7 +273,7 @@ func TestDeleteSendsSIGTERM(t *testing.T) {
 		t.Error(err)
 	}
 	t.Logf("pod gone %v after the delete (grace period 30s; the container exits at once)", time.Since(deleted).Round(time.Millisecond))
-	if _, err := e.WaitForCells(ctx, framework.PodCells(ns, "term"), cellGoneTimeout, func(c []*cloud.Instance) bool { return len(c) == 0 }); err != nil {
+	if _, err := e.WaitForCells(ctx, framework.PodCells(ns, "term"), cellGoneTimeout, framework.NoCells); err != nil {
 		t.Errorf("cell of the deleted pod not terminated: %v", err)
 	}
 }
@@ -312,7 +312,7 @@ func TestImagePullError(t *testing.T) {
 	if err := e.Client.CoreV1().Pods(ns).Delete(ctx, "nopull", metav1.DeleteOptions{GracePeriodSeconds: ptr.To[int64](0)}); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := e.WaitForCells(ctx, framework.PodCells(ns, "nopull"), cellGoneTimeout, func(c []*cloud.Instance) bool { return len(c) == 0 }); err != nil {
+	if _, err := e.WaitForCells(ctx, framework.PodCells(ns, "nopull"), cellGoneTimeout, framework.NoCells); err != nil {
 		t.Errorf("cell of the deleted pod not terminated: %v", err)
 	}
 }
@@ -483,7 +483,7 @@ func TestKipRestart(t *testing.T) {
 		if err := e.WaitForPodGone(ctx, ns, n, time.Minute); err != nil {
 			t.Error(err)
 		}
-		if _, err := e.WaitForCells(ctx, framework.PodCells(ns, n), cellGoneTimeout, func(c []*cloud.Instance) bool { return len(c) == 0 }); err != nil {
+		if _, err := e.WaitForCells(ctx, framework.PodCells(ns, n), cellGoneTimeout, framework.NoCells); err != nil {
 			t.Errorf("cell of %s not terminated: %v", n, err)
 		}
 	}

@@ -142,14 +142,9 @@ func controlPlanePIDs(t *testing.T, home string) []int {
 	return pids
 }
 
-// TestKipUp: `kip up` runs a pod end to end with its own control plane, and Ctrl-C removes
-// everything it made.
-func TestKipUp(t *testing.T) {
-	e := need(t)
-	home := filepath.Join(t.TempDir(), "kiphome")
-	r := startUp(t, e, home)
-	pids := controlPlanePIDs(t, home)
-
+// upClient returns a clientset for the control plane of the kip up run in home.
+func upClient(t *testing.T, home string) kubernetes.Interface {
+	t.Helper()
 	cfg, err := clientcmd.BuildConfigFromFlags("", filepath.Join(home, "kubeconfig"))
 	if err != nil {
 		t.Fatalf("loading kip up's kubeconfig: %v", err)
@@ -158,13 +153,24 @@ func TestKipUp(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	return cs
+}
+
+// TestKipUp: `kip up` runs a pod end to end with its own control plane, and Ctrl-C removes
+// everything it made.
+func TestKipUp(t *testing.T) {
+	e := need(t)
+	home := filepath.Join(t.TempDir(), "kiphome")
+	r := startUp(t, e, home)
+	pids := controlPlanePIDs(t, home)
+	cs := upClient(t, home)
 	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
 	defer cancel()
 	pod := framework.Pod("hello", framework.Busybox("main", "echo hello-up"))
 	if _, err := cs.CoreV1().Pods("default").Create(ctx, pod, metav1.CreateOptions{}); err != nil {
 		t.Fatal(err)
 	}
-	_, err = framework.Until(ctx, cs.CoreV1().Pods("default"), fields.OneTermEqualSelector("metadata.name", "hello"),
+	_, err := framework.Until(ctx, cs.CoreV1().Pods("default"), fields.OneTermEqualSelector("metadata.name", "hello"),
 		func(ev watch.Event) (bool, error) {
 			p, ok := ev.Object.(*corev1.Pod)
 			return ok && (p.Status.Phase == corev1.PodSucceeded || p.Status.Phase == corev1.PodFailed), nil
@@ -197,14 +203,7 @@ func TestKipDown(t *testing.T) {
 	home := filepath.Join(t.TempDir(), "kiphome")
 	r := startUp(t, e, home)
 	pids := controlPlanePIDs(t, home)
-	cfg, err := clientcmd.BuildConfigFromFlags("", filepath.Join(home, "kubeconfig"))
-	if err != nil {
-		t.Fatalf("loading kip up's kubeconfig: %v", err)
-	}
-	cs, err := kubernetes.NewForConfig(cfg)
-	if err != nil {
-		t.Fatal(err)
-	}
+	cs := upClient(t, home)
 	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
 	defer cancel()
 	startSleeper(ctx, t, cs) // a live cell for kip down to remove

@@ -117,6 +117,9 @@ func (e *Env) EventsFor(ctx context.Context, ns, name string) string {
 	return b.String()
 }
 
+// NoCells is the WaitForCells condition "every matching cell is gone".
+func NoCells(c []*cloud.Instance) bool { return len(c) == 0 }
+
 // WaitForCells polls the backend's state (files on this machine; there is nothing to watch)
 // until cond holds for this environment's cells carrying tags, or timeout passes.
 func (e *Env) WaitForCells(ctx context.Context, tags map[string]string, timeout time.Duration, cond func([]*cloud.Instance) bool) ([]*cloud.Instance, error) {
