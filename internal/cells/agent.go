@@ -17,7 +17,7 @@ func (c *cell) healthyTimeout() time.Duration {
 	if c.healthyAfter > 0 {
 		return c.healthyAfter
 	}
-	return c.m.cfg.HealthyTimeout.Duration
+	return c.m.cfg.HealthyTimeout
 }
 
 // connect dials the agent and waits, with back-off, until it answers Health, for at most

@@ -15,6 +15,7 @@ import (
 
 	"github.com/kip-dev/kip/internal/cellapi"
 	"github.com/kip-dev/kip/internal/cloud"
+	"github.com/kip-dev/kip/internal/selector"
 )
 
 // stage is where a cell's state machine is.
@@ -86,7 +87,7 @@ type cell struct {
 	stage        stage
 	grace        time.Duration
 	inst         *cloud.Instance
-	cand         Candidate
+	cand         selector.Candidate
 	agent        cellapi.Agent
 	agentStatus  *cellapi.PodStatus
 	waitReason   string // pod-level reason while no agent status is known

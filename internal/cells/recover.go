@@ -9,6 +9,7 @@ import (
 
 	"github.com/kip-dev/kip/internal/cloud"
 	"github.com/kip-dev/kip/internal/instancetype"
+	"github.com/kip-dev/kip/internal/selector"
 )
 
 // Recover rebuilds state after a restart from the cloud's tags and the node's pods: it
@@ -106,8 +107,8 @@ func (m *Manager) adopt(pod *corev1.Pod, inst *cloud.Instance, catalog []instanc
 // adoptedCandidate is what inst was launched as: its type from catalog and the offering of its
 // market (spot or not), in its zone when the catalog has one there. A type the catalog lacks
 // is known by name only, with no price.
-func adoptedCandidate(inst *cloud.Instance, catalog []instancetype.InstanceType) Candidate {
-	cand := Candidate{Type: instanceTypeNamed(inst.InstanceType)}
+func adoptedCandidate(inst *cloud.Instance, catalog []instancetype.InstanceType) selector.Candidate {
+	cand := selector.Candidate{Type: instanceTypeNamed(inst.InstanceType)}
 	for _, t := range catalog {
 		if t.Name != inst.InstanceType {
 			continue

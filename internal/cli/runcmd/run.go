@@ -35,7 +35,6 @@ import (
 	"github.com/kip-dev/kip/internal/cells"
 	"github.com/kip-dev/kip/internal/config"
 	"github.com/kip-dev/kip/internal/crd"
-	"github.com/kip-dev/kip/internal/instancetype"
 	"github.com/kip-dev/kip/internal/metrics"
 	"github.com/kip-dev/kip/internal/provider"
 	"github.com/kip-dev/kip/internal/selector"
@@ -111,9 +110,9 @@ func (r *runner) run(ctx context.Context) error {
 	// The resolver needs virtual-kubelet's listers, which exist only inside NewNode; the
 	// cells manager needs the resolver. resolver is set before any pod is dispatched.
 	var resolver atomic.Pointer[provider.Resolver]
-	mgr := cells.New(cfg.Cells, cells.NodeInfo{Name: name, HostIP: nodeIP}, cells.Deps{
-		Cloud:  met.InstrumentCloud(backend),
-		Select: cellsSelect(cfg),
+	mgr := cells.New(cellsOptions(cfg.Cells), cells.NodeInfo{Name: name, HostIP: nodeIP}, cells.Deps{
+		Cloud:    met.InstrumentCloud(backend),
+		Selector: &selector.Selector{Options: selectorOptions(cfg)},
 		Resolve: func(ctx context.Context, pod *corev1.Pod) (*cellapi.PodRequest, error) {
 			res := resolver.Load()
 			if res == nil {
@@ -279,6 +278,17 @@ func mirrorOrNil(m *crd.Mirror) cells.Mirror {
 	return m
 }
 
+// cellsOptions maps the config onto the cells manager's options.
+func cellsOptions(c config.Cells) cells.Options {
+	return cells.Options{
+		ClusterName:         c.ClusterName,
+		HealthyTimeout:      c.HealthyTimeout.Duration,
+		StatusInterval:      c.StatusInterval.Duration,
+		LaunchConcurrency:   c.LaunchConcurrency,
+		CapacityErrorMemory: c.CapacityErrorMemory.Duration,
+	}
+}
+
 // selectorOptions maps the config onto the selector's options.
 func selectorOptions(cfg *config.ProviderConfig) selector.Options {
 	return selector.Options{
@@ -288,36 +298,6 @@ func selectorOptions(cfg *config.ProviderConfig) selector.Options {
 		},
 		DefaultType: cfg.Cells.DefaultInstanceType,
 	}
-}
-
-// cellsSelect is the cells manager's selector: it chooses from the catalog the manager hands it
-// at each launch (the backend's current one: refreshed prices, offerings that just lacked
-// capacity marked unavailable), rebuilding its index only when that catalog changes.
-func cellsSelect(cfg *config.ProviderConfig) func(*corev1.Pod, []instancetype.InstanceType) (*cells.Choice, error) {
-	sel := &selector.Selector{Options: selectorOptions(cfg)}
-	return func(pod *corev1.Pod, types []instancetype.InstanceType) (*cells.Choice, error) {
-		ch, err := sel.Select(pod, types)
-		if err != nil {
-			return nil, err
-		}
-		return toCellsChoice(ch), nil
-	}
-}
-
-// toCellsChoice converts the selector's answer into the cells' view of it.
-func toCellsChoice(ch *selector.Choice) *cells.Choice {
-	out := &cells.Choice{Type: ch.Type, Offering: ch.Offering}
-	if ch.Zone != "" {
-		out.Offering.Zone = ch.Zone
-	}
-	for _, f := range ch.Fallbacks {
-		o := f.Offering
-		if f.Zone != "" {
-			o.Zone = f.Zone
-		}
-		out.Fallbacks = append(out.Fallbacks, cells.Candidate{Type: f.Type, Offering: o})
-	}
-	return out
 }
 
 // lazyHandler serves the kubelet API routes once they exist (they need virtual-kubelet's pod
