@@ -7,8 +7,6 @@ package cells
 
 import (
 	"context"
-	"errors"
-	"fmt"
 	"log/slog"
 	"sort"
 	"sync"
@@ -152,23 +150,6 @@ type Timing struct {
 	Finished time.Time
 }
 
-// ErrNotFound is returned (wrapped) for a pod the manager does not know.
-var ErrNotFound = errors.New("pod not found")
-
-// notFoundError wraps ErrNotFound and also answers virtual-kubelet's errdefs.IsNotFound.
-type notFoundError struct{ msg string }
-
-func (e *notFoundError) Error() string        { return e.msg }
-func (e *notFoundError) Is(target error) bool { return target == ErrNotFound }
-func (e *notFoundError) NotFound() bool       { return true }
-
-func notFound(namespace, name string) error {
-	return &notFoundError{msg: fmt.Sprintf("pod %s/%s not found in kip", namespace, name)}
-}
-
-// IsNotFound reports whether err means the pod is unknown.
-func IsNotFound(err error) bool { return errors.Is(err, ErrNotFound) }
-
 // Manager owns every pod's cell. All methods are safe for concurrent use.
 type Manager struct {
 	cfg   Options
@@ -276,7 +257,7 @@ func (m *Manager) NotifyPods(f func(*corev1.Pod)) {
 // and its progress shows in the pod's status. Creating a pod that already runs updates it.
 func (m *Manager) CreatePod(ctx context.Context, pod *corev1.Pod) error {
 	if pod == nil || pod.UID == "" {
-		return fmt.Errorf("creating pod: pod has no UID")
+		return invalid("creating pod: pod has no UID")
 	}
 	key := podKey(pod.Namespace, pod.Name)
 	m.mu.Lock()

@@ -20,7 +20,7 @@ import (
 func (m *Manager) Recover(ctx context.Context, pods []*corev1.Pod) error {
 	insts, err := m.deps.Cloud.List(ctx, map[string]string{cloud.TagCluster: m.cfg.ClusterName, cloud.TagNode: m.node.Name})
 	if err != nil {
-		return fmt.Errorf("recovering cells: listing instances: %w", err)
+		return translate(fmt.Errorf("recovering cells: listing instances: %w", err))
 	}
 	byUID := make(map[types.UID]*corev1.Pod, len(pods))
 	for _, p := range pods {
@@ -63,7 +63,7 @@ func (m *Manager) Recover(ctx context.Context, pods []*corev1.Pod) error {
 		m.log.Info("terminating orphan cell", "instance", inst.ID, "cell", inst.Tags[cloud.TagCellID],
 			"pod", inst.Tags[cloud.TagPodNamespace]+"/"+inst.Tags[cloud.TagPodName])
 		if err := m.deps.Cloud.Terminate(ctx, inst.ID); err != nil && !cloud.IsNotFound(err) {
-			return fmt.Errorf("recovering cells: terminating orphan %s: %w", inst.ID, err)
+			return translate(fmt.Errorf("recovering cells: terminating orphan %s: %w", inst.ID, err))
 		}
 		if m.mirror != nil {
 			m.mirror.delete(inst.Tags[cloud.TagCellID])
