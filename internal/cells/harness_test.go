@@ -478,6 +478,15 @@ func exited(name string, code int32) corev1.ContainerStatus {
 	}
 }
 
+func findCondition(conds []corev1.PodCondition, t corev1.PodConditionType) *corev1.PodCondition {
+	for i := range conds {
+		if conds[i].Type == t {
+			return &conds[i]
+		}
+	}
+	return nil
+}
+
 // testWriter sends log lines to the test's log.
 type testWriter struct{ t *testing.T }
 
