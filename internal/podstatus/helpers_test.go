@@ -51,4 +51,3 @@ func exited(name string, code int32) corev1.ContainerStatus {
 		}},
 	}
 }
-
