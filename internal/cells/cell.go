@@ -15,6 +15,7 @@ import (
 
 	"github.com/kip-dev/kip/internal/cellapi"
 	"github.com/kip-dev/kip/internal/cloud"
+	"github.com/kip-dev/kip/internal/logarchive"
 	"github.com/kip-dev/kip/internal/podstatus"
 	"github.com/kip-dev/kip/internal/selector"
 )
@@ -92,7 +93,7 @@ type cell struct {
 	waitMessage  string
 	failure      *podFailure
 	stopped      bool // containers stopped by deletion: the status is final
-	archive      *archivedAgent
+	archive      *logarchive.Archive
 	timing       Timing
 	events       podstatus.Events
 	healthyAfter time.Duration
