@@ -1,6 +1,8 @@
 package cgroups
 
 import (
+	"go/parser"
+	"go/token"
 	"os"
 	"path/filepath"
 	"slices"
@@ -106,6 +108,29 @@ func TestDirsRefusesEscapes(t *testing.T) {
 	for _, rel := range []string{"", "kip", "kip/..x/y"} {
 		if _, err := f.Dirs(rel); err != nil {
 			t.Errorf("Dirs(%q): %v", rel, err)
+		}
+	}
+}
+
+// TestImportsNothingOfKip: the agent and the host side share this package, so it must stay a
+// leaf (the agent may import no host-side package, and nothing of Kip should come along).
+func TestImportsNothingOfKip(t *testing.T) {
+	files, err := filepath.Glob("*.go")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, name := range files {
+		if strings.HasSuffix(name, "_test.go") {
+			continue
+		}
+		f, err := parser.ParseFile(token.NewFileSet(), name, nil, parser.ImportsOnly)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, imp := range f.Imports {
+			if strings.HasPrefix(strings.Trim(imp.Path.Value, `"`), "github.com/kip-dev/kip/") {
+				t.Errorf("%s imports %s", name, imp.Path.Value)
+			}
 		}
 	}
 }
