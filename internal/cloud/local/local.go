@@ -77,8 +77,9 @@ type Config struct {
 	Catalog []instancetype.InstanceType
 	// CgroupRoot is where the cgroup hierarchies are mounted. Default /sys/fs/cgroup.
 	CgroupRoot string
-	// CgroupParent is the cgroup, under this process's own in each hierarchy, that holds the
-	// cells' cgroups. Default DefaultCgroupParent.
+	// CgroupParent is the cgroup, under this process's own in each hierarchy (on a cgroup
+	// v2-only host under its parent, as runc places a relative path), that holds the cells'
+	// cgroups. Default DefaultCgroupParent.
 	CgroupParent string
 	// ProcessOnly runs cells as plain agent processes bound to distinct loopback addresses:
 	// no network namespace, no cgroup limits, no partitions. For machines that allow no
