@@ -55,8 +55,9 @@ type Deps struct {
 	Observe func(Timing)
 }
 
-// Mirror keeps an external view of cells (the Cell custom resource) up to date. Errors are
-// logged, never fatal.
+// Mirror keeps an external view of cells (the Cell custom resource) up to date. Its methods
+// are called on pods' paths: they must only record the wanted state and return at once (the
+// cellmirror controller writes it). Errors are logged, never fatal.
 type Mirror interface {
 	Upsert(ctx context.Context, c CellInfo) error
 	Delete(ctx context.Context, cellID string) error
@@ -164,7 +165,6 @@ type Manager struct {
 
 	launchSem chan struct{}
 	capacity  *capacity.Memory
-	mirror    *mirrorQueue // nil without Deps.Mirror
 	sweepOnce sync.Once
 
 	certOnce              sync.Once
@@ -217,14 +217,6 @@ func New(opts Options, node NodeInfo, deps Deps) *Manager {
 		launchSem: make(chan struct{}, cfg.LaunchConcurrency),
 		capacity:  capacity.New(deps.Clock, cfg.CapacityErrorMemory),
 		cells:     map[string]*cell{},
-	}
-	if deps.Mirror != nil {
-		m.mirror = newMirrorQueue(deps.Mirror, m.log)
-		m.wg.Add(1)
-		go func() {
-			defer m.wg.Done()
-			m.mirror.run(ctx)
-		}()
 	}
 	return m
 }

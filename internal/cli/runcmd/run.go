@@ -34,6 +34,7 @@ import (
 	"github.com/kip-dev/kip/internal/cellapi"
 	"github.com/kip-dev/kip/internal/cells"
 	"github.com/kip-dev/kip/internal/config"
+	"github.com/kip-dev/kip/internal/controllers/cellmirror"
 	"github.com/kip-dev/kip/internal/crd"
 	"github.com/kip-dev/kip/internal/metrics"
 	"github.com/kip-dev/kip/internal/provider"
@@ -81,11 +82,11 @@ func (r *runner) run(ctx context.Context) error {
 		return err
 	}
 
-	var mirror *crd.Mirror
+	var mirror *cellmirror.Mirror
 	if err := crd.Install(ctx, r.dynamic); err != nil {
 		log.Warn("the Cell custom resource is unavailable; kubectl get cells will show nothing", "err", err)
 	} else {
-		mirror = crd.NewMirror(r.dynamic, name, log)
+		mirror = cellmirror.New(r.dynamic, name, log)
 	}
 
 	// One event broadcaster for virtual-kubelet, the cells and the resolver.
@@ -271,7 +272,7 @@ func (r *runner) recreateNode(spec *corev1.Node) node.ErrorHandler {
 	}
 }
 
-func mirrorOrNil(m *crd.Mirror) cells.Mirror {
+func mirrorOrNil(m *cellmirror.Mirror) cells.Mirror {
 	if m == nil {
 		return nil
 	}
