@@ -37,6 +37,7 @@ import (
 	"github.com/kip-dev/kip/internal/controllers/cellmirror"
 	"github.com/kip-dev/kip/internal/crd"
 	"github.com/kip-dev/kip/internal/metrics"
+	"github.com/kip-dev/kip/internal/nodeauth"
 	"github.com/kip-dev/kip/internal/provider"
 	"github.com/kip-dev/kip/internal/selector"
 )
@@ -69,7 +70,7 @@ func (r *runner) run(ctx context.Context) error {
 	}
 	log.Info("starting kip", "backend", backend.Name(), "internalIP", nodeIP, "kubeletPort", cfg.Node.KubeletPort)
 
-	ca, err := ensureCA(ctx, r.client)
+	ca, err := nodeauth.EnsureCA(ctx, r.client)
 	if err != nil {
 		return err
 	}
@@ -77,7 +78,7 @@ func (r *runner) run(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
-	clientCA, err := clusterClientCA(ctx, r.client, r.restCfg)
+	clientCA, err := nodeauth.ClusterClientCA(ctx, r.client, r.restCfg)
 	if err != nil {
 		return err
 	}
@@ -150,7 +151,7 @@ func (r *runner) run(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
-	auth, err := kubeletAuth(r.client, name, clientCA, r.opts.AnonymousPaths)
+	auth, err := nodeauth.KubeletAuth(r.client, name, clientCA, r.opts.AnonymousPaths)
 	if err != nil {
 		return err
 	}
