@@ -103,7 +103,8 @@ func New(cfg Config) (*Agent, error) {
 	return &Agent{cfg: cfg, resolv: string(resolv), watchers: map[*watcher]struct{}{}}, nil
 }
 
-// PutPod implements cellapi.Agent.
+// PutPod implements cellapi.Agent. The request is validated here, once (pod.Validate),
+// before anything reads it: an invalid request is refused as Invalid even while a pod runs.
 func (a *Agent) PutPod(ctx context.Context, req *cellapi.PodRequest) (*cellapi.PodStatus, error) {
 	if err := pod.Validate(req); err != nil {
 		return nil, err

@@ -136,11 +136,9 @@ func isSidecar(c *corev1.Container) bool {
 	return c.RestartPolicy != nil && *c.RestartPolicy == corev1.ContainerRestartPolicyAlways
 }
 
-// Start validates req, lays out the pod directory and starts supervising the pod.
+// Start lays out the pod directory and starts supervising the pod. req must have passed
+// Validate: the caller validates it once, before it reads the pod's UID.
 func Start(cfg Config, req *cellapi.PodRequest) (*Pod, error) {
-	if err := Validate(req); err != nil {
-		return nil, err
-	}
 	if cfg.Clock == nil {
 		cfg.Clock = clock.RealClock{}
 	}
