@@ -105,7 +105,7 @@ func TestWithCellsManager(t *testing.T) {
 		Select: func(_ *corev1.Pod, types []instancetype.InstanceType) (*cells.Choice, error) {
 			return &cells.Choice{Type: types[0], Offering: types[0].Offerings[0]}, nil
 		},
-		Resolve: res.Resolve,
+		Resolver: res,
 		Dial: func(context.Context, *cloud.Instance, string) (cellapi.Agent, error) {
 			return agent, nil
 		},

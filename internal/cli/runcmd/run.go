@@ -37,6 +37,7 @@ import (
 	"github.com/kip-dev/kip/internal/crd"
 	"github.com/kip-dev/kip/internal/instancetype"
 	"github.com/kip-dev/kip/internal/metrics"
+	"github.com/kip-dev/kip/internal/podrequest"
 	"github.com/kip-dev/kip/internal/provider"
 	"github.com/kip-dev/kip/internal/selector"
 )
@@ -110,17 +111,17 @@ func (r *runner) run(ctx context.Context) error {
 
 	// The resolver needs virtual-kubelet's listers, which exist only inside NewNode; the
 	// cells manager needs the resolver. resolver is set before any pod is dispatched.
-	var resolver atomic.Pointer[provider.Resolver]
+	var resolver atomic.Pointer[podrequest.Resolver]
 	mgr := cells.New(cfg.Cells, cells.NodeInfo{Name: name, HostIP: nodeIP}, cells.Deps{
 		Cloud:  met.InstrumentCloud(backend),
 		Select: cellsSelect(cfg),
-		Resolve: func(ctx context.Context, pod *corev1.Pod) (*cellapi.PodRequest, error) {
+		Resolver: cells.ResolverFunc(func(ctx context.Context, pod *corev1.Pod) (*cellapi.PodRequest, error) {
 			res := resolver.Load()
 			if res == nil {
 				return nil, errors.New("resolving pod: the API caches are not ready yet")
 			}
 			return res.Resolve(ctx, pod)
-		},
+		}),
 		CA:       ca,
 		Events:   recorder,
 		Mirror:   mirrorOrNil(mirror),
@@ -163,7 +164,7 @@ func (r *runner) run(ctx context.Context) error {
 	vklog.L = nopLogger{vklog.L}
 	vkNode, err := nodeutil.NewNode(name,
 		func(pc nodeutil.ProviderConfig) (nodeutil.Provider, node.NodeProvider, error) {
-			res, err := provider.NewResolver(provider.ResolverConfig{
+			res, err := podrequest.New(podrequest.Config{
 				Secrets:         pc.Secrets,
 				ConfigMaps:      pc.ConfigMaps,
 				Services:        pc.Services,
