@@ -323,18 +323,3 @@ func TestRecreateNode(t *testing.T) {
 		t.Errorf("a second NotFound while the node exists: %v", err)
 	}
 }
-
-func TestLazyHandler(t *testing.T) {
-	var h lazyHandler
-	rec := httptest.NewRecorder()
-	h.ServeHTTP(rec, httptest.NewRequest(http.MethodGet, "/pods", nil))
-	if rec.Code != http.StatusServiceUnavailable {
-		t.Errorf("before routes exist: %d, want 503", rec.Code)
-	}
-	h.set(http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) { w.WriteHeader(http.StatusTeapot) }))
-	rec = httptest.NewRecorder()
-	h.ServeHTTP(rec, httptest.NewRequest(http.MethodGet, "/pods", nil))
-	if rec.Code != http.StatusTeapot {
-		t.Errorf("after set: %d", rec.Code)
-	}
-}
