@@ -19,11 +19,11 @@ import (
 	"golang.org/x/sync/errgroup"
 
 	"github.com/kip-dev/kip/internal/agent"
-	"github.com/kip-dev/kip/internal/agent/cgroups"
 	"github.com/kip-dev/kip/internal/agent/image"
 	"github.com/kip-dev/kip/internal/agent/pod"
 	"github.com/kip-dev/kip/internal/agent/runtime"
 	"github.com/kip-dev/kip/internal/cellapi"
+	"github.com/kip-dev/kip/internal/cgroups"
 	"github.com/kip-dev/kip/internal/pki"
 )
 
@@ -43,7 +43,7 @@ func Run(ctx context.Context, args []string, stdout io.Writer) error {
 	bootstrapFile := fs.String("bootstrap", "", "cellapi.Bootstrap JSON file (required)")
 	stateDir := fs.String("state-dir", "/var/lib/kip-cell", "directory for images, runc state, pods and logs")
 	runcPath := fs.String("runc", "", "runc binary (default: runc on PATH)")
-	cgroupParent := fs.String("cgroup-parent", "kip", "cgroup, relative to the agent's own, under which pods' cgroups go")
+	cgroupParent := fs.String("cgroup-parent", cgroups.PodsParent, "cgroup, relative to the agent's own (on cgroup v2: its parent), under which pods' cgroups go")
 	backOffBase := fs.Duration("backoff-base", pod.DefaultBackOff.Base, "first restart and image-pull back-off (kubelet: 10s)")
 	backOffMax := fs.Duration("backoff-max", pod.DefaultBackOff.Max, "longest back-off (kubelet: 5m)")
 	if err := fs.Parse(args); err != nil {
@@ -80,7 +80,7 @@ func Run(ctx context.Context, args []string, stdout io.Writer) error {
 	if err != nil {
 		return err
 	}
-	cg, err := cgroups.Self("/sys/fs/cgroup", "/proc/self/cgroup")
+	cg, err := cgroups.Open("/sys/fs/cgroup", "/proc/self/cgroup")
 	if err != nil {
 		return err
 	}

@@ -14,8 +14,8 @@ import (
 	"testing"
 	"time"
 
-	"github.com/kip-dev/kip/internal/agent/cgroups"
 	"github.com/kip-dev/kip/internal/cellapi"
+	"github.com/kip-dev/kip/internal/cgroups"
 	"github.com/kip-dev/kip/internal/pki"
 )
 
@@ -91,7 +91,7 @@ func TestServeAndShutdown(t *testing.T) {
 	rand.Read(b)
 	parent := "kiptest-" + hex.EncodeToString(b)
 	t.Cleanup(func() {
-		if cg, err := cgroups.Self("/sys/fs/cgroup", "/proc/self/cgroup"); err == nil {
+		if cg, err := cgroups.Open("/sys/fs/cgroup", "/proc/self/cgroup"); err == nil {
 			cg.Remove(parent)
 		}
 	})

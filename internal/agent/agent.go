@@ -22,6 +22,7 @@ import (
 	"github.com/kip-dev/kip/internal/agent/pod"
 	"github.com/kip-dev/kip/internal/agent/runtime"
 	"github.com/kip-dev/kip/internal/cellapi"
+	"github.com/kip-dev/kip/internal/cgroups"
 )
 
 // Version is the agent's version, reported by Health; set by the build.
@@ -41,7 +42,8 @@ type Config struct {
 	Runtime  runtime.Runtime
 	Images   pod.Images
 	Cgroups  pod.Cgroups
-	// CgroupParent is relative to the agent's own cgroup ("kip" when empty).
+	// CgroupParent is where pods' cgroups go, relative to where the agent's relative cgroup
+	// paths land (cgroups.PodsParent when empty).
 	CgroupParent string
 	Clock        clock.Clock
 	BackOff      pod.BackOff
@@ -83,7 +85,7 @@ func New(cfg Config) (*Agent, error) {
 		return nil, fmt.Errorf("creating agent: runtime, images and cgroups are required")
 	}
 	if cfg.CgroupParent == "" {
-		cfg.CgroupParent = "kip"
+		cfg.CgroupParent = cgroups.PodsParent
 	}
 	if cfg.Clock == nil {
 		cfg.Clock = clock.RealClock{}
@@ -308,7 +310,7 @@ func (a *Agent) Stats(context.Context) (*cellapi.Stats, error) {
 	if err != nil {
 		return nil, fmt.Errorf("reading cell usage: %w", err)
 	}
-	st := &cellapi.Stats{Time: a.cfg.Clock.Now().UTC(), Cell: cell}
+	st := &cellapi.Stats{Time: a.cfg.Clock.Now().UTC(), Cell: cellapi.Usage(cell)}
 	a.mu.Lock()
 	p := a.pod
 	a.mu.Unlock()

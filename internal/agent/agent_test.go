@@ -28,11 +28,11 @@ import (
 	"k8s.io/apimachinery/pkg/util/intstr"
 
 	"github.com/kip-dev/kip/internal/agent"
-	"github.com/kip-dev/kip/internal/agent/cgroups"
 	"github.com/kip-dev/kip/internal/agent/image"
 	"github.com/kip-dev/kip/internal/agent/pod"
 	"github.com/kip-dev/kip/internal/agent/runtime"
 	"github.com/kip-dev/kip/internal/cellapi"
+	"github.com/kip-dev/kip/internal/cgroups"
 	"github.com/kip-dev/kip/internal/pki"
 	"github.com/kip-dev/kip/internal/registry"
 	"github.com/kip-dev/kip/internal/testenv"
@@ -48,7 +48,7 @@ type harness struct {
 	client   *cellapi.Client
 	agent    *agent.Agent
 	rt       *runtime.Runc
-	cg       *cgroups.Set
+	cg       *cgroups.FS
 	parent   string
 	stateDir string
 	reg      string // registry host
@@ -83,7 +83,7 @@ func newHarness(t testing.TB, backOff pod.BackOff) *harness {
 	if h.rt, err = runtime.NewRunc("", filepath.Join(h.stateDir, "runc")); err != nil {
 		t.Fatal(err)
 	}
-	if h.cg, err = cgroups.Self("/sys/fs/cgroup", "/proc/self/cgroup"); err != nil {
+	if h.cg, err = cgroups.Open("/sys/fs/cgroup", "/proc/self/cgroup"); err != nil {
 		t.Fatal(err)
 	}
 	h.agent, err = agent.New(agent.Config{

@@ -9,6 +9,7 @@ import (
 
 	"github.com/kip-dev/kip/internal/cellapi"
 	"github.com/kip-dev/kip/internal/cloud"
+	"github.com/kip-dev/kip/internal/podstatus"
 )
 
 func (c *cell) healthyTimeout() time.Duration {
@@ -17,7 +18,7 @@ func (c *cell) healthyTimeout() time.Duration {
 	if c.healthyAfter > 0 {
 		return c.healthyAfter
 	}
-	return c.m.cfg.HealthyTimeout.Duration
+	return c.m.cfg.HealthyTimeout
 }
 
 // connect dials the agent and waits, with back-off, until it answers Health, for at most
@@ -243,17 +244,17 @@ func (c *cell) apply(st *cellapi.PodStatus) {
 	c.agentStatus = st
 	c.waitReason, c.waitMessage = "", ""
 	reached := false
-	if c.timing.Pulled.IsZero() && allPulled(c.pod, st) {
+	if c.timing.Pulled.IsZero() && podstatus.AllPulled(c.pod, st) {
 		c.timing.Pulled, reached = now, true
 	}
-	if c.timing.Started.IsZero() && allStarted(c.pod, st) {
+	if c.timing.Started.IsZero() && podstatus.AllStarted(c.pod, st) {
 		c.timing.Started, reached = now, true
 	}
-	evs := c.events.diff(c.pod, prev, st)
+	evs := c.events.Diff(c.pod, prev, st)
 	pod := c.pod
 	c.m.mu.Unlock()
 	for _, e := range evs {
-		m.event(pod, e.typ, e.reason, "%s", e.message)
+		m.event(pod, e.Type, e.Reason, "%s", e.Message)
 	}
 	c.publish()
 	if reached {

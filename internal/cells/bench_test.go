@@ -14,7 +14,6 @@ import (
 	"github.com/kip-dev/kip/internal/cellapi"
 	"github.com/kip-dev/kip/internal/cloud"
 	"github.com/kip-dev/kip/internal/cloud/fake"
-	"github.com/kip-dev/kip/internal/config"
 	"github.com/kip-dev/kip/internal/pki"
 )
 
@@ -41,11 +40,11 @@ func BenchmarkCreateToRunning(b *testing.B) {
 	for i := 0; i < b.N; i++ {
 		var mu sync.Mutex
 		agents := map[string]*runningAgent{}
-		m := New(config.NewDefault().Cells, NodeInfo{Name: "kip", HostIP: "10.250.0.1"}, Deps{
-			Cloud:  fake.New(),
-			Select: testSelect,
-			CA:     ca,
-			Clock:  clock.RealClock{},
+		m := New(DefaultOptions(), NodeInfo{Name: "kip", HostIP: "10.250.0.1"}, Deps{
+			Cloud:    fake.New(),
+			Selector: SelectFunc(testSelect),
+			CA:       ca,
+			Clock:    clock.RealClock{},
 			Dial: func(_ context.Context, _ *cloud.Instance, id string) (cellapi.Agent, error) {
 				mu.Lock()
 				defer mu.Unlock()

@@ -15,6 +15,9 @@ import (
 
 	"github.com/kip-dev/kip/internal/cellapi"
 	"github.com/kip-dev/kip/internal/cloud"
+	"github.com/kip-dev/kip/internal/logarchive"
+	"github.com/kip-dev/kip/internal/podstatus"
+	"github.com/kip-dev/kip/internal/selector"
 )
 
 // stage is where a cell's state machine is.
@@ -39,10 +42,7 @@ const (
 	ReasonInvalidSpec          = "InvalidSpec"
 	ReasonCellUnhealthy        = "CellUnhealthy"
 	ReasonCellLost             = "CellLost"
-	reasonContainerCreating    = "ContainerCreating"
-	reasonPodInitializing      = "PodInitializing"
 	reasonConfigError          = "CreateContainerConfigError"
-	reasonStatusUnknown        = "ContainerStatusUnknown"
 )
 
 // errDeleted ends a state machine whose pod was deleted; errClosed one whose manager closed.
@@ -86,16 +86,16 @@ type cell struct {
 	stage        stage
 	grace        time.Duration
 	inst         *cloud.Instance
-	cand         Candidate
+	cand         selector.Candidate
 	agent        cellapi.Agent
 	agentStatus  *cellapi.PodStatus
 	waitReason   string // pod-level reason while no agent status is known
 	waitMessage  string
 	failure      *podFailure
 	stopped      bool // containers stopped by deletion: the status is final
-	archive      *archivedAgent
+	archive      *logarchive.Archive
 	timing       Timing
-	events       eventState
+	events       podstatus.Events
 	healthyAfter time.Duration
 }
 
@@ -200,7 +200,7 @@ func (c *cell) publish() {
 	defer c.m.notifyMu.Unlock()
 	c.m.mu.Lock()
 	prev := c.pod.Status
-	c.pod.Status = buildStatus(c.statusInput())
+	c.pod.Status = podstatus.Build(c.statusInput())
 	changed := !apiequality.Semantic.DeepEqual(prev, c.pod.Status)
 	pod := c.pod.DeepCopy()
 	notify := c.m.notify
@@ -210,21 +210,23 @@ func (c *cell) publish() {
 	}
 }
 
-// statusInput gathers what buildStatus needs. m.mu must be held.
-func (c *cell) statusInput() statusInput {
-	in := statusInput{
-		pod:       c.pod,
-		now:       c.m.clock.Now(),
-		hostIP:    c.m.node.HostIP,
-		agent:     c.agentStatus,
-		reason:    c.waitReason,
-		message:   c.waitMessage,
-		failure:   c.failure,
-		stopped:   c.stopped,
-		cellReady: c.stage >= stageReady && c.stage < stageDone,
+// statusInput gathers what podstatus.Build needs. m.mu must be held.
+func (c *cell) statusInput() podstatus.Input {
+	in := podstatus.Input{
+		Pod:       c.pod,
+		Now:       c.m.clock.Now(),
+		HostIP:    c.m.node.HostIP,
+		Agent:     c.agentStatus,
+		Reason:    c.waitReason,
+		Message:   c.waitMessage,
+		Stopped:   c.stopped,
+		CellReady: c.stage >= stageReady && c.stage < stageDone,
+	}
+	if c.failure != nil {
+		in.Failure = &podstatus.Failure{Reason: c.failure.reason, Message: c.failure.message}
 	}
 	if c.inst != nil {
-		in.podIP = c.inst.PrivateIP
+		in.PodIP = c.inst.PrivateIP
 	}
 	return in
 }

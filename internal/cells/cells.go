@@ -7,8 +7,6 @@ package cells
 
 import (
 	"context"
-	"errors"
-	"fmt"
 	"log/slog"
 	"sort"
 	"sync"
@@ -19,19 +17,20 @@ import (
 	"k8s.io/client-go/tools/record"
 	"k8s.io/utils/clock"
 
+	"github.com/kip-dev/kip/internal/capacity"
 	"github.com/kip-dev/kip/internal/cellapi"
 	"github.com/kip-dev/kip/internal/cloud"
-	"github.com/kip-dev/kip/internal/config"
 	"github.com/kip-dev/kip/internal/instancetype"
 	"github.com/kip-dev/kip/internal/pki"
+	"github.com/kip-dev/kip/internal/selector"
 )
 
 // Deps are the Manager's collaborators.
 type Deps struct {
 	Cloud cloud.Cloud
-	// Select picks the instance type for a pod (the provider wires selector.Select). An
-	// error means the pod can never run: it is marked Failed with the error as message.
-	Select func(pod *corev1.Pod, types []instancetype.InstanceType) (*Choice, error)
+	// Selector picks the instance type for a pod. An error means the pod can never run: it is
+	// marked Failed with the error as message.
+	Selector Selector
 	// Resolver builds the agent request: env values, volume files, pull secrets (kip wires
 	// podrequest.Resolver). nil sends the pod as it is.
 	Resolver Resolver
@@ -100,24 +99,51 @@ const (
 	PhaseTerminating = "Terminating"
 )
 
+// Options tune the manager. Zero fields take the defaults of DefaultOptions, except
+// StatusInterval, where zero turns the background sweep off.
+type Options struct {
+	// ClusterName is put on every cell's tags to tell clusters apart.
+	ClusterName string
+	// HealthyTimeout bounds the wait for a cell's agent (boot and reconnects); a pod's
+	// healthcheck-healthy-timeout annotation overrides it.
+	HealthyTimeout time.Duration
+	// StatusInterval is the period of the background sweep (never on the critical path).
+	StatusInterval time.Duration
+	// LaunchConcurrency bounds parallel cloud launches.
+	LaunchConcurrency int
+	// CapacityErrorMemory is how long an offering that lacked capacity is tried last.
+	CapacityErrorMemory time.Duration
+}
+
+// DefaultOptions are the options of a manager configured with nothing.
+func DefaultOptions() Options {
+	return Options{
+		ClusterName:         "kip",
+		HealthyTimeout:      90 * time.Second,
+		StatusInterval:      10 * time.Second,
+		LaunchConcurrency:   10,
+		CapacityErrorMemory: 3 * time.Minute,
+	}
+}
+
 // NodeInfo is the virtual node the pods are bound to.
 type NodeInfo struct {
 	Name   string
 	HostIP string
 }
 
-// Candidate is one instance type and offering a pod may run on.
-type Candidate struct {
-	Type     instancetype.InstanceType
-	Offering instancetype.Offering
+// Selector picks the instance type for a pod from the catalog of the moment (the backend's,
+// with offerings that just lacked capacity marked unavailable). *selector.Selector is one.
+type Selector interface {
+	Select(pod *corev1.Pod, types []instancetype.InstanceType) (*selector.Choice, error)
 }
 
-// Choice is the selector's answer: the best candidate, then the ones to try, in order, when
-// the cloud has no capacity for it.
-type Choice struct {
-	Type      instancetype.InstanceType
-	Offering  instancetype.Offering
-	Fallbacks []Candidate
+// SelectFunc adapts a function to Selector.
+type SelectFunc func(pod *corev1.Pod, types []instancetype.InstanceType) (*selector.Choice, error)
+
+// Select calls f.
+func (f SelectFunc) Select(pod *corev1.Pod, types []instancetype.InstanceType) (*selector.Choice, error) {
+	return f(pod, types)
 }
 
 // Timing is when a pod reached each phase of its start; zero times were not reached.
@@ -139,26 +165,9 @@ type Timing struct {
 	Finished time.Time
 }
 
-// ErrNotFound is returned (wrapped) for a pod the manager does not know.
-var ErrNotFound = errors.New("pod not found")
-
-// notFoundError wraps ErrNotFound and also answers virtual-kubelet's errdefs.IsNotFound.
-type notFoundError struct{ msg string }
-
-func (e *notFoundError) Error() string        { return e.msg }
-func (e *notFoundError) Is(target error) bool { return target == ErrNotFound }
-func (e *notFoundError) NotFound() bool       { return true }
-
-func notFound(namespace, name string) error {
-	return &notFoundError{msg: fmt.Sprintf("pod %s/%s not found in kip", namespace, name)}
-}
-
-// IsNotFound reports whether err means the pod is unknown.
-func IsNotFound(err error) bool { return errors.Is(err, ErrNotFound) }
-
 // Manager owns every pod's cell. All methods are safe for concurrent use.
 type Manager struct {
-	cfg   config.Cells
+	cfg   Options
 	node  NodeInfo
 	deps  Deps
 	clock clock.WithTicker
@@ -169,7 +178,7 @@ type Manager struct {
 	wg     sync.WaitGroup
 
 	launchSem chan struct{}
-	capacity  *capacityMemory
+	capacity  *capacity.Memory
 	mirror    *mirrorQueue // nil without Deps.Mirror
 	sweepOnce sync.Once
 
@@ -186,8 +195,8 @@ type Manager struct {
 	notify func(*corev1.Pod)
 }
 
-// New returns a manager. cfg should be defaulted (config.ProviderConfig.Default).
-func New(cfg config.Cells, node NodeInfo, deps Deps) *Manager {
+// New returns a manager.
+func New(opts Options, node NodeInfo, deps Deps) *Manager {
 	if deps.Clock == nil {
 		deps.Clock = clock.RealClock{}
 	}
@@ -197,15 +206,20 @@ func New(cfg config.Cells, node NodeInfo, deps Deps) *Manager {
 	if deps.AgentPort == 0 {
 		deps.AgentPort = cellapi.DefaultPort
 	}
-	if cfg.LaunchConcurrency < 1 {
-		cfg.LaunchConcurrency = config.DefaultLaunchConcurrency
+	def := DefaultOptions()
+	if opts.LaunchConcurrency < 1 {
+		opts.LaunchConcurrency = def.LaunchConcurrency
 	}
-	if cfg.HealthyTimeout.Duration <= 0 {
-		cfg.HealthyTimeout = config.NewDuration(config.DefaultHealthyTimeout)
+	if opts.HealthyTimeout <= 0 {
+		opts.HealthyTimeout = def.HealthyTimeout
 	}
-	if cfg.ClusterName == "" {
-		cfg.ClusterName = config.DefaultClusterName
+	if opts.ClusterName == "" {
+		opts.ClusterName = def.ClusterName
 	}
+	if opts.CapacityErrorMemory <= 0 {
+		opts.CapacityErrorMemory = def.CapacityErrorMemory
+	}
+	cfg := opts
 	ctx, cancel := context.WithCancel(context.Background())
 	m := &Manager{
 		cfg:       cfg,
@@ -216,7 +230,7 @@ func New(cfg config.Cells, node NodeInfo, deps Deps) *Manager {
 		ctx:       ctx,
 		cancel:    cancel,
 		launchSem: make(chan struct{}, cfg.LaunchConcurrency),
-		capacity:  newCapacityMemory(deps.Clock, cfg.CapacityErrorMemory.Duration),
+		capacity:  capacity.New(deps.Clock, cfg.CapacityErrorMemory),
 		cells:     map[string]*cell{},
 	}
 	if deps.Mirror != nil {
@@ -258,7 +272,7 @@ func (m *Manager) NotifyPods(f func(*corev1.Pod)) {
 // and its progress shows in the pod's status. Creating a pod that already runs updates it.
 func (m *Manager) CreatePod(ctx context.Context, pod *corev1.Pod) error {
 	if pod == nil || pod.UID == "" {
-		return fmt.Errorf("creating pod: pod has no UID")
+		return invalid("creating pod: pod has no UID")
 	}
 	key := podKey(pod.Namespace, pod.Name)
 	m.mu.Lock()

@@ -21,7 +21,6 @@ import (
 	"github.com/kip-dev/kip/internal/cellapi"
 	"github.com/kip-dev/kip/internal/cloud"
 	"github.com/kip-dev/kip/internal/cloud/fake"
-	"github.com/kip-dev/kip/internal/config"
 	"github.com/kip-dev/kip/internal/instancetype"
 	"github.com/kip-dev/kip/internal/pki"
 	"github.com/kip-dev/kip/internal/selector"
@@ -241,10 +240,10 @@ func newHarness(t *testing.T, opts ...func(*harness)) *harness {
 }
 
 func (h *harness) newManager() *Manager {
-	cfg := config.NewDefault().Cells
+	cfg := DefaultOptions()
 	m := New(cfg, NodeInfo{Name: "kip", HostIP: "10.250.0.1"}, Deps{
-		Cloud:  h.cl,
-		Select: testSelect,
+		Cloud:    h.cl,
+		Selector: SelectFunc(testSelect),
 		Resolver: ResolverFunc(func(ctx context.Context, pod *corev1.Pod) (*cellapi.PodRequest, error) {
 			return &cellapi.PodRequest{Pod: pod}, nil
 		}),
@@ -401,7 +400,7 @@ func (m *testMirror) get(id string) (CellInfo, bool) {
 
 // testSelect picks the cheapest on-demand type with enough CPU and memory; the others that
 // fit are fallbacks, cheapest first.
-func testSelect(pod *corev1.Pod, types []instancetype.InstanceType) (*Choice, error) {
+func testSelect(pod *corev1.Pod, types []instancetype.InstanceType) (*selector.Choice, error) {
 	switch pod.Annotations["test/selector"] {
 	case "bad-annotation":
 		return nil, &selector.AnnotationError{Annotation: "pod.kip.dev/instance-type", Value: "[", Reason: "bad glob"}
@@ -413,7 +412,7 @@ func testSelect(pod *corev1.Pod, types []instancetype.InstanceType) (*Choice, er
 		cpu.Add(c.Resources.Requests[corev1.ResourceCPU])
 		mem.Add(c.Resources.Requests[corev1.ResourceMemory])
 	}
-	var fits []Candidate
+	var fits []selector.Candidate
 	largest := instancetype.InstanceType{}
 	for _, it := range types {
 		if it.VCPU > largest.VCPU {
@@ -424,7 +423,7 @@ func testSelect(pod *corev1.Pod, types []instancetype.InstanceType) (*Choice, er
 		}
 		for _, o := range it.Offerings {
 			if !o.Spot && o.Available {
-				fits = append(fits, Candidate{Type: it, Offering: o})
+				fits = append(fits, selector.Candidate{Type: it, Offering: o})
 			}
 		}
 	}
@@ -433,7 +432,7 @@ func testSelect(pod *corev1.Pod, types []instancetype.InstanceType) (*Choice, er
 			cpu.String(), mem.String(), largest.Name, largest.VCPU, largest.MemoryMiB)
 	}
 	sort.SliceStable(fits, func(i, j int) bool { return fits[i].Offering.Price < fits[j].Offering.Price })
-	return &Choice{Type: fits[0].Type, Offering: fits[0].Offering, Fallbacks: fits[1:]}, nil
+	return &selector.Choice{Candidate: fits[0], Fallbacks: fits[1:]}, nil
 }
 
 var podCounter int
@@ -477,6 +476,15 @@ func exited(name string, code int32) corev1.ContainerStatus {
 			FinishedAt: metav1.NewTime(time.Date(2026, 1, 1, 0, 0, 2, 0, time.UTC)),
 		}},
 	}
+}
+
+func findCondition(conds []corev1.PodCondition, t corev1.PodConditionType) *corev1.PodCondition {
+	for i := range conds {
+		if conds[i].Type == t {
+			return &conds[i]
+		}
+	}
+	return nil
 }
 
 // testWriter sends log lines to the test's log.

@@ -66,24 +66,23 @@ func (c *cell) launch() (*cloud.Instance, error) {
 }
 
 // candidates asks the selector, ordering recently capacity-starved types last.
-func (c *cell) candidates(pod *corev1.Pod) ([]Candidate, error) {
+func (c *cell) candidates(pod *corev1.Pod) ([]selector.Candidate, error) {
 	m := c.m
 	bo := newBackoff(time.Second, 30*time.Second)
 	for {
 		types, err := m.deps.Cloud.InstanceTypes(c.ops)
 		if err == nil {
-			if m.deps.Select == nil {
+			if m.deps.Selector == nil {
 				return nil, fail(ReasonNoInstanceType, "no instance type selector configured")
 			}
-			choice, err := m.deps.Select(pod, types)
+			choice, err := m.deps.Selector.Select(pod, types)
 			if err != nil {
 				return nil, fail(selectReason(err), "%v", err)
 			}
 			if choice == nil {
 				return nil, fail(ReasonNoInstanceType, "no instance type fits the pod")
 			}
-			first := Candidate{Type: choice.Type, Offering: choice.Offering}
-			return m.capacity.order(append([]Candidate{first}, choice.Fallbacks...)), nil
+			return candidates(m.capacity, choice), nil
 		}
 		if ierr := c.interrupted(); ierr != nil {
 			return nil, ierr
@@ -107,7 +106,7 @@ func selectReason(err error) string {
 }
 
 // launchAny tries each candidate in turn. It returns (nil, nil) when all lacked capacity.
-func (c *cell) launchAny(pod *corev1.Pod, cands []Candidate, opts annotations.Pod) (*cloud.Instance, error) {
+func (c *cell) launchAny(pod *corev1.Pod, cands []selector.Candidate, opts annotations.Pod) (*cloud.Instance, error) {
 	m := c.m
 	for i, cand := range cands {
 		if i == 0 || c.cand.Type.Name != cand.Type.Name {
@@ -122,7 +121,7 @@ func (c *cell) launchAny(pod *corev1.Pod, cands []Candidate, opts annotations.Po
 		case err == nil:
 			return inst, nil
 		case cloud.IsInsufficientCapacity(err):
-			m.capacity.remember(cand)
+			m.capacity.Remember(offeringOf(cand))
 			m.event(pod, corev1.EventTypeWarning, ReasonInsufficientCapacity, "No capacity for %s (%s): %v", cand.Type.Name, market(cand.Offering), err)
 			if ierr := c.interrupted(); ierr != nil {
 				return nil, ierr
@@ -140,7 +139,7 @@ func (c *cell) launchAny(pod *corev1.Pod, cands []Candidate, opts annotations.Po
 // launchOne launches one candidate, retrying transient errors with back-off. The launch call
 // itself is never canceled by a deletion, so an instance it makes is always known and
 // terminated.
-func (c *cell) launchOne(pod *corev1.Pod, cand Candidate, opts annotations.Pod) (*cloud.Instance, error) {
+func (c *cell) launchOne(pod *corev1.Pod, cand selector.Candidate, opts annotations.Pod) (*cloud.Instance, error) {
 	m := c.m
 	boot, err := m.bootstrap(c.cellID)
 	if err != nil {
@@ -276,7 +275,7 @@ func orNone(s string) string {
 	return s
 }
 
-func candNames(cands []Candidate) string {
+func candNames(cands []selector.Candidate) string {
 	names := make([]string, len(cands))
 	for i, c := range cands {
 		names[i] = c.Type.Name

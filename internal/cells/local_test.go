@@ -24,7 +24,6 @@ import (
 	"github.com/kip-dev/kip/internal/annotations"
 	"github.com/kip-dev/kip/internal/cellapi"
 	"github.com/kip-dev/kip/internal/cloud/local"
-	"github.com/kip-dev/kip/internal/config"
 	"github.com/kip-dev/kip/internal/pki"
 	"github.com/kip-dev/kip/internal/registry"
 	"github.com/kip-dev/kip/internal/testenv"
@@ -39,9 +38,9 @@ func TestLocalCells(t *testing.T) {
 
 	var mu sync.Mutex
 	notified := map[string]*corev1.Pod{}
-	cfg := config.NewDefault().Cells
+	cfg := DefaultOptions()
 	cfg.ClusterName = "t" + tag
-	cfg.StatusInterval = config.NewDuration(time.Second)
+	cfg.StatusInterval = time.Second
 	rec := record.NewFakeRecorder(100000)
 	var events []string
 	sawEvent := func(prefix, contains string) bool {
@@ -64,7 +63,7 @@ func TestLocalCells(t *testing.T) {
 	newManager := func(pods []*corev1.Pod) *Manager {
 		m := New(cfg, NodeInfo{Name: "kip-" + tag, HostIP: b.BridgeIP().String()}, Deps{
 			Cloud:    b,
-			Select:   testSelect,
+			Selector: SelectFunc(testSelect),
 			CA:       ca,
 			Events:   rec,
 			Clock:    clock.RealClock{},
@@ -405,10 +404,10 @@ func BenchmarkLocalBurst(b *testing.B) {
 	var phases = map[string][]time.Duration{}
 	var bursts []time.Duration
 	for i := 0; i < b.N; i++ {
-		cfg := config.NewDefault().Cells
+		cfg := DefaultOptions()
 		cfg.ClusterName = "b" + tag
 		m := New(cfg, NodeInfo{Name: "kip-" + tag, HostIP: backend.BridgeIP().String()}, Deps{
-			Cloud: backend, Select: testSelect, CA: ca, Clock: clock.RealClock{},
+			Cloud: backend, Selector: SelectFunc(testSelect), CA: ca, Clock: clock.RealClock{},
 			Registry: cellapi.RegistryConfig{DefaultRegistry: reg.Host(), Insecure: []string{reg.Host()}},
 		})
 		var pods []*corev1.Pod

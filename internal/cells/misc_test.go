@@ -16,28 +16,46 @@ import (
 	"k8s.io/apimachinery/pkg/types"
 	testingclock "k8s.io/utils/clock/testing"
 
+	"github.com/kip-dev/kip/internal/capacity"
 	"github.com/kip-dev/kip/internal/cellapi"
 	"github.com/kip-dev/kip/internal/cloud"
 	"github.com/kip-dev/kip/internal/cloud/fake"
 	"github.com/kip-dev/kip/internal/instancetype"
 	"github.com/kip-dev/kip/internal/pki"
+	"github.com/kip-dev/kip/internal/selector"
 )
 
 func TestCapacityMemoryOrdersAndForgets(t *testing.T) {
 	clk := testingclock.NewFakeClock(time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC))
-	mem := newCapacityMemory(clk, 3*time.Minute)
-	c := func(name string) Candidate {
-		return Candidate{Type: instancetype.InstanceType{Name: name}, Offering: instancetype.Offering{Zone: "z"}}
+	mem := capacity.New(clk, 3*time.Minute)
+	c := func(name string) selector.Candidate {
+		return selector.Candidate{Type: instancetype.InstanceType{Name: name}, Offering: instancetype.Offering{Zone: "z"}}
 	}
-	names := func(cs []Candidate) string { return candNames(cs) }
-	all := []Candidate{c("a"), c("b"), c("c")}
-	mem.remember(c("a"))
-	if got := names(mem.order(all)); got != "b, c, a" {
+	names := func(cs []selector.Candidate) string { return candNames(cs) }
+	choice := &selector.Choice{Candidate: c("a"), Fallbacks: []selector.Candidate{c("b"), c("c")}}
+	mem.Remember(offeringOf(c("a")))
+	if got := names(candidates(mem, choice)); got != "b, c, a" {
 		t.Errorf("order = %s", got)
 	}
 	clk.Step(3 * time.Minute)
-	if got := names(mem.order(all)); got != "a, b, c" {
+	if got := names(candidates(mem, choice)); got != "a, b, c" {
 		t.Errorf("order after the memory window = %s", got)
+	}
+}
+
+// TestChoiceZones: a candidate launches in the zone the selector chose for it (a region-wide
+// offering gets one), else in its offering's.
+func TestChoiceZones(t *testing.T) {
+	nano := instancetype.InstanceType{Name: "local.nano"}
+	small := instancetype.InstanceType{Name: "local.small"}
+	ch := &selector.Choice{
+		Candidate: selector.Candidate{Type: nano, Offering: instancetype.Offering{Price: 0.1}, Zone: "z1"},
+		Fallbacks: []selector.Candidate{{Type: small, Offering: instancetype.Offering{Price: 0.2, Zone: "z2"}}},
+	}
+	got := candidates(capacity.New(nil, time.Minute), ch)
+	if len(got) != 2 || got[0].Type.Name != "local.nano" || got[0].Offering.Zone != "z1" ||
+		got[1].Type.Name != "local.small" || got[1].Offering.Zone != "z2" {
+		t.Errorf("choice %+v", got)
 	}
 }
 
@@ -52,32 +70,6 @@ func TestCellIDAndToken(t *testing.T) {
 	}
 	if clientToken(uid, "a") == clientToken(uid, "b") {
 		t.Error("tokens of different types collide")
-	}
-}
-
-func TestFilterLog(t *testing.T) {
-	data := []byte("2026-01-01T00:00:01Z one\n2026-01-01T00:00:02Z two\n2026-01-01T00:00:03Z three\n")
-	now := time.Date(2026, 1, 1, 0, 0, 4, 0, time.UTC)
-	i64 := func(n int64) *int64 { return &n }
-	since := time.Date(2026, 1, 1, 0, 0, 2, 0, time.UTC)
-	tests := []struct {
-		name string
-		opts cellapi.LogOptions
-		want string
-	}{
-		{"plain", cellapi.LogOptions{}, "one\ntwo\nthree\n"},
-		{"timestamps", cellapi.LogOptions{Timestamps: true, TailLines: i64(1)}, "2026-01-01T00:00:03Z three\n"},
-		{"tail", cellapi.LogOptions{TailLines: i64(2)}, "two\nthree\n"},
-		{"since time", cellapi.LogOptions{SinceTime: &since}, "two\nthree\n"},
-		{"since seconds", cellapi.LogOptions{SinceSeconds: i64(1)}, "three\n"},
-		{"limit bytes", cellapi.LogOptions{LimitBytes: i64(5)}, "one\nt"},
-	}
-	for _, tt := range tests {
-		t.Run(tt.name, func(t *testing.T) {
-			if got := string(filterLog(data, tt.opts, now)); got != tt.want {
-				t.Errorf("got %q, want %q", got, tt.want)
-			}
-		})
 	}
 }
 

@@ -10,6 +10,7 @@ import (
 	"github.com/kip-dev/kip/internal/annotations"
 	"github.com/kip-dev/kip/internal/cloud"
 	"github.com/kip-dev/kip/internal/instancetype"
+	"github.com/kip-dev/kip/internal/selector"
 )
 
 // Recover rebuilds state after a restart from the cloud's tags and the node's pods: it
@@ -20,7 +21,7 @@ import (
 func (m *Manager) Recover(ctx context.Context, pods []*corev1.Pod) error {
 	insts, err := m.deps.Cloud.List(ctx, map[string]string{cloud.TagCluster: m.cfg.ClusterName, cloud.TagNode: m.node.Name})
 	if err != nil {
-		return fmt.Errorf("recovering cells: listing instances: %w", err)
+		return translate(fmt.Errorf("recovering cells: listing instances: %w", err))
 	}
 	byUID := make(map[types.UID]*corev1.Pod, len(pods))
 	for _, p := range pods {
@@ -63,7 +64,7 @@ func (m *Manager) Recover(ctx context.Context, pods []*corev1.Pod) error {
 		m.log.Info("terminating orphan cell", "instance", inst.ID, "cell", inst.Tags[cloud.TagCellID],
 			"pod", inst.Tags[cloud.TagPodNamespace]+"/"+inst.Tags[cloud.TagPodName])
 		if err := m.deps.Cloud.Terminate(ctx, inst.ID); err != nil && !cloud.IsNotFound(err) {
-			return fmt.Errorf("recovering cells: terminating orphan %s: %w", inst.ID, err)
+			return translate(fmt.Errorf("recovering cells: terminating orphan %s: %w", inst.ID, err))
 		}
 		if m.mirror != nil {
 			m.mirror.delete(inst.Tags[cloud.TagCellID])
@@ -107,8 +108,8 @@ func (m *Manager) adopt(pod *corev1.Pod, inst *cloud.Instance, catalog []instanc
 // adoptedCandidate is what inst was launched as: its type from catalog and the offering of its
 // market (spot or not), in its zone when the catalog has one there. A type the catalog lacks
 // is known by name only, with no price.
-func adoptedCandidate(inst *cloud.Instance, catalog []instancetype.InstanceType) Candidate {
-	cand := Candidate{Type: instanceTypeNamed(inst.InstanceType)}
+func adoptedCandidate(inst *cloud.Instance, catalog []instancetype.InstanceType) selector.Candidate {
+	cand := selector.Candidate{Type: instanceTypeNamed(inst.InstanceType)}
 	for _, t := range catalog {
 		if t.Name != inst.InstanceType {
 			continue

@@ -30,7 +30,7 @@ type sweeper struct {
 // startSweeper starts the sweep loop once; Recover calls it, when the manager knows the truth.
 func (m *Manager) startSweeper() {
 	m.sweepOnce.Do(func() {
-		interval := m.cfg.StatusInterval.Duration
+		interval := m.cfg.StatusInterval
 		if interval <= 0 {
 			return
 		}
@@ -149,7 +149,7 @@ func (s *sweeper) probe(ctx context.Context) {
 	}
 	m.mu.Unlock()
 
-	timeout := min(5*time.Second, m.cfg.StatusInterval.Duration)
+	timeout := min(5*time.Second, m.cfg.StatusInterval)
 	results := make([]error, len(running))
 	var wg sync.WaitGroup
 	for i, c := range running {

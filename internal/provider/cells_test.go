@@ -20,10 +20,10 @@ import (
 	"github.com/kip-dev/kip/internal/cells"
 	"github.com/kip-dev/kip/internal/cloud"
 	cloudfake "github.com/kip-dev/kip/internal/cloud/fake"
-	"github.com/kip-dev/kip/internal/config"
 	"github.com/kip-dev/kip/internal/instancetype"
 	"github.com/kip-dev/kip/internal/pki"
 	"github.com/kip-dev/kip/internal/podrequest"
+	"github.com/kip-dev/kip/internal/selector"
 )
 
 func ptrTo[T any](v T) *T { return &v }
@@ -99,12 +99,11 @@ func TestWithCellsManager(t *testing.T) {
 
 	fc := cloudfake.New()
 	agent := &cellapitest.Agent{}
-	cfg := config.NewDefault()
-	mgr := cells.New(cfg.Cells, cells.NodeInfo{Name: "kip", HostIP: "10.250.0.1"}, cells.Deps{
+	mgr := cells.New(cells.DefaultOptions(), cells.NodeInfo{Name: "kip", HostIP: "10.250.0.1"}, cells.Deps{
 		Cloud: fc,
-		Select: func(_ *corev1.Pod, types []instancetype.InstanceType) (*cells.Choice, error) {
-			return &cells.Choice{Type: types[0], Offering: types[0].Offerings[0]}, nil
-		},
+		Selector: cells.SelectFunc(func(_ *corev1.Pod, types []instancetype.InstanceType) (*selector.Choice, error) {
+			return &selector.Choice{Candidate: selector.Candidate{Type: types[0], Offering: types[0].Offerings[0]}}, nil
+		}),
 		Resolver: res,
 		Dial: func(context.Context, *cloud.Instance, string) (cellapi.Agent, error) {
 			return agent, nil

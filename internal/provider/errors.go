@@ -6,7 +6,7 @@ import (
 	"github.com/virtual-kubelet/virtual-kubelet/errdefs"
 
 	"github.com/kip-dev/kip/internal/cellapi"
-	"github.com/kip-dev/kip/internal/cloud"
+	"github.com/kip-dev/kip/internal/cells"
 	"github.com/kip-dev/kip/internal/podrequest"
 )
 
@@ -22,9 +22,9 @@ func classify(err error) error {
 		return nil
 	case errdefs.IsNotFound(err), errdefs.IsInvalidInput(err):
 		return err
-	case hasKind[errdefs.ErrNotFound](err), cloud.IsNotFound(err), cellapi.IsNotFound(err):
+	case hasKind[errdefs.ErrNotFound](err), cells.IsNotFound(err), cellapi.IsNotFound(err):
 		return errdefs.AsNotFound(err)
-	case hasKind[errdefs.ErrInvalidInput](err), cloud.IsInvalidSpec(err), cellapi.IsInvalid(err), podrequest.IsConfigError(err):
+	case hasKind[errdefs.ErrInvalidInput](err), cells.IsInvalid(err), cellapi.IsInvalid(err), podrequest.IsConfigError(err):
 		return errdefs.AsInvalidInput(err)
 	}
 	return err

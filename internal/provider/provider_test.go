@@ -26,7 +26,7 @@ import (
 	"k8s.io/utils/ptr"
 
 	"github.com/kip-dev/kip/internal/cellapi"
-	"github.com/kip-dev/kip/internal/cloud"
+	"github.com/kip-dev/kip/internal/cells"
 	"github.com/kip-dev/kip/internal/podrequest"
 )
 
@@ -95,7 +95,7 @@ func TestErrdefsMapping(t *testing.T) {
 			_, err := p.GetContainerLogs(ctx, "ns", "web", "app", api.ContainerLogOpts{})
 			return err
 		}, wantNotFound: true},
-		{name: "create with invalid spec", cellsErr: cloud.InvalidSpec("instance type %q unknown", "x1"),
+		{name: "create with invalid spec", cellsErr: fmt.Errorf("instance type %q unknown: %w", "x1", cells.ErrInvalid),
 			call: func(p *Provider) error { return p.CreatePod(ctx, runningPod("ns", "new")) }, wantInvalid: true},
 		{name: "create with bad config", cellsErr: &podrequest.ConfigError{Reason: podrequest.ReasonCreateContainerConfigError, Message: "secret missing"},
 			call: func(p *Provider) error { return p.CreatePod(ctx, runningPod("ns", "new")) }, wantInvalid: true},

@@ -23,10 +23,10 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/utils/clock"
 
-	"github.com/kip-dev/kip/internal/agent/cgroups"
 	"github.com/kip-dev/kip/internal/agent/image"
 	"github.com/kip-dev/kip/internal/agent/runtime"
 	"github.com/kip-dev/kip/internal/cellapi"
+	"github.com/kip-dev/kip/internal/cgroups"
 )
 
 // Images is the part of the image store the supervisor uses (*image.Store).
@@ -41,15 +41,15 @@ type LogWriter interface {
 	Close() error
 }
 
-// Cgroups is the part of *cgroups.Set the supervisor uses.
+// Cgroups is the part of *cgroups.FS the supervisor uses.
 type Cgroups interface {
 	SetMemoryLimit(rel string, bytes int64) error
 	MemoryEvents(rel string) (cgroups.MemoryEvents, error)
-	Usage(rel string) (cellapi.Usage, error)
+	Usage(rel string) (cgroups.Usage, error)
 	Remove(rel string) error
 }
 
-var _ Cgroups = (*cgroups.Set)(nil)
+var _ Cgroups = (*cgroups.FS)(nil)
 
 // BackOff configures restart and image-pull back-off; kubelet uses 10s doubling to 5m,
 // starting over after a container has run 10m.
@@ -421,7 +421,7 @@ func (p *Pod) runOnce(c *ctr) outcome {
 	p.mu.Unlock()
 	id := containerID(p.UID(), c.spec.Name, run)
 	bundle := filepath.Join(p.cfg.Dir, containersDir, c.spec.Name, strconv.Itoa(run))
-	cg := filepath.Join(p.cfg.CgroupParent, p.UID(), c.spec.Name)
+	cg := cgroups.ContainerPath(p.cfg.CgroupParent, p.UID(), c.spec.Name)
 
 	cleanup, err := p.create(c, img, bundle, cg, strconv.Itoa(run))
 	if err != nil {
@@ -722,11 +722,11 @@ func (p *Pod) ContainerStats() []cellapi.ContainerStats {
 	p.mu.Unlock()
 	var out []cellapi.ContainerStats
 	for _, r := range running {
-		u, err := p.cfg.Cgroups.Usage(filepath.Join(p.cfg.CgroupParent, p.UID(), r.name))
+		u, err := p.cfg.Cgroups.Usage(cgroups.ContainerPath(p.cfg.CgroupParent, p.UID(), r.name))
 		if err != nil {
 			continue // the container exited between the two reads
 		}
-		out = append(out, cellapi.ContainerStats{Name: r.name, StartTime: r.at, Usage: u})
+		out = append(out, cellapi.ContainerStats{Name: r.name, StartTime: r.at, Usage: cellapi.Usage(u)})
 	}
 	return out
 }
@@ -794,7 +794,7 @@ func (p *Pod) Stop(ctx context.Context, grace time.Duration) error {
 		<-done
 	}
 	var errs []error
-	if err := p.cfg.Cgroups.Remove(filepath.Join(p.cfg.CgroupParent, p.UID())); err != nil {
+	if err := p.cfg.Cgroups.Remove(cgroups.PodPath(p.cfg.CgroupParent, p.UID())); err != nil {
 		errs = append(errs, err)
 	}
 	if err := os.RemoveAll(p.cfg.Dir); err != nil {

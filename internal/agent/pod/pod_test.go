@@ -23,10 +23,10 @@ import (
 	"k8s.io/apimachinery/pkg/util/intstr"
 	clocktesting "k8s.io/utils/clock/testing"
 
-	"github.com/kip-dev/kip/internal/agent/cgroups"
 	"github.com/kip-dev/kip/internal/agent/image"
 	"github.com/kip-dev/kip/internal/agent/runtime"
 	"github.com/kip-dev/kip/internal/cellapi"
+	"github.com/kip-dev/kip/internal/cgroups"
 )
 
 // fakeRuntime starts "containers" that exit when the test says, or on a signal they do not
@@ -104,7 +104,7 @@ func (fakeCgroups) SetMemoryLimit(string, int64) error { return nil }
 func (fakeCgroups) MemoryEvents(string) (cgroups.MemoryEvents, error) {
 	return cgroups.MemoryEvents{}, nil
 }
-func (fakeCgroups) Usage(string) (cellapi.Usage, error) { return cellapi.Usage{}, nil }
+func (fakeCgroups) Usage(string) (cgroups.Usage, error) { return cgroups.Usage{}, nil }
 func (fakeCgroups) Remove(string) error                 { return nil }
 
 type discardLog struct{}

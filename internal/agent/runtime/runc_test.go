@@ -12,7 +12,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/kip-dev/kip/internal/agent/cgroups"
+	"github.com/kip-dev/kip/internal/cgroups"
 	"github.com/kip-dev/kip/internal/syncbuf"
 	"github.com/kip-dev/kip/internal/testenv"
 )
@@ -55,7 +55,7 @@ func TestRuncLifecycle(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	cg, err := cgroups.Self("/sys/fs/cgroup", "/proc/self/cgroup")
+	cg, err := cgroups.Open("/sys/fs/cgroup", "/proc/self/cgroup")
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -31,6 +31,7 @@ import (
 	"github.com/kip-dev/kip/internal/config"
 	"github.com/kip-dev/kip/internal/instancetype"
 	"github.com/kip-dev/kip/internal/pki"
+	"github.com/kip-dev/kip/internal/selector"
 )
 
 // awsEnv is the EC2 fake and its Price List fake over HTTP, and a kip config pointing at them.
@@ -277,9 +278,9 @@ func TestAWSPodLifecycle(t *testing.T) {
 		}
 		return a, nil
 	}
-	mgr := cells.New(e.cfg.Cells, cells.NodeInfo{Name: e.cfg.Node.Name, HostIP: e.cfg.Node.InternalIP}, cells.Deps{
-		Cloud:  backend,
-		Select: cellsSelect(e.cfg),
+	mgr := cells.New(cellsOptions(e.cfg.Cells), cells.NodeInfo{Name: e.cfg.Node.Name, HostIP: e.cfg.Node.InternalIP}, cells.Deps{
+		Cloud:    backend,
+		Selector: &selector.Selector{Options: selectorOptions(e.cfg)},
 		Resolver: cells.ResolverFunc(func(_ context.Context, pod *corev1.Pod) (*cellapi.PodRequest, error) {
 			return &cellapi.PodRequest{Pod: pod}, nil
 		}),

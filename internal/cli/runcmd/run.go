@@ -31,7 +31,6 @@ import (
 	"github.com/kip-dev/kip/internal/cells"
 	"github.com/kip-dev/kip/internal/config"
 	"github.com/kip-dev/kip/internal/crd"
-	"github.com/kip-dev/kip/internal/instancetype"
 	"github.com/kip-dev/kip/internal/metrics"
 	"github.com/kip-dev/kip/internal/podrequest"
 	"github.com/kip-dev/kip/internal/provider"
@@ -124,9 +123,9 @@ func (r *runner) run(ctx context.Context) error {
 	if err != nil {
 		return fmt.Errorf("starting kip: %w", err)
 	}
-	mgr := cells.New(cfg.Cells, cells.NodeInfo{Name: name, HostIP: nodeIP}, cells.Deps{
+	mgr := cells.New(cellsOptions(cfg.Cells), cells.NodeInfo{Name: name, HostIP: nodeIP}, cells.Deps{
 		Cloud:    met.InstrumentCloud(backend),
-		Select:   cellsSelect(cfg),
+		Selector: &selector.Selector{Options: selectorOptions(cfg)},
 		Resolver: resolver,
 		CA:       ca,
 		Events:   recorder,
@@ -257,6 +256,17 @@ func mirrorOrNil(m *crd.Mirror) cells.Mirror {
 	return m
 }
 
+// cellsOptions maps the config onto the cells manager's options.
+func cellsOptions(c config.Cells) cells.Options {
+	return cells.Options{
+		ClusterName:         c.ClusterName,
+		HealthyTimeout:      c.HealthyTimeout.Duration,
+		StatusInterval:      c.StatusInterval.Duration,
+		LaunchConcurrency:   c.LaunchConcurrency,
+		CapacityErrorMemory: c.CapacityErrorMemory.Duration,
+	}
+}
+
 // selectorOptions maps the config onto the selector's options.
 func selectorOptions(cfg *config.ProviderConfig) selector.Options {
 	return selector.Options{
@@ -266,36 +276,6 @@ func selectorOptions(cfg *config.ProviderConfig) selector.Options {
 		},
 		DefaultType: cfg.Cells.DefaultInstanceType,
 	}
-}
-
-// cellsSelect is the cells manager's selector: it chooses from the catalog the manager hands it
-// at each launch (the backend's current one: refreshed prices, offerings that just lacked
-// capacity marked unavailable), rebuilding its index only when that catalog changes.
-func cellsSelect(cfg *config.ProviderConfig) func(*corev1.Pod, []instancetype.InstanceType) (*cells.Choice, error) {
-	sel := &selector.Selector{Options: selectorOptions(cfg)}
-	return func(pod *corev1.Pod, types []instancetype.InstanceType) (*cells.Choice, error) {
-		ch, err := sel.Select(pod, types)
-		if err != nil {
-			return nil, err
-		}
-		return toCellsChoice(ch), nil
-	}
-}
-
-// toCellsChoice converts the selector's answer into the cells' view of it.
-func toCellsChoice(ch *selector.Choice) *cells.Choice {
-	out := &cells.Choice{Type: ch.Type, Offering: ch.Offering}
-	if ch.Zone != "" {
-		out.Offering.Zone = ch.Zone
-	}
-	for _, f := range ch.Fallbacks {
-		o := f.Offering
-		if f.Zone != "" {
-			o.Zone = f.Zone
-		}
-		out.Fallbacks = append(out.Fallbacks, cells.Candidate{Type: f.Type, Offering: o})
-	}
-	return out
 }
 
 // withMetrics serves kip's metrics at metrics.Path and everything else from routes. It sits

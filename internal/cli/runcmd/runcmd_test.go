@@ -27,9 +27,7 @@ import (
 	"github.com/kip-dev/kip/internal/cloud"
 	cloudfake "github.com/kip-dev/kip/internal/cloud/fake"
 	"github.com/kip-dev/kip/internal/config"
-	"github.com/kip-dev/kip/internal/instancetype"
 	"github.com/kip-dev/kip/internal/pki"
-	"github.com/kip-dev/kip/internal/selector"
 )
 
 // sarServer is an API server that only answers SubjectAccessReviews: allowed when
@@ -261,20 +259,6 @@ func TestEnsureCAIsCreatedOnceAndReused(t *testing.T) {
 	}
 	if !bytes.Equal(first.CertPEM, second.CertPEM) {
 		t.Error("a second start made a new CA instead of reusing the Secret's")
-	}
-}
-
-func TestToCellsChoice(t *testing.T) {
-	nano := instancetype.InstanceType{Name: "local.nano"}
-	small := instancetype.InstanceType{Name: "local.small"}
-	ch := &selector.Choice{
-		Candidate: selector.Candidate{Type: nano, Offering: instancetype.Offering{Price: 0.1}, Zone: "z1"},
-		Fallbacks: []selector.Candidate{{Type: small, Offering: instancetype.Offering{Price: 0.2, Zone: "z2"}}},
-	}
-	got := toCellsChoice(ch)
-	if got.Type.Name != "local.nano" || got.Offering.Zone != "z1" || len(got.Fallbacks) != 1 ||
-		got.Fallbacks[0].Type.Name != "local.small" || got.Fallbacks[0].Offering.Zone != "z2" {
-		t.Errorf("choice %+v", got)
 	}
 }
 

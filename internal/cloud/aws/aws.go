@@ -29,6 +29,7 @@ import (
 	"github.com/aws/aws-sdk-go-v2/service/ec2"
 	"k8s.io/utils/clock"
 
+	"github.com/kip-dev/kip/internal/capacity"
 	"github.com/kip-dev/kip/internal/cloud"
 	"github.com/kip-dev/kip/internal/cloud/aws/ec2limits"
 	"github.com/kip-dev/kip/internal/cloud/aws/sdkhttp"
@@ -119,7 +120,7 @@ type Backend struct {
 
 	cache       instanceCache
 	term        *terminator
-	unavailable capacityMemory
+	unavailable *capacity.Memory
 	throttled   atomic.Int64
 }
 
@@ -152,6 +153,7 @@ func New(ctx context.Context, cfg Config) (*Backend, error) {
 	if b.log == nil {
 		b.log = slog.Default()
 	}
+	b.unavailable = capacity.New(b.clk, cfg.CapacityTTL)
 	if err := b.discover(ctx); err != nil {
 		return nil, fmt.Errorf("creating EC2 backend: %w", err)
 	}

@@ -308,7 +308,15 @@ func TestCapacityFallback(t *testing.T) {
 	if n := e.fake.Calls("RunInstances"); n != 1 {
 		t.Errorf("RunInstances calls = %d; the SDK must not retry capacity errors", n)
 	}
-	inst, err := cloud.LaunchWithFallback(ctx, b, spec("ice1"), []string{"t3.nano", "t3.micro"})
+	// Fall back as the cells manager does: the next type on a capacity error.
+	var inst *cloud.Instance
+	for _, typ := range []string{"t3.nano", "t3.micro"} {
+		s := spec("ice1")
+		s.InstanceType = typ
+		if inst, err = b.Launch(ctx, s); !cloud.IsInsufficientCapacity(err) {
+			break
+		}
+	}
 	if err != nil || inst.InstanceType != "t3.micro" {
 		t.Fatalf("LaunchWithFallback = %v, %v; want a t3.micro", inst, err)
 	}

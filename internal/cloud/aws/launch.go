@@ -13,6 +13,7 @@ import (
 	"github.com/aws/aws-sdk-go-v2/service/ec2"
 	"github.com/aws/aws-sdk-go-v2/service/ec2/types"
 
+	"github.com/kip-dev/kip/internal/capacity"
 	"github.com/kip-dev/kip/internal/cloud"
 	"github.com/kip-dev/kip/internal/instancetype"
 )
@@ -35,7 +36,7 @@ func (b *Backend) Launch(ctx context.Context, spec cloud.LaunchSpec) (*cloud.Ins
 	if err != nil {
 		return nil, fmt.Errorf("launching cell %s: %w", spec.CellID, err)
 	}
-	if b.unavailable.blocked(b.clk.Now(), it.Name, b.zone, spec.Spot) {
+	if b.unavailable.Recent(capacity.Offering{Type: it.Name, Zone: b.zone, Spot: spec.Spot}) {
 		return nil, fmt.Errorf("launching cell %s: %w", spec.CellID, cloud.InsufficientCapacity(
 			"%s %s in %s had no capacity recently; not asking again before it expires", market(spec.Spot), it.Name, b.zone))
 	}
@@ -51,7 +52,7 @@ func (b *Backend) Launch(ctx context.Context, spec cloud.LaunchSpec) (*cloud.Ins
 		switch {
 		case cloud.IsInsufficientCapacity(err):
 			if c := errorCode(err); c != "InsufficientFreeAddressesInSubnet" {
-				b.unavailable.remember(b.clk.Now().Add(b.cfg.CapacityTTL), it.Name, b.zone, spec.Spot)
+				b.unavailable.Remember(capacity.Offering{Type: it.Name, Zone: b.zone, Spot: spec.Spot})
 			}
 		case cloud.IsNotFound(err):
 			err = cloud.Wrap(cloud.KindInvalidSpec, err, "a resource the spec names does not exist")

@@ -13,6 +13,8 @@ import (
 
 	"github.com/vishvananda/netns"
 	"golang.org/x/sys/unix"
+
+	"github.com/kip-dev/kip/internal/cgroups"
 )
 
 // agentSpec is how to start one cell's agent.
@@ -63,7 +65,7 @@ func startAgent(s agentSpec) (pid int, start uint64, err error) {
 	// Reap it when it exits, so that it never lingers as a zombie of this process.
 	go func() { _ = cmd.Wait() }()
 
-	if err := joinCgroups(s.cgroups, pid); err != nil {
+	if err := cgroups.Join(s.cgroups, pid); err != nil {
 		_ = syscall.Kill(-pid, syscall.SIGKILL)
 		return 0, 0, err
 	}
@@ -197,4 +199,18 @@ func killAgent(pid int, start uint64, timeout time.Duration) error {
 		return fmt.Errorf("agent pid %d survived SIGKILL for %s", pid, timeout)
 	}
 	return nil
+}
+
+// waitFor polls cond every 2ms until it holds or the deadline passes; it reports whether
+// cond held.
+func waitFor(deadline time.Time, cond func() bool) bool {
+	for {
+		if cond() {
+			return true
+		}
+		if time.Now().After(deadline) {
+			return false
+		}
+		time.Sleep(2 * time.Millisecond)
+	}
 }

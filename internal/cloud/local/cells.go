@@ -20,6 +20,7 @@ import (
 
 	"golang.org/x/sys/unix"
 
+	"github.com/kip-dev/kip/internal/cgroups"
 	"github.com/kip-dev/kip/internal/cloud"
 	"github.com/kip-dev/kip/internal/instancetype"
 )
@@ -165,7 +166,9 @@ func (b *Backend) reserve(spec cloud.LaunchSpec) (id string, existing bool, unlo
 		meta.Netns = "kip-" + id
 		meta.HostVeth = "kv" + id[3:]
 		meta.Bridge = b.cfg.Bridge
-		meta.Cgroups = cgroupDirs(b.cfg.CgroupRoot, b.hs, b.cfg.CgroupParent, id)
+		if meta.Cgroups, err = b.cg.Dirs(filepath.Join(b.cfg.CgroupParent, id)); err != nil {
+			return "", false, nil, err
+		}
 	}
 	tags := maps.Clone(spec.Tags)
 	if tags == nil {
@@ -231,7 +234,7 @@ func (b *Backend) boot(id string, spec cloud.LaunchSpec, it instancetype.Instanc
 	agentDir := filepath.Join(dir, "agent")
 	t0 := time.Now()
 	if !r.meta.ProcessOnly {
-		if err := createCgroups(r.meta.Cgroups, it); err != nil {
+		if err := b.cg.CreateCell(r.meta.Cgroups, cgroups.Limits{CPUs: it.VCPU, MemoryBytes: it.MemoryMiB << 20}); err != nil {
 			return nil, err
 		}
 	}
@@ -257,9 +260,13 @@ func (b *Backend) boot(id string, spec cloud.LaunchSpec, it instancetype.Instanc
 		EnvCellIP + "=" + ip.String(),
 	}, b.cfg.AgentEnv...)
 	argv := append(slices.Clone(b.cfg.AgentCommand), "--bootstrap", filepath.Join(dir, "bootstrap"), "--state-dir", agentDir)
+	var agentCgroups []string
+	if !r.meta.ProcessOnly {
+		agentCgroups = b.cg.AgentDirs(r.meta.Cgroups)
+	}
 	pid, start, err := startAgent(agentSpec{
 		argv: argv, env: env, logPath: filepath.Join(dir, "agent.log"),
-		netns: r.meta.Netns, hostname: hostname, cgroups: r.meta.Cgroups,
+		netns: r.meta.Netns, hostname: hostname, cgroups: agentCgroups,
 	})
 	if err != nil {
 		return nil, err
@@ -436,14 +443,15 @@ func (b *Backend) destroy(id string) error {
 	if err := killAgent(r.meta.PID, r.meta.PIDStart, killTimeout); err != nil {
 		return err
 	}
-	if err := killCgroups(r.meta.Cgroups, killTimeout); err != nil {
+	if err := cgroups.RemoveCell(r.meta.Cgroups, killTimeout); err != nil {
 		return err
 	}
-	for _, d := range strayPodCgroups(b.cfg.CgroupRoot, b.hs, r.tags[cloud.TagPodUID]) {
-		if err := removeCgroupTree(d, time.Now().Add(killTimeout)); err != nil {
+	if b.cg != nil {
+		// runc in hybrid mode put the pod's cgroup2 dirs outside the cell: the backend removes
+		// them itself, so a cell ended without its agent's help leaves nothing behind.
+		if err := b.cg.RemoveStrayPod(r.tags[cloud.TagPodUID], killTimeout); err != nil {
 			return err
 		}
-		_ = os.Remove(filepath.Dir(d)) // the shared parent, once no other pod uses it
 	}
 	if err := unmountUnder(dir); err != nil {
 		return err

@@ -20,6 +20,7 @@ import (
 
 	"github.com/vishvananda/netlink"
 
+	"github.com/kip-dev/kip/internal/cgroups"
 	"github.com/kip-dev/kip/internal/cloud"
 	"github.com/kip-dev/kip/internal/testenv"
 )
@@ -226,11 +227,15 @@ func (e *env) assertNothingLeft() {
 		if _, err := netlink.LinkByName(e.cfg.Bridge); err == nil {
 			t.Errorf("bridge %s left behind", e.cfg.Bridge)
 		}
-		hs, err := hierarchies(defaultCgroupRoot, "/proc/self/cgroup")
+		cg, err := cgroups.Open(defaultCgroupRoot, "/proc/self/cgroup")
 		if err != nil {
 			t.Fatal(err)
 		}
-		for _, d := range parentDirs(defaultCgroupRoot, hs, e.cfg.CgroupParent) {
+		parents, err := cg.Dirs(e.cfg.CgroupParent)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, d := range parents {
 			if _, err := os.Stat(d); err == nil {
 				t.Errorf("cgroup %s left behind", d)
 			}

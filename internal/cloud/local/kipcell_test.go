@@ -18,6 +18,7 @@ import (
 	"k8s.io/apimachinery/pkg/types"
 
 	"github.com/kip-dev/kip/internal/cellapi"
+	"github.com/kip-dev/kip/internal/cgroups"
 	"github.com/kip-dev/kip/internal/cloud"
 	"github.com/kip-dev/kip/internal/pki"
 	"github.com/kip-dev/kip/internal/registry"
@@ -241,7 +242,7 @@ func TestKipCellPodTerminated(t *testing.T) {
 	}
 	var containerPIDs []int
 	for _, d := range r.meta.Cgroups {
-		pids, err := cgroupPIDs(d)
+		pids, err := cgroups.PIDs(d)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -273,7 +274,7 @@ func TestKipCellPodTerminated(t *testing.T) {
 	if m, _ := mountsUnder("/proc/self/mountinfo", e.cfg.StateDir); len(m) != 0 {
 		t.Errorf("mounts survived Terminate: %v", m)
 	}
-	strays := strayPodCgroups(e.backend().cfg.CgroupRoot, e.backend().hs, podUID)
+	strays := e.backend().cg.StrayPodDirs(podUID)
 	if len(strays) == 0 {
 		t.Log("no cgroup2 hierarchy beside the v1 ones: nothing to check for stray pod cgroups")
 	}

@@ -25,6 +25,7 @@ import (
 	"golang.org/x/sys/unix"
 	"k8s.io/utils/clock"
 
+	"github.com/kip-dev/kip/internal/cgroups"
 	"github.com/kip-dev/kip/internal/cloud"
 	"github.com/kip-dev/kip/internal/instancetype"
 )
@@ -76,8 +77,9 @@ type Config struct {
 	Catalog []instancetype.InstanceType
 	// CgroupRoot is where the cgroup hierarchies are mounted. Default /sys/fs/cgroup.
 	CgroupRoot string
-	// CgroupParent is the cgroup, under this process's own in each hierarchy, that holds the
-	// cells' cgroups. Default DefaultCgroupParent.
+	// CgroupParent is the cgroup, under this process's own in each hierarchy (on a cgroup
+	// v2-only host under its parent, as runc places a relative path), that holds the cells'
+	// cgroups. Default DefaultCgroupParent.
 	CgroupParent string
 	// ProcessOnly runs cells as plain agent processes bound to distinct loopback addresses:
 	// no network namespace, no cgroup limits, no partitions. For machines that allow no
@@ -99,7 +101,7 @@ type Backend struct {
 	bridgeIP net.IP
 	catalog  []instancetype.InstanceType
 	store    *store
-	hs       []hierarchy // nil in process-only mode
+	cg       *cgroups.FS // nil in process-only mode
 	log      *slog.Logger
 }
 
@@ -128,11 +130,11 @@ func New(cfg Config) (*Backend, error) {
 		if err := caps.Isolated(); err != nil {
 			return nil, fmt.Errorf("local backend: cells need root, network namespaces and cgroups, which this machine does not allow (%v); set ProcessOnly for the process-only mode, which runs agents on loopback addresses without any isolation", err)
 		}
-		hs, err := hierarchies(cfg.CgroupRoot, "/proc/self/cgroup")
+		cg, err := cgroups.Open(cfg.CgroupRoot, "/proc/self/cgroup")
 		if err != nil {
 			return nil, fmt.Errorf("local backend: %w", err)
 		}
-		b.hs = hs
+		b.cg = cg
 	}
 	if err := b.store.init(); err != nil {
 		return nil, fmt.Errorf("local backend: %w", err)
@@ -268,8 +270,14 @@ func (b *Backend) Teardown(ctx context.Context) error {
 	}
 	var errs []error
 	parents := map[string]bool{}
-	for _, d := range parentDirs(b.cfg.CgroupRoot, b.hs, b.cfg.CgroupParent) {
-		parents[d] = true
+	if b.cg != nil {
+		dirs, err := b.cg.Dirs(b.cfg.CgroupParent)
+		if err != nil {
+			errs = append(errs, fmt.Errorf("tearing down local backend: %w", err))
+		}
+		for _, d := range dirs {
+			parents[d] = true
+		}
 	}
 	for _, id := range ids {
 		if r, err := b.store.read(id); err == nil {

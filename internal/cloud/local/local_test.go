@@ -9,7 +9,6 @@ import (
 	"os/exec"
 	"path/filepath"
 	"runtime"
-	"slices"
 	"strconv"
 	"strings"
 	"syscall"
@@ -21,7 +20,6 @@ import (
 
 	"github.com/kip-dev/kip/internal/cloud"
 	"github.com/kip-dev/kip/internal/cloud/cloudtest"
-	"github.com/kip-dev/kip/internal/testenv"
 )
 
 func TestConformance(t *testing.T) {
@@ -691,54 +689,6 @@ func dialFromNetns(name, addr string) error {
 	return <-errc
 }
 
-// TestMkdirCgroupUnderUnsetParent: a cell cgroup made under a cpuset parent that exists but
-// has no CPUs yet (another launch made it and has not filled it in) still gets CPUs and
-// memory nodes, so a process can join it.
-func TestMkdirCgroupUnderUnsetParent(t *testing.T) {
-	testenv.RequireNetns(t) // root, and this is part of the isolated backend
-	if err := Probe("").Cgroups; err != nil {
-		t.Skipf("skipping: %v", err)
-	}
-	hs, err := hierarchies(defaultCgroupRoot, "/proc/self/cgroup")
-	if err != nil {
-		t.Fatal(err)
-	}
-	i := slices.IndexFunc(hs, func(h hierarchy) bool { return h.name == "cpuset" })
-	if i < 0 {
-		t.Skip("skipping: no cgroup v1 cpuset hierarchy")
-	}
-	parent := filepath.Join(defaultCgroupRoot, "cpuset", hs[i].self, "kip-t"+randTag(t))
-	if err := os.Mkdir(parent, 0o755); err != nil { // a new cpuset cgroup has no CPUs
-		t.Fatal(err)
-	}
-	child := filepath.Join(parent, "c1")
-	t.Cleanup(func() {
-		_ = os.Remove(child)
-		_ = os.Remove(parent)
-	})
-	if err := mkdirCgroup(child); err != nil {
-		t.Fatalf("mkdirCgroup: %v", err)
-	}
-	for _, d := range []string{parent, child} {
-		for _, f := range []string{"cpuset.cpus", "cpuset.mems"} {
-			if b, err := os.ReadFile(filepath.Join(d, f)); err != nil || strings.TrimSpace(string(b)) == "" {
-				t.Errorf("%s of %s = %q, %v; want the parent's", f, d, b, err)
-			}
-		}
-	}
-	cmd := exec.Command("sleep", "60")
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	defer func() {
-		_ = cmd.Process.Kill()
-		_ = cmd.Wait()
-	}()
-	if err := joinCgroups([]string{child}, cmd.Process.Pid); err != nil {
-		t.Errorf("joining the cgroup: %v", err)
-	}
-}
-
 // TestNetnsSurvivesIPNetnsAdd: a cell made before someone on the host runs `ip netns add`
 // (which bind-mounts /run/netns over itself when it is not already a mount point) can still be
 // terminated without leaving its namespace behind.
@@ -772,7 +722,7 @@ func TestNetnsSurvivesIPNetnsAdd(t *testing.T) {
 func TestTerminateRemovesStrayPodCgroups(t *testing.T) {
 	e := newEnv(t)
 	b := e.backend()
-	strays := strayPodCgroups(b.cfg.CgroupRoot, b.hs, "stray-uid-probe")
+	strays := b.cg.StrayPodDirs("stray-uid-probe")
 	if len(strays) == 0 {
 		t.Skip("skipping: no cgroup2 hierarchy is mounted beside the v1 ones (not hybrid mode)")
 	}
@@ -788,7 +738,7 @@ func TestTerminateRemovesStrayPodCgroups(t *testing.T) {
 	}
 	e.waitHealthy(in.PrivateIP)
 	var made []string
-	for _, d := range strayPodCgroups(b.cfg.CgroupRoot, b.hs, uid) {
+	for _, d := range b.cg.StrayPodDirs(uid) {
 		leaf := filepath.Join(d, "main", "0") // as runc leaves it: <parent>/<pod>/<container>/<run>
 		if err := os.MkdirAll(leaf, 0o755); err != nil {
 			t.Fatal(err)

@@ -4,12 +4,11 @@ import (
 	"fmt"
 	"os"
 	"os/exec"
-	"path/filepath"
 	"runtime"
-	"strconv"
-	"time"
 
 	"github.com/vishvananda/netns"
+
+	"github.com/kip-dev/kip/internal/cgroups"
 )
 
 // Capabilities is what this machine allows the local backend to do. A nil error field means
@@ -78,19 +77,9 @@ func probeNetns() error {
 }
 
 func probeCgroups(root string) error {
-	hs, err := hierarchies(root, "/proc/self/cgroup")
+	cg, err := cgroups.Open(root, "/proc/self/cgroup")
 	if err != nil {
 		return err
 	}
-	name := "kip-probe-" + strconv.FormatInt(time.Now().UnixNano(), 36)
-	for _, h := range hs {
-		d := filepath.Join(root, h.name, h.self, name)
-		if err := os.Mkdir(d, 0o755); err != nil {
-			return fmt.Errorf("creating a cgroup in %s: %w", filepath.Join(root, h.name), err)
-		}
-		if err := os.Remove(d); err != nil {
-			return fmt.Errorf("removing probe cgroup %s: %w", d, err)
-		}
-	}
-	return nil
+	return cg.Probe()
 }

@@ -13,6 +13,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/kip-dev/kip/internal/cgroups"
 	"golang.org/x/sys/unix"
 )
 
@@ -109,15 +110,16 @@ func standinAgent(args []string) error {
 // standinSpawn starts a long sleep the way runc starts a container: its own session, in a
 // cgroup nested under the agent's own in every hierarchy (relative cgroupsPath kip/pod/c1).
 func standinSpawn() (int, error) {
-	hs, err := hierarchies(defaultCgroupRoot, "/proc/self/cgroup")
+	cg, err := cgroups.Open(defaultCgroupRoot, "/proc/self/cgroup")
 	if err != nil {
 		return 0, err
 	}
-	dirs := cgroupDirs(defaultCgroupRoot, hs, "kip/pod", "c1")
-	for _, d := range dirs {
-		if err := mkdirCgroup(d); err != nil {
-			return 0, err
-		}
+	dirs, err := cg.Dirs("kip/pod/c1")
+	if err != nil {
+		return 0, err
+	}
+	if err := cg.Create(dirs, cgroups.Limits{}); err != nil {
+		return 0, err
 	}
 	cmd := exec.Command("sleep", "1000")
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true}
@@ -125,7 +127,7 @@ func standinSpawn() (int, error) {
 		return 0, err
 	}
 	go func() { _ = cmd.Wait() }()
-	if err := joinCgroups(dirs, cmd.Process.Pid); err != nil {
+	if err := cgroups.Join(dirs, cmd.Process.Pid); err != nil {
 		return 0, err
 	}
 	return cmd.Process.Pid, nil

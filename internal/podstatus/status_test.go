@@ -1,4 +1,4 @@
-package cells
+package podstatus
 
 import (
 	"testing"
@@ -33,14 +33,14 @@ func TestBuildStatus(t *testing.T) {
 	tests := []struct {
 		name string
 		pod  *corev1.Pod
-		in   statusInput
+		in   Input
 		want want
 	}{
 		{
 			name: "launching",
 			pod:  testPod("p"),
-			in:   statusInput{reason: ReasonCellLaunching, message: "launching"},
-			want: want{phase: corev1.PodPending, reason: ReasonCellLaunching, ctrState: "waiting:" + ReasonCellLaunching, conds: []corev1.PodCondition{
+			in:   Input{Reason: "CellLaunching", Message: "launching"},
+			want: want{phase: corev1.PodPending, reason: "CellLaunching", ctrState: "waiting:" + "CellLaunching", conds: []corev1.PodCondition{
 				cond(corev1.PodReadyToStartContainers, corev1.ConditionFalse, ""),
 				cond(corev1.PodInitialized, corev1.ConditionTrue, ""),
 				cond(corev1.PodReady, corev1.ConditionFalse, "ContainersNotReady"),
@@ -51,7 +51,7 @@ func TestBuildStatus(t *testing.T) {
 		{
 			name: "running and ready",
 			pod:  testPod("p"),
-			in: statusInput{podIP: "10.0.0.5", cellReady: true, agent: &cellapi.PodStatus{Phase: corev1.PodRunning,
+			in: Input{PodIP: "10.0.0.5", CellReady: true, Agent: &cellapi.PodStatus{Phase: corev1.PodRunning,
 				ContainerStatuses: []corev1.ContainerStatus{running("main", true)}}},
 			want: want{phase: corev1.PodRunning, ctrState: "running", podIP: "10.0.0.5", conds: []corev1.PodCondition{
 				cond(corev1.PodReadyToStartContainers, corev1.ConditionTrue, ""),
@@ -63,7 +63,7 @@ func TestBuildStatus(t *testing.T) {
 		{
 			name: "init container running",
 			pod:  testPod("p", withInit),
-			in: statusInput{cellReady: true, agent: &cellapi.PodStatus{Phase: corev1.PodPending,
+			in: Input{CellReady: true, Agent: &cellapi.PodStatus{Phase: corev1.PodPending,
 				InitContainerStatuses: []corev1.ContainerStatus{running("init", false)}}},
 			want: want{phase: corev1.PodPending, ctrState: "waiting:PodInitializing", initState: "running", conds: []corev1.PodCondition{
 				cond(corev1.PodInitialized, corev1.ConditionFalse, "ContainersNotInitialized"),
@@ -72,7 +72,7 @@ func TestBuildStatus(t *testing.T) {
 		{
 			name: "init done, main creating",
 			pod:  testPod("p", withInit),
-			in: statusInput{cellReady: true, agent: &cellapi.PodStatus{Phase: corev1.PodPending,
+			in: Input{CellReady: true, Agent: &cellapi.PodStatus{Phase: corev1.PodPending,
 				InitContainerStatuses: []corev1.ContainerStatus{exited("init", 0)}}},
 			want: want{phase: corev1.PodPending, ctrState: "waiting:ContainerCreating", initState: "terminated:Completed:0", conds: []corev1.PodCondition{
 				cond(corev1.PodInitialized, corev1.ConditionTrue, ""),
@@ -83,7 +83,7 @@ func TestBuildStatus(t *testing.T) {
 			pod: testPod("p", func(p *corev1.Pod) {
 				p.Spec.InitContainers = []corev1.Container{{Name: "init", Image: "busybox", RestartPolicy: &always}}
 			}),
-			in: statusInput{cellReady: true, agent: &cellapi.PodStatus{Phase: corev1.PodRunning,
+			in: Input{CellReady: true, Agent: &cellapi.PodStatus{Phase: corev1.PodRunning,
 				InitContainerStatuses: []corev1.ContainerStatus{running("init", false)},
 				ContainerStatuses:     []corev1.ContainerStatus{running("main", true)}}},
 			want: want{phase: corev1.PodRunning, ctrState: "running", initState: "running", conds: []corev1.PodCondition{
@@ -94,7 +94,7 @@ func TestBuildStatus(t *testing.T) {
 		{
 			name: "succeeded",
 			pod:  testPod("p"),
-			in: statusInput{stopped: true, agent: &cellapi.PodStatus{Phase: corev1.PodSucceeded,
+			in: Input{Stopped: true, Agent: &cellapi.PodStatus{Phase: corev1.PodSucceeded,
 				ContainerStatuses: []corev1.ContainerStatus{exited("main", 0)}}},
 			want: want{phase: corev1.PodSucceeded, ctrState: "terminated:Completed:0", conds: []corev1.PodCondition{
 				cond(corev1.PodReadyToStartContainers, corev1.ConditionFalse, ""),
@@ -106,43 +106,43 @@ func TestBuildStatus(t *testing.T) {
 		{
 			name: "failed exit 3",
 			pod:  testPod("p"),
-			in: statusInput{stopped: true, agent: &cellapi.PodStatus{Phase: corev1.PodFailed,
+			in: Input{Stopped: true, Agent: &cellapi.PodStatus{Phase: corev1.PodFailed,
 				ContainerStatuses: []corev1.ContainerStatus{exited("main", 3)}}},
 			want: want{phase: corev1.PodFailed, ctrState: "terminated:Error:3"},
 		},
 		{
 			name: "cell lost while running",
 			pod:  testPod("p"),
-			in: statusInput{failure: &podFailure{reason: ReasonCellLost, message: "gone"}, agent: &cellapi.PodStatus{Phase: corev1.PodRunning,
+			in: Input{Failure: &Failure{Reason: "CellLost", Message: "gone"}, Agent: &cellapi.PodStatus{Phase: corev1.PodRunning,
 				ContainerStatuses: []corev1.ContainerStatus{running("main", true)}}},
-			want: want{phase: corev1.PodFailed, reason: ReasonCellLost, ctrState: "terminated:" + ReasonCellLost + ":137", conds: []corev1.PodCondition{
+			want: want{phase: corev1.PodFailed, reason: "CellLost", ctrState: "terminated:" + "CellLost" + ":137", conds: []corev1.PodCondition{
 				cond(corev1.PodReady, corev1.ConditionFalse, "ContainersNotReady"),
 			}},
 		},
 		{
 			name: "never started",
 			pod:  testPod("p"),
-			in:   statusInput{failure: &podFailure{reason: ReasonNoInstanceType, message: "too big"}, reason: ReasonCellLaunching},
-			want: want{phase: corev1.PodFailed, reason: ReasonNoInstanceType, ctrState: "terminated:" + ReasonNoInstanceType + ":128"},
+			in:   Input{Failure: &Failure{Reason: "NoInstanceType", Message: "too big"}, Reason: "CellLaunching"},
+			want: want{phase: corev1.PodFailed, reason: "NoInstanceType", ctrState: "terminated:" + "NoInstanceType" + ":128"},
 		},
 		{
 			name: "deleted while running: unknown container state",
 			pod:  testPod("p", func(p *corev1.Pod) { p.Spec.RestartPolicy = corev1.RestartPolicyAlways }),
-			in: statusInput{stopped: true, agent: &cellapi.PodStatus{Phase: corev1.PodRunning,
+			in: Input{Stopped: true, Agent: &cellapi.PodStatus{Phase: corev1.PodRunning,
 				ContainerStatuses: []corev1.ContainerStatus{running("main", true)}}},
 			want: want{phase: corev1.PodFailed, ctrState: "terminated:" + reasonStatusUnknown + ":137"},
 		},
 		{
 			name: "deleted after a clean exit",
 			pod:  testPod("p", func(p *corev1.Pod) { p.Spec.RestartPolicy = corev1.RestartPolicyAlways }),
-			in: statusInput{stopped: true, agent: &cellapi.PodStatus{Phase: corev1.PodRunning,
+			in: Input{Stopped: true, Agent: &cellapi.PodStatus{Phase: corev1.PodRunning,
 				ContainerStatuses: []corev1.ContainerStatus{exited("main", 0)}}},
 			want: want{phase: corev1.PodSucceeded, ctrState: "terminated:Completed:0"},
 		},
 		{
 			name: "image pull error shows on the container",
 			pod:  testPod("p"),
-			in: statusInput{cellReady: true, agent: &cellapi.PodStatus{Phase: corev1.PodPending,
+			in: Input{CellReady: true, Agent: &cellapi.PodStatus{Phase: corev1.PodPending,
 				ContainerStatuses: []corev1.ContainerStatus{{Name: "main", State: corev1.ContainerState{Waiting: &corev1.ContainerStateWaiting{Reason: "ErrImagePull", Message: "not found"}}}}}},
 			want: want{phase: corev1.PodPending, ctrState: "waiting:ErrImagePull"},
 		},
@@ -151,7 +151,7 @@ func TestBuildStatus(t *testing.T) {
 			pod: testPod("p", func(p *corev1.Pod) {
 				p.Spec.ReadinessGates = []corev1.PodReadinessGate{{ConditionType: "example.com/lb"}}
 			}),
-			in: statusInput{cellReady: true, agent: &cellapi.PodStatus{Phase: corev1.PodRunning,
+			in: Input{CellReady: true, Agent: &cellapi.PodStatus{Phase: corev1.PodRunning,
 				ContainerStatuses: []corev1.ContainerStatus{running("main", true)}}},
 			want: want{phase: corev1.PodRunning, ctrState: "running", conds: []corev1.PodCondition{
 				cond(corev1.ContainersReady, corev1.ConditionTrue, ""),
@@ -168,7 +168,7 @@ func TestBuildStatus(t *testing.T) {
 					{Type: corev1.DisruptionTarget, Status: corev1.ConditionTrue, Reason: "EvictionByEvictionAPI", LastTransitionTime: metav1.NewTime(t0)},
 				}
 			}),
-			in: statusInput{cellReady: true, agent: &cellapi.PodStatus{Phase: corev1.PodRunning,
+			in: Input{CellReady: true, Agent: &cellapi.PodStatus{Phase: corev1.PodRunning,
 				ContainerStatuses: []corev1.ContainerStatus{running("main", true)}}},
 			want: want{phase: corev1.PodRunning, ctrState: "running", conds: []corev1.PodCondition{
 				cond(corev1.DisruptionTarget, corev1.ConditionTrue, "EvictionByEvictionAPI"),
@@ -180,8 +180,8 @@ func TestBuildStatus(t *testing.T) {
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			in := tt.in
-			in.pod, in.now, in.hostIP = tt.pod, now, "10.250.0.1"
-			s := buildStatus(in)
+			in.Pod, in.Now, in.HostIP = tt.pod, now, "10.250.0.1"
+			s := Build(in)
 			if s.Phase != tt.want.phase || s.Reason != tt.want.reason {
 				t.Errorf("phase %q reason %q, want %q %q", s.Phase, s.Reason, tt.want.phase, tt.want.reason)
 			}
@@ -274,7 +274,7 @@ func TestQOSClass(t *testing.T) {
 
 func TestEventsFromContainerTransitions(t *testing.T) {
 	pod := testPod("e")
-	var es eventState
+	var es Events
 	steps := []struct {
 		cs   corev1.ContainerStatus
 		want []string
@@ -288,10 +288,10 @@ func TestEventsFromContainerTransitions(t *testing.T) {
 		{corev1.ContainerStatus{Name: "main", ImageID: "sha256:abc", RestartCount: 1, State: corev1.ContainerState{Waiting: &corev1.ContainerStateWaiting{Reason: "CrashLoopBackOff"}}}, []string{"BackOff"}},
 	}
 	for i, s := range steps {
-		evs := es.diff(pod, nil, &cellapi.PodStatus{ContainerStatuses: []corev1.ContainerStatus{s.cs}})
+		evs := es.Diff(pod, nil, &cellapi.PodStatus{ContainerStatuses: []corev1.ContainerStatus{s.cs}})
 		var got []string
 		for _, e := range evs {
-			got = append(got, e.reason)
+			got = append(got, e.Reason)
 		}
 		if len(got) != len(s.want) {
 			t.Errorf("step %d: events %v, want %v", i, got, s.want)

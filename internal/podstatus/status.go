@@ -1,4 +1,7 @@
-package cells
+// Package podstatus computes, as pure functions, what kubelet would report for a pod: its
+// status (phase, conditions, container statuses, QoS class) from the cell agent's view, and
+// the events each change of a container implies.
+package podstatus
 
 import (
 	"fmt"
@@ -11,30 +14,42 @@ import (
 	"github.com/kip-dev/kip/internal/cellapi"
 )
 
-// statusInput is everything a pod's status is computed from.
-type statusInput struct {
-	// pod is the spec; its Status is the previously reported status (for transition times,
+// Input is everything a pod's status is computed from.
+type Input struct {
+	// Pod is the spec; its Status is the previously reported status (for transition times,
 	// StartTime, QOSClass and conditions owned by others).
-	pod    *corev1.Pod
-	now    time.Time
-	hostIP string
-	podIP  string
-	// agent is the agent's last status; nil while none is known.
-	agent *cellapi.PodStatus
-	// reason and message explain a pod still without agent status (CellLaunching...).
-	reason, message string
-	// failure makes the pod Failed.
-	failure *podFailure
-	// stopped means the containers are gone (deleted, completed, failed): every container
+	Pod    *corev1.Pod
+	Now    time.Time
+	HostIP string
+	PodIP  string
+	// Agent is the agent's last status; nil while none is known.
+	Agent *cellapi.PodStatus
+	// Reason and Message explain a pod still without agent status (CellLaunching...).
+	Reason, Message string
+	// Failure makes the pod Failed.
+	Failure *Failure
+	// Stopped means the containers are gone (deleted, completed, failed): every container
 	// must show a terminated state.
-	stopped bool
-	// cellReady means the cell and its agent are up (PodReadyToStartContainers).
-	cellReady bool
+	Stopped bool
+	// CellReady means the cell and its agent are up (PodReadyToStartContainers).
+	CellReady bool
 }
 
-// buildStatus computes the pod status kubelet would report.
-func buildStatus(in statusInput) corev1.PodStatus {
-	pod, prev := in.pod, in.pod.Status
+// Failure is why a pod failed: the pod's status reason and message.
+type Failure struct {
+	Reason, Message string
+}
+
+// Kubelet's waiting and terminated reasons.
+const (
+	reasonContainerCreating = "ContainerCreating"
+	reasonPodInitializing   = "PodInitializing"
+	reasonStatusUnknown     = "ContainerStatusUnknown"
+)
+
+// Build computes the pod status kubelet would report.
+func Build(in Input) corev1.PodStatus {
+	pod, prev := in.Pod, in.Pod.Status
 	s := corev1.PodStatus{
 		Phase:              corev1.PodPending,
 		QOSClass:           prev.QOSClass,
@@ -45,49 +60,49 @@ func buildStatus(in statusInput) corev1.PodStatus {
 		s.QOSClass = qosClass(pod)
 	}
 	if s.StartTime == nil {
-		t := metav1.NewTime(in.now)
+		t := metav1.NewTime(in.Now)
 		s.StartTime = &t
 	}
-	if in.hostIP != "" {
-		s.HostIP, s.HostIPs = in.hostIP, []corev1.HostIP{{IP: in.hostIP}}
+	if in.HostIP != "" {
+		s.HostIP, s.HostIPs = in.HostIP, []corev1.HostIP{{IP: in.HostIP}}
 	}
-	if in.podIP != "" {
-		s.PodIP, s.PodIPs = in.podIP, []corev1.PodIP{{IP: in.podIP}}
+	if in.PodIP != "" {
+		s.PodIP, s.PodIPs = in.PodIP, []corev1.PodIP{{IP: in.PodIP}}
 	} else if prev.PodIP != "" {
 		s.PodIP, s.PodIPs = prev.PodIP, prev.PodIPs
 	}
 
-	if in.agent != nil {
-		if in.agent.Phase != "" {
-			s.Phase = in.agent.Phase
+	if in.Agent != nil {
+		if in.Agent.Phase != "" {
+			s.Phase = in.Agent.Phase
 		}
-		s.Reason, s.Message = in.agent.Reason, in.agent.Message
-		s.InitContainerStatuses = containerStatuses(pod.Spec.InitContainers, in.agent.InitContainerStatuses, reasonPodInitializing, "")
+		s.Reason, s.Message = in.Agent.Reason, in.Agent.Message
+		s.InitContainerStatuses = containerStatuses(pod.Spec.InitContainers, in.Agent.InitContainerStatuses, reasonPodInitializing, "")
 		waiting := reasonContainerCreating
 		if len(pod.Spec.InitContainers) > 0 && !initialized(pod, s.InitContainerStatuses) {
 			waiting = reasonPodInitializing
 		}
-		s.ContainerStatuses = containerStatuses(pod.Spec.Containers, in.agent.ContainerStatuses, waiting, "")
+		s.ContainerStatuses = containerStatuses(pod.Spec.Containers, in.Agent.ContainerStatuses, waiting, "")
 	} else {
-		reason := in.reason
+		reason := in.Reason
 		if reason == "" {
 			reason = reasonContainerCreating
 		}
-		s.Reason, s.Message = in.reason, in.message
-		s.InitContainerStatuses = containerStatuses(pod.Spec.InitContainers, nil, reason, in.message)
-		s.ContainerStatuses = containerStatuses(pod.Spec.Containers, nil, reason, in.message)
+		s.Reason, s.Message = in.Reason, in.Message
+		s.InitContainerStatuses = containerStatuses(pod.Spec.InitContainers, nil, reason, in.Message)
+		s.ContainerStatuses = containerStatuses(pod.Spec.Containers, nil, reason, in.Message)
 	}
 
-	if in.failure != nil {
-		s.Phase, s.Reason, s.Message = corev1.PodFailed, in.failure.reason, in.failure.message
+	if in.Failure != nil {
+		s.Phase, s.Reason, s.Message = corev1.PodFailed, in.Failure.Reason, in.Failure.Message
 	}
-	if in.stopped || in.failure != nil {
+	if in.Stopped || in.Failure != nil {
 		reason, message := reasonStatusUnknown, "The container could not be located when the pod was terminated"
-		if in.failure != nil {
-			reason, message = in.failure.reason, in.failure.message
+		if in.Failure != nil {
+			reason, message = in.Failure.Reason, in.Failure.Message
 		}
-		terminate(s.InitContainerStatuses, reason, message, in.now)
-		terminate(s.ContainerStatuses, reason, message, in.now)
+		terminate(s.InitContainerStatuses, reason, message, in.Now)
+		terminate(s.ContainerStatuses, reason, message, in.Now)
 		if !isTerminal(s.Phase) {
 			s.Phase = corev1.PodSucceeded
 			for _, cs := range s.ContainerStatuses {
@@ -97,7 +112,7 @@ func buildStatus(in statusInput) corev1.PodStatus {
 			}
 		}
 	}
-	s.Conditions = conditions(pod, &s, in.cellReady, in.now)
+	s.Conditions = conditions(pod, &s, in.CellReady, in.Now)
 	return s
 }
 
@@ -300,13 +315,13 @@ func qosClass(pod *corev1.Pod) corev1.PodQOSClass {
 	return corev1.PodQOSBurstable
 }
 
-// allPulled reports whether every container of the pod reports an image ID.
-func allPulled(pod *corev1.Pod, st *cellapi.PodStatus) bool {
+// AllPulled reports whether every container of the pod reports an image ID.
+func AllPulled(pod *corev1.Pod, st *cellapi.PodStatus) bool {
 	return countWith(st.ContainerStatuses, func(cs corev1.ContainerStatus) bool { return cs.ImageID != "" }) >= len(pod.Spec.Containers)
 }
 
-// allStarted reports whether every regular container has started at least once.
-func allStarted(pod *corev1.Pod, st *cellapi.PodStatus) bool {
+// AllStarted reports whether every regular container has started at least once.
+func AllStarted(pod *corev1.Pod, st *cellapi.PodStatus) bool {
 	return countWith(st.ContainerStatuses, func(cs corev1.ContainerStatus) bool {
 		return cs.State.Running != nil || cs.State.Terminated != nil || cs.LastTerminationState.Terminated != nil
 	}) >= len(pod.Spec.Containers)
@@ -321,3 +336,5 @@ func countWith(statuses []corev1.ContainerStatus, f func(corev1.ContainerStatus)
 	}
 	return n
 }
+
+func isTerminal(p corev1.PodPhase) bool { return p == corev1.PodSucceeded || p == corev1.PodFailed }

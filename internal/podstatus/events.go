@@ -1,4 +1,4 @@
-package cells
+package podstatus
 
 import (
 	"fmt"
@@ -8,14 +8,14 @@ import (
 	"github.com/kip-dev/kip/internal/cellapi"
 )
 
-// event is one Kubernetes event to record on a pod.
-type event struct {
-	typ, reason, message string
+// Event is one Kubernetes event to record on a pod.
+type Event struct {
+	Type, Reason, Message string
 }
 
-// eventState remembers what was already reported per container, so each transition is
-// reported once.
-type eventState struct {
+// Events remembers what was already reported of one pod's containers, so each transition is
+// reported once. The zero value is ready to use.
+type Events struct {
 	pulling map[string]bool
 	pulled  map[string]bool
 	waiting map[string]string // last waiting reason reported
@@ -34,13 +34,13 @@ var waitingEvents = map[string]struct{ typ, reason string }{
 	"CrashLoopBackOff":           {corev1.EventTypeWarning, "BackOff"},
 }
 
-// diff returns the events implied by the agent's status moving from prev to cur.
-func (e *eventState) diff(pod *corev1.Pod, prev, cur *cellapi.PodStatus) []event {
+// Diff returns the events implied by the agent's status moving from prev to cur.
+func (e *Events) Diff(pod *corev1.Pod, prev, cur *cellapi.PodStatus) []Event {
 	if e.pulling == nil {
 		e.pulling, e.pulled = map[string]bool{}, map[string]bool{}
 		e.waiting, e.started = map[string]string{}, map[string]string{}
 	}
-	var out []event
+	var out []Event
 	for _, list := range [][]corev1.ContainerStatus{cur.InitContainerStatuses, cur.ContainerStatuses} {
 		for _, cs := range list {
 			out = append(out, e.container(pod, cs)...)
@@ -49,8 +49,8 @@ func (e *eventState) diff(pod *corev1.Pod, prev, cur *cellapi.PodStatus) []event
 	return out
 }
 
-func (e *eventState) container(pod *corev1.Pod, cs corev1.ContainerStatus) []event {
-	var out []event
+func (e *Events) container(pod *corev1.Pod, cs corev1.ContainerStatus) []Event {
+	var out []Event
 	image := cs.Image
 	if image == "" {
 		image = specImage(pod, cs.Name)
@@ -58,11 +58,11 @@ func (e *eventState) container(pod *corev1.Pod, cs corev1.ContainerStatus) []eve
 	w := cs.State.Waiting
 	if !e.pulling[cs.Name] && (w == nil || w.Reason != reasonPodInitializing) {
 		e.pulling[cs.Name] = true
-		out = append(out, event{corev1.EventTypeNormal, "Pulling", fmt.Sprintf("Pulling image %q", image)})
+		out = append(out, Event{corev1.EventTypeNormal, "Pulling", fmt.Sprintf("Pulling image %q", image)})
 	}
 	if cs.ImageID != "" && !e.pulled[cs.Name] {
 		e.pulled[cs.Name] = true
-		out = append(out, event{corev1.EventTypeNormal, "Pulled", fmt.Sprintf("Successfully pulled image %q", image)})
+		out = append(out, Event{corev1.EventTypeNormal, "Pulled", fmt.Sprintf("Successfully pulled image %q", image)})
 	}
 	if w != nil && w.Reason != e.waiting[cs.Name] {
 		e.waiting[cs.Name] = w.Reason
@@ -76,7 +76,7 @@ func (e *eventState) container(pod *corev1.Pod, cs corev1.ContainerStatus) []eve
 			case msg == "":
 				msg = "Error: " + w.Reason
 			}
-			out = append(out, event{ev.typ, ev.reason, msg})
+			out = append(out, Event{ev.typ, ev.reason, msg})
 		}
 	} else if w == nil {
 		e.waiting[cs.Name] = ""
@@ -85,14 +85,14 @@ func (e *eventState) container(pod *corev1.Pod, cs corev1.ContainerStatus) []eve
 		at := r.StartedAt.UTC().String()
 		if e.started[cs.Name] != at {
 			e.started[cs.Name] = at
-			out = append(out, event{corev1.EventTypeNormal, "Started", fmt.Sprintf("Started container %s", cs.Name)})
+			out = append(out, Event{corev1.EventTypeNormal, "Started", fmt.Sprintf("Started container %s", cs.Name)})
 		}
 	} else if t := cs.State.Terminated; t != nil && !t.StartedAt.IsZero() {
 		// A container that ran and exited between two statuses still started.
 		at := t.StartedAt.UTC().String()
 		if e.started[cs.Name] != at {
 			e.started[cs.Name] = at
-			out = append(out, event{corev1.EventTypeNormal, "Started", fmt.Sprintf("Started container %s", cs.Name)})
+			out = append(out, Event{corev1.EventTypeNormal, "Started", fmt.Sprintf("Started container %s", cs.Name)})
 		}
 	}
 	return out
