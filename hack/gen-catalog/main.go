@@ -4,7 +4,7 @@
 // Sources:
 //
 //	-source 2020      the December 2020 price-list figures in ../shared/data (default)
-//	-source aws-api   AWS's own APIs through internal/instancetype/awsapi (EC2 and the Price
+//	-source aws-api   AWS's own APIs through internal/cloud/aws/catalogapi (EC2 and the Price
 //	                  List API, with the SDK's default credentials; aws only)
 //
 // Another source plugs in by adding an entry to sources below: anything that lists regions

@@ -8,10 +8,10 @@ import (
 
 	awsconfig "github.com/aws/aws-sdk-go-v2/config"
 
-	"github.com/kip-dev/kip/internal/instancetype/awsapi"
+	"github.com/kip-dev/kip/internal/cloud/aws/catalogapi"
 )
 
-// newSourceAWSAPI asks AWS's own APIs (awsapi.Refresher: EC2 DescribeInstanceTypes,
+// newSourceAWSAPI asks AWS's own APIs (catalogapi.Refresher: EC2 DescribeInstanceTypes,
 // DescribeInstanceTypeOfferings, DescribeSpotPriceHistory, DescribeRegions and the Price List
 // API's GetProducts) with the SDK's default credentials. -ec2-endpoint and -pricing-endpoint
 // point it elsewhere (the EC2 fake in tests); -regions limits the regions.
@@ -23,7 +23,7 @@ func newSourceAWSAPI(cloud string, f *flags) (Source, error) {
 	if err != nil {
 		return nil, fmt.Errorf("loading the AWS SDK configuration: %w", err)
 	}
-	r := awsapi.New(cfg, f.ec2Endpoint, f.pricingEndpoint)
+	r := catalogapi.New(cfg, f.ec2Endpoint, f.pricingEndpoint)
 	r.HomeRegion = f.homeRegion
 	if f.regions == "" {
 		return r, nil

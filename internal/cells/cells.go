@@ -70,8 +70,9 @@ func (f ResolverFunc) Resolve(ctx context.Context, pod *corev1.Pod) (*cellapi.Po
 	return f(ctx, pod)
 }
 
-// Mirror keeps an external view of cells (the Cell custom resource) up to date. Errors are
-// logged, never fatal.
+// Mirror keeps an external view of cells (the Cell custom resource) up to date. Its methods
+// are called on pods' paths: they must only record the wanted state and return at once (the
+// cellmirror controller writes it). Errors are logged, never fatal.
 type Mirror interface {
 	Upsert(ctx context.Context, c CellInfo) error
 	Delete(ctx context.Context, cellID string) error
@@ -179,7 +180,6 @@ type Manager struct {
 
 	launchSem chan struct{}
 	capacity  *capacity.Memory
-	mirror    *mirrorQueue // nil without Deps.Mirror
 	sweepOnce sync.Once
 
 	certOnce              sync.Once
@@ -232,14 +232,6 @@ func New(opts Options, node NodeInfo, deps Deps) *Manager {
 		launchSem: make(chan struct{}, cfg.LaunchConcurrency),
 		capacity:  capacity.New(deps.Clock, cfg.CapacityErrorMemory),
 		cells:     map[string]*cell{},
-	}
-	if deps.Mirror != nil {
-		m.mirror = newMirrorQueue(deps.Mirror, m.log)
-		m.wg.Add(1)
-		go func() {
-			defer m.wg.Done()
-			m.mirror.run(ctx)
-		}()
 	}
 	return m
 }

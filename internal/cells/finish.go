@@ -161,15 +161,15 @@ func (c *cell) terminate(pod *corev1.Pod, inst *cloud.Instance) {
 			t.Stop()
 		}
 	}
-	if m.mirror != nil && len(ids) > 0 {
-		m.mirror.delete(c.cellID)
+	if len(ids) > 0 {
+		m.mirrorDelete(c.cellID)
 	}
 }
 
 // mirror upserts the cell's Cell resource.
 func (c *cell) mirror(phase string) {
 	m := c.m
-	if m.mirror == nil {
+	if m.deps.Mirror == nil {
 		return
 	}
 	c.m.mu.Lock()
@@ -183,7 +183,19 @@ func (c *cell) mirror(phase string) {
 		info.InstanceType, info.Spot = c.inst.InstanceType, c.inst.Spot
 	}
 	c.m.mu.Unlock()
-	m.mirror.upsert(info)
+	if err := m.deps.Mirror.Upsert(m.ctx, info); err != nil {
+		m.log.Warn("mirroring cell", "cell", info.CellID, "err", err)
+	}
+}
+
+// mirrorDelete records that the Cell resource of cellID should be gone.
+func (m *Manager) mirrorDelete(cellID string) {
+	if m.deps.Mirror == nil {
+		return
+	}
+	if err := m.deps.Mirror.Delete(m.ctx, cellID); err != nil {
+		m.log.Warn("mirroring cell", "cell", cellID, "err", err)
+	}
 }
 
 func (m *Manager) event(pod *corev1.Pod, typ, reason, format string, args ...any) {

@@ -154,37 +154,3 @@ func TestDefaultDialUsesMutualTLS(t *testing.T) {
 		t.Errorf("anonymous GET %s = %d, want 401", cellapi.PodPath, resp.StatusCode)
 	}
 }
-
-// slowMirror blocks every call until released.
-type slowMirror struct {
-	testMirror
-	release chan struct{}
-}
-
-func (s *slowMirror) Upsert(ctx context.Context, c CellInfo) error {
-	<-s.release
-	return s.testMirror.Upsert(ctx, c)
-}
-
-func (s *slowMirror) Delete(ctx context.Context, id string) error {
-	<-s.release
-	return s.testMirror.Delete(ctx, id)
-}
-
-func TestSlowMirrorDoesNotDelayPods(t *testing.T) {
-	sm := &slowMirror{testMirror: testMirror{cells: map[string]CellInfo{}}, release: make(chan struct{})}
-	h := newHarness(t)
-	h.m.Close()
-	deps := h.m.deps
-	deps.Mirror = sm
-	m := New(h.m.cfg, h.m.node, deps)
-	h.m = m
-	t.Cleanup(m.Close)
-	t.Cleanup(func() { close(sm.release) }) // runs before m.Close
-	pod := testPod("fast")
-	if err := m.CreatePod(context.Background(), pod); err != nil {
-		t.Fatal(err)
-	}
-	a := h.agent(CellID(pod.UID))
-	h.waitFor("the pod on its cell while the mirror hangs", func() bool { return a.watcherCount() > 0 })
-}

@@ -66,9 +66,7 @@ func (m *Manager) Recover(ctx context.Context, pods []*corev1.Pod) error {
 		if err := m.deps.Cloud.Terminate(ctx, inst.ID); err != nil && !cloud.IsNotFound(err) {
 			return translate(fmt.Errorf("recovering cells: terminating orphan %s: %w", inst.ID, err))
 		}
-		if m.mirror != nil {
-			m.mirror.delete(inst.Tags[cloud.TagCellID])
-		}
+		m.mirrorDelete(inst.Tags[cloud.TagCellID])
 	}
 	defer m.startSweeper()
 	for _, pod := range pods {

@@ -124,9 +124,7 @@ func (s *sweeper) sweep(ctx context.Context) {
 			continue
 		}
 		delete(s.orphan, in.ID)
-		if m.mirror != nil {
-			m.mirror.delete(in.Tags[cloud.TagCellID])
-		}
+		m.mirrorDelete(in.Tags[cloud.TagCellID])
 	}
 	for id := range s.orphan {
 		if !seen[id] {

@@ -6,10 +6,11 @@ import (
 	"context"
 
 	"github.com/spf13/cobra"
-)
 
-// subcommands is filled by register calls in this package's files, one per subcommand.
-var subcommands []func() *cobra.Command
+	"github.com/kip-dev/kip/internal/cli/runcmd"
+	"github.com/kip-dev/kip/internal/cli/selectcmd"
+	"github.com/kip-dev/kip/internal/cli/upcmd"
+)
 
 // Run executes kip with args (without the program name).
 func Run(ctx context.Context, args []string) error {
@@ -19,9 +20,12 @@ func Run(ctx context.Context, args []string) error {
 		SilenceUsage:  true,
 		SilenceErrors: true,
 	}
-	for _, c := range subcommands {
-		root.AddCommand(c())
-	}
+	root.AddCommand(
+		runcmd.NewCommand(),
+		selectcmd.NewCommand(),
+		upcmd.NewCommand(),
+		upcmd.NewDownCommand(),
+	)
 	root.SetArgs(args)
 	return root.ExecuteContext(ctx)
 }

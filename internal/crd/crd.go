@@ -33,6 +33,9 @@ var CellGVR = schema.GroupVersionResource{Group: Group, Version: Version, Resour
 
 var crdGVR = schema.GroupVersionResource{Group: "apiextensions.k8s.io", Version: "v1", Resource: "customresourcedefinitions"}
 
+// FieldManager is the manager name kip writes Cell objects (and the definition) as.
+const FieldManager = "kip"
+
 // Definition returns the CustomResourceDefinition of Cell.
 func Definition() (*unstructured.Unstructured, error) {
 	obj := map[string]any{}

@@ -7,8 +7,8 @@ import (
 	awsconfig "github.com/aws/aws-sdk-go-v2/config"
 
 	"github.com/kip-dev/kip/internal/cloud/aws"
+	"github.com/kip-dev/kip/internal/cloud/aws/catalogapi"
 	"github.com/kip-dev/kip/internal/instancetype"
-	"github.com/kip-dev/kip/internal/instancetype/awsapi"
 )
 
 // awsBackend builds the EC2 backend from cloud.aws. Its instance-type catalog is live: the
@@ -46,7 +46,7 @@ func (r *runner) awsBackend(ctx context.Context) (*aws.Backend, *instancetype.Li
 		if err != nil {
 			return nil, nil, nil, fmt.Errorf("starting kip: cloud.aws.catalog: loading the AWS SDK configuration: %w", err)
 		}
-		live.Refresher = awsapi.New(sdk, c.Endpoint, c.PricingEndpoint)
+		live.Refresher = catalogapi.New(sdk, c.Endpoint, c.PricingEndpoint)
 	}
 	if _, err := live.InstanceTypes(); err != nil {
 		// A region the embedded catalog does not know: only the APIs can tell.

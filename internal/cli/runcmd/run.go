@@ -30,8 +30,10 @@ import (
 	"github.com/kip-dev/kip/internal/cellapi"
 	"github.com/kip-dev/kip/internal/cells"
 	"github.com/kip-dev/kip/internal/config"
+	"github.com/kip-dev/kip/internal/controllers/cellmirror"
 	"github.com/kip-dev/kip/internal/crd"
 	"github.com/kip-dev/kip/internal/metrics"
+	"github.com/kip-dev/kip/internal/nodeauth"
 	"github.com/kip-dev/kip/internal/podrequest"
 	"github.com/kip-dev/kip/internal/provider"
 	"github.com/kip-dev/kip/internal/selector"
@@ -66,7 +68,7 @@ func (r *runner) run(ctx context.Context) error {
 	}
 	log.Info("starting kip", "backend", backend.Name(), "internalIP", nodeIP, "kubeletPort", cfg.Node.KubeletPort)
 
-	ca, err := ensureCA(ctx, r.client)
+	ca, err := nodeauth.EnsureCA(ctx, r.client)
 	if err != nil {
 		return err
 	}
@@ -74,16 +76,16 @@ func (r *runner) run(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
-	clientCA, err := clusterClientCA(ctx, r.client, r.restCfg)
+	clientCA, err := nodeauth.ClusterClientCA(ctx, r.client, r.restCfg)
 	if err != nil {
 		return err
 	}
 
-	var mirror *crd.Mirror
+	var mirror *cellmirror.Mirror
 	if err := crd.Install(ctx, r.dynamic); err != nil {
 		log.Warn("the Cell custom resource is unavailable; kubectl get cells will show nothing", "err", err)
 	} else {
-		mirror = crd.NewMirror(r.dynamic, name, log)
+		mirror = cellmirror.New(r.dynamic, name, log)
 	}
 
 	// One event broadcaster for virtual-kubelet, the cells and the resolver.
@@ -156,7 +158,7 @@ func (r *runner) run(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
-	auth, err := kubeletAuth(r.client, name, clientCA, r.opts.AnonymousPaths)
+	auth, err := nodeauth.KubeletAuth(r.client, name, clientCA, r.opts.AnonymousPaths)
 	if err != nil {
 		return err
 	}
@@ -249,7 +251,7 @@ func (r *runner) recreateNode(spec *corev1.Node) node.ErrorHandler {
 	}
 }
 
-func mirrorOrNil(m *crd.Mirror) cells.Mirror {
+func mirrorOrNil(m *cellmirror.Mirror) cells.Mirror {
 	if m == nil {
 		return nil
 	}

@@ -1,6 +1,6 @@
-// Package runcmd is `kip run`: it loads the provider config, builds the cell backend, the
-// Kubernetes clients, kip's CA (kept in a Secret) and the kubelet serving certificate, and
-// runs the virtual node (virtual-kubelet's nodeutil) with kip's provider until the context
+// Package runcmd is `kip run`: it loads the provider config, builds the cell backend and the
+// Kubernetes clients, gets kip's CA and the kubelet serving certificate (internal/nodeauth),
+// and runs the virtual node (virtual-kubelet's nodeutil) with kip's provider until the context
 // ends. Start is exported so `kip up` can run the provider in-process.
 package runcmd
 

@@ -5,7 +5,7 @@ import (
 	"reflect"
 	"sort"
 
-	"github.com/kip-dev/kip/internal/instancetype/awsapi"
+	"github.com/kip-dev/kip/internal/cloud/aws/catalogapi"
 )
 
 // ec2Actions returns the names of EC2API's methods: the EC2 actions the backend calls.
@@ -38,7 +38,7 @@ type Statement struct {
 }
 
 // IAMPolicy returns the least-privilege policy kip needs on AWS, generated from the calls the
-// code makes: the methods of EC2API (the backend) and of awsapi.EC2API and awsapi.PricingAPI
+// code makes: the methods of EC2API (the backend) and of catalogapi.EC2API and catalogapi.PricingAPI
 // (the catalog refresh), plus what those calls imply: ec2:CreateTags limited to tagging on
 // create (RunInstances and CreateSecurityGroup carry TagSpecifications) and iam:PassRole to
 // EC2 for the cells' instance profile.
@@ -50,7 +50,7 @@ func IAMPolicy() Policy {
 		}
 		return out
 	}
-	catalog := append(prefix("ec2", methods(reflect.TypeFor[awsapi.EC2API]())), prefix("pricing", methods(reflect.TypeFor[awsapi.PricingAPI]()))...)
+	catalog := append(prefix("ec2", methods(reflect.TypeFor[catalogapi.EC2API]())), prefix("pricing", methods(reflect.TypeFor[catalogapi.PricingAPI]()))...)
 	return Policy{Version: "2012-10-17", Statement: []Statement{
 		{Sid: "KipCells", Effect: "Allow", Action: prefix("ec2", ec2Actions()), Resource: "*"},
 		{Sid: "KipTagOnCreate", Effect: "Allow", Action: []string{"ec2:CreateTags"}, Resource: "*",

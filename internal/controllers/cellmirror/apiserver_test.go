@@ -1,4 +1,4 @@
-package crd
+package cellmirror
 
 import (
 	"context"
@@ -11,6 +11,7 @@ import (
 
 	"github.com/kip-dev/kip/internal/cells"
 	"github.com/kip-dev/kip/internal/controlplane"
+	"github.com/kip-dev/kip/internal/crd"
 )
 
 // TestAgainstAPIServer installs the definition into a real kube-apiserver (the control plane
@@ -34,15 +35,15 @@ func TestAgainstAPIServer(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if err := Install(ctx, client); err != nil {
+	if err := crd.Install(ctx, client); err != nil {
 		t.Fatal(err)
 	}
 	// Installing again (a restart) is fine.
-	if err := Install(ctx, client); err != nil {
+	if err := crd.Install(ctx, client); err != nil {
 		t.Fatalf("second install: %v", err)
 	}
 
-	m := NewMirror(client, "kip", nil)
+	m := New(client, "kip", nil)
 	runCtx, stop := context.WithCancel(ctx)
 	done := make(chan struct{})
 	go func() { m.Run(runCtx, 1); close(done) }()

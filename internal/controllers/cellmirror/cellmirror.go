@@ -1,4 +1,9 @@
-package crd
+// Package cellmirror is the controller that keeps the cluster-scoped Cell custom resources in
+// step with the cells manager: the manager records each cell's wanted state (Upsert, Delete)
+// without waiting, and this controller's workers write it through a client-go workqueue,
+// coalesced per cell and retried with back-off, so the API server's latency never sits on a
+// pod's start path.
+package cellmirror
 
 import (
 	"context"
@@ -14,10 +19,8 @@ import (
 	"k8s.io/client-go/util/workqueue"
 
 	"github.com/kip-dev/kip/internal/cells"
+	"github.com/kip-dev/kip/internal/crd"
 )
-
-// FieldManager is the manager name kip writes Cell objects (and the definition) as.
-const FieldManager = "kip"
 
 // maxRetries bounds how often one change is retried before it is dropped (the next change
 // of the same cell writes the whole object again anyway).
@@ -38,9 +41,9 @@ type Mirror struct {
 
 var _ cells.Mirror = (*Mirror)(nil)
 
-// NewMirror returns a Mirror writing Cells owned by node. Run must be called for writes to
+// New returns a Mirror writing Cells owned by node. Run must be called for writes to
 // happen.
-func NewMirror(client dynamic.Interface, node string, log *slog.Logger) *Mirror {
+func New(client dynamic.Interface, node string, log *slog.Logger) *Mirror {
 	if log == nil {
 		log = slog.Default()
 	}
@@ -133,7 +136,7 @@ func (m *Mirror) next(ctx context.Context) bool {
 	}
 	var err error
 	if want == nil {
-		err = m.client.Resource(CellGVR).Delete(ctx, id, metav1.DeleteOptions{})
+		err = m.client.Resource(crd.CellGVR).Delete(ctx, id, metav1.DeleteOptions{})
 		if apierrors.IsNotFound(err) {
 			err = nil
 		}
@@ -160,17 +163,17 @@ func (m *Mirror) next(ctx context.Context) bool {
 // write creates the Cell or replaces its content (kip is its only writer; a conflict is
 // retried from the queue).
 func (m *Mirror) write(ctx context.Context, obj *unstructured.Unstructured) error {
-	res := m.client.Resource(CellGVR)
+	res := m.client.Resource(crd.CellGVR)
 	cur, err := res.Get(ctx, obj.GetName(), metav1.GetOptions{})
 	if apierrors.IsNotFound(err) {
-		_, err = res.Create(ctx, obj, metav1.CreateOptions{FieldManager: FieldManager})
+		_, err = res.Create(ctx, obj, metav1.CreateOptions{FieldManager: crd.FieldManager})
 		return err
 	}
 	if err != nil {
 		return err
 	}
 	obj.SetResourceVersion(cur.GetResourceVersion())
-	_, err = res.Update(ctx, obj, metav1.UpdateOptions{FieldManager: FieldManager})
+	_, err = res.Update(ctx, obj, metav1.UpdateOptions{FieldManager: crd.FieldManager})
 	return err
 }
 
@@ -193,8 +196,8 @@ func (m *Mirror) object(c *cells.CellInfo) *unstructured.Unstructured {
 		status["launchTime"] = c.LaunchTime.UTC().Format(time.RFC3339)
 	}
 	u := &unstructured.Unstructured{Object: map[string]any{
-		"apiVersion": Group + "/" + Version,
-		"kind":       Kind,
+		"apiVersion": crd.Group + "/" + crd.Version,
+		"kind":       crd.Kind,
 		"metadata": map[string]any{
 			"name":   c.CellID,
 			"labels": map[string]any{"kip.dev/node": m.node},

@@ -1,8 +1,8 @@
-// Package awsapi refreshes the AWS instance-type catalog from AWS's own APIs: EC2
+// Package catalogapi refreshes the AWS instance-type catalog from AWS's own APIs: EC2
 // DescribeInstanceTypes (capacity), DescribeInstanceTypeOfferings (zones),
 // DescribeSpotPriceHistory (current spot prices) and the Price List API's GetProducts
 // (on-demand prices). Refresher implements instancetype.Refresher.
-package awsapi
+package catalogapi
 
 import (
 	"context"

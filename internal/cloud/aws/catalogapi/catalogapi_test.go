@@ -1,4 +1,4 @@
-package awsapi_test
+package catalogapi_test
 
 import (
 	"context"
@@ -11,12 +11,12 @@ import (
 	"github.com/aws/aws-sdk-go-v2/aws"
 	"github.com/aws/aws-sdk-go-v2/credentials"
 
+	"github.com/kip-dev/kip/internal/cloud/aws/catalogapi"
 	"github.com/kip-dev/kip/internal/cloud/aws/ec2fake"
 	"github.com/kip-dev/kip/internal/instancetype"
-	"github.com/kip-dev/kip/internal/instancetype/awsapi"
 )
 
-func setup(t *testing.T) (*awsapi.Refresher, *ec2fake.Server) {
+func setup(t *testing.T) (*catalogapi.Refresher, *ec2fake.Server) {
 	t.Helper()
 	f := ec2fake.New(ec2fake.Options{})
 	ec2Srv := httptest.NewServer(f)
@@ -24,7 +24,7 @@ func setup(t *testing.T) (*awsapi.Refresher, *ec2fake.Server) {
 	priceSrv := httptest.NewServer(f.PricingHandler())
 	t.Cleanup(priceSrv.Close)
 	cfg := aws.Config{Region: "us-east-1", Credentials: credentials.NewStaticCredentialsProvider("AKIDKIPTEST", "secret", ""), RetryMaxAttempts: 1}
-	return awsapi.New(cfg, ec2Srv.URL, priceSrv.URL), f
+	return catalogapi.New(cfg, ec2Srv.URL, priceSrv.URL), f
 }
 
 func TestRefresh(t *testing.T) {
