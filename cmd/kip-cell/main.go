@@ -5,14 +5,18 @@ package main
 import (
 	"context"
 	"fmt"
+	"log/slog"
 	"os"
 	"os/signal"
 	"syscall"
+
+	"github.com/kip-dev/kip/internal/logctx"
 )
 
 func main() {
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
+	ctx = logctx.Into(ctx, slog.New(slog.NewJSONHandler(os.Stderr, nil)))
 	if err := Run(ctx, os.Args[1:], os.Stdout); err != nil {
 		fmt.Fprintln(os.Stderr, "kip-cell:", err)
 		os.Exit(1)

@@ -24,11 +24,13 @@ import (
 	"github.com/kip-dev/kip/internal/agent/runtime"
 	"github.com/kip-dev/kip/internal/cellapi"
 	"github.com/kip-dev/kip/internal/cgroups"
+	"github.com/kip-dev/kip/internal/logctx"
 	"github.com/kip-dev/kip/internal/pki"
 )
 
 // Run runs the agent until ctx ends, then stops the pod (SIGTERM, its grace period, SIGKILL)
-// and returns. args are the command line without the program name:
+// and returns. It and the agent log to ctx's logger (logctx). args are the command line
+// without the program name:
 //
 //	kip-cell --bootstrap FILE [--state-dir DIR] [--runc PATH] [--cgroup-parent NAME]
 //	         [--backoff-base 10s] [--backoff-max 5m]
@@ -58,7 +60,7 @@ func Run(ctx context.Context, args []string, stdout io.Writer) error {
 	if *bootstrapFile == "" {
 		return errors.New("flag --bootstrap is required")
 	}
-	log := slog.New(slog.NewJSONHandler(os.Stderr, nil))
+	log := logctx.From(ctx)
 
 	bs, err := loadBootstrap(*bootstrapFile)
 	if err != nil {
@@ -84,7 +86,7 @@ func Run(ctx context.Context, args []string, stdout io.Writer) error {
 	if err != nil {
 		return err
 	}
-	ag, err := agent.New(agent.Config{
+	ag, err := agent.New(ctx, agent.Config{
 		CellID:       bs.CellID,
 		StateDir:     *stateDir,
 		Runtime:      rt,
@@ -93,7 +95,6 @@ func Run(ctx context.Context, args []string, stdout io.Writer) error {
 		CgroupParent: *cgroupParent,
 		BackOff:      pod.BackOff{Base: *backOffBase, Max: *backOffMax, Reset: pod.DefaultBackOff.Reset},
 		PodIP:        podIP(),
-		Log:          log,
 	})
 	if err != nil {
 		return err

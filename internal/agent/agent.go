@@ -23,6 +23,7 @@ import (
 	"github.com/kip-dev/kip/internal/agent/runtime"
 	"github.com/kip-dev/kip/internal/cellapi"
 	"github.com/kip-dev/kip/internal/cgroups"
+	"github.com/kip-dev/kip/internal/logctx"
 )
 
 // Version is the agent's version, reported by Health; set by the build.
@@ -52,12 +53,12 @@ type Config struct {
 	// ResolvConf is the path of the resolv.conf given to pods without DNS settings
 	// (/etc/resolv.conf when empty; a missing file gives an empty one).
 	ResolvConf string
-	Log        *slog.Logger
 }
 
 // Agent runs at most one pod at a time.
 type Agent struct {
 	cfg    Config
+	log    *slog.Logger
 	resolv string
 
 	mu  sync.Mutex
@@ -76,8 +77,9 @@ var (
 	_ cellapi.Streamer = (*Agent)(nil)
 )
 
-// New makes an agent; it creates StateDir.
-func New(cfg Config) (*Agent, error) {
+// New makes an agent; it creates StateDir. The agent and its pods log to ctx's logger
+// (logctx.From); New keeps nothing else of ctx.
+func New(ctx context.Context, cfg Config) (*Agent, error) {
 	if cfg.CellID == "" {
 		return nil, fmt.Errorf("creating agent: cell id is required")
 	}
@@ -90,9 +92,6 @@ func New(cfg Config) (*Agent, error) {
 	if cfg.Clock == nil {
 		cfg.Clock = clock.RealClock{}
 	}
-	if cfg.Log == nil {
-		cfg.Log = slog.New(slog.DiscardHandler)
-	}
 	if cfg.ResolvConf == "" {
 		cfg.ResolvConf = "/etc/resolv.conf"
 	}
@@ -100,10 +99,11 @@ func New(cfg Config) (*Agent, error) {
 		return nil, fmt.Errorf("creating agent state dir: %w", err)
 	}
 	resolv, _ := os.ReadFile(cfg.ResolvConf)
-	return &Agent{cfg: cfg, resolv: string(resolv), watchers: map[*watcher]struct{}{}}, nil
+	return &Agent{cfg: cfg, log: logctx.From(ctx), resolv: string(resolv), watchers: map[*watcher]struct{}{}}, nil
 }
 
-// PutPod implements cellapi.Agent.
+// PutPod implements cellapi.Agent. The request is validated here, once (pod.Validate),
+// before anything reads it: an invalid request is refused as Invalid even while a pod runs.
 func (a *Agent) PutPod(ctx context.Context, req *cellapi.PodRequest) (*cellapi.PodStatus, error) {
 	if err := pod.Validate(req); err != nil {
 		return nil, err
@@ -127,7 +127,7 @@ func (a *Agent) PutPod(ctx context.Context, req *cellapi.PodRequest) (*cellapi.P
 		BackOff:      a.cfg.BackOff,
 		PodIP:        a.cfg.PodIP,
 		ResolvConf:   a.resolv,
-		Log:          a.cfg.Log.With("pod", req.Pod.Namespace+"/"+req.Pod.Name),
+		Log:          a.log.With("pod", req.Pod.Namespace+"/"+req.Pod.Name),
 		Notify:       a.publish,
 		FirstSeq:     a.currentSeq(),
 	}, req)
@@ -135,7 +135,7 @@ func (a *Agent) PutPod(ctx context.Context, req *cellapi.PodRequest) (*cellapi.P
 		return nil, err
 	}
 	a.pod = p
-	a.cfg.Log.Info("pod accepted", "uid", req.Pod.UID, "pod", req.Pod.Namespace+"/"+req.Pod.Name)
+	a.log.Info("pod accepted", "uid", req.Pod.UID, "pod", req.Pod.Namespace+"/"+req.Pod.Name)
 	return p.Status(), nil
 }
 
@@ -148,7 +148,7 @@ func (a *Agent) newLog(path string) (pod.LogWriter, error) {
 	}
 	if run, err := strconv.Atoi(strings.TrimSuffix(filepath.Base(path), ".log")); err == nil && run >= 2 {
 		if err := logs.Prune(dir, run-1); err != nil {
-			a.cfg.Log.Warn("pruning old logs", "dir", dir, "err", err)
+			a.log.Warn("pruning old logs", "dir", dir, "err", err)
 		}
 	}
 	return logs.NewWriter(path, LogMaxBytes, LogMaxFiles)
@@ -266,7 +266,7 @@ func (a *Agent) DeletePod(ctx context.Context, grace time.Duration) error {
 	if err != nil {
 		return fmt.Errorf("deleting pod %s: %w", p.UID(), err)
 	}
-	a.cfg.Log.Info("pod deleted", "uid", p.UID())
+	a.log.Info("pod deleted", "uid", p.UID())
 	return nil
 }
 

@@ -9,6 +9,7 @@ import (
 	"fmt"
 	"io"
 	"log"
+	"log/slog"
 	"net"
 	"net/http"
 	"net/http/httptest"
@@ -33,6 +34,7 @@ import (
 	"github.com/kip-dev/kip/internal/agent/runtime"
 	"github.com/kip-dev/kip/internal/cellapi"
 	"github.com/kip-dev/kip/internal/cgroups"
+	"github.com/kip-dev/kip/internal/logctx"
 	"github.com/kip-dev/kip/internal/pki"
 	"github.com/kip-dev/kip/internal/registry"
 	"github.com/kip-dev/kip/internal/testenv"
@@ -86,7 +88,8 @@ func newHarness(t testing.TB, backOff pod.BackOff) *harness {
 	if h.cg, err = cgroups.Open("/sys/fs/cgroup", "/proc/self/cgroup"); err != nil {
 		t.Fatal(err)
 	}
-	h.agent, err = agent.New(agent.Config{
+	quiet := logctx.Into(context.Background(), slog.New(slog.DiscardHandler))
+	h.agent, err = agent.New(quiet, agent.Config{
 		CellID: "cell-" + h.tag, StateDir: h.stateDir, Runtime: h.rt, Images: images,
 		Cgroups: h.cg, CgroupParent: h.parent, BackOff: backOff, PodIP: "10.250.9.9",
 	})

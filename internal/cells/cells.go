@@ -100,16 +100,13 @@ const (
 	PhaseTerminating = "Terminating"
 )
 
-// Options tune the manager. Zero fields take the defaults of DefaultOptions, except
-// StatusInterval, where zero turns the background sweep off.
+// Options tune the manager. Zero fields take the defaults of DefaultOptions.
 type Options struct {
 	// ClusterName is put on every cell's tags to tell clusters apart.
 	ClusterName string
 	// HealthyTimeout bounds the wait for a cell's agent (boot and reconnects); a pod's
 	// healthcheck-healthy-timeout annotation overrides it.
 	HealthyTimeout time.Duration
-	// StatusInterval is the period of the background sweep (never on the critical path).
-	StatusInterval time.Duration
 	// LaunchConcurrency bounds parallel cloud launches.
 	LaunchConcurrency int
 	// CapacityErrorMemory is how long an offering that lacked capacity is tried last.
@@ -121,7 +118,6 @@ func DefaultOptions() Options {
 	return Options{
 		ClusterName:         "kip",
 		HealthyTimeout:      90 * time.Second,
-		StatusInterval:      10 * time.Second,
 		LaunchConcurrency:   10,
 		CapacityErrorMemory: 3 * time.Minute,
 	}
@@ -180,7 +176,6 @@ type Manager struct {
 
 	launchSem chan struct{}
 	capacity  *capacity.Memory
-	sweepOnce sync.Once
 
 	certOnce              sync.Once
 	clientCert, clientKey []byte

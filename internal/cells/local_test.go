@@ -24,6 +24,8 @@ import (
 	"github.com/kip-dev/kip/internal/annotations"
 	"github.com/kip-dev/kip/internal/cellapi"
 	"github.com/kip-dev/kip/internal/cloud/local"
+	"github.com/kip-dev/kip/internal/controllers/gc"
+	"github.com/kip-dev/kip/internal/controllers/health"
 	"github.com/kip-dev/kip/internal/pki"
 	"github.com/kip-dev/kip/internal/registry"
 	"github.com/kip-dev/kip/internal/testenv"
@@ -40,7 +42,7 @@ func TestLocalCells(t *testing.T) {
 	notified := map[string]*corev1.Pod{}
 	cfg := DefaultOptions()
 	cfg.ClusterName = "t" + tag
-	cfg.StatusInterval = time.Second
+	const statusInterval = time.Second
 	rec := record.NewFakeRecorder(100000)
 	var events []string
 	sawEvent := func(prefix, contains string) bool {
@@ -60,6 +62,7 @@ func TestLocalCells(t *testing.T) {
 		}
 		return false
 	}
+	var stopControllers func()
 	newManager := func(pods []*corev1.Pod) *Manager {
 		m := New(cfg, NodeInfo{Name: "kip-" + tag, HostIP: b.BridgeIP().String()}, Deps{
 			Cloud:    b,
@@ -78,6 +81,17 @@ func TestLocalCells(t *testing.T) {
 		if err := m.Recover(ctx, pods); err != nil {
 			t.Fatalf("Recover: %v", err)
 		}
+		// The controllers kip run starts after Recover: orphans, vanished instances, probes.
+		cctx, cancel := context.WithCancel(ctx)
+		var wg sync.WaitGroup
+		wg.Add(2)
+		go func() {
+			defer wg.Done()
+			gc.New(gc.Options{Interval: statusInterval, ClusterName: cfg.ClusterName, NodeName: "kip-" + tag}, m, b, nil, nil, nil).Run(cctx)
+		}()
+		go func() { defer wg.Done(); health.New(statusInterval, m, nil, nil).Run(cctx) }()
+		stopControllers = func() { cancel(); wg.Wait() }
+		t.Cleanup(stopControllers)
 		return m
 	}
 	m := newManager(nil)
@@ -218,6 +232,7 @@ func TestLocalCells(t *testing.T) {
 		}
 		before := waitManagerPod(t, m, pod, 90*time.Second, "Running", func(p *corev1.Pod) bool { return p.Status.Phase == corev1.PodRunning })
 		insts, _ := b.List(ctx, map[string]string{"kip.dev/cluster": cfg.ClusterName})
+		stopControllers()
 		m.Close() // kip dies; the cell keeps running
 		m = newManager([]*corev1.Pod{before})
 		after, ok := m.GetPod("default", "survivor")

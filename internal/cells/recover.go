@@ -68,7 +68,6 @@ func (m *Manager) Recover(ctx context.Context, pods []*corev1.Pod) error {
 		}
 		m.mirrorDelete(inst.Tags[cloud.TagCellID])
 	}
-	defer m.startSweeper()
 	for _, pod := range pods {
 		if adopted[pod.UID] || managed[pod.UID] {
 			continue

@@ -16,6 +16,7 @@ func TestSweepFailsPodWhoseInstanceVanishedUnderAHangingStream(t *testing.T) {
 	if err := h.m.Recover(context.Background(), nil); err != nil {
 		t.Fatal(err)
 	}
+	h.startControllers()
 	pod := testPod("hang", func(p *corev1.Pod) { p.Spec.RestartPolicy = corev1.RestartPolicyAlways })
 	h.runPod(pod)
 
@@ -34,6 +35,7 @@ func TestSweepTerminatesOrphansAfterTwoSweeps(t *testing.T) {
 	if err := h.m.Recover(context.Background(), nil); err != nil {
 		t.Fatal(err)
 	}
+	h.startControllers()
 	orphan, err := h.cloud.Launch(context.Background(), cloud.LaunchSpec{CellID: "c-orphan", InstanceType: "fake.small",
 		Tags: map[string]string{cloud.TagCluster: "kip", cloud.TagNode: "kip", cloud.TagPodUID: "nobody", cloud.TagCellID: "c-orphan"}})
 	if err != nil {
@@ -67,6 +69,7 @@ func TestSweepFailsPodWhoseAgentStopsAnsweringUnderAHangingStream(t *testing.T) 
 	if err := h.m.Recover(context.Background(), nil); err != nil {
 		t.Fatal(err)
 	}
+	h.startControllers()
 	pod := testPod("cut", func(p *corev1.Pod) { p.Spec.RestartPolicy = corev1.RestartPolicyAlways })
 	a := h.runPod(pod)
 

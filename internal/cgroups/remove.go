@@ -1,6 +1,7 @@
 package cgroups
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"io/fs"
@@ -11,6 +12,7 @@ import (
 	"time"
 
 	"github.com/opencontainers/cgroups"
+	"k8s.io/apimachinery/pkg/util/wait"
 )
 
 // PIDs returns every process in dir and its descendants; none when dir does not exist.
@@ -27,7 +29,8 @@ func PIDs(dir string) ([]int, error) {
 // fork while it is killed; without one, a cgroup v2 cell is killed at once by cgroup.kill
 // where the kernel has it. It may be called for a cell already gone.
 func RemoveCell(dirs []string, timeout time.Duration) error {
-	deadline := time.Now().Add(timeout)
+	ctx, cancel := context.WithTimeout(context.Background(), timeout)
+	defer cancel()
 	var freezer string
 	for _, d := range dirs {
 		if exists(d, "freezer.state") {
@@ -36,9 +39,9 @@ func RemoveCell(dirs []string, timeout time.Duration) error {
 	}
 	if freezer != "" {
 		if err := cgroups.WriteFile(freezer, "freezer.state", string(cgroups.Frozen)); err == nil {
-			waitFor(deadline, func() bool {
+			_ = poll(ctx, func() (bool, error) {
 				s, _ := cgroups.ReadFile(freezer, "freezer.state")
-				return strings.TrimSpace(s) != "FREEZING"
+				return strings.TrimSpace(s) != "FREEZING", nil
 			})
 		}
 	} else {
@@ -48,34 +51,35 @@ func RemoveCell(dirs []string, timeout time.Duration) error {
 			}
 		}
 	}
-	for {
-		var all []int
+	var all []int
+	err := poll(ctx, func() (bool, error) {
+		all = nil
 		for _, d := range dirs {
 			pids, err := PIDs(d)
 			if err != nil {
-				return fmt.Errorf("listing processes of cgroup %s: %w", d, err)
+				return false, fmt.Errorf("listing processes of cgroup %s: %w", d, err)
 			}
 			all = append(all, pids...)
 		}
 		for _, pid := range all {
 			if err := syscall.Kill(pid, syscall.SIGKILL); err != nil && !errors.Is(err, syscall.ESRCH) {
-				return fmt.Errorf("killing pid %d: %w", pid, err)
+				return false, fmt.Errorf("killing pid %d: %w", pid, err)
 			}
 		}
 		if freezer != "" {
 			_ = cgroups.WriteFile(freezer, "freezer.state", string(cgroups.Thawed))
 			freezer = ""
 		}
-		if len(all) == 0 {
-			break
-		}
-		if time.Now().After(deadline) {
-			return fmt.Errorf("processes %v survived SIGKILL", all)
-		}
-		time.Sleep(2 * time.Millisecond) // a killed process leaves its cgroup asynchronously
+		return len(all) == 0, nil
+	})
+	if wait.Interrupted(err) {
+		return fmt.Errorf("processes %v survived SIGKILL", all)
+	}
+	if err != nil {
+		return err
 	}
 	for _, d := range dirs {
-		if err := removeTree(d, deadline); err != nil {
+		if err := removeTree(ctx, d); err != nil {
 			return err
 		}
 	}
@@ -85,15 +89,17 @@ func RemoveCell(dirs []string, timeout time.Duration) error {
 // RemoveTree removes dir and every cgroup below it, deepest first, retrying cgroups that are
 // still busy until timeout. A missing dir is not an error.
 func RemoveTree(dir string, timeout time.Duration) error {
-	return removeTree(dir, time.Now().Add(timeout))
+	ctx, cancel := context.WithTimeout(context.Background(), timeout)
+	defer cancel()
+	return removeTree(ctx, dir)
 }
 
-func removeTree(dir string, deadline time.Time) error {
+func removeTree(ctx context.Context, dir string) error {
 	var err error
-	if !waitFor(deadline, func() bool {
+	if poll(ctx, func() (bool, error) {
 		err = cgroups.RemovePath(dir)
-		return err == nil
-	}) {
+		return err == nil, nil
+	}) != nil {
 		return fmt.Errorf("removing cgroup %s: %w", dir, err)
 	}
 	return nil
@@ -122,9 +128,10 @@ func (f *FS) StrayPodDirs(podUID string) []string {
 // RemoveStrayPod removes the pod's StrayPodDirs (killing nothing: the processes in them are
 // the cell's, gone with it), and their shared parent once no other pod uses it.
 func (f *FS) RemoveStrayPod(podUID string, timeout time.Duration) error {
-	deadline := time.Now().Add(timeout)
+	ctx, cancel := context.WithTimeout(context.Background(), timeout)
+	defer cancel()
 	for _, d := range f.StrayPodDirs(podUID) {
-		if err := removeTree(d, deadline); err != nil {
+		if err := removeTree(ctx, d); err != nil {
 			return err
 		}
 		_ = os.Remove(filepath.Dir(d))
@@ -132,16 +139,9 @@ func (f *FS) RemoveStrayPod(podUID string, timeout time.Duration) error {
 	return nil
 }
 
-// waitFor polls cond every 2ms until it holds or the deadline passes; it reports whether
-// cond held.
-func waitFor(deadline time.Time, cond func() bool) bool {
-	for {
-		if cond() {
-			return true
-		}
-		if time.Now().After(deadline) {
-			return false
-		}
-		time.Sleep(2 * time.Millisecond)
-	}
+// poll runs cond every 2ms until it holds, fails or ctx ends, and at least once: a killed
+// process leaves its cgroup asynchronously. It returns cond's error, or ctx's when ctx ended
+// first (wait.Interrupted).
+func poll(ctx context.Context, cond func() (bool, error)) error {
+	return wait.PollUntilContextCancel(ctx, 2*time.Millisecond, true, func(context.Context) (bool, error) { return cond() })
 }

@@ -18,6 +18,7 @@ import (
 	"strconv"
 	"time"
 
+	"k8s.io/apimachinery/pkg/util/wait"
 	"k8s.io/client-go/rest"
 
 	"github.com/kip-dev/kip/internal/pki"
@@ -255,36 +256,34 @@ func (cp *ControlPlane) waitHealthy(ctx context.Context, name, url string, tlsCf
 			proc = p
 		}
 	}
-	ctx, cancel := context.WithTimeout(ctx, cp.opts.ReadyTimeout)
-	defer cancel()
-	tick := time.NewTicker(100 * time.Millisecond)
-	defer tick.Stop()
 	var last string
-	for {
+	healthy := func(ctx context.Context) (bool, error) {
 		req, err := http.NewRequestWithContext(ctx, http.MethodGet, url, nil)
 		if err != nil {
-			return fmt.Errorf("checking %s health: %w", name, err)
+			return false, fmt.Errorf("checking %s health: %w", name, err)
 		}
 		resp, err := client.Do(req)
 		if err == nil {
 			body, _ := io.ReadAll(io.LimitReader(resp.Body, 4096))
 			resp.Body.Close()
 			if resp.StatusCode == http.StatusOK {
-				return nil
+				return true, nil
 			}
 			last = fmt.Sprintf("HTTP %d: %s", resp.StatusCode, body)
 		} else {
 			last = err.Error()
 		}
-		select {
-		case <-proc.done:
-			return fmt.Errorf("waiting for %s: %w", name, proc.exitError())
-		case <-ctx.Done():
-			return fmt.Errorf("waiting for %s at %s: %w (last answer: %s); log %s:\n%s",
-				name, url, ctx.Err(), last, proc.log, LogTail(proc.log, 15))
-		case <-tick.C:
+		if proc.exited() {
+			return false, fmt.Errorf("waiting for %s: %w", name, proc.exitError())
 		}
+		return false, nil
 	}
+	err := wait.PollUntilContextTimeout(ctx, 100*time.Millisecond, cp.opts.ReadyTimeout, true, healthy)
+	if wait.Interrupted(err) {
+		return fmt.Errorf("waiting for %s at %s: %w (last answer: %s); log %s:\n%s",
+			name, url, err, last, proc.log, LogTail(proc.log, 15))
+	}
+	return err
 }
 
 // Stop ends every component, newest first: SIGTERM, then SIGKILL after a grace period, and

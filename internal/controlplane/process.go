@@ -1,6 +1,7 @@
 package controlplane
 
 import (
+	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -12,6 +13,8 @@ import (
 	"strings"
 	"syscall"
 	"time"
+
+	"k8s.io/apimachinery/pkg/util/wait"
 )
 
 // stateFile records the processes of a control plane under its Dir so that StopLeftovers can
@@ -167,10 +170,10 @@ func StopLeftovers(dir string, grace time.Duration) ([]string, error) {
 		}
 		_ = syscall.Kill(-r.PID, syscall.SIGTERM)
 		_ = syscall.Kill(r.PID, syscall.SIGTERM)
-		deadline := time.Now().Add(grace)
-		for sameProcess(r.PID, r.Start) && time.Now().Before(deadline) {
-			time.Sleep(50 * time.Millisecond) // the process is not our child: no wait(2) to block on
-		}
+		// The process is not our child: no wait(2) to block on, so poll.
+		_ = wait.PollUntilContextTimeout(context.Background(), 50*time.Millisecond, grace, true, func(context.Context) (bool, error) {
+			return !sameProcess(r.PID, r.Start), nil
+		})
 		if sameProcess(r.PID, r.Start) {
 			_ = syscall.Kill(-r.PID, syscall.SIGKILL)
 			_ = syscall.Kill(r.PID, syscall.SIGKILL)

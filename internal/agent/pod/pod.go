@@ -51,18 +51,6 @@ type Cgroups interface {
 
 var _ Cgroups = (*cgroups.FS)(nil)
 
-// BackOff configures restart and image-pull back-off; kubelet uses 10s doubling to 5m,
-// starting over after a container has run 10m.
-type BackOff struct {
-	Base, Max, Reset time.Duration
-}
-
-// errImagePullShown is how long ErrImagePull shows before ImagePullBackOff.
-const errImagePullShown = time.Second
-
-// DefaultBackOff is kubelet's.
-var DefaultBackOff = BackOff{Base: 10 * time.Second, Max: 5 * time.Minute, Reset: 10 * time.Minute}
-
 // Config is what a pod needs from the agent.
 type Config struct {
 	// Dir is this pod's directory; Start creates it and Stop removes it.
@@ -136,11 +124,9 @@ func isSidecar(c *corev1.Container) bool {
 	return c.RestartPolicy != nil && *c.RestartPolicy == corev1.ContainerRestartPolicyAlways
 }
 
-// Start validates req, lays out the pod directory and starts supervising the pod.
+// Start lays out the pod directory and starts supervising the pod. req must have passed
+// Validate: the caller validates it once, before it reads the pod's UID.
 func Start(cfg Config, req *cellapi.PodRequest) (*Pod, error) {
-	if err := Validate(req); err != nil {
-		return nil, err
-	}
 	if cfg.Clock == nil {
 		cfg.Clock = clock.RealClock{}
 	}
@@ -164,7 +150,7 @@ func Start(cfg Config, req *cellapi.PodRequest) (*Pod, error) {
 	}
 	p.sidecarCtx, p.stopSidecarsF = context.WithCancel(ctx)
 	p.status = cellapi.PodStatus{UID: string(req.Pod.UID), Seq: cfg.FirstSeq, Phase: corev1.PodPending, StartTime: cfg.Clock.Now().UTC().Truncate(time.Second)}
-	bo := backOff{base: cfg.BackOff.Base, max: cfg.BackOff.Max, reset: cfg.BackOff.Reset}
+	bo := newBackOff(cfg.BackOff)
 	waitReason := ReasonContainerCreating
 	if len(p.spec.InitContainers) > 0 {
 		waitReason = ReasonPodInitializing
@@ -552,7 +538,7 @@ func (p *Pod) pull(c *ctr) *image.Image {
 	if c.image != nil {
 		return c.image
 	}
-	bo := backOff{base: p.cfg.BackOff.Base, max: p.cfg.BackOff.Max, reset: p.cfg.BackOff.Reset}
+	bo := newBackOff(p.cfg.BackOff)
 	for {
 		img, err := p.cfg.Images.Pull(c.ctx, c.spec.Image, p.req.PullSecrets)
 		if err == nil {

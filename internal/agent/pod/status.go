@@ -135,28 +135,6 @@ func boolStatus(b bool) corev1.ConditionStatus {
 	return corev1.ConditionFalse
 }
 
-// backOff is kubelet's per-container restart back-off: base, doubling up to max, starting
-// over once a container has run for reset.
-type backOff struct {
-	base, max, reset time.Duration
-	cur              time.Duration
-}
-
-func (b *backOff) next(ranFor time.Duration) time.Duration {
-	if ranFor >= b.reset {
-		b.cur = 0
-	}
-	if b.cur == 0 {
-		b.cur = b.base
-	} else {
-		b.cur *= 2
-	}
-	if b.cur > b.max {
-		b.cur = b.max
-	}
-	return b.cur
-}
-
 // sidecarStarted reports whether a sidecar has ever started: then the pod counts as
 // initialized past it, even while the sidecar restarts.
 func sidecarStarted(s corev1.ContainerStatus) bool {

@@ -14,7 +14,7 @@ import (
 // Validate checks what the agent relies on in a pod request and returns an error of kind
 // Invalid naming the first bad field. Image references are not parsed here: a reference that
 // does not parse is reported as the container's waiting reason InvalidImageName, as kubelet
-// does.
+// does. It is the one check of a request: Start relies on it and does not repeat it.
 func Validate(req *cellapi.PodRequest) error {
 	if req == nil || req.Pod == nil {
 		return invalid("pod", "required")

@@ -31,6 +31,8 @@ import (
 	"github.com/kip-dev/kip/internal/cells"
 	"github.com/kip-dev/kip/internal/config"
 	"github.com/kip-dev/kip/internal/controllers/cellmirror"
+	"github.com/kip-dev/kip/internal/controllers/gc"
+	"github.com/kip-dev/kip/internal/controllers/health"
 	"github.com/kip-dev/kip/internal/crd"
 	"github.com/kip-dev/kip/internal/metrics"
 	"github.com/kip-dev/kip/internal/nodeauth"
@@ -125,6 +127,7 @@ func (r *runner) run(ctx context.Context) error {
 	if err != nil {
 		return fmt.Errorf("starting kip: %w", err)
 	}
+	cl := met.InstrumentCloud(backend)
 	mgr := cells.New(cellsOptions(cfg.Cells), cells.NodeInfo{Name: name, HostIP: nodeIP}, cells.Deps{
 		Cloud:    met.InstrumentCloud(backend),
 		Selector: &selector.Selector{Options: selectorOptions(cfg)},
@@ -202,6 +205,13 @@ func (r *runner) run(ctx context.Context) error {
 			mirror.Run(runCtx, 2)
 		}()
 	}
+	// Off the critical path: orphans and vanished instances (gc), unreachable agents (health).
+	interval := cfg.Cells.StatusInterval.Duration
+	gcc := gc.New(gc.Options{Interval: interval, ClusterName: cfg.Cells.ClusterName, NodeName: name}, mgr, cl, mirrorOrNil(mirror), nil, r.log)
+	hc := health.New(interval, mgr, nil, r.log)
+	wg.Add(2)
+	go func() { defer wg.Done(); gcc.Run(runCtx) }()
+	go func() { defer wg.Done(); hc.Run(runCtx) }()
 	errc := make(chan error, 1)
 	go func() { errc <- vn.Run(runCtx) }()
 
@@ -263,7 +273,6 @@ func cellsOptions(c config.Cells) cells.Options {
 	return cells.Options{
 		ClusterName:         c.ClusterName,
 		HealthyTimeout:      c.HealthyTimeout.Duration,
-		StatusInterval:      c.StatusInterval.Duration,
 		LaunchConcurrency:   c.LaunchConcurrency,
 		CapacityErrorMemory: c.CapacityErrorMemory.Duration,
 	}

@@ -3,10 +3,11 @@ package aws
 import (
 	"context"
 	"errors"
-	"math/rand/v2"
+	"math"
 	"time"
 
 	"golang.org/x/time/rate"
+	"k8s.io/apimachinery/pkg/util/wait"
 
 	"github.com/kip-dev/kip/internal/cloud"
 	"github.com/kip-dev/kip/internal/cloud/aws/ec2limits"
@@ -51,11 +52,19 @@ func (l *limiters) wait(ctx context.Context, action string, n int) error {
 	return nil
 }
 
+// throttleBackOff is the wait before retrying a throttled call: uniform in [d, 2d], d doubling
+// from 100ms to 10s (100-200ms at first, 10-20s at most). Steps never runs out: reaching the
+// cap ends the doubling, not the retries.
+func throttleBackOff() wait.Backoff {
+	return wait.Backoff{Duration: 100 * time.Millisecond, Factor: 2, Jitter: 1, Cap: 10 * time.Second, Steps: math.MaxInt32}
+}
+
 // call runs one EC2 call for n instances: it waits on the client-side buckets, sends it and,
 // when EC2 throttles anyway, backs off (exponentially, with jitter, from 200ms to 20s) and
-// tries again until ctx ends. The error returned is classified.
+// tries again until ctx ends. The error returned is classified. (wait.ExponentialBackoff
+// does not fit: it stops at the cap, and each try must wait on the buckets again.)
 func (b *Backend) call(ctx context.Context, action string, n int, fn func(context.Context) error) error {
-	delay := 200 * time.Millisecond
+	bo := throttleBackOff()
 	for {
 		if err := b.limits.wait(ctx, action, n); err != nil {
 			return cloud.Wrap(cloud.KindThrottled, err, "waiting for the %s rate limit", action)
@@ -69,7 +78,7 @@ func (b *Backend) call(ctx context.Context, action string, n int, fn func(contex
 			return err
 		}
 		b.throttled.Add(1)
-		d := delay/2 + rand.N(delay/2+1)
+		d := bo.Step()
 		b.log.Debug("EC2 throttled the call, backing off", "action", action, "delay", d)
 		t := time.NewTimer(d)
 		select {
@@ -78,7 +87,6 @@ func (b *Backend) call(ctx context.Context, action string, n int, fn func(contex
 			return cloud.Wrap(cloud.KindThrottled, errors.Join(ctx.Err(), err), "%s still throttled", action)
 		case <-t.C:
 		}
-		delay = min(2*delay, 20*time.Second)
 	}
 }
 

@@ -1,6 +1,7 @@
 package local
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"os"
@@ -13,6 +14,7 @@ import (
 
 	"github.com/vishvananda/netns"
 	"golang.org/x/sys/unix"
+	"k8s.io/apimachinery/pkg/util/wait"
 
 	"github.com/kip-dev/kip/internal/cgroups"
 )
@@ -195,22 +197,9 @@ func killAgent(pid int, start uint64, timeout time.Duration) error {
 	if err := syscall.Kill(-pid, syscall.SIGKILL); err != nil && !errors.Is(err, syscall.ESRCH) {
 		return fmt.Errorf("killing agent process group %d: %w", pid, err)
 	}
-	if !waitFor(time.Now().Add(timeout), func() bool { return !agentAlive(pid, start) }) {
+	gone := func(context.Context) (bool, error) { return !agentAlive(pid, start), nil }
+	if err := wait.PollUntilContextTimeout(context.Background(), 2*time.Millisecond, timeout, true, gone); err != nil {
 		return fmt.Errorf("agent pid %d survived SIGKILL for %s", pid, timeout)
 	}
 	return nil
-}
-
-// waitFor polls cond every 2ms until it holds or the deadline passes; it reports whether
-// cond held.
-func waitFor(deadline time.Time, cond func() bool) bool {
-	for {
-		if cond() {
-			return true
-		}
-		if time.Now().After(deadline) {
-			return false
-		}
-		time.Sleep(2 * time.Millisecond)
-	}
 }

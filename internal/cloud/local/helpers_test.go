@@ -19,6 +19,7 @@ import (
 	"time"
 
 	"github.com/vishvananda/netlink"
+	"k8s.io/apimachinery/pkg/util/wait"
 
 	"github.com/kip-dev/kip/internal/cgroups"
 	"github.com/kip-dev/kip/internal/cloud"
@@ -273,4 +274,12 @@ func processesOf(id string) []int {
 		}
 	}
 	return out
+}
+
+// waitFor polls cond every 2ms until it holds or the deadline passes; it reports whether
+// cond held.
+func waitFor(deadline time.Time, cond func() bool) bool {
+	ctx, cancel := context.WithDeadline(context.Background(), deadline)
+	defer cancel()
+	return wait.PollUntilContextCancel(ctx, 2*time.Millisecond, true, func(context.Context) (bool, error) { return cond(), nil }) == nil
 }

@@ -1,0 +1,67 @@
+package cells
+
+import (
+	"time"
+
+	"github.com/kip-dev/kip/internal/cellapi"
+)
+
+// The methods below are the manager's view for the controllers that watch cells from outside
+// the state machine (internal/controllers/gc and health): they see snapshots and may only
+// report a cell lost.
+
+// EachCell calls visit for every pod the manager runs, with its pod UID, its cell id and,
+// while its instance must exist (launched and not yet stopping), the instance id, else "".
+// visit must not call back into the manager.
+func (m *Manager) EachCell(visit func(podUID, cellID, instanceID string)) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	for _, c := range m.cells {
+		if c.stage == stageDone {
+			continue
+		}
+		inst := ""
+		if c.stage >= stageBooting && c.stage < stageStopping && c.inst != nil {
+			inst = c.inst.ID
+		}
+		visit(string(c.uid), c.cellID, inst)
+	}
+}
+
+// EachRunning calls visit for every cell whose pod runs on a ready agent, with the cell id,
+// the agent and how long it may stay unreachable. visit must not call back into the manager.
+func (m *Manager) EachRunning(visit func(cellID string, agent cellapi.Agent, healthyTimeout time.Duration)) {
+	type running struct {
+		c     *cell
+		agent cellapi.Agent
+	}
+	var rs []running
+	m.mu.Lock()
+	for _, c := range m.cells {
+		if c.stage == stageRunning && c.agent != nil {
+			rs = append(rs, running{c, c.agent})
+		}
+	}
+	m.mu.Unlock()
+	for _, r := range rs {
+		visit(r.c.cellID, r.agent, r.c.healthyTimeout())
+	}
+}
+
+// MarkLost tells the state machine of cellID that its cell is lost (its instance is gone, or
+// its agent unreachable past the healthy timeout): the pod fails with CellLost and message,
+// and the cell is terminated. Unknown cells are ignored.
+func (m *Manager) MarkLost(cellID, message string) {
+	m.mu.Lock()
+	var target *cell
+	for _, c := range m.cells {
+		if c.cellID == cellID && c.stage != stageDone {
+			target = c
+			break
+		}
+	}
+	m.mu.Unlock()
+	if target != nil {
+		target.markLost(message)
+	}
+}
