@@ -129,10 +129,10 @@ func (c *cell) ensurePut(agent cellapi.Agent) error {
 }
 
 func (c *cell) resolve(pod *corev1.Pod) (*cellapi.PodRequest, error) {
-	if c.m.deps.Resolve == nil {
+	if c.m.deps.Resolver == nil {
 		return &cellapi.PodRequest{Pod: pod}, nil
 	}
-	req, err := c.m.deps.Resolve(c.ops, pod)
+	req, err := c.m.deps.Resolver.Resolve(c.ops, pod)
 	if err != nil {
 		return nil, err
 	}

@@ -31,9 +31,9 @@ type Deps struct {
 	// Selector picks the instance type for a pod. An error means the pod can never run: it is
 	// marked Failed with the error as message.
 	Selector Selector
-	// Resolve builds the agent request: env values, volume files, pull secrets. The pod it
-	// gets carries the cell's IP in Status.PodIP. Errors are retried with back-off.
-	Resolve func(ctx context.Context, pod *corev1.Pod) (*cellapi.PodRequest, error)
+	// Resolver builds the agent request: env values, volume files, pull secrets (kip wires
+	// podrequest.Resolver). nil sends the pod as it is.
+	Resolver Resolver
 	// Dial returns a client for a cell's agent; nil means mutual TLS with the CA.
 	Dial func(ctx context.Context, inst *cloud.Instance, cellID string) (cellapi.Agent, error)
 	// CA signs each cell's serving certificate and kip's client certificate.
@@ -53,6 +53,21 @@ type Deps struct {
 	// Observe, if set, gets a pod's Timing each time it reaches a new phase (launched, agent
 	// ready, pulled, started, finished), for per-phase histograms. It must not block.
 	Observe func(Timing)
+}
+
+// Resolver builds the request a cell's agent runs from a pod. The pod it gets carries the
+// cell's IP in Status.PodIP. Errors are retried with back-off and shown on the pod's
+// containers as CreateContainerConfigError. A nil request (or one without a Pod) sends the pod.
+type Resolver interface {
+	Resolve(ctx context.Context, pod *corev1.Pod) (*cellapi.PodRequest, error)
+}
+
+// ResolverFunc adapts a function to Resolver.
+type ResolverFunc func(ctx context.Context, pod *corev1.Pod) (*cellapi.PodRequest, error)
+
+// Resolve calls f.
+func (f ResolverFunc) Resolve(ctx context.Context, pod *corev1.Pod) (*cellapi.PodRequest, error) {
+	return f(ctx, pod)
 }
 
 // Mirror keeps an external view of cells (the Cell custom resource) up to date. Its methods

@@ -246,9 +246,9 @@ func (h *harness) newManager() *Manager {
 	m := New(cfg, NodeInfo{Name: "kip", HostIP: "10.250.0.1"}, Deps{
 		Cloud:    h.cl,
 		Selector: SelectFunc(testSelect),
-		Resolve: func(ctx context.Context, pod *corev1.Pod) (*cellapi.PodRequest, error) {
+		Resolver: ResolverFunc(func(ctx context.Context, pod *corev1.Pod) (*cellapi.PodRequest, error) {
 			return &cellapi.PodRequest{Pod: pod}, nil
-		},
+		}),
 		Dial:      h.dial,
 		AgentPort: h.agentPort,
 		CA:        h.ca,

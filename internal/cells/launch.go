@@ -10,6 +10,7 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	"k8s.io/apimachinery/pkg/types"
 
+	"github.com/kip-dev/kip/internal/annotations"
 	"github.com/kip-dev/kip/internal/cellapi"
 	"github.com/kip-dev/kip/internal/cloud"
 	"github.com/kip-dev/kip/internal/instancetype"
@@ -35,7 +36,7 @@ func (c *cell) launch() (*cloud.Instance, error) {
 	pod := c.pod.DeepCopy()
 	c.m.mu.Unlock()
 
-	opts, err := parseAnnotations(pod)
+	opts, err := annotations.Parse(pod)
 	if err != nil {
 		return nil, fail(ReasonInvalidAnnotation, "%v", err)
 	}
@@ -105,7 +106,7 @@ func selectReason(err error) string {
 }
 
 // launchAny tries each candidate in turn. It returns (nil, nil) when all lacked capacity.
-func (c *cell) launchAny(pod *corev1.Pod, cands []selector.Candidate, opts podOptions) (*cloud.Instance, error) {
+func (c *cell) launchAny(pod *corev1.Pod, cands []selector.Candidate, opts annotations.Pod) (*cloud.Instance, error) {
 	m := c.m
 	for i, cand := range cands {
 		if i == 0 || c.cand.Type.Name != cand.Type.Name {
@@ -138,7 +139,7 @@ func (c *cell) launchAny(pod *corev1.Pod, cands []selector.Candidate, opts podOp
 // launchOne launches one candidate, retrying transient errors with back-off. The launch call
 // itself is never canceled by a deletion, so an instance it makes is always known and
 // terminated.
-func (c *cell) launchOne(pod *corev1.Pod, cand selector.Candidate, opts podOptions) (*cloud.Instance, error) {
+func (c *cell) launchOne(pod *corev1.Pod, cand selector.Candidate, opts annotations.Pod) (*cloud.Instance, error) {
 	m := c.m
 	boot, err := m.bootstrap(c.cellID)
 	if err != nil {

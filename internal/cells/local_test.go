@@ -21,6 +21,7 @@ import (
 	"k8s.io/client-go/tools/record"
 	"k8s.io/utils/clock"
 
+	"github.com/kip-dev/kip/internal/annotations"
 	"github.com/kip-dev/kip/internal/cellapi"
 	"github.com/kip-dev/kip/internal/cloud/local"
 	"github.com/kip-dev/kip/internal/controllers/gc"
@@ -280,7 +281,7 @@ func TestLocalCells(t *testing.T) {
 
 	t.Run("a cell cut off the network fails its pod and is terminated", func(t *testing.T) {
 		pod := sh("island", corev1.RestartPolicyAlways, `while true; do sleep 0.1; done`)
-		pod.Annotations = map[string]string{AnnotationPrefix + AnnotationHealthyTimeout: "2s"}
+		pod.Annotations = map[string]string{annotations.HealthyTimeout: "2s"}
 		if err := m.CreatePod(ctx, pod); err != nil {
 			t.Fatal(err)
 		}

@@ -25,54 +25,6 @@ import (
 	"github.com/kip-dev/kip/internal/selector"
 )
 
-func TestParseAnnotations(t *testing.T) {
-	tests := []struct {
-		name    string
-		ann     map[string]string
-		want    podOptions
-		wantErr string
-	}{
-		{"none", nil, podOptions{}, ""},
-		{"all", map[string]string{
-			"pod.kip.dev/security-groups":             "sg-1, sg-2",
-			"pod.kip.dev/instance-profile":            "arn:aws:iam::1:instance-profile/x",
-			"pod.kip.dev/volume-size":                 "20Gi",
-			"pod.kip.dev/private-ip-only":             "true",
-			"pod.kip.dev/healthcheck-healthy-timeout": "2m",
-		}, podOptions{SecurityGroups: []string{"sg-1", "sg-2"}, InstanceProfile: "arn:aws:iam::1:instance-profile/x", VolumeSizeGiB: 20, PrivateIPOnly: true, HealthyTimeout: 2 * time.Minute}, ""},
-		{"legacy names, seconds, rounding up", map[string]string{
-			"pod.elotl.co/healthcheck-healthy-timeout": "120",
-			"pod.elotl.co/volume-size":                 "10G",
-		}, podOptions{HealthyTimeout: 2 * time.Minute, VolumeSizeGiB: 10}, ""},
-		{"kip name wins", map[string]string{
-			"pod.elotl.co/private-ip-only": "false",
-			"pod.kip.dev/private-ip-only":  "true",
-		}, podOptions{PrivateIPOnly: true}, ""},
-		{"bad bool", map[string]string{"pod.kip.dev/private-ip-only": "yes please"}, podOptions{}, "pod.kip.dev/private-ip-only"},
-		{"bad size", map[string]string{"pod.kip.dev/volume-size": "-1Gi"}, podOptions{}, "pod.kip.dev/volume-size"},
-		{"empty group", map[string]string{"pod.kip.dev/security-groups": "sg-1,,sg-2"}, podOptions{}, "pod.kip.dev/security-groups"},
-		{"zero timeout", map[string]string{"pod.kip.dev/healthcheck-healthy-timeout": "0s"}, podOptions{}, "pod.kip.dev/healthcheck-healthy-timeout"},
-	}
-	for _, tt := range tests {
-		t.Run(tt.name, func(t *testing.T) {
-			got, err := parseAnnotations(testPod("a", func(p *corev1.Pod) { p.Annotations = tt.ann }))
-			if tt.wantErr != "" {
-				if err == nil || !strings.Contains(err.Error(), tt.wantErr) {
-					t.Fatalf("error %v, want one naming %s", err, tt.wantErr)
-				}
-				return
-			}
-			if err != nil {
-				t.Fatal(err)
-			}
-			if strings.Join(got.SecurityGroups, ",") != strings.Join(tt.want.SecurityGroups, ",") || got.InstanceProfile != tt.want.InstanceProfile ||
-				got.VolumeSizeGiB != tt.want.VolumeSizeGiB || got.PrivateIPOnly != tt.want.PrivateIPOnly || got.HealthyTimeout != tt.want.HealthyTimeout {
-				t.Errorf("got %+v, want %+v", got, tt.want)
-			}
-		})
-	}
-}
-
 func TestCapacityMemoryOrdersAndForgets(t *testing.T) {
 	clk := testingclock.NewFakeClock(time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC))
 	mem := capacity.New(clk, 3*time.Minute)

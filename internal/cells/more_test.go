@@ -77,7 +77,7 @@ func TestResolveErrorsAreRetried(t *testing.T) {
 	var mu sync.Mutex
 	fails := 2
 	h := newHarness(t)
-	h.m.deps.Resolve = func(ctx context.Context, pod *corev1.Pod) (*cellapi.PodRequest, error) {
+	h.m.deps.Resolver = ResolverFunc(func(ctx context.Context, pod *corev1.Pod) (*cellapi.PodRequest, error) {
 		mu.Lock()
 		defer mu.Unlock()
 		if fails > 0 {
@@ -88,7 +88,7 @@ func TestResolveErrorsAreRetried(t *testing.T) {
 			return nil, errors.New("the resolver got no pod IP")
 		}
 		return &cellapi.PodRequest{Pod: pod}, nil
-	}
+	})
 	pod := testPod("needs-secret")
 	if err := h.m.CreatePod(context.Background(), pod); err != nil {
 		t.Fatal(err)

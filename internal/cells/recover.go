@@ -7,6 +7,7 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	"k8s.io/apimachinery/pkg/types"
 
+	"github.com/kip-dev/kip/internal/annotations"
 	"github.com/kip-dev/kip/internal/cloud"
 	"github.com/kip-dev/kip/internal/instancetype"
 	"github.com/kip-dev/kip/internal/selector"
@@ -89,7 +90,7 @@ func (m *Manager) adopt(pod *corev1.Pod, inst *cloud.Instance, catalog []instanc
 	c.cand = adoptedCandidate(inst, catalog)
 	c.timing.InstanceType = inst.InstanceType
 	c.stage = stageBooting
-	if opts, err := parseAnnotations(pod); err == nil {
+	if opts, err := annotations.Parse(pod); err == nil {
 		c.healthyAfter = opts.HealthyTimeout
 	}
 	m.mu.Lock()

@@ -1,6 +1,6 @@
 // Package podenv expands $(VAR) references in container env values, commands and args the
-// way kubelet does. The cell agent (internal/agent/runtime) and the provider
-// (internal/provider) both resolve pod environments and share this one implementation.
+// way kubelet does. The cell agent (internal/agent/runtime) and the pod resolver
+// (internal/podrequest) both resolve pod environments and share this one implementation.
 package podenv
 
 import "strings"

@@ -11,7 +11,9 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	k8sruntime "k8s.io/apimachinery/pkg/runtime"
 	k8sfake "k8s.io/client-go/kubernetes/fake"
+	corev1listers "k8s.io/client-go/listers/core/v1"
 	k8stesting "k8s.io/client-go/testing"
+	"k8s.io/client-go/tools/cache"
 
 	"github.com/kip-dev/kip/internal/cellapi"
 	"github.com/kip-dev/kip/internal/cellapi/cellapitest"
@@ -20,10 +22,57 @@ import (
 	cloudfake "github.com/kip-dev/kip/internal/cloud/fake"
 	"github.com/kip-dev/kip/internal/instancetype"
 	"github.com/kip-dev/kip/internal/pki"
+	"github.com/kip-dev/kip/internal/podrequest"
 	"github.com/kip-dev/kip/internal/selector"
 )
 
 func ptrTo[T any](v T) *T { return &v }
+
+// newResolver is a podrequest.Resolver over listers holding secrets.
+func newResolver(t *testing.T, secrets ...*corev1.Secret) *podrequest.Resolver {
+	t.Helper()
+	idx := func() cache.Indexer {
+		return cache.NewIndexer(cache.MetaNamespaceKeyFunc, cache.Indexers{cache.NamespaceIndex: cache.MetaNamespaceIndexFunc})
+	}
+	sidx := idx()
+	for _, s := range secrets {
+		if err := sidx.Add(s); err != nil {
+			t.Fatal(err)
+		}
+	}
+	r, err := podrequest.New(podrequest.Config{
+		Secrets:    corev1listers.NewSecretLister(sidx),
+		ConfigMaps: corev1listers.NewConfigMapLister(idx()),
+		Services:   corev1listers.NewServiceLister(idx()),
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return r
+}
+
+func basePod(containers ...corev1.Container) *corev1.Pod {
+	return &corev1.Pod{
+		ObjectMeta: metav1.ObjectMeta{Namespace: "ns", Name: "web", UID: "uid-1"},
+		Spec:       corev1.PodSpec{NodeName: "kip", Containers: containers, EnableServiceLinks: ptrTo(false)},
+	}
+}
+
+// envOf is the env the agent got for container.
+func envOf(t *testing.T, req *cellapi.PodRequest, container string) map[string]string {
+	t.Helper()
+	for _, c := range req.Pod.Spec.Containers {
+		if c.Name == container {
+			out := map[string]string{}
+			for _, e := range c.Env {
+				out[e.Name] = e.Value
+			}
+			return out
+		}
+	}
+	t.Fatalf("no container %s", container)
+	return nil
+}
 
 // TestWithCellsManager runs the provider over the real cell state machine, the fake cloud and
 // an in-process agent: create → Running with the cell's IP (and env resolved after launch) →
@@ -40,7 +89,7 @@ func TestWithCellsManager(t *testing.T) {
 		{Name: "MY_IP", ValueFrom: &corev1.EnvVarSource{FieldRef: &corev1.ObjectFieldSelector{FieldPath: "status.podIP"}}},
 	}})
 	pod.Status = corev1.PodStatus{Phase: corev1.PodPending}
-	env := newResolverEnv(t, secret("db", map[string]string{"password": "s3cret"}))
+	res := newResolver(t, &corev1.Secret{ObjectMeta: metav1.ObjectMeta{Namespace: "ns", Name: "db"}, Data: map[string][]byte{"password": []byte("s3cret")}})
 	client := k8sfake.NewClientset(pod.DeepCopy())
 	deleted := make(chan struct{}, 4)
 	client.PrependReactor("delete", "pods", func(k8stesting.Action) (bool, k8sruntime.Object, error) {
@@ -55,7 +104,7 @@ func TestWithCellsManager(t *testing.T) {
 		Selector: cells.SelectFunc(func(_ *corev1.Pod, types []instancetype.InstanceType) (*selector.Choice, error) {
 			return &selector.Choice{Candidate: selector.Candidate{Type: types[0], Offering: types[0].Offerings[0]}}, nil
 		}),
-		Resolve: env.r.Resolve,
+		Resolver: res,
 		Dial: func(context.Context, *cloud.Instance, string) (cellapi.Agent, error) {
 			return agent, nil
 		},

@@ -7,6 +7,7 @@ import (
 
 	"github.com/kip-dev/kip/internal/cellapi"
 	"github.com/kip-dev/kip/internal/cells"
+	"github.com/kip-dev/kip/internal/podrequest"
 )
 
 // errNotImplemented marks the streaming calls the cell agent does not offer yet.
@@ -23,7 +24,7 @@ func classify(err error) error {
 		return err
 	case hasKind[errdefs.ErrNotFound](err), cells.IsNotFound(err), cellapi.IsNotFound(err):
 		return errdefs.AsNotFound(err)
-	case hasKind[errdefs.ErrInvalidInput](err), cells.IsInvalid(err), cellapi.IsInvalid(err), IsConfigError(err):
+	case hasKind[errdefs.ErrInvalidInput](err), cells.IsInvalid(err), cellapi.IsInvalid(err), podrequest.IsConfigError(err):
 		return errdefs.AsInvalidInput(err)
 	}
 	return err

@@ -27,6 +27,7 @@ import (
 
 	"github.com/kip-dev/kip/internal/cellapi"
 	"github.com/kip-dev/kip/internal/cells"
+	"github.com/kip-dev/kip/internal/podrequest"
 )
 
 func runningPod(ns, name string, containers ...string) *corev1.Pod {
@@ -96,7 +97,7 @@ func TestErrdefsMapping(t *testing.T) {
 		}, wantNotFound: true},
 		{name: "create with invalid spec", cellsErr: fmt.Errorf("instance type %q unknown: %w", "x1", cells.ErrInvalid),
 			call: func(p *Provider) error { return p.CreatePod(ctx, runningPod("ns", "new")) }, wantInvalid: true},
-		{name: "create with bad config", cellsErr: &ConfigError{Reason: ReasonCreateContainerConfigError, Message: "secret missing"},
+		{name: "create with bad config", cellsErr: &podrequest.ConfigError{Reason: podrequest.ReasonCreateContainerConfigError, Message: "secret missing"},
 			call: func(p *Provider) error { return p.CreatePod(ctx, runningPod("ns", "new")) }, wantInvalid: true},
 		{name: "update of unknown pod (errdefs kind in chain)", cellsErr: fmt.Errorf("wrapped: %w", errdefs.NotFound("gone")),
 			call: func(p *Provider) error { return p.UpdatePod(ctx, known) }, wantNotFound: true},
@@ -174,7 +175,7 @@ func TestRunningPods(t *testing.T) {
 	ctx := context.Background()
 	waiting := runningPod("ns", "waiting", "app")
 	waiting.Status.Phase = corev1.PodPending
-	waiting.Status.ContainerStatuses[0].State = corev1.ContainerState{Waiting: &corev1.ContainerStateWaiting{Reason: ReasonCreateContainerConfigError}}
+	waiting.Status.ContainerStatuses[0].State = corev1.ContainerState{Waiting: &corev1.ContainerStateWaiting{Reason: podrequest.ReasonCreateContainerConfigError}}
 	done := runningPod("ns", "done", "app")
 	done.Status.Phase = corev1.PodSucceeded
 	done.Status.ContainerStatuses[0].State = corev1.ContainerState{Terminated: &corev1.ContainerStateTerminated{ExitCode: 0}}

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"strings"
 
+	"github.com/kip-dev/kip/internal/annotations"
 	"github.com/kip-dev/kip/internal/instancetype"
 )
 
@@ -15,14 +16,9 @@ type PodError struct {
 
 func (e *PodError) Error() string { return e.Field + ": " + e.Reason }
 
-// AnnotationError says which annotation has a value the selector cannot use, and why.
-type AnnotationError struct {
-	Annotation, Value, Reason string
-}
-
-func (e *AnnotationError) Error() string {
-	return fmt.Sprintf("annotation %s=%q: %s", e.Annotation, e.Value, e.Reason)
-}
+// AnnotationError says which annotation has a value the selector cannot use, and why: one
+// annotations.Parse refuses, or an instance type the catalog lacks.
+type AnnotationError = annotations.Error
 
 // NoFitError says that no instance type fits a pod: what was asked, and what came closest.
 type NoFitError struct {

@@ -20,6 +20,7 @@ import (
 
 	corev1 "k8s.io/api/core/v1"
 
+	"github.com/kip-dev/kip/internal/annotations"
 	"github.com/kip-dev/kip/internal/instancetype"
 )
 
@@ -345,15 +346,15 @@ func (ix *Index) Select(pod *corev1.Pod, opts Options) (*Choice, error) {
 	if err != nil {
 		return nil, err
 	}
-	ann, err := parseAnnotations(pod)
+	ann, err := annotations.Parse(pod)
 	if err != nil {
 		return nil, err
 	}
 	q := query{needs: needs, spot: opts.Spot, unlimited: opts.UnlimitedCredits, surplusRate: opts.SurplusCreditPrice, only: -1}
-	if ann.spot != nil {
-		q.spot = *ann.spot
+	if ann.Spot != nil {
+		q.spot = *ann.Spot
 	}
-	if ann.typePattern != "" {
+	if ann.InstanceType != "" {
 		// Naming a type names its architecture; the default one applies to the pod only.
 		if c, _ := constraintFor(pod, archLabels); len(c) == 0 {
 			q.needs.Arch = nil
@@ -363,19 +364,19 @@ func (ix *Index) Select(pod *corev1.Pod, opts Options) (*Choice, error) {
 		q.surplusRate = DefaultSurplusCreditPrice
 	}
 	switch {
-	case ann.glob:
+	case ann.InstanceTypeGlob:
 		var matched bool
-		if q.allowed, matched = ix.globMask(ann.typePattern); !matched {
-			return nil, &AnnotationError{Annotation: ann.typeAnnotation, Value: ann.typePattern, Reason: "matches no instance type in the catalog"}
+		if q.allowed, matched = ix.globMask(ann.InstanceType); !matched {
+			return nil, &AnnotationError{Annotation: ann.InstanceTypeFrom, Value: ann.InstanceType, Reason: "matches no instance type in the catalog"}
 		}
-		q.restriction = fmt.Sprintf("annotation %s=%q", ann.typeAnnotation, ann.typePattern)
-	case ann.typePattern != "":
-		i, ok := ix.byName[ann.typePattern]
+		q.restriction = fmt.Sprintf("annotation %s=%q", ann.InstanceTypeFrom, ann.InstanceType)
+	case ann.InstanceType != "":
+		i, ok := ix.byName[ann.InstanceType]
 		if !ok {
-			return nil, &AnnotationError{Annotation: ann.typeAnnotation, Value: ann.typePattern, Reason: "unknown instance type (not in the catalog)"}
+			return nil, &AnnotationError{Annotation: ann.InstanceTypeFrom, Value: ann.InstanceType, Reason: "unknown instance type (not in the catalog)"}
 		}
 		q.only = i
-		q.restriction = fmt.Sprintf("annotation %s=%q", ann.typeAnnotation, ann.typePattern)
+		q.restriction = fmt.Sprintf("annotation %s=%q", ann.InstanceTypeFrom, ann.InstanceType)
 	case needs.Unspecified && opts.DefaultType != "":
 		i, ok := ix.byName[opts.DefaultType]
 		if !ok {

@@ -281,9 +281,9 @@ func TestAWSPodLifecycle(t *testing.T) {
 	mgr := cells.New(cellsOptions(e.cfg.Cells), cells.NodeInfo{Name: e.cfg.Node.Name, HostIP: e.cfg.Node.InternalIP}, cells.Deps{
 		Cloud:    backend,
 		Selector: &selector.Selector{Options: selectorOptions(e.cfg)},
-		Resolve: func(_ context.Context, pod *corev1.Pod) (*cellapi.PodRequest, error) {
+		Resolver: cells.ResolverFunc(func(_ context.Context, pod *corev1.Pod) (*cellapi.PodRequest, error) {
 			return &cellapi.PodRequest{Pod: pod}, nil
-		},
+		}),
 		Dial:   dial,
 		CA:     ca,
 		Events: record.NewFakeRecorder(1000),

@@ -2,20 +2,16 @@ package runcmd
 
 import (
 	"context"
-	"crypto/tls"
 	"errors"
 	"fmt"
 	"log/slog"
 	"net"
 	"net/http"
 	"sync"
-	"sync/atomic"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
-	vklog "github.com/virtual-kubelet/virtual-kubelet/log"
-	vkslog "github.com/virtual-kubelet/virtual-kubelet/log/slog"
 	"github.com/virtual-kubelet/virtual-kubelet/node"
 	"github.com/virtual-kubelet/virtual-kubelet/node/api"
 	"github.com/virtual-kubelet/virtual-kubelet/node/nodeutil"
@@ -40,8 +36,10 @@ import (
 	"github.com/kip-dev/kip/internal/crd"
 	"github.com/kip-dev/kip/internal/metrics"
 	"github.com/kip-dev/kip/internal/nodeauth"
+	"github.com/kip-dev/kip/internal/podrequest"
 	"github.com/kip-dev/kip/internal/provider"
 	"github.com/kip-dev/kip/internal/selector"
+	"github.com/kip-dev/kip/internal/vnode"
 )
 
 // runner holds one Start's state.
@@ -111,20 +109,29 @@ func (r *runner) run(ctx context.Context) error {
 		return fmt.Errorf("starting kip: %w", err)
 	}
 
-	// The resolver needs virtual-kubelet's listers, which exist only inside NewNode; the
-	// cells manager needs the resolver. resolver is set before any pod is dispatched.
-	var resolver atomic.Pointer[provider.Resolver]
+	// The API server caches: the node's pods and every namespace's Secrets, ConfigMaps and
+	// Services, watched once, read by both the pod resolver and virtual-kubelet's pod
+	// controller. They start with the virtual node; Resolve waits for them to sync.
+	inf := vnode.NewInformers(r.client, name)
+	nodeSpec := nodeSpec(cfg, nodeIP)
+	resolver, err := podrequest.New(podrequest.Config{
+		Secrets:         inf.Secrets.Lister(),
+		ConfigMaps:      inf.ConfigMaps.Lister(),
+		Services:        inf.Services.Lister(),
+		Synced:          inf.HasSynced,
+		Client:          r.client,
+		Events:          recorder,
+		NodeAllocatable: nodeSpec.Status.Allocatable,
+		Log:             r.log,
+	})
+	if err != nil {
+		return fmt.Errorf("starting kip: %w", err)
+	}
 	cl := met.InstrumentCloud(backend)
 	mgr := cells.New(cellsOptions(cfg.Cells), cells.NodeInfo{Name: name, HostIP: nodeIP}, cells.Deps{
 		Cloud:    met.InstrumentCloud(backend),
 		Selector: &selector.Selector{Options: selectorOptions(cfg)},
-		Resolve: func(ctx context.Context, pod *corev1.Pod) (*cellapi.PodRequest, error) {
-			res := resolver.Load()
-			if res == nil {
-				return nil, errors.New("resolving pod: the API caches are not ready yet")
-			}
-			return res.Resolve(ctx, pod)
-		},
+		Resolver: resolver,
 		CA:       ca,
 		Events:   recorder,
 		Mirror:   mirrorOrNil(mirror),
@@ -158,61 +165,32 @@ func (r *runner) run(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
-	routes := &lazyHandler{}
-	nodeSpec := nodeSpec(cfg, nodeIP)
-	allocatable := nodeSpec.Status.Allocatable
-
-	// NewNode first tries a client from $KUBECONFIG or in-cluster and warns when there is none,
-	// before our WithClient applies; silence virtual-kubelet's logger meanwhile.
-	vklog.L = nopLogger{vklog.L}
-	vkNode, err := nodeutil.NewNode(name,
-		func(pc nodeutil.ProviderConfig) (nodeutil.Provider, node.NodeProvider, error) {
-			res, err := provider.NewResolver(provider.ResolverConfig{
-				Secrets:         pc.Secrets,
-				ConfigMaps:      pc.ConfigMaps,
-				Services:        pc.Services,
-				Client:          r.client,
-				Events:          recorder,
-				NodeAllocatable: allocatable,
-				Log:             r.log,
-			})
-			if err != nil {
-				return nil, nil, err
-			}
-			resolver.Store(res)
-			routes.set(provider.WithLogQuery(api.PodHandler(api.PodHandlerConfig{
-				GetContainerLogs: prov.GetContainerLogs,
-				RunInContainer:   prov.RunInContainer,
-				PortForward:      prov.PortForward,
-				GetPods:          prov.RunningPods,
-				GetPodsFromKubernetes: func(context.Context) ([]*corev1.Pod, error) {
-					return pc.Pods.List(labels.Everything())
-				},
-				GetStatsSummary:       prov.GetStatsSummary,
-				GetMetricsResource:    prov.GetMetricsResource,
-				StreamIdleTimeout:     30 * time.Minute,
-				StreamCreationTimeout: 30 * time.Second,
-				// attach is answered 501 until the agent offers it.
-			}, true)))
-			return prov, nil, nil
+	routes := provider.WithLogQuery(api.PodHandler(api.PodHandlerConfig{
+		GetContainerLogs: prov.GetContainerLogs,
+		RunInContainer:   prov.RunInContainer,
+		PortForward:      prov.PortForward,
+		GetPods:          prov.RunningPods,
+		GetPodsFromKubernetes: func(context.Context) ([]*corev1.Pod, error) {
+			return inf.Pods.Lister().List(labels.Everything())
 		},
-		nodeutil.WithClient(r.client),
-		func(c *nodeutil.NodeConfig) error {
-			c.NodeSpec = *nodeSpec
-			c.HTTPListenAddr = hostPort(nodeIP, cfg.Node.KubeletPort)
-			c.Handler = nodeutil.WithAuth(auth, withMetrics(metrics.Handler(reg), routes))
-			c.EventRecorder = recorder
-			c.SkipDownwardAPIResolution = true // the provider's resolver does it, with kubelet's events
-			c.NumWorkers = 8
-			c.NodeStatusUpdateErrorHandler = r.recreateNode(nodeSpec)
-			return nil
-		},
-		nodeutil.WithTLSConfig(func(t *tls.Config) error {
-			t.Certificates = []tls.Certificate{servingCert}
-			return nil
-		}),
-	)
-	vklog.L = vkslog.FromSlog(r.log)
+		GetStatsSummary:       prov.GetStatsSummary,
+		GetMetricsResource:    prov.GetMetricsResource,
+		StreamIdleTimeout:     30 * time.Minute,
+		StreamCreationTimeout: 30 * time.Second,
+		// attach is answered 501 until the agent offers it.
+	}, true))
+	vn, err := vnode.New(vnode.Config{
+		Client:              r.client,
+		Node:                nodeSpec,
+		Pods:                prov,
+		Informers:           inf,
+		Events:              recorder,
+		OnStatusUpdateError: r.recreateNode(nodeSpec),
+		Workers:             8,
+		ListenAddr:          hostPort(nodeIP, cfg.Node.KubeletPort),
+		Certificate:         servingCert,
+		Handler:             nodeutil.WithAuth(auth, withMetrics(metrics.Handler(reg), routes)),
+	})
 	if err != nil {
 		return fmt.Errorf("starting kip: creating the virtual node: %w", err)
 	}
@@ -235,9 +213,9 @@ func (r *runner) run(ctx context.Context) error {
 	go func() { defer wg.Done(); gcc.Run(runCtx) }()
 	go func() { defer wg.Done(); hc.Run(runCtx) }()
 	errc := make(chan error, 1)
-	go func() { errc <- vkNode.Run(runCtx) }()
+	go func() { errc <- vn.Run(runCtx) }()
 
-	if err := vkNode.WaitReady(runCtx, 2*time.Minute); err != nil {
+	if err := vn.WaitReady(runCtx, 2*time.Minute); err != nil {
 		cancel()
 		<-errc
 		wg.Wait()
@@ -311,21 +289,6 @@ func selectorOptions(cfg *config.ProviderConfig) selector.Options {
 	}
 }
 
-// lazyHandler serves the kubelet API routes once they exist (they need virtual-kubelet's pod
-// lister, made inside NewNode); before that it answers 503.
-type lazyHandler struct{ h atomic.Pointer[http.Handler] }
-
-func (l *lazyHandler) set(h http.Handler) { l.h.Store(&h) }
-
-func (l *lazyHandler) ServeHTTP(w http.ResponseWriter, req *http.Request) {
-	h := l.h.Load()
-	if h == nil {
-		http.Error(w, "kip is starting", http.StatusServiceUnavailable)
-		return
-	}
-	(*h).ServeHTTP(w, req)
-}
-
 // withMetrics serves kip's metrics at metrics.Path and everything else from routes. It sits
 // inside the kubelet API's authentication, which authorizes /metrics/... as nodes/metrics.
 func withMetrics(metricsHandler, routes http.Handler) http.Handler {
@@ -337,16 +300,3 @@ func withMetrics(metricsHandler, routes http.Handler) http.Handler {
 		routes.ServeHTTP(w, req)
 	})
 }
-
-// nopLogger drops Debug/Info/Warn lines of virtual-kubelet's logger; errors still go through.
-type nopLogger struct{ vklog.Logger }
-
-func (nopLogger) Debug(...any)                           {}
-func (nopLogger) Debugf(string, ...any)                  {}
-func (nopLogger) Info(...any)                            {}
-func (nopLogger) Infof(string, ...any)                   {}
-func (nopLogger) Warn(...any)                            {}
-func (nopLogger) Warnf(string, ...any)                   {}
-func (n nopLogger) WithField(string, any) vklog.Logger   { return n }
-func (n nopLogger) WithFields(vklog.Fields) vklog.Logger { return n }
-func (n nopLogger) WithError(error) vklog.Logger         { return n }

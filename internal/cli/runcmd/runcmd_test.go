@@ -7,8 +7,6 @@ import (
 	"io"
 	"log/slog"
 	"net"
-	"net/http"
-	"net/http/httptest"
 	"testing"
 
 	corev1 "k8s.io/api/core/v1"
@@ -153,20 +151,5 @@ func TestRecreateNode(t *testing.T) {
 	}
 	if err := handle(ctx, gone); err != nil {
 		t.Errorf("a second NotFound while the node exists: %v", err)
-	}
-}
-
-func TestLazyHandler(t *testing.T) {
-	var h lazyHandler
-	rec := httptest.NewRecorder()
-	h.ServeHTTP(rec, httptest.NewRequest(http.MethodGet, "/pods", nil))
-	if rec.Code != http.StatusServiceUnavailable {
-		t.Errorf("before routes exist: %d, want 503", rec.Code)
-	}
-	h.set(http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) { w.WriteHeader(http.StatusTeapot) }))
-	rec = httptest.NewRecorder()
-	h.ServeHTTP(rec, httptest.NewRequest(http.MethodGet, "/pods", nil))
-	if rec.Code != http.StatusTeapot {
-		t.Errorf("after set: %d", rec.Code)
 	}
 }

@@ -1,4 +1,4 @@
-package provider
+package podrequest
 
 import (
 	"context"
@@ -10,12 +10,12 @@ import (
 	"strings"
 
 	corev1 "k8s.io/api/core/v1"
-
-	"github.com/kip-dev/kip/internal/podenv"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	"k8s.io/apimachinery/pkg/api/resource"
 	"k8s.io/apimachinery/pkg/labels"
 	"k8s.io/apimachinery/pkg/util/validation"
+
+	"github.com/kip-dev/kip/internal/podenv"
 )
 
 // envList keeps environment variables in first-definition order; a later definition of the

@@ -1,14 +1,22 @@
-package provider
+// Package podrequest turns a Pod into the cellapi.PodRequest a cell agent runs: env and envFrom
+// resolved to literal values (service links and $(VAR) expansion included), the contents of
+// configMap, secret, downwardAPI and projected volumes (service account tokens through
+// TokenRequest), and image pull credentials — with the Events kubelet emits on the way. It reads
+// Secrets, ConfigMaps and Services from informer listers it is given; it knows nothing of cells,
+// clouds or virtual-kubelet.
+package podrequest
 
 import (
 	"context"
 	"errors"
 	"fmt"
 	"log/slog"
+	"time"
 
 	corev1 "k8s.io/api/core/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/util/wait"
 	"k8s.io/client-go/kubernetes"
 	corev1listers "k8s.io/client-go/listers/core/v1"
 	"k8s.io/client-go/tools/record"
@@ -54,13 +62,15 @@ func IsConfigError(err error) bool {
 	return errors.As(err, &ce)
 }
 
-// ResolverConfig holds what a Resolver reads from.
-type ResolverConfig struct {
-	// Secrets, ConfigMaps and Services are informer-backed listers (virtual-kubelet's
-	// nodeutil.ProviderConfig hands them over); no per-pod GETs.
+// Config holds what a Resolver reads from.
+type Config struct {
+	// Secrets, ConfigMaps and Services are informer-backed listers; no per-pod GETs.
 	Secrets    corev1listers.SecretLister
 	ConfigMaps corev1listers.ConfigMapLister
 	Services   corev1listers.ServiceLister
+	// Synced reports whether the listers' caches have synced; Resolve waits for it (or for its
+	// context) before reading them. nil means they are always ready.
+	Synced func() bool
 	// Client is used for TokenRequest (projected serviceAccountToken volumes) and to confirm a
 	// cache miss of a Secret or ConfigMap with one GET.
 	Client kubernetes.Interface
@@ -75,11 +85,11 @@ type ResolverConfig struct {
 // Resolver turns a pod into a cellapi.PodRequest: env and envFrom resolved to literal values,
 // configMap/secret/projected/downwardAPI volume contents, and imagePullSecrets.
 type Resolver struct {
-	cfg ResolverConfig
+	cfg Config
 }
 
-// NewResolver returns a Resolver; Secrets and ConfigMaps listers are required.
-func NewResolver(cfg ResolverConfig) (*Resolver, error) {
+// New returns a Resolver; Secrets and ConfigMaps listers are required.
+func New(cfg Config) (*Resolver, error) {
 	if cfg.Secrets == nil || cfg.ConfigMaps == nil {
 		return nil, errors.New("creating resolver: Secrets and ConfigMaps listers are required")
 	}
@@ -102,6 +112,9 @@ func NewResolver(cfg ResolverConfig) (*Resolver, error) {
 func (r *Resolver) Resolve(ctx context.Context, pod *corev1.Pod) (*cellapi.PodRequest, error) {
 	if pod == nil {
 		return nil, errors.New("resolving pod: pod is nil")
+	}
+	if err := r.waitSynced(ctx); err != nil {
+		return nil, err
 	}
 	out := pod.DeepCopy()
 	svcEnv, err := r.serviceEnv(pod)
@@ -133,6 +146,23 @@ func (r *Resolver) Resolve(ctx context.Context, pod *corev1.Pod) (*cellapi.PodRe
 		PullSecrets: r.pullSecrets(ctx, pod),
 		Volumes:     vols,
 	}, nil
+}
+
+// syncPoll is how often waitSynced looks at the caches.
+const syncPoll = 100 * time.Millisecond
+
+// waitSynced returns once the listers' caches have synced, or ctx's error wrapped.
+func (r *Resolver) waitSynced(ctx context.Context) error {
+	if r.cfg.Synced == nil || r.cfg.Synced() {
+		return nil
+	}
+	err := wait.PollUntilContextCancel(ctx, syncPoll, true, func(context.Context) (bool, error) {
+		return r.cfg.Synced(), nil
+	})
+	if err != nil {
+		return fmt.Errorf("resolving pod: waiting for the API caches to sync: %w", err)
+	}
+	return nil
 }
 
 // secret reads a Secret from the informer cache. A miss is confirmed with one GET before it

@@ -1,4 +1,4 @@
-package provider
+package podrequest
 
 import (
 	"context"
@@ -6,6 +6,7 @@ import (
 	"errors"
 	"sort"
 	"strings"
+	"sync/atomic"
 	"testing"
 
 	authv1 "k8s.io/api/authentication/v1"
@@ -63,7 +64,7 @@ func newResolverEnv(t *testing.T, objs ...runtime.Object) *resolverEnv {
 		}}, nil
 	})
 	events := record.NewFakeRecorder(100)
-	r, err := NewResolver(ResolverConfig{
+	r, err := New(Config{
 		Secrets:         corev1listers.NewSecretLister(secrets),
 		ConfigMaps:      corev1listers.NewConfigMapLister(cms),
 		Services:        corev1listers.NewServiceLister(svcs),
@@ -560,5 +561,40 @@ func TestResolveConfirmsCacheMisses(t *testing.T) {
 	}
 	if ev := e.drain(); len(ev) != 0 {
 		t.Errorf("events for objects that exist: %v", ev)
+	}
+}
+
+// TestResolveWaitsForSyncedCaches: Resolve reads nothing until the caches have synced, and
+// gives up with its context.
+func TestResolveWaitsForSyncedCaches(t *testing.T) {
+	e := newResolverEnv(t, secret("db", map[string]string{"password": "s3cret"}))
+	var synced atomic.Bool
+	e.r.cfg.Synced = synced.Load
+	pod := basePod(corev1.Container{Name: "app", Env: []corev1.EnvVar{
+		{Name: "PW", ValueFrom: &corev1.EnvVarSource{SecretKeyRef: &corev1.SecretKeySelector{LocalObjectReference: corev1.LocalObjectReference{Name: "db"}, Key: "password"}}},
+	}})
+
+	ctx, cancel := context.WithTimeout(context.Background(), 3*syncPoll)
+	defer cancel()
+	if _, err := e.r.Resolve(ctx, pod); !errors.Is(err, context.DeadlineExceeded) {
+		t.Fatalf("Resolve before the caches synced: %v, want the context's deadline", err)
+	}
+
+	type result struct {
+		req *cellapi.PodRequest
+		err error
+	}
+	done := make(chan result, 1)
+	go func() {
+		req, err := e.r.Resolve(context.Background(), pod)
+		done <- result{req, err}
+	}()
+	synced.Store(true)
+	res := <-done
+	if res.err != nil {
+		t.Fatal(res.err)
+	}
+	if got := envOf(t, res.req, "app")["PW"]; got != "s3cret" {
+		t.Errorf("PW=%q once synced, want the secret", got)
 	}
 }

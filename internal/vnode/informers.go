@@ -1,0 +1,61 @@
+package vnode
+
+import (
+	"context"
+	"time"
+
+	"github.com/virtual-kubelet/virtual-kubelet/node/nodeutil"
+	"k8s.io/client-go/informers"
+	corev1informers "k8s.io/client-go/informers/core/v1"
+	"k8s.io/client-go/kubernetes"
+)
+
+// ResyncPeriod is the informers' full resync period (nodeutil.NewNode's default).
+const ResyncPeriod = time.Minute
+
+// Informers are the API server caches kip reads: the pods bound to the node, and every
+// namespace's Secrets, ConfigMaps and Services. There is one watch per kind, shared by
+// virtual-kubelet's pod controller (which Node runs) and kip's pod resolver
+// (internal/podrequest, which takes the listers).
+type Informers struct {
+	Pods       corev1informers.PodInformer
+	Secrets    corev1informers.SecretInformer
+	ConfigMaps corev1informers.ConfigMapInformer
+	Services   corev1informers.ServiceInformer
+
+	factories []informers.SharedInformerFactory
+}
+
+// NewInformers makes the informers; nothing is watched until Start. Pods are filtered to
+// spec.nodeName=nodeName.
+func NewInformers(client kubernetes.Interface, nodeName string) *Informers {
+	pods := informers.NewSharedInformerFactoryWithOptions(client, ResyncPeriod, nodeutil.PodInformerFilter(nodeName))
+	all := informers.NewSharedInformerFactoryWithOptions(client, ResyncPeriod)
+	inf := &Informers{
+		Pods:       pods.Core().V1().Pods(),
+		Secrets:    all.Core().V1().Secrets(),
+		ConfigMaps: all.Core().V1().ConfigMaps(),
+		Services:   all.Core().V1().Services(),
+		factories:  []informers.SharedInformerFactory{pods, all},
+	}
+	// A factory starts only the informers asked for before Start: ask for all four now.
+	inf.Pods.Informer()
+	inf.Secrets.Informer()
+	inf.ConfigMaps.Informer()
+	inf.Services.Informer()
+	return inf
+}
+
+// Start starts watching; the informers stop when ctx ends. Starting again does nothing.
+func (i *Informers) Start(ctx context.Context) {
+	for _, f := range i.factories {
+		f.Start(ctx.Done())
+	}
+}
+
+// HasSynced reports whether the Secret, ConfigMap and Service caches hold the API server's
+// state as of their first list (podrequest.Config.Synced). The pod cache is the pod
+// controller's to wait for.
+func (i *Informers) HasSynced() bool {
+	return i.Secrets.Informer().HasSynced() && i.ConfigMaps.Informer().HasSynced() && i.Services.Informer().HasSynced()
+}
