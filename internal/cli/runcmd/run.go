@@ -129,7 +129,7 @@ func (r *runner) run(ctx context.Context) error {
 	}
 	cl := met.InstrumentCloud(backend)
 	mgr := cells.New(cellsOptions(cfg.Cells), cells.NodeInfo{Name: name, HostIP: nodeIP}, cells.Deps{
-		Cloud:    met.InstrumentCloud(backend),
+		Cloud:    cl,
 		Selector: &selector.Selector{Options: selectorOptions(cfg)},
 		Resolver: resolver,
 		CA:       ca,
