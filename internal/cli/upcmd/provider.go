@@ -9,13 +9,13 @@ import (
 	"sync"
 	"time"
 
-	"github.com/kip-dev/kip/internal/cli/runcmd"
 	"github.com/kip-dev/kip/internal/cloud"
 	"github.com/kip-dev/kip/internal/config"
 	"github.com/kip-dev/kip/internal/controlplane"
+	"github.com/kip-dev/kip/internal/kipnode"
 )
 
-// provider is kip's provider (`kip run`'s Start) running in this process on the backend kip
+// provider is kip's provider (kipnode.Start, what `kip run` runs) running in this process on the backend kip
 // up set up, logging to its own file so its lines do not bury kip up's progress.
 type provider struct {
 	cancel  context.CancelFunc
@@ -43,7 +43,7 @@ func startProvider(ctx context.Context, st *state, cfgText string, cp *controlpl
 	var once sync.Once
 	go func() {
 		defer close(p.done)
-		p.runErr = runcmd.Start(pctx, runcmd.Options{
+		p.runErr = kipnode.Start(pctx, kipnode.Options{
 			Config:     cfg,
 			RESTConfig: cp.RESTConfig(),
 			Cloud:      backend,

@@ -1,4 +1,4 @@
-package runcmd
+package kipnode
 
 import (
 	"context"
