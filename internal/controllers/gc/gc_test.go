@@ -1,0 +1,88 @@
+package gc
+
+import (
+	"context"
+	"strings"
+	"testing"
+
+	"github.com/kip-dev/kip/internal/cloud"
+	"github.com/kip-dev/kip/internal/cloud/fake"
+)
+
+// fakeCells is a cells manager with fixed pods.
+type fakeCells struct {
+	pods []struct{ uid, cell, inst string }
+	lost map[string]string
+}
+
+func (f *fakeCells) EachCell(visit func(podUID, cellID, instanceID string)) {
+	for _, p := range f.pods {
+		visit(p.uid, p.cell, p.inst)
+	}
+}
+
+func (f *fakeCells) MarkLost(cellID, message string) { f.lost[cellID] = message }
+
+type fakeMirror struct{ deleted []string }
+
+func (m *fakeMirror) Delete(_ context.Context, id string) error {
+	m.deleted = append(m.deleted, id)
+	return nil
+}
+
+func launch(t *testing.T, c *fake.Fake, cluster, uid, cell string) *cloud.Instance {
+	t.Helper()
+	in, err := c.Launch(context.Background(), cloud.LaunchSpec{CellID: cell, ClientToken: cell, InstanceType: "fake.small",
+		Tags: map[string]string{cloud.TagCluster: cluster, cloud.TagNode: "kip", cloud.TagPodUID: uid, cloud.TagCellID: cell}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return in
+}
+
+func TestPasses(t *testing.T) {
+	ctx := context.Background()
+	c := fake.New()
+	mine := launch(t, c, "kip", "uid-mine", "c-mine")
+	gone := launch(t, c, "kip", "uid-gone", "c-gone")
+	orphan := launch(t, c, "kip", "nobody", "c-orphan")
+	other := launch(t, c, "another-cluster", "x", "c-other")
+	booting := launch(t, c, "kip", "uid-booting", "c-booting")
+	if err := c.SetState(gone.ID, cloud.StateTerminated); err != nil {
+		t.Fatal(err)
+	}
+	cells := &fakeCells{lost: map[string]string{}, pods: []struct{ uid, cell, inst string }{
+		{"uid-mine", "c-mine", mine.ID},
+		{"uid-gone", "c-gone", gone.ID},
+		{"uid-booting", "c-booting", ""}, // not yet launched as far as the manager knows
+	}}
+	mirror := &fakeMirror{}
+	g := New(Options{ClusterName: "kip", NodeName: "kip"}, cells, c, mirror, nil, nil)
+	state := func(id string) cloud.State {
+		in, err := c.Describe(ctx, id)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return in.State
+	}
+
+	g.pass(ctx)
+	if len(cells.lost) != 0 || state(orphan.ID) != cloud.StateRunning {
+		t.Fatalf("one pass acted: lost %v, orphan %s", cells.lost, state(orphan.ID))
+	}
+	g.pass(ctx)
+	if msg := cells.lost["c-gone"]; len(cells.lost) != 1 || !strings.Contains(msg, "is gone") {
+		t.Errorf("lost after two passes: %v, want c-gone only", cells.lost)
+	}
+	if state(orphan.ID) != cloud.StateTerminated {
+		t.Error("the orphan survived two passes")
+	}
+	if len(mirror.deleted) != 1 || mirror.deleted[0] != "c-orphan" {
+		t.Errorf("mirror deletes %v, want the orphan's cell", mirror.deleted)
+	}
+	for _, in := range []*cloud.Instance{mine, other, booting} {
+		if state(in.ID) != cloud.StateRunning {
+			t.Errorf("%s (%s) was terminated", in.ID, in.CellID)
+		}
+	}
+}
