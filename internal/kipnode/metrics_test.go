@@ -2,7 +2,6 @@ package kipnode
 
 import (
 	"crypto/tls"
-	"encoding/json"
 	"io"
 	"net/http"
 	"net/http/httptest"
@@ -12,44 +11,13 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/virtual-kubelet/virtual-kubelet/node/nodeutil"
-	authzv1 "k8s.io/api/authorization/v1"
-	"k8s.io/client-go/kubernetes"
-	"k8s.io/client-go/rest"
 
 	"github.com/kip-dev/kip/internal/cells"
 	"github.com/kip-dev/kip/internal/metrics"
 	"github.com/kip-dev/kip/internal/nodeauth"
+	"github.com/kip-dev/kip/internal/nodeauth/nodeauthtest"
 	"github.com/kip-dev/kip/internal/pki"
 )
-
-// sarServer is an API server that only answers SubjectAccessReviews: allowed when
-// allow(user, subresource) says so for node "kip". The webhook authorizer talks REST
-// directly, so a fake clientset cannot stand in.
-func sarServer(t *testing.T, allow func(user, subresource string) bool) kubernetes.Interface {
-	t.Helper()
-	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		if r.Method != http.MethodPost || r.URL.Path != "/apis/authorization.k8s.io/v1/subjectaccessreviews" {
-			http.Error(w, "not found", http.StatusNotFound)
-			return
-		}
-		var sar authzv1.SubjectAccessReview
-		if err := json.NewDecoder(r.Body).Decode(&sar); err != nil {
-			http.Error(w, err.Error(), http.StatusBadRequest)
-			return
-		}
-		ra := sar.Spec.ResourceAttributes
-		sar.Status.Allowed = ra != nil && ra.Resource == "nodes" && ra.Name == "kip" && allow(sar.Spec.User, ra.Subresource)
-		sar.APIVersion, sar.Kind = "authorization.k8s.io/v1", "SubjectAccessReview"
-		w.Header().Set("Content-Type", "application/json")
-		_ = json.NewEncoder(w).Encode(&sar)
-	}))
-	t.Cleanup(srv.Close)
-	c, err := kubernetes.NewForConfig(&rest.Config{Host: srv.URL})
-	if err != nil {
-		t.Fatal(err)
-	}
-	return c
-}
 
 // TestMetricsOnKubeletAPI serves kip's metrics as kip run does: at /metrics/kip inside the
 // kubelet API's authentication, authorized as nodes/metrics; other paths reach the routes.
@@ -71,7 +39,7 @@ func TestMetricsOnKubeletAPI(t *testing.T) {
 	}
 	scraper, nobody := cert("prometheus"), cert("nobody")
 	allow := func(user, sub string) bool { return user == "prometheus" && sub == "metrics" }
-	auth, err := nodeauth.KubeletAuth(sarServer(t, allow), "kip", clusterCA.CertPEM, nil)
+	auth, err := nodeauth.KubeletAuth(nodeauthtest.SARServer(t, allow), "kip", clusterCA.CertPEM, nil)
 	if err != nil {
 		t.Fatal(err)
 	}

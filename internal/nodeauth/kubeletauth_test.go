@@ -2,47 +2,15 @@ package nodeauth
 
 import (
 	"crypto/tls"
-	"encoding/json"
 	"net/http"
 	"net/http/httptest"
 	"testing"
 
 	"github.com/virtual-kubelet/virtual-kubelet/node/nodeutil"
-	authzv1 "k8s.io/api/authorization/v1"
-	"k8s.io/client-go/kubernetes"
-	"k8s.io/client-go/rest"
 
+	"github.com/kip-dev/kip/internal/nodeauth/nodeauthtest"
 	"github.com/kip-dev/kip/internal/pki"
 )
-
-// sarServer is an API server that only answers SubjectAccessReviews: allowed when
-// allow(user, subresource) says so for node "kip". The webhook authorizer talks REST
-// directly, so a fake clientset cannot stand in.
-func sarServer(t *testing.T, allow func(user, subresource string) bool) kubernetes.Interface {
-	t.Helper()
-	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		if r.Method != http.MethodPost || r.URL.Path != "/apis/authorization.k8s.io/v1/subjectaccessreviews" {
-			http.Error(w, "not found", http.StatusNotFound)
-			return
-		}
-		var sar authzv1.SubjectAccessReview
-		if err := json.NewDecoder(r.Body).Decode(&sar); err != nil {
-			http.Error(w, err.Error(), http.StatusBadRequest)
-			return
-		}
-		ra := sar.Spec.ResourceAttributes
-		sar.Status.Allowed = ra != nil && ra.Resource == "nodes" && ra.Name == "kip" && allow(sar.Spec.User, ra.Subresource)
-		sar.APIVersion, sar.Kind = "authorization.k8s.io/v1", "SubjectAccessReview"
-		w.Header().Set("Content-Type", "application/json")
-		_ = json.NewEncoder(w).Encode(&sar)
-	}))
-	t.Cleanup(srv.Close)
-	c, err := kubernetes.NewForConfig(&rest.Config{Host: srv.URL})
-	if err != nil {
-		t.Fatal(err)
-	}
-	return c
-}
 
 func TestKubeletAuth(t *testing.T) {
 	clusterCA, err := pki.NewCA("cluster")
@@ -89,7 +57,7 @@ func TestKubeletAuth(t *testing.T) {
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
-			auth, err := KubeletAuth(sarServer(t, allow), "kip", clusterCA.CertPEM, tc.anonymous)
+			auth, err := KubeletAuth(nodeauthtest.SARServer(t, allow), "kip", clusterCA.CertPEM, tc.anonymous)
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -113,7 +81,7 @@ func TestKubeletAuth(t *testing.T) {
 			}
 		})
 	}
-	if _, err := KubeletAuth(sarServer(t, allow), "kip", []byte("not a cert"), nil); err == nil {
+	if _, err := KubeletAuth(nodeauthtest.SARServer(t, allow), "kip", []byte("not a cert"), nil); err == nil {
 		t.Error("KubeletAuth accepted a CA bundle without certificates")
 	}
 }
