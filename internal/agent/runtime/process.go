@@ -33,8 +33,11 @@ type Process struct {
 // ResolveProcess merges a pod's container with its image config the way kubelet and the CRI
 // runtimes do:
 //   - command replaces the image Entrypoint and drops its Cmd; args replace Cmd;
-//   - env is the image env, then the container's env (later names win), and $(VAR) in
-//     command and args expands from it;
+//   - env is the image env, then the container's env (later names win); the container's env
+//     arrives resolved and already $(VAR)-expanded (internal/podrequest does it, as kubelet),
+//     so it is never expanded again here: a Secret value "pa$$word" stays "pa$$word";
+//   - $(VAR) in command and args expands from the container's env only, as kubelet's
+//     does: the image's env is the runtime's, unknown to kubelet's expansion;
 //   - workingDir falls back to the image's, then "/";
 //   - the user is securityContext.runAsUser/runAsGroup, else the image's User ("uid",
 //     "uid:gid", "name" or "name:group", looked up in the rootfs's /etc/passwd and /etc/group).
@@ -43,7 +46,10 @@ type Process struct {
 func ResolveProcess(c *corev1.Container, img v1.Config, rootfs string) (Process, error) {
 	var p Process
 	env := mergeEnv(img.Env, c.Env)
-	lookup := envMap(env)
+	lookup := make(map[string]string, len(c.Env))
+	for _, e := range c.Env {
+		lookup[e.Name] = e.Value
+	}
 	var args []string
 	switch {
 	case len(c.Command) > 0:
@@ -94,25 +100,13 @@ func mergeEnv(image []string, container []corev1.EnvVar) []string {
 	for _, kv := range image {
 		set(kv)
 	}
-	lookup := envMap(out)
 	for _, e := range container {
-		v := expand(e.Value, lookup)
-		set(e.Name + "=" + v)
-		lookup[e.Name] = v
+		set(e.Name + "=" + e.Value)
 	}
 	if _, ok := idx["PATH"]; !ok {
 		out = append(out, DefaultPath)
 	}
 	return out
-}
-
-func envMap(env []string) map[string]string {
-	m := make(map[string]string, len(env))
-	for _, kv := range env {
-		k, v, _ := strings.Cut(kv, "=")
-		m[k] = v
-	}
-	return m
 }
 
 func expandAll(in []string, env map[string]string) []string {

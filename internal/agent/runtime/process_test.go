@@ -46,14 +46,16 @@ func TestResolveProcessCommandAndArgs(t *testing.T) {
 		{name: "args without entrypoint", c: corev1.Container{Args: []string{"/bin/echo", "hi"}}, want: []string{"/bin/echo", "hi"}},
 		{name: "nothing to run", wantErr: "no command specified"},
 		{
+			// As kubelet: env values arrive expanded (never again here), and command/args
+			// expand from the container's env only, not the image's (B).
 			name: "env merge and expansion",
 			c: corev1.Container{
-				Command: []string{"echo", "$(A)", "$(B)", "$$(A)", "$(NOPE)"},
-				Env:     []corev1.EnvVar{{Name: "A", Value: "pod"}, {Name: "C", Value: "$(B)-c"}},
+				Command: []string{"echo", "$(A)", "$(B)", "$$(A)", "$(NOPE)", "$(S)"},
+				Env:     []corev1.EnvVar{{Name: "A", Value: "pod"}, {Name: "C", Value: "$(B)-c"}, {Name: "S", Value: "pa$$word"}},
 			},
 			img:     img,
-			want:    []string{"echo", "pod", "b", "$(A)", "$(NOPE)"},
-			wantEnv: []string{"PATH=/img/bin", "A=pod", "B=b", "C=b-c"},
+			want:    []string{"echo", "pod", "$(B)", "$(A)", "$(NOPE)", "pa$$word"},
+			wantEnv: []string{"PATH=/img/bin", "A=pod", "B=b", "C=$(B)-c", "S=pa$$word"},
 		},
 		{name: "default PATH", c: corev1.Container{Command: []string{"x"}}, wantEnv: []string{DefaultPath}},
 		{name: "workingDir from image", c: corev1.Container{Command: []string{"x"}}, img: v1.Config{WorkingDir: "/srv"}, wantCwd: "/srv"},
