@@ -10,6 +10,7 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	"k8s.io/apimachinery/pkg/types"
 
+	"github.com/kip-dev/kip/internal/admit"
 	"github.com/kip-dev/kip/internal/annotations"
 	"github.com/kip-dev/kip/internal/cellapi"
 	"github.com/kip-dev/kip/internal/cloud"
@@ -39,6 +40,9 @@ func (c *cell) launch() (*cloud.Instance, error) {
 	opts, err := annotations.Parse(pod)
 	if err != nil {
 		return nil, fail(ReasonInvalidAnnotation, "%v", err)
+	}
+	if err := admit.Pod(pod); err != nil {
+		return nil, fail(ReasonInvalidSpec, "%v", err)
 	}
 	c.m.mu.Lock()
 	c.healthyAfter = opts.HealthyTimeout

@@ -186,6 +186,13 @@ func TestPodThatCannotRunFailsWithoutLaunching(t *testing.T) {
 		{"selector refuses a field", func(p *corev1.Pod) {
 			p.Annotations = map[string]string{"test/selector": "bad-pod"}
 		}, ReasonInvalidSpec, "spec.overhead"},
+		{"a PersistentVolumeClaim", func(p *corev1.Pod) {
+			p.Spec.Volumes = []corev1.Volume{{Name: "data", VolumeSource: corev1.VolumeSource{
+				PersistentVolumeClaim: &corev1.PersistentVolumeClaimVolumeSource{ClaimName: "data"}}}}
+		}, ReasonInvalidSpec, "spec.volumes[0].persistentVolumeClaim"},
+		{"a hostPath", func(p *corev1.Pod) {
+			p.Spec.Volumes = []corev1.Volume{{Name: "root", VolumeSource: corev1.VolumeSource{HostPath: &corev1.HostPathVolumeSource{Path: "/"}}}}
+		}, ReasonInvalidSpec, "spec.volumes[0].hostPath"},
 		{"bad legacy annotation", func(p *corev1.Pod) {
 			p.Annotations = map[string]string{"pod.elotl.co/healthcheck-healthy-timeout": "soon"}
 		}, ReasonInvalidAnnotation, "pod.elotl.co/healthcheck-healthy-timeout"},

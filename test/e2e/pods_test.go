@@ -21,6 +21,7 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/fields"
 	"k8s.io/apimachinery/pkg/labels"
+	"k8s.io/apimachinery/pkg/util/wait"
 	"k8s.io/apimachinery/pkg/watch"
 	"k8s.io/utils/ptr"
 
@@ -144,6 +145,46 @@ func TestExitCode(t *testing.T) {
 	}
 	if _, err := e.WaitForCells(ctx, framework.PodCells(ns, "exit3"), cellGoneTimeout, framework.NoCells); err != nil {
 		t.Errorf("cell of the failed pod not terminated: %v", err)
+	}
+}
+
+// TestEnvExpandedOnce: env reaches the container exactly as kubelet builds it: a Secret value
+// is never $(VAR)-expanded ("pa$$word" stays), a value referring to it expands once, "$$" in a
+// literal value becomes "$", and $(VAR) in args expands from the pod's env, not the image's.
+func TestEnvExpandedOnce(t *testing.T) {
+	e := need(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
+	defer cancel()
+	ns := e.Namespace(t)
+	secret := &corev1.Secret{ObjectMeta: metav1.ObjectMeta{Name: "creds"}, StringData: map[string]string{"password": "pa$$word"}}
+	if _, err := e.Client.CoreV1().Secrets(ns).Create(ctx, secret, metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	c := corev1.Container{Name: "main", Image: "busybox",
+		Command: []string{"sh", "-c", `printf '%s|%s|%s|%s\n' "$S" "$E" "$L" "$1"`, "sh", "$(S)/$(PATH)"},
+		Env: []corev1.EnvVar{
+			{Name: "S", ValueFrom: &corev1.EnvVarSource{SecretKeyRef: &corev1.SecretKeySelector{
+				LocalObjectReference: corev1.LocalObjectReference{Name: "creds"}, Key: "password"}}},
+			{Name: "E", Value: "$(S)-x"},
+			{Name: "L", Value: "a$$b"},
+		}}
+	pod := framework.Pod("env", c)
+	if _, err := e.Client.CoreV1().Pods(ns).Create(ctx, pod, metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	got, err := e.WaitForPod(ctx, ns, "env", podTimeout, framework.Finished)
+	if err != nil {
+		t.Fatalf("%v\nevents:\n%s", err, e.EventsFor(ctx, ns, "env"))
+	}
+	if got.Status.Phase != corev1.PodSucceeded {
+		t.Fatalf("phase %s: %s", got.Status.Phase, framework.DescribePod(got))
+	}
+	out, err := e.Kubectl(ctx, "-n", ns, "logs", "env")
+	if err != nil {
+		t.Fatalf("kubectl logs: %v", err)
+	}
+	if want := "pa$$word|pa$$word-x|a$b|pa$$word/$(PATH)"; strings.TrimSpace(out) != want {
+		t.Errorf("the container saw %q, want %q", strings.TrimSpace(out), want)
 	}
 }
 
@@ -328,21 +369,60 @@ func TestUnrunnablePods(t *testing.T) {
 	big.Resources.Requests = corev1.ResourceList{
 		corev1.ResourceCPU: resource.MustParse("16"), corev1.ResourceMemory: resource.MustParse("32Gi"),
 	}
+	// A PersistentVolumeClaim bound to a PersistentVolume, so the scheduler places its pod.
+	pv := &corev1.PersistentVolume{ObjectMeta: metav1.ObjectMeta{Name: "kip-e2e-" + ns},
+		Spec: corev1.PersistentVolumeSpec{
+			Capacity:                      corev1.ResourceList{corev1.ResourceStorage: resource.MustParse("1Gi")},
+			AccessModes:                   []corev1.PersistentVolumeAccessMode{corev1.ReadWriteOnce},
+			PersistentVolumeReclaimPolicy: corev1.PersistentVolumeReclaimRetain,
+			StorageClassName:              "",
+			PersistentVolumeSource:        corev1.PersistentVolumeSource{HostPath: &corev1.HostPathVolumeSource{Path: "/tmp/kip-e2e-pv"}},
+		}}
+	if _, err := e.Client.CoreV1().PersistentVolumes().Create(ctx, pv, metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		_ = e.Client.CoreV1().PersistentVolumes().Delete(context.Background(), pv.Name, metav1.DeleteOptions{})
+	})
+	pvc := &corev1.PersistentVolumeClaim{ObjectMeta: metav1.ObjectMeta{Name: "data"},
+		Spec: corev1.PersistentVolumeClaimSpec{
+			AccessModes:      []corev1.PersistentVolumeAccessMode{corev1.ReadWriteOnce},
+			StorageClassName: ptr.To(""),
+			VolumeName:       pv.Name,
+			Resources:        corev1.VolumeResourceRequirements{Requests: corev1.ResourceList{corev1.ResourceStorage: resource.MustParse("1Gi")}},
+		}}
+	if _, err := e.Client.CoreV1().PersistentVolumeClaims(ns).Create(ctx, pvc, metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	if err := wait.PollUntilContextTimeout(ctx, 200*time.Millisecond, time.Minute, true, func(ctx context.Context) (bool, error) {
+		c, err := e.Client.CoreV1().PersistentVolumeClaims(ns).Get(ctx, "data", metav1.GetOptions{})
+		return err == nil && c.Status.Phase == corev1.ClaimBound, nil
+	}); err != nil {
+		t.Fatalf("the claim never bound: %v", err)
+	}
+	claimVolume := []corev1.Volume{{Name: "data", VolumeSource: corev1.VolumeSource{
+		PersistentVolumeClaim: &corev1.PersistentVolumeClaimVolumeSource{ClaimName: "data"}}}}
+	hostVolume := []corev1.Volume{{Name: "root", VolumeSource: corev1.VolumeSource{HostPath: &corev1.HostPathVolumeSource{Path: "/"}}}}
+
 	tests := []struct {
 		name        string
 		annotations map[string]string
 		container   corev1.Container
 		want        []string // substrings of the pod's status message
+		volumes     []corev1.Volume
 	}{
-		{"too-big", nil, big, []string{"asked", "largest: local.xlarge"}},
-		{"bad-volume-size", map[string]string{"pod.kip.dev/volume-size": "lots"}, framework.Busybox("main", "true"), []string{"volume-size", "lots"}},
-		{"bad-launch-type", map[string]string{"pod.kip.dev/launch-type": "sometimes"}, framework.Busybox("main", "true"), []string{"launch-type", "sometimes"}},
-		{"unknown-instance-type", map[string]string{"pod.kip.dev/instance-type": "z9.huge"}, framework.Busybox("main", "true"), []string{"z9.huge"}},
+		{"too-big", nil, big, []string{"asked", "largest: local.xlarge"}, nil},
+		{"bad-volume-size", map[string]string{"pod.kip.dev/volume-size": "lots"}, framework.Busybox("main", "true"), []string{"volume-size", "lots"}, nil},
+		{"bad-launch-type", map[string]string{"pod.kip.dev/launch-type": "sometimes"}, framework.Busybox("main", "true"), []string{"launch-type", "sometimes"}, nil},
+		{"unknown-instance-type", map[string]string{"pod.kip.dev/instance-type": "z9.huge"}, framework.Busybox("main", "true"), []string{"z9.huge"}, nil},
+		{"claim", nil, framework.Busybox("main", "true"), []string{"spec.volumes[0].persistentVolumeClaim"}, claimVolume},
+		{"host-path", nil, framework.Busybox("main", "true"), []string{"spec.volumes[0].hostPath"}, hostVolume},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			pod := framework.Pod(tt.name, tt.container)
 			pod.Annotations = tt.annotations
+			pod.Spec.Volumes = tt.volumes
 			if _, err := e.Client.CoreV1().Pods(ns).Create(ctx, pod, metav1.CreateOptions{}); err != nil {
 				t.Fatal(err)
 			}

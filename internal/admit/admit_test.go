@@ -1,0 +1,44 @@
+package admit
+
+import (
+	"errors"
+	"testing"
+
+	corev1 "k8s.io/api/core/v1"
+)
+
+func TestPod(t *testing.T) {
+	vol := func(name string, src corev1.VolumeSource) corev1.Volume { return corev1.Volume{Name: name, VolumeSource: src} }
+	tests := []struct {
+		name      string
+		volumes   []corev1.Volume
+		wantField string
+	}{
+		{"no volumes", nil, ""},
+		{"supported", []corev1.Volume{
+			vol("a", corev1.VolumeSource{EmptyDir: &corev1.EmptyDirVolumeSource{}}),
+			vol("b", corev1.VolumeSource{ConfigMap: &corev1.ConfigMapVolumeSource{}}),
+			vol("c", corev1.VolumeSource{Secret: &corev1.SecretVolumeSource{}}),
+			vol("d", corev1.VolumeSource{DownwardAPI: &corev1.DownwardAPIVolumeSource{}}),
+			vol("e", corev1.VolumeSource{Projected: &corev1.ProjectedVolumeSource{}}),
+		}, ""},
+		{"pvc", []corev1.Volume{
+			vol("a", corev1.VolumeSource{EmptyDir: &corev1.EmptyDirVolumeSource{}}),
+			vol("data", corev1.VolumeSource{PersistentVolumeClaim: &corev1.PersistentVolumeClaimVolumeSource{ClaimName: "x"}}),
+		}, "spec.volumes[1].persistentVolumeClaim"},
+		{"hostPath", []corev1.Volume{vol("h", corev1.VolumeSource{HostPath: &corev1.HostPathVolumeSource{Path: "/"}})}, "spec.volumes[0].hostPath"},
+		{"no source", []corev1.Volume{vol("x", corev1.VolumeSource{})}, "spec.volumes[0]"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			err := Pod(&corev1.Pod{Spec: corev1.PodSpec{Volumes: tt.volumes}})
+			var ae *Error
+			switch {
+			case tt.wantField == "" && err != nil:
+				t.Fatalf("refused: %v", err)
+			case tt.wantField != "" && (!errors.As(err, &ae) || ae.Field != tt.wantField):
+				t.Fatalf("err = %v, want a refusal of %s", err, tt.wantField)
+			}
+		})
+	}
+}
