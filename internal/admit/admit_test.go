@@ -8,7 +8,9 @@ import (
 )
 
 func TestPod(t *testing.T) {
-	vol := func(name string, src corev1.VolumeSource) corev1.Volume { return corev1.Volume{Name: name, VolumeSource: src} }
+	vol := func(name string, src corev1.VolumeSource) corev1.Volume {
+		return corev1.Volume{Name: name, VolumeSource: src}
+	}
 	tests := []struct {
 		name      string
 		volumes   []corev1.Volume

@@ -25,6 +25,9 @@ const errImagePullShown = time.Second
 type backOff struct {
 	first, cur wait.Backoff
 	reset      time.Duration
+	// armed is set once a crashed container was restarted at once; until a run of Reset or
+	// longer clears it, every restart waits.
+	armed bool
 }
 
 func newBackOff(c BackOff) backOff {
@@ -37,6 +40,21 @@ func newBackOff(c BackOff) backOff {
 func (b *backOff) next(ranFor time.Duration) time.Duration {
 	if ranFor >= b.reset {
 		b.cur = b.first
+	}
+	return b.cur.Step()
+}
+
+// nextRestart returns the delay before restarting a container that exited after running
+// ranFor. As kubelet, the first restart is immediate (kubelet backs off only a container that
+// exits again within its back-off window), and so is the first one after a run of Reset or
+// longer; later ones wait next's delays.
+func (b *backOff) nextRestart(ranFor time.Duration) time.Duration {
+	if ranFor >= b.reset {
+		b.cur, b.armed = b.first, false
+	}
+	if !b.armed {
+		b.armed = true
+		return 0
 	}
 	return b.cur.Step()
 }

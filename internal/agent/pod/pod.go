@@ -371,7 +371,26 @@ func (o outcome) ok() bool { return o.stage == "" && o.exit == 0 }
 // backOffRestart waits the container's back-off, showing it as waiting, and reports whether
 // to run it again (false when the pod is being stopped).
 func (p *Pod) backOffRestart(c *ctr, out outcome) bool {
-	delay := c.backOff.next(out.ranFor)
+	if out.stage == "" {
+		if delay := c.backOff.nextRestart(out.ranFor); delay == 0 {
+			// Restarted at once, as kubelet does the first time: no back-off shown.
+			p.update(c, func(s *corev1.ContainerStatus) {
+				if s.State.Terminated != nil {
+					s.LastTerminationState = corev1.ContainerState{Terminated: s.State.Terminated}
+				}
+				s.RestartCount++
+			})
+			return c.ctx.Err() == nil
+		} else {
+			return p.waitBackOff(c, out, delay)
+		}
+	}
+	return p.waitBackOff(c, out, c.backOff.next(out.ranFor))
+}
+
+// waitBackOff shows the container waiting (CrashLoopBackOff, or the stage it failed in) for
+// delay, then counts a restart. It reports false when the pod is being stopped meanwhile.
+func (p *Pod) waitBackOff(c *ctr, out outcome, delay time.Duration) bool {
 	reason, msg := ReasonCrashLoopBackOff, fmt.Sprintf("back-off %s restarting failed container=%s pod=%s", delay, c.spec.Name, p.req.Pod.Name)
 	if out.stage != "" {
 		reason = out.stage

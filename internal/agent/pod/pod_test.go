@@ -193,11 +193,27 @@ func testPod(policy corev1.RestartPolicy, names ...string) *corev1.Pod {
 	return p
 }
 
-// TestCrashLoopBackOffOnFakeClock checks kubelet's delays (10s, 20s, 40s) on an injected
-// clock: a restart happens only once the clock has moved past the back-off.
+// TestCrashLoopBackOffOnFakeClock checks kubelet's delays on an injected clock: the first
+// crash restarts at once, then 10s, 20s, 40s: a restart happens only once the clock has moved
+// past the back-off.
 func TestCrashLoopBackOffOnFakeClock(t *testing.T) {
 	r := start(t, testPod(corev1.RestartPolicyOnFailure, "app"), &fakeImages{})
+	first := r.nextStart(t)
+	r.until(t, func(s *cellapi.PodStatus) bool { return s.ContainerStatuses[0].State.Running != nil })
+	r.rt.exit(first, 1)
+	// Restarted without the clock moving, never shown in CrashLoopBackOff.
+	st := r.until(t, func(s *cellapi.PodStatus) bool {
+		cs := s.ContainerStatuses[0]
+		if w := cs.State.Waiting; w != nil && w.Reason == ReasonCrashLoopBackOff {
+			t.Fatalf("the first crash backed off: %q", w.Message)
+		}
+		return cs.RestartCount == 1
+	})
+	if lt := st.ContainerStatuses[0].LastTerminationState.Terminated; lt == nil || lt.ExitCode != 1 {
+		t.Fatalf("lastState after the immediate restart %+v", st.ContainerStatuses[0].LastTerminationState)
+	}
 	for i, want := range []time.Duration{10 * time.Second, 20 * time.Second, 40 * time.Second} {
+		i++ // restarts so far
 		id := r.nextStart(t)
 		r.until(t, func(s *cellapi.PodStatus) bool { return s.ContainerStatuses[0].State.Running != nil })
 		r.rt.exit(id, 1)
@@ -229,9 +245,9 @@ func TestCrashLoopBackOffOnFakeClock(t *testing.T) {
 	id := r.nextStart(t)
 	r.until(t, func(s *cellapi.PodStatus) bool { return s.ContainerStatuses[0].State.Running != nil })
 	r.rt.exit(id, 0)
-	st := r.until(t, func(s *cellapi.PodStatus) bool { return s.Phase == corev1.PodSucceeded })
-	if st.ContainerStatuses[0].RestartCount != 3 {
-		t.Errorf("restartCount %d, want 3", st.ContainerStatuses[0].RestartCount)
+	st = r.until(t, func(s *cellapi.PodStatus) bool { return s.Phase == corev1.PodSucceeded })
+	if st.ContainerStatuses[0].RestartCount != 4 {
+		t.Errorf("restartCount %d, want 4", st.ContainerStatuses[0].RestartCount)
 	}
 }
 
