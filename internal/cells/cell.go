@@ -75,6 +75,8 @@ type cell struct {
 	cancelOps context.CancelFunc
 	delOnce   sync.Once
 	deleted   chan struct{}
+	// finished is closed when the state machine has ended (the cell is gone).
+	finished chan struct{}
 	// lost is closed by the sweep when the cell's instance is gone or its agent has been
 	// unreachable past the healthy timeout; lostMsg says which.
 	lostOnce sync.Once
@@ -82,16 +84,23 @@ type cell struct {
 	lostMsg  string
 
 	// Guarded by m.mu.
-	pod          *corev1.Pod // latest spec and metadata; Status is what kip reports
-	stage        stage
-	grace        time.Duration
-	inst         *cloud.Instance
-	cand         selector.Candidate
-	agent        cellapi.Agent
-	agentStatus  *cellapi.PodStatus
-	waitReason   string // pod-level reason while no agent status is known
-	waitMessage  string
-	failure      *podFailure
+	pod         *corev1.Pod // latest spec and metadata; Status is what kip reports
+	stage       stage
+	grace       time.Duration
+	inst        *cloud.Instance
+	cand        selector.Candidate
+	agent       cellapi.Agent
+	agentStatus *cellapi.PodStatus
+	waitReason  string // pod-level reason while no agent status is known
+	waitMessage string
+	failure     *podFailure
+	// killed is why the pod is being stopped without being deleted (its active deadline
+	// passed): it ends Failed with that reason once its containers stopped.
+	killed *podFailure
+	// userDeleted is set when the stop was asked by a deletion of the pod.
+	userDeleted bool
+	// specChanged is closed (and replaced) by every spec update.
+	specChanged  chan struct{}
 	stopped      bool // containers stopped by deletion: the status is final
 	archive      *logarchive.Archive
 	timing       Timing
@@ -109,9 +118,12 @@ func (m *Manager) newCell(pod *corev1.Pod) *cell {
 		ops:       ops,
 		cancelOps: cancel,
 		deleted:   make(chan struct{}),
+		finished:  make(chan struct{}),
 		lost:      make(chan struct{}),
 		pod:       pod.DeepCopy(),
 		stage:     stageLaunching,
+
+		specChanged: make(chan struct{}),
 	}
 	c.log = m.log.With("pod", c.key, "cell", c.cellID)
 	c.timing = Timing{Namespace: pod.Namespace, Name: pod.Name, UID: pod.UID, CellID: c.cellID, Created: m.clock.Now()}
@@ -137,6 +149,8 @@ func (c *cell) updateSpec(pod *corev1.Pod) {
 	status := c.pod.Status
 	c.pod = pod.DeepCopy()
 	c.pod.Status = status
+	close(c.specChanged)
+	c.specChanged = make(chan struct{})
 }
 
 // snapshot returns a copy of the pod with its status. m.mu must be held.
@@ -148,11 +162,40 @@ func (c *cell) requestDelete(grace time.Duration) {
 	if c.stage != stageDone {
 		c.grace = grace
 	}
+	c.userDeleted = true
 	c.m.mu.Unlock()
+	c.requestStop()
+}
+
+// kill asks the state machine to stop the pod's containers with the given grace period and
+// end it Failed with f, as kubelet kills a pod past its active deadline. The pod is not
+// deleted: it stays, Failed, with its logs.
+func (c *cell) kill(f *podFailure, grace time.Duration) {
+	c.m.mu.Lock()
+	if c.stage == stageDone || c.killed != nil || c.userDeleted {
+		c.m.mu.Unlock()
+		return
+	}
+	c.killed, c.grace = f, grace
+	c.m.mu.Unlock()
+	c.requestStop()
+}
+
+// requestStop wakes every wait of the state machine (a deletion or a kill).
+func (c *cell) requestStop() {
 	c.delOnce.Do(func() {
 		close(c.deleted)
 		c.cancelOps()
 	})
+}
+
+func (c *cell) isFinished() bool {
+	select {
+	case <-c.finished:
+		return true
+	default:
+		return false
+	}
 }
 
 func (c *cell) isDeleted() bool {

@@ -387,10 +387,14 @@ func (m *Manager) Timings() []Timing {
 }
 
 func (m *Manager) start(c *cell, adopt *cloud.Instance) {
-	m.wg.Add(1)
+	m.wg.Add(2)
 	go func() {
 		defer m.wg.Done()
 		c.run(adopt)
+	}()
+	go func() {
+		defer m.wg.Done()
+		c.watchDeadline()
 	}()
 }
 

@@ -20,8 +20,18 @@ func (c *cell) finish(err error) {
 		return // kip is shutting down: the cell keeps running for the next kip to adopt
 	}
 	var failure *podFailure
-	deleted := errors.Is(err, errDeleted) || c.isDeleted()
+	stopAsked := errors.Is(err, errDeleted) || c.isDeleted()
+	c.m.mu.Lock()
+	killed := c.killed
+	if c.userDeleted {
+		killed = nil
+	}
+	c.m.mu.Unlock()
+	// A stop asked by a kill (not a deletion) ends the pod Failed with the kill's reason.
+	deleted := stopAsked && killed == nil
 	switch {
+	case stopAsked && killed != nil:
+		failure = killed
 	case errors.As(err, &failure):
 	case err == nil, deleted:
 	default:
@@ -39,9 +49,19 @@ func (c *cell) finish(err error) {
 	}
 	if agent != nil && inst != nil {
 		ctx, cancel := context.WithTimeout(m.ctx, grace+30*time.Second)
-		if deleted {
+		switch {
+		case deleted:
 			c.stop(ctx, agent, grace)
-		} else if failure == nil {
+		case killed != nil:
+			// As kubelet: the pod is Failed with the kill's reason while its containers
+			// stop; their logs are kept first (stopping the pod removes them on the cell).
+			c.m.mu.Lock()
+			c.failure = killed
+			c.m.mu.Unlock()
+			c.publish()
+			c.saveLogs(ctx, agent)
+			c.stop(ctx, agent, grace)
+		case failure == nil:
 			c.saveLogs(ctx, agent)
 		}
 		cancel()
@@ -51,6 +71,7 @@ func (c *cell) finish(err error) {
 	}
 	c.terminate(pod, inst)
 
+	defer close(c.finished)
 	c.m.mu.Lock()
 	c.stage = stageDone
 	c.timing.Finished = m.clock.Now()
@@ -65,7 +86,10 @@ func (c *cell) finish(err error) {
 	c.m.mu.Unlock()
 	c.publish()
 	c.observe()
-	if deleted || c.isDeleted() {
+	m.mu.Lock()
+	userDeleted := c.userDeleted
+	m.mu.Unlock()
+	if deleted || userDeleted {
 		m.mu.Lock()
 		if m.cells[c.key] == c {
 			delete(m.cells, c.key)

@@ -188,6 +188,40 @@ func TestEnvExpandedOnce(t *testing.T) {
 	}
 }
 
+// TestActiveDeadline: a pod running past spec.activeDeadlineSeconds is stopped and ends
+// Failed with kubelet's reason DeadlineExceeded; its cell is terminated and its logs stay.
+func TestActiveDeadline(t *testing.T) {
+	e := need(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
+	defer cancel()
+	ns := e.Namespace(t)
+	pod := framework.Pod("deadline", framework.Busybox("main", "echo started; exec sleep 3600"))
+	pod.Spec.ActiveDeadlineSeconds = ptr.To[int64](5)
+	pod.Spec.TerminationGracePeriodSeconds = ptr.To[int64](1)
+	if _, err := e.Client.CoreV1().Pods(ns).Create(ctx, pod, metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	got, err := e.WaitForPod(ctx, ns, "deadline", podTimeout, framework.Failed)
+	if err != nil {
+		t.Fatalf("%v\nevents:\n%s", err, e.EventsFor(ctx, ns, "deadline"))
+	}
+	if got.Status.Reason != "DeadlineExceeded" || !strings.Contains(got.Status.Message, "longer than the specified deadline") {
+		t.Errorf("reason %q message %q, want kubelet's DeadlineExceeded", got.Status.Reason, got.Status.Message)
+	}
+	if term := got.Status.ContainerStatuses[0].State.Terminated; term == nil {
+		t.Errorf("container not terminated: %s", framework.DescribePod(got))
+	}
+	if _, err := e.WaitForCells(ctx, framework.PodCells(ns, "deadline"), cellGoneTimeout, framework.NoCells); err != nil {
+		t.Errorf("cell not terminated after the deadline: %v", err)
+	}
+	if out, err := e.Kubectl(ctx, "-n", ns, "logs", "deadline"); err != nil || strings.TrimSpace(out) != "started" {
+		t.Errorf("kubectl logs of the killed pod = %q, %v; want started", out, err)
+	}
+	if _, err := e.WaitForEvent(ctx, ns, "deadline", "DeadlineExceeded", 30*time.Second); err != nil {
+		t.Error(err)
+	}
+}
+
 // TestDeploymentHTTP: 3 replicas of busybox httpd run on 3 cells with 3 addresses, each
 // answering from the host; scaling to 0 leaves no cell.
 func TestDeploymentHTTP(t *testing.T) {
