@@ -196,6 +196,16 @@ func (ix *Index) globMask(pattern string) (mask []bool, any bool) {
 	return mask, slices.Contains(mask, true)
 }
 
+// anyArchAllowed reports whether a type of mask has an architecture arch allows.
+func (ix *Index) anyArchAllowed(mask []bool, arch Constraint) bool {
+	for i, in := range mask {
+		if in && arch.Allows(ix.types[i].Arch) {
+			return true
+		}
+	}
+	return false
+}
+
 // cand is one offering with its type's figures in the units the needs use.
 type cand struct {
 	name      string
@@ -334,7 +344,8 @@ func (q *query) check(c *cand) (why Why, surcharge float64) {
 //     to a glob's types (which must match at least one); otherwise a pod asking for no
 //     resources gets Options.DefaultType when set;
 //   - a candidate fits when its vCPUs, memory and GPUs cover Needs (reserve included), its
-//     architecture is allowed (naming a type in the annotation lifts Options.DefaultArch), and,
+//     architecture is allowed (naming a type in the annotation lifts Options.DefaultArch; a
+//     glob lifts it only when none of its types has that architecture), and,
 //     for a burstable type, its baseline covers the CPU needed or unlimited credits pay for
 //     the rest;
 //   - the cheapest fit by effective price wins; the next ones are the fallbacks.
@@ -354,11 +365,14 @@ func (ix *Index) Select(pod *corev1.Pod, opts Options) (*Choice, error) {
 	if ann.Spot != nil {
 		q.spot = *ann.Spot
 	}
-	if ann.InstanceType != "" {
-		// Naming a type names its architecture; the default one applies to the pod only.
-		if c, _ := constraintFor(pod, archLabels); len(c) == 0 {
-			q.needs.Arch = nil
-		}
+	// Naming one type names its architecture: the default one applies to the pod only. A glob
+	// keeps the default architecture unless none of its types has it (then it names theirs).
+	defaultArch := false
+	if c, _ := constraintFor(pod, archLabels); len(c) == 0 {
+		defaultArch = true
+	}
+	if ann.InstanceType != "" && !ann.InstanceTypeGlob && defaultArch {
+		q.needs.Arch = nil
 	}
 	if q.surplusRate == 0 {
 		q.surplusRate = DefaultSurplusCreditPrice
@@ -368,6 +382,9 @@ func (ix *Index) Select(pod *corev1.Pod, opts Options) (*Choice, error) {
 		var matched bool
 		if q.allowed, matched = ix.globMask(ann.InstanceType); !matched {
 			return nil, &AnnotationError{Annotation: ann.InstanceTypeFrom, Value: ann.InstanceType, Reason: "matches no instance type in the catalog"}
+		}
+		if defaultArch && !ix.anyArchAllowed(q.allowed, q.needs.Arch) {
+			q.needs.Arch = nil
 		}
 		q.restriction = fmt.Sprintf("annotation %s=%q", ann.InstanceTypeFrom, ann.InstanceType)
 	case ann.InstanceType != "":
