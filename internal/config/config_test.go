@@ -30,7 +30,8 @@ func TestValidFiles(t *testing.T) {
 			eq(t, "cells.capacityErrorMemory", c.Cells.CapacityErrorMemory.Duration, 3*time.Minute)
 			eq(t, "cells.launchConcurrency", c.Cells.LaunchConcurrency, 10)
 			eq(t, "cells.clusterName", c.Cells.ClusterName, "kip")
-			eq(t, "cells.reserve.memory", c.Cells.Reserve.Memory.String(), "64Mi")
+			eq(t, "cells.reserve.memory", c.Cells.Reserve.Memory.String(), "128Mi") // selector.DefaultReserve, as kip select
+			eq(t, "cells.reserve.cpu", c.Cells.Reserve.CPU.String(), "50m")
 		}},
 		{"valid-local-full.yaml", func(t *testing.T, c *ProviderConfig) {
 			eq(t, "node.internalIP", c.Node.InternalIP, "10.250.7.1")

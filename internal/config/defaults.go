@@ -4,7 +4,9 @@ import (
 	"net/netip"
 	"time"
 
+	"github.com/kip-dev/kip/internal/selector"
 	corev1 "k8s.io/api/core/v1"
+	"k8s.io/apimachinery/pkg/api/resource"
 )
 
 // Defaults, exported so callers and docs can name them.
@@ -80,8 +82,14 @@ func (c *ProviderConfig) Default() {
 	}
 
 	cl := &c.Cells
-	defaultQuantity(&cl.Reserve.CPU, "100m")
-	defaultQuantity(&cl.Reserve.Memory, "64Mi")
+	// The selector's default reserve, so that kip select (whose flags default to it) previews
+	// what kip run chooses.
+	if !cl.Reserve.CPU.set {
+		cl.Reserve.CPU = NewQuantity(resource.NewMilliQuantity(selector.DefaultReserve.CPUMilli, resource.DecimalSI).String())
+	}
+	if !cl.Reserve.Memory.set {
+		cl.Reserve.Memory = NewQuantity(resource.NewQuantity(selector.DefaultReserve.MemoryBytes, resource.BinarySI).String())
+	}
 	defaultDuration(&cl.HealthyTimeout, DefaultHealthyTimeout)
 	defaultDuration(&cl.StatusInterval, DefaultStatusInterval)
 	defaultDuration(&cl.CapacityErrorMemory, DefaultCapacityErrorMemory)

@@ -8,6 +8,9 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+
+	"github.com/kip-dev/kip/internal/config"
+	"k8s.io/apimachinery/pkg/api/resource"
 )
 
 const examples = "../../../examples/select"
@@ -215,5 +218,21 @@ func TestErrors(t *testing.T) {
 				t.Errorf("output does not explain the annotation:\n%s", out)
 			}
 		})
+	}
+}
+
+// TestDefaultReserveIsKipRuns: kip select's default reserve is the one kip run adds when its
+// config sets none, so the preview agrees with what runs.
+func TestDefaultReserveIsKipRuns(t *testing.T) {
+	run := config.NewDefault().Cells.Reserve
+	flags := NewCommand().Flags()
+	for _, f := range []struct {
+		flag string
+		want resource.Quantity
+	}{{"reserve-cpu", run.CPU.Quantity}, {"reserve-memory", run.Memory.Quantity}} {
+		got := resource.MustParse(flags.Lookup(f.flag).DefValue)
+		if got.Cmp(f.want) != 0 {
+			t.Errorf("--%s defaults to %s; kip run reserves %s", f.flag, got.String(), f.want.String())
+		}
 	}
 }
