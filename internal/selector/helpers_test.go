@@ -106,6 +106,11 @@ func burst(t instancetype.InstanceType, baseline float64) instancetype.InstanceT
 	return t
 }
 
+func amdGPU(t instancetype.InstanceType) instancetype.InstanceType {
+	t.GPUModel = "amd-radeon pro v520"
+	return t
+}
+
 // testCatalog is small enough to reason about by hand.
 func testCatalog() []instancetype.InstanceType {
 	zoned := it("z.large", "amd64", 2, 8192, 0,

@@ -196,6 +196,16 @@ func (ix *Index) globMask(pattern string) (mask []bool, any bool) {
 	return mask, slices.Contains(mask, true)
 }
 
+// nvidiaGPUs is how many of t's GPUs serve nvidia.com/gpu: all of them when the model is
+// NVIDIA's (or not known, as in catalogs that only list NVIDIA parts), none when it is another
+// maker's (an AMD g4ad's Radeon cannot run a CUDA container).
+func nvidiaGPUs(t *instancetype.InstanceType) int {
+	if t.GPUModel == "" || strings.HasPrefix(t.GPUModel, "nvidia") {
+		return t.GPU
+	}
+	return 0
+}
+
 // anyArchAllowed reports whether a type of mask has an architecture arch allows.
 func (ix *Index) anyArchAllowed(mask []bool, arch Constraint) bool {
 	for i, in := range mask {
@@ -244,7 +254,7 @@ func NewIndex(types []instancetype.InstanceType) *Index {
 				cpuMilli:  int64(math.Round(t.VCPU * 1000)),
 				baseMilli: int64(math.Round(t.BaselineVCPU * 1000)),
 				memBytes:  t.MemoryMiB << 20,
-				gpu:       t.GPU, arch: arch, zone: o.Zone, spot: o.Spot, avail: o.Available,
+				gpu:       nvidiaGPUs(&t), arch: arch, zone: o.Zone, spot: o.Spot, avail: o.Available,
 				burst: t.Burstable, unlimited: unlimitedCapable(t.Name),
 			})
 		}
@@ -507,7 +517,7 @@ func containsType(rs []Rejection, name string) bool {
 func (ix *Index) rejection(q *query, c *cand, why Why) Rejection {
 	t := &ix.types[c.typ]
 	return Rejection{Type: c.name, Zone: c.zone, Spot: c.spot, Price: c.price, Why: why,
-		VCPU: t.VCPU, MemoryMiB: t.MemoryMiB, GPU: t.GPU, Arch: t.Arch, BaselineVCPU: t.BaselineVCPU, needs: &q.needs}
+		VCPU: t.VCPU, MemoryMiB: t.MemoryMiB, GPU: nvidiaGPUs(t), Arch: t.Arch, BaselineVCPU: t.BaselineVCPU, needs: &q.needs}
 }
 
 // noFit explains why nothing fits: the candidates that missed on the fewest counts, and the

@@ -7,6 +7,7 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/kip-dev/kip/internal/instancetype"
 	corev1 "k8s.io/api/core/v1"
 )
 
@@ -233,5 +234,29 @@ func TestIndexConcurrent(t *testing.T) {
 		if err := <-errs; err != nil {
 			t.Fatal(err)
 		}
+	}
+}
+
+// TestNvidiaGPUsOnly: nvidia.com/gpu asks for NVIDIA GPUs; an AMD GPU type (a g4ad) never
+// serves it, however cheap, while a type whose model is unknown still counts as NVIDIA.
+func TestNvidiaGPUsOnly(t *testing.T) {
+	cat := append(testCatalog(), amdGPU(it("g4ad.xlarge", "amd64", 4, 16384, 1, od(0.379), spotAt(0.114))))
+	gpuPod := pod(containers(ctr("app", nil, rl("nvidia.com/gpu", "1"))))
+	ch, err := Select(gpuPod, cat, Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if ch.Type.Name != "g4dn.xlarge" {
+		t.Errorf("chose %s for an NVIDIA GPU, want g4dn.xlarge", ch.Type.Name)
+	}
+	for _, f := range ch.Fallbacks {
+		if f.Type.Name == "g4ad.xlarge" {
+			t.Error("the AMD type is a fallback for an NVIDIA GPU")
+		}
+	}
+	// With only the AMD type on offer, nothing fits and the message says why.
+	_, err = Select(gpuPod, []instancetype.InstanceType{cat[len(cat)-1]}, Options{})
+	if err == nil || !strings.Contains(err.Error(), "gpu 0 < 1") {
+		t.Errorf("error %v, want a no-fit naming gpu 0 < 1", err)
 	}
 }
