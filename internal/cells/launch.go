@@ -4,6 +4,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"slices"
 	"strings"
 	"time"
 
@@ -51,6 +52,18 @@ func (c *cell) launch() (*cloud.Instance, error) {
 	bo := newBackoff(time.Second, time.Minute)
 	for {
 		cands, err := c.candidates(pod)
+		if errors.Is(err, errNoCapacityNow) {
+			// What fits lacks capacity right now (a pod pinned to one type, say): wait for
+			// the capacity memory to fade and choose again, as for a failed launch.
+			c.m.mu.Lock()
+			c.setWaiting(ReasonInsufficientCapacity, "every instance type that fits lacked capacity recently; retrying")
+			c.m.mu.Unlock()
+			c.publish()
+			if err := c.sleep(bo.next()); err != nil {
+				return nil, err
+			}
+			continue
+		}
 		if err != nil {
 			return nil, err
 		}
@@ -80,6 +93,9 @@ func (c *cell) candidates(pod *corev1.Pod) ([]selector.Candidate, error) {
 				return nil, fail(ReasonNoInstanceType, "no instance type selector configured")
 			}
 			choice, err := m.deps.Selector.Select(pod, types)
+			if selector.IsNoFit(err) && fitsWhenAvailable(m.deps.Selector, pod, types) {
+				return nil, errNoCapacityNow
+			}
 			if err != nil {
 				return nil, fail(selectReason(err), "%v", err)
 			}
@@ -96,6 +112,30 @@ func (c *cell) candidates(pod *corev1.Pod) ([]selector.Candidate, error) {
 			return nil, err
 		}
 	}
+}
+
+// errNoCapacityNow says that only offerings marked unavailable (recent capacity errors) fit.
+var errNoCapacityNow = errors.New("every fitting offering lacks capacity now")
+
+// fitsWhenAvailable reports whether the pod would fit the catalog were its unavailable
+// offerings available: then nothing fits only for want of capacity, which passes.
+func fitsWhenAvailable(sel Selector, pod *corev1.Pod, types []instancetype.InstanceType) bool {
+	all := make([]instancetype.InstanceType, len(types))
+	unavailable := false
+	for i, t := range types {
+		t.Offerings = slices.Clone(t.Offerings)
+		for j := range t.Offerings {
+			if !t.Offerings[j].Available {
+				t.Offerings[j].Available, unavailable = true, true
+			}
+		}
+		all[i] = t
+	}
+	if !unavailable {
+		return false
+	}
+	_, err := sel.Select(pod, all)
+	return err == nil
 }
 
 // selectReason classifies a selector error into the pod's failure reason.
