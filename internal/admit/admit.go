@@ -35,6 +35,34 @@ func Pod(pod *corev1.Pod) error {
 				Reason: fmt.Sprintf("volume %q: %s volumes are not supported on kip's cells (only emptyDir, configMap, secret, downwardAPI and projected)", v.Name, src)}
 		}
 	}
+	for _, list := range []struct {
+		field string
+		ctrs  []corev1.Container
+	}{{"initContainers", pod.Spec.InitContainers}, {"containers", pod.Spec.Containers}} {
+		for i, c := range list.ctrs {
+			if err := container(fmt.Sprintf("spec.%s[%d]", list.field, i), c.SecurityContext); err != nil {
+				return err
+			}
+		}
+	}
+	return nil
+}
+
+// container refuses the security settings a cell cannot give a container.
+func container(field string, sc *corev1.SecurityContext) error {
+	if sc == nil {
+		return nil
+	}
+	if sc.Privileged != nil && *sc.Privileged {
+		return &Error{Field: field + ".securityContext.privileged", Reason: "privileged containers are not supported on kip's cells"}
+	}
+	if sc.Capabilities != nil {
+		for j, c := range sc.Capabilities.Add {
+			if strings.EqualFold(string(c), "ALL") {
+				return &Error{Field: fmt.Sprintf("%s.securityContext.capabilities.add[%d]", field, j), Reason: "ALL is not supported; name the capabilities to add"}
+			}
+		}
+	}
 	return nil
 }
 

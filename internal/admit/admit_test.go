@@ -44,3 +44,39 @@ func TestPod(t *testing.T) {
 		})
 	}
 }
+
+func TestContainerSecurity(t *testing.T) {
+	tests := []struct {
+		name      string
+		sc        *corev1.SecurityContext
+		init      bool
+		wantField string
+	}{
+		{"none", nil, false, ""},
+		{"drop all, add one", &corev1.SecurityContext{Capabilities: &corev1.Capabilities{Drop: []corev1.Capability{"ALL"}, Add: []corev1.Capability{"NET_BIND_SERVICE"}}}, false, ""},
+		{"privileged", &corev1.SecurityContext{Privileged: ptrTo(true)}, false, "spec.containers[1].securityContext.privileged"},
+		{"privileged init container", &corev1.SecurityContext{Privileged: ptrTo(true)}, true, "spec.initContainers[0].securityContext.privileged"},
+		{"not privileged", &corev1.SecurityContext{Privileged: ptrTo(false)}, false, ""},
+		{"add ALL", &corev1.SecurityContext{Capabilities: &corev1.Capabilities{Add: []corev1.Capability{"CHOWN", "all"}}}, false, "spec.containers[1].securityContext.capabilities.add[1]"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			pod := &corev1.Pod{Spec: corev1.PodSpec{Containers: []corev1.Container{{Name: "a"}, {Name: "b"}}}}
+			if tt.init {
+				pod.Spec.InitContainers = []corev1.Container{{Name: "i", SecurityContext: tt.sc}}
+			} else {
+				pod.Spec.Containers[1].SecurityContext = tt.sc
+			}
+			err := Pod(pod)
+			var ae *Error
+			switch {
+			case tt.wantField == "" && err != nil:
+				t.Fatalf("refused: %v", err)
+			case tt.wantField != "" && (!errors.As(err, &ae) || ae.Field != tt.wantField):
+				t.Fatalf("err = %v, want a refusal of %s", err, tt.wantField)
+			}
+		})
+	}
+}
+
+func ptrTo[T any](v T) *T { return &v }

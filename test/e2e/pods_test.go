@@ -10,6 +10,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -219,6 +220,76 @@ func TestActiveDeadline(t *testing.T) {
 	}
 	if _, err := e.WaitForEvent(ctx, ns, "deadline", "DeadlineExceeded", 30*time.Second); err != nil {
 		t.Error(err)
+	}
+}
+
+// TestSecurityContext: the pod-level securityContext reaches every container (runAsUser,
+// runAsGroup, supplementalGroups, fsGroup), allowPrivilegeEscalation: false sets no_new_privs,
+// and capabilities drop/add shape the bounding set; a privileged container is refused before
+// any cell launches, naming the field.
+func TestSecurityContext(t *testing.T) {
+	e := need(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
+	defer cancel()
+	ns := e.Namespace(t)
+	c := framework.Busybox("main", `echo "$(id -u) $(id -g) $(id -G)"; grep -E '^(NoNewPrivs|CapBnd)' /proc/self/status`)
+	c.SecurityContext = &corev1.SecurityContext{
+		AllowPrivilegeEscalation: ptr.To(false),
+		Capabilities:             &corev1.Capabilities{Drop: []corev1.Capability{"ALL"}, Add: []corev1.Capability{"NET_BIND_SERVICE"}},
+	}
+	pod := framework.Pod("secure", c)
+	pod.Spec.SecurityContext = &corev1.PodSecurityContext{
+		RunAsUser: ptr.To[int64](1000), RunAsGroup: ptr.To[int64](3000),
+		SupplementalGroups: []int64{4000}, FSGroup: ptr.To[int64](2000),
+	}
+	if _, err := e.Client.CoreV1().Pods(ns).Create(ctx, pod, metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	got, err := e.WaitForPod(ctx, ns, "secure", podTimeout, framework.Finished)
+	if err != nil {
+		t.Fatalf("%v\nevents:\n%s", err, e.EventsFor(ctx, ns, "secure"))
+	}
+	if got.Status.Phase != corev1.PodSucceeded {
+		t.Fatalf("phase %s: %s", got.Status.Phase, framework.DescribePod(got))
+	}
+	out, err := e.Kubectl(ctx, "-n", ns, "logs", "secure")
+	if err != nil {
+		t.Fatalf("kubectl logs: %v", err)
+	}
+	lines := strings.Split(strings.TrimSpace(out), "\n")
+	fields := map[string]string{}
+	for _, l := range lines[1:] {
+		k, v, _ := strings.Cut(l, ":")
+		fields[k] = strings.TrimSpace(v)
+	}
+	ids := strings.Fields(lines[0])
+	if len(ids) > 2 {
+		slices.Sort(ids[2:]) // the kernel keeps groups sorted
+	}
+	if len(lines) != 3 || strings.Join(ids, " ") != "1000 3000 2000 3000 4000" {
+		t.Errorf("id: %q, want uid 1000, gid 3000, groups 2000 3000 4000 (all output: %q)", lines[0], out)
+	}
+	if fields["NoNewPrivs"] != "1" {
+		t.Errorf("NoNewPrivs %q, want 1 (allowPrivilegeEscalation: false)", fields["NoNewPrivs"])
+	}
+	if fields["CapBnd"] != "0000000000000400" {
+		t.Errorf("CapBnd %q, want only CAP_NET_BIND_SERVICE (0x400)", fields["CapBnd"])
+	}
+
+	priv := framework.Pod("privileged", framework.Busybox("main", "true"))
+	priv.Spec.Containers[0].SecurityContext = &corev1.SecurityContext{Privileged: ptr.To(true)}
+	if _, err := e.Client.CoreV1().Pods(ns).Create(ctx, priv, metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	failed, err := e.WaitForPod(ctx, ns, "privileged", podTimeout, framework.Failed)
+	if err != nil {
+		t.Fatalf("%v\nevents:\n%s", err, e.EventsFor(ctx, ns, "privileged"))
+	}
+	if !strings.Contains(failed.Status.Message, "spec.containers[0].securityContext.privileged") {
+		t.Errorf("the refusal %q does not name the field", failed.Status.Message)
+	}
+	if cells, err := e.Cells(ctx, framework.PodCells(ns, "privileged")); err != nil || len(cells) != 0 {
+		t.Errorf("cells for a refused pod: %v %v", cells, err)
 	}
 }
 

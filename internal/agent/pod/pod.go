@@ -614,11 +614,12 @@ func (p *Pod) create(c *ctr, img *image.Image, bundle, cgroup, run string) (clea
 		}
 		_ = os.RemoveAll(bundle)
 	}
-	proc, err := runtime.ResolveProcess(c.spec, img.Config, rootfs)
+	proc, err := runtime.ResolveProcess(withPodSecurity(p.req.Pod, c.spec), img.Config, rootfs)
 	if err != nil {
 		cleanup()
 		return nil, err
 	}
+	proc.AdditionalGids = append(proc.AdditionalGids, supplementalGroups(p.req.Pod)...)
 	if !hasEnv(proc.Env, "HOSTNAME") { // as containerd's CRI plugin sets it
 		proc.Env = append(proc.Env, "HOSTNAME="+hostname(p.req.Pod))
 	}
@@ -651,8 +652,20 @@ func (p *Pod) create(c *ctr, img *image.Image, bundle, cgroup, run string) (clea
 		RootFS: rootfs, Process: proc, Hostname: hostname(p.req.Pod), Mounts: mounts,
 		Resources: res, CgroupsPath: filepath.Join(cgroup, run),
 	}
-	if sc := c.spec.SecurityContext; sc != nil && sc.ReadOnlyRootFilesystem != nil {
-		cc.ReadOnlyRootFS = *sc.ReadOnlyRootFilesystem
+	if sc := c.spec.SecurityContext; sc != nil {
+		if sc.ReadOnlyRootFilesystem != nil {
+			cc.ReadOnlyRootFS = *sc.ReadOnlyRootFilesystem
+		}
+		// allowPrivilegeEscalation: false is no_new_privs (kubelet's default allows it).
+		cc.NoNewPrivileges = sc.AllowPrivilegeEscalation != nil && !*sc.AllowPrivilegeEscalation
+		if caps := sc.Capabilities; caps != nil {
+			for _, c := range caps.Add {
+				cc.CapAdd = append(cc.CapAdd, string(c))
+			}
+			for _, c := range caps.Drop {
+				cc.CapDrop = append(cc.CapDrop, string(c))
+			}
+		}
 	}
 	spec, err := runtime.BuildSpec(cc)
 	if err == nil {

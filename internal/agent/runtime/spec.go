@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 
 	specs "github.com/opencontainers/runtime-spec/specs-go"
@@ -46,6 +47,41 @@ type ContainerConfig struct {
 	CgroupsPath string
 	// ReadOnlyRootFS mounts the root read-only (securityContext.readOnlyRootFilesystem).
 	ReadOnlyRootFS bool
+	// CapAdd and CapDrop change the default capability set (securityContext.capabilities;
+	// names with or without "CAP_", "ALL" in CapDrop drops every default one).
+	CapAdd, CapDrop []string
+	// NoNewPrivileges sets no_new_privs (securityContext.allowPrivilegeEscalation: false).
+	NoNewPrivileges bool
+}
+
+// Capabilities is the set a container gets: the runtime's default set, less drop ("ALL"
+// drops all), plus add, as containerd's CRI plugin computes it for kubelet.
+func Capabilities(add, drop []string) []string {
+	norm := func(c string) string {
+		c = strings.ToUpper(c)
+		if c != "ALL" && !strings.HasPrefix(c, "CAP_") {
+			c = "CAP_" + c
+		}
+		return c
+	}
+	dropped := map[string]bool{}
+	for _, d := range drop {
+		dropped[norm(d)] = true
+	}
+	var out []string
+	if !dropped["ALL"] {
+		for _, c := range defaultCaps {
+			if !dropped[c] {
+				out = append(out, c)
+			}
+		}
+	}
+	for _, a := range add {
+		if a := norm(a); !slices.Contains(out, a) {
+			out = append(out, a)
+		}
+	}
+	return out
 }
 
 // defaultCaps is the capability set docker and containerd give unprivileged containers.
@@ -67,7 +103,7 @@ func BuildSpec(c ContainerConfig) (*specs.Spec, error) {
 	if filepath.IsAbs(c.CgroupsPath) {
 		return nil, fmt.Errorf("building spec: cgroups path %q must be relative", c.CgroupsPath)
 	}
-	caps := append([]string(nil), defaultCaps...)
+	caps := Capabilities(c.CapAdd, c.CapDrop)
 	s := &specs.Spec{
 		Version:  SpecVersion,
 		Root:     &specs.Root{Path: c.RootFS, Readonly: c.ReadOnlyRootFS},
@@ -80,7 +116,7 @@ func BuildSpec(c ContainerConfig) (*specs.Spec, error) {
 			Capabilities: &specs.LinuxCapabilities{
 				Bounding: caps, Effective: caps, Permitted: caps,
 			},
-			NoNewPrivileges: false,
+			NoNewPrivileges: c.NoNewPrivileges,
 		},
 		Mounts: []specs.Mount{
 			{Destination: "/proc", Type: "proc", Source: "proc", Options: []string{"nosuid", "noexec", "nodev"}},

@@ -1,0 +1,36 @@
+package runtime
+
+import (
+	"slices"
+	"testing"
+)
+
+func TestCapabilities(t *testing.T) {
+	tests := []struct {
+		name      string
+		add, drop []string
+		want      []string
+	}{
+		{"default", nil, nil, defaultCaps},
+		{"drop all", nil, []string{"ALL"}, nil},
+		{"drop all, add one (without the prefix)", []string{"NET_BIND_SERVICE"}, []string{"ALL"}, []string{"CAP_NET_BIND_SERVICE"}},
+		{"drop some", nil, []string{"NET_RAW", "CAP_MKNOD", "chown"}, []string{
+			"CAP_DAC_OVERRIDE", "CAP_FSETID", "CAP_FOWNER", "CAP_SETGID", "CAP_SETUID", "CAP_SETFCAP", "CAP_SETPCAP",
+			"CAP_NET_BIND_SERVICE", "CAP_SYS_CHROOT", "CAP_KILL", "CAP_AUDIT_WRITE"}},
+		{"add one not in the default set", []string{"SYS_TIME"}, nil, append(append([]string(nil), defaultCaps...), "CAP_SYS_TIME")},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			if got := Capabilities(tt.add, tt.drop); !slices.Equal(got, tt.want) {
+				t.Errorf("Capabilities(%v, %v) = %v, want %v", tt.add, tt.drop, got, tt.want)
+			}
+		})
+	}
+	s, err := BuildSpec(ContainerConfig{RootFS: "/r", Process: Process{Args: []string{"x"}}, CapDrop: []string{"ALL"}, NoNewPrivileges: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if c := s.Process.Capabilities; len(c.Bounding)+len(c.Effective)+len(c.Permitted) != 0 || !s.Process.NoNewPrivileges {
+		t.Errorf("drop ALL + no_new_privs: capabilities %+v, noNewPrivileges %t", c, s.Process.NoNewPrivileges)
+	}
+}
