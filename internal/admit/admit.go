@@ -15,6 +15,39 @@ import (
 type Error struct {
 	Field  string
 	Reason string
+	// PodReason is the reason the pod's status shows when kubelet has its own
+	// (SysctlForbidden); empty means the caller's (InvalidSpec).
+	PodReason string
+}
+
+// SysctlForbidden is kubelet's reason for a pod asking for a sysctl it does not allow.
+const SysctlForbidden = "SysctlForbidden"
+
+// safeSysctls are kubelet's safe, namespaced sysctls (pkg/kubelet/sysctl): a pod may set them
+// without the node allowing unsafe ones, which kip's cells never do.
+var safeSysctls = map[string]bool{
+	"kernel.shm_rmid_forced": true, "net.ipv4.ip_local_port_range": true, "net.ipv4.tcp_syncookies": true,
+	"net.ipv4.ping_group_range": true, "net.ipv4.ip_unprivileged_port_start": true,
+	"net.ipv4.ip_local_reserved_ports": true, "net.ipv4.tcp_keepalive_time": true, "net.ipv4.tcp_fin_timeout": true,
+	"net.ipv4.tcp_keepalive_intvl": true, "net.ipv4.tcp_keepalive_probes": true, "net.ipv4.tcp_rmem": true,
+	"net.ipv4.tcp_wmem": true, "net.ipv4.tcp_slow_start_after_idle": true, "net.ipv4.tcp_notsent_lowat": true,
+}
+
+// SysctlName is a sysctl's name with dots as separators, as kubelet normalizes a name written
+// with slashes ("net/ipv4/tcp_syncookies").
+func SysctlName(name string) string {
+	if !strings.Contains(name, "/") {
+		return name
+	}
+	return strings.Map(func(r rune) rune {
+		switch r {
+		case '.':
+			return '/'
+		case '/':
+			return '.'
+		}
+		return r
+	}, name)
 }
 
 func (e *Error) Error() string { return e.Field + ": " + e.Reason }
@@ -33,6 +66,14 @@ func Pod(pod *corev1.Pod) error {
 		if !supportedVolumes[src] {
 			return &Error{Field: fmt.Sprintf("spec.volumes[%d].%s", i, src),
 				Reason: fmt.Sprintf("volume %q: %s volumes are not supported on kip's cells (only emptyDir, configMap, secret, downwardAPI and projected)", v.Name, src)}
+		}
+	}
+	if sc := pod.Spec.SecurityContext; sc != nil {
+		for i, s := range sc.Sysctls {
+			if !safeSysctls[SysctlName(s.Name)] {
+				return &Error{Field: fmt.Sprintf("spec.securityContext.sysctls[%d]", i), PodReason: SysctlForbidden,
+					Reason: fmt.Sprintf("forbidden sysctl: %q not allowlisted (kip's cells allow kubelet's safe sysctls only)", s.Name)}
+			}
 		}
 	}
 	for _, list := range []struct {

@@ -80,3 +80,30 @@ func TestContainerSecurity(t *testing.T) {
 }
 
 func ptrTo[T any](v T) *T { return &v }
+
+func TestSysctls(t *testing.T) {
+	tests := []struct {
+		name      string
+		sysctls   []corev1.Sysctl
+		wantField string
+	}{
+		{"safe", []corev1.Sysctl{{Name: "net.ipv4.tcp_syncookies", Value: "1"}, {Name: "kernel.shm_rmid_forced", Value: "1"}}, ""},
+		{"safe with slashes", []corev1.Sysctl{{Name: "net/ipv4/ip_local_port_range", Value: "1024 65000"}}, ""},
+		{"unsafe", []corev1.Sysctl{{Name: "net.ipv4.tcp_syncookies", Value: "1"}, {Name: "kernel.msgmax", Value: "1"}}, "spec.securityContext.sysctls[1]"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			err := Pod(&corev1.Pod{Spec: corev1.PodSpec{SecurityContext: &corev1.PodSecurityContext{Sysctls: tt.sysctls}}})
+			var ae *Error
+			switch {
+			case tt.wantField == "" && err != nil:
+				t.Fatalf("refused: %v", err)
+			case tt.wantField != "" && (!errors.As(err, &ae) || ae.Field != tt.wantField || ae.PodReason != SysctlForbidden):
+				t.Fatalf("err = %v, want a SysctlForbidden refusal of %s", err, tt.wantField)
+			}
+		})
+	}
+	if got := SysctlName("net/ipv4/conf/eno2.100/rp_filter"); got != "net.ipv4.conf.eno2/100.rp_filter" {
+		t.Errorf("SysctlName = %q", got)
+	}
+}

@@ -43,7 +43,11 @@ func (c *cell) launch() (*cloud.Instance, error) {
 		return nil, fail(ReasonInvalidAnnotation, "%v", err)
 	}
 	if err := admit.Pod(pod); err != nil {
-		return nil, fail(ReasonInvalidSpec, "%v", err)
+		reason := ReasonInvalidSpec
+		if ae, ok := err.(*admit.Error); ok && ae.PodReason != "" {
+			reason = ae.PodReason
+		}
+		return nil, fail(reason, "%v", err)
 	}
 	c.m.mu.Lock()
 	c.healthyAfter = opts.HealthyTimeout

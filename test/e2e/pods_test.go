@@ -293,6 +293,55 @@ func TestSecurityContext(t *testing.T) {
 	}
 }
 
+// TestSysctls: kubelet's safe sysctls reach the pod (net.* in the cell's network namespace,
+// kernel.shm_rmid_forced in the container's IPC one); an unsafe one fails the pod with
+// kubelet's SysctlForbidden before any cell launches.
+func TestSysctls(t *testing.T) {
+	e := need(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
+	defer cancel()
+	ns := e.Namespace(t)
+	pod := framework.Pod("sysctls", framework.Busybox("main",
+		`cat /proc/sys/net/ipv4/ip_local_port_range /proc/sys/kernel/shm_rmid_forced`))
+	pod.Spec.SecurityContext = &corev1.PodSecurityContext{Sysctls: []corev1.Sysctl{
+		{Name: "net.ipv4.ip_local_port_range", Value: "20000 30000"},
+		{Name: "kernel.shm_rmid_forced", Value: "1"},
+	}}
+	if _, err := e.Client.CoreV1().Pods(ns).Create(ctx, pod, metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	got, err := e.WaitForPod(ctx, ns, "sysctls", podTimeout, framework.Finished)
+	if err != nil {
+		t.Fatalf("%v\nevents:\n%s", err, e.EventsFor(ctx, ns, "sysctls"))
+	}
+	if got.Status.Phase != corev1.PodSucceeded {
+		t.Fatalf("phase %s: %s", got.Status.Phase, framework.DescribePod(got))
+	}
+	out, err := e.Kubectl(ctx, "-n", ns, "logs", "sysctls")
+	if err != nil {
+		t.Fatalf("kubectl logs: %v", err)
+	}
+	if f := strings.Fields(out); strings.Join(f, " ") != "20000 30000 1" {
+		t.Errorf("the container saw %q, want 20000 30000 and 1", out)
+	}
+
+	unsafe := framework.Pod("unsafe", framework.Busybox("main", "true"))
+	unsafe.Spec.SecurityContext = &corev1.PodSecurityContext{Sysctls: []corev1.Sysctl{{Name: "kernel.msgmax", Value: "1"}}}
+	if _, err := e.Client.CoreV1().Pods(ns).Create(ctx, unsafe, metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	failed, err := e.WaitForPod(ctx, ns, "unsafe", podTimeout, framework.Failed)
+	if err != nil {
+		t.Fatalf("%v\nevents:\n%s", err, e.EventsFor(ctx, ns, "unsafe"))
+	}
+	if failed.Status.Reason != "SysctlForbidden" || !strings.Contains(failed.Status.Message, "spec.securityContext.sysctls[0]") {
+		t.Errorf("reason %q message %q, want SysctlForbidden naming the field", failed.Status.Reason, failed.Status.Message)
+	}
+	if cells, err := e.Cells(ctx, framework.PodCells(ns, "unsafe")); err != nil || len(cells) != 0 {
+		t.Errorf("cells for a refused pod: %v %v", cells, err)
+	}
+}
+
 // TestDeploymentHTTP: 3 replicas of busybox httpd run on 3 cells with 3 addresses, each
 // answering from the host; scaling to 0 leaves no cell.
 func TestDeploymentHTTP(t *testing.T) {

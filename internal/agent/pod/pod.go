@@ -72,16 +72,20 @@ type Config struct {
 	Notify func(*cellapi.PodStatus)
 	// FirstSeq is the Seq of the first status.
 	FirstSeq uint64
+	// ProcSys is where the pod's net.* sysctls are written; empty means DefaultProcSys.
+	ProcSys string
 }
 
 // Pod is one supervised pod.
 type Pod struct {
-	cfg    Config
-	req    *cellapi.PodRequest
-	spec   *corev1.PodSpec
-	ctx    context.Context
-	cancel context.CancelFunc
-	wg     sync.WaitGroup
+	cfg Config
+	req *cellapi.PodRequest
+	// sysctls go into every container's spec (the IPC-namespaced ones).
+	sysctls map[string]string
+	spec    *corev1.PodSpec
+	ctx     context.Context
+	cancel  context.CancelFunc
+	wg      sync.WaitGroup
 	// sidecarCtx is the sidecars' context, ended by stopSidecars.
 	sidecarCtx    context.Context
 	stopSidecarsF context.CancelFunc
@@ -139,13 +143,20 @@ func Start(cfg Config, req *cellapi.PodRequest) (*Pod, error) {
 	if cfg.Notify == nil {
 		cfg.Notify = func(*cellapi.PodStatus) {}
 	}
+	if cfg.ProcSys == "" {
+		cfg.ProcSys = DefaultProcSys
+	}
+	sysctls, err := podSysctls(cfg.ProcSys, req.Pod)
+	if err != nil {
+		return nil, fmt.Errorf("preparing pod %s: %w", req.Pod.UID, err)
+	}
 	if err := writePodFiles(cfg.Dir, req, cfg.PodIP, cfg.ResolvConf); err != nil {
 		_ = os.RemoveAll(cfg.Dir)
 		return nil, fmt.Errorf("preparing pod %s: %w", req.Pod.UID, err)
 	}
 	ctx, cancel := context.WithCancel(context.Background())
 	p := &Pod{
-		cfg: cfg, req: req, spec: &req.Pod.Spec, ctx: ctx, cancel: cancel,
+		cfg: cfg, req: req, spec: &req.Pod.Spec, ctx: ctx, cancel: cancel, sysctls: sysctls,
 		ctrs: map[string]*ctr{}, stopped: make(chan struct{}),
 	}
 	p.sidecarCtx, p.stopSidecarsF = context.WithCancel(ctx)
@@ -650,7 +661,7 @@ func (p *Pod) create(c *ctr, img *image.Image, bundle, cgroup, run string) (clea
 	}
 	cc := runtime.ContainerConfig{
 		RootFS: rootfs, Process: proc, Hostname: hostname(p.req.Pod), Mounts: mounts,
-		Resources: res, CgroupsPath: filepath.Join(cgroup, run),
+		Resources: res, CgroupsPath: filepath.Join(cgroup, run), Sysctl: p.sysctls,
 	}
 	if sc := c.spec.SecurityContext; sc != nil {
 		if sc.ReadOnlyRootFilesystem != nil {

@@ -52,6 +52,8 @@ type ContainerConfig struct {
 	CapAdd, CapDrop []string
 	// NoNewPrivileges sets no_new_privs (securityContext.allowPrivilegeEscalation: false).
 	NoNewPrivileges bool
+	// Sysctl are set in the container's own namespaces (the IPC one: kernel.shm_rmid_forced).
+	Sysctl map[string]string
 }
 
 // Capabilities is the set a container gets: the runtime's default set, less drop ("ALL"
@@ -129,6 +131,7 @@ func BuildSpec(c ContainerConfig) (*specs.Spec, error) {
 		},
 		Linux: &specs.Linux{
 			CgroupsPath: c.CgroupsPath,
+			Sysctl:      c.Sysctl,
 			Namespaces: []specs.LinuxNamespace{
 				{Type: specs.PIDNamespace}, {Type: specs.IPCNamespace}, {Type: specs.UTSNamespace}, {Type: specs.MountNamespace},
 			},
