@@ -68,6 +68,12 @@ func Pod(pod *corev1.Pod) error {
 				Reason: fmt.Sprintf("volume %q: %s volumes are not supported on kip's cells (only emptyDir, configMap, secret, downwardAPI and projected)", v.Name, src)}
 		}
 	}
+	if pod.Spec.ShareProcessNamespace != nil && *pod.Spec.ShareProcessNamespace {
+		return &Error{Field: "spec.shareProcessNamespace", Reason: "a process namespace shared by the pod's containers is not supported on kip's cells yet"}
+	}
+	if pod.Spec.HostPID {
+		return &Error{Field: "spec.hostPID", Reason: "the cell's process namespace holds its agent; kip does not give it to pods"}
+	}
 	if sc := pod.Spec.SecurityContext; sc != nil {
 		for i, s := range sc.Sysctls {
 			if !safeSysctls[SysctlName(s.Name)] {

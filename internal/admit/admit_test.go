@@ -107,3 +107,28 @@ func TestSysctls(t *testing.T) {
 		t.Errorf("SysctlName = %q", got)
 	}
 }
+
+func TestNamespaces(t *testing.T) {
+	for _, tt := range []struct {
+		name      string
+		spec      corev1.PodSpec
+		wantField string
+	}{
+		{"defaults", corev1.PodSpec{}, ""},
+		{"hostIPC is the cell's", corev1.PodSpec{HostIPC: true}, ""},
+		{"hostNetwork is the cell's", corev1.PodSpec{HostNetwork: true}, ""},
+		{"shareProcessNamespace", corev1.PodSpec{ShareProcessNamespace: ptrTo(true)}, "spec.shareProcessNamespace"},
+		{"hostPID", corev1.PodSpec{HostPID: true}, "spec.hostPID"},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			err := Pod(&corev1.Pod{Spec: tt.spec})
+			var ae *Error
+			switch {
+			case tt.wantField == "" && err != nil:
+				t.Fatalf("refused: %v", err)
+			case tt.wantField != "" && (!errors.As(err, &ae) || ae.Field != tt.wantField):
+				t.Fatalf("err = %v, want a refusal of %s", err, tt.wantField)
+			}
+		})
+	}
+}

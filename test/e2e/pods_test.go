@@ -342,6 +342,31 @@ func TestSysctls(t *testing.T) {
 	}
 }
 
+// TestPodSharesIPC: as on kubelet, a pod's containers share one IPC namespace: a POSIX
+// message queue an init container creates is there for the main container.
+func TestPodSharesIPC(t *testing.T) {
+	e := need(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
+	defer cancel()
+	ns := e.Namespace(t)
+	pod := framework.Pod("ipc", framework.Busybox("main", "ls /dev/mqueue"))
+	pod.Spec.InitContainers = []corev1.Container{framework.Busybox("mkqueue", "touch /dev/mqueue/kip-shared")}
+	if _, err := e.Client.CoreV1().Pods(ns).Create(ctx, pod, metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	got, err := e.WaitForPod(ctx, ns, "ipc", podTimeout, framework.Finished)
+	if err != nil {
+		t.Fatalf("%v\nevents:\n%s", err, e.EventsFor(ctx, ns, "ipc"))
+	}
+	if got.Status.Phase != corev1.PodSucceeded {
+		t.Fatalf("phase %s: %s", got.Status.Phase, framework.DescribePod(got))
+	}
+	out, err := e.Kubectl(ctx, "-n", ns, "logs", "ipc", "-c", "main")
+	if err != nil || !strings.Contains(out, "kip-shared") {
+		t.Errorf("the main container's /dev/mqueue lists %q (%v); want the init container's queue", out, err)
+	}
+}
+
 // TestDeploymentHTTP: 3 replicas of busybox httpd run on 3 cells with 3 addresses, each
 // answering from the host; scaling to 0 leaves no cell.
 func TestDeploymentHTTP(t *testing.T) {

@@ -78,14 +78,12 @@ type Config struct {
 
 // Pod is one supervised pod.
 type Pod struct {
-	cfg Config
-	req *cellapi.PodRequest
-	// sysctls go into every container's spec (the IPC-namespaced ones).
-	sysctls map[string]string
-	spec    *corev1.PodSpec
-	ctx     context.Context
-	cancel  context.CancelFunc
-	wg      sync.WaitGroup
+	cfg    Config
+	req    *cellapi.PodRequest
+	spec   *corev1.PodSpec
+	ctx    context.Context
+	cancel context.CancelFunc
+	wg     sync.WaitGroup
 	// sidecarCtx is the sidecars' context, ended by stopSidecars.
 	sidecarCtx    context.Context
 	stopSidecarsF context.CancelFunc
@@ -146,8 +144,7 @@ func Start(cfg Config, req *cellapi.PodRequest) (*Pod, error) {
 	if cfg.ProcSys == "" {
 		cfg.ProcSys = DefaultProcSys
 	}
-	sysctls, err := podSysctls(cfg.ProcSys, req.Pod)
-	if err != nil {
+	if err := podSysctls(cfg.ProcSys, req.Pod); err != nil {
 		return nil, fmt.Errorf("preparing pod %s: %w", req.Pod.UID, err)
 	}
 	if err := writePodFiles(cfg.Dir, req, cfg.PodIP, cfg.ResolvConf); err != nil {
@@ -156,7 +153,7 @@ func Start(cfg Config, req *cellapi.PodRequest) (*Pod, error) {
 	}
 	ctx, cancel := context.WithCancel(context.Background())
 	p := &Pod{
-		cfg: cfg, req: req, spec: &req.Pod.Spec, ctx: ctx, cancel: cancel, sysctls: sysctls,
+		cfg: cfg, req: req, spec: &req.Pod.Spec, ctx: ctx, cancel: cancel,
 		ctrs: map[string]*ctr{}, stopped: make(chan struct{}),
 	}
 	p.sidecarCtx, p.stopSidecarsF = context.WithCancel(ctx)
@@ -661,7 +658,7 @@ func (p *Pod) create(c *ctr, img *image.Image, bundle, cgroup, run string) (clea
 	}
 	cc := runtime.ContainerConfig{
 		RootFS: rootfs, Process: proc, Hostname: hostname(p.req.Pod), Mounts: mounts,
-		Resources: res, CgroupsPath: filepath.Join(cgroup, run), Sysctl: p.sysctls,
+		Resources: res, CgroupsPath: filepath.Join(cgroup, run),
 	}
 	if sc := c.spec.SecurityContext; sc != nil {
 		if sc.ReadOnlyRootFilesystem != nil {

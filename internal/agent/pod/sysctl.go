@@ -14,31 +14,22 @@ import (
 // DefaultProcSys is where the kernel shows the sysctls of the agent's namespaces.
 const DefaultProcSys = "/proc/sys"
 
-// podSysctls sets the pod's spec.securityContext.sysctls. The net.* ones belong to the pod's
-// network namespace, which is the cell's and the agent's own: they are written here, under
-// procSys, once. The others (kernel.shm_rmid_forced, IPC-namespaced) go into every
-// container's OCI spec, returned. kip admitted only kubelet's safe sysctls; a kernel that
-// refuses one makes the request invalid.
-func podSysctls(procSys string, pod *corev1.Pod) (perContainer map[string]string, err error) {
+// podSysctls sets the pod's spec.securityContext.sysctls. They are namespaced (network, IPC),
+// and the pod's namespaces are the cell's, which the agent shares: each is written here, under
+// procSys, before any container starts. kip admitted only kubelet's safe sysctls; one the
+// kernel does not have makes the request invalid.
+func podSysctls(procSys string, pod *corev1.Pod) error {
 	sc := pod.Spec.SecurityContext
 	if sc == nil {
-		return nil, nil
+		return nil
 	}
 	for _, s := range sc.Sysctls {
-		name := admit.SysctlName(s.Name)
-		if !strings.HasPrefix(name, "net.") {
-			if perContainer == nil {
-				perContainer = map[string]string{}
-			}
-			perContainer[name] = s.Value
-			continue
-		}
-		path := filepath.Join(procSys, strings.ReplaceAll(name, ".", "/"))
+		path := filepath.Join(procSys, strings.ReplaceAll(admit.SysctlName(s.Name), ".", "/"))
 		if err := writeExisting(path, s.Value); err != nil {
-			return nil, cellapi.Errorf(cellapi.KindInvalid, "setting sysctl %s=%q: %v", s.Name, s.Value, err)
+			return cellapi.Errorf(cellapi.KindInvalid, "setting sysctl %s=%q: %v", s.Name, s.Value, err)
 		}
 	}
-	return perContainer, nil
+	return nil
 }
 
 // writeExisting writes v to the file at path, which must exist (a sysctl the kernel has).

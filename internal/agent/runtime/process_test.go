@@ -184,12 +184,12 @@ func TestBuildSpec(t *testing.T) {
 		t.Fatal(err)
 	}
 	for _, ns := range s.Linux.Namespaces {
-		if ns.Type == "network" {
-			t.Error("spec has a network namespace; containers must share the cell's")
+		if ns.Type == "network" || ns.Type == "ipc" {
+			t.Errorf("spec has a %s namespace; the pod's containers share the cell's", ns.Type)
 		}
 	}
-	if len(s.Linux.Namespaces) != 4 {
-		t.Errorf("namespaces = %v, want pid, ipc, uts, mount", s.Linux.Namespaces)
+	if len(s.Linux.Namespaces) != 3 {
+		t.Errorf("namespaces = %v, want pid, uts, mount", s.Linux.Namespaces)
 	}
 	if *s.Linux.Resources.Memory.Limit != 1<<20 || *s.Linux.Resources.CPU.Quota != 50000 || *s.Linux.Resources.CPU.Shares != 512 {
 		t.Errorf("resources = %+v", s.Linux.Resources)

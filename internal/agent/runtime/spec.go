@@ -52,8 +52,6 @@ type ContainerConfig struct {
 	CapAdd, CapDrop []string
 	// NoNewPrivileges sets no_new_privs (securityContext.allowPrivilegeEscalation: false).
 	NoNewPrivileges bool
-	// Sysctl are set in the container's own namespaces (the IPC one: kernel.shm_rmid_forced).
-	Sysctl map[string]string
 }
 
 // Capabilities is the set a container gets: the runtime's default set, less drop ("ALL"
@@ -93,8 +91,8 @@ var defaultCaps = []string{
 	"CAP_SYS_CHROOT", "CAP_KILL", "CAP_AUDIT_WRITE",
 }
 
-// BuildSpec returns the OCI runtime spec for c. There is no network namespace entry, so the
-// container shares the network namespace of the process that runs runc: the cell's.
+// BuildSpec returns the OCI runtime spec for c. There is no network or IPC namespace entry, so
+// the container shares those of the process that runs runc: the cell's, which are the pod's.
 func BuildSpec(c ContainerConfig) (*specs.Spec, error) {
 	if !filepath.IsAbs(c.RootFS) {
 		return nil, fmt.Errorf("building spec: rootfs %q is not absolute", c.RootFS)
@@ -131,9 +129,10 @@ func BuildSpec(c ContainerConfig) (*specs.Spec, error) {
 		},
 		Linux: &specs.Linux{
 			CgroupsPath: c.CgroupsPath,
-			Sysctl:      c.Sysctl,
+			// No IPC namespace entry: every container of the pod shares the cell's, which is
+			// the pod's (one pod owns its cell), as kubelet's containers share the sandbox's.
 			Namespaces: []specs.LinuxNamespace{
-				{Type: specs.PIDNamespace}, {Type: specs.IPCNamespace}, {Type: specs.UTSNamespace}, {Type: specs.MountNamespace},
+				{Type: specs.PIDNamespace}, {Type: specs.UTSNamespace}, {Type: specs.MountNamespace},
 			},
 			Resources: resources(c.Resources),
 			MaskedPaths: []string{
