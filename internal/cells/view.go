@@ -1,7 +1,10 @@
 package cells
 
 import (
+	"slices"
 	"time"
+
+	corev1 "k8s.io/api/core/v1"
 
 	"github.com/kip-dev/kip/internal/cellapi"
 )
@@ -63,5 +66,44 @@ func (m *Manager) MarkLost(cellID, message string) {
 	m.mu.Unlock()
 	if target != nil {
 		target.markLost(message)
+	}
+}
+
+// kubeletConditions are the pod conditions kip computes as kubelet does; any other (a
+// readiness gate, DisruptionTarget) belongs to whoever set it in the API.
+var kubeletConditions = map[corev1.PodConditionType]bool{
+	corev1.PodReadyToStartContainers: true, corev1.PodInitialized: true, corev1.PodReady: true,
+	corev1.ContainersReady: true, corev1.PodScheduled: true,
+}
+
+// MergeConditions takes the conditions other controllers set on pod in the API (those kubelet
+// does not own, e.g. readiness gates) into the status kip reports, and republishes it: a
+// readiness gate turning True makes the pod Ready, and kip never overwrites the condition.
+// Unknown pods are ignored.
+func (m *Manager) MergeConditions(pod *corev1.Pod) {
+	m.mu.Lock()
+	c, ok := m.cells[podKey(pod.Namespace, pod.Name)]
+	if !ok || c.uid != pod.UID || c.stage == stageDone {
+		m.mu.Unlock()
+		return
+	}
+	changed := false
+	for _, in := range pod.Status.Conditions {
+		if kubeletConditions[in.Type] {
+			continue
+		}
+		i := slices.IndexFunc(c.pod.Status.Conditions, func(x corev1.PodCondition) bool { return x.Type == in.Type })
+		switch {
+		case i < 0:
+			c.pod.Status.Conditions = append(c.pod.Status.Conditions, in)
+			changed = true
+		case c.pod.Status.Conditions[i].Status != in.Status || c.pod.Status.Conditions[i].Reason != in.Reason:
+			c.pod.Status.Conditions[i] = in
+			changed = true
+		}
+	}
+	m.mu.Unlock()
+	if changed {
+		c.publish()
 	}
 }

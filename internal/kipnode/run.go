@@ -25,6 +25,7 @@ import (
 	"k8s.io/client-go/kubernetes/scheme"
 	corev1client "k8s.io/client-go/kubernetes/typed/core/v1"
 	"k8s.io/client-go/rest"
+	"k8s.io/client-go/tools/cache"
 	"k8s.io/client-go/tools/record"
 
 	"github.com/kip-dev/kip/internal/cellapi"
@@ -140,6 +141,17 @@ func (r *runner) run(ctx context.Context) error {
 		Observe:  met.Observe,
 	})
 	defer mgr.Close()
+	// Conditions other controllers set on a pod (readiness gates) reach the status kip
+	// reports; virtual-kubelet does not pass status-only changes to the provider.
+	if _, err := inf.Pods.Informer().AddEventHandler(cache.ResourceEventHandlerFuncs{
+		UpdateFunc: func(_, obj any) {
+			if pod, ok := obj.(*corev1.Pod); ok {
+				mgr.MergeConditions(pod)
+			}
+		},
+	}); err != nil {
+		return fmt.Errorf("starting kip: watching pod conditions: %w", err)
+	}
 
 	// Adopt the cells of pods bound to this node before serving anything.
 	pods, err := r.client.CoreV1().Pods(corev1.NamespaceAll).List(ctx, metav1.ListOptions{

@@ -22,6 +22,7 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/fields"
 	"k8s.io/apimachinery/pkg/labels"
+	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/apimachinery/pkg/util/wait"
 	"k8s.io/apimachinery/pkg/watch"
 	"k8s.io/utils/ptr"
@@ -364,6 +365,56 @@ func TestPodSharesIPC(t *testing.T) {
 	out, err := e.Kubectl(ctx, "-n", ns, "logs", "ipc", "-c", "main")
 	if err != nil || !strings.Contains(out, "kip-shared") {
 		t.Errorf("the main container's /dev/mqueue lists %q (%v); want the init container's queue", out, err)
+	}
+}
+
+// TestReadinessGate: a pod whose readiness gate another controller has not set is not Ready,
+// however ready its containers; setting the condition in the API makes it Ready, and kip's
+// status updates keep the condition.
+func TestReadinessGate(t *testing.T) {
+	e := need(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
+	defer cancel()
+	ns := e.Namespace(t)
+	const gate corev1.PodConditionType = "example.com/lb-ready"
+	pod := framework.Pod("gated", framework.Busybox("main", "exec sleep 3600"))
+	pod.Spec.RestartPolicy = corev1.RestartPolicyAlways
+	pod.Spec.ReadinessGates = []corev1.PodReadinessGate{{ConditionType: gate}}
+	pod.Spec.TerminationGracePeriodSeconds = ptr.To[int64](1) // sleep as PID 1 ignores SIGTERM
+	if _, err := e.Client.CoreV1().Pods(ns).Create(ctx, pod, metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	condition := func(p *corev1.Pod, typ corev1.PodConditionType) *corev1.PodCondition {
+		for i := range p.Status.Conditions {
+			if p.Status.Conditions[i].Type == typ {
+				return &p.Status.Conditions[i]
+			}
+		}
+		return nil
+	}
+	got, err := e.WaitForPod(ctx, ns, "gated", podTimeout, func(p *corev1.Pod) bool {
+		c := condition(p, corev1.ContainersReady)
+		return c != nil && c.Status == corev1.ConditionTrue
+	})
+	if err != nil {
+		t.Fatalf("%v\nevents:\n%s", err, e.EventsFor(ctx, ns, "gated"))
+	}
+	if c := condition(got, corev1.PodReady); c == nil || c.Status != corev1.ConditionFalse || c.Reason != "ReadinessGatesNotReady" {
+		t.Errorf("Ready %+v with the gate unset, want False ReadinessGatesNotReady", c)
+	}
+	patch := fmt.Sprintf(`{"status":{"conditions":[{"type":%q,"status":"True"}]}}`, gate)
+	if _, err := e.Client.CoreV1().Pods(ns).Patch(ctx, "gated", types.StrategicMergePatchType, []byte(patch), metav1.PatchOptions{}, "status"); err != nil {
+		t.Fatal(err)
+	}
+	got, err = e.WaitForPod(ctx, ns, "gated", 30*time.Second, func(p *corev1.Pod) bool {
+		c := condition(p, corev1.PodReady)
+		return c != nil && c.Status == corev1.ConditionTrue
+	})
+	if err != nil {
+		t.Fatalf("the pod did not become Ready once its gate was True: %v", err)
+	}
+	if c := condition(got, gate); c == nil || c.Status != corev1.ConditionTrue {
+		t.Errorf("the gate's condition was overwritten: %+v", got.Status.Conditions)
 	}
 }
 
