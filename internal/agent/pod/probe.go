@@ -94,7 +94,16 @@ func (p *Pod) handler(ctx context.Context, c *ctr, id string, h corev1.ProbeHand
 		conn.Close()
 		return true, ""
 	case h.GRPC != nil:
-		return false, "gRPC probes are not supported by the cell agent"
+		// As kubelet, the pod's own address (the cell's); loopback before it is known.
+		host := p.cfg.PodIP
+		if host == "" {
+			host = "127.0.0.1"
+		}
+		service := ""
+		if h.GRPC.Service != nil {
+			service = *h.GRPC.Service
+		}
+		return grpcProbe(ctx, net.JoinHostPort(host, strconv.Itoa(int(h.GRPC.Port))), service)
 	}
 	return false, "handler has no action"
 }
