@@ -98,6 +98,23 @@ type PodStatus struct {
 	ContainerStatuses     []corev1.ContainerStatus `json:"containerStatuses,omitempty"`
 	// Conditions the agent knows (Initialized, ContainersReady, Ready).
 	Conditions []corev1.PodCondition `json:"conditions,omitempty"`
+	// Events are the latest events only the agent sees (probe failures, probe kills), oldest
+	// first, at most MaxEvents; kip records each once, by ID.
+	Events []Event `json:"events,omitempty"`
+}
+
+// MaxEvents bounds PodStatus.Events.
+const MaxEvents = 20
+
+// Event is one Kubernetes event about a container, as kubelet would record it.
+type Event struct {
+	// ID increases with every event of the pod.
+	ID        uint64 `json:"id"`
+	Container string `json:"container"`
+	// Type is Normal or Warning.
+	Type    string `json:"type"`
+	Reason  string `json:"reason"`
+	Message string `json:"message"`
 }
 
 // LogOptions mirror corev1.PodLogOptions.

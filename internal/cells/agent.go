@@ -251,6 +251,18 @@ func (c *cell) apply(st *cellapi.PodStatus) {
 		c.timing.Started, reached = now, true
 	}
 	evs := c.events.Diff(c.pod, prev, st)
+	// The agent's own events (probe failures and kills), each once; an adopted cell's
+	// earlier ones were recorded by the kip before.
+	for _, e := range st.Events {
+		if e.ID <= c.agentEventID {
+			continue
+		}
+		c.agentEventID = e.ID
+		if !c.adopted {
+			evs = append(evs, podstatus.Event{Type: e.Type, Reason: e.Reason, Message: e.Message})
+		}
+	}
+	c.adopted = false
 	pod := c.pod
 	c.m.mu.Unlock()
 	for _, e := range evs {

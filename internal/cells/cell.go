@@ -106,6 +106,10 @@ type cell struct {
 	timing       Timing
 	events       podstatus.Events
 	healthyAfter time.Duration
+	// agentEventID is the last of the agent's events recorded; adopted says the cell was
+	// adopted and its first status's events were recorded by an earlier kip.
+	agentEventID uint64
+	adopted      bool
 }
 
 func (m *Manager) newCell(pod *corev1.Pod) *cell {

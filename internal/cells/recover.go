@@ -90,6 +90,7 @@ func (m *Manager) adopt(pod *corev1.Pod, inst *cloud.Instance, catalog []instanc
 	c.cand = adoptedCandidate(inst, catalog)
 	c.timing.InstanceType = inst.InstanceType
 	c.stage = stageBooting
+	c.adopted = true
 	if opts, err := annotations.Parse(pod); err == nil {
 		c.healthyAfter = opts.HealthyTimeout
 	}

@@ -23,6 +23,7 @@ import (
 	"k8s.io/apimachinery/pkg/fields"
 	"k8s.io/apimachinery/pkg/labels"
 	"k8s.io/apimachinery/pkg/types"
+	"k8s.io/apimachinery/pkg/util/intstr"
 	"k8s.io/apimachinery/pkg/util/wait"
 	"k8s.io/apimachinery/pkg/watch"
 	"k8s.io/utils/ptr"
@@ -415,6 +416,43 @@ func TestReadinessGate(t *testing.T) {
 	}
 	if c := condition(got, gate); c == nil || c.Status != corev1.ConditionTrue {
 		t.Errorf("the gate's condition was overwritten: %+v", got.Status.Conditions)
+	}
+}
+
+// TestProbeEvents: a failing liveness probe makes kubelet's events: Unhealthy ("Liveness
+// probe failed: ...") and Killing, and the container restarts.
+func TestProbeEvents(t *testing.T) {
+	e := need(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
+	defer cancel()
+	ns := e.Namespace(t)
+	c := framework.Busybox("main", "exec sleep 3600")
+	c.LivenessProbe = &corev1.Probe{
+		ProbeHandler:  corev1.ProbeHandler{TCPSocket: &corev1.TCPSocketAction{Port: intstr.FromInt32(1)}},
+		PeriodSeconds: 1, FailureThreshold: 1,
+	}
+	pod := framework.Pod("unhealthy", c)
+	pod.Spec.RestartPolicy = corev1.RestartPolicyAlways
+	pod.Spec.TerminationGracePeriodSeconds = ptr.To[int64](1) // sleep as PID 1 ignores SIGTERM
+	if _, err := e.Client.CoreV1().Pods(ns).Create(ctx, pod, metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	ev, err := e.WaitForEvent(ctx, ns, "unhealthy", "Unhealthy", podTimeout)
+	if err != nil {
+		t.Fatalf("%v\nevents:\n%s", err, e.EventsFor(ctx, ns, "unhealthy"))
+	}
+	if ev.Type != corev1.EventTypeWarning || !strings.HasPrefix(ev.Message, "Liveness probe failed: ") {
+		t.Errorf("Unhealthy event %s %q", ev.Type, ev.Message)
+	}
+	if ev, err := e.WaitForEvent(ctx, ns, "unhealthy", "Killing", 30*time.Second); err != nil {
+		t.Error(err)
+	} else if !strings.Contains(ev.Message, "failed liveness probe, will be restarted") {
+		t.Errorf("Killing event %q", ev.Message)
+	}
+	if _, err := e.WaitForPod(ctx, ns, "unhealthy", 30*time.Second, func(p *corev1.Pod) bool {
+		return len(p.Status.ContainerStatuses) == 1 && p.Status.ContainerStatuses[0].RestartCount >= 1
+	}); err != nil {
+		t.Errorf("the container was not restarted: %v", err)
 	}
 }
 

@@ -78,12 +78,13 @@ type Config struct {
 
 // Pod is one supervised pod.
 type Pod struct {
-	cfg    Config
-	req    *cellapi.PodRequest
-	spec   *corev1.PodSpec
-	ctx    context.Context
-	cancel context.CancelFunc
-	wg     sync.WaitGroup
+	cfg       Config
+	req       *cellapi.PodRequest
+	lastEvent uint64 // guarded by mu
+	spec      *corev1.PodSpec
+	ctx       context.Context
+	cancel    context.CancelFunc
+	wg        sync.WaitGroup
 	// sidecarCtx is the sidecars' context, ended by stopSidecars.
 	sidecarCtx    context.Context
 	stopSidecarsF context.CancelFunc
@@ -219,7 +220,20 @@ func (p *Pod) snapshotLocked() *cellapi.PodStatus {
 	s.InitContainerStatuses = deepCopy(p.status.InitContainerStatuses)
 	s.ContainerStatuses = deepCopy(p.status.ContainerStatuses)
 	s.Conditions = append([]corev1.PodCondition(nil), p.status.Conditions...)
+	s.Events = append([]cellapi.Event(nil), p.status.Events...)
 	return &s
+}
+
+// event records an event about container c for kip to pass on (kubelet's probe events).
+func (p *Pod) event(c *ctr, typ, reason, msg string) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	p.lastEvent++
+	p.status.Events = append(p.status.Events, cellapi.Event{ID: p.lastEvent, Container: c.spec.Name, Type: typ, Reason: reason, Message: msg})
+	if n := len(p.status.Events); n > cellapi.MaxEvents {
+		p.status.Events = append([]cellapi.Event(nil), p.status.Events[n-cellapi.MaxEvents:]...)
+	}
+	p.publishLocked()
 }
 
 func deepCopy(in []corev1.ContainerStatus) []corev1.ContainerStatus {

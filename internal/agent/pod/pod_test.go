@@ -447,4 +447,22 @@ func TestLivenessFailureRestarts(t *testing.T) {
 		t.Fatalf("terminated %+v", term)
 	}
 	st = r.untilStepping(t, func(s *cellapi.PodStatus) bool { return s.ContainerStatuses[0].RestartCount >= 1 })
+	// kubelet's events: Unhealthy for each failed probe, Killing for the kill.
+	var unhealthy, killing int
+	var last uint64
+	for _, e := range st.Events {
+		if e.ID <= last || e.Container != "app" {
+			t.Errorf("event %+v out of order or of another container", e)
+		}
+		last = e.ID
+		switch {
+		case e.Reason == "Unhealthy" && e.Type == corev1.EventTypeWarning && strings.HasPrefix(e.Message, "Liveness probe failed: "):
+			unhealthy++
+		case e.Reason == "Killing" && e.Message == "Container app failed liveness probe, will be restarted":
+			killing++
+		}
+	}
+	if unhealthy < 2 || killing != 1 {
+		t.Errorf("events %+v: want at least 2 Unhealthy (failureThreshold 2) and 1 Killing", st.Events)
+	}
 }

@@ -208,6 +208,8 @@ func (p *Pod) probeLoop(ctx context.Context, c *ctr, id string) {
 				st.failure++
 				st.successes = 0
 				p.cfg.Log.Info("probe failed", "pod", p.UID(), "container", spec.Name, "probe", k, "msg", msg)
+				// As kubelet: "Liveness probe failed: ..." on every failed probe.
+				p.event(c, corev1.EventTypeWarning, "Unhealthy", fmt.Sprintf("%s probe failed: %s", strings.ToUpper(k[:1])+k[1:], msg))
 			}
 			switch k {
 			case "startup":
@@ -266,6 +268,7 @@ func (p *Pod) killRun(c *ctr, id, probe, msg string) {
 	if run == nil || run.ID != id {
 		return
 	}
+	p.event(c, corev1.EventTypeNormal, "Killing", fmt.Sprintf("Container %s failed %s probe, will be restarted", c.spec.Name, probe))
 	p.stopRun(run, p.GracePeriod())
 }
 
