@@ -34,13 +34,7 @@ func TestPod(t *testing.T) {
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			err := Pod(&corev1.Pod{Spec: corev1.PodSpec{Volumes: tt.volumes}})
-			var ae *Error
-			switch {
-			case tt.wantField == "" && err != nil:
-				t.Fatalf("refused: %v", err)
-			case tt.wantField != "" && (!errors.As(err, &ae) || ae.Field != tt.wantField):
-				t.Fatalf("err = %v, want a refusal of %s", err, tt.wantField)
-			}
+			wantRefusal(t, err, tt.wantField)
 		})
 	}
 }
@@ -68,13 +62,7 @@ func TestContainerSecurity(t *testing.T) {
 				pod.Spec.Containers[1].SecurityContext = tt.sc
 			}
 			err := Pod(pod)
-			var ae *Error
-			switch {
-			case tt.wantField == "" && err != nil:
-				t.Fatalf("refused: %v", err)
-			case tt.wantField != "" && (!errors.As(err, &ae) || ae.Field != tt.wantField):
-				t.Fatalf("err = %v, want a refusal of %s", err, tt.wantField)
-			}
+			wantRefusal(t, err, tt.wantField)
 		})
 	}
 }
@@ -94,11 +82,7 @@ func TestSysctls(t *testing.T) {
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			err := Pod(&corev1.Pod{Spec: corev1.PodSpec{SecurityContext: &corev1.PodSecurityContext{Sysctls: tt.sysctls}}})
-			var ae *Error
-			switch {
-			case tt.wantField == "" && err != nil:
-				t.Fatalf("refused: %v", err)
-			case tt.wantField != "" && (!errors.As(err, &ae) || ae.Field != tt.wantField || ae.PodReason != SysctlForbidden):
+			if ae := wantRefusal(t, err, tt.wantField); ae != nil && ae.PodReason != SysctlForbidden {
 				t.Fatalf("err = %v, want a SysctlForbidden refusal of %s", err, tt.wantField)
 			}
 		})
@@ -122,13 +106,20 @@ func TestNamespaces(t *testing.T) {
 	} {
 		t.Run(tt.name, func(t *testing.T) {
 			err := Pod(&corev1.Pod{Spec: tt.spec})
-			var ae *Error
-			switch {
-			case tt.wantField == "" && err != nil:
-				t.Fatalf("refused: %v", err)
-			case tt.wantField != "" && (!errors.As(err, &ae) || ae.Field != tt.wantField):
-				t.Fatalf("err = %v, want a refusal of %s", err, tt.wantField)
-			}
+			wantRefusal(t, err, tt.wantField)
 		})
 	}
+}
+
+// wantRefusal fails t unless err refuses field, or, for field "", unless err is nil.
+func wantRefusal(t *testing.T, err error, field string) *Error {
+	t.Helper()
+	var ae *Error
+	switch {
+	case field == "" && err != nil:
+		t.Fatalf("refused: %v", err)
+	case field != "" && (!errors.As(err, &ae) || ae.Field != field):
+		t.Fatalf("err = %v, want a refusal of %s", err, field)
+	}
+	return ae
 }
