@@ -456,6 +456,44 @@ func TestProbeEvents(t *testing.T) {
 	}
 }
 
+// TestImagePullPolicyNever: as kubelet, a container with imagePullPolicy Never runs an image
+// the cell already has (its init container pulled it) and otherwise waits ErrImageNeverPull,
+// with kubelet's message and Event, without pulling.
+func TestImagePullPolicyNever(t *testing.T) {
+	e := need(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
+	defer cancel()
+	ns := e.Namespace(t)
+	never := framework.Busybox("main", "echo from-the-cell")
+	never.ImagePullPolicy = corev1.PullNever
+	have := framework.Pod("present", never)
+	have.Spec.InitContainers = []corev1.Container{framework.Busybox("pull", "true")}
+	if _, err := e.Client.CoreV1().Pods(ns).Create(ctx, have, metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	absent := framework.Pod("absent", never)
+	if _, err := e.Client.CoreV1().Pods(ns).Create(ctx, absent, metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	got, err := e.WaitForPod(ctx, ns, "present", podTimeout, framework.Finished)
+	if err != nil || got.Status.Phase != corev1.PodSucceeded {
+		t.Errorf("the pod whose image the cell has: %v %s", err, framework.DescribePod(got))
+	}
+	waiting, err := e.WaitForPod(ctx, ns, "absent", podTimeout, func(p *corev1.Pod) bool {
+		return len(p.Status.ContainerStatuses) == 1 && p.Status.ContainerStatuses[0].State.Waiting != nil &&
+			p.Status.ContainerStatuses[0].State.Waiting.Reason == "ErrImageNeverPull"
+	})
+	if err != nil {
+		t.Fatalf("%v\nevents:\n%s", err, e.EventsFor(ctx, ns, "absent"))
+	}
+	if msg := waiting.Status.ContainerStatuses[0].State.Waiting.Message; !strings.Contains(msg, "is not present with pull policy of Never") {
+		t.Errorf("waiting message %q", msg)
+	}
+	if _, err := e.WaitForEvent(ctx, ns, "absent", "ErrImageNeverPull", 30*time.Second); err != nil {
+		t.Error(err)
+	}
+}
+
 // TestDeploymentHTTP: 3 replicas of busybox httpd run on 3 cells with 3 addresses, each
 // answering from the host; scaling to 0 leaves no cell.
 func TestDeploymentHTTP(t *testing.T) {

@@ -15,6 +15,8 @@ package image
 import (
 	"bytes"
 	"context"
+	"crypto/sha256"
+	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -65,6 +67,7 @@ type Store struct {
 	cfg    Config
 	images string // Root/images
 	tmp    string // Root/tmp
+	refs   string // Root/refs: what each reference was last pulled as, for Lookup
 	group  singleflight.Group
 
 	// unpacks counts completed unpacks, for tests.
@@ -84,9 +87,9 @@ func NewStore(cfg Config) (*Store, error) {
 	if strings.ContainsAny(root, ",:") {
 		return nil, fmt.Errorf("creating image store: Root %q must not contain ',' or ':' (overlayfs options)", root)
 	}
-	s := &Store{cfg: cfg, images: filepath.Join(root, "images"), tmp: filepath.Join(root, "tmp")}
+	s := &Store{cfg: cfg, images: filepath.Join(root, "images"), tmp: filepath.Join(root, "tmp"), refs: filepath.Join(root, "refs")}
 	s.cfg.Root = root
-	for _, d := range []string{s.images, s.tmp} {
+	for _, d := range []string{s.images, s.tmp, s.refs} {
 		if err := os.MkdirAll(d, 0o700); err != nil {
 			return nil, fmt.Errorf("creating image store: %w", err)
 		}
@@ -163,13 +166,70 @@ func (s *Store) Pull(ctx context.Context, ref string, auths []cellapi.RegistryAu
 	if err != nil {
 		return nil, fmt.Errorf("pulling %s: %w", r, err)
 	}
-	return &Image{
+	out := &Image{
 		Ref:     ref,
 		Digest:  desc.Digest.String(),
 		ImageID: repoName(r) + "@" + desc.Digest.String(),
 		RootFS:  filepath.Join(s.images, key, "rootfs"),
 		Config:  v.(*v1.ConfigFile).Config,
-	}, nil
+	}
+	if err := s.remember(ref, key, out); err != nil {
+		return nil, fmt.Errorf("pulling %s: %w", r, err)
+	}
+	return out, nil
+}
+
+// pulledRef is what a reference was last pulled as (refs/<sha256 of the reference>).
+type pulledRef struct {
+	Key     string `json:"key"`
+	Digest  string `json:"digest"`
+	ImageID string `json:"imageID"`
+}
+
+func (s *Store) refPath(ref string) string {
+	sum := sha256.Sum256([]byte(ref))
+	return filepath.Join(s.refs, hex.EncodeToString(sum[:]))
+}
+
+// remember records that ref was pulled as img (unpacked under images/key).
+func (s *Store) remember(ref, key string, img *Image) error {
+	b, err := json.Marshal(pulledRef{Key: key, Digest: img.Digest, ImageID: img.ImageID})
+	if err != nil {
+		return err
+	}
+	tmp, err := os.CreateTemp(s.refs, ".ref-*")
+	if err != nil {
+		return fmt.Errorf("recording the pulled reference: %w", err)
+	}
+	if _, err := tmp.Write(b); err != nil {
+		tmp.Close()
+		os.Remove(tmp.Name())
+		return fmt.Errorf("recording the pulled reference: %w", err)
+	}
+	tmp.Close()
+	if err := os.Rename(tmp.Name(), s.refPath(ref)); err != nil {
+		os.Remove(tmp.Name())
+		return fmt.Errorf("recording the pulled reference: %w", err)
+	}
+	return nil
+}
+
+// Lookup returns the image ref was last pulled as when it is still unpacked here, without
+// asking any registry: what imagePullPolicy IfNotPresent and Never use.
+func (s *Store) Lookup(ref string) (*Image, bool) {
+	b, err := os.ReadFile(s.refPath(ref))
+	if err != nil {
+		return nil, false
+	}
+	var pr pulledRef
+	if json.Unmarshal(b, &pr) != nil || pr.Key == "" || strings.ContainsAny(pr.Key, "/.") {
+		return nil, false
+	}
+	cf, err := readConfig(filepath.Join(s.images, pr.Key))
+	if err != nil {
+		return nil, false
+	}
+	return &Image{Ref: ref, Digest: pr.Digest, ImageID: pr.ImageID, RootFS: filepath.Join(s.images, pr.Key, "rootfs"), Config: cf.Config}, true
 }
 
 // ensureUnpacked returns the config of the image unpacked under images/<key>, unpacking it

@@ -416,3 +416,39 @@ func TestNewStoreRemovesStaleUnpacks(t *testing.T) {
 		t.Errorf("fresh unpack (maybe another store's) removed: %v", err)
 	}
 }
+
+// TestLookup: after a pull the store knows the reference without asking the registry (what
+// imagePullPolicy IfNotPresent and Never use), even from a new store on the same root; an
+// image never pulled, or whose unpack is gone, is not found.
+func TestLookup(t *testing.T) {
+	ctx := context.Background()
+	reg := startRegistry(t)
+	host := reg.Host()
+	digest := push(t, host, "library/busybox:latest", busybox(t, imagebuild.Options{}))
+	cfg := Config{DefaultRegistry: host, Insecure: []string{host}}
+	store := newStore(t, cfg)
+	if _, ok := store.Lookup("busybox"); ok {
+		t.Fatal("found an image never pulled")
+	}
+	pulled, err := store.Pull(ctx, "busybox", nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	again, err := NewStore(store.cfg) // a restarted agent's store on the same root
+	if err != nil {
+		t.Fatal(err)
+	}
+	got, ok := again.Lookup("busybox")
+	if !ok || got.Digest != digest || got.ImageID != pulled.ImageID || got.RootFS != pulled.RootFS || !slices.Equal(got.Config.Cmd, []string{"sh"}) {
+		t.Fatalf("Lookup = %+v, %t; want the pulled image %+v", got, ok, pulled)
+	}
+	if _, ok := again.Lookup("busybox:other"); ok {
+		t.Error("found a reference never pulled")
+	}
+	if err := os.RemoveAll(filepath.Dir(pulled.RootFS)); err != nil {
+		t.Fatal(err)
+	}
+	if _, ok := again.Lookup("busybox"); ok {
+		t.Error("found an image whose unpack is gone")
+	}
+}

@@ -32,6 +32,8 @@ import (
 // Images is the part of the image store the supervisor uses (*image.Store).
 type Images interface {
 	Pull(ctx context.Context, ref string, auths []cellapi.RegistryAuth) (*image.Image, error)
+	// Lookup returns the image ref was pulled as, when it is here, asking no registry.
+	Lookup(ref string) (*image.Image, bool)
 	MountRootFS(img *image.Image, dir string) (rootfs string, unmount func() error, err error)
 }
 
@@ -581,6 +583,25 @@ func (p *Pod) pull(c *ctr) *image.Image {
 	}
 	bo := newBackOff(p.cfg.BackOff)
 	for {
+		// imagePullPolicy, as kubelet: IfNotPresent and Never use the image when the cell has
+		// it (another container of the pod pulled it); Never never pulls.
+		if policy := c.spec.ImagePullPolicy; policy == corev1.PullIfNotPresent || policy == corev1.PullNever {
+			if img, ok := p.cfg.Images.Lookup(c.spec.Image); ok {
+				c.image = img
+				return img
+			}
+			if policy == corev1.PullNever {
+				p.update(c, func(s *corev1.ContainerStatus) {
+					s.State = waiting(ReasonErrImageNeverPull, fmt.Sprintf("Container image %q is not present with pull policy of Never", c.spec.Image))
+				})
+				select {
+				case <-p.cfg.Clock.After(bo.next(0)):
+					continue
+				case <-c.ctx.Done():
+					return nil
+				}
+			}
+		}
 		img, err := p.cfg.Images.Pull(c.ctx, c.spec.Image, p.req.PullSecrets)
 		if err == nil {
 			c.image = img

@@ -84,13 +84,34 @@ func (f *fakeRuntime) Kill(_ context.Context, id string, sig syscall.Signal) err
 	return nil
 }
 
-type fakeImages struct{ err error }
+type fakeImages struct {
+	err error
+
+	mu     sync.Mutex
+	pulled map[string]*image.Image // what Lookup finds
+	pulls  int
+}
 
 func (f *fakeImages) Pull(_ context.Context, ref string, _ []cellapi.RegistryAuth) (*image.Image, error) {
 	if f.err != nil {
 		return nil, f.err
 	}
-	return &image.Image{Ref: ref, ImageID: ref + "@sha256:00", Config: v1.Config{Cmd: []string{"/bin/sh"}}}, nil
+	img := &image.Image{Ref: ref, ImageID: ref + "@sha256:00", Config: v1.Config{Cmd: []string{"/bin/sh"}}}
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if f.pulled == nil {
+		f.pulled = map[string]*image.Image{}
+	}
+	f.pulled[ref] = img
+	f.pulls++
+	return img, nil
+}
+
+func (f *fakeImages) Lookup(ref string) (*image.Image, bool) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	img, ok := f.pulled[ref]
+	return img, ok
 }
 
 func (f *fakeImages) MountRootFS(_ *image.Image, dir string) (string, func() error, error) {
@@ -465,4 +486,42 @@ func TestLivenessFailureRestarts(t *testing.T) {
 	if unhealthy < 2 || killing != 1 {
 		t.Errorf("events %+v: want at least 2 Unhealthy (failureThreshold 2) and 1 Killing", st.Events)
 	}
+}
+
+// TestImagePullPolicy: as kubelet, Never does not pull: the container waits
+// ErrImageNeverPull while the image is absent; IfNotPresent uses an image another container
+// of the pod pulled instead of pulling it again.
+func TestImagePullPolicy(t *testing.T) {
+	t.Run("Never", func(t *testing.T) {
+		p := testPod(corev1.RestartPolicyNever, "app")
+		p.Spec.Containers[0].ImagePullPolicy = corev1.PullNever
+		images := &fakeImages{}
+		r := start(t, p, images)
+		st := r.until(t, func(s *cellapi.PodStatus) bool {
+			w := s.ContainerStatuses[0].State.Waiting
+			return w != nil && w.Reason == ReasonErrImageNeverPull
+		})
+		if msg := st.ContainerStatuses[0].State.Waiting.Message; msg != `Container image "busybox" is not present with pull policy of Never` {
+			t.Errorf("message %q", msg)
+		}
+		images.mu.Lock()
+		defer images.mu.Unlock()
+		if images.pulls != 0 {
+			t.Errorf("%d pulls with pull policy Never", images.pulls)
+		}
+	})
+	t.Run("IfNotPresent after an init container pulled it", func(t *testing.T) {
+		p := testPod(corev1.RestartPolicyNever, "app")
+		p.Spec.InitContainers = []corev1.Container{{Name: "init", Image: "busybox"}}
+		p.Spec.Containers[0].ImagePullPolicy = corev1.PullIfNotPresent
+		images := &fakeImages{}
+		r := start(t, p, images)
+		r.rt.exit(r.nextStart(t), 0) // init
+		r.nextStart(t)               // app, from the init container's image
+		images.mu.Lock()
+		defer images.mu.Unlock()
+		if images.pulls != 1 {
+			t.Errorf("%d pulls, want 1: IfNotPresent must use the image already here", images.pulls)
+		}
+	})
 }

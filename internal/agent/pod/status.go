@@ -13,6 +13,7 @@ const (
 	ReasonPodInitializing      = "PodInitializing"
 	ReasonErrImagePull         = "ErrImagePull"
 	ReasonImagePullBackOff     = "ImagePullBackOff"
+	ReasonErrImageNeverPull    = "ErrImageNeverPull"
 	ReasonInvalidImageName     = "InvalidImageName"
 	ReasonCrashLoopBackOff     = "CrashLoopBackOff"
 	ReasonCreateContainerError = "CreateContainerError"
