@@ -14,6 +14,7 @@ import (
 	"log/slog"
 	"os"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"sync"
 	"syscall"
@@ -808,35 +809,59 @@ func (p *Pod) Stop(ctx context.Context, grace time.Duration) error {
 	}
 	p.stopping = true
 	p.cancel()
-	var runs []*ctr
+	// As kubelet: the regular containers stop first, all at once; the sidecars (restartable
+	// init containers) only once they have, one after another in reverse order.
+	var apps, sidecars []*ctr
+	runs := map[*ctr]*runtime.Container{}
 	for _, c := range p.ctrs {
-		if c.running != nil {
-			runs = append(runs, c)
+		if c.running == nil {
+			continue
+		}
+		runs[c] = c.running
+		if c.sidecar {
+			sidecars = append(sidecars, c)
+		} else {
+			apps = append(apps, c)
 		}
 	}
-	ids := map[*ctr]string{}
-	for _, c := range runs {
-		ids[c] = c.running.ID
-	}
+	slices.SortFunc(sidecars, func(a, b *ctr) int { return b.idx - a.idx })
 	p.mu.Unlock()
 	defer close(p.stopped)
 
 	graceOver := p.cfg.Clock.After(grace)
 	hookCtx, endHooks := context.WithCancel(context.WithoutCancel(ctx))
 	defer endHooks()
-	for _, c := range runs {
-		go func(c *ctr, id string) {
-			// preStop runs first and counts against the grace period, as in kubelet.
-			if ls := c.spec.Lifecycle; ls != nil && ls.PreStop != nil {
-				if ok, msg := p.lifecycleHandler(hookCtx, c, id, ls.PreStop, grace); !ok {
-					p.cfg.Log.Info("preStop hook failed", "pod", p.UID(), "container", c.spec.Name, "msg", msg)
-				}
+	terminate := func(c *ctr, run *runtime.Container) {
+		// preStop runs first and counts against the grace period, as in kubelet.
+		if ls := c.spec.Lifecycle; ls != nil && ls.PreStop != nil {
+			if ok, msg := p.lifecycleHandler(hookCtx, c, run.ID, ls.PreStop, grace); !ok {
+				p.cfg.Log.Info("preStop hook failed", "pod", p.UID(), "container", c.spec.Name, "msg", msg)
 			}
-			if err := p.cfg.Runtime.Kill(hookCtx, id, syscall.SIGTERM); err != nil {
-				p.cfg.Log.Warn("sending SIGTERM", "container", id, "err", err)
-			}
-		}(c, ids[c])
+		}
+		if err := p.cfg.Runtime.Kill(hookCtx, run.ID, syscall.SIGTERM); err != nil {
+			p.cfg.Log.Warn("sending SIGTERM", "container", run.ID, "err", err)
+		}
 	}
+	go func() {
+		for _, c := range apps {
+			go terminate(c, runs[c])
+		}
+		for _, c := range apps {
+			select {
+			case <-runs[c].Done():
+			case <-hookCtx.Done():
+				return
+			}
+		}
+		for _, c := range sidecars {
+			terminate(c, runs[c])
+			select {
+			case <-runs[c].Done():
+			case <-hookCtx.Done():
+				return
+			}
+		}
+	}()
 	done := make(chan struct{})
 	go func() { p.wg.Wait(); close(done) }()
 	select {

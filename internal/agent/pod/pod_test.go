@@ -38,6 +38,7 @@ type fakeRuntime struct {
 	startErr error
 	started  chan string
 	signals  []string
+	kills    []string // "<container id> <signal>", in order
 }
 
 func newFakeRuntime() *fakeRuntime {
@@ -76,6 +77,7 @@ func (f *fakeRuntime) List(context.Context) ([]string, error)                { r
 func (f *fakeRuntime) Kill(_ context.Context, id string, sig syscall.Signal) error {
 	f.mu.Lock()
 	f.signals = append(f.signals, sig.String())
+	f.kills = append(f.kills, id+" "+sig.String())
 	ignored := f.ignore[sig]
 	f.mu.Unlock()
 	if !ignored {
@@ -524,4 +526,51 @@ func TestImagePullPolicy(t *testing.T) {
 			t.Errorf("%d pulls, want 1: IfNotPresent must use the image already here", images.pulls)
 		}
 	})
+}
+
+// TestStopTerminatesSidecarsLast: as kubelet, a deleted pod's regular containers get SIGTERM
+// first; its sidecars (restartable init containers) only once those have exited.
+func TestStopTerminatesSidecarsLast(t *testing.T) {
+	p := testPod(corev1.RestartPolicyAlways, "app")
+	always := corev1.ContainerRestartPolicyAlways
+	p.Spec.InitContainers = []corev1.Container{{Name: "proxy", Image: "busybox", RestartPolicy: &always}}
+	r := start(t, p, &fakeImages{})
+	proxy := r.nextStart(t)
+	app := r.nextStart(t)
+	r.until(t, func(s *cellapi.PodStatus) bool { return s.Phase == corev1.PodRunning })
+	r.rt.mu.Lock()
+	r.rt.ignore[syscall.SIGTERM] = true
+	r.rt.mu.Unlock()
+	kills := func() []string {
+		r.rt.mu.Lock()
+		defer r.rt.mu.Unlock()
+		return append([]string(nil), r.rt.kills...)
+	}
+	done := make(chan error, 1)
+	go func() { done <- r.pod.Stop(context.Background(), 30*time.Second) }()
+	waitKills := func(n int) []string {
+		deadline := time.Now().Add(10 * time.Second)
+		for len(kills()) < n {
+			if time.Now().After(deadline) {
+				t.Fatalf("signals %v, want %d", kills(), n)
+			}
+			time.Sleep(time.Millisecond)
+		}
+		return kills()
+	}
+	if got := waitKills(1); got[0] != app+" terminated" {
+		t.Fatalf("first signal %v, want SIGTERM to the app", got)
+	}
+	time.Sleep(20 * time.Millisecond) // the sidecar must not be signalled while the app runs
+	if got := kills(); len(got) != 1 {
+		t.Fatalf("signals %v while the app still runs, want only its SIGTERM", got)
+	}
+	r.rt.exit(app, 143)
+	if got := waitKills(2); got[1] != proxy+" terminated" {
+		t.Fatalf("signals %v, want SIGTERM to the sidecar once the app exited", got)
+	}
+	r.rt.exit(proxy, 143)
+	if err := <-done; err != nil {
+		t.Fatal(err)
+	}
 }
