@@ -75,6 +75,9 @@ func Pod(pod *corev1.Pod) error {
 		return &Error{Field: "spec.hostPID", Reason: "the cell's process namespace holds its agent; kip does not give it to pods"}
 	}
 	if sc := pod.Spec.SecurityContext; sc != nil {
+		if err := seccomp("spec.securityContext.seccompProfile", sc.SeccompProfile); err != nil {
+			return err
+		}
 		for i, s := range sc.Sysctls {
 			if !safeSysctls[SysctlName(s.Name)] {
 				return &Error{Field: fmt.Sprintf("spec.securityContext.sysctls[%d]", i), PodReason: SysctlForbidden,
@@ -95,10 +98,22 @@ func Pod(pod *corev1.Pod) error {
 	return nil
 }
 
+// seccomp refuses a Localhost profile: a cell has no node-local profile files.
+// RuntimeDefault and Unconfined are admitted; README.md says what RuntimeDefault gets today.
+func seccomp(field string, p *corev1.SeccompProfile) error {
+	if p != nil && p.Type == corev1.SeccompProfileTypeLocalhost {
+		return &Error{Field: field + ".type", Reason: "Localhost seccomp profiles are not supported on kip's cells (they have no node-local profiles)"}
+	}
+	return nil
+}
+
 // container refuses the security settings a cell cannot give a container.
 func container(field string, sc *corev1.SecurityContext) error {
 	if sc == nil {
 		return nil
+	}
+	if err := seccomp(field+".securityContext.seccompProfile", sc.SeccompProfile); err != nil {
+		return err
 	}
 	if sc.Privileged != nil && *sc.Privileged {
 		return &Error{Field: field + ".securityContext.privileged", Reason: "privileged containers are not supported on kip's cells"}

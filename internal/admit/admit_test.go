@@ -123,3 +123,22 @@ func wantRefusal(t *testing.T, err error, field string) *Error {
 	}
 	return ae
 }
+
+func TestSeccomp(t *testing.T) {
+	localhost := &corev1.SeccompProfile{Type: corev1.SeccompProfileTypeLocalhost, LocalhostProfile: ptrTo("my.json")}
+	for _, tt := range []struct {
+		name      string
+		pod       *corev1.Pod
+		wantField string
+	}{
+		{"runtime default", &corev1.Pod{Spec: corev1.PodSpec{SecurityContext: &corev1.PodSecurityContext{
+			SeccompProfile: &corev1.SeccompProfile{Type: corev1.SeccompProfileTypeRuntimeDefault}}}}, ""},
+		{"pod localhost", &corev1.Pod{Spec: corev1.PodSpec{SecurityContext: &corev1.PodSecurityContext{SeccompProfile: localhost}}},
+			"spec.securityContext.seccompProfile.type"},
+		{"container localhost", &corev1.Pod{Spec: corev1.PodSpec{Containers: []corev1.Container{{Name: "a",
+			SecurityContext: &corev1.SecurityContext{SeccompProfile: localhost}}}}},
+			"spec.containers[0].securityContext.seccompProfile.type"},
+	} {
+		t.Run(tt.name, func(t *testing.T) { wantRefusal(t, Pod(tt.pod), tt.wantField) })
+	}
+}

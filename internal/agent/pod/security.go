@@ -5,8 +5,8 @@ import (
 )
 
 // withPodSecurity returns c with the pod-level securityContext merged into its own, as
-// kubelet's effective security context: the container's runAsUser, runAsGroup, runAsNonRoot
-// and seccompProfile win, the pod's fill what the container leaves unset.
+// kubelet's effective security context: the container's runAsUser, runAsGroup and
+// runAsNonRoot win, the pod's fill what the container leaves unset.
 func withPodSecurity(pod *corev1.Pod, c *corev1.Container) *corev1.Container {
 	psc := pod.Spec.SecurityContext
 	if psc == nil {
@@ -26,9 +26,6 @@ func withPodSecurity(pod *corev1.Pod, c *corev1.Container) *corev1.Container {
 	}
 	if sc.RunAsNonRoot == nil {
 		sc.RunAsNonRoot = psc.RunAsNonRoot
-	}
-	if sc.SeccompProfile == nil {
-		sc.SeccompProfile = psc.SeccompProfile
 	}
 	return out
 }
