@@ -62,6 +62,12 @@ type PodRequest struct {
 	// Volumes holds the files of configMap, secret, projected and downwardAPI volumes by
 	// volume name. emptyDir volumes need no entry.
 	Volumes map[string]VolumeFiles `json:"volumes,omitempty"`
+	// ClusterDNS and ClusterDomain are kubelet's settings of the same names: the cluster DNS
+	// servers and domain the agent writes into resolv.conf (and /etc/hosts) per the pod's
+	// dnsPolicy. With no ClusterDNS, ClusterFirst falls back to the cell's own resolv.conf,
+	// as kubelet does.
+	ClusterDNS    []string `json:"clusterDNS,omitempty"`
+	ClusterDomain string   `json:"clusterDomain,omitempty"`
 }
 
 // RegistryAuth is one registry's credentials, as in a docker config.json "auths" entry.

@@ -45,6 +45,7 @@ func Handler(agent Agent, opts HandlerOptions) http.Handler {
 	mux.HandleFunc("GET "+StatsPath, h.authed(h.stats))
 	mux.HandleFunc("POST "+ExecPath+"{container}", h.authed(h.exec))
 	mux.HandleFunc("POST "+PortForwardPath+"{port}", h.authed(h.portForward))
+	mux.HandleFunc("PUT "+ServicesPath, h.authed(h.putServices))
 	mux.HandleFunc(ExecPath, h.authed(func(w http.ResponseWriter, r *http.Request) {
 		h.fail(w, r, Errorf(KindBadVersion, "%s %s is not implemented by this agent", r.Method, r.URL.Path))
 	}))
