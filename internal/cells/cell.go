@@ -257,12 +257,23 @@ func (c *cell) publish() {
 	}
 }
 
+// hostIP is the pod's status.hostIP: the node's address, except that a hostNetwork pod's
+// host is its cell (one pod owns its cell, so the cell's network is the pod's host network),
+// so pod IP = host IP = the cell's address, as kubelet reports a hostNetwork pod's pod IP as
+// its node's. m.mu must be held.
+func (c *cell) hostIP() string {
+	if c.pod.Spec.HostNetwork && c.inst != nil && c.inst.PrivateIP != "" {
+		return c.inst.PrivateIP
+	}
+	return c.m.node.HostIP
+}
+
 // statusInput gathers what podstatus.Build needs. m.mu must be held.
 func (c *cell) statusInput() podstatus.Input {
 	in := podstatus.Input{
 		Pod:       c.pod,
 		Now:       c.m.clock.Now(),
-		HostIP:    c.m.node.HostIP,
+		HostIP:    c.hostIP(),
 		Agent:     c.agentStatus,
 		Reason:    c.waitReason,
 		Message:   c.waitMessage,

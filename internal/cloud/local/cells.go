@@ -311,7 +311,7 @@ func (b *Backend) cellNet(r *cellRecord) cellNet {
 	ones, _ := b.subnet.Mask.Size()
 	return cellNet{
 		netns: r.meta.Netns, hostVeth: r.meta.HostVeth, bridge: r.meta.Bridge,
-		ip: net.ParseIP(r.ip).To4(), mask: net.CIDRMask(ones, 32),
+		ip: net.ParseIP(r.ip).To4(), mask: net.CIDRMask(ones, 32), gateway: b.bridgeIP,
 	}
 }
 

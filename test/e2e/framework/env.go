@@ -153,17 +153,6 @@ func Setup(ctx context.Context, o Options) (env *Env, err error) {
 	}()
 	env.logf("working directory %s (set %s=1 to keep it)", dir, KeepEnv)
 
-	env.CP, err = controlplane.Start(ctx, controlplane.Options{BinDir: cpBin, Dir: filepath.Join(dir, "cp"), Log: o.Log})
-	if err != nil {
-		return env, err
-	}
-	if env.Client, err = kubernetes.NewForConfig(env.CP.RESTConfig()); err != nil {
-		return env, fmt.Errorf("making clientset: %w", err)
-	}
-	if env.Dynamic, err = dynamic.NewForConfig(env.CP.RESTConfig()); err != nil {
-		return env, fmt.Errorf("making dynamic client: %w", err)
-	}
-
 	subnet := fmt.Sprintf("10.250.%d.0/24", third)
 	env.logf("setting up bridge %s on %s", env.Bridge, subnet)
 	env.Backend, err = local.New(local.Config{
@@ -180,6 +169,19 @@ func Setup(ctx context.Context, o Options) (env *Env, err error) {
 		return env, err
 	}
 	env.BridgeIP = env.Backend.BridgeIP()
+
+	// The API server listens on the bridge address, so that cells reach it (Service
+	// `kubernetes`, in-cluster config), as `kip up` does.
+	env.CP, err = controlplane.Start(ctx, controlplane.Options{BinDir: cpBin, Dir: filepath.Join(dir, "cp"), Log: o.Log, Address: env.BridgeIP})
+	if err != nil {
+		return env, err
+	}
+	if env.Client, err = kubernetes.NewForConfig(env.CP.RESTConfig()); err != nil {
+		return env, fmt.Errorf("making clientset: %w", err)
+	}
+	if env.Dynamic, err = dynamic.NewForConfig(env.CP.RESTConfig()); err != nil {
+		return env, fmt.Errorf("making dynamic client: %w", err)
+	}
 
 	env.Registry, err = registry.Start(net.JoinHostPort(env.BridgeIP.String(), "0"),
 		registry.WithDiskStorage(filepath.Join(dir, "registry")))
@@ -236,7 +238,9 @@ func (e *Env) Teardown(ctx context.Context) error {
 	if e.Registry != nil {
 		_ = e.Registry.Close()
 	}
-	e.CP.Stop()
+	if e.CP != nil {
+		e.CP.Stop()
+	}
 	if os.Getenv(KeepEnv) == "1" {
 		e.logf("kept %s", e.Dir)
 	} else if e.Dir != "" {
