@@ -28,7 +28,10 @@ func TestValidate(t *testing.T) {
 		{"bad cluster IP", func(s *cellapi.Service) []cellapi.Service { s.ClusterIPs = []string{"10.96.0.300"}; return nil },
 			[]string{"service ns/web", `"10.96.0.300" is not an IP address`}},
 		{"no cluster IP", func(s *cellapi.Service) []cellapi.Service { s.ClusterIPs = nil; return nil }, []string{"service ns/web: clusterIPs is empty"}},
-		{"two IPv4 cluster IPs", func(s *cellapi.Service) []cellapi.Service { s.ClusterIPs = []string{"10.96.0.1", "10.96.0.2"}; return nil },
+		{"two IPv4 cluster IPs", func(s *cellapi.Service) []cellapi.Service {
+			s.ClusterIPs = []string{"10.96.0.1", "10.96.0.2"}
+			return nil
+		},
 			[]string{"two IPv4 addresses"}},
 		{"unspecified", func(s *cellapi.Service) []cellapi.Service { s.ClusterIPs = []string{"0.0.0.0"}; return nil }, []string{"not a unicast address"}},
 		{"mapped", func(s *cellapi.Service) []cellapi.Service { s.ClusterIPs = []string{"::ffff:10.96.0.1"}; return nil }, []string{"IPv4-mapped"}},
@@ -36,7 +39,11 @@ func TestValidate(t *testing.T) {
 			[]string{`service ns/web port "http" (ICMP/80)`, `protocol "ICMP" is not supported`}},
 		{"port 0", func(s *cellapi.Service) []cellapi.Service { s.Ports[2].Port = 0; return nil }, []string{"service ns/web port SCTP/0: port 0 is out of range"}},
 		{"port 65536", func(s *cellapi.Service) []cellapi.Service { s.Ports[1].Port = 65536; return nil }, []string{`port "dns" (UDP/65536)`, "out of range"}},
-		{"same port twice", func(s *cellapi.Service) []cellapi.Service { s.Ports[1].Protocol = "TCP"; s.Ports[1].Port = 80; return nil },
+		{"same port twice", func(s *cellapi.Service) []cellapi.Service {
+			s.Ports[1].Protocol = "TCP"
+			s.Ports[1].Port = 80
+			return nil
+		},
 			[]string{`port "dns" (TCP/80): TCP/80 is listed twice`}},
 		{"same port, other protocol", func(s *cellapi.Service) []cellapi.Service { s.Ports[1].Port = 80; return nil }, nil},
 		{"bad endpoint IP", func(s *cellapi.Service) []cellapi.Service { s.Ports[0].Endpoints[1].IP = "pod-a"; return nil },
