@@ -55,7 +55,7 @@ func newEnv(t *testing.T) *env {
 }
 
 // newNS makes an unnamed network namespace, closed (and so gone) when t ends.
-func newNS(t *testing.T) netns.NsHandle {
+func newNS(t testing.TB) netns.NsHandle {
 	t.Helper()
 	type res struct {
 		ns  netns.NsHandle
