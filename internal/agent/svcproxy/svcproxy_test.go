@@ -53,6 +53,7 @@ func TestSessionAffinitySticks(t *testing.T) {
 	sticky := svc("default", "sticky", []string{"10.96.0.20"}, tcpPort("", 80, 8080, epIPs[:3]...))
 	sticky.AffinitySeconds = 600
 	e.replace(sticky, svc("default", "loose", []string{"10.96.0.21"}, tcpPort("", 80, 8080, epIPs[:3]...)))
+	t.Logf("nft list table ip %s:\n%s", svcproxy.TableName, e.nft("ip"))
 	if seen := e.spread("tcp", "10.96.0.20:80", 30); len(seen) != 1 {
 		t.Errorf("with affinity, 30 calls reached %s; want one endpoint", keys(seen))
 	}
