@@ -24,7 +24,7 @@ mapfile -t e2e < <(grep -rlE --include='*_test.go' '^func Benchmark' test 2>/dev
 # KIP_BENCH=<regexp> instead runs just the matching benchmarks once, for a quick look.
 per_op='^Benchmark(ContainerStart|ContainerStartInCell|PullUnpack|PullCached|EC2CallsPerPod)$'
 throughput='^Benchmark(Select|SelectUnprepared|NewIndex|SelectorSelect)$'
-self_sized='^Benchmark(Boot|CellPull|PodStartup|LocalBurst|CreateToRunning)$'
+self_sized='^Benchmark(Boot|CellPull|PodStartup|LocalBurst|CreateToRunning|ServicesApply)$'
 
 run() {
   local bench=$1 benchtime=$2; shift 2

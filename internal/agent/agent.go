@@ -53,6 +53,21 @@ type Config struct {
 	// ResolvConf is the path of the resolv.conf given to pods without DNS settings
 	// (/etc/resolv.conf when empty; a missing file gives an empty one).
 	ResolvConf string
+	// Services programs the cluster's Services into the cell's network namespace
+	// (svcproxy.Programmer in kip-cell). Nil: the agent does not program Services, and
+	// PutServices fails with cellapi.KindBadVersion (agents in tests never touch the host).
+	Services ServiceRules
+}
+
+// ServiceRules programs Services (svcproxy.Programmer). Both methods validate first and
+// change nothing when they fail.
+type ServiceRules interface {
+	// Replace programs exactly svcs, whatever was programmed before (even by an earlier agent).
+	Replace(ctx context.Context, svcs []cellapi.Service) error
+	// Update upserts and deletes on top of the last Replace or Update.
+	Update(ctx context.Context, upsert []cellapi.Service, deleted []string) error
+	// Len is how many Services are programmed.
+	Len() int
 }
 
 // Agent runs at most one pod at a time.
@@ -70,11 +85,17 @@ type Agent struct {
 	last     *cellapi.PodStatus
 	seq      uint64
 	watchers map[*watcher]struct{}
+
+	// smu serializes PutServices; svcVersion is the service table version in force (0: none
+	// since this agent started).
+	smu        sync.Mutex
+	svcVersion uint64
 }
 
 var (
-	_ cellapi.Agent    = (*Agent)(nil)
-	_ cellapi.Streamer = (*Agent)(nil)
+	_ cellapi.Agent             = (*Agent)(nil)
+	_ cellapi.Streamer          = (*Agent)(nil)
+	_ cellapi.ServiceProgrammer = (*Agent)(nil)
 )
 
 // New makes an agent; it creates StateDir. The agent and its pods log to ctx's logger
