@@ -338,3 +338,9 @@ func setLink(name string, up bool) error {
 	}
 	return nil
 }
+
+// bridgeExists reports whether a link named name exists.
+func bridgeExists(name string) bool {
+	_, err := netlink.LinkByName(name)
+	return err == nil
+}
