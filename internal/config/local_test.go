@@ -1,6 +1,10 @@
 package config
 
-import "testing"
+import (
+	"reflect"
+	"slices"
+	"testing"
+)
 
 // TestLocalSetupYAML: what LocalSetup renders loads strictly, keeps every field it sets and
 // leaves the rest to the defaults.
@@ -11,6 +15,12 @@ func TestLocalSetupYAML(t *testing.T) {
 	}
 	withCluster := base
 	withCluster.ClusterName = "e2e-abc"
+	withGroups := base
+	withGroups.SecurityGroups = []LocalSecurityGroup{
+		{Name: "web", Ingress: []LocalIngressRule{{Protocol: "TCP", Ports: "8080", From: []string{"client", "10.250.7.0/28"}}}},
+		{Name: "client"},
+	}
+	withGroups.DefaultSecurityGroups = []string{"client"}
 	for _, tc := range []struct {
 		name        string
 		in          LocalSetup
@@ -18,6 +28,7 @@ func TestLocalSetupYAML(t *testing.T) {
 	}{
 		{"no cluster name", base, NewDefault().Cells.ClusterName},
 		{"cluster name", withCluster, "e2e-abc"},
+		{"security groups", withGroups, NewDefault().Cells.ClusterName},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			c, err := Parse([]byte(tc.in.YAML()))
@@ -31,6 +42,10 @@ func TestLocalSetupYAML(t *testing.T) {
 			if c.Cloud.Provider != ProviderLocal || l.Bridge != tc.in.Bridge || l.Subnet != tc.in.Subnet ||
 				l.StateDir != tc.in.StateDir || l.AgentPath != tc.in.AgentPath {
 				t.Errorf("cloud = %+v, want local %+v", c.Cloud, tc.in)
+			}
+			if !reflect.DeepEqual(l.SecurityGroups, tc.in.SecurityGroups) || !slices.Equal(l.DefaultSecurityGroups, tc.in.DefaultSecurityGroups) {
+				t.Errorf("security groups = %+v, default %v; want %+v, %v\n%s", l.SecurityGroups, l.DefaultSecurityGroups,
+					tc.in.SecurityGroups, tc.in.DefaultSecurityGroups, tc.in.YAML())
 			}
 			if c.Node.Name != tc.in.NodeName || c.Node.InternalIP != tc.in.NodeIP {
 				t.Errorf("node name/IP = %q/%q, want %q/%q", c.Node.Name, c.Node.InternalIP, tc.in.NodeName, tc.in.NodeIP)

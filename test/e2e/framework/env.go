@@ -83,6 +83,9 @@ type Options struct {
 	ExtraConfig string
 	// KipArgs are extra arguments to `kip run`.
 	KipArgs []string
+	// SecurityGroups are the local backend's named groups (cloud.local.securityGroups) pods
+	// may name in pod.kip.dev/security-groups; cells of pods that name none stay open.
+	SecurityGroups []config.LocalSecurityGroup
 }
 
 // Missing returns why the end-to-end tier cannot run on this machine, or nil: it needs root
@@ -194,7 +197,7 @@ func Setup(ctx context.Context, o Options) (env *Env, err error) {
 	}
 
 	cfgPath := filepath.Join(dir, "kip.yaml")
-	if err := os.WriteFile(cfgPath, []byte(env.kipConfig(subnet)+o.ExtraConfig), 0o600); err != nil {
+	if err := os.WriteFile(cfgPath, []byte(env.kipConfig(subnet, o.SecurityGroups)+o.ExtraConfig), 0o600); err != nil {
 		return env, fmt.Errorf("writing kip config: %w", err)
 	}
 	env.Kip = &Kip{
@@ -213,10 +216,11 @@ func Setup(ctx context.Context, o Options) (env *Env, err error) {
 
 // kipConfig is the provider config kip runs with: the local backend on this environment's
 // bridge, the node's address on it, and the seeded registry as the default registry.
-func (e *Env) kipConfig(subnet string) string {
+func (e *Env) kipConfig(subnet string, groups []config.LocalSecurityGroup) string {
 	return config.LocalSetup{
 		Bridge: e.Bridge, Subnet: subnet, StateDir: filepath.Join(e.Dir, "cells"), AgentPath: filepath.Join(e.BinDir, "kip-cell"),
 		NodeName: e.NodeName, NodeIP: e.BridgeIP.String(), ClusterName: e.ClusterName, Registry: e.Registry.Host(),
+		SecurityGroups: groups,
 	}.YAML()
 }
 
