@@ -49,7 +49,7 @@ func Run(ctx context.Context, args []string, stdout io.Writer) error {
 	cgroupParent := fs.String("cgroup-parent", cgroups.PodsParent, "cgroup, relative to the agent's own (on cgroup v2: its parent), under which pods' cgroups go")
 	backOffBase := fs.Duration("backoff-base", pod.DefaultBackOff.Base, "first restart and image-pull back-off (kubelet: 10s)")
 	backOffMax := fs.Duration("backoff-max", pod.DefaultBackOff.Max, "longest back-off (kubelet: 5m)")
-	services := fs.Bool("services", true, "program the cluster's Services (nftables) into this network namespace, the cell's; false refuses service tables")
+	services := fs.Bool("services", true, "program the cluster's Services and the pod's hostPorts (nftables) into this network namespace, the cell's; false refuses service tables and leaves hostPorts unmapped")
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
@@ -89,9 +89,11 @@ func Run(ctx context.Context, args []string, stdout io.Writer) error {
 		return err
 	}
 	var rules agent.ServiceRules
+	var hostPorts agent.HostPortRules
 	if *services {
 		// kip-cell runs inside its cell's network namespace: the pod's, which it shares.
-		rules = svcproxy.New()
+		p := svcproxy.New()
+		rules, hostPorts = p, p
 	}
 	ag, err := agent.New(ctx, agent.Config{
 		CellID:       bs.CellID,
@@ -103,6 +105,7 @@ func Run(ctx context.Context, args []string, stdout io.Writer) error {
 		BackOff:      pod.BackOff{Base: *backOffBase, Max: *backOffMax, Reset: pod.DefaultBackOff.Reset},
 		PodIP:        podIP(),
 		Services:     rules,
+		HostPorts:    hostPorts,
 	})
 	if err != nil {
 		return err

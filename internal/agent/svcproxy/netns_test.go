@@ -203,7 +203,12 @@ func (e *env) servePeer(port int, ips ...string) {
 // call connects from the pod namespace to addr over network ("tcp" or "udp") and returns
 // the answering server's "<network> <address>".
 func (e *env) call(network, addr string) (string, error) {
-	return in(e.pod, func() (string, error) {
+	return e.callFrom(e.pod, network, addr)
+}
+
+// callFrom is call from the namespace ns.
+func (e *env) callFrom(ns netns.NsHandle, network, addr string) (string, error) {
+	return in(ns, func() (string, error) {
 		c, err := net.DialTimeout(network, addr, 2*time.Second)
 		if err != nil {
 			return "", err

@@ -17,6 +17,7 @@ import (
 	"fmt"
 	"net/netip"
 	"reflect"
+	"slices"
 	"sort"
 	"strings"
 	"sync"
@@ -43,8 +44,9 @@ const (
 	clusterIPsSet     = "cluster-ips"
 )
 
-// elemChunk bounds the elements of one netlink message (its attribute length is 16 bits).
-const elemChunk = 256
+// endpointsMapPrefix names the maps of the ports without session affinity: endpoints-<N>
+// holds the endpoints of every port that has N of them.
+const endpointsMapPrefix = "endpoints-"
 
 // Programmer programs service tables into one network namespace. Its methods are safe for
 // concurrent use; they apply one at a time.
@@ -55,6 +57,9 @@ type Programmer struct {
 	// programmed is what the last successful apply left in the kernel; nil before the first
 	// Replace, when this Programmer does not know what the kernel has.
 	programmed map[string]*service
+	// maps are the endpoint counts that have an endpoints-N map (and its nat-output rule) in
+	// each family's table since the last Replace; a map left empty by a delta stays.
+	maps map[*family]map[int]bool
 }
 
 // Option configures a Programmer.
@@ -89,6 +94,7 @@ func (p *Programmer) Replace(ctx context.Context, svcs []cellapi.Service) error 
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	b := p.newBatch()
+	maps := map[*family]map[int]bool{}
 	for _, f := range families {
 		t := f.table()
 		b.c.AddTable(t) // create if missing, so that the delete cannot fail
@@ -96,14 +102,21 @@ func (p *Programmer) Replace(ctx context.Context, svcs []cellapi.Service) error 
 		b.c.AddTable(t)
 		b.n += 3
 		b.base(f)
+		maps[f] = map[int]bool{}
+		for _, n := range endpointCounts(f, want, nil) {
+			b.addEndpointsMap(f, n)
+			maps[f][n] = true
+		}
 		for _, key := range sortedKeys(want) {
 			b.addService(f, want[key])
 		}
 	}
+	b.flushElements()
 	if err := b.flush(); err != nil {
 		return fmt.Errorf("programming %d services: %w", len(want), err)
 	}
 	p.programmed = want
+	p.maps = maps
 	return nil
 }
 
@@ -161,11 +174,28 @@ func (p *Programmer) Update(ctx context.Context, upsert []cellapi.Service, delet
 	}
 	sort.Strings(changed)
 	b := p.newBatch()
+	// Elements first, then the chains they point to and the sets those chains use; then the
+	// endpoint maps new endpoint counts need, the new chains, and last the elements.
 	for _, f := range families {
-		// Elements first, then the chains they point to, then the sets those chains use.
 		for _, k := range changed {
 			if old := p.programmed[k]; old != nil {
-				b.delService(f, old)
+				b.delServiceElements(f, old)
+			}
+		}
+	}
+	b.flushElements()
+	maps := map[*family]map[int]bool{}
+	for _, f := range families {
+		for _, k := range changed {
+			if old := p.programmed[k]; old != nil {
+				b.delServiceObjects(f, old)
+			}
+		}
+		maps[f] = maps2(p.maps[f])
+		for _, n := range endpointCounts(f, want, changed) {
+			if !maps[f][n] {
+				b.addEndpointsMap(f, n)
+				maps[f][n] = true
 			}
 		}
 		for _, k := range changed {
@@ -174,11 +204,22 @@ func (p *Programmer) Update(ctx context.Context, upsert []cellapi.Service, delet
 			}
 		}
 	}
+	b.flushElements()
 	if err := b.flush(); err != nil {
 		return fmt.Errorf("updating %d services: %w", len(changed), err)
 	}
 	p.programmed = want
+	p.maps = maps
 	return nil
+}
+
+// maps2 copies a set of endpoint counts.
+func maps2(m map[int]bool) map[int]bool {
+	out := make(map[int]bool, len(m))
+	for k := range m {
+		out[k] = true
+	}
+	return out
 }
 
 // Delete removes kip's tables (with every rule and affinity) from the namespace. The agent
@@ -197,6 +238,7 @@ func (p *Programmer) Delete() error {
 		return fmt.Errorf("deleting %s tables: %w", TableName, err)
 	}
 	p.programmed = nil
+	p.maps = nil
 	return nil
 }
 
@@ -285,9 +327,20 @@ func exprs(parts ...[]expr.Any) []expr.Any {
 
 // batch is one netlink batch (one nftables transaction) being built.
 type batch struct {
-	c   *nftables.Conn
-	n   int // messages queued, to size the socket buffers
-	err error
+	c     *nftables.Conn
+	n     int // messages queued, to size the socket buffers
+	bytes int // bytes of element messages queued, to size the send buffer
+	err   error
+	// pending are element additions and deletions not yet queued as messages: flushElements
+	// queues them, as few messages per set as fit.
+	pending []*pendingElems
+}
+
+// pendingElems are elements to add to (or delete from) one set.
+type pendingElems struct {
+	set   *nftables.Set
+	del   bool
+	elems []nftables.SetElement
 }
 
 func (p *Programmer) newBatch() *batch {
@@ -304,7 +357,7 @@ func (p *Programmer) newBatch() *batch {
 // commits the batch before it acknowledges, so acknowledgements lost to a full receive buffer
 // would report a failure for a batch that was applied.
 func (b *batch) sizeBuffers(c *netlink.Conn) error {
-	size := max(1<<20, (b.n+16)*1024)
+	size := max(1<<20, (b.n+16)*1024+b.bytes)
 	raw, err := c.SyscallConn()
 	if err != nil {
 		return err
@@ -341,6 +394,12 @@ func classify(err error) error {
 	return fmt.Errorf("nftables: %w", err)
 }
 
+func (b *batch) setErr(err error) {
+	if err != nil && b.err == nil {
+		b.err = err
+	}
+}
+
 func (b *batch) addRule(t *nftables.Table, chain string, e ...expr.Any) {
 	b.c.AddRule(&nftables.Rule{Table: t, Chain: &nftables.Chain{Name: chain, Table: t}, Exprs: e})
 	b.n++
@@ -351,34 +410,72 @@ func (b *batch) addChain(c *nftables.Chain) {
 	b.n++
 }
 
+// addSet adds s (and, for an anonymous set, its elements: one more message).
 func (b *batch) addSet(s *nftables.Set, elems []nftables.SetElement) {
-	if err := b.c.AddSet(s, nil); err != nil && b.err == nil {
-		b.err = err
-	}
+	b.setErr(b.c.AddSet(s, elems))
 	b.n++
-	b.addElements(s, elems)
+	if len(elems) > 0 {
+		b.n++
+	}
 }
 
+// addElements and delElements queue elements of a named set for flushElements.
 func (b *batch) addElements(s *nftables.Set, elems []nftables.SetElement) {
-	for len(elems) > 0 {
-		n := min(len(elems), elemChunk)
-		if err := b.c.SetAddElements(s, elems[:n]); err != nil && b.err == nil {
-			b.err = err
-		}
-		b.n++
-		elems = elems[n:]
-	}
+	b.queue(s, false, elems)
 }
 
 func (b *batch) delElements(s *nftables.Set, elems []nftables.SetElement) {
-	for len(elems) > 0 {
-		n := min(len(elems), elemChunk)
-		if err := b.c.SetDeleteElements(s, elems[:n]); err != nil && b.err == nil {
-			b.err = err
-		}
-		b.n++
-		elems = elems[n:]
+	b.queue(s, true, elems)
+}
+
+func (b *batch) queue(s *nftables.Set, del bool, elems []nftables.SetElement) {
+	if len(elems) == 0 {
+		return
 	}
+	for _, pe := range b.pending {
+		if pe.set.Table.Family == s.Table.Family && pe.set.Name == s.Name && pe.del == del {
+			pe.elems = append(pe.elems, elems...)
+			return
+		}
+	}
+	b.pending = append(b.pending, &pendingElems{set: s, del: del, elems: slices.Clone(elems)})
+}
+
+// maxElemBytes bounds the encoded elements of one message: they are one netlink attribute,
+// whose length is 16 bits.
+const maxElemBytes = 48 << 10
+
+// elemBytes is an upper bound of the encoded size of e.
+func elemBytes(e *nftables.SetElement) int {
+	n := 64 + len(e.Key) + len(e.Val)
+	if e.VerdictData != nil {
+		n += 32 + len(e.VerdictData.Chain)
+	}
+	return n
+}
+
+// flushElements queues the pending elements, set by set in the order they were first
+// queued, each set's in as few messages as fit.
+func (b *batch) flushElements() {
+	for _, pe := range b.pending {
+		elems := pe.elems
+		for len(elems) > 0 {
+			n, size := 0, 0
+			for n < len(elems) && (n == 0 || size+elemBytes(&elems[n]) <= maxElemBytes) {
+				size += elemBytes(&elems[n])
+				n++
+			}
+			if pe.del {
+				b.setErr(b.c.SetDeleteElements(pe.set, elems[:n]))
+			} else {
+				b.setErr(b.c.SetAddElements(pe.set, elems[:n]))
+			}
+			b.n++
+			b.bytes += size
+			elems = elems[n:]
+		}
+	}
+	b.pending = nil
 }
 
 // The table's fixed sets, as values that name them (for elements added later).
@@ -396,9 +493,18 @@ func (f *family) clusterIPs() *nftables.Set {
 	return &nftables.Set{Table: f.table(), Name: clusterIPsSet, KeyType: f.addrType}
 }
 
+// endpoints is the map endpoints-<n>: daddr . l4proto . dport . index (0..n-1) → the
+// endpoint's address . port, for the ports with n endpoints and no session affinity.
+func (f *family) endpoints(n int) *nftables.Set {
+	return &nftables.Set{Table: f.table(), Name: fmt.Sprintf("%s%d", endpointsMapPrefix, n), IsMap: true, Concatenation: true,
+		KeyType:  nftables.MustConcatSetType(f.addrType, nftables.TypeInetProto, nftables.TypeInetService, nftables.TypeMark),
+		DataType: nftables.MustConcatSetType(f.addrType, nftables.TypeInetService)}
+}
+
 // base adds the fixed part of f's table (just created, empty):
 //
 //	nat-output (nat, output, dstnat):   daddr . l4proto . dport vmap @service-ips
+//	                                    (then one rule per endpoints-N map: addEndpointsMap)
 //	filter-output (filter, output, 0):  ct state new daddr . l4proto . dport vmap @no-endpoint-services
 //	                                    ct state new daddr @cluster-ips goto reject-chain
 //	reject-chain:                       tcp: reject with tcp reset; else reject (port unreachable)
@@ -431,11 +537,58 @@ func (b *batch) base(f *family) {
 		goTo(rejectChain)})...)
 }
 
-// names are the objects of one service port in one family.
+// addEndpointsMap adds the map endpoints-<n> and its rule, appended to nat-output:
+//
+//	daddr . l4proto . dport . numgen random mod n  dnat to map @endpoints-<n>
+//
+// A connection whose daddr . l4proto . dport is not in the map (a port with another number
+// of endpoints) fails the lookup and goes on to the next rule; one that is gets one of the
+// port's n endpoints at random.
+func (b *batch) addEndpointsMap(f *family, n int) {
+	m := f.endpoints(n)
+	b.addSet(m, nil)
+	b.addRule(f.table(), natOutputChain, exprs(f.loadKey(), []expr.Any{
+		&expr.Numgen{Register: f.reg32(2), Modulus: uint32(n), Type: unix.NFT_NG_RANDOM},
+		&expr.Lookup{SourceRegister: 1, DestRegister: 1, IsDestRegSet: true, SetName: m.Name},
+		&expr.NAT{Type: expr.NATTypeDestNAT, Family: f.nfproto, RegAddrMin: 1, RegProtoMin: f.reg32(0), Specified: true},
+	})...)
+}
+
+// endpointCounts are the endpoint counts of the ports without affinity of svcs in family f
+// (of the keys only, when keys is not nil), sorted.
+func endpointCounts(f *family, svcs map[string]*service, keys []string) []int {
+	seen := map[int]bool{}
+	visit := func(s *service) {
+		for i := range s.ports {
+			p := &s.ports[i]
+			if ips, eps := split(f, s, p); len(ips) > 0 && len(eps) > 0 && p.affinity == 0 {
+				seen[len(eps)] = true
+			}
+		}
+	}
+	if keys == nil {
+		for _, s := range svcs {
+			visit(s)
+		}
+	}
+	for _, k := range keys {
+		if s := svcs[k]; s != nil {
+			visit(s)
+		}
+	}
+	out := make([]int, 0, len(seen))
+	for n := range seen {
+		out = append(out, n)
+	}
+	sort.Ints(out)
+	return out
+}
+
+// names are the objects of one service port with session affinity in one family.
 type names struct {
 	chain string   // the service port's chain
 	eps   []string // one chain per endpoint
-	aff   []string // one affinity set per endpoint (when the Service has affinity)
+	aff   []string // one affinity set per endpoint
 }
 
 func portNames(s *service, p *port, eps []endpoint) names {
@@ -449,9 +602,7 @@ func portNames(s *service, p *port, eps []endpoint) names {
 		epName := base + "__" + netip.AddrPortFrom(ep.addr, ep.port).String()
 		id := fmt.Sprintf("%s/%d/%s", base, p.port, netip.AddrPortFrom(ep.addr, ep.port))
 		n.eps = append(n.eps, objName("endpoint", epName, id))
-		if p.affinity > 0 {
-			n.aff = append(n.aff, objName("affinity", epName, id))
-		}
+		n.aff = append(n.aff, objName("affinity", epName, id))
 	}
 	return n
 }
@@ -483,13 +634,26 @@ func split(f *family, s *service, p *port) (ips []netip.Addr, eps []endpoint) {
 	return ips, eps
 }
 
-// addService adds s's objects in family f:
+// endpointElems are the elements of endpoints-<len(eps)> for the port p of cluster IP ip:
+// ip . proto . port . i → eps[i] (numgen writes i in host byte order).
+func endpointElems(ip netip.Addr, p *port, eps []endpoint) []nftables.SetElement {
+	els := make([]nftables.SetElement, len(eps))
+	for i, ep := range eps {
+		k := append(key(ip, p.proto, p.port), binaryutil.NativeEndian.PutUint32(uint32(i))...)
+		v := append(ep.addr.AsSlice(), byte(ep.port>>8), byte(ep.port), 0, 0)
+		els[i] = nftables.SetElement{Key: k, Val: v}
+	}
+	return els
+}
+
+// addService adds s's objects in family f (elements are queued for flushElements):
 //
-//	service-ips: ip . proto . port : goto service-…      (ports with endpoints)
-//	no-endpoint-services: ip . proto . port : goto reject-chain
 //	cluster-ips: ip
+//	no-endpoint-services: ip . proto . port : goto reject-chain        (ports without endpoints)
+//	endpoints-N: ip . proto . port . i : endpoint i's addr . port      (N endpoints, no affinity)
+//	service-ips: ip . proto . port : goto service-…                    (with affinity)
 //	service-… : [saddr @affinity-…i goto endpoint-…i]… ; numgen random mod N vmap {i: goto endpoint-…i}
-//	endpoint-…i: [update @affinity-…i { saddr }] ; l4proto P dnat to ip:port
+//	endpoint-…i: update @affinity-…i { saddr } ; l4proto P dnat to ip:port
 func (b *batch) addService(f *family, s *service) {
 	t := f.table()
 	var cips []nftables.SetElement
@@ -513,6 +677,12 @@ func (b *batch) addService(f *family, s *service) {
 			b.addElements(f.noEndpoints(), els)
 			continue
 		}
+		if p.affinity == 0 {
+			for _, ip := range ips {
+				b.addElements(f.endpoints(len(eps)), endpointElems(ip, p, eps))
+			}
+			continue
+		}
 		n := portNames(s, p, eps)
 		affSets := make([]*nftables.Set, len(n.aff))
 		for j, name := range n.aff {
@@ -522,18 +692,15 @@ func (b *batch) addService(f *family, s *service) {
 		}
 		for j, ep := range eps {
 			b.addChain(&nftables.Chain{Name: n.eps[j], Table: t})
-			var e []expr.Any
-			if p.affinity > 0 {
-				e = append(e, f.loadSaddr(), &expr.Dynset{SrcRegKey: 1, SetName: affSets[j].Name,
-					SetID: affSets[j].ID, Operation: unix.NFT_DYNSET_OP_UPDATE, Timeout: p.affinity})
-			}
-			e = append(e,
+			b.addRule(t, n.eps[j],
+				f.loadSaddr(),
+				&expr.Dynset{SrcRegKey: 1, SetName: affSets[j].Name,
+					SetID: affSets[j].ID, Operation: unix.NFT_DYNSET_OP_UPDATE, Timeout: p.affinity},
 				&expr.Meta{Key: expr.MetaKeyL4PROTO, Register: 1},
 				&expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: []byte{p.proto}},
 				&expr.Immediate{Register: 1, Data: ep.addr.AsSlice()},
 				&expr.Immediate{Register: 2, Data: binaryutil.BigEndian.PutUint16(ep.port)},
 				&expr.NAT{Type: expr.NATTypeDestNAT, Family: f.nfproto, RegAddrMin: 1, RegProtoMin: 2, Specified: true})
-			b.addRule(t, n.eps[j], e...)
 		}
 		b.addChain(&nftables.Chain{Name: n.chain, Table: t})
 		for j := range affSets {
@@ -550,10 +717,7 @@ func (b *batch) addService(f *family, s *service) {
 			for j := range eps {
 				els[j] = nftables.SetElement{Key: binaryutil.NativeEndian.PutUint32(uint32(j)), VerdictData: goTo(n.eps[j])}
 			}
-			if err := b.c.AddSet(m, els); err != nil && b.err == nil {
-				b.err = err
-			}
-			b.n += 2
+			b.addSet(m, els)
 			b.addRule(t, n.chain,
 				&expr.Numgen{Register: 1, Modulus: uint32(len(eps)), Type: unix.NFT_NG_RANDOM},
 				&expr.Lookup{SourceRegister: 1, IsDestRegSet: true, SetName: m.Name, SetID: m.ID})
@@ -566,11 +730,9 @@ func (b *batch) addService(f *family, s *service) {
 	}
 }
 
-// delService removes what addService added for s in family f, in an order the kernel
-// accepts: the elements that point to the service chain, the service chain (its rules and
-// their anonymous map go with it), the endpoint chains it pointed to, then the affinity sets.
-func (b *batch) delService(f *family, s *service) {
-	t := f.table()
+// delServiceElements queues the deletion of s's elements in family f: they go before the
+// chains they point to (delServiceObjects).
+func (b *batch) delServiceElements(f *family, s *service) {
 	var cips []nftables.SetElement
 	for _, ip := range s.ips {
 		if f.has(ip) {
@@ -588,11 +750,37 @@ func (b *batch) delService(f *family, s *service) {
 		for _, ip := range ips {
 			els = append(els, nftables.SetElement{Key: key(ip, p.proto, p.port)})
 		}
-		if len(eps) == 0 {
+		switch {
+		case len(eps) == 0:
 			b.delElements(f.noEndpoints(), els)
+		case p.affinity == 0:
+			for _, ip := range ips {
+				del := endpointElems(ip, p, eps)
+				for j := range del {
+					del[j].Val = nil
+				}
+				b.delElements(f.endpoints(len(eps)), del)
+			}
+		default:
+			b.delElements(f.serviceIPs(), els)
+		}
+	}
+}
+
+// delServiceObjects removes the chains and sets of s's ports with affinity in family f: the
+// service chain (its rules and their anonymous map go with it), the endpoint chains it
+// pointed to, then the affinity sets.
+func (b *batch) delServiceObjects(f *family, s *service) {
+	t := f.table()
+	if !slices.ContainsFunc(s.ips, f.has) {
+		return
+	}
+	for i := range s.ports {
+		p := &s.ports[i]
+		_, eps := split(f, s, p)
+		if len(eps) == 0 || p.affinity == 0 {
 			continue
 		}
-		b.delElements(f.serviceIPs(), els)
 		n := portNames(s, p, eps)
 		b.c.DelChain(&nftables.Chain{Name: n.chain, Table: t})
 		b.n++

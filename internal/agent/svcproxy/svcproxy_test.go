@@ -2,6 +2,7 @@ package svcproxy_test
 
 import (
 	"context"
+	"fmt"
 	"strings"
 	"testing"
 
@@ -162,6 +163,9 @@ func TestInvalidTableKeepsRules(t *testing.T) {
 	good := svc("default", "good", []string{"10.96.0.70"}, tcpPort("http", 80, 8080, epIPs[0]))
 	e.replace(good)
 	before := e.nft("ip")
+	if strings.HasPrefix(before, "nft: ") {
+		t.Fatalf("listing the rules: %s", before) // the comparison below would be meaningless
+	}
 	bad := svc("default", "bad", []string{"10.96.0.71"}, svcPort("weird", "ICMP", 80, 8080, epIPs[0]))
 	err := e.p.Replace(context.Background(), []cellapi.Service{bad})
 	if !cellapi.IsInvalid(err) || !strings.Contains(err.Error(), "default/bad") || !strings.Contains(err.Error(), `"weird"`) {
@@ -238,4 +242,70 @@ func contains(ss []string, s string) bool {
 		}
 	}
 	return false
+}
+
+// TestLargeTable: a table whose map elements take many netlink messages (600 Services, most
+// with 3 endpoints: endpoints-3 alone holds more elements than one message can carry; a few
+// with 1, 2 or 4) is programmed whole: Services of each endpoint count, first and last,
+// answer from their own endpoints only.
+func TestLargeTable(t *testing.T) {
+	e := newEnv(t)
+	e.servePeer(8080, epIPs...)
+	count := func(i int) int {
+		if i%50 < 3 {
+			return []int{1, 2, 4}[i%50]
+		}
+		return 3
+	}
+	var svcs []cellapi.Service
+	for i := range 600 {
+		ip := fmt.Sprintf("10.96.%d.%d", 10+i/250, i%250+1)
+		svcs = append(svcs, svc("big", fmt.Sprintf("s%03d", i), []string{ip}, tcpPort("", 80, 8080, epIPs[:count(i)]...)))
+	}
+	e.replace(svcs...)
+	for _, i := range []int{0, 1, 2, 3, 550, 551, 552, 599} {
+		n := count(i)
+		seen := e.spread("tcp", svcs[i].ClusterIPs[0]+":80", 4*n+4)
+		for k := range seen {
+			if !contains(suffix(epIPs[:n], ":8080"), strings.TrimPrefix(k, "tcp ")) {
+				t.Errorf("service %d (%d endpoints) reached %s", i, n, k)
+			}
+		}
+		if n > 1 && len(seen) < 2 {
+			t.Errorf("service %d (%d endpoints): calls reached only %s", i, n, keys(seen))
+		}
+	}
+}
+
+// TestUpdateAffinity: a delta that turns ClientIP affinity on makes calls stick, and one that
+// turns it off again spreads them; the affinity chains go with it.
+func TestUpdateAffinity(t *testing.T) {
+	e := newEnv(t)
+	e.servePeer(8080, epIPs[:3]...)
+	ctx := context.Background()
+	s := svc("default", "flip", []string{"10.96.0.90"}, tcpPort("", 80, 8080, epIPs[:3]...))
+	e.replace(s)
+	if seen := e.spread("tcp", "10.96.0.90:80", 30); len(seen) < 2 {
+		t.Fatalf("without affinity, 30 calls reached only %s", keys(seen))
+	}
+	s.AffinitySeconds = 600
+	if err := e.p.Update(ctx, []cellapi.Service{s}, nil); err != nil {
+		t.Fatalf("Update to affinity: %v", err)
+	}
+	if seen := e.spread("tcp", "10.96.0.90:80", 30); len(seen) != 1 {
+		t.Errorf("with affinity, 30 calls reached %s; want one endpoint", keys(seen))
+	}
+	if n := e.chainsNaming("default/flip/"); n != 4 {
+		t.Errorf("with affinity: %d chains of default/flip, want 4 (service + 3 endpoints)", n)
+	}
+	s.AffinitySeconds = 0
+	if err := e.p.Update(ctx, []cellapi.Service{s}, nil); err != nil {
+		t.Fatalf("Update back: %v", err)
+	}
+	if seen := e.spread("tcp", "10.96.0.90:80", 30); len(seen) < 2 {
+		t.Errorf("affinity off again, 30 calls reached only %s", keys(seen))
+	}
+	if n := e.chainsNaming("default/flip/"); n != 0 {
+		t.Errorf("affinity off: %d chains of default/flip are left", n)
+	}
 }
