@@ -6,6 +6,7 @@ import (
 	"context"
 	"fmt"
 	"net"
+	"net/http"
 	"slices"
 	"strings"
 	"testing"
@@ -120,4 +121,60 @@ func fetchMany(ctx context.Context, t *testing.T, e *framework.Env, ns, pod, url
 	}
 	slices.Sort(seen)
 	return seen
+}
+
+// TestHostNetworkAndHostPort: one pod owns its cell, so a hostNetwork pod's host is its cell
+// (pod IP = host IP = the cell's address, where it answers), and a hostPort maps to its
+// containerPort on the cell's address, from the host and from another cell.
+func TestHostNetworkAndHostPort(t *testing.T) {
+	e := need(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
+	defer cancel()
+	ns := e.Namespace(t)
+	image, err := e.KipcheckImage(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	hostnet := framework.Pod("hostnet", corev1.Container{Name: "web", Image: image, Command: []string{"kipcheck", "serve", ":8080"},
+		Ports: []corev1.ContainerPort{{ContainerPort: 8080}}})
+	hostnet.Spec.HostNetwork = true
+	hostport := framework.Pod("hostport", corev1.Container{Name: "web", Image: image, Command: []string{"kipcheck", "serve", ":8080"},
+		Ports: []corev1.ContainerPort{{ContainerPort: 8080, HostPort: 9090}}})
+	client := framework.Pod("client", corev1.Container{Name: "client", Image: image, Command: []string{"kipcheck", "sleep"}})
+	for _, p := range []*corev1.Pod{hostnet, hostport, client} {
+		if _, err := e.Client.CoreV1().Pods(ns).Create(ctx, p, metav1.CreateOptions{}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	pods := map[string]*corev1.Pod{}
+	for _, name := range []string{"hostnet", "hostport", "client"} {
+		p, err := e.WaitForPod(ctx, ns, name, podTimeout, framework.Running)
+		if err != nil {
+			t.Fatal(err)
+		}
+		pods[name] = p
+	}
+	hn := pods["hostnet"].Status
+	if hn.HostIP == "" || hn.HostIP != hn.PodIP {
+		t.Errorf("hostNetwork pod: hostIP %q, podIP %q; want both the cell's address", hn.HostIP, hn.PodIP)
+	}
+	if hp := pods["hostport"].Status; hp.HostIP != e.BridgeIP.String() {
+		t.Errorf("pod without hostNetwork: hostIP %q, want the node's %s", hp.HostIP, e.BridgeIP)
+	}
+	hc := &http.Client{Timeout: 5 * time.Second}
+	for _, url := range []string{
+		"http://" + net.JoinHostPort(hn.HostIP, "8080") + "/",
+		"http://" + net.JoinHostPort(pods["hostport"].Status.PodIP, "9090") + "/",
+	} {
+		body, err := getWithRetry(ctx, hc, url, 30*time.Second)
+		if err != nil {
+			t.Errorf("from the host: %v", err)
+			continue
+		}
+		t.Logf("GET %s from the host: %s", url, strings.TrimSpace(body))
+		out := execOK(ctx, t, e, ns, "client", "kipcheck get "+url)
+		if strings.TrimSpace(out) != strings.TrimSpace(body) {
+			t.Errorf("GET %s from another cell = %q, from the host %q", url, out, body)
+		}
+	}
 }
