@@ -27,6 +27,15 @@ type Cells interface {
 	EachRunning(visit func(cellID string, agent cellapi.Agent, healthyTimeout time.Duration))
 }
 
+// CellsFunc adapts a function to Cells (the wiring uses it because the cells manager takes
+// the controller's Sync at construction).
+type CellsFunc func(visit func(cellID string, agent cellapi.Agent, healthyTimeout time.Duration))
+
+// EachRunning calls f.
+func (f CellsFunc) EachRunning(visit func(cellID string, agent cellapi.Agent, healthyTimeout time.Duration)) {
+	f(visit)
+}
+
 // Table is the versioned service table; *servicetable.Table implements it.
 type Table interface {
 	// Version is the current version.
