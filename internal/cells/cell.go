@@ -354,5 +354,16 @@ func (c *cell) bringUp(adopt *cloud.Instance) error {
 	c.observe()
 	c.m.event(pod, corev1.EventTypeNormal, "CellReady", "Cell %s agent is ready at %s", c.cellID, inst.PrivateIP)
 	c.mirror(PhaseReady)
+	c.syncServices(agent)
 	return c.ensurePut(agent)
+}
+
+// syncServices gives the agent the cluster's Services before its pod is put (Deps.Services).
+func (c *cell) syncServices(agent cellapi.Agent) {
+	if c.m.deps.Services == nil {
+		return
+	}
+	if err := c.m.deps.Services.Sync(c.ops, c.cellID, agent); err != nil {
+		c.log.Warn("the cell's Services were not programmed before its pod; they will be retried", "err", err)
+	}
 }
