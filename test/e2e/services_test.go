@@ -77,8 +77,12 @@ func TestServices(t *testing.T) {
 		t.Fatal(err)
 	}
 	client := framework.Pod("client", corev1.Container{Name: "client", Image: image, Command: []string{"kipcheck", "sleep"}})
-	if _, err := e.Client.CoreV1().Pods(ns).Create(ctx, client, metav1.CreateOptions{}); err != nil {
-		t.Fatal(err)
+	watcher := framework.Pod("watcher", corev1.Container{Name: "watcher", Image: image, Command: []string{"sh", "-c",
+		`while :; do if kipcheck get http://$WEB_SERVICE_HOST/ 2s >/dev/null 2>&1; then echo ok; else echo fail; fi; sleep 0.3; done`}})
+	for _, p := range []*corev1.Pod{client, watcher} {
+		if _, err := e.Client.CoreV1().Pods(ns).Create(ctx, p, metav1.CreateOptions{}); err != nil {
+			t.Fatal(err)
+		}
 	}
 	backends, err := waitRunningPods(ctx, e, ns, labels.SelectorFromSet(sel).String(), 2)
 	if err != nil {
@@ -92,8 +96,10 @@ func TestServices(t *testing.T) {
 		names = append(names, p.Name)
 	}
 	slices.Sort(names)
-	if _, err := e.WaitForPod(ctx, ns, "client", podTimeout, framework.Running); err != nil {
-		t.Fatal(err)
+	for _, name := range []string{"client", "watcher"} {
+		if _, err := e.WaitForPod(ctx, ns, name, podTimeout, framework.Running); err != nil {
+			t.Fatal(err)
+		}
 	}
 	svc, err := e.Client.CoreV1().Services(ns).Get(ctx, "web", metav1.GetOptions{})
 	if err != nil {
@@ -134,6 +140,46 @@ func TestServices(t *testing.T) {
 		out := execOK(ctx, t, e, ns, "client", "kipcheck api")
 		if !strings.Contains(out, "\nclient\n") {
 			t.Errorf("kipcheck api did not list pod client:\n%s", out)
+		}
+	})
+	t.Run("kip killed: the rules stay; restarted: what changed meanwhile arrives", func(t *testing.T) {
+		killed := time.Now()
+		e.Kip.Kill()
+		time.Sleep(3 * time.Second)
+		late := &corev1.Service{ObjectMeta: metav1.ObjectMeta{Name: "late"}, Spec: corev1.ServiceSpec{Selector: sel,
+			Ports: []corev1.ServicePort{port("http", 80, intstr.FromString("http"))}}}
+		late, err := e.Client.CoreV1().Services(ns).Create(ctx, late, metav1.CreateOptions{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		restarted := time.Now()
+		if err := e.Kip.Start(ctx); err != nil {
+			t.Fatalf("restarting kip: %v", err)
+		}
+		// The watcher fetched through the cluster IP all along; kip's absence must not show.
+		logs, err := e.Kubectl(ctx, "-n", ns, "logs", "--timestamps", "watcher")
+		if err != nil {
+			t.Fatal(err)
+		}
+		var ok, failed int
+		for _, l := range strings.Split(strings.TrimSpace(logs), "\n") {
+			ts, word, _ := strings.Cut(l, " ")
+			at, err := time.Parse(time.RFC3339Nano, ts)
+			if err != nil || at.Before(killed) || at.After(restarted) {
+				continue
+			}
+			if strings.TrimSpace(word) == "ok" {
+				ok++
+			} else {
+				failed++
+			}
+		}
+		if ok < 3 || failed > 0 {
+			t.Errorf("while kip was down the watcher's fetches through the cluster IP: %d ok, %d failed; want them all ok", ok, failed)
+		}
+		seen := fetchMany(ctx, t, e, ns, "client", "http://"+late.Spec.ClusterIP+"/", 3)
+		if len(seen) == 0 {
+			t.Error("a Service made while kip was down never answered after its restart")
 		}
 	})
 	t.Run("no endpoints rejects at once, scaling back answers", func(t *testing.T) {
