@@ -208,6 +208,12 @@ func (e *env) call(network, addr string) (string, error) {
 
 // callFrom is call from the namespace ns.
 func (e *env) callFrom(ns netns.NsHandle, network, addr string) (string, error) {
+	return callIn(ns, network, addr)
+}
+
+// callIn connects from the namespace ns to addr over network ("tcp" or "udp") and returns
+// what the server first sends (a UDP server answers a datagram "hi").
+func callIn(ns netns.NsHandle, network, addr string) (string, error) {
 	return in(ns, func() (string, error) {
 		c, err := net.DialTimeout(network, addr, 2*time.Second)
 		if err != nil {

@@ -7,6 +7,10 @@
 // Each family has a table of its own ("ip kip-services", "ip6 kip-services"). A full table
 // replaces them in one netlink batch (one nftables transaction); a delta rebuilds only the
 // Services it names, also in one batch. A batch the kernel refuses changes nothing.
+//
+// NodePorts is the same job on the host side (the local backend imports it): the nodePorts
+// of the same service table, in the namespace of the node's address. It lives here to share
+// the validation and the netlink batches; the package imports only cellapi of kip's own.
 package svcproxy
 
 import (

@@ -36,6 +36,8 @@ type port struct {
 	proto    uint8
 	protoStr string
 	port     uint16
+	// nodePort is the port's node port (0: none); only NodePorts checks and uses it.
+	nodePort uint16
 	eps      []endpoint
 	affinity time.Duration
 }
@@ -53,12 +55,24 @@ func Validate(svcs []cellapi.Service) error {
 	return err
 }
 
-// compile validates svcs and returns them parsed, keyed by "namespace/name".
+// compile validates svcs and returns them parsed, keyed by "namespace/name". Node ports are
+// not looked at: cells do not program them.
 func compile(svcs []cellapi.Service) (map[string]*service, error) {
+	return compileTable(svcs, false)
+}
+
+// compileTable is compile; with nodePorts it also checks each port's nodePort (in range, and
+// no protocol/nodePort used twice) and records it.
+func compileTable(svcs []cellapi.Service, nodePorts bool) (map[string]*service, error) {
 	var probs []string
 	bad := func(format string, args ...any) { probs = append(probs, fmt.Sprintf(format, args...)) }
 	out := make(map[string]*service, len(svcs))
 	owner := map[netip.Addr]string{} // cluster IP → the Service that has it
+	type protoPort struct {
+		proto corev1.Protocol
+		port  int32
+	}
+	nodePortOwner := map[protoPort]string{} // protocol/nodePort → "service … port …"
 	for i := range svcs {
 		s := &svcs[i]
 		key := s.Key()
@@ -121,6 +135,18 @@ func compile(svcs []cellapi.Service) (map[string]*service, error) {
 			seen[id] = true
 			p := port{name: sp.Name, proto: proto, protoStr: strings.ToLower(string(sp.Protocol)), port: uint16(sp.Port),
 				affinity: time.Duration(s.AffinitySeconds) * time.Second}
+			if nodePorts && sp.NodePort != 0 {
+				np := protoPort{sp.Protocol, sp.NodePort}
+				switch other, taken := nodePortOwner[np]; {
+				case sp.NodePort < 1 || sp.NodePort > 65535:
+					bad("service %s port %s: nodePort %d is out of range 1..65535", key, what, sp.NodePort)
+				case taken:
+					bad("service %s port %s: nodePort %s/%d is also %s's", key, what, sp.Protocol, sp.NodePort, other)
+				default:
+					nodePortOwner[np] = fmt.Sprintf("service %s port %s", key, what)
+					p.nodePort = uint16(sp.NodePort)
+				}
+			}
 			eps := map[endpoint]bool{}
 			for k, ep := range sp.Endpoints {
 				ip, err := parseIP(ep.IP)

@@ -279,6 +279,9 @@ func (b *Backend) Setup(ctx context.Context) error {
 	if err := sweepTables(bridgeExists); err != nil {
 		b.log.Warn("sweeping firewall tables of vanished bridges", "err", err)
 	}
+	if err := sweepNodePorts(bridgeExists); err != nil {
+		b.log.Warn("sweeping nodePort tables of vanished bridges", "err", err)
+	}
 	if err := b.SyncFirewall(); err != nil {
 		return fmt.Errorf("setting up local backend: %w", err)
 	}
@@ -329,6 +332,9 @@ func (b *Backend) Teardown(ctx context.Context) error {
 			errs = append(errs, err)
 		}
 		if err := deleteTable(tableName(b.cfg.Bridge)); err != nil {
+			errs = append(errs, err)
+		}
+		if err := deleteNodePorts(b.cfg.Bridge); err != nil {
 			errs = append(errs, err)
 		}
 		if err := deleteBridge(b.cfg.Bridge); err != nil {
