@@ -246,6 +246,10 @@ func (r *runner) run(ctx context.Context) error {
 	go func() { defer wg.Done(); hc.Run(runCtx) }()
 	go func() { defer wg.Done(); svcTable.Run(runCtx) }()
 	go func() { defer wg.Done(); svcPush.Run(runCtx) }()
+	if h, ok := backend.(nodePortHost); ok {
+		wg.Add(1)
+		go func() { defer wg.Done(); runNodePorts(runCtx, h, svcTable, r.log.With("component", "nodeports")) }()
+	}
 	errc := make(chan error, 1)
 	go func() { errc <- vn.Run(runCtx) }()
 

@@ -5,6 +5,8 @@ package e2e
 import (
 	"context"
 	"fmt"
+	"net"
+	"net/http"
 	"slices"
 	"strings"
 	"testing"
@@ -140,6 +142,22 @@ func TestServices(t *testing.T) {
 		out := execOK(ctx, t, e, ns, "client", "kipcheck api")
 		if !strings.Contains(out, "\nclient\n") {
 			t.Errorf("kipcheck api did not list pod client:\n%s", out)
+		}
+	})
+	t.Run("nodePort on the node's address", func(t *testing.T) {
+		np := &corev1.Service{ObjectMeta: metav1.ObjectMeta{Name: "np"}, Spec: corev1.ServiceSpec{Selector: sel,
+			Type: corev1.ServiceTypeNodePort, Ports: []corev1.ServicePort{port("http", 80, intstr.FromString("http"))}}}
+		np, err := e.Client.CoreV1().Services(ns).Create(ctx, np, metav1.CreateOptions{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		url := "http://" + net.JoinHostPort(e.BridgeIP.String(), fmt.Sprint(np.Spec.Ports[0].NodePort)) + "/"
+		body, err := getWithRetry(ctx, &http.Client{Timeout: 5 * time.Second}, url, ruleTimeout)
+		if err != nil || !slices.Contains(names, strings.TrimSpace(body)) {
+			t.Errorf("GET %s from the host: %q, %v; want a backend's name", url, body, err)
+		}
+		if seen := fetchMany(ctx, t, e, ns, "client", url, 3); len(seen) == 0 {
+			t.Errorf("GET %s from a cell answered nothing", url)
 		}
 	})
 	t.Run("kip killed: the rules stay; restarted: what changed meanwhile arrives", func(t *testing.T) {
