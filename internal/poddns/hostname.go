@@ -40,14 +40,16 @@ func PodNames(pod *corev1.Pod, clusterDomain string) (Names, error) {
 		n.Hostname = *pod.Spec.HostnameOverride
 	case pod.Spec.Hostname != "":
 		n.Hostname = pod.Spec.Hostname
-	default:
+	case pod.Name != "":
 		n.Hostname = pod.Name
+	default:
+		n.Hostname = "pod" // the API server names every pod; a bare request still gets a name
 	}
 	if len(n.Hostname) > maxHostnameLen {
 		n.Hostname = strings.TrimRight(n.Hostname[:maxHostnameLen], "-.")
 	}
 	if n.Hostname == "" {
-		return Names{}, fmt.Errorf("pod %q has no usable hostname", pod.Name)
+		return Names{}, fmt.Errorf("hostname: pod %q has no usable hostname", pod.Name)
 	}
 	if pod.Spec.Subdomain != "" && pod.Spec.HostnameOverride == nil {
 		n.Domain = fmt.Sprintf("%s.%s.svc.%s", pod.Spec.Subdomain, pod.Namespace, clusterDomain)
@@ -56,7 +58,7 @@ func PodNames(pod *corev1.Pod, clusterDomain string) (Names, error) {
 	if n.Domain != "" && pod.Spec.SetHostnameAsFQDN != nil && *pod.Spec.SetHostnameAsFQDN {
 		fqdn := n.FQDN()
 		if len(fqdn) > maxFQDNLen {
-			return Names{}, fmt.Errorf("spec.setHostnameAsFQDN: FQDN %s is too long (%d characters is the max, %d characters requested)", fqdn, maxFQDNLen, len(fqdn))
+			return Names{}, fmt.Errorf("setHostnameAsFQDN: FQDN %s is too long (%d characters is the max, %d characters requested)", fqdn, maxFQDNLen, len(fqdn))
 		}
 		n.Kernel = fqdn
 	}

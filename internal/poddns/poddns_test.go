@@ -242,7 +242,7 @@ func TestPodNames(t *testing.T) {
 			s.Hostname = strings.Repeat("h", 39)
 			s.Subdomain = "db"
 			s.SetHostnameAsFQDN = &yes
-		}), errHas: "spec.setHostnameAsFQDN: FQDN " + strings.Repeat("h", 39) + ".db.shop.svc.cluster.local is too long (64 characters is the max, 65 characters requested)"},
+		}), errHas: "setHostnameAsFQDN: FQDN " + strings.Repeat("h", 39) + ".db.shop.svc.cluster.local is too long (64 characters is the max, 65 characters requested)"},
 		{name: "hostnameOverride has no domain", pod: pod(func(s *corev1.PodSpec) { s.HostnameOverride = str("custom.name"); s.Subdomain = "db" }),
 			host: "custom.name", fqdn: "custom.name", kernel: "custom.name"},
 	}
