@@ -16,6 +16,8 @@ type LocalSetup struct {
 	ClusterName string
 	// Registry (host:port) is the default registry, trusted over plain HTTP.
 	Registry string
+	// ClusterDNS is node.clusterDNS (kube-dns's cluster IP); empty leaves it out.
+	ClusterDNS []string
 }
 
 // YAML renders s as a ProviderConfig document that sets only these fields; Load fills
@@ -35,6 +37,9 @@ node:
   name: %s
   internalIP: %s
 `, APIVersion, Kind, ProviderLocal, s.Bridge, s.Subnet, s.StateDir, s.AgentPath, s.NodeName, s.NodeIP)
+	if len(s.ClusterDNS) > 0 {
+		fmt.Fprintf(&b, "  clusterDNS: [%s]\n", strings.Join(s.ClusterDNS, ", "))
+	}
 	if s.ClusterName != "" {
 		fmt.Fprintf(&b, "cells:\n  clusterName: %s\n", s.ClusterName)
 	}

@@ -1,6 +1,9 @@
 package config
 
-import "testing"
+import (
+	"fmt"
+	"testing"
+)
 
 // TestLocalSetupYAML: what LocalSetup renders loads strictly, keeps every field it sets and
 // leaves the rest to the defaults.
@@ -11,13 +14,14 @@ func TestLocalSetupYAML(t *testing.T) {
 	}
 	withCluster := base
 	withCluster.ClusterName = "e2e-abc"
+	withCluster.ClusterDNS = []string{"10.0.0.10"}
 	for _, tc := range []struct {
 		name        string
 		in          LocalSetup
 		wantCluster string
 	}{
 		{"no cluster name", base, NewDefault().Cells.ClusterName},
-		{"cluster name", withCluster, "e2e-abc"},
+		{"cluster name and DNS", withCluster, "e2e-abc"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			c, err := Parse([]byte(tc.in.YAML()))
@@ -34,6 +38,9 @@ func TestLocalSetupYAML(t *testing.T) {
 			}
 			if c.Node.Name != tc.in.NodeName || c.Node.InternalIP != tc.in.NodeIP {
 				t.Errorf("node name/IP = %q/%q, want %q/%q", c.Node.Name, c.Node.InternalIP, tc.in.NodeName, tc.in.NodeIP)
+			}
+			if fmt.Sprint(c.Node.ClusterDNS) != fmt.Sprint(tc.in.ClusterDNS) {
+				t.Errorf("node.clusterDNS = %v, want %v", c.Node.ClusterDNS, tc.in.ClusterDNS)
 			}
 			if c.Cells.ClusterName != tc.wantCluster {
 				t.Errorf("cells.clusterName = %q, want %q", c.Cells.ClusterName, tc.wantCluster)

@@ -44,6 +44,8 @@ func run(m *testing.M) int {
 		// The apiserver's pod proxy carries no credentials; virtual-kubelet's stats tests reach
 		// these paths through it. RBAC still decides (TestVirtualKubeletSuite grants them).
 		KipArgs: []string{"--anonymous-auth-paths=/stats/summary,/metrics/resource"},
+		// As kip up: pods get kube-dns as their nameserver (TestClusterDNS deploys CoreDNS).
+		ClusterDNS: true,
 	})
 	if setupErr != nil {
 		fmt.Fprintf(os.Stderr, "e2e setup failed: %v\n", setupErr)

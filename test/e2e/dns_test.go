@@ -1,0 +1,210 @@
+//go:build e2e
+
+package e2e
+
+import (
+	"context"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	corev1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/labels"
+
+	"github.com/kip-dev/kip/internal/clusterdns"
+	"github.com/kip-dev/kip/internal/imagebuild"
+	"github.com/kip-dev/kip/internal/registry"
+	"github.com/kip-dev/kip/test/e2e/framework"
+)
+
+// coreDNSReadyTimeout bounds CoreDNS's pod becoming Ready: a cell, the image pull, and the
+// kubernetes plugin's first sync with the API server (through the kubernetes Service).
+const coreDNSReadyTimeout = 3 * time.Minute
+
+// TestClusterDNS: with CoreDNS deployed as kip up deploys it, a ClusterFirst pod on a cell
+// gets kubelet's resolv.conf and resolves the API server's Service, a Service by its short
+// name and its FQDN, and a headless Service to its pod's IP (and the pod's own hostname).
+//
+// It needs the cell's service rules (ClusterIP → endpoints in the cell's namespace): CoreDNS
+// reaches the API server through the kubernetes Service, and the pod reaches CoreDNS through
+// kube-dns's cluster IP. Without them it fails, saying which step did not happen.
+func TestClusterDNS(t *testing.T) {
+	e := need(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 12*time.Minute)
+	defer cancel()
+	if len(e.ClusterDNS) == 0 {
+		t.Fatal("the e2e environment runs kip without clusterDNS (framework.Options.ClusterDNS)")
+	}
+
+	objs, err := e.DeployClusterDNS(ctx)
+	if err != nil {
+		t.Fatalf("deploying CoreDNS: %v", err)
+	}
+	t.Cleanup(func() {
+		cctx, ccancel := context.WithTimeout(context.Background(), 2*time.Minute)
+		defer ccancel()
+		if err := clusterdns.Delete(cctx, e.Client, objs); err != nil {
+			t.Errorf("removing CoreDNS: %v", err)
+		}
+		// Its cell must be gone before TestZZNoLeaks looks.
+		sel := labels.SelectorFromSet(labels.Set{"k8s-app": "kube-dns"}).String()
+		for cctx.Err() == nil {
+			pods, err := e.Client.CoreV1().Pods(clusterdns.Namespace).List(cctx, metav1.ListOptions{LabelSelector: sel})
+			if err == nil && len(pods.Items) == 0 {
+				return
+			}
+			time.Sleep(time.Second)
+		}
+		t.Errorf("CoreDNS's pods still exist 2 minutes after its Deployment was deleted")
+	})
+
+	// CoreDNS Ready: its kubernetes plugin has synced with the API server.
+	sel := labels.SelectorFromSet(labels.Set{"k8s-app": "kube-dns"}).String()
+	var dnsPod *corev1.Pod
+	for end := time.Now().Add(coreDNSReadyTimeout); ; time.Sleep(2 * time.Second) {
+		pods, err := e.Client.CoreV1().Pods(clusterdns.Namespace).List(ctx, metav1.ListOptions{LabelSelector: sel})
+		if err == nil && len(pods.Items) > 0 {
+			dnsPod = &pods.Items[0]
+			if podReady(dnsPod) {
+				break
+			}
+		}
+		if time.Now().After(end) || ctx.Err() != nil {
+			what := "no pod"
+			logs := ""
+			if dnsPod != nil {
+				what = framework.DescribePod(dnsPod)
+				b, _ := e.Client.CoreV1().Pods(dnsPod.Namespace).GetLogs(dnsPod.Name, &corev1.PodLogOptions{Container: "coredns"}).DoRaw(ctx)
+				logs = tail(string(b), 30)
+			}
+			t.Fatalf("CoreDNS (kube-system/coredns) not Ready within %v: %s\nIts readiness needs the kubernetes plugin synced with the API server through Service kubernetes (10.0.0.1:443) from inside its cell, i.e. the cells' service rules.\nCoreDNS log tail:\n%s",
+				coreDNSReadyTimeout, what, logs)
+		}
+	}
+
+	ns := e.Namespace(t)
+	// A backend for a Service and, as db-0 of subdomain db, a headless Service.
+	backend := framework.Pod("db-0", corev1.Container{Name: "web", Image: "nginx"})
+	backend.Labels = map[string]string{"app": "web"}
+	backend.Spec.Hostname, backend.Spec.Subdomain = "db-0", "db"
+	backend.Spec.RestartPolicy = corev1.RestartPolicyAlways
+	if _, err := e.Client.CoreV1().Pods(ns).Create(ctx, backend, metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	web, err := e.Client.CoreV1().Services(ns).Create(ctx, &corev1.Service{
+		ObjectMeta: metav1.ObjectMeta{Name: "web"},
+		Spec:       corev1.ServiceSpec{Selector: map[string]string{"app": "web"}, Ports: []corev1.ServicePort{{Name: "http", Port: 80}}},
+	}, metav1.CreateOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := e.Client.CoreV1().Services(ns).Create(ctx, &corev1.Service{
+		ObjectMeta: metav1.ObjectMeta{Name: "db"},
+		Spec: corev1.ServiceSpec{ClusterIP: corev1.ClusterIPNone, Selector: map[string]string{"app": "web"},
+			Ports: []corev1.ServicePort{{Name: "http", Port: 80}}},
+	}, metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	backend, err = e.WaitForPod(ctx, ns, "db-0", podTimeout, podReady)
+	if err != nil {
+		t.Fatalf("backend pod: %v", err)
+	}
+
+	// The client: Go's resolver (follows resolv.conf's search and ndots) in a busybox image.
+	image := pushResolveImage(ctx, t, e)
+	fqdn := func(s string) string { return fmt.Sprintf("%s.%s.svc.cluster.local", s, ns) }
+	names := []string{"kubernetes.default.svc.cluster.local", "web", fqdn("web"), fqdn("db"), fqdn("db-0.db"), "kubernetes.default"}
+	client := framework.Pod("client", corev1.Container{Name: "client", Image: image,
+		Command: append([]string{"sh", "-c", `cat /etc/resolv.conf; echo ---; exec /bin/resolve -wait 30s "$@"`, "sh"}, names...)})
+	if _, err := e.Client.CoreV1().Pods(ns).Create(ctx, client, metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := e.WaitForPod(ctx, ns, "client", podTimeout+3*time.Minute, func(p *corev1.Pod) bool {
+		return p.Status.Phase == corev1.PodSucceeded || p.Status.Phase == corev1.PodFailed
+	}); err != nil {
+		t.Fatalf("client pod: %v", err)
+	}
+	b, err := e.Client.CoreV1().Pods(ns).GetLogs("client", &corev1.PodLogOptions{}).DoRaw(ctx)
+	if err != nil {
+		t.Fatalf("client logs: %v", err)
+	}
+	resolvConf, results, _ := strings.Cut(string(b), "---\n")
+
+	// kubelet's resolv.conf: the cluster search path first, kube-dns, ndots:5.
+	lines := strings.Split(strings.TrimSpace(resolvConf), "\n")
+	wantSearch := fmt.Sprintf("search %s.svc.cluster.local svc.cluster.local cluster.local", ns)
+	if len(lines) != 3 || !(lines[0] == wantSearch || strings.HasPrefix(lines[0], wantSearch+" ")) ||
+		lines[1] != "nameserver "+clusterdns.ServiceIP || lines[2] != "options ndots:5" {
+		t.Errorf("the pod's /etc/resolv.conf:\n%s\nwant kubelet's:\n%s [host searches]\nnameserver %s\noptions ndots:5", resolvConf, wantSearch, clusterdns.ServiceIP)
+	}
+
+	got := map[string]string{}
+	for _, l := range strings.Split(strings.TrimSpace(results), "\n") {
+		if name, v, ok := strings.Cut(l, " "); ok {
+			got[name] = v
+		}
+	}
+	want := map[string]string{
+		"kubernetes.default.svc.cluster.local": "10.0.0.1",
+		"kubernetes.default":                   "10.0.0.1", // through the search path
+		"web":                                  web.Spec.ClusterIP,
+		fqdn("web"):                            web.Spec.ClusterIP,
+		fqdn("db"):                             backend.Status.PodIP,
+		fqdn("db-0.db"):                        backend.Status.PodIP,
+	}
+	for name, w := range want {
+		if got[name] != w {
+			t.Errorf("%s resolved to %q, want %s", name, got[name], w)
+		}
+	}
+	if t.Failed() {
+		t.Logf("the client's output:\n%s", b)
+	}
+}
+
+func podReady(p *corev1.Pod) bool {
+	for _, c := range p.Status.Conditions {
+		if c.Type == corev1.PodReady {
+			return c.Status == corev1.ConditionTrue
+		}
+	}
+	return false
+}
+
+func tail(s string, n int) string {
+	l := strings.Split(strings.TrimRight(s, "\n"), "\n")
+	if len(l) > n {
+		l = l[len(l)-n:]
+	}
+	return strings.Join(l, "\n")
+}
+
+// pushResolveImage builds testdata/resolve (a static Go binary) into a busybox image in the
+// environment's registry and returns its reference.
+func pushResolveImage(ctx context.Context, t *testing.T, e *framework.Env) string {
+	t.Helper()
+	bin := filepath.Join(t.TempDir(), "resolve")
+	cmd := exec.CommandContext(ctx, "go", "build", "-o", bin, "./testdata/resolve")
+	cmd.Env = append(os.Environ(), "CGO_ENABLED=0")
+	if out, err := cmd.CombinedOutput(); err != nil {
+		t.Fatalf("building testdata/resolve: %v\n%s", err, out)
+	}
+	data, err := os.ReadFile(bin)
+	if err != nil {
+		t.Fatal(err)
+	}
+	img, err := imagebuild.Busybox(imagebuild.Options{Files: []imagebuild.File{{Path: "/bin/resolve", Data: data, Mode: 0o755}}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	const repo = "kip/resolve:e2e"
+	if _, err := registry.Push(ctx, e.Registry.Host(), repo, img); err != nil {
+		t.Fatal(err)
+	}
+	return e.Registry.Host() + "/" + repo
+}
