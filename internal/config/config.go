@@ -119,7 +119,7 @@ type Node struct {
 	// ClusterDomain is the cluster's DNS domain (kubelet's clusterDomain); default
 	// "cluster.local".
 	ClusterDomain string `json:"clusterDomain"`
-	TLS         TLS `json:"tls"`
+	TLS           TLS    `json:"tls"`
 }
 
 // Capacity is what the virtual node advertises.
