@@ -15,6 +15,7 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/labels"
+	"k8s.io/utils/ptr"
 
 	"github.com/kip-dev/kip/internal/clusterdns"
 	"github.com/kip-dev/kip/internal/imagebuild"
@@ -164,6 +165,58 @@ func TestClusterDNS(t *testing.T) {
 	}
 	if t.Failed() {
 		t.Logf("the client's output:\n%s", b)
+	}
+}
+
+// TestPodDNSFiles: a pod on a cell sees the resolv.conf, /etc/hosts and hostname kubelet
+// would give it: kip's clusterDNS and the cluster search path with ndots:5 (dnsConfig's
+// options merged in), its FQDN in the cluster domain, and with setHostnameAsFQDN the FQDN as
+// its kernel hostname and $HOSTNAME. Needs no DNS server.
+func TestPodDNSFiles(t *testing.T) {
+	e := need(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
+	defer cancel()
+	if len(e.ClusterDNS) == 0 {
+		t.Fatal("the e2e environment runs kip without clusterDNS (framework.Options.ClusterDNS)")
+	}
+	ns := e.Namespace(t)
+	p := framework.Pod("files", framework.Busybox("show", `cat /etc/resolv.conf; echo ---; cat /etc/hosts; echo ---; hostname; echo "$HOSTNAME"`))
+	p.Spec.Hostname, p.Spec.Subdomain = "web-0", "db"
+	p.Spec.SetHostnameAsFQDN = ptr.To(true)
+	p.Spec.DNSConfig = &corev1.PodDNSConfig{Options: []corev1.PodDNSConfigOption{{Name: "edns0"}}}
+	if _, err := e.Client.CoreV1().Pods(ns).Create(ctx, p, metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	got, err := e.WaitForPod(ctx, ns, "files", podTimeout, func(p *corev1.Pod) bool {
+		return p.Status.Phase == corev1.PodSucceeded || p.Status.Phase == corev1.PodFailed
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got.Status.Phase != corev1.PodSucceeded {
+		t.Fatalf("pod: %s", framework.DescribePod(got))
+	}
+	b, err := e.Client.CoreV1().Pods(ns).GetLogs("files", &corev1.PodLogOptions{}).DoRaw(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	parts := strings.Split(string(b), "---\n")
+	if len(parts) != 3 {
+		t.Fatalf("output:\n%s", b)
+	}
+	resolv, hosts, names := parts[0], parts[1], strings.Fields(parts[2])
+	lines := strings.Split(strings.TrimSpace(resolv), "\n")
+	wantSearch := fmt.Sprintf("search %s.svc.cluster.local svc.cluster.local cluster.local", ns)
+	if len(lines) != 3 || !(lines[0] == wantSearch || strings.HasPrefix(lines[0], wantSearch+" ")) ||
+		lines[1] != "nameserver "+clusterdns.ServiceIP || lines[2] != "options ndots:5 edns0" {
+		t.Errorf("/etc/resolv.conf:\n%s\nwant kubelet's:\n%s [host searches]\nnameserver %s\noptions ndots:5 edns0", resolv, wantSearch, clusterdns.ServiceIP)
+	}
+	fqdn := fmt.Sprintf("web-0.db.%s.svc.cluster.local", ns)
+	if want := fmt.Sprintf("%s\t%s\tweb-0\n", got.Status.PodIP, fqdn); !strings.Contains(hosts, want) {
+		t.Errorf("/etc/hosts:\n%s\nwant a line %q", hosts, want)
+	}
+	if len(names) != 2 || names[0] != fqdn || names[1] != fqdn {
+		t.Errorf("hostname and $HOSTNAME %v, want %s (setHostnameAsFQDN)", names, fqdn)
 	}
 }
 
