@@ -17,14 +17,15 @@ mapfile -t e2e < <(grep -rlE --include='*_test.go' '^func Benchmark' test 2>/dev
 
 # Benchmarks come in three kinds, each run with the -benchtime that makes its numbers mean
 # something:
-#   - self-sized ones boot their own fleet of cells/pods (≥ 20–50) per run: once (1x);
+#   - self-sized ones boot their own fleet of cells/pods (≥ 20–50; ServiceUpdate: 100 cells,
+#     1,000 Services, 100 updates) per run: once (1x);
 #   - per-operation ones time one container start / pull / pod lifecycle per b.N: 50 times, so
 #     their p50/p99 cover at least 50 samples;
 #   - pure throughput ones (the selector): the default one second.
 # KIP_BENCH=<regexp> instead runs just the matching benchmarks once, for a quick look.
 per_op='^Benchmark(ContainerStart|ContainerStartInCell|PullUnpack|PullCached|EC2CallsPerPod)$'
 throughput='^Benchmark(Select|SelectUnprepared|NewIndex|SelectorSelect)$'
-self_sized='^Benchmark(Boot|CellPull|PodStartup|LocalBurst|CreateToRunning)$'
+self_sized='^Benchmark(Boot|CellPull|PodStartup|LocalBurst|CreateToRunning|ServicesApply|ServiceUpdate)$'
 
 run() {
   local bench=$1 benchtime=$2; shift 2

@@ -22,6 +22,7 @@ import (
 	"github.com/kip-dev/kip/internal/agent/image"
 	"github.com/kip-dev/kip/internal/agent/pod"
 	"github.com/kip-dev/kip/internal/agent/runtime"
+	"github.com/kip-dev/kip/internal/agent/svcproxy"
 	"github.com/kip-dev/kip/internal/cellapi"
 	"github.com/kip-dev/kip/internal/cgroups"
 	"github.com/kip-dev/kip/internal/logctx"
@@ -33,7 +34,7 @@ import (
 // without the program name:
 //
 //	kip-cell --bootstrap FILE [--state-dir DIR] [--runc PATH] [--cgroup-parent NAME]
-//	         [--backoff-base 10s] [--backoff-max 5m]
+//	         [--backoff-base 10s] [--backoff-max 5m] [--services=true]
 //	kip-cell version
 func Run(ctx context.Context, args []string, stdout io.Writer) error {
 	if len(args) > 0 && args[0] == "version" {
@@ -48,6 +49,7 @@ func Run(ctx context.Context, args []string, stdout io.Writer) error {
 	cgroupParent := fs.String("cgroup-parent", cgroups.PodsParent, "cgroup, relative to the agent's own (on cgroup v2: its parent), under which pods' cgroups go")
 	backOffBase := fs.Duration("backoff-base", pod.DefaultBackOff.Base, "first restart and image-pull back-off (kubelet: 10s)")
 	backOffMax := fs.Duration("backoff-max", pod.DefaultBackOff.Max, "longest back-off (kubelet: 5m)")
+	services := fs.Bool("services", true, "program the cluster's Services and the pod's hostPorts (nftables) into this network namespace, the cell's; false refuses service tables and leaves hostPorts unmapped")
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
@@ -86,6 +88,13 @@ func Run(ctx context.Context, args []string, stdout io.Writer) error {
 	if err != nil {
 		return err
 	}
+	var rules agent.ServiceRules
+	var hostPorts agent.HostPortRules
+	if *services {
+		// kip-cell runs inside its cell's network namespace: the pod's, which it shares.
+		p := svcproxy.New()
+		rules, hostPorts = p, p
+	}
 	ag, err := agent.New(ctx, agent.Config{
 		CellID:       bs.CellID,
 		StateDir:     *stateDir,
@@ -95,6 +104,8 @@ func Run(ctx context.Context, args []string, stdout io.Writer) error {
 		CgroupParent: *cgroupParent,
 		BackOff:      pod.BackOff{Base: *backOffBase, Max: *backOffMax, Reset: pod.DefaultBackOff.Reset},
 		PodIP:        podIP(),
+		Services:     rules,
+		HostPorts:    hostPorts,
 	})
 	if err != nil {
 		return err

@@ -99,7 +99,7 @@ func TestServeAndShutdown(t *testing.T) {
 	ctx, cancel := context.WithCancel(t.Context())
 	done := make(chan error, 1)
 	go func() {
-		done <- Run(ctx, []string{"--bootstrap", bs, "--state-dir", t.TempDir(), "--cgroup-parent", parent}, &bytes.Buffer{})
+		done <- Run(ctx, []string{"--bootstrap", bs, "--state-dir", t.TempDir(), "--cgroup-parent", parent, "--services=false"}, &bytes.Buffer{})
 	}()
 
 	ccert, ckey, _ := ca.Issue(pki.LeafSpec{CommonName: "kip", Client: true})
@@ -130,6 +130,10 @@ func TestServeAndShutdown(t *testing.T) {
 	}
 	if _, err := client.Stats(t.Context()); err != nil {
 		t.Fatalf("Stats: %v", err)
+	}
+	// --services=false: service tables are refused (and this test's netns, the host's, untouched).
+	if _, err := client.PutServices(t.Context(), &cellapi.ServiceTable{Version: 1}); cellapi.KindOf(err) != cellapi.KindBadVersion {
+		t.Fatalf("PutServices with --services=false: %v, want KindBadVersion", err)
 	}
 	cancel()
 	select {

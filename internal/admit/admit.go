@@ -9,6 +9,8 @@ import (
 	"strings"
 
 	corev1 "k8s.io/api/core/v1"
+
+	"github.com/kip-dev/kip/internal/cellapi"
 )
 
 // Error is a refusal: the field path kip cannot honour and why.
@@ -93,6 +95,9 @@ func Pod(pod *corev1.Pod) error {
 			if err := container(fmt.Sprintf("spec.%s[%d]", list.field, i), c.SecurityContext); err != nil {
 				return err
 			}
+			if err := ports(fmt.Sprintf("spec.%s[%d]", list.field, i), c.Ports); err != nil {
+				return err
+			}
 		}
 	}
 	return nil
@@ -123,6 +128,23 @@ func container(field string, sc *corev1.SecurityContext) error {
 			if strings.EqualFold(string(c), "ALL") {
 				return &Error{Field: fmt.Sprintf("%s.securityContext.capabilities.add[%d]", field, j), Reason: "ALL is not supported; name the capabilities to add"}
 			}
+		}
+	}
+	return nil
+}
+
+// ports refuses the cell agent's port: the pod shares its cell's network with the agent, so
+// neither a containerPort nor a hostPort can take it.
+func ports(field string, ps []corev1.ContainerPort) error {
+	for j, p := range ps {
+		if p.Protocol != "" && p.Protocol != corev1.ProtocolTCP {
+			continue
+		}
+		if p.HostPort == cellapi.DefaultPort {
+			return &Error{Field: fmt.Sprintf("%s.ports[%d].hostPort", field, j), Reason: fmt.Sprintf("port %d is the cell agent's; the pod cannot take it", cellapi.DefaultPort)}
+		}
+		if p.ContainerPort == cellapi.DefaultPort {
+			return &Error{Field: fmt.Sprintf("%s.ports[%d].containerPort", field, j), Reason: fmt.Sprintf("port %d is the cell agent's; the pod cannot take it", cellapi.DefaultPort)}
 		}
 	}
 	return nil

@@ -111,6 +111,30 @@ func TestNamespaces(t *testing.T) {
 	}
 }
 
+// TestPorts: the pod shares its cell's network with the agent, so the agent's port is refused
+// as a containerPort or hostPort (TCP); other ports and protocols are the pod's.
+func TestPorts(t *testing.T) {
+	ctr := func(ps ...corev1.ContainerPort) corev1.PodSpec {
+		return corev1.PodSpec{Containers: []corev1.Container{{Name: "c", Ports: ps}}}
+	}
+	for _, tt := range []struct {
+		name      string
+		spec      corev1.PodSpec
+		wantField string
+	}{
+		{"ordinary ports", ctr(corev1.ContainerPort{ContainerPort: 80, HostPort: 8080}), ""},
+		{"the agent's port over UDP", ctr(corev1.ContainerPort{ContainerPort: 6421, Protocol: corev1.ProtocolUDP}), ""},
+		{"hostPort", ctr(corev1.ContainerPort{ContainerPort: 80}, corev1.ContainerPort{ContainerPort: 81, HostPort: 6421}), "spec.containers[0].ports[1].hostPort"},
+		{"containerPort", ctr(corev1.ContainerPort{ContainerPort: 6421, Protocol: corev1.ProtocolTCP}), "spec.containers[0].ports[0].containerPort"},
+		{"init container", corev1.PodSpec{InitContainers: []corev1.Container{{Name: "i", Ports: []corev1.ContainerPort{{ContainerPort: 6421}}}}},
+			"spec.initContainers[0].ports[0].containerPort"},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			wantRefusal(t, Pod(&corev1.Pod{Spec: tt.spec}), tt.wantField)
+		})
+	}
+}
+
 // wantRefusal fails t unless err refuses field, or, for field "", unless err is nil.
 func wantRefusal(t *testing.T, err error, field string) *Error {
 	t.Helper()

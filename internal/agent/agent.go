@@ -5,6 +5,7 @@ package agent
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"io"
 	"log/slog"
@@ -16,11 +17,13 @@ import (
 	"sync"
 	"time"
 
+	corev1 "k8s.io/api/core/v1"
 	"k8s.io/utils/clock"
 
 	"github.com/kip-dev/kip/internal/agent/logs"
 	"github.com/kip-dev/kip/internal/agent/pod"
 	"github.com/kip-dev/kip/internal/agent/runtime"
+	"github.com/kip-dev/kip/internal/agent/svcproxy"
 	"github.com/kip-dev/kip/internal/cellapi"
 	"github.com/kip-dev/kip/internal/cgroups"
 	"github.com/kip-dev/kip/internal/logctx"
@@ -53,6 +56,35 @@ type Config struct {
 	// ResolvConf is the path of the resolv.conf given to pods without DNS settings
 	// (/etc/resolv.conf when empty; a missing file gives an empty one).
 	ResolvConf string
+	// Services programs the cluster's Services into the cell's network namespace
+	// (svcproxy.Programmer in kip-cell). Nil: the agent does not program Services, and
+	// PutServices fails with cellapi.KindBadVersion (agents in tests never touch the host).
+	Services ServiceRules
+	// HostPorts maps the pod's hostPorts to their containerPorts in the cell's network
+	// namespace (svcproxy.Programmer in kip-cell) while the pod is accepted. Nil: hostPorts
+	// equal to their containerPorts work anyway; others are logged and not mapped (agents in
+	// tests never touch the host).
+	HostPorts HostPortRules
+}
+
+// HostPortRules programs the pod's hostPorts (svcproxy.Programmer).
+type HostPortRules interface {
+	// SetHostPorts maps pod's hostPorts, replacing any mapping before; it validates first
+	// and changes nothing when it fails.
+	SetHostPorts(ctx context.Context, pod *corev1.Pod) error
+	// DeleteHostPorts removes the mapping; without one it does nothing.
+	DeleteHostPorts() error
+}
+
+// ServiceRules programs Services (svcproxy.Programmer). Both methods validate first and
+// change nothing when they fail.
+type ServiceRules interface {
+	// Replace programs exactly svcs, whatever was programmed before (even by an earlier agent).
+	Replace(ctx context.Context, svcs []cellapi.Service) error
+	// Update upserts and deletes on top of the last Replace or Update.
+	Update(ctx context.Context, upsert []cellapi.Service, deleted []string) error
+	// Len is how many Services are programmed.
+	Len() int
 }
 
 // Agent runs at most one pod at a time.
@@ -70,11 +102,17 @@ type Agent struct {
 	last     *cellapi.PodStatus
 	seq      uint64
 	watchers map[*watcher]struct{}
+
+	// smu serializes PutServices; svcVersion is the service table version in force (0: none
+	// since this agent started).
+	smu        sync.Mutex
+	svcVersion uint64
 }
 
 var (
-	_ cellapi.Agent    = (*Agent)(nil)
-	_ cellapi.Streamer = (*Agent)(nil)
+	_ cellapi.Agent             = (*Agent)(nil)
+	_ cellapi.Streamer          = (*Agent)(nil)
+	_ cellapi.ServiceProgrammer = (*Agent)(nil)
 )
 
 // New makes an agent; it creates StateDir. The agent and its pods log to ctx's logger
@@ -108,6 +146,10 @@ func (a *Agent) PutPod(ctx context.Context, req *cellapi.PodRequest) (*cellapi.P
 	if err := pod.Validate(req); err != nil {
 		return nil, err
 	}
+	hostPorts, err := svcproxy.HostPorts(req.Pod)
+	if err != nil {
+		return nil, err
+	}
 	a.mu.Lock()
 	defer a.mu.Unlock()
 	if a.pod != nil {
@@ -115,6 +157,13 @@ func (a *Agent) PutPod(ctx context.Context, req *cellapi.PodRequest) (*cellapi.P
 			return a.pod.Status(), nil
 		}
 		return nil, cellapi.Errorf(cellapi.KindConflict, "cell %s already runs pod %s; delete it before putting pod %s", a.cfg.CellID, a.pod.UID(), req.Pod.UID)
+	}
+	if len(hostPorts) > 0 {
+		if a.cfg.HostPorts == nil {
+			a.log.Warn("hostPorts not mapped: this cell does not program them", "pod", req.Pod.Namespace+"/"+req.Pod.Name, "hostPorts", len(hostPorts))
+		} else if err := a.cfg.HostPorts.SetHostPorts(ctx, req.Pod); err != nil {
+			return nil, fmt.Errorf("mapping hostPorts of pod %s: %w", req.Pod.UID, err)
+		}
 	}
 	p, err := pod.Start(pod.Config{
 		Dir:          filepath.Join(a.cfg.StateDir, "pods", string(req.Pod.UID)),
@@ -132,6 +181,11 @@ func (a *Agent) PutPod(ctx context.Context, req *cellapi.PodRequest) (*cellapi.P
 		FirstSeq:     a.currentSeq(),
 	}, req)
 	if err != nil {
+		if len(hostPorts) > 0 && a.cfg.HostPorts != nil {
+			if derr := a.cfg.HostPorts.DeleteHostPorts(); derr != nil {
+				a.log.Warn("unmapping hostPorts of a pod that did not start", "uid", req.Pod.UID, "err", derr)
+			}
+		}
 		return nil, err
 	}
 	a.pod = p
@@ -263,6 +317,11 @@ func (a *Agent) DeletePod(ctx context.Context, grace time.Duration) error {
 		a.wmu.Unlock()
 	}
 	a.mu.Unlock()
+	if a.cfg.HostPorts != nil {
+		if herr := a.cfg.HostPorts.DeleteHostPorts(); herr != nil {
+			err = errors.Join(err, fmt.Errorf("unmapping hostPorts: %w", herr))
+		}
+	}
 	if err != nil {
 		return fmt.Errorf("deleting pod %s: %w", p.UID(), err)
 	}

@@ -62,7 +62,8 @@ func randTag() string {
 	return hex.EncodeToString(b)
 }
 
-func newHarness(t testing.TB, backOff pod.BackOff) *harness {
+// newHarness starts an agent (its Config changed by opts) behind a TLS server.
+func newHarness(t testing.TB, backOff pod.BackOff, opts ...func(*agent.Config)) *harness {
 	t.Helper()
 	testenv.RequireRunc(t)
 	h := &harness{t: t, tag: randTag()}
@@ -89,10 +90,14 @@ func newHarness(t testing.TB, backOff pod.BackOff) *harness {
 		t.Fatal(err)
 	}
 	quiet := logctx.Into(context.Background(), slog.New(slog.DiscardHandler))
-	h.agent, err = agent.New(quiet, agent.Config{
+	cfg := agent.Config{
 		CellID: "cell-" + h.tag, StateDir: h.stateDir, Runtime: h.rt, Images: images,
 		Cgroups: h.cg, CgroupParent: h.parent, BackOff: backOff, PodIP: "10.250.9.9",
-	})
+	}
+	for _, o := range opts {
+		o(&cfg)
+	}
+	h.agent, err = agent.New(quiet, cfg)
 	if err != nil {
 		t.Fatal(err)
 	}

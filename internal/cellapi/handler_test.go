@@ -108,6 +108,13 @@ type rig struct {
 
 func newRig(t *testing.T) *rig {
 	t.Helper()
+	fa := &fakeAgent{updates: make(chan *cellapi.PodStatus)}
+	return newRigFor(t, fa, fa)
+}
+
+// newRigFor serves agent (which embeds or is fa).
+func newRigFor(t *testing.T, agent cellapi.Agent, fa *fakeAgent) *rig {
+	t.Helper()
 	ca, err := pki.NewCA("kip-test")
 	if err != nil {
 		t.Fatal(err)
@@ -120,8 +127,7 @@ func newRig(t *testing.T) *rig {
 	if err != nil {
 		t.Fatal(err)
 	}
-	fa := &fakeAgent{updates: make(chan *cellapi.PodStatus)}
-	srv := httptest.NewUnstartedServer(cellapi.Handler(fa, cellapi.HandlerOptions{}))
+	srv := httptest.NewUnstartedServer(cellapi.Handler(agent, cellapi.HandlerOptions{}))
 	srv.TLS = stls
 	srv.Config.ErrorLog = log.New(io.Discard, "", 0)
 	srv.StartTLS()

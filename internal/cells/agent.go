@@ -91,7 +91,7 @@ func (c *cell) ensurePut(agent cellapi.Agent) error {
 			pod.Status.PodIP = c.inst.PrivateIP
 			pod.Status.PodIPs = []corev1.PodIP{{IP: c.inst.PrivateIP}}
 		}
-		pod.Status.HostIP = m.node.HostIP
+		pod.Status.HostIP = c.hostIP()
 		c.m.mu.Unlock()
 
 		req, err := c.resolve(pod)

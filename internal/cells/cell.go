@@ -257,12 +257,23 @@ func (c *cell) publish() {
 	}
 }
 
+// hostIP is the pod's status.hostIP: the node's address, except that a hostNetwork pod's
+// host is its cell (one pod owns its cell, so the cell's network is the pod's host network),
+// so pod IP = host IP = the cell's address, as kubelet reports a hostNetwork pod's pod IP as
+// its node's. m.mu must be held.
+func (c *cell) hostIP() string {
+	if c.pod.Spec.HostNetwork && c.inst != nil && c.inst.PrivateIP != "" {
+		return c.inst.PrivateIP
+	}
+	return c.m.node.HostIP
+}
+
 // statusInput gathers what podstatus.Build needs. m.mu must be held.
 func (c *cell) statusInput() podstatus.Input {
 	in := podstatus.Input{
 		Pod:       c.pod,
 		Now:       c.m.clock.Now(),
-		HostIP:    c.m.node.HostIP,
+		HostIP:    c.hostIP(),
 		Agent:     c.agentStatus,
 		Reason:    c.waitReason,
 		Message:   c.waitMessage,
@@ -343,5 +354,16 @@ func (c *cell) bringUp(adopt *cloud.Instance) error {
 	c.observe()
 	c.m.event(pod, corev1.EventTypeNormal, "CellReady", "Cell %s agent is ready at %s", c.cellID, inst.PrivateIP)
 	c.mirror(PhaseReady)
+	c.syncServices(agent)
 	return c.ensurePut(agent)
+}
+
+// syncServices gives the agent the cluster's Services before its pod is put (Deps.Services).
+func (c *cell) syncServices(agent cellapi.Agent) {
+	if c.m.deps.Services == nil {
+		return
+	}
+	if err := c.m.deps.Services.Sync(c.ops, c.cellID, agent); err != nil {
+		c.log.Warn("the cell's Services were not programmed before its pod; they will be retried", "err", err)
+	}
 }

@@ -53,6 +53,18 @@ type Deps struct {
 	// Observe, if set, gets a pod's Timing each time it reaches a new phase (launched, agent
 	// ready, pulled, started, finished), for per-phase histograms. It must not block.
 	Observe func(Timing)
+	// Services, if set, gives each cell's agent the cluster's Services once the agent is
+	// ready and before the pod is put, so containers start with them programmed (kip wires
+	// internal/controllers/svcpush). nil programs none.
+	Services ServiceSync
+}
+
+// ServiceSync programs the cluster's Services into a cell. Sync is called on the pod's path,
+// between the agent turning ready and PutPod, for new and adopted cells alike; it should
+// return within its own deadline. An error is logged and never fails the pod: the
+// implementation keeps retrying on its own.
+type ServiceSync interface {
+	Sync(ctx context.Context, cellID string, agent cellapi.Agent) error
 }
 
 // Resolver builds the request a cell's agent runs from a pod. The pod it gets carries the

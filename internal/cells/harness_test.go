@@ -208,6 +208,7 @@ type harness struct {
 	// dial is Deps.Dial (nil: the manager's mutual-TLS default, on agentPort).
 	dial      func(ctx context.Context, inst *cloud.Instance, cellID string) (cellapi.Agent, error)
 	agentPort int
+	services  ServiceSync // Deps.Services
 	events    []string
 	notified  []*corev1.Pod
 	observed  []Timing
@@ -254,6 +255,7 @@ func (h *harness) newManager() *Manager {
 		Events:    h.rec,
 		Clock:     h.clock,
 		Mirror:    h.mirror,
+		Services:  h.services,
 		Log:       slog.New(slog.NewTextHandler(testWriter{h.t}, nil)),
 		Observe: func(tm Timing) {
 			h.mu.Lock()

@@ -154,3 +154,29 @@ func TestDefaultDialUsesMutualTLS(t *testing.T) {
 		t.Errorf("anonymous GET %s = %d, want 401", cellapi.PodPath, resp.StatusCode)
 	}
 }
+
+// TestHostNetworkPodsHostIsTheirCell: a hostNetwork pod's host is its cell, so its hostIP is
+// its pod IP (the cell's address) in the status and in the request the agent gets (the
+// downward API's status.hostIP); other pods report the node's address.
+func TestHostNetworkPodsHostIsTheirCell(t *testing.T) {
+	h := newHarness(t)
+	pod := testPod("hostnet")
+	pod.Spec.HostNetwork = true
+	if err := h.m.CreatePod(context.Background(), pod); err != nil {
+		t.Fatal(err)
+	}
+	a := h.agent(CellID(pod.UID))
+	h.waitFor("the agent to get the pod", func() bool { a.mu.Lock(); defer a.mu.Unlock(); return a.req != nil })
+	a.set(&cellapi.PodStatus{Phase: corev1.PodRunning, ContainerStatuses: []corev1.ContainerStatus{running("main", true)}})
+	got := h.waitPod(pod, "Running", func(p *corev1.Pod) bool { return p.Status.Phase == corev1.PodRunning })
+	inst := h.live()[0]
+	if got.Status.PodIP != inst.PrivateIP || got.Status.HostIP != inst.PrivateIP || len(got.Status.HostIPs) != 1 || got.Status.HostIPs[0].IP != inst.PrivateIP {
+		t.Errorf("hostNetwork pod: podIP %q hostIP %q hostIPs %v, want all %s", got.Status.PodIP, got.Status.HostIP, got.Status.HostIPs, inst.PrivateIP)
+	}
+	a.mu.Lock()
+	reqHost := a.req.Pod.Status.HostIP
+	a.mu.Unlock()
+	if reqHost != inst.PrivateIP {
+		t.Errorf("the agent's request carries hostIP %q, want the cell's %s", reqHost, inst.PrivateIP)
+	}
+}

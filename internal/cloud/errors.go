@@ -36,6 +36,9 @@ type Error struct {
 	Kind Kind
 	Msg  string
 	Err  error
+	// Field names the LaunchSpec field an InvalidSpec error is about ("SecurityGroups"),
+	// when the backend knows it, so that callers can name what the pod asked for.
+	Field string
 }
 
 func (e *Error) Error() string {
@@ -62,6 +65,21 @@ func InsufficientCapacity(format string, args ...any) error {
 // InvalidSpec returns an error of kind InvalidSpec.
 func InvalidSpec(format string, args ...any) error {
 	return newError(KindInvalidSpec, nil, format, args...)
+}
+
+// InvalidSpecField returns an error of kind InvalidSpec about LaunchSpec's field.
+func InvalidSpecField(field, format string, args ...any) error {
+	return &Error{Kind: KindInvalidSpec, Msg: fmt.Sprintf(format, args...), Field: field}
+}
+
+// FieldOf returns the LaunchSpec field the first classified error in err's chain is about,
+// or "".
+func FieldOf(err error) string {
+	var e *Error
+	if errors.As(err, &e) {
+		return e.Field
+	}
+	return ""
 }
 
 // Throttled returns an error of kind Throttled.

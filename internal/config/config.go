@@ -6,6 +6,8 @@ package config
 import (
 	"fmt"
 	"os"
+	"strconv"
+	"strings"
 
 	corev1 "k8s.io/api/core/v1"
 	"sigs.k8s.io/yaml"
@@ -51,6 +53,47 @@ type LocalCloud struct {
 	StateDir string `json:"stateDir"`
 	// AgentPath is the kip-cell binary; empty means next to the kip executable.
 	AgentPath string `json:"agentPath,omitempty"`
+	// SecurityGroups are the named groups pods may put their cells in with the annotation
+	// pod.kip.dev/security-groups, enforced by nftables on the host like EC2 security groups:
+	// stateful, ingress allowed if any of the cell's groups allows it, egress open.
+	SecurityGroups []LocalSecurityGroup `json:"securityGroups,omitempty"`
+	// DefaultSecurityGroups are the groups of cells whose pod names none. Empty (the
+	// default): such cells accept traffic from every cell, as without any groups.
+	DefaultSecurityGroups []string `json:"defaultSecurityGroups,omitempty"`
+}
+
+// LocalSecurityGroup is a named group of the local backend.
+type LocalSecurityGroup struct {
+	Name    string             `json:"name"`
+	Ingress []LocalIngressRule `json:"ingress,omitempty"`
+}
+
+// LocalIngressRule allows traffic into a group's cells.
+type LocalIngressRule struct {
+	// Protocol is TCP, UDP, ICMP or all (any case).
+	Protocol string `json:"protocol"`
+	// Ports is a destination port ("80") or range ("8000-8100"), TCP and UDP only; empty
+	// means all ports.
+	Ports string `json:"ports,omitempty"`
+	// From lists IPv4 CIDRs and group names (the cells in that group).
+	From []string `json:"from"`
+}
+
+// PortRange parses Ports; 0, 0 for all ports.
+func (r LocalIngressRule) PortRange() (from, to uint16, err error) {
+	if r.Ports == "" {
+		return 0, 0, nil
+	}
+	lo, hi, isRange := strings.Cut(r.Ports, "-")
+	if !isRange {
+		hi = lo
+	}
+	a, err1 := strconv.ParseUint(strings.TrimSpace(lo), 10, 16)
+	b, err2 := strconv.ParseUint(strings.TrimSpace(hi), 10, 16)
+	if err1 != nil || err2 != nil || a == 0 || a > b {
+		return 0, 0, fmt.Errorf("must be a port like 80 or a range like 8000-8100, within 1-65535")
+	}
+	return uint16(a), uint16(b), nil
 }
 
 // AWSCloud configures the EC2 backend (internal/cloud/aws). Every cell is an EC2 instance

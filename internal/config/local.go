@@ -1,6 +1,8 @@
 package config
 
 import (
+	"sigs.k8s.io/yaml"
+
 	"fmt"
 	"strings"
 )
@@ -18,6 +20,9 @@ type LocalSetup struct {
 	Registry string
 	// ClusterDNS is node.clusterDNS (kube-dns's cluster IP); empty leaves it out.
 	ClusterDNS []string
+	// SecurityGroups and DefaultSecurityGroups are cloud.local's fields of those names.
+	SecurityGroups        []LocalSecurityGroup
+	DefaultSecurityGroups []string
 }
 
 // YAML renders s as a ProviderConfig document that sets only these fields; Load fills
@@ -33,10 +38,20 @@ cloud:
     subnet: %s
     stateDir: %s
     agentPath: %s
-node:
-  name: %s
-  internalIP: %s
-`, APIVersion, Kind, ProviderLocal, s.Bridge, s.Subnet, s.StateDir, s.AgentPath, s.NodeName, s.NodeIP)
+`, APIVersion, Kind, ProviderLocal, s.Bridge, s.Subnet, s.StateDir, s.AgentPath)
+	if len(s.SecurityGroups) > 0 || len(s.DefaultSecurityGroups) > 0 {
+		groups, err := yaml.Marshal(struct {
+			SecurityGroups        []LocalSecurityGroup `json:"securityGroups,omitempty"`
+			DefaultSecurityGroups []string             `json:"defaultSecurityGroups,omitempty"`
+		}{s.SecurityGroups, s.DefaultSecurityGroups})
+		if err != nil {
+			panic(fmt.Sprintf("rendering security groups: %v", err)) // plain data always marshals
+		}
+		for _, l := range strings.Split(strings.TrimRight(string(groups), "\n"), "\n") {
+			fmt.Fprintf(&b, "    %s\n", l)
+		}
+	}
+	fmt.Fprintf(&b, "node:\n  name: %s\n  internalIP: %s\n", s.NodeName, s.NodeIP)
 	if len(s.ClusterDNS) > 0 {
 		fmt.Fprintf(&b, "  clusterDNS: [%s]\n", strings.Join(s.ClusterDNS, ", "))
 	}

@@ -2,6 +2,8 @@ package config
 
 import (
 	"fmt"
+	"reflect"
+	"slices"
 	"testing"
 )
 
@@ -15,6 +17,12 @@ func TestLocalSetupYAML(t *testing.T) {
 	withCluster := base
 	withCluster.ClusterName = "e2e-abc"
 	withCluster.ClusterDNS = []string{"10.0.0.10"}
+	withGroups := base
+	withGroups.SecurityGroups = []LocalSecurityGroup{
+		{Name: "web", Ingress: []LocalIngressRule{{Protocol: "TCP", Ports: "8080", From: []string{"client", "10.250.7.0/28"}}}},
+		{Name: "client"},
+	}
+	withGroups.DefaultSecurityGroups = []string{"client"}
 	for _, tc := range []struct {
 		name        string
 		in          LocalSetup
@@ -22,6 +30,7 @@ func TestLocalSetupYAML(t *testing.T) {
 	}{
 		{"no cluster name", base, NewDefault().Cells.ClusterName},
 		{"cluster name and DNS", withCluster, "e2e-abc"},
+		{"security groups", withGroups, NewDefault().Cells.ClusterName},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			c, err := Parse([]byte(tc.in.YAML()))
@@ -35,6 +44,10 @@ func TestLocalSetupYAML(t *testing.T) {
 			if c.Cloud.Provider != ProviderLocal || l.Bridge != tc.in.Bridge || l.Subnet != tc.in.Subnet ||
 				l.StateDir != tc.in.StateDir || l.AgentPath != tc.in.AgentPath {
 				t.Errorf("cloud = %+v, want local %+v", c.Cloud, tc.in)
+			}
+			if !reflect.DeepEqual(l.SecurityGroups, tc.in.SecurityGroups) || !slices.Equal(l.DefaultSecurityGroups, tc.in.DefaultSecurityGroups) {
+				t.Errorf("security groups = %+v, default %v; want %+v, %v\n%s", l.SecurityGroups, l.DefaultSecurityGroups,
+					tc.in.SecurityGroups, tc.in.DefaultSecurityGroups, tc.in.YAML())
 			}
 			if c.Node.Name != tc.in.NodeName || c.Node.InternalIP != tc.in.NodeIP {
 				t.Errorf("node name/IP = %q/%q, want %q/%q", c.Node.Name, c.Node.InternalIP, tc.in.NodeName, tc.in.NodeIP)

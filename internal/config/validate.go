@@ -51,6 +51,7 @@ func (c *Cloud) validate(p *field.Path) field.ErrorList {
 		if l.AgentPath != "" && !filepath.IsAbs(l.AgentPath) {
 			errs = append(errs, field.Invalid(lp.Child("agentPath"), l.AgentPath, "must be an absolute path"))
 		}
+		errs = append(errs, l.validateGroups(lp)...)
 	case ProviderAWS:
 		errs = append(errs, c.AWS.validate(p.Child("aws"))...)
 	default:
@@ -293,4 +294,55 @@ func (q Quantity) validate(p *field.Path, positive bool) field.ErrorList {
 		return field.ErrorList{field.Invalid(p, q.String(), msg)}
 	}
 	return nil
+}
+
+// validateGroups checks cloud.local.securityGroups and defaultSecurityGroups.
+func (l *LocalCloud) validateGroups(p *field.Path) field.ErrorList {
+	var errs field.ErrorList
+	names := map[string]bool{}
+	for i, g := range l.SecurityGroups {
+		np := p.Child("securityGroups").Index(i).Child("name")
+		switch {
+		case g.Name == "" || strings.ContainsAny(g.Name, ", \t\n\""):
+			errs = append(errs, field.Invalid(np, g.Name, "must be non-empty, without commas, quotes or spaces (the annotation lists groups with commas)"))
+		case names[g.Name]:
+			errs = append(errs, field.Duplicate(np, g.Name))
+		}
+		names[g.Name] = true
+	}
+	for i, g := range l.SecurityGroups {
+		for j, r := range g.Ingress {
+			rp := p.Child("securityGroups").Index(i).Child("ingress").Index(j)
+			proto := strings.ToLower(r.Protocol)
+			switch proto {
+			case "tcp", "udp":
+				if _, _, err := r.PortRange(); err != nil {
+					errs = append(errs, field.Invalid(rp.Child("ports"), r.Ports, err.Error()))
+				}
+			case "icmp", "all":
+				if r.Ports != "" {
+					errs = append(errs, field.Invalid(rp.Child("ports"), r.Ports, "only TCP and UDP rules take ports"))
+				}
+			default:
+				errs = append(errs, field.NotSupported(rp.Child("protocol"), r.Protocol, []string{"TCP", "UDP", "ICMP", "all"}))
+			}
+			if len(r.From) == 0 {
+				errs = append(errs, field.Required(rp.Child("from"), "list CIDRs or group names"))
+			}
+			for k, f := range r.From {
+				if names[f] {
+					continue
+				}
+				if pfx, err := netip.ParsePrefix(f); err != nil || !pfx.Addr().Is4() {
+					errs = append(errs, field.Invalid(rp.Child("from").Index(k), f, "must be an IPv4 CIDR or the name of a group in cloud.local.securityGroups"))
+				}
+			}
+		}
+	}
+	for i, d := range l.DefaultSecurityGroups {
+		if !names[d] {
+			errs = append(errs, field.NotFound(p.Child("defaultSecurityGroups").Index(i), d))
+		}
+	}
+	return errs
 }

@@ -29,14 +29,18 @@ type leaf struct {
 
 // leaves lists every certificate written under pki/: one serving certificate per component
 // and one client certificate per identity that talks to the apiserver.
-func leaves() []leaf {
+func leaves(apiIP net.IP) []leaf {
 	loop := []net.IP{net.ParseIP("127.0.0.1")}
+	apiIPs := []net.IP{net.ParseIP("127.0.0.1"), net.ParseIP("10.0.0.1")}
+	if apiIP != nil && !apiIP.IsLoopback() {
+		apiIPs = append(apiIPs, apiIP)
+	}
 	return []leaf{
 		{"apiserver", pki.LeafSpec{
 			CommonName: "kube-apiserver",
 			DNSNames: []string{"localhost", "kubernetes", "kubernetes.default", "kubernetes.default.svc",
 				"kubernetes.default.svc.cluster.local"},
-			IPs:    []net.IP{net.ParseIP("127.0.0.1"), net.ParseIP("10.0.0.1")},
+			IPs:    apiIPs,
 			Server: true,
 		}},
 		{"controller-manager-serving", pki.LeafSpec{CommonName: "kube-controller-manager", DNSNames: []string{"localhost"}, IPs: loop, Server: true}},
@@ -56,7 +60,7 @@ type credentials struct {
 
 // writePKI makes the cluster CA, every leaf certificate and the service-account key pair under
 // dir, and returns the CA and the client credentials by file name.
-func writePKI(dir string) (*pki.CA, map[string]credentials, error) {
+func writePKI(dir string, apiIP net.IP) (*pki.CA, map[string]credentials, error) {
 	if err := os.MkdirAll(dir, 0o700); err != nil {
 		return nil, nil, fmt.Errorf("creating %s: %w", dir, err)
 	}
@@ -71,7 +75,7 @@ func writePKI(dir string) (*pki.CA, map[string]credentials, error) {
 		return nil, nil, err
 	}
 	creds := map[string]credentials{}
-	for _, l := range leaves() {
+	for _, l := range leaves(apiIP) {
 		l.spec.Validity = certValidity
 		certPEM, keyPEM, err := ca.Issue(l.spec)
 		if err != nil {

@@ -1,6 +1,7 @@
 // Package controlplane runs a real Kubernetes control plane — etcd, kube-apiserver,
 // kube-controller-manager and kube-scheduler built from upstream sources by
-// hack/build-control-plane.sh — on 127.0.0.1 with certificates made in Go, for end-to-end tests
+// hack/build-control-plane.sh — on 127.0.0.1 (or a given host address cells can reach) with
+// certificates made in Go, for end-to-end tests
 // and `kip up`. Everything it makes lives under one directory; Stop ends every process it
 // started, by PID.
 package controlplane
@@ -45,6 +46,12 @@ type Options struct {
 	// certificate. By default it must be signed by the cluster CA (kip gets it through a CSR
 	// the controller-manager signs with that CA).
 	InsecureKubeletTLS bool
+	// Address is where the apiserver listens and what it advertises as the endpoint of the
+	// `kubernetes` Service. Cells cannot reach the host's loopback, so for pods to reach the
+	// API server it must be a non-loopback address of this host (kip up and the end-to-end
+	// suites give the local backend's bridge address, which must exist before Start). Nil
+	// means 127.0.0.1, with no endpoints for `kubernetes`.
+	Address net.IP
 	// ReadyTimeout bounds the wait for every component to report healthy; default 2 minutes.
 	ReadyTimeout time.Duration
 }
@@ -102,7 +109,11 @@ func Start(ctx context.Context, o Options) (cp *ControlPlane, err error) {
 	}
 
 	step("making certificates in %s", filepath.Join(dir, "pki"))
-	ca, creds, err := writePKI(filepath.Join(dir, "pki"))
+	apiIP := net.IPv4(127, 0, 0, 1)
+	if o.Address != nil {
+		apiIP = o.Address
+	}
+	ca, creds, err := writePKI(filepath.Join(dir, "pki"), apiIP)
 	if err != nil {
 		return nil, err
 	}
@@ -115,7 +126,7 @@ func Start(ctx context.Context, o Options) (cp *ControlPlane, err error) {
 		opts:      o,
 		ca:        ca,
 		admin:     creds["admin"],
-		server:    "https://127.0.0.1:" + strconv.Itoa(apiPort),
+		server:    "https://" + net.JoinHostPort(apiIP.String(), strconv.Itoa(apiPort)),
 		spawner:   newSpawner(),
 		adminPath: filepath.Join(dir, "admin.kubeconfig"),
 	}
@@ -164,8 +175,7 @@ func Start(ctx context.Context, o Options) (cp *ControlPlane, err error) {
 	step("starting kube-apiserver on %s", cp.server)
 	apiArgs := []string{
 		"--etcd-servers=" + etcdURL,
-		"--bind-address=127.0.0.1", "--secure-port=" + strconv.Itoa(apiPort), "--advertise-address=127.0.0.1",
-		"--endpoint-reconciler-type=none",
+		"--bind-address=" + apiIP.String(), "--secure-port=" + strconv.Itoa(apiPort),
 		"--cert-dir=" + filepath.Join(dir, "apiserver"),
 		"--tls-cert-file=" + filepath.Join(p, "apiserver.crt"), "--tls-private-key-file=" + filepath.Join(p, "apiserver.key"),
 		"--client-ca-file=" + filepath.Join(p, "ca.crt"),
@@ -185,13 +195,19 @@ func Start(ctx context.Context, o Options) (cp *ControlPlane, err error) {
 		"--proxy-client-cert-file=" + filepath.Join(p, "front-proxy-client.crt"),
 		"--proxy-client-key-file=" + filepath.Join(p, "front-proxy-client.key"),
 	}
+	if apiIP.IsLoopback() {
+		// The lease reconciler refuses a loopback address; `kubernetes` then has no endpoints.
+		apiArgs = append(apiArgs, "--advertise-address="+apiIP.String(), "--endpoint-reconciler-type=none")
+	} else {
+		apiArgs = append(apiArgs, "--advertise-address="+apiIP.String(), "--endpoint-reconciler-type=lease")
+	}
 	if !o.InsecureKubeletTLS {
 		apiArgs = append(apiArgs, "--kubelet-certificate-authority="+filepath.Join(p, "ca.crt"))
 	}
 	if err := cp.run("kube-apiserver", apiArgs); err != nil {
 		return cp, err
 	}
-	adminTLS, err := pki.ClientTLS(ca.CertPEM, cp.admin.certPEM, cp.admin.keyPEM, "127.0.0.1")
+	adminTLS, err := pki.ClientTLS(ca.CertPEM, cp.admin.certPEM, cp.admin.keyPEM, apiIP.String())
 	if err != nil {
 		return cp, err
 	}

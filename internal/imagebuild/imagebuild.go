@@ -1,21 +1,31 @@
-// Package imagebuild builds small OCI images in process, from Debian's busybox-static, for
-// tests, the local demo and the end-to-end suites. No daemon and no network are needed.
+// Package imagebuild builds small OCI images in process, from Debian's dynamically linked
+// busybox and the host's shared libraries, for tests, the local demo and the end-to-end
+// suites. No daemon and no network are needed.
 //
-// The image has one layer: /bin/busybox, a symlink /bin/<applet> → /bin/busybox for every
-// applet the binary lists, /etc/passwd and /etc/group (root and nobody), /root, /tmp (1777)
-// and empty /proc, /sys and /dev for the runtime to mount over, plus the caller's files. Every
-// entry carries the same fixed modification time and entries are written in sorted order, so
-// the same inputs give the same digest.
+// The image has one layer: /bin/busybox, the dynamic loader and every shared library the
+// binary needs (read from its ELF PT_INTERP and DT_NEEDED, transitively, and taken from the
+// host's library directories), a symlink /bin/<applet> → /bin/busybox for every applet the
+// binary lists, /etc/passwd and /etc/group (root and nobody), /etc/nsswitch.conf (files, then
+// dns for hosts), /root, /tmp (1777) and empty /proc, /sys and /dev for the runtime to mount
+// over, plus the caller's files. Every entry carries the same fixed modification time and
+// entries are written in sorted order, so the same inputs give the same digest.
+//
+// Why dynamic: glibc's name service (NSS) in a static binary behaves differently from a
+// distribution's; with the libc a real image ships, lookups read nsswitch.conf, /etc/hosts
+// and resolv.conf as they would in any Debian container. glibc 2.34 and later carry the
+// files and dns services inside libc.so.6, so nothing is dlopened for a name lookup.
 package imagebuild
 
 import (
 	"archive/tar"
 	"bytes"
+	"errors"
 	"fmt"
 	"io"
 	"os"
 	"os/exec"
 	"path"
+	"path/filepath"
 	"runtime"
 	"sort"
 	"strings"
@@ -28,8 +38,24 @@ import (
 	"github.com/google/go-containerregistry/pkg/v1/types"
 )
 
-// DefaultBusyboxPath is where Debian's busybox-static package installs the binary.
-const DefaultBusyboxPath = "/bin/busybox"
+// StaticBusyboxPath is where Debian's busybox-static package installs the binary (the host's
+// busybox; hack/install-deps.sh installs it). It is not the default for images: see
+// DefaultBusyboxPath.
+const StaticBusyboxPath = "/bin/busybox"
+
+// DefaultBusyboxPath is where hack/install-deps.sh extracts the binary of Debian's dynamic
+// busybox package: $XDG_CACHE_HOME/kip/busybox/bin/busybox, or ~/.cache/kip/busybox/bin/busybox
+// (os.UserCacheDir). The package conflicts with busybox-static, so it is never installed.
+func DefaultBusyboxPath() string {
+	dir, err := os.UserCacheDir()
+	if err != nil {
+		dir = "/root/.cache"
+	}
+	return filepath.Join(dir, "kip", "busybox", "bin", "busybox")
+}
+
+// nsswitch is the image's /etc/nsswitch.conf: the local files, then DNS for host names.
+const nsswitch = "passwd: files\ngroup: files\nshadow: files\nhosts: files dns\nnetworks: files\nprotocols: files\nservices: files\n"
 
 // DefaultPath is the PATH every image built here starts with.
 const DefaultPath = "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
@@ -61,19 +87,34 @@ type Options struct {
 	Labels       map[string]string
 	// Files are added after the base files and replace any with the same path.
 	Files []File
-	// BusyboxPath defaults to DefaultBusyboxPath.
+	// BusyboxPath defaults to DefaultBusyboxPath(). A static binary (StaticBusyboxPath)
+	// works too: it simply needs no libraries.
 	BusyboxPath string
+	// LibraryDirs are searched, in order, for the libraries the binary needs; they default
+	// to DefaultLibraryDirs. Each library lands in the image at the path where it was found.
+	LibraryDirs []string
 }
 
 // Busybox builds an image holding busybox and one symlink per applet.
 func Busybox(opts Options) (v1.Image, error) {
 	bb := opts.BusyboxPath
 	if bb == "" {
-		bb = DefaultBusyboxPath
+		bb = DefaultBusyboxPath()
 	}
 	bin, err := os.ReadFile(bb)
 	if err != nil {
-		return nil, fmt.Errorf("reading busybox binary: %w (apt-get install busybox-static)", err)
+		if errors.Is(err, os.ErrNotExist) && opts.BusyboxPath == "" {
+			return nil, fmt.Errorf("reading busybox binary: %w (run hack/install-deps.sh: it extracts Debian's dynamic busybox package there)", err)
+		}
+		return nil, fmt.Errorf("reading busybox binary: %w", err)
+	}
+	dirs := opts.LibraryDirs
+	if len(dirs) == 0 {
+		dirs = DefaultLibraryDirs()
+	}
+	libs, err := sharedObjects(bb, dirs)
+	if err != nil {
+		return nil, fmt.Errorf("finding the shared libraries of %s: %w", bb, err)
 	}
 	out, err := exec.Command(bb, "--list").Output()
 	if err != nil {
@@ -100,11 +141,36 @@ func Busybox(opts Options) (v1.Image, error) {
 	dir("tmp", 0o1777)
 	dir("var/tmp", 0o1777)
 	file("bin/busybox", bin, 0o755)
+	// Each library is stored once at its host path after symlinks, and every path the loader
+	// looks it up by is a symlink to it, as on the host.
+	parents := func(p string) {
+		for d := path.Dir(p); d != "."; d = path.Dir(d) {
+			if _, ok := entries[d]; !ok {
+				dir(d, 0o755)
+			}
+		}
+	}
+	for _, l := range libs {
+		real := strings.TrimPrefix(l.Real, "/")
+		if _, ok := entries[real]; !ok {
+			data, err := os.ReadFile(l.Real)
+			if err != nil {
+				return nil, fmt.Errorf("reading shared library %s: %w", l.Real, err)
+			}
+			parents(real)
+			file(real, data, 0o755)
+		}
+		if p := strings.TrimPrefix(l.Path, "/"); p != real {
+			parents(p)
+			entries[p] = &entry{hdr: tar.Header{Typeflag: tar.TypeSymlink, Name: p, Linkname: l.Real, Mode: 0o777}}
+		}
+	}
 	for _, a := range applets {
 		entries["bin/"+a] = &entry{hdr: tar.Header{Typeflag: tar.TypeSymlink, Name: "bin/" + a, Linkname: "/bin/busybox", Mode: 0o777}}
 	}
 	file("etc/passwd", []byte("root:x:0:0:root:/root:/bin/sh\nnobody:x:65534:65534:nobody:/nonexistent:/bin/false\n"), 0o644)
 	file("etc/group", []byte("root:x:0:\nnogroup:x:65534:\nnobody:x:65534:\n"), 0o644)
+	file("etc/nsswitch.conf", []byte(nsswitch), 0o644)
 	for _, f := range opts.Files {
 		p := strings.TrimPrefix(path.Clean("/"+f.Path), "/")
 		if p == "" || p != strings.TrimPrefix(f.Path, "/") {

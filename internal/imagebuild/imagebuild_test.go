@@ -4,7 +4,11 @@ import (
 	"archive/tar"
 	"bytes"
 	"errors"
+	"fmt"
 	"io"
+	"net"
+	"net/http"
+	"os"
 	"os/exec"
 	"runtime"
 	"slices"
@@ -86,7 +90,7 @@ func TestBusybox(t *testing.T) {
 	}
 
 	files := contents(t, img)
-	out, err := exec.Command(DefaultBusyboxPath, "--list").Output()
+	out, err := exec.Command(DefaultBusyboxPath(), "--list").Output()
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -185,5 +189,89 @@ func TestBusyboxErrors(t *testing.T) {
 				t.Error("built, want an error")
 			}
 		})
+	}
+}
+
+// TestBusyboxSharedLibraries checks the image carries the loader and every library the
+// dynamic busybox names, stored once at the host's real path with the loader's lookup paths
+// as symlinks; a static binary gets none.
+func TestBusyboxSharedLibraries(t *testing.T) {
+	files := contents(t, build(t, Options{}))
+	libs, err := sharedObjects(DefaultBusyboxPath(), DefaultLibraryDirs())
+	if err != nil {
+		t.Fatal(err)
+	}
+	var sawLoader, sawLibc bool
+	for _, l := range libs {
+		sawLoader = sawLoader || strings.Contains(l.Path, "ld-linux")
+		sawLibc = sawLibc || strings.HasSuffix(l.Path, "/libc.so.6")
+		real := strings.TrimPrefix(l.Real, "/")
+		if h := files[real]; h == nil || h.Typeflag != tar.TypeReg || h.Mode != 0o755 {
+			t.Errorf("%s: %+v, want a regular file", real, h)
+		}
+		if p := strings.TrimPrefix(l.Path, "/"); p != real {
+			if h := files[p]; h == nil || h.Typeflag != tar.TypeSymlink || h.Linkname != l.Real {
+				t.Errorf("%s: %+v, want a symlink to %s", p, h, l.Real)
+			}
+		}
+	}
+	if !sawLoader || !sawLibc {
+		t.Errorf("shared objects %+v lack the loader or libc", libs)
+	}
+	if h := files["etc/nsswitch.conf"]; h == nil || !strings.Contains(h.PAXRecords["body"], "hosts: files dns\n") {
+		t.Errorf("etc/nsswitch.conf: %+v", h)
+	}
+	if _, err := os.Stat(StaticBusyboxPath); err != nil {
+		t.Skipf("skipping the static case: %v (apt-get install busybox-static)", err)
+	}
+	static := contents(t, build(t, Options{BusyboxPath: StaticBusyboxPath}))
+	for p := range static {
+		if strings.HasPrefix(p, "lib") || strings.HasPrefix(p, "usr/lib") {
+			t.Errorf("static image holds %s", p)
+		}
+	}
+}
+
+// TestBusyboxMissingSaysHowToGetIt: without the extracted package the error tells the user
+// to run hack/install-deps.sh.
+func TestBusyboxMissingSaysHowToGetIt(t *testing.T) {
+	t.Setenv("XDG_CACHE_HOME", t.TempDir())
+	_, err := Busybox(Options{})
+	if err == nil || !strings.Contains(err.Error(), "hack/install-deps.sh") {
+		t.Fatalf("error %v, want one naming hack/install-deps.sh", err)
+	}
+}
+
+// TestBusyboxWgetInChroot unpacks the image and runs its wget under chroot against a server
+// on the host's loopback, by address and by a name from the image's /etc/hosts: the binary,
+// its loader and libc, and glibc's files lookup all come from the image alone.
+func TestBusyboxWgetInChroot(t *testing.T) {
+	if os.Geteuid() != 0 {
+		t.Skip("skipping: chroot needs root")
+	}
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv := &http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) { io.WriteString(w, "hello from the host\n") })}
+	go srv.Serve(ln)
+	defer srv.Close()
+	port := ln.Addr().(*net.TCPAddr).Port
+
+	root := t.TempDir()
+	img := build(t, Options{Files: []File{{Path: "/etc/hosts", Data: []byte("127.0.0.1 web.example\n")}}})
+	rc := mutate.Extract(img)
+	defer rc.Close()
+	untar := exec.Command("tar", "-x", "-C", root)
+	untar.Stdin = rc
+	if out, err := untar.CombinedOutput(); err != nil {
+		t.Fatalf("unpacking: %v: %s", err, out)
+	}
+	for _, host := range []string{"127.0.0.1", "web.example"} {
+		url := fmt.Sprintf("http://%s:%d/", host, port)
+		out, err := exec.Command("chroot", root, "/bin/wget", "-q", "-O-", url).CombinedOutput()
+		if err != nil || string(out) != "hello from the host\n" {
+			t.Errorf("chroot wget %s: %v: %q", url, err, out)
+		}
 	}
 }

@@ -6,6 +6,7 @@ import (
 	"net"
 	"os"
 	"path/filepath"
+	"strings"
 
 	"github.com/kip-dev/kip/internal/cloud"
 	"github.com/kip-dev/kip/internal/cloud/local"
@@ -40,6 +41,9 @@ func (r *runner) backend(ctx context.Context) (cloud.Cloud, func(), error) {
 			Subnet:       c.Local.Subnet,
 			AgentCommand: []string{agent},
 			Logger:       r.log.With("component", "local-backend"),
+
+			SecurityGroups:        localGroups(c.Local.SecurityGroups),
+			DefaultSecurityGroups: c.Local.DefaultSecurityGroups,
 		})
 		if err != nil {
 			return nil, nil, fmt.Errorf("starting kip: %w", err)
@@ -104,4 +108,18 @@ func hostIP(podIP string, addrs func() ([]net.Addr, error)) string {
 		}
 	}
 	return ""
+}
+
+// localGroups converts cloud.local.securityGroups (validated) for the local backend.
+func localGroups(gs []config.LocalSecurityGroup) []local.SecurityGroup {
+	var out []local.SecurityGroup
+	for _, g := range gs {
+		lg := local.SecurityGroup{Name: g.Name}
+		for _, r := range g.Ingress {
+			from, to, _ := r.PortRange()
+			lg.Ingress = append(lg.Ingress, local.IngressRule{Protocol: strings.ToLower(r.Protocol), FromPort: from, ToPort: to, From: r.From})
+		}
+		out = append(out, lg)
+	}
+	return out
 }

@@ -34,12 +34,14 @@ import (
 	"github.com/kip-dev/kip/internal/controllers/cellmirror"
 	"github.com/kip-dev/kip/internal/controllers/gc"
 	"github.com/kip-dev/kip/internal/controllers/health"
+	"github.com/kip-dev/kip/internal/controllers/svcpush"
 	"github.com/kip-dev/kip/internal/crd"
 	"github.com/kip-dev/kip/internal/metrics"
 	"github.com/kip-dev/kip/internal/nodeauth"
 	"github.com/kip-dev/kip/internal/podrequest"
 	"github.com/kip-dev/kip/internal/provider"
 	"github.com/kip-dev/kip/internal/selector"
+	"github.com/kip-dev/kip/internal/servicetable"
 	"github.com/kip-dev/kip/internal/vnode"
 )
 
@@ -130,8 +132,23 @@ func (r *runner) run(ctx context.Context) error {
 	if err != nil {
 		return fmt.Errorf("starting kip: %w", err)
 	}
+	// The cluster's Services as cells program them, from the same Service informer and the
+	// EndpointSlices, pushed to every cell by svcpush (and to each new cell before its pod).
+	svcTable, err := servicetable.New(servicetable.Config{
+		Services:       inf.Services,
+		EndpointSlices: inf.EndpointSlices,
+		NodeName:       name,
+		Events:         recorder,
+		Log:            r.log,
+	})
+	if err != nil {
+		return fmt.Errorf("starting kip: %w", err)
+	}
+	var mgr *cells.Manager
+	svcPush := svcpush.New(svcpush.Options{ResyncInterval: cfg.Cells.StatusInterval.Duration, Log: r.log}, svcTable,
+		svcpush.CellsFunc(func(visit func(string, cellapi.Agent, time.Duration)) { mgr.EachRunning(visit) }))
 	cl := met.InstrumentCloud(backend)
-	mgr := cells.New(cellsOptions(cfg.Cells), cells.NodeInfo{Name: name, HostIP: nodeIP}, cells.Deps{
+	mgr = cells.New(cellsOptions(cfg.Cells), cells.NodeInfo{Name: name, HostIP: nodeIP}, cells.Deps{
 		Cloud:    cl,
 		Selector: &selector.Selector{Options: selectorOptions(cfg)},
 		Resolver: resolver,
@@ -141,6 +158,7 @@ func (r *runner) run(ctx context.Context) error {
 		Registry: cellapi.RegistryConfig{DefaultRegistry: cfg.Registry.DefaultRegistry, Insecure: cfg.Registry.Insecure},
 		Log:      r.log,
 		Observe:  met.Observe,
+		Services: svcPush,
 	})
 	defer mgr.Close()
 	// Conditions other controllers set on a pod (readiness gates) reach the status kip
@@ -219,13 +237,17 @@ func (r *runner) run(ctx context.Context) error {
 			mirror.Run(runCtx, 2)
 		}()
 	}
-	// Off the critical path: orphans and vanished instances (gc), unreachable agents (health).
+	// Off the critical path: orphans and vanished instances (gc), unreachable agents (health),
+	// the service table pushed to every cell (svcpush).
 	interval := cfg.Cells.StatusInterval.Duration
 	gcc := gc.New(gc.Options{Interval: interval, ClusterName: cfg.Cells.ClusterName, NodeName: name}, mgr, cl, mirrorOrNil(mirror), nil, r.log)
 	hc := health.New(interval, mgr, nil, r.log)
-	wg.Add(2)
+	// The service table builds once the informers (started by the virtual node) have synced.
+	wg.Add(4)
 	go func() { defer wg.Done(); gcc.Run(runCtx) }()
 	go func() { defer wg.Done(); hc.Run(runCtx) }()
+	go func() { defer wg.Done(); svcTable.Run(runCtx) }()
+	go func() { defer wg.Done(); svcPush.Run(runCtx) }()
 	errc := make(chan error, 1)
 	go func() { errc <- vn.Run(runCtx) }()
 

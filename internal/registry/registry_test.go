@@ -129,10 +129,10 @@ func TestSeedBusybox(t *testing.T) {
 // TestLongRunningCmd runs the seeded default command with the host's busybox: it keeps
 // running, and SIGTERM ends it with status 0.
 func TestLongRunningCmd(t *testing.T) {
-	if _, err := os.Stat(imagebuild.DefaultBusyboxPath); err != nil {
+	if _, err := os.Stat(imagebuild.StaticBusyboxPath); err != nil {
 		t.Skipf("skipping: %v (apt-get install busybox-static)", err)
 	}
-	cmd := exec.Command(imagebuild.DefaultBusyboxPath, LongRunningCmd...)
+	cmd := exec.Command(imagebuild.StaticBusyboxPath, LongRunningCmd...)
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)
 	}

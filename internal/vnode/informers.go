@@ -7,6 +7,7 @@ import (
 	"github.com/virtual-kubelet/virtual-kubelet/node/nodeutil"
 	"k8s.io/client-go/informers"
 	corev1informers "k8s.io/client-go/informers/core/v1"
+	discoveryinformers "k8s.io/client-go/informers/discovery/v1"
 	"k8s.io/client-go/kubernetes"
 )
 
@@ -14,14 +15,16 @@ import (
 const ResyncPeriod = time.Minute
 
 // Informers are the API server caches kip reads: the pods bound to the node, and every
-// namespace's Secrets, ConfigMaps and Services. There is one watch per kind, shared by
-// virtual-kubelet's pod controller (which Node runs) and kip's pod resolver
-// (internal/podrequest, which takes the listers).
+// namespace's Secrets, ConfigMaps, Services and EndpointSlices. There is one watch per kind,
+// shared by virtual-kubelet's pod controller (which Node runs), kip's pod resolver
+// (internal/podrequest, which takes the listers) and the service table
+// (internal/servicetable: Services and EndpointSlices).
 type Informers struct {
-	Pods       corev1informers.PodInformer
-	Secrets    corev1informers.SecretInformer
-	ConfigMaps corev1informers.ConfigMapInformer
-	Services   corev1informers.ServiceInformer
+	Pods           corev1informers.PodInformer
+	Secrets        corev1informers.SecretInformer
+	ConfigMaps     corev1informers.ConfigMapInformer
+	Services       corev1informers.ServiceInformer
+	EndpointSlices discoveryinformers.EndpointSliceInformer
 
 	factories []informers.SharedInformerFactory
 }
@@ -32,17 +35,19 @@ func NewInformers(client kubernetes.Interface, nodeName string) *Informers {
 	pods := informers.NewSharedInformerFactoryWithOptions(client, ResyncPeriod, nodeutil.PodInformerFilter(nodeName))
 	all := informers.NewSharedInformerFactoryWithOptions(client, ResyncPeriod)
 	inf := &Informers{
-		Pods:       pods.Core().V1().Pods(),
-		Secrets:    all.Core().V1().Secrets(),
-		ConfigMaps: all.Core().V1().ConfigMaps(),
-		Services:   all.Core().V1().Services(),
-		factories:  []informers.SharedInformerFactory{pods, all},
+		Pods:           pods.Core().V1().Pods(),
+		Secrets:        all.Core().V1().Secrets(),
+		ConfigMaps:     all.Core().V1().ConfigMaps(),
+		Services:       all.Core().V1().Services(),
+		EndpointSlices: all.Discovery().V1().EndpointSlices(),
+		factories:      []informers.SharedInformerFactory{pods, all},
 	}
-	// A factory starts only the informers asked for before Start: ask for all four now.
+	// A factory starts only the informers asked for before Start: ask for all five now.
 	inf.Pods.Informer()
 	inf.Secrets.Informer()
 	inf.ConfigMaps.Informer()
 	inf.Services.Informer()
+	inf.EndpointSlices.Informer()
 	return inf
 }
 

@@ -197,7 +197,7 @@ func TestNodeRuns(t *testing.T) {
 			watches[a.GetResource().Resource]++
 		}
 	}
-	for _, kind := range []string{"pods", "secrets", "configmaps", "services"} {
+	for _, kind := range []string{"pods", "secrets", "configmaps", "services", "endpointslices"} {
 		if watches[kind] != 1 {
 			t.Errorf("%d watches of %s, want 1 (all: %v)", watches[kind], kind, watches)
 		}

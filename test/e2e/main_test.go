@@ -16,6 +16,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/kip-dev/kip/internal/config"
 	"github.com/kip-dev/kip/internal/testenv"
 	"github.com/kip-dev/kip/test/e2e/framework"
 )
@@ -46,6 +47,11 @@ func run(m *testing.M) int {
 		KipArgs: []string{"--anonymous-auth-paths=/stats/summary,/metrics/resource"},
 		// As kip up: pods get kube-dns as their nameserver (TestClusterDNS deploys CoreDNS).
 		ClusterDNS: true,
+		// TestSecurityGroups puts cells in these; pods naming none stay open to all cells.
+		SecurityGroups: []config.LocalSecurityGroup{
+			{Name: "e2e-web", Ingress: []config.LocalIngressRule{{Protocol: "TCP", Ports: "8080", From: []string{"e2e-client"}}}},
+			{Name: "e2e-client"},
+		},
 	})
 	if setupErr != nil {
 		fmt.Fprintf(os.Stderr, "e2e setup failed: %v\n", setupErr)

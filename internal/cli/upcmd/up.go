@@ -196,16 +196,6 @@ func (o *options) up(ctx context.Context) (err error) {
 		}
 	}()
 
-	o.step("starting the control plane (binaries in %s)", o.cpBin)
-	cp, err := controlplane.Start(ctx, controlplane.Options{BinDir: o.cpBin, Dir: st.ControlPlaneDir, Log: o.stderr})
-	if err != nil {
-		return err
-	}
-	teardown = append(teardown, func(context.Context) error { cp.Stop(); return nil })
-	if err := copyFile(cp.AdminKubeconfig(), st.Kubeconfig); err != nil {
-		return err
-	}
-
 	o.step("setting up bridge %s (%s)", o.bridge, o.subnet)
 	backendLog, err := os.OpenFile(filepath.Join(st.LogDir, "local-backend.log"), os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o600)
 	if err != nil {
@@ -227,6 +217,18 @@ func (o *options) up(ctx context.Context) (err error) {
 		return err
 	}
 	bridgeIP := backend.BridgeIP()
+
+	// The API server listens on the bridge address, so that cells reach it through Service
+	// `kubernetes` (its endpoint is this address), as pods on any node do.
+	o.step("starting the control plane on %s (binaries in %s)", bridgeIP, o.cpBin)
+	cp, err := controlplane.Start(ctx, controlplane.Options{BinDir: o.cpBin, Dir: st.ControlPlaneDir, Log: o.stderr, Address: bridgeIP})
+	if err != nil {
+		return err
+	}
+	teardown = append(teardown, func(context.Context) error { cp.Stop(); return nil })
+	if err := copyFile(cp.AdminKubeconfig(), st.Kubeconfig); err != nil {
+		return err
+	}
 
 	addr := net.JoinHostPort(bridgeIP.String(), strconv.Itoa(o.registryPort))
 	o.step("starting the registry on %s", addr)

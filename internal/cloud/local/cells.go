@@ -53,13 +53,17 @@ func (b *Backend) validate(spec cloud.LaunchSpec) (instancetype.InstanceType, er
 	if spec.VolumeSizeGiB < 0 {
 		return it, cloud.InvalidSpec("launch spec: field VolumeSizeGiB is negative (%d)", spec.VolumeSizeGiB)
 	}
+	if _, err := b.cellGroups(spec); err != nil {
+		return it, err
+	}
 	return it, nil
 }
 
 // Launch implements cloud.Cloud. It returns once the agent process has started in the cell
-// (StateRunning); whether the agent answers is for the caller to check. Image,
-// SecurityGroups, InstanceProfile, VolumeSizeGiB and PrivateIPOnly have no local meaning and
-// are ignored.
+// (StateRunning); whether the agent answers is for the caller to check. SecurityGroups name
+// configured groups (Config.SecurityGroups; an unknown one is an InvalidSpec error and
+// nothing launches); Image, InstanceProfile, VolumeSizeGiB and PrivateIPOnly have no local
+// meaning and are ignored.
 func (b *Backend) Launch(ctx context.Context, spec cloud.LaunchSpec) (*cloud.Instance, error) {
 	it, err := b.validate(spec)
 	if err != nil {
@@ -166,6 +170,9 @@ func (b *Backend) reserve(spec cloud.LaunchSpec) (id string, existing bool, unlo
 		meta.Netns = "kip-" + id
 		meta.HostVeth = "kv" + id[3:]
 		meta.Bridge = b.cfg.Bridge
+		if meta.SecurityGroups, err = b.cellGroups(spec); err != nil {
+			return "", false, nil, err
+		}
 		if meta.Cgroups, err = b.cg.Dirs(filepath.Join(b.cfg.CgroupParent, id)); err != nil {
 			return "", false, nil, err
 		}
@@ -243,6 +250,11 @@ func (b *Backend) boot(id string, spec cloud.LaunchSpec, it instancetype.Instanc
 		if err := plumbCell(b.cellNet(r)); err != nil {
 			return nil, err
 		}
+		// The cell's filters (and its place in other cells' sources) exist before its agent
+		// and its pod start.
+		if err := b.SyncFirewall(); err != nil {
+			return nil, err
+		}
 	}
 	t2 := time.Now()
 	hostname := spec.CellID
@@ -311,7 +323,7 @@ func (b *Backend) cellNet(r *cellRecord) cellNet {
 	ones, _ := b.subnet.Mask.Size()
 	return cellNet{
 		netns: r.meta.Netns, hostVeth: r.meta.HostVeth, bridge: r.meta.Bridge,
-		ip: net.ParseIP(r.ip).To4(), mask: net.CIDRMask(ones, 32),
+		ip: net.ParseIP(r.ip).To4(), mask: net.CIDRMask(ones, 32), gateway: b.bridgeIP,
 	}
 }
 
@@ -475,6 +487,9 @@ func (b *Backend) destroy(id string) error {
 	}
 	if err := os.RemoveAll(dir); err != nil {
 		return fmt.Errorf("removing cell directory: %w", err)
+	}
+	if !r.meta.ProcessOnly {
+		return b.syncFirewall()
 	}
 	return nil
 }

@@ -85,6 +85,13 @@ type Config struct {
 	// no network namespace, no cgroup limits, no partitions. For machines that allow no
 	// namespaces; nothing is isolated.
 	ProcessOnly bool
+	// SecurityGroups are the groups LaunchSpec.SecurityGroups may name, enforced by an
+	// nftables table on the host (see FirewallTable). Not in process-only mode.
+	SecurityGroups []SecurityGroup
+	// DefaultSecurityGroups are the groups of a cell whose spec names none. Empty (the
+	// default) leaves such cells open to every cell, as with no groups configured at all;
+	// only the agent port is closed between cells either way.
+	DefaultSecurityGroups []string
 	// MaxBootstrapBytes bounds LaunchSpec.BootstrapData. Default DefaultMaxBootstrapBytes.
 	MaxBootstrapBytes int
 	// Clock stamps launch times. Default the real clock.
@@ -202,6 +209,12 @@ func (c *Config) defaults() error {
 	if len(c.Catalog) == 0 {
 		return errors.New("local backend config: Catalog is empty")
 	}
+	if err := validateGroups(c.SecurityGroups, c.DefaultSecurityGroups); err != nil {
+		return fmt.Errorf("local backend config: %w", err)
+	}
+	if c.ProcessOnly && len(c.SecurityGroups) > 0 {
+		return errors.New("local backend config: SecurityGroups need network namespaces; process-only cells share the host's network")
+	}
 	if c.MaxBootstrapBytes == 0 {
 		c.MaxBootstrapBytes = DefaultMaxBootstrapBytes
 	}
@@ -257,6 +270,18 @@ func (b *Backend) Setup(ctx context.Context) error {
 	if _, err := forwardAccept(b.cfg.Bridge); err != nil {
 		return fmt.Errorf("setting up local backend: %w", err)
 	}
+	if len(b.cfg.SecurityGroups) > 0 {
+		if v, err := os.ReadFile(brNetfilterSysctl); err != nil || strings.TrimSpace(string(v)) != "1" {
+			return fmt.Errorf("setting up local backend: security groups need bridged IPv4 to pass the host's IP hooks (%s = 1, module br_netfilter): %s is %q (%v)",
+				brNetfilterSysctl, brNetfilterSysctl, strings.TrimSpace(string(v)), err)
+		}
+	}
+	if err := sweepTables(bridgeExists); err != nil {
+		b.log.Warn("sweeping firewall tables of vanished bridges", "err", err)
+	}
+	if err := b.SyncFirewall(); err != nil {
+		return fmt.Errorf("setting up local backend: %w", err)
+	}
 	return nil
 }
 
@@ -301,6 +326,9 @@ func (b *Backend) Teardown(ctx context.Context) error {
 		// The rule names this bridge only, and the bridge goes: remove it whoever added it
 		// (Setup may have run in another process, as with kip up / kip down).
 		if err := removeForwardAccept(b.cfg.Bridge); err != nil {
+			errs = append(errs, err)
+		}
+		if err := deleteTable(tableName(b.cfg.Bridge)); err != nil {
 			errs = append(errs, err)
 		}
 		if err := deleteBridge(b.cfg.Bridge); err != nil {

@@ -72,7 +72,15 @@ func TestNetwork(t *testing.T) {
 	for i := range cells {
 		cells[i] = e.launch(c, fmt.Sprintf("net-%d", i), "local.nano")
 	}
-	addr := func(in *cloud.Instance) string { return fmt.Sprintf("%s:%d", in.PrivateIP, standinPort) }
+	// The agent port is closed between cells (only the host reaches it): listen on another.
+	for _, in := range cells {
+		r, err := b.store.read(in.ID)
+		if err != nil {
+			t.Fatal(err)
+		}
+		listenInNetns(t, r.meta.Netns, in.PrivateIP+":8080")
+	}
+	addr := func(in *cloud.Instance) string { return fmt.Sprintf("%s:8080", in.PrivateIP) }
 	if err := dial(cells[0].PrivateIP, addr(cells[1])); err != nil {
 		t.Errorf("cell 0 cannot reach cell 1: %v", err)
 	}

@@ -138,11 +138,15 @@ type cellNet struct {
 	bridge   string
 	ip       net.IP
 	mask     net.IPMask
+	// gateway is the bridge address, the cell's default route (nil: none).
+	gateway net.IP
 }
 
 // plumbCell creates the cell's named netns and a veth pair: the host end on the bridge, the
-// other end "eth0" inside with the cell's address and MAC. lo is up; there is no default
-// route. On error everything it made is removed.
+// other end "eth0" inside with the cell's address and MAC. lo is up, and the default route
+// goes through the gateway (the bridge address), as a pod's does through its node: Service
+// cluster IPs (which the agent's rules rewrite after routing) and addresses beyond the subnet
+// need a route. On error everything it made is removed.
 func plumbCell(c cellNet) (err error) {
 	br, err := netlink.LinkByName(c.bridge)
 	if err != nil {
@@ -189,6 +193,12 @@ func plumbCell(c cellNet) (err error) {
 	}
 	if err := h.LinkSetUp(lo); err != nil {
 		return fmt.Errorf("bringing lo up in netns %s: %w", c.netns, err)
+	}
+	if c.gateway != nil {
+		route := &netlink.Route{LinkIndex: eth0.Attrs().Index, Gw: c.gateway}
+		if err := h.RouteAdd(route); err != nil {
+			return fmt.Errorf("adding the default route via %s in netns %s: %w", c.gateway, c.netns, err)
+		}
 	}
 	hostSide, err := netlink.LinkByName(c.hostVeth)
 	if err != nil {
@@ -327,4 +337,10 @@ func setLink(name string, up bool) error {
 		return fmt.Errorf("setting veth %s up=%v: %w", name, up, err)
 	}
 	return nil
+}
+
+// bridgeExists reports whether a link named name exists.
+func bridgeExists(name string) bool {
+	_, err := netlink.LinkByName(name)
+	return err == nil
 }

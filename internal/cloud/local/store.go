@@ -52,6 +52,8 @@ type cellMeta struct {
 	Netns        string    `json:"netns,omitempty"`
 	HostVeth     string    `json:"hostVeth,omitempty"`
 	Bridge       string    `json:"bridge,omitempty"`
+	// SecurityGroups are the cell's groups (LaunchSpec.SecurityGroups, else the defaults).
+	SecurityGroups []string `json:"securityGroups,omitempty"`
 	// Cgroups are the absolute cgroup directories of the cell, one per hierarchy.
 	Cgroups []string `json:"cgroups,omitempty"`
 	// PID and PIDStart (clock ticks since boot, /proc/<pid>/stat field 22) identify the

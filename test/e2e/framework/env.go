@@ -91,6 +91,9 @@ type Options struct {
 	// does, so ClusterFirst pods get the cluster's resolv.conf. CoreDNS itself is deployed by
 	// the tests that need it (DeployClusterDNS), so no cell outlives them.
 	ClusterDNS bool
+	// SecurityGroups are the local backend's named groups (cloud.local.securityGroups) pods
+	// may name in pod.kip.dev/security-groups; cells of pods that name none stay open.
+	SecurityGroups []config.LocalSecurityGroup
 }
 
 // Missing returns why the end-to-end tier cannot run on this machine, or nil: it needs root
@@ -161,17 +164,6 @@ func Setup(ctx context.Context, o Options) (env *Env, err error) {
 	}()
 	env.logf("working directory %s (set %s=1 to keep it)", dir, KeepEnv)
 
-	env.CP, err = controlplane.Start(ctx, controlplane.Options{BinDir: cpBin, Dir: filepath.Join(dir, "cp"), Log: o.Log})
-	if err != nil {
-		return env, err
-	}
-	if env.Client, err = kubernetes.NewForConfig(env.CP.RESTConfig()); err != nil {
-		return env, fmt.Errorf("making clientset: %w", err)
-	}
-	if env.Dynamic, err = dynamic.NewForConfig(env.CP.RESTConfig()); err != nil {
-		return env, fmt.Errorf("making dynamic client: %w", err)
-	}
-
 	subnet := fmt.Sprintf("10.250.%d.0/24", third)
 	env.logf("setting up bridge %s on %s", env.Bridge, subnet)
 	env.Backend, err = local.New(local.Config{
@@ -189,6 +181,19 @@ func Setup(ctx context.Context, o Options) (env *Env, err error) {
 	}
 	env.BridgeIP = env.Backend.BridgeIP()
 
+	// The API server listens on the bridge address, so that cells reach it (Service
+	// `kubernetes`, in-cluster config), as `kip up` does.
+	env.CP, err = controlplane.Start(ctx, controlplane.Options{BinDir: cpBin, Dir: filepath.Join(dir, "cp"), Log: o.Log, Address: env.BridgeIP})
+	if err != nil {
+		return env, err
+	}
+	if env.Client, err = kubernetes.NewForConfig(env.CP.RESTConfig()); err != nil {
+		return env, fmt.Errorf("making clientset: %w", err)
+	}
+	if env.Dynamic, err = dynamic.NewForConfig(env.CP.RESTConfig()); err != nil {
+		return env, fmt.Errorf("making dynamic client: %w", err)
+	}
+
 	env.Registry, err = registry.Start(net.JoinHostPort(env.BridgeIP.String(), "0"),
 		registry.WithDiskStorage(filepath.Join(dir, "registry")))
 	if err != nil {
@@ -203,7 +208,7 @@ func Setup(ctx context.Context, o Options) (env *Env, err error) {
 		env.ClusterDNS = []string{clusterdns.ServiceIP}
 	}
 	cfgPath := filepath.Join(dir, "kip.yaml")
-	if err := os.WriteFile(cfgPath, []byte(env.kipConfig(subnet)+o.ExtraConfig), 0o600); err != nil {
+	if err := os.WriteFile(cfgPath, []byte(env.kipConfig(subnet, o.SecurityGroups)+o.ExtraConfig), 0o600); err != nil {
 		return env, fmt.Errorf("writing kip config: %w", err)
 	}
 	env.Kip = &Kip{
@@ -222,11 +227,12 @@ func Setup(ctx context.Context, o Options) (env *Env, err error) {
 
 // kipConfig is the provider config kip runs with: the local backend on this environment's
 // bridge, the node's address on it, and the seeded registry as the default registry.
-func (e *Env) kipConfig(subnet string) string {
+func (e *Env) kipConfig(subnet string, groups []config.LocalSecurityGroup) string {
 	return config.LocalSetup{
 		Bridge: e.Bridge, Subnet: subnet, StateDir: filepath.Join(e.Dir, "cells"), AgentPath: filepath.Join(e.BinDir, "kip-cell"),
 		NodeName: e.NodeName, NodeIP: e.BridgeIP.String(), ClusterName: e.ClusterName, Registry: e.Registry.Host(),
-		ClusterDNS: e.ClusterDNS,
+		ClusterDNS:     e.ClusterDNS,
+		SecurityGroups: groups,
 	}.YAML()
 }
 
@@ -261,7 +267,9 @@ func (e *Env) Teardown(ctx context.Context) error {
 	if e.Registry != nil {
 		_ = e.Registry.Close()
 	}
-	e.CP.Stop()
+	if e.CP != nil {
+		e.CP.Stop()
+	}
 	if os.Getenv(KeepEnv) == "1" {
 		e.logf("kept %s", e.Dir)
 	} else if e.Dir != "" {
