@@ -5,9 +5,6 @@ package e2e
 import (
 	"context"
 	"fmt"
-	"os"
-	"os/exec"
-	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -18,8 +15,6 @@ import (
 	"k8s.io/utils/ptr"
 
 	"github.com/kip-dev/kip/internal/clusterdns"
-	"github.com/kip-dev/kip/internal/imagebuild"
-	"github.com/kip-dev/kip/internal/registry"
 	"github.com/kip-dev/kip/test/e2e/framework"
 )
 
@@ -116,12 +111,21 @@ func TestClusterDNS(t *testing.T) {
 		t.Fatalf("backend pod: %v", err)
 	}
 
-	// The client: Go's resolver (follows resolv.conf's search and ndots) in a busybox image.
-	image := pushResolveImage(ctx, t, e)
+	// The client: kipcheck lookup, Go's own resolver (it follows resolv.conf's search and
+	// ndots with no libc), retried for up to 30s per name.
+	image, err := e.KipcheckImage(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
 	fqdn := func(s string) string { return fmt.Sprintf("%s.%s.svc.cluster.local", s, ns) }
 	names := []string{"kubernetes.default.svc.cluster.local", "web", fqdn("web"), fqdn("db"), fqdn("db-0.db"), "kubernetes.default"}
+	const script = `cat /etc/resolv.conf; echo ---
+for n in "$@"; do
+  i=0; until a=$(kipcheck lookup "$n" 2>&1); do i=$((i+1)); [ $i -ge 30 ] && break; sleep 1; done
+  echo "$n" $(echo $a | tr ' ' ',')
+done`
 	client := framework.Pod("client", corev1.Container{Name: "client", Image: image,
-		Command: append([]string{"sh", "-c", `cat /etc/resolv.conf; echo ---; exec /bin/resolve -wait 30s "$@"`, "sh"}, names...)})
+		Command: append([]string{"sh", "-c", script, "sh"}, names...)})
 	if _, err := e.Client.CoreV1().Pods(ns).Create(ctx, client, metav1.CreateOptions{}); err != nil {
 		t.Fatal(err)
 	}
@@ -235,29 +239,4 @@ func tail(s string, n int) string {
 		l = l[len(l)-n:]
 	}
 	return strings.Join(l, "\n")
-}
-
-// pushResolveImage builds testdata/resolve (a static Go binary) into a busybox image in the
-// environment's registry and returns its reference.
-func pushResolveImage(ctx context.Context, t *testing.T, e *framework.Env) string {
-	t.Helper()
-	bin := filepath.Join(t.TempDir(), "resolve")
-	cmd := exec.CommandContext(ctx, "go", "build", "-o", bin, "./testdata/resolve")
-	cmd.Env = append(os.Environ(), "CGO_ENABLED=0")
-	if out, err := cmd.CombinedOutput(); err != nil {
-		t.Fatalf("building testdata/resolve: %v\n%s", err, out)
-	}
-	data, err := os.ReadFile(bin)
-	if err != nil {
-		t.Fatal(err)
-	}
-	img, err := imagebuild.Busybox(imagebuild.Options{Files: []imagebuild.File{{Path: "/bin/resolve", Data: data, Mode: 0o755}}})
-	if err != nil {
-		t.Fatal(err)
-	}
-	const repo = "kip/resolve:e2e"
-	if _, err := registry.Push(ctx, e.Registry.Host(), repo, img); err != nil {
-		t.Fatal(err)
-	}
-	return e.Registry.Host() + "/" + repo
 }
