@@ -155,7 +155,14 @@ type Node struct {
 	InternalIP string `json:"internalIP"`
 	// KubeletPort serves the kubelet API; default 10250.
 	KubeletPort int `json:"kubeletPort"`
-	TLS         TLS `json:"tls"`
+	// ClusterDNS are the cluster DNS servers (IP addresses) pods with dnsPolicy ClusterFirst
+	// use, kubelet's clusterDNS; empty means such pods fall back to the cell's resolv.conf
+	// with a MissingClusterDNS event, as on kubelet.
+	ClusterDNS []string `json:"clusterDNS,omitempty"`
+	// ClusterDomain is the cluster's DNS domain (kubelet's clusterDomain); default
+	// "cluster.local".
+	ClusterDomain string `json:"clusterDomain"`
+	TLS           TLS    `json:"tls"`
 }
 
 // Capacity is what the virtual node advertises.

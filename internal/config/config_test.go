@@ -1,6 +1,7 @@
 package config
 
 import (
+	"fmt"
 	"os"
 	"path/filepath"
 	"strings"
@@ -23,6 +24,8 @@ func TestValidFiles(t *testing.T) {
 			eq(t, "node.name", c.Node.Name, "kip")
 			eq(t, "node.internalIP", c.Node.InternalIP, "10.250.0.1")
 			eq(t, "node.kubeletPort", c.Node.KubeletPort, 10250)
+			eq(t, "node.clusterDNS", len(c.Node.ClusterDNS), 0)
+			eq(t, "node.clusterDomain", c.Node.ClusterDomain, "cluster.local")
 			eq(t, "node.taints", len(c.Node.Taints), 1)
 			eq(t, "node.taints[0]", c.Node.Taints[0], corev1.Taint{Key: "virtual-kubelet.io/provider", Value: "kip", Effect: corev1.TaintEffectNoSchedule})
 			eq(t, "node.capacity.pods", c.Node.Capacity.Pods.String(), "110")
@@ -39,6 +42,8 @@ func TestValidFiles(t *testing.T) {
 			eq(t, "node.capacity.cpu", c.Node.Capacity.CPU.String(), "8")
 			eq(t, "node.capacity.gpu", c.Node.Capacity.GPU.Value(), int64(1))
 			eq(t, "node.kubeletPort", c.Node.KubeletPort, 10251)
+			eq(t, "node.clusterDNS", fmt.Sprint(c.Node.ClusterDNS), "[10.0.0.10]")
+			eq(t, "node.clusterDomain", c.Node.ClusterDomain, "k.example")
 			eq(t, "cells.healthyTimeout", c.Cells.HealthyTimeout.Duration, 2*time.Minute)
 			eq(t, "cells.reserve.cpu", c.Cells.Reserve.CPU.MilliValue(), int64(50))
 			eq(t, "cells.launchConcurrency", c.Cells.LaunchConcurrency, 4)
@@ -101,6 +106,7 @@ func TestInvalidFiles(t *testing.T) {
 		{"invalid-duration.yaml", []string{"cells.healthyTimeout", "ninety"}},
 		{"invalid-quantity.yaml", []string{"node.capacity.memory", "lots"}},
 		{"invalid-loopback-ip.yaml", []string{"node.internalIP", "loopback"}},
+		{"invalid-cluster-dns.yaml", []string{`node.clusterDNS[1]: Invalid value: "10.0.0.300"`, "must be an IP address", `node.clusterDomain: Invalid value: "Cluster_Local"`}},
 		{"invalid-taint-effect.yaml", []string{"node.taints[0].effect", "Sometimes"}},
 		{"invalid-aws.yaml", []string{
 			"cloud.aws.region", "cloud.aws.vpcID", "cloud.aws.subnetID", "cloud.aws.securityGroups: Too many",

@@ -13,6 +13,7 @@ import (
 const (
 	DefaultNodeName            = "kip"
 	DefaultKubeletPort         = 10250
+	DefaultClusterDomain       = "cluster.local"
 	DefaultBridge              = "kip0"
 	DefaultSubnet              = "10.250.0.0/24"
 	DefaultStateDir            = "/var/lib/kip"
@@ -79,6 +80,9 @@ func (c *ProviderConfig) Default() {
 	}
 	if n.KubeletPort == 0 {
 		n.KubeletPort = DefaultKubeletPort
+	}
+	if n.ClusterDomain == "" {
+		n.ClusterDomain = DefaultClusterDomain
 	}
 
 	cl := &c.Cells

@@ -18,6 +18,8 @@ type LocalSetup struct {
 	ClusterName string
 	// Registry (host:port) is the default registry, trusted over plain HTTP.
 	Registry string
+	// ClusterDNS is node.clusterDNS (kube-dns's cluster IP); empty leaves it out.
+	ClusterDNS []string
 	// SecurityGroups and DefaultSecurityGroups are cloud.local's fields of those names.
 	SecurityGroups        []LocalSecurityGroup
 	DefaultSecurityGroups []string
@@ -50,6 +52,9 @@ cloud:
 		}
 	}
 	fmt.Fprintf(&b, "node:\n  name: %s\n  internalIP: %s\n", s.NodeName, s.NodeIP)
+	if len(s.ClusterDNS) > 0 {
+		fmt.Fprintf(&b, "  clusterDNS: [%s]\n", strings.Join(s.ClusterDNS, ", "))
+	}
 	if s.ClusterName != "" {
 		fmt.Fprintf(&b, "cells:\n  clusterName: %s\n", s.ClusterName)
 	}

@@ -1,6 +1,7 @@
 package config
 
 import (
+	"fmt"
 	"reflect"
 	"slices"
 	"testing"
@@ -15,6 +16,7 @@ func TestLocalSetupYAML(t *testing.T) {
 	}
 	withCluster := base
 	withCluster.ClusterName = "e2e-abc"
+	withCluster.ClusterDNS = []string{"10.0.0.10"}
 	withGroups := base
 	withGroups.SecurityGroups = []LocalSecurityGroup{
 		{Name: "web", Ingress: []LocalIngressRule{{Protocol: "TCP", Ports: "8080", From: []string{"client", "10.250.7.0/28"}}}},
@@ -27,7 +29,7 @@ func TestLocalSetupYAML(t *testing.T) {
 		wantCluster string
 	}{
 		{"no cluster name", base, NewDefault().Cells.ClusterName},
-		{"cluster name", withCluster, "e2e-abc"},
+		{"cluster name and DNS", withCluster, "e2e-abc"},
 		{"security groups", withGroups, NewDefault().Cells.ClusterName},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
@@ -49,6 +51,9 @@ func TestLocalSetupYAML(t *testing.T) {
 			}
 			if c.Node.Name != tc.in.NodeName || c.Node.InternalIP != tc.in.NodeIP {
 				t.Errorf("node name/IP = %q/%q, want %q/%q", c.Node.Name, c.Node.InternalIP, tc.in.NodeName, tc.in.NodeIP)
+			}
+			if fmt.Sprint(c.Node.ClusterDNS) != fmt.Sprint(tc.in.ClusterDNS) {
+				t.Errorf("node.clusterDNS = %v, want %v", c.Node.ClusterDNS, tc.in.ClusterDNS)
 			}
 			if c.Cells.ClusterName != tc.wantCluster {
 				t.Errorf("cells.clusterName = %q, want %q", c.Cells.ClusterName, tc.wantCluster)

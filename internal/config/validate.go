@@ -195,6 +195,14 @@ func (n *Node) validate(p *field.Path, provider string) field.ErrorList {
 	} else if ip.IsLoopback() {
 		errs = append(errs, field.Invalid(p.Child("internalIP"), n.InternalIP, "must not be a loopback address: the apiserver and cells cannot reach it"))
 	}
+	for i, s := range n.ClusterDNS {
+		if net.ParseIP(s) == nil {
+			errs = append(errs, field.Invalid(p.Child("clusterDNS").Index(i), s, "must be an IP address"))
+		}
+	}
+	for _, msg := range validation.IsDNS1123Subdomain(n.ClusterDomain) {
+		errs = append(errs, field.Invalid(p.Child("clusterDomain"), n.ClusterDomain, msg))
+	}
 	if n.KubeletPort < 1 || n.KubeletPort > 65535 {
 		errs = append(errs, field.Invalid(p.Child("kubeletPort"), n.KubeletPort, "must be a port between 1 and 65535"))
 	}

@@ -125,6 +125,8 @@ func (r *runner) run(ctx context.Context) error {
 		Client:          r.client,
 		Events:          recorder,
 		NodeAllocatable: nodeSpec.Status.Allocatable,
+		ClusterDNS:      cfg.Node.ClusterDNS,
+		ClusterDomain:   cfg.Node.ClusterDomain,
 		Log:             r.log,
 	})
 	if err != nil {

@@ -11,6 +11,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"slices"
 	"time"
 
 	corev1 "k8s.io/api/core/v1"
@@ -79,7 +80,11 @@ type Config struct {
 	// NodeAllocatable stands in for a container's resource limit when it sets none (as kubelet
 	// uses the node's allocatable), for resourceFieldRef.
 	NodeAllocatable corev1.ResourceList
-	Log             *slog.Logger
+	// ClusterDNS and ClusterDomain are the node's DNS settings (kubelet's names), passed to the
+	// agent in every request for the pod's resolv.conf and /etc/hosts.
+	ClusterDNS    []string
+	ClusterDomain string
+	Log           *slog.Logger
 }
 
 // Resolver turns a pod into a cellapi.PodRequest: env and envFrom resolved to literal values,
@@ -142,9 +147,11 @@ func (r *Resolver) Resolve(ctx context.Context, pod *corev1.Pod) (*cellapi.PodRe
 		return nil, err
 	}
 	return &cellapi.PodRequest{
-		Pod:         out,
-		PullSecrets: r.pullSecrets(ctx, pod),
-		Volumes:     vols,
+		Pod:           out,
+		PullSecrets:   r.pullSecrets(ctx, pod),
+		Volumes:       vols,
+		ClusterDNS:    slices.Clone(r.cfg.ClusterDNS),
+		ClusterDomain: r.cfg.ClusterDomain,
 	}, nil
 }
 

@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"sort"
 	"strings"
 	"sync/atomic"
@@ -71,6 +72,8 @@ func newResolverEnv(t *testing.T, objs ...runtime.Object) *resolverEnv {
 		Client:          client,
 		Events:          events,
 		NodeAllocatable: corev1.ResourceList{corev1.ResourceCPU: resource.MustParse("20"), corev1.ResourceMemory: resource.MustParse("100Gi")},
+		ClusterDNS:      []string{"10.0.0.10"},
+		ClusterDomain:   "k.example",
 	})
 	if err != nil {
 		t.Fatal(err)
@@ -596,5 +599,20 @@ func TestResolveWaitsForSyncedCaches(t *testing.T) {
 	}
 	if got := envOf(t, res.req, "app")["PW"]; got != "s3cret" {
 		t.Errorf("PW=%q once synced, want the secret", got)
+	}
+}
+
+// TestResolveClusterDNS: every request carries the node's clusterDNS and clusterDomain, for
+// the agent's resolv.conf and /etc/hosts.
+func TestResolveClusterDNS(t *testing.T) {
+	e := newResolverEnv(t)
+	pod := &corev1.Pod{ObjectMeta: metav1.ObjectMeta{Name: "p", Namespace: "default", UID: "u1"},
+		Spec: corev1.PodSpec{Containers: []corev1.Container{{Name: "app", Image: "busybox"}}}}
+	req, err := e.r.Resolve(context.Background(), pod)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if fmt.Sprint(req.ClusterDNS) != "[10.0.0.10]" || req.ClusterDomain != "k.example" {
+		t.Errorf("clusterDNS %v, clusterDomain %q; want [10.0.0.10] and k.example", req.ClusterDNS, req.ClusterDomain)
 	}
 }

@@ -45,6 +45,8 @@ func run(m *testing.M) int {
 		// The apiserver's pod proxy carries no credentials; virtual-kubelet's stats tests reach
 		// these paths through it. RBAC still decides (TestVirtualKubeletSuite grants them).
 		KipArgs: []string{"--anonymous-auth-paths=/stats/summary,/metrics/resource"},
+		// As kip up: pods get kube-dns as their nameserver (TestClusterDNS deploys CoreDNS).
+		ClusterDNS: true,
 		// TestSecurityGroups puts cells in these; pods naming none stay open to all cells.
 		SecurityGroups: []config.LocalSecurityGroup{
 			{Name: "e2e-web", Ingress: []config.LocalIngressRule{{Protocol: "TCP", Ports: "8080", From: []string{"e2e-client"}}}},

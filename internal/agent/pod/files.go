@@ -13,6 +13,7 @@ import (
 
 	"github.com/kip-dev/kip/internal/agent/runtime"
 	"github.com/kip-dev/kip/internal/cellapi"
+	"github.com/kip-dev/kip/internal/poddns"
 )
 
 // Layout of a pod directory:
@@ -28,90 +29,59 @@ const (
 	logsDir       = "logs"
 )
 
-// hostname is the pod's hostname as kubelet sets it: spec.hostname, else the pod name,
-// truncated to 63 characters.
-func hostname(p *corev1.Pod) string {
-	h := p.Spec.Hostname
-	if h == "" {
-		h = p.Name
-	}
-	if h == "" {
-		h = "pod"
-	}
-	if len(h) > 63 {
-		h = strings.TrimRight(h[:63], "-.")
-	}
-	return h
-}
-
-// writePodFiles creates the pod directory with its /etc files and volumes.
-func writePodFiles(dir string, req *cellapi.PodRequest, podIP, hostResolv string) error {
+// writePodFiles creates the pod directory with its /etc files and volumes. The names and
+// resolv.conf follow kubelet's rules (internal/poddns) in the request's cluster domain and
+// DNS, with hostResolv, the cell's own resolv.conf, as the host's; what kubelet would record
+// as warning events is returned.
+func writePodFiles(dir string, req *cellapi.PodRequest, podIP, hostResolv string) (poddns.Names, []poddns.Warning, error) {
 	p := req.Pod
-	if err := os.MkdirAll(filepath.Join(dir, etcDir), 0o755); err != nil {
-		return fmt.Errorf("creating pod directory: %w", err)
+	names, err := poddns.PodNames(p, req.ClusterDomain)
+	if err != nil {
+		return poddns.Names{}, nil, err
 	}
-	host := hostname(p)
-	fqdn := host
-	if p.Spec.Subdomain != "" {
-		fqdn = fmt.Sprintf("%s.%s.%s.svc.cluster.local", host, p.Spec.Subdomain, p.Namespace)
+	host, err := poddns.ParseResolvConf(hostResolv)
+	if err != nil {
+		return poddns.Names{}, nil, fmt.Errorf("reading the cell's resolv.conf: %w", err)
+	}
+	resolv, warns := poddns.Resolv(p, poddns.Cluster{DNS: req.ClusterDNS, Domain: req.ClusterDomain}, host)
+	if err := os.MkdirAll(filepath.Join(dir, etcDir), 0o755); err != nil {
+		return poddns.Names{}, nil, fmt.Errorf("creating pod directory: %w", err)
 	}
 	var hosts strings.Builder
 	hosts.WriteString("# Kubernetes-managed hosts file (written by kip-cell).\n127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n")
 	if podIP != "" {
-		if fqdn != host {
-			fmt.Fprintf(&hosts, "%s\t%s\t%s\n", podIP, fqdn, host)
+		if names.Domain != "" {
+			fmt.Fprintf(&hosts, "%s\t%s\t%s\n", podIP, names.FQDN(), names.Hostname)
 		} else {
-			fmt.Fprintf(&hosts, "%s\t%s\n", podIP, host)
+			fmt.Fprintf(&hosts, "%s\t%s\n", podIP, names.Hostname)
 		}
 	}
 	for _, ha := range p.Spec.HostAliases {
 		fmt.Fprintf(&hosts, "%s\t%s\n", ha.IP, strings.Join(ha.Hostnames, "\t"))
 	}
-	resolv := hostResolv
-	if dc := p.Spec.DNSConfig; dc != nil && (p.Spec.DNSPolicy == corev1.DNSNone || len(dc.Nameservers) > 0) {
-		var b strings.Builder
-		for _, ns := range dc.Nameservers {
-			fmt.Fprintf(&b, "nameserver %s\n", ns)
-		}
-		if len(dc.Searches) > 0 {
-			fmt.Fprintf(&b, "search %s\n", strings.Join(dc.Searches, " "))
-		}
-		var opts []string
-		for _, o := range dc.Options {
-			if o.Value != nil {
-				opts = append(opts, o.Name+":"+*o.Value)
-			} else {
-				opts = append(opts, o.Name)
-			}
-		}
-		if len(opts) > 0 {
-			fmt.Fprintf(&b, "options %s\n", strings.Join(opts, " "))
-		}
-		resolv = b.String()
-	}
-	for name, data := range map[string]string{"hosts": hosts.String(), "hostname": host + "\n", "resolv.conf": resolv} {
+	for name, data := range map[string]string{"hosts": hosts.String(), "hostname": names.Kernel + "\n", "resolv.conf": resolv.String()} {
 		if err := os.WriteFile(filepath.Join(dir, etcDir, name), []byte(data), 0o644); err != nil {
-			return fmt.Errorf("writing pod %s: %w", name, err)
+			return poddns.Names{}, nil, fmt.Errorf("writing pod %s: %w", name, err)
 		}
 	}
 	for _, v := range p.Spec.Volumes {
 		vdir := filepath.Join(dir, volumesDir, v.Name)
 		if err := os.MkdirAll(vdir, 0o777); err != nil {
-			return fmt.Errorf("creating volume %s: %w", v.Name, err)
+			return poddns.Names{}, nil, fmt.Errorf("creating volume %s: %w", v.Name, err)
 		}
 		if v.EmptyDir != nil {
 			// emptyDir is world-writable like kubelet's, so non-root containers can use it.
 			if err := os.Chmod(vdir, 0o777); err != nil {
-				return fmt.Errorf("creating volume %s: %w", v.Name, err)
+				return poddns.Names{}, nil, fmt.Errorf("creating volume %s: %w", v.Name, err)
 			}
 		}
 		for rel, f := range req.Volumes[v.Name].Files {
 			if err := writeVolumeFile(vdir, rel, f); err != nil {
-				return fmt.Errorf("writing volume %s file %s: %w", v.Name, rel, err)
+				return poddns.Names{}, nil, fmt.Errorf("writing volume %s file %s: %w", v.Name, rel, err)
 			}
 		}
 	}
-	return nil
+	return names, warns, nil
 }
 
 func writeVolumeFile(vdir, rel string, f cellapi.File) error {

@@ -28,6 +28,7 @@ import (
 	"github.com/kip-dev/kip/internal/agent/runtime"
 	"github.com/kip-dev/kip/internal/cellapi"
 	"github.com/kip-dev/kip/internal/cgroups"
+	"github.com/kip-dev/kip/internal/poddns"
 )
 
 // Images is the part of the image store the supervisor uses (*image.Store).
@@ -81,8 +82,10 @@ type Config struct {
 
 // Pod is one supervised pod.
 type Pod struct {
-	cfg       Config
-	req       *cellapi.PodRequest
+	cfg Config
+	req *cellapi.PodRequest
+	// names are the pod's hostname and FQDN in the cluster domain (internal/poddns).
+	names     poddns.Names
 	lastEvent uint64 // guarded by mu
 	spec      *corev1.PodSpec
 	ctx       context.Context
@@ -151,14 +154,15 @@ func Start(cfg Config, req *cellapi.PodRequest) (*Pod, error) {
 	if err := podSysctls(cfg.ProcSys, req.Pod); err != nil {
 		return nil, fmt.Errorf("preparing pod %s: %w", req.Pod.UID, err)
 	}
-	if err := writePodFiles(cfg.Dir, req, cfg.PodIP, cfg.ResolvConf); err != nil {
+	names, dnsWarnings, err := writePodFiles(cfg.Dir, req, cfg.PodIP, cfg.ResolvConf)
+	if err != nil {
 		_ = os.RemoveAll(cfg.Dir)
 		return nil, fmt.Errorf("preparing pod %s: %w", req.Pod.UID, err)
 	}
 	ctx, cancel := context.WithCancel(context.Background())
 	p := &Pod{
 		cfg: cfg, req: req, spec: &req.Pod.Spec, ctx: ctx, cancel: cancel,
-		ctrs: map[string]*ctr{}, stopped: make(chan struct{}),
+		ctrs: map[string]*ctr{}, stopped: make(chan struct{}), names: names,
 	}
 	p.sidecarCtx, p.stopSidecarsF = context.WithCancel(ctx)
 	p.status = cellapi.PodStatus{UID: string(req.Pod.UID), Seq: cfg.FirstSeq, Phase: corev1.PodPending, StartTime: cfg.Clock.Now().UTC().Truncate(time.Second)}
@@ -187,6 +191,11 @@ func Start(cfg Config, req *cellapi.PodRequest) (*Pod, error) {
 		p.status.ContainerStatuses = append(p.status.ContainerStatuses, corev1.ContainerStatus{
 			Name: c.Name, Image: c.Image, State: waiting(waitReason, ""), Started: new(bool),
 		})
+	}
+	// What kubelet records about the pod's DNS (MissingClusterDNS, DNSConfigForming).
+	for _, w := range dnsWarnings {
+		p.lastEvent++
+		p.status.Events = append(p.status.Events, cellapi.Event{ID: p.lastEvent, Type: corev1.EventTypeWarning, Reason: w.Reason, Message: w.Message})
 	}
 	p.mu.Lock()
 	p.publishLocked()
@@ -665,7 +674,7 @@ func (p *Pod) create(c *ctr, img *image.Image, bundle, cgroup, run string) (clea
 	}
 	proc.AdditionalGids = append(proc.AdditionalGids, supplementalGroups(p.req.Pod)...)
 	if !hasEnv(proc.Env, "HOSTNAME") { // as containerd's CRI plugin sets it
-		proc.Env = append(proc.Env, "HOSTNAME="+hostname(p.req.Pod))
+		proc.Env = append(proc.Env, "HOSTNAME="+p.names.Kernel)
 	}
 	mounts, err := containerMounts(p.cfg.Dir, c.spec)
 	if err != nil {
@@ -693,7 +702,7 @@ func (p *Pod) create(c *ctr, img *image.Image, bundle, cgroup, run string) (clea
 		res.MemoryLimitBytes = 0
 	}
 	cc := runtime.ContainerConfig{
-		RootFS: rootfs, Process: proc, Hostname: hostname(p.req.Pod), Mounts: mounts,
+		RootFS: rootfs, Process: proc, Hostname: p.names.Kernel, Mounts: mounts,
 		Resources: res, CgroupsPath: filepath.Join(cgroup, run),
 	}
 	if sc := c.spec.SecurityContext; sc != nil {

@@ -209,7 +209,7 @@ func (r *rig) nextStart(t *testing.T) string {
 }
 
 func testPod(policy corev1.RestartPolicy, names ...string) *corev1.Pod {
-	p := &corev1.Pod{ObjectMeta: metav1.ObjectMeta{Name: "p", UID: "u1"}, Spec: corev1.PodSpec{RestartPolicy: policy}}
+	p := &corev1.Pod{ObjectMeta: metav1.ObjectMeta{Name: "p", UID: "u1"}, Spec: corev1.PodSpec{RestartPolicy: policy, DNSPolicy: corev1.DNSDefault}} // Default: no MissingClusterDNS event among the ones tests count
 	for _, n := range names {
 		p.Spec.Containers = append(p.Spec.Containers, corev1.Container{Name: n, Image: "busybox"})
 	}

@@ -9,6 +9,7 @@ import (
 	"k8s.io/apimachinery/pkg/util/validation"
 
 	"github.com/kip-dev/kip/internal/cellapi"
+	"github.com/kip-dev/kip/internal/poddns"
 )
 
 // Validate checks what the agent relies on in a pod request and returns an error of kind
@@ -103,7 +104,14 @@ func Validate(req *cellapi.PodRequest) error {
 	if err := check("initContainers", p.Spec.InitContainers); err != nil {
 		return err
 	}
-	return check("containers", p.Spec.Containers)
+	if err := check("containers", p.Spec.Containers); err != nil {
+		return err
+	}
+	// Kubelet fails a pod whose names it cannot form (setHostnameAsFQDN over 64 characters).
+	if _, err := poddns.PodNames(p, req.ClusterDomain); err != nil {
+		return cellapi.Errorf(cellapi.KindInvalid, "invalid pod request: pod.spec.%s", err)
+	}
+	return nil
 }
 
 func checkVolumeSource(field string, v corev1.Volume, files map[string]cellapi.VolumeFiles) error {

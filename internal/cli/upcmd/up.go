@@ -17,8 +17,10 @@ import (
 	"time"
 
 	"github.com/spf13/cobra"
+	"k8s.io/client-go/kubernetes"
 
 	"github.com/kip-dev/kip/internal/cloud/local"
+	"github.com/kip-dev/kip/internal/clusterdns"
 	"github.com/kip-dev/kip/internal/config"
 	"github.com/kip-dev/kip/internal/controlplane"
 	"github.com/kip-dev/kip/internal/registry"
@@ -30,6 +32,7 @@ type options struct {
 	bridge, subnet, node string
 	registryPort         int
 	readyTimeout         time.Duration
+	clusterDNS           bool
 	stdout, stderr       io.Writer
 	started              time.Time
 }
@@ -52,7 +55,9 @@ func NewCommand() *cobra.Command {
     built by hack/build-control-plane.sh, on 127.0.0.1;
   - the local backend's bridge (cells are network namespaces on it);
   - an OCI registry on the bridge address, seeded with busybox (and nginx: busybox httpd);
-  - kip's provider: a virtual node whose pods each run on their own cell.
+  - kip's provider: a virtual node whose pods each run on their own cell;
+  - cluster DNS: CoreDNS (built once from hack/tools/coredns, cached under ~/.cache/kip) as
+    kube-system/coredns behind Service kube-dns at 10.0.0.10, kip's clusterDNS.
 It writes the admin kubeconfig to <home>/kubeconfig, prints a ready line, and runs until
 Ctrl-C or SIGTERM; then it removes every cell, the bridge, every process and every file it made.
 After a crash, kip down removes the leftovers.`,
@@ -71,6 +76,7 @@ After a crash, kip down removes the leftovers.`,
 	f.StringVar(&o.node, "node-name", "kip", "name of the virtual node")
 	f.IntVar(&o.registryPort, "registry-port", 5000, "port of the registry on the bridge address (0: any free port)")
 	f.DurationVar(&o.readyTimeout, "ready-timeout", 5*time.Minute, "how long to wait for the virtual node to be Ready")
+	f.BoolVar(&o.clusterDNS, "cluster-dns", true, "deploy CoreDNS as the cluster's DNS (kube-system/kube-dns at "+clusterdns.ServiceIP+") and give pods its resolv.conf")
 	return cmd
 }
 
@@ -235,7 +241,22 @@ func (o *options) up(ctx context.Context) (err error) {
 		return fmt.Errorf("seeding the registry: %w", err)
 	}
 
-	cfg := providerConfig(st, o.node, bridgeIP.String(), reg.Host())
+	var clusterDNS []string
+	if o.clusterDNS {
+		o.step("deploying CoreDNS as kube-system/coredns behind Service kube-dns (%s)", clusterdns.ServiceIP)
+		client, err := kubernetes.NewForConfig(cp.RESTConfig())
+		if err != nil {
+			return fmt.Errorf("deploying CoreDNS: %w", err)
+		}
+		if _, err := clusterdns.Deploy(ctx, client, clusterdns.DeployOptions{
+			Build: clusterdns.BuildOptions{Log: o.step}, Registry: reg.Host(),
+		}); err != nil {
+			return fmt.Errorf("deploying CoreDNS (--cluster-dns=false runs without it): %w", err)
+		}
+		clusterDNS = []string{clusterdns.ServiceIP}
+	}
+
+	cfg := providerConfig(st, o.node, bridgeIP.String(), reg.Host(), clusterDNS)
 	if err := os.WriteFile(st.Config, []byte(cfg), 0o600); err != nil {
 		return fmt.Errorf("writing %s: %w", st.Config, err)
 	}
@@ -259,10 +280,10 @@ func (o *options) up(ctx context.Context) (err error) {
 }
 
 // providerConfig is kip's config for the local backend `kip up` set up.
-func providerConfig(st *state, node, nodeIP, registryHost string) string {
+func providerConfig(st *state, node, nodeIP, registryHost string, clusterDNS []string) string {
 	return "# Written by kip up; removed when it stops.\n" + config.LocalSetup{
 		Bridge: st.Bridge, Subnet: st.Subnet, StateDir: st.CellsDir, AgentPath: st.AgentPath,
-		NodeName: node, NodeIP: nodeIP, Registry: registryHost,
+		NodeName: node, NodeIP: nodeIP, Registry: registryHost, ClusterDNS: clusterDNS,
 	}.YAML()
 }
 

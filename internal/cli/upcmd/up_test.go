@@ -6,6 +6,7 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/kip-dev/kip/internal/clusterdns"
 	"github.com/kip-dev/kip/internal/config"
 	"github.com/kip-dev/kip/internal/controlplane"
 )
@@ -61,12 +62,13 @@ func TestValidateNamesTheFlag(t *testing.T) {
 // TestProviderConfigIsValid checks the config kip up writes against the real config loader.
 func TestProviderConfigIsValid(t *testing.T) {
 	st := layout("/root/.kip", "kip0", "10.250.0.0/24", "/usr/local/bin/kip-cell")
-	c, err := config.Parse([]byte(providerConfig(st, "kip", "10.250.0.1", "10.250.0.1:5000")))
+	c, err := config.Parse([]byte(providerConfig(st, "kip", "10.250.0.1", "10.250.0.1:5000", []string{clusterdns.ServiceIP})))
 	if err != nil {
 		t.Fatalf("kip up's provider config does not load: %v", err)
 	}
 	if c.Node.InternalIP != "10.250.0.1" || c.Cloud.Local.Bridge != "kip0" || c.Cloud.Local.StateDir != "/root/.kip/cells" ||
-		c.Registry.DefaultRegistry != "10.250.0.1:5000" || len(c.Registry.Insecure) != 1 {
+		c.Registry.DefaultRegistry != "10.250.0.1:5000" || len(c.Registry.Insecure) != 1 ||
+		len(c.Node.ClusterDNS) != 1 || c.Node.ClusterDNS[0] != "10.0.0.10" || c.Node.ClusterDomain != clusterdns.Domain {
 		t.Errorf("loaded config does not match: %+v", c)
 	}
 }

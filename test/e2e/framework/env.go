@@ -24,11 +24,13 @@ import (
 	"sync"
 	"time"
 
+	"k8s.io/apimachinery/pkg/runtime"
 	"k8s.io/client-go/dynamic"
 	"k8s.io/client-go/kubernetes"
 
 	"github.com/kip-dev/kip/internal/cloud"
 	"github.com/kip-dev/kip/internal/cloud/local"
+	"github.com/kip-dev/kip/internal/clusterdns"
 	"github.com/kip-dev/kip/internal/config"
 	"github.com/kip-dev/kip/internal/controlplane"
 	"github.com/kip-dev/kip/internal/registry"
@@ -67,6 +69,8 @@ type Env struct {
 	BridgeIP net.IP
 	// BinDir holds kip and kip-cell; CPBin the control plane binaries.
 	BinDir, CPBin string
+	// ClusterDNS is kip's clusterDNS (Options.ClusterDNS), empty without it.
+	ClusterDNS []string
 
 	log io.Writer
 
@@ -83,6 +87,10 @@ type Options struct {
 	ExtraConfig string
 	// KipArgs are extra arguments to `kip run`.
 	KipArgs []string
+	// ClusterDNS gives kip clusterDNS = kube-dns's cluster IP (clusterdns.ServiceIP), as kip up
+	// does, so ClusterFirst pods get the cluster's resolv.conf. CoreDNS itself is deployed by
+	// the tests that need it (DeployClusterDNS), so no cell outlives them.
+	ClusterDNS bool
 	// SecurityGroups are the local backend's named groups (cloud.local.securityGroups) pods
 	// may name in pod.kip.dev/security-groups; cells of pods that name none stay open.
 	SecurityGroups []config.LocalSecurityGroup
@@ -196,6 +204,9 @@ func Setup(ctx context.Context, o Options) (env *Env, err error) {
 		return env, fmt.Errorf("seeding registry: %w", err)
 	}
 
+	if o.ClusterDNS {
+		env.ClusterDNS = []string{clusterdns.ServiceIP}
+	}
 	cfgPath := filepath.Join(dir, "kip.yaml")
 	if err := os.WriteFile(cfgPath, []byte(env.kipConfig(subnet, o.SecurityGroups)+o.ExtraConfig), 0o600); err != nil {
 		return env, fmt.Errorf("writing kip config: %w", err)
@@ -220,8 +231,22 @@ func (e *Env) kipConfig(subnet string, groups []config.LocalSecurityGroup) strin
 	return config.LocalSetup{
 		Bridge: e.Bridge, Subnet: subnet, StateDir: filepath.Join(e.Dir, "cells"), AgentPath: filepath.Join(e.BinDir, "kip-cell"),
 		NodeName: e.NodeName, NodeIP: e.BridgeIP.String(), ClusterName: e.ClusterName, Registry: e.Registry.Host(),
+		ClusterDNS:     e.ClusterDNS,
 		SecurityGroups: groups,
 	}.YAML()
+}
+
+// DeployClusterDNS deploys CoreDNS as kip up does (built once, cached under ~/.cache/kip,
+// pushed to this environment's registry) and returns its objects for clusterdns.Delete. It
+// does not wait for CoreDNS to be ready.
+func (e *Env) DeployClusterDNS(ctx context.Context) ([]runtime.Object, error) {
+	if len(e.ClusterDNS) == 0 {
+		return nil, fmt.Errorf("the environment was set up without Options.ClusterDNS: kip gives pods no cluster DNS")
+	}
+	return clusterdns.Deploy(ctx, e.Client, clusterdns.DeployOptions{
+		Build:    clusterdns.BuildOptions{Log: e.logf},
+		Registry: e.Registry.Host(),
+	})
 }
 
 // Teardown stops kip, terminates any cell still there, removes the bridge, stops the
