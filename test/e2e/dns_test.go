@@ -123,6 +123,11 @@ func TestClusterDNS(t *testing.T) {
 for n in "$@"; do
   i=0; until a=$(kipcheck lookup "$n" 2>&1); do i=$((i+1)); [ $i -ge 30 ] && break; sleep 1; done
   echo "$n" $(echo $a | tr ' ' ',')
+done
+echo ---
+for u in http://web/ "http://web.$(cat /var/run/secrets/kubernetes.io/serviceaccount/namespace).svc.cluster.local/"; do
+  if kipcheck get "$u" >/dev/null; then echo "kipcheck $u ok"; fi
+  if wget -q -O /dev/null "$u"; then echo "wget $u ok"; fi
 done`
 	client := framework.Pod("client", corev1.Container{Name: "client", Image: image,
 		Command: append([]string{"sh", "-c", script, "sh"}, names...)})
@@ -139,6 +144,7 @@ done`
 		t.Fatalf("client logs: %v", err)
 	}
 	resolvConf, results, _ := strings.Cut(string(b), "---\n")
+	results, fetches, _ := strings.Cut(results, "---\n")
 
 	// kubelet's resolv.conf: the cluster search path first, kube-dns, ndots:5.
 	lines := strings.Split(strings.TrimSpace(resolvConf), "\n")
@@ -165,6 +171,14 @@ done`
 	for name, w := range want {
 		if got[name] != w {
 			t.Errorf("%s resolved to %q, want %s", name, got[name], w)
+		}
+	}
+	// The Service by its short name and FQDN over HTTP, with a Go client and busybox's wget.
+	for _, u := range []string{"http://web/", "http://" + fqdn("web") + "/"} {
+		for _, tool := range []string{"kipcheck", "wget"} {
+			if !strings.Contains(fetches, tool+" "+u+" ok") {
+				t.Errorf("%s %s from a pod on another cell failed", tool, u)
+			}
 		}
 	}
 	if t.Failed() {
