@@ -512,6 +512,44 @@ func TestMemoryLimitOOMKilled(t *testing.T) {
 	h.deletePod(0)
 }
 
+// TestLimitsAboveCell: a container whose CPU and memory limits exceed its cell's starts
+// (cgroup v1 refuses a CPU quota above a parent's with EINVAL) and runs under the cell's: its
+// quota and its container cgroup's memory limit are the cell's.
+func TestLimitsAboveCell(t *testing.T) {
+	h := newHarness(t, fastBackOff)
+	dirs, err := h.cg.Dirs(h.parent)
+	if err != nil {
+		t.Fatal(err)
+	}
+	// The pods parent sized like a quarter-CPU, 64 MiB cell (the harness removes it).
+	if err := h.cg.Create(dirs, cgroups.Limits{CPUs: 0.25, MemoryBytes: 64 << 20}); err != nil {
+		t.Fatal(err)
+	}
+	c := shell("app", h.img("busybox"), "cat /sys/fs/cgroup/cpu/cpu.cfs_quota_us 2>/dev/null || cut -d' ' -f1 /sys/fs/cgroup/cpu.max")
+	c.Resources.Requests = corev1.ResourceList{corev1.ResourceCPU: resource.MustParse("100m"), corev1.ResourceMemory: resource.MustParse("16Mi")}
+	c.Resources.Limits = corev1.ResourceList{corev1.ResourceCPU: resource.MustParse("64"), corev1.ResourceMemory: resource.MustParse("64Gi")}
+	p := newPod("big", corev1.RestartPolicyNever, c)
+	if _, err := h.client.PutPod(t.Context(), &cellapi.PodRequest{Pod: p}); err != nil {
+		t.Fatal(err)
+	}
+	seen := h.watchUntil(60*time.Second, func(s *cellapi.PodStatus) bool { return s.Phase == corev1.PodSucceeded || s.Phase == corev1.PodFailed })
+	if last := seen[len(seen)-1]; last.Phase != corev1.PodSucceeded {
+		t.Fatalf("pod %s", describe(last))
+	}
+	if got := strings.TrimSpace(h.logs("app", cellapi.LogOptions{})); got != "25000" {
+		t.Errorf("the container's CPU quota is %q, want the cell's 25000", got)
+	}
+	file := "memory.limit_in_bytes"
+	if h.cg.Mode() == cgroups.Unified {
+		file = "memory.max"
+	}
+	mem := filepath.Join(h.cg.Dir("memory", cgroups.ContainerPath(h.parent, string(p.UID), "app")), file)
+	if b, err := os.ReadFile(mem); err != nil || strings.TrimSpace(string(b)) != strconv.Itoa(64<<20) {
+		t.Errorf("%s = %q (%v), want the cell's %d", mem, b, err, 64<<20)
+	}
+	h.deletePod(0)
+}
+
 func TestMissingImagePullBackOff(t *testing.T) {
 	h := newHarness(t, pod.BackOff{Base: 500 * time.Millisecond, Max: time.Second, Reset: time.Minute})
 	p := newPod("missing", corev1.RestartPolicyAlways, corev1.Container{Name: "app", Image: h.img("does-not-exist")})

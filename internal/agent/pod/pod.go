@@ -50,6 +50,7 @@ type Cgroups interface {
 	SetMemoryLimit(rel string, bytes int64) error
 	MemoryEvents(rel string) (cgroups.MemoryEvents, error)
 	Usage(rel string) (cgroups.Usage, error)
+	Ceiling(rel string) (cgroups.Ceiling, error)
 	Remove(rel string) error
 }
 
@@ -693,7 +694,14 @@ func (p *Pod) create(c *ctr, img *image.Image, bundle, cgroup, run string) (clea
 		termPath = corev1.TerminationMessagePathDefault
 	}
 	mounts = append(mounts, runtime.Mount{Source: termLog, Destination: termPath})
-	res := runtime.ResourcesOf(c.spec.Resources)
+	// A limit above the cell's is capped at it (runtime.Resources.Within): it starts, and the
+	// cell's binds, as a limit above a node's size does under kubelet.
+	ceil, err := p.cfg.Cgroups.Ceiling(p.cfg.CgroupParent)
+	if err != nil {
+		cleanup()
+		return nil, fmt.Errorf("reading the cell's limits: %w", err)
+	}
+	res := runtime.ResourcesOf(c.spec.Resources).Within(ceil)
 	if res.MemoryLimitBytes > 0 {
 		if err := p.cfg.Cgroups.SetMemoryLimit(cgroup, res.MemoryLimitBytes); err != nil {
 			cleanup()

@@ -127,8 +127,9 @@ func (fakeCgroups) SetMemoryLimit(string, int64) error { return nil }
 func (fakeCgroups) MemoryEvents(string) (cgroups.MemoryEvents, error) {
 	return cgroups.MemoryEvents{}, nil
 }
-func (fakeCgroups) Usage(string) (cgroups.Usage, error) { return cgroups.Usage{}, nil }
-func (fakeCgroups) Remove(string) error                 { return nil }
+func (fakeCgroups) Usage(string) (cgroups.Usage, error)     { return cgroups.Usage{}, nil }
+func (fakeCgroups) Remove(string) error                     { return nil }
+func (fakeCgroups) Ceiling(string) (cgroups.Ceiling, error) { return cgroups.Ceiling{}, nil }
 
 type discardLog struct{}
 

@@ -12,6 +12,7 @@ import (
 	v1 "github.com/google/go-containerregistry/pkg/v1"
 	corev1 "k8s.io/api/core/v1"
 
+	"github.com/kip-dev/kip/internal/cgroups"
 	"github.com/kip-dev/kip/internal/podenv"
 )
 
@@ -241,4 +242,30 @@ func ResourcesOf(r corev1.ResourceRequirements) Resources {
 		out.CPUShares = sh
 	}
 	return out
+}
+
+// Within caps r at c, the limits that bind the container's cgroup from above (its cell's),
+// so that a limit above the cell's size starts, as one above a node's size does under
+// kubelet, and the cell's limit binds: a CPU quota above c's ratio of quota to period
+// becomes c's ratio over r's period (cgroup v1 refuses a child's quota above a parent's,
+// cgroup v2 takes it and ignores it); a memory limit above c's becomes c's (neither version
+// refuses it, but the container's own cgroup then holds the limit that is hit, and its OOM
+// evidence). The shares and everything the pod reports (the declared limits, the downward
+// API's limits.cpu) are left as they are.
+func (r Resources) Within(c cgroups.Ceiling) Resources {
+	if c.CPUQuota > 0 && c.CPUPeriod > 0 && r.CPUQuota > 0 {
+		p := r.CPUPeriod
+		if p == 0 {
+			p = DefaultCPUPeriod
+		}
+		// floor(c.CPUQuota * p / c.CPUPeriod), never above c's ratio; in floats, as the
+		// product may overflow.
+		if q := int64(float64(c.CPUQuota) * float64(p) / float64(c.CPUPeriod)); r.CPUQuota > q {
+			r.CPUQuota = q
+		}
+	}
+	if c.MemoryBytes > 0 && r.MemoryLimitBytes > c.MemoryBytes {
+		r.MemoryLimitBytes = c.MemoryBytes
+	}
+	return r
 }

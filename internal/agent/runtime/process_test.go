@@ -8,6 +8,7 @@ import (
 	"testing"
 
 	v1 "github.com/google/go-containerregistry/pkg/v1"
+	"github.com/kip-dev/kip/internal/cgroups"
 	corev1 "k8s.io/api/core/v1"
 	"k8s.io/apimachinery/pkg/api/resource"
 )
@@ -164,6 +165,57 @@ func TestResourcesOf(t *testing.T) {
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
 			if got := ResourcesOf(tc.r); got != tc.want {
+				t.Errorf("got %+v, want %+v", got, tc.want)
+			}
+		})
+	}
+}
+
+// TestWithin: limits above the cell's ceiling come down to it (CPU by ratio, over the
+// container's period); those within it, the shares, and containers without limits stay.
+func TestWithin(t *testing.T) {
+	cell := cgroups.Ceiling{CPUQuota: 25000, CPUPeriod: 100000, MemoryBytes: 256 << 20}
+	cases := []struct {
+		name string
+		r    Resources
+		c    cgroups.Ceiling
+		want Resources
+	}{
+		{name: "64 CPUs in a quarter-CPU cell",
+			r:    Resources{CPUQuota: 6400000, CPUPeriod: 100000, CPUShares: 102},
+			c:    cell,
+			want: Resources{CPUQuota: 25000, CPUPeriod: 100000, CPUShares: 102}},
+		{name: "within the cell",
+			r:    Resources{CPUQuota: 20000, CPUPeriod: 100000, CPUShares: 204, MemoryLimitBytes: 64 << 20},
+			c:    cell,
+			want: Resources{CPUQuota: 20000, CPUPeriod: 100000, CPUShares: 204, MemoryLimitBytes: 64 << 20}},
+		{name: "exactly the cell",
+			r:    Resources{CPUQuota: 25000, CPUPeriod: 100000, MemoryLimitBytes: 256 << 20},
+			c:    cell,
+			want: Resources{CPUQuota: 25000, CPUPeriod: 100000, MemoryLimitBytes: 256 << 20}},
+		{name: "memory above the cell",
+			r:    Resources{MemoryLimitBytes: 64 << 30},
+			c:    cell,
+			want: Resources{MemoryLimitBytes: 256 << 20}},
+		{name: "no limits stay unlimited",
+			r:    Resources{CPUShares: 2},
+			c:    cell,
+			want: Resources{CPUShares: 2}},
+		{name: "no ceiling",
+			r:    Resources{CPUQuota: 6400000, CPUPeriod: 100000, MemoryLimitBytes: 64 << 30},
+			want: Resources{CPUQuota: 6400000, CPUPeriod: 100000, MemoryLimitBytes: 64 << 30}},
+		{name: "another period: the ratio counts",
+			r:    Resources{CPUQuota: 100000, CPUPeriod: 100000},
+			c:    cgroups.Ceiling{CPUQuota: 50000, CPUPeriod: 200000},
+			want: Resources{CPUQuota: 25000, CPUPeriod: 100000}},
+		{name: "period unset is the default one",
+			r:    Resources{CPUQuota: 400000},
+			c:    cell,
+			want: Resources{CPUQuota: 25000}},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			if got := tc.r.Within(tc.c); got != tc.want {
 				t.Errorf("got %+v, want %+v", got, tc.want)
 			}
 		})
