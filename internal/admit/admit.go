@@ -69,6 +69,10 @@ func Pod(pod *corev1.Pod) error {
 			return &Error{Field: fmt.Sprintf("spec.volumes[%d].%s", i, src),
 				Reason: fmt.Sprintf("volume %q: %s volumes are not supported on kip's cells (only emptyDir, configMap, secret, downwardAPI and projected)", v.Name, src)}
 		}
+		if ed := v.EmptyDir; ed != nil && ed.Medium != corev1.StorageMediumDefault && ed.Medium != corev1.StorageMediumMemory {
+			return &Error{Field: fmt.Sprintf("spec.volumes[%d].emptyDir.medium", i),
+				Reason: fmt.Sprintf("volume %q: medium %s is not supported on kip's cells (they have no huge pages; only the default medium and Memory)", v.Name, ed.Medium)}
+		}
 	}
 	if pod.Spec.ShareProcessNamespace != nil && *pod.Spec.ShareProcessNamespace {
 		return &Error{Field: "spec.shareProcessNamespace", Reason: "a process namespace shared by the pod's containers is not supported on kip's cells yet"}

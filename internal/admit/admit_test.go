@@ -5,6 +5,8 @@ import (
 	"testing"
 
 	corev1 "k8s.io/api/core/v1"
+	"k8s.io/apimachinery/pkg/api/resource"
+	"k8s.io/utils/ptr"
 )
 
 func TestPod(t *testing.T) {
@@ -30,6 +32,15 @@ func TestPod(t *testing.T) {
 		}, "spec.volumes[1].persistentVolumeClaim"},
 		{"hostPath", []corev1.Volume{vol("h", corev1.VolumeSource{HostPath: &corev1.HostPathVolumeSource{Path: "/"}})}, "spec.volumes[0].hostPath"},
 		{"no source", []corev1.Volume{vol("x", corev1.VolumeSource{})}, "spec.volumes[0]"},
+		{"emptyDir in memory, with a size", []corev1.Volume{vol("m", corev1.VolumeSource{EmptyDir: &corev1.EmptyDirVolumeSource{
+			Medium: corev1.StorageMediumMemory, SizeLimit: ptr.To(resource.MustParse("1Mi"))}})}, ""},
+		{"emptyDir on disk, with a size", []corev1.Volume{vol("d", corev1.VolumeSource{EmptyDir: &corev1.EmptyDirVolumeSource{
+			SizeLimit: ptr.To(resource.MustParse("1Mi"))}})}, ""},
+		{"emptyDir in huge pages", []corev1.Volume{
+			vol("a", corev1.VolumeSource{EmptyDir: &corev1.EmptyDirVolumeSource{}}),
+			vol("h", corev1.VolumeSource{EmptyDir: &corev1.EmptyDirVolumeSource{Medium: corev1.StorageMediumHugePages}}),
+		}, "spec.volumes[1].emptyDir.medium"},
+		{"emptyDir in 2Mi huge pages", []corev1.Volume{vol("h", corev1.VolumeSource{EmptyDir: &corev1.EmptyDirVolumeSource{Medium: "HugePages-2Mi"}})}, "spec.volumes[0].emptyDir.medium"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

@@ -79,6 +79,9 @@ type Config struct {
 	FirstSeq uint64
 	// ProcSys is where the pod's net.* sysctls are written; empty means DefaultProcSys.
 	ProcSys string
+	// EmptyDirInterval is how often disk emptyDirs with a sizeLimit are measured; zero means
+	// DefaultEmptyDirInterval.
+	EmptyDirInterval time.Duration
 }
 
 // Pod is one supervised pod.
@@ -102,6 +105,13 @@ type Pod struct {
 	stopping bool
 	killing  bool
 	stopped  chan struct{}
+	// evicted is the eviction message once the pod is evicted (evict); halted says its
+	// containers have all stopped.
+	evicted string
+	halted  bool
+
+	cleanOnce sync.Once
+	cleanErr  error
 }
 
 // ctr is the supervisor's record of one container.
@@ -152,11 +162,23 @@ func Start(cfg Config, req *cellapi.PodRequest) (*Pod, error) {
 	if cfg.ProcSys == "" {
 		cfg.ProcSys = DefaultProcSys
 	}
+	if cfg.EmptyDirInterval == 0 {
+		cfg.EmptyDirInterval = DefaultEmptyDirInterval
+	}
 	if err := podSysctls(cfg.ProcSys, req.Pod); err != nil {
 		return nil, fmt.Errorf("preparing pod %s: %w", req.Pod.UID, err)
 	}
 	names, dnsWarnings, err := writePodFiles(cfg.Dir, req, cfg.PodIP, cfg.ResolvConf)
+	if err == nil {
+		// A memory-backed emptyDir is sized by the cell's memory where nothing smaller is
+		// set, as kubelet sizes it by the node's allocatable memory.
+		var ceil cgroups.Ceiling
+		if ceil, err = cfg.Cgroups.Ceiling(cfg.CgroupParent); err == nil {
+			err = mountMemoryVolumes(cfg.Dir, req.Pod, ceil.MemoryBytes)
+		}
+	}
 	if err != nil {
+		_ = unmountUnder(cfg.Dir)
 		_ = os.RemoveAll(cfg.Dir)
 		return nil, fmt.Errorf("preparing pod %s: %w", req.Pod.UID, err)
 	}
@@ -203,6 +225,10 @@ func Start(cfg Config, req *cellapi.PodRequest) (*Pod, error) {
 	p.mu.Unlock()
 	p.wg.Add(1)
 	go p.run()
+	if vols := limitedEmptyDirs(req.Pod); len(vols) > 0 {
+		p.wg.Add(1)
+		go p.watchEmptyDirs(vols)
+	}
 	return p, nil
 }
 
@@ -275,6 +301,12 @@ func (p *Pod) update(c *ctr, f func(*corev1.ContainerStatus)) {
 func (p *Pod) publishLocked() {
 	p.status.Seq++
 	p.status.Phase = phase(p.spec, p.status.InitContainerStatuses, p.status.ContainerStatuses)
+	if p.evicted != "" {
+		p.status.Reason, p.status.Message = ReasonEvicted, p.evicted
+		if p.halted {
+			p.status.Phase = corev1.PodFailed
+		}
+	}
 	now := p.cfg.Clock.Now().UTC().Truncate(time.Second)
 	p.status.Conditions = conditions(p.spec, p.status.Conditions, p.status.InitContainerStatuses, p.status.ContainerStatuses, now)
 	p.cfg.Notify(p.snapshotLocked())
@@ -811,9 +843,20 @@ func (p *Pod) ContainerStats() []cellapi.ContainerStats {
 }
 
 // Stop stops the pod: no more starts or restarts, SIGTERM to every running container, up to
-// grace for them to exit, then SIGKILL; then it removes the pod's cgroups and directory. It is
-// safe to call more than once; later calls wait for the first.
+// grace for them to exit, then SIGKILL; then it unmounts the pod's tmpfs volumes and removes
+// its cgroups and directory. It is safe to call more than once, and after an eviction; later
+// calls wait for the first.
 func (p *Pod) Stop(ctx context.Context, grace time.Duration) error {
+	if err := p.halt(ctx, grace); err != nil {
+		return err
+	}
+	p.cleanOnce.Do(func() { p.cleanErr = p.cleanup() })
+	return p.cleanErr
+}
+
+// halt stops the pod's containers (Stop's first part) and marks the pod halted. A second
+// call waits for the first.
+func (p *Pod) halt(ctx context.Context, grace time.Duration) error {
 	p.mu.Lock()
 	if p.stopping {
 		p.mu.Unlock()
@@ -896,7 +939,22 @@ func (p *Pod) Stop(ctx context.Context, grace time.Duration) error {
 		}
 		<-done
 	}
+	p.mu.Lock()
+	p.halted = true
+	if p.evicted != "" {
+		p.publishLocked()
+	}
+	p.mu.Unlock()
+	return nil
+}
+
+// cleanup removes what the pod made: its tmpfs mounts (unmounted before the directory goes,
+// which would otherwise empty them and fail), its cgroups and its directory.
+func (p *Pod) cleanup() error {
 	var errs []error
+	if err := unmountUnder(p.cfg.Dir); err != nil {
+		errs = append(errs, err)
+	}
 	if err := p.cfg.Cgroups.Remove(cgroups.PodPath(p.cfg.CgroupParent, p.UID())); err != nil {
 		errs = append(errs, err)
 	}

@@ -117,6 +117,9 @@ func Validate(req *cellapi.PodRequest) error {
 func checkVolumeSource(field string, v corev1.Volume, files map[string]cellapi.VolumeFiles) error {
 	switch {
 	case v.EmptyDir != nil:
+		if m := v.EmptyDir.Medium; m != corev1.StorageMediumDefault && m != corev1.StorageMediumMemory {
+			return invalid(field+".emptyDir.medium", fmt.Sprintf("volume %q: medium %s is not supported on a cell (only the default medium and Memory)", v.Name, m))
+		}
 		return nil
 	case v.ConfigMap != nil, v.Secret != nil, v.Projected != nil, v.DownwardAPI != nil:
 		return nil // contents come in PodRequest.Volumes; an absent optional source is empty

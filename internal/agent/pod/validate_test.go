@@ -45,6 +45,9 @@ func TestValidate(t *testing.T) {
 		{"hostPath", func(r *cellapi.PodRequest) {
 			r.Pod.Spec.Volumes[0].VolumeSource = corev1.VolumeSource{HostPath: &corev1.HostPathVolumeSource{Path: "/"}}
 		}, "only emptyDir"},
+		{"emptyDir in huge pages", func(r *cellapi.PodRequest) {
+			r.Pod.Spec.Volumes[0].EmptyDir.Medium = corev1.StorageMediumHugePages
+		}, "pod.spec.volumes[0].emptyDir.medium"},
 		{"files for unknown volume", func(r *cellapi.PodRequest) {
 			r.Volumes = map[string]cellapi.VolumeFiles{"nope": {}}
 		}, `volume "nope"`},
