@@ -194,6 +194,37 @@ func TestCrashBetweenLaunchAndRecord(t *testing.T) {
 	}
 }
 
+// TestRelaunchWithNewBootstrapAdopts: a restarted kip relaunching a cell sends the same
+// client token with new user data (the cell's certificate is issued afresh); EC2 answers
+// IdempotentParameterMismatch, and the backend returns the instance the first launch made,
+// as the cloud contract promises, instead of failing the pod.
+func TestRelaunchWithNewBootstrapAdopts(t *testing.T) {
+	e := newEnv(t, ec2fake.Options{})
+	ctx := ctxT(t, 10*time.Second)
+	s := spec("restarted")
+	s.BootstrapData = []byte(`{"cert":"first"}`)
+	first, err := e.backend(t, nil).Launch(ctx, s)
+	if err != nil {
+		t.Fatal(err)
+	}
+	s.BootstrapData = []byte(`{"cert":"second"}`)
+	second, err := e.backend(t, nil).Launch(ctx, s)
+	if err != nil {
+		t.Fatalf("relaunch with new user data under the same client token: %v", err)
+	}
+	if first.ID != second.ID {
+		t.Errorf("relaunch returned %s, the first launch made %s", second.ID, first.ID)
+	}
+	if n := len(e.fake.Instances()); n != 1 {
+		t.Errorf("the fake holds %d instances, want 1", n)
+	}
+	other := spec("restarted")
+	other.ClientToken, other.BootstrapData = "another-token", []byte(`{"cert":"third"}`)
+	if third, err := e.backend(t, nil).Launch(ctx, other); err != nil || third.ID == first.ID {
+		t.Errorf("a launch with another token = %v, %v; want a new instance", third, err)
+	}
+}
+
 func TestLaunchSpecMapping(t *testing.T) {
 	e := newEnv(t, ec2fake.Options{})
 	b := e.backend(t, nil)

@@ -3,6 +3,7 @@ package aws
 import (
 	"context"
 	"encoding/base64"
+	"errors"
 	"fmt"
 	"regexp"
 	"slices"
@@ -48,6 +49,20 @@ func (b *Backend) Launch(ctx context.Context, spec cloud.LaunchSpec) (*cloud.Ins
 	if err == nil && len(out.Instances) == 0 {
 		err = fmt.Errorf("RunInstances returned no instance")
 	}
+	if err != nil && errorCode(err) == "IdempotentParameterMismatch" && spec.ClientToken != "" {
+		// An earlier Launch with this token (a kip that restarted mid-launch) made the
+		// instance with other arguments: the cell's certificate in the user data is issued
+		// afresh on every attempt. Either certificate names the cell and chains to kip's CA,
+		// so the earlier instance serves as well: return it, as the contract promises.
+		if inst, derr := b.byClientToken(ctx, spec); derr != nil {
+			err = errors.Join(err, derr)
+		} else if inst != nil {
+			b.cache.launched(inst, b.clk.Now())
+			b.log.Info("adopted the instance an earlier launch made with this client token", "cell", spec.CellID,
+				"instance", inst.ID, "type", inst.InstanceType)
+			return copyInstance(inst), nil
+		}
+	}
 	if err != nil {
 		switch {
 		case cloud.IsInsufficientCapacity(err):
@@ -63,6 +78,32 @@ func (b *Backend) Launch(ctx context.Context, spec cloud.LaunchSpec) (*cloud.Ins
 	b.cache.launched(inst, b.clk.Now())
 	b.log.Info("launched cell", "cell", spec.CellID, "instance", inst.ID, "type", inst.InstanceType, "spot", inst.Spot, "zone", inst.Zone)
 	return copyInstance(inst), nil
+}
+
+// byClientToken finds the live instance an earlier RunInstances made with spec's token for
+// the same cell, or nil.
+func (b *Backend) byClientToken(ctx context.Context, spec cloud.LaunchSpec) (*cloud.Instance, error) {
+	in := &ec2.DescribeInstancesInput{Filters: []types.Filter{
+		{Name: aws.String("client-token"), Values: []string{spec.ClientToken}},
+		{Name: aws.String("tag:" + cloud.TagCellID), Values: []string{spec.CellID}},
+	}}
+	var out *ec2.DescribeInstancesOutput
+	err := b.call(ctx, "DescribeInstances", 0, func(ctx context.Context) (err error) {
+		out, err = b.ec2.DescribeInstances(ctx, in)
+		return err
+	})
+	if err != nil {
+		return nil, fmt.Errorf("looking up the instance of client token %s: %w", spec.ClientToken, err)
+	}
+	for _, r := range out.Reservations {
+		for _, i := range r.Instances {
+			inst := toInstance(i)
+			if inst.State != cloud.StateTerminated && inst.State != cloud.StateTerminating {
+				return inst, nil
+			}
+		}
+	}
+	return nil, nil
 }
 
 func market(spot bool) string {

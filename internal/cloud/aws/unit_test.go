@@ -48,6 +48,11 @@ func (s *stubEC2) DescribeImages(context.Context, *ec2.DescribeImagesInput, ...f
 		RootDeviceName: aws.String("/dev/xvda"), CreationDate: aws.String("2026-01-01T00:00:00.000Z")}}}, nil
 }
 
+// DescribeInstances knows no instance (an IdempotentParameterMismatch then has nothing to adopt).
+func (s *stubEC2) DescribeInstances(context.Context, *ec2.DescribeInstancesInput, ...func(*ec2.Options)) (*ec2.DescribeInstancesOutput, error) {
+	return &ec2.DescribeInstancesOutput{}, nil
+}
+
 func (s *stubEC2) RunInstances(_ context.Context, in *ec2.RunInstancesInput, _ ...func(*ec2.Options)) (*ec2.RunInstancesOutput, error) {
 	n := int(s.runs.Add(1))
 	if n <= len(s.runErrs) {
