@@ -156,19 +156,21 @@ func (c *Controller) Run(ctx context.Context) {
 	wg.Wait()
 }
 
-// ObjectChanged queues every known pod whose volumes read the ConfigMap or Secret (kind
-// "ConfigMap" or "Secret") namespace/name, which was added, updated or deleted. Pods not seen
-// yet are covered by the resync.
+// ObjectChanged queues every running pod whose volumes read the ConfigMap or Secret (kind
+// "ConfigMap" or "Secret") namespace/name, which was added, updated or deleted, and every
+// running pod the controller has not resolved yet (it may read it).
 func (c *Controller) ObjectChanged(kind, namespace, name string) {
 	ref := kind + "/" + namespace + "/" + name
 	var keys []string
-	c.mu.Lock()
-	for k, st := range c.state {
-		if st.refs[ref] {
-			keys = append(keys, k)
+	c.cells.EachRunningPod(func(ns, pname string, uid types.UID) {
+		key := ns + "/" + pname
+		c.mu.Lock()
+		st := c.state[key]
+		if st == nil || st.uid != uid || st.refs[ref] {
+			keys = append(keys, key)
 		}
-	}
-	c.mu.Unlock()
+		c.mu.Unlock()
+	})
 	for _, k := range keys {
 		c.queue.Add(k)
 	}

@@ -368,3 +368,20 @@ func (c *countingResolver) nCalls() int {
 	defer c.mu.Unlock()
 	return c.calls
 }
+
+// A pod that started after the last resync is pushed on the first change of a ConfigMap,
+// without waiting for the next resync (the fake clock never moves here).
+func TestChangeReachesPodNotResolvedYet(t *testing.T) {
+	cells, agent := newFakeCells(), &fakeAgent{}
+	res := &fakeResolver{files: map[string]cellapi.VolumeFiles{}}
+	res.set("cfg", "index.html", "v1")
+	c, _ := start(t, cells, res, Options{})
+	waitFor(t, "the first (empty) pass", func() bool { return c.queue.Len() == 0 })
+	cells.run(cmPod(), agent)
+	res.set("cfg", "index.html", "v2")
+	c.ObjectChanged("ConfigMap", "ns", "unrelated-but-maybe")
+	waitFor(t, "the push", func() bool { return agent.nCalls() == 1 })
+	if got := string(agent.call(0).Volumes["cfg"].Files["index.html"].Data); got != "v2" {
+		t.Errorf("pushed %q, want v2", got)
+	}
+}
