@@ -397,4 +397,3 @@ func sameAgent(a, b cellapi.Agent) (same bool) {
 	}()
 	return a == b
 }
-
