@@ -46,6 +46,7 @@ func Handler(agent Agent, opts HandlerOptions) http.Handler {
 	mux.HandleFunc("POST "+ExecPath+"{container}", h.authed(h.exec))
 	mux.HandleFunc("POST "+PortForwardPath+"{port}", h.authed(h.portForward))
 	mux.HandleFunc("PUT "+ServicesPath, h.authed(h.putServices))
+	mux.HandleFunc("PUT "+VolumesPath, h.authed(h.updateVolumes))
 	mux.HandleFunc(ExecPath, h.authed(func(w http.ResponseWriter, r *http.Request) {
 		h.fail(w, r, Errorf(KindBadVersion, "%s %s is not implemented by this agent", r.Method, r.URL.Path))
 	}))

@@ -5,6 +5,7 @@ import (
 	"time"
 
 	corev1 "k8s.io/api/core/v1"
+	"k8s.io/apimachinery/pkg/types"
 
 	"github.com/kip-dev/kip/internal/cellapi"
 )
@@ -106,4 +107,36 @@ func (m *Manager) MergeConditions(pod *corev1.Pod) {
 	if changed {
 		c.publish()
 	}
+}
+
+// EachRunningPod calls visit with the namespace, name and UID of every pod that runs on a
+// ready agent (for internal/controllers/volpush). visit must not call back into the manager.
+func (m *Manager) EachRunningPod(visit func(namespace, name string, uid types.UID)) {
+	type key struct {
+		ns, name string
+		uid      types.UID
+	}
+	var ks []key
+	m.mu.Lock()
+	for _, c := range m.cells {
+		if c.stage == stageRunning && c.agent != nil {
+			ks = append(ks, key{c.pod.Namespace, c.pod.Name, c.uid})
+		}
+	}
+	m.mu.Unlock()
+	for _, k := range ks {
+		visit(k.ns, k.name, k.uid)
+	}
+}
+
+// RunningPod returns a copy of the pod namespace/name as kip knows it (spec, metadata and the
+// status it reports, pod IP included) and its agent, while it runs on a ready agent.
+func (m *Manager) RunningPod(namespace, name string) (*corev1.Pod, cellapi.Agent, bool) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	c, ok := m.cells[podKey(namespace, name)]
+	if !ok || c.stage != stageRunning || c.agent == nil {
+		return nil, nil, false
+	}
+	return c.snapshot(), c.agent, true
 }

@@ -35,6 +35,7 @@ import (
 	"github.com/kip-dev/kip/internal/controllers/gc"
 	"github.com/kip-dev/kip/internal/controllers/health"
 	"github.com/kip-dev/kip/internal/controllers/svcpush"
+	"github.com/kip-dev/kip/internal/controllers/volpush"
 	"github.com/kip-dev/kip/internal/crd"
 	"github.com/kip-dev/kip/internal/metrics"
 	"github.com/kip-dev/kip/internal/nodeauth"
@@ -173,6 +174,22 @@ func (r *runner) run(ctx context.Context) error {
 		return fmt.Errorf("starting kip: watching pod conditions: %w", err)
 	}
 
+	// Running pods' configMap, secret, downwardAPI and projected volumes follow their sources,
+	// the pod's labels and annotations, and projected token refreshes (volpush).
+	volPush := volpush.New(volpush.Options{
+		Log: r.log,
+		PodMeta: func(ns, name string) *corev1.Pod {
+			p, err := inf.Pods.Lister().Pods(ns).Get(name)
+			if err != nil {
+				return nil
+			}
+			return p
+		},
+	}, mgr, resolver)
+	if err := watchVolumeSources(inf, volPush); err != nil {
+		return fmt.Errorf("starting kip: %w", err)
+	}
+
 	// Adopt the cells of pods bound to this node before serving anything.
 	pods, err := r.client.CoreV1().Pods(corev1.NamespaceAll).List(ctx, metav1.ListOptions{
 		FieldSelector: fields.OneTermEqualSelector("spec.nodeName", name).String(),
@@ -243,7 +260,8 @@ func (r *runner) run(ctx context.Context) error {
 	gcc := gc.New(gc.Options{Interval: interval, ClusterName: cfg.Cells.ClusterName, NodeName: name}, mgr, cl, mirrorOrNil(mirror), nil, r.log)
 	hc := health.New(interval, mgr, nil, r.log)
 	// The service table builds once the informers (started by the virtual node) have synced.
-	wg.Add(4)
+	wg.Add(5)
+	go func() { defer wg.Done(); volPush.Run(runCtx) }()
 	go func() { defer wg.Done(); gcc.Run(runCtx) }()
 	go func() { defer wg.Done(); hc.Run(runCtx) }()
 	go func() { defer wg.Done(); svcTable.Run(runCtx) }()

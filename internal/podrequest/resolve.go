@@ -21,6 +21,7 @@ import (
 	"k8s.io/client-go/kubernetes"
 	corev1listers "k8s.io/client-go/listers/core/v1"
 	"k8s.io/client-go/tools/record"
+	"k8s.io/utils/clock"
 
 	"github.com/kip-dev/kip/internal/cellapi"
 )
@@ -85,12 +86,19 @@ type Config struct {
 	ClusterDNS    []string
 	ClusterDomain string
 	Log           *slog.Logger
+	// Clock times service account token refreshes; nil is the real clock.
+	Clock clock.PassiveClock
 }
 
 // Resolver turns a pod into a cellapi.PodRequest: env and envFrom resolved to literal values,
 // configMap/secret/projected/downwardAPI volume contents, and imagePullSecrets.
 type Resolver struct {
 	cfg Config
+	// tokens are the service account tokens issued for pods, shared by every copy.
+	tokens *tokenCache
+	// cacheOnly reads Secrets and ConfigMaps from the listers only, without confirming a
+	// miss with a GET (VolumeUpdate's copy).
+	cacheOnly bool
 }
 
 // New returns a Resolver; Secrets and ConfigMaps listers are required.
@@ -104,7 +112,10 @@ func New(cfg Config) (*Resolver, error) {
 	if cfg.Log == nil {
 		cfg.Log = slog.Default()
 	}
-	return &Resolver{cfg: cfg}, nil
+	if cfg.Clock == nil {
+		cfg.Clock = clock.RealClock{}
+	}
+	return &Resolver{cfg: cfg, tokens: newTokenCache(cfg.Clock)}, nil
 }
 
 // Resolve builds the request the cell agent runs. The pod is not modified.
@@ -177,7 +188,7 @@ func (r *Resolver) waitSynced(ctx context.Context) error {
 // together with the pod, and an optional variable silently left out would be wrong for good.
 func (r *Resolver) secret(ctx context.Context, namespace, name string) (*corev1.Secret, error) {
 	s, err := r.cfg.Secrets.Secrets(namespace).Get(name)
-	if apierrors.IsNotFound(err) && r.cfg.Client != nil {
+	if apierrors.IsNotFound(err) && r.cfg.Client != nil && !r.cacheOnly {
 		return r.cfg.Client.CoreV1().Secrets(namespace).Get(ctx, name, metav1.GetOptions{})
 	}
 	return s, err
@@ -186,7 +197,7 @@ func (r *Resolver) secret(ctx context.Context, namespace, name string) (*corev1.
 // configMap is secret's twin for ConfigMaps.
 func (r *Resolver) configMap(ctx context.Context, namespace, name string) (*corev1.ConfigMap, error) {
 	cm, err := r.cfg.ConfigMaps.ConfigMaps(namespace).Get(name)
-	if apierrors.IsNotFound(err) && r.cfg.Client != nil {
+	if apierrors.IsNotFound(err) && r.cfg.Client != nil && !r.cacheOnly {
 		return r.cfg.Client.CoreV1().ConfigMaps(namespace).Get(ctx, name, metav1.GetOptions{})
 	}
 	return cm, err

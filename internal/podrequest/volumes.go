@@ -2,6 +2,7 @@ package podrequest
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"path"
 	"strings"
@@ -10,6 +11,7 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/types"
 
 	"github.com/kip-dev/kip/internal/cellapi"
 )
@@ -24,28 +26,72 @@ const ReasonContainerCreating = "ContainerCreating"
 // volumes. Other volume types (emptyDir, ...) need no content and get no entry.
 func (r *Resolver) volumes(ctx context.Context, pod *corev1.Pod) (map[string]cellapi.VolumeFiles, error) {
 	out := map[string]cellapi.VolumeFiles{}
-	for _, v := range pod.Spec.Volumes {
-		files := map[string]cellapi.File{}
-		var err error
-		switch {
-		case v.ConfigMap != nil:
-			err = r.configMapFiles(ctx, pod, v.Name, v.ConfigMap.Name, v.ConfigMap.Items, v.ConfigMap.Optional, mode(v.ConfigMap.DefaultMode), files)
-		case v.Secret != nil:
-			err = r.secretFiles(ctx, pod, v.Name, v.Secret.SecretName, v.Secret.Items, v.Secret.Optional, mode(v.Secret.DefaultMode), files)
-		case v.DownwardAPI != nil:
-			err = r.downwardFiles(pod, v.Name, v.DownwardAPI.Items, mode(v.DownwardAPI.DefaultMode), files)
-		case v.Projected != nil:
-			err = r.projectedFiles(ctx, pod, v.Name, v.Projected, files)
-		default:
-			continue
-		}
+	for i := range pod.Spec.Volumes {
+		v := &pod.Spec.Volumes[i]
+		files, ok, err := r.volume(ctx, pod, v)
 		if err != nil {
 			return nil, err
 		}
-		out[v.Name] = cellapi.VolumeFiles{Files: files}
+		if ok {
+			out[v.Name] = files
+		}
 	}
 	return out, nil
 }
+
+// volume renders one volume; ok is false for volume types that carry no files.
+func (r *Resolver) volume(ctx context.Context, pod *corev1.Pod, v *corev1.Volume) (cellapi.VolumeFiles, bool, error) {
+	files := map[string]cellapi.File{}
+	var err error
+	switch {
+	case v.ConfigMap != nil:
+		err = r.configMapFiles(ctx, pod, v.Name, v.ConfigMap.Name, v.ConfigMap.Items, v.ConfigMap.Optional, mode(v.ConfigMap.DefaultMode), files)
+	case v.Secret != nil:
+		err = r.secretFiles(ctx, pod, v.Name, v.Secret.SecretName, v.Secret.Items, v.Secret.Optional, mode(v.Secret.DefaultMode), files)
+	case v.DownwardAPI != nil:
+		err = r.downwardFiles(pod, v.Name, v.DownwardAPI.Items, mode(v.DownwardAPI.DefaultMode), files)
+	case v.Projected != nil:
+		err = r.projectedFiles(ctx, pod, v.Name, v.Projected, files)
+	default:
+		return cellapi.VolumeFiles{}, false, nil
+	}
+	if err != nil {
+		return cellapi.VolumeFiles{}, false, err
+	}
+	return cellapi.VolumeFiles{Files: files}, true, nil
+}
+
+// VolumeUpdate renders the current files of a running pod's configMap, secret, downwardAPI
+// and projected volumes, for the agent to update them as kubelet's periodic volume sync does.
+// Each volume is resolved on its own: a volume that cannot be (a mandatory source deleted, a
+// key gone) is left out, with its FailedMount Event, and its error joined into err, so the
+// agent keeps its last files as kubelet does, while the others still update. An optional
+// source that is gone yields no files for it, and they disappear from the volume, as under
+// kubelet. Secrets and ConfigMaps are read from the caches only (they have synced by the time
+// a pod runs); service account tokens come from the token cache, refreshed when due.
+func (r *Resolver) VolumeUpdate(ctx context.Context, pod *corev1.Pod) (map[string]cellapi.VolumeFiles, error) {
+	if err := r.waitSynced(ctx); err != nil {
+		return nil, err
+	}
+	rr := *r
+	rr.cacheOnly = true
+	out := map[string]cellapi.VolumeFiles{}
+	var errs []error
+	for i := range pod.Spec.Volumes {
+		v := &pod.Spec.Volumes[i]
+		files, ok, err := rr.volume(ctx, pod, v)
+		switch {
+		case err != nil:
+			errs = append(errs, fmt.Errorf("volume %s: %w", v.Name, err))
+		case ok:
+			out[v.Name] = files
+		}
+	}
+	return out, errors.Join(errs...)
+}
+
+// ForgetPod drops what the resolver keeps for a pod that is gone (its tokens).
+func (r *Resolver) ForgetPod(uid types.UID) { r.tokens.forgetPod(string(uid)) }
 
 func mode(m *int32) int32 {
 	if m == nil {
@@ -195,8 +241,9 @@ func (r *Resolver) projectedFiles(ctx context.Context, pod *corev1.Pod, volume s
 }
 
 // tokenFile asks the API server for a token bound to the pod (TokenRequest), as kubelet does
-// for projected serviceAccountToken sources. The token is fetched when the pod is dispatched;
-// kip does not rotate it (the API server extends kube-api-access tokens to a year).
+// for projected serviceAccountToken sources, and keeps it as kubelet's token manager does: the
+// same token is served until 80% of its TTL (or 24 hours) has passed, then a new one is
+// requested; if that fails, the old one is served until it expires.
 func (r *Resolver) tokenFile(ctx context.Context, pod *corev1.Pod, volume string, src *corev1.ServiceAccountTokenProjection, defMode int32, files map[string]cellapi.File) error {
 	if err := checkPath(src.Path); err != nil {
 		return r.mountErr(pod, volume, "serviceAccountToken.path: %v", err)
@@ -212,6 +259,11 @@ func (r *Resolver) tokenFile(ctx context.Context, pod *corev1.Pod, volume string
 	if src.ExpirationSeconds != nil {
 		exp = *src.ExpirationSeconds
 	}
+	key := tokenKey(pod.Namespace, sa, string(pod.UID), src.Audience, exp)
+	if tok, ok := r.tokens.get(key); ok {
+		files[src.Path] = cellapi.File{Data: []byte(tok), Mode: defMode}
+		return nil
+	}
 	req := &authv1.TokenRequest{Spec: authv1.TokenRequestSpec{
 		ExpirationSeconds: &exp,
 		BoundObjectRef:    &authv1.BoundObjectReference{Kind: "Pod", APIVersion: "v1", Name: pod.Name, UID: pod.UID},
@@ -221,11 +273,18 @@ func (r *Resolver) tokenFile(ctx context.Context, pod *corev1.Pod, volume string
 	}
 	tok, err := r.cfg.Client.CoreV1().ServiceAccounts(pod.Namespace).CreateToken(ctx, sa, req, metav1.CreateOptions{})
 	if err != nil {
+		if old, ok := r.tokens.stale(key); ok {
+			r.cfg.Log.Warn("refreshing a service account token failed; the current one is kept until it expires",
+				"pod", pod.Namespace+"/"+pod.Name, "volume", volume, "err", err)
+			files[src.Path] = cellapi.File{Data: []byte(old), Mode: defMode}
+			return nil
+		}
 		if apierrors.IsNotFound(err) || apierrors.IsForbidden(err) || apierrors.IsBadRequest(err) {
 			return r.mountErr(pod, volume, "requesting a token for service account %s/%s: %v", pod.Namespace, sa, err)
 		}
 		return fmt.Errorf("requesting a token for service account %s/%s: %w", pod.Namespace, sa, err)
 	}
+	r.tokens.put(key, string(pod.UID), tok, exp)
 	files[src.Path] = cellapi.File{Data: []byte(tok.Status.Token), Mode: defMode}
 	return nil
 }

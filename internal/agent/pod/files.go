@@ -8,6 +8,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"time"
 
 	corev1 "k8s.io/api/core/v1"
 
@@ -75,6 +76,13 @@ func writePodFiles(dir string, req *cellapi.PodRequest, podIP, hostResolv string
 				return poddns.Names{}, nil, fmt.Errorf("creating volume %s: %w", v.Name, err)
 			}
 		}
+		if isAPIDataVolume(&v) {
+			// configMap, secret, downwardAPI and projected volumes update in place (atomic.go).
+			if _, err := writeAtomic(vdir, req.Volumes[v.Name].Files, time.Now()); err != nil {
+				return poddns.Names{}, nil, fmt.Errorf("writing volume %s: %w", v.Name, err)
+			}
+			continue
+		}
 		for rel, f := range req.Volumes[v.Name].Files {
 			if err := writeVolumeFile(vdir, rel, f); err != nil {
 				return poddns.Names{}, nil, fmt.Errorf("writing volume %s file %s: %w", v.Name, rel, err)
@@ -82,6 +90,13 @@ func writePodFiles(dir string, req *cellapi.PodRequest, podIP, hostResolv string
 		}
 	}
 	return names, warns, nil
+}
+
+// isAPIDataVolume reports whether v is a configMap, secret, downwardAPI or projected volume:
+// kip sends its files, the agent lays them out with the atomic writer and updates them while
+// the pod runs, and containers always mount it read-only, as kubelet does.
+func isAPIDataVolume(v *corev1.Volume) bool {
+	return v.ConfigMap != nil || v.Secret != nil || v.DownwardAPI != nil || v.Projected != nil
 }
 
 func writeVolumeFile(vdir, rel string, f cellapi.File) error {
@@ -107,16 +122,26 @@ func writeVolumeFile(vdir, rel string, f cellapi.File) error {
 
 // containerMounts returns the bind mounts of one container: the pod's /etc files, then its
 // volumeMounts. A subPath that does not exist is created as a directory, as kubelet does.
-func containerMounts(dir string, c *corev1.Container) ([]runtime.Mount, error) {
+// configMap, secret, downwardAPI and projected volumes are mounted read-only whatever the
+// volumeMount says (kubelet's ReadOnlyAPIDataVolumes), and a subPath of one is bound at the
+// file or directory it resolves to now, inside the current data directory: like kubelet's
+// subPath bind it keeps the content the container started with, and later updates of the
+// volume do not reach it.
+func containerMounts(dir string, spec *corev1.PodSpec, c *corev1.Container) ([]runtime.Mount, error) {
 	ms := []runtime.Mount{
 		{Source: filepath.Join(dir, etcDir, "hosts"), Destination: "/etc/hosts"},
 		{Source: filepath.Join(dir, etcDir, "hostname"), Destination: "/etc/hostname"},
 		{Source: filepath.Join(dir, etcDir, "resolv.conf"), Destination: "/etc/resolv.conf"},
 	}
+	apiData := map[string]bool{}
+	for i := range spec.Volumes {
+		apiData[spec.Volumes[i].Name] = isAPIDataVolume(&spec.Volumes[i])
+	}
 	for _, m := range c.VolumeMounts {
 		src := filepath.Join(dir, volumesDir, m.Name)
 		if m.SubPath != "" {
-			root, err := os.OpenRoot(src)
+			vdir := src
+			root, err := os.OpenRoot(vdir)
 			if err != nil {
 				return nil, fmt.Errorf("opening volume %s: %w", m.Name, err)
 			}
@@ -132,14 +157,34 @@ func containerMounts(dir string, c *corev1.Container) ([]runtime.Mount, error) {
 				}
 			}
 			root.Close()
+			if err == nil {
+				src, err = resolveInside(vdir, m.SubPath)
+			}
 			if err != nil {
 				return nil, fmt.Errorf("volumeMount %s subPath %q: %w", m.Name, m.SubPath, err)
 			}
-			src = filepath.Join(src, m.SubPath)
 		}
-		ms = append(ms, runtime.Mount{Source: src, Destination: m.MountPath, ReadOnly: m.ReadOnly})
+		ms = append(ms, runtime.Mount{Source: src, Destination: m.MountPath, ReadOnly: m.ReadOnly || apiData[m.Name]})
 	}
 	return ms, nil
+}
+
+// resolveInside returns vdir/rel with every symlink resolved, refusing a result outside vdir.
+// Bound at its resolved path, a subPath of an atomically written volume stays on the data
+// directory of the moment, as kubelet's subPath bind does.
+func resolveInside(vdir, rel string) (string, error) {
+	base, err := filepath.EvalSymlinks(vdir)
+	if err != nil {
+		return "", err
+	}
+	p, err := filepath.EvalSymlinks(filepath.Join(base, rel))
+	if err != nil {
+		return "", err
+	}
+	if r, err := filepath.Rel(base, p); err != nil || r == ".." || strings.HasPrefix(r, "../") {
+		return "", fmt.Errorf("resolves to %s, outside the volume", p)
+	}
+	return p, nil
 }
 
 // terminationLogName is the file in a run's bundle mounted at terminationMessagePath.

@@ -99,6 +99,10 @@ type Pod struct {
 	sidecarCtx    context.Context
 	stopSidecarsF context.CancelFunc
 
+	// volMu serializes volume updates with each other and with the removal of the pod
+	// directory by Stop.
+	volMu sync.Mutex
+
 	mu       sync.Mutex
 	status   cellapi.PodStatus
 	ctrs     map[string]*ctr
@@ -709,7 +713,7 @@ func (p *Pod) create(c *ctr, img *image.Image, bundle, cgroup, run string) (clea
 	if !hasEnv(proc.Env, "HOSTNAME") { // as containerd's CRI plugin sets it
 		proc.Env = append(proc.Env, "HOSTNAME="+p.names.Kernel)
 	}
-	mounts, err := containerMounts(p.cfg.Dir, c.spec)
+	mounts, err := containerMounts(p.cfg.Dir, p.spec, c.spec)
 	if err != nil {
 		cleanup()
 		return nil, err
@@ -958,9 +962,11 @@ func (p *Pod) cleanup() error {
 	if err := p.cfg.Cgroups.Remove(cgroups.PodPath(p.cfg.CgroupParent, p.UID())); err != nil {
 		errs = append(errs, err)
 	}
+	p.volMu.Lock()
 	if err := os.RemoveAll(p.cfg.Dir); err != nil {
 		errs = append(errs, fmt.Errorf("removing pod directory: %w", err))
 	}
+	p.volMu.Unlock()
 	if len(errs) > 0 {
 		return fmt.Errorf("cleaning up pod %s: %w", p.UID(), errors.Join(errs...))
 	}

@@ -54,7 +54,7 @@ func Validate(req *cellapi.PodRequest) error {
 			return invalid("volumes", fmt.Sprintf("files given for volume %q that the pod does not declare", name))
 		}
 		for rel := range vf.Files {
-			if err := checkRelPath(rel); err != nil {
+			if err := checkVolumePath(rel); err != nil {
 				return invalid(fmt.Sprintf("volumes[%s].files[%s]", name, rel), err.Error())
 			}
 		}
