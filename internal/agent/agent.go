@@ -87,6 +87,36 @@ type ServiceRules interface {
 	Len() int
 }
 
+// systemdResolvConf lists systemd-resolved's upstream servers.
+const systemdResolvConf = "/run/systemd/resolve/resolv.conf"
+
+// hostResolvConf is the resolv.conf pods with dnsPolicy Default (and CoreDNS's upstreams)
+// get: def, unless every nameserver in it is a loopback address (systemd-resolved's stub
+// 127.0.0.53, which a cell's network namespace does not have) and upstream exists, as kubeadm
+// points kubelet's --resolv-conf at systemd-resolved's upstream list.
+func hostResolvConf(def, upstream string) string {
+	b, err := os.ReadFile(def)
+	if err != nil {
+		return def
+	}
+	loopbackOnly := false
+	for _, l := range strings.Split(string(b), "\n") {
+		f := strings.Fields(l)
+		if len(f) < 2 || f[0] != "nameserver" {
+			continue
+		}
+		ip := net.ParseIP(f[1])
+		if ip == nil || !ip.IsLoopback() {
+			return def
+		}
+		loopbackOnly = true
+	}
+	if _, err := os.Stat(upstream); loopbackOnly && err == nil {
+		return upstream
+	}
+	return def
+}
+
 // Agent runs at most one pod at a time.
 type Agent struct {
 	cfg    Config
@@ -131,7 +161,7 @@ func New(ctx context.Context, cfg Config) (*Agent, error) {
 		cfg.Clock = clock.RealClock{}
 	}
 	if cfg.ResolvConf == "" {
-		cfg.ResolvConf = "/etc/resolv.conf"
+		cfg.ResolvConf = hostResolvConf("/etc/resolv.conf", systemdResolvConf)
 	}
 	if err := os.MkdirAll(filepath.Join(cfg.StateDir, "pods"), 0o700); err != nil {
 		return nil, fmt.Errorf("creating agent state dir: %w", err)
