@@ -474,6 +474,19 @@ func (a *Agent) Exec(ctx context.Context, container string, opts cellapi.ExecOpt
 	return ex.ExecProcess(ctx, id, o)
 }
 
+// Attach implements cellapi.Attacher: it attaches to a running container's own process.
+func (a *Agent) Attach(ctx context.Context, container string, opts cellapi.AttachOptions, stdio cellapi.ExecIO) error {
+	a.mu.Lock()
+	p := a.pod
+	a.mu.Unlock()
+	if p == nil {
+		return cellapi.Errorf(cellapi.KindNotFound, "no pod on cell %s", a.cfg.CellID)
+	}
+	return p.Attach(ctx, container, opts, stdio)
+}
+
+var _ cellapi.Attacher = (*Agent)(nil)
+
 // PortForward implements cellapi.Streamer: containers share the cell's network namespace
 // with the agent, so the port is reached on the loopback.
 func (a *Agent) PortForward(ctx context.Context, port int32, conn io.ReadWriteCloser) error {

@@ -27,6 +27,7 @@ const (
 	LogsPath   = "/v1/logs/"     // GET /v1/logs/<container>?tail=&follow=&since=&sinceTime=&timestamps=&previous=&limitBytes=
 	StatsPath  = "/v1/stats"     // GET: Stats
 	ExecPath   = "/v1/exec/"     // POST /v1/exec/<container>?command=&stdin=&tty=, upgraded (see Streamer)
+	AttachPath = "/v1/attach/"   // POST /v1/attach/<container>?stdin=&tty=, upgraded (see Attacher)
 )
 
 // Agent is what runs inside a cell. The agent implements it; Client implements it over the

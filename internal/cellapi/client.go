@@ -64,6 +64,26 @@ func (c *Client) Exec(ctx context.Context, container string, opts ExecOptions, s
 	return clientExec(ctx, conn, opts, stdio)
 }
 
+// Attach implements Attacher. An agent without the route answers with an error of kind
+// BadVersion (or NotFound from an older agent's catch-all).
+func (c *Client) Attach(ctx context.Context, container string, opts AttachOptions, stdio ExecIO) error {
+	q := url.Values{}
+	if opts.Stdin {
+		q.Set("stdin", "true")
+	}
+	if opts.TTY {
+		q.Set("tty", "true")
+	}
+	conn, err := c.upgrade(ctx, AttachPath+url.PathEscape(container)+"?"+q.Encode())
+	if err != nil {
+		return fmt.Errorf("attaching to container %s: %w", container, err)
+	}
+	defer conn.Close()
+	return clientAttach(ctx, conn, opts, stdio)
+}
+
+var _ Attacher = (*Client)(nil)
+
 // PortForward implements Streamer.
 func (c *Client) PortForward(ctx context.Context, port int32, conn io.ReadWriteCloser) error {
 	up, err := c.upgrade(ctx, fmt.Sprintf("%s%d", PortForwardPath, port))

@@ -45,6 +45,7 @@ func Handler(agent Agent, opts HandlerOptions) http.Handler {
 	mux.HandleFunc("GET "+StatsPath, h.authed(h.stats))
 	mux.HandleFunc("POST "+ExecPath+"{container}", h.authed(h.exec))
 	mux.HandleFunc("POST "+PortForwardPath+"{port}", h.authed(h.portForward))
+	mux.HandleFunc("POST "+AttachPath+"{container}", h.authed(h.attach))
 	mux.HandleFunc("PUT "+ServicesPath, h.authed(h.putServices))
 	mux.HandleFunc("PUT "+VolumesPath, h.authed(h.updateVolumes))
 	mux.HandleFunc(ExecPath, h.authed(func(w http.ResponseWriter, r *http.Request) {
@@ -251,6 +252,36 @@ func (h *handler) exec(w http.ResponseWriter, r *http.Request) {
 	}
 	// The request's context ends when the handler returns; the stream outlives nothing else.
 	serveExec(r.Context(), s, r.PathValue("container"), opts, conn)
+}
+
+func (h *handler) attach(w http.ResponseWriter, r *http.Request) {
+	a, ok := h.agent.(Attacher)
+	if !ok {
+		h.fail(w, r, Errorf(KindBadVersion, "this agent does not support attach"))
+		return
+	}
+	if !strings.EqualFold(r.Header.Get("Upgrade"), StreamProtocol) {
+		h.fail(w, r, Errorf(KindInvalid, "%s needs Upgrade: %s", r.URL.Path, StreamProtocol))
+		return
+	}
+	q := r.URL.Query()
+	var opts AttachOptions
+	for name, dst := range map[string]*bool{"stdin": &opts.Stdin, "tty": &opts.TTY} {
+		if v := q.Get(name); v != "" {
+			b, err := strconv.ParseBool(v)
+			if err != nil {
+				h.fail(w, r, Errorf(KindInvalid, "query parameter %s: %q is not a boolean", name, v))
+				return
+			}
+			*dst = b
+		}
+	}
+	conn, err := upgrade(w)
+	if err != nil {
+		h.log.Info("attach upgrade failed", "err", err)
+		return
+	}
+	serveAttach(r.Context(), a, r.PathValue("container"), opts, conn)
 }
 
 func (h *handler) portForward(w http.ResponseWriter, r *http.Request) {

@@ -391,3 +391,63 @@ type nopRWC struct{}
 func (nopRWC) Read([]byte) (int, error)    { return 0, io.EOF }
 func (nopRWC) Write(p []byte) (int, error) { return len(p), nil }
 func (nopRWC) Close() error                { return nil }
+
+// attachingAgent adds attach to fakeAgent: it echoes stdin with the options it got.
+type attachingAgent struct {
+	*fakeAgent
+}
+
+func (a attachingAgent) Attach(_ context.Context, container string, opts cellapi.AttachOptions, stdio cellapi.ExecIO) error {
+	if container != "app" {
+		return cellapi.Errorf(cellapi.KindNotFound, "container %q is not running", container)
+	}
+	if opts.TTY {
+		ts := <-stdio.Resize
+		fmt.Fprintf(stdio.Stdout, "%dx%d ", ts.Width, ts.Height)
+	}
+	if opts.Stdin {
+		io.Copy(stdio.Stdout, stdio.Stdin)
+	} else if stdio.Stdin != nil {
+		return cellapi.Errorf(cellapi.KindInternal, "stdin given without opts.Stdin")
+	}
+	fmt.Fprint(stdio.Stderr, "err")
+	return nil
+}
+
+func TestAttachStreams(t *testing.T) {
+	r := newRig(t)
+	// A plain Agent cannot attach.
+	if err := r.client.Attach(t.Context(), "app", cellapi.AttachOptions{}, cellapi.ExecIO{}); cellapi.KindOf(err) != cellapi.KindBadVersion {
+		t.Fatalf("attach on a plain agent: %v, want BadVersion", err)
+	}
+	r.srv.Config.Handler = cellapi.Handler(attachingAgent{r.agent}, cellapi.HandlerOptions{})
+	tests := []struct {
+		name             string
+		opts             cellapi.AttachOptions
+		wantOut, wantErr string
+	}{
+		{name: "output only", wantOut: "", wantErr: "err"},
+		{name: "stdin", opts: cellapi.AttachOptions{Stdin: true}, wantOut: "hello\n", wantErr: "err"},
+		{name: "tty", opts: cellapi.AttachOptions{Stdin: true, TTY: true}, wantOut: "100x30 hello\n", wantErr: "err"},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			var out, errb bytes.Buffer
+			resize := make(chan cellapi.TermSize, 1)
+			resize <- cellapi.TermSize{Width: 100, Height: 30}
+			stdio := cellapi.ExecIO{Stdout: &out, Stderr: &errb, Resize: resize}
+			if tc.opts.Stdin {
+				stdio.Stdin = strings.NewReader("hello\n")
+			}
+			if err := r.client.Attach(t.Context(), "app", tc.opts, stdio); err != nil {
+				t.Fatal(err)
+			}
+			if out.String() != tc.wantOut || errb.String() != tc.wantErr {
+				t.Fatalf("stdout %q, stderr %q; want %q, %q", out.String(), errb.String(), tc.wantOut, tc.wantErr)
+			}
+		})
+	}
+	if err := r.client.Attach(t.Context(), "nope", cellapi.AttachOptions{}, cellapi.ExecIO{}); !cellapi.IsNotFound(err) {
+		t.Fatalf("attach to a missing container: %v, want NotFound", err)
+	}
+}

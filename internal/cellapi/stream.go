@@ -123,6 +123,14 @@ func readFrame(r io.Reader) (byte, []byte, error) {
 
 // serveExec runs one exec over an upgraded connection (agent side).
 func serveExec(ctx context.Context, s Streamer, container string, opts ExecOptions, conn io.ReadWriteCloser) {
+	serveStream(ctx, opts.Stdin, conn, func(ctx context.Context, stdio ExecIO) (int, error) {
+		return s.Exec(ctx, container, opts, stdio)
+	})
+}
+
+// serveStream runs one framed stream (exec, attach) over an upgraded connection: run gets
+// the streams (stdin only when stdin is true) and its result is the exit frame.
+func serveStream(ctx context.Context, stdin bool, conn io.ReadWriteCloser, run func(context.Context, ExecIO) (int, error)) {
 	fw := &frameWriter{w: conn}
 	stdinR, stdinW := io.Pipe()
 	resize := make(chan TermSize, 4)
@@ -155,10 +163,10 @@ func serveExec(ctx context.Context, s Streamer, container string, opts ExecOptio
 		}
 	}()
 	stdio := ExecIO{Stdout: fw.stream(frameStdout), Stderr: fw.stream(frameStderr), Resize: resize}
-	if opts.Stdin {
+	if stdin {
 		stdio.Stdin = stdinR
 	}
-	code, err := s.Exec(ctx, container, opts, stdio)
+	code, err := run(ctx, stdio)
 	ef := exitFrame{Code: code}
 	if err != nil {
 		ef.Error, ef.Kind = err.Error(), KindOf(err)

@@ -215,10 +215,11 @@ func (r *runner) run(ctx context.Context) error {
 		return err
 	}
 	routes := provider.WithLogQuery(api.PodHandler(api.PodHandlerConfig{
-		GetContainerLogs: prov.GetContainerLogs,
-		RunInContainer:   prov.RunInContainer,
-		PortForward:      prov.PortForward,
-		GetPods:          prov.RunningPods,
+		GetContainerLogs:  prov.GetContainerLogs,
+		RunInContainer:    prov.RunInContainer,
+		AttachToContainer: prov.AttachToContainer,
+		PortForward:       prov.PortForward,
+		GetPods:           prov.RunningPods,
 		GetPodsFromKubernetes: func(context.Context) ([]*corev1.Pod, error) {
 			return inf.Pods.Lister().List(labels.Everything())
 		},
@@ -226,7 +227,6 @@ func (r *runner) run(ctx context.Context) error {
 		GetMetricsResource:    prov.GetMetricsResource,
 		StreamIdleTimeout:     30 * time.Minute,
 		StreamCreationTimeout: 30 * time.Second,
-		// attach is answered 501 until the agent offers it.
 	}, true))
 	vn, err := vnode.New(vnode.Config{
 		Client:              r.client,

@@ -111,9 +111,12 @@ func TestErrdefsMapping(t *testing.T) {
 		{name: "exec in an unknown container", call: func(p *Provider) error {
 			return p.RunInContainer(ctx, "ns", "web", "nope", []string{"sh"}, nil)
 		}, wantNotFound: true},
-		{name: "attach is not offered", call: func(p *Provider) error {
+		{name: "attach before the cell exists", call: func(p *Provider) error {
 			return p.AttachToContainer(ctx, "ns", "web", "app", nil)
-		}, wantInvalid: true},
+		}, wantNotFound: true},
+		{name: "attach to an unknown container", call: func(p *Provider) error {
+			return p.AttachToContainer(ctx, "ns", "web", "nope", nil)
+		}, wantNotFound: true},
 		{name: "port-forward to a bad port", call: func(p *Provider) error {
 			return p.PortForward(ctx, "ns", "web", 0, nil)
 		}, wantInvalid: true},

@@ -46,27 +46,9 @@ func (p *Provider) RunInContainer(ctx context.Context, namespace, podName, conta
 	}
 	stdio := cellapi.ExecIO{Stdin: attach.Stdin(), Stdout: writerOrNil(attach.Stdout()), Stderr: writerOrNil(attach.Stderr())}
 	if attach.TTY() && attach.Resize() != nil {
-		resize := make(chan cellapi.TermSize)
-		stdio.Resize = resize
 		ctx, cancel := context.WithCancel(ctx)
 		defer cancel()
-		go func() {
-			for {
-				select {
-				case sz, ok := <-attach.Resize():
-					if !ok {
-						return
-					}
-					select {
-					case resize <- cellapi.TermSize{Width: sz.Width, Height: sz.Height}:
-					case <-ctx.Done():
-						return
-					}
-				case <-ctx.Done():
-					return
-				}
-			}
-		}()
+		stdio.Resize = relayResize(ctx, attach.Resize())
 	}
 	code, err := s.Exec(ctx, containerName, cellapi.ExecOptions{Command: cmd, Stdin: stdio.Stdin != nil, TTY: attach.TTY()}, stdio)
 	if err != nil {
@@ -87,9 +69,51 @@ func writerOrNil(w io.WriteCloser) io.Writer {
 	return w
 }
 
-// AttachToContainer is not offered by the cell agent yet: the kubelet API answers 501.
-func (p *Provider) AttachToContainer(_ context.Context, namespace, podName, containerName string, _ api.AttachIO) error {
-	return errdefs.AsInvalidInput(fmt.Errorf("attach to %s/%s/%s: %w", namespace, podName, containerName, errNotImplemented))
+// AttachToContainer attaches to a running container's own process through the cell agent
+// (kubectl attach, kubectl run -i): its output, and with stdin its stdin, which the
+// container holds open when it has stdin: true.
+func (p *Provider) AttachToContainer(ctx context.Context, namespace, podName, containerName string, attach api.AttachIO) error {
+	s, err := p.streamer(namespace, podName, containerName)
+	if err != nil {
+		return err
+	}
+	a, ok := s.(cellapi.Attacher)
+	if !ok {
+		return errdefs.InvalidInputf("the cell of pod %s/%s cannot attach: %v", namespace, podName, errNotImplemented)
+	}
+	stdio := cellapi.ExecIO{Stdin: attach.Stdin(), Stdout: writerOrNil(attach.Stdout()), Stderr: writerOrNil(attach.Stderr())}
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	if attach.TTY() && attach.Resize() != nil {
+		stdio.Resize = relayResize(ctx, attach.Resize())
+	}
+	if err := a.Attach(ctx, containerName, cellapi.AttachOptions{Stdin: stdio.Stdin != nil, TTY: attach.TTY()}, stdio); err != nil && !errors.Is(err, context.Canceled) {
+		return classify(fmt.Errorf("attach to %s/%s/%s: %w", namespace, podName, containerName, err))
+	}
+	return nil
+}
+
+// relayResize turns the kubelet API's terminal sizes into cellapi's until ctx ends.
+func relayResize(ctx context.Context, in <-chan api.TermSize) <-chan cellapi.TermSize {
+	out := make(chan cellapi.TermSize)
+	go func() {
+		for {
+			select {
+			case sz, ok := <-in:
+				if !ok {
+					return
+				}
+				select {
+				case out <- cellapi.TermSize{Width: sz.Width, Height: sz.Height}:
+				case <-ctx.Done():
+					return
+				}
+			case <-ctx.Done():
+				return
+			}
+		}
+	}()
+	return out
 }
 
 // PortForward connects stream to port on the pod's cell (kubectl port-forward).

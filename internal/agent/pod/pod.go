@@ -127,6 +127,8 @@ type ctr struct {
 	// runs counts the runs started; the current or last one is runs-1.
 	runs    int
 	running *runtime.Container
+	// attach holds the current run's streams for kubectl attach; nil before the first run.
+	attach  *attachable
 	image   *image.Image
 	backOff backOff
 	// killReason explains why the agent killed the current run (a failed probe or hook).
@@ -516,7 +518,14 @@ func (p *Pod) runOnce(c *ctr) outcome {
 		p.update(c, func(s *corev1.ContainerStatus) { s.State = waiting(ReasonCreateContainerError, err.Error()) })
 		return outcome{stage: ReasonCreateContainerError}
 	}
-	started, err := p.cfg.Runtime.Start(c.ctx, id, bundle, runtime.IO{Stdout: logw.Stream("stdout"), Stderr: logw.Stream("stderr")})
+	streams, err := newAttachable(c.spec)
+	if err != nil {
+		_ = logw.Close()
+		p.update(c, func(s *corev1.ContainerStatus) { s.State = waiting(ReasonCreateContainerError, err.Error()) })
+		return outcome{stage: ReasonCreateContainerError}
+	}
+	defer streams.end()
+	started, err := p.cfg.Runtime.Start(c.ctx, id, bundle, streams.io(logw.Stream("stdout"), logw.Stream("stderr")))
 	if err != nil {
 		_ = logw.Close()
 		if c.ctx.Err() != nil {
@@ -546,8 +555,10 @@ func (p *Pod) runOnce(c *ctr) outcome {
 		return outcome{stage: ReasonRunContainerError, exit: 128}
 	}
 
+	streams.started(started)
 	p.mu.Lock()
 	c.running = started
+	c.attach = streams
 	if p.stopping || c.ctx.Err() != nil {
 		sig := syscall.SIGTERM
 		if p.killing {
@@ -588,6 +599,7 @@ func (p *Pod) runOnce(c *ctr) outcome {
 	}()
 	<-started.Done()
 	endRun()
+	streams.end()
 	_ = logw.Close()
 	st := started.ExitStatus()
 	memAfter, _ := p.cfg.Cgroups.MemoryEvents(cg)
@@ -710,6 +722,7 @@ func (p *Pod) create(c *ctr, img *image.Image, bundle, cgroup, run string) (clea
 		return nil, err
 	}
 	proc.AdditionalGids = append(proc.AdditionalGids, supplementalGroups(p.req.Pod)...)
+	proc.Terminal = c.spec.TTY         // runtime.IO.Terminal gives runc the terminal to relay
 	if !hasEnv(proc.Env, "HOSTNAME") { // as containerd's CRI plugin sets it
 		proc.Env = append(proc.Env, "HOSTNAME="+p.names.Kernel)
 	}

@@ -29,6 +29,8 @@ type Process struct {
 	Cwd            string
 	UID, GID       uint32
 	AdditionalGids []uint32
+	// Terminal runs the process on a terminal (the container's tty: true).
+	Terminal bool
 }
 
 // ResolveProcess merges a pod's container with its image config the way kubelet and the CRI

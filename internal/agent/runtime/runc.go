@@ -68,14 +68,33 @@ func (r *Runc) Start(ctx context.Context, id, bundle string, stdio IO) (*Contain
 	cmd := exec.Command(r.binary, "--root", r.root, "--log", logFile, "--log-format", "json",
 		"run", "--bundle", bundle, "--pid-file", pidFile, "--no-new-keyring", id)
 	cmd.Stdout, cmd.Stderr = stdio.Stdout, stdio.Stderr
+	if stdio.Stdin != nil {
+		cmd.Stdin = stdio.Stdin
+	}
 	// Own process group: a terminal's ^C reaches the agent, which stops pods in order.
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
+	var tty *runTTY
+	if stdio.Terminal {
+		if tty, err = newRunTTY(cmd); err != nil {
+			return nil, fmt.Errorf("starting container %s: %w", id, err)
+		}
+	}
 	if err := cmd.Start(); err != nil {
+		if tty != nil {
+			tty.close()
+		}
 		return nil, fmt.Errorf("starting runc for container %s: %w", id, err)
 	}
 	c := &Container{ID: id, done: make(chan struct{})}
+	if tty != nil {
+		c.resize = tty.resize
+		tty.relay(stdio)
+	}
 	go func() {
 		err := cmd.Wait()
+		if tty != nil {
+			tty.drain()
+		}
 		c.status = exitStatus(cmd.ProcessState, err)
 		close(c.done)
 	}()
@@ -98,6 +117,58 @@ func (r *Runc) Start(ctx context.Context, id, bundle string, stdio IO) (*Contain
 		fmt.Sscan(string(b), &c.Pid)
 	}
 	return c, nil
+}
+
+// runTTY is the pseudo-terminal `runc run` gets for a terminal container. In the
+// foreground runc makes the container's own terminal and relays between it and its stdio;
+// as its controlling terminal ours also passes our size changes on (SIGWINCH), as for exec.
+type runTTY struct {
+	master, slave *os.File
+	outDone       chan struct{}
+}
+
+func newRunTTY(cmd *exec.Cmd) (*runTTY, error) {
+	m, sl, err := openPTY()
+	if err != nil {
+		return nil, err
+	}
+	_ = unix.IoctlSetWinsize(int(m.Fd()), unix.TIOCSWINSZ, &unix.Winsize{Row: 24, Col: 80})
+	cmd.Stdin, cmd.Stdout, cmd.Stderr = sl, sl, sl
+	// A session of its own, which also keeps a terminal's ^C from the agent.
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true, Setctty: true, Ctty: 0}
+	return &runTTY{master: m, slave: sl, outDone: make(chan struct{})}, nil
+}
+
+// relay copies the terminal's output to stdio.Stdout and stdio.Stdin to it, once runc has
+// started with the slave side.
+func (t *runTTY) relay(stdio IO) {
+	t.slave.Close() // runc holds it now: reading the master ends once runc exits
+	out := stdio.Stdout
+	if out == nil {
+		out = io.Discard
+	}
+	go func() {
+		_, _ = io.Copy(out, t.master) // ends with EIO once the slave is closed everywhere
+		close(t.outDone)
+	}()
+	if stdio.Stdin != nil {
+		go func() { _, _ = io.Copy(t.master, stdio.Stdin) }()
+	}
+}
+
+// drain waits, after runc has exited, for the output it relayed, then closes the terminal.
+func (t *runTTY) drain() {
+	select {
+	case <-t.outDone:
+	case <-time.After(2 * time.Second):
+	}
+	t.master.Close()
+}
+
+func (t *runTTY) close() { t.master.Close(); t.slave.Close() }
+
+func (t *runTTY) resize(width, height uint16) error {
+	return unix.IoctlSetWinsize(int(t.master.Fd()), unix.TIOCSWINSZ, &unix.Winsize{Row: height, Col: width})
 }
 
 func exitStatus(ps *os.ProcessState, err error) ExitStatus {

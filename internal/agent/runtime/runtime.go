@@ -34,9 +34,16 @@ type Runtime interface {
 	List(ctx context.Context) ([]string, error)
 }
 
-// IO is where a container's output goes.
+// IO is where a container's output goes, and where its input comes from.
 type IO struct {
 	Stdout, Stderr io.Writer
+	// Stdin, when set, is the container's standard input (spec.containers[].stdin); an
+	// *os.File is handed to the process as is. Without it the process reads /dev/null.
+	Stdin io.Reader
+	// Terminal says the container's process runs on a terminal (the bundle's
+	// process.terminal): Start gives the runtime a pseudo-terminal, all output arrives on
+	// Stdout, and Container.Resize sets its size.
+	Terminal bool
 }
 
 // State is a container's runtime state.
@@ -67,6 +74,16 @@ type Container struct {
 
 	done   chan struct{}
 	status ExitStatus
+	resize func(width, height uint16) error
+}
+
+// Resize sets the size of a terminal container's terminal; on a container without one it
+// does nothing.
+func (c *Container) Resize(width, height uint16) error {
+	if c.resize == nil {
+		return nil
+	}
+	return c.resize(width, height)
 }
 
 // Done is closed when the container has exited and the runtime has cleaned it up.

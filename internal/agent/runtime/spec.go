@@ -117,6 +117,7 @@ func BuildSpec(c ContainerConfig) (*specs.Spec, error) {
 				Bounding: caps, Effective: caps, Permitted: caps,
 			},
 			NoNewPrivileges: c.NoNewPrivileges,
+			Terminal:        c.Process.Terminal,
 		},
 		Mounts: []specs.Mount{
 			{Destination: "/proc", Type: "proc", Source: "proc", Options: []string{"nosuid", "noexec", "nodev"}},
