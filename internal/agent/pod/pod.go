@@ -502,10 +502,12 @@ func (p *Pod) runOnce(c *ctr) outcome {
 	cleanup, err := p.create(c, img, bundle, cg, strconv.Itoa(run))
 	if err != nil {
 		p.cfg.Log.Info("creating container failed", "pod", p.UID(), "container", c.spec.Name, "err", err)
-		p.update(c, func(s *corev1.ContainerStatus) {
-			s.State = waiting(ReasonCreateContainerError, err.Error())
-		})
-		return outcome{stage: ReasonCreateContainerError}
+		reason := ReasonCreateContainerError
+		if _, ok := errors.AsType[*ConfigError](err); ok {
+			reason = ReasonCreateContainerConfigError
+		}
+		p.update(c, func(s *corev1.ContainerStatus) { s.State = waiting(reason, err.Error()) })
+		return outcome{stage: reason}
 	}
 	defer cleanup()
 

@@ -1,0 +1,48 @@
+package agent_test
+
+import (
+	"strings"
+	"testing"
+	"time"
+
+	corev1 "k8s.io/api/core/v1"
+
+	"github.com/kip-dev/kip/internal/cellapi"
+)
+
+// subPathExpr expands from the container's env: the init container writes through its
+// expanded subPath, the app sees the file under that directory of the whole volume, and a
+// container whose expression names an unset variable waits with CreateContainerConfigError.
+func TestSubPathExpr(t *testing.T) {
+	h := newHarness(t, fastBackOff)
+	p := newPod("subpathexpr", corev1.RestartPolicyNever,
+		shell("app", h.img("busybox"), "cat /all/pods/web-0/msg"),
+		shell("bad", h.img("busybox"), "true"))
+	p.Spec.InitContainers = []corev1.Container{shell("prepare", h.img("busybox"), "echo from-web-0 > /data/msg")}
+	p.Spec.InitContainers[0].Env = []corev1.EnvVar{{Name: "POD_NAME", Value: "web-0"}}
+	p.Spec.InitContainers[0].VolumeMounts = []corev1.VolumeMount{{Name: "shared", MountPath: "/data", SubPathExpr: "pods/$(POD_NAME)"}}
+	p.Spec.Containers[0].VolumeMounts = []corev1.VolumeMount{{Name: "shared", MountPath: "/all"}}
+	p.Spec.Containers[1].VolumeMounts = []corev1.VolumeMount{{Name: "shared", MountPath: "/data", SubPathExpr: "$(MISSING)"}}
+	p.Spec.Volumes = []corev1.Volume{{Name: "shared", VolumeSource: corev1.VolumeSource{EmptyDir: &corev1.EmptyDirVolumeSource{}}}}
+	if _, err := h.client.PutPod(t.Context(), &cellapi.PodRequest{Pod: p}); err != nil {
+		t.Fatal(err)
+	}
+	h.watchUntil(60*time.Second, func(s *cellapi.PodStatus) bool {
+		app, bad := s.ContainerStatuses[0].State, s.ContainerStatuses[1].State
+		return app.Terminated != nil && bad.Waiting != nil && bad.Waiting.Reason == "CreateContainerConfigError"
+	})
+	st, err := h.client.GetPod(t.Context())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if term := st.ContainerStatuses[0].State.Terminated; term.ExitCode != 0 {
+		t.Errorf("app %s", describe(st))
+	}
+	if w := st.ContainerStatuses[1].State.Waiting; w == nil || !strings.Contains(w.Message, "missing value for MISSING") {
+		t.Errorf("bad container %s, want waiting with %q", describe(st), "missing value for MISSING")
+	}
+	if got, want := h.logs("app", cellapi.LogOptions{}), "from-web-0\n"; got != want {
+		t.Errorf("app logs %q, want %q", got, want)
+	}
+	h.deletePod(time.Second)
+}
