@@ -46,3 +46,22 @@ func TestSubPathExpr(t *testing.T) {
 	}
 	h.deletePod(time.Second)
 }
+
+// Every container of a pod shares its /dev/shm, a 64 MiB tmpfs, as under kubelet: the reader
+// sees the file the writer (another container) left there, and the mount is gone once the
+// pod is deleted (deletePod checks that no mount is left).
+func TestPodSharesDevShm(t *testing.T) {
+	h := newHarness(t, fastBackOff)
+	p := newPod("shm", corev1.RestartPolicyNever,
+		shell("writer", h.img("busybox"), "echo from-writer > /dev/shm/msg; sleep 30"),
+		shell("reader", h.img("busybox"), `i=0; while [ ! -e /dev/shm/msg ] && [ $i -lt 300 ]; do sleep 0.1; i=$((i+1)); done
+cat /dev/shm/msg; df -k /dev/shm | tail -1 | awk '{print $2}'; touch /dev/shm/x; chmod +x /dev/shm/x; /dev/shm/x 2>/dev/null || echo noexec`))
+	if _, err := h.client.PutPod(t.Context(), &cellapi.PodRequest{Pod: p}); err != nil {
+		t.Fatal(err)
+	}
+	h.watchUntil(60*time.Second, func(s *cellapi.PodStatus) bool { return s.ContainerStatuses[1].State.Terminated != nil })
+	if got, want := h.logs("reader", cellapi.LogOptions{}), "from-writer\n65536\nnoexec\n"; got != want {
+		t.Errorf("reader logs %q, want %q", got, want)
+	}
+	h.deletePod(time.Second)
+}

@@ -24,6 +24,7 @@ import (
 // Layout of a pod directory:
 //
 //	etc/{hosts,hostname,resolv.conf}     bind-mounted into every container
+//	shm/                                 the pod's /dev/shm, a tmpfs bound into every container
 //	volumes/<name>/                      emptyDir, or the files of a configMap/secret/... volume
 //	containers/<name>/<run>/             the bundle of one container run (config.json, rootfs)
 //	logs/<name>/<run>.log                the CRI log of one container run
@@ -124,8 +125,8 @@ func writeVolumeFile(vdir, rel string, f cellapi.File) error {
 	return root.Chmod(rel, mode)
 }
 
-// containerMounts returns the bind mounts of one container: the pod's /etc files, then its
-// volumeMounts. A subPath that does not exist is created as a directory, as kubelet does.
+// containerMounts returns the bind mounts of one container: the pod's /etc files and shared
+// /dev/shm (shm.go), then its volumeMounts. A subPath that does not exist is created as a directory, as kubelet does.
 // configMap, secret, downwardAPI and projected volumes are mounted read-only whatever the
 // volumeMount says (kubelet's ReadOnlyAPIDataVolumes), and a subPath of one is bound at the
 // file or directory it resolves to now, inside the current data directory: like kubelet's
@@ -136,6 +137,9 @@ func containerMounts(dir string, spec *corev1.PodSpec, c *corev1.Container) ([]r
 		{Source: filepath.Join(dir, etcDir, "hosts"), Destination: "/etc/hosts"},
 		{Source: filepath.Join(dir, etcDir, "hostname"), Destination: "/etc/hostname"},
 		{Source: filepath.Join(dir, etcDir, "resolv.conf"), Destination: "/etc/resolv.conf"},
+	}
+	if m, ok := shmMount(dir, c); ok {
+		ms = append(ms, m)
 	}
 	apiData := map[string]bool{}
 	for i := range spec.Volumes {

@@ -180,6 +180,9 @@ func Start(cfg Config, req *cellapi.PodRequest) (*Pod, error) {
 		if ceil, err = cfg.Cgroups.Ceiling(cfg.CgroupParent); err == nil {
 			err = mountMemoryVolumes(cfg.Dir, req.Pod, ceil.MemoryBytes)
 		}
+		if err == nil {
+			err = mountPodShm(cfg.Dir)
+		}
 	}
 	if err != nil {
 		_ = unmountUnder(cfg.Dir)

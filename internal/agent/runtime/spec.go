@@ -22,6 +22,8 @@ type Mount struct {
 	// Destination is the absolute path in the container.
 	Destination string
 	ReadOnly    bool
+	// NoExec adds nosuid, nodev and noexec, as on the pod's shared /dev/shm.
+	NoExec bool
 }
 
 // Resources are the cgroup limits of one container; zero means unlimited.
@@ -154,6 +156,14 @@ func BuildSpec(c ContainerConfig) (*specs.Spec, error) {
 		} else {
 			opts = append(opts, "rw")
 		}
+		if m.NoExec {
+			opts = append(opts, "nosuid", "nodev", "noexec")
+		}
+		// A bind at a standard mount's destination (/dev/shm) replaces it, as containerd's
+		// user mounts replace its defaults.
+		s.Mounts = slices.DeleteFunc(s.Mounts, func(sm specs.Mount) bool {
+			return sm.Type != "bind" && filepath.Clean(sm.Destination) == filepath.Clean(m.Destination)
+		})
 		s.Mounts = append(s.Mounts, specs.Mount{Destination: m.Destination, Type: "bind", Source: m.Source, Options: opts})
 	}
 	return s, nil
