@@ -65,3 +65,33 @@ cat /dev/shm/msg; df -k /dev/shm | tail -1 | awk '{print $2}'; touch /dev/shm/x;
 	}
 	h.deletePod(time.Second)
 }
+
+// fsGroup as under kubelet: a non-root container (uid 1000, fsGroup 2000) writes the emptyDir
+// (setgid to 2000, so its files get group 2000) and reads a secret file of mode 0440 that
+// fsGroup makes group-readable, through the atomic writer's links.
+func TestFSGroupVolumeOwnership(t *testing.T) {
+	h := newHarness(t, fastBackOff)
+	p := newPod("fsgroup", corev1.RestartPolicyNever, shell("app", h.img("busybox"),
+		`id -u; echo hi > /data/f && stat -c '%g %a' /data /data/f; cat /secret/token; echo; stat -L -c '%g %a' /secret/token`))
+	uid, gid := int64(1000), int64(2000)
+	p.Spec.SecurityContext = &corev1.PodSecurityContext{RunAsUser: &uid, FSGroup: &gid}
+	p.Spec.Containers[0].VolumeMounts = []corev1.VolumeMount{{Name: "data", MountPath: "/data"}, {Name: "secret", MountPath: "/secret"}}
+	p.Spec.Volumes = []corev1.Volume{
+		{Name: "data", VolumeSource: corev1.VolumeSource{EmptyDir: &corev1.EmptyDirVolumeSource{}}},
+		{Name: "secret", VolumeSource: corev1.VolumeSource{Secret: &corev1.SecretVolumeSource{SecretName: "s"}}},
+	}
+	req := &cellapi.PodRequest{Pod: p, Volumes: map[string]cellapi.VolumeFiles{
+		"secret": {Files: map[string]cellapi.File{"token": {Data: []byte("s3cret"), Mode: 0o440}}},
+	}}
+	if _, err := h.client.PutPod(t.Context(), req); err != nil {
+		t.Fatal(err)
+	}
+	seen := h.watchUntil(60*time.Second, func(s *cellapi.PodStatus) bool { return s.Phase == corev1.PodSucceeded || s.Phase == corev1.PodFailed })
+	if last := seen[len(seen)-1]; last.Phase != corev1.PodSucceeded {
+		t.Errorf("pod %s; logs %q", describe(last), h.logs("app", cellapi.LogOptions{}))
+	}
+	if got, want := h.logs("app", cellapi.LogOptions{}), "1000\n2000 2777\n2000 644\ns3cret\n2000 440\n"; got != want {
+		t.Errorf("app logs %q, want %q", got, want)
+	}
+	h.deletePod(time.Second)
+}

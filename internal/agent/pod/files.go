@@ -83,7 +83,7 @@ func writePodFiles(dir string, req *cellapi.PodRequest, podIP, hostResolv string
 		}
 		if isAPIDataVolume(&v) {
 			// configMap, secret, downwardAPI and projected volumes update in place (atomic.go).
-			if _, err := writeAtomic(vdir, req.Volumes[v.Name].Files, time.Now()); err != nil {
+			if _, err := writeAtomic(vdir, req.Volumes[v.Name].Files, time.Now(), podFSGroup(p)); err != nil {
 				return poddns.Names{}, nil, fmt.Errorf("writing volume %s: %w", v.Name, err)
 			}
 			continue

@@ -183,6 +183,9 @@ func Start(cfg Config, req *cellapi.PodRequest) (*Pod, error) {
 		if err == nil {
 			err = mountPodShm(cfg.Dir)
 		}
+		if err == nil {
+			err = setEmptyDirOwnership(cfg.Dir, req.Pod)
+		}
 	}
 	if err != nil {
 		_ = unmountUnder(cfg.Dir)
