@@ -95,3 +95,24 @@ func TestFSGroupVolumeOwnership(t *testing.T) {
 	}
 	h.deletePod(time.Second)
 }
+
+// seccompProfile RuntimeDefault (pod level here) refuses a new user namespace with EPERM,
+// which the same container does unconfined (container level Unconfined overriding the pod's).
+func TestSeccompRuntimeDefault(t *testing.T) {
+	h := newHarness(t, fastBackOff)
+	script := `unshare -r true 2>/tmp/err && echo allowed || cat /tmp/err`
+	p := newPod("seccomp", corev1.RestartPolicyNever, shell("confined", h.img("busybox"), script), shell("unconfined", h.img("busybox"), script))
+	p.Spec.SecurityContext = &corev1.PodSecurityContext{SeccompProfile: &corev1.SeccompProfile{Type: corev1.SeccompProfileTypeRuntimeDefault}}
+	p.Spec.Containers[1].SecurityContext = &corev1.SecurityContext{SeccompProfile: &corev1.SeccompProfile{Type: corev1.SeccompProfileTypeUnconfined}}
+	if _, err := h.client.PutPod(t.Context(), &cellapi.PodRequest{Pod: p}); err != nil {
+		t.Fatal(err)
+	}
+	h.watchUntil(60*time.Second, func(s *cellapi.PodStatus) bool { return s.Phase == corev1.PodSucceeded || s.Phase == corev1.PodFailed })
+	if got := h.logs("confined", cellapi.LogOptions{}); !strings.Contains(got, "Operation not permitted") {
+		t.Errorf("RuntimeDefault: unshare -r printed %q, want EPERM (Operation not permitted)", got)
+	}
+	if got, want := h.logs("unconfined", cellapi.LogOptions{}), "allowed\n"; got != want {
+		t.Errorf("Unconfined: unshare -r printed %q, want %q", got, want)
+	}
+	h.deletePod(time.Second)
+}

@@ -757,6 +757,7 @@ func (p *Pod) create(c *ctr, img *image.Image, bundle, cgroup, run string) (clea
 		RootFS: rootfs, Process: proc, Hostname: p.names.Kernel, Mounts: mounts,
 		Resources: res, CgroupsPath: filepath.Join(cgroup, run),
 	}
+	cc.SeccompRuntimeDefault = seccompRuntimeDefault(p.req.Pod, c.spec)
 	if sc := c.spec.SecurityContext; sc != nil {
 		if sc.ReadOnlyRootFilesystem != nil {
 			cc.ReadOnlyRootFS = *sc.ReadOnlyRootFilesystem
