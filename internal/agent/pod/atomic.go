@@ -63,8 +63,11 @@ func checkVolumePath(p string) error {
 // writeAtomic brings the volume directory vdir to exactly files (paths already checked with
 // checkVolumePath). It reports whether anything changed; with the same content and modes it
 // only makes sure the user-visible links exist. vdir must exist. Writes to one volume must not
-// run concurrently.
-func writeAtomic(vdir string, files map[string]cellapi.File, now time.Time) (changed bool, err error) {
+// run concurrently. With the pod's fsGroup (non-nil), the whole volume gets its ownership
+// (setVolumeOwnership, read-only) after the new data directory is written and before
+// ..data is swapped to it, where kubelet's atomic writer calls setPerms: no reader sees the
+// new files without their group bits.
+func writeAtomic(vdir string, files map[string]cellapi.File, now time.Time, fsGroup *int64) (changed bool, err error) {
 	root, err := os.OpenRoot(vdir)
 	if err != nil {
 		return false, err
@@ -92,7 +95,7 @@ func writeAtomic(vdir string, files map[string]cellapi.File, now time.Time) (cha
 			return false, fmt.Errorf("reading the current data directory: %w", err)
 		}
 		remove = pathsToRemove(old, payload)
-		same, err := samePayload(root, oldTs, payload)
+		same, err := samePayload(root, oldTs, payload, fsGroup != nil)
 		if err != nil {
 			return false, fmt.Errorf("reading the current data directory: %w", err)
 		}
@@ -109,6 +112,12 @@ func writeAtomic(vdir string, files map[string]cellapi.File, now time.Time) (cha
 	if err := writePayload(root, tsDir, payload); err != nil {
 		_ = root.RemoveAll(tsDir)
 		return false, err
+	}
+	if fsGroup != nil {
+		if err := setVolumeOwnership(root, *fsGroup, true); err != nil {
+			_ = root.RemoveAll(tsDir)
+			return false, fmt.Errorf("setting the fsGroup ownership: %w", err)
+		}
 	}
 	_ = root.Remove(newDataDirName) // a leftover of an interrupted write
 	if err := root.Symlink(tsDir, newDataDirName); err != nil {
@@ -230,8 +239,9 @@ func pathsToRemove(old []string, payload map[string]cellapi.File) []string {
 	return out
 }
 
-// samePayload reports whether the data directory already holds payload's content and modes.
-func samePayload(root *os.Root, tsDir string, payload map[string]cellapi.File) (bool, error) {
+// samePayload reports whether the data directory already holds payload's content and modes
+// (with the group read bits fsGroup adds, when set).
+func samePayload(root *os.Root, tsDir string, payload map[string]cellapi.File, fsGroup bool) (bool, error) {
 	for p, f := range payload {
 		full := path.Join(tsDir, p)
 		st, err := root.Lstat(full)
@@ -241,7 +251,11 @@ func samePayload(root *os.Root, tsDir string, payload map[string]cellapi.File) (
 		if err != nil {
 			return false, err
 		}
-		if !st.Mode().IsRegular() || st.Mode().Perm() != fileMode(f) {
+		want := fileMode(f)
+		if fsGroup {
+			want = fsGroupMode(want, true)
+		}
+		if !st.Mode().IsRegular() || st.Mode().Perm() != want {
 			return false, nil
 		}
 		b, err := root.ReadFile(full)

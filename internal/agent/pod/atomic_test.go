@@ -73,7 +73,7 @@ func TestWriteAtomicLayoutAndModes(t *testing.T) {
 		"dir/deep/c":   {Data: []byte("C1"), Mode: 0o755},
 		"zero-mode":    {Data: []byte("Z")},
 		"./clean/../d": {Data: []byte("D")}, // path.Clean form is what lands
-	}, t0)
+	}, t0, nil)
 	if err != nil || !changed {
 		t.Fatalf("first write = %v, %v; want changed, nil", changed, err)
 	}
@@ -149,11 +149,11 @@ func TestWriteAtomicUpdate(t *testing.T) {
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
 			vdir := t.TempDir()
-			if _, err := writeAtomic(vdir, v1, t0); err != nil {
+			if _, err := writeAtomic(vdir, v1, t0, nil); err != nil {
 				t.Fatal(err)
 			}
 			old := tsDirs(t, vdir)[0]
-			changed, err := writeAtomic(vdir, tc.next, t0.Add(time.Second))
+			changed, err := writeAtomic(vdir, tc.next, t0.Add(time.Second), nil)
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -206,11 +206,11 @@ func TestWriteAtomicUpdate(t *testing.T) {
 func TestWriteAtomicRestoresMissingLink(t *testing.T) {
 	vdir := t.TempDir()
 	files := map[string]cellapi.File{"a": {Data: []byte("A"), Mode: 0o644}}
-	if _, err := writeAtomic(vdir, files, t0); err != nil {
+	if _, err := writeAtomic(vdir, files, t0, nil); err != nil {
 		t.Fatal(err)
 	}
 	os.Remove(filepath.Join(vdir, "a"))
-	if changed, err := writeAtomic(vdir, files, t0); err != nil || changed {
+	if changed, err := writeAtomic(vdir, files, t0, nil); err != nil || changed {
 		t.Fatalf("rewrite = %v, %v; want unchanged, nil", changed, err)
 	}
 	if s := mustRead(t, filepath.Join(vdir, "a")); s != "A" {
@@ -228,7 +228,7 @@ func TestWriteAtomicRefusesPlantedDataLink(t *testing.T) {
 		if err := os.Symlink(target, filepath.Join(vdir, dataDirName)); err != nil {
 			t.Fatal(err)
 		}
-		_, err := writeAtomic(vdir, map[string]cellapi.File{"a": {Data: []byte("A")}}, t0)
+		_, err := writeAtomic(vdir, map[string]cellapi.File{"a": {Data: []byte("A")}}, t0, nil)
 		if err == nil || !strings.Contains(err.Error(), "not a data directory") {
 			t.Errorf("..data -> %s: err %v, want a refusal", target, err)
 		}
@@ -245,7 +245,7 @@ func TestWriteAtomicReadersSeeWholeFiles(t *testing.T) {
 	version := func(b byte) map[string]cellapi.File {
 		return map[string]cellapi.File{"big": {Data: bytes.Repeat([]byte{b}, size), Mode: 0o644}}
 	}
-	if _, err := writeAtomic(vdir, version('0'), t0); err != nil {
+	if _, err := writeAtomic(vdir, version('0'), t0, nil); err != nil {
 		t.Fatal(err)
 	}
 	stop := make(chan struct{})
@@ -275,7 +275,7 @@ func TestWriteAtomicReadersSeeWholeFiles(t *testing.T) {
 		}()
 	}
 	for i := range 200 {
-		if _, err := writeAtomic(vdir, version(byte('0'+i%10)), t0.Add(time.Duration(i)*time.Millisecond)); err != nil {
+		if _, err := writeAtomic(vdir, version(byte('0'+i%10)), t0.Add(time.Duration(i)*time.Millisecond), nil); err != nil {
 			t.Fatal(err)
 		}
 	}
@@ -314,7 +314,7 @@ func TestSubPathOfUpdatedVolumeKeepsOldContent(t *testing.T) {
 	dir := t.TempDir()
 	vdir := filepath.Join(dir, volumesDir, "cfg")
 	os.MkdirAll(vdir, 0o755)
-	if _, err := writeAtomic(vdir, map[string]cellapi.File{"greeting": {Data: []byte("v1"), Mode: 0o644}}, t0); err != nil {
+	if _, err := writeAtomic(vdir, map[string]cellapi.File{"greeting": {Data: []byte("v1"), Mode: 0o644}}, t0, nil); err != nil {
 		t.Fatal(err)
 	}
 	spec := &corev1.PodSpec{Volumes: []corev1.Volume{
@@ -349,7 +349,7 @@ func TestSubPathOfUpdatedVolumeKeepsOldContent(t *testing.T) {
 	if !strings.HasPrefix(sub.Source, realVdir+"/..2026_") || filepath.Base(sub.Source) != "greeting" {
 		t.Fatalf("subPath source %s, want the file inside the data directory", sub.Source)
 	}
-	if _, err := writeAtomic(vdir, map[string]cellapi.File{"greeting": {Data: []byte("v2"), Mode: 0o644}}, t0.Add(time.Second)); err != nil {
+	if _, err := writeAtomic(vdir, map[string]cellapi.File{"greeting": {Data: []byte("v2"), Mode: 0o644}}, t0.Add(time.Second), nil); err != nil {
 		t.Fatal(err)
 	}
 	if s := mustRead(t, filepath.Join(whole.Source, "greeting")); s != "v2" {

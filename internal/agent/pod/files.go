@@ -5,8 +5,11 @@ import (
 	"fmt"
 	"io"
 	"io/fs"
+	"maps"
 	"os"
+	"path"
 	"path/filepath"
+	"slices"
 	"strings"
 	"time"
 
@@ -15,11 +18,13 @@ import (
 	"github.com/kip-dev/kip/internal/agent/runtime"
 	"github.com/kip-dev/kip/internal/cellapi"
 	"github.com/kip-dev/kip/internal/poddns"
+	"github.com/kip-dev/kip/internal/podenv"
 )
 
 // Layout of a pod directory:
 //
 //	etc/{hosts,hostname,resolv.conf}     bind-mounted into every container
+//	shm/                                 the pod's /dev/shm, a tmpfs bound into every container
 //	volumes/<name>/                      emptyDir, or the files of a configMap/secret/... volume
 //	containers/<name>/<run>/             the bundle of one container run (config.json, rootfs)
 //	logs/<name>/<run>.log                the CRI log of one container run
@@ -78,7 +83,7 @@ func writePodFiles(dir string, req *cellapi.PodRequest, podIP, hostResolv string
 		}
 		if isAPIDataVolume(&v) {
 			// configMap, secret, downwardAPI and projected volumes update in place (atomic.go).
-			if _, err := writeAtomic(vdir, req.Volumes[v.Name].Files, time.Now()); err != nil {
+			if _, err := writeAtomic(vdir, req.Volumes[v.Name].Files, time.Now(), podFSGroup(p)); err != nil {
 				return poddns.Names{}, nil, fmt.Errorf("writing volume %s: %w", v.Name, err)
 			}
 			continue
@@ -120,8 +125,8 @@ func writeVolumeFile(vdir, rel string, f cellapi.File) error {
 	return root.Chmod(rel, mode)
 }
 
-// containerMounts returns the bind mounts of one container: the pod's /etc files, then its
-// volumeMounts. A subPath that does not exist is created as a directory, as kubelet does.
+// containerMounts returns the bind mounts of one container: the pod's /etc files and shared
+// /dev/shm (shm.go), then its volumeMounts. A subPath that does not exist is created as a directory, as kubelet does.
 // configMap, secret, downwardAPI and projected volumes are mounted read-only whatever the
 // volumeMount says (kubelet's ReadOnlyAPIDataVolumes), and a subPath of one is bound at the
 // file or directory it resolves to now, inside the current data directory: like kubelet's
@@ -133,40 +138,92 @@ func containerMounts(dir string, spec *corev1.PodSpec, c *corev1.Container) ([]r
 		{Source: filepath.Join(dir, etcDir, "hostname"), Destination: "/etc/hostname"},
 		{Source: filepath.Join(dir, etcDir, "resolv.conf"), Destination: "/etc/resolv.conf"},
 	}
+	if m, ok := shmMount(dir, c); ok {
+		ms = append(ms, m)
+	}
 	apiData := map[string]bool{}
 	for i := range spec.Volumes {
 		apiData[spec.Volumes[i].Name] = isAPIDataVolume(&spec.Volumes[i])
 	}
 	for _, m := range c.VolumeMounts {
 		src := filepath.Join(dir, volumesDir, m.Name)
-		if m.SubPath != "" {
+		subPath, err := mountSubPath(m, c.Env)
+		if err != nil {
+			return nil, err
+		}
+		if subPath != "" {
 			vdir := src
 			root, err := os.OpenRoot(vdir)
 			if err != nil {
 				return nil, fmt.Errorf("opening volume %s: %w", m.Name, err)
 			}
-			_, err = root.Lstat(m.SubPath)
+			_, err = root.Lstat(subPath)
 			if errors.Is(err, fs.ErrNotExist) {
-				err = root.MkdirAll(m.SubPath, 0o777)
+				err = root.MkdirAll(subPath, 0o777)
 			}
 			if err == nil {
 				// Refuse a subPath that resolves outside the volume through a symlink.
 				var f *os.File
-				if f, err = root.Open(m.SubPath); err == nil {
+				if f, err = root.Open(subPath); err == nil {
 					f.Close()
 				}
 			}
 			root.Close()
 			if err == nil {
-				src, err = resolveInside(vdir, m.SubPath)
+				src, err = resolveInside(vdir, subPath)
 			}
 			if err != nil {
-				return nil, fmt.Errorf("volumeMount %s subPath %q: %w", m.Name, m.SubPath, err)
+				return nil, fmt.Errorf("volumeMount %s subPath %q: %w", m.Name, subPath, err)
 			}
 		}
 		ms = append(ms, runtime.Mount{Source: src, Destination: m.MountPath, ReadOnly: m.ReadOnly || apiData[m.Name]})
 	}
 	return ms, nil
+}
+
+// ConfigError is a container whose configuration cannot be made from its spec (kubelet's
+// generateContainerConfig failing): its waiting reason is CreateContainerConfigError.
+type ConfigError struct{ Err error }
+
+func (e *ConfigError) Error() string { return e.Err.Error() }
+func (e *ConfigError) Unwrap() error { return e.Err }
+
+// mountSubPath returns the subPath of a volumeMount: subPath as written, or subPathExpr with
+// its $(VAR) references expanded from the container's env, as kubelet's
+// ExpandContainerVolumeMounts does: env is the container's, already resolved by kip (envFrom,
+// valueFrom, service links), never the image's; a reference to a variable that is unset or
+// empty fails the container ("missing value for A, B"), as does an absolute result or one
+// with a ".." element, with kubelet's messages (ConfigError).
+func mountSubPath(m corev1.VolumeMount, env []corev1.EnvVar) (string, error) {
+	if m.SubPathExpr == "" {
+		return m.SubPath, nil
+	}
+	vars := make(map[string]string, len(env))
+	for _, e := range env {
+		vars[e.Name] = e.Value
+	}
+	missing := map[string]bool{}
+	sub := podenv.Expand(m.SubPathExpr, func(name string) (string, bool) {
+		v := vars[name]
+		if v == "" {
+			missing[name] = true
+		}
+		return v, true
+	})
+	if len(missing) > 0 {
+		names := slices.Sorted(maps.Keys(missing))
+		return "", &ConfigError{fmt.Errorf("missing value for %s", strings.Join(names, ", "))}
+	}
+	if sub == "" {
+		return "", nil
+	}
+	if path.IsAbs(sub) {
+		return "", &ConfigError{fmt.Errorf("error SubPath `%s` must not be an absolute path", sub)}
+	}
+	if slices.Contains(strings.Split(sub, "/"), "..") {
+		return "", &ConfigError{fmt.Errorf("unable to provision SubPath `%s`: must not contain '..'", sub)}
+	}
+	return sub, nil
 }
 
 // resolveInside returns vdir/rel with every symlink resolved, refusing a result outside vdir.

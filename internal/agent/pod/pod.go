@@ -182,6 +182,12 @@ func Start(cfg Config, req *cellapi.PodRequest) (*Pod, error) {
 		if ceil, err = cfg.Cgroups.Ceiling(cfg.CgroupParent); err == nil {
 			err = mountMemoryVolumes(cfg.Dir, req.Pod, ceil.MemoryBytes)
 		}
+		if err == nil {
+			err = mountPodShm(cfg.Dir)
+		}
+		if err == nil {
+			err = setEmptyDirOwnership(cfg.Dir, req.Pod)
+		}
 	}
 	if err != nil {
 		_ = unmountUnder(cfg.Dir)
@@ -504,10 +510,12 @@ func (p *Pod) runOnce(c *ctr) outcome {
 	cleanup, err := p.create(c, img, bundle, cg, strconv.Itoa(run))
 	if err != nil {
 		p.cfg.Log.Info("creating container failed", "pod", p.UID(), "container", c.spec.Name, "err", err)
-		p.update(c, func(s *corev1.ContainerStatus) {
-			s.State = waiting(ReasonCreateContainerError, err.Error())
-		})
-		return outcome{stage: ReasonCreateContainerError}
+		reason := ReasonCreateContainerError
+		if _, ok := errors.AsType[*ConfigError](err); ok {
+			reason = ReasonCreateContainerConfigError
+		}
+		p.update(c, func(s *corev1.ContainerStatus) { s.State = waiting(reason, err.Error()) })
+		return outcome{stage: reason}
 	}
 	defer cleanup()
 
@@ -762,6 +770,7 @@ func (p *Pod) create(c *ctr, img *image.Image, bundle, cgroup, run string) (clea
 		RootFS: rootfs, Process: proc, Hostname: p.names.Kernel, Mounts: mounts,
 		Resources: res, CgroupsPath: filepath.Join(cgroup, run),
 	}
+	cc.SeccompRuntimeDefault = seccompRuntimeDefault(p.req.Pod, c.spec)
 	if sc := c.spec.SecurityContext; sc != nil {
 		if sc.ReadOnlyRootFilesystem != nil {
 			cc.ReadOnlyRootFS = *sc.ReadOnlyRootFilesystem

@@ -46,3 +46,16 @@ func supplementalGroups(pod *corev1.Pod) []uint32 {
 	}
 	return out
 }
+
+// seccompRuntimeDefault reports whether c runs under the RuntimeDefault seccomp profile: its
+// own seccompProfile, else the pod's, as kubelet resolves it (unset is Unconfined; Localhost
+// is refused before launch, in internal/admit).
+func seccompRuntimeDefault(pod *corev1.Pod, c *corev1.Container) bool {
+	var p *corev1.SeccompProfile
+	if sc := c.SecurityContext; sc != nil && sc.SeccompProfile != nil {
+		p = sc.SeccompProfile
+	} else if psc := pod.Spec.SecurityContext; psc != nil {
+		p = psc.SeccompProfile
+	}
+	return p != nil && p.Type == corev1.SeccompProfileTypeRuntimeDefault
+}

@@ -17,7 +17,9 @@ const (
 	ReasonInvalidImageName     = "InvalidImageName"
 	ReasonCrashLoopBackOff     = "CrashLoopBackOff"
 	ReasonCreateContainerError = "CreateContainerError"
-	ReasonRunContainerError    = "RunContainerError"
+	// ReasonCreateContainerConfigError: the container's config could not be made (ConfigError).
+	ReasonCreateContainerConfigError = "CreateContainerConfigError"
+	ReasonRunContainerError          = "RunContainerError"
 
 	ReasonCompleted          = "Completed"
 	ReasonError              = "Error"

@@ -92,6 +92,9 @@ func Validate(req *cellapi.PodRequest) error {
 					return invalid(mf+".mountPath", fmt.Sprintf("%q is mounted twice", m.MountPath))
 				}
 				mounts[path.Clean(m.MountPath)] = true
+				if m.SubPath != "" && m.SubPathExpr != "" {
+					return invalid(mf+".subPathExpr", "subPath and subPathExpr are mutually exclusive")
+				}
 				if m.SubPath != "" {
 					if err := checkRelPath(m.SubPath); err != nil {
 						return invalid(mf+".subPath", err.Error())

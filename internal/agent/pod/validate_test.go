@@ -42,6 +42,10 @@ func TestValidate(t *testing.T) {
 		{"undeclared volume", func(r *cellapi.PodRequest) { r.Pod.Spec.Containers[0].VolumeMounts[0].Name = "w" }, "volumeMounts[0].name"},
 		{"relative mountPath", func(r *cellapi.PodRequest) { r.Pod.Spec.Containers[0].VolumeMounts[0].MountPath = "v" }, "mountPath"},
 		{"escaping subPath", func(r *cellapi.PodRequest) { r.Pod.Spec.Containers[0].VolumeMounts[0].SubPath = "a/../../x" }, "subPath"},
+		{"subPath and subPathExpr", func(r *cellapi.PodRequest) {
+			r.Pod.Spec.Containers[0].VolumeMounts[0].SubPath = "a"
+			r.Pod.Spec.Containers[0].VolumeMounts[0].SubPathExpr = "$(A)"
+		}, "volumeMounts[0].subPathExpr: subPath and subPathExpr are mutually exclusive"},
 		{"hostPath", func(r *cellapi.PodRequest) {
 			r.Pod.Spec.Volumes[0].VolumeSource = corev1.VolumeSource{HostPath: &corev1.HostPathVolumeSource{Path: "/"}}
 		}, "only emptyDir"},

@@ -52,7 +52,7 @@ func (p *Pod) UpdateVolumes(u *cellapi.VolumeUpdate) ([]string, error) {
 	slices.Sort(names)
 	var updated []string
 	for _, name := range names {
-		changed, err := writeAtomic(filepath.Join(p.cfg.Dir, volumesDir, name), u.Volumes[name].Files, p.cfg.Clock.Now())
+		changed, err := writeAtomic(filepath.Join(p.cfg.Dir, volumesDir, name), u.Volumes[name].Files, p.cfg.Clock.Now(), podFSGroup(p.req.Pod))
 		if changed {
 			updated = append(updated, name)
 		}

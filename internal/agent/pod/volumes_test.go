@@ -27,7 +27,7 @@ func volumePod(t *testing.T) *Pod {
 	for _, v := range []string{"cfg", "sec"} {
 		vdir := filepath.Join(dir, volumesDir, v)
 		os.MkdirAll(vdir, 0o755)
-		if _, err := writeAtomic(vdir, map[string]cellapi.File{"k": {Data: []byte(v + "1")}}, t0); err != nil {
+		if _, err := writeAtomic(vdir, map[string]cellapi.File{"k": {Data: []byte(v + "1")}}, t0, nil); err != nil {
 			t.Fatal(err)
 		}
 	}

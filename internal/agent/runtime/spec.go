@@ -22,6 +22,8 @@ type Mount struct {
 	// Destination is the absolute path in the container.
 	Destination string
 	ReadOnly    bool
+	// NoExec adds nosuid, nodev and noexec, as on the pod's shared /dev/shm.
+	NoExec bool
 }
 
 // Resources are the cgroup limits of one container; zero means unlimited.
@@ -52,6 +54,9 @@ type ContainerConfig struct {
 	CapAdd, CapDrop []string
 	// NoNewPrivileges sets no_new_privs (securityContext.allowPrivilegeEscalation: false).
 	NoNewPrivileges bool
+	// SeccompRuntimeDefault installs RuntimeDefaultSeccomp (seccompProfile RuntimeDefault);
+	// without it the container runs unconfined.
+	SeccompRuntimeDefault bool
 }
 
 // Capabilities is the set a container gets: the runtime's default set, less drop ("ALL"
@@ -145,6 +150,9 @@ func BuildSpec(c ContainerConfig) (*specs.Spec, error) {
 			},
 		},
 	}
+	if c.SeccompRuntimeDefault {
+		s.Linux.Seccomp = RuntimeDefaultSeccomp(caps)
+	}
 	for _, m := range c.Mounts {
 		if !filepath.IsAbs(m.Destination) || strings.Contains(m.Destination, "..") {
 			return nil, fmt.Errorf("building spec: mount destination %q must be an absolute path without ..", m.Destination)
@@ -155,6 +163,14 @@ func BuildSpec(c ContainerConfig) (*specs.Spec, error) {
 		} else {
 			opts = append(opts, "rw")
 		}
+		if m.NoExec {
+			opts = append(opts, "nosuid", "nodev", "noexec")
+		}
+		// A bind at a standard mount's destination (/dev/shm) replaces it, as containerd's
+		// user mounts replace its defaults.
+		s.Mounts = slices.DeleteFunc(s.Mounts, func(sm specs.Mount) bool {
+			return sm.Type != "bind" && filepath.Clean(sm.Destination) == filepath.Clean(m.Destination)
+		})
 		s.Mounts = append(s.Mounts, specs.Mount{Destination: m.Destination, Type: "bind", Source: m.Source, Options: opts})
 	}
 	return s, nil

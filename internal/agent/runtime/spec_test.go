@@ -2,6 +2,7 @@ package runtime
 
 import (
 	"slices"
+	"strings"
 	"testing"
 )
 
@@ -32,5 +33,31 @@ func TestCapabilities(t *testing.T) {
 	}
 	if c := s.Process.Capabilities; len(c.Bounding)+len(c.Effective)+len(c.Permitted) != 0 || !s.Process.NoNewPrivileges {
 		t.Errorf("drop ALL + no_new_privs: capabilities %+v, noNewPrivileges %t", c, s.Process.NoNewPrivileges)
+	}
+}
+
+// A bind at /dev/shm (the pod's shared one) replaces the standard tmpfs there, nosuid,
+// nodev and noexec kept; other standard mounts stay.
+func TestBindReplacesStandardMount(t *testing.T) {
+	s, err := BuildSpec(ContainerConfig{RootFS: "/r", Process: Process{Args: []string{"x"}}, Mounts: []Mount{
+		{Source: "/pod/shm", Destination: "/dev/shm", NoExec: true},
+		{Source: "/pod/v", Destination: "/data"},
+	}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var shm []string
+	dev := false
+	for _, m := range s.Mounts {
+		if m.Destination == "/dev/shm" {
+			shm = append(shm, m.Type+":"+m.Source+":"+strings.Join(m.Options, ","))
+		}
+		dev = dev || m.Destination == "/dev"
+	}
+	if want := []string{"bind:/pod/shm:rbind,rprivate,rw,nosuid,nodev,noexec"}; !slices.Equal(shm, want) {
+		t.Errorf("/dev/shm mounts %q, want %q", shm, want)
+	}
+	if !dev {
+		t.Error("the standard /dev mount is gone")
 	}
 }
