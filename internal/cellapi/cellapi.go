@@ -103,6 +103,9 @@ type PodStatus struct {
 	StartTime             time.Time                `json:"startTime"`
 	InitContainerStatuses []corev1.ContainerStatus `json:"initContainerStatuses,omitempty"`
 	ContainerStatuses     []corev1.ContainerStatus `json:"containerStatuses,omitempty"`
+	// EphemeralContainerStatuses are those of the ephemeral containers put with
+	// EphemeralRunner, in the order they were first put.
+	EphemeralContainerStatuses []corev1.ContainerStatus `json:"ephemeralContainerStatuses,omitempty"`
 	// Conditions the agent knows (Initialized, ContainersReady, Ready).
 	Conditions []corev1.PodCondition `json:"conditions,omitempty"`
 	// Events are the latest events only the agent sees (probe failures, probe kills), oldest

@@ -48,6 +48,7 @@ func Handler(agent Agent, opts HandlerOptions) http.Handler {
 	mux.HandleFunc("POST "+AttachPath+"{container}", h.authed(h.attach))
 	mux.HandleFunc("PUT "+ServicesPath, h.authed(h.putServices))
 	mux.HandleFunc("PUT "+VolumesPath, h.authed(h.updateVolumes))
+	mux.HandleFunc("PUT "+EphemeralPath, h.authed(h.putEphemeral))
 	mux.HandleFunc(ExecPath, h.authed(func(w http.ResponseWriter, r *http.Request) {
 		h.fail(w, r, Errorf(KindBadVersion, "%s %s is not implemented by this agent", r.Method, r.URL.Path))
 	}))

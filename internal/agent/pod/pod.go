@@ -142,6 +142,12 @@ type ctr struct {
 	// startedOnce is closed when the container first counts as started.
 	startedOnce chan struct{}
 	startedSet  sync.Once
+	// ephemeral is an ephemeral container (AddEphemeral): run once, its status in
+	// EphemeralContainerStatuses[idx]; specIdx is its index in spec.ephemeralContainers and
+	// target its targetContainerName.
+	ephemeral bool
+	specIdx   int
+	target    string
 }
 
 func (c *ctr) markStarted() { c.startedSet.Do(func() { close(c.startedOnce) }) }
@@ -270,6 +276,7 @@ func (p *Pod) snapshotLocked() *cellapi.PodStatus {
 	s := p.status
 	s.InitContainerStatuses = deepCopy(p.status.InitContainerStatuses)
 	s.ContainerStatuses = deepCopy(p.status.ContainerStatuses)
+	s.EphemeralContainerStatuses = deepCopy(p.status.EphemeralContainerStatuses)
 	s.Conditions = append([]corev1.PodCondition(nil), p.status.Conditions...)
 	s.Events = append([]cellapi.Event(nil), p.status.Events...)
 	return &s
@@ -302,9 +309,12 @@ func deepCopy(in []corev1.ContainerStatus) []corev1.ContainerStatus {
 func (p *Pod) update(c *ctr, f func(*corev1.ContainerStatus)) {
 	p.mu.Lock()
 	defer p.mu.Unlock()
-	if c.init {
+	switch {
+	case c.ephemeral:
+		f(&p.status.EphemeralContainerStatuses[c.idx])
+	case c.init:
 		f(&p.status.InitContainerStatuses[c.idx])
-	} else {
+	default:
 		f(&p.status.ContainerStatuses[c.idx])
 	}
 	p.publishLocked()
@@ -546,7 +556,7 @@ func (p *Pod) runOnce(c *ctr) outcome {
 			msg = se.Message
 		}
 		p.cfg.Log.Info("starting container failed", "pod", p.UID(), "container", c.spec.Name, "err", msg)
-		policyStops := p.restartPolicy() == corev1.RestartPolicyNever && !c.sidecar
+		policyStops := (p.restartPolicy() == corev1.RestartPolicyNever && !c.sidecar) || c.ephemeral
 		p.update(c, func(s *corev1.ContainerStatus) {
 			term := &corev1.ContainerStateTerminated{
 				ExitCode: 128, Reason: ReasonContainerCannotRun, Message: msg,
@@ -584,7 +594,7 @@ func (p *Pod) runOnce(c *ctr) outcome {
 		s.State = corev1.ContainerState{Running: &corev1.ContainerStateRunning{StartedAt: startedAt}}
 		s.ContainerID = "runc://" + id
 		s.ImageID = img.ImageID
-		s.Ready = (!c.init || c.sidecar) && spec.ReadinessProbe == nil && spec.StartupProbe == nil
+		s.Ready = (!c.init || c.sidecar) && !c.ephemeral && spec.ReadinessProbe == nil && spec.StartupProbe == nil
 		st := spec.StartupProbe == nil
 		s.Started = &st
 	})
@@ -771,6 +781,10 @@ func (p *Pod) create(c *ctr, img *image.Image, bundle, cgroup, run string) (clea
 		Resources: res, CgroupsPath: filepath.Join(cgroup, run),
 	}
 	cc.SeccompRuntimeDefault = seccompRuntimeDefault(p.req.Pod, c.spec)
+	if cc.PIDNamespacePath, err = p.targetPIDNamespace(c); err != nil {
+		cleanup()
+		return nil, err
+	}
 	if sc := c.spec.SecurityContext; sc != nil {
 		if sc.ReadOnlyRootFilesystem != nil {
 			cc.ReadOnlyRootFS = *sc.ReadOnlyRootFilesystem

@@ -39,6 +39,8 @@ type fakeRuntime struct {
 	started  chan string
 	signals  []string
 	kills    []string // "<container id> <signal>", in order
+	// configs holds each started container's config.json.
+	configs map[string][]byte
 }
 
 func newFakeRuntime() *fakeRuntime {
@@ -46,11 +48,16 @@ func newFakeRuntime() *fakeRuntime {
 }
 
 func (f *fakeRuntime) Start(_ context.Context, id, bundle string, _ runtime.IO) (*runtime.Container, error) {
-	if _, err := os.Stat(filepath.Join(bundle, "config.json")); err != nil {
+	cfg, err := os.ReadFile(filepath.Join(bundle, "config.json"))
+	if err != nil {
 		return nil, err
 	}
 	f.mu.Lock()
 	defer f.mu.Unlock()
+	if f.configs == nil {
+		f.configs = map[string][]byte{}
+	}
+	f.configs[id] = cfg
 	if f.startErr != nil {
 		return nil, f.startErr
 	}

@@ -57,6 +57,9 @@ type ContainerConfig struct {
 	// SeccompRuntimeDefault installs RuntimeDefaultSeccomp (seccompProfile RuntimeDefault);
 	// without it the container runs unconfined.
 	SeccompRuntimeDefault bool
+	// PIDNamespacePath, when set, is the PID namespace to join (/proc/<pid>/ns/pid of another
+	// container: an ephemeral container's targetContainerName) instead of a new one.
+	PIDNamespacePath string
 }
 
 // Capabilities is the set a container gets: the runtime's default set, less drop ("ALL"
@@ -138,7 +141,7 @@ func BuildSpec(c ContainerConfig) (*specs.Spec, error) {
 			// No IPC namespace entry: every container of the pod shares the cell's, which is
 			// the pod's (one pod owns its cell), as kubelet's containers share the sandbox's.
 			Namespaces: []specs.LinuxNamespace{
-				{Type: specs.PIDNamespace}, {Type: specs.UTSNamespace}, {Type: specs.MountNamespace},
+				{Type: specs.PIDNamespace, Path: c.PIDNamespacePath}, {Type: specs.UTSNamespace}, {Type: specs.MountNamespace},
 			},
 			Resources: resources(c.Resources),
 			MaskedPaths: []string{
