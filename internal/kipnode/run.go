@@ -32,6 +32,7 @@ import (
 	"github.com/kip-dev/kip/internal/cells"
 	"github.com/kip-dev/kip/internal/config"
 	"github.com/kip-dev/kip/internal/controllers/cellmirror"
+	"github.com/kip-dev/kip/internal/controllers/ephpush"
 	"github.com/kip-dev/kip/internal/controllers/gc"
 	"github.com/kip-dev/kip/internal/controllers/health"
 	"github.com/kip-dev/kip/internal/controllers/svcpush"
@@ -190,6 +191,28 @@ func (r *runner) run(ctx context.Context) error {
 		return fmt.Errorf("starting kip: %w", err)
 	}
 
+	// Ephemeral containers added to running pods (kubectl debug) start in their cells
+	// (ephpush); the pod informer says when a pod gains one, a resync catches the rest.
+	latestPod := func(ns, name string) *corev1.Pod {
+		p, err := inf.Pods.Lister().Pods(ns).Get(name)
+		if err != nil {
+			return nil
+		}
+		return p
+	}
+	ephPush := ephpush.New(ephpush.Options{Log: r.log, Events: recorder, LatestPod: latestPod}, mgr, resolver)
+	if _, err := inf.Pods.Informer().AddEventHandler(cache.ResourceEventHandlerFuncs{
+		UpdateFunc: func(old, cur any) {
+			o, ok1 := old.(*corev1.Pod)
+			n, ok2 := cur.(*corev1.Pod)
+			if ok1 && ok2 {
+				ephPush.PodChanged(o, n)
+			}
+		},
+	}); err != nil {
+		return fmt.Errorf("starting kip: watching pods for ephemeral containers: %w", err)
+	}
+
 	// Adopt the cells of pods bound to this node before serving anything.
 	pods, err := r.client.CoreV1().Pods(corev1.NamespaceAll).List(ctx, metav1.ListOptions{
 		FieldSelector: fields.OneTermEqualSelector("spec.nodeName", name).String(),
@@ -260,8 +283,9 @@ func (r *runner) run(ctx context.Context) error {
 	gcc := gc.New(gc.Options{Interval: interval, ClusterName: cfg.Cells.ClusterName, NodeName: name}, mgr, cl, mirrorOrNil(mirror), nil, r.log)
 	hc := health.New(interval, mgr, nil, r.log)
 	// The service table builds once the informers (started by the virtual node) have synced.
-	wg.Add(5)
+	wg.Add(6)
 	go func() { defer wg.Done(); volPush.Run(runCtx) }()
+	go func() { defer wg.Done(); ephPush.Run(runCtx) }()
 	go func() { defer wg.Done(); gcc.Run(runCtx) }()
 	go func() { defer wg.Done(); hc.Run(runCtx) }()
 	go func() { defer wg.Done(); svcTable.Run(runCtx) }()

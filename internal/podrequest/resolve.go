@@ -214,3 +214,33 @@ func (r *Resolver) configErr(pod *corev1.Pod, reason, format string, args ...any
 	r.warn(pod, reason, "%s", msg)
 	return &ConfigError{Reason: ReasonCreateContainerConfigError, Message: msg}
 }
+
+// EphemeralContainers returns the pod's spec.ephemeralContainers with env and envFrom
+// resolved as Resolve resolves an ordinary container's (service variables included); the pod
+// is not modified. As for Resolve, a missing mandatory Secret/ConfigMap/key is a *ConfigError.
+func (r *Resolver) EphemeralContainers(ctx context.Context, pod *corev1.Pod) ([]corev1.EphemeralContainer, error) {
+	if pod == nil {
+		return nil, errors.New("resolving ephemeral containers: pod is nil")
+	}
+	if len(pod.Spec.EphemeralContainers) == 0 {
+		return nil, nil
+	}
+	if err := r.waitSynced(ctx); err != nil {
+		return nil, err
+	}
+	svcEnv, err := r.serviceEnv(pod)
+	if err != nil {
+		return nil, fmt.Errorf("resolving service environment of pod %s/%s: %w", pod.Namespace, pod.Name, err)
+	}
+	out := make([]corev1.EphemeralContainer, len(pod.Spec.EphemeralContainers))
+	for i := range pod.Spec.EphemeralContainers {
+		pod.Spec.EphemeralContainers[i].DeepCopyInto(&out[i])
+		c := corev1.Container(out[i].EphemeralContainerCommon)
+		env, err := r.containerEnv(ctx, pod, &c, svcEnv)
+		if err != nil {
+			return nil, err
+		}
+		out[i].Env, out[i].EnvFrom = env, nil
+	}
+	return out, nil
+}

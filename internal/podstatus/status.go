@@ -83,6 +83,7 @@ func Build(in Input) corev1.PodStatus {
 			waiting = reasonPodInitializing
 		}
 		s.ContainerStatuses = containerStatuses(pod.Spec.Containers, in.Agent.ContainerStatuses, waiting, "")
+		s.EphemeralContainerStatuses = containerStatuses(ephemeralSpecs(pod), in.Agent.EphemeralContainerStatuses, reasonContainerCreating, "")
 	} else {
 		reason := in.Reason
 		if reason == "" {
@@ -91,6 +92,7 @@ func Build(in Input) corev1.PodStatus {
 		s.Reason, s.Message = in.Reason, in.Message
 		s.InitContainerStatuses = containerStatuses(pod.Spec.InitContainers, nil, reason, in.Message)
 		s.ContainerStatuses = containerStatuses(pod.Spec.Containers, nil, reason, in.Message)
+		s.EphemeralContainerStatuses = containerStatuses(ephemeralSpecs(pod), nil, reason, in.Message)
 	}
 
 	if in.Failure != nil {
@@ -103,6 +105,7 @@ func Build(in Input) corev1.PodStatus {
 		}
 		terminate(s.InitContainerStatuses, reason, message, in.Now)
 		terminate(s.ContainerStatuses, reason, message, in.Now)
+		terminate(s.EphemeralContainerStatuses, reason, message, in.Now)
 		if !isTerminal(s.Phase) {
 			s.Phase = corev1.PodSucceeded
 			for _, cs := range s.ContainerStatuses {
@@ -114,6 +117,17 @@ func Build(in Input) corev1.PodStatus {
 	}
 	s.Conditions = conditions(pod, &s, in.CellReady, in.Now)
 	return s
+}
+
+// ephemeralSpecs returns the pod's ephemeral containers as containers, for containerStatuses:
+// their statuses are kept like those of ordinary containers (kubelet's
+// convertToAPIContainerStatuses serves both).
+func ephemeralSpecs(pod *corev1.Pod) []corev1.Container {
+	var out []corev1.Container
+	for _, e := range pod.Spec.EphemeralContainers {
+		out = append(out, corev1.Container(e.EphemeralContainerCommon))
+	}
+	return out
 }
 
 // containerStatuses lists a status for every container of spec, in spec order: the agent's

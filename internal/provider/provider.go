@@ -318,6 +318,11 @@ func hasContainer(pod *corev1.Pod, name string) bool {
 			return true
 		}
 	}
+	for _, c := range pod.Spec.EphemeralContainers {
+		if c.Name == name {
+			return true
+		}
+	}
 	return false
 }
 

@@ -238,6 +238,17 @@ func TestGetContainerLogs(t *testing.T) {
 		t.Errorf("unset options were sent: %+v", o)
 	}
 
+	// An ephemeral container's logs, as kubelet serves them; an unknown container is NotFound.
+	pod, _ := c.GetPod("ns", "web")
+	pod.Spec.EphemeralContainers = []corev1.EphemeralContainer{{EphemeralContainerCommon: corev1.EphemeralContainerCommon{Name: "dbg", Image: "busybox"}}}
+	c.pods["ns/web"] = pod
+	if _, err := p.GetContainerLogs(ctx, "ns", "web", "dbg", api.ContainerLogOpts{}); err != nil {
+		t.Errorf("logs of ephemeral container dbg: %v", err)
+	}
+	if _, err := p.GetContainerLogs(ctx, "ns", "web", "nope", api.ContainerLogOpts{}); !errdefs.IsNotFound(err) {
+		t.Errorf("logs of unknown container = %v, want NotFound", err)
+	}
+
 	agent.logsErr = cellapi.Errorf(cellapi.KindInvalid, "previous terminated container not found")
 	if _, err := p.GetContainerLogs(ctx, "ns", "web", "app", api.ContainerLogOpts{Previous: true}); !errdefs.IsInvalidInput(err) {
 		t.Errorf("agent's invalid error mapped to %v", err)
