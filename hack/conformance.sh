@@ -139,8 +139,11 @@ else
   registry=$(sed -n 's/.*(registry \([^;]*\);.*/\1/p' "$work/ready")
 fi
 step "registry $registry; removing the virtual node's NoSchedule taint"
-for n in $(kubectl get nodes -o name); do
-  kubectl taint "$n" virtual-kubelet.io/provider:NoSchedule- >/dev/null 2>&1 || true
+taint=virtual-kubelet.io/provider
+for n in $(kubectl get nodes -o jsonpath='{.items[*].metadata.name}'); do
+  if kubectl get node "$n" -o jsonpath='{.spec.taints[*].key}' | grep -qwF "$taint"; then
+    kubectl taint nodes "$n" "$taint:NoSchedule-" >&2
+  fi
 done
 
 # --- 3. images ------------------------------------------------------------------------------
@@ -160,7 +163,7 @@ step "building and pushing the images ($(wc -l <"$results/images.txt") listed)"
 "$work/conformance-images" -registry "$registry" -images "$results/images.txt" \
   -busybox "$work/busybox/bin/busybox" -agnhost "$bin/agnhost" -nonewprivs "$bin/nonewprivs" \
   -agnhost-src "$(cd "$tools" && go list -m -f '{{.Dir}}' k8s.io/kubernetes)/test/images/agnhost" \
-  -nginx-root "$work/nginx" | tee "$results/images-pushed.txt" | tail -n1 >&2
+  -nginx-root "$work/nginx" -private "$registry/k8s-authenticated-test" | tee "$results/images-pushed.txt" | tail -n1 >&2
 
 # --- 4. run ---------------------------------------------------------------------------------
 args=(-p "--procs=$procs" "--timeout=$timeout" --no-color --output-dir="$results" --junit-report=junit.xml)

@@ -59,6 +59,7 @@ type inputs struct {
 	agnhostSrc string // directory of k8s.io/kubernetes/test/images/agnhost (porter certificates)
 	nnp        string // nonewprivs binary
 	nginxRoot  string // Debian's nginx and nginx-common extracted (dpkg-deb -x)
+	private    string // repository prefix that needs credentials: nothing is pushed under it
 }
 
 func run(ctx context.Context, args []string, out io.Writer) error {
@@ -71,6 +72,7 @@ func run(ctx context.Context, args []string, out io.Writer) error {
 	fs.StringVar(&in.agnhostSrc, "agnhost-src", "", "source directory of test/images/agnhost (porter certificates)")
 	fs.StringVar(&in.nnp, "nonewprivs", "", "nonewprivs (nnp) binary (CGO_ENABLED=0)")
 	fs.StringVar(&in.nginxRoot, "nginx-root", "", "directory where Debian's nginx and nginx-common are extracted")
+	fs.StringVar(&in.private, "private", "", "image prefix standing for a registry that needs credentials (the repo list's privateRegistry); nothing is pushed under it, so pulls without credentials fail as they should")
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
@@ -88,6 +90,9 @@ func run(ctx context.Context, args []string, out io.Writer) error {
 	for _, r := range refs {
 		if r.Context().RegistryStr() != in.registry {
 			continue // e.g. the invalid registry, which must stay unreachable
+		}
+		if in.private != "" && strings.HasPrefix(r.String(), strings.TrimSuffix(in.private, "/")+"/") {
+			continue
 		}
 		kind := path.Base(r.Context().RepositoryStr())
 		img, err := b.image(kind)
