@@ -9,7 +9,8 @@
 #  2. Starts `kip up` in the background (its own --home, bridge and subnet) unless KUBECONFIG
 #     points to a running one, and removes the virtual node's NoSchedule taint.
 #  3. Builds the images the suite lists (hack/tools/conformance-images: agnhost, busybox, pause,
-#     nonewprivs, nginx from Debian packages fetched with apt-get download into ~/.cache/kip/debs)
+#     nonewprivs, nginx; Debian's busybox, curl and nginx come from apt-get download into
+#     ~/.cache/kip/debs, extracted, never installed; their libraries from this Debian host)
 #     and pushes them to kip's registry; writes KUBE_TEST_REPO_LIST pointing every registry there.
 #  4. Runs `ginkgo -p` over e2e.test, writes junit.xml, the ginkgo output and summary.txt to the
 #     results directory, prints the counts, and stops kip up.
@@ -94,14 +95,15 @@ go build -o "$work/" ./hack/tools/conformance-images ./hack/tools/junit-summary
 # Debian packages for the images' userland, downloaded once (never installed: busybox
 # conflicts with busybox-static, which kip's other images use).
 mkdir -p "$debs"
-for p in busybox nginx nginx-common; do
+for p in busybox curl nginx nginx-common; do
   if ! compgen -G "$debs/${p}_*.deb" >/dev/null; then
     step "apt-get download $p"
     (cd "$debs" && apt-get download -o APT::Sandbox::User=root "$p" >&2)
   fi
 done
-for p in busybox nginx; do mkdir -p "$work/$p"; done
+for p in busybox curl nginx; do mkdir -p "$work/$p"; done
 dpkg-deb -x "$(compgen -G "$debs/busybox_*.deb" | sort | tail -n1)" "$work/busybox"
+dpkg-deb -x "$(compgen -G "$debs/curl_*.deb" | sort | tail -n1)" "$work/curl"
 dpkg-deb -x "$(compgen -G "$debs/nginx_*.deb" | sort | tail -n1)" "$work/nginx"
 dpkg-deb -x "$(compgen -G "$debs/nginx-common_*.deb" | sort | tail -n1)" "$work/nginx"
 
@@ -162,6 +164,7 @@ export KUBE_TEST_REPO_LIST="$results/repo-list.yaml"
 step "building and pushing the images ($(wc -l <"$results/images.txt") listed)"
 "$work/conformance-images" -registry "$registry" -images "$results/images.txt" \
   -busybox "$work/busybox/bin/busybox" -agnhost "$bin/agnhost" -nonewprivs "$bin/nonewprivs" \
+  -curl "$work/curl/usr/bin/curl" \
   -agnhost-src "$(cd "$tools" && go list -m -f '{{.Dir}}' k8s.io/kubernetes)/test/images/agnhost" \
   -nginx-root "$work/nginx" -private "$registry/k8s-authenticated-test" | tee "$results/images-pushed.txt" | tail -n1 >&2
 

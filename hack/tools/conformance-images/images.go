@@ -97,6 +97,9 @@ func (b *builder) agnhostImage() (v1.Image, error) {
 	// its first argument, so the name it was started by does not matter.
 	l.symlink("/agnhost-2", "agnhost")
 	l.dir("/uploads", 0o755)
+	if err := l.binary("/usr/bin/curl", b.in.curl); err != nil {
+		return nil, err
+	}
 	for _, f := range []string{"localhost.crt", "localhost.key"} {
 		if err := l.file("/"+f, filepath.Join(b.in.agnhostSrc, "porter", f), 0o644); err != nil {
 			return nil, err
@@ -169,19 +172,9 @@ func (b *builder) nginx() (v1.Image, error) {
 	if b.in.nginxRoot == "" {
 		return nil, errors.New("-nginx-root is required")
 	}
-	bin := filepath.Join(b.in.nginxRoot, "usr/sbin/nginx")
 	var l layer
-	if err := l.file("/usr/sbin/nginx", bin, 0o755); err != nil {
+	if err := l.binary("/usr/sbin/nginx", filepath.Join(b.in.nginxRoot, "usr/sbin/nginx")); err != nil {
 		return nil, err
-	}
-	libs, err := sharedLibraries(bin)
-	if err != nil {
-		return nil, err
-	}
-	for _, lib := range libs {
-		if err := l.file(lib.path, lib.from, 0o755); err != nil {
-			return nil, err
-		}
 	}
 	for _, f := range []string{"/etc/nginx/mime.types", "/usr/share/nginx/html/index.html"} {
 		if err := l.file(f, filepath.Join(b.in.nginxRoot, f), 0o644); err != nil {

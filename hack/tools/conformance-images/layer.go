@@ -68,6 +68,27 @@ func (l *layer) file(p, from string, mode int64) error {
 	return nil
 }
 
+// binary adds the dynamically linked host binary from at p, with the libraries ldd resolves
+// for it.
+func (l *layer) binary(p, from string) error {
+	if from == "" {
+		return fmt.Errorf("adding %s: no binary given", p)
+	}
+	if err := l.file(p, from, 0o755); err != nil {
+		return err
+	}
+	libs, err := sharedLibraries(from)
+	if err != nil {
+		return err
+	}
+	for _, lib := range libs {
+		if err := l.file(lib.path, lib.from, 0o755); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
 func (l *layer) tar() ([]byte, error) {
 	names := make([]string, 0, len(l.entries))
 	for n := range l.entries {

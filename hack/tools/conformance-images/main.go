@@ -9,8 +9,9 @@
 //     ldd resolves for it. Debian's busybox-static is not used: its wget segfaults in cells
 //     (static glibc cannot load NSS modules).
 //   - agnhost (every tag): k8s.io/kubernetes/test/images/agnhost built from the pinned
-//     Kubernetes sources (CGO_ENABLED=0) at /agnhost and /agnhost-2, on the busybox userland,
-//     with the user and group the upstream image defines and the porter certificates.
+//     Kubernetes sources (CGO_ENABLED=0) at /agnhost and /agnhost-2, on the busybox userland
+//     plus Debian's curl (exec hooks and probes run it), with the user and group the upstream
+//     image defines and the porter certificates.
 //   - pause: agnhost's pause subcommand, alone in its image.
 //   - nonewprivs: test/images/nonewprivs (nnp) setuid root on the busybox userland.
 //   - nginx (every tag): Debian's nginx with its libraries and mime.types, serving
@@ -57,6 +58,7 @@ type inputs struct {
 	busybox    string // Debian's dynamic busybox binary
 	agnhost    string // agnhost binary
 	agnhostSrc string // directory of k8s.io/kubernetes/test/images/agnhost (porter certificates)
+	curl       string // Debian's curl binary
 	nnp        string // nonewprivs binary
 	nginxRoot  string // Debian's nginx and nginx-common extracted (dpkg-deb -x)
 	private    string // repository prefix that needs credentials: nothing is pushed under it
@@ -70,6 +72,7 @@ func run(ctx context.Context, args []string, out io.Writer) error {
 	fs.StringVar(&in.busybox, "busybox", "", "Debian's dynamically linked busybox binary")
 	fs.StringVar(&in.agnhost, "agnhost", "", "agnhost binary (CGO_ENABLED=0)")
 	fs.StringVar(&in.agnhostSrc, "agnhost-src", "", "source directory of test/images/agnhost (porter certificates)")
+	fs.StringVar(&in.curl, "curl", "", "Debian's curl binary (agnhost's userland; its libraries come from this host)")
 	fs.StringVar(&in.nnp, "nonewprivs", "", "nonewprivs (nnp) binary (CGO_ENABLED=0)")
 	fs.StringVar(&in.nginxRoot, "nginx-root", "", "directory where Debian's nginx and nginx-common are extracted")
 	fs.StringVar(&in.private, "private", "", "image prefix standing for a registry that needs credentials (the repo list's privateRegistry); nothing is pushed under it, so pulls without credentials fail as they should")
