@@ -9,7 +9,7 @@
 #  2. Starts `kip up` in the background (its own --home, bridge and subnet) unless KUBECONFIG
 #     points to a running one, and removes the virtual node's NoSchedule taint.
 #  3. Builds the images the suite lists (hack/tools/conformance-images: agnhost, busybox, pause,
-#     nonewprivs, nginx; Debian's busybox, curl and nginx come from apt-get download into
+#     nonewprivs, nginx; Debian's busybox, curl, dig and nginx come from apt-get download into
 #     ~/.cache/kip/debs, extracted, never installed; their libraries from this Debian host)
 #     and pushes them to kip's registry; writes KUBE_TEST_REPO_LIST pointing every registry there.
 #  4. Runs `ginkgo -p` over e2e.test, writes junit.xml, the ginkgo output and summary.txt to the
@@ -95,17 +95,25 @@ go build -o "$work/" ./hack/tools/conformance-images ./hack/tools/junit-summary
 # Debian packages for the images' userland, downloaded once (never installed: busybox
 # conflicts with busybox-static, which kip's other images use).
 mkdir -p "$debs"
-for p in busybox curl nginx nginx-common; do
-  if ! compgen -G "$debs/${p}_*.deb" >/dev/null; then
-    step "apt-get download $p"
-    (cd "$debs" && apt-get download -o APT::Sandbox::User=root "$p" >&2)
-  fi
-done
-for p in busybox curl nginx; do mkdir -p "$work/$p"; done
-dpkg-deb -x "$(compgen -G "$debs/busybox_*.deb" | sort | tail -n1)" "$work/busybox"
-dpkg-deb -x "$(compgen -G "$debs/curl_*.deb" | sort | tail -n1)" "$work/curl"
-dpkg-deb -x "$(compgen -G "$debs/nginx_*.deb" | sort | tail -n1)" "$work/nginx"
-dpkg-deb -x "$(compgen -G "$debs/nginx-common_*.deb" | sort | tail -n1)" "$work/nginx"
+# extract DIR PACKAGE...: downloads each package once, then extracts it under $work/DIR.
+extract() {
+  local dir="$work/$1" p deb
+  shift
+  mkdir -p "$dir"
+  for p in "$@"; do
+    if ! compgen -G "$debs/${p}_*.deb" >/dev/null; then
+      step "apt-get download $p"
+      (cd "$debs" && apt-get download -o APT::Sandbox::User=root "$p" >&2)
+    fi
+    deb=$(compgen -G "$debs/${p}_*.deb" | sort | tail -n1)
+    dpkg-deb -x "$deb" "$dir"
+  done
+}
+extract busybox busybox
+extract curl curl
+extract nginx nginx nginx-common
+# dig, with the libraries of bind9 that a plain Debian host does not have.
+extract dig bind9-dnsutils bind9-libs libuv1 liblmdb0 libmaxminddb0 libfstrm0 libjemalloc2
 
 # --- 2. kip up ------------------------------------------------------------------------------
 kip_pid=
@@ -164,7 +172,7 @@ export KUBE_TEST_REPO_LIST="$results/repo-list.yaml"
 step "building and pushing the images ($(wc -l <"$results/images.txt") listed)"
 "$work/conformance-images" -registry "$registry" -images "$results/images.txt" \
   -busybox "$work/busybox/bin/busybox" -agnhost "$bin/agnhost" -nonewprivs "$bin/nonewprivs" \
-  -curl "$work/curl/usr/bin/curl" \
+  -curl "$work/curl/usr/bin/curl" -dig-root "$work/dig" \
   -agnhost-src "$(cd "$tools" && go list -m -f '{{.Dir}}' k8s.io/kubernetes)/test/images/agnhost" \
   -nginx-root "$work/nginx" -private "$registry/k8s-authenticated-test" | tee "$results/images-pushed.txt" | tail -n1 >&2
 

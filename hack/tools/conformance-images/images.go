@@ -60,7 +60,7 @@ func (b *builder) userland() (v1.Image, error) {
 	if b.in.busybox == "" {
 		return nil, errors.New("-busybox is required")
 	}
-	libs, err := sharedLibraries(b.in.busybox)
+	libs, err := sharedLibraries(b.in.busybox, "")
 	if err != nil {
 		return nil, err
 	}
@@ -97,7 +97,10 @@ func (b *builder) agnhostImage() (v1.Image, error) {
 	// its first argument, so the name it was started by does not matter.
 	l.symlink("/agnhost-2", "agnhost")
 	l.dir("/uploads", 0o755)
-	if err := l.binary("/usr/bin/curl", b.in.curl); err != nil {
+	if err := l.binary("/usr/bin/curl", b.in.curl, ""); err != nil {
+		return nil, err
+	}
+	if err := l.binary("/usr/bin/dig", filepath.Join(b.in.digRoot, "usr/bin/dig"), b.in.digRoot); err != nil {
 		return nil, err
 	}
 	for _, f := range []string{"localhost.crt", "localhost.key"} {
@@ -173,7 +176,7 @@ func (b *builder) nginx() (v1.Image, error) {
 		return nil, errors.New("-nginx-root is required")
 	}
 	var l layer
-	if err := l.binary("/usr/sbin/nginx", filepath.Join(b.in.nginxRoot, "usr/sbin/nginx")); err != nil {
+	if err := l.binary("/usr/sbin/nginx", filepath.Join(b.in.nginxRoot, "usr/sbin/nginx"), ""); err != nil {
 		return nil, err
 	}
 	for _, f := range []string{"/etc/nginx/mime.types", "/usr/share/nginx/html/index.html"} {

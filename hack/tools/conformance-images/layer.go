@@ -9,6 +9,7 @@ import (
 	"os"
 	"os/exec"
 	"path"
+	"path/filepath"
 	"runtime"
 	"sort"
 	"strings"
@@ -68,16 +69,16 @@ func (l *layer) file(p, from string, mode int64) error {
 	return nil
 }
 
-// binary adds the dynamically linked host binary from at p, with the libraries ldd resolves
-// for it.
-func (l *layer) binary(p, from string) error {
+// binary adds the dynamically linked binary from at p, with the libraries ldd resolves for
+// it (see sharedLibraries for libRoot).
+func (l *layer) binary(p, from, libRoot string) error {
 	if from == "" {
 		return fmt.Errorf("adding %s: no binary given", p)
 	}
 	if err := l.file(p, from, 0o755); err != nil {
 		return err
 	}
-	libs, err := sharedLibraries(from)
+	libs, err := sharedLibraries(from, libRoot)
 	if err != nil {
 		return err
 	}
@@ -152,15 +153,39 @@ func withLayer(base v1.Image, l *layer, cfg v1.Config) (v1.Image, error) {
 }
 
 // lib is a shared library a binary loads: path is where the loader looks for it (and where it
-// goes in the image), from the host file to copy.
+// goes in the image), from the file to copy.
 type lib struct{ path, from string }
 
 // sharedLibraries lists what ldd resolves for bin on this (Debian) host: the dynamic loader and
-// every library, the loader's symlink followed when copying.
-func sharedLibraries(bin string) ([]lib, error) {
-	out, err := exec.Command("ldd", bin).Output()
+// every library, symlinks followed when copying. libRoot, when set, is a directory where Debian
+// packages this host lacks are extracted (dpkg-deb -x): its library directories are searched
+// first, and a library found there goes to the same path in the image without the prefix.
+func sharedLibraries(bin, libRoot string) ([]lib, error) {
+	cmd := exec.Command("ldd", bin)
+	if libRoot != "" {
+		abs, err := filepath.Abs(libRoot)
+		if err != nil {
+			return nil, err
+		}
+		libRoot = abs
+		var dirs []string
+		for _, d := range []string{"usr/lib/x86_64-linux-gnu", "lib/x86_64-linux-gnu", "usr/lib", "lib"} {
+			dirs = append(dirs, filepath.Join(libRoot, d))
+		}
+		cmd.Env = append(os.Environ(), "LD_LIBRARY_PATH="+strings.Join(dirs, ":"))
+	}
+	out, err := cmd.Output()
 	if err != nil {
 		return nil, fmt.Errorf("ldd %s: %w", bin, err)
+	}
+	add := func(libs []lib, resolved string) []lib {
+		p := resolved
+		if libRoot != "" {
+			if rel, err := filepath.Rel(libRoot, resolved); err == nil && !strings.HasPrefix(rel, "..") {
+				p = "/" + rel
+			}
+		}
+		return append(libs, lib{path: p, from: resolved})
 	}
 	var libs []lib
 	sc := bufio.NewScanner(bytes.NewReader(out))
@@ -168,11 +193,11 @@ func sharedLibraries(bin string) ([]lib, error) {
 		f := strings.Fields(sc.Text())
 		switch {
 		case len(f) >= 3 && f[1] == "=>" && f[2] == "not":
-			return nil, fmt.Errorf("ldd %s: %s not found on this host (install its Debian package)", bin, f[0])
+			return nil, fmt.Errorf("ldd %s: %s not found (extract its Debian package too)", bin, f[0])
 		case len(f) >= 3 && f[1] == "=>" && strings.HasPrefix(f[2], "/"):
-			libs = append(libs, lib{path: f[2], from: f[2]})
+			libs = add(libs, f[2])
 		case len(f) >= 1 && strings.HasPrefix(f[0], "/"):
-			libs = append(libs, lib{path: f[0], from: f[0]}) // the loader
+			libs = add(libs, f[0]) // the loader
 		}
 	}
 	if len(libs) == 0 {

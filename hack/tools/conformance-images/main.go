@@ -10,8 +10,8 @@
 //     (static glibc cannot load NSS modules).
 //   - agnhost (every tag): k8s.io/kubernetes/test/images/agnhost built from the pinned
 //     Kubernetes sources (CGO_ENABLED=0) at /agnhost and /agnhost-2, on the busybox userland
-//     plus Debian's curl (exec hooks and probes run it), with the user and group the upstream
-//     image defines and the porter certificates.
+//     plus Debian's curl (exec hooks and probes run it) and dig (DNS specs run it), with the
+//     user and group the upstream image defines and the porter certificates.
 //   - pause: agnhost's pause subcommand, alone in its image.
 //   - nonewprivs: test/images/nonewprivs (nnp) setuid root on the busybox userland.
 //   - nginx (every tag): Debian's nginx with its libraries and mime.types, serving
@@ -59,6 +59,7 @@ type inputs struct {
 	agnhost    string // agnhost binary
 	agnhostSrc string // directory of k8s.io/kubernetes/test/images/agnhost (porter certificates)
 	curl       string // Debian's curl binary
+	digRoot    string // Debian's bind9-dnsutils and the libraries this host lacks, extracted
 	nnp        string // nonewprivs binary
 	nginxRoot  string // Debian's nginx and nginx-common extracted (dpkg-deb -x)
 	private    string // repository prefix that needs credentials: nothing is pushed under it
@@ -73,6 +74,7 @@ func run(ctx context.Context, args []string, out io.Writer) error {
 	fs.StringVar(&in.agnhost, "agnhost", "", "agnhost binary (CGO_ENABLED=0)")
 	fs.StringVar(&in.agnhostSrc, "agnhost-src", "", "source directory of test/images/agnhost (porter certificates)")
 	fs.StringVar(&in.curl, "curl", "", "Debian's curl binary (agnhost's userland; its libraries come from this host)")
+	fs.StringVar(&in.digRoot, "dig-root", "", "directory where Debian's bind9-dnsutils and the libraries this host lacks are extracted (agnhost's dig)")
 	fs.StringVar(&in.nnp, "nonewprivs", "", "nonewprivs (nnp) binary (CGO_ENABLED=0)")
 	fs.StringVar(&in.nginxRoot, "nginx-root", "", "directory where Debian's nginx and nginx-common are extracted")
 	fs.StringVar(&in.private, "private", "", "image prefix standing for a registry that needs credentials (the repo list's privateRegistry); nothing is pushed under it, so pulls without credentials fail as they should")
