@@ -97,11 +97,10 @@ func (b *builder) agnhostImage() (v1.Image, error) {
 	// its first argument, so the name it was started by does not matter.
 	l.symlink("/agnhost-2", "agnhost")
 	l.dir("/uploads", 0o755)
-	if err := l.binary("/usr/bin/curl", b.in.curl, ""); err != nil {
-		return nil, err
-	}
-	if err := l.binary("/usr/bin/dig", filepath.Join(b.in.digRoot, "usr/bin/dig"), b.in.digRoot); err != nil {
-		return nil, err
+	for _, t := range b.in.tools {
+		if err := l.binary(t.dest, filepath.Join(t.root, t.path), t.root); err != nil {
+			return nil, err
+		}
 	}
 	for _, f := range []string{"localhost.crt", "localhost.key"} {
 		if err := l.file("/"+f, filepath.Join(b.in.agnhostSrc, "porter", f), 0o644); err != nil {

@@ -10,8 +10,9 @@
 //     (static glibc cannot load NSS modules).
 //   - agnhost (every tag): k8s.io/kubernetes/test/images/agnhost built from the pinned
 //     Kubernetes sources (CGO_ENABLED=0) at /agnhost and /agnhost-2, on the busybox userland
-//     plus Debian's curl (exec hooks and probes run it) and dig (DNS specs run it), with the
-//     user and group the upstream image defines and the porter certificates.
+//     plus the Debian tools upstream's alpine base provides and the specs run (curl in exec
+//     hooks, nc -u in the UDP checks, dig in the DNS specs), with the user and group the
+//     upstream image defines and the porter certificates.
 //   - pause: agnhost's pause subcommand, alone in its image.
 //   - nonewprivs: test/images/nonewprivs (nnp) setuid root on the busybox userland.
 //   - nginx (every tag): Debian's nginx with its libraries and mime.types, serving
@@ -53,16 +54,15 @@ func main() {
 
 // inputs are the files the images are made of, all prepared by hack/conformance.sh.
 type inputs struct {
-	registry   string // host:port of the registry to push to
-	images     string // file with e2e.test --list-images output
-	busybox    string // Debian's dynamic busybox binary
-	agnhost    string // agnhost binary
-	agnhostSrc string // directory of k8s.io/kubernetes/test/images/agnhost (porter certificates)
-	curl       string // Debian's curl binary
-	digRoot    string // Debian's bind9-dnsutils and the libraries this host lacks, extracted
-	nnp        string // nonewprivs binary
-	nginxRoot  string // Debian's nginx and nginx-common extracted (dpkg-deb -x)
-	private    string // repository prefix that needs credentials: nothing is pushed under it
+	registry   string   // host:port of the registry to push to
+	images     string   // file with e2e.test --list-images output
+	busybox    string   // Debian's dynamic busybox binary
+	agnhost    string   // agnhost binary
+	agnhostSrc string   // directory of k8s.io/kubernetes/test/images/agnhost (porter certificates)
+	tools      toolList // Debian binaries agnhost's userland carries (curl, dig, nc)
+	nnp        string   // nonewprivs binary
+	nginxRoot  string   // Debian's nginx and nginx-common extracted (dpkg-deb -x)
+	private    string   // repository prefix that needs credentials: nothing is pushed under it
 }
 
 func run(ctx context.Context, args []string, out io.Writer) error {
@@ -73,8 +73,7 @@ func run(ctx context.Context, args []string, out io.Writer) error {
 	fs.StringVar(&in.busybox, "busybox", "", "Debian's dynamically linked busybox binary")
 	fs.StringVar(&in.agnhost, "agnhost", "", "agnhost binary (CGO_ENABLED=0)")
 	fs.StringVar(&in.agnhostSrc, "agnhost-src", "", "source directory of test/images/agnhost (porter certificates)")
-	fs.StringVar(&in.curl, "curl", "", "Debian's curl binary (agnhost's userland; its libraries come from this host)")
-	fs.StringVar(&in.digRoot, "dig-root", "", "directory where Debian's bind9-dnsutils and the libraries this host lacks are extracted (agnhost's dig)")
+	fs.Var(&in.tools, "agnhost-tool", "ROOT=PATH[=DEST]: a Debian binary for agnhost's userland, extracted under ROOT (with any libraries this host lacks) at ROOT/PATH; it goes to DEST, default /PATH (repeatable)")
 	fs.StringVar(&in.nnp, "nonewprivs", "", "nonewprivs (nnp) binary (CGO_ENABLED=0)")
 	fs.StringVar(&in.nginxRoot, "nginx-root", "", "directory where Debian's nginx and nginx-common are extracted")
 	fs.StringVar(&in.private, "private", "", "image prefix standing for a registry that needs credentials (the repo list's privateRegistry); nothing is pushed under it, so pulls without credentials fail as they should")
@@ -121,6 +120,29 @@ func run(ctx context.Context, args []string, out io.Writer) error {
 		fmt.Fprintf(out, "not built (no offline recipe; specs that need it fail to pull): %s\n", s)
 	}
 	fmt.Fprintf(out, "%d images pushed, %d not built\n", pushed, len(skipped))
+	return nil
+}
+
+// tool is a binary extracted from a Debian package: root/path on this host, dest (default
+// /path) in the image.
+type tool struct{ root, path, dest string }
+
+// toolList is the repeatable -agnhost-tool flag.
+type toolList []tool
+
+func (t *toolList) String() string { return fmt.Sprint(*t) }
+
+func (t *toolList) Set(v string) error {
+	parts := strings.Split(v, "=")
+	if len(parts) < 2 || len(parts) > 3 || parts[0] == "" || parts[1] == "" {
+		return fmt.Errorf("want ROOT=PATH or ROOT=PATH=DEST, got %q", v)
+	}
+	tl := tool{root: parts[0], path: strings.TrimPrefix(path.Clean("/"+parts[1]), "/")}
+	tl.dest = "/" + tl.path
+	if len(parts) == 3 {
+		tl.dest = path.Clean("/" + parts[2])
+	}
+	*t = append(*t, tl)
 	return nil
 }
 
