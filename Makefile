@@ -1,5 +1,5 @@
 # Kip's Makefile only calls hack/ scripts and go.
-.PHONY: all build test unit demo bench control-plane deps verify clean
+.PHONY: all build test unit demo bench conformance control-plane deps verify clean
 
 all: build
 
@@ -23,6 +23,10 @@ demo:
 
 bench:
 	hack/bench.sh
+
+# Kubernetes' own e2e suite against Kip, offline, as root (not part of make test; docs/conformance.md).
+conformance:
+	hack/conformance.sh
 
 verify:
 	hack/verify.sh
