@@ -192,15 +192,21 @@ func Busybox(opts Options) (v1.Image, error) {
 	if err != nil {
 		return nil, err
 	}
+	return OneLayer(layerTar, config(opts), "kip imagebuild busybox")
+}
+
+// OneLayer makes a linux/GOARCH OCI image of one uncompressed tar layer with the given
+// runtime config, created at Epoch by createdBy: the same inputs give the same digest.
+func OneLayer(layerTar []byte, cfg v1.Config, createdBy string) (v1.Image, error) {
 	layer, err := tarball.LayerFromOpener(func() (io.ReadCloser, error) {
 		return io.NopCloser(bytes.NewReader(layerTar)), nil
 	}, tarball.WithMediaType(types.OCILayer))
 	if err != nil {
-		return nil, fmt.Errorf("making busybox layer: %w", err)
+		return nil, fmt.Errorf("making the image layer: %w", err)
 	}
 	img, err := mutate.AppendLayers(mutate.MediaType(empty.Image, types.OCIManifestSchema1), layer)
 	if err != nil {
-		return nil, fmt.Errorf("appending busybox layer: %w", err)
+		return nil, fmt.Errorf("appending the image layer: %w", err)
 	}
 	img = mutate.ConfigMediaType(img, types.OCIConfigJSON)
 	cf, err := img.ConfigFile()
@@ -211,8 +217,8 @@ func Busybox(opts Options) (v1.Image, error) {
 	cf.OS = "linux"
 	cf.Architecture = runtime.GOARCH
 	cf.Created = v1.Time{Time: Epoch}
-	cf.Config = config(opts)
-	cf.History = []v1.History{{Created: v1.Time{Time: Epoch}, CreatedBy: "kip imagebuild busybox"}}
+	cf.Config = cfg
+	cf.History = []v1.History{{Created: v1.Time{Time: Epoch}, CreatedBy: createdBy}}
 	img, err = mutate.ConfigFile(img, cf)
 	if err != nil {
 		return nil, fmt.Errorf("setting image config: %w", err)
