@@ -103,26 +103,27 @@ func TestLeaderElection(t *testing.T) {
 	if _, err := e.WaitForPod(ctx, ns, name(0), podTimeout, running); err != nil {
 		t.Fatal(err)
 	}
-	// The cells of pods Running now must survive the takeover as they are.
-	before := map[string]string{} // pod name -> cell ID
+	// Every cell launched by now (of a Running pod or one still starting) must be adopted as
+	// it is by the next leader: same pod, same cell.
 	pods, err := e.Client.CoreV1().Pods(ns).List(ctx, metav1.ListOptions{})
 	if err != nil {
 		t.Fatal(err)
 	}
+	nRunning := 0
 	for _, p := range pods.Items {
-		if !running(&p) {
-			continue
-		}
-		cells, err := e.Cells(ctx, framework.PodCells(ns, p.Name))
-		if err != nil {
-			t.Fatal(err)
-		}
-		if len(cells) == 1 {
-			before[p.Name] = cells[0].ID
+		if running(&p) {
+			nRunning++
 		}
 	}
-	all, _ := e.Cells(ctx, map[string]string{cloud.TagPodNamespace: ns})
-	t.Logf("killing the leader with %d of %d pods created, %d Running, %d cells", burst/2, burst, len(before), len(all))
+	atKill := map[string]string{} // pod name -> cell ID
+	all, err := e.Cells(ctx, map[string]string{cloud.TagPodNamespace: ns})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, c := range all {
+		atKill[c.Tags[cloud.TagPodName]] = c.ID
+	}
+	t.Logf("killing the leader with %d of %d pods created, %d Running, %d cells", burst/2, burst, nRunning, len(all))
 	killed := time.Now()
 	a.Kill()
 	create(burst/2, burst)
@@ -176,12 +177,12 @@ func TestLeaderElection(t *testing.T) {
 			t.Errorf("pod %s has %d cells: %v", name(i), len(ids), ids)
 		}
 	}
-	for pod, id := range before {
+	for pod, id := range atKill {
 		if ids := perPod[pod]; len(ids) != 1 || ids[0] != id {
-			t.Errorf("pod %s ran on cell %s before the kill, on %v after: relaunched instead of adopted", pod, id, ids)
+			t.Errorf("pod %s had cell %s at the kill, %v after: relaunched instead of adopted", pod, id, ids)
 		}
 	}
-	t.Logf("%d pods Running on %d cells; %d of them adopted as they were", burst, len(all), len(before))
+	t.Logf("%d pods Running on %d cells; the %d cells launched before the kill adopted as they were", burst, len(all), len(atKill))
 	if at, ok := logTime(b.Log(), "kip is ready"); ok {
 		t.Logf("the new leader was ready (node Ready, kubelet API serving) %v after the kill", at.Sub(killed).Round(10*time.Millisecond))
 	}

@@ -57,12 +57,7 @@ every cell. A replica that loses the Lease exits (status 1) to restart as a foll
 				}
 			}
 			o := kipnode.Options{Config: cfg, Kubeconfig: kubeconfig, Log: log, AnonymousPaths: anonymousPaths, HealthAddr: healthAddr}
-			if !cmd.Flags().Changed("leader-elect") {
-				leaderElect = kubeconfig == ""
-			}
-			if leaderElect {
-				o.LeaderElection = &le
-			}
+			o.LeaderElection = election(cmd.Flags().Changed("leader-elect"), leaderElect, kubeconfig, le)
 			return kipnode.Start(cmd.Context(), o)
 		},
 	}
@@ -86,6 +81,18 @@ every cell. A replica that loses the Lease exits (status 1) to restart as a foll
 	f.StringVar(&healthAddr, "health-addr", "",
 		"serve GET /healthz (plain HTTP, no credentials) on this address, e.g. :10258, leader or follower; default none")
 	return cmd
+}
+
+// election is the leader election kip run asks for: as --leader-elect says when it is given,
+// else on exactly when kip runs in-cluster (no kubeconfig: the replicas of a Deployment).
+func election(given, leaderElect bool, kubeconfig string, le kipnode.LeaderElection) *kipnode.LeaderElection {
+	if !given {
+		leaderElect = kubeconfig == ""
+	}
+	if !leaderElect {
+		return nil
+	}
+	return &le
 }
 
 func envOr(key, def string) string {
