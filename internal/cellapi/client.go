@@ -54,7 +54,10 @@ func NewClient(baseURL string, tlsConfig *tls.Config) *Client {
 		stls = tlsConfig.Clone()
 		stls.NextProtos = []string{"http/1.1"}
 	}
-	str := &http.Transport{DialContext: dialer.DialContext, TLSClientConfig: stls, TLSHandshakeTimeout: 10 * time.Second, DisableKeepAlives: true}
+	// Upgrades are answered at once (101 or an error): bound the wait, since the request
+	// itself outlives its caller's context.
+	str := &http.Transport{DialContext: dialer.DialContext, TLSClientConfig: stls, TLSHandshakeTimeout: 10 * time.Second,
+		ResponseHeaderTimeout: 10 * time.Second, DisableKeepAlives: true}
 	return &Client{base: strings.TrimRight(baseURL, "/"), hc: &http.Client{Transport: tr}, stream: &http.Client{Transport: str}}
 }
 

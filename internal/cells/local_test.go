@@ -25,7 +25,6 @@ import (
 	"github.com/kip-dev/kip/internal/cellapi"
 	"github.com/kip-dev/kip/internal/cloud/local"
 	"github.com/kip-dev/kip/internal/controllers/gc"
-	"github.com/kip-dev/kip/internal/controllers/health"
 	"github.com/kip-dev/kip/internal/pki"
 	"github.com/kip-dev/kip/internal/registry"
 	"github.com/kip-dev/kip/internal/testenv"
@@ -81,15 +80,14 @@ func TestLocalCells(t *testing.T) {
 		if err := m.Recover(ctx, pods); err != nil {
 			t.Fatalf("Recover: %v", err)
 		}
-		// The controllers kip run starts after Recover: orphans, vanished instances, probes.
+		// The controller kip run starts after Recover: orphans, vanished instances.
 		cctx, cancel := context.WithCancel(ctx)
 		var wg sync.WaitGroup
-		wg.Add(2)
+		wg.Add(1)
 		go func() {
 			defer wg.Done()
 			gc.New(gc.Options{Interval: statusInterval, ClusterName: cfg.ClusterName, NodeName: "kip-" + tag}, m, b, nil, nil, nil).Run(cctx)
 		}()
-		go func() { defer wg.Done(); health.New(statusInterval, m, nil, nil).Run(cctx) }()
 		stopControllers = func() { cancel(); wg.Wait() }
 		t.Cleanup(stopControllers)
 		return m
