@@ -208,7 +208,7 @@ func (c *cell) watch() error {
 // agent is probed beside the stream and judged on each failed probe.
 func (c *cell) consume(ctx context.Context, agent cellapi.Agent, msgs <-chan cellapi.WatchMessage, beats bool) (bool, error) {
 	var (
-		probes chan error      // nil with heartbeats
+		probes chan error       // nil with heartbeats
 		due    <-chan time.Time // nil without
 		timer  clock.Timer
 	)

@@ -101,7 +101,9 @@ func (h *harness) stepUntil(what string, step, limit time.Duration, cond func() 
 	return h.clock.Since(start)
 }
 
-func readyCondition(p *corev1.Pod) *corev1.PodCondition { return findCondition(p.Status.Conditions, corev1.PodReady) }
+func readyCondition(p *corev1.Pod) *corev1.PodCondition {
+	return findCondition(p.Status.Conditions, corev1.PodReady)
+}
 
 func isReady(p *corev1.Pod) bool {
 	c := readyCondition(p)
