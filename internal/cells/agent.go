@@ -84,12 +84,12 @@ func (c *cell) ensurePut(agent cellapi.Agent) error {
 	gctx, cancel := context.WithTimeout(c.ops, probeTimeout)
 	st, err := agent.GetPod(gctx)
 	cancel()
-	if err == nil {
+	if answered(err) {
 		c.heard()
-		if st.UID == string(c.uid) {
-			c.apply(st)
-			return nil
-		}
+	}
+	if err == nil && st.UID == string(c.uid) {
+		c.apply(st)
+		return nil
 	}
 	bo := newBackoff(500*time.Millisecond, 30*time.Second)
 	for {
@@ -123,7 +123,9 @@ func (c *cell) ensurePut(agent cellapi.Agent) error {
 				return fail(ReasonCellLost, "cell %s runs another pod: %v", c.cellID, err)
 			}
 			m.event(pod, corev1.EventTypeWarning, "Failed", "Putting the pod on cell %s: %v", c.cellID, err)
-			if _, lerr := c.judge(fmt.Errorf("putting the pod: %w", err)); lerr != nil {
+			if answered(err) {
+				c.heard()
+			} else if _, lerr := c.judge(fmt.Errorf("putting the pod: %w", err)); lerr != nil {
 				return lerr
 			}
 		} else {

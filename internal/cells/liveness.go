@@ -32,6 +32,13 @@ const (
 // errSilent is why a cell whose status stream went quiet is judged.
 var errSilent = errors.New("no status or heartbeat on its status stream")
 
+// answered reports whether err (or its absence) is an answer from the agent: nil, or an error
+// the agent sent back. An agent that refuses a call is still alive.
+func answered(err error) bool {
+	var e *cellapi.Error
+	return err == nil || errors.As(err, &e)
+}
+
 // silentAfter is how long the agent may be silent before the pod is NotReady.
 func (m *Manager) silentAfter() time.Duration { return silentBeats * m.cfg.Heartbeat }
 
