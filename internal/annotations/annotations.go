@@ -40,6 +40,9 @@ const (
 	// HealthyTimeout overrides how long the cell's agent may stay unreachable: a duration like
 	// "120s", or a number of seconds as the original took.
 	HealthyTimeout = Prefix + "healthcheck-healthy-timeout"
+	// LostTimeout overrides how long a running cell's agent may stay silent before the pod is
+	// failed as lost (cells.lostTimeout): a duration like "45s", or a number of seconds.
+	LostTimeout = Prefix + "lost-timeout"
 )
 
 // The original Kip's spellings of the annotations.
@@ -76,6 +79,8 @@ type Pod struct {
 	PrivateIPOnly   bool
 	// HealthyTimeout overrides the configured healthy timeout; 0 keeps it.
 	HealthyTimeout time.Duration
+	// LostTimeout overrides the configured lost timeout; 0 keeps it.
+	LostTimeout time.Duration
 }
 
 // Error says which annotation has a value kip cannot use, and why.
@@ -192,21 +197,32 @@ var parsers = []struct {
 		return ""
 	}},
 	{HealthyTimeout, func(p *Pod, v, _ string) string {
-		d, err := time.ParseDuration(v)
-		if err != nil {
-			// The original took whole seconds.
-			n, nerr := strconv.Atoi(v)
-			if nerr != nil {
-				return `not a duration like "120s" or a number of seconds`
-			}
-			d = time.Duration(n) * time.Second
-		}
-		if d <= 0 {
-			return "must be positive"
-		}
+		d, reason := parseTimeout(v)
 		p.HealthyTimeout = d
-		return ""
+		return reason
 	}},
+	{LostTimeout, func(p *Pod, v, _ string) string {
+		d, reason := parseTimeout(v)
+		p.LostTimeout = d
+		return reason
+	}},
+}
+
+// parseTimeout reads a positive duration like "120s", or a whole number of seconds as the
+// original took; it returns why v is unusable, or "".
+func parseTimeout(v string) (time.Duration, string) {
+	d, err := time.ParseDuration(v)
+	if err != nil {
+		n, nerr := strconv.Atoi(v)
+		if nerr != nil {
+			return 0, `not a duration like "120s" or a number of seconds`
+		}
+		d = time.Duration(n) * time.Second
+	}
+	if d <= 0 {
+		return 0, "must be positive"
+	}
+	return d, ""
 }
 
 func ptr[T any](v T) *T { return &v }

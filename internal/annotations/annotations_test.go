@@ -39,6 +39,10 @@ func TestParse(t *testing.T) {
 		{"empty group", map[string]string{"pod.kip.dev/security-groups": "sg-1,,sg-2"}, Pod{}, "pod.kip.dev/security-groups"},
 		{"zero timeout", map[string]string{"pod.kip.dev/healthcheck-healthy-timeout": "0s"}, Pod{}, "pod.kip.dev/healthcheck-healthy-timeout"},
 		{"bad legacy timeout", map[string]string{"pod.elotl.co/healthcheck-healthy-timeout": "soon"}, Pod{}, `annotation pod.elotl.co/healthcheck-healthy-timeout="soon": not a duration`},
+		{"lost timeout", map[string]string{"pod.kip.dev/lost-timeout": "45s"}, Pod{LostTimeout: 45 * time.Second}, ""},
+		{"lost timeout in seconds", map[string]string{"pod.kip.dev/lost-timeout": "10"}, Pod{LostTimeout: 10 * time.Second}, ""},
+		{"bad lost timeout", map[string]string{"pod.kip.dev/lost-timeout": "forever"}, Pod{}, `annotation pod.kip.dev/lost-timeout="forever": not a duration`},
+		{"negative lost timeout", map[string]string{"pod.kip.dev/lost-timeout": "-5s"}, Pod{}, `annotation pod.kip.dev/lost-timeout="-5s": must be positive`},
 		{"profile with a space", map[string]string{"pod.kip.dev/instance-profile": "my profile"}, Pod{}, "pod.kip.dev/instance-profile"},
 
 		// One rule set for every annotation: trimmed, empty is unset, both spellings must agree.

@@ -23,7 +23,7 @@ const DefaultPort = 6421
 const (
 	HealthPath = "/healthz"      // GET: Health; no client certificate needed
 	PodPath    = "/v1/pod"       // PUT: PodRequest → PodStatus; GET → PodStatus; DELETE ?grace=<duration>
-	WatchPath  = "/v1/pod/watch" // GET: newline-delimited JSON PodStatus, current first, then every change
+	WatchPath  = "/v1/pod/watch" // GET ?heartbeat=<duration>: newline-delimited JSON PodStatus, current first, then every change, and HeartbeatLines when asked (see HeartbeatWatcher)
 	LogsPath   = "/v1/logs/"     // GET /v1/logs/<container>?tail=&follow=&since=&sinceTime=&timestamps=&previous=&limitBytes=
 	StatsPath  = "/v1/stats"     // GET: Stats
 	ExecPath   = "/v1/exec/"     // POST /v1/exec/<container>?command=&stdin=&tty=, upgraded (see Streamer)

@@ -8,11 +8,15 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
+	"net"
 	"net/http"
 	"net/url"
 	"strings"
 	"time"
 )
+
+// DialTimeout bounds opening a connection to an agent, whatever the caller's deadline.
+const DialTimeout = 10 * time.Second
 
 // Client implements Agent over HTTPS with mutual TLS.
 type Client struct {
@@ -31,19 +35,29 @@ var (
 // normally pki.ClientTLS(ca, cert, key, cellID): it presents kip's client certificate and
 // checks that the agent's certificate names the cell kip launched.
 func NewClient(baseURL string, tlsConfig *tls.Config) *Client {
+	dialer := &net.Dialer{Timeout: DialTimeout, KeepAlive: 15 * time.Second}
 	tr := &http.Transport{
+		DialContext:         dialer.DialContext,
 		TLSClientConfig:     tlsConfig,
 		ForceAttemptHTTP2:   true,
 		MaxIdleConnsPerHost: 4,
 		IdleConnTimeout:     90 * time.Second,
 		TLSHandshakeTimeout: 10 * time.Second,
+		// A connection to a cell cut off the network hangs without an error (no RST comes
+		// back) and every request multiplexed on it would hang too: ping a connection quiet
+		// for SendPingTimeout and close it when the answer takes longer than PingTimeout, so
+		// the next request dials afresh.
+		HTTP2: &http.HTTP2Config{SendPingTimeout: 2 * time.Second, PingTimeout: 2 * time.Second},
 	}
 	var stls *tls.Config
 	if tlsConfig != nil {
 		stls = tlsConfig.Clone()
 		stls.NextProtos = []string{"http/1.1"}
 	}
-	str := &http.Transport{TLSClientConfig: stls, TLSHandshakeTimeout: 10 * time.Second, DisableKeepAlives: true}
+	// Upgrades are answered at once (101 or an error): bound the wait, since the request
+	// itself outlives its caller's context.
+	str := &http.Transport{DialContext: dialer.DialContext, TLSClientConfig: stls, TLSHandshakeTimeout: 10 * time.Second,
+		ResponseHeaderTimeout: 10 * time.Second, DisableKeepAlives: true}
 	return &Client{base: strings.TrimRight(baseURL, "/"), hc: &http.Client{Transport: tr}, stream: &http.Client{Transport: str}}
 }
 
@@ -155,29 +169,83 @@ func (c *Client) DeletePod(ctx context.Context, grace time.Duration) error {
 
 // WatchPod implements Agent. The channel closes when ctx ends or the stream breaks.
 func (c *Client) WatchPod(ctx context.Context) (<-chan *PodStatus, error) {
-	resp, err := c.do(ctx, http.MethodGet, WatchPath, nil)
+	msgs, _, err := c.watch(ctx, 0)
 	if err != nil {
-		return nil, fmt.Errorf("watching pod: %w", err)
+		return nil, err
 	}
 	ch := make(chan *PodStatus)
 	go func() {
 		defer close(ch)
-		defer resp.Body.Close()
-		sc := bufio.NewScanner(resp.Body)
-		sc.Buffer(make([]byte, 64<<10), MaxRequestBytes)
-		for sc.Scan() {
-			var st PodStatus
-			if err := json.Unmarshal(sc.Bytes(), &st); err != nil {
-				return
+		for m := range msgs {
+			if m.Status == nil {
+				continue
 			}
 			select {
-			case ch <- &st:
+			case ch <- m.Status:
 			case <-ctx.Done():
 				return
 			}
 		}
 	}()
 	return ch, nil
+}
+
+// WatchPodHeartbeats implements HeartbeatWatcher. The channel closes when ctx ends or the
+// stream breaks.
+func (c *Client) WatchPodHeartbeats(ctx context.Context, every time.Duration) (<-chan WatchMessage, bool, error) {
+	return c.watch(ctx, every)
+}
+
+var _ HeartbeatWatcher = (*Client)(nil)
+
+// watch opens the status stream, asking for heartbeats every interval unless it is 0.
+func (c *Client) watch(ctx context.Context, every time.Duration) (<-chan WatchMessage, bool, error) {
+	path := WatchPath
+	if every > 0 {
+		path += "?" + url.Values{HeartbeatParam: {every.String()}}.Encode()
+	}
+	resp, err := c.do(ctx, http.MethodGet, path, nil)
+	if err != nil {
+		return nil, false, fmt.Errorf("watching pod: %w", err)
+	}
+	beats := every > 0 && resp.Header.Get(HeartbeatHeader) != ""
+	ch := make(chan WatchMessage)
+	go func() {
+		defer close(ch)
+		defer resp.Body.Close()
+		sc := bufio.NewScanner(resp.Body)
+		sc.Buffer(make([]byte, 64<<10), MaxRequestBytes)
+		for sc.Scan() {
+			m, err := decodeWatchLine(sc.Bytes())
+			if err != nil {
+				return
+			}
+			select {
+			case ch <- m:
+			case <-ctx.Done():
+				return
+			}
+		}
+	}()
+	return ch, beats, nil
+}
+
+// decodeWatchLine decodes one line of the status stream: a HeartbeatLine or a PodStatus.
+func decodeWatchLine(line []byte) (WatchMessage, error) {
+	var hb struct {
+		Heartbeat *time.Time `json:"heartbeat"`
+	}
+	if err := json.Unmarshal(line, &hb); err != nil {
+		return WatchMessage{}, fmt.Errorf("decoding status stream: %w", err)
+	}
+	if hb.Heartbeat != nil {
+		return WatchMessage{}, nil
+	}
+	var st PodStatus
+	if err := json.Unmarshal(line, &st); err != nil {
+		return WatchMessage{}, fmt.Errorf("decoding status stream: %w", err)
+	}
+	return WatchMessage{Status: &st}, nil
 }
 
 // Logs implements Agent.

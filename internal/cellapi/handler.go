@@ -135,6 +135,15 @@ func (h *handler) deletePod(w http.ResponseWriter, r *http.Request) {
 }
 
 func (h *handler) watch(w http.ResponseWriter, r *http.Request) {
+	var every time.Duration
+	if v := r.URL.Query().Get(HeartbeatParam); v != "" {
+		d, err := time.ParseDuration(v)
+		if err != nil || d < MinHeartbeat || d > MaxHeartbeat {
+			h.fail(w, r, Errorf(KindInvalid, "query parameter %s=%q: want a duration from %s to %s", HeartbeatParam, v, MinHeartbeat, MaxHeartbeat))
+			return
+		}
+		every = d
+	}
 	ctx, cancel := context.WithCancel(r.Context())
 	defer cancel()
 	ch, err := h.agent.WatchPod(ctx)
@@ -143,16 +152,40 @@ func (h *handler) watch(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	w.Header().Set("Content-Type", "application/x-ndjson")
+	if every > 0 {
+		w.Header().Set(HeartbeatHeader, every.String())
+	}
 	w.WriteHeader(http.StatusOK)
 	rc := http.NewResponseController(w)
 	_ = rc.Flush()
 	enc := json.NewEncoder(w)
-	for st := range ch {
-		if err := enc.Encode(st); err != nil {
+	// beat fires after every quiet interval; nil (never fires) without heartbeats.
+	var beat <-chan time.Time
+	var t *time.Timer
+	if every > 0 {
+		t = time.NewTimer(every)
+		defer t.Stop()
+		beat = t.C
+	}
+	for {
+		var msg any
+		select {
+		case st, ok := <-ch:
+			if !ok {
+				return
+			}
+			msg = st
+		case now := <-beat:
+			msg = HeartbeatLine{Heartbeat: now.UTC()}
+		}
+		if err := enc.Encode(msg); err != nil {
 			return
 		}
 		if err := rc.Flush(); err != nil {
 			return
+		}
+		if t != nil {
+			t.Reset(every)
 		}
 	}
 }

@@ -115,6 +115,12 @@ func newRig(t *testing.T) *rig {
 // newRigFor serves agent (which embeds or is fa).
 func newRigFor(t *testing.T, agent cellapi.Agent, fa *fakeAgent) *rig {
 	t.Helper()
+	return newRigWrapped(t, agent, fa, nil)
+}
+
+// newRigWrapped serves agent through wrap (nil: as it is).
+func newRigWrapped(t *testing.T, agent cellapi.Agent, fa *fakeAgent, wrap func(http.Handler) http.Handler) *rig {
+	t.Helper()
 	ca, err := pki.NewCA("kip-test")
 	if err != nil {
 		t.Fatal(err)
@@ -127,7 +133,11 @@ func newRigFor(t *testing.T, agent cellapi.Agent, fa *fakeAgent) *rig {
 	if err != nil {
 		t.Fatal(err)
 	}
-	srv := httptest.NewUnstartedServer(cellapi.Handler(agent, cellapi.HandlerOptions{}))
+	var hd http.Handler = cellapi.Handler(agent, cellapi.HandlerOptions{})
+	if wrap != nil {
+		hd = wrap(hd)
+	}
+	srv := httptest.NewUnstartedServer(hd)
 	srv.TLS = stls
 	srv.Config.ErrorLog = log.New(io.Discard, "", 0)
 	srv.StartTLS()

@@ -2,10 +2,12 @@ package cells
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"time"
 
 	corev1 "k8s.io/api/core/v1"
+	"k8s.io/utils/clock"
 
 	"github.com/kip-dev/kip/internal/cellapi"
 	"github.com/kip-dev/kip/internal/cloud"
@@ -21,8 +23,8 @@ func (c *cell) healthyTimeout() time.Duration {
 	return c.m.cfg.HealthyTimeout
 }
 
-// connect dials the agent and waits, with back-off, until it answers Health, for at most
-// the healthy timeout; past it the pod fails with reason.
+// connect dials the agent of a booting or adopted cell and waits, with back-off, until it
+// answers Health, for at most the healthy timeout; past it the pod fails with reason.
 func (c *cell) connect(inst *cloud.Instance, reason string) (cellapi.Agent, error) {
 	m := c.m
 	c.m.mu.Lock()
@@ -41,13 +43,14 @@ func (c *cell) connect(inst *cloud.Instance, reason string) (cellapi.Agent, erro
 			}
 		}
 		if agent != nil {
-			ctx, cancel := context.WithTimeout(c.ops, 5*time.Second)
+			ctx, cancel := context.WithTimeout(c.ops, probeTimeout)
 			h, err := agent.Health(ctx)
 			cancel()
 			switch {
 			case err == nil && h.CellID != "" && h.CellID != c.cellID:
 				lastErr = fmt.Errorf("agent answers as cell %q", h.CellID)
 			case err == nil:
+				c.heard()
 				return agent, nil
 			default:
 				lastErr = err
@@ -57,10 +60,9 @@ func (c *cell) connect(inst *cloud.Instance, reason string) (cellapi.Agent, erro
 			return nil, err
 		}
 		if reason == ReasonCellLost {
-			// A running cell stopped answering: if the cloud says it is gone, fail now.
-			got, err := m.deps.Cloud.Describe(c.ops, inst.ID)
-			if cloud.IsNotFound(err) || (err == nil && (got.State == cloud.StateTerminated || got.State == cloud.StateTerminating)) {
-				return nil, fail(ReasonCellLost, "cell %s (instance %s) is gone", c.cellID, inst.ID)
+			// An adopted cell does not answer: if the cloud says it is gone, fail now.
+			if gone := c.instanceGone(inst); gone != nil {
+				return nil, gone
 			}
 		}
 		if m.clock.Since(start) >= timeout {
@@ -79,7 +81,13 @@ func (c *cell) connect(inst *cloud.Instance, reason string) (cellapi.Agent, erro
 // ensurePut puts the pod on the agent unless the agent already runs it.
 func (c *cell) ensurePut(agent cellapi.Agent) error {
 	m := c.m
-	if st, err := agent.GetPod(c.ops); err == nil && st.UID == string(c.uid) {
+	gctx, cancel := context.WithTimeout(c.ops, probeTimeout)
+	st, err := agent.GetPod(gctx)
+	cancel()
+	if answered(err) {
+		c.heard()
+	}
+	if err == nil && st.UID == string(c.uid) {
 		c.apply(st)
 		return nil
 	}
@@ -97,8 +105,11 @@ func (c *cell) ensurePut(agent cellapi.Agent) error {
 		req, err := c.resolve(pod)
 		if err == nil {
 			var st *cellapi.PodStatus
-			st, err = agent.PutPod(c.ops, req)
+			pctx, cancel := context.WithTimeout(c.ops, putTimeout)
+			st, err = agent.PutPod(pctx, req)
+			cancel()
 			if err == nil {
+				c.heard()
 				c.m.mu.Lock()
 				c.stage = stageRunning
 				c.m.mu.Unlock()
@@ -112,6 +123,11 @@ func (c *cell) ensurePut(agent cellapi.Agent) error {
 				return fail(ReasonCellLost, "cell %s runs another pod: %v", c.cellID, err)
 			}
 			m.event(pod, corev1.EventTypeWarning, "Failed", "Putting the pod on cell %s: %v", c.cellID, err)
+			if answered(err) {
+				c.heard()
+			} else if _, lerr := c.judge(fmt.Errorf("putting the pod: %w", err)); lerr != nil {
+				return lerr
+			}
 		} else {
 			c.m.mu.Lock()
 			c.setWaiting(reasonConfigError, err.Error())
@@ -146,32 +162,37 @@ func (c *cell) resolve(pod *corev1.Pod) (*cellapi.PodRequest, error) {
 }
 
 // watch streams the agent's status into the pod until the pod completes (nil), is deleted,
-// or its cell is lost. A dropped stream is reopened; an agent that stays unreachable past
-// the healthy timeout fails the pod.
+// or its cell is lost. A dropped stream is reopened; an agent silent past the lost timeout
+// fails the pod (see liveness.go).
 func (c *cell) watch() error {
 	for {
 		c.m.mu.Lock()
 		agent, inst := c.agent, c.inst
 		c.m.mu.Unlock()
 		sctx, cancel := context.WithCancel(c.ops)
-		ch, err := agent.WatchPod(sctx)
+		msgs, beats, err := c.openStream(sctx, agent)
 		if err == nil {
-			done := c.consume(ch)
+			c.heard()
+			var done bool
+			done, err = c.consume(sctx, agent, msgs, beats)
 			cancel()
 			if done {
 				return nil
 			}
+			if isFailure(err) {
+				return err
+			}
 		} else {
 			cancel()
 		}
-		if err := c.interrupted(); err != nil {
-			return err
+		if ierr := c.interrupted(); ierr != nil {
+			return ierr
 		}
 		if c.isLost() {
 			return fail(ReasonCellLost, "%s", c.lostMsg)
 		}
 		c.log.Info("agent status stream ended; reconnecting", "err", err)
-		if _, err := c.connect(inst, ReasonCellLost); err != nil {
+		if err := c.reconnect(agent, inst); err != nil {
 			return err
 		}
 		if err := c.ensurePut(agent); err != nil {
@@ -183,24 +204,70 @@ func (c *cell) watch() error {
 	}
 }
 
-// consume applies statuses from one stream; it reports whether the pod reached a final phase.
-func (c *cell) consume(ch <-chan *cellapi.PodStatus) bool {
+// consume applies the messages of one stream and judges the agent's silence; it reports
+// whether the pod reached a final phase, or the error that ends the stream (a CellLost
+// failure, or why it broke). With heartbeats, silence is judged on a timer; without, the
+// agent is probed beside the stream and judged on each failed probe.
+func (c *cell) consume(ctx context.Context, agent cellapi.Agent, msgs <-chan cellapi.WatchMessage, beats bool) (bool, error) {
+	var (
+		probes chan error       // nil with heartbeats
+		due    <-chan time.Time // nil without
+		timer  clock.Timer
+	)
+	if beats {
+		timer = c.m.clock.NewTimer(c.m.silentAfter())
+		defer timer.Stop()
+		due = timer.C()
+	} else {
+		probes = make(chan error)
+		pctx, cancel := context.WithCancel(ctx)
+		defer cancel()
+		go c.probe(pctx, agent, probes)
+	}
 	for {
 		select {
-		case st, ok := <-ch:
+		case m, ok := <-msgs:
 			if !ok {
-				return false
+				return false, errors.New("status stream closed")
 			}
-			c.apply(st)
-			if c.final() {
-				return true
+			if done := c.take(m); done {
+				return true, nil
+			}
+		case <-due:
+			next, err := c.judge(errSilent)
+			if err != nil {
+				return false, err
+			}
+			timer.Reset(next)
+		case err := <-probes:
+			if err == nil {
+				c.heard()
+				continue
+			}
+			if _, lerr := c.judge(fmt.Errorf("probing its health: %w", err)); lerr != nil {
+				return false, lerr
 			}
 		case <-c.ops.Done():
-			return false
+			return false, nil
 		case <-c.lost:
-			return false
+			return false, nil
 		}
 	}
+}
+
+// take applies one message of the status stream; it reports whether the pod is final.
+func (c *cell) take(m cellapi.WatchMessage) bool {
+	c.heard()
+	if m.Status == nil {
+		return false
+	}
+	c.apply(m.Status)
+	return c.final()
+}
+
+func isFailure(err error) bool {
+	var f *podFailure
+	return errors.As(err, &f)
 }
 
 // markLost tells the state machine its cell is lost, and why.

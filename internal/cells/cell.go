@@ -106,6 +106,13 @@ type cell struct {
 	timing       Timing
 	events       podstatus.Events
 	healthyAfter time.Duration
+	// lostAfter is the pod's lost-timeout annotation (0: none). lastHeard is when the agent
+	// last spoke; silent, while not empty, says why the pod is NotReady (the agent has been
+	// silent since silentSince). See liveness.go.
+	lostAfter   time.Duration
+	lastHeard   time.Time
+	silent      string
+	silentSince time.Time
 	// agentEventID is the last of the agent's events recorded; adopted says the cell was
 	// adopted and its first status's events were recorded by an earlier kip.
 	agentEventID uint64
@@ -279,6 +286,9 @@ func (c *cell) statusInput() podstatus.Input {
 		Message:   c.waitMessage,
 		Stopped:   c.stopped,
 		CellReady: c.stage >= stageReady && c.stage < stageDone,
+	}
+	if c.stage < stageStopping {
+		in.Unreachable = c.silent
 	}
 	if c.failure != nil {
 		in.Failure = &podstatus.Failure{Reason: c.failure.reason, Message: c.failure.message}

@@ -116,9 +116,17 @@ const (
 type Options struct {
 	// ClusterName is put on every cell's tags to tell clusters apart.
 	ClusterName string
-	// HealthyTimeout bounds the wait for a cell's agent (boot and reconnects); a pod's
+	// HealthyTimeout bounds the wait for a new or adopted cell's agent to answer; a pod's
 	// healthcheck-healthy-timeout annotation overrides it.
 	HealthyTimeout time.Duration
+	// LostTimeout is how long a running cell's agent may stay silent before the pod fails
+	// with CellLost and the cell is terminated; a pod's lost-timeout annotation (else its
+	// healthcheck-healthy-timeout) overrides it. The pod is NotReady after three heartbeats
+	// of silence.
+	LostTimeout time.Duration
+	// Heartbeat is the interval of the heartbeats kip asks for on each agent's status stream
+	// (agents without them are probed as often).
+	Heartbeat time.Duration
 	// LaunchConcurrency bounds parallel cloud launches.
 	LaunchConcurrency int
 	// CapacityErrorMemory is how long an offering that lacked capacity is tried last.
@@ -130,6 +138,8 @@ func DefaultOptions() Options {
 	return Options{
 		ClusterName:         "kip",
 		HealthyTimeout:      90 * time.Second,
+		LostTimeout:         30 * time.Second,
+		Heartbeat:           time.Second,
 		LaunchConcurrency:   10,
 		CapacityErrorMemory: 3 * time.Minute,
 	}
@@ -219,6 +229,12 @@ func New(opts Options, node NodeInfo, deps Deps) *Manager {
 	}
 	if opts.HealthyTimeout <= 0 {
 		opts.HealthyTimeout = def.HealthyTimeout
+	}
+	if opts.LostTimeout <= 0 {
+		opts.LostTimeout = def.LostTimeout
+	}
+	if opts.Heartbeat <= 0 {
+		opts.Heartbeat = def.Heartbeat
 	}
 	if opts.ClusterName == "" {
 		opts.ClusterName = def.ClusterName

@@ -20,7 +20,6 @@ import (
 	"github.com/kip-dev/kip/internal/cloud"
 	"github.com/kip-dev/kip/internal/cloud/fake"
 	"github.com/kip-dev/kip/internal/controllers/gc"
-	"github.com/kip-dev/kip/internal/controllers/health"
 	"github.com/kip-dev/kip/internal/instancetype"
 	"github.com/kip-dev/kip/internal/pki"
 	"github.com/kip-dev/kip/internal/podstatus/podstatustest"
@@ -271,17 +270,15 @@ func (h *harness) newManager() *Manager {
 	return m
 }
 
-// startControllers runs the gc and health controllers against the harness's manager, passing
-// every 10 s of the fake clock, as kip run does after Recover.
+// startControllers runs the gc controller against the harness's manager, passing every 10 s
+// of the fake clock, as kip run does after Recover.
 func (h *harness) startControllers() {
 	ctx, cancel := context.WithCancel(context.Background())
 	log := slog.New(slog.NewTextHandler(testWriter{h.t}, nil))
 	g := gc.New(gc.Options{Interval: 10 * time.Second, ClusterName: "kip", NodeName: "kip"}, h.m, h.cl, h.mirror, h.clock, log)
-	hc := health.New(10*time.Second, h.m, h.clock, log)
 	var wg sync.WaitGroup
-	wg.Add(2)
+	wg.Add(1)
 	go func() { defer wg.Done(); g.Run(ctx) }()
-	go func() { defer wg.Done(); hc.Run(ctx) }()
 	h.t.Cleanup(func() { cancel(); wg.Wait() })
 }
 

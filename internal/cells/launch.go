@@ -50,7 +50,7 @@ func (c *cell) launch() (*cloud.Instance, error) {
 		return nil, fail(reason, "%v", err)
 	}
 	c.m.mu.Lock()
-	c.healthyAfter = opts.HealthyTimeout
+	c.healthyAfter, c.lostAfter = opts.HealthyTimeout, opts.LostTimeout
 	c.m.mu.Unlock()
 
 	bo := newBackoff(time.Second, time.Minute)

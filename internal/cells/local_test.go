@@ -25,8 +25,8 @@ import (
 	"github.com/kip-dev/kip/internal/cellapi"
 	"github.com/kip-dev/kip/internal/cloud/local"
 	"github.com/kip-dev/kip/internal/controllers/gc"
-	"github.com/kip-dev/kip/internal/controllers/health"
 	"github.com/kip-dev/kip/internal/pki"
+	"github.com/kip-dev/kip/internal/podstatus"
 	"github.com/kip-dev/kip/internal/registry"
 	"github.com/kip-dev/kip/internal/testenv"
 )
@@ -81,15 +81,14 @@ func TestLocalCells(t *testing.T) {
 		if err := m.Recover(ctx, pods); err != nil {
 			t.Fatalf("Recover: %v", err)
 		}
-		// The controllers kip run starts after Recover: orphans, vanished instances, probes.
+		// The controller kip run starts after Recover: orphans, vanished instances.
 		cctx, cancel := context.WithCancel(ctx)
 		var wg sync.WaitGroup
-		wg.Add(2)
+		wg.Add(1)
 		go func() {
 			defer wg.Done()
 			gc.New(gc.Options{Interval: statusInterval, ClusterName: cfg.ClusterName, NodeName: "kip-" + tag}, m, b, nil, nil, nil).Run(cctx)
 		}()
-		go func() { defer wg.Done(); health.New(statusInterval, m, nil, nil).Run(cctx) }()
 		stopControllers = func() { cancel(); wg.Wait() }
 		t.Cleanup(stopControllers)
 		return m
@@ -279,23 +278,92 @@ func TestLocalCells(t *testing.T) {
 		}
 	})
 
-	t.Run("a cell cut off the network fails its pod and is terminated", func(t *testing.T) {
-		pod := sh("island", corev1.RestartPolicyAlways, `while true; do sleep 0.1; done`)
-		pod.Annotations = map[string]string{annotations.HealthyTimeout: "2s"}
+	ready := func(p *corev1.Pod) bool {
+		c := findCondition(p.Status.Conditions, corev1.PodReady)
+		return p.Status.Phase == corev1.PodRunning && c != nil && c.Status == corev1.ConditionTrue &&
+			len(p.Status.ContainerStatuses) == 1 && p.Status.ContainerStatuses[0].Ready
+	}
+	notReady := func(p *corev1.Pod) bool {
+		c := findCondition(p.Status.Conditions, corev1.PodReady)
+		return p.Status.Phase == corev1.PodRunning && c != nil && c.Status == corev1.ConditionFalse &&
+			c.Reason == podstatus.ReasonCellUnreachable && len(p.Status.ContainerStatuses) == 1 && !p.Status.ContainerStatuses[0].Ready
+	}
+
+	t.Run("a cell cut off the network for less than its lost timeout keeps its containers", func(t *testing.T) {
+		pod := sh("ferry", corev1.RestartPolicyAlways, `while true; do sleep 0.1; done`)
+		pod.Annotations = map[string]string{annotations.LostTimeout: "2m"}
 		if err := m.CreatePod(ctx, pod); err != nil {
 			t.Fatal(err)
 		}
-		waitManagerPod(t, m, pod, 90*time.Second, "Running", func(p *corev1.Pod) bool { return p.Status.Phase == corev1.PodRunning })
+		before := waitManagerPod(t, m, pod, 90*time.Second, "Ready", ready)
 		insts, _ := b.List(ctx, map[string]string{"kip.dev/cluster": cfg.ClusterName})
 		if len(insts) != 1 {
 			t.Fatalf("%d instances", len(insts))
 		}
+		cut := time.Now()
 		if err := b.Partition(ctx, insts[0].ID); err != nil {
 			t.Fatal(err)
 		}
+		waitManagerPod(t, m, pod, 90*time.Second, "NotReady while cut off", notReady)
+		t.Logf("NotReady %s after the cut", time.Since(cut).Round(time.Millisecond))
+		// The fault lasts long enough for kip to drop the hung connection and probe afresh
+		// (its HTTP/2 pings close it after a few seconds), well short of the lost timeout.
+		time.Sleep(15 * time.Second)
+		if p, _ := m.GetPod(pod.Namespace, pod.Name); !notReady(p) {
+			t.Fatalf("a cell still cut off is not NotReady: %+v", p.Status)
+		}
+		healed := time.Now()
+		if err := b.Heal(ctx, insts[0].ID); err != nil {
+			t.Fatal(err)
+		}
+		after := waitManagerPod(t, m, pod, 90*time.Second, "Ready again", ready)
+		t.Logf("Ready %s after the heal (cut off %s)", time.Since(healed).Round(time.Millisecond), healed.Sub(cut).Round(time.Millisecond))
+		bc, ac := before.Status.ContainerStatuses[0], after.Status.ContainerStatuses[0]
+		if ac.ContainerID != bc.ContainerID || ac.RestartCount != bc.RestartCount || ac.State.Running == nil ||
+			!ac.State.Running.StartedAt.Equal(&bc.State.Running.StartedAt) {
+			t.Errorf("the container changed: before %s restarts %d %+v, after %s restarts %d %+v",
+				bc.ContainerID, bc.RestartCount, bc.State, ac.ContainerID, ac.RestartCount, ac.State)
+		}
+		if now, _ := b.List(ctx, map[string]string{"kip.dev/cluster": cfg.ClusterName}); len(now) != 1 || now[0].ID != insts[0].ID {
+			t.Errorf("cells before %v, after %v", insts, now)
+		}
+		if !sawEvent("Warning CellUnreachable", "") || !sawEvent("Normal CellReachable", "") {
+			t.Errorf("events: %v", events)
+		}
+		grace := int64(1)
+		del := pod.DeepCopy()
+		del.DeletionGracePeriodSeconds = &grace
+		if err := m.DeletePod(ctx, del); err != nil {
+			t.Fatal(err)
+		}
+		waitReal(t, 30*time.Second, "the pod to be gone", func() bool { _, ok := m.GetPod("default", "ferry"); return !ok })
+		waitReal(t, 30*time.Second, "the cell to be terminated", func() bool { return live() == 0 })
+	})
+
+	t.Run("a cell cut off the network past its lost timeout fails its pod and is terminated", func(t *testing.T) {
+		pod := sh("island", corev1.RestartPolicyAlways, `while true; do sleep 0.1; done`)
+		pod.Annotations = map[string]string{annotations.LostTimeout: "8s"}
+		if err := m.CreatePod(ctx, pod); err != nil {
+			t.Fatal(err)
+		}
+		waitManagerPod(t, m, pod, 90*time.Second, "Ready", ready)
+		insts, _ := b.List(ctx, map[string]string{"kip.dev/cluster": cfg.ClusterName})
+		if len(insts) != 1 {
+			t.Fatalf("%d instances", len(insts))
+		}
+		cut := time.Now()
+		if err := b.Partition(ctx, insts[0].ID); err != nil {
+			t.Fatal(err)
+		}
+		waitManagerPod(t, m, pod, 60*time.Second, "NotReady while cut off", notReady)
+		t.Logf("NotReady %s after the cut", time.Since(cut).Round(time.Millisecond))
 		got := waitManagerPod(t, m, pod, 60*time.Second, "Failed", func(p *corev1.Pod) bool { return p.Status.Phase == corev1.PodFailed })
-		if got.Status.Reason != ReasonCellLost {
+		t.Logf("Failed %s after the cut", time.Since(cut).Round(time.Millisecond))
+		if got.Status.Reason != ReasonCellLost || !strings.Contains(got.Status.Message, "lost timeout 8s") {
 			t.Errorf("reason %q message %q", got.Status.Reason, got.Status.Message)
+		}
+		if term := got.Status.ContainerStatuses[0].State.Terminated; term == nil || term.ExitCode != 137 || term.Reason != ReasonCellLost {
+			t.Errorf("container %+v", got.Status.ContainerStatuses[0].State)
 		}
 		waitReal(t, 30*time.Second, "the cell to be terminated", func() bool { return live() == 0 })
 		if err := m.DeletePod(ctx, pod); err != nil {

@@ -92,7 +92,7 @@ func (m *Manager) adopt(pod *corev1.Pod, inst *cloud.Instance, catalog []instanc
 	c.stage = stageBooting
 	c.adopted = true
 	if opts, err := annotations.Parse(pod); err == nil {
-		c.healthyAfter = opts.HealthyTimeout
+		c.healthyAfter, c.lostAfter = opts.HealthyTimeout, opts.LostTimeout
 	}
 	m.mu.Lock()
 	if old, ok := m.cells[c.key]; ok {

@@ -11,7 +11,7 @@ import (
 )
 
 // The methods below are the manager's view for the controllers that watch cells from outside
-// the state machine (internal/controllers/gc and health): they see snapshots and may only
+// the state machine (internal/controllers/gc, svcpush, ...): they see snapshots and may only
 // report a cell lost.
 
 // EachCell calls visit for every pod the manager runs, with its pod UID, its cell id and,
@@ -33,8 +33,9 @@ func (m *Manager) EachCell(visit func(podUID, cellID, instanceID string)) {
 }
 
 // EachRunning calls visit for every cell whose pod runs on a ready agent, with the cell id,
-// the agent and how long it may stay unreachable. visit must not call back into the manager.
-func (m *Manager) EachRunning(visit func(cellID string, agent cellapi.Agent, healthyTimeout time.Duration)) {
+// the agent and how long it may stay silent (its lost timeout). visit must not call back
+// into the manager.
+func (m *Manager) EachRunning(visit func(cellID string, agent cellapi.Agent, lostTimeout time.Duration)) {
 	type running struct {
 		c     *cell
 		agent cellapi.Agent
@@ -48,7 +49,7 @@ func (m *Manager) EachRunning(visit func(cellID string, agent cellapi.Agent, hea
 	}
 	m.mu.Unlock()
 	for _, r := range rs {
-		visit(r.c.cellID, r.agent, r.c.healthyTimeout())
+		visit(r.c.cellID, r.agent, r.c.lostTimeout())
 	}
 }
 

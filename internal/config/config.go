@@ -187,8 +187,13 @@ type Cells struct {
 	DefaultInstanceType string `json:"defaultInstanceType,omitempty"`
 	// Reserve is added to every pod's requests for the cell agent itself.
 	Reserve Reserve `json:"reserve"`
-	// HealthyTimeout bounds the wait for a cell's agent (boot and reconnects); default 90s.
+	// HealthyTimeout bounds the wait for a new cell's agent to answer; default 90s.
 	HealthyTimeout Duration `json:"healthyTimeout"`
+	// LostTimeout is how long a running cell's agent may stay silent (no status, no
+	// heartbeat) before its pod is failed with CellLost and the cell terminated; the pod turns
+	// NotReady within seconds of the silence, and Ready again if the agent comes back in
+	// time. A pod's pod.kip.dev/lost-timeout annotation overrides it. Default 30s.
+	LostTimeout Duration `json:"lostTimeout"`
 	// StatusInterval is the period of background consistency checks (never on the
 	// critical path: status is pushed by agents); default 10s.
 	StatusInterval Duration `json:"statusInterval"`

@@ -30,6 +30,7 @@ func TestValidFiles(t *testing.T) {
 			eq(t, "node.taints[0]", c.Node.Taints[0], corev1.Taint{Key: "virtual-kubelet.io/provider", Value: "kip", Effect: corev1.TaintEffectNoSchedule})
 			eq(t, "node.capacity.pods", c.Node.Capacity.Pods.String(), "110")
 			eq(t, "cells.healthyTimeout", c.Cells.HealthyTimeout.Duration, 90*time.Second)
+			eq(t, "cells.lostTimeout", c.Cells.LostTimeout.Duration, 30*time.Second)
 			eq(t, "cells.capacityErrorMemory", c.Cells.CapacityErrorMemory.Duration, 3*time.Minute)
 			eq(t, "cells.launchConcurrency", c.Cells.LaunchConcurrency, 10)
 			eq(t, "cells.clusterName", c.Cells.ClusterName, "kip")
@@ -45,6 +46,7 @@ func TestValidFiles(t *testing.T) {
 			eq(t, "node.clusterDNS", fmt.Sprint(c.Node.ClusterDNS), "[10.0.0.10]")
 			eq(t, "node.clusterDomain", c.Node.ClusterDomain, "k.example")
 			eq(t, "cells.healthyTimeout", c.Cells.HealthyTimeout.Duration, 2*time.Minute)
+			eq(t, "cells.lostTimeout", c.Cells.LostTimeout.Duration, 45*time.Second)
 			eq(t, "cells.reserve.cpu", c.Cells.Reserve.CPU.MilliValue(), int64(50))
 			eq(t, "cells.launchConcurrency", c.Cells.LaunchConcurrency, 4)
 			eq(t, "registry.insecure", len(c.Registry.Insecure), 2)
@@ -103,7 +105,7 @@ func TestInvalidFiles(t *testing.T) {
 		{"invalid-unknown-field.yaml", []string{`unknown field "healthyTimout"`}},
 		{"invalid-version.yaml", []string{"apiVersion"}},
 		{"invalid-provider.yaml", []string{"cloud.provider", `"gcp"`}},
-		{"invalid-duration.yaml", []string{"cells.healthyTimeout", "ninety"}},
+		{"invalid-duration.yaml", []string{"cells.healthyTimeout", "ninety", "cells.lostTimeout", "must be positive"}},
 		{"invalid-quantity.yaml", []string{"node.capacity.memory", "lots"}},
 		{"invalid-loopback-ip.yaml", []string{"node.internalIP", "loopback"}},
 		{"invalid-cluster-dns.yaml", []string{`node.clusterDNS[1]: Invalid value: "10.0.0.300"`, "must be an IP address", `node.clusterDomain: Invalid value: "Cluster_Local"`}},

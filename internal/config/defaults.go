@@ -19,6 +19,7 @@ const (
 	DefaultStateDir            = "/var/lib/kip"
 	DefaultClusterName         = "kip"
 	DefaultHealthyTimeout      = 90 * time.Second
+	DefaultLostTimeout         = 30 * time.Second
 	DefaultStatusInterval      = 10 * time.Second
 	DefaultCapacityErrorMemory = 3 * time.Minute
 	DefaultLaunchConcurrency   = 10
@@ -95,6 +96,7 @@ func (c *ProviderConfig) Default() {
 		cl.Reserve.Memory = NewQuantity(resource.NewQuantity(selector.DefaultReserve.MemoryBytes, resource.BinarySI).String())
 	}
 	defaultDuration(&cl.HealthyTimeout, DefaultHealthyTimeout)
+	defaultDuration(&cl.LostTimeout, DefaultLostTimeout)
 	defaultDuration(&cl.StatusInterval, DefaultStatusInterval)
 	defaultDuration(&cl.CapacityErrorMemory, DefaultCapacityErrorMemory)
 	if cl.LaunchConcurrency == 0 {

@@ -220,6 +220,7 @@ func (c *Cells) validate(p *field.Path) field.ErrorList {
 	errs = append(errs, c.Reserve.CPU.validate(p.Child("reserve", "cpu"), false)...)
 	errs = append(errs, c.Reserve.Memory.validate(p.Child("reserve", "memory"), false)...)
 	errs = append(errs, c.HealthyTimeout.validate(p.Child("healthyTimeout"))...)
+	errs = append(errs, c.LostTimeout.validate(p.Child("lostTimeout"))...)
 	errs = append(errs, c.StatusInterval.validate(p.Child("statusInterval"))...)
 	errs = append(errs, c.CapacityErrorMemory.validate(p.Child("capacityErrorMemory"))...)
 	if c.LaunchConcurrency < 1 || c.LaunchConcurrency > 1000 {

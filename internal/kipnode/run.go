@@ -35,7 +35,6 @@ import (
 	"github.com/kip-dev/kip/internal/controllers/cellmirror"
 	"github.com/kip-dev/kip/internal/controllers/ephpush"
 	"github.com/kip-dev/kip/internal/controllers/gc"
-	"github.com/kip-dev/kip/internal/controllers/health"
 	"github.com/kip-dev/kip/internal/controllers/svcpush"
 	"github.com/kip-dev/kip/internal/controllers/volpush"
 	"github.com/kip-dev/kip/internal/crd"
@@ -280,17 +279,16 @@ func (r *runner) run(ctx context.Context) error {
 			mirror.Run(runCtx, 2)
 		}()
 	}
-	// Off the critical path: orphans and vanished instances (gc), unreachable agents (health),
-	// the service table pushed to every cell (svcpush).
+	// Off the critical path: orphans and vanished instances (gc), the service table pushed to
+	// every cell (svcpush). Each cell's state machine judges its own agent's liveness from
+	// the heartbeats on its status stream.
 	interval := cfg.Cells.StatusInterval.Duration
 	gcc := gc.New(gc.Options{Interval: interval, ClusterName: cfg.Cells.ClusterName, NodeName: name}, mgr, cl, mirrorOrNil(mirror), nil, r.log)
-	hc := health.New(interval, mgr, nil, r.log)
 	// The service table builds once the informers (started by the virtual node) have synced.
-	wg.Add(6)
+	wg.Add(5)
 	go func() { defer wg.Done(); volPush.Run(runCtx) }()
 	go func() { defer wg.Done(); ephPush.Run(runCtx) }()
 	go func() { defer wg.Done(); gcc.Run(runCtx) }()
-	go func() { defer wg.Done(); hc.Run(runCtx) }()
 	go func() { defer wg.Done(); svcTable.Run(runCtx) }()
 	go func() { defer wg.Done(); svcPush.Run(runCtx) }()
 	if h, ok := backend.(nodePortHost); ok {
@@ -358,6 +356,7 @@ func cellsOptions(c config.Cells) cells.Options {
 	return cells.Options{
 		ClusterName:         c.ClusterName,
 		HealthyTimeout:      c.HealthyTimeout.Duration,
+		LostTimeout:         c.LostTimeout.Duration,
 		LaunchConcurrency:   c.LaunchConcurrency,
 		CapacityErrorMemory: c.CapacityErrorMemory.Duration,
 	}

@@ -33,7 +33,16 @@ type Input struct {
 	Stopped bool
 	// CellReady means the cell and its agent are up (PodReadyToStartContainers).
 	CellReady bool
+	// Unreachable, when not empty, says why the cell's agent is silent: the containers' last
+	// known states are kept but none is ready, and the Ready and ContainersReady conditions
+	// are False with reason ReasonCellUnreachable and this message (as the node lifecycle
+	// controller marks the pods of a NotReady node).
+	Unreachable string
 }
+
+// ReasonCellUnreachable is the reason of the Ready and ContainersReady conditions of a pod
+// whose cell's agent is silent.
+const ReasonCellUnreachable = "CellUnreachable"
 
 // Failure is why a pod failed: the pod's status reason and message.
 type Failure struct {
@@ -115,7 +124,16 @@ func Build(in Input) corev1.PodStatus {
 			}
 		}
 	}
-	s.Conditions = conditions(pod, &s, in.CellReady, in.Now)
+	unreachable := ""
+	if in.Unreachable != "" && !in.Stopped && in.Failure == nil && !isTerminal(s.Phase) {
+		unreachable = in.Unreachable
+		for _, list := range [][]corev1.ContainerStatus{s.InitContainerStatuses, s.ContainerStatuses, s.EphemeralContainerStatuses} {
+			for i := range list {
+				list[i].Ready = false
+			}
+		}
+	}
+	s.Conditions = conditions(pod, &s, in.CellReady && unreachable == "", unreachable, in.Now)
 	return s
 }
 
@@ -215,7 +233,7 @@ func incompleteInit(pod *corev1.Pod, statuses []corev1.ContainerStatus) []string
 
 // conditions computes kubelet's pod conditions, keeping transition times of unchanged ones
 // and conditions kubelet does not own (readiness gates, disruption targets).
-func conditions(pod *corev1.Pod, s *corev1.PodStatus, cellReady bool, now time.Time) []corev1.PodCondition {
+func conditions(pod *corev1.Pod, s *corev1.PodStatus, cellReady bool, unreachable string, now time.Time) []corev1.PodCondition {
 	var conds []corev1.PodCondition
 	add := func(t corev1.PodConditionType, ok bool, reason, message string) {
 		st := corev1.ConditionFalse
@@ -250,10 +268,12 @@ func conditions(pod *corev1.Pod, s *corev1.PodStatus, cellReady bool, now time.T
 	switch {
 	case succeeded:
 		crReason = "PodCompleted"
+	case unreachable != "":
+		crReason, crMessage = ReasonCellUnreachable, unreachable
 	case len(unready) > 0:
 		crReason, crMessage = "ContainersNotReady", fmt.Sprintf("containers with unready status: [%s]", strings.Join(unready, " "))
 	}
-	containersReady := !succeeded && len(unready) == 0
+	containersReady := !succeeded && len(unready) == 0 && unreachable == ""
 	ready, rReason, rMessage := containersReady, crReason, crMessage
 	if containersReady {
 		for _, g := range pod.Spec.ReadinessGates {

@@ -61,6 +61,18 @@ func TestBuildStatus(t *testing.T) {
 			}},
 		},
 		{
+			name: "running, cell unreachable: kept running but not ready",
+			pod:  testPod("p"),
+			in: Input{PodIP: "10.0.0.5", CellReady: true, Unreachable: "cell c-1 agent silent", Agent: &cellapi.PodStatus{Phase: corev1.PodRunning,
+				ContainerStatuses: []corev1.ContainerStatus{running("main", true)}}},
+			want: want{phase: corev1.PodRunning, ctrState: "running", podIP: "10.0.0.5", conds: []corev1.PodCondition{
+				cond(corev1.PodReadyToStartContainers, corev1.ConditionFalse, ""),
+				cond(corev1.PodInitialized, corev1.ConditionTrue, ""),
+				cond(corev1.PodReady, corev1.ConditionFalse, ReasonCellUnreachable),
+				cond(corev1.ContainersReady, corev1.ConditionFalse, ReasonCellUnreachable),
+			}},
+		},
+		{
 			name: "init container running",
 			pod:  testPod("p", withInit),
 			in: Input{CellReady: true, Agent: &cellapi.PodStatus{Phase: corev1.PodPending,
