@@ -114,7 +114,7 @@ func (c *cell) ensurePut(agent cellapi.Agent) error {
 			m.event(pod, corev1.EventTypeWarning, "Failed", "Putting the pod on cell %s: %v", c.cellID, err)
 		} else {
 			c.m.mu.Lock()
-			c.setWaiting(reasonConfigError, err.Error())
+			c.setContainersWaiting(reasonConfigError, err.Error())
 			c.m.mu.Unlock()
 			c.publish()
 			m.event(pod, corev1.EventTypeWarning, "Failed", "Error: %v", err)

@@ -49,7 +49,7 @@ func (p *Pod) AddEphemeral(list []corev1.EphemeralContainer) error {
 		}
 		p.ctrs[e.Name] = c
 		p.status.EphemeralContainerStatuses = append(p.status.EphemeralContainerStatuses, corev1.ContainerStatus{
-			Name: e.Name, Image: e.Image, State: waiting(ReasonContainerCreating, ""), Started: new(bool),
+			Name: e.Name, Image: e.Image, State: waiting(p.defaultWaiting(), ""), Started: new(bool),
 		})
 		added = append(added, c)
 	}
