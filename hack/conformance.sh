@@ -23,6 +23,8 @@
 #   CONFORMANCE_TIMEOUT  ginkgo --timeout (default 3h)
 #   CONFORMANCE_RESULTS  results directory (default .cache/conformance/<date-time>)
 #   CONFORMANCE_BUILD_ONLY=1  stop after step 1
+#   CONFORMANCE_BRIDGE / CONFORMANCE_SUBNET  kip up's bridge and subnet (default kipconf0,
+#                        10.251.0.0/22); give another pair to run beside a conformance run
 #   KUBECONFIG           use this running kip up instead of starting one; its registry is
 #                        KIP_REGISTRY (default: the node's InternalIP, port 5000)
 #   KIP_CONFORMANCE_CACHE  cache root (default ~/.cache/kip/conformance)
@@ -137,7 +139,8 @@ if [ -n "${KUBECONFIG:-}" ]; then
 else
   home="$work/home"
   step "starting kip up --home $home (log: $results/kip-up.log)"
-  bin/kip up --home "$home" --cp-bin "$cp_bin" --bridge kipconf0 --subnet 10.251.0.0/22 \
+  bin/kip up --home "$home" --cp-bin "$cp_bin" --bridge "${CONFORMANCE_BRIDGE:-kipconf0}" \
+    --subnet "${CONFORMANCE_SUBNET:-10.251.0.0/22}" \
     --registry-port 0 >"$work/ready" 2>"$results/kip-up.log" &
   kip_pid=$!
   for _ in $(seq 1 600); do
