@@ -9,8 +9,10 @@
 #  2. Starts `kip up` in the background (its own --home, bridge and subnet) unless KUBECONFIG
 #     points to a running one, and removes the virtual node's NoSchedule taint.
 #  3. Builds the images the suite lists (hack/tools/conformance-images: agnhost, busybox, pause,
-#     nonewprivs, nginx; Debian's busybox, curl, nc, dig and nginx come from apt-get download into
-#     ~/.cache/kip/debs, extracted, never installed; their libraries from this Debian host)
+#     nonewprivs, nginx; busybox is built from its Debian source without Debian's patches by
+#     hack/build-busybox.sh, cached in ~/.cache/kip/busybox; Debian's curl, nc, dig and nginx
+#     come from apt-get download into ~/.cache/kip/debs, extracted, never installed; their
+#     libraries from this Debian host)
 #     and pushes them to kip's registry; writes KUBE_TEST_REPO_LIST pointing every registry there.
 #  4. Runs `ginkgo -p` over e2e.test, writes junit.xml, the ginkgo output and summary.txt to the
 #     results directory, prints the counts, and stops kip up.
@@ -94,8 +96,7 @@ step "building kip, kip-cell and the image and summary tools"
 go build -o bin/ ./cmd/...
 go build -o "$work/" ./hack/tools/conformance-images ./hack/tools/junit-summary
 
-# Debian packages for the images' userland, downloaded once (never installed: busybox
-# conflicts with busybox-static, which kip's other images use).
+# Debian packages for the images' userland, downloaded once (never installed).
 mkdir -p "$debs"
 # extract DIR PACKAGE...: downloads each package once, then extracts it under $work/DIR.
 extract() {
@@ -111,7 +112,9 @@ extract() {
     dpkg-deb -x "$deb" "$dir"
   done
 }
-extract busybox busybox
+# busybox as upstream releases it (Debian's package reverts upstream ash's keeping of
+# environment variables such as data-1): built from its Debian source without the patches.
+busybox_bin=$(hack/build-busybox.sh | tail -n1)
 extract curl curl
 extract nc netcat-openbsd
 extract nginx nginx nginx-common
@@ -175,7 +178,7 @@ export KUBE_TEST_REPO_LIST="$results/repo-list.yaml"
 "$bin/e2e.test" --list-images >"$results/images.txt"
 step "building and pushing the images ($(wc -l <"$results/images.txt") listed)"
 "$work/conformance-images" -registry "$registry" -images "$results/images.txt" \
-  -busybox "$work/busybox/bin/busybox" -agnhost "$bin/agnhost" -nonewprivs "$bin/nonewprivs" \
+  -busybox "$busybox_bin" -agnhost "$bin/agnhost" -nonewprivs "$bin/nonewprivs" \
   -agnhost-tool "$work/curl=usr/bin/curl" -agnhost-tool "$work/nc=bin/nc.openbsd=/usr/bin/nc" \
   -agnhost-tool "$work/dig=usr/bin/dig" \
   -agnhost-src "$(cd "$tools" && go list -m -f '{{.Dir}}' k8s.io/kubernetes)/test/images/agnhost" \
