@@ -96,7 +96,10 @@ type cell struct {
 	// waitOnContainers says waitReason is a container's waiting reason (kubelet's), not
 	// the pod's.
 	waitOnContainers bool
-	failure          *podFailure
+	// ephWaiting is why ephemeral containers could not be given to the agent yet, by name
+	// (podstatus.Input.EphemeralWaiting).
+	ephWaiting map[string]corev1.ContainerStateWaiting
+	failure    *podFailure
 	// killed is why the pod is being stopped without being deleted (its active deadline
 	// passed): it ends Failed with that reason once its containers stopped.
 	killed *podFailure
@@ -287,6 +290,8 @@ func (c *cell) statusInput() podstatus.Input {
 		Message:   c.waitMessage,
 		Stopped:   c.stopped,
 		CellReady: c.stage >= stageReady && c.stage < stageDone,
+
+		EphemeralWaiting: c.ephWaiting,
 	}
 	if c.waitOnContainers {
 		in.ContainerReason = c.waitReason

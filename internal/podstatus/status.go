@@ -40,6 +40,10 @@ type Input struct {
 	Stopped bool
 	// CellReady means the cell and its agent are up (PodReadyToStartContainers).
 	CellReady bool
+	// EphemeralWaiting is, by name, why kip could not yet give an ephemeral container to the
+	// agent (CreateContainerConfigError: a reference it makes cannot be resolved); it shows
+	// until the agent reports that container.
+	EphemeralWaiting map[string]corev1.ContainerStateWaiting
 }
 
 // Failure is why a pod failed: the pod's status reason and message.
@@ -95,6 +99,16 @@ func Build(in Input) corev1.PodStatus {
 		s.InitContainerStatuses = containerStatuses(pod.Spec.InitContainers, in.Agent.InitContainerStatuses, waiting, "")
 		s.ContainerStatuses = containerStatuses(pod.Spec.Containers, in.Agent.ContainerStatuses, waiting, "")
 		s.EphemeralContainerStatuses = containerStatuses(ephemeralSpecs(pod), in.Agent.EphemeralContainerStatuses, waiting, "")
+		reported := map[string]bool{}
+		for _, cs := range in.Agent.EphemeralContainerStatuses {
+			reported[cs.Name] = true
+		}
+		for i := range s.EphemeralContainerStatuses {
+			cs := &s.EphemeralContainerStatuses[i]
+			if w, ok := in.EphemeralWaiting[cs.Name]; ok && !reported[cs.Name] {
+				cs.State = corev1.ContainerState{Waiting: &w}
+			}
+		}
 	} else {
 		if in.ContainerReason == "" {
 			s.Reason, s.Message = in.Reason, in.Message
