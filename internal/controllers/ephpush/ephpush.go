@@ -5,8 +5,10 @@
 // (cellapi.EphemeralRunner), which starts each one it has not seen once. It learns of new ones
 // from the pod informer and checks every running pod on a resync, so a missed event or an
 // adopted cell is caught up. Pushes are bounded-parallel with a deadline per call and retried
-// with back-off; an agent without the route (501) gets a Warning Event on the pod naming each
-// ephemeral container it cannot run.
+// with back-off; until references that cannot be resolved (a missing Secret) resolve, the
+// containers wait with kubelet's CreateContainerConfigError (Cells.EphemeralWaiting) and a
+// Warning Failed Event says why, once per error. An agent without the route (501) gets a
+// Warning Event on the pod naming each ephemeral container it cannot run.
 package ephpush
 
 import (
