@@ -9,10 +9,10 @@
 #  2. Starts `kip up` in the background (its own --home, bridge and subnet) unless KUBECONFIG
 #     points to a running one, and removes the virtual node's NoSchedule taint.
 #  3. Builds the images the suite lists (hack/tools/conformance-images: agnhost, busybox, pause,
-#     nonewprivs, nginx; busybox is built from its Debian source without Debian's patches by
-#     hack/build-busybox.sh, cached in ~/.cache/kip/busybox; Debian's curl, nc, dig and nginx
-#     come from apt-get download into ~/.cache/kip/debs, extracted, never installed; their
-#     libraries from this Debian host)
+#     nonewprivs, nginx, glibc-dns-testing; busybox is built from its Debian source without
+#     Debian's patches by hack/build-busybox.sh, cached in ~/.cache/kip/busybox; Debian's curl,
+#     nc, dig, nginx and getent (libc-bin) come from apt-get download into ~/.cache/kip/debs,
+#     extracted, never installed; their libraries from this Debian host)
 #     and pushes them to kip's registry; writes KUBE_TEST_REPO_LIST pointing every registry there.
 #  4. Runs `ginkgo -p` over e2e.test, writes junit.xml, the ginkgo output and summary.txt to the
 #     results directory, prints the counts, and stops kip up.
@@ -120,6 +120,9 @@ extract nc netcat-openbsd
 extract nginx nginx nginx-common
 # dig, with the libraries of bind9 that a plain Debian host does not have.
 extract dig bind9-dnsutils bind9-libs libuv1 liblmdb0 libmaxminddb0 libfstrm0 libjemalloc2
+# getent, glibc's own (the DNS specs' queriers: glibc-dns-testing and agnhost, whose upstream
+# alpine has musl's), of the host's glibc version.
+extract getent libc-bin
 
 # --- 2. kip up ------------------------------------------------------------------------------
 kip_pid=
@@ -180,7 +183,8 @@ step "building and pushing the images ($(wc -l <"$results/images.txt") listed)"
 "$work/conformance-images" -registry "$registry" -images "$results/images.txt" \
   -busybox "$busybox_bin" -agnhost "$bin/agnhost" -nonewprivs "$bin/nonewprivs" \
   -agnhost-tool "$work/curl=usr/bin/curl" -agnhost-tool "$work/nc=bin/nc.openbsd=/usr/bin/nc" \
-  -agnhost-tool "$work/dig=usr/bin/dig" \
+  -agnhost-tool "$work/dig=usr/bin/dig" -agnhost-tool "$work/getent=usr/bin/getent" \
+  -glibc-dns-tool "$work/dig=usr/bin/dig" -glibc-dns-tool "$work/getent=usr/bin/getent" \
   -agnhost-src "$(cd "$tools" && go list -m -f '{{.Dir}}' k8s.io/kubernetes)/test/images/agnhost" \
   -nginx-root "$work/nginx" -private "$registry/k8s-authenticated-test" | tee "$results/images-pushed.txt" | tail -n1 >&2
 

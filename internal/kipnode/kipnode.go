@@ -47,10 +47,18 @@ type Options struct {
 	// SubjectAccessReview like any other user, so RBAC must grant them. Empty (the default)
 	// refuses anonymous requests everywhere, as kubelet with --anonymous-auth=false does.
 	AnonymousPaths []string
+	// LeaderElection, when set, makes this process one of several replicas of the node: it
+	// touches nothing (no backend, no node, no kubelet API) until it holds the node's Lease,
+	// and Start returns ErrLostLease if it loses it. Nil runs the node at once (kip up).
+	LeaderElection *LeaderElection
+	// HealthAddr, when set, serves GET /healthz (plain HTTP, no credentials) on this address
+	// for the process's whole life, leader or follower; the body names the role.
+	HealthAddr string
 }
 
 // Start runs the virtual node until ctx ends, then stops it. Cells are left running: the next
-// Start adopts them (Recover).
+// Start adopts them (Recover). With Options.LeaderElection it first waits to hold the node's
+// Lease (leader.go).
 func Start(ctx context.Context, o Options) error {
 	if o.Config == nil {
 		return errors.New("starting kip: Options.Config is required")
@@ -75,6 +83,17 @@ func Start(ctx context.Context, o Options) error {
 		return fmt.Errorf("starting kip: making the dynamic client: %w", err)
 	}
 	r := &runner{opts: o, cfg: o.Config, log: o.Log, restCfg: restCfg, client: client, dynamic: dyn}
+	r.setRole(roleStandalone)
+	if o.HealthAddr != "" {
+		hctx, stopHealth := context.WithCancel(ctx)
+		defer stopHealth()
+		if err := r.serveHealth(hctx, o.HealthAddr); err != nil {
+			return err
+		}
+	}
+	if o.LeaderElection != nil {
+		return r.lead(ctx, *o.LeaderElection, r.run)
+	}
 	return r.run(ctx)
 }
 

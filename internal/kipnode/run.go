@@ -8,6 +8,7 @@ import (
 	"net"
 	"net/http"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -57,6 +58,8 @@ type runner struct {
 	dynamic dynamic.Interface
 	// interfaceAddrs lists the host's addresses; nil means net.InterfaceAddrs (tests inject).
 	interfaceAddrs func() ([]net.Addr, error)
+	// role is what /healthz reports (health.go).
+	role atomic.Value
 }
 
 func (r *runner) run(ctx context.Context) error {

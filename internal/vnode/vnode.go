@@ -111,7 +111,7 @@ func New(cfg Config) (*Node, error) {
 	n.pc, err = node.NewPodController(node.PodControllerConfig{
 		PodClient:         cfg.Client.CoreV1(),
 		EventRecorder:     cfg.Events,
-		Provider:          cfg.Pods,
+		Provider:          asyncRegistration(cfg.Pods),
 		PodInformer:       cfg.Informers.Pods,
 		SecretInformer:    cfg.Informers.Secrets,
 		ConfigMapInformer: cfg.Informers.ConfigMaps,
@@ -184,6 +184,31 @@ func (n *Node) Run(ctx context.Context) (retErr error) {
 	case <-n.pc.Done():
 		return n.pc.Err()
 	}
+}
+
+// asyncRegistration returns pods with a NotifyPods that registers virtual-kubelet's callback
+// from a goroutine, when pods is a node.PodNotifier. The pod controller registers it before its
+// pod cache has synced, and each status handed to the callback waits (151 ms × 20) for its pod
+// to be known, then is dropped; a provider that replays its pods' statuses on registration, as
+// kip's does for the cells Recover adopted, would hold the controller's start, and so the
+// node's, about 3 s per pod, and lose those statuses. Registered in the background, the replay
+// runs while the controller syncs, and the statuses reach it once it knows the pods. Pods'
+// NotifyPods must therefore deliver on registration every status it already knows.
+func asyncRegistration(pods node.PodLifecycleHandler) node.PodLifecycleHandler {
+	n, ok := pods.(node.PodNotifier)
+	if !ok {
+		return pods
+	}
+	return asyncNotifier{PodLifecycleHandler: pods, notifier: n}
+}
+
+type asyncNotifier struct {
+	node.PodLifecycleHandler
+	notifier node.PodNotifier
+}
+
+func (a asyncNotifier) NotifyPods(ctx context.Context, f func(*corev1.Pod)) {
+	go a.notifier.NotifyPods(ctx, f)
 }
 
 // serve starts the kubelet API server; the returned func stops it.

@@ -275,3 +275,51 @@ func TestNewRequiresFields(t *testing.T) {
 		})
 	}
 }
+
+// replayingPods is a provider that, like kip's cells manager, hands every status it already
+// knows to the callback as soon as it is registered.
+type replayingPods struct {
+	*fakePods
+	known []*corev1.Pod
+}
+
+func (r *replayingPods) NotifyPods(_ context.Context, f func(*corev1.Pod)) {
+	for _, p := range r.known {
+		f(p.DeepCopy())
+	}
+}
+
+// TestReplayedStatusesReachTheAPI: statuses a provider replays when virtual-kubelet registers
+// (those of the cells kip adopted at startup) reach the API server. virtual-kubelet registers
+// before its pod cache syncs and drops a status whose pod it does not know within 3 s; a
+// replay made synchronously would be dropped, pod by pod (and hold the node 3 s per pod).
+func TestReplayedStatusesReachTheAPI(t *testing.T) {
+	bound := &corev1.Pod{
+		ObjectMeta: metav1.ObjectMeta{Namespace: "ns", Name: "adopted", UID: "u1"},
+		Spec:       corev1.PodSpec{NodeName: "kip", Containers: []corev1.Container{{Name: "app", Image: "busybox"}}},
+	}
+	client := fake.NewClientset(bound)
+	running := bound.DeepCopy()
+	running.Status = corev1.PodStatus{Phase: corev1.PodRunning, PodIP: "10.0.0.5"}
+	pods := &replayingPods{fakePods: &fakePods{pods: map[string]*corev1.Pod{}}, known: []*corev1.Pod{running}}
+	n, err := New(Config{
+		Client: client, Node: testNode(), Pods: pods, Informers: NewInformers(client, "kip"),
+		Events: record.NewFakeRecorder(100), ListenAddr: freeAddr(t), Certificate: servingCert(t),
+		Handler: http.NotFoundHandler(),
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	go n.Run(ctx) //nolint:errcheck // stopped by cancel
+	if err := n.WaitReady(ctx, 30*time.Second); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, "the replayed status in the API", func() bool {
+		p, err := client.CoreV1().Pods("ns").Get(ctx, "adopted", metav1.GetOptions{})
+		return err == nil && p.Status.PodIP == "10.0.0.5" && p.Status.Phase == corev1.PodRunning
+	})
+	cancel()
+	<-n.Done()
+}

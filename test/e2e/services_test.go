@@ -159,6 +159,31 @@ func TestServices(t *testing.T) {
 		if seen := fetchMany(ctx, t, e, ns, "client", url, 3); len(seen) == 0 {
 			t.Errorf("GET %s from a cell answered nothing", url)
 		}
+
+		// With sessionAffinity ClientIP the host's nodePort sticks too, from the host and
+		// from a cell (the same rules as in the cells: 10 requests by chance alike, 1 in 512).
+		sticky := &corev1.Service{ObjectMeta: metav1.ObjectMeta{Name: "np-sticky"}, Spec: corev1.ServiceSpec{Selector: sel,
+			Type: corev1.ServiceTypeNodePort, SessionAffinity: corev1.ServiceAffinityClientIP,
+			Ports: []corev1.ServicePort{port("http", 80, intstr.FromString("http"))}}}
+		if sticky, err = e.Client.CoreV1().Services(ns).Create(ctx, sticky, metav1.CreateOptions{}); err != nil {
+			t.Fatal(err)
+		}
+		url = "http://" + net.JoinHostPort(e.BridgeIP.String(), fmt.Sprint(sticky.Spec.Ports[0].NodePort)) + "/"
+		hc := &http.Client{Timeout: 5 * time.Second}
+		seen := map[string]bool{}
+		for range 10 {
+			body, err := getWithRetry(ctx, hc, url, ruleTimeout)
+			if err != nil {
+				t.Fatal(err)
+			}
+			seen[strings.TrimSpace(body)] = true
+		}
+		if len(seen) != 1 {
+			t.Errorf("10 requests from the host to nodePort %s with sessionAffinity ClientIP reached %v, want one backend", url, seen)
+		}
+		if got := fetchMany(ctx, t, e, ns, "client", url, 10); len(got) != 1 {
+			t.Errorf("10 requests from a cell to nodePort %s with sessionAffinity ClientIP reached %v, want one backend", url, got)
+		}
 	})
 	t.Run("kip killed: the rules stay; restarted: what changed meanwhile arrives", func(t *testing.T) {
 		killed := time.Now()

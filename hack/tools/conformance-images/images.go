@@ -41,6 +41,8 @@ func (b *builder) image(kind string) (v1.Image, error) {
 		img, err = b.nonewprivs()
 	case "nginx":
 		img, err = b.nginx()
+	case "glibc-dns-testing":
+		img, err = b.glibcDNSTesting()
 	default:
 		return nil, errNoBuilder
 	}
@@ -113,6 +115,9 @@ func (b *builder) agnhostImage() (v1.Image, error) {
 	l.data("/etc/group", "root:x:0:\nnogroup:x:65534:\nnobody:x:65534:\nuser-defined-in-image:x:1000:\n"+
 		"group-defined-in-image:x:50000:user-defined-in-image\n", 0o644)
 	l.dir("/home/user-defined-in-image", 0o755)
+	// glibc's getent (a tool above) reads /etc/hosts before DNS only when nsswitch.conf says
+	// so; musl, upstream's libc, always does.
+	l.data("/etc/nsswitch.conf", debianNSSwitch, 0o644)
 	return withLayer(base, &l, v1.Config{
 		Entrypoint:   []string{"/agnhost"},
 		Cmd:          []string{"pause"},
@@ -198,6 +203,48 @@ func (b *builder) nginx() (v1.Image, error) {
 		ExposedPorts: ports("80/tcp"),
 		StopSignal:   "SIGQUIT",
 	})
+}
+
+// debianNSSwitch is the /etc/nsswitch.conf a Debian image has (libc-bin installs it): hosts
+// from /etc/hosts, then DNS.
+const debianNSSwitch = `passwd:         files
+group:          files
+shadow:         files
+gshadow:        files
+
+hosts:          files dns
+networks:       files
+
+protocols:      db files
+services:       db files
+ethers:         db files
+rpc:            db files
+
+netgroup:       nis
+`
+
+// glibcDNSTesting stands for e2e-test-images/glibc-dns-testing, Debian bookworm-slim with
+// dnsutils: the DNS specs run dig and getent in it to check that a glibc program resolves
+// what agnhost's musl one does. It is the busybox userland (sh, test, seq, echo, sleep,
+// on the host's glibc) plus Debian's dig and glibc's own getent (libc-bin, whose NSS reads
+// /etc/hosts and then DNS as Debian's nsswitch.conf says). The coredns binary the upstream
+// image also carries is left out: no spec runs it from this image.
+func (b *builder) glibcDNSTesting() (v1.Image, error) {
+	base, err := b.userland()
+	if err != nil {
+		return nil, err
+	}
+	if len(b.in.glibcTools) == 0 {
+		return nil, errors.New("-glibc-dns-tool is required (dig and getent)")
+	}
+	var l layer
+	for _, t := range b.in.glibcTools {
+		if err := l.binary(t.dest, filepath.Join(t.root, t.path), t.root); err != nil {
+			return nil, err
+		}
+	}
+	l.data("/etc/nsswitch.conf", debianNSSwitch, 0o644)
+	return withLayer(base, &l, v1.Config{Cmd: []string{"sh"}})
 }
 
 func ports(ps ...string) map[string]struct{} {

@@ -12,10 +12,14 @@
 //   - agnhost (every tag): k8s.io/kubernetes/test/images/agnhost built from the pinned
 //     Kubernetes sources (CGO_ENABLED=0) at /agnhost and /agnhost-2, on the busybox userland
 //     plus the Debian tools upstream's alpine base provides and the specs run (curl in exec
-//     hooks, nc -u in the UDP checks, dig in the DNS specs), with the user and group the
-//     upstream image defines and the porter certificates.
+//     hooks, nc -u in the UDP checks, dig and getent in the DNS specs, with an nsswitch.conf
+//     that reads /etc/hosts before DNS, as musl does), with the user and group the upstream
+//     image defines and the porter certificates.
 //   - pause: agnhost's pause subcommand, alone in its image.
 //   - nonewprivs: test/images/nonewprivs (nnp) setuid root on the busybox userland.
+//   - glibc-dns-testing: the busybox userland plus Debian's dig and glibc's getent (libc-bin)
+//     and Debian's nsswitch.conf, for the DNS specs' glibc querier (upstream: bookworm-slim
+//     with dnsutils).
 //   - nginx (every tag): Debian's nginx with its libraries and mime.types, serving
 //     /usr/share/nginx/html on port 80 in the foreground, logs to stdout/stderr, as the
 //     upstream image does.
@@ -62,6 +66,7 @@ type inputs struct {
 	agnhostSrc string   // directory of k8s.io/kubernetes/test/images/agnhost (porter certificates)
 	tools      toolList // Debian binaries agnhost's userland carries (curl, dig, nc)
 	nnp        string   // nonewprivs binary
+	glibcTools toolList // Debian binaries glibc-dns-testing carries (dig, getent)
 	nginxRoot  string   // Debian's nginx and nginx-common extracted (dpkg-deb -x)
 	private    string   // repository prefix that needs credentials: nothing is pushed under it
 }
@@ -75,6 +80,7 @@ func run(ctx context.Context, args []string, out io.Writer) error {
 	fs.StringVar(&in.agnhost, "agnhost", "", "agnhost binary (CGO_ENABLED=0)")
 	fs.StringVar(&in.agnhostSrc, "agnhost-src", "", "source directory of test/images/agnhost (porter certificates)")
 	fs.Var(&in.tools, "agnhost-tool", "ROOT=PATH[=DEST]: a Debian binary for agnhost's userland, extracted under ROOT (with any libraries this host lacks) at ROOT/PATH; it goes to DEST, default /PATH (repeatable)")
+	fs.Var(&in.glibcTools, "glibc-dns-tool", "ROOT=PATH[=DEST]: a Debian binary for glibc-dns-testing's userland, as -agnhost-tool (repeatable)")
 	fs.StringVar(&in.nnp, "nonewprivs", "", "nonewprivs (nnp) binary (CGO_ENABLED=0)")
 	fs.StringVar(&in.nginxRoot, "nginx-root", "", "directory where Debian's nginx and nginx-common are extracted")
 	fs.StringVar(&in.private, "private", "", "image prefix standing for a registry that needs credentials (the repo list's privateRegistry); nothing is pushed under it, so pulls without credentials fail as they should")

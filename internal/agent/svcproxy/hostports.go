@@ -46,7 +46,10 @@ func (h HostPort) String() string {
 
 // HostPorts validates the hostPorts of pod's containers and returns those that need a rule:
 // a hostPort equal to its containerPort needs none (the pod shares the cell's network
-// namespace, so the container already listens there). Every problem is reported at once,
+// namespace, so the container already listens there), whatever its hostIP: the pod's IP is
+// its host's, so the cell's address on that port is also the pod IP and containerPort, which
+// a pod answers on any node; narrowing it to hostIP would take that away. A hostPort other
+// than its containerPort is translated on hostIP only. Every problem is reported at once,
 // naming the field; the error is cellapi.KindInvalid.
 func HostPorts(pod *corev1.Pod) ([]HostPort, error) {
 	var probs []string

@@ -158,3 +158,29 @@ func (e *env) nftTable(family, name string) string {
 	}
 	return string(out)
 }
+
+// TestHostPortSameAsContainerPortWithHostIP: a hostPort equal to its containerPort needs no
+// rule whatever its hostIP, and stays reachable on the cell's address from a peer: that
+// address:port is also the pod's IP and containerPort, which a pod answers on any node, so
+// narrowing it to hostIP would cut what Kubernetes guarantees.
+func TestHostPortSameAsContainerPortWithHostIP(t *testing.T) {
+	e := newEnv(t)
+	e.serve(e.pod, ":8080")
+	e.serve(e.pod, ":6060")
+	pod := hostPod(ctr("web", hp("TCP", "127.0.0.1", 8080, 8080), hp("TCP", "192.0.2.7", 6060, 6060)))
+	hps, err := svcproxy.HostPorts(pod)
+	if err != nil || len(hps) != 0 {
+		t.Fatalf("HostPorts = %v, %v; want no rule", hps, err)
+	}
+	if err := e.p.SetHostPorts(context.Background(), pod); err != nil {
+		t.Fatalf("SetHostPorts: %v", err)
+	}
+	for _, c := range []struct{ addr, want string }{{podIP + ":8080", "tcp :8080"}, {podIP + ":6060", "tcp :6060"}} {
+		if got, err := e.callFrom(e.peer, "tcp", c.addr); err != nil || got != c.want {
+			t.Errorf("tcp %s from the peer = %q, %v; want %q", c.addr, got, err, c.want)
+		}
+	}
+	if got, err := e.callFrom(e.pod, "tcp", "127.0.0.1:8080"); err != nil || got != "tcp :8080" {
+		t.Errorf("tcp 127.0.0.1:8080 from the pod = %q, %v; want tcp :8080", got, err)
+	}
+}

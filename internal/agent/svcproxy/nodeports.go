@@ -4,9 +4,11 @@ import (
 	"context"
 	"fmt"
 	"net/netip"
+	"slices"
 	"sort"
 	"strings"
 	"sync"
+	"time"
 
 	"github.com/google/nftables"
 	"github.com/google/nftables/binaryutil"
@@ -32,6 +34,7 @@ const (
 	npNodeAddrs     = "node-addresses"
 	npNodePorts     = "node-ports"
 	npNoEndpoints   = "no-endpoint-nodeports"
+	npSticky        = "sticky-nodeports"
 	maxTableNameLen = 255 // NFT_TABLE_MAXNAMELEN less its NUL
 )
 
@@ -44,8 +47,10 @@ const ctDirOriginal = 0
 // NodePorts programs the nodePorts of a service table into the network namespace it runs
 // in (the host's, for the local backend), as kube-proxy does on a node: a connection to a
 // node address on a port's nodePort (TCP, UDP or SCTP) is DNATed to one of the port's
-// endpoints at random and masqueraded, so that the endpoint's replies come back through
-// this namespace even when the client is on the endpoint's own network; a nodePort without
+// endpoints, at random or, for a Service with sessionAffinity ClientIP, to the endpoint the
+// client's address last reached within the timeout (the cells' chains and sets, see
+// addAffinity), and masqueraded, so that the endpoint's replies come back through this
+// namespace even when the client is on the endpoint's own network; a nodePort without
 // endpoints is rejected at once. Loopback addresses are never node addresses.
 //
 // Its table is "kip-nodeports-<name>" in families ip and ip6; several NodePorts with other
@@ -111,6 +116,10 @@ type nodePort struct {
 	proto uint8
 	port  uint16
 	eps   []endpoint
+	// sticky is the service port when it has ClientIP affinity and endpoints (nil otherwise);
+	// names are then its affinity chains and sets.
+	sticky *port
+	names  names
 }
 
 // Replace programs exactly the nodePorts of svcs (ports with NodePort 0 are skipped),
@@ -118,6 +127,13 @@ type nodePort struct {
 // (as the cells' tables are, plus each nodePort: in range 1..65535, as clusters configure
 // their range, and no protocol/nodePort used twice); an invalid table is refused with
 // cellapi.KindInvalid naming the Service and port, and nothing changes.
+//
+// Session affinity survives a replacement where it still means the same: a client that
+// stuck to an endpoint of a port keeps it for the rest of its timeout (cut to the new
+// timeout if that is shorter) as long as the table still has that port with ClientIP
+// affinity and that endpoint, whatever else changed (kube-proxy likewise keeps an
+// endpoint's affinity across syncs). A client that first connects between the read of the
+// old sets and the commit of the new ones loses its affinity.
 func (np *NodePorts) Replace(ctx context.Context, svcs []cellapi.Service) error {
 	want, err := compileTable(svcs, true)
 	if err != nil {
@@ -128,6 +144,10 @@ func (np *NodePorts) Replace(ctx context.Context, svcs []cellapi.Service) error 
 	}
 	np.mu.Lock()
 	defer np.mu.Unlock()
+	carry, err := np.affinities()
+	if err != nil {
+		return fmt.Errorf("reading the session affinity of table %s: %w", np.table, err)
+	}
 	b := np.p.newBatch()
 	n := 0
 	for _, f := range families {
@@ -153,13 +173,17 @@ func (np *NodePorts) Replace(ctx context.Context, svcs []cellapi.Service) error 
 					continue
 				}
 				_, eps := split(f, s, p)
-				ports = append(ports, nodePort{proto: p.proto, port: p.nodePort, eps: eps})
+				npt := nodePort{proto: p.proto, port: p.nodePort, eps: eps}
+				if p.affinity > 0 && len(eps) > 0 {
+					npt.sticky, npt.names = p, portNames(s, p, eps)
+				}
+				ports = append(ports, npt)
 			}
 		}
 		b.c.AddTable(t)
 		b.n++
 		b.nodePortsBase(f, t, addrs, np.addrs == nil)
-		b.nodePorts(f, t, ports)
+		b.nodePorts(f, t, ports, carry[f])
 		n = max(n, len(ports))
 	}
 	b.flushElements()
@@ -167,6 +191,57 @@ func (np *NodePorts) Replace(ctx context.Context, svcs []cellapi.Service) error 
 		return fmt.Errorf("programming %d nodePorts in table %s: %w", n, np.table, err)
 	}
 	return nil
+}
+
+// affinities reads the client addresses of the affinity sets of both families' tables, by
+// family and set name, each element's Timeout being the time it has left. A missing table
+// has none.
+func (np *NodePorts) affinities() (map[*family]map[string][]nftables.SetElement, error) {
+	var opts []nftables.ConnOption
+	if np.p.netnsFD >= 0 {
+		opts = append(opts, nftables.WithNetNSFd(np.p.netnsFD))
+	}
+	c, err := nftables.New(opts...)
+	if err != nil {
+		return nil, err
+	}
+	out := map[*family]map[string][]nftables.SetElement{}
+	for _, f := range families {
+		// GetSets of a missing table fails with an error that has lost its errno.
+		tables, err := c.ListTablesOfFamily(f.tf)
+		if err != nil {
+			return nil, err
+		}
+		if !slices.ContainsFunc(tables, func(t *nftables.Table) bool { return t.Name == np.table }) {
+			continue
+		}
+		sets, err := c.GetSets(np.familyTable(f))
+		if err != nil {
+			return nil, err
+		}
+		for _, s := range sets {
+			if !strings.HasPrefix(s.Name, affinityKind+"-") || !s.HasTimeout {
+				continue
+			}
+			els, err := c.GetSetElements(s)
+			if err != nil {
+				return nil, fmt.Errorf("set %s: %w", s.Name, err)
+			}
+			var keep []nftables.SetElement
+			for _, e := range els {
+				if e.Expires >= time.Millisecond {
+					keep = append(keep, nftables.SetElement{Key: e.Key, Timeout: e.Expires})
+				}
+			}
+			if len(keep) > 0 {
+				if out[f] == nil {
+					out[f] = map[string][]nftables.SetElement{}
+				}
+				out[f][s.Name] = keep
+			}
+		}
+	}
+	return out, nil
 }
 
 // Delete removes the tables; without them it does nothing.
@@ -213,6 +288,11 @@ func npNoEndpointsMap(t *nftables.Table) *nftables.Set {
 		KeyType: npKeyType, DataType: nftables.TypeVerdict}
 }
 
+func npStickyMap(t *nftables.Table) *nftables.Set {
+	return &nftables.Set{Table: t, Name: npSticky, IsMap: true, Concatenation: true,
+		KeyType: npKeyType, DataType: nftables.TypeVerdict}
+}
+
 func npEndpointsMap(f *family, t *nftables.Table, n int) *nftables.Set {
 	return &nftables.Set{Table: t, Name: fmt.Sprintf("%s%d", endpointsMapPrefix, n), IsMap: true, Concatenation: true,
 		KeyType:  nftables.MustConcatSetType(nftables.TypeInetProto, nftables.TypeInetService, nftables.TypeMark),
@@ -224,9 +304,11 @@ func npEndpointsMap(f *family, t *nftables.Table, n int) *nftables.Set {
 //	set node-addresses { addrs }                    (only with addrs)
 //	set node-ports { l4proto . port }               (filled by nodePorts)
 //	map no-endpoint-nodeports { l4proto . port : goto reject-chain }
+//	map sticky-nodeports { l4proto . port : goto service-… }   (filled by nodePorts)
 //	chain nodeports-nat {
 //	  daddr != @node-addresses return               (with addrs; else:)
 //	  fib daddr type != local return ; daddr <loopback> return
+//	  l4proto . dport vmap @sticky-nodeports    (the nodePorts with ClientIP affinity)
 //	  (then one dnat rule per endpoints-N map: nodePorts)
 //	}
 //	chain nodeports-filter { (the same returns) ; ct state new l4proto . dport vmap @no-endpoint-nodeports }
@@ -252,6 +334,7 @@ func (b *batch) nodePortsBase(f *family, t *nftables.Table, addrs []netip.Addr, 
 	}
 	b.addSet(npNodePortsSet(t), nil)
 	b.addSet(npNoEndpointsMap(t), nil)
+	b.addSet(npStickyMap(t), nil)
 
 	b.addChain(&nftables.Chain{Name: rejectChain, Table: t})
 	b.addRule(t, rejectChain,
@@ -290,6 +373,8 @@ func (b *batch) nodePortsBase(f *family, t *nftables.Table, addrs []netip.Addr, 
 	}
 	b.addRule(t, npFilterChain, exprs(ctNew, npLoadKey, []expr.Any{
 		&expr.Lookup{SourceRegister: 1, IsDestRegSet: true, SetName: npNoEndpoints}})...)
+	b.addRule(t, npNATChain, exprs(npLoadKey, []expr.Any{
+		&expr.Lookup{SourceRegister: 1, IsDestRegSet: true, SetName: npSticky}})...)
 
 	for _, c := range []struct {
 		name, to string
@@ -324,21 +409,28 @@ func (b *batch) nodePortsBase(f *family, t *nftables.Table, addrs []netip.Addr, 
 	b.addRule(t, npPostrouting, masq...)
 }
 
-// nodePorts adds the nodePorts' elements, and per endpoint count N in use the map
+// nodePorts adds the nodePorts' elements: a port with ClientIP affinity gets the cells'
+// affinity chains and sets (addAffinity, with carry's client addresses for its sets) and
+// an element of sticky-nodeports; the others, per endpoint count N in use, the map
 // endpoints-N (l4proto . port . index → endpoint address . port) with its rule in
 // nodeports-nat:
 //
 //	meta l4proto . th dport . numgen random mod N  dnat to map @endpoints-N
 //
 // A port with another count misses the lookup and goes on to the next rule.
-func (b *batch) nodePorts(f *family, t *nftables.Table, ports []nodePort) {
-	var all, noEps []nftables.SetElement
+func (b *batch) nodePorts(f *family, t *nftables.Table, ports []nodePort, carry map[string][]nftables.SetElement) {
+	var all, noEps, sticky []nftables.SetElement
 	byCount := map[int][]nftables.SetElement{}
 	for _, p := range ports {
 		k := npKey(p.proto, p.port)
 		all = append(all, nftables.SetElement{Key: k})
 		if len(p.eps) == 0 {
 			noEps = append(noEps, nftables.SetElement{Key: k, VerdictData: goTo(rejectChain)})
+			continue
+		}
+		if p.sticky != nil {
+			b.addAffinity(f, t, p.names, p.sticky, p.eps, carry)
+			sticky = append(sticky, nftables.SetElement{Key: k, VerdictData: goTo(p.names.chain)})
 			continue
 		}
 		for i, ep := range p.eps {
@@ -349,6 +441,7 @@ func (b *batch) nodePorts(f *family, t *nftables.Table, ports []nodePort) {
 	}
 	b.addElements(npNodePortsSet(t), all)
 	b.addElements(npNoEndpointsMap(t), noEps)
+	b.addElements(npStickyMap(t), sticky)
 	counts := make([]int, 0, len(byCount))
 	for n := range byCount {
 		counts = append(counts, n)

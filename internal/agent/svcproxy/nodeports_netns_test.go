@@ -479,3 +479,78 @@ func TestNodePortsHairpin(t *testing.T) {
 		t.Errorf("with hairpin mode, from cell 1 = %q, want %q", got, want)
 	}
 }
+
+// TestNodePortsSessionAffinity: a nodePort of a Service with ClientIP affinity sends every
+// call of a client to one endpoint, from a cell and from the host, TCP and UDP; the
+// affinity survives replacements of the table that keep the port and its endpoint, and a
+// nodePort without affinity on the same endpoints still spreads.
+func TestNodePortsSessionAffinity(t *testing.T) {
+	e := newNPEnv(t, npBridgeIP)
+	e.serveCells()
+	e.forwarding(true)
+	sticky := webService(npCell1, npCell2)
+	sticky.AffinitySeconds = 600
+	spread := svc("ns", "spread", []string{"10.96.0.11"}, withNodePort(tcpPort("", 80, 8080, npCell1, npCell2), 30090))
+	e.replace(sticky, spread)
+	t.Logf("nft list table ip %s:\n%s", e.np.Table(), e.nft("ip"))
+	for _, c := range []struct {
+		from string
+		ns   netns.NsHandle
+	}{{"cell 3", e.c3}, {"host", e.host}} {
+		for _, call := range []struct{ network, port string }{{"tcp", "30080"}, {"udp", "30053"}} {
+			if seen := e.spread(c.ns, c.from, call.network, npBridgeIP+":"+call.port, 20); len(seen) != 1 {
+				t.Errorf("%s :%s with affinity from the %s: 20 calls reached %s; want one endpoint", call.network, call.port, c.from, keys(seen))
+			}
+		}
+	}
+	if seen := e.spread(e.c3, "cell 3", "tcp", npBridgeIP+":30090", 30); len(seen) != 2 {
+		t.Errorf("tcp :30090 without affinity from cell 3: 30 calls reached %s; want both endpoints", keys(seen))
+	}
+
+	// Each replacement changes another Service; were the affinity lost, each next call would
+	// pick an endpoint at random (12 agreeing by chance: 1 in 2048).
+	first := e.call(e.c3, "cell 3", "tcp", npBridgeIP+":30080")
+	for i := range 12 {
+		spread.Ports[0].NodePort = int32(30100 + i)
+		e.replace(sticky, spread)
+		if got := e.call(e.c3, "cell 3", "tcp", npBridgeIP+":30080"); got != first {
+			t.Fatalf("after replacement %d, tcp :30080 from cell 3 = %q, want %q as before", i+1, got, first)
+		}
+	}
+	// An endpoint added keeps the clients of the others on theirs.
+	more := webService(npCell1, npCell2, npCell16)
+	more.AffinitySeconds = 600
+	e.replace(more, spread)
+	if got := e.call(e.c3, "cell 3", "tcp", npBridgeIP+":30080"); got != first {
+		t.Errorf("after an endpoint was added, tcp :30080 from cell 3 = %q, want %q as before", got, first)
+	}
+	// Affinity turned off spreads again.
+	e.replace(webService(npCell1, npCell2), spread)
+	if seen := e.spread(e.c3, "cell 3", "tcp", npBridgeIP+":30080", 30); len(seen) != 2 {
+		t.Errorf("with affinity turned off: 30 calls reached %s; want both endpoints", keys(seen))
+	}
+}
+
+// TestNodePortsAffinityTimeout: a client's affinity to a nodePort's endpoint ends when it
+// has not connected for timeoutSeconds; its next call is spread again.
+func TestNodePortsAffinityTimeout(t *testing.T) {
+	e := newNPEnv(t, npBridgeIP)
+	e.serveCells()
+	e.forwarding(true)
+	s := webService(npCell1, npCell2)
+	s.AffinitySeconds = 1
+	e.replace(s)
+	// Back to back, the calls stick.
+	if seen := e.spread(e.c3, "cell 3", "tcp", npBridgeIP+":30080", 20); len(seen) != 1 {
+		t.Errorf("calls back to back reached %s; want one endpoint", keys(seen))
+	}
+	// Each call after the timeout picks anew: 12 picks all alike by chance is 1 in 2048.
+	seen := map[string]int{}
+	for range 12 {
+		time.Sleep(1100 * time.Millisecond)
+		seen[e.call(e.c3, "cell 3", "tcp", npBridgeIP+":30080")]++
+	}
+	if len(seen) != 2 {
+		t.Errorf("calls more than the 1 s timeout apart reached %s; want both endpoints", keys(seen))
+	}
+}

@@ -588,6 +588,9 @@ func endpointCounts(f *family, svcs map[string]*service, keys []string) []int {
 	return out
 }
 
+// affinityKind begins the names of the affinity sets.
+const affinityKind = "affinity"
+
 // names are the objects of one service port with session affinity in one family.
 type names struct {
 	chain string   // the service port's chain
@@ -606,7 +609,7 @@ func portNames(s *service, p *port, eps []endpoint) names {
 		epName := base + "__" + netip.AddrPortFrom(ep.addr, ep.port).String()
 		id := fmt.Sprintf("%s/%d/%s", base, p.port, netip.AddrPortFrom(ep.addr, ep.port))
 		n.eps = append(n.eps, objName("endpoint", epName, id))
-		n.aff = append(n.aff, objName("affinity", epName, id))
+		n.aff = append(n.aff, objName(affinityKind, epName, id))
 	}
 	return n
 }
@@ -688,50 +691,68 @@ func (b *batch) addService(f *family, s *service) {
 			continue
 		}
 		n := portNames(s, p, eps)
-		affSets := make([]*nftables.Set, len(n.aff))
-		for j, name := range n.aff {
-			affSets[j] = &nftables.Set{Table: t, Name: name, KeyType: f.addrType, Dynamic: true,
-				HasTimeout: true, Timeout: p.affinity, Size: 65535}
-			b.addSet(affSets[j], nil)
-		}
-		for j, ep := range eps {
-			b.addChain(&nftables.Chain{Name: n.eps[j], Table: t})
-			b.addRule(t, n.eps[j],
-				f.loadSaddr(),
-				&expr.Dynset{SrcRegKey: 1, SetName: affSets[j].Name,
-					SetID: affSets[j].ID, Operation: unix.NFT_DYNSET_OP_UPDATE, Timeout: p.affinity},
-				&expr.Meta{Key: expr.MetaKeyL4PROTO, Register: 1},
-				&expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: []byte{p.proto}},
-				&expr.Immediate{Register: 1, Data: ep.addr.AsSlice()},
-				&expr.Immediate{Register: 2, Data: binaryutil.BigEndian.PutUint16(ep.port)},
-				&expr.NAT{Type: expr.NATTypeDestNAT, Family: f.nfproto, RegAddrMin: 1, RegProtoMin: 2, Specified: true})
-		}
-		b.addChain(&nftables.Chain{Name: n.chain, Table: t})
-		for j := range affSets {
-			b.addRule(t, n.chain, f.loadSaddr(),
-				&expr.Lookup{SourceRegister: 1, SetName: affSets[j].Name, SetID: affSets[j].ID},
-				goTo(n.eps[j]))
-		}
-		if len(eps) == 1 {
-			b.addRule(t, n.chain, goTo(n.eps[0]))
-		} else {
-			m := &nftables.Set{Table: t, Anonymous: true, Constant: true, IsMap: true,
-				KeyType: nftables.TypeInteger, DataType: nftables.TypeVerdict, KeyByteOrder: binaryutil.NativeEndian}
-			els := make([]nftables.SetElement, len(eps))
-			for j := range eps {
-				els[j] = nftables.SetElement{Key: binaryutil.NativeEndian.PutUint32(uint32(j)), VerdictData: goTo(n.eps[j])}
-			}
-			b.addSet(m, els)
-			b.addRule(t, n.chain,
-				&expr.Numgen{Register: 1, Modulus: uint32(len(eps)), Type: unix.NFT_NG_RANDOM},
-				&expr.Lookup{SourceRegister: 1, IsDestRegSet: true, SetName: m.Name, SetID: m.ID})
-		}
+		b.addAffinity(f, t, n, p, eps, nil)
 		var els []nftables.SetElement
 		for _, ip := range ips {
 			els = append(els, nftables.SetElement{Key: key(ip, p.proto, p.port), VerdictData: goTo(n.chain)})
 		}
 		b.addElements(f.serviceIPs(), els)
 	}
+}
+
+// addAffinity adds to t the chains and sets that send the new connections of the port p to
+// its endpoints eps with ClientIP session affinity, named by n:
+//
+//	affinity-…i: dynamic set of client addresses, timeout p.affinity  (one per endpoint)
+//	service-… : [saddr @affinity-…i goto endpoint-…i]… ; numgen random mod N vmap {i: goto endpoint-…i}
+//	endpoint-…i: update @affinity-…i { saddr } ; l4proto P dnat to ip:port
+//
+// The caller points its own map at n.chain. carry, by affinity set name, are client
+// addresses to put back in the new sets (each element's Timeout is what it has left).
+func (b *batch) addAffinity(f *family, t *nftables.Table, n names, p *port, eps []endpoint, carry map[string][]nftables.SetElement) {
+	affSets := make([]*nftables.Set, len(n.aff))
+	for j, name := range n.aff {
+		affSets[j] = &nftables.Set{Table: t, Name: name, KeyType: f.addrType, Dynamic: true,
+			HasTimeout: true, Timeout: p.affinity, Size: 65535}
+		b.addSet(affSets[j], nil)
+		var els []nftables.SetElement
+		for _, e := range carry[name] {
+			els = append(els, nftables.SetElement{Key: e.Key, Timeout: min(e.Timeout, p.affinity)})
+		}
+		b.addElements(affSets[j], els)
+	}
+	for j, ep := range eps {
+		b.addChain(&nftables.Chain{Name: n.eps[j], Table: t})
+		b.addRule(t, n.eps[j],
+			f.loadSaddr(),
+			&expr.Dynset{SrcRegKey: 1, SetName: affSets[j].Name,
+				SetID: affSets[j].ID, Operation: unix.NFT_DYNSET_OP_UPDATE, Timeout: p.affinity},
+			&expr.Meta{Key: expr.MetaKeyL4PROTO, Register: 1},
+			&expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: []byte{p.proto}},
+			&expr.Immediate{Register: 1, Data: ep.addr.AsSlice()},
+			&expr.Immediate{Register: 2, Data: binaryutil.BigEndian.PutUint16(ep.port)},
+			&expr.NAT{Type: expr.NATTypeDestNAT, Family: f.nfproto, RegAddrMin: 1, RegProtoMin: 2, Specified: true})
+	}
+	b.addChain(&nftables.Chain{Name: n.chain, Table: t})
+	for j := range affSets {
+		b.addRule(t, n.chain, f.loadSaddr(),
+			&expr.Lookup{SourceRegister: 1, SetName: affSets[j].Name, SetID: affSets[j].ID},
+			goTo(n.eps[j]))
+	}
+	if len(eps) == 1 {
+		b.addRule(t, n.chain, goTo(n.eps[0]))
+		return
+	}
+	m := &nftables.Set{Table: t, Anonymous: true, Constant: true, IsMap: true,
+		KeyType: nftables.TypeInteger, DataType: nftables.TypeVerdict, KeyByteOrder: binaryutil.NativeEndian}
+	els := make([]nftables.SetElement, len(eps))
+	for j := range eps {
+		els[j] = nftables.SetElement{Key: binaryutil.NativeEndian.PutUint32(uint32(j)), VerdictData: goTo(n.eps[j])}
+	}
+	b.addSet(m, els)
+	b.addRule(t, n.chain,
+		&expr.Numgen{Register: 1, Modulus: uint32(len(eps)), Type: unix.NFT_NG_RANDOM},
+		&expr.Lookup{SourceRegister: 1, IsDestRegSet: true, SetName: m.Name, SetID: m.ID})
 }
 
 // delServiceElements queues the deletion of s's elements in family f: they go before the

@@ -142,8 +142,8 @@ type cellNet struct {
 	gateway net.IP
 }
 
-// plumbCell creates the cell's named netns and a veth pair: the host end on the bridge, the
-// other end "eth0" inside with the cell's address and MAC. lo is up, and the default route
+// plumbCell creates the cell's named netns and a veth pair: the host end on the bridge (in
+// hairpin mode), the other end "eth0" inside with the cell's address and MAC. lo is up, and the default route
 // goes through the gateway (the bridge address), as a pod's does through its node: Service
 // cluster IPs (which the agent's rules rewrite after routing) and addresses beyond the subnet
 // need a route. On error everything it made is removed.
@@ -203,6 +203,14 @@ func plumbCell(c cellNet) (err error) {
 	hostSide, err := netlink.LinkByName(c.hostVeth)
 	if err != nil {
 		return fmt.Errorf("looking up veth %s: %w", c.hostVeth, err)
+	}
+	// Hairpin mode: a frame may leave by the port it came in on. A cell calling a nodePort
+	// whose endpoint is itself needs it: the host DNATs the connection back to the cell, and
+	// with br_netfilter (which the security groups need) the bridge then sends it back out
+	// of the cell's own port, which a bridge port refuses to do otherwise (kubelet's
+	// hairpin-veth mode does the same for pods).
+	if err := netlink.LinkSetHairpin(hostSide, true); err != nil {
+		return fmt.Errorf("setting hairpin mode on veth %s: %w", c.hostVeth, err)
 	}
 	if err := netlink.LinkSetUp(hostSide); err != nil {
 		return fmt.Errorf("bringing veth %s up: %w", c.hostVeth, err)

@@ -36,7 +36,8 @@ func hasTable(t *testing.T, name string) bool {
 }
 
 // TestNodePorts: SetNodePorts makes the bridge address's nodePorts reach a cell: its agent
-// from the host, its port 80 from another cell once EnableNodePortForwarding ran (but not
+// from the host, its port 80 from another cell once EnableNodePortForwarding ran and from
+// the cell itself (hairpin) (but not
 // its agent port: the firewall keeps cells off it, nodePort or not); Teardown
 // removes the table, and Setup sweeps the table of a bridge that is gone.
 func TestNodePorts(t *testing.T) {
@@ -92,6 +93,11 @@ func TestNodePorts(t *testing.T) {
 	addr = net.JoinHostPort(b.BridgeIP().String(), fmt.Sprint(nodePort))
 	if err := dial(client.PrivateIP, addr); err != nil {
 		t.Errorf("dialling %s from the client cell: %v", addr, err)
+	}
+	// Hairpin: the web cell reaches its own port 80 through the nodePort (the host sends the
+	// connection back out of the cell's own bridge port).
+	if err := dial(web.PrivateIP, addr); err != nil {
+		t.Errorf("dialling %s from the web cell, its only endpoint: %v", addr, err)
 	}
 
 	// A table left by a backend whose bridge is gone goes at the next Setup.

@@ -9,6 +9,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"runtime"
+	"slices"
 	"syscall"
 	"time"
 
@@ -39,6 +40,32 @@ type Kip struct {
 // Start starts kip and waits until the virtual node is Ready and its Lease was renewed by this
 // process (so a restart does not pass on the previous run's Ready).
 func (k *Kip) Start(ctx context.Context) error {
+	started := time.Now()
+	if err := k.Launch(); err != nil {
+		return err
+	}
+	if err := k.waitNodeReady(ctx, started); err != nil {
+		return err
+	}
+	k.env.logf("node %s Ready after %v", k.env.NodeName, time.Since(started).Round(time.Millisecond))
+	return nil
+}
+
+// Replica returns another `kip run` with the same config (so the same node and the same
+// local backend state), kubeconfig and arguments plus args, logging under LogDir/name: a
+// second process for the same node, as a Deployment's replicas are. Start or Launch it.
+func (k *Kip) Replica(name string, args ...string) *Kip {
+	return &Kip{
+		Bin: k.Bin, Config: k.Config, Kubeconfig: k.Kubeconfig,
+		LogDir: filepath.Join(k.LogDir, name),
+		Args:   append(slices.Clone(k.Args), args...),
+		env:    k.env,
+	}
+}
+
+// Launch starts kip and returns at once: it waits for nothing (a follower replica never
+// makes the node Ready). Start is Launch and the wait.
+func (k *Kip) Launch() error {
 	if k.cmd != nil && !k.exited() {
 		return errors.New("starting kip: already running")
 	}
@@ -56,7 +83,6 @@ func (k *Kip) Start(ctx context.Context) error {
 	cmd.Stdout, cmd.Stderr = logf, logf
 	// Its own process group; SIGKILL if the test binary dies (see startLocked).
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGKILL}
-	started := time.Now()
 	if err := startLocked(cmd); err != nil {
 		logf.Close()
 		return fmt.Errorf("starting kip: %w", err)
@@ -69,10 +95,6 @@ func (k *Kip) Start(ctx context.Context) error {
 		close(k.done)
 	}()
 	k.env.logf("started kip (pid %d, log %s)", cmd.Process.Pid, k.logPath)
-	if err := k.waitNodeReady(ctx, started); err != nil {
-		return err
-	}
-	k.env.logf("node %s Ready after %v", k.env.NodeName, time.Since(started).Round(time.Millisecond))
 	return nil
 }
 
@@ -192,6 +214,15 @@ func (k *Kip) exited() bool {
 
 // LogPath is the log file of the current (or last) run.
 func (k *Kip) LogPath() string { return k.logPath }
+
+// Log returns the current run's whole log so far.
+func (k *Kip) Log() string {
+	b, err := os.ReadFile(k.logPath)
+	if err != nil {
+		return fmt.Sprintf("(reading %s: %v)", k.logPath, err)
+	}
+	return string(b)
+}
 
 // LogTail returns the last n lines of the current run's log.
 func (k *Kip) LogTail(n int) string { return controlplane.LogTail(k.logPath, n) }
