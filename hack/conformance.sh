@@ -9,9 +9,10 @@
 #  2. Starts `kip up` in the background (its own --home, bridge and subnet) unless KUBECONFIG
 #     points to a running one, and removes the virtual node's NoSchedule taint.
 #  3. Builds the images the suite lists (hack/tools/conformance-images: agnhost, busybox, pause,
-#     nonewprivs, nginx, glibc-dns-testing; Debian's busybox, curl, nc, dig, nginx and getent
-#     (libc-bin) come from apt-get download into
-#     ~/.cache/kip/debs, extracted, never installed; their libraries from this Debian host)
+#     nonewprivs, nginx, glibc-dns-testing; busybox is built from its Debian source without
+#     Debian's patches by hack/build-busybox.sh, cached in ~/.cache/kip/busybox; Debian's curl,
+#     nc, dig, nginx and getent (libc-bin) come from apt-get download into ~/.cache/kip/debs,
+#     extracted, never installed; their libraries from this Debian host)
 #     and pushes them to kip's registry; writes KUBE_TEST_REPO_LIST pointing every registry there.
 #  4. Runs `ginkgo -p` over e2e.test, writes junit.xml, the ginkgo output and summary.txt to the
 #     results directory, prints the counts, and stops kip up.
@@ -24,6 +25,8 @@
 #   CONFORMANCE_TIMEOUT  ginkgo --timeout (default 3h)
 #   CONFORMANCE_RESULTS  results directory (default .cache/conformance/<date-time>)
 #   CONFORMANCE_BUILD_ONLY=1  stop after step 1
+#   CONFORMANCE_BRIDGE / CONFORMANCE_SUBNET  kip up's bridge and subnet (default kipconf0,
+#                        10.251.0.0/22); give another pair to run beside a conformance run
 #   KUBECONFIG           use this running kip up instead of starting one; its registry is
 #                        KIP_REGISTRY (default: the node's InternalIP, port 5000)
 #   KIP_CONFORMANCE_CACHE  cache root (default ~/.cache/kip/conformance)
@@ -93,8 +96,7 @@ step "building kip, kip-cell and the image and summary tools"
 go build -o bin/ ./cmd/...
 go build -o "$work/" ./hack/tools/conformance-images ./hack/tools/junit-summary
 
-# Debian packages for the images' userland, downloaded once (never installed: busybox
-# conflicts with busybox-static, which kip's other images use).
+# Debian packages for the images' userland, downloaded once (never installed).
 mkdir -p "$debs"
 # extract DIR PACKAGE...: downloads each package once, then extracts it under $work/DIR.
 extract() {
@@ -110,7 +112,9 @@ extract() {
     dpkg-deb -x "$deb" "$dir"
   done
 }
-extract busybox busybox
+# busybox as upstream releases it (Debian's package reverts upstream ash's keeping of
+# environment variables such as data-1): built from its Debian source without the patches.
+busybox_bin=$(hack/build-busybox.sh | tail -n1)
 extract curl curl
 extract nc netcat-openbsd
 extract nginx nginx nginx-common
@@ -141,7 +145,8 @@ if [ -n "${KUBECONFIG:-}" ]; then
 else
   home="$work/home"
   step "starting kip up --home $home (log: $results/kip-up.log)"
-  bin/kip up --home "$home" --cp-bin "$cp_bin" --bridge kipconf0 --subnet 10.251.0.0/22 \
+  bin/kip up --home "$home" --cp-bin "$cp_bin" --bridge "${CONFORMANCE_BRIDGE:-kipconf0}" \
+    --subnet "${CONFORMANCE_SUBNET:-10.251.0.0/22}" \
     --registry-port 0 >"$work/ready" 2>"$results/kip-up.log" &
   kip_pid=$!
   for _ in $(seq 1 600); do
@@ -176,7 +181,7 @@ export KUBE_TEST_REPO_LIST="$results/repo-list.yaml"
 "$bin/e2e.test" --list-images >"$results/images.txt"
 step "building and pushing the images ($(wc -l <"$results/images.txt") listed)"
 "$work/conformance-images" -registry "$registry" -images "$results/images.txt" \
-  -busybox "$work/busybox/bin/busybox" -agnhost "$bin/agnhost" -nonewprivs "$bin/nonewprivs" \
+  -busybox "$busybox_bin" -agnhost "$bin/agnhost" -nonewprivs "$bin/nonewprivs" \
   -agnhost-tool "$work/curl=usr/bin/curl" -agnhost-tool "$work/nc=bin/nc.openbsd=/usr/bin/nc" \
   -agnhost-tool "$work/dig=usr/bin/dig" -agnhost-tool "$work/getent=usr/bin/getent" \
   -glibc-dns-tool "$work/dig=usr/bin/dig" -glibc-dns-tool "$work/getent=usr/bin/getent" \

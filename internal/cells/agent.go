@@ -130,7 +130,7 @@ func (c *cell) ensurePut(agent cellapi.Agent) error {
 			}
 		} else {
 			c.m.mu.Lock()
-			c.setWaiting(reasonConfigError, err.Error())
+			c.setContainersWaiting(reasonConfigError, err.Error())
 			c.m.mu.Unlock()
 			c.publish()
 			m.event(pod, corev1.EventTypeWarning, "Failed", "Error: %v", err)

@@ -93,7 +93,13 @@ type cell struct {
 	agentStatus *cellapi.PodStatus
 	waitReason  string // pod-level reason while no agent status is known
 	waitMessage string
-	failure     *podFailure
+	// waitOnContainers says waitReason is a container's waiting reason (kubelet's), not
+	// the pod's.
+	waitOnContainers bool
+	// ephWaiting is why ephemeral containers could not be given to the agent yet, by name
+	// (podstatus.Input.EphemeralWaiting).
+	ephWaiting map[string]corev1.ContainerStateWaiting
+	failure    *podFailure
 	// killed is why the pod is being stopped without being deleted (its active deadline
 	// passed): it ends Failed with that reason once its containers stopped.
 	killed *podFailure
@@ -245,7 +251,13 @@ func (c *cell) sleep(d time.Duration) error {
 
 // setWaiting sets the pod-level reason shown while no agent status is known. m.mu held.
 func (c *cell) setWaiting(reason, message string) {
-	c.waitReason, c.waitMessage = reason, message
+	c.waitReason, c.waitMessage, c.waitOnContainers = reason, message, false
+}
+
+// setContainersWaiting sets kubelet's waiting reason of the containers kip cannot start
+// while no agent status is known (podstatus.Input.ContainerReason). m.mu held.
+func (c *cell) setContainersWaiting(reason, message string) {
+	c.waitReason, c.waitMessage, c.waitOnContainers = reason, message, true
 }
 
 // publish recomputes the pod's status and notifies it when it changed.
@@ -282,10 +294,16 @@ func (c *cell) statusInput() podstatus.Input {
 		Now:       c.m.clock.Now(),
 		HostIP:    c.hostIP(),
 		Agent:     c.agentStatus,
-		Reason:    c.waitReason,
 		Message:   c.waitMessage,
 		Stopped:   c.stopped,
 		CellReady: c.stage >= stageReady && c.stage < stageDone,
+
+		EphemeralWaiting: c.ephWaiting,
+	}
+	if c.waitOnContainers {
+		in.ContainerReason = c.waitReason
+	} else {
+		in.Reason = c.waitReason
 	}
 	if c.stage < stageStopping {
 		in.Unreachable = c.silent

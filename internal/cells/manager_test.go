@@ -270,7 +270,7 @@ func TestDeleteDuringLaunchLeaksNothing(t *testing.T) {
 	<-bc.entered
 	got, _ := h.m.GetPod("default", "quick")
 	if got.Status.Phase != corev1.PodPending || got.Status.Reason != ReasonCellLaunching ||
-		got.Status.ContainerStatuses[0].State.Waiting.Reason != ReasonCellLaunching {
+		got.Status.ContainerStatuses[0].State.Waiting.Reason != "ContainerCreating" {
 		t.Errorf("status while launching: %+v", got.Status)
 	}
 	if err := h.m.DeletePod(context.Background(), pod); err != nil {

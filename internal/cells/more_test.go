@@ -155,3 +155,28 @@ func TestLaunchConcurrencyIsBounded(t *testing.T) {
 		t.Errorf("at most %d launches in flight, want 2", cc.max)
 	}
 }
+
+// TestEphemeralWaiting: what ephpush records for an ephemeral container it could not give the
+// agent shows on the pod's status (for its UID only) until the agent reports the container.
+func TestEphemeralWaiting(t *testing.T) {
+	h := newHarness(t)
+	pod := testPod("debugged", func(p *corev1.Pod) {
+		p.Spec.EphemeralContainers = []corev1.EphemeralContainer{{EphemeralContainerCommon: corev1.EphemeralContainerCommon{Name: "dbg", Image: "busybox"}}}
+	})
+	a := h.runPod(pod)
+	configError := func(p *corev1.Pod) bool {
+		w := p.Status.EphemeralContainerStatuses[0].State.Waiting
+		return w != nil && w.Reason == "CreateContainerConfigError" && w.Message == `secret "s" not found`
+	}
+	h.m.EphemeralWaiting(pod.Namespace, pod.Name, "another-uid", []string{"dbg"}, "CreateContainerConfigError", `secret "s" not found`)
+	if p, _ := h.m.GetPod(pod.Namespace, pod.Name); configError(p) {
+		t.Fatal("a reason recorded for another pod's UID shows")
+	}
+	h.m.EphemeralWaiting(pod.Namespace, pod.Name, pod.UID, []string{"dbg"}, "CreateContainerConfigError", `secret "s" not found`)
+	h.waitPod(pod, "dbg waiting with CreateContainerConfigError", configError)
+	a.set(&cellapi.PodStatus{Phase: corev1.PodRunning, ContainerStatuses: []corev1.ContainerStatus{running("main", true)},
+		EphemeralContainerStatuses: []corev1.ContainerStatus{running("dbg", false)}})
+	h.waitPod(pod, "dbg running as the agent reports", func(p *corev1.Pod) bool {
+		return p.Status.EphemeralContainerStatuses[0].State.Running != nil
+	})
+}

@@ -110,6 +110,32 @@ func (m *Manager) MergeConditions(pod *corev1.Pod) {
 	}
 }
 
+// EphemeralWaiting shows the named ephemeral containers of pod namespace/name (when its UID
+// is uid) waiting with reason and message until its agent reports them: kubelet's
+// CreateContainerConfigError for the ones whose references internal/controllers/ephpush
+// cannot resolve. An empty reason clears them.
+func (m *Manager) EphemeralWaiting(namespace, name string, uid types.UID, names []string, reason, message string) {
+	m.mu.Lock()
+	c, ok := m.cells[podKey(namespace, name)]
+	if !ok || c.uid != uid {
+		m.mu.Unlock()
+		return
+	}
+	for _, n := range names {
+		switch {
+		case reason == "":
+			delete(c.ephWaiting, n)
+		default:
+			if c.ephWaiting == nil {
+				c.ephWaiting = map[string]corev1.ContainerStateWaiting{}
+			}
+			c.ephWaiting[n] = corev1.ContainerStateWaiting{Reason: reason, Message: message}
+		}
+	}
+	m.mu.Unlock()
+	c.publish()
+}
+
 // EachRunningPod calls visit with the namespace, name and UID of every pod that runs on a
 // ready agent (for internal/controllers/volpush). visit must not call back into the manager.
 func (m *Manager) EachRunningPod(visit func(namespace, name string, uid types.UID)) {

@@ -67,6 +67,8 @@ func TestMetricsOnKubeletAPI(t *testing.T) {
 		{"anonymous refused", nil, metrics.Path, http.StatusUnauthorized, ""},
 		{"authenticated but not authorized", nobody, metrics.Path, http.StatusForbidden, ""},
 		{"authorized for nodes/metrics", scraper, metrics.Path, http.StatusOK, `kip_pod_phase_duration_seconds_bucket{phase="launch",le="0.05"} 1`},
+		{"kubelet's /metrics path serves them too", scraper, metrics.KubeletPath, http.StatusOK, `kip_pod_phase_duration_seconds_bucket{phase="launch",le="0.05"} 1`},
+		{"kubelet's /metrics needs nodes/metrics", nobody, metrics.KubeletPath, http.StatusForbidden, ""},
 		{"virtual-kubelet's metrics stay the routes'", scraper, "/metrics/resource", http.StatusTeapot, ""},
 		{"a path below is the routes'", scraper, metrics.Path + "/x", http.StatusTeapot, ""},
 		{"nodes/metrics does not open other subresources", scraper, "/pods", http.StatusForbidden, ""},

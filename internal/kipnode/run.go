@@ -108,7 +108,7 @@ func (r *runner) run(ctx context.Context) error {
 		return fmt.Errorf("starting kip: reading the %s backend's instance types: %w", backend.Name(), err)
 	}
 
-	// kip's own metrics, served at /metrics/kip on the kubelet API.
+	// kip's own metrics, served at /metrics/kip and kubelet's /metrics on the kubelet API.
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	met, err := metrics.New(reg)
@@ -373,11 +373,12 @@ func selectorOptions(cfg *config.ProviderConfig) selector.Options {
 	}
 }
 
-// withMetrics serves kip's metrics at metrics.Path and everything else from routes. It sits
-// inside the kubelet API's authentication, which authorizes /metrics/... as nodes/metrics.
+// withMetrics serves kip's metrics at metrics.Path and kubelet's metrics.KubeletPath, and
+// everything else from routes. It sits inside the kubelet API's authentication, which
+// authorizes /metrics and /metrics/... as nodes/metrics.
 func withMetrics(metricsHandler, routes http.Handler) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, req *http.Request) {
-		if req.URL.Path == metrics.Path {
+		if req.URL.Path == metrics.Path || req.URL.Path == metrics.KubeletPath {
 			metricsHandler.ServeHTTP(w, req)
 			return
 		}

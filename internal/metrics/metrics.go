@@ -19,6 +19,19 @@ import (
 // nodes/metrics, like kubelet's own /metrics paths).
 const Path = "/metrics/kip"
 
+// KubeletPath is kubelet's own metrics path, which clients of a node (the e2e framework's
+// failure dump among them) scrape; kip run serves the same registry there, with the kubelet
+// metrics it has real values for (KubeletPodStartDuration).
+const KubeletPath = "/metrics"
+
+// KubeletPodStartDuration is kubelet's kubelet_pod_start_duration_seconds: from kubelet
+// seeing a pod to its containers running. kip's value is the total phase's (kip asked to run
+// the pod → every regular container started), in kubelet's buckets.
+const KubeletPodStartDuration = "kubelet_pod_start_duration_seconds"
+
+// kubeletPodStartBuckets are kubelet's buckets for KubeletPodStartDuration.
+var kubeletPodStartBuckets = []float64{0.5, 1, 2, 3, 4, 5, 6, 8, 10, 20, 30, 45, 60, 120, 180, 240, 300, 360, 480, 600, 900, 1200, 1800, 2700, 3600}
+
 // The phase label's values. Each is the time between two steps of a pod's start:
 //
 //	schedule         PodScheduled condition → kip asked to run the pod (1 s resolution: the
@@ -66,6 +79,7 @@ const maxFinished = 4096
 // Metrics is kip's metrics. Its methods are safe for concurrent use.
 type Metrics struct {
 	phaseSeconds *prometheus.HistogramVec
+	podStart     prometheus.Histogram
 	launches     *prometheus.CounterVec
 	cells        prometheus.Gauge
 
@@ -92,6 +106,11 @@ func New(reg prometheus.Registerer) (*Metrics, error) {
 			Help:    "Time each phase of a pod's start took on a cell kip launched: schedule, launch, agent_ready, image_pull, container_start, and total (launch through container_start).",
 			Buckets: Buckets,
 		}, []string{"phase"}),
+		podStart: prometheus.NewHistogram(prometheus.HistogramOpts{
+			Name:    KubeletPodStartDuration,
+			Help:    "Duration in seconds from kubelet (kip) seeing a pod for the first time to the pod starting to run: kip_pod_phase_duration_seconds{phase=\"total\"} in kubelet's buckets.",
+			Buckets: kubeletPodStartBuckets,
+		}),
 		launches: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "kip_cell_launches_total",
 			Help: "Cloud launch calls for cells, by instance type and result (success, insufficient_capacity, invalid_spec, throttled, error).",
@@ -103,7 +122,7 @@ func New(reg prometheus.Registerer) (*Metrics, error) {
 		pods:        map[string]*podState{},
 		maxFinished: maxFinished,
 	}
-	for _, c := range []prometheus.Collector{m.phaseSeconds, m.launches, m.cells} {
+	for _, c := range []prometheus.Collector{m.phaseSeconds, m.podStart, m.launches, m.cells} {
 		if err := reg.Register(c); err != nil {
 			return nil, fmt.Errorf("registering kip's metrics: %w", err)
 		}
@@ -150,6 +169,9 @@ func (m *Metrics) Observe(t cells.Timing) {
 			st.recorded |= 1 << i
 			if d := to.Sub(from); d >= 0 {
 				m.phaseSeconds.WithLabelValues(p.name).Observe(d.Seconds())
+				if p.name == PhaseTotal {
+					m.podStart.Observe(d.Seconds())
+				}
 			}
 		}
 	}

@@ -151,6 +151,22 @@ func TestObserve(t *testing.T) {
 					t.Errorf("phase %s: %d samples summing to %v s, want %d summing to %v s", p.name, count, sum, len(want), wantSum)
 				}
 			}
+			// kubelet's pod start histogram has the total phase's samples.
+			want := tt.want[PhaseTotal]
+			if got := testutil.CollectAndCount(m.podStart); got != 1 {
+				t.Fatalf("%s: %d series", KubeletPodStartDuration, got)
+			}
+			var pb dto.Metric
+			if err := m.podStart.Write(&pb); err != nil {
+				t.Fatal(err)
+			}
+			var wantSum float64
+			for _, v := range want {
+				wantSum += v
+			}
+			if h := pb.GetHistogram(); h.GetSampleCount() != uint64(len(want)) || math.Abs(h.GetSampleSum()-wantSum) > 1e-9 {
+				t.Errorf("%s: %d samples summing to %v s, want %d summing to %v s", KubeletPodStartDuration, h.GetSampleCount(), h.GetSampleSum(), len(want), wantSum)
+			}
 		})
 	}
 }

@@ -42,3 +42,24 @@ func TestBuildEphemeralStatuses(t *testing.T) {
 		t.Errorf("after the pod stopped, new is %s, want terminated", got)
 	}
 }
+
+// An ephemeral container kip could not give the agent (its references cannot be resolved)
+// waits with the reason kip recorded until the agent reports it.
+func TestBuildEphemeralWaiting(t *testing.T) {
+	now := time.Date(2026, 1, 1, 0, 1, 0, 0, time.UTC)
+	pod := testPod("p")
+	pod.Spec.EphemeralContainers = []corev1.EphemeralContainer{
+		{EphemeralContainerCommon: corev1.EphemeralContainerCommon{Name: "dbg", Image: "busybox"}},
+	}
+	cfgErr := map[string]corev1.ContainerStateWaiting{"dbg": {Reason: "CreateContainerConfigError", Message: `secret "s" not found`}}
+	agent := &cellapi.PodStatus{Phase: corev1.PodRunning, ContainerStatuses: []corev1.ContainerStatus{running("main", true)}}
+	s := Build(Input{Pod: pod, Now: now, CellReady: true, Agent: agent, EphemeralWaiting: cfgErr})
+	if w := s.EphemeralContainerStatuses[0].State.Waiting; w == nil || w.Reason != "CreateContainerConfigError" || w.Message != `secret "s" not found` {
+		t.Errorf("dbg %+v, want waiting CreateContainerConfigError with the message", s.EphemeralContainerStatuses[0].State)
+	}
+	agent.EphemeralContainerStatuses = []corev1.ContainerStatus{running("dbg", false)}
+	s = Build(Input{Pod: pod, Now: now, CellReady: true, Agent: agent, EphemeralWaiting: cfgErr})
+	if got := stateString(s.EphemeralContainerStatuses[0]); got != "running" {
+		t.Errorf("dbg %s once the agent reports it, want running", got)
+	}
+}

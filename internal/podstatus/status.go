@@ -24,8 +24,15 @@ type Input struct {
 	PodIP  string
 	// Agent is the agent's last status; nil while none is known.
 	Agent *cellapi.PodStatus
-	// Reason and Message explain a pod still without agent status (CellLaunching...).
+	// Reason and Message explain a pod still without agent status: what kip is doing
+	// (CellLaunching...) is the pod's reason; its containers wait with kubelet's default
+	// reason, Message saying why.
 	Reason, Message string
+	// ContainerReason, for a pod still without agent status, is a kubelet waiting reason for
+	// the containers kip could not start (CreateContainerConfigError: a reference the pod
+	// makes cannot be resolved), with Message; it is not the pod's reason. It shows on the
+	// first init container, or on every app container of a pod without init containers.
+	ContainerReason string
 	// Failure makes the pod Failed.
 	Failure *Failure
 	// Stopped means the containers are gone (deleted, completed, failed): every container
@@ -38,6 +45,10 @@ type Input struct {
 	// are False with reason ReasonCellUnreachable and this message (as the node lifecycle
 	// controller marks the pods of a NotReady node).
 	Unreachable string
+	// EphemeralWaiting is, by name, why kip could not yet give an ephemeral container to the
+	// agent (CreateContainerConfigError: a reference it makes cannot be resolved); it shows
+	// until the agent reports that container.
+	EphemeralWaiting map[string]corev1.ContainerStateWaiting
 }
 
 // ReasonCellUnreachable is the reason of the Ready and ContainersReady conditions of a pod
@@ -81,27 +92,48 @@ func Build(in Input) corev1.PodStatus {
 		s.PodIP, s.PodIPs = prev.PodIP, prev.PodIPs
 	}
 
+	// As kubelet, a container with nothing to report waits with ContainerCreating, or
+	// PodInitializing in a pod with init containers (for every container of that pod, init
+	// and ephemeral ones included, until it is created). Before the cell answers, the
+	// waiting message says what kip is doing; the pod's reason names it (CellLaunching...).
+	waiting := reasonContainerCreating
+	if len(pod.Spec.InitContainers) > 0 {
+		waiting = reasonPodInitializing
+	}
 	if in.Agent != nil {
 		if in.Agent.Phase != "" {
 			s.Phase = in.Agent.Phase
 		}
 		s.Reason, s.Message = in.Agent.Reason, in.Agent.Message
-		s.InitContainerStatuses = containerStatuses(pod.Spec.InitContainers, in.Agent.InitContainerStatuses, reasonPodInitializing, "")
-		waiting := reasonContainerCreating
-		if len(pod.Spec.InitContainers) > 0 && !initialized(pod, s.InitContainerStatuses) {
-			waiting = reasonPodInitializing
-		}
+		s.InitContainerStatuses = containerStatuses(pod.Spec.InitContainers, in.Agent.InitContainerStatuses, waiting, "")
 		s.ContainerStatuses = containerStatuses(pod.Spec.Containers, in.Agent.ContainerStatuses, waiting, "")
-		s.EphemeralContainerStatuses = containerStatuses(ephemeralSpecs(pod), in.Agent.EphemeralContainerStatuses, reasonContainerCreating, "")
-	} else {
-		reason := in.Reason
-		if reason == "" {
-			reason = reasonContainerCreating
+		s.EphemeralContainerStatuses = containerStatuses(ephemeralSpecs(pod), in.Agent.EphemeralContainerStatuses, waiting, "")
+		reported := map[string]bool{}
+		for _, cs := range in.Agent.EphemeralContainerStatuses {
+			reported[cs.Name] = true
 		}
-		s.Reason, s.Message = in.Reason, in.Message
-		s.InitContainerStatuses = containerStatuses(pod.Spec.InitContainers, nil, reason, in.Message)
-		s.ContainerStatuses = containerStatuses(pod.Spec.Containers, nil, reason, in.Message)
-		s.EphemeralContainerStatuses = containerStatuses(ephemeralSpecs(pod), nil, reason, in.Message)
+		for i := range s.EphemeralContainerStatuses {
+			cs := &s.EphemeralContainerStatuses[i]
+			if w, ok := in.EphemeralWaiting[cs.Name]; ok && !reported[cs.Name] {
+				cs.State = corev1.ContainerState{Waiting: &w}
+			}
+		}
+	} else {
+		if in.ContainerReason == "" {
+			s.Reason, s.Message = in.Reason, in.Message
+		}
+		s.InitContainerStatuses = containerStatuses(pod.Spec.InitContainers, nil, waiting, in.Message)
+		s.ContainerStatuses = containerStatuses(pod.Spec.Containers, nil, waiting, in.Message)
+		s.EphemeralContainerStatuses = containerStatuses(ephemeralSpecs(pod), nil, waiting, in.Message)
+		if in.ContainerReason != "" {
+			first := s.ContainerStatuses
+			if len(s.InitContainerStatuses) > 0 {
+				first = s.InitContainerStatuses[:1]
+			}
+			for i := range first {
+				first[i].State.Waiting.Reason = in.ContainerReason
+			}
+		}
 	}
 
 	if in.Failure != nil {
@@ -112,8 +144,13 @@ func Build(in Input) corev1.PodStatus {
 		if in.Failure != nil {
 			reason, message = in.Failure.Reason, in.Failure.Message
 		}
-		terminate(s.InitContainerStatuses, reason, message, in.Now)
-		terminate(s.ContainerStatuses, reason, message, in.Now)
+		// As kubelet's TerminatePod: app containers are marked terminated only once the pod
+		// initialized (before that, waiting says they never ran); init containers up to the
+		// last one that tried to start.
+		if hasInitialized(pod, &s) {
+			terminate(s.ContainerStatuses, reason, message, in.Now)
+		}
+		terminate(attemptedInit(s.InitContainerStatuses), reason, message, in.Now)
 		terminate(s.EphemeralContainerStatuses, reason, message, in.Now)
 		if !isTerminal(s.Phase) {
 			s.Phase = corev1.PodSucceeded
@@ -124,6 +161,7 @@ func Build(in Input) corev1.PodStatus {
 			}
 		}
 	}
+	markInitReady(pod, s.InitContainerStatuses)
 	unreachable := ""
 	if in.Unreachable != "" && !in.Stopped && in.Failure == nil && !isTerminal(s.Phase) {
 		unreachable = in.Unreachable
@@ -206,10 +244,63 @@ func terminate(statuses []corev1.ContainerStatus, reason, message string, now ti
 	}
 }
 
-// initialized reports whether every init container has succeeded (or, for a restartable
-// sidecar, started).
-func initialized(pod *corev1.Pod, statuses []corev1.ContainerStatus) bool {
-	return len(incompleteInit(pod, statuses)) == 0
+// hasInitialized reports whether the pod ever finished initializing, as kubelet's
+// hasPodInitialized: it has no init containers, an app container left waiting (or has a
+// last termination), or its last init container completed (a sidecar: started).
+func hasInitialized(pod *corev1.Pod, s *corev1.PodStatus) bool {
+	if len(pod.Spec.InitContainers) == 0 {
+		return true
+	}
+	for _, cs := range s.ContainerStatuses {
+		if cs.State.Waiting == nil || cs.LastTerminationState.Terminated != nil {
+			return true
+		}
+	}
+	n := len(s.InitContainerStatuses)
+	if n == 0 || n != len(pod.Spec.InitContainers) {
+		return false
+	}
+	last, cs := pod.Spec.InitContainers[n-1], s.InitContainerStatuses[n-1]
+	if isSidecar(&last) {
+		return cs.State.Running != nil && cs.Started != nil && *cs.Started
+	}
+	for _, t := range []*corev1.ContainerStateTerminated{cs.State.Terminated, cs.LastTerminationState.Terminated} {
+		if t != nil && t.ExitCode == 0 {
+			return true
+		}
+	}
+	return false
+}
+
+// attemptedInit returns the init container statuses up to the last one that tried to start
+// (out of waiting, or with a last termination); at least the first.
+func attemptedInit(statuses []corev1.ContainerStatus) []corev1.ContainerStatus {
+	for i := len(statuses) - 1; i >= 0; i-- {
+		if statuses[i].State.Waiting == nil || statuses[i].LastTerminationState.Terminated != nil {
+			return statuses[:i+1]
+		}
+	}
+	if len(statuses) > 0 {
+		return statuses[:1]
+	}
+	return nil
+}
+
+// markInitReady marks each init container (not a sidecar) that completed with exit code 0
+// ready, as kubelet's prober manager does; a sidecar's readiness is the agent's.
+func markInitReady(pod *corev1.Pod, statuses []corev1.ContainerStatus) {
+	for i := range statuses {
+		if i < len(pod.Spec.InitContainers) && isSidecar(&pod.Spec.InitContainers[i]) {
+			continue
+		}
+		if t := statuses[i].State.Terminated; t != nil && t.ExitCode == 0 {
+			statuses[i].Ready = true
+		}
+	}
+}
+
+func isSidecar(c *corev1.Container) bool {
+	return c.RestartPolicy != nil && *c.RestartPolicy == corev1.ContainerRestartPolicyAlways
 }
 
 func incompleteInit(pod *corev1.Pod, statuses []corev1.ContainerStatus) []string {
@@ -220,7 +311,7 @@ func incompleteInit(pod *corev1.Pod, statuses []corev1.ContainerStatus) []string
 			continue
 		}
 		cs := statuses[i]
-		sidecar := c.RestartPolicy != nil && *c.RestartPolicy == corev1.ContainerRestartPolicyAlways
+		sidecar := isSidecar(&c)
 		switch {
 		case sidecar && cs.Started != nil && *cs.Started:
 		case !sidecar && cs.State.Terminated != nil && cs.State.Terminated.ExitCode == 0:
@@ -255,7 +346,7 @@ func conditions(pod *corev1.Pod, s *corev1.PodStatus, cellReady bool, unreachabl
 
 	var unready []string
 	for i, c := range pod.Spec.InitContainers {
-		if c.RestartPolicy != nil && *c.RestartPolicy == corev1.ContainerRestartPolicyAlways && (i >= len(s.InitContainerStatuses) || !s.InitContainerStatuses[i].Ready) {
+		if isSidecar(&c) && (i >= len(s.InitContainerStatuses) || !s.InitContainerStatuses[i].Ready) {
 			unready = append(unready, c.Name)
 		}
 	}

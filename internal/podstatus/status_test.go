@@ -26,6 +26,8 @@ func TestBuildStatus(t *testing.T) {
 		reason     string
 		ctrState   string // "waiting:<reason>", "running", "terminated:<reason>:<code>"
 		initState  string
+		init2State string
+		initReady  bool                  // the first init container's ready
 		conds      []corev1.PodCondition // type, status, reason checked
 		podIP      string
 		transition map[corev1.PodConditionType]time.Time
@@ -40,13 +42,25 @@ func TestBuildStatus(t *testing.T) {
 			name: "launching",
 			pod:  testPod("p"),
 			in:   Input{Reason: "CellLaunching", Message: "launching"},
-			want: want{phase: corev1.PodPending, reason: "CellLaunching", ctrState: "waiting:" + "CellLaunching", conds: []corev1.PodCondition{
+			want: want{phase: corev1.PodPending, reason: "CellLaunching", ctrState: "waiting:" + reasonContainerCreating, conds: []corev1.PodCondition{
 				cond(corev1.PodReadyToStartContainers, corev1.ConditionFalse, ""),
 				cond(corev1.PodInitialized, corev1.ConditionTrue, ""),
 				cond(corev1.PodReady, corev1.ConditionFalse, "ContainersNotReady"),
 				cond(corev1.ContainersReady, corev1.ConditionFalse, "ContainersNotReady"),
 				cond(corev1.PodScheduled, corev1.ConditionTrue, ""),
 			}},
+		},
+		{
+			name: "a reference that cannot be resolved: the container's reason, not the pod's",
+			pod:  testPod("p"),
+			in:   Input{ContainerReason: "CreateContainerConfigError", Message: `secret "db" not found`},
+			want: want{phase: corev1.PodPending, ctrState: "waiting:CreateContainerConfigError"},
+		},
+		{
+			name: "a reference that cannot be resolved, with init containers: on the first one",
+			pod:  testPod("p", withInit),
+			in:   Input{ContainerReason: "CreateContainerConfigError", Message: `secret "db" not found`},
+			want: want{phase: corev1.PodPending, ctrState: "waiting:PodInitializing", initState: "waiting:CreateContainerConfigError"},
 		},
 		{
 			name: "running and ready",
@@ -82,13 +96,46 @@ func TestBuildStatus(t *testing.T) {
 			}},
 		},
 		{
+			name: "launching with init containers: every container waits PodInitializing",
+			pod:  testPod("p", withInit),
+			in:   Input{Reason: "CellBooting", Message: "booting"},
+			want: want{phase: corev1.PodPending, reason: "CellBooting", ctrState: "waiting:" + reasonPodInitializing, initState: "waiting:" + reasonPodInitializing},
+		},
+		{
 			name: "init done, main creating",
 			pod:  testPod("p", withInit),
 			in: Input{CellReady: true, Agent: &cellapi.PodStatus{Phase: corev1.PodPending,
 				InitContainerStatuses: []corev1.ContainerStatus{exited("init", 0)}}},
-			want: want{phase: corev1.PodPending, ctrState: "waiting:ContainerCreating", initState: "terminated:Completed:0", conds: []corev1.PodCondition{
+			want: want{phase: corev1.PodPending, ctrState: "waiting:PodInitializing", initState: "terminated:Completed:0", initReady: true, conds: []corev1.PodCondition{
 				cond(corev1.PodInitialized, corev1.ConditionTrue, ""),
 			}},
+		},
+		{
+			name: "init failed on a RestartNever pod: the app container never ran",
+			pod: testPod("p", func(p *corev1.Pod) {
+				p.Spec.InitContainers = []corev1.Container{{Name: "init", Image: "busybox"}, {Name: "init2", Image: "busybox"}}
+			}),
+			in: Input{Stopped: true, Agent: &cellapi.PodStatus{Phase: corev1.PodFailed,
+				InitContainerStatuses: []corev1.ContainerStatus{exited("init", 0), exited("init2", 1)}}},
+			want: want{phase: corev1.PodFailed, ctrState: "waiting:PodInitializing", initState: "terminated:Completed:0", initReady: true, conds: []corev1.PodCondition{
+				cond(corev1.PodInitialized, corev1.ConditionFalse, "ContainersNotInitialized"),
+			}},
+		},
+		{
+			name: "deleted while the first of two init containers runs",
+			pod: testPod("p", func(p *corev1.Pod) {
+				p.Spec.InitContainers = []corev1.Container{{Name: "init", Image: "busybox"}, {Name: "init2", Image: "busybox"}}
+			}),
+			in: Input{Stopped: true, Agent: &cellapi.PodStatus{Phase: corev1.PodPending,
+				InitContainerStatuses: []corev1.ContainerStatus{running("init", false)}}},
+			want: want{phase: corev1.PodFailed, ctrState: "waiting:PodInitializing", initState: "terminated:" + reasonStatusUnknown + ":137", init2State: "waiting:PodInitializing"},
+		},
+		{
+			name: "deleted after init completed: the app containers are terminated",
+			pod:  testPod("p", withInit),
+			in: Input{Stopped: true, Agent: &cellapi.PodStatus{Phase: corev1.PodPending,
+				InitContainerStatuses: []corev1.ContainerStatus{exited("init", 0)}}},
+			want: want{phase: corev1.PodFailed, ctrState: "terminated:" + reasonStatusUnknown + ":128", initState: "terminated:Completed:0", initReady: true},
 		},
 		{
 			name: "sidecar started counts as initialized",
@@ -210,6 +257,14 @@ func TestBuildStatus(t *testing.T) {
 				if got := stateString(s.InitContainerStatuses[0]); got != tt.want.initState {
 					t.Errorf("init container state %s, want %s", got, tt.want.initState)
 				}
+				if s.InitContainerStatuses[0].Ready != tt.want.initReady {
+					t.Errorf("init container ready %v, want %v", s.InitContainerStatuses[0].Ready, tt.want.initReady)
+				}
+			}
+			if tt.want.init2State != "" {
+				if got := stateString(s.InitContainerStatuses[1]); got != tt.want.init2State {
+					t.Errorf("second init container state %s, want %s", got, tt.want.init2State)
+				}
 			}
 			for _, w := range tt.want.conds {
 				c := findCondition(s.Conditions, w.Type)
@@ -222,10 +277,13 @@ func TestBuildStatus(t *testing.T) {
 					t.Errorf("condition %s transition %v, want %v", tp, c, at)
 				}
 			}
+			// A terminal pod has no container running or ready, but for its completed init
+			// containers; kubelet leaves waiting those that never ran.
 			if isTerminal(s.Phase) {
-				for _, cs := range append(s.InitContainerStatuses, s.ContainerStatuses...) {
-					if cs.State.Terminated == nil || cs.Ready {
-						t.Errorf("terminal pod with container %s not terminated: %+v", cs.Name, cs.State)
+				for i, cs := range append(s.InitContainerStatuses, s.ContainerStatuses...) {
+					completedInit := i < len(s.InitContainerStatuses) && cs.State.Terminated != nil && cs.State.Terminated.ExitCode == 0
+					if cs.State.Running != nil || (cs.Ready && !completedInit) {
+						t.Errorf("terminal pod with container %s running or ready: %+v", cs.Name, cs)
 					}
 				}
 			}

@@ -71,6 +71,46 @@ func TestEphemeralContainers(t *testing.T) {
 		}
 	})
 
+	// A reference that cannot be resolved: the container waits with kubelet's
+	// CreateContainerConfigError and starts once the Secret exists.
+	t.Run("unresolved reference", func(t *testing.T) {
+		p, err := e.Client.CoreV1().Pods(ns).Get(ctx, "debugme", metav1.GetOptions{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		p.Spec.EphemeralContainers = append(p.Spec.EphemeralContainers, corev1.EphemeralContainer{
+			EphemeralContainerCommon: corev1.EphemeralContainerCommon{
+				Name: "dbg-secret", Image: "busybox", Command: []string{"sh", "-c", "echo token:$TOKEN"},
+				Env: []corev1.EnvVar{{Name: "TOKEN", ValueFrom: &corev1.EnvVarSource{SecretKeyRef: &corev1.SecretKeySelector{
+					LocalObjectReference: corev1.LocalObjectReference{Name: "eph-secret"}, Key: "token",
+				}}}},
+			},
+		})
+		if _, err := e.Client.CoreV1().Pods(ns).UpdateEphemeralContainers(ctx, "debugme", p, metav1.UpdateOptions{}); err != nil {
+			t.Fatalf("adding dbg-secret: %v", err)
+		}
+		if _, err := e.WaitForPod(ctx, ns, "debugme", time.Minute, func(p *corev1.Pod) bool {
+			cs := ephemeralState(p, "dbg-secret")
+			return cs != nil && cs.State.Waiting != nil && cs.State.Waiting.Reason == "CreateContainerConfigError"
+		}); err != nil {
+			t.Fatalf("%v\nevents:\n%s", err, e.EventsFor(ctx, ns, "debugme"))
+		}
+		secret := &corev1.Secret{ObjectMeta: metav1.ObjectMeta{Name: "eph-secret"}, StringData: map[string]string{"token": "s3cr3t"}}
+		if _, err := e.Client.CoreV1().Secrets(ns).Create(ctx, secret, metav1.CreateOptions{}); err != nil {
+			t.Fatal(err)
+		}
+		p, err = e.WaitForPod(ctx, ns, "debugme", 2*time.Minute, terminated("dbg-secret"))
+		if err != nil {
+			t.Fatalf("%v\nevents:\n%s", err, e.EventsFor(ctx, ns, "debugme"))
+		}
+		if cs := ephemeralState(p, "dbg-secret"); cs.State.Terminated.ExitCode != 0 {
+			t.Fatalf("dbg-secret ended %+v, want exit 0", cs.State.Terminated)
+		}
+		if out, err := waitLogs(ctx, e, 30*time.Second, "token:s3cr3t", "-n", ns, "logs", "debugme", "-c", "dbg-secret"); err != nil {
+			t.Fatalf("logs %q: %v", out, err)
+		}
+	})
+
 	t.Run("interactive", func(t *testing.T) {
 		cctx, ccancel := context.WithTimeout(ctx, 2*time.Minute)
 		defer ccancel()

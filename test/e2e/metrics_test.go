@@ -19,10 +19,15 @@ import (
 // through the kubelet API's authentication and nodes/metrics authorization) and returns each
 // sample by its series ("name{labels}").
 func kipMetrics(ctx context.Context, e *framework.Env) (map[string]float64, error) {
+	return nodeMetrics(ctx, e, metrics.Path)
+}
+
+// nodeMetrics reads the metrics the kubelet API serves at path through the node proxy.
+func nodeMetrics(ctx context.Context, e *framework.Env, path string) (map[string]float64, error) {
 	raw, err := e.Client.CoreV1().RESTClient().Get().
-		AbsPath("/api/v1/nodes", e.NodeName, "proxy", metrics.Path).DoRaw(ctx)
+		AbsPath("/api/v1/nodes", e.NodeName, "proxy", path).DoRaw(ctx)
 	if err != nil {
-		return nil, fmt.Errorf("reading %s through the node proxy: %w", metrics.Path, err)
+		return nil, fmt.Errorf("reading %s through the node proxy: %w", path, err)
 	}
 	out := map[string]float64{}
 	sc := bufio.NewScanner(strings.NewReader(string(raw)))
@@ -33,11 +38,11 @@ func kipMetrics(ctx context.Context, e *framework.Env) (map[string]float64, erro
 		}
 		i := strings.LastIndexByte(line, ' ')
 		if i < 0 {
-			return nil, fmt.Errorf("reading %s: malformed line %q", metrics.Path, line)
+			return nil, fmt.Errorf("reading %s: malformed line %q", path, line)
 		}
 		v, err := strconv.ParseFloat(line[i+1:], 64)
 		if err != nil {
-			return nil, fmt.Errorf("reading %s: line %q: %w", metrics.Path, line, err)
+			return nil, fmt.Errorf("reading %s: line %q: %w", path, line, err)
 		}
 		out[line[:i]] = v
 	}

@@ -29,6 +29,7 @@ import (
 	"k8s.io/utils/ptr"
 
 	"github.com/kip-dev/kip/internal/cloud"
+	"github.com/kip-dev/kip/internal/metrics"
 	"github.com/kip-dev/kip/test/e2e/framework"
 )
 
@@ -107,6 +108,15 @@ func TestJobEcho(t *testing.T) {
 
 	// kip's own metrics, read through the node proxy, counted the pod's start phases.
 	waitMetricsGrew(t, ctx, e, before)
+	// kubelet's own /metrics, which clients of any node scrape, counts the start too.
+	kubelet, err := nodeMetrics(ctx, e, metrics.KubeletPath)
+	if err != nil {
+		t.Fatalf("kubelet's metrics: %v", err)
+	}
+	const podStarts = metrics.KubeletPodStartDuration + "_count"
+	if kubelet[podStarts] <= before[podStarts] {
+		t.Errorf("%s = %v after the job, was %v before: the start was not counted", podStarts, kubelet[podStarts], before[podStarts])
+	}
 
 	if _, err := e.WaitForCells(ctx, framework.PodCells(ns, pod.Name), cellGoneTimeout, framework.NoCells); err != nil {
 		t.Errorf("cell not terminated after the job completed: %v", err)

@@ -54,7 +54,7 @@ func (b *builder) image(kind string) (v1.Image, error) {
 }
 
 // userland is the base every image but pause starts from: imagebuild's busybox image made
-// from Debian's dynamic busybox, plus the shared libraries it loads.
+// from a dynamic busybox (hack/build-busybox.sh), plus the shared libraries it loads.
 func (b *builder) userland() (v1.Image, error) {
 	if b.base != nil {
 		return b.base, nil

@@ -5,9 +5,10 @@
 //
 // Only the base userland is substituted; what the specs exercise is the real thing:
 //
-//   - busybox: Debian's dynamically linked busybox (its applets as symlinks) with the libraries
-//     ldd resolves for it. Debian's busybox-static is not used: its wget segfaults in cells
-//     (static glibc cannot load NSS modules).
+//   - busybox: busybox built from the source of Debian's package without Debian's patches
+//     (hack/build-busybox.sh: one of them reverts upstream ash's keeping of environment
+//     variables whose names are not identifiers), dynamically linked, its applets as
+//     symlinks, with the libraries ldd resolves for it.
 //   - agnhost (every tag): k8s.io/kubernetes/test/images/agnhost built from the pinned
 //     Kubernetes sources (CGO_ENABLED=0) at /agnhost and /agnhost-2, on the busybox userland
 //     plus the Debian tools upstream's alpine base provides and the specs run (curl in exec
@@ -75,7 +76,7 @@ func run(ctx context.Context, args []string, out io.Writer) error {
 	fs := flag.NewFlagSet("conformance-images", flag.ContinueOnError)
 	fs.StringVar(&in.registry, "registry", "", "registry host:port to push to (required)")
 	fs.StringVar(&in.images, "images", "", "file holding `e2e.test --list-images` (required)")
-	fs.StringVar(&in.busybox, "busybox", "", "Debian's dynamically linked busybox binary")
+	fs.StringVar(&in.busybox, "busybox", "", "busybox binary, dynamically linked (hack/build-busybox.sh)")
 	fs.StringVar(&in.agnhost, "agnhost", "", "agnhost binary (CGO_ENABLED=0)")
 	fs.StringVar(&in.agnhostSrc, "agnhost-src", "", "source directory of test/images/agnhost (porter certificates)")
 	fs.Var(&in.tools, "agnhost-tool", "ROOT=PATH[=DEST]: a Debian binary for agnhost's userland, extracted under ROOT (with any libraries this host lacks) at ROOT/PATH; it goes to DEST, default /PATH (repeatable)")

@@ -88,7 +88,8 @@ func (w *Writer) open() error {
 
 // Stream returns the writer for one stream, Stdout or Stderr; for any other name a writer
 // whose writes fail. Output is split into lines; a line longer than MaxLineBytes is written
-// as partial records, and an unterminated last line is written when the Writer closes.
+// as partial records, and an unterminated last line is written, as a partial record, when
+// the Writer closes.
 func (w *Writer) Stream(name string) io.Writer {
 	if name != Stdout && name != Stderr {
 		return errWriter{fmt.Errorf("log stream %q: want %s or %s", name, Stdout, Stderr)}
@@ -241,8 +242,10 @@ func (w *Writer) Close() error {
 	sort.Strings(names)
 	var errs []error
 	for _, n := range names {
+		// An unterminated last line is a partial record, as the container runtime writes
+		// it: readers then give it back without a newline the container never wrote.
 		if s := w.streams[n]; len(s.pending) > 0 {
-			errs = append(errs, w.writeRecord(now, n, tagFull, s.pending))
+			errs = append(errs, w.writeRecord(now, n, tagPartial, s.pending))
 			s.pending = nil
 		}
 	}

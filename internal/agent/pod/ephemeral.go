@@ -13,7 +13,7 @@ import (
 )
 
 // AddEphemeral starts each ephemeral container of list the pod does not have yet, once, as
-// kubelet does: never restarted, no probes, in the pod's network and IPC namespaces, and, with
+// kubelet does (retried until it could be created, see runEphemeral): never restarted, no probes, in the pod's network and IPC namespaces, and, with
 // targetContainerName, in that container's PID namespace. Containers already added are left
 // alone; none is removed. It returns an error of kind Invalid (naming the field) when a new
 // container's name is taken or its target is not an ordinary container of the pod, and of
@@ -49,7 +49,7 @@ func (p *Pod) AddEphemeral(list []corev1.EphemeralContainer) error {
 		}
 		p.ctrs[e.Name] = c
 		p.status.EphemeralContainerStatuses = append(p.status.EphemeralContainerStatuses, corev1.ContainerStatus{
-			Name: e.Name, Image: e.Image, State: waiting(ReasonContainerCreating, ""), Started: new(bool),
+			Name: e.Name, Image: e.Image, State: waiting(p.defaultWaiting(), ""), Started: new(bool),
 		})
 		added = append(added, c)
 	}
@@ -59,12 +59,28 @@ func (p *Pod) AddEphemeral(list []corev1.EphemeralContainer) error {
 	p.publishLocked()
 	for _, c := range added {
 		p.wg.Add(1)
-		go func() {
-			defer p.wg.Done()
-			p.runOnce(c)
-		}()
+		go p.runEphemeral(c)
 	}
 	return nil
+}
+
+// runEphemeral runs an ephemeral container once. As kubelet, which starts on every sync an
+// ephemeral container that has no container yet, one that could not be created (its
+// configuration cannot be made, or its target is not running yet) is tried again after the
+// back-off, its waiting reason saying why meanwhile; once created it never runs again.
+func (p *Pod) runEphemeral(c *ctr) {
+	defer p.wg.Done()
+	for {
+		out := p.runOnce(c)
+		if out.stage != ReasonCreateContainerError && out.stage != ReasonCreateContainerConfigError {
+			return
+		}
+		select {
+		case <-p.cfg.Clock.After(c.backOff.next(0)):
+		case <-c.ctx.Done():
+			return
+		}
+	}
 }
 
 // targetPIDNamespace returns the PID namespace an ephemeral container joins: that of its

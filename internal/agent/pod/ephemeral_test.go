@@ -4,6 +4,7 @@ import (
 	"encoding/json"
 	"strings"
 	"testing"
+	"time"
 
 	specs "github.com/opencontainers/runtime-spec/specs-go"
 	corev1 "k8s.io/api/core/v1"
@@ -114,5 +115,58 @@ func TestEphemeralTargetNotRunning(t *testing.T) {
 	})
 	if msg := ephemeralState(st, "dbg").State.Waiting.Message; !strings.Contains(msg, "spec.ephemeralContainers[0].targetContainerName") {
 		t.Errorf("message %q does not name spec.ephemeralContainers[0].targetContainerName", msg)
+	}
+}
+
+// TestEphemeralRetriedUntilCreated: as kubelet, an ephemeral container that could not be
+// created (its target is not running: backing off after a crash) is tried again after the
+// back-off, and starts once its target runs again; it is never restarted after that.
+func TestEphemeralRetriedUntilCreated(t *testing.T) {
+	r := start(t, testPod(corev1.RestartPolicyAlways, "app"), &fakeImages{})
+	r.rt.exit(r.nextStart(t), 1) // restarted at once
+	r.rt.exit(r.nextStart(t), 1) // backing off
+	r.until(t, func(s *cellapi.PodStatus) bool {
+		w := s.ContainerStatuses[0].State.Waiting
+		return w != nil && w.Reason == ReasonCrashLoopBackOff
+	})
+	if err := r.pod.AddEphemeral([]corev1.EphemeralContainer{ephemeral("dbg", "app")}); err != nil {
+		t.Fatalf("AddEphemeral: %v", err)
+	}
+	r.until(t, func(s *cellapi.PodStatus) bool {
+		cs := ephemeralState(s, "dbg")
+		return cs != nil && cs.State.Waiting != nil && cs.State.Waiting.Reason == ReasonCreateContainerConfigError
+	})
+	// Move the clock past the back-offs until dbg starts; app restarts on the way.
+	var dbg string
+	for i := 0; dbg == "" && i < 10; i++ {
+		r.waitTimer(t)
+		r.clk.Step(5 * time.Minute)
+		for wait := time.After(2 * time.Second); dbg == ""; {
+			select {
+			case id := <-r.rt.started:
+				if strings.Contains(id, "-dbg-") {
+					dbg = id
+				}
+				continue
+			case <-wait:
+			}
+			break
+		}
+	}
+	if dbg == "" {
+		t.Fatalf("dbg never started; status %+v", ephemeralState(r.pod.Status(), "dbg"))
+	}
+	r.rt.exit(dbg, 0)
+	r.until(t, func(s *cellapi.PodStatus) bool {
+		cs := ephemeralState(s, "dbg")
+		return cs != nil && cs.State.Terminated != nil
+	})
+	r.clk.Step(time.Hour)
+	select {
+	case id := <-r.rt.started:
+		if strings.Contains(id, "-dbg-") {
+			t.Errorf("dbg started again (%s) after it ran", id)
+		}
+	case <-time.After(200 * time.Millisecond):
 	}
 }

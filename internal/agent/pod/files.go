@@ -1,6 +1,8 @@
 package pod
 
 import (
+	"bytes"
+	"context"
 	"errors"
 	"fmt"
 	"io"
@@ -15,6 +17,7 @@ import (
 
 	corev1 "k8s.io/api/core/v1"
 
+	"github.com/kip-dev/kip/internal/agent/logs"
 	"github.com/kip-dev/kip/internal/agent/runtime"
 	"github.com/kip-dev/kip/internal/cellapi"
 	"github.com/kip-dev/kip/internal/poddns"
@@ -256,7 +259,8 @@ const (
 
 // terminationMessage is what kubelet reports as a terminated container's message: the file
 // at terminationMessagePath (at most 4 KiB), or with FallbackToLogsOnError and a failed run,
-// the tail of its log (80 lines, 2 KiB).
+// the tail of its log as `kubectl logs --tail=80` gives it (the container's own bytes: an
+// unterminated last line gets no newline), at most its last 2 KiB.
 func terminationMessage(c *corev1.Container, termLog, logPath string, exitCode int) string {
 	if f, err := os.Open(termLog); err == nil {
 		b := make([]byte, maxTerminationMessage)
@@ -269,44 +273,16 @@ func terminationMessage(c *corev1.Container, termLog, logPath string, exitCode i
 	if c.TerminationMessagePolicy != corev1.TerminationMessageFallbackToLogsOnError || exitCode == 0 {
 		return ""
 	}
-	return tailCRILog(logPath, fallbackLogLines, fallbackLogBytes)
-}
-
-// tailCRILog returns the last lines of a CRI log's content ("<time> <stream> <P|F> <msg>"),
-// at most maxBytes.
-func tailCRILog(path string, lines, maxBytes int) string {
-	b, err := os.ReadFile(path)
-	if err != nil {
-		return ""
+	var out bytes.Buffer
+	tail := int64(fallbackLogLines)
+	if err := logs.Serve(context.Background(), &out, logPath, cellapi.LogOptions{TailLines: &tail}); err != nil {
+		return fmt.Sprintf("Error on reading termination message from logs: %v", err)
 	}
-	var out []string
-	var partial strings.Builder
-	for _, rec := range strings.Split(string(b), "\n") {
-		f := strings.SplitN(rec, " ", 4)
-		if len(f) < 3 {
-			continue
-		}
-		msg := ""
-		if len(f) == 4 {
-			msg = f[3]
-		}
-		partial.WriteString(msg)
-		if f[2] == "F" {
-			out = append(out, partial.String())
-			partial.Reset()
-		}
+	b := out.Bytes()
+	if len(b) > fallbackLogBytes {
+		b = b[len(b)-fallbackLogBytes:]
 	}
-	if len(out) > lines {
-		out = out[len(out)-lines:]
-	}
-	s := strings.Join(out, "\n")
-	if len(out) > 0 {
-		s += "\n"
-	}
-	if len(s) > maxBytes {
-		s = s[len(s)-maxBytes:]
-	}
-	return s
+	return string(b)
 }
 
 func hasEnv(env []string, name string) bool {

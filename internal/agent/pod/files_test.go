@@ -24,6 +24,9 @@ func TestTerminationMessage(t *testing.T) {
 	written := filepath.Join(dir, "written")
 	os.WriteFile(written, []byte(strings.Repeat("x", 5000)), 0o644)
 	fallback := &corev1.Container{TerminationMessagePolicy: corev1.TerminationMessageFallbackToLogsOnError}
+	// `echo -n DONE; false`: the runtime wrote the unterminated output as a partial record.
+	unterminated := filepath.Join(dir, "1.log")
+	os.WriteFile(unterminated, []byte("2026-01-01T00:00:00Z stdout P DONE\n"), 0o644)
 
 	cases := []struct {
 		name    string
@@ -39,10 +42,15 @@ func TestTerminationMessage(t *testing.T) {
 		{"fallback tail", fallback, empty, 2, func(m string) bool {
 			return strings.HasSuffix(m, "line 99\npartial\n") && strings.Count(m, "\n") <= 80 && len(m) <= 2048 && !strings.Contains(m, "line 20\n")
 		}, "the last lines, partial records joined"},
+		{"fallback keeps the output's own bytes", fallback, empty, 1, func(m string) bool { return m == "DONE" }, `"DONE", no newline added`},
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
-			if m := terminationMessage(tc.c, tc.term, logPath, tc.code); !tc.check(m) {
+			path := logPath
+			if strings.Contains(tc.name, "own bytes") {
+				path = unterminated
+			}
+			if m := terminationMessage(tc.c, tc.term, path, tc.code); !tc.check(m) {
 				t.Errorf("message %q, want %s", m, tc.explain)
 			}
 		})

@@ -208,10 +208,7 @@ func Start(cfg Config, req *cellapi.PodRequest) (*Pod, error) {
 	p.sidecarCtx, p.stopSidecarsF = context.WithCancel(ctx)
 	p.status = cellapi.PodStatus{UID: string(req.Pod.UID), Seq: cfg.FirstSeq, Phase: corev1.PodPending, StartTime: cfg.Clock.Now().UTC().Truncate(time.Second)}
 	bo := newBackOff(cfg.BackOff)
-	waitReason := ReasonContainerCreating
-	if len(p.spec.InitContainers) > 0 {
-		waitReason = ReasonPodInitializing
-	}
+	waitReason := p.defaultWaiting()
 	for i := range p.spec.InitContainers {
 		c := &p.spec.InitContainers[i]
 		cc := &ctr{spec: c, init: true, idx: i, backOff: bo, ctx: ctx, startedOnce: make(chan struct{})}
@@ -220,11 +217,8 @@ func Start(cfg Config, req *cellapi.PodRequest) (*Pod, error) {
 		}
 		p.ctrs[c.Name] = cc
 		p.status.InitContainerStatuses = append(p.status.InitContainerStatuses, corev1.ContainerStatus{
-			Name: c.Name, Image: c.Image, State: waiting(ReasonPodInitializing, ""),
+			Name: c.Name, Image: c.Image, State: waiting(waitReason, ""),
 		})
-	}
-	if len(p.spec.InitContainers) > 0 {
-		p.status.InitContainerStatuses[0].State = waiting(ReasonContainerCreating, "")
 	}
 	for i := range p.spec.Containers {
 		c := &p.spec.Containers[i]
@@ -334,6 +328,15 @@ func (p *Pod) publishLocked() {
 	p.cfg.Notify(p.snapshotLocked())
 }
 
+// defaultWaiting is kubelet's waiting reason for a container not created yet: PodInitializing
+// in a pod with init containers (for all its containers), else ContainerCreating.
+func (p *Pod) defaultWaiting() string {
+	if len(p.spec.InitContainers) > 0 {
+		return ReasonPodInitializing
+	}
+	return ReasonContainerCreating
+}
+
 func (p *Pod) restartPolicy() corev1.RestartPolicy {
 	if p.spec.RestartPolicy == "" {
 		return corev1.RestartPolicyAlways
@@ -356,10 +359,6 @@ func (p *Pod) run() {
 			case <-p.ctx.Done():
 				return
 			}
-			if i+1 < len(p.spec.InitContainers) {
-				next := p.ctrs[p.spec.InitContainers[i+1].Name]
-				p.update(next, func(s *corev1.ContainerStatus) { s.State = waiting(ReasonContainerCreating, "") })
-			}
 			continue
 		}
 		for {
@@ -378,17 +377,10 @@ func (p *Pod) run() {
 				return
 			}
 		}
-		if i+1 < len(p.spec.InitContainers) {
-			next := p.ctrs[p.spec.InitContainers[i+1].Name]
-			p.update(next, func(s *corev1.ContainerStatus) { s.State = waiting(ReasonContainerCreating, "") })
-		}
 	}
 	var apps sync.WaitGroup
 	for i := range p.spec.Containers {
 		c := p.ctrs[p.spec.Containers[i].Name]
-		if len(p.spec.InitContainers) > 0 {
-			p.update(c, func(s *corev1.ContainerStatus) { s.State = waiting(ReasonContainerCreating, "") })
-		}
 		p.wg.Add(1)
 		apps.Add(1)
 		go func() {

@@ -5,8 +5,10 @@
 // (cellapi.EphemeralRunner), which starts each one it has not seen once. It learns of new ones
 // from the pod informer and checks every running pod on a resync, so a missed event or an
 // adopted cell is caught up. Pushes are bounded-parallel with a deadline per call and retried
-// with back-off; an agent without the route (501) gets a Warning Event on the pod naming each
-// ephemeral container it cannot run.
+// with back-off; until references that cannot be resolved (a missing Secret) resolve, the
+// containers wait with kubelet's CreateContainerConfigError (Cells.EphemeralWaiting) and a
+// Warning Failed Event says why, once per error. An agent without the route (501) gets a
+// Warning Event on the pod naming each ephemeral container it cannot run.
 package ephpush
 
 import (
@@ -38,7 +40,14 @@ type Cells interface {
 	// RunningPod returns a copy of the pod as kip knows it (its status has the pod IP) and its
 	// agent, while it runs on a ready agent.
 	RunningPod(namespace, name string) (*corev1.Pod, cellapi.Agent, bool)
+	// EphemeralWaiting shows the named ephemeral containers of the pod (if its UID is uid)
+	// waiting with reason and message until its agent reports them; "" clears them.
+	EphemeralWaiting(namespace, name string, uid types.UID, names []string, reason, message string)
 }
+
+// ReasonConfigError is kubelet's waiting reason for a container whose configuration cannot
+// be made: here, an ephemeral container whose references cannot be resolved.
+const ReasonConfigError = "CreateContainerConfigError"
 
 // Resolver resolves a pod's ephemeral containers; *podrequest.Resolver implements it.
 type Resolver interface {
@@ -86,6 +95,8 @@ type podState struct {
 	agent cellapi.Agent
 	// put names the ephemeral containers the agent acknowledged (or was warned about).
 	put map[string]bool
+	// failed is the last resolution error reported, so each one is recorded once.
+	failed string
 }
 
 // allPods is the queue key that means "check every running pod".
@@ -236,6 +247,16 @@ func (c *Controller) sync(ctx context.Context, key string) error {
 	defer cancel()
 	list, err := c.resolver.EphemeralContainers(rctx, pod)
 	if err != nil {
+		// As kubelet: the containers wait with CreateContainerConfigError, a Warning Event
+		// says why, and the start is tried again.
+		c.cells.EphemeralWaiting(ns, name, pod.UID, missing, ReasonConfigError, err.Error())
+		c.mu.Lock()
+		first := st.failed != err.Error()
+		st.failed = err.Error()
+		c.mu.Unlock()
+		if first && c.opts.Events != nil {
+			c.opts.Events.Eventf(pod, corev1.EventTypeWarning, "Failed", "Error: %v", err)
+		}
 		return fmt.Errorf("resolving ephemeral containers of pod %s: %w", key, err)
 	}
 	if _, err := runner.PutEphemeralContainers(rctx, &cellapi.EphemeralContainers{UID: string(pod.UID), Containers: list}); err != nil {
@@ -249,7 +270,12 @@ func (c *Controller) sync(ctx context.Context, key string) error {
 	for _, n := range missing {
 		st.put[n] = true
 	}
+	failed := st.failed != ""
+	st.failed = ""
 	c.mu.Unlock()
+	if failed {
+		c.cells.EphemeralWaiting(ns, name, pod.UID, missing, "", "")
+	}
 	c.log.Info("ephemeral containers put", "pod", key, "containers", missing)
 	return nil
 }

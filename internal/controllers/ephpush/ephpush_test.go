@@ -52,6 +52,23 @@ type fakeCells struct {
 	mu    sync.Mutex
 	pod   *corev1.Pod
 	agent cellapi.Agent
+	// waiting is what EphemeralWaiting set, by container name.
+	waiting map[string]string
+}
+
+func (f *fakeCells) EphemeralWaiting(ns, name string, uid types.UID, names []string, reason, message string) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if f.waiting == nil {
+		f.waiting = map[string]string{}
+	}
+	for _, n := range names {
+		if reason == "" {
+			delete(f.waiting, n)
+			continue
+		}
+		f.waiting[n] = reason + ": " + message
+	}
 }
 
 func (f *fakeCells) EachRunningPod(visit func(ns, name string, uid types.UID)) {
@@ -159,11 +176,32 @@ func TestSyncErrors(t *testing.T) {
 			t.Errorf("%d puts, want 2", n)
 		}
 	})
-	t.Run("a resolution error is retried", func(t *testing.T) {
+	t.Run("a resolution error is retried, shown as CreateContainerConfigError with one event", func(t *testing.T) {
 		agent := &fakeAgent{}
-		c := newController(&fakeCells{pod: testPod("dbg"), agent: agent}, nil, nil, envResolver{err: errors.New("no secret")})
-		if err := c.sync(t.Context(), "ns/web"); err == nil || len(agent.snapshot()) != 0 {
-			t.Errorf("sync = %v with %d puts, want the error and no put", err, len(agent.snapshot()))
+		events := record.NewFakeRecorder(10)
+		cells := &fakeCells{pod: testPod("dbg"), agent: agent}
+		c := newController(cells, nil, events, envResolver{err: errors.New(`secret "s" not found`)})
+		for range 2 {
+			if err := c.sync(t.Context(), "ns/web"); err == nil || len(agent.snapshot()) != 0 {
+				t.Errorf("sync = %v with %d puts, want the error and no put", err, len(agent.snapshot()))
+			}
+		}
+		if got, want := cells.waiting["dbg"], `CreateContainerConfigError: secret "s" not found`; got != want {
+			t.Errorf("dbg waiting %q, want %q", got, want)
+		}
+		if n := len(events.Events); n != 1 {
+			t.Fatalf("%d events, want 1 for the same error", n)
+		}
+		if ev := <-events.Events; ev != `Warning Failed Error: secret "s" not found` {
+			t.Errorf("event %q", ev)
+		}
+		// Resolved: put, and the waiting reason cleared.
+		c.resolver = envResolver{}
+		if err := c.sync(t.Context(), "ns/web"); err != nil || len(agent.snapshot()) != 1 {
+			t.Fatalf("sync = %v with %d puts, want one put", err, len(agent.snapshot()))
+		}
+		if w, ok := cells.waiting["dbg"]; ok {
+			t.Errorf("dbg still waiting %q after its put", w)
 		}
 	})
 	for _, tc := range []struct {
