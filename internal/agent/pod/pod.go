@@ -720,6 +720,9 @@ func (p *Pod) pull(c *ctr) *image.Image {
 // The memory limit goes on the container's cgroup (cgroup), which outlives the run's own
 // (cgroup/run), so the OOM evidence survives runc's removal of the run's cgroup.
 func (p *Pod) create(c *ctr, img *image.Image, bundle, cgroup, run string) (cleanup func(), err error) {
+	if err := verifyRunAsNonRoot(p.req.Pod, c.spec, img.Config.User); err != nil {
+		return nil, err
+	}
 	if err := os.MkdirAll(bundle, 0o700); err != nil {
 		return nil, fmt.Errorf("creating bundle: %w", err)
 	}

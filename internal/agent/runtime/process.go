@@ -82,9 +82,6 @@ func ResolveProcess(c *corev1.Container, img v1.Config, rootfs string) (Process,
 		return p, fmt.Errorf("container %s: %w", c.Name, err)
 	}
 	p.UID, p.GID = uid, gid
-	if sc := c.SecurityContext; sc != nil && sc.RunAsNonRoot != nil && *sc.RunAsNonRoot && uid == 0 {
-		return p, fmt.Errorf("container %s: runAsNonRoot is set but the container would run as root", c.Name)
-	}
 	return p, nil
 }
 

@@ -113,7 +113,6 @@ func TestResolveUser(t *testing.T) {
 		{name: "unknown group", imageUser: "www:ghosts", wantErr: `image group "ghosts"`},
 		{name: "runAsUser wins", imageUser: "www", sc: &corev1.SecurityContext{RunAsUser: ptr(int64(65534))}, uid: 65534, gid: 65534},
 		{name: "runAsGroup", sc: &corev1.SecurityContext{RunAsUser: ptr(int64(7)), RunAsGroup: ptr(int64(8))}, uid: 7, gid: 8},
-		{name: "runAsNonRoot refuses root", sc: &corev1.SecurityContext{RunAsNonRoot: ptr(true)}, wantErr: "runAsNonRoot"},
 		{name: "negative runAsUser", sc: &corev1.SecurityContext{RunAsUser: ptr(int64(-1))}, wantErr: "runAsUser"},
 	}
 	for _, tc := range cases {
