@@ -525,8 +525,6 @@ func (p *Pod) runOnce(c *ctr) outcome {
 			reason = ReasonCreateContainerConfigError
 		}
 		p.update(c, func(s *corev1.ContainerStatus) { s.State = waiting(reason, err.Error()) })
-		// As kubelet's startContainer: a Warning "Failed", "Error: <why>".
-		p.event(c, corev1.EventTypeWarning, "Failed", "Error: "+err.Error())
 		return outcome{stage: reason}
 	}
 	defer cleanup()
