@@ -212,3 +212,46 @@ func TestKubectlCp(t *testing.T) {
 		t.Errorf("cell of the deleted pod not terminated: %v", err)
 	}
 }
+
+// TestLivenessKillRunsPreStop: as kubelet's killContainer, a container killed for a failed
+// liveness probe runs its preStop hook first (it leaves a mark in an emptyDir that the next
+// run prints), and the kill uses the probe's terminationGracePeriodSeconds (1s; the floor is
+// kubelet's 2s) rather than the pod's 600s, so the container, which ignores SIGTERM, is
+// restarted long before the pod's grace period could end.
+func TestLivenessKillRunsPreStop(t *testing.T) {
+	e := need(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
+	defer cancel()
+	ns := e.Namespace(t)
+	c := framework.Busybox("main", `echo "run: $(cat /data/marks 2>/dev/null)"; exec sleep 3600`)
+	c.VolumeMounts = []corev1.VolumeMount{{Name: "data", MountPath: "/data"}}
+	c.LivenessProbe = &corev1.Probe{
+		ProbeHandler:  corev1.ProbeHandler{Exec: &corev1.ExecAction{Command: []string{"false"}}},
+		PeriodSeconds: 1, FailureThreshold: 1, TerminationGracePeriodSeconds: ptr.To[int64](1),
+	}
+	c.Lifecycle = &corev1.Lifecycle{PreStop: &corev1.LifecycleHandler{Exec: &corev1.ExecAction{
+		Command: []string{"sh", "-c", "echo -n prestop >> /data/marks"}}}}
+	pod := framework.Pod("prestop", c)
+	pod.Spec.RestartPolicy = corev1.RestartPolicyAlways
+	pod.Spec.TerminationGracePeriodSeconds = ptr.To[int64](600)
+	pod.Spec.Volumes = []corev1.Volume{{Name: "data", VolumeSource: corev1.VolumeSource{EmptyDir: &corev1.EmptyDirVolumeSource{}}}}
+	if _, err := e.Client.CoreV1().Pods(ns).Create(ctx, pod, metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	// Well inside the pod's 600s grace period: only the probe's can have let it restart.
+	if _, err := e.WaitForPod(ctx, ns, "prestop", 3*time.Minute, func(p *corev1.Pod) bool {
+		return len(p.Status.ContainerStatuses) == 1 && p.Status.ContainerStatuses[0].RestartCount >= 1 &&
+			p.Status.ContainerStatuses[0].State.Running != nil
+	}); err != nil {
+		t.Fatalf("not restarted after its liveness kill: %v\nevents:\n%s", err, e.EventsFor(ctx, ns, "prestop"))
+	}
+	if out, err := waitLogs(ctx, e, 30*time.Second, "run: prestop", "-n", ns, "logs", "prestop"); err != nil {
+		t.Errorf("the second run printed %q (%v): want the first run's preStop mark", out, err)
+	}
+	if err := e.Client.CoreV1().Pods(ns).Delete(ctx, "prestop", metav1.DeleteOptions{GracePeriodSeconds: ptr.To[int64](1)}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := e.WaitForCells(ctx, framework.PodCells(ns, "prestop"), time.Minute, framework.NoCells); err != nil {
+		t.Errorf("cell of the deleted pod not terminated: %v", err)
+	}
+}
