@@ -6,6 +6,7 @@ import (
 	"context"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -14,6 +15,8 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/utils/ptr"
 
+	"github.com/kip-dev/kip/internal/imagebuild"
+	"github.com/kip-dev/kip/internal/registry"
 	"github.com/kip-dev/kip/test/e2e/framework"
 )
 
@@ -253,5 +256,51 @@ func TestLivenessKillRunsPreStop(t *testing.T) {
 	}
 	if _, err := e.WaitForCells(ctx, framework.PodCells(ns, "prestop"), time.Minute, framework.NoCells); err != nil {
 		t.Errorf("cell of the deleted pod not terminated: %v", err)
+	}
+}
+
+// TestSupplementalGroupsPolicy: as under kubelet and containerd, a container's user gets the
+// groups the image's /etc/group lists it in (root in wheel, gid 10, as in Docker Hub's
+// busybox) besides the pod's supplementalGroups, unless supplementalGroupsPolicy is Strict.
+func TestSupplementalGroupsPolicy(t *testing.T) {
+	e := need(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
+	defer cancel()
+	ns := e.Namespace(t)
+	img, err := imagebuild.Busybox(imagebuild.Options{Files: []imagebuild.File{
+		{Path: "/etc/group", Data: []byte("root:x:0:\nwheel:x:10:root\nnogroup:x:65534:\n")}}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	const repo = "kip-e2e/wheel:latest"
+	if _, err := registry.Push(ctx, e.Registry.Host(), repo, img); err != nil {
+		t.Fatal(err)
+	}
+	idG := corev1.Container{Name: "main", Image: e.Registry.Host() + "/" + repo, Command: []string{"id", "-G"}}
+	merge := framework.Pod("merge", idG)
+	merge.Spec.SecurityContext = &corev1.PodSecurityContext{SupplementalGroups: []int64{4000}}
+	strict := framework.Pod("strict", idG)
+	strict.Spec.SecurityContext = &corev1.PodSecurityContext{SupplementalGroups: []int64{4000},
+		SupplementalGroupsPolicy: ptr.To(corev1.SupplementalGroupsPolicyStrict)}
+	for _, p := range []*corev1.Pod{merge, strict} {
+		if _, err := e.Client.CoreV1().Pods(ns).Create(ctx, p, metav1.CreateOptions{}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for name, want := range map[string]string{"merge": "0 10 4000", "strict": "0 4000"} {
+		got, err := e.WaitForPod(ctx, ns, name, podTimeout, framework.Finished)
+		if err != nil {
+			t.Fatalf("%v\nevents:\n%s", err, e.EventsFor(ctx, ns, name))
+		}
+		if got.Status.Phase != corev1.PodSucceeded {
+			t.Errorf("%s: %s", name, framework.DescribePod(got))
+			continue
+		}
+		out, err := e.Kubectl(ctx, "-n", ns, "logs", name)
+		ids := strings.Fields(out)
+		slices.Sort(ids)
+		if err != nil || strings.Join(ids, " ") != want {
+			t.Errorf("%s: id -G printed %q (%v), want %s", name, out, err, want)
+		}
 	}
 }

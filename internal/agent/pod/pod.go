@@ -742,6 +742,10 @@ func (p *Pod) create(c *ctr, img *image.Image, bundle, cgroup, run string) (clea
 		cleanup()
 		return nil, err
 	}
+	if psc := p.req.Pod.Spec.SecurityContext; psc != nil && psc.SupplementalGroupsPolicy != nil &&
+		*psc.SupplementalGroupsPolicy == corev1.SupplementalGroupsPolicyStrict {
+		proc.AdditionalGids = nil // Strict: only the pod's groups, none from the image
+	}
 	proc.AdditionalGids = append(proc.AdditionalGids, supplementalGroups(p.req.Pod)...)
 	proc.Terminal = c.spec.TTY         // runtime.IO.Terminal gives runc the terminal to relay
 	if !hasEnv(proc.Env, "HOSTNAME") { // as containerd's CRI plugin sets it
