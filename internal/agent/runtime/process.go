@@ -44,7 +44,8 @@ type Process struct {
 //     does: the image's env is the runtime's, unknown to kubelet's expansion;
 //   - workingDir falls back to the image's, then "/";
 //   - the user is securityContext.runAsUser/runAsGroup, else the image's User ("uid",
-//     "uid:gid", "name" or "name:group", looked up in the rootfs's /etc/passwd and /etc/group).
+//     "uid:gid", "name" or "name:group", looked up in the rootfs's /etc/passwd and /etc/group);
+//     AdditionalGids are the groups /etc/group lists that user in (imageGroups).
 //
 // rootfs is the container's root directory, read for the user lookup only.
 func ResolveProcess(c *corev1.Container, img v1.Config, rootfs string) (Process, error) {
