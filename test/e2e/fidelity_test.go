@@ -241,6 +241,15 @@ func TestLivenessKillRunsPreStop(t *testing.T) {
 	if _, err := e.Client.CoreV1().Pods(ns).Create(ctx, pod, metav1.CreateOptions{}); err != nil {
 		t.Fatal(err)
 	}
+	// Deleted with a short grace period however the test ends: its own is 600s.
+	t.Cleanup(func() {
+		ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+		defer cancel()
+		_ = e.Client.CoreV1().Pods(ns).Delete(ctx, "prestop", metav1.DeleteOptions{GracePeriodSeconds: ptr.To[int64](1)})
+		if _, err := e.WaitForCells(ctx, framework.PodCells(ns, "prestop"), time.Minute, framework.NoCells); err != nil {
+			t.Errorf("cell of the deleted pod not terminated: %v", err)
+		}
+	})
 	// Well inside the pod's 600s grace period: only the probe's can have let it restart.
 	if _, err := e.WaitForPod(ctx, ns, "prestop", 3*time.Minute, func(p *corev1.Pod) bool {
 		return len(p.Status.ContainerStatuses) == 1 && p.Status.ContainerStatuses[0].RestartCount >= 1 &&
@@ -250,12 +259,6 @@ func TestLivenessKillRunsPreStop(t *testing.T) {
 	}
 	if out, err := waitLogs(ctx, e, 30*time.Second, "run: prestop", "-n", ns, "logs", "prestop"); err != nil {
 		t.Errorf("the second run printed %q (%v): want the first run's preStop mark", out, err)
-	}
-	if err := e.Client.CoreV1().Pods(ns).Delete(ctx, "prestop", metav1.DeleteOptions{GracePeriodSeconds: ptr.To[int64](1)}); err != nil {
-		t.Fatal(err)
-	}
-	if _, err := e.WaitForCells(ctx, framework.PodCells(ns, "prestop"), time.Minute, framework.NoCells); err != nil {
-		t.Errorf("cell of the deleted pod not terminated: %v", err)
 	}
 }
 
