@@ -80,6 +80,9 @@ func Pod(pod *corev1.Pod) error {
 	if pod.Spec.HostPID {
 		return &Error{Field: "spec.hostPID", Reason: "the cell's process namespace holds its agent; kip does not give it to pods"}
 	}
+	if pod.Spec.HostUsers != nil && !*pod.Spec.HostUsers {
+		return &Error{Field: "spec.hostUsers", Reason: "a user namespace for the pod is not supported on kip's cells yet"}
+	}
 	if sc := pod.Spec.SecurityContext; sc != nil {
 		if err := seccomp("spec.securityContext.seccompProfile", sc.SeccompProfile); err != nil {
 			return err
@@ -123,6 +126,9 @@ func container(field string, sc *corev1.SecurityContext) error {
 	}
 	if err := seccomp(field+".securityContext.seccompProfile", sc.SeccompProfile); err != nil {
 		return err
+	}
+	if sc.ProcMount != nil && *sc.ProcMount == corev1.UnmaskedProcMount {
+		return &Error{Field: field + ".securityContext.procMount", Reason: "an unmasked /proc needs a user namespace (hostUsers: false), which kip's cells do not give pods yet"}
 	}
 	if sc.Privileged != nil && *sc.Privileged {
 		return &Error{Field: field + ".securityContext.privileged", Reason: "privileged containers are not supported on kip's cells"}

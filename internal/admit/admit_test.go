@@ -62,6 +62,8 @@ func TestContainerSecurity(t *testing.T) {
 		{"privileged", &corev1.SecurityContext{Privileged: ptrTo(true)}, false, "spec.containers[1].securityContext.privileged"},
 		{"privileged init container", &corev1.SecurityContext{Privileged: ptrTo(true)}, true, "spec.initContainers[0].securityContext.privileged"},
 		{"not privileged", &corev1.SecurityContext{Privileged: ptrTo(false)}, false, ""},
+		{"default procMount", &corev1.SecurityContext{ProcMount: ptrTo(corev1.DefaultProcMount)}, false, ""},
+		{"unmasked procMount", &corev1.SecurityContext{ProcMount: ptrTo(corev1.UnmaskedProcMount)}, true, "spec.initContainers[0].securityContext.procMount"},
 		{"add ALL", &corev1.SecurityContext{Capabilities: &corev1.Capabilities{Add: []corev1.Capability{"CHOWN", "all"}}}, false, "spec.containers[1].securityContext.capabilities.add[1]"},
 	}
 	for _, tt := range tests {
@@ -114,6 +116,8 @@ func TestNamespaces(t *testing.T) {
 		{"hostNetwork is the cell's", corev1.PodSpec{HostNetwork: true}, ""},
 		{"shareProcessNamespace", corev1.PodSpec{ShareProcessNamespace: ptrTo(true)}, "spec.shareProcessNamespace"},
 		{"hostPID", corev1.PodSpec{HostPID: true}, "spec.hostPID"},
+		{"hostUsers true", corev1.PodSpec{HostUsers: ptrTo(true)}, ""},
+		{"hostUsers false", corev1.PodSpec{HostUsers: ptrTo(false)}, "spec.hostUsers"},
 	} {
 		t.Run(tt.name, func(t *testing.T) {
 			err := Pod(&corev1.Pod{Spec: tt.spec})

@@ -712,6 +712,9 @@ func (p *Pod) pull(c *ctr) *image.Image {
 // The memory limit goes on the container's cgroup (cgroup), which outlives the run's own
 // (cgroup/run), so the OOM evidence survives runc's removal of the run's cgroup.
 func (p *Pod) create(c *ctr, img *image.Image, bundle, cgroup, run string) (cleanup func(), err error) {
+	if err := verifyRunAsNonRoot(p.req.Pod, c.spec, img.Config.User); err != nil {
+		return nil, err
+	}
 	if err := os.MkdirAll(bundle, 0o700); err != nil {
 		return nil, fmt.Errorf("creating bundle: %w", err)
 	}
@@ -730,6 +733,10 @@ func (p *Pod) create(c *ctr, img *image.Image, bundle, cgroup, run string) (clea
 	if err != nil {
 		cleanup()
 		return nil, err
+	}
+	if psc := p.req.Pod.Spec.SecurityContext; psc != nil && psc.SupplementalGroupsPolicy != nil &&
+		*psc.SupplementalGroupsPolicy == corev1.SupplementalGroupsPolicyStrict {
+		proc.AdditionalGids = nil // Strict: only the pod's groups, none from the image
 	}
 	proc.AdditionalGids = append(proc.AdditionalGids, supplementalGroups(p.req.Pod)...)
 	proc.Terminal = c.spec.TTY         // runtime.IO.Terminal gives runc the terminal to relay

@@ -22,6 +22,7 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/util/intstr"
 	clocktesting "k8s.io/utils/clock/testing"
+	"k8s.io/utils/ptr"
 
 	"github.com/kip-dev/kip/internal/agent/image"
 	"github.com/kip-dev/kip/internal/agent/runtime"
@@ -580,5 +581,67 @@ func TestStopTerminatesSidecarsLast(t *testing.T) {
 	r.rt.exit(proxy, 143)
 	if err := <-done; err != nil {
 		t.Fatal(err)
+	}
+}
+
+// TestLivenessKillRunsPreStop: as kubelet's killContainer, a container killed for a failed
+// liveness probe runs its preStop hook first, then gets SIGTERM, then SIGKILL after the
+// probe's own terminationGracePeriodSeconds (3s here, not the pod's 30s).
+func TestLivenessKillRunsPreStop(t *testing.T) {
+	preStops := make(chan struct{}, 10)
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, req *http.Request) {
+		if req.URL.Path == "/prestop" {
+			preStops <- struct{}{}
+		}
+	}))
+	defer srv.Close()
+	_, portStr, _ := net.SplitHostPort(strings.TrimPrefix(srv.URL, "http://"))
+	port, _ := strconv.Atoi(portStr)
+
+	p := testPod(corev1.RestartPolicyAlways, "app")
+	c := &p.Spec.Containers[0]
+	c.LivenessProbe = &corev1.Probe{ProbeHandler: corev1.ProbeHandler{TCPSocket: &corev1.TCPSocketAction{Port: intstr.FromInt32(1)}},
+		PeriodSeconds: 1, FailureThreshold: 1, TerminationGracePeriodSeconds: ptr.To[int64](3)}
+	c.Lifecycle = &corev1.Lifecycle{PreStop: &corev1.LifecycleHandler{HTTPGet: &corev1.HTTPGetAction{Path: "/prestop", Port: intstr.FromInt32(int32(port))}}}
+	r := start(t, p, &fakeImages{})
+	r.rt.mu.Lock()
+	r.rt.ignore[syscall.SIGTERM] = true
+	r.rt.mu.Unlock()
+	app := r.nextStart(t)
+	kills := func() []string {
+		r.rt.mu.Lock()
+		defer r.rt.mu.Unlock()
+		return append([]string(nil), r.rt.kills...)
+	}
+	// Step the clock a second at a time until the probe fails and the container gets SIGTERM.
+	deadline := time.Now().Add(20 * time.Second)
+	for len(kills()) == 0 {
+		if time.Now().After(deadline) {
+			t.Fatalf("no signal; status %+v", r.pod.Status())
+		}
+		r.clk.Step(time.Second)
+		time.Sleep(2 * time.Millisecond)
+	}
+	if got := kills(); got[0] != app+" terminated" {
+		t.Fatalf("signals %v, want SIGTERM first", got)
+	}
+	select {
+	case <-preStops:
+	default:
+		t.Fatal("SIGTERM sent without running preStop first")
+	}
+	// The grace period is the probe's: SIGKILL comes within 3 fake seconds (a few more for
+	// timers armed between steps), never the pod's 30.
+	steps := 0
+	for len(kills()) < 2 {
+		if steps > 10 {
+			t.Fatalf("no SIGKILL %d fake seconds after SIGTERM: the pod's grace period, not the probe's", steps)
+		}
+		time.Sleep(5 * time.Millisecond)
+		r.clk.Step(time.Second)
+		steps++
+	}
+	if got := kills(); got[1] != app+" killed" {
+		t.Errorf("signals %v, want SIGTERM then SIGKILL", got)
 	}
 }

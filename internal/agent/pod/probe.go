@@ -255,8 +255,12 @@ func (p *Pod) probeLoop(ctx context.Context, c *ctr, id string) {
 	}
 }
 
-// killRun stops a run whose startup or liveness probe failed: SIGTERM, the pod's grace
-// period, SIGKILL. The supervisor then restarts it as the restart policy says.
+// killRun stops a run whose startup or liveness probe (or postStart hook) failed, as kubelet's
+// killContainer: preStop first, inside the grace period, then SIGTERM, and SIGKILL once the
+// rest of the grace period is over. The grace period is the failed probe's
+// terminationGracePeriodSeconds when it has one, else the pod's; whatever is left after
+// preStop is at least minimumGracePeriod. The supervisor then restarts the run as the restart
+// policy says.
 func (p *Pod) killRun(c *ctr, id, probe, msg string) {
 	p.cfg.Log.Info("container failed its probe, killing it", "pod", p.UID(), "container", c.spec.Name, "probe", probe, "msg", msg)
 	p.mu.Lock()
@@ -269,8 +273,23 @@ func (p *Pod) killRun(c *ctr, id, probe, msg string) {
 		return
 	}
 	p.event(c, corev1.EventTypeNormal, "Killing", fmt.Sprintf("Container %s failed %s probe, will be restarted", c.spec.Name, probe))
-	p.stopRun(run, p.GracePeriod())
+	grace := p.GracePeriod()
+	if pr := map[string]*corev1.Probe{"startup": c.spec.StartupProbe, "liveness": c.spec.LivenessProbe}[probe]; pr != nil && pr.TerminationGracePeriodSeconds != nil {
+		grace = time.Duration(*pr.TerminationGracePeriodSeconds) * time.Second
+	}
+	if ls := c.spec.Lifecycle; ls != nil && ls.PreStop != nil && grace > 0 {
+		began := p.cfg.Clock.Now()
+		if ok, msg := p.lifecycleHandler(p.ctx, c, id, ls.PreStop, grace); !ok {
+			p.event(c, corev1.EventTypeWarning, "FailedPreStopHook", msg)
+		}
+		grace -= p.cfg.Clock.Since(began)
+	}
+	p.stopRun(run, max(grace, minimumGracePeriod))
 }
+
+// minimumGracePeriod is the least time kubelet gives a container it kills between SIGTERM and
+// SIGKILL (minimumGracePeriodInSeconds), whatever the grace period and preStop left.
+const minimumGracePeriod = 2 * time.Second
 
 // stopRun sends SIGTERM to one run and SIGKILL after grace if it has not exited.
 func (p *Pod) stopRun(run *runtime.Container, grace time.Duration) {

