@@ -146,6 +146,9 @@ func serveStream(ctx context.Context, stdin bool, conn io.ReadWriteCloser, run f
 			}
 			switch kind {
 			case frameStdin:
+				if !stdin {
+					continue // nobody reads it: writing would block, and this loop must go on
+				}
 				if _, err := stdinW.Write(p); err != nil {
 					return
 				}
@@ -167,6 +170,8 @@ func serveStream(ctx context.Context, stdin bool, conn io.ReadWriteCloser, run f
 		stdio.Stdin = stdinR
 	}
 	code, err := run(ctx, stdio)
+	// Unblock a stdin write the command will never read.
+	stdinR.CloseWithError(io.ErrClosedPipe)
 	ef := exitFrame{Code: code}
 	if err != nil {
 		ef.Error, ef.Kind = err.Error(), KindOf(err)
