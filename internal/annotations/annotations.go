@@ -179,6 +179,9 @@ var parsers = []struct {
 		if err != nil || q.Sign() <= 0 {
 			return `not a positive size like "20Gi"`
 		}
+		if q.Cmp(maxVolumeSize) > 0 {
+			return "larger than " + maxVolumeSize.String() + ", the largest volume a cloud offers"
+		}
 		const gib = 1 << 30
 		p.VolumeSizeGiB = int((q.Value() + gib - 1) / gib)
 		return ""
@@ -208,5 +211,9 @@ var parsers = []struct {
 		return ""
 	}},
 }
+
+// maxVolumeSize bounds volume-size: EBS's largest volume, and far below where a size in
+// bytes overflows.
+var maxVolumeSize = resource.MustParse("64Ti")
 
 func ptr[T any](v T) *T { return &v }
