@@ -198,9 +198,12 @@ var parsers = []struct {
 		d, err := time.ParseDuration(v)
 		if err != nil {
 			// The original took whole seconds.
-			n, nerr := strconv.Atoi(v)
+			n, nerr := strconv.ParseInt(v, 10, 64)
 			if nerr != nil {
 				return `not a duration like "120s" or a number of seconds`
+			}
+			if n > int64(maxDuration/time.Second) {
+				return "longer than " + maxDuration.String()
 			}
 			d = time.Duration(n) * time.Second
 		}
@@ -211,6 +214,9 @@ var parsers = []struct {
 		return ""
 	}},
 }
+
+// maxDuration is the longest time.Duration, about 292 years.
+const maxDuration = time.Duration(1<<63 - 1)
 
 // maxVolumeSize bounds volume-size: EBS's largest volume, and far below where a size in
 // bytes overflows.
