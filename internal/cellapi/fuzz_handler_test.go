@@ -107,9 +107,9 @@ var fuzzMethods = []string{http.MethodGet, http.MethodPut, http.MethodPost, http
 func FuzzHandler(f *testing.F) {
 	pod := `{"pod":{"metadata":{"name":"p","uid":"u"},"spec":{"containers":[{"name":"c","image":"busybox"}]}}}`
 	for _, s := range []struct {
-		method           int
+		method            int
 		path, query, body string
-		upgrade          bool
+		upgrade           bool
 	}{
 		{1, cellapi.PodPath, "", pod, false},
 		{1, cellapi.PodPath, "", `{"pod":{}} trailing`, false},
