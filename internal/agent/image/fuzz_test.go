@@ -117,12 +117,13 @@ func scanTar(data []byte, max int64) (total int64, unsafe bool, err error) {
 			return total, unsafe, err
 		}
 		unsafe = unsafe || climbs(hdr.Name) || (hdr.Typeflag == tar.TypeLink && climbs(hdr.Linkname))
-		if hdr.Typeflag == tar.TypeReg || hdr.Typeflag == tar.TypeRegA {
-			if hdr.Size > max-total {
-				return max + 1, unsafe, nil
-			}
-			total += hdr.Size
+		if hdr.Typeflag != tar.TypeReg && hdr.Typeflag != tar.TypeRegA {
+			continue // as Untar: Next skips the body without expanding it
 		}
+		if hdr.Size > max-total {
+			return max + 1, unsafe, nil
+		}
+		total += hdr.Size
 		if _, err := io.Copy(io.Discard, tr); err != nil {
 			return total, unsafe, err
 		}
