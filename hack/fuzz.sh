@@ -6,6 +6,8 @@
 # Environment:
 #   FUZZTIME       how long each target runs (go test -fuzztime; default 1m)
 #   FUZZ_PARALLEL  fuzzing workers per target (go test -parallel; default 1, for shared machines)
+#   FUZZ_MINIMIZETIME  go test -fuzzminimizetime (default 60s, go's): time spent shrinking each new
+#                  input; less leaves more time to explore on a slow or shared machine
 #   FUZZ_TARGETS   an extended regexp; only targets whose "package Target" matches run
 #   FUZZ_LOGS      where each target's log goes (default .cache/fuzz-logs)
 set -uo pipefail
@@ -30,7 +32,8 @@ for t in "${targets[@]}"; do
   read -r pkg fn <<<"$t"
   log=$logdir/$(basename "$pkg")-$fn.log
   printf '=== %s %s for %s\n' "$pkg" "$fn" "$fuzztime" >&2
-  go test "$pkg" -run '^$' -fuzz "^$fn\$" -fuzztime "$fuzztime" -parallel "$parallel" >"$log" 2>&1
+  go test "$pkg" -run '^$' -fuzz "^$fn\$" -fuzztime "$fuzztime" -parallel "$parallel" \
+    -fuzzminimizetime "${FUZZ_MINIMIZETIME:-60s}" >"$log" 2>&1
   rc=$?
   last=$(grep -E '^fuzz: elapsed' "$log" | tail -n1)
   execs=$(sed -nE 's/.*execs: ([0-9]+) .*/\1/p' <<<"$last")
