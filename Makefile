@@ -1,5 +1,5 @@
 # Kip's Makefile only calls hack/ scripts and go.
-.PHONY: all build test unit demo bench conformance control-plane deps verify clean
+.PHONY: all build test unit fuzz race demo bench conformance control-plane deps verify clean
 
 all: build
 
@@ -17,6 +17,14 @@ test:
 
 unit:
 	go test -short ./...
+
+# Every native fuzz target for FUZZTIME each (default 1m), one after another (docs/fuzzing.md).
+fuzz:
+	hack/fuzz.sh
+
+# The packages that run goroutines per pod, under the race detector (docs/fuzzing.md).
+race:
+	hack/race.sh
 
 demo:
 	hack/demo.sh

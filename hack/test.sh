@@ -10,6 +10,9 @@
 #   KIP_TEST_P          go test -p (default 1: the 2-core reference machine runs one package's
 #                       tests at a time, so root tests that boot cells do not starve each other)
 #   KIP_SKIP_E2E=1      skip the e2e tier
+#   KIP_RACE=1          also run make race with -short (off by default: the race build and
+#                       the agent's root tests under -race cost tens of minutes on 2 cores;
+#                       see docs/fuzzing.md)
 set -uo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 cd "$root"
@@ -72,6 +75,10 @@ stage "build CoreDNS (go run ./hack/build-coredns; ~350 CPU-s cold, ~3 min on 2 
 
 stage "go test ./... (root tests included; full log $logdir/unit.log)" \
   go_test "$logdir/unit.log" -count=1 -p "${KIP_TEST_P:-1}" -timeout "${KIP_TEST_TIMEOUT:-25m}" ./...
+
+if [ "${KIP_RACE:-0}" = 1 ]; then
+  stage "go test -race -short over the per-pod goroutine packages (hack/race.sh)" env RACE_FLAGS=-short hack/race.sh
+fi
 
 if [ "${KIP_SKIP_E2E:-0}" != 1 ]; then
   stage "e2e: real control plane + kip + local cells (full log $logdir/e2e.log)" \

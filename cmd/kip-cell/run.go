@@ -73,9 +73,10 @@ func Run(ctx context.Context, args []string, stdout io.Writer) error {
 		return fmt.Errorf("bootstrap: %w", err)
 	}
 	images, err := image.NewStore(image.Config{
-		Root:            filepath.Join(*stateDir, "images"),
-		DefaultRegistry: bs.Registry.DefaultRegistry,
-		Insecure:        bs.Registry.Insecure,
+		Root:             filepath.Join(*stateDir, "images"),
+		DefaultRegistry:  bs.Registry.DefaultRegistry,
+		Insecure:         bs.Registry.Insecure,
+		MaxUnpackedBytes: bs.Registry.MaxUnpackedBytes,
 	})
 	if err != nil {
 		return fmt.Errorf("opening image store: %w", err)

@@ -184,6 +184,9 @@ var parsers = []struct {
 		if err != nil || q.Sign() <= 0 {
 			return `not a positive size like "20Gi"`
 		}
+		if q.Cmp(maxVolumeSize) > 0 {
+			return "larger than " + maxVolumeSize.String() + ", the largest volume a cloud offers"
+		}
 		const gib = 1 << 30
 		p.VolumeSizeGiB = int((q.Value() + gib - 1) / gib)
 		return ""
@@ -213,9 +216,12 @@ var parsers = []struct {
 func parseTimeout(v string) (time.Duration, string) {
 	d, err := time.ParseDuration(v)
 	if err != nil {
-		n, nerr := strconv.Atoi(v)
+		n, nerr := strconv.ParseInt(v, 10, 64)
 		if nerr != nil {
 			return 0, `not a duration like "120s" or a number of seconds`
+		}
+		if n > int64(maxDuration/time.Second) {
+			return 0, "longer than " + maxDuration.String()
 		}
 		d = time.Duration(n) * time.Second
 	}
@@ -224,5 +230,12 @@ func parseTimeout(v string) (time.Duration, string) {
 	}
 	return d, ""
 }
+
+// maxDuration is the longest time.Duration, about 292 years.
+const maxDuration = time.Duration(1<<63 - 1)
+
+// maxVolumeSize bounds volume-size: EBS's largest volume, and far below where a size in
+// bytes overflows.
+var maxVolumeSize = resource.MustParse("64Ti")
 
 func ptr[T any](v T) *T { return &v }

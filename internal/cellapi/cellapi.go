@@ -189,4 +189,6 @@ type RegistryConfig struct {
 	DefaultRegistry string `json:"defaultRegistry,omitempty"`
 	// Insecure lists registries (host:port) reached over plain HTTP.
 	Insecure []string `json:"insecure,omitempty"`
+	// MaxUnpackedBytes caps the sum of an image's file sizes once unpacked; 0 is no cap.
+	MaxUnpackedBytes int64 `json:"maxUnpackedBytes,omitempty"`
 }

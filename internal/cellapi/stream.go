@@ -130,14 +130,32 @@ func serveExec(ctx context.Context, s Streamer, container string, opts ExecOptio
 
 // serveStream runs one framed stream (exec, attach) over an upgraded connection: run gets
 // the streams (stdin only when stdin is true) and its result is the exit frame.
+//
+// One goroutine reads the client's frames and another feeds stdin, so that a command not
+// reading its stdin yet (or ever) does not hold up resizes, end-of-stdin or noticing that
+// the client went away; up to stdinQueue frames wait for the command, then reading the
+// stream waits for it too.
 func serveStream(ctx context.Context, stdin bool, conn io.ReadWriteCloser, run func(context.Context, ExecIO) (int, error)) {
 	fw := &frameWriter{w: conn}
 	stdinR, stdinW := io.Pipe()
 	resize := make(chan TermSize, 4)
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
+	queue := make(chan []byte, stdinQueue)
+	fed := make(chan struct{}) // closed once stdin takes no more
 	go func() {
+		defer close(fed)
 		defer stdinW.Close()
+		for p := range queue {
+			if _, err := stdinW.Write(p); err != nil {
+				return
+			}
+		}
+	}()
+	go func() {
+		var once sync.Once
+		endStdin := func() { once.Do(func() { close(queue) }) }
+		defer endStdin()
 		defer cancel() // the client went away: stop the process
 		for {
 			kind, p, err := readFrame(conn)
@@ -146,11 +164,15 @@ func serveStream(ctx context.Context, stdin bool, conn io.ReadWriteCloser, run f
 			}
 			switch kind {
 			case frameStdin:
-				if _, err := stdinW.Write(p); err != nil {
-					return
+				if !stdin {
+					continue // nobody reads it
+				}
+				select {
+				case queue <- p:
+				case <-fed:
 				}
 			case frameStdinEOF:
-				stdinW.Close()
+				endStdin()
 			case frameResize:
 				var ts TermSize
 				if json.Unmarshal(p, &ts) == nil {
@@ -167,6 +189,8 @@ func serveStream(ctx context.Context, stdin bool, conn io.ReadWriteCloser, run f
 		stdio.Stdin = stdinR
 	}
 	code, err := run(ctx, stdio)
+	// Unblock a stdin write the command will never read.
+	stdinR.CloseWithError(io.ErrClosedPipe)
 	ef := exitFrame{Code: code}
 	if err != nil {
 		ef.Error, ef.Kind = err.Error(), KindOf(err)
@@ -175,6 +199,10 @@ func serveStream(ctx context.Context, stdin bool, conn io.ReadWriteCloser, run f
 	_ = fw.frame(frameExit, b)
 	conn.Close()
 }
+
+// stdinQueue is how many stdin frames (of up to maxFrame bytes each) an exec or attach
+// holds for a command that does not read them yet.
+const stdinQueue = 16
 
 // clientExec drives an exec over an upgraded connection (kip side).
 func clientExec(ctx context.Context, conn io.ReadWriteCloser, opts ExecOptions, stdio ExecIO) (int, error) {

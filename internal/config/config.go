@@ -218,6 +218,9 @@ type Registry struct {
 	DefaultRegistry string `json:"defaultRegistry,omitempty"`
 	// Insecure lists registries (host:port) reached over plain HTTP.
 	Insecure []string `json:"insecure,omitempty"`
+	// MaxUnpackedImageSize caps the size of an image's files once unpacked on a cell; a
+	// larger image fails its containers with ErrImagePull naming the limit. Default 10Gi.
+	MaxUnpackedImageSize Quantity `json:"maxUnpackedImageSize"`
 }
 
 // Load reads, decodes, defaults and validates the file at path.

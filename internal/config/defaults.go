@@ -11,20 +11,22 @@ import (
 
 // Defaults, exported so callers and docs can name them.
 const (
-	DefaultNodeName            = "kip"
-	DefaultKubeletPort         = 10250
-	DefaultClusterDomain       = "cluster.local"
-	DefaultBridge              = "kip0"
-	DefaultSubnet              = "10.250.0.0/24"
-	DefaultStateDir            = "/var/lib/kip"
-	DefaultClusterName         = "kip"
-	DefaultHealthyTimeout      = 90 * time.Second
-	DefaultLostTimeout         = 30 * time.Second
-	DefaultStatusInterval      = 10 * time.Second
-	DefaultCapacityErrorMemory = 3 * time.Minute
-	DefaultLaunchConcurrency   = 10
-	DefaultAWSPollInterval     = 5 * time.Second
-	DefaultAWSCatalogRefresh   = 6 * time.Hour
+	DefaultNodeName       = "kip"
+	DefaultKubeletPort    = 10250
+	DefaultClusterDomain  = "cluster.local"
+	DefaultBridge         = "kip0"
+	DefaultSubnet         = "10.250.0.0/24"
+	DefaultStateDir       = "/var/lib/kip"
+	DefaultClusterName    = "kip"
+	DefaultHealthyTimeout = 90 * time.Second
+	DefaultLostTimeout    = 30 * time.Second
+	// DefaultMaxUnpackedImageSize is registry.maxUnpackedImageSize's default.
+	DefaultMaxUnpackedImageSize = "10Gi"
+	DefaultStatusInterval       = 10 * time.Second
+	DefaultCapacityErrorMemory  = 3 * time.Minute
+	DefaultLaunchConcurrency    = 10
+	DefaultAWSPollInterval      = 5 * time.Second
+	DefaultAWSCatalogRefresh    = 6 * time.Hour
 	// MaxAWSSecurityGroups is how many extra groups cloud.aws.securityGroups may name: EC2
 	// allows 5 per interface and Kip's own group takes one.
 	MaxAWSSecurityGroups = 4
@@ -105,6 +107,7 @@ func (c *ProviderConfig) Default() {
 	if cl.ClusterName == "" {
 		cl.ClusterName = DefaultClusterName
 	}
+	defaultQuantity(&c.Registry.MaxUnpackedImageSize, DefaultMaxUnpackedImageSize)
 }
 
 // BridgeIP returns the first host address of an IPv4 subnet ("10.250.0.0/24" →

@@ -248,6 +248,7 @@ func (r *Registry) validate(p *field.Path) field.ErrorList {
 			errs = append(errs, field.Invalid(p.Child("insecure").Index(i), h, msg))
 		}
 	}
+	errs = append(errs, r.MaxUnpackedImageSize.validate(p.Child("maxUnpackedImageSize"), true)...)
 	return errs
 }
 

@@ -159,7 +159,11 @@ func (r *runner) run(ctx context.Context) error {
 		CA:       ca,
 		Events:   recorder,
 		Mirror:   mirrorOrNil(mirror),
-		Registry: cellapi.RegistryConfig{DefaultRegistry: cfg.Registry.DefaultRegistry, Insecure: cfg.Registry.Insecure},
+		Registry: cellapi.RegistryConfig{
+			DefaultRegistry:  cfg.Registry.DefaultRegistry,
+			Insecure:         cfg.Registry.Insecure,
+			MaxUnpackedBytes: cfg.Registry.MaxUnpackedImageSize.Value(),
+		},
 		Log:      r.log,
 		Observe:  met.Observe,
 		Services: svcPush,

@@ -33,6 +33,7 @@ import (
 	"github.com/google/go-containerregistry/pkg/v1/mutate"
 	"github.com/google/go-containerregistry/pkg/v1/remote"
 	"golang.org/x/sync/singleflight"
+	"k8s.io/apimachinery/pkg/api/resource"
 
 	"github.com/kip-dev/kip/internal/cellapi"
 )
@@ -45,6 +46,10 @@ type Config struct {
 	DefaultRegistry string
 	// Insecure lists registries (host or host:port) reached over plain HTTP.
 	Insecure []string
+	// MaxUnpackedBytes caps the sum of an image's file sizes once unpacked (kip's config
+	// registry.maxUnpackedImageSize); 0 is no cap. A larger image fails to pull with an error
+	// naming the limit, and nothing of it is kept.
+	MaxUnpackedBytes int64
 }
 
 // Image is one pulled and unpacked image.
@@ -261,7 +266,11 @@ func (s *Store) ensureUnpacked(ctx context.Context, key string, img v1.Image) (*
 	}
 	rc := mutate.Extract(img)
 	defer rc.Close()
-	if err := Untar(ctx, rc, rootfs); err != nil {
+	if err := Untar(ctx, rc, rootfs, s.cfg.MaxUnpackedBytes); err != nil {
+		if errors.Is(err, ErrTooLarge) {
+			return nil, fmt.Errorf("unpacking image: its files add up to more than this cell's limit of %s (kip config registry.maxUnpackedImageSize): %w",
+				resource.NewQuantity(s.cfg.MaxUnpackedBytes, resource.BinarySI), err)
+		}
 		return nil, fmt.Errorf("unpacking image: %w", err)
 	}
 	raw, err := json.Marshal(cf)

@@ -452,3 +452,39 @@ func TestLookup(t *testing.T) {
 		t.Error("found an image whose unpack is gone")
 	}
 }
+
+func TestPullTooLargeFailsNamingTheLimit(t *testing.T) {
+	reg := startRegistry(t)
+	big, err := mutate.AppendLayers(busybox(t, imagebuild.Options{}), tarLayer(t,
+		tarEntry{name: "big", body: strings.Repeat("x", 4<<20)},
+	))
+	if err != nil {
+		t.Fatal(err)
+	}
+	push(t, reg.Host(), "big/image:latest", big)
+	push(t, reg.Host(), "small/image:latest", busybox(t, imagebuild.Options{}))
+	store := newStore(t, Config{Insecure: []string{reg.Host()}, MaxUnpackedBytes: 3 << 20})
+	if _, err := store.Pull(context.Background(), reg.Host()+"/small/image", nil); err != nil {
+		t.Fatalf("Pull of busybox alone under a 3Mi limit: %v", err)
+	}
+	_, err = store.Pull(context.Background(), reg.Host()+"/big/image", nil)
+	if !errors.Is(err, ErrTooLarge) {
+		t.Fatalf("Pull = %v, want ErrTooLarge", err)
+	}
+	for _, want := range []string{"3Mi", "registry.maxUnpackedImageSize"} {
+		if !strings.Contains(err.Error(), want) {
+			t.Errorf("error %q does not say %q", err, want)
+		}
+	}
+	if ents, _ := os.ReadDir(store.tmp); len(ents) != 0 {
+		t.Errorf("%s holds %d leftovers", store.tmp, len(ents))
+	}
+	if ents, _ := os.ReadDir(store.images); len(ents) != 1 {
+		t.Errorf("%s holds %d unpacked images, want busybox's alone", store.images, len(ents))
+	}
+	// The same image fits a store with a larger limit.
+	roomy := newStore(t, Config{Insecure: []string{reg.Host()}, MaxUnpackedBytes: 64 << 20})
+	if _, err := roomy.Pull(context.Background(), reg.Host()+"/big/image", nil); err != nil {
+		t.Fatalf("Pull under a 64Mi limit: %v", err)
+	}
+}

@@ -18,6 +18,10 @@ import (
 // would land outside the destination.
 var ErrUnsafePath = errors.New("tar entry escapes the root")
 
+// ErrTooLarge is wrapped by Untar's error when the regular files of the stream add up to
+// more than its limit.
+var ErrTooLarge = errors.New("unpacked image exceeds the size limit")
+
 // Untar unpacks the tar stream r into dir, which must exist. It creates directories, regular
 // files, symlinks, hard links and FIFOs, and skips device nodes (the runtime mounts /dev).
 // Names are resolved inside dir the way the container will see them: a symlink in the tree,
@@ -26,13 +30,16 @@ var ErrUnsafePath = errors.New("tar entry escapes the root")
 // is refused with ErrUnsafePath. As root it restores ownership, then the mode (so setuid
 // bits survive the chown), then extended attributes of files and directories (file
 // capabilities), then modification times (directories last).
-func Untar(ctx context.Context, r io.Reader, dir string) error {
+//
+// maxBytes, when positive, caps the sum of the regular files' sizes: an entry that would take
+// the total past it is not written, and Untar returns an error wrapping ErrTooLarge.
+func Untar(ctx context.Context, r io.Reader, dir string, maxBytes int64) error {
 	root, err := unix.Open(dir, unix.O_RDONLY|unix.O_DIRECTORY|unix.O_CLOEXEC, 0)
 	if err != nil {
 		return fmt.Errorf("opening unpack root %s: %w", dir, err)
 	}
 	defer unix.Close(root)
-	u := &untarrer{root: root, chown: os.Geteuid() == 0}
+	u := &untarrer{root: root, chown: os.Geteuid() == 0, max: maxBytes}
 	tr := tar.NewReader(r)
 	for {
 		if err := ctx.Err(); err != nil {
@@ -68,6 +75,8 @@ type untarrer struct {
 	root  int
 	chown bool
 	dirs  []dirTimes
+	// max caps total, the bytes of regular files written so far; 0 is no cap.
+	max, total int64
 }
 
 type dirTimes struct {
@@ -95,6 +104,12 @@ func (u *untarrer) entry(hdr *tar.Header, r io.Reader) error {
 	case tar.TypeDir:
 		return u.dir(rel, hdr, mode)
 	case tar.TypeReg, tar.TypeRegA:
+		if u.max > 0 {
+			if hdr.Size > u.max-u.total {
+				return fmt.Errorf("%w: more than %d bytes of files", ErrTooLarge, u.max)
+			}
+			u.total += hdr.Size
+		}
 		return u.withParent(rel, func(pfd int, base string) error { return u.file(pfd, base, hdr, mode, r) })
 	case tar.TypeSymlink:
 		return u.withParent(rel, func(pfd int, base string) error {

@@ -242,7 +242,7 @@ func TestUntar(t *testing.T) {
 			if err := os.Mkdir(dir, 0o755); err != nil {
 				t.Fatal(err)
 			}
-			err := Untar(context.Background(), bytes.NewReader(tarBytes(t, tt.entries...)), dir)
+			err := Untar(context.Background(), bytes.NewReader(tarBytes(t, tt.entries...)), dir, 0)
 			switch {
 			case tt.wantErr == nil && err != nil:
 				t.Fatal(err)
@@ -259,8 +259,45 @@ func TestUntar(t *testing.T) {
 func TestUntarCanceled(t *testing.T) {
 	ctx, cancel := context.WithCancel(context.Background())
 	cancel()
-	err := Untar(ctx, bytes.NewReader(tarBytes(t, tarEntry{name: "f", body: "x"})), t.TempDir())
+	err := Untar(ctx, bytes.NewReader(tarBytes(t, tarEntry{name: "f", body: "x"})), t.TempDir(), 0)
 	if !errors.Is(err, context.Canceled) {
 		t.Errorf("error %v, want context.Canceled", err)
+	}
+}
+
+func TestUntarSizeLimit(t *testing.T) {
+	entries := []tarEntry{
+		{name: "a", body: "12345"},
+		{name: "d/", typ: tar.TypeDir, mode: 0o755},
+		{name: "d/b", body: "67890"},
+	}
+	for _, tt := range []struct {
+		name    string
+		max     int64
+		tooBig  bool
+		written []string
+	}{
+		{"no limit", 0, false, []string{"a", "d/b"}},
+		{"exactly the limit", 10, false, []string{"a", "d/b"}},
+		{"one byte short", 9, true, []string{"a"}},
+		{"smaller than the first file", 4, true, nil},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			dir := t.TempDir()
+			err := Untar(context.Background(), bytes.NewReader(tarBytes(t, entries...)), dir, tt.max)
+			if got := errors.Is(err, ErrTooLarge); got != tt.tooBig {
+				t.Fatalf("Untar(max %d) = %v, want ErrTooLarge %v", tt.max, err, tt.tooBig)
+			}
+			for _, name := range []string{"a", "d/b"} {
+				_, serr := os.Stat(filepath.Join(dir, name))
+				want := false
+				for _, w := range tt.written {
+					want = want || w == name
+				}
+				if (serr == nil) != want {
+					t.Errorf("%s written: %v, want %v", name, serr == nil, want)
+				}
+			}
+		})
 	}
 }
