@@ -27,6 +27,10 @@ type LaunchSpec struct {
 	CellID string
 	// ClientToken makes Launch idempotent: a second Launch with the same token returns the
 	// instance the first one made (even across process restarts) instead of making another.
+	// As on EC2, the second Launch must ask for the same launch: a spec that differs in any
+	// field but BootstrapData is refused with an InvalidSpec error (IdempotentParameterMismatch).
+	// BootstrapData may differ (a restarted kip issues the cell a new certificate); the
+	// earlier instance, booted with the earlier data, is returned.
 	ClientToken string
 	// InstanceType is the name of an instance type from InstanceTypes.
 	InstanceType string
