@@ -196,17 +196,18 @@ func (c *cell) launchOne(pod *corev1.Pod, cand selector.Candidate, opts annotati
 		return nil, fail(ReasonInvalidSpec, "making the cell's bootstrap data: %v", err)
 	}
 	spec := cloud.LaunchSpec{
-		CellID:          c.cellID,
-		ClientToken:     clientToken(c.uid, cand.Type.Name),
-		InstanceType:    cand.Type.Name,
-		Spot:            cand.Offering.Spot,
-		Zone:            cand.Offering.Zone,
-		Tags:            m.tags(pod, c.cellID),
-		BootstrapData:   boot,
-		SecurityGroups:  opts.SecurityGroups,
-		InstanceProfile: opts.InstanceProfile,
-		VolumeSizeGiB:   opts.VolumeSizeGiB,
-		PrivateIPOnly:   opts.PrivateIPOnly,
+		CellID:           c.cellID,
+		ClientToken:      clientToken(c.uid, cand.Type.Name),
+		InstanceType:     cand.Type.Name,
+		Spot:             cand.Offering.Spot,
+		UnlimitedCredits: cand.UnlimitedCredits,
+		Zone:             cand.Offering.Zone,
+		Tags:             m.tags(pod, c.cellID),
+		BootstrapData:    boot,
+		SecurityGroups:   opts.SecurityGroups,
+		InstanceProfile:  opts.InstanceProfile,
+		VolumeSizeGiB:    opts.VolumeSizeGiB,
+		PrivateIPOnly:    opts.PrivateIPOnly,
 	}
 	bo := newBackoff(500*time.Millisecond, 30*time.Second)
 	for {

@@ -36,6 +36,10 @@ type LaunchSpec struct {
 	InstanceType string
 	// Spot asks for spot (preemptible) capacity.
 	Spot bool
+	// UnlimitedCredits runs a burstable type in unlimited mode (it may exceed its baseline,
+	// paying for surplus credits); false runs it in standard mode. Backends set the mode
+	// explicitly rather than take an account default; types without credits ignore it.
+	UnlimitedCredits bool
 	// Zone pins the availability zone; empty lets the backend choose.
 	Zone string
 	// Image is the boot image (an AMI id on AWS). Empty means the backend's default.

@@ -622,3 +622,47 @@ func TestFailedRefreshNotRepeated(t *testing.T) {
 		t.Errorf("List after the interval: %v", err)
 	}
 }
+
+// TestLaunchHardening: every RunInstances requires IMDSv2 tokens with a hop limit of 1 (a
+// container one hop behind the instance gets no token), and sets a burstable type's credit
+// mode explicitly (standard unless the spec asks for unlimited) instead of taking the
+// account default; non-burstable types get no credit specification, which EC2 refuses.
+func TestLaunchHardening(t *testing.T) {
+	e := newEnv(t, ec2fake.Options{})
+	b := e.backend(t, nil)
+	ctx := ctxT(t, 10*time.Second)
+	tests := []struct {
+		name, typ   string
+		unlimited   bool
+		wantCredits string
+	}{
+		{"burstable", "t3.nano", false, "standard"},
+		{"burstable unlimited", "t3.micro", true, "unlimited"},
+		{"fixed performance", "m5.large", false, ""},
+	}
+	for i, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			s := spec(fmt.Sprintf("hard%d", i))
+			s.InstanceType, s.UnlimitedCredits = tc.typ, tc.unlimited
+			inst, err := b.Launch(ctx, s)
+			if err != nil {
+				t.Fatal(err)
+			}
+			var got *ec2fake.Instance
+			for _, in := range e.fake.Instances() {
+				if in.ID == inst.ID {
+					got = &in
+				}
+			}
+			if got == nil {
+				t.Fatalf("the fake has no instance %s", inst.ID)
+			}
+			if want := (ec2fake.MetadataOptions{HttpTokens: "required", HopLimit: 1, HttpEndpoint: "enabled"}); got.Metadata != want {
+				t.Errorf("metadata options = %+v, want %+v", got.Metadata, want)
+			}
+			if got.CPUCredits != tc.wantCredits {
+				t.Errorf("CPU credits = %q, want %q", got.CPUCredits, tc.wantCredits)
+			}
+		})
+	}
+}

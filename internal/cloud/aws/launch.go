@@ -186,6 +186,11 @@ func (b *Backend) runInput(ctx context.Context, spec cloud.LaunchSpec) (*ec2.Run
 		ImageId:      aws.String(image),
 		InstanceType: types.InstanceType(it.Name),
 		UserData:     aws.String(userData),
+		// IMDSv2 only, and a hop limit of 1: a container behind a bridge or NAT on the cell
+		// (one hop more) gets no token, so it cannot read the instance's credentials or
+		// user data through the metadata service.
+		MetadataOptions: &types.InstanceMetadataOptionsRequest{HttpTokens: types.HttpTokensStateRequired,
+			HttpPutResponseHopLimit: aws.Int32(1), HttpEndpoint: types.InstanceMetadataEndpointStateEnabled},
 		TagSpecifications: []types.TagSpecification{
 			{ResourceType: types.ResourceTypeInstance, Tags: tags},
 			{ResourceType: types.ResourceTypeVolume, Tags: tags},
@@ -213,6 +218,15 @@ func (b *Backend) runInput(ctx context.Context, spec cloud.LaunchSpec) (*ec2.Run
 	if spec.VolumeSizeGiB > 0 {
 		in.BlockDeviceMappings = []types.BlockDeviceMapping{{DeviceName: aws.String(facts.rootDevice), Ebs: &types.EbsBlockDevice{
 			VolumeSize: aws.Int32(int32(spec.VolumeSizeGiB)), VolumeType: types.VolumeTypeGp3, DeleteOnTermination: aws.Bool(true)}}}
+	}
+	if it.Burstable {
+		// T-family credit mode is set explicitly: the account default may be unlimited (T3's
+		// is), which bills surplus credits the selector did not price in.
+		mode := "standard"
+		if spec.UnlimitedCredits {
+			mode = "unlimited"
+		}
+		in.CreditSpecification = &types.CreditSpecificationRequest{CpuCredits: aws.String(mode)}
 	}
 	if spec.Spot {
 		in.InstanceMarketOptions = &types.InstanceMarketOptionsRequest{MarketType: types.MarketTypeSpot,

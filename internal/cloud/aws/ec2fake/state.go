@@ -107,6 +107,8 @@ type instance struct {
 	privateIP, publicIP                            string
 	spot                                           bool
 	userData                                       string
+	metadata                                       MetadataOptions
+	cpuCredits                                     string
 	groups                                         []string
 	devices                                        []blockDevice
 	tags, volumeTags                               map[string]string
@@ -205,6 +207,19 @@ type Instance struct {
 	SecurityGroups                                   []string
 	Tags, VolumeTags                                 map[string]string
 	RootVolumeGiB                                    int
+	// Metadata is the instance metadata service's settings.
+	Metadata MetadataOptions
+	// CPUCredits is the credit mode of a burstable instance ("standard", "unlimited"), or ""
+	// when RunInstances did not say (EC2 then applies the account's default per family).
+	CPUCredits string
+}
+
+// MetadataOptions are an instance's IMDS settings, with EC2's defaults for what RunInstances
+// leaves out: IMDSv1 allowed ("optional"), a hop limit of 1 on most AMIs, the endpoint on.
+type MetadataOptions struct {
+	HttpTokens   string
+	HopLimit     int
+	HttpEndpoint string
 }
 
 // Instances returns snapshots of all known instances in launch order.
@@ -219,7 +234,8 @@ func (s *Server) Instances() []Instance {
 		snap := Instance{ID: in.id, ImageID: in.imageID, InstanceType: in.instanceType, Zone: in.zone,
 			SubnetID: in.subnetID, State: s.stateOf(in, now), PrivateIP: in.privateIP, PublicIP: in.publicIP,
 			ClientToken: in.clientToken, Profile: in.profile, Spot: in.spot, UserData: in.userData,
-			SecurityGroups: append([]string(nil), in.groups...), Tags: copyTags(in.tags), VolumeTags: copyTags(in.volumeTags)}
+			SecurityGroups: append([]string(nil), in.groups...), Tags: copyTags(in.tags), VolumeTags: copyTags(in.volumeTags),
+			Metadata: in.metadata, CPUCredits: in.cpuCredits}
 		if len(in.devices) > 0 {
 			snap.RootVolumeGiB = in.devices[0].sizeGiB
 		}
