@@ -177,6 +177,8 @@ func (c *cell) launchAny(pod *corev1.Pod, cands []selector.Candidate, opts annot
 			continue
 		case cloud.IsInvalidSpec(err) && cloud.FieldOf(err) == "SecurityGroups":
 			return nil, fail(ReasonInvalidAnnotation, "annotation %s=%q: the cloud refused the cell: %v", annotations.SecurityGroups, strings.Join(opts.SecurityGroups, ","), err)
+		case cloud.IsInvalidSpec(err) && cloud.FieldOf(err) == "InstanceProfile":
+			return nil, fail(ReasonInvalidAnnotation, "annotation %s=%q: the cloud refused the cell: %v", annotations.InstanceProfile, opts.InstanceProfile, err)
 		case cloud.IsInvalidSpec(err):
 			return nil, fail(ReasonInvalidSpec, "the cloud refused the cell: %v", err)
 		default:

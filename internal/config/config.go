@@ -119,6 +119,13 @@ type AWSCloud struct {
 	ImageFilters map[string][]string `json:"imageFilters,omitempty"`
 	// InstanceProfile (a name or an ARN) is attached to cells whose pod names none.
 	InstanceProfile string `json:"instanceProfile,omitempty"`
+	// PodSecurityGroups (sg-...) are the groups a pod may name in its security-groups
+	// annotation; PodInstanceProfiles (names or ARNs) the profiles it may name in its
+	// instance-profile annotation. Empty (the default) allows none: a pod naming one is
+	// refused before launch, with an Event naming the annotation. Scope the iam:PassRole of
+	// kip's IAM policy to the roles of these profiles (hack/iam-policy.sh ROLE_ARN...).
+	PodSecurityGroups   []string `json:"podSecurityGroups,omitempty"`
+	PodInstanceProfiles []string `json:"podInstanceProfiles,omitempty"`
 	// PollInterval is the age at which the one DescribeInstances sweep for all cells is
 	// repeated; default 5s.
 	PollInterval Duration `json:"pollInterval"`

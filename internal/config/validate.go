@@ -130,6 +130,16 @@ func (a *AWSCloud) validate(p *field.Path) field.ErrorList {
 	if a.InstanceProfile != "" && !awsProfileRe.MatchString(a.InstanceProfile) {
 		errs = append(errs, field.Invalid(p.Child("instanceProfile"), a.InstanceProfile, "must be an instance profile name or ARN"))
 	}
+	for i, g := range a.PodSecurityGroups {
+		if !groupIDRe.MatchString(g) {
+			errs = append(errs, field.Invalid(p.Child("podSecurityGroups").Index(i), g, "must be a security group id like sg-0123456789abcdef0"))
+		}
+	}
+	for i, pr := range a.PodInstanceProfiles {
+		if !awsProfileRe.MatchString(pr) {
+			errs = append(errs, field.Invalid(p.Child("podInstanceProfiles").Index(i), pr, "must be an instance profile name or ARN"))
+		}
+	}
 	errs = append(errs, a.PollInterval.validate(p.Child("pollInterval"))...)
 	for _, e := range []struct{ name, url string }{{"endpoint", a.Endpoint}, {"pricingEndpoint", a.PricingEndpoint}} {
 		if e.url == "" {

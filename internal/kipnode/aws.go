@@ -20,19 +20,21 @@ func (r *runner) awsBackend(ctx context.Context) (*aws.Backend, *instancetype.Li
 	c := r.cfg.Cloud.AWS
 	log := r.log.With("component", "aws-backend")
 	cfg, err := aws.Discover(ctx, aws.Config{
-		Region:          c.Region,
-		VPCID:           c.VPCID,
-		SubnetID:        c.SubnetID,
-		ClusterName:     r.cfg.Cells.ClusterName,
-		SecurityGroups:  c.SecurityGroups,
-		ImageID:         c.ImageID,
-		ImageOwners:     c.ImageOwners,
-		ImageFilters:    c.ImageFilters,
-		InstanceProfile: c.InstanceProfile,
-		Endpoint:        c.Endpoint,
-		PollInterval:    c.PollInterval.Duration,
-		CapacityTTL:     r.cfg.Cells.CapacityErrorMemory.Duration,
-		Logger:          log,
+		Region:              c.Region,
+		VPCID:               c.VPCID,
+		SubnetID:            c.SubnetID,
+		ClusterName:         r.cfg.Cells.ClusterName,
+		SecurityGroups:      c.SecurityGroups,
+		ImageID:             c.ImageID,
+		ImageOwners:         c.ImageOwners,
+		ImageFilters:        c.ImageFilters,
+		InstanceProfile:     c.InstanceProfile,
+		PodSecurityGroups:   c.PodSecurityGroups,
+		PodInstanceProfiles: c.PodInstanceProfiles,
+		Endpoint:            c.Endpoint,
+		PollInterval:        c.PollInterval.Duration,
+		CapacityTTL:         r.cfg.Cells.CapacityErrorMemory.Duration,
+		Logger:              log,
 	})
 	if err != nil {
 		return nil, nil, nil, fmt.Errorf("starting kip: cloud.aws: %w", err)

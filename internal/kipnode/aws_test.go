@@ -23,6 +23,7 @@ import (
 	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/client-go/tools/record"
 
+	"github.com/kip-dev/kip/internal/annotations"
 	"github.com/kip-dev/kip/internal/cellapi"
 	"github.com/kip-dev/kip/internal/cellapi/cellapitest"
 	"github.com/kip-dev/kip/internal/cells"
@@ -229,33 +230,37 @@ func TestAWSBackendErrors(t *testing.T) {
 	}
 }
 
-// TestAWSPodLifecycle runs one pod through the real cells manager on the backend kip run
-// builds from its config, against the EC2 fake, with an in-process agent standing in for the
-// one the cell image would boot: one instance of the type the selector picks from the
-// refreshed catalog (and an image of its architecture), tagged, carrying the bootstrap as user
-// data; deleting the pod terminates it.
-func TestAWSPodLifecycle(t *testing.T) {
-	e := newAWSEnv(t, "")
-	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
-	defer cancel()
+// awsKip is the real cells manager on the backend kip run builds from e's config, with
+// in-process agents standing in for the ones the cell image would boot.
+type awsKip struct {
+	backend cloud.Cloud
+	mgr     *cells.Manager
+	events  *record.FakeRecorder
+	ca      *pki.CA
+
+	mu     sync.Mutex
+	agents map[string]*cellapitest.Agent
+}
+
+// startKip starts it, once the selector sees the refreshed catalog (the fake's types), not
+// the embedded one.
+func (e *awsEnv) startKip(t *testing.T, ctx context.Context) *awsKip {
+	t.Helper()
 	r := e.runner()
 	backend, stop, err := r.backend(ctx)
 	if err != nil {
 		t.Fatalf("backend: %v", err)
 	}
-	defer stop()
-	// The selector must see the refreshed catalog (the fake's types), not the embedded one.
+	t.Cleanup(stop)
 	waitUntil(t, "the catalog refresh", func() bool {
 		its, err := backend.InstanceTypes(ctx)
 		return err == nil && len(its) == len(e.fake.InstanceTypes())
 	})
-
 	ca, err := pki.NewCA("kip-test")
 	if err != nil {
 		t.Fatal(err)
 	}
-	var mu sync.Mutex
-	agents := map[string]*cellapitest.Agent{}
+	k := &awsKip{backend: backend, events: record.NewFakeRecorder(1000), ca: ca, agents: map[string]*cellapitest.Agent{}}
 	dial := func(_ context.Context, inst *cloud.Instance, cellID string) (cellapi.Agent, error) {
 		// The agent boots from the instance's user data, as kip-cell does.
 		fi, ok := e.instance(inst.ID)
@@ -269,16 +274,16 @@ func TestAWSPodLifecycle(t *testing.T) {
 		if boot.CellID != cellID {
 			return nil, fmt.Errorf("instance %s booted as cell %q, kip dials %q", inst.ID, boot.CellID, cellID)
 		}
-		mu.Lock()
-		defer mu.Unlock()
-		a, ok := agents[cellID]
+		k.mu.Lock()
+		defer k.mu.Unlock()
+		a, ok := k.agents[cellID]
 		if !ok {
 			a = &cellapitest.Agent{CellID: cellID}
-			agents[cellID] = a
+			k.agents[cellID] = a
 		}
 		return a, nil
 	}
-	mgr := cells.New(cellsOptions(e.cfg.Cells), cells.NodeInfo{Name: e.cfg.Node.Name, HostIP: e.cfg.Node.InternalIP}, cells.Deps{
+	k.mgr = cells.New(cellsOptions(e.cfg.Cells), cells.NodeInfo{Name: e.cfg.Node.Name, HostIP: e.cfg.Node.InternalIP}, cells.Deps{
 		Cloud:    backend,
 		Selector: &selector.Selector{Options: selectorOptions(e.cfg)},
 		Resolver: cells.ResolverFunc(func(_ context.Context, pod *corev1.Pod) (*cellapi.PodRequest, error) {
@@ -286,10 +291,59 @@ func TestAWSPodLifecycle(t *testing.T) {
 		}),
 		Dial:   dial,
 		CA:     ca,
-		Events: record.NewFakeRecorder(1000),
+		Events: k.events,
 		Log:    r.log,
 	})
-	defer mgr.Close()
+	t.Cleanup(k.mgr.Close)
+	return k
+}
+
+// agent returns the agent of a cell, or nil.
+func (k *awsKip) agent(cellID string) *cellapitest.Agent {
+	k.mu.Lock()
+	defer k.mu.Unlock()
+	return k.agents[cellID]
+}
+
+// drainEvents returns the events recorded so far.
+func (k *awsKip) drainEvents() []string {
+	var out []string
+	for {
+		select {
+		case ev := <-k.events.Events:
+			out = append(out, ev)
+		default:
+			return out
+		}
+	}
+}
+
+// testPod is a pod on the kip-aws node asking 500m and 1Gi.
+func testPod(name string, i int) *corev1.Pod {
+	grace := int64(0)
+	return &corev1.Pod{
+		ObjectMeta: metav1.ObjectMeta{Namespace: "team-a", Name: name, UID: types.UID(fmt.Sprintf("%d0b7c6c1-5d1f-4d59-9a57-2f1f6c0e0001", i))},
+		Spec: corev1.PodSpec{
+			NodeName:                      "kip-aws",
+			TerminationGracePeriodSeconds: &grace,
+			Containers: []corev1.Container{{Name: "app", Image: "nginx", Resources: corev1.ResourceRequirements{
+				Requests: corev1.ResourceList{corev1.ResourceCPU: resource.MustParse("500m"), corev1.ResourceMemory: resource.MustParse("1Gi")},
+			}}},
+		},
+	}
+}
+
+// TestAWSPodLifecycle runs one pod through the real cells manager on the backend kip run
+// builds from its config, against the EC2 fake, with an in-process agent standing in for the
+// one the cell image would boot: one instance of the type the selector picks from the
+// refreshed catalog (and an image of its architecture), tagged, carrying the bootstrap as user
+// data; deleting the pod terminates it.
+func TestAWSPodLifecycle(t *testing.T) {
+	e := newAWSEnv(t, "")
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	k := e.startKip(t, ctx)
+	backend, mgr, ca := k.backend, k.mgr, k.ca
 
 	images := map[string]string{} // image name → id
 	for _, im := range e.fake.Images() {
@@ -307,17 +361,7 @@ func TestAWSPodLifecycle(t *testing.T) {
 	}
 	pods := map[string]*corev1.Pod{}
 	for i, tt := range tests {
-		grace := int64(0)
-		pod := &corev1.Pod{
-			ObjectMeta: metav1.ObjectMeta{Namespace: "team-a", Name: tt.name, UID: types.UID(fmt.Sprintf("%d0b7c6c1-5d1f-4d59-9a57-2f1f6c0e0001", i))},
-			Spec: corev1.PodSpec{
-				NodeName:                      "kip-aws",
-				TerminationGracePeriodSeconds: &grace,
-				Containers: []corev1.Container{{Name: "app", Image: "nginx", Resources: corev1.ResourceRequirements{
-					Requests: corev1.ResourceList{corev1.ResourceCPU: resource.MustParse("500m"), corev1.ResourceMemory: resource.MustParse("1Gi")},
-				}}},
-			},
-		}
+		pod := testPod(tt.name, i)
 		if tt.arch != "" {
 			pod.Spec.NodeSelector = map[string]string{corev1.LabelArchStable: tt.arch}
 		}
@@ -401,9 +445,7 @@ func TestAWSPodLifecycle(t *testing.T) {
 			_, ok := mgr.GetPod("team-a", tt.name)
 			return !ok
 		})
-		mu.Lock()
-		a := agents[byPod[tt.name].Tags[cloud.TagCellID]]
-		mu.Unlock()
+		a := k.agent(byPod[tt.name].Tags[cloud.TagCellID])
 		if a == nil || a.Deletes() != 1 {
 			t.Errorf("the agent of pod %s was not asked once to stop it", tt.name)
 		}
@@ -467,4 +509,58 @@ func (w testLogWriter) Write(p []byte) (int, error) {
 		w.t.Log(strings.TrimRight(string(p), "\n"))
 	}
 	return len(p), nil
+}
+
+// TestAWSPodMayNameOnlyAllowedGroupsAndProfiles: with the default config (no
+// cloud.aws.podSecurityGroups or podInstanceProfiles), a pod naming a security group or an
+// instance profile fails before any RunInstances, with an Event naming the annotation; one
+// naming what the config allows runs with it.
+func TestAWSPodMayNameOnlyAllowedGroupsAndProfiles(t *testing.T) {
+	tests := []struct {
+		name, extra, annotation, value string
+		wantRun                        bool
+	}{
+		{"group refused", "", annotations.SecurityGroups, ec2fake.DefaultGroupID, false},
+		{"profile refused", "", annotations.InstanceProfile, ec2fake.InstanceProfile, false},
+		{"group allowed", "    podSecurityGroups: [" + ec2fake.DefaultGroupID + "]\n", annotations.SecurityGroups, ec2fake.DefaultGroupID, true},
+		{"profile allowed", "    podInstanceProfiles: [" + ec2fake.InstanceProfile + "]\n", annotations.InstanceProfile, ec2fake.InstanceProfile, true},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			e := newAWSEnv(t, tt.extra)
+			ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+			defer cancel()
+			k := e.startKip(t, ctx)
+			pod := testPod("named", 1)
+			pod.Annotations = map[string]string{tt.annotation: tt.value}
+			if err := k.mgr.CreatePod(ctx, pod); err != nil {
+				t.Fatal(err)
+			}
+			var got *corev1.Pod
+			waitUntil(t, "the pod to run or fail", func() bool {
+				got, _ = k.mgr.GetPod("team-a", "named")
+				return got != nil && (got.Status.Phase == corev1.PodRunning || got.Status.Phase == corev1.PodFailed)
+			})
+			if tt.wantRun {
+				if got.Status.Phase != corev1.PodRunning {
+					t.Fatalf("pod %s: %s", got.Status.Phase, got.Status.Message)
+				}
+				in := e.fake.Instances()[0]
+				if in.Profile != tt.value && !slices.Contains(in.SecurityGroups, tt.value) {
+					t.Errorf("instance has profile %q and groups %v, want %s", in.Profile, in.SecurityGroups, tt.value)
+				}
+				return
+			}
+			if got.Status.Phase != corev1.PodFailed || !strings.Contains(got.Status.Message, tt.annotation) {
+				t.Errorf("pod %s: %q, want Failed naming %s", got.Status.Phase, got.Status.Message, tt.annotation)
+			}
+			if n := e.fake.Calls("RunInstances"); n != 0 {
+				t.Errorf("RunInstances calls = %d, want 0: the refusal comes before launch", n)
+			}
+			evs := k.drainEvents()
+			if !slices.ContainsFunc(evs, func(ev string) bool { return strings.HasPrefix(ev, "Warning") && strings.Contains(ev, tt.annotation) }) {
+				t.Errorf("no Warning event names %s: %v", tt.annotation, evs)
+			}
+		})
+	}
 }

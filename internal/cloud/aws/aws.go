@@ -78,6 +78,12 @@ type Config struct {
 	ImageFilters map[string][]string
 	// InstanceProfile is attached to cells whose spec names none (a name or an ARN).
 	InstanceProfile string
+	// PodSecurityGroups are the groups a LaunchSpec may name besides SecurityGroups, and
+	// PodInstanceProfiles the profiles it may name besides InstanceProfile. Empty allows
+	// none: Launch refuses a spec naming another with an InvalidSpec error about the field,
+	// before calling EC2.
+	PodSecurityGroups   []string
+	PodInstanceProfiles []string
 	// Endpoint overrides the EC2 endpoint (the EC2 fake in tests, a VPC endpoint).
 	Endpoint string
 	// IMDSEndpoint overrides the instance metadata endpoint (tests).

@@ -227,7 +227,9 @@ func TestRelaunchWithNewBootstrapAdopts(t *testing.T) {
 
 func TestLaunchSpecMapping(t *testing.T) {
 	e := newEnv(t, ec2fake.Options{})
-	b := e.backend(t, nil)
+	b := e.backend(t, func(c *kipaws.Config) {
+		c.PodSecurityGroups, c.PodInstanceProfiles = []string{ec2fake.DefaultGroupID}, []string{ec2fake.InstanceProfile}
+	})
 	ctx := ctxT(t, 10*time.Second)
 	s := spec("map")
 	s.Spot, s.PrivateIPOnly, s.VolumeSizeGiB = true, true, 20
@@ -275,7 +277,11 @@ func TestLaunchSpecMapping(t *testing.T) {
 
 func TestLaunchRefusals(t *testing.T) {
 	e := newEnv(t, ec2fake.Options{})
-	b := e.backend(t, nil)
+	b := e.backend(t, func(c *kipaws.Config) {
+		// Pods may name these, so that EC2's own refusals are reached.
+		c.PodSecurityGroups = []string{"web", "sg-0000000000000dead", "sg-00000001", "sg-00000002", "sg-00000003", "sg-00000004", "sg-00000005"}
+		c.PodInstanceProfiles = []string{"nope"}
+	})
 	ctx := ctxT(t, 10*time.Second)
 	tests := []struct {
 		name string
@@ -662,6 +668,55 @@ func TestLaunchHardening(t *testing.T) {
 			}
 			if got.CPUCredits != tc.wantCredits {
 				t.Errorf("CPU credits = %q, want %q", got.CPUCredits, tc.wantCredits)
+			}
+		})
+	}
+}
+
+// TestPodAllowlist: a spec may name only the security groups and instance profiles the
+// config allows pods to name (none by default); any other is refused with an InvalidSpec error
+// about its field before EC2 is asked. The backend's own groups and default profile are
+// always allowed.
+func TestPodAllowlist(t *testing.T) {
+	e := newEnv(t, ec2fake.Options{})
+	ctx := ctxT(t, 10*time.Second)
+	const otherProfile = "arn:aws:iam::123456789012:instance-profile/admin"
+	tests := []struct {
+		name      string
+		mod       func(*kipaws.Config)
+		groups    []string
+		profile   string
+		wantField string
+	}{
+		{"group by default", nil, []string{ec2fake.DefaultGroupID}, "", "SecurityGroups"},
+		{"profile by default", nil, nil, ec2fake.InstanceProfile, "InstanceProfile"},
+		{"group not listed", func(c *kipaws.Config) { c.PodSecurityGroups = []string{"sg-00000001"} }, []string{ec2fake.DefaultGroupID}, "", "SecurityGroups"},
+		{"profile not listed", func(c *kipaws.Config) { c.PodInstanceProfiles = []string{ec2fake.InstanceProfile} }, nil, otherProfile, "InstanceProfile"},
+		{"listed", func(c *kipaws.Config) {
+			c.PodSecurityGroups, c.PodInstanceProfiles = []string{ec2fake.DefaultGroupID}, []string{ec2fake.InstanceProfile}
+		}, []string{ec2fake.DefaultGroupID}, ec2fake.InstanceProfile, ""},
+		{"the backend's own", func(c *kipaws.Config) {
+			c.SecurityGroups, c.InstanceProfile = []string{ec2fake.DefaultGroupID}, ec2fake.InstanceProfile
+		}, []string{ec2fake.DefaultGroupID}, ec2fake.InstanceProfile, ""},
+	}
+	for i, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			b := e.backend(t, tc.mod)
+			s := spec(fmt.Sprintf("allow%d", i))
+			s.SecurityGroups, s.InstanceProfile = tc.groups, tc.profile
+			before := e.fake.Calls("RunInstances")
+			_, err := b.Launch(ctx, s)
+			if tc.wantField == "" {
+				if err != nil {
+					t.Fatalf("Launch: %v", err)
+				}
+				return
+			}
+			if !cloud.IsInvalidSpec(err) || cloud.FieldOf(err) != tc.wantField {
+				t.Fatalf("Launch = %v (field %q), want InvalidSpec about %s", err, cloud.FieldOf(err), tc.wantField)
+			}
+			if n := e.fake.Calls("RunInstances"); n != before {
+				t.Errorf("a refused spec reached EC2 (%d RunInstances calls)", n-before)
 			}
 		})
 	}

@@ -106,6 +106,13 @@ func (b *Backend) byClientToken(ctx context.Context, spec cloud.LaunchSpec) (*cl
 	return nil, nil
 }
 
+func listOrNone(l []string) string {
+	if len(l) == 0 {
+		return "none"
+	}
+	return strings.Join(l, ", ")
+}
+
 func market(spot bool) string {
 	if spot {
 		return "spot"
@@ -151,6 +158,14 @@ func (b *Backend) runInput(ctx context.Context, spec cloud.LaunchSpec) (*ec2.Run
 	tags, err := b.tags(spec)
 	if err != nil {
 		return nil, it, err
+	}
+	for _, g := range spec.SecurityGroups {
+		if !slices.Contains(b.cfg.SecurityGroups, g) && !slices.Contains(b.cfg.PodSecurityGroups, g) {
+			return nil, it, cloud.InvalidSpecField("SecurityGroups", "securityGroups: %s is not one of the groups pods may name (cloud.aws.podSecurityGroups: %s)", g, listOrNone(b.cfg.PodSecurityGroups))
+		}
+	}
+	if p := spec.InstanceProfile; p != "" && p != b.cfg.InstanceProfile && !slices.Contains(b.cfg.PodInstanceProfiles, p) {
+		return nil, it, cloud.InvalidSpecField("InstanceProfile", "instanceProfile: %s is not one of the profiles pods may name (cloud.aws.podInstanceProfiles: %s)", p, listOrNone(b.cfg.PodInstanceProfiles))
 	}
 	groups := []string{b.groupID}
 	for _, g := range append(append([]string(nil), b.cfg.SecurityGroups...), spec.SecurityGroups...) {
