@@ -144,6 +144,10 @@ type AWSCatalog struct {
 	// RefreshInterval is the period of refreshes from the AWS APIs (the first one at start);
 	// default 6h; "0s" disables refreshing (the cache file, else the embedded catalog).
 	RefreshInterval Duration `json:"refreshInterval"`
+	// FirstRefreshTimeout bounds the refresh at start, which kip waits for before it selects
+	// any instance type; when it fails or times out kip starts with the cache file or the
+	// embedded catalog. Default 30s.
+	FirstRefreshTimeout Duration `json:"firstRefreshTimeout"`
 	// CacheFile (an absolute path) keeps the last refresh; empty means memory only.
 	CacheFile string `json:"cacheFile,omitempty"`
 }

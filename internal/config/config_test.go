@@ -115,7 +115,7 @@ func TestInvalidFiles(t *testing.T) {
 			"cloud.aws.securityGroups[0]", "cloud.aws.imageID", "cloud.aws.instanceProfile",
 			"cloud.aws.podSecurityGroups[0]", "cloud.aws.podInstanceProfiles[0]",
 			"cloud.aws.pollInterval", "cloud.aws.endpoint", "cloud.aws.pricingEndpoint",
-			"cloud.aws.catalog.refreshInterval", "cloud.aws.catalog.cacheFile",
+			"cloud.aws.catalog.refreshInterval", "cloud.aws.catalog.firstRefreshTimeout", "cloud.aws.catalog.cacheFile",
 		}},
 		{"invalid-aws-image.yaml", []string{
 			"cloud.aws.imageID", "not both", "cloud.aws.imageOwners[0]", "cloud.aws.imageFilters[name]",

@@ -24,6 +24,7 @@ const (
 	DefaultLaunchConcurrency   = 10
 	DefaultAWSPollInterval     = 5 * time.Second
 	DefaultAWSCatalogRefresh   = 6 * time.Hour
+	DefaultAWSFirstRefresh     = 30 * time.Second
 	// MaxAWSSecurityGroups is how many extra groups cloud.aws.securityGroups may name: EC2
 	// allows 5 per interface and Kip's own group takes one.
 	MaxAWSSecurityGroups = 4
@@ -62,6 +63,7 @@ func (c *ProviderConfig) Default() {
 		}
 		defaultDuration(&a.PollInterval, DefaultAWSPollInterval)
 		defaultDuration(&a.Catalog.RefreshInterval, DefaultAWSCatalogRefresh)
+		defaultDuration(&a.Catalog.FirstRefreshTimeout, DefaultAWSFirstRefresh)
 	}
 
 	n := &c.Node

@@ -155,6 +155,7 @@ func (a *AWSCloud) validate(p *field.Path) field.ErrorList {
 	} else if ri.Duration < 0 {
 		errs = append(errs, field.Invalid(cp.Child("refreshInterval"), ri.Duration.String(), "must not be negative (0s disables refreshing)"))
 	}
+	errs = append(errs, a.Catalog.FirstRefreshTimeout.validate(cp.Child("firstRefreshTimeout"))...)
 	if a.Catalog.CacheFile != "" && !filepath.IsAbs(a.Catalog.CacheFile) {
 		errs = append(errs, field.Invalid(cp.Child("cacheFile"), a.Catalog.CacheFile, "must be an absolute path"))
 	}

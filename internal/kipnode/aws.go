@@ -70,11 +70,9 @@ func (r *runner) awsBackend(ctx context.Context) (*aws.Backend, *instancetype.Li
 	if every == 0 {
 		return b, live, func() {}, nil
 	}
-	refreshCtx, cancel := context.WithCancel(ctx)
-	done := make(chan struct{})
-	go func() {
-		defer close(done)
-		live.Run(refreshCtx, every)
-	}()
-	return b, live, func() { cancel(); <-done }, nil
+	// The first refresh ends (or times out to the cache file or embedded catalog) before the
+	// backend is handed out, so the first selection never uses a catalog about to be replaced.
+	stop := live.Start(ctx, every, c.Catalog.FirstRefreshTimeout.Duration)
+	log.Info("instance-type catalog after the first refresh", "region", cfg.Region, "origin", live.Origin())
+	return b, live, stop, nil
 }
