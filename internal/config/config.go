@@ -105,8 +105,13 @@ type AWSCloud struct {
 	Region string `json:"region,omitempty"`
 	// VPCID is checked against the subnet's VPC when set; empty means the subnet's.
 	VPCID string `json:"vpcID,omitempty"`
-	// SubnetID is the one subnet (and so zone) cells launch in; empty means kip's own.
+	// SubnetID is the first subnet (and so zone) cells launch in; empty (with no SubnetIDs)
+	// means kip's own.
 	SubnetID string `json:"subnetID,omitempty"`
+	// SubnetIDs are more subnets of the VPC, each in another zone: pods may launch in any of
+	// their zones, and a capacity error in one zone falls back to the others before other
+	// instance types.
+	SubnetIDs []string `json:"subnetIDs,omitempty"`
 	// SecurityGroups (sg-...) are attached to every cell besides Kip's own group; at most
 	// MaxAWSSecurityGroups.
 	SecurityGroups []string `json:"securityGroups,omitempty"`

@@ -60,6 +60,7 @@ func TestValidFiles(t *testing.T) {
 			eq(t, "cloud.aws.imageFilters", len(a.ImageFilters), 2)
 			eq(t, "cloud.aws.imageFilters[tag:channel]", strings.Join(a.ImageFilters["tag:channel"], ","), "stable")
 			eq(t, "cloud.aws.instanceProfile", a.InstanceProfile, "arn:aws:iam::123456789012:instance-profile/kip-cell")
+			eq(t, "cloud.aws.subnetIDs", strings.Join(a.SubnetIDs, ","), "subnet-0456789abcdef0124")
 			eq(t, "cloud.aws.podSecurityGroups", strings.Join(a.PodSecurityGroups, ","), "sg-0123456789abcdef1")
 			eq(t, "cloud.aws.podInstanceProfiles", strings.Join(a.PodInstanceProfiles, ","), "kip-cell-s3-reader")
 			eq(t, "cloud.aws.pollInterval", a.PollInterval.Duration, 10*time.Second)
@@ -114,6 +115,7 @@ func TestInvalidFiles(t *testing.T) {
 			"cloud.aws.region", "cloud.aws.vpcID", "cloud.aws.subnetID", "cloud.aws.securityGroups: Too many",
 			"cloud.aws.securityGroups[0]", "cloud.aws.imageID", "cloud.aws.instanceProfile",
 			"cloud.aws.podSecurityGroups[0]", "cloud.aws.podInstanceProfiles[0]",
+			"cloud.aws.subnetIDs[1]: Duplicate", "cloud.aws.subnetIDs[2]",
 			"cloud.aws.pollInterval", "cloud.aws.endpoint", "cloud.aws.pricingEndpoint",
 			"cloud.aws.catalog.refreshInterval", "cloud.aws.catalog.firstRefreshTimeout", "cloud.aws.catalog.cacheFile",
 		}},

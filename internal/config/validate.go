@@ -90,6 +90,16 @@ func (a *AWSCloud) validate(p *field.Path) field.ErrorList {
 	if a.SubnetID != "" && !subnetIDRe.MatchString(a.SubnetID) {
 		errs = append(errs, field.Invalid(p.Child("subnetID"), a.SubnetID, "must be a subnet id like subnet-0123456789abcdef0, or empty to use kip's own"))
 	}
+	seen := map[string]bool{a.SubnetID: a.SubnetID != ""}
+	for i, sn := range a.SubnetIDs {
+		switch {
+		case !subnetIDRe.MatchString(sn):
+			errs = append(errs, field.Invalid(p.Child("subnetIDs").Index(i), sn, "must be a subnet id like subnet-0123456789abcdef0"))
+		case seen[sn]:
+			errs = append(errs, field.Duplicate(p.Child("subnetIDs").Index(i), sn))
+		}
+		seen[sn] = true
+	}
 	if len(a.SecurityGroups) > MaxAWSSecurityGroups {
 		errs = append(errs, field.TooMany(p.Child("securityGroups"), len(a.SecurityGroups), MaxAWSSecurityGroups))
 	}

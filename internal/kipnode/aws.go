@@ -23,6 +23,7 @@ func (r *runner) awsBackend(ctx context.Context) (*aws.Backend, *instancetype.Li
 		Region:              c.Region,
 		VPCID:               c.VPCID,
 		SubnetID:            c.SubnetID,
+		SubnetIDs:           c.SubnetIDs,
 		ClusterName:         r.cfg.Cells.ClusterName,
 		SecurityGroups:      c.SecurityGroups,
 		ImageID:             c.ImageID,

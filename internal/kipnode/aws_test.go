@@ -568,3 +568,76 @@ func TestAWSPodMayNameOnlyAllowedGroupsAndProfiles(t *testing.T) {
 		})
 	}
 }
+
+// TestAWSCapacityFallsBackAcrossZonesThenWaits runs the cells manager on a backend with a
+// subnet in each of two zones, against the EC2 fake: a pod pinned to c5.large whose zone
+// lacks capacity launches in the other zone; with no capacity in either it stays Pending with
+// a "Waiting for capacity" Event (it used to fail for good after one
+// InsufficientInstanceCapacity), and runs once capacity is back; an unpinned pod tries its
+// type's other zone before another type.
+func TestAWSCapacityFallsBackAcrossZonesThenWaits(t *testing.T) {
+	e := newAWSEnv(t, "    subnetIDs: ["+ec2fake.SubnetB+"]\n")
+	e.cfg.Cells.CapacityErrorMemory = config.NewDuration(200 * time.Millisecond)
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	k := e.startKip(t, ctx)
+	zoneOf := func(name string) (typ, zone string) {
+		for _, in := range e.fake.Instances() {
+			if in.Tags[cloud.TagPodName] == name && in.State != "terminated" {
+				return in.InstanceType, in.Zone
+			}
+		}
+		return "", ""
+	}
+	running := func(name string) bool {
+		p, ok := k.mgr.GetPod("team-a", name)
+		if ok && p.Status.Phase == corev1.PodFailed {
+			t.Fatalf("pod %s failed: %s: %s", name, p.Status.Reason, p.Status.Message)
+		}
+		return ok && p.Status.Phase == corev1.PodRunning
+	}
+
+	// The cheapest fit (c5.large, see TestAWSPodLifecycle) lacks capacity in us-east-1a only.
+	e.fake.SetInsufficientCapacity("c5.large", "us-east-1a", true)
+	free := testPod("free", 1)
+	pinned := testPod("pinned", 2)
+	pinned.Annotations = map[string]string{annotations.InstanceType: "c5.large"}
+	for _, p := range []*corev1.Pod{free, pinned} {
+		if err := k.mgr.CreatePod(ctx, p); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for _, name := range []string{"free", "pinned"} {
+		waitUntil(t, "pod "+name+" to run", func() bool { return running(name) })
+		if typ, zone := zoneOf(name); typ != "c5.large" || zone != "us-east-1b" {
+			t.Errorf("pod %s runs on %s in %s, want c5.large in us-east-1b: the same type in the other zone first", name, typ, zone)
+		}
+	}
+
+	// No capacity anywhere for the pinned type: the pod waits, then runs.
+	e.fake.SetInsufficientCapacity("c5.large", "", true)
+	waiting := testPod("waiting", 3)
+	waiting.Annotations = map[string]string{annotations.InstanceType: "c5.large"}
+	if err := k.mgr.CreatePod(ctx, waiting); err != nil {
+		t.Fatal(err)
+	}
+	var evs []string
+	waitUntil(t, "a Waiting for capacity event", func() bool {
+		evs = append(evs, k.drainEvents()...)
+		return slices.ContainsFunc(evs, func(ev string) bool {
+			return strings.Contains(ev, cells.ReasonWaitingForCapacity) && strings.Contains(ev, "Waiting for capacity")
+		})
+	})
+	if p, _ := k.mgr.GetPod("team-a", "waiting"); p.Status.Phase != corev1.PodPending {
+		t.Fatalf("pod waiting for capacity is %s (%s), want Pending", p.Status.Phase, p.Status.Message)
+	}
+	calls := e.fake.Calls("RunInstances")
+	e.fake.SetInsufficientCapacity("c5.large", "", false)
+	waitUntil(t, "the waiting pod to run", func() bool { return running("waiting") })
+	if typ, _ := zoneOf("waiting"); typ != "c5.large" {
+		t.Errorf("the waiting pod runs on %s, want its pinned c5.large", typ)
+	}
+	if n := e.fake.Calls("RunInstances"); n <= calls {
+		t.Errorf("RunInstances calls %d → %d: the waiting pod never asked again", calls, n)
+	}
+}

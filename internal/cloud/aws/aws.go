@@ -63,9 +63,13 @@ const AgentPort = 6421
 // Config configures a Backend. Region, VPCID and SubnetID are discovered from the instance
 // metadata service when empty (kip running on EC2).
 type Config struct {
-	Region   string
-	VPCID    string
-	SubnetID string
+	Region string
+	VPCID  string
+	// SubnetID is the first subnet cells launch in (the one a spec naming no zone gets), and
+	// SubnetIDs more, each in another zone of the same VPC: a capacity error in one zone
+	// leaves the others to try. SubnetID is discovered when both are empty.
+	SubnetID  string
+	SubnetIDs []string
 	// ClusterName scopes everything the backend makes (the kip.dev/cluster tag, the security
 	// group name). Required.
 	ClusterName string
@@ -116,7 +120,8 @@ type Backend struct {
 	clk     clock.Clock
 	log     *slog.Logger
 	limits  *limiters
-	zone    string
+	// subnets are where cells launch, one per zone, SubnetID's first.
+	subnets []subnet
 	groupID string
 	// images maps an architecture (instancetype.ArchAMD64/ARM64) to the default image;
 	// imageInfo caches the root device of every image used.
@@ -185,8 +190,8 @@ func New(ctx context.Context, cfg Config) (*Backend, error) {
 	if err := b.setUpImages(ctx); err != nil {
 		return nil, fmt.Errorf("creating EC2 backend: %w", err)
 	}
-	b.log.Info("EC2 backend ready", "region", b.cfg.Region, "vpc", b.cfg.VPCID, "subnet", b.cfg.SubnetID,
-		"zone", b.zone, "securityGroup", b.groupID, "images", b.images)
+	b.log.Info("EC2 backend ready", "region", b.cfg.Region, "vpc", b.cfg.VPCID, "subnets", b.subnets,
+		"securityGroup", b.groupID, "images", b.images)
 	return b, nil
 }
 
@@ -222,8 +227,17 @@ func newClient(ctx context.Context, cfg Config) (*ec2.Client, error) {
 // Name returns "aws".
 func (b *Backend) Name() string { return "aws" }
 
-// Zone returns the availability zone cells launch in (the subnet's).
-func (b *Backend) Zone() string { return b.zone }
+// Zone returns the availability zone of the first subnet, where a spec naming no zone launches.
+func (b *Backend) Zone() string { return b.subnets[0].zone }
+
+// Zones returns the zones cells launch in, one per configured subnet, the first subnet's first.
+func (b *Backend) Zones() []string {
+	out := make([]string, len(b.subnets))
+	for i, sn := range b.subnets {
+		out[i] = sn.zone
+	}
+	return out
+}
 
 // SecurityGroupID returns the id of Kip's own security group.
 func (b *Backend) SecurityGroupID() string { return b.groupID }

@@ -149,6 +149,10 @@ func imageID(t *testing.T, e *env, name string) string {
 
 func TestSetUpErrors(t *testing.T) {
 	e := newEnv(t, ec2fake.Options{})
+	sameZone, err := e.fake.AddSubnet("10.0.32.0/20", "us-east-1a", false)
+	if err != nil {
+		t.Fatal(err)
+	}
 	tests := []struct {
 		name string
 		mod  func(*kipaws.Config)
@@ -160,6 +164,8 @@ func TestSetUpErrors(t *testing.T) {
 		{"no image matches", func(c *kipaws.Config) { c.ImageFilters = map[string][]string{"name": {"nothing-*"}} }, "no available image"},
 		{"no image configured", func(c *kipaws.Config) { c.ImageOwners, c.ImageFilters = nil, nil }, "imageID"},
 		{"unknown image", func(c *kipaws.Config) { c.ImageID = "ami-0000000000000dead" }, "ami-0000000000000dead"},
+		{"unknown second subnet", func(c *kipaws.Config) { c.SubnetIDs = []string{"subnet-0000000000000dead"} }, "subnet-0000000000000dead"},
+		{"two subnets in one zone", func(c *kipaws.Config) { c.SubnetIDs = []string{sameZone} }, "both in us-east-1a"},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
@@ -719,5 +725,60 @@ func TestPodAllowlist(t *testing.T) {
 				t.Errorf("a refused spec reached EC2 (%d RunInstances calls)", n-before)
 			}
 		})
+	}
+}
+
+// TestSeveralZones: with a subnet per zone, every type is offered in each zone, a spec's zone
+// picks its subnet, and a capacity error marks only that zone's offering unavailable, so the
+// same type still launches in the other zone.
+func TestSeveralZones(t *testing.T) {
+	e := newEnv(t, ec2fake.Options{})
+	b := e.backend(t, func(c *kipaws.Config) { c.SubnetIDs = []string{ec2fake.SubnetB} })
+	ctx := ctxT(t, 10*time.Second)
+	if got := strings.Join(b.Zones(), ","); got != "us-east-1a,us-east-1b" {
+		t.Fatalf("zones = %s, want us-east-1a,us-east-1b", got)
+	}
+	offered := func() map[string]bool { // zone → t3.nano on-demand available
+		types, err := b.InstanceTypes(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		out := map[string]bool{}
+		for _, it := range types {
+			if it.Name != "t3.nano" {
+				continue
+			}
+			for _, o := range it.Offerings {
+				if !o.Spot {
+					out[o.Zone] = o.Available
+				}
+			}
+		}
+		return out
+	}
+	if got := offered(); len(got) != 2 || !got["us-east-1a"] || !got["us-east-1b"] {
+		t.Fatalf("t3.nano on-demand offerings = %v, want available in us-east-1a and us-east-1b", got)
+	}
+	e.fake.SetInsufficientCapacity("t3.nano", "us-east-1a", true)
+	s := spec("zones0")
+	s.Zone = "us-east-1a"
+	if _, err := b.Launch(ctx, s); !cloud.IsInsufficientCapacity(err) {
+		t.Fatalf("Launch in us-east-1a: %v, want InsufficientCapacity", err)
+	}
+	if got := offered(); got["us-east-1a"] || !got["us-east-1b"] {
+		t.Errorf("after a capacity error in us-east-1a: %v, want only us-east-1b available", got)
+	}
+	s = spec("zones1")
+	s.Zone = "us-east-1b"
+	inst, err := b.Launch(ctx, s)
+	if err != nil {
+		t.Fatalf("Launch in us-east-1b: %v", err)
+	}
+	if inst.Zone != "us-east-1b" || e.fake.Instances()[0].SubnetID != ec2fake.SubnetB {
+		t.Errorf("launched in %s, subnet %s; want us-east-1b, %s", inst.Zone, e.fake.Instances()[0].SubnetID, ec2fake.SubnetB)
+	}
+	// A spec naming no zone goes to the first subnet.
+	if inst, err := b.Launch(ctx, spec("zones2")); err == nil || inst != nil {
+		t.Errorf("Launch with no zone = %v, %v; want the first subnet's zone, us-east-1a, without capacity", inst, err)
 	}
 }
