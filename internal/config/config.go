@@ -203,6 +203,10 @@ type Cells struct {
 	DefaultInstanceType string `json:"defaultInstanceType,omitempty"`
 	// Reserve is added to every pod's requests for the cell agent itself.
 	Reserve Reserve `json:"reserve"`
+	// SpotFallbackToOnDemand lets a pod asking for spot (pod.kip.dev/launch-type: spot) run
+	// on-demand when no spot offering fits or every spot launch lacked capacity. Default
+	// false: such a pod waits for spot capacity.
+	SpotFallbackToOnDemand bool `json:"spotFallbackToOnDemand,omitempty"`
 	// HealthyTimeout bounds the wait for a cell's agent (boot and reconnects); default 90s.
 	HealthyTimeout Duration `json:"healthyTimeout"`
 	// StatusInterval is the period of background consistency checks (never on the

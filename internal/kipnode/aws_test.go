@@ -641,3 +641,42 @@ func TestAWSCapacityFallsBackAcrossZonesThenWaits(t *testing.T) {
 		t.Errorf("RunInstances calls %d → %d: the waiting pod never asked again", calls, n)
 	}
 }
+
+// TestAWSSpotFallsBackToOnDemand: a spot pod whose spot launches all lack capacity runs
+// on-demand when cells.spotFallbackToOnDemand allows it, and waits for spot otherwise.
+func TestAWSSpotFallsBackToOnDemand(t *testing.T) {
+	for _, allow := range []bool{true, false} {
+		t.Run(fmt.Sprintf("allowed=%v", allow), func(t *testing.T) {
+			e := newAWSEnv(t, "")
+			e.cfg.Cells.SpotFallbackToOnDemand = allow
+			ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+			defer cancel()
+			k := e.startKip(t, ctx)
+			e.fake.SetNoSpotCapacity(true)
+			pod := testPod("spot", 1)
+			pod.Annotations = map[string]string{annotations.LaunchType: "spot"}
+			if err := k.mgr.CreatePod(ctx, pod); err != nil {
+				t.Fatal(err)
+			}
+			if !allow {
+				var evs []string
+				waitUntil(t, "a Waiting for capacity event", func() bool {
+					evs = append(evs, k.drainEvents()...)
+					return slices.ContainsFunc(evs, func(ev string) bool { return strings.Contains(ev, cells.ReasonWaitingForCapacity) })
+				})
+				if n := len(e.fake.Instances()); n != 0 {
+					t.Errorf("%d instances, want none: spot only", n)
+				}
+				return
+			}
+			waitUntil(t, "the pod to run", func() bool {
+				p, ok := k.mgr.GetPod("team-a", "spot")
+				return ok && p.Status.Phase == corev1.PodRunning
+			})
+			in := e.fake.Instances()
+			if len(in) != 1 || in[0].Spot {
+				t.Errorf("instances %+v, want one on-demand", in)
+			}
+		})
+	}
+}

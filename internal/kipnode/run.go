@@ -367,7 +367,8 @@ func selectorOptions(cfg *config.ProviderConfig) selector.Options {
 			CPUMilli:    cfg.Cells.Reserve.CPU.MilliValue(),
 			MemoryBytes: cfg.Cells.Reserve.Memory.Value(),
 		},
-		DefaultType: cfg.Cells.DefaultInstanceType,
+		DefaultType:  cfg.Cells.DefaultInstanceType,
+		SpotFallback: cfg.Cells.SpotFallbackToOnDemand,
 	}
 }
 

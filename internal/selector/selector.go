@@ -42,6 +42,11 @@ type Options struct {
 	DefaultType string
 	// Spot is the market for pods without a launch-type annotation.
 	Spot bool
+	// SpotFallback lets a pod in the spot market (by annotation or Spot) fall back to
+	// on-demand: the fitting on-demand offerings follow the spot ones among the fallbacks,
+	// and when no spot offering fits (none listed, or all lacking capacity now) the cheapest
+	// on-demand fit is chosen.
+	SpotFallback bool
 	// UnlimitedCredits lets burstable types that support unlimited mode (AWS t2, t3, t3a,
 	// t4g) run above their baseline, at SurplusCreditPrice per vCPU-hour of surplus.
 	UnlimitedCredits bool
@@ -416,7 +421,23 @@ func (ix *Index) Select(pod *corev1.Pod, opts Options) (*Choice, error) {
 	for i, a := range ix.arches {
 		q.archOK[i] = q.needs.Arch.Allows(a)
 	}
-	return ix.search(&q, orDefault(opts.MaxFallbacks, DefaultMaxFallbacks), orDefault(opts.MaxRejected, DefaultMaxRejected))
+	maxFallbacks, maxRejected := orDefault(opts.MaxFallbacks, DefaultMaxFallbacks), orDefault(opts.MaxRejected, DefaultMaxRejected)
+	ch, err := ix.search(&q, maxFallbacks, maxRejected)
+	if !q.spot || !opts.SpotFallback {
+		return ch, err
+	}
+	od := q
+	od.spot = false
+	och, oerr := ix.search(&od, maxFallbacks, maxRejected)
+	switch {
+	case oerr != nil:
+		return ch, err
+	case err != nil:
+		och.Reason = "on-demand fallback: " + err.Error()
+		return och, nil
+	}
+	ch.Fallbacks = append(append(ch.Fallbacks, och.Candidate), och.Fallbacks...)
+	return ch, nil
 }
 
 type fit struct {

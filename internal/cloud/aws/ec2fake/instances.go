@@ -410,7 +410,7 @@ func (s *Server) runInstances(q query) (any, *apiError) {
 	if !it.offeredIn(sn.zone, s.zones()) {
 		return nil, errorf("Unsupported", "Your requested instance type (%s) is not supported in your requested Availability Zone (%s). Please retry your request by not specifying an Availability Zone or choosing %s.", typeName, sn.zone, strings.Join(it.Zones, ", "))
 	}
-	if s.ice[typeName] || s.ice[typeName+"/"+sn.zone] {
+	if s.ice[typeName] || s.ice[typeName+"/"+sn.zone] || (spot && s.ice["spot:*"]) {
 		return nil, errorf("InsufficientInstanceCapacity", "We currently do not have sufficient %s capacity in the Availability Zone you requested (%s). Our system will be working on provisioning additional capacity. You can currently get %s capacity by not specifying an Availability Zone in your request or choosing %s.", typeName, sn.zone, typeName, strings.Join(s.zones(), ", "))
 	}
 	count := min(maxCount, sn.free())
