@@ -11,6 +11,8 @@ import (
 
 	corev1 "k8s.io/api/core/v1"
 	"sigs.k8s.io/yaml"
+
+	"github.com/kip-dev/kip/internal/selector"
 )
 
 // APIVersion and Kind identify the file format.
@@ -267,4 +269,18 @@ func NewDefault() *ProviderConfig {
 	c := &ProviderConfig{APIVersion: APIVersion, Kind: Kind}
 	c.Default()
 	return c
+}
+
+// SelectorOptions are the instance-type selector's options this config gives: the cell
+// reserve, the default type and the spot fallback. kip run selects with them, and kip select
+// --config previews with the same, so both add one reserve and choose the same type.
+func (c *ProviderConfig) SelectorOptions() selector.Options {
+	return selector.Options{
+		Reserve: &selector.Reserve{
+			CPUMilli:    c.Cells.Reserve.CPU.MilliValue(),
+			MemoryBytes: c.Cells.Reserve.Memory.Value(),
+		},
+		DefaultType:  c.Cells.DefaultInstanceType,
+		SpotFallback: c.Cells.SpotFallbackToOnDemand,
+	}
 }

@@ -115,11 +115,11 @@ type Config struct {
 
 // Backend is the EC2 cloud.Cloud. Make it with New.
 type Backend struct {
-	cfg     Config
-	ec2     EC2API
-	clk     clock.Clock
-	log     *slog.Logger
-	limits  *limiters
+	cfg    Config
+	ec2    EC2API
+	clk    clock.Clock
+	log    *slog.Logger
+	limits *limiters
 	// subnets are where cells launch, one per zone, SubnetID's first.
 	subnets []subnet
 	groupID string
