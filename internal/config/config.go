@@ -189,6 +189,8 @@ type Capacity struct {
 	Memory Quantity `json:"memory"`
 	Pods   Quantity `json:"pods"`
 	GPU    Quantity `json:"nvidia.com/gpu"`
+	// AMDGPU is the amd.com/gpu the node advertises, for pods asking for AMD GPUs.
+	AMDGPU Quantity `json:"amd.com/gpu"`
 }
 
 // TLS names the kubelet API serving certificate; empty paths mean a certificate obtained

@@ -77,6 +77,7 @@ func (c *ProviderConfig) Default() {
 	defaultQuantity(&n.Capacity.Memory, "100Gi")
 	defaultQuantity(&n.Capacity.Pods, "110")
 	defaultQuantity(&n.Capacity.GPU, "0")
+	defaultQuantity(&n.Capacity.AMDGPU, "0")
 	if n.InternalIP == "" && c.Cloud.Provider == ProviderLocal {
 		n.InternalIP = BridgeIP(c.Cloud.Local.Subnet)
 	}

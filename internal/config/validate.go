@@ -207,6 +207,7 @@ func (n *Node) validate(p *field.Path, provider string) field.ErrorList {
 	errs = append(errs, n.Capacity.Memory.validate(cp.Child("memory"), true)...)
 	errs = append(errs, n.Capacity.Pods.validate(cp.Child("pods"), true)...)
 	errs = append(errs, n.Capacity.GPU.validate(cp.Child("nvidia.com/gpu"), false)...)
+	errs = append(errs, n.Capacity.AMDGPU.validate(cp.Child("amd.com/gpu"), false)...)
 	if n.InternalIP == "" {
 		if provider == ProviderLocal {
 			errs = append(errs, field.Required(p.Child("internalIP"), "cannot derive it from cloud.local.subnet"))

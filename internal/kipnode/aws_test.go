@@ -680,3 +680,36 @@ func TestAWSSpotFallsBackToOnDemand(t *testing.T) {
 		})
 	}
 }
+
+// TestAWSGPUVendors: from the catalog refreshed from the EC2 fake (which lists an AMD g4ad
+// cheaper than the NVIDIA g4dn), a pod asking nvidia.com/gpu runs on the g4dn and one asking
+// amd.com/gpu on the g4ad; any GPU used to count as NVIDIA's.
+func TestAWSGPUVendors(t *testing.T) {
+	e := newAWSEnv(t, "")
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	k := e.startKip(t, ctx)
+	for i, tc := range []struct {
+		resource corev1.ResourceName
+		want     string
+	}{{"nvidia.com/gpu", "g4dn.xlarge"}, {"amd.com/gpu", "g4ad.xlarge"}} {
+		name := strings.Split(string(tc.resource), ".")[0]
+		pod := testPod(name, i)
+		pod.Spec.Containers[0].Resources.Limits = corev1.ResourceList{tc.resource: resource.MustParse("1")}
+		if err := k.mgr.CreatePod(ctx, pod); err != nil {
+			t.Fatal(err)
+		}
+		waitUntil(t, "pod "+name+" to run", func() bool {
+			p, ok := k.mgr.GetPod("team-a", name)
+			if ok && p.Status.Phase == corev1.PodFailed {
+				t.Fatalf("pod %s failed: %s", name, p.Status.Message)
+			}
+			return ok && p.Status.Phase == corev1.PodRunning
+		})
+		for _, in := range e.fake.Instances() {
+			if in.Tags[cloud.TagPodName] == name && in.InstanceType != tc.want {
+				t.Errorf("a pod asking %s runs on %s, want %s", tc.resource, in.InstanceType, tc.want)
+			}
+		}
+	}
+}

@@ -297,3 +297,35 @@ func TestSpotFallback(t *testing.T) {
 		t.Fatalf("r5.large spot with fallback = %+v, %v; want on-demand r5.large", ch, err)
 	}
 }
+
+// TestAMDGPUs: amd.com/gpu asks for AMD GPUs: only a type whose GPUs AMD makes (by
+// GPUVendor, or the model's vendor prefix) serves it, and an NVIDIA type never does.
+func TestAMDGPUs(t *testing.T) {
+	g4ad := it("g4ad.xlarge", "amd64", 4, 16384, 1, od(0.379), spotAt(0.114))
+	g4ad.GPUVendor = "amd"
+	cat := append(testCatalog(), g4ad)
+	amdPod := pod(containers(ctr("app", nil, rl("amd.com/gpu", "1"))))
+	ch, err := Select(amdPod, cat, Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if ch.Type.Name != "g4ad.xlarge" || ch.Needs.AMDGPU != 1 || ch.Needs.GPU != 0 {
+		t.Errorf("chose %s (needs %v) for an AMD GPU, want g4ad.xlarge", ch.Type.Name, ch.Needs)
+	}
+	for _, f := range ch.Fallbacks {
+		if f.Type.GPUMaker() != "amd" {
+			t.Errorf("fallback %s (GPUs by %q) for an AMD GPU", f.Type.Name, f.Type.GPUMaker())
+		}
+	}
+	nvidiaPod := pod(containers(ctr("app", nil, rl("nvidia.com/gpu", "1"))))
+	if ch, err := Select(nvidiaPod, cat, Options{}); err != nil || ch.Type.GPUMaker() != "nvidia" {
+		t.Errorf("nvidia.com/gpu chose %v (%v), want an NVIDIA type", ch, err)
+	}
+	_, err = Select(amdPod, testCatalog(), Options{})
+	if err == nil || !strings.Contains(err.Error(), "amd gpu 0 < 1") {
+		t.Errorf("AMD GPU pod on a catalog of NVIDIA GPUs: %v, want a no-fit naming amd gpu 0 < 1", err)
+	}
+	if _, err := Select(pod(containers(ctr("app", nil, rl("amd.com/gpu", "500m")))), cat, Options{}); !IsBadPod(err) {
+		t.Errorf("half an AMD GPU: %v, want a pod error", err)
+	}
+}

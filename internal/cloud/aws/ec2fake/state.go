@@ -89,6 +89,8 @@ type InstanceType struct {
 	MemoryMiB int64
 	GPUs      int
 	GPUName   string
+	// GPUVendor is the GPUs' manufacturer as EC2 spells it ("NVIDIA", "AMD"); empty means NVIDIA.
+	GPUVendor string
 	Burstable bool
 	// Zones lists the zones offering it; empty means every zone of the region.
 	Zones []string
@@ -299,6 +301,7 @@ func (s *Server) seedLocked() {
 		{Name: "c5.xlarge", Arch: "x86_64", VCPU: 4, MemoryMiB: 8192, OnDemandPrice: 0.17, SpotPrice: 0.0648},
 		{Name: "m6g.large", Arch: "arm64", VCPU: 2, MemoryMiB: 8192, OnDemandPrice: 0.077, SpotPrice: 0.0298},
 		{Name: "g4dn.xlarge", Arch: "x86_64", VCPU: 4, MemoryMiB: 16384, GPUs: 1, GPUName: "T4", Zones: []string{r + "a"}, OnDemandPrice: 0.526, SpotPrice: 0.1578},
+		{Name: "g4ad.xlarge", Arch: "x86_64", VCPU: 4, MemoryMiB: 16384, GPUs: 1, GPUName: "Radeon Pro V520", GPUVendor: "AMD", OnDemandPrice: 0.379, SpotPrice: 0.1137},
 	}
 }
 
