@@ -8,6 +8,6 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 if [ $# -gt 0 ]; then
-	exec go run ./hack/tools/iam-policy "$@"
+	exec go run ./internal/cloud/aws/iampolicy "$@"
 fi
 go test ./internal/cloud/aws -run '^TestIAMPolicy$' -count=1 -args -update-iam-policy

@@ -1,6 +1,6 @@
 // Package aws is the EC2 cell backend: every cell is an EC2 instance launched from Kip's cell
-// image into one subnet, tagged with the cluster, node, pod and cell it belongs to, and carrying
-// the agent's bootstrap as user data.
+// image into a subnet (one, or one per zone), tagged with the cluster, node, pod and cell it
+// belongs to, and carrying the agent's bootstrap as user data.
 //
 // The SDK sits behind EC2API, which lists only the calls the backend makes (the IAM policy in
 // docs/aws.md is generated from it). Cloud calls are batched and rate-limited: Describe and List

@@ -1,7 +1,8 @@
 // Command iam-policy prints the IAM policy kip needs on AWS (internal/cloud/aws.IAMPolicy),
 // with iam:PassRole scoped to the role ARNs given: the roles of cloud.aws.instanceProfile and
 // of the profiles in cloud.aws.podInstanceProfiles. With none, the policy lets kip pass no
-// role. hack/iam-policy.sh runs it.
+// role. hack/iam-policy.sh runs it. It lives beside the backend because elsewhere only cmd,
+// internal/cli and internal/kipnode may name a concrete backend (hack/verify.sh).
 //
 // Usage: iam-policy [ROLE_ARN...]
 package main
