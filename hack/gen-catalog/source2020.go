@@ -88,6 +88,9 @@ func (s *source2020) Refresh(_ context.Context, region string) ([]instancetype.I
 		if s.cloud == "azure" {
 			azureFacts(&t)
 		}
+		if t.GPU > 0 {
+			t.GPUVendor = t.GPUMaker() // every GPU of the 2020 data is NVIDIA's (its model says so)
+		}
 		if e.Price > 0 {
 			t.Offerings = append(t.Offerings, instancetype.Offering{Price: e.Price, Available: true})
 		}

@@ -37,12 +37,14 @@ const (
 	ReasonCellLaunching        = "CellLaunching"
 	ReasonCellBooting          = "CellBooting"
 	ReasonInsufficientCapacity = "InsufficientCapacity"
-	ReasonNoInstanceType       = "NoInstanceType"
-	ReasonInvalidAnnotation    = "InvalidAnnotation"
-	ReasonInvalidSpec          = "InvalidSpec"
-	ReasonCellUnhealthy        = "CellUnhealthy"
-	ReasonCellLost             = "CellLost"
-	reasonConfigError          = "CreateContainerConfigError"
+	// ReasonWaitingForCapacity is the Event of a pod waiting for capacity to come back.
+	ReasonWaitingForCapacity = "WaitingForCapacity"
+	ReasonNoInstanceType     = "NoInstanceType"
+	ReasonInvalidAnnotation  = "InvalidAnnotation"
+	ReasonInvalidSpec        = "InvalidSpec"
+	ReasonCellUnhealthy      = "CellUnhealthy"
+	ReasonCellLost           = "CellLost"
+	reasonConfigError        = "CreateContainerConfigError"
 )
 
 // errDeleted ends a state machine whose pod was deleted; errClosed one whose manager closed.

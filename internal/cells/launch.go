@@ -1,6 +1,8 @@
 package cells
 
 import (
+	"crypto/sha256"
+	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -20,11 +22,17 @@ import (
 	"github.com/kip-dev/kip/internal/selector"
 )
 
-// clientToken derives the launch idempotency token from the pod UID and the instance type,
-// so a retried launch (even from a restarted kip) returns the same instance. At most 64
-// characters, as EC2 requires.
-func clientToken(uid types.UID, instanceType string) string {
-	t := strings.ReplaceAll(string(uid), "-", "") + "-" + instanceType
+// clientToken derives the launch idempotency token from the pod UID and the offering (its
+// instance type and zone), so a retried launch (even from a restarted kip) returns the same
+// instance, and launches of one pod in two zones never share a token (EC2 would refuse the
+// second: another subnet is another request). At most 64 characters, as EC2 requires: the
+// UID, a hash of type and zone, then as much of them as fits, for people reading it.
+func clientToken(uid types.UID, instanceType, zone string) string {
+	sum := sha256.Sum256([]byte(instanceType + "/" + zone))
+	t := strings.ReplaceAll(string(uid), "-", "") + "-" + hex.EncodeToString(sum[:4]) + "-" + instanceType
+	if zone != "" {
+		t += "-" + zone
+	}
 	if len(t) > 64 {
 		t = t[:64]
 	}
@@ -63,7 +71,9 @@ func (c *cell) launch() (*cloud.Instance, error) {
 			c.setWaiting(ReasonInsufficientCapacity, "every instance type that fits lacked capacity recently; retrying")
 			c.m.mu.Unlock()
 			c.publish()
-			if err := c.sleep(bo.next()); err != nil {
+			delay := bo.next()
+			c.m.event(pod, corev1.EventTypeWarning, ReasonWaitingForCapacity, "Waiting for capacity: every instance type that fits lacked capacity recently; choosing again in %s", delay.Round(time.Second))
+			if err := c.sleep(delay); err != nil {
 				return nil, err
 			}
 			continue
@@ -80,7 +90,9 @@ func (c *cell) launch() (*cloud.Instance, error) {
 		c.setWaiting(ReasonInsufficientCapacity, fmt.Sprintf("no capacity for any instance type that fits; retrying (tried %s)", candNames(cands)))
 		c.m.mu.Unlock()
 		c.publish()
-		if err := c.sleep(bo.next()); err != nil {
+		delay := bo.next()
+		c.m.event(pod, corev1.EventTypeWarning, ReasonWaitingForCapacity, "Waiting for capacity: no capacity for %s; trying again in %s", candNames(cands), delay.Round(time.Second))
+		if err := c.sleep(delay); err != nil {
 			return nil, err
 		}
 	}
@@ -177,6 +189,8 @@ func (c *cell) launchAny(pod *corev1.Pod, cands []selector.Candidate, opts annot
 			continue
 		case cloud.IsInvalidSpec(err) && cloud.FieldOf(err) == "SecurityGroups":
 			return nil, fail(ReasonInvalidAnnotation, "annotation %s=%q: the cloud refused the cell: %v", annotations.SecurityGroups, strings.Join(opts.SecurityGroups, ","), err)
+		case cloud.IsInvalidSpec(err) && cloud.FieldOf(err) == "InstanceProfile":
+			return nil, fail(ReasonInvalidAnnotation, "annotation %s=%q: the cloud refused the cell: %v", annotations.InstanceProfile, opts.InstanceProfile, err)
 		case cloud.IsInvalidSpec(err):
 			return nil, fail(ReasonInvalidSpec, "the cloud refused the cell: %v", err)
 		default:
@@ -196,17 +210,18 @@ func (c *cell) launchOne(pod *corev1.Pod, cand selector.Candidate, opts annotati
 		return nil, fail(ReasonInvalidSpec, "making the cell's bootstrap data: %v", err)
 	}
 	spec := cloud.LaunchSpec{
-		CellID:          c.cellID,
-		ClientToken:     clientToken(c.uid, cand.Type.Name),
-		InstanceType:    cand.Type.Name,
-		Spot:            cand.Offering.Spot,
-		Zone:            cand.Offering.Zone,
-		Tags:            m.tags(pod, c.cellID),
-		BootstrapData:   boot,
-		SecurityGroups:  opts.SecurityGroups,
-		InstanceProfile: opts.InstanceProfile,
-		VolumeSizeGiB:   opts.VolumeSizeGiB,
-		PrivateIPOnly:   opts.PrivateIPOnly,
+		CellID:           c.cellID,
+		ClientToken:      clientToken(c.uid, cand.Type.Name, cand.Offering.Zone),
+		InstanceType:     cand.Type.Name,
+		Spot:             cand.Offering.Spot,
+		UnlimitedCredits: cand.UnlimitedCredits,
+		Zone:             cand.Offering.Zone,
+		Tags:             m.tags(pod, c.cellID),
+		BootstrapData:    boot,
+		SecurityGroups:   opts.SecurityGroups,
+		InstanceProfile:  opts.InstanceProfile,
+		VolumeSizeGiB:    opts.VolumeSizeGiB,
+		PrivateIPOnly:    opts.PrivateIPOnly,
 	}
 	bo := newBackoff(500*time.Millisecond, 30*time.Second)
 	for {
@@ -329,6 +344,9 @@ func candNames(cands []selector.Candidate) string {
 	names := make([]string, len(cands))
 	for i, c := range cands {
 		names[i] = c.Type.Name
+		if c.Offering.Zone != "" {
+			names[i] += " in " + c.Offering.Zone
+		}
 	}
 	return strings.Join(names, ", ")
 }

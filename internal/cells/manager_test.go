@@ -37,7 +37,7 @@ func TestHappyPathRunsCompletesAndTerminates(t *testing.T) {
 			spec = c.Arg.(cloud.LaunchSpec)
 		}
 	}
-	if spec.CellID != cellID || spec.ClientToken != clientToken(pod.UID, "fake.small") || spec.InstanceType != "fake.small" {
+	if spec.CellID != cellID || spec.ClientToken != clientToken(pod.UID, "fake.small", spec.Zone) || spec.InstanceType != "fake.small" {
 		t.Errorf("launch spec = %+v", spec)
 	}
 	if spec.Tags[cloud.TagPodUID] != string(pod.UID) || spec.Tags[cloud.TagCluster] != "kip" || spec.Tags[cloud.TagNode] != "kip" || spec.Tags[cloud.TagCellID] != cellID {

@@ -34,12 +34,25 @@ func TestCapacityMemoryOrdersAndForgets(t *testing.T) {
 	names := func(cs []selector.Candidate) string { return candNames(cs) }
 	choice := &selector.Choice{Candidate: c("a"), Fallbacks: []selector.Candidate{c("b"), c("c")}}
 	mem.Remember(offeringOf(c("a")))
-	if got := names(candidates(mem, choice)); got != "b, c, a" {
+	if got := names(candidates(mem, choice)); got != "b in z, c in z, a in z" {
 		t.Errorf("order = %s", got)
 	}
 	clk.Step(3 * time.Minute)
-	if got := names(candidates(mem, choice)); got != "a, b, c" {
+	if got := names(candidates(mem, choice)); got != "a in z, b in z, c in z" {
 		t.Errorf("order after the memory window = %s", got)
+	}
+}
+
+// TestCandidatesZonesBeforeTypes: a capacity error falls back to the same type in its other
+// zones before other types, whatever the selector's price order.
+func TestCandidatesZonesBeforeTypes(t *testing.T) {
+	c := func(name, zone string, price float64) selector.Candidate {
+		return selector.Candidate{Type: instancetype.InstanceType{Name: name}, Offering: instancetype.Offering{Price: price}, Zone: zone}
+	}
+	choice := &selector.Choice{Candidate: c("a", "z1", 0.1),
+		Fallbacks: []selector.Candidate{c("b", "z1", 0.1), c("a", "z2", 0.1), c("b", "z2", 0.1), c("c", "z1", 0.2)}}
+	if got := candNames(candidates(capacity.New(nil, time.Minute), choice)); got != "a in z1, a in z2, b in z1, b in z2, c in z1" {
+		t.Errorf("order = %s", got)
 	}
 }
 
@@ -64,12 +77,20 @@ func TestCellIDAndToken(t *testing.T) {
 	if got := CellID(uid); got != "c-3f2504e04f89" {
 		t.Errorf("CellID = %s", got)
 	}
-	tok := clientToken(uid, "m5.24xlarge-with-a-really-long-name")
-	if len(tok) > 64 || !strings.HasPrefix(tok, "3F2504E04F8911D39A0C0305E82C3301-m5") {
+	tok := clientToken(uid, "m5.24xlarge-with-a-really-long-name", "us-east-1a")
+	if len(tok) > 64 || !strings.HasPrefix(tok, "3F2504E04F8911D39A0C0305E82C3301-") || !strings.Contains(tok, "-m5.24xlarge") {
 		t.Errorf("token %q (%d chars)", tok, len(tok))
 	}
-	if clientToken(uid, "a") == clientToken(uid, "b") {
+	if clientToken(uid, "a", "") == clientToken(uid, "b", "") {
 		t.Error("tokens of different types collide")
+	}
+	// A long type leaves no room for the zone in the text: the hash still tells them apart.
+	long := "m5.24xlarge-with-a-really-long-name"
+	if clientToken(uid, long, "us-east-1a") == clientToken(uid, long, "us-east-1b") {
+		t.Error("tokens of one type in different zones collide")
+	}
+	if clientToken(uid, "a", "z1") != clientToken(uid, "a", "z1") {
+		t.Error("the token of one offering is not stable")
 	}
 }
 

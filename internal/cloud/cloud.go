@@ -27,11 +27,19 @@ type LaunchSpec struct {
 	CellID string
 	// ClientToken makes Launch idempotent: a second Launch with the same token returns the
 	// instance the first one made (even across process restarts) instead of making another.
+	// As on EC2, the second Launch must ask for the same launch: a spec that differs in any
+	// field but BootstrapData is refused with an InvalidSpec error (IdempotentParameterMismatch).
+	// BootstrapData may differ (a restarted kip issues the cell a new certificate); the
+	// earlier instance, booted with the earlier data, is returned.
 	ClientToken string
 	// InstanceType is the name of an instance type from InstanceTypes.
 	InstanceType string
 	// Spot asks for spot (preemptible) capacity.
 	Spot bool
+	// UnlimitedCredits runs a burstable type in unlimited mode (it may exceed its baseline,
+	// paying for surplus credits); false runs it in standard mode. Backends set the mode
+	// explicitly rather than take an account default; types without credits ignore it.
+	UnlimitedCredits bool
 	// Zone pins the availability zone; empty lets the backend choose.
 	Zone string
 	// Image is the boot image (an AMI id on AWS). Empty means the backend's default.

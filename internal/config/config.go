@@ -11,6 +11,8 @@ import (
 
 	corev1 "k8s.io/api/core/v1"
 	"sigs.k8s.io/yaml"
+
+	"github.com/kip-dev/kip/internal/selector"
 )
 
 // APIVersion and Kind identify the file format.
@@ -105,8 +107,13 @@ type AWSCloud struct {
 	Region string `json:"region,omitempty"`
 	// VPCID is checked against the subnet's VPC when set; empty means the subnet's.
 	VPCID string `json:"vpcID,omitempty"`
-	// SubnetID is the one subnet (and so zone) cells launch in; empty means kip's own.
+	// SubnetID is the first subnet (and so zone) cells launch in; empty (with no SubnetIDs)
+	// means kip's own.
 	SubnetID string `json:"subnetID,omitempty"`
+	// SubnetIDs are more subnets of the VPC, each in another zone: pods may launch in any of
+	// their zones, and a capacity error in one zone falls back to the others before other
+	// instance types.
+	SubnetIDs []string `json:"subnetIDs,omitempty"`
 	// SecurityGroups (sg-...) are attached to every cell besides Kip's own group; at most
 	// MaxAWSSecurityGroups.
 	SecurityGroups []string `json:"securityGroups,omitempty"`
@@ -119,6 +126,13 @@ type AWSCloud struct {
 	ImageFilters map[string][]string `json:"imageFilters,omitempty"`
 	// InstanceProfile (a name or an ARN) is attached to cells whose pod names none.
 	InstanceProfile string `json:"instanceProfile,omitempty"`
+	// PodSecurityGroups (sg-...) are the groups a pod may name in its security-groups
+	// annotation; PodInstanceProfiles (names or ARNs) the profiles it may name in its
+	// instance-profile annotation. Empty (the default) allows none: a pod naming one is
+	// refused before launch, with an Event naming the annotation. Scope the iam:PassRole of
+	// kip's IAM policy to the roles of these profiles (hack/iam-policy.sh ROLE_ARN...).
+	PodSecurityGroups   []string `json:"podSecurityGroups,omitempty"`
+	PodInstanceProfiles []string `json:"podInstanceProfiles,omitempty"`
 	// PollInterval is the age at which the one DescribeInstances sweep for all cells is
 	// repeated; default 5s.
 	PollInterval Duration `json:"pollInterval"`
@@ -137,6 +151,10 @@ type AWSCatalog struct {
 	// RefreshInterval is the period of refreshes from the AWS APIs (the first one at start);
 	// default 6h; "0s" disables refreshing (the cache file, else the embedded catalog).
 	RefreshInterval Duration `json:"refreshInterval"`
+	// FirstRefreshTimeout bounds the refresh at start, which kip waits for before it selects
+	// any instance type; when it fails or times out kip starts with the cache file or the
+	// embedded catalog. Default 30s.
+	FirstRefreshTimeout Duration `json:"firstRefreshTimeout"`
 	// CacheFile (an absolute path) keeps the last refresh; empty means memory only.
 	CacheFile string `json:"cacheFile,omitempty"`
 }
@@ -171,6 +189,8 @@ type Capacity struct {
 	Memory Quantity `json:"memory"`
 	Pods   Quantity `json:"pods"`
 	GPU    Quantity `json:"nvidia.com/gpu"`
+	// AMDGPU is the amd.com/gpu the node advertises, for pods asking for AMD GPUs.
+	AMDGPU Quantity `json:"amd.com/gpu"`
 }
 
 // TLS names the kubelet API serving certificate; empty paths mean a certificate obtained
@@ -187,6 +207,10 @@ type Cells struct {
 	DefaultInstanceType string `json:"defaultInstanceType,omitempty"`
 	// Reserve is added to every pod's requests for the cell agent itself.
 	Reserve Reserve `json:"reserve"`
+	// SpotFallbackToOnDemand lets a pod asking for spot (pod.kip.dev/launch-type: spot) run
+	// on-demand when no spot offering fits or every spot launch lacked capacity. Default
+	// false: such a pod waits for spot capacity.
+	SpotFallbackToOnDemand bool `json:"spotFallbackToOnDemand,omitempty"`
 	// HealthyTimeout bounds the wait for a new cell's agent to answer; default 90s.
 	HealthyTimeout Duration `json:"healthyTimeout"`
 	// LostTimeout is how long a running cell's agent may stay silent (no status, no
@@ -255,4 +279,18 @@ func NewDefault() *ProviderConfig {
 	c := &ProviderConfig{APIVersion: APIVersion, Kind: Kind}
 	c.Default()
 	return c
+}
+
+// SelectorOptions are the instance-type selector's options this config gives: the cell
+// reserve, the default type and the spot fallback. kip run selects with them, and kip select
+// --config previews with the same, so both add one reserve and choose the same type.
+func (c *ProviderConfig) SelectorOptions() selector.Options {
+	return selector.Options{
+		Reserve: &selector.Reserve{
+			CPUMilli:    c.Cells.Reserve.CPU.MilliValue(),
+			MemoryBytes: c.Cells.Reserve.Memory.Value(),
+		},
+		DefaultType:  c.Cells.DefaultInstanceType,
+		SpotFallback: c.Cells.SpotFallbackToOnDemand,
+	}
 }

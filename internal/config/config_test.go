@@ -64,6 +64,9 @@ func TestValidFiles(t *testing.T) {
 			eq(t, "cloud.aws.imageFilters", len(a.ImageFilters), 2)
 			eq(t, "cloud.aws.imageFilters[tag:channel]", strings.Join(a.ImageFilters["tag:channel"], ","), "stable")
 			eq(t, "cloud.aws.instanceProfile", a.InstanceProfile, "arn:aws:iam::123456789012:instance-profile/kip-cell")
+			eq(t, "cloud.aws.subnetIDs", strings.Join(a.SubnetIDs, ","), "subnet-0456789abcdef0124")
+			eq(t, "cloud.aws.podSecurityGroups", strings.Join(a.PodSecurityGroups, ","), "sg-0123456789abcdef1")
+			eq(t, "cloud.aws.podInstanceProfiles", strings.Join(a.PodInstanceProfiles, ","), "kip-cell-s3-reader")
 			eq(t, "cloud.aws.pollInterval", a.PollInterval.Duration, 10*time.Second)
 			eq(t, "cloud.aws.pricingEndpoint", a.PricingEndpoint, "https://api.pricing.us-east-1.amazonaws.com")
 			eq(t, "cloud.aws.catalog.refreshInterval", a.Catalog.RefreshInterval.Duration, 0)
@@ -116,8 +119,10 @@ func TestInvalidFiles(t *testing.T) {
 		{"invalid-aws.yaml", []string{
 			"cloud.aws.region", "cloud.aws.vpcID", "cloud.aws.subnetID", "cloud.aws.securityGroups: Too many",
 			"cloud.aws.securityGroups[0]", "cloud.aws.imageID", "cloud.aws.instanceProfile",
+			"cloud.aws.podSecurityGroups[0]", "cloud.aws.podInstanceProfiles[0]",
+			"cloud.aws.subnetIDs[1]: Duplicate", "cloud.aws.subnetIDs[2]",
 			"cloud.aws.pollInterval", "cloud.aws.endpoint", "cloud.aws.pricingEndpoint",
-			"cloud.aws.catalog.refreshInterval", "cloud.aws.catalog.cacheFile",
+			"cloud.aws.catalog.refreshInterval", "cloud.aws.catalog.firstRefreshTimeout", "cloud.aws.catalog.cacheFile",
 		}},
 		{"invalid-aws-image.yaml", []string{
 			"cloud.aws.imageID", "not both", "cloud.aws.imageOwners[0]", "cloud.aws.imageFilters[name]",

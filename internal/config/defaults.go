@@ -27,6 +27,7 @@ const (
 	DefaultLaunchConcurrency    = 10
 	DefaultAWSPollInterval      = 5 * time.Second
 	DefaultAWSCatalogRefresh    = 6 * time.Hour
+	DefaultAWSFirstRefresh      = 30 * time.Second
 	// MaxAWSSecurityGroups is how many extra groups cloud.aws.securityGroups may name: EC2
 	// allows 5 per interface and Kip's own group takes one.
 	MaxAWSSecurityGroups = 4
@@ -65,6 +66,7 @@ func (c *ProviderConfig) Default() {
 		}
 		defaultDuration(&a.PollInterval, DefaultAWSPollInterval)
 		defaultDuration(&a.Catalog.RefreshInterval, DefaultAWSCatalogRefresh)
+		defaultDuration(&a.Catalog.FirstRefreshTimeout, DefaultAWSFirstRefresh)
 	}
 
 	n := &c.Node
@@ -78,6 +80,7 @@ func (c *ProviderConfig) Default() {
 	defaultQuantity(&n.Capacity.Memory, "100Gi")
 	defaultQuantity(&n.Capacity.Pods, "110")
 	defaultQuantity(&n.Capacity.GPU, "0")
+	defaultQuantity(&n.Capacity.AMDGPU, "0")
 	if n.InternalIP == "" && c.Cloud.Provider == ProviderLocal {
 		n.InternalIP = BridgeIP(c.Cloud.Local.Subnet)
 	}

@@ -90,6 +90,16 @@ func (a *AWSCloud) validate(p *field.Path) field.ErrorList {
 	if a.SubnetID != "" && !subnetIDRe.MatchString(a.SubnetID) {
 		errs = append(errs, field.Invalid(p.Child("subnetID"), a.SubnetID, "must be a subnet id like subnet-0123456789abcdef0, or empty to use kip's own"))
 	}
+	seen := map[string]bool{a.SubnetID: a.SubnetID != ""}
+	for i, sn := range a.SubnetIDs {
+		switch {
+		case !subnetIDRe.MatchString(sn):
+			errs = append(errs, field.Invalid(p.Child("subnetIDs").Index(i), sn, "must be a subnet id like subnet-0123456789abcdef0"))
+		case seen[sn]:
+			errs = append(errs, field.Duplicate(p.Child("subnetIDs").Index(i), sn))
+		}
+		seen[sn] = true
+	}
 	if len(a.SecurityGroups) > MaxAWSSecurityGroups {
 		errs = append(errs, field.TooMany(p.Child("securityGroups"), len(a.SecurityGroups), MaxAWSSecurityGroups))
 	}
@@ -130,6 +140,16 @@ func (a *AWSCloud) validate(p *field.Path) field.ErrorList {
 	if a.InstanceProfile != "" && !awsProfileRe.MatchString(a.InstanceProfile) {
 		errs = append(errs, field.Invalid(p.Child("instanceProfile"), a.InstanceProfile, "must be an instance profile name or ARN"))
 	}
+	for i, g := range a.PodSecurityGroups {
+		if !groupIDRe.MatchString(g) {
+			errs = append(errs, field.Invalid(p.Child("podSecurityGroups").Index(i), g, "must be a security group id like sg-0123456789abcdef0"))
+		}
+	}
+	for i, pr := range a.PodInstanceProfiles {
+		if !awsProfileRe.MatchString(pr) {
+			errs = append(errs, field.Invalid(p.Child("podInstanceProfiles").Index(i), pr, "must be an instance profile name or ARN"))
+		}
+	}
 	errs = append(errs, a.PollInterval.validate(p.Child("pollInterval"))...)
 	for _, e := range []struct{ name, url string }{{"endpoint", a.Endpoint}, {"pricingEndpoint", a.PricingEndpoint}} {
 		if e.url == "" {
@@ -145,6 +165,7 @@ func (a *AWSCloud) validate(p *field.Path) field.ErrorList {
 	} else if ri.Duration < 0 {
 		errs = append(errs, field.Invalid(cp.Child("refreshInterval"), ri.Duration.String(), "must not be negative (0s disables refreshing)"))
 	}
+	errs = append(errs, a.Catalog.FirstRefreshTimeout.validate(cp.Child("firstRefreshTimeout"))...)
 	if a.Catalog.CacheFile != "" && !filepath.IsAbs(a.Catalog.CacheFile) {
 		errs = append(errs, field.Invalid(cp.Child("cacheFile"), a.Catalog.CacheFile, "must be an absolute path"))
 	}
@@ -186,6 +207,7 @@ func (n *Node) validate(p *field.Path, provider string) field.ErrorList {
 	errs = append(errs, n.Capacity.Memory.validate(cp.Child("memory"), true)...)
 	errs = append(errs, n.Capacity.Pods.validate(cp.Child("pods"), true)...)
 	errs = append(errs, n.Capacity.GPU.validate(cp.Child("nvidia.com/gpu"), false)...)
+	errs = append(errs, n.Capacity.AMDGPU.validate(cp.Child("amd.com/gpu"), false)...)
 	if n.InternalIP == "" {
 		if provider == ProviderLocal {
 			errs = append(errs, field.Required(p.Child("internalIP"), "cannot derive it from cloud.local.subnet"))

@@ -175,3 +175,26 @@ func TestEncodeRoundTrip(t *testing.T) {
 		}
 	}
 }
+
+// TestEmbeddedGPUVendors: every embedded type with GPUs says who makes them, so that a GPU
+// resource (nvidia.com/gpu, amd.com/gpu) reaches only its maker's types.
+func TestEmbeddedGPUVendors(t *testing.T) {
+	for _, cloud := range []string{"aws", "azure"} {
+		types, err := Load(cloud, map[string]string{"aws": "us-east-1", "azure": "eastus"}[cloud])
+		if err != nil {
+			t.Fatal(err)
+		}
+		gpus := 0
+		for _, it := range types {
+			if it.GPU > 0 {
+				gpus++
+				if it.GPUVendor != "nvidia" {
+					t.Errorf("%s %s: %d GPUs (%s) by %q, want nvidia", cloud, it.Name, it.GPU, it.GPUModel, it.GPUVendor)
+				}
+			}
+		}
+		if gpus == 0 {
+			t.Errorf("%s: no GPU types", cloud)
+		}
+	}
+}

@@ -125,23 +125,60 @@ func (l *Live) Refresh(ctx context.Context) error {
 // Run refreshes now and then every interval until ctx ends. A failed refresh is logged and
 // the current catalog kept; the next tick tries again.
 func (l *Live) Run(ctx context.Context, every time.Duration) {
-	log := l.Log
-	if log == nil {
-		log = slog.Default()
+	l.run(ctx, every, true)
+}
+
+// Start makes the first refresh before it returns, so that no selection is made from a
+// catalog the APIs are about to replace: it waits up to firstTimeout for it (on failure or
+// timeout, logged, the cache file or embedded catalog stays current), then refreshes every
+// interval in a goroutine until ctx ends or stop is called; stop returns once the goroutine
+// is gone.
+func (l *Live) Start(ctx context.Context, every, firstTimeout time.Duration) (stop func()) {
+	l.mu.Lock()
+	if l.types == nil {
+		_ = l.loadLocked() // a region with neither cache nor embedded catalog: the refresh decides
 	}
+	l.mu.Unlock()
+	first, cancel := context.WithTimeout(ctx, firstTimeout)
+	err := l.Refresh(first)
+	cancel()
+	if err != nil && ctx.Err() == nil {
+		l.log().Warn("the first instance type catalog refresh failed; starting with the current one",
+			"cloud", l.Cloud, "region", l.Region, "origin", l.Origin(), "timeout", firstTimeout.String(), "err", err)
+	}
+	ctx, cancel = context.WithCancel(ctx)
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		l.run(ctx, every, false)
+	}()
+	return func() { cancel(); <-done }
+}
+
+func (l *Live) run(ctx context.Context, every time.Duration, now bool) {
 	t := l.clock().NewTicker(every)
 	defer t.Stop()
 	for {
-		if err := l.Refresh(ctx); err != nil && ctx.Err() == nil {
-			log.Warn("instance type catalog refresh failed; keeping the current one",
-				"cloud", l.Cloud, "region", l.Region, "origin", l.Origin(), "err", err)
+		if now {
+			if err := l.Refresh(ctx); err != nil && ctx.Err() == nil {
+				l.log().Warn("instance type catalog refresh failed; keeping the current one",
+					"cloud", l.Cloud, "region", l.Region, "origin", l.Origin(), "err", err)
+			}
 		}
+		now = true
 		select {
 		case <-ctx.Done():
 			return
 		case <-t.C():
 		}
 	}
+}
+
+func (l *Live) log() *slog.Logger {
+	if l.Log == nil {
+		return slog.Default()
+	}
+	return l.Log
 }
 
 func (l *Live) clock() clock.WithTicker {

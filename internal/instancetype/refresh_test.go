@@ -156,3 +156,48 @@ func TestLiveRun(t *testing.T) {
 	cancel()
 	<-done
 }
+
+// blockingRefresher answers once release is closed, or fails when its context ends first.
+type blockingRefresher struct {
+	release chan struct{}
+}
+
+func (b *blockingRefresher) Refresh(ctx context.Context, region string) ([]InstanceType, error) {
+	select {
+	case <-b.release:
+		return fresh(), nil
+	case <-ctx.Done():
+		return nil, ctx.Err()
+	}
+}
+
+// TestLiveStartWaitsForTheFirstRefresh: Start returns only once the first refresh is done, so
+// the first selection sees the refreshed catalog; a first refresh that does not end within
+// its timeout leaves the cache file current.
+func TestLiveStartWaitsForTheFirstRefresh(t *testing.T) {
+	t.Run("refreshed", func(t *testing.T) {
+		r := &blockingRefresher{release: make(chan struct{})}
+		l := &Live{Cloud: "aws", Region: "us-east-1", Refresher: r}
+		time.AfterFunc(50*time.Millisecond, func() { close(r.release) })
+		stop := l.Start(context.Background(), time.Hour, time.Minute)
+		defer stop()
+		if types, err := l.InstanceTypes(); err != nil || l.Origin() != "refreshed" || len(types) != len(fresh()) {
+			t.Fatalf("after Start: %d types, %v, origin %q; want the refreshed catalog", len(types), err, l.Origin())
+		}
+	})
+	t.Run("timed out to the cache", func(t *testing.T) {
+		cache := filepath.Join(t.TempDir(), "aws.json")
+		seed := &Live{Cloud: "aws", Region: "us-east-1", Refresher: &fakeRefresher{types: fresh()}, CacheFile: cache}
+		if err := seed.Refresh(context.Background()); err != nil {
+			t.Fatal(err)
+		}
+		r := &blockingRefresher{release: make(chan struct{})}
+		defer close(r.release)
+		l := &Live{Cloud: "aws", Region: "us-east-1", Refresher: r, CacheFile: cache}
+		stop := l.Start(context.Background(), time.Hour, 10*time.Millisecond)
+		defer stop()
+		if l.Origin() != "cache "+cache {
+			t.Fatalf("after a first refresh that timed out: origin %q, want the cache file", l.Origin())
+		}
+	})
+}

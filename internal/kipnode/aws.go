@@ -20,19 +20,22 @@ func (r *runner) awsBackend(ctx context.Context) (*aws.Backend, *instancetype.Li
 	c := r.cfg.Cloud.AWS
 	log := r.log.With("component", "aws-backend")
 	cfg, err := aws.Discover(ctx, aws.Config{
-		Region:          c.Region,
-		VPCID:           c.VPCID,
-		SubnetID:        c.SubnetID,
-		ClusterName:     r.cfg.Cells.ClusterName,
-		SecurityGroups:  c.SecurityGroups,
-		ImageID:         c.ImageID,
-		ImageOwners:     c.ImageOwners,
-		ImageFilters:    c.ImageFilters,
-		InstanceProfile: c.InstanceProfile,
-		Endpoint:        c.Endpoint,
-		PollInterval:    c.PollInterval.Duration,
-		CapacityTTL:     r.cfg.Cells.CapacityErrorMemory.Duration,
-		Logger:          log,
+		Region:              c.Region,
+		VPCID:               c.VPCID,
+		SubnetID:            c.SubnetID,
+		SubnetIDs:           c.SubnetIDs,
+		ClusterName:         r.cfg.Cells.ClusterName,
+		SecurityGroups:      c.SecurityGroups,
+		ImageID:             c.ImageID,
+		ImageOwners:         c.ImageOwners,
+		ImageFilters:        c.ImageFilters,
+		InstanceProfile:     c.InstanceProfile,
+		PodSecurityGroups:   c.PodSecurityGroups,
+		PodInstanceProfiles: c.PodInstanceProfiles,
+		Endpoint:            c.Endpoint,
+		PollInterval:        c.PollInterval.Duration,
+		CapacityTTL:         r.cfg.Cells.CapacityErrorMemory.Duration,
+		Logger:              log,
 	})
 	if err != nil {
 		return nil, nil, nil, fmt.Errorf("starting kip: cloud.aws: %w", err)
@@ -68,11 +71,9 @@ func (r *runner) awsBackend(ctx context.Context) (*aws.Backend, *instancetype.Li
 	if every == 0 {
 		return b, live, func() {}, nil
 	}
-	refreshCtx, cancel := context.WithCancel(ctx)
-	done := make(chan struct{})
-	go func() {
-		defer close(done)
-		live.Run(refreshCtx, every)
-	}()
-	return b, live, func() { cancel(); <-done }, nil
+	// The first refresh ends (or times out to the cache file or embedded catalog) before the
+	// backend is handed out, so the first selection never uses a catalog about to be replaced.
+	stop := live.Start(ctx, every, c.Catalog.FirstRefreshTimeout.Duration)
+	log.Info("instance-type catalog after the first refresh", "region", cfg.Region, "origin", live.Origin())
+	return b, live, stop, nil
 }

@@ -23,6 +23,7 @@ import (
 	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/client-go/tools/record"
 
+	"github.com/kip-dev/kip/internal/annotations"
 	"github.com/kip-dev/kip/internal/cellapi"
 	"github.com/kip-dev/kip/internal/cellapi/cellapitest"
 	"github.com/kip-dev/kip/internal/cells"
@@ -120,8 +121,8 @@ func waitUntil(t *testing.T, what string, cond func() bool) {
 }
 
 // TestAWSBackendFromConfig builds the backend from a config as kip run does, against the EC2
-// fake: the catalog starts embedded, is refreshed from the fake's APIs (and cached in the
-// cache file), and stopping the backend stops the refresh.
+// fake: the catalog starts embedded, is refreshed from the fake's APIs before the backend is
+// returned (and cached in the cache file), and stopping the backend stops the refresh.
 func TestAWSBackendFromConfig(t *testing.T) {
 	e := newAWSEnv(t, "")
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
@@ -135,7 +136,11 @@ func TestAWSBackendFromConfig(t *testing.T) {
 		t.Errorf("backend zone %q, group %q; want us-east-1a (subnet %s) and Kip's group", b.Zone(), b.SecurityGroupID(), ec2fake.SubnetA)
 	}
 	cacheFile := e.cfg.Cloud.AWS.Catalog.CacheFile
-	waitUntil(t, "the first catalog refresh", func() bool { return live.Origin() == "refreshed" })
+	// The first refresh is over before the backend is handed out: no selection can use the
+	// embedded catalog it replaces.
+	if got := live.Origin(); got != "refreshed" {
+		t.Fatalf("catalog origin when the backend is ready = %q, want refreshed", got)
+	}
 	types, err := b.InstanceTypes(ctx)
 	if err != nil {
 		t.Fatal(err)
@@ -229,33 +234,37 @@ func TestAWSBackendErrors(t *testing.T) {
 	}
 }
 
-// TestAWSPodLifecycle runs one pod through the real cells manager on the backend kip run
-// builds from its config, against the EC2 fake, with an in-process agent standing in for the
-// one the cell image would boot: one instance of the type the selector picks from the
-// refreshed catalog (and an image of its architecture), tagged, carrying the bootstrap as user
-// data; deleting the pod terminates it.
-func TestAWSPodLifecycle(t *testing.T) {
-	e := newAWSEnv(t, "")
-	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
-	defer cancel()
+// awsKip is the real cells manager on the backend kip run builds from e's config, with
+// in-process agents standing in for the ones the cell image would boot.
+type awsKip struct {
+	backend cloud.Cloud
+	mgr     *cells.Manager
+	events  *record.FakeRecorder
+	ca      *pki.CA
+
+	mu     sync.Mutex
+	agents map[string]*cellapitest.Agent
+}
+
+// startKip starts it, once the selector sees the refreshed catalog (the fake's types), not
+// the embedded one.
+func (e *awsEnv) startKip(t *testing.T, ctx context.Context) *awsKip {
+	t.Helper()
 	r := e.runner()
 	backend, stop, err := r.backend(ctx)
 	if err != nil {
 		t.Fatalf("backend: %v", err)
 	}
-	defer stop()
-	// The selector must see the refreshed catalog (the fake's types), not the embedded one.
+	t.Cleanup(stop)
 	waitUntil(t, "the catalog refresh", func() bool {
 		its, err := backend.InstanceTypes(ctx)
 		return err == nil && len(its) == len(e.fake.InstanceTypes())
 	})
-
 	ca, err := pki.NewCA("kip-test")
 	if err != nil {
 		t.Fatal(err)
 	}
-	var mu sync.Mutex
-	agents := map[string]*cellapitest.Agent{}
+	k := &awsKip{backend: backend, events: record.NewFakeRecorder(1000), ca: ca, agents: map[string]*cellapitest.Agent{}}
 	dial := func(_ context.Context, inst *cloud.Instance, cellID string) (cellapi.Agent, error) {
 		// The agent boots from the instance's user data, as kip-cell does.
 		fi, ok := e.instance(inst.ID)
@@ -269,16 +278,16 @@ func TestAWSPodLifecycle(t *testing.T) {
 		if boot.CellID != cellID {
 			return nil, fmt.Errorf("instance %s booted as cell %q, kip dials %q", inst.ID, boot.CellID, cellID)
 		}
-		mu.Lock()
-		defer mu.Unlock()
-		a, ok := agents[cellID]
+		k.mu.Lock()
+		defer k.mu.Unlock()
+		a, ok := k.agents[cellID]
 		if !ok {
 			a = &cellapitest.Agent{CellID: cellID}
-			agents[cellID] = a
+			k.agents[cellID] = a
 		}
 		return a, nil
 	}
-	mgr := cells.New(cellsOptions(e.cfg.Cells), cells.NodeInfo{Name: e.cfg.Node.Name, HostIP: e.cfg.Node.InternalIP}, cells.Deps{
+	k.mgr = cells.New(cellsOptions(e.cfg.Cells), cells.NodeInfo{Name: e.cfg.Node.Name, HostIP: e.cfg.Node.InternalIP}, cells.Deps{
 		Cloud:    backend,
 		Selector: &selector.Selector{Options: selectorOptions(e.cfg)},
 		Resolver: cells.ResolverFunc(func(_ context.Context, pod *corev1.Pod) (*cellapi.PodRequest, error) {
@@ -286,10 +295,59 @@ func TestAWSPodLifecycle(t *testing.T) {
 		}),
 		Dial:   dial,
 		CA:     ca,
-		Events: record.NewFakeRecorder(1000),
+		Events: k.events,
 		Log:    r.log,
 	})
-	defer mgr.Close()
+	t.Cleanup(k.mgr.Close)
+	return k
+}
+
+// agent returns the agent of a cell, or nil.
+func (k *awsKip) agent(cellID string) *cellapitest.Agent {
+	k.mu.Lock()
+	defer k.mu.Unlock()
+	return k.agents[cellID]
+}
+
+// drainEvents returns the events recorded so far.
+func (k *awsKip) drainEvents() []string {
+	var out []string
+	for {
+		select {
+		case ev := <-k.events.Events:
+			out = append(out, ev)
+		default:
+			return out
+		}
+	}
+}
+
+// testPod is a pod on the kip-aws node asking 500m and 1Gi.
+func testPod(name string, i int) *corev1.Pod {
+	grace := int64(0)
+	return &corev1.Pod{
+		ObjectMeta: metav1.ObjectMeta{Namespace: "team-a", Name: name, UID: types.UID(fmt.Sprintf("%d0b7c6c1-5d1f-4d59-9a57-2f1f6c0e0001", i))},
+		Spec: corev1.PodSpec{
+			NodeName:                      "kip-aws",
+			TerminationGracePeriodSeconds: &grace,
+			Containers: []corev1.Container{{Name: "app", Image: "nginx", Resources: corev1.ResourceRequirements{
+				Requests: corev1.ResourceList{corev1.ResourceCPU: resource.MustParse("500m"), corev1.ResourceMemory: resource.MustParse("1Gi")},
+			}}},
+		},
+	}
+}
+
+// TestAWSPodLifecycle runs one pod through the real cells manager on the backend kip run
+// builds from its config, against the EC2 fake, with an in-process agent standing in for the
+// one the cell image would boot: one instance of the type the selector picks from the
+// refreshed catalog (and an image of its architecture), tagged, carrying the bootstrap as user
+// data; deleting the pod terminates it.
+func TestAWSPodLifecycle(t *testing.T) {
+	e := newAWSEnv(t, "")
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	k := e.startKip(t, ctx)
+	backend, mgr, ca := k.backend, k.mgr, k.ca
 
 	images := map[string]string{} // image name → id
 	for _, im := range e.fake.Images() {
@@ -307,17 +365,7 @@ func TestAWSPodLifecycle(t *testing.T) {
 	}
 	pods := map[string]*corev1.Pod{}
 	for i, tt := range tests {
-		grace := int64(0)
-		pod := &corev1.Pod{
-			ObjectMeta: metav1.ObjectMeta{Namespace: "team-a", Name: tt.name, UID: types.UID(fmt.Sprintf("%d0b7c6c1-5d1f-4d59-9a57-2f1f6c0e0001", i))},
-			Spec: corev1.PodSpec{
-				NodeName:                      "kip-aws",
-				TerminationGracePeriodSeconds: &grace,
-				Containers: []corev1.Container{{Name: "app", Image: "nginx", Resources: corev1.ResourceRequirements{
-					Requests: corev1.ResourceList{corev1.ResourceCPU: resource.MustParse("500m"), corev1.ResourceMemory: resource.MustParse("1Gi")},
-				}}},
-			},
-		}
+		pod := testPod(tt.name, i)
 		if tt.arch != "" {
 			pod.Spec.NodeSelector = map[string]string{corev1.LabelArchStable: tt.arch}
 		}
@@ -401,9 +449,7 @@ func TestAWSPodLifecycle(t *testing.T) {
 			_, ok := mgr.GetPod("team-a", tt.name)
 			return !ok
 		})
-		mu.Lock()
-		a := agents[byPod[tt.name].Tags[cloud.TagCellID]]
-		mu.Unlock()
+		a := k.agent(byPod[tt.name].Tags[cloud.TagCellID])
 		if a == nil || a.Deletes() != 1 {
 			t.Errorf("the agent of pod %s was not asked once to stop it", tt.name)
 		}
@@ -467,4 +513,203 @@ func (w testLogWriter) Write(p []byte) (int, error) {
 		w.t.Log(strings.TrimRight(string(p), "\n"))
 	}
 	return len(p), nil
+}
+
+// TestAWSPodMayNameOnlyAllowedGroupsAndProfiles: with the default config (no
+// cloud.aws.podSecurityGroups or podInstanceProfiles), a pod naming a security group or an
+// instance profile fails before any RunInstances, with an Event naming the annotation; one
+// naming what the config allows runs with it.
+func TestAWSPodMayNameOnlyAllowedGroupsAndProfiles(t *testing.T) {
+	tests := []struct {
+		name, extra, annotation, value string
+		wantRun                        bool
+	}{
+		{"group refused", "", annotations.SecurityGroups, ec2fake.DefaultGroupID, false},
+		{"profile refused", "", annotations.InstanceProfile, ec2fake.InstanceProfile, false},
+		{"group allowed", "    podSecurityGroups: [" + ec2fake.DefaultGroupID + "]\n", annotations.SecurityGroups, ec2fake.DefaultGroupID, true},
+		{"profile allowed", "    podInstanceProfiles: [" + ec2fake.InstanceProfile + "]\n", annotations.InstanceProfile, ec2fake.InstanceProfile, true},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			e := newAWSEnv(t, tt.extra)
+			ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+			defer cancel()
+			k := e.startKip(t, ctx)
+			pod := testPod("named", 1)
+			pod.Annotations = map[string]string{tt.annotation: tt.value}
+			if err := k.mgr.CreatePod(ctx, pod); err != nil {
+				t.Fatal(err)
+			}
+			var got *corev1.Pod
+			waitUntil(t, "the pod to run or fail", func() bool {
+				got, _ = k.mgr.GetPod("team-a", "named")
+				return got != nil && (got.Status.Phase == corev1.PodRunning || got.Status.Phase == corev1.PodFailed)
+			})
+			if tt.wantRun {
+				if got.Status.Phase != corev1.PodRunning {
+					t.Fatalf("pod %s: %s", got.Status.Phase, got.Status.Message)
+				}
+				in := e.fake.Instances()[0]
+				if in.Profile != tt.value && !slices.Contains(in.SecurityGroups, tt.value) {
+					t.Errorf("instance has profile %q and groups %v, want %s", in.Profile, in.SecurityGroups, tt.value)
+				}
+				return
+			}
+			if got.Status.Phase != corev1.PodFailed || !strings.Contains(got.Status.Message, tt.annotation) {
+				t.Errorf("pod %s: %q, want Failed naming %s", got.Status.Phase, got.Status.Message, tt.annotation)
+			}
+			if n := e.fake.Calls("RunInstances"); n != 0 {
+				t.Errorf("RunInstances calls = %d, want 0: the refusal comes before launch", n)
+			}
+			evs := k.drainEvents()
+			if !slices.ContainsFunc(evs, func(ev string) bool { return strings.HasPrefix(ev, "Warning") && strings.Contains(ev, tt.annotation) }) {
+				t.Errorf("no Warning event names %s: %v", tt.annotation, evs)
+			}
+		})
+	}
+}
+
+// TestAWSCapacityFallsBackAcrossZonesThenWaits runs the cells manager on a backend with a
+// subnet in each of two zones, against the EC2 fake: a pod pinned to c5.large whose zone
+// lacks capacity launches in the other zone; with no capacity in either it stays Pending with
+// a "Waiting for capacity" Event (it used to fail for good after one
+// InsufficientInstanceCapacity), and runs once capacity is back; an unpinned pod tries its
+// type's other zone before another type.
+func TestAWSCapacityFallsBackAcrossZonesThenWaits(t *testing.T) {
+	e := newAWSEnv(t, "    subnetIDs: ["+ec2fake.SubnetB+"]\n")
+	e.cfg.Cells.CapacityErrorMemory = config.NewDuration(200 * time.Millisecond)
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	k := e.startKip(t, ctx)
+	zoneOf := func(name string) (typ, zone string) {
+		for _, in := range e.fake.Instances() {
+			if in.Tags[cloud.TagPodName] == name && in.State != "terminated" {
+				return in.InstanceType, in.Zone
+			}
+		}
+		return "", ""
+	}
+	running := func(name string) bool {
+		p, ok := k.mgr.GetPod("team-a", name)
+		if ok && p.Status.Phase == corev1.PodFailed {
+			t.Fatalf("pod %s failed: %s: %s", name, p.Status.Reason, p.Status.Message)
+		}
+		return ok && p.Status.Phase == corev1.PodRunning
+	}
+
+	// The cheapest fit (c5.large, see TestAWSPodLifecycle) lacks capacity in us-east-1a only.
+	e.fake.SetInsufficientCapacity("c5.large", "us-east-1a", true)
+	free := testPod("free", 1)
+	pinned := testPod("pinned", 2)
+	pinned.Annotations = map[string]string{annotations.InstanceType: "c5.large"}
+	for _, p := range []*corev1.Pod{free, pinned} {
+		if err := k.mgr.CreatePod(ctx, p); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for _, name := range []string{"free", "pinned"} {
+		waitUntil(t, "pod "+name+" to run", func() bool { return running(name) })
+		if typ, zone := zoneOf(name); typ != "c5.large" || zone != "us-east-1b" {
+			t.Errorf("pod %s runs on %s in %s, want c5.large in us-east-1b: the same type in the other zone first", name, typ, zone)
+		}
+	}
+
+	// No capacity anywhere for the pinned type: the pod waits, then runs.
+	e.fake.SetInsufficientCapacity("c5.large", "", true)
+	waiting := testPod("waiting", 3)
+	waiting.Annotations = map[string]string{annotations.InstanceType: "c5.large"}
+	if err := k.mgr.CreatePod(ctx, waiting); err != nil {
+		t.Fatal(err)
+	}
+	var evs []string
+	waitUntil(t, "a Waiting for capacity event", func() bool {
+		evs = append(evs, k.drainEvents()...)
+		return slices.ContainsFunc(evs, func(ev string) bool {
+			return strings.Contains(ev, cells.ReasonWaitingForCapacity) && strings.Contains(ev, "Waiting for capacity")
+		})
+	})
+	if p, _ := k.mgr.GetPod("team-a", "waiting"); p.Status.Phase != corev1.PodPending {
+		t.Fatalf("pod waiting for capacity is %s (%s), want Pending", p.Status.Phase, p.Status.Message)
+	}
+	calls := e.fake.Calls("RunInstances")
+	e.fake.SetInsufficientCapacity("c5.large", "", false)
+	waitUntil(t, "the waiting pod to run", func() bool { return running("waiting") })
+	if typ, _ := zoneOf("waiting"); typ != "c5.large" {
+		t.Errorf("the waiting pod runs on %s, want its pinned c5.large", typ)
+	}
+	if n := e.fake.Calls("RunInstances"); n <= calls {
+		t.Errorf("RunInstances calls %d → %d: the waiting pod never asked again", calls, n)
+	}
+}
+
+// TestAWSSpotFallsBackToOnDemand: a spot pod whose spot launches all lack capacity runs
+// on-demand when cells.spotFallbackToOnDemand allows it, and waits for spot otherwise.
+func TestAWSSpotFallsBackToOnDemand(t *testing.T) {
+	for _, allow := range []bool{true, false} {
+		t.Run(fmt.Sprintf("allowed=%v", allow), func(t *testing.T) {
+			e := newAWSEnv(t, "")
+			e.cfg.Cells.SpotFallbackToOnDemand = allow
+			ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+			defer cancel()
+			k := e.startKip(t, ctx)
+			e.fake.SetNoSpotCapacity(true)
+			pod := testPod("spot", 1)
+			pod.Annotations = map[string]string{annotations.LaunchType: "spot"}
+			if err := k.mgr.CreatePod(ctx, pod); err != nil {
+				t.Fatal(err)
+			}
+			if !allow {
+				var evs []string
+				waitUntil(t, "a Waiting for capacity event", func() bool {
+					evs = append(evs, k.drainEvents()...)
+					return slices.ContainsFunc(evs, func(ev string) bool { return strings.Contains(ev, cells.ReasonWaitingForCapacity) })
+				})
+				if n := len(e.fake.Instances()); n != 0 {
+					t.Errorf("%d instances, want none: spot only", n)
+				}
+				return
+			}
+			waitUntil(t, "the pod to run", func() bool {
+				p, ok := k.mgr.GetPod("team-a", "spot")
+				return ok && p.Status.Phase == corev1.PodRunning
+			})
+			in := e.fake.Instances()
+			if len(in) != 1 || in[0].Spot {
+				t.Errorf("instances %+v, want one on-demand", in)
+			}
+		})
+	}
+}
+
+// TestAWSGPUVendors: from the catalog refreshed from the EC2 fake (which lists an AMD g4ad
+// cheaper than the NVIDIA g4dn), a pod asking nvidia.com/gpu runs on the g4dn and one asking
+// amd.com/gpu on the g4ad; any GPU used to count as NVIDIA's.
+func TestAWSGPUVendors(t *testing.T) {
+	e := newAWSEnv(t, "")
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	k := e.startKip(t, ctx)
+	for i, tc := range []struct {
+		resource corev1.ResourceName
+		want     string
+	}{{"nvidia.com/gpu", "g4dn.xlarge"}, {"amd.com/gpu", "g4ad.xlarge"}} {
+		name := strings.Split(string(tc.resource), ".")[0]
+		pod := testPod(name, i)
+		pod.Spec.Containers[0].Resources.Limits = corev1.ResourceList{tc.resource: resource.MustParse("1")}
+		if err := k.mgr.CreatePod(ctx, pod); err != nil {
+			t.Fatal(err)
+		}
+		waitUntil(t, "pod "+name+" to run", func() bool {
+			p, ok := k.mgr.GetPod("team-a", name)
+			if ok && p.Status.Phase == corev1.PodFailed {
+				t.Fatalf("pod %s failed: %s", name, p.Status.Message)
+			}
+			return ok && p.Status.Phase == corev1.PodRunning
+		})
+		for _, in := range e.fake.Instances() {
+			if in.Tags[cloud.TagPodName] == name && in.InstanceType != tc.want {
+				t.Errorf("a pod asking %s runs on %s, want %s", tc.resource, in.InstanceType, tc.want)
+			}
+		}
+	}
 }

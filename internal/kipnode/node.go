@@ -34,6 +34,9 @@ func nodeSpec(cfg *config.ProviderConfig, ip string) *corev1.Node {
 	if !n.Capacity.GPU.Quantity.IsZero() {
 		capacity["nvidia.com/gpu"] = n.Capacity.GPU.Quantity.DeepCopy()
 	}
+	if !n.Capacity.AMDGPU.Quantity.IsZero() {
+		capacity["amd.com/gpu"] = n.Capacity.AMDGPU.Quantity.DeepCopy()
+	}
 	capacity[corev1.ResourceEphemeralStorage] = resource.MustParse("1Ti")
 	return &corev1.Node{
 		ObjectMeta: metav1.ObjectMeta{Name: n.Name, Labels: lbls},

@@ -366,16 +366,8 @@ func cellsOptions(c config.Cells) cells.Options {
 	}
 }
 
-// selectorOptions maps the config onto the selector's options.
-func selectorOptions(cfg *config.ProviderConfig) selector.Options {
-	return selector.Options{
-		Reserve: &selector.Reserve{
-			CPUMilli:    cfg.Cells.Reserve.CPU.MilliValue(),
-			MemoryBytes: cfg.Cells.Reserve.Memory.Value(),
-		},
-		DefaultType: cfg.Cells.DefaultInstanceType,
-	}
-}
+// selectorOptions are the selector's options of the config, the same kip select --config uses.
+func selectorOptions(cfg *config.ProviderConfig) selector.Options { return cfg.SelectorOptions() }
 
 // withMetrics serves kip's metrics at metrics.Path and kubelet's metrics.KubeletPath, and
 // everything else from routes. It sits inside the kubelet API's authentication, which

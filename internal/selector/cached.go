@@ -41,7 +41,7 @@ func sameCatalog(a, b []instancetype.InstanceType) bool {
 	for i := range a {
 		x, y := &a[i], &b[i]
 		if x.Name != y.Name || x.Arch != y.Arch || x.VCPU != y.VCPU || x.MemoryMiB != y.MemoryMiB ||
-			x.GPU != y.GPU || x.GPUModel != y.GPUModel || x.Burstable != y.Burstable ||
+			x.GPU != y.GPU || x.GPUVendor != y.GPUVendor || x.GPUModel != y.GPUModel || x.Burstable != y.Burstable ||
 			x.BaselineVCPU != y.BaselineVCPU || !slices.Equal(x.Offerings, y.Offerings) {
 			return false
 		}

@@ -14,8 +14,12 @@ import (
 // cores renders millicores as vCPUs: 1050 → "1.05".
 func cores(milli int64) string { return strconv.FormatFloat(float64(milli)/1000, 'f', -1, 64) }
 
-// ResourceGPU is the extended resource that asks for NVIDIA GPUs.
-const ResourceGPU corev1.ResourceName = "nvidia.com/gpu"
+// ResourceGPU is the extended resource that asks for NVIDIA GPUs, ResourceAMDGPU the one
+// that asks for AMD GPUs; each is served only by its maker's GPUs.
+const (
+	ResourceGPU    corev1.ResourceName = "nvidia.com/gpu"
+	ResourceAMDGPU corev1.ResourceName = "amd.com/gpu"
+)
 
 // Node labels the selector reads from nodeSelector and required node affinity. The beta
 // spellings are still accepted.
@@ -43,6 +47,8 @@ type Resources struct {
 	CPUMilli    int64 `json:"cpuMilli"`
 	MemoryBytes int64 `json:"memoryBytes"`
 	GPU         int   `json:"gpu,omitempty"`
+	// AMDGPU is the number of AMD GPUs (amd.com/gpu); GPU counts NVIDIA's.
+	AMDGPU int `json:"amdGPU,omitempty"`
 	// Arch, Zone and InstanceType constrain the kubernetes.io/arch,
 	// topology.kubernetes.io/zone and node.kubernetes.io/instance-type labels.
 	Arch         Constraint `json:"arch,omitempty"`
@@ -59,6 +65,9 @@ func (r Resources) String() string {
 	fmt.Fprintf(&b, "cpu %s, memory %s", cores(r.CPUMilli), resource.NewQuantity(r.MemoryBytes, resource.BinarySI))
 	if r.GPU > 0 {
 		fmt.Fprintf(&b, ", gpu %d", r.GPU)
+	}
+	if r.AMDGPU > 0 {
+		fmt.Fprintf(&b, ", amd gpu %d", r.AMDGPU)
 	}
 	for _, c := range []struct {
 		name string
@@ -86,7 +95,7 @@ func Needs(pod *corev1.Pod, opts Options) (Resources, error) {
 		return Resources{}, err
 	}
 	reserve := opts.reserve()
-	r := Resources{Unspecified: unspecified, GPU: int(total.gpu)}
+	r := Resources{Unspecified: unspecified, GPU: int(total.gpu), AMDGPU: int(total.amd)}
 	r.CPUMilli = total.cpu + reserve.CPUMilli
 	r.MemoryBytes = total.mem + reserve.MemoryBytes
 	if r.Arch, err = constraintFor(pod, archLabels); err != nil {
@@ -108,13 +117,15 @@ func Needs(pod *corev1.Pod, opts Options) (Resources, error) {
 	return r, nil
 }
 
-// amount is what a container or pod asks for: millicores, bytes, GPUs.
-type amount struct{ cpu, mem, gpu int64 }
+// amount is what a container or pod asks for: millicores, bytes, NVIDIA and AMD GPUs.
+type amount struct{ cpu, mem, gpu, amd int64 }
 
-func (a *amount) add(b amount) { a.cpu, a.mem, a.gpu = a.cpu+b.cpu, a.mem+b.mem, a.gpu+b.gpu }
+func (a *amount) add(b amount) {
+	a.cpu, a.mem, a.gpu, a.amd = a.cpu+b.cpu, a.mem+b.mem, a.gpu+b.gpu, a.amd+b.amd
+}
 
 func (a *amount) max(b amount) {
-	a.cpu, a.mem, a.gpu = max(a.cpu, b.cpu), max(a.mem, b.mem), max(a.gpu, b.gpu)
+	a.cpu, a.mem, a.gpu, a.amd = max(a.cpu, b.cpu), max(a.mem, b.mem), max(a.gpu, b.gpu), max(a.amd, b.amd)
 }
 
 // podAmount adds up what pod asks for, as kubelet's admission does (k8s.io/component-helpers
@@ -184,7 +195,7 @@ func has(rr corev1.ResourceRequirements, name corev1.ResourceName) bool {
 	return req || lim
 }
 
-var counted = [...]corev1.ResourceName{corev1.ResourceCPU, corev1.ResourceMemory, ResourceGPU}
+var counted = [...]corev1.ResourceName{corev1.ResourceCPU, corev1.ResourceMemory, ResourceGPU, ResourceAMDGPU}
 
 // ask reads what one container (list[index], or the pod level when index < 0) asks for:
 // requests, falling back to limits. It refuses negative quantities and fractional GPUs.
@@ -215,8 +226,10 @@ func ask(rr corev1.ResourceRequirements, list string, index int) (a amount, aske
 			a.cpu = q.MilliValue()
 		case corev1.ResourceMemory:
 			a.mem = q.Value()
-		default:
+		case ResourceGPU:
 			a.gpu = q.Value()
+		case ResourceAMDGPU:
+			a.amd = q.Value()
 		}
 	}
 	return a, asked, nil
@@ -227,7 +240,7 @@ func checkQuantity(q resource.Quantity, name corev1.ResourceName, list string, i
 	switch {
 	case q.Sign() < 0:
 		reason = q.String() + " must not be negative"
-	case name == ResourceGPU && q.MilliValue()%1000 != 0:
+	case (name == ResourceGPU || name == ResourceAMDGPU) && q.MilliValue()%1000 != 0:
 		reason = q.String() + " must be a whole number"
 	default:
 		return nil

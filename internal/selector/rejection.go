@@ -36,6 +36,7 @@ type Rejection struct {
 	VCPU         float64 `json:"vcpu"`
 	MemoryMiB    int64   `json:"memoryMiB"`
 	GPU          int     `json:"gpu,omitempty"`
+	AMDGPU       int     `json:"amdGPU,omitempty"`
 	Arch         string  `json:"arch"`
 	BaselineVCPU float64 `json:"baselineVCPU,omitempty"`
 	Why          Why     `json:"-"`
@@ -56,8 +57,11 @@ func (r Rejection) Reasons() []string {
 	if r.Why&WhyMemory != 0 {
 		out = append(out, fmt.Sprintf("memory %dMi < %s", r.MemoryMiB, resource.NewQuantity(n.MemoryBytes, resource.BinarySI)))
 	}
-	if r.Why&WhyGPU != 0 {
+	if r.Why&WhyGPU != 0 && r.GPU < n.GPU {
 		out = append(out, fmt.Sprintf("gpu %d < %d", r.GPU, n.GPU))
+	}
+	if r.Why&WhyGPU != 0 && r.AMDGPU < n.AMDGPU {
+		out = append(out, fmt.Sprintf("amd gpu %d < %d", r.AMDGPU, n.AMDGPU))
 	}
 	if r.Why&WhyArch != 0 {
 		out = append(out, fmt.Sprintf("arch %s not %s", r.Arch, n.Arch))

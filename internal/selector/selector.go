@@ -42,6 +42,11 @@ type Options struct {
 	DefaultType string
 	// Spot is the market for pods without a launch-type annotation.
 	Spot bool
+	// SpotFallback lets a pod in the spot market (by annotation or Spot) fall back to
+	// on-demand: the fitting on-demand offerings follow the spot ones among the fallbacks,
+	// and when no spot offering fits (none listed, or all lacking capacity now) the cheapest
+	// on-demand fit is chosen.
+	SpotFallback bool
 	// UnlimitedCredits lets burstable types that support unlimited mode (AWS t2, t3, t3a,
 	// t4g) run above their baseline, at SurplusCreditPrice per vCPU-hour of surplus.
 	UnlimitedCredits bool
@@ -196,11 +201,11 @@ func (ix *Index) globMask(pattern string) (mask []bool, any bool) {
 	return mask, slices.Contains(mask, true)
 }
 
-// nvidiaGPUs is how many of t's GPUs serve nvidia.com/gpu: all of them when the model is
-// NVIDIA's (or not known, as in catalogs that only list NVIDIA parts), none when it is another
-// maker's (an AMD g4ad's Radeon cannot run a CUDA container).
-func nvidiaGPUs(t *instancetype.InstanceType) int {
-	if t.GPUModel == "" || strings.HasPrefix(t.GPUModel, "nvidia") {
+// gpusBy is how many of t's GPUs serve a pod asking for vendor's: all of them when vendor
+// makes them (instancetype.GPUMaker), none otherwise (an AMD g4ad's Radeon cannot run a CUDA
+// container, nor an NVIDIA T4 a ROCm one).
+func gpusBy(t *instancetype.InstanceType, vendor string) int {
+	if t.GPUMaker() == vendor {
 		return t.GPU
 	}
 	return 0
@@ -224,7 +229,8 @@ type cand struct {
 	cpuMilli  int64
 	baseMilli int64
 	memBytes  int64
-	gpu       int
+	gpu       int // NVIDIA GPUs
+	amdGPU    int
 	arch      int
 	zone      string
 	spot      bool
@@ -254,7 +260,7 @@ func NewIndex(types []instancetype.InstanceType) *Index {
 				cpuMilli:  int64(math.Round(t.VCPU * 1000)),
 				baseMilli: int64(math.Round(t.BaselineVCPU * 1000)),
 				memBytes:  t.MemoryMiB << 20,
-				gpu:       nvidiaGPUs(&t), arch: arch, zone: o.Zone, spot: o.Spot, avail: o.Available,
+				gpu:       gpusBy(&t, "nvidia"), amdGPU: gpusBy(&t, "amd"), arch: arch, zone: o.Zone, spot: o.Spot, avail: o.Available,
 				burst: t.Burstable, unlimited: unlimitedCapable(t.Name),
 			})
 		}
@@ -327,7 +333,7 @@ func (q *query) check(c *cand) (why Why, surcharge float64) {
 	if c.memBytes < n.MemoryBytes {
 		why |= WhyMemory
 	}
-	if c.gpu < n.GPU {
+	if c.gpu < n.GPU || c.amdGPU < n.AMDGPU {
 		why |= WhyGPU
 	}
 	if !q.archOK[c.arch] {
@@ -416,7 +422,23 @@ func (ix *Index) Select(pod *corev1.Pod, opts Options) (*Choice, error) {
 	for i, a := range ix.arches {
 		q.archOK[i] = q.needs.Arch.Allows(a)
 	}
-	return ix.search(&q, orDefault(opts.MaxFallbacks, DefaultMaxFallbacks), orDefault(opts.MaxRejected, DefaultMaxRejected))
+	maxFallbacks, maxRejected := orDefault(opts.MaxFallbacks, DefaultMaxFallbacks), orDefault(opts.MaxRejected, DefaultMaxRejected)
+	ch, err := ix.search(&q, maxFallbacks, maxRejected)
+	if !q.spot || !opts.SpotFallback {
+		return ch, err
+	}
+	od := q
+	od.spot = false
+	och, oerr := ix.search(&od, maxFallbacks, maxRejected)
+	switch {
+	case oerr != nil:
+		return ch, err
+	case err != nil:
+		och.Reason = "on-demand fallback: " + err.Error()
+		return och, nil
+	}
+	ch.Fallbacks = append(append(ch.Fallbacks, och.Candidate), och.Fallbacks...)
+	return ch, nil
 }
 
 type fit struct {
@@ -517,7 +539,7 @@ func containsType(rs []Rejection, name string) bool {
 func (ix *Index) rejection(q *query, c *cand, why Why) Rejection {
 	t := &ix.types[c.typ]
 	return Rejection{Type: c.name, Zone: c.zone, Spot: c.spot, Price: c.price, Why: why,
-		VCPU: t.VCPU, MemoryMiB: t.MemoryMiB, GPU: nvidiaGPUs(t), Arch: t.Arch, BaselineVCPU: t.BaselineVCPU, needs: &q.needs}
+		VCPU: t.VCPU, MemoryMiB: t.MemoryMiB, GPU: gpusBy(t, "nvidia"), AMDGPU: gpusBy(t, "amd"), Arch: t.Arch, BaselineVCPU: t.BaselineVCPU, needs: &q.needs}
 }
 
 // noFit explains why nothing fits: the candidates that missed on the fewest counts, and the

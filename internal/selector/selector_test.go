@@ -4,6 +4,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"math"
+	"slices"
 	"strings"
 	"testing"
 
@@ -258,5 +259,73 @@ func TestNvidiaGPUsOnly(t *testing.T) {
 	_, err = Select(gpuPod, []instancetype.InstanceType{cat[len(cat)-1]}, Options{})
 	if err == nil || !strings.Contains(err.Error(), "gpu 0 < 1") {
 		t.Errorf("error %v, want a no-fit naming gpu 0 < 1", err)
+	}
+}
+
+// TestSpotFallback: with Options.SpotFallback a spot pod's fallbacks continue with on-demand
+// offerings after the spot ones, and a spot pod that no spot offering fits (r5.large has none)
+// gets on-demand; without it, neither.
+func TestSpotFallback(t *testing.T) {
+	ix := NewIndex(testCatalog())
+	spotPod := pod(requests("cpu", "1"), annotate(AnnotationLaunchType, "spot"))
+	ch, err := ix.Select(spotPod, Options{SpotFallback: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !ch.Offering.Spot {
+		t.Fatalf("chose on-demand %s while spot fits", ch.Type.Name)
+	}
+	firstOD := slices.IndexFunc(ch.Fallbacks, func(c Candidate) bool { return !c.Offering.Spot })
+	if firstOD < 0 {
+		t.Fatalf("no on-demand fallback among %d", len(ch.Fallbacks))
+	}
+	for _, c := range ch.Fallbacks[firstOD:] {
+		if c.Offering.Spot {
+			t.Errorf("spot fallback %s after an on-demand one", c.Type.Name)
+		}
+	}
+	if plain, _ := ix.Select(spotPod, Options{}); slices.ContainsFunc(plain.Fallbacks, func(c Candidate) bool { return !c.Offering.Spot }) {
+		t.Error("on-demand fallbacks without SpotFallback")
+	}
+
+	noSpot := pod(annotate(AnnotationInstanceType, "r5.large", AnnotationLaunchType, "spot"))
+	if _, err := ix.Select(noSpot, Options{}); !IsNoFit(err) {
+		t.Fatalf("r5.large spot without fallback: %v, want no fit", err)
+	}
+	ch, err = ix.Select(noSpot, Options{SpotFallback: true})
+	if err != nil || ch.Type.Name != "r5.large" || ch.Offering.Spot || !strings.Contains(ch.Reason, "on-demand fallback") {
+		t.Fatalf("r5.large spot with fallback = %+v, %v; want on-demand r5.large", ch, err)
+	}
+}
+
+// TestAMDGPUs: amd.com/gpu asks for AMD GPUs: only a type whose GPUs AMD makes (by
+// GPUVendor, or the model's vendor prefix) serves it, and an NVIDIA type never does.
+func TestAMDGPUs(t *testing.T) {
+	g4ad := it("g4ad.xlarge", "amd64", 4, 16384, 1, od(0.379), spotAt(0.114))
+	g4ad.GPUVendor = "amd"
+	cat := append(testCatalog(), g4ad)
+	amdPod := pod(containers(ctr("app", nil, rl("amd.com/gpu", "1"))))
+	ch, err := Select(amdPod, cat, Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if ch.Type.Name != "g4ad.xlarge" || ch.Needs.AMDGPU != 1 || ch.Needs.GPU != 0 {
+		t.Errorf("chose %s (needs %v) for an AMD GPU, want g4ad.xlarge", ch.Type.Name, ch.Needs)
+	}
+	for _, f := range ch.Fallbacks {
+		if f.Type.GPUMaker() != "amd" {
+			t.Errorf("fallback %s (GPUs by %q) for an AMD GPU", f.Type.Name, f.Type.GPUMaker())
+		}
+	}
+	nvidiaPod := pod(containers(ctr("app", nil, rl("nvidia.com/gpu", "1"))))
+	if ch, err := Select(nvidiaPod, cat, Options{}); err != nil || ch.Type.GPUMaker() != "nvidia" {
+		t.Errorf("nvidia.com/gpu chose %v (%v), want an NVIDIA type", ch, err)
+	}
+	_, err = Select(amdPod, testCatalog(), Options{})
+	if err == nil || !strings.Contains(err.Error(), "amd gpu 0 < 1") {
+		t.Errorf("AMD GPU pod on a catalog of NVIDIA GPUs: %v, want a no-fit naming amd gpu 0 < 1", err)
+	}
+	if _, err := Select(pod(containers(ctr("app", nil, rl("amd.com/gpu", "500m")))), cat, Options{}); !IsBadPod(err) {
+		t.Errorf("half an AMD GPU: %v, want a pod error", err)
 	}
 }

@@ -19,6 +19,7 @@ import (
 	"github.com/spf13/cobra"
 	"k8s.io/apimachinery/pkg/api/resource"
 
+	"github.com/kip-dev/kip/internal/config"
 	"github.com/kip-dev/kip/internal/instancetype"
 	"github.com/kip-dev/kip/internal/selector"
 )
@@ -29,6 +30,7 @@ var defaultRegions = map[string]string{"aws": "us-east-1", "azure": "eastus", "l
 // options are the command's flags.
 type options struct {
 	files            []string
+	config           string
 	cloud, region    string
 	output           string
 	defaultType      string
@@ -56,7 +58,7 @@ the fallbacks tried on capacity errors. Prices come from the catalog embedded in
   kubectl get deploy web -o yaml | kip select -f -`,
 		RunE: func(cmd *cobra.Command, args []string) error {
 			o.files = append(o.files, args...)
-			return run(cmd.Context(), o, cmd.InOrStdin(), cmd.OutOrStdout(), cmd.ErrOrStderr())
+			return run(cmd.Context(), o, cmd.Flags().Changed, cmd.InOrStdin(), cmd.OutOrStdout(), cmd.ErrOrStderr())
 		},
 	}
 	f := cmd.Flags()
@@ -64,6 +66,7 @@ the fallbacks tried on capacity errors. Prices come from the catalog embedded in
 	f.StringVar(&o.cloud, "cloud", "aws", "cloud whose catalog to use: "+strings.Join(instancetype.Clouds(), ", "))
 	f.StringVar(&o.region, "region", "", "region (default: us-east-1 on aws, eastus on azure, local on local)")
 	f.StringVarP(&o.output, "output", "o", "text", "output format: text or json")
+	f.StringVar(&o.config, "config", "", "kip run's config file: select with its cells.reserve, cells.defaultInstanceType and cells.spotFallbackToOnDemand, as kip run does (flags given explicitly override it)")
 	f.StringVar(&o.defaultType, "default-type", "", "instance type for pods that ask for no resources (default: the cheapest fit)")
 	f.BoolVar(&o.spot, "spot", false, "use spot prices for pods without a launch-type annotation")
 	f.BoolVar(&o.unlimitedCredits, "unlimited-credits", false, "let burstable types run above their baseline, paying for surplus credits")
@@ -120,7 +123,7 @@ type rejection struct {
 
 // run selects for every pod template in o.files and prints the results. It returns an error
 // when an input cannot be read or a pod template cannot be placed, after printing the rest.
-func run(ctx context.Context, o *options, stdin io.Reader, stdout, stderr io.Writer) error {
+func run(ctx context.Context, o *options, changed func(flag string) bool, stdin io.Reader, stdout, stderr io.Writer) error {
 	if len(o.files) == 0 {
 		return errors.New("no manifests: give -f FILE (or - for stdin)")
 	}
@@ -130,7 +133,7 @@ func run(ctx context.Context, o *options, stdin io.Reader, stdout, stderr io.Wri
 	if o.region == "" {
 		o.region = defaultRegions[o.cloud]
 	}
-	opts, err := o.selectorOptions()
+	opts, err := o.selectorOptions(changed)
 	if err != nil {
 		return err
 	}
@@ -182,29 +185,48 @@ func run(ctx context.Context, o *options, stdin io.Reader, stdout, stderr io.Wri
 	return nil
 }
 
-func (o *options) selectorOptions() (selector.Options, error) {
-	cpu, err := resource.ParseQuantity(o.reserveCPU)
-	if err != nil || cpu.Sign() < 0 {
-		return selector.Options{}, fmt.Errorf("--reserve-cpu: %q is not a non-negative quantity", o.reserveCPU)
+// selectorOptions starts from the options kip run would use (the --config file's, else the
+// default config's: config.ProviderConfig.SelectorOptions is the one mapping both commands
+// use) and applies the flags given explicitly.
+func (o *options) selectorOptions(changed func(flag string) bool) (selector.Options, error) {
+	cfg := config.NewDefault()
+	if o.config != "" {
+		c, err := config.Load(o.config)
+		if err != nil {
+			return selector.Options{}, fmt.Errorf("--config: %w", err)
+		}
+		cfg = c
 	}
-	mem, err := resource.ParseQuantity(o.reserveMemory)
-	if err != nil || mem.Sign() < 0 {
-		return selector.Options{}, fmt.Errorf("--reserve-memory: %q is not a non-negative quantity", o.reserveMemory)
+	opts := cfg.SelectorOptions()
+	reserve := *opts.Reserve
+	if changed("reserve-cpu") {
+		cpu, err := resource.ParseQuantity(o.reserveCPU)
+		if err != nil || cpu.Sign() < 0 {
+			return selector.Options{}, fmt.Errorf("--reserve-cpu: %q is not a non-negative quantity", o.reserveCPU)
+		}
+		reserve.CPUMilli = cpu.MilliValue()
 	}
+	if changed("reserve-memory") {
+		mem, err := resource.ParseQuantity(o.reserveMemory)
+		if err != nil || mem.Sign() < 0 {
+			return selector.Options{}, fmt.Errorf("--reserve-memory: %q is not a non-negative quantity", o.reserveMemory)
+		}
+		reserve.MemoryBytes = mem.Value()
+	}
+	opts.Reserve = &reserve
 	if o.fallbacks < 0 {
 		return selector.Options{}, fmt.Errorf("--fallbacks: %d must not be negative", o.fallbacks)
 	}
-	fallbacks := o.fallbacks
-	if fallbacks == 0 {
-		fallbacks = -1 // none
+	opts.MaxFallbacks = o.fallbacks
+	if o.fallbacks == 0 {
+		opts.MaxFallbacks = -1 // none
 	}
-	return selector.Options{
-		Reserve:          &selector.Reserve{CPUMilli: cpu.MilliValue(), MemoryBytes: mem.Value()},
-		DefaultType:      o.defaultType,
-		Spot:             o.spot,
-		UnlimitedCredits: o.unlimitedCredits,
-		MaxFallbacks:     fallbacks,
-	}, nil
+	if changed("default-type") {
+		opts.DefaultType = o.defaultType
+	}
+	opts.Spot = o.spot
+	opts.UnlimitedCredits = o.unlimitedCredits
+	return opts, nil
 }
 
 // readInput reads a file, every manifest in a directory, or stdin for "-".

@@ -1,6 +1,6 @@
 // Package aws is the EC2 cell backend: every cell is an EC2 instance launched from Kip's cell
-// image into one subnet, tagged with the cluster, node, pod and cell it belongs to, and carrying
-// the agent's bootstrap as user data.
+// image into a subnet (one, or one per zone), tagged with the cluster, node, pod and cell it
+// belongs to, and carrying the agent's bootstrap as user data.
 //
 // The SDK sits behind EC2API, which lists only the calls the backend makes (the IAM policy in
 // docs/aws.md is generated from it). Cloud calls are batched and rate-limited: Describe and List
@@ -63,9 +63,13 @@ const AgentPort = 6421
 // Config configures a Backend. Region, VPCID and SubnetID are discovered from the instance
 // metadata service when empty (kip running on EC2).
 type Config struct {
-	Region   string
-	VPCID    string
-	SubnetID string
+	Region string
+	VPCID  string
+	// SubnetID is the first subnet cells launch in (the one a spec naming no zone gets), and
+	// SubnetIDs more, each in another zone of the same VPC: a capacity error in one zone
+	// leaves the others to try. SubnetID is discovered when both are empty.
+	SubnetID  string
+	SubnetIDs []string
 	// ClusterName scopes everything the backend makes (the kip.dev/cluster tag, the security
 	// group name). Required.
 	ClusterName string
@@ -78,6 +82,12 @@ type Config struct {
 	ImageFilters map[string][]string
 	// InstanceProfile is attached to cells whose spec names none (a name or an ARN).
 	InstanceProfile string
+	// PodSecurityGroups are the groups a LaunchSpec may name besides SecurityGroups, and
+	// PodInstanceProfiles the profiles it may name besides InstanceProfile. Empty allows
+	// none: Launch refuses a spec naming another with an InvalidSpec error about the field,
+	// before calling EC2.
+	PodSecurityGroups   []string
+	PodInstanceProfiles []string
 	// Endpoint overrides the EC2 endpoint (the EC2 fake in tests, a VPC endpoint).
 	Endpoint string
 	// IMDSEndpoint overrides the instance metadata endpoint (tests).
@@ -105,12 +115,13 @@ type Config struct {
 
 // Backend is the EC2 cloud.Cloud. Make it with New.
 type Backend struct {
-	cfg     Config
-	ec2     EC2API
-	clk     clock.Clock
-	log     *slog.Logger
-	limits  *limiters
-	zone    string
+	cfg    Config
+	ec2    EC2API
+	clk    clock.Clock
+	log    *slog.Logger
+	limits *limiters
+	// subnets are where cells launch, one per zone, SubnetID's first.
+	subnets []subnet
 	groupID string
 	// images maps an architecture (instancetype.ArchAMD64/ARM64) to the default image;
 	// imageInfo caches the root device of every image used.
@@ -179,8 +190,8 @@ func New(ctx context.Context, cfg Config) (*Backend, error) {
 	if err := b.setUpImages(ctx); err != nil {
 		return nil, fmt.Errorf("creating EC2 backend: %w", err)
 	}
-	b.log.Info("EC2 backend ready", "region", b.cfg.Region, "vpc", b.cfg.VPCID, "subnet", b.cfg.SubnetID,
-		"zone", b.zone, "securityGroup", b.groupID, "images", b.images)
+	b.log.Info("EC2 backend ready", "region", b.cfg.Region, "vpc", b.cfg.VPCID, "subnets", b.subnets,
+		"securityGroup", b.groupID, "images", b.images)
 	return b, nil
 }
 
@@ -216,8 +227,17 @@ func newClient(ctx context.Context, cfg Config) (*ec2.Client, error) {
 // Name returns "aws".
 func (b *Backend) Name() string { return "aws" }
 
-// Zone returns the availability zone cells launch in (the subnet's).
-func (b *Backend) Zone() string { return b.zone }
+// Zone returns the availability zone of the first subnet, where a spec naming no zone launches.
+func (b *Backend) Zone() string { return b.subnets[0].zone }
+
+// Zones returns the zones cells launch in, one per configured subnet, the first subnet's first.
+func (b *Backend) Zones() []string {
+	out := make([]string, len(b.subnets))
+	for i, sn := range b.subnets {
+		out[i] = sn.zone
+	}
+	return out
+}
 
 // SecurityGroupID returns the id of Kip's own security group.
 func (b *Backend) SecurityGroupID() string { return b.groupID }

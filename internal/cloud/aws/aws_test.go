@@ -149,6 +149,10 @@ func imageID(t *testing.T, e *env, name string) string {
 
 func TestSetUpErrors(t *testing.T) {
 	e := newEnv(t, ec2fake.Options{})
+	sameZone, err := e.fake.AddSubnet("10.0.32.0/20", "us-east-1a", false)
+	if err != nil {
+		t.Fatal(err)
+	}
 	tests := []struct {
 		name string
 		mod  func(*kipaws.Config)
@@ -160,6 +164,8 @@ func TestSetUpErrors(t *testing.T) {
 		{"no image matches", func(c *kipaws.Config) { c.ImageFilters = map[string][]string{"name": {"nothing-*"}} }, "no available image"},
 		{"no image configured", func(c *kipaws.Config) { c.ImageOwners, c.ImageFilters = nil, nil }, "imageID"},
 		{"unknown image", func(c *kipaws.Config) { c.ImageID = "ami-0000000000000dead" }, "ami-0000000000000dead"},
+		{"unknown second subnet", func(c *kipaws.Config) { c.SubnetIDs = []string{"subnet-0000000000000dead"} }, "subnet-0000000000000dead"},
+		{"two subnets in one zone", func(c *kipaws.Config) { c.SubnetIDs = []string{sameZone} }, "both in us-east-1a"},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
@@ -227,7 +233,9 @@ func TestRelaunchWithNewBootstrapAdopts(t *testing.T) {
 
 func TestLaunchSpecMapping(t *testing.T) {
 	e := newEnv(t, ec2fake.Options{})
-	b := e.backend(t, nil)
+	b := e.backend(t, func(c *kipaws.Config) {
+		c.PodSecurityGroups, c.PodInstanceProfiles = []string{ec2fake.DefaultGroupID}, []string{ec2fake.InstanceProfile}
+	})
 	ctx := ctxT(t, 10*time.Second)
 	s := spec("map")
 	s.Spot, s.PrivateIPOnly, s.VolumeSizeGiB = true, true, 20
@@ -275,7 +283,11 @@ func TestLaunchSpecMapping(t *testing.T) {
 
 func TestLaunchRefusals(t *testing.T) {
 	e := newEnv(t, ec2fake.Options{})
-	b := e.backend(t, nil)
+	b := e.backend(t, func(c *kipaws.Config) {
+		// Pods may name these, so that EC2's own refusals are reached.
+		c.PodSecurityGroups = []string{"web", "sg-0000000000000dead", "sg-00000001", "sg-00000002", "sg-00000003", "sg-00000004", "sg-00000005"}
+		c.PodInstanceProfiles = []string{"nope"}
+	})
 	ctx := ctxT(t, 10*time.Second)
 	tests := []struct {
 		name string
@@ -620,5 +632,153 @@ func TestFailedRefreshNotRepeated(t *testing.T) {
 	clk.Step(5 * time.Second)
 	if _, err := b.List(ctx, nil); err != nil {
 		t.Errorf("List after the interval: %v", err)
+	}
+}
+
+// TestLaunchHardening: every RunInstances requires IMDSv2 tokens with a hop limit of 1 (a
+// container one hop behind the instance gets no token), and sets a burstable type's credit
+// mode explicitly (standard unless the spec asks for unlimited) instead of taking the
+// account default; non-burstable types get no credit specification, which EC2 refuses.
+func TestLaunchHardening(t *testing.T) {
+	e := newEnv(t, ec2fake.Options{})
+	b := e.backend(t, nil)
+	ctx := ctxT(t, 10*time.Second)
+	tests := []struct {
+		name, typ   string
+		unlimited   bool
+		wantCredits string
+	}{
+		{"burstable", "t3.nano", false, "standard"},
+		{"burstable unlimited", "t3.micro", true, "unlimited"},
+		{"fixed performance", "m5.large", false, ""},
+	}
+	for i, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			s := spec(fmt.Sprintf("hard%d", i))
+			s.InstanceType, s.UnlimitedCredits = tc.typ, tc.unlimited
+			inst, err := b.Launch(ctx, s)
+			if err != nil {
+				t.Fatal(err)
+			}
+			var got *ec2fake.Instance
+			for _, in := range e.fake.Instances() {
+				if in.ID == inst.ID {
+					got = &in
+				}
+			}
+			if got == nil {
+				t.Fatalf("the fake has no instance %s", inst.ID)
+			}
+			if want := (ec2fake.MetadataOptions{HttpTokens: "required", HopLimit: 1, HttpEndpoint: "enabled"}); got.Metadata != want {
+				t.Errorf("metadata options = %+v, want %+v", got.Metadata, want)
+			}
+			if got.CPUCredits != tc.wantCredits {
+				t.Errorf("CPU credits = %q, want %q", got.CPUCredits, tc.wantCredits)
+			}
+		})
+	}
+}
+
+// TestPodAllowlist: a spec may name only the security groups and instance profiles the
+// config allows pods to name (none by default); any other is refused with an InvalidSpec error
+// about its field before EC2 is asked. The backend's own groups and default profile are
+// always allowed.
+func TestPodAllowlist(t *testing.T) {
+	e := newEnv(t, ec2fake.Options{})
+	ctx := ctxT(t, 10*time.Second)
+	const otherProfile = "arn:aws:iam::123456789012:instance-profile/admin"
+	tests := []struct {
+		name      string
+		mod       func(*kipaws.Config)
+		groups    []string
+		profile   string
+		wantField string
+	}{
+		{"group by default", nil, []string{ec2fake.DefaultGroupID}, "", "SecurityGroups"},
+		{"profile by default", nil, nil, ec2fake.InstanceProfile, "InstanceProfile"},
+		{"group not listed", func(c *kipaws.Config) { c.PodSecurityGroups = []string{"sg-00000001"} }, []string{ec2fake.DefaultGroupID}, "", "SecurityGroups"},
+		{"profile not listed", func(c *kipaws.Config) { c.PodInstanceProfiles = []string{ec2fake.InstanceProfile} }, nil, otherProfile, "InstanceProfile"},
+		{"listed", func(c *kipaws.Config) {
+			c.PodSecurityGroups, c.PodInstanceProfiles = []string{ec2fake.DefaultGroupID}, []string{ec2fake.InstanceProfile}
+		}, []string{ec2fake.DefaultGroupID}, ec2fake.InstanceProfile, ""},
+		{"the backend's own", func(c *kipaws.Config) {
+			c.SecurityGroups, c.InstanceProfile = []string{ec2fake.DefaultGroupID}, ec2fake.InstanceProfile
+		}, []string{ec2fake.DefaultGroupID}, ec2fake.InstanceProfile, ""},
+	}
+	for i, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			b := e.backend(t, tc.mod)
+			s := spec(fmt.Sprintf("allow%d", i))
+			s.SecurityGroups, s.InstanceProfile = tc.groups, tc.profile
+			before := e.fake.Calls("RunInstances")
+			_, err := b.Launch(ctx, s)
+			if tc.wantField == "" {
+				if err != nil {
+					t.Fatalf("Launch: %v", err)
+				}
+				return
+			}
+			if !cloud.IsInvalidSpec(err) || cloud.FieldOf(err) != tc.wantField {
+				t.Fatalf("Launch = %v (field %q), want InvalidSpec about %s", err, cloud.FieldOf(err), tc.wantField)
+			}
+			if n := e.fake.Calls("RunInstances"); n != before {
+				t.Errorf("a refused spec reached EC2 (%d RunInstances calls)", n-before)
+			}
+		})
+	}
+}
+
+// TestSeveralZones: with a subnet per zone, every type is offered in each zone, a spec's zone
+// picks its subnet, and a capacity error marks only that zone's offering unavailable, so the
+// same type still launches in the other zone.
+func TestSeveralZones(t *testing.T) {
+	e := newEnv(t, ec2fake.Options{})
+	b := e.backend(t, func(c *kipaws.Config) { c.SubnetIDs = []string{ec2fake.SubnetB} })
+	ctx := ctxT(t, 10*time.Second)
+	if got := strings.Join(b.Zones(), ","); got != "us-east-1a,us-east-1b" {
+		t.Fatalf("zones = %s, want us-east-1a,us-east-1b", got)
+	}
+	offered := func() map[string]bool { // zone → t3.nano on-demand available
+		types, err := b.InstanceTypes(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		out := map[string]bool{}
+		for _, it := range types {
+			if it.Name != "t3.nano" {
+				continue
+			}
+			for _, o := range it.Offerings {
+				if !o.Spot {
+					out[o.Zone] = o.Available
+				}
+			}
+		}
+		return out
+	}
+	if got := offered(); len(got) != 2 || !got["us-east-1a"] || !got["us-east-1b"] {
+		t.Fatalf("t3.nano on-demand offerings = %v, want available in us-east-1a and us-east-1b", got)
+	}
+	e.fake.SetInsufficientCapacity("t3.nano", "us-east-1a", true)
+	s := spec("zones0")
+	s.Zone = "us-east-1a"
+	if _, err := b.Launch(ctx, s); !cloud.IsInsufficientCapacity(err) {
+		t.Fatalf("Launch in us-east-1a: %v, want InsufficientCapacity", err)
+	}
+	if got := offered(); got["us-east-1a"] || !got["us-east-1b"] {
+		t.Errorf("after a capacity error in us-east-1a: %v, want only us-east-1b available", got)
+	}
+	s = spec("zones1")
+	s.Zone = "us-east-1b"
+	inst, err := b.Launch(ctx, s)
+	if err != nil {
+		t.Fatalf("Launch in us-east-1b: %v", err)
+	}
+	if inst.Zone != "us-east-1b" || e.fake.Instances()[0].SubnetID != ec2fake.SubnetB {
+		t.Errorf("launched in %s, subnet %s; want us-east-1b, %s", inst.Zone, e.fake.Instances()[0].SubnetID, ec2fake.SubnetB)
+	}
+	// A spec naming no zone goes to the first subnet.
+	if inst, err := b.Launch(ctx, spec("zones2")); err == nil || inst != nil {
+		t.Errorf("Launch with no zone = %v, %v; want the first subnet's zone, us-east-1a, without capacity", inst, err)
 	}
 }

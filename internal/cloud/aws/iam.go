@@ -2,8 +2,12 @@ package aws
 
 import (
 	"encoding/json"
+	"fmt"
 	"reflect"
+	"regexp"
+	"slices"
 	"sort"
+	"strings"
 
 	"github.com/kip-dev/kip/internal/cloud/aws/catalogapi"
 )
@@ -30,19 +34,34 @@ type Policy struct {
 
 // Statement is one statement of a Policy.
 type Statement struct {
-	Sid       string                    `json:"Sid"`
-	Effect    string                    `json:"Effect"`
-	Action    []string                  `json:"Action"`
-	Resource  string                    `json:"Resource"`
+	Sid    string   `json:"Sid"`
+	Effect string   `json:"Effect"`
+	Action []string `json:"Action"`
+	// Resource is "*" or a list of ARNs.
+	Resource  any                       `json:"Resource"`
 	Condition map[string]map[string]any `json:"Condition,omitempty"`
 }
+
+// roleARNRe matches an IAM role ARN.
+var roleARNRe = regexp.MustCompile(`^arn:aws[a-z-]*:iam::[0-9]{12}:role/[\w+=,.@/-]+$`)
 
 // IAMPolicy returns the least-privilege policy kip needs on AWS, generated from the calls the
 // code makes: the methods of EC2API (the backend) and of catalogapi.EC2API and catalogapi.PricingAPI
 // (the catalog refresh), plus what those calls imply: ec2:CreateTags limited to tagging on
-// create (RunInstances and CreateSecurityGroup carry TagSpecifications) and iam:PassRole to
-// EC2 for the cells' instance profile.
-func IAMPolicy() Policy {
+// create (RunInstances and CreateSecurityGroup carry TagSpecifications) and, when passRoles
+// names any, iam:PassRole to EC2 for exactly those roles: the roles of cloud.aws.instanceProfile
+// and of the profiles in cloud.aws.podInstanceProfiles. With none, kip may pass no role, and a
+// cell can get no instance profile. It returns an error for a string that is not a role ARN.
+func IAMPolicy(passRoles []string) (Policy, error) {
+	var bad []string
+	for _, r := range passRoles {
+		if !roleARNRe.MatchString(r) {
+			bad = append(bad, r)
+		}
+	}
+	if len(bad) > 0 {
+		return Policy{}, fmt.Errorf("not IAM role ARNs (arn:aws:iam::ACCOUNT:role/NAME): %s", strings.Join(bad, ", "))
+	}
 	prefix := func(svc string, names []string) []string {
 		out := make([]string, len(names))
 		for i, n := range names {
@@ -51,14 +70,19 @@ func IAMPolicy() Policy {
 		return out
 	}
 	catalog := append(prefix("ec2", methods(reflect.TypeFor[catalogapi.EC2API]())), prefix("pricing", methods(reflect.TypeFor[catalogapi.PricingAPI]()))...)
-	return Policy{Version: "2012-10-17", Statement: []Statement{
+	p := Policy{Version: "2012-10-17", Statement: []Statement{
 		{Sid: "KipCells", Effect: "Allow", Action: prefix("ec2", ec2Actions()), Resource: "*"},
 		{Sid: "KipTagOnCreate", Effect: "Allow", Action: []string{"ec2:CreateTags"}, Resource: "*",
 			Condition: map[string]map[string]any{"StringEquals": {"ec2:CreateAction": []string{"CreateSecurityGroup", "RunInstances"}}}},
-		{Sid: "KipPassCellRole", Effect: "Allow", Action: []string{"iam:PassRole"}, Resource: "*",
-			Condition: map[string]map[string]any{"StringEquals": {"iam:PassedToService": "ec2.amazonaws.com"}}},
-		{Sid: "KipCatalog", Effect: "Allow", Action: catalog, Resource: "*"},
 	}}
+	if len(passRoles) > 0 {
+		roles := slices.Sorted(slices.Values(passRoles))
+		p.Statement = append(p.Statement, Statement{Sid: "KipPassCellRoles", Effect: "Allow", Action: []string{"iam:PassRole"},
+			Resource:  slices.Compact(roles),
+			Condition: map[string]map[string]any{"StringEquals": {"iam:PassedToService": "ec2.amazonaws.com"}}})
+	}
+	p.Statement = append(p.Statement, Statement{Sid: "KipCatalog", Effect: "Allow", Action: catalog, Resource: "*"})
+	return p, nil
 }
 
 // JSON returns the policy as indented JSON.

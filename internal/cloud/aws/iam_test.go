@@ -5,6 +5,7 @@ import (
 	"flag"
 	"os"
 	"reflect"
+	"slices"
 	"sort"
 	"strings"
 	"testing"
@@ -46,7 +47,10 @@ func TestIAMPolicy(t *testing.T) {
 	}
 	sort.Strings(made)
 
-	policy := kipaws.IAMPolicy()
+	policy, err := kipaws.IAMPolicy(nil)
+	if err != nil {
+		t.Fatal(err)
+	}
 	var cells []string
 	for _, s := range policy.Statement {
 		if s.Sid == "KipCells" {
@@ -78,4 +82,43 @@ func TestIAMPolicy(t *testing.T) {
 		return
 	}
 	t.Errorf("the IAM policy in %s is not the generated one; run hack/iam-policy.sh. Generated:\n%s", docPath, strings.TrimSpace(string(want)))
+}
+
+// TestIAMPolicyPassRole: iam:PassRole is granted only for the roles given (those of the
+// instance profiles the config lets cells have), and only to EC2; with none, not at all.
+func TestIAMPolicyPassRole(t *testing.T) {
+	passRole := func(p kipaws.Policy) []kipaws.Statement {
+		var out []kipaws.Statement
+		for _, s := range p.Statement {
+			if slices.Contains(s.Action, "iam:PassRole") || slices.Contains(s.Action, "iam:*") {
+				out = append(out, s)
+			}
+		}
+		return out
+	}
+	p, err := kipaws.IAMPolicy(nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := passRole(p); len(got) != 0 {
+		t.Errorf("with no roles the policy still grants iam:PassRole: %+v", got)
+	}
+	roles := []string{"arn:aws:iam::123456789012:role/kip-cell-s3", "arn:aws:iam::123456789012:role/kip-cell"}
+	p, err = kipaws.IAMPolicy(roles)
+	if err != nil {
+		t.Fatal(err)
+	}
+	got := passRole(p)
+	if len(got) != 1 {
+		t.Fatalf("PassRole statements = %+v, want one", got)
+	}
+	if res, _ := got[0].Resource.([]string); !reflect.DeepEqual(res, []string{roles[1], roles[0]}) {
+		t.Errorf("PassRole resource = %v, want exactly %v", got[0].Resource, roles)
+	}
+	if svc := got[0].Condition["StringEquals"]["iam:PassedToService"]; svc != "ec2.amazonaws.com" {
+		t.Errorf("PassRole condition = %v, want iam:PassedToService ec2.amazonaws.com", got[0].Condition)
+	}
+	if _, err := kipaws.IAMPolicy([]string{"*"}); err == nil {
+		t.Error(`IAMPolicy(["*"]) succeeded; want an error: only role ARNs may be passed`)
+	}
 }

@@ -33,13 +33,13 @@ var groupIDRe = regexp.MustCompile(`^sg-[0-9a-f]{8}([0-9a-f]{9})?$`)
 
 // Launch starts a cell. See cloud.Cloud.
 func (b *Backend) Launch(ctx context.Context, spec cloud.LaunchSpec) (*cloud.Instance, error) {
-	in, it, err := b.runInput(ctx, spec)
+	in, it, sn, err := b.runInput(ctx, spec)
 	if err != nil {
 		return nil, fmt.Errorf("launching cell %s: %w", spec.CellID, err)
 	}
-	if b.unavailable.Recent(capacity.Offering{Type: it.Name, Zone: b.zone, Spot: spec.Spot}) {
+	if b.unavailable.Recent(capacity.Offering{Type: it.Name, Zone: sn.zone, Spot: spec.Spot}) {
 		return nil, fmt.Errorf("launching cell %s: %w", spec.CellID, cloud.InsufficientCapacity(
-			"%s %s in %s had no capacity recently; not asking again before it expires", market(spec.Spot), it.Name, b.zone))
+			"%s %s in %s had no capacity recently; not asking again before it expires", market(spec.Spot), it.Name, sn.zone))
 	}
 	var out *ec2.RunInstancesOutput
 	err = b.call(ctx, "RunInstances", 1, func(ctx context.Context) (err error) {
@@ -67,12 +67,12 @@ func (b *Backend) Launch(ctx context.Context, spec cloud.LaunchSpec) (*cloud.Ins
 		switch {
 		case cloud.IsInsufficientCapacity(err):
 			if c := errorCode(err); c != "InsufficientFreeAddressesInSubnet" {
-				b.unavailable.Remember(capacity.Offering{Type: it.Name, Zone: b.zone, Spot: spec.Spot})
+				b.unavailable.Remember(capacity.Offering{Type: it.Name, Zone: sn.zone, Spot: spec.Spot})
 			}
 		case cloud.IsNotFound(err):
 			err = cloud.Wrap(cloud.KindInvalidSpec, err, "a resource the spec names does not exist")
 		}
-		return nil, fmt.Errorf("launching cell %s as %s: %w", spec.CellID, it.Name, err)
+		return nil, fmt.Errorf("launching cell %s as %s in %s: %w", spec.CellID, it.Name, sn.zone, err)
 	}
 	inst := toInstance(out.Instances[0])
 	b.cache.launched(inst, b.clk.Now())
@@ -106,6 +106,21 @@ func (b *Backend) byClientToken(ctx context.Context, spec cloud.LaunchSpec) (*cl
 	return nil, nil
 }
 
+func subnetList(sns []subnet) string {
+	out := make([]string, len(sns))
+	for i, sn := range sns {
+		out[i] = sn.String()
+	}
+	return strings.Join(out, ", ")
+}
+
+func listOrNone(l []string) string {
+	if len(l) == 0 {
+		return "none"
+	}
+	return strings.Join(l, ", ")
+}
+
 func market(spot bool) string {
 	if spot {
 		return "spot"
@@ -113,19 +128,21 @@ func market(spot bool) string {
 	return "on-demand"
 }
 
-// runInput validates spec and builds the RunInstances request for it. Every refusal is an
-// InvalidSpec error naming the field.
-func (b *Backend) runInput(ctx context.Context, spec cloud.LaunchSpec) (*ec2.RunInstancesInput, instancetype.InstanceType, error) {
+// runInput validates spec and builds the RunInstances request for it, in the subnet of the
+// spec's zone (the first subnet's when it names none). Every refusal is an InvalidSpec error
+// naming the field.
+func (b *Backend) runInput(ctx context.Context, spec cloud.LaunchSpec) (*ec2.RunInstancesInput, instancetype.InstanceType, subnet, error) {
 	var it instancetype.InstanceType
+	sn := b.subnets[0]
 	if spec.CellID == "" {
-		return nil, it, cloud.InvalidSpec("cellID: must not be empty")
+		return nil, it, sn, cloud.InvalidSpec("cellID: must not be empty")
 	}
 	if len(spec.ClientToken) > maxClientToken {
-		return nil, it, cloud.InvalidSpec("clientToken: %d characters, EC2 allows at most %d", len(spec.ClientToken), maxClientToken)
+		return nil, it, sn, cloud.InvalidSpec("clientToken: %d characters, EC2 allows at most %d", len(spec.ClientToken), maxClientToken)
 	}
 	catalog, err := b.cfg.Catalog.InstanceTypes()
 	if err != nil {
-		return nil, it, fmt.Errorf("reading the instance-type catalog: %w", err)
+		return nil, it, sn, fmt.Errorf("reading the instance-type catalog: %w", err)
 	}
 	found := false
 	for _, t := range catalog {
@@ -135,34 +152,46 @@ func (b *Backend) runInput(ctx context.Context, spec cloud.LaunchSpec) (*ec2.Run
 		}
 	}
 	if !found {
-		return nil, it, cloud.InvalidSpec("instanceType: %q is not in the catalog of %s", spec.InstanceType, b.cfg.Region)
+		return nil, it, sn, cloud.InvalidSpec("instanceType: %q is not in the catalog of %s", spec.InstanceType, b.cfg.Region)
 	}
-	if spec.Zone != "" && spec.Zone != b.zone {
-		return nil, it, cloud.InvalidSpec("zone: cells launch in subnet %s, which is in %s, not %s", b.cfg.SubnetID, b.zone, spec.Zone)
+	if spec.Zone != "" {
+		i := slices.IndexFunc(b.subnets, func(s subnet) bool { return s.zone == spec.Zone })
+		if i < 0 {
+			return nil, it, sn, cloud.InvalidSpec("zone: cells launch in subnets %s, none in %s", subnetList(b.subnets), spec.Zone)
+		}
+		sn = b.subnets[i]
 	}
 	if spec.VolumeSizeGiB < 0 || spec.VolumeSizeGiB > 16384 {
-		return nil, it, cloud.InvalidSpec("volumeSizeGiB: %d is outside 0..16384", spec.VolumeSizeGiB)
+		return nil, it, sn, cloud.InvalidSpec("volumeSizeGiB: %d is outside 0..16384", spec.VolumeSizeGiB)
 	}
 	userData := base64.StdEncoding.EncodeToString(spec.BootstrapData)
 	if len(userData) > MaxUserDataBytes {
-		return nil, it, cloud.InvalidSpec("bootstrapData: %d bytes are %d base64-encoded; EC2 user data is limited to %d (about %d bytes before encoding)",
+		return nil, it, sn, cloud.InvalidSpec("bootstrapData: %d bytes are %d base64-encoded; EC2 user data is limited to %d (about %d bytes before encoding)",
 			len(spec.BootstrapData), len(userData), MaxUserDataBytes, MaxUserDataBytes/4*3)
 	}
 	tags, err := b.tags(spec)
 	if err != nil {
-		return nil, it, err
+		return nil, it, sn, err
+	}
+	for _, g := range spec.SecurityGroups {
+		if !slices.Contains(b.cfg.SecurityGroups, g) && !slices.Contains(b.cfg.PodSecurityGroups, g) {
+			return nil, it, sn, cloud.InvalidSpecField("SecurityGroups", "securityGroups: %s is not one of the groups pods may name (cloud.aws.podSecurityGroups: %s)", g, listOrNone(b.cfg.PodSecurityGroups))
+		}
+	}
+	if p := spec.InstanceProfile; p != "" && p != b.cfg.InstanceProfile && !slices.Contains(b.cfg.PodInstanceProfiles, p) {
+		return nil, it, sn, cloud.InvalidSpecField("InstanceProfile", "instanceProfile: %s is not one of the profiles pods may name (cloud.aws.podInstanceProfiles: %s)", p, listOrNone(b.cfg.PodInstanceProfiles))
 	}
 	groups := []string{b.groupID}
 	for _, g := range append(append([]string(nil), b.cfg.SecurityGroups...), spec.SecurityGroups...) {
 		if !groupIDRe.MatchString(g) {
-			return nil, it, cloud.InvalidSpec("securityGroups: %q is not a security group id (sg-...)", g)
+			return nil, it, sn, cloud.InvalidSpec("securityGroups: %q is not a security group id (sg-...)", g)
 		}
 		if !slices.Contains(groups, g) {
 			groups = append(groups, g)
 		}
 	}
 	if len(groups) > MaxSecurityGroups {
-		return nil, it, cloud.InvalidSpec("securityGroups: %d groups with Kip's own; EC2 allows %d per instance", len(groups), MaxSecurityGroups)
+		return nil, it, sn, cloud.InvalidSpec("securityGroups: %d groups with Kip's own; EC2 allows %d per instance", len(groups), MaxSecurityGroups)
 	}
 	image := spec.Image
 	if image == "" {
@@ -170,15 +199,15 @@ func (b *Backend) runInput(ctx context.Context, spec cloud.LaunchSpec) (*ec2.Run
 		image = b.images[it.Arch]
 		b.imgMu.Unlock()
 		if image == "" {
-			return nil, it, cloud.InvalidSpec("instanceType: %s is %s and no %s cell image was found", it.Name, it.Arch, it.Arch)
+			return nil, it, sn, cloud.InvalidSpec("instanceType: %s is %s and no %s cell image was found", it.Name, it.Arch, it.Arch)
 		}
 	}
 	facts, err := b.image(ctx, image)
 	if err != nil {
-		return nil, it, err
+		return nil, it, sn, err
 	}
 	if facts.arch != it.Arch {
-		return nil, it, cloud.InvalidSpec("image: %s is %s but instance type %s is %s", image, facts.arch, it.Name, it.Arch)
+		return nil, it, sn, cloud.InvalidSpec("image: %s is %s but instance type %s is %s", image, facts.arch, it.Name, it.Arch)
 	}
 
 	in := &ec2.RunInstancesInput{
@@ -186,6 +215,11 @@ func (b *Backend) runInput(ctx context.Context, spec cloud.LaunchSpec) (*ec2.Run
 		ImageId:      aws.String(image),
 		InstanceType: types.InstanceType(it.Name),
 		UserData:     aws.String(userData),
+		// IMDSv2 only, and a hop limit of 1: a container behind a bridge or NAT on the cell
+		// (one hop more) gets no token, so it cannot read the instance's credentials or
+		// user data through the metadata service.
+		MetadataOptions: &types.InstanceMetadataOptionsRequest{HttpTokens: types.HttpTokensStateRequired,
+			HttpPutResponseHopLimit: aws.Int32(1), HttpEndpoint: types.InstanceMetadataEndpointStateEnabled},
 		TagSpecifications: []types.TagSpecification{
 			{ResourceType: types.ResourceTypeInstance, Tags: tags},
 			{ResourceType: types.ResourceTypeVolume, Tags: tags},
@@ -196,9 +230,9 @@ func (b *Backend) runInput(ctx context.Context, spec cloud.LaunchSpec) (*ec2.Run
 	}
 	if spec.PrivateIPOnly {
 		in.NetworkInterfaces = []types.InstanceNetworkInterfaceSpecification{{DeviceIndex: aws.Int32(0),
-			SubnetId: aws.String(b.cfg.SubnetID), Groups: groups, AssociatePublicIpAddress: aws.Bool(false), DeleteOnTermination: aws.Bool(true)}}
+			SubnetId: aws.String(sn.id), Groups: groups, AssociatePublicIpAddress: aws.Bool(false), DeleteOnTermination: aws.Bool(true)}}
 	} else {
-		in.SubnetId, in.SecurityGroupIds = aws.String(b.cfg.SubnetID), groups
+		in.SubnetId, in.SecurityGroupIds = aws.String(sn.id), groups
 	}
 	profile := spec.InstanceProfile
 	if profile == "" {
@@ -214,12 +248,21 @@ func (b *Backend) runInput(ctx context.Context, spec cloud.LaunchSpec) (*ec2.Run
 		in.BlockDeviceMappings = []types.BlockDeviceMapping{{DeviceName: aws.String(facts.rootDevice), Ebs: &types.EbsBlockDevice{
 			VolumeSize: aws.Int32(int32(spec.VolumeSizeGiB)), VolumeType: types.VolumeTypeGp3, DeleteOnTermination: aws.Bool(true)}}}
 	}
+	if it.Burstable {
+		// T-family credit mode is set explicitly: the account default may be unlimited (T3's
+		// is), which bills surplus credits the selector did not price in.
+		mode := "standard"
+		if spec.UnlimitedCredits {
+			mode = "unlimited"
+		}
+		in.CreditSpecification = &types.CreditSpecificationRequest{CpuCredits: aws.String(mode)}
+	}
 	if spec.Spot {
 		in.InstanceMarketOptions = &types.InstanceMarketOptionsRequest{MarketType: types.MarketTypeSpot,
 			SpotOptions: &types.SpotMarketOptions{SpotInstanceType: types.SpotInstanceTypeOneTime,
 				InstanceInterruptionBehavior: types.InstanceInterruptionBehaviorTerminate}}
 	}
-	return in, it, nil
+	return in, it, sn, nil
 }
 
 // tags returns the instance's tags: spec.Tags, the cluster and cell tags and a Name.

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"slices"
 	"sort"
 	"strings"
 
@@ -31,7 +32,7 @@ func Discover(ctx context.Context, cfg Config) (Config, error) {
 // discover fills Region, VPCID and SubnetID from the instance metadata service when they are
 // not configured: the region kip runs in, and the VPC and subnet of its primary interface.
 func (b *Backend) discover(ctx context.Context) error {
-	if b.cfg.Region != "" && b.cfg.SubnetID != "" {
+	if b.cfg.Region != "" && (b.cfg.SubnetID != "" || len(b.cfg.SubnetIDs) > 0) {
 		return nil
 	}
 	c := imds.New(imds.Options{Endpoint: b.cfg.IMDSEndpoint})
@@ -54,7 +55,7 @@ func (b *Backend) discover(ctx context.Context) error {
 		}
 		b.cfg.Region = out.Region
 	}
-	if b.cfg.SubnetID == "" {
+	if b.cfg.SubnetID == "" && len(b.cfg.SubnetIDs) == 0 {
 		mac, err := get("mac")
 		if err != nil {
 			return fmt.Errorf("discovering the subnet (set subnetID to skip): %w", err)
@@ -74,27 +75,55 @@ func (b *Backend) discover(ctx context.Context) error {
 // groupName is the name of Kip's security group in the VPC.
 func (b *Backend) groupName() string { return "kip-" + b.cfg.ClusterName + "-cells" }
 
-// setUpNetwork reads the subnet (its zone and VPC) and the VPC's CIDR, and makes sure Kip's
-// security group exists and allows the agent port and all traffic from inside the VPC.
+// subnet is one subnet cells launch in.
+type subnet struct {
+	id, zone string
+}
+
+func (s subnet) String() string { return s.id + " (" + s.zone + ")" }
+
+// subnetIDs returns the configured subnets, SubnetID first, without repeats.
+func (b *Backend) subnetIDs() []string {
+	var ids []string
+	for _, id := range append([]string{b.cfg.SubnetID}, b.cfg.SubnetIDs...) {
+		if id != "" && !slices.Contains(ids, id) {
+			ids = append(ids, id)
+		}
+	}
+	return ids
+}
+
+// setUpNetwork reads the subnets (their zones and VPC) and the VPC's CIDR, and makes sure
+// Kip's security group exists and allows the agent port and all traffic from inside the VPC.
+// The subnets must share one VPC and lie in distinct zones.
 func (b *Backend) setUpNetwork(ctx context.Context) error {
+	ids := b.subnetIDs()
 	var subnets *ec2.DescribeSubnetsOutput
 	err := b.call(ctx, "DescribeSubnets", 0, func(ctx context.Context) (err error) {
-		subnets, err = b.ec2.DescribeSubnets(ctx, &ec2.DescribeSubnetsInput{SubnetIds: []string{b.cfg.SubnetID}})
+		subnets, err = b.ec2.DescribeSubnets(ctx, &ec2.DescribeSubnetsInput{SubnetIds: ids})
 		return err
 	})
 	if err != nil {
-		return fmt.Errorf("describing subnet %s: %w", b.cfg.SubnetID, err)
+		return fmt.Errorf("describing subnets %s: %w", strings.Join(ids, ", "), err)
 	}
-	if len(subnets.Subnets) != 1 {
-		return fmt.Errorf("describing subnet %s: EC2 returned %d subnets", b.cfg.SubnetID, len(subnets.Subnets))
-	}
-	sn := subnets.Subnets[0]
-	b.zone = aws.ToString(sn.AvailabilityZone)
-	switch vpc := aws.ToString(sn.VpcId); {
-	case b.cfg.VPCID == "":
-		b.cfg.VPCID = vpc
-	case b.cfg.VPCID != vpc:
-		return fmt.Errorf("subnet %s is in VPC %s, not in the configured VPC %s", b.cfg.SubnetID, vpc, b.cfg.VPCID)
+	b.subnets = nil
+	for _, id := range ids {
+		i := slices.IndexFunc(subnets.Subnets, func(sn types.Subnet) bool { return aws.ToString(sn.SubnetId) == id })
+		if i < 0 {
+			return fmt.Errorf("describing subnet %s: EC2 did not return it", id)
+		}
+		sn := subnets.Subnets[i]
+		zone := aws.ToString(sn.AvailabilityZone)
+		if j := slices.IndexFunc(b.subnets, func(s subnet) bool { return s.zone == zone }); j >= 0 {
+			return fmt.Errorf("subnets %s and %s are both in %s: give one subnet per zone", b.subnets[j].id, id, zone)
+		}
+		b.subnets = append(b.subnets, subnet{id: id, zone: zone})
+		switch vpc := aws.ToString(sn.VpcId); {
+		case b.cfg.VPCID == "":
+			b.cfg.VPCID = vpc
+		case b.cfg.VPCID != vpc:
+			return fmt.Errorf("subnet %s is in VPC %s, not in the configured VPC %s (or that of the subnets before it)", id, vpc, b.cfg.VPCID)
+		}
 	}
 	var vpcs *ec2.DescribeVpcsOutput
 	err = b.call(ctx, "DescribeVpcs", 0, func(ctx context.Context) (err error) {

@@ -7,6 +7,7 @@ import (
 	"context"
 	"fmt"
 	"maps"
+	"reflect"
 	"slices"
 	"sync"
 
@@ -43,7 +44,7 @@ type Fake struct {
 
 	mu        sync.Mutex
 	instances map[string]*cloud.Instance
-	tokens    map[string]string // client token → instance id
+	tokens    map[string]tokenUse // client token → what it launched
 	calls     []Call
 	injected  map[string][]error
 	nextID    int
@@ -95,7 +96,7 @@ func (f *Fake) Reset() {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	f.instances = map[string]*cloud.Instance{}
-	f.tokens = map[string]string{}
+	f.tokens = map[string]tokenUse{}
 	f.calls = nil
 	f.injected = map[string][]error{}
 	f.nextID = 0
@@ -192,8 +193,12 @@ func (f *Fake) Launch(ctx context.Context, spec cloud.LaunchSpec) (*cloud.Instan
 		return nil, fmt.Errorf("launching cell %s: %w", spec.CellID, err)
 	}
 	if spec.ClientToken != "" {
-		if id, ok := f.tokens[spec.ClientToken]; ok {
-			return clone(f.instances[id]), nil
+		if use, ok := f.tokens[spec.ClientToken]; ok {
+			if !sameLaunch(use.spec, spec) {
+				return nil, cloud.InvalidSpec("launching cell %s: IdempotentParameterMismatch: client token %s was used with other arguments (by instance %s)",
+					spec.CellID, spec.ClientToken, use.id)
+			}
+			return clone(f.instances[use.id]), nil
 		}
 	}
 	if spec.CellID == "" {
@@ -225,7 +230,7 @@ func (f *Fake) Launch(ctx context.Context, spec cloud.LaunchSpec) (*cloud.Instan
 	}
 	f.instances[in.ID] = in
 	if spec.ClientToken != "" {
-		f.tokens[spec.ClientToken] = in.ID
+		f.tokens[spec.ClientToken] = tokenUse{id: in.ID, spec: cloneSpec(spec)}
 	}
 	return clone(in), nil
 }
@@ -293,6 +298,32 @@ func clone(in *cloud.Instance) *cloud.Instance {
 	out := *in
 	out.Tags = maps.Clone(in.Tags)
 	return &out
+}
+
+// tokenUse is the launch a client token made: the instance and the spec it was made with.
+type tokenUse struct {
+	id   string
+	spec cloud.LaunchSpec
+}
+
+// sameLaunch reports whether two specs ask for the same launch, as EC2 compares the
+// arguments of requests that reuse a client token, except for the bootstrap data: the
+// cloud.Cloud contract has a reused token with other bootstrap data (a restarted kip issues
+// the cell a new certificate) return the earlier instance, as the AWS backend does by adopting
+// it. Nil and empty tags and groups are the same request.
+func sameLaunch(a, b cloud.LaunchSpec) bool {
+	norm := func(s cloud.LaunchSpec) cloud.LaunchSpec {
+		s = cloneSpec(s)
+		s.BootstrapData = nil
+		if len(s.Tags) == 0 {
+			s.Tags = nil
+		}
+		if len(s.SecurityGroups) == 0 {
+			s.SecurityGroups = nil
+		}
+		return s
+	}
+	return reflect.DeepEqual(norm(a), norm(b))
 }
 
 func cloneSpec(s cloud.LaunchSpec) cloud.LaunchSpec {

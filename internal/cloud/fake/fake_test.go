@@ -3,6 +3,7 @@ package fake
 import (
 	"context"
 	"errors"
+	"strings"
 	"testing"
 
 	"github.com/kip-dev/kip/internal/cloud"
@@ -91,7 +92,7 @@ func TestResetAndSetState(t *testing.T) {
 	if l, _ := f.List(ctx, map[string]string{"k": "v"}); len(l) != 0 {
 		t.Errorf("List returned a terminated instance: %v", l)
 	}
-	again, err := f.Launch(ctx, cloud.LaunchSpec{CellID: "a", ClientToken: "t", InstanceType: "fake.small"})
+	again, err := f.Launch(ctx, cloud.LaunchSpec{CellID: "a", ClientToken: "t", InstanceType: "fake.small", Tags: map[string]string{"k": "v"}})
 	if err != nil || again.ID != in.ID || again.State != cloud.StateTerminated {
 		t.Errorf("Launch with a spent token = %+v, %v; want the terminated instance %s", again, err, in.ID)
 	}
@@ -123,5 +124,46 @@ func TestBadSpec(t *testing.T) {
 				t.Errorf("Launch(%+v) = %v, want InvalidSpec", tc.spec, err)
 			}
 		})
+	}
+}
+
+// TestReusedTokenChecksArguments: like EC2, a client token reused with other arguments is
+// refused with IdempotentParameterMismatch instead of silently returning the first instance;
+// the same arguments, or other bootstrap data only (the contract: a restarted kip reissues the
+// cell's certificate), get the first instance back.
+func TestReusedTokenChecksArguments(t *testing.T) {
+	ctx := context.Background()
+	f := New()
+	spec := cloud.LaunchSpec{CellID: "a", ClientToken: "t", InstanceType: "fake.small", BootstrapData: []byte("cert-1")}
+	first, err := f.Launch(ctx, spec)
+	if err != nil {
+		t.Fatal(err)
+	}
+	again, err := f.Launch(ctx, spec)
+	if err != nil || again.ID != first.ID {
+		t.Fatalf("same arguments: %+v, %v; want instance %s", again, err, first.ID)
+	}
+	reissued := spec
+	reissued.BootstrapData = []byte("cert-2")
+	if again, err := f.Launch(ctx, reissued); err != nil || again.ID != first.ID {
+		t.Fatalf("other bootstrap data: %+v, %v; want instance %s", again, err, first.ID)
+	}
+	for name, change := range map[string]func(*cloud.LaunchSpec){
+		"instance type": func(s *cloud.LaunchSpec) { s.InstanceType = "fake.medium" },
+		"spot":          func(s *cloud.LaunchSpec) { s.Spot = true },
+		"tags":          func(s *cloud.LaunchSpec) { s.Tags = map[string]string{"k": "v"} },
+		"zone":          func(s *cloud.LaunchSpec) { s.Zone = "fake-1b" },
+	} {
+		t.Run(name, func(t *testing.T) {
+			other := spec
+			change(&other)
+			_, err := f.Launch(ctx, other)
+			if !cloud.IsInvalidSpec(err) || !strings.Contains(err.Error(), "IdempotentParameterMismatch") {
+				t.Errorf("Launch = %v, want InvalidSpec IdempotentParameterMismatch", err)
+			}
+		})
+	}
+	if n := len(f.Instances()); n != 1 {
+		t.Errorf("%d instances, want 1", n)
 	}
 }

@@ -201,6 +201,7 @@ func convertType(t ec2types.InstanceTypeInfo) (instancetype.InstanceType, bool) 
 		for _, g := range t.GpuInfo.Gpus {
 			it.GPU += int(aws.ToInt32(g.Count))
 			if it.GPUModel == "" {
+				it.GPUVendor = strings.ToLower(aws.ToString(g.Manufacturer))
 				it.GPUModel = strings.ToLower(aws.ToString(g.Manufacturer) + "-" + aws.ToString(g.Name))
 			}
 		}

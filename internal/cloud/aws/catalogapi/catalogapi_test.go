@@ -68,6 +68,7 @@ func TestRefresh(t *testing.T) {
 		{"t3.nano", "amd64", 2, 512, 0, "", true, 0.1, "us-east-1a od 0.0052, us-east-1a spot 0.0016, us-east-1b od 0.0052, us-east-1b spot 0.0016"},
 		{"m6g.large", "arm64", 2, 8192, 0, "", false, 0, "us-east-1a od 0.077, us-east-1a spot 0.0298, us-east-1b od 0.077, us-east-1b spot 0.0298"},
 		{"g4dn.xlarge", "amd64", 4, 16384, 1, "nvidia-t4", false, 0, "us-east-1a od 0.526, us-east-1a spot 0.1578"},
+		{"g4ad.xlarge", "amd64", 4, 16384, 1, "amd-radeon pro v520", false, 0, "us-east-1a od 0.379, us-east-1a spot 0.1137, us-east-1b od 0.379, us-east-1b spot 0.1137"},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
@@ -78,6 +79,9 @@ func TestRefresh(t *testing.T) {
 			if it.Arch != tc.arch || it.VCPU != tc.vcpu || it.MemoryMiB != tc.mem || it.GPU != tc.gpu || it.GPUModel != tc.gpuModel ||
 				it.Burstable != tc.burstable || it.BaselineVCPU != tc.baseline {
 				t.Errorf("%s = %+v", tc.name, it)
+			}
+			if wantVendor, _, _ := strings.Cut(tc.gpuModel, "-"); it.GPUVendor != wantVendor {
+				t.Errorf("%s GPU vendor %q, want %q", tc.name, it.GPUVendor, wantVendor)
 			}
 			if got := offer(it); got != tc.offerings {
 				t.Errorf("%s offerings = %s, want %s", tc.name, got, tc.offerings)

@@ -1,6 +1,7 @@
 package ec2fake
 
 import (
+	"cmp"
 	"slices"
 	"strconv"
 	"strings"
@@ -97,7 +98,7 @@ func (s *Server) describeInstanceTypes(q query) (any, *apiError) {
 				Name         string `xml:"name"`
 				Manufacturer string `xml:"manufacturer"`
 				Count        int    `xml:"count"`
-			}{t.GPUName, "NVIDIA", t.GPUs})
+			}{t.GPUName, cmp.Or(t.GPUVendor, "NVIDIA"), t.GPUs})
 		}
 		match = append(match, x)
 	}

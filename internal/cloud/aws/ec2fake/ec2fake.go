@@ -186,6 +186,12 @@ func (s *Server) SetInsufficientCapacity(instanceType, zone string, on bool) {
 	}
 }
 
+// SetNoSpotCapacity makes every spot RunInstances fail with InsufficientInstanceCapacity
+// until cleared; on-demand requests are unaffected.
+func (s *Server) SetNoSpotCapacity(on bool) {
+	s.SetInsufficientCapacity("spot:*", "", on)
+}
+
 // SetLatency changes the latency added to every request.
 func (s *Server) SetLatency(d time.Duration) {
 	s.mu.Lock()

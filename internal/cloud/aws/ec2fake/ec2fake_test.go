@@ -369,15 +369,18 @@ func TestCatalogActions(t *testing.T) {
 		}
 		for _, it := range out.InstanceTypes {
 			names = append(names, string(it.InstanceType))
-			if it.InstanceType == "g4dn.xlarge" && (it.GpuInfo == nil || aws.ToInt32(it.GpuInfo.Gpus[0].Count) != 1) {
+			if it.InstanceType == "g4dn.xlarge" && (it.GpuInfo == nil || aws.ToInt32(it.GpuInfo.Gpus[0].Count) != 1 || aws.ToString(it.GpuInfo.Gpus[0].Manufacturer) != "NVIDIA") {
 				t.Errorf("g4dn.xlarge GPU info %+v", it.GpuInfo)
+			}
+			if it.InstanceType == "g4ad.xlarge" && (it.GpuInfo == nil || aws.ToString(it.GpuInfo.Gpus[0].Manufacturer) != "AMD") {
+				t.Errorf("g4ad.xlarge GPU info %+v, want an AMD GPU", it.GpuInfo)
 			}
 			if it.InstanceType == "t3.nano" && (aws.ToInt64(it.MemoryInfo.SizeInMiB) != 512 || aws.ToInt32(it.VCpuInfo.DefaultVCpus) != 2 || !aws.ToBool(it.BurstablePerformanceSupported)) {
 				t.Errorf("t3.nano %+v", it)
 			}
 		}
 	}
-	if len(names) != 8 {
+	if len(names) != 9 {
 		t.Errorf("DescribeInstanceTypes pages returned %v", names)
 	}
 	off, err := c.DescribeInstanceTypeOfferings(ctx, &ec2.DescribeInstanceTypeOfferingsInput{LocationType: types.LocationTypeAvailabilityZone,

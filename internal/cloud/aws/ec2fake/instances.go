@@ -361,6 +361,39 @@ func (s *Server) runInstances(q query) (any, *apiError) {
 	default:
 		return nil, errorf("InvalidParameterValue", "Value (%s) for parameter MarketType is invalid.", mt)
 	}
+	md := MetadataOptions{HttpTokens: "optional", HopLimit: 1, HttpEndpoint: "enabled"}
+	switch v := q.str("MetadataOptions.HttpTokens"); v {
+	case "":
+	case "optional", "required":
+		md.HttpTokens = v
+	default:
+		return nil, errorf("InvalidParameterValue", "Value (%s) for parameter HttpTokens is invalid.", v)
+	}
+	if q.has("MetadataOptions.HttpPutResponseHopLimit") {
+		hops, err := q.int("MetadataOptions.HttpPutResponseHopLimit", 1)
+		if err != nil {
+			return nil, err
+		}
+		if hops < 1 || hops > 64 {
+			return nil, errorf("InvalidParameterValue", "Value (%d) for parameter HttpPutResponseHopLimit is invalid. Valid values are 1 to 64.", hops)
+		}
+		md.HopLimit = hops
+	}
+	switch v := q.str("MetadataOptions.HttpEndpoint"); v {
+	case "":
+	case "enabled", "disabled":
+		md.HttpEndpoint = v
+	default:
+		return nil, errorf("InvalidParameterValue", "Value (%s) for parameter HttpEndpoint is invalid.", v)
+	}
+	credits := q.str("CreditSpecification.CpuCredits")
+	switch {
+	case credits == "":
+	case credits != "standard" && credits != "unlimited":
+		return nil, errorf("InvalidParameterValue", "Value (%s) for parameter cpuCredits is invalid.", credits)
+	case !it.Burstable:
+		return nil, errorf("InvalidParameterCombination", "The parameter CreditSpecification is not supported for %s instances.", typeName)
+	}
 	specs, err := q.tagSpecs()
 	if err != nil {
 		return nil, err
@@ -377,7 +410,7 @@ func (s *Server) runInstances(q query) (any, *apiError) {
 	if !it.offeredIn(sn.zone, s.zones()) {
 		return nil, errorf("Unsupported", "Your requested instance type (%s) is not supported in your requested Availability Zone (%s). Please retry your request by not specifying an Availability Zone or choosing %s.", typeName, sn.zone, strings.Join(it.Zones, ", "))
 	}
-	if s.ice[typeName] || s.ice[typeName+"/"+sn.zone] {
+	if s.ice[typeName] || s.ice[typeName+"/"+sn.zone] || (spot && s.ice["spot:*"]) {
 		return nil, errorf("InsufficientInstanceCapacity", "We currently do not have sufficient %s capacity in the Availability Zone you requested (%s). Our system will be working on provisioning additional capacity. You can currently get %s capacity by not specifying an Availability Zone in your request or choosing %s.", typeName, sn.zone, typeName, strings.Join(s.zones(), ", "))
 	}
 	count := min(maxCount, sn.free())
@@ -395,7 +428,7 @@ func (s *Server) runInstances(q query) (any, *apiError) {
 		in := &instance{
 			id: s.nextID("i"), reservationID: resp.ReservationID, imageID: img.id, instanceType: typeName, zone: sn.zone,
 			subnetID: sn.id, vpcID: sn.vpcID, clientToken: token, profile: profile, privateIP: ip.String(), spot: spot,
-			userData: userData, groups: append([]string(nil), groups...), launched: now,
+			userData: userData, metadata: md, cpuCredits: credits, groups: append([]string(nil), groups...), launched: now,
 			tags: copyTags(specs["instance"]), volumeTags: copyTags(specs["volume"]),
 		}
 		in.devices = []blockDevice{{device: img.rootDevice, volumeID: s.nextID("vol"), volumeType: rootType, sizeGiB: rootSize}}

@@ -89,6 +89,8 @@ type InstanceType struct {
 	MemoryMiB int64
 	GPUs      int
 	GPUName   string
+	// GPUVendor is the GPUs' manufacturer as EC2 spells it ("NVIDIA", "AMD"); empty means NVIDIA.
+	GPUVendor string
 	Burstable bool
 	// Zones lists the zones offering it; empty means every zone of the region.
 	Zones []string
@@ -107,6 +109,8 @@ type instance struct {
 	privateIP, publicIP                            string
 	spot                                           bool
 	userData                                       string
+	metadata                                       MetadataOptions
+	cpuCredits                                     string
 	groups                                         []string
 	devices                                        []blockDevice
 	tags, volumeTags                               map[string]string
@@ -205,6 +209,19 @@ type Instance struct {
 	SecurityGroups                                   []string
 	Tags, VolumeTags                                 map[string]string
 	RootVolumeGiB                                    int
+	// Metadata is the instance metadata service's settings.
+	Metadata MetadataOptions
+	// CPUCredits is the credit mode of a burstable instance ("standard", "unlimited"), or ""
+	// when RunInstances did not say (EC2 then applies the account's default per family).
+	CPUCredits string
+}
+
+// MetadataOptions are an instance's IMDS settings, with EC2's defaults for what RunInstances
+// leaves out: IMDSv1 allowed ("optional"), a hop limit of 1 on most AMIs, the endpoint on.
+type MetadataOptions struct {
+	HttpTokens   string
+	HopLimit     int
+	HttpEndpoint string
 }
 
 // Instances returns snapshots of all known instances in launch order.
@@ -219,7 +236,8 @@ func (s *Server) Instances() []Instance {
 		snap := Instance{ID: in.id, ImageID: in.imageID, InstanceType: in.instanceType, Zone: in.zone,
 			SubnetID: in.subnetID, State: s.stateOf(in, now), PrivateIP: in.privateIP, PublicIP: in.publicIP,
 			ClientToken: in.clientToken, Profile: in.profile, Spot: in.spot, UserData: in.userData,
-			SecurityGroups: append([]string(nil), in.groups...), Tags: copyTags(in.tags), VolumeTags: copyTags(in.volumeTags)}
+			SecurityGroups: append([]string(nil), in.groups...), Tags: copyTags(in.tags), VolumeTags: copyTags(in.volumeTags),
+			Metadata: in.metadata, CPUCredits: in.cpuCredits}
 		if len(in.devices) > 0 {
 			snap.RootVolumeGiB = in.devices[0].sizeGiB
 		}
@@ -283,6 +301,7 @@ func (s *Server) seedLocked() {
 		{Name: "c5.xlarge", Arch: "x86_64", VCPU: 4, MemoryMiB: 8192, OnDemandPrice: 0.17, SpotPrice: 0.0648},
 		{Name: "m6g.large", Arch: "arm64", VCPU: 2, MemoryMiB: 8192, OnDemandPrice: 0.077, SpotPrice: 0.0298},
 		{Name: "g4dn.xlarge", Arch: "x86_64", VCPU: 4, MemoryMiB: 16384, GPUs: 1, GPUName: "T4", Zones: []string{r + "a"}, OnDemandPrice: 0.526, SpotPrice: 0.1578},
+		{Name: "g4ad.xlarge", Arch: "x86_64", VCPU: 4, MemoryMiB: 16384, GPUs: 1, GPUName: "Radeon Pro V520", GPUVendor: "AMD", OnDemandPrice: 0.379, SpotPrice: 0.1137},
 	}
 }
 
