@@ -1,5 +1,5 @@
 # Kip's Makefile only calls hack/ scripts and go.
-.PHONY: all build test unit fuzz race demo bench conformance control-plane deps verify clean
+.PHONY: all build images test unit fuzz race demo bench conformance control-plane deps verify clean
 
 all: build
 
@@ -8,6 +8,11 @@ deps:
 
 build:
 	go build -o bin/ ./cmd/...
+
+# The kip and kip-cell images (hack/images), tagged with `git describe`, in bin/images;
+# PUSH=registry[/prefix] also pushes them there (INSECURE=1: plain HTTP, as kip up's registry).
+images:
+	go run ./hack/images $(if $(PUSH),--push $(PUSH)) $(if $(INSECURE),--insecure) $(if $(VERSION),--version $(VERSION))
 
 control-plane:
 	hack/build-control-plane.sh

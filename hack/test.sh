@@ -66,7 +66,7 @@ build_cp() {
 
 stage "install Debian packages (hack/install-deps.sh)" hack/install-deps.sh || exit 1
 stage "build control plane (hack/build-control-plane.sh; ~15 min cold)" build_cp || exit 1
-stage "go vet ./... (and the e2e-tagged tests)" bash -c "go vet ./... && go vet -tags e2e ./test/e2e/..."
+stage "go vet ./... (and the e2e-tagged tests, and deploy/test)" bash -c "go vet ./... && go vet -tags e2e ./test/e2e/... && go vet -C deploy/test ./..."
 stage "build bin/kip and bin/kip-cell" go build -o bin/ ./cmd/... || exit 1
 export KIP_BIN=$root/bin
 # CoreDNS for cluster DNS (internal/clusterdns): built once into ~/.cache/kip/coredns, so the
@@ -76,6 +76,10 @@ stage "build CoreDNS (go run ./hack/build-coredns; ~350 CPU-s cold, ~3 min on 2 
 stage "go test ./... (root tests included; full log $logdir/unit.log)" \
   go_test "$logdir/unit.log" -count=1 -p "${KIP_TEST_P:-1}" -timeout "${KIP_TEST_TIMEOUT:-25m}" ./...
 
+# deploy/test is its own module (kustomize and Helm stay out of kip's build): the manifests
+# rendered, the chart linted, every rendering applied to a real API server.
+stage "deploy/ manifests: kustomize, Helm lint/template, applied to a real API server (full log $logdir/deploy.log)" \
+  go_test "$logdir/deploy.log" -C deploy/test -count=1 -timeout "${KIP_TEST_TIMEOUT:-25m}" ./...
 if [ "${KIP_RACE:-0}" = 1 ]; then
   stage "go test -race -short over the per-pod goroutine packages (hack/race.sh)" env RACE_FLAGS=-short hack/race.sh
 fi
