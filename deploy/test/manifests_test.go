@@ -56,7 +56,7 @@ func TestKustomizeRenders(t *testing.T) {
 			if c["image"] != tt.image {
 				t.Errorf("image %v, want %s", c["image"], tt.image)
 			}
-			if got := fmt.Sprint(c["args"]); got != "[run --config /etc/kip/kip.yaml]" {
+			if got := fmt.Sprint(c["args"]); got != "[run --config /etc/kip/kip.yaml --leader-elect --health-addr :10258]" {
 				t.Errorf("args %s", got)
 			}
 			_, hasEnvFrom := c["envFrom"]
