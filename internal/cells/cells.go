@@ -320,12 +320,16 @@ func (m *Manager) CreatePod(ctx context.Context, pod *corev1.Pod) error {
 // restarted: the agent keeps running the pod it was given.
 func (m *Manager) UpdatePod(ctx context.Context, pod *corev1.Pod) error {
 	m.mu.Lock()
-	defer m.mu.Unlock()
 	c, ok := m.cells[podKey(pod.Namespace, pod.Name)]
 	if !ok || c.uid != pod.UID {
+		m.mu.Unlock()
 		return notFound(pod.Namespace, pod.Name)
 	}
 	c.updateSpec(pod)
+	m.mu.Unlock()
+	// As kubelet's status manager, a spec update is acknowledged at once: the status carries
+	// the new metadata.generation as observedGeneration even when nothing else changed.
+	c.publish()
 	return nil
 }
 

@@ -11,6 +11,8 @@ import (
 	"sync"
 	"testing"
 
+	"k8s.io/utils/ptr"
+
 	corev1 "k8s.io/api/core/v1"
 	"k8s.io/apimachinery/pkg/api/resource"
 
@@ -494,6 +496,17 @@ func TestCreatePodIsIdempotentAndUpdateKeepsStatus(t *testing.T) {
 	got, _ := h.m.GetPod("default", "same")
 	if got.Labels["v"] != "2" || got.Status.Phase != corev1.PodRunning {
 		t.Errorf("after update: labels %v phase %s", got.Labels, got.Status.Phase)
+	}
+	// A spec update (a generation bump) is acknowledged in the status at once, as kubelet's
+	// status manager does, though nothing else changed.
+	gen := upd.DeepCopy()
+	gen.Generation = 7
+	gen.Spec.ActiveDeadlineSeconds = ptr.To[int64](5000)
+	if err := h.m.UpdatePod(context.Background(), gen); err != nil {
+		t.Fatal(err)
+	}
+	if n := h.lastNotified("same"); n == nil || n.Status.ObservedGeneration != 7 {
+		t.Errorf("after a generation bump the notified status is %v, want observedGeneration 7", n)
 	}
 	if n := h.cloud.CallCount(fake.MethodLaunch); n != 1 {
 		t.Errorf("%d launches, want 1", n)
