@@ -13,7 +13,6 @@ import (
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	"k8s.io/apimachinery/pkg/api/resource"
 	"k8s.io/apimachinery/pkg/labels"
-	"k8s.io/apimachinery/pkg/util/validation"
 
 	"github.com/kip-dev/kip/internal/podenv"
 )
@@ -84,13 +83,12 @@ func (r *Resolver) containerEnv(ctx context.Context, pod *corev1.Pod, c *corev1.
 func (r *Resolver) envFrom(ctx context.Context, pod *corev1.Pod, c *corev1.Container, ef corev1.EnvFromSource, env *envList) error {
 	var (
 		data     map[string]string
-		kind     string
 		name     string
 		optional bool
 	)
 	switch {
 	case ef.ConfigMapRef != nil:
-		kind, name = "configmap", ef.ConfigMapRef.Name
+		name = ef.ConfigMapRef.Name
 		optional = ef.ConfigMapRef.Optional != nil && *ef.ConfigMapRef.Optional
 		cm, err := r.configMap(ctx, pod.Namespace, name)
 		switch {
@@ -104,7 +102,7 @@ func (r *Resolver) envFrom(ctx context.Context, pod *corev1.Pod, c *corev1.Conta
 		}
 		data = cm.Data
 	case ef.SecretRef != nil:
-		kind, name = "secret", ef.SecretRef.Name
+		name = ef.SecretRef.Name
 		optional = ef.SecretRef.Optional != nil && *ef.SecretRef.Optional
 		s, err := r.secret(ctx, pod.Namespace, name)
 		switch {
@@ -128,18 +126,10 @@ func (r *Resolver) envFrom(ctx context.Context, pod *corev1.Pod, c *corev1.Conta
 		keys = append(keys, k)
 	}
 	sort.Strings(keys)
-	var invalid []string
+	// As kubelet (RelaxedEnvironmentVariableValidation, GA and locked since 1.34), every key
+	// becomes a variable, prefixed: names like 1-data-1 or data.1 are kept, not skipped.
 	for _, k := range keys {
-		name := ef.Prefix + k
-		if errs := validation.IsEnvVarName(name); len(errs) > 0 {
-			invalid = append(invalid, name)
-			continue
-		}
-		env.set(name, data[k])
-	}
-	if len(invalid) > 0 {
-		r.warn(pod, ReasonInvalidEnvironmentVariable, "keys [%s] from %s %s/%s were skipped since they are invalid as environment variable names",
-			strings.Join(invalid, ", "), kind, pod.Namespace, name)
+		env.set(ef.Prefix+k, data[k])
 	}
 	return nil
 }

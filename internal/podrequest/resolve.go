@@ -37,7 +37,6 @@ const (
 	ReasonMandatoryConfigMapKeyNotFound = "MandatoryConfigMapKeyNotFound"
 	ReasonMandatorySecretNotFound       = "MandatorySecretNotFound"
 	ReasonMandatorySecretKeyNotFound    = "MandatorySecretKeyNotFound"
-	ReasonInvalidEnvironmentVariable    = "InvalidEnvironmentVariableNames"
 	ReasonFailedMount                   = "FailedMount"
 	ReasonFailedToRetrievePullSecret    = "FailedToRetrieveImagePullSecret"
 )

@@ -179,10 +179,17 @@ func TestResolveEnv(t *testing.T) {
 			want: map[string]string{"PW": "s3cret", "MODE": "fast"},
 		},
 		{
-			name:    "envFrom with prefix skips invalid names with an event",
+			name:    "envFrom with prefix, env overriding it",
 			envFrom: []corev1.EnvFromSource{{Prefix: "CFG_", ConfigMapRef: &corev1.ConfigMapEnvSource{LocalObjectReference: corev1.LocalObjectReference{Name: "settings"}}}},
 			env:     []corev1.EnvVar{{Name: "CFG_LEVEL", Value: "override"}},
 			want:    map[string]string{"CFG_MODE": "fast", "CFG_LEVEL": "override", "CFG_bad-key": "x"},
+		},
+		{
+			// Kubelet keeps every key (relaxed env var names, GA since 1.34), even one that
+			// is no C identifier once prefixed.
+			name:    "envFrom keys that are not identifiers are kept",
+			envFrom: []corev1.EnvFromSource{{Prefix: "1-", ConfigMapRef: &corev1.ConfigMapEnvSource{LocalObjectReference: corev1.LocalObjectReference{Name: "settings"}}}},
+			want:    map[string]string{"1-MODE": "fast", "1-LEVEL": "3", "1-bad-key": "x"},
 		},
 		{
 			name: "optional missing secret and configmap are skipped with events",
