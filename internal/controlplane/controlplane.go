@@ -194,6 +194,11 @@ func Start(ctx context.Context, o Options) (cp *ControlPlane, err error) {
 		"--requestheader-extra-headers-prefix=X-Remote-Extra-",
 		"--proxy-client-cert-file=" + filepath.Join(p, "front-proxy-client.crt"),
 		"--proxy-client-key-file=" + filepath.Join(p, "front-proxy-client.key"),
+		// The API server runs on the host, which has no route to ClusterIPs (cells program
+		// Services in their own namespaces, not the host's): webhooks, conversion webhooks
+		// and aggregated APIs served by pods are dialled at an endpoint's pod IP, which the
+		// host reaches over the bridge, instead of at the Service's ClusterIP.
+		"--enable-aggregator-routing=true",
 	}
 	if apiIP.IsLoopback() {
 		// The lease reconciler refuses a loopback address; `kubernetes` then has no endpoints.
