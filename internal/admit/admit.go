@@ -74,9 +74,6 @@ func Pod(pod *corev1.Pod) error {
 				Reason: fmt.Sprintf("volume %q: medium %s is not supported on kip's cells (they have no huge pages; only the default medium and Memory)", v.Name, ed.Medium)}
 		}
 	}
-	if pod.Spec.ShareProcessNamespace != nil && *pod.Spec.ShareProcessNamespace {
-		return &Error{Field: "spec.shareProcessNamespace", Reason: "a process namespace shared by the pod's containers is not supported on kip's cells yet"}
-	}
 	if pod.Spec.HostPID {
 		return &Error{Field: "spec.hostPID", Reason: "the cell's process namespace holds its agent; kip does not give it to pods"}
 	}

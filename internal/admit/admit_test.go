@@ -114,7 +114,6 @@ func TestNamespaces(t *testing.T) {
 		{"defaults", corev1.PodSpec{}, ""},
 		{"hostIPC is the cell's", corev1.PodSpec{HostIPC: true}, ""},
 		{"hostNetwork is the cell's", corev1.PodSpec{HostNetwork: true}, ""},
-		{"shareProcessNamespace", corev1.PodSpec{ShareProcessNamespace: ptrTo(true)}, "spec.shareProcessNamespace"},
 		{"hostPID", corev1.PodSpec{HostPID: true}, "spec.hostPID"},
 		{"hostUsers true", corev1.PodSpec{HostUsers: ptrTo(true)}, ""},
 		{"hostUsers false", corev1.PodSpec{HostUsers: ptrTo(false)}, "spec.hostUsers"},

@@ -60,6 +60,10 @@ type ContainerConfig struct {
 	// PIDNamespacePath, when set, is the PID namespace to join (/proc/<pid>/ns/pid of another
 	// container: an ephemeral container's targetContainerName) instead of a new one.
 	PIDNamespacePath string
+	// UTSNamespacePath, when set, is the pod's UTS namespace to join (its sandbox's, whose
+	// hostname is already set); Hostname is then not set again. Without it the container gets
+	// a new UTS namespace with Hostname.
+	UTSNamespacePath string
 }
 
 // Capabilities is the set a container gets: the runtime's default set, less drop ("ALL"
@@ -115,7 +119,6 @@ func BuildSpec(c ContainerConfig) (*specs.Spec, error) {
 	s := &specs.Spec{
 		Version:  SpecVersion,
 		Root:     &specs.Root{Path: c.RootFS, Readonly: c.ReadOnlyRootFS},
-		Hostname: c.Hostname,
 		Process: &specs.Process{
 			Args: c.Process.Args,
 			Env:  c.Process.Env,
@@ -141,7 +144,8 @@ func BuildSpec(c ContainerConfig) (*specs.Spec, error) {
 			// No IPC namespace entry: every container of the pod shares the cell's, which is
 			// the pod's (one pod owns its cell), as kubelet's containers share the sandbox's.
 			Namespaces: []specs.LinuxNamespace{
-				{Type: specs.PIDNamespace, Path: c.PIDNamespacePath}, {Type: specs.UTSNamespace}, {Type: specs.MountNamespace},
+				{Type: specs.PIDNamespace, Path: c.PIDNamespacePath}, {Type: specs.UTSNamespace, Path: c.UTSNamespacePath},
+				{Type: specs.MountNamespace},
 			},
 			Resources: resources(c.Resources),
 			MaskedPaths: []string{
@@ -152,6 +156,9 @@ func BuildSpec(c ContainerConfig) (*specs.Spec, error) {
 				"/proc/bus", "/proc/fs", "/proc/irq", "/proc/sys", "/proc/sysrq-trigger",
 			},
 		},
+	}
+	if c.UTSNamespacePath == "" {
+		s.Hostname = c.Hostname
 	}
 	if c.SeccompRuntimeDefault {
 		s.Linux.Seccomp = RuntimeDefaultSeccomp(caps)

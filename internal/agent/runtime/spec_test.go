@@ -4,6 +4,8 @@ import (
 	"slices"
 	"strings"
 	"testing"
+
+	specs "github.com/opencontainers/runtime-spec/specs-go"
 )
 
 func TestCapabilities(t *testing.T) {
@@ -59,5 +61,41 @@ func TestBindReplacesStandardMount(t *testing.T) {
 	}
 	if !dev {
 		t.Error("the standard /dev mount is gone")
+	}
+}
+
+// TestPodNamespaces: a container joins the pod's UTS and PID namespaces by path, without
+// setting the hostname again; alone it gets new ones, with the hostname.
+func TestPodNamespaces(t *testing.T) {
+	ns := func(s []specs.LinuxNamespace, typ specs.LinuxNamespaceType) (string, bool) {
+		for _, n := range s {
+			if n.Type == typ {
+				return n.Path, true
+			}
+		}
+		return "", false
+	}
+	base := ContainerConfig{RootFS: "/r", Process: Process{Args: []string{"x"}}, Hostname: "web-0"}
+	own, err := BuildSpec(base)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if p, ok := ns(own.Linux.Namespaces, specs.UTSNamespace); !ok || p != "" || own.Hostname != "web-0" {
+		t.Errorf("alone: UTS %q (%v), hostname %q; want a new UTS namespace with hostname web-0", p, ok, own.Hostname)
+	}
+	shared := base
+	shared.UTSNamespacePath, shared.PIDNamespacePath = "/proc/7/ns/uts", "/proc/7/ns/pid"
+	s, err := BuildSpec(shared)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if p, _ := ns(s.Linux.Namespaces, specs.UTSNamespace); p != "/proc/7/ns/uts" || s.Hostname != "" {
+		t.Errorf("shared: UTS %q, hostname %q; want /proc/7/ns/uts and no hostname", p, s.Hostname)
+	}
+	if p, _ := ns(s.Linux.Namespaces, specs.PIDNamespace); p != "/proc/7/ns/pid" {
+		t.Errorf("shared: PID namespace %q, want /proc/7/ns/pid", p)
+	}
+	if _, ok := ns(s.Linux.Namespaces, specs.IPCNamespace); ok {
+		t.Error("an IPC namespace entry: the pod's containers share the cell's")
 	}
 }
