@@ -117,8 +117,8 @@ func BuildSpec(c ContainerConfig) (*specs.Spec, error) {
 	}
 	caps := Capabilities(c.CapAdd, c.CapDrop)
 	s := &specs.Spec{
-		Version:  SpecVersion,
-		Root:     &specs.Root{Path: c.RootFS, Readonly: c.ReadOnlyRootFS},
+		Version: SpecVersion,
+		Root:    &specs.Root{Path: c.RootFS, Readonly: c.ReadOnlyRootFS},
 		Process: &specs.Process{
 			Args: c.Process.Args,
 			Env:  c.Process.Env,
