@@ -58,8 +58,16 @@ func (e *Error) Error() string { return e.Field + ": " + e.Reason }
 // API objects kip resolves into files (configMap, secret, downwardAPI, projected).
 var supportedVolumes = map[string]bool{"emptyDir": true, "configMap": true, "secret": true, "downwardAPI": true, "projected": true}
 
-// Pod returns an *Error for the first field of pod kip cannot honour, nil when it can run it.
-func Pod(pod *corev1.Pod) error {
+// Node is the node's configuration admission reads (kip's config, node section).
+type Node struct {
+	// AllowPrivileged admits privileged containers (node.allowPrivileged, kubelet's
+	// --allow-privileged); without it they are refused.
+	AllowPrivileged bool
+}
+
+// Pod returns an *Error for the first field of pod kip cannot honour on node, nil when it
+// can run it.
+func Pod(pod *corev1.Pod, node Node) error {
 	for i, v := range pod.Spec.Volumes {
 		src := sourceName(v.VolumeSource)
 		if src == "" {
@@ -96,7 +104,7 @@ func Pod(pod *corev1.Pod) error {
 		ctrs  []corev1.Container
 	}{{"initContainers", pod.Spec.InitContainers}, {"containers", pod.Spec.Containers}} {
 		for i, c := range list.ctrs {
-			if err := container(fmt.Sprintf("spec.%s[%d]", list.field, i), c.SecurityContext); err != nil {
+			if err := container(fmt.Sprintf("spec.%s[%d]", list.field, i), c.SecurityContext, node); err != nil {
 				return err
 			}
 			if err := ports(fmt.Sprintf("spec.%s[%d]", list.field, i), c.Ports); err != nil {
@@ -117,7 +125,7 @@ func seccomp(field string, p *corev1.SeccompProfile) error {
 }
 
 // container refuses the security settings a cell cannot give a container.
-func container(field string, sc *corev1.SecurityContext) error {
+func container(field string, sc *corev1.SecurityContext, node Node) error {
 	if sc == nil {
 		return nil
 	}
@@ -127,8 +135,8 @@ func container(field string, sc *corev1.SecurityContext) error {
 	if sc.ProcMount != nil && *sc.ProcMount == corev1.UnmaskedProcMount {
 		return &Error{Field: field + ".securityContext.procMount", Reason: "an unmasked /proc needs a user namespace (hostUsers: false), which kip's cells do not give pods yet"}
 	}
-	if sc.Privileged != nil && *sc.Privileged {
-		return &Error{Field: field + ".securityContext.privileged", Reason: "privileged containers are not supported on kip's cells"}
+	if sc.Privileged != nil && *sc.Privileged && !node.AllowPrivileged {
+		return &Error{Field: field + ".securityContext.privileged", Reason: "privileged containers are not allowed on this node (kip's config has node.allowPrivileged false)"}
 	}
 	if sc.Capabilities != nil {
 		for j, c := range sc.Capabilities.Add {

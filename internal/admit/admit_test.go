@@ -2,6 +2,7 @@ package admit
 
 import (
 	"errors"
+	"strings"
 	"testing"
 
 	corev1 "k8s.io/api/core/v1"
@@ -44,7 +45,7 @@ func TestPod(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			err := Pod(&corev1.Pod{Spec: corev1.PodSpec{Volumes: tt.volumes}})
+			err := Pod(&corev1.Pod{Spec: corev1.PodSpec{Volumes: tt.volumes}}, Node{})
 			wantRefusal(t, err, tt.wantField)
 		})
 	}
@@ -74,9 +75,24 @@ func TestContainerSecurity(t *testing.T) {
 			} else {
 				pod.Spec.Containers[1].SecurityContext = tt.sc
 			}
-			err := Pod(pod)
+			err := Pod(pod, Node{})
 			wantRefusal(t, err, tt.wantField)
 		})
+	}
+}
+
+// TestAllowPrivileged: node.allowPrivileged admits privileged containers; without it the
+// refusal names the field and the config setting.
+func TestAllowPrivileged(t *testing.T) {
+	pod := &corev1.Pod{Spec: corev1.PodSpec{Containers: []corev1.Container{
+		{Name: "a", SecurityContext: &corev1.SecurityContext{Privileged: ptrTo(true)}}}}}
+	if err := Pod(pod, Node{AllowPrivileged: true}); err != nil {
+		t.Errorf("allowed: %v", err)
+	}
+	err := Pod(pod, Node{})
+	wantRefusal(t, err, "spec.containers[0].securityContext.privileged")
+	if err == nil || !strings.Contains(err.Error(), "node.allowPrivileged") {
+		t.Errorf("refusal %v does not name node.allowPrivileged", err)
 	}
 }
 
@@ -94,7 +110,7 @@ func TestSysctls(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			err := Pod(&corev1.Pod{Spec: corev1.PodSpec{SecurityContext: &corev1.PodSecurityContext{Sysctls: tt.sysctls}}})
+			err := Pod(&corev1.Pod{Spec: corev1.PodSpec{SecurityContext: &corev1.PodSecurityContext{Sysctls: tt.sysctls}}}, Node{})
 			if ae := wantRefusal(t, err, tt.wantField); ae != nil && ae.PodReason != SysctlForbidden {
 				t.Fatalf("err = %v, want a SysctlForbidden refusal of %s", err, tt.wantField)
 			}
@@ -119,7 +135,7 @@ func TestNamespaces(t *testing.T) {
 		{"hostUsers false", corev1.PodSpec{HostUsers: ptrTo(false)}, "spec.hostUsers"},
 	} {
 		t.Run(tt.name, func(t *testing.T) {
-			err := Pod(&corev1.Pod{Spec: tt.spec})
+			err := Pod(&corev1.Pod{Spec: tt.spec}, Node{})
 			wantRefusal(t, err, tt.wantField)
 		})
 	}
@@ -144,7 +160,7 @@ func TestPorts(t *testing.T) {
 			"spec.initContainers[0].ports[0].containerPort"},
 	} {
 		t.Run(tt.name, func(t *testing.T) {
-			wantRefusal(t, Pod(&corev1.Pod{Spec: tt.spec}), tt.wantField)
+			wantRefusal(t, Pod(&corev1.Pod{Spec: tt.spec}, Node{}), tt.wantField)
 		})
 	}
 }
@@ -177,6 +193,6 @@ func TestSeccomp(t *testing.T) {
 			SecurityContext: &corev1.SecurityContext{SeccompProfile: localhost}}}}},
 			"spec.containers[0].securityContext.seccompProfile.type"},
 	} {
-		t.Run(tt.name, func(t *testing.T) { wantRefusal(t, Pod(tt.pod), tt.wantField) })
+		t.Run(tt.name, func(t *testing.T) { wantRefusal(t, Pod(tt.pod, Node{}), tt.wantField) })
 	}
 }

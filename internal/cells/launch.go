@@ -42,7 +42,7 @@ func (c *cell) launch() (*cloud.Instance, error) {
 	if err != nil {
 		return nil, fail(ReasonInvalidAnnotation, "%v", err)
 	}
-	if err := admit.Pod(pod); err != nil {
+	if err := admit.Pod(pod, c.m.cfg.Admit); err != nil {
 		reason := ReasonInvalidSpec
 		if ae, ok := err.(*admit.Error); ok && ae.PodReason != "" {
 			reason = ae.PodReason

@@ -13,6 +13,7 @@ import (
 
 	corev1 "k8s.io/api/core/v1"
 	"k8s.io/apimachinery/pkg/api/resource"
+	"k8s.io/utils/ptr"
 
 	"github.com/kip-dev/kip/internal/cellapi"
 	"github.com/kip-dev/kip/internal/cloud"
@@ -193,6 +194,9 @@ func TestPodThatCannotRunFailsWithoutLaunching(t *testing.T) {
 		{"a hostPath", func(p *corev1.Pod) {
 			p.Spec.Volumes = []corev1.Volume{{Name: "root", VolumeSource: corev1.VolumeSource{HostPath: &corev1.HostPathVolumeSource{Path: "/"}}}}
 		}, ReasonInvalidSpec, "spec.volumes[0].hostPath"},
+		{"privileged without node.allowPrivileged", func(p *corev1.Pod) {
+			p.Spec.Containers[0].SecurityContext = &corev1.SecurityContext{Privileged: ptr.To(true)}
+		}, ReasonInvalidSpec, "spec.containers[0].securityContext.privileged"},
 		{"bad legacy annotation", func(p *corev1.Pod) {
 			p.Annotations = map[string]string{"pod.elotl.co/healthcheck-healthy-timeout": "soon"}
 		}, ReasonInvalidAnnotation, "pod.elotl.co/healthcheck-healthy-timeout"},

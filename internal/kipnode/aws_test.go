@@ -278,7 +278,7 @@ func TestAWSPodLifecycle(t *testing.T) {
 		}
 		return a, nil
 	}
-	mgr := cells.New(cellsOptions(e.cfg.Cells), cells.NodeInfo{Name: e.cfg.Node.Name, HostIP: e.cfg.Node.InternalIP}, cells.Deps{
+	mgr := cells.New(cellsOptions(e.cfg), cells.NodeInfo{Name: e.cfg.Node.Name, HostIP: e.cfg.Node.InternalIP}, cells.Deps{
 		Cloud:    backend,
 		Selector: &selector.Selector{Options: selectorOptions(e.cfg)},
 		Resolver: cells.ResolverFunc(func(_ context.Context, pod *corev1.Pod) (*cellapi.PodRequest, error) {

@@ -809,6 +809,14 @@ func (p *Pod) create(c *ctr, img *image.Image, bundle, cgroup, run string) (clea
 		if sc.ReadOnlyRootFilesystem != nil {
 			cc.ReadOnlyRootFS = *sc.ReadOnlyRootFilesystem
 		}
+		// Privileged only reaches the agent when kip's config allows it (internal/admit).
+		if sc.Privileged != nil && *sc.Privileged {
+			cc.Privileged = true
+			if cc.Devices, err = runtime.HostDevices("/dev"); err != nil {
+				cleanup()
+				return nil, fmt.Errorf("listing the cell's devices for a privileged container: %w", err)
+			}
+		}
 		// allowPrivilegeEscalation: false is no_new_privs (kubelet's default allows it).
 		cc.NoNewPrivileges = sc.AllowPrivilegeEscalation != nil && !*sc.AllowPrivilegeEscalation
 		if caps := sc.Capabilities; caps != nil {

@@ -64,6 +64,13 @@ type ContainerConfig struct {
 	// hostname is already set); Hostname is then not set again. Without it the container gets
 	// a new UTS namespace with Hostname.
 	UTSNamespacePath string
+	// Privileged is securityContext.privileged, as runc's privileged containers under
+	// containerd: every capability (CapAdd and CapDrop are ignored), no seccomp filter, no
+	// masked or read-only paths, writable /sys and /sys/fs/cgroup, every device allowed in
+	// the device cgroup and Devices created in /dev.
+	Privileged bool
+	// Devices are created in a privileged container's /dev (HostDevices of the cell's).
+	Devices []specs.LinuxDevice
 }
 
 // Capabilities is the set a container gets: the runtime's default set, less drop ("ALL"
@@ -116,6 +123,9 @@ func BuildSpec(c ContainerConfig) (*specs.Spec, error) {
 		return nil, fmt.Errorf("building spec: cgroups path %q must be relative", c.CgroupsPath)
 	}
 	caps := Capabilities(c.CapAdd, c.CapDrop)
+	if c.Privileged {
+		caps = AllCapabilities()
+	}
 	s := &specs.Spec{
 		Version: SpecVersion,
 		Root:    &specs.Root{Path: c.RootFS, Readonly: c.ReadOnlyRootFS},
@@ -160,7 +170,17 @@ func BuildSpec(c ContainerConfig) (*specs.Spec, error) {
 	if c.UTSNamespacePath == "" {
 		s.Hostname = c.Hostname
 	}
-	if c.SeccompRuntimeDefault {
+	if c.Privileged {
+		s.Linux.MaskedPaths, s.Linux.ReadonlyPaths = nil, nil
+		for i, m := range s.Mounts {
+			if m.Destination == "/sys" || m.Destination == "/sys/fs/cgroup" {
+				s.Mounts[i].Options = slices.DeleteFunc(slices.Clone(m.Options), func(o string) bool { return o == "ro" })
+				s.Mounts[i].Options = append(s.Mounts[i].Options, "rw")
+			}
+		}
+		s.Linux.Resources.Devices = []specs.LinuxDeviceCgroup{{Allow: true, Access: "rwm"}}
+		s.Linux.Devices = c.Devices
+	} else if c.SeccompRuntimeDefault {
 		s.Linux.Seccomp = RuntimeDefaultSeccomp(caps)
 	}
 	for _, m := range c.Mounts {
