@@ -4,13 +4,18 @@
 package admit
 
 import (
+	"bytes"
+	"encoding/json"
+	"errors"
 	"fmt"
+	"path/filepath"
 	"reflect"
 	"strings"
 
 	corev1 "k8s.io/api/core/v1"
 
 	"github.com/kip-dev/kip/internal/cellapi"
+	"github.com/opencontainers/runtime-spec/specs-go"
 )
 
 // Error is a refusal: the field path kip cannot honour and why.
@@ -115,13 +120,84 @@ func Pod(pod *corev1.Pod, node Node) error {
 	return nil
 }
 
-// seccomp refuses a Localhost profile: a cell has no node-local profile files.
-// RuntimeDefault and Unconfined are admitted; README.md says what RuntimeDefault gets today.
+// seccomp checks a Localhost profile's name: kip reads it under node.seccompProfileRoot
+// (LocalhostProfiles), so it must be a path inside that directory. RuntimeDefault and
+// Unconfined are admitted; README.md says what RuntimeDefault gets today.
 func seccomp(field string, p *corev1.SeccompProfile) error {
-	if p != nil && p.Type == corev1.SeccompProfileTypeLocalhost {
-		return &Error{Field: field + ".type", Reason: "Localhost seccomp profiles are not supported on kip's cells (they have no node-local profiles)"}
+	if p == nil || p.Type != corev1.SeccompProfileTypeLocalhost {
+		return nil
+	}
+	if p.LocalhostProfile == nil || !filepath.IsLocal(*p.LocalhostProfile) {
+		return &Error{Field: field + ".localhostProfile", Reason: "a Localhost profile needs localhostProfile, a relative path under the node's seccomp profile root"}
 	}
 	return nil
+}
+
+// LocalhostProfiles reads the Localhost seccomp profiles pod names (pod-level and its init
+// and regular containers'), each root/localhostProfile as kubelet loads it from its seccomp
+// root, with read (os.ReadFile), and returns them keyed by localhostProfile. A profile that
+// cannot be read, or is not an OCI seccomp profile (ParseSeccompProfile), is an *Error
+// naming the field that asks for it. pod must have passed Pod.
+func LocalhostProfiles(pod *corev1.Pod, root string, read func(string) ([]byte, error)) (map[string][]byte, error) {
+	var out map[string][]byte
+	load := func(field string, p *corev1.SeccompProfile) error {
+		if p == nil || p.Type != corev1.SeccompProfileTypeLocalhost || p.LocalhostProfile == nil {
+			return nil
+		}
+		name := *p.LocalhostProfile
+		if _, ok := out[name]; ok {
+			return nil
+		}
+		path := filepath.Join(root, name)
+		b, err := read(path)
+		if err == nil {
+			_, err = ParseSeccompProfile(b)
+		}
+		if err != nil {
+			return &Error{Field: field + ".localhostProfile", Reason: fmt.Sprintf("cannot load seccomp profile %q: %v", path, err)}
+		}
+		if out == nil {
+			out = map[string][]byte{}
+		}
+		out[name] = b
+		return nil
+	}
+	if sc := pod.Spec.SecurityContext; sc != nil {
+		if err := load("spec.securityContext.seccompProfile", sc.SeccompProfile); err != nil {
+			return nil, err
+		}
+	}
+	for _, list := range []struct {
+		field string
+		ctrs  []corev1.Container
+	}{{"initContainers", pod.Spec.InitContainers}, {"containers", pod.Spec.Containers}} {
+		for i, c := range list.ctrs {
+			if c.SecurityContext == nil {
+				continue
+			}
+			if err := load(fmt.Sprintf("spec.%s[%d].securityContext.seccompProfile", list.field, i), c.SecurityContext.SeccompProfile); err != nil {
+				return nil, err
+			}
+		}
+	}
+	return out, nil
+}
+
+// ParseSeccompProfile reads a Localhost profile: the OCI runtime spec's linux.seccomp object
+// in JSON (defaultAction, architectures, syscalls with names, action, errnoRet and args),
+// which is Docker's profile format without its archMap, includes and excludes. A field it
+// does not know is an error, so no part of a profile is silently dropped.
+func ParseSeccompProfile(b []byte) (*specs.LinuxSeccomp, error) {
+	var p specs.LinuxSeccomp
+	dec := json.NewDecoder(bytes.NewReader(b))
+	dec.DisallowUnknownFields()
+	if err := dec.Decode(&p); err != nil {
+		return nil, fmt.Errorf("not an OCI seccomp profile: %w", err)
+	}
+	if p.DefaultAction == "" {
+		return nil, errors.New("not an OCI seccomp profile: no defaultAction")
+	}
+	return &p, nil
 }
 
 // container refuses the security settings a cell cannot give a container.

@@ -2,6 +2,8 @@ package admit
 
 import (
 	"errors"
+	"fmt"
+	"io/fs"
 	"strings"
 	"testing"
 
@@ -180,6 +182,7 @@ func wantRefusal(t *testing.T, err error, field string) *Error {
 
 func TestSeccomp(t *testing.T) {
 	localhost := &corev1.SeccompProfile{Type: corev1.SeccompProfileTypeLocalhost, LocalhostProfile: ptrTo("my.json")}
+	outside := &corev1.SeccompProfile{Type: corev1.SeccompProfileTypeLocalhost, LocalhostProfile: ptrTo("../etc/x.json")}
 	for _, tt := range []struct {
 		name      string
 		pod       *corev1.Pod
@@ -187,12 +190,68 @@ func TestSeccomp(t *testing.T) {
 	}{
 		{"runtime default", &corev1.Pod{Spec: corev1.PodSpec{SecurityContext: &corev1.PodSecurityContext{
 			SeccompProfile: &corev1.SeccompProfile{Type: corev1.SeccompProfileTypeRuntimeDefault}}}}, ""},
-		{"pod localhost", &corev1.Pod{Spec: corev1.PodSpec{SecurityContext: &corev1.PodSecurityContext{SeccompProfile: localhost}}},
-			"spec.securityContext.seccompProfile.type"},
-		{"container localhost", &corev1.Pod{Spec: corev1.PodSpec{Containers: []corev1.Container{{Name: "a",
-			SecurityContext: &corev1.SecurityContext{SeccompProfile: localhost}}}}},
-			"spec.containers[0].securityContext.seccompProfile.type"},
+		{"pod localhost", &corev1.Pod{Spec: corev1.PodSpec{SecurityContext: &corev1.PodSecurityContext{SeccompProfile: localhost}}}, ""},
+		{"localhost without a name", &corev1.Pod{Spec: corev1.PodSpec{SecurityContext: &corev1.PodSecurityContext{
+			SeccompProfile: &corev1.SeccompProfile{Type: corev1.SeccompProfileTypeLocalhost}}}},
+			"spec.securityContext.seccompProfile.localhostProfile"},
+		{"container localhost outside the root", &corev1.Pod{Spec: corev1.PodSpec{Containers: []corev1.Container{{Name: "a",
+			SecurityContext: &corev1.SecurityContext{SeccompProfile: outside}}}}},
+			"spec.containers[0].securityContext.seccompProfile.localhostProfile"},
 	} {
 		t.Run(tt.name, func(t *testing.T) { wantRefusal(t, Pod(tt.pod, Node{}), tt.wantField) })
+	}
+}
+
+// TestLocalhostProfiles: the profiles a pod names are read under the root, once each; a
+// missing or malformed one is refused naming the field that asks for it and the path.
+func TestLocalhostProfiles(t *testing.T) {
+	const good = `{"defaultAction":"SCMP_ACT_ALLOW","syscalls":[{"names":["mkdir","mkdirat"],"action":"SCMP_ACT_ERRNO"}]}`
+	files := map[string]string{
+		"/root/seccomp/deny-mkdir.json": good,
+		"/root/seccomp/docker.json":     `{"defaultAction":"SCMP_ACT_ALLOW","archMap":[]}`,
+		"/root/seccomp/empty.json":      `{}`,
+	}
+	var reads []string
+	read := func(path string) ([]byte, error) {
+		reads = append(reads, path)
+		if b, ok := files[path]; ok {
+			return []byte(b), nil
+		}
+		return nil, fmt.Errorf("open %s: %w", path, fs.ErrNotExist)
+	}
+	prof := func(name string) *corev1.SeccompProfile {
+		return &corev1.SeccompProfile{Type: corev1.SeccompProfileTypeLocalhost, LocalhostProfile: ptrTo(name)}
+	}
+	pod := &corev1.Pod{Spec: corev1.PodSpec{
+		SecurityContext: &corev1.PodSecurityContext{SeccompProfile: prof("deny-mkdir.json")},
+		Containers: []corev1.Container{
+			{Name: "a", SecurityContext: &corev1.SecurityContext{SeccompProfile: prof("deny-mkdir.json")}},
+			{Name: "b", SecurityContext: &corev1.SecurityContext{SeccompProfile: &corev1.SeccompProfile{Type: corev1.SeccompProfileTypeUnconfined}}},
+		},
+	}}
+	got, err := LocalhostProfiles(pod, "/root/seccomp", read)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(got) != 1 || string(got["deny-mkdir.json"]) != good || len(reads) != 1 {
+		t.Errorf("profiles %q after reads %q; want deny-mkdir.json read once", got, reads)
+	}
+	if p, err := ParseSeccompProfile(got["deny-mkdir.json"]); err != nil || p.DefaultAction != "SCMP_ACT_ALLOW" || len(p.Syscalls) != 1 {
+		t.Errorf("parsed %+v, %v", p, err)
+	}
+	for _, tt := range []struct{ name, file, wantInMsg string }{
+		{"missing", "nope.json", `cannot load seccomp profile "/root/seccomp/nope.json"`},
+		{"docker keys", "docker.json", "archMap"},
+		{"no default action", "empty.json", "defaultAction"},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			bad := pod.DeepCopy()
+			bad.Spec.InitContainers = []corev1.Container{{Name: "i", SecurityContext: &corev1.SecurityContext{SeccompProfile: prof(tt.file)}}}
+			_, err := LocalhostProfiles(bad, "/root/seccomp", read)
+			wantRefusal(t, err, "spec.initContainers[0].securityContext.seccompProfile.localhostProfile")
+			if err == nil || !strings.Contains(err.Error(), tt.wantInMsg) {
+				t.Errorf("err %v, want %q in it", err, tt.wantInMsg)
+			}
+		})
 	}
 }

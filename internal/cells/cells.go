@@ -134,6 +134,10 @@ type Options struct {
 	CapacityErrorMemory time.Duration
 	// Admit is the node's configuration pods are admitted against (node.allowPrivileged).
 	Admit admit.Node
+	// SeccompProfileRoot is node.seccompProfileRoot: Localhost seccomp profiles are read
+	// under it when a pod is admitted (a missing one fails the pod before launch) and sent
+	// to its cell with the pod.
+	SeccompProfileRoot string
 }
 
 // DefaultOptions are the options of a manager configured with nothing.

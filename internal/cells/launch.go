@@ -4,6 +4,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"os"
 	"slices"
 	"strings"
 	"time"
@@ -48,6 +49,9 @@ func (c *cell) launch() (*cloud.Instance, error) {
 			reason = ae.PodReason
 		}
 		return nil, fail(reason, "%v", err)
+	}
+	if _, err := admit.LocalhostProfiles(pod, c.m.cfg.SeccompProfileRoot, os.ReadFile); err != nil {
+		return nil, fail(ReasonInvalidSpec, "%v", err)
 	}
 	c.m.mu.Lock()
 	c.healthyAfter, c.lostAfter = opts.HealthyTimeout, opts.LostTimeout

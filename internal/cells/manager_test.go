@@ -197,6 +197,10 @@ func TestPodThatCannotRunFailsWithoutLaunching(t *testing.T) {
 		{"privileged without node.allowPrivileged", func(p *corev1.Pod) {
 			p.Spec.Containers[0].SecurityContext = &corev1.SecurityContext{Privileged: ptr.To(true)}
 		}, ReasonInvalidSpec, "spec.containers[0].securityContext.privileged"},
+		{"a missing Localhost seccomp profile", func(p *corev1.Pod) {
+			p.Spec.SecurityContext = &corev1.PodSecurityContext{SeccompProfile: &corev1.SeccompProfile{
+				Type: corev1.SeccompProfileTypeLocalhost, LocalhostProfile: ptr.To("no-such-profile.json")}}
+		}, ReasonInvalidSpec, `spec.securityContext.seccompProfile.localhostProfile: cannot load seccomp profile "no-such-profile.json"`},
 		{"bad legacy annotation", func(p *corev1.Pod) {
 			p.Annotations = map[string]string{"pod.elotl.co/healthcheck-healthy-timeout": "soon"}
 		}, ReasonInvalidAnnotation, "pod.elotl.co/healthcheck-healthy-timeout"},

@@ -361,6 +361,7 @@ func cellsOptions(cfg *config.ProviderConfig) cells.Options {
 	c := cfg.Cells
 	return cells.Options{
 		Admit:               admit.Node{AllowPrivileged: cfg.Node.AllowPrivileged},
+		SeccompProfileRoot:  cfg.Node.SeccompProfileRoot,
 		ClusterName:         c.ClusterName,
 		HealthyTimeout:      c.HealthyTimeout.Duration,
 		LostTimeout:         c.LostTimeout.Duration,

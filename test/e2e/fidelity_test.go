@@ -86,8 +86,9 @@ func TestRunAsNonRoot(t *testing.T) {
 
 // TestSeccompProfiles: seccomp RuntimeDefault (pod level) refuses a new user namespace that
 // the same image creates under Unconfined (container level, overriding the pod's); a
-// Localhost profile, which cells cannot load, fails the pod before any cell launches, with
-// an Event and a message naming the field.
+// Localhost profile kip reads under node.seccompProfileRoot is applied (it refuses mkdir); a
+// missing one fails the pod before any cell launches, with an Event and a message naming the
+// field and the file.
 func TestSeccompProfiles(t *testing.T) {
 	e := need(t)
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
@@ -97,10 +98,17 @@ func TestSeccompProfiles(t *testing.T) {
 	pod := framework.Pod("seccomp", framework.Busybox("confined", script), framework.Busybox("unconfined", script))
 	pod.Spec.SecurityContext = &corev1.PodSecurityContext{SeccompProfile: &corev1.SeccompProfile{Type: corev1.SeccompProfileTypeRuntimeDefault}}
 	pod.Spec.Containers[1].SecurityContext = &corev1.SecurityContext{SeccompProfile: &corev1.SeccompProfile{Type: corev1.SeccompProfileTypeUnconfined}}
+	profile := `{"defaultAction":"SCMP_ACT_ALLOW","syscalls":[{"names":["mkdir","mkdirat"],"action":"SCMP_ACT_ERRNO"}]}`
+	if err := os.WriteFile(filepath.Join(e.SeccompProfileRoot, "deny-mkdir.json"), []byte(profile), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	denied := framework.Pod("denymkdir", framework.Busybox("main", `mkdir /tmp/d 2>&1 || echo mkdir-refused; touch /tmp/f && echo touch-ok`))
+	denied.Spec.Containers[0].SecurityContext = &corev1.SecurityContext{SeccompProfile: &corev1.SeccompProfile{
+		Type: corev1.SeccompProfileTypeLocalhost, LocalhostProfile: ptr.To("deny-mkdir.json")}}
 	local := framework.Pod("localhost", framework.Busybox("main", "true"))
 	local.Spec.SecurityContext = &corev1.PodSecurityContext{SeccompProfile: &corev1.SeccompProfile{
 		Type: corev1.SeccompProfileTypeLocalhost, LocalhostProfile: ptr.To("no-such-profile.json")}}
-	for _, p := range []*corev1.Pod{pod, local} {
+	for _, p := range []*corev1.Pod{pod, denied, local} {
 		if _, err := e.Client.CoreV1().Pods(ns).Create(ctx, p, metav1.CreateOptions{}); err != nil {
 			t.Fatal(err)
 		}
@@ -115,12 +123,21 @@ func TestSeccompProfiles(t *testing.T) {
 		t.Errorf("Unconfined: unshare -r printed %q (%v), want allowed", out, err)
 	}
 
+	if _, err := e.WaitForPod(ctx, ns, "denymkdir", podTimeout, framework.Finished); err != nil {
+		t.Fatalf("%v\nevents:\n%s", err, e.EventsFor(ctx, ns, "denymkdir"))
+	}
+	if out, err := e.Kubectl(ctx, "-n", ns, "logs", "denymkdir"); err != nil || !strings.Contains(out, "Operation not permitted") ||
+		!strings.Contains(out, "mkdir-refused") || !strings.Contains(out, "touch-ok") {
+		t.Errorf("Localhost deny-mkdir.json: the container printed %q (%v); want mkdir refused (EPERM) and touch allowed", out, err)
+	}
+
 	failed, err := e.WaitForPod(ctx, ns, "localhost", podTimeout, framework.Failed)
 	if err != nil {
 		t.Fatalf("%v\nevents:\n%s", err, e.EventsFor(ctx, ns, "localhost"))
 	}
-	if !strings.Contains(failed.Status.Message, "spec.securityContext.seccompProfile.type") || failed.Status.Reason == "" {
-		t.Errorf("reason %q message %q: want a reason and the field named", failed.Status.Reason, failed.Status.Message)
+	if !strings.Contains(failed.Status.Message, "spec.securityContext.seccompProfile.localhostProfile") ||
+		!strings.Contains(failed.Status.Message, filepath.Join(e.SeccompProfileRoot, "no-such-profile.json")) || failed.Status.Reason == "" {
+		t.Errorf("reason %q message %q: want a reason, the field and the file named", failed.Status.Reason, failed.Status.Message)
 	}
 	if _, err := e.WaitForEvent(ctx, ns, "localhost", failed.Status.Reason, 30*time.Second); err != nil {
 		t.Error(err)

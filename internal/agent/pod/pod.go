@@ -798,6 +798,10 @@ func (p *Pod) create(c *ctr, img *image.Image, bundle, cgroup, run string) (clea
 		Resources: res, CgroupsPath: filepath.Join(cgroup, run),
 	}
 	cc.SeccompRuntimeDefault = seccompRuntimeDefault(p.req.Pod, c.spec)
+	if cc.Seccomp, err = seccompLocalhost(p.req, c.spec); err != nil {
+		cleanup()
+		return nil, err
+	}
 	if p.sandbox != nil {
 		cc.UTSNamespacePath = p.sandbox.UTSPath()
 	}

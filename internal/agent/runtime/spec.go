@@ -57,6 +57,8 @@ type ContainerConfig struct {
 	// SeccompRuntimeDefault installs RuntimeDefaultSeccomp (seccompProfile RuntimeDefault);
 	// without it the container runs unconfined.
 	SeccompRuntimeDefault bool
+	// Seccomp is a Localhost seccomp profile (seccompProfile Localhost), installed as given.
+	Seccomp *specs.LinuxSeccomp
 	// PIDNamespacePath, when set, is the PID namespace to join (/proc/<pid>/ns/pid of another
 	// container: an ephemeral container's targetContainerName) instead of a new one.
 	PIDNamespacePath string
@@ -180,6 +182,8 @@ func BuildSpec(c ContainerConfig) (*specs.Spec, error) {
 		}
 		s.Linux.Resources.Devices = []specs.LinuxDeviceCgroup{{Allow: true, Access: "rwm"}}
 		s.Linux.Devices = c.Devices
+	} else if c.Seccomp != nil {
+		s.Linux.Seccomp = c.Seccomp
 	} else if c.SeccompRuntimeDefault {
 		s.Linux.Seccomp = RuntimeDefaultSeccomp(caps)
 	}

@@ -180,3 +180,21 @@ func TestBoundingSet(t *testing.T) {
 		t.Errorf("boundingSet %v, want %v", got, want)
 	}
 }
+
+// TestBuildSpecLocalhostSeccomp: a Localhost profile is installed as given, over
+// RuntimeDefault; a privileged container gets none.
+func TestBuildSpecLocalhostSeccomp(t *testing.T) {
+	prof := &specs.LinuxSeccomp{DefaultAction: specs.ActAllow, Syscalls: []specs.LinuxSyscall{{Names: []string{"mkdir"}, Action: specs.ActErrno}}}
+	c := ContainerConfig{RootFS: "/r", Process: Process{Args: []string{"x"}}, SeccompRuntimeDefault: true, Seccomp: prof}
+	s, err := BuildSpec(c)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if s.Linux.Seccomp != prof {
+		t.Errorf("seccomp %+v, want the Localhost profile", s.Linux.Seccomp)
+	}
+	c.Privileged = true
+	if s, _ := BuildSpec(c); s.Linux.Seccomp != nil {
+		t.Errorf("privileged: seccomp %+v, want none", s.Linux.Seccomp)
+	}
+}
