@@ -15,6 +15,7 @@ import (
 	"os"
 	"os/exec"
 	"os/signal"
+	"runtime"
 	"syscall"
 
 	"golang.org/x/sys/unix"
@@ -49,17 +50,31 @@ func Start(binary, hostname string, sharePID bool) (*Sandbox, error) {
 	}
 	var stderr limitedBuffer
 	cmd.Stderr = &stderr
-	if err := cmd.Start(); err != nil {
+	// The parent-death signal follows the OS thread that started the holder, not the agent:
+	// the holder is started, and waited for, from one goroutine locked to its thread, so
+	// that thread lives as long as the holder does and no other goroutine's exit can end it.
+	started := make(chan error, 1)
+	s := &Sandbox{cmd: cmd, sharePID: sharePID, done: make(chan struct{})}
+	go func() {
+		runtime.LockOSThread()
+		defer runtime.UnlockOSThread()
+		if err := cmd.Start(); err != nil {
+			started <- err
+			return
+		}
+		started <- nil
+		_ = cmd.Wait()
+		close(s.done)
+	}()
+	if err := <-started; err != nil {
 		return nil, fmt.Errorf("starting the pod's sandbox: %w", err)
 	}
-	s := &Sandbox{cmd: cmd, sharePID: sharePID, done: make(chan struct{})}
 	line, err := bufio.NewReader(out).ReadString('\n')
 	if line != ready {
 		_ = cmd.Process.Kill()
-		_ = cmd.Wait()
+		<-s.done
 		return nil, fmt.Errorf("starting the pod's sandbox: it did not get ready (%v): %s", err, stderr.String())
 	}
-	go func() { _ = cmd.Wait(); close(s.done) }()
 	return s, nil
 }
 
