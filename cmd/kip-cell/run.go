@@ -96,17 +96,22 @@ func Run(ctx context.Context, args []string, stdout io.Writer) error {
 		p := svcproxy.New()
 		rules, hostPorts = p, p
 	}
+	self, err := os.Executable()
+	if err != nil {
+		return fmt.Errorf("finding the agent's executable (pod sandboxes run it): %w", err)
+	}
 	ag, err := agent.New(ctx, agent.Config{
-		CellID:       bs.CellID,
-		StateDir:     *stateDir,
-		Runtime:      rt,
-		Images:       images,
-		Cgroups:      cg,
-		CgroupParent: *cgroupParent,
-		BackOff:      pod.BackOff{Base: *backOffBase, Max: *backOffMax, Reset: pod.DefaultBackOff.Reset},
-		PodIP:        podIP(),
-		Services:     rules,
-		HostPorts:    hostPorts,
+		SandboxBinary: self,
+		CellID:        bs.CellID,
+		StateDir:      *stateDir,
+		Runtime:       rt,
+		Images:        images,
+		Cgroups:       cg,
+		CgroupParent:  *cgroupParent,
+		BackOff:       pod.BackOff{Base: *backOffBase, Max: *backOffMax, Reset: pod.DefaultBackOff.Reset},
+		PodIP:         podIP(),
+		Services:      rules,
+		HostPorts:     hostPorts,
 	})
 	if err != nil {
 		return err

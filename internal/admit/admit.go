@@ -4,13 +4,18 @@
 package admit
 
 import (
+	"bytes"
+	"encoding/json"
+	"errors"
 	"fmt"
+	"path/filepath"
 	"reflect"
 	"strings"
 
 	corev1 "k8s.io/api/core/v1"
 
 	"github.com/kip-dev/kip/internal/cellapi"
+	"github.com/opencontainers/runtime-spec/specs-go"
 )
 
 // Error is a refusal: the field path kip cannot honour and why.
@@ -58,8 +63,16 @@ func (e *Error) Error() string { return e.Field + ": " + e.Reason }
 // API objects kip resolves into files (configMap, secret, downwardAPI, projected).
 var supportedVolumes = map[string]bool{"emptyDir": true, "configMap": true, "secret": true, "downwardAPI": true, "projected": true}
 
-// Pod returns an *Error for the first field of pod kip cannot honour, nil when it can run it.
-func Pod(pod *corev1.Pod) error {
+// Node is the node's configuration admission reads (kip's config, node section).
+type Node struct {
+	// AllowPrivileged admits privileged containers (node.allowPrivileged, kubelet's
+	// --allow-privileged); without it they are refused.
+	AllowPrivileged bool
+}
+
+// Pod returns an *Error for the first field of pod kip cannot honour on node, nil when it
+// can run it.
+func Pod(pod *corev1.Pod, node Node) error {
 	for i, v := range pod.Spec.Volumes {
 		src := sourceName(v.VolumeSource)
 		if src == "" {
@@ -73,9 +86,6 @@ func Pod(pod *corev1.Pod) error {
 			return &Error{Field: fmt.Sprintf("spec.volumes[%d].emptyDir.medium", i),
 				Reason: fmt.Sprintf("volume %q: medium %s is not supported on kip's cells (they have no huge pages; only the default medium and Memory)", v.Name, ed.Medium)}
 		}
-	}
-	if pod.Spec.ShareProcessNamespace != nil && *pod.Spec.ShareProcessNamespace {
-		return &Error{Field: "spec.shareProcessNamespace", Reason: "a process namespace shared by the pod's containers is not supported on kip's cells yet"}
 	}
 	if pod.Spec.HostPID {
 		return &Error{Field: "spec.hostPID", Reason: "the cell's process namespace holds its agent; kip does not give it to pods"}
@@ -99,7 +109,7 @@ func Pod(pod *corev1.Pod) error {
 		ctrs  []corev1.Container
 	}{{"initContainers", pod.Spec.InitContainers}, {"containers", pod.Spec.Containers}} {
 		for i, c := range list.ctrs {
-			if err := container(fmt.Sprintf("spec.%s[%d]", list.field, i), c.SecurityContext); err != nil {
+			if err := container(fmt.Sprintf("spec.%s[%d]", list.field, i), c.SecurityContext, node); err != nil {
 				return err
 			}
 			if err := ports(fmt.Sprintf("spec.%s[%d]", list.field, i), c.Ports); err != nil {
@@ -110,17 +120,88 @@ func Pod(pod *corev1.Pod) error {
 	return nil
 }
 
-// seccomp refuses a Localhost profile: a cell has no node-local profile files.
-// RuntimeDefault and Unconfined are admitted; README.md says what RuntimeDefault gets today.
+// seccomp checks a Localhost profile's name: kip reads it under node.seccompProfileRoot
+// (LocalhostProfiles), so it must be a path inside that directory. RuntimeDefault and
+// Unconfined are admitted; README.md says what RuntimeDefault gets today.
 func seccomp(field string, p *corev1.SeccompProfile) error {
-	if p != nil && p.Type == corev1.SeccompProfileTypeLocalhost {
-		return &Error{Field: field + ".type", Reason: "Localhost seccomp profiles are not supported on kip's cells (they have no node-local profiles)"}
+	if p == nil || p.Type != corev1.SeccompProfileTypeLocalhost {
+		return nil
+	}
+	if p.LocalhostProfile == nil || !filepath.IsLocal(*p.LocalhostProfile) {
+		return &Error{Field: field + ".localhostProfile", Reason: "a Localhost profile needs localhostProfile, a relative path under the node's seccomp profile root"}
 	}
 	return nil
 }
 
+// LocalhostProfiles reads the Localhost seccomp profiles pod names (pod-level and its init
+// and regular containers'), each root/localhostProfile as kubelet loads it from its seccomp
+// root, with read (os.ReadFile), and returns them keyed by localhostProfile. A profile that
+// cannot be read, or is not an OCI seccomp profile (ParseSeccompProfile), is an *Error
+// naming the field that asks for it. pod must have passed Pod.
+func LocalhostProfiles(pod *corev1.Pod, root string, read func(string) ([]byte, error)) (map[string][]byte, error) {
+	var out map[string][]byte
+	load := func(field string, p *corev1.SeccompProfile) error {
+		if p == nil || p.Type != corev1.SeccompProfileTypeLocalhost || p.LocalhostProfile == nil {
+			return nil
+		}
+		name := *p.LocalhostProfile
+		if _, ok := out[name]; ok {
+			return nil
+		}
+		path := filepath.Join(root, name)
+		b, err := read(path)
+		if err == nil {
+			_, err = ParseSeccompProfile(b)
+		}
+		if err != nil {
+			return &Error{Field: field + ".localhostProfile", Reason: fmt.Sprintf("cannot load seccomp profile %q: %v", path, err)}
+		}
+		if out == nil {
+			out = map[string][]byte{}
+		}
+		out[name] = b
+		return nil
+	}
+	if sc := pod.Spec.SecurityContext; sc != nil {
+		if err := load("spec.securityContext.seccompProfile", sc.SeccompProfile); err != nil {
+			return nil, err
+		}
+	}
+	for _, list := range []struct {
+		field string
+		ctrs  []corev1.Container
+	}{{"initContainers", pod.Spec.InitContainers}, {"containers", pod.Spec.Containers}} {
+		for i, c := range list.ctrs {
+			if c.SecurityContext == nil {
+				continue
+			}
+			if err := load(fmt.Sprintf("spec.%s[%d].securityContext.seccompProfile", list.field, i), c.SecurityContext.SeccompProfile); err != nil {
+				return nil, err
+			}
+		}
+	}
+	return out, nil
+}
+
+// ParseSeccompProfile reads a Localhost profile: the OCI runtime spec's linux.seccomp object
+// in JSON (defaultAction, architectures, syscalls with names, action, errnoRet and args),
+// which is Docker's profile format without its archMap, includes and excludes. A field it
+// does not know is an error, so no part of a profile is silently dropped.
+func ParseSeccompProfile(b []byte) (*specs.LinuxSeccomp, error) {
+	var p specs.LinuxSeccomp
+	dec := json.NewDecoder(bytes.NewReader(b))
+	dec.DisallowUnknownFields()
+	if err := dec.Decode(&p); err != nil {
+		return nil, fmt.Errorf("not an OCI seccomp profile: %w", err)
+	}
+	if p.DefaultAction == "" {
+		return nil, errors.New("not an OCI seccomp profile: no defaultAction")
+	}
+	return &p, nil
+}
+
 // container refuses the security settings a cell cannot give a container.
-func container(field string, sc *corev1.SecurityContext) error {
+func container(field string, sc *corev1.SecurityContext, node Node) error {
 	if sc == nil {
 		return nil
 	}
@@ -130,8 +211,8 @@ func container(field string, sc *corev1.SecurityContext) error {
 	if sc.ProcMount != nil && *sc.ProcMount == corev1.UnmaskedProcMount {
 		return &Error{Field: field + ".securityContext.procMount", Reason: "an unmasked /proc needs a user namespace (hostUsers: false), which kip's cells do not give pods yet"}
 	}
-	if sc.Privileged != nil && *sc.Privileged {
-		return &Error{Field: field + ".securityContext.privileged", Reason: "privileged containers are not supported on kip's cells"}
+	if sc.Privileged != nil && *sc.Privileged && !node.AllowPrivileged {
+		return &Error{Field: field + ".securityContext.privileged", Reason: "privileged containers are not allowed on this node (kip's config has node.allowPrivileged false)"}
 	}
 	if sc.Capabilities != nil {
 		for j, c := range sc.Capabilities.Add {

@@ -2,6 +2,9 @@ package admit
 
 import (
 	"errors"
+	"fmt"
+	"io/fs"
+	"strings"
 	"testing"
 
 	corev1 "k8s.io/api/core/v1"
@@ -44,7 +47,7 @@ func TestPod(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			err := Pod(&corev1.Pod{Spec: corev1.PodSpec{Volumes: tt.volumes}})
+			err := Pod(&corev1.Pod{Spec: corev1.PodSpec{Volumes: tt.volumes}}, Node{})
 			wantRefusal(t, err, tt.wantField)
 		})
 	}
@@ -74,9 +77,24 @@ func TestContainerSecurity(t *testing.T) {
 			} else {
 				pod.Spec.Containers[1].SecurityContext = tt.sc
 			}
-			err := Pod(pod)
+			err := Pod(pod, Node{})
 			wantRefusal(t, err, tt.wantField)
 		})
+	}
+}
+
+// TestAllowPrivileged: node.allowPrivileged admits privileged containers; without it the
+// refusal names the field and the config setting.
+func TestAllowPrivileged(t *testing.T) {
+	pod := &corev1.Pod{Spec: corev1.PodSpec{Containers: []corev1.Container{
+		{Name: "a", SecurityContext: &corev1.SecurityContext{Privileged: ptrTo(true)}}}}}
+	if err := Pod(pod, Node{AllowPrivileged: true}); err != nil {
+		t.Errorf("allowed: %v", err)
+	}
+	err := Pod(pod, Node{})
+	wantRefusal(t, err, "spec.containers[0].securityContext.privileged")
+	if err == nil || !strings.Contains(err.Error(), "node.allowPrivileged") {
+		t.Errorf("refusal %v does not name node.allowPrivileged", err)
 	}
 }
 
@@ -94,7 +112,7 @@ func TestSysctls(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			err := Pod(&corev1.Pod{Spec: corev1.PodSpec{SecurityContext: &corev1.PodSecurityContext{Sysctls: tt.sysctls}}})
+			err := Pod(&corev1.Pod{Spec: corev1.PodSpec{SecurityContext: &corev1.PodSecurityContext{Sysctls: tt.sysctls}}}, Node{})
 			if ae := wantRefusal(t, err, tt.wantField); ae != nil && ae.PodReason != SysctlForbidden {
 				t.Fatalf("err = %v, want a SysctlForbidden refusal of %s", err, tt.wantField)
 			}
@@ -114,13 +132,12 @@ func TestNamespaces(t *testing.T) {
 		{"defaults", corev1.PodSpec{}, ""},
 		{"hostIPC is the cell's", corev1.PodSpec{HostIPC: true}, ""},
 		{"hostNetwork is the cell's", corev1.PodSpec{HostNetwork: true}, ""},
-		{"shareProcessNamespace", corev1.PodSpec{ShareProcessNamespace: ptrTo(true)}, "spec.shareProcessNamespace"},
 		{"hostPID", corev1.PodSpec{HostPID: true}, "spec.hostPID"},
 		{"hostUsers true", corev1.PodSpec{HostUsers: ptrTo(true)}, ""},
 		{"hostUsers false", corev1.PodSpec{HostUsers: ptrTo(false)}, "spec.hostUsers"},
 	} {
 		t.Run(tt.name, func(t *testing.T) {
-			err := Pod(&corev1.Pod{Spec: tt.spec})
+			err := Pod(&corev1.Pod{Spec: tt.spec}, Node{})
 			wantRefusal(t, err, tt.wantField)
 		})
 	}
@@ -145,7 +162,7 @@ func TestPorts(t *testing.T) {
 			"spec.initContainers[0].ports[0].containerPort"},
 	} {
 		t.Run(tt.name, func(t *testing.T) {
-			wantRefusal(t, Pod(&corev1.Pod{Spec: tt.spec}), tt.wantField)
+			wantRefusal(t, Pod(&corev1.Pod{Spec: tt.spec}, Node{}), tt.wantField)
 		})
 	}
 }
@@ -165,6 +182,7 @@ func wantRefusal(t *testing.T, err error, field string) *Error {
 
 func TestSeccomp(t *testing.T) {
 	localhost := &corev1.SeccompProfile{Type: corev1.SeccompProfileTypeLocalhost, LocalhostProfile: ptrTo("my.json")}
+	outside := &corev1.SeccompProfile{Type: corev1.SeccompProfileTypeLocalhost, LocalhostProfile: ptrTo("../etc/x.json")}
 	for _, tt := range []struct {
 		name      string
 		pod       *corev1.Pod
@@ -172,12 +190,68 @@ func TestSeccomp(t *testing.T) {
 	}{
 		{"runtime default", &corev1.Pod{Spec: corev1.PodSpec{SecurityContext: &corev1.PodSecurityContext{
 			SeccompProfile: &corev1.SeccompProfile{Type: corev1.SeccompProfileTypeRuntimeDefault}}}}, ""},
-		{"pod localhost", &corev1.Pod{Spec: corev1.PodSpec{SecurityContext: &corev1.PodSecurityContext{SeccompProfile: localhost}}},
-			"spec.securityContext.seccompProfile.type"},
-		{"container localhost", &corev1.Pod{Spec: corev1.PodSpec{Containers: []corev1.Container{{Name: "a",
-			SecurityContext: &corev1.SecurityContext{SeccompProfile: localhost}}}}},
-			"spec.containers[0].securityContext.seccompProfile.type"},
+		{"pod localhost", &corev1.Pod{Spec: corev1.PodSpec{SecurityContext: &corev1.PodSecurityContext{SeccompProfile: localhost}}}, ""},
+		{"localhost without a name", &corev1.Pod{Spec: corev1.PodSpec{SecurityContext: &corev1.PodSecurityContext{
+			SeccompProfile: &corev1.SeccompProfile{Type: corev1.SeccompProfileTypeLocalhost}}}},
+			"spec.securityContext.seccompProfile.localhostProfile"},
+		{"container localhost outside the root", &corev1.Pod{Spec: corev1.PodSpec{Containers: []corev1.Container{{Name: "a",
+			SecurityContext: &corev1.SecurityContext{SeccompProfile: outside}}}}},
+			"spec.containers[0].securityContext.seccompProfile.localhostProfile"},
 	} {
-		t.Run(tt.name, func(t *testing.T) { wantRefusal(t, Pod(tt.pod), tt.wantField) })
+		t.Run(tt.name, func(t *testing.T) { wantRefusal(t, Pod(tt.pod, Node{}), tt.wantField) })
+	}
+}
+
+// TestLocalhostProfiles: the profiles a pod names are read under the root, once each; a
+// missing or malformed one is refused naming the field that asks for it and the path.
+func TestLocalhostProfiles(t *testing.T) {
+	const good = `{"defaultAction":"SCMP_ACT_ALLOW","syscalls":[{"names":["mkdir","mkdirat"],"action":"SCMP_ACT_ERRNO"}]}`
+	files := map[string]string{
+		"/root/seccomp/deny-mkdir.json": good,
+		"/root/seccomp/docker.json":     `{"defaultAction":"SCMP_ACT_ALLOW","archMap":[]}`,
+		"/root/seccomp/empty.json":      `{}`,
+	}
+	var reads []string
+	read := func(path string) ([]byte, error) {
+		reads = append(reads, path)
+		if b, ok := files[path]; ok {
+			return []byte(b), nil
+		}
+		return nil, fmt.Errorf("open %s: %w", path, fs.ErrNotExist)
+	}
+	prof := func(name string) *corev1.SeccompProfile {
+		return &corev1.SeccompProfile{Type: corev1.SeccompProfileTypeLocalhost, LocalhostProfile: ptrTo(name)}
+	}
+	pod := &corev1.Pod{Spec: corev1.PodSpec{
+		SecurityContext: &corev1.PodSecurityContext{SeccompProfile: prof("deny-mkdir.json")},
+		Containers: []corev1.Container{
+			{Name: "a", SecurityContext: &corev1.SecurityContext{SeccompProfile: prof("deny-mkdir.json")}},
+			{Name: "b", SecurityContext: &corev1.SecurityContext{SeccompProfile: &corev1.SeccompProfile{Type: corev1.SeccompProfileTypeUnconfined}}},
+		},
+	}}
+	got, err := LocalhostProfiles(pod, "/root/seccomp", read)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(got) != 1 || string(got["deny-mkdir.json"]) != good || len(reads) != 1 {
+		t.Errorf("profiles %q after reads %q; want deny-mkdir.json read once", got, reads)
+	}
+	if p, err := ParseSeccompProfile(got["deny-mkdir.json"]); err != nil || p.DefaultAction != "SCMP_ACT_ALLOW" || len(p.Syscalls) != 1 {
+		t.Errorf("parsed %+v, %v", p, err)
+	}
+	for _, tt := range []struct{ name, file, wantInMsg string }{
+		{"missing", "nope.json", `cannot load seccomp profile "/root/seccomp/nope.json"`},
+		{"docker keys", "docker.json", "archMap"},
+		{"no default action", "empty.json", "defaultAction"},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			bad := pod.DeepCopy()
+			bad.Spec.InitContainers = []corev1.Container{{Name: "i", SecurityContext: &corev1.SecurityContext{SeccompProfile: prof(tt.file)}}}
+			_, err := LocalhostProfiles(bad, "/root/seccomp", read)
+			wantRefusal(t, err, "spec.initContainers[0].securityContext.seccompProfile.localhostProfile")
+			if err == nil || !strings.Contains(err.Error(), tt.wantInMsg) {
+				t.Errorf("err %v, want %q in it", err, tt.wantInMsg)
+			}
+		})
 	}
 }

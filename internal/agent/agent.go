@@ -56,6 +56,10 @@ type Config struct {
 	// ResolvConf is the path of the resolv.conf given to pods without DNS settings
 	// (/etc/resolv.conf when empty; a missing file gives an empty one).
 	ResolvConf string
+	// SandboxBinary is the agent's executable, run as each pod's sandbox (pod.Config).
+	// Empty: no sandbox (each container has its own UTS namespace; shareProcessNamespace
+	// pods cannot start).
+	SandboxBinary string
 	// Services programs the cluster's Services into the cell's network namespace
 	// (svcproxy.Programmer in kip-cell). Nil: the agent does not program Services, and
 	// PutServices fails with cellapi.KindBadVersion (agents in tests never touch the host).
@@ -196,19 +200,20 @@ func (a *Agent) PutPod(ctx context.Context, req *cellapi.PodRequest) (*cellapi.P
 		}
 	}
 	p, err := pod.Start(pod.Config{
-		Dir:          filepath.Join(a.cfg.StateDir, "pods", string(req.Pod.UID)),
-		Runtime:      a.cfg.Runtime,
-		Images:       a.cfg.Images,
-		Cgroups:      a.cfg.Cgroups,
-		CgroupParent: a.cfg.CgroupParent,
-		NewLog:       a.newLog,
-		Clock:        a.cfg.Clock,
-		BackOff:      a.cfg.BackOff,
-		PodIP:        a.cfg.PodIP,
-		ResolvConf:   a.resolv,
-		Log:          a.log.With("pod", req.Pod.Namespace+"/"+req.Pod.Name),
-		Notify:       a.publish,
-		FirstSeq:     a.currentSeq(),
+		Dir:           filepath.Join(a.cfg.StateDir, "pods", string(req.Pod.UID)),
+		Runtime:       a.cfg.Runtime,
+		Images:        a.cfg.Images,
+		Cgroups:       a.cfg.Cgroups,
+		CgroupParent:  a.cfg.CgroupParent,
+		SandboxBinary: a.cfg.SandboxBinary,
+		NewLog:        a.newLog,
+		Clock:         a.cfg.Clock,
+		BackOff:       a.cfg.BackOff,
+		PodIP:         a.cfg.PodIP,
+		ResolvConf:    a.resolv,
+		Log:           a.log.With("pod", req.Pod.Namespace+"/"+req.Pod.Name),
+		Notify:        a.publish,
+		FirstSeq:      a.currentSeq(),
 	}, req)
 	if err != nil {
 		if len(hostPorts) > 0 && a.cfg.HostPorts != nil {

@@ -69,6 +69,10 @@ type PodRequest struct {
 	// as kubelet does.
 	ClusterDNS    []string `json:"clusterDNS,omitempty"`
 	ClusterDomain string   `json:"clusterDomain,omitempty"`
+	// SeccompProfiles are the Localhost seccomp profiles the pod names, keyed by
+	// localhostProfile: the files kip read under its node.seccompProfileRoot, each the OCI
+	// runtime spec's linux.seccomp object in JSON.
+	SeccompProfiles map[string][]byte `json:"seccompProfiles,omitempty"`
 }
 
 // RegistryAuth is one registry's credentials, as in a docker config.json "auths" entry.

@@ -4,11 +4,13 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"os"
 	"time"
 
 	corev1 "k8s.io/api/core/v1"
 	"k8s.io/utils/clock"
 
+	"github.com/kip-dev/kip/internal/admit"
 	"github.com/kip-dev/kip/internal/cellapi"
 	"github.com/kip-dev/kip/internal/cloud"
 	"github.com/kip-dev/kip/internal/podstatus"
@@ -157,6 +159,10 @@ func (c *cell) resolve(pod *corev1.Pod) (*cellapi.PodRequest, error) {
 	}
 	if req.Pod == nil {
 		req.Pod = pod
+	}
+	// Read again, as the pod may reach its cell long after its launch (an adopted cell).
+	if req.SeccompProfiles, err = admit.LocalhostProfiles(req.Pod, c.m.cfg.SeccompProfileRoot, os.ReadFile); err != nil {
+		return nil, err
 	}
 	return req, nil
 }

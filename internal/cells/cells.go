@@ -17,6 +17,7 @@ import (
 	"k8s.io/client-go/tools/record"
 	"k8s.io/utils/clock"
 
+	"github.com/kip-dev/kip/internal/admit"
 	"github.com/kip-dev/kip/internal/capacity"
 	"github.com/kip-dev/kip/internal/cellapi"
 	"github.com/kip-dev/kip/internal/cloud"
@@ -131,6 +132,12 @@ type Options struct {
 	LaunchConcurrency int
 	// CapacityErrorMemory is how long an offering that lacked capacity is tried last.
 	CapacityErrorMemory time.Duration
+	// Admit is the node's configuration pods are admitted against (node.allowPrivileged).
+	Admit admit.Node
+	// SeccompProfileRoot is node.seccompProfileRoot: Localhost seccomp profiles are read
+	// under it when a pod is admitted (a missing one fails the pod before launch) and sent
+	// to its cell with the pod.
+	SeccompProfileRoot string
 }
 
 // DefaultOptions are the options of a manager configured with nothing.

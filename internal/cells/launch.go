@@ -6,6 +6,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"os"
 	"slices"
 	"strings"
 	"time"
@@ -50,12 +51,15 @@ func (c *cell) launch() (*cloud.Instance, error) {
 	if err != nil {
 		return nil, fail(ReasonInvalidAnnotation, "%v", err)
 	}
-	if err := admit.Pod(pod); err != nil {
+	if err := admit.Pod(pod, c.m.cfg.Admit); err != nil {
 		reason := ReasonInvalidSpec
 		if ae, ok := err.(*admit.Error); ok && ae.PodReason != "" {
 			reason = ae.PodReason
 		}
 		return nil, fail(reason, "%v", err)
+	}
+	if _, err := admit.LocalhostProfiles(pod, c.m.cfg.SeccompProfileRoot, os.ReadFile); err != nil {
+		return nil, fail(ReasonInvalidSpec, "%v", err)
 	}
 	c.m.mu.Lock()
 	c.healthyAfter, c.lostAfter = opts.HealthyTimeout, opts.LostTimeout

@@ -15,6 +15,7 @@ import (
 
 	corev1 "k8s.io/api/core/v1"
 	"k8s.io/apimachinery/pkg/api/resource"
+	"k8s.io/utils/ptr"
 
 	"github.com/kip-dev/kip/internal/cellapi"
 	"github.com/kip-dev/kip/internal/cloud"
@@ -195,6 +196,13 @@ func TestPodThatCannotRunFailsWithoutLaunching(t *testing.T) {
 		{"a hostPath", func(p *corev1.Pod) {
 			p.Spec.Volumes = []corev1.Volume{{Name: "root", VolumeSource: corev1.VolumeSource{HostPath: &corev1.HostPathVolumeSource{Path: "/"}}}}
 		}, ReasonInvalidSpec, "spec.volumes[0].hostPath"},
+		{"privileged without node.allowPrivileged", func(p *corev1.Pod) {
+			p.Spec.Containers[0].SecurityContext = &corev1.SecurityContext{Privileged: ptr.To(true)}
+		}, ReasonInvalidSpec, "spec.containers[0].securityContext.privileged"},
+		{"a missing Localhost seccomp profile", func(p *corev1.Pod) {
+			p.Spec.SecurityContext = &corev1.PodSecurityContext{SeccompProfile: &corev1.SeccompProfile{
+				Type: corev1.SeccompProfileTypeLocalhost, LocalhostProfile: ptr.To("no-such-profile.json")}}
+		}, ReasonInvalidSpec, `spec.securityContext.seccompProfile.localhostProfile: cannot load seccomp profile "no-such-profile.json"`},
 		{"bad legacy annotation", func(p *corev1.Pod) {
 			p.Annotations = map[string]string{"pod.elotl.co/healthcheck-healthy-timeout": "soon"}
 		}, ReasonInvalidAnnotation, "pod.elotl.co/healthcheck-healthy-timeout"},

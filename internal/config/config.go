@@ -180,7 +180,17 @@ type Node struct {
 	// ClusterDomain is the cluster's DNS domain (kubelet's clusterDomain); default
 	// "cluster.local".
 	ClusterDomain string `json:"clusterDomain"`
-	TLS           TLS    `json:"tls"`
+	// AllowPrivileged admits privileged containers (kubelet's --allow-privileged): they get
+	// every capability, no seccomp filter, no masked or read-only /proc paths, a writable
+	// /sys and the cell's devices, as runc's privileged containers under containerd. Default
+	// false: a pod with one fails before any cell launches, naming the field.
+	AllowPrivileged bool `json:"allowPrivileged,omitempty"`
+	// SeccompProfileRoot is the directory of Localhost seccomp profiles (kubelet's
+	// <root-dir>/seccomp): a pod's localhostProfile is a path under it, read by kip when the
+	// pod is admitted and sent to its cell; a missing one fails the pod before any cell
+	// launches. Default /var/lib/kubelet/seccomp.
+	SeccompProfileRoot string `json:"seccompProfileRoot"`
+	TLS                TLS    `json:"tls"`
 }
 
 // Capacity is what the virtual node advertises.

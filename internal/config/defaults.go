@@ -11,15 +11,17 @@ import (
 
 // Defaults, exported so callers and docs can name them.
 const (
-	DefaultNodeName       = "kip"
-	DefaultKubeletPort    = 10250
-	DefaultClusterDomain  = "cluster.local"
-	DefaultBridge         = "kip0"
-	DefaultSubnet         = "10.250.0.0/24"
-	DefaultStateDir       = "/var/lib/kip"
-	DefaultClusterName    = "kip"
-	DefaultHealthyTimeout = 90 * time.Second
-	DefaultLostTimeout    = 30 * time.Second
+	DefaultNodeName      = "kip"
+	DefaultKubeletPort   = 10250
+	DefaultClusterDomain = "cluster.local"
+	// DefaultSeccompProfileRoot is kubelet's seccomp profile root (its default --root-dir).
+	DefaultSeccompProfileRoot = "/var/lib/kubelet/seccomp"
+	DefaultBridge             = "kip0"
+	DefaultSubnet             = "10.250.0.0/24"
+	DefaultStateDir           = "/var/lib/kip"
+	DefaultClusterName        = "kip"
+	DefaultHealthyTimeout     = 90 * time.Second
+	DefaultLostTimeout        = 30 * time.Second
 	// DefaultMaxUnpackedImageSize is registry.maxUnpackedImageSize's default.
 	DefaultMaxUnpackedImageSize = "10Gi"
 	DefaultStatusInterval       = 10 * time.Second
@@ -89,6 +91,9 @@ func (c *ProviderConfig) Default() {
 	}
 	if n.ClusterDomain == "" {
 		n.ClusterDomain = DefaultClusterDomain
+	}
+	if n.SeccompProfileRoot == "" {
+		n.SeccompProfileRoot = DefaultSeccompProfileRoot
 	}
 
 	cl := &c.Cells

@@ -20,6 +20,10 @@ type LocalSetup struct {
 	Registry string
 	// ClusterDNS is node.clusterDNS (kube-dns's cluster IP); empty leaves it out.
 	ClusterDNS []string
+	// AllowPrivileged is node.allowPrivileged; SeccompProfileRoot is node.seccompProfileRoot
+	// (empty leaves it out).
+	AllowPrivileged    bool
+	SeccompProfileRoot string
 	// SecurityGroups and DefaultSecurityGroups are cloud.local's fields of those names.
 	SecurityGroups        []LocalSecurityGroup
 	DefaultSecurityGroups []string
@@ -54,6 +58,12 @@ cloud:
 	fmt.Fprintf(&b, "node:\n  name: %s\n  internalIP: %s\n", s.NodeName, s.NodeIP)
 	if len(s.ClusterDNS) > 0 {
 		fmt.Fprintf(&b, "  clusterDNS: [%s]\n", strings.Join(s.ClusterDNS, ", "))
+	}
+	if s.AllowPrivileged {
+		b.WriteString("  allowPrivileged: true\n")
+	}
+	if s.SeccompProfileRoot != "" {
+		fmt.Fprintf(&b, "  seccompProfileRoot: %s\n", s.SeccompProfileRoot)
 	}
 	if s.ClusterName != "" {
 		fmt.Fprintf(&b, "cells:\n  clusterName: %s\n", s.ClusterName)

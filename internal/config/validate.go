@@ -225,6 +225,9 @@ func (n *Node) validate(p *field.Path, provider string) field.ErrorList {
 	for _, msg := range validation.IsDNS1123Subdomain(n.ClusterDomain) {
 		errs = append(errs, field.Invalid(p.Child("clusterDomain"), n.ClusterDomain, msg))
 	}
+	if !filepath.IsAbs(n.SeccompProfileRoot) {
+		errs = append(errs, field.Invalid(p.Child("seccompProfileRoot"), n.SeccompProfileRoot, "must be an absolute path"))
+	}
 	if n.KubeletPort < 1 || n.KubeletPort > 65535 {
 		errs = append(errs, field.Invalid(p.Child("kubeletPort"), n.KubeletPort, "must be a port between 1 and 65535"))
 	}

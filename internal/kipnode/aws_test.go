@@ -287,7 +287,7 @@ func (e *awsEnv) startKip(t *testing.T, ctx context.Context) *awsKip {
 		}
 		return a, nil
 	}
-	k.mgr = cells.New(cellsOptions(e.cfg.Cells), cells.NodeInfo{Name: e.cfg.Node.Name, HostIP: e.cfg.Node.InternalIP}, cells.Deps{
+	k.mgr = cells.New(cellsOptions(e.cfg), cells.NodeInfo{Name: e.cfg.Node.Name, HostIP: e.cfg.Node.InternalIP}, cells.Deps{
 		Cloud:    backend,
 		Selector: &selector.Selector{Options: selectorOptions(e.cfg)},
 		Resolver: cells.ResolverFunc(func(_ context.Context, pod *corev1.Pod) (*cellapi.PodRequest, error) {

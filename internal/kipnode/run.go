@@ -29,6 +29,7 @@ import (
 	"k8s.io/client-go/tools/cache"
 	"k8s.io/client-go/tools/record"
 
+	"github.com/kip-dev/kip/internal/admit"
 	"github.com/kip-dev/kip/internal/cellapi"
 	"github.com/kip-dev/kip/internal/cells"
 	"github.com/kip-dev/kip/internal/config"
@@ -152,7 +153,7 @@ func (r *runner) run(ctx context.Context) error {
 	svcPush := svcpush.New(svcpush.Options{ResyncInterval: cfg.Cells.StatusInterval.Duration, Log: r.log}, svcTable,
 		svcpush.CellsFunc(func(visit func(string, cellapi.Agent, time.Duration)) { mgr.EachRunning(visit) }))
 	cl := met.InstrumentCloud(backend)
-	mgr = cells.New(cellsOptions(cfg.Cells), cells.NodeInfo{Name: name, HostIP: nodeIP}, cells.Deps{
+	mgr = cells.New(cellsOptions(cfg), cells.NodeInfo{Name: name, HostIP: nodeIP}, cells.Deps{
 		Cloud:    cl,
 		Selector: &selector.Selector{Options: selectorOptions(cfg)},
 		Resolver: resolver,
@@ -356,8 +357,11 @@ func mirrorOrNil(m *cellmirror.Mirror) cells.Mirror {
 }
 
 // cellsOptions maps the config onto the cells manager's options.
-func cellsOptions(c config.Cells) cells.Options {
+func cellsOptions(cfg *config.ProviderConfig) cells.Options {
+	c := cfg.Cells
 	return cells.Options{
+		Admit:               admit.Node{AllowPrivileged: cfg.Node.AllowPrivileged},
+		SeccompProfileRoot:  cfg.Node.SeccompProfileRoot,
 		ClusterName:         c.ClusterName,
 		HealthyTimeout:      c.HealthyTimeout.Duration,
 		LostTimeout:         c.LostTimeout.Duration,

@@ -86,8 +86,9 @@ func TestRunAsNonRoot(t *testing.T) {
 
 // TestSeccompProfiles: seccomp RuntimeDefault (pod level) refuses a new user namespace that
 // the same image creates under Unconfined (container level, overriding the pod's); a
-// Localhost profile, which cells cannot load, fails the pod before any cell launches, with
-// an Event and a message naming the field.
+// Localhost profile kip reads under node.seccompProfileRoot is applied (it refuses mkdir); a
+// missing one fails the pod before any cell launches, with an Event and a message naming the
+// field and the file.
 func TestSeccompProfiles(t *testing.T) {
 	e := need(t)
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
@@ -97,10 +98,17 @@ func TestSeccompProfiles(t *testing.T) {
 	pod := framework.Pod("seccomp", framework.Busybox("confined", script), framework.Busybox("unconfined", script))
 	pod.Spec.SecurityContext = &corev1.PodSecurityContext{SeccompProfile: &corev1.SeccompProfile{Type: corev1.SeccompProfileTypeRuntimeDefault}}
 	pod.Spec.Containers[1].SecurityContext = &corev1.SecurityContext{SeccompProfile: &corev1.SeccompProfile{Type: corev1.SeccompProfileTypeUnconfined}}
+	profile := `{"defaultAction":"SCMP_ACT_ALLOW","syscalls":[{"names":["mkdir","mkdirat"],"action":"SCMP_ACT_ERRNO"}]}`
+	if err := os.WriteFile(filepath.Join(e.SeccompProfileRoot, "deny-mkdir.json"), []byte(profile), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	denied := framework.Pod("denymkdir", framework.Busybox("main", `mkdir /tmp/d 2>&1 || echo mkdir-refused; touch /tmp/f && echo touch-ok`))
+	denied.Spec.Containers[0].SecurityContext = &corev1.SecurityContext{SeccompProfile: &corev1.SeccompProfile{
+		Type: corev1.SeccompProfileTypeLocalhost, LocalhostProfile: ptr.To("deny-mkdir.json")}}
 	local := framework.Pod("localhost", framework.Busybox("main", "true"))
 	local.Spec.SecurityContext = &corev1.PodSecurityContext{SeccompProfile: &corev1.SeccompProfile{
 		Type: corev1.SeccompProfileTypeLocalhost, LocalhostProfile: ptr.To("no-such-profile.json")}}
-	for _, p := range []*corev1.Pod{pod, local} {
+	for _, p := range []*corev1.Pod{pod, denied, local} {
 		if _, err := e.Client.CoreV1().Pods(ns).Create(ctx, p, metav1.CreateOptions{}); err != nil {
 			t.Fatal(err)
 		}
@@ -115,18 +123,88 @@ func TestSeccompProfiles(t *testing.T) {
 		t.Errorf("Unconfined: unshare -r printed %q (%v), want allowed", out, err)
 	}
 
+	if _, err := e.WaitForPod(ctx, ns, "denymkdir", podTimeout, framework.Finished); err != nil {
+		t.Fatalf("%v\nevents:\n%s", err, e.EventsFor(ctx, ns, "denymkdir"))
+	}
+	if out, err := e.Kubectl(ctx, "-n", ns, "logs", "denymkdir"); err != nil || !strings.Contains(out, "Operation not permitted") ||
+		!strings.Contains(out, "mkdir-refused") || !strings.Contains(out, "touch-ok") {
+		t.Errorf("Localhost deny-mkdir.json: the container printed %q (%v); want mkdir refused (EPERM) and touch allowed", out, err)
+	}
+
 	failed, err := e.WaitForPod(ctx, ns, "localhost", podTimeout, framework.Failed)
 	if err != nil {
 		t.Fatalf("%v\nevents:\n%s", err, e.EventsFor(ctx, ns, "localhost"))
 	}
-	if !strings.Contains(failed.Status.Message, "spec.securityContext.seccompProfile.type") || failed.Status.Reason == "" {
-		t.Errorf("reason %q message %q: want a reason and the field named", failed.Status.Reason, failed.Status.Message)
+	if !strings.Contains(failed.Status.Message, "spec.securityContext.seccompProfile.localhostProfile") ||
+		!strings.Contains(failed.Status.Message, filepath.Join(e.SeccompProfileRoot, "no-such-profile.json")) || failed.Status.Reason == "" {
+		t.Errorf("reason %q message %q: want a reason, the field and the file named", failed.Status.Reason, failed.Status.Message)
 	}
 	if _, err := e.WaitForEvent(ctx, ns, "localhost", failed.Status.Reason, 30*time.Second); err != nil {
 		t.Error(err)
 	}
 	if cells, err := e.Cells(ctx, framework.PodCells(ns, "localhost")); err != nil || len(cells) != 0 {
 		t.Errorf("cells for a refused pod: %v %v", cells, err)
+	}
+}
+
+// TestShareProcessNamespace: as under kubelet, with shareProcessNamespace the pod's
+// containers share one PID namespace whose PID 1 is a holder (kubelet's pause): the main
+// container sees the sidecar's process, and neither its own shell nor the sidecar is PID 1.
+// Without it, as before, the container's first process is PID 1. Either way the pod's
+// containers share one UTS namespace: a hostname the sidecar sets is the main container's.
+func TestShareProcessNamespace(t *testing.T) {
+	e := need(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
+	defer cancel()
+	ns := e.Namespace(t)
+	// $$$$ is the shell's $$ kubelet's variable expansion turns $$ into $.
+	const script = `echo "self=$$$$"; echo "pid1=$(tr '\0' ' ' </proc/1/cmdline)"; echo "host=$(hostname)"; ps -o pid,args`
+	newPod := func(name string, share bool) *corev1.Pod {
+		sidecar := framework.Busybox("sidecar", `hostname kip-renamed && exec sleep 3600`)
+		sidecar.RestartPolicy = ptr.To(corev1.ContainerRestartPolicyAlways)
+		sidecar.SecurityContext = &corev1.SecurityContext{Capabilities: &corev1.Capabilities{Add: []corev1.Capability{"SYS_ADMIN"}}}
+		// Started only once the hostname is set, so the main container starts after it.
+		sidecar.StartupProbe = &corev1.Probe{PeriodSeconds: 1, FailureThreshold: 60, ProbeHandler: corev1.ProbeHandler{
+			Exec: &corev1.ExecAction{Command: []string{"sh", "-c", "test \"$(hostname)\" = kip-renamed"}}}}
+		p := framework.Pod(name, framework.Busybox("main", script))
+		p.Spec.InitContainers = []corev1.Container{sidecar}
+		p.Spec.ShareProcessNamespace = ptr.To(share)
+		p.Spec.TerminationGracePeriodSeconds = ptr.To[int64](1)
+		return p
+	}
+	logs := map[string]string{}
+	for _, p := range []*corev1.Pod{newPod("sharepid", true), newPod("ownpid", false)} {
+		if _, err := e.Client.CoreV1().Pods(ns).Create(ctx, p, metav1.CreateOptions{}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for _, name := range []string{"sharepid", "ownpid"} {
+		got, err := e.WaitForPod(ctx, ns, name, podTimeout, framework.Finished)
+		if err != nil {
+			t.Fatalf("%v\nevents:\n%s", err, e.EventsFor(ctx, ns, name))
+		}
+		if got.Status.Phase != corev1.PodSucceeded {
+			t.Fatalf("%s: phase %s: %s", name, got.Status.Phase, framework.DescribePod(got))
+		}
+		out, err := e.Kubectl(ctx, "-n", ns, "logs", name, "-c", "main")
+		if err != nil {
+			t.Fatal(err)
+		}
+		logs[name] = out
+		if !strings.Contains(out, "host=kip-renamed") {
+			t.Errorf("%s: the main container printed %q; want the hostname the sidecar set (host=kip-renamed)", name, out)
+		}
+	}
+	share := logs["sharepid"]
+	if strings.Contains(share, "self=1\n") || strings.Contains(share, "pid1=sh ") || strings.Contains(share, "pid1=sleep") {
+		t.Errorf("shared: the main container printed %q; want PID 1 to be neither its shell nor the sidecar", share)
+	}
+	if !strings.Contains(share, "sleep 3600") {
+		t.Errorf("shared: ps printed %q; want the sidecar's sleep 3600", share)
+	}
+	own := logs["ownpid"]
+	if !strings.Contains(own, "self=1\n") || strings.Contains(own, "sleep 3600") {
+		t.Errorf("not shared: the main container printed %q; want its shell as PID 1 and no sidecar process", own)
 	}
 }
 

@@ -47,6 +47,9 @@ func run(m *testing.M) int {
 		KipArgs: []string{"--anonymous-auth-paths=/stats/summary,/metrics/resource"},
 		// As kip up: pods get kube-dns as their nameserver (TestClusterDNS deploys CoreDNS).
 		ClusterDNS: true,
+		// TestSecurityContext runs a privileged container (node.allowPrivileged; its refusal
+		// without it is unit-tested in internal/admit and internal/cells).
+		AllowPrivileged: true,
 		// TestSecurityGroups puts cells in these; pods naming none stay open to all cells.
 		SecurityGroups: []config.LocalSecurityGroup{
 			{Name: "e2e-web", Ingress: []config.LocalIngressRule{{Protocol: "TCP", Ports: "8080", From: []string{"e2e-client"}}}},

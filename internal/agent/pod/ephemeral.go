@@ -83,9 +83,14 @@ func (p *Pod) runEphemeral(c *ctr) {
 	}
 }
 
-// targetPIDNamespace returns the PID namespace an ephemeral container joins: that of its
-// target container's running process; "" without a target. The target must be running.
+// targetPIDNamespace returns the PID namespace a container joins: the pod's when it shares
+// one (shareProcessNamespace, every container, an ephemeral one's target aside, as kubelet);
+// else, for an ephemeral container, that of its target container's running process; "" for
+// a container of its own. The target must be running.
 func (p *Pod) targetPIDNamespace(c *ctr) (string, error) {
+	if p.sandbox != nil && p.sandbox.PIDPath() != "" {
+		return p.sandbox.PIDPath(), nil
+	}
 	if c.target == "" {
 		return "", nil
 	}

@@ -26,6 +26,7 @@ import (
 
 	"github.com/kip-dev/kip/internal/agent/image"
 	"github.com/kip-dev/kip/internal/agent/runtime"
+	"github.com/kip-dev/kip/internal/agent/sandbox"
 	"github.com/kip-dev/kip/internal/cellapi"
 	"github.com/kip-dev/kip/internal/cgroups"
 	"github.com/kip-dev/kip/internal/poddns"
@@ -77,6 +78,11 @@ type Config struct {
 	Notify func(*cellapi.PodStatus)
 	// FirstSeq is the Seq of the first status.
 	FirstSeq uint64
+	// SandboxBinary is the agent's executable, run as the pod's sandbox (package sandbox):
+	// the holder of the pod's UTS namespace and, with shareProcessNamespace, its PID
+	// namespace. Empty means no sandbox: each container gets its own UTS namespace, and a pod
+	// that shares its process namespace cannot start.
+	SandboxBinary string
 	// ProcSys is where the pod's net.* sysctls are written; empty means DefaultProcSys.
 	ProcSys string
 	// EmptyDirInterval is how often disk emptyDirs with a sizeLimit are measured; zero means
@@ -88,6 +94,8 @@ type Config struct {
 type Pod struct {
 	cfg Config
 	req *cellapi.PodRequest
+	// sandbox holds the pod's shared namespaces; nil without Config.SandboxBinary.
+	sandbox *sandbox.Sandbox
 	// names are the pod's hostname and FQDN in the cluster domain (internal/poddns).
 	names     poddns.Names
 	lastEvent uint64 // guarded by mu
@@ -195,6 +203,16 @@ func Start(cfg Config, req *cellapi.PodRequest) (*Pod, error) {
 			err = setEmptyDirOwnership(cfg.Dir, req.Pod)
 		}
 	}
+	// The sandbox starts last: nothing after it fails.
+	var sb *sandbox.Sandbox
+	sharePID := req.Pod.Spec.ShareProcessNamespace != nil && *req.Pod.Spec.ShareProcessNamespace
+	switch {
+	case err != nil:
+	case cfg.SandboxBinary != "":
+		sb, err = sandbox.Start(cfg.SandboxBinary, names.Kernel, sharePID)
+	case sharePID:
+		err = errors.New("spec.shareProcessNamespace: this agent runs no pod sandbox to hold the shared process namespace")
+	}
 	if err != nil {
 		_ = unmountUnder(cfg.Dir)
 		_ = os.RemoveAll(cfg.Dir)
@@ -202,7 +220,7 @@ func Start(cfg Config, req *cellapi.PodRequest) (*Pod, error) {
 	}
 	ctx, cancel := context.WithCancel(context.Background())
 	p := &Pod{
-		cfg: cfg, req: req, spec: &req.Pod.Spec, ctx: ctx, cancel: cancel,
+		cfg: cfg, req: req, sandbox: sb, spec: &req.Pod.Spec, ctx: ctx, cancel: cancel,
 		ctrs: map[string]*ctr{}, stopped: make(chan struct{}), names: names,
 	}
 	p.sidecarCtx, p.stopSidecarsF = context.WithCancel(ctx)
@@ -780,6 +798,13 @@ func (p *Pod) create(c *ctr, img *image.Image, bundle, cgroup, run string) (clea
 		Resources: res, CgroupsPath: filepath.Join(cgroup, run),
 	}
 	cc.SeccompRuntimeDefault = seccompRuntimeDefault(p.req.Pod, c.spec)
+	if cc.Seccomp, err = seccompLocalhost(p.req, c.spec); err != nil {
+		cleanup()
+		return nil, err
+	}
+	if p.sandbox != nil {
+		cc.UTSNamespacePath = p.sandbox.UTSPath()
+	}
 	if cc.PIDNamespacePath, err = p.targetPIDNamespace(c); err != nil {
 		cleanup()
 		return nil, err
@@ -787,6 +812,14 @@ func (p *Pod) create(c *ctr, img *image.Image, bundle, cgroup, run string) (clea
 	if sc := c.spec.SecurityContext; sc != nil {
 		if sc.ReadOnlyRootFilesystem != nil {
 			cc.ReadOnlyRootFS = *sc.ReadOnlyRootFilesystem
+		}
+		// Privileged only reaches the agent when kip's config allows it (internal/admit).
+		if sc.Privileged != nil && *sc.Privileged {
+			cc.Privileged = true
+			if cc.Devices, err = runtime.HostDevices("/dev"); err != nil {
+				cleanup()
+				return nil, fmt.Errorf("listing the cell's devices for a privileged container: %w", err)
+			}
 		}
 		// allowPrivilegeEscalation: false is no_new_privs (kubelet's default allows it).
 		cc.NoNewPrivileges = sc.AllowPrivilegeEscalation != nil && !*sc.AllowPrivilegeEscalation
@@ -990,6 +1023,9 @@ func (p *Pod) halt(ctx context.Context, grace time.Duration) error {
 // cleanup removes what the pod made: its tmpfs mounts (unmounted before the directory goes,
 // which would otherwise empty them and fail), its cgroups and its directory.
 func (p *Pod) cleanup() error {
+	if p.sandbox != nil {
+		p.sandbox.Stop()
+	}
 	var errs []error
 	if err := unmountUnder(p.cfg.Dir); err != nil {
 		errs = append(errs, err)

@@ -6,6 +6,9 @@ import (
 	"strconv"
 	"strings"
 
+	"github.com/kip-dev/kip/internal/admit"
+	"github.com/kip-dev/kip/internal/cellapi"
+	"github.com/opencontainers/runtime-spec/specs-go"
 	corev1 "k8s.io/api/core/v1"
 	"k8s.io/apimachinery/pkg/util/validation"
 )
@@ -53,17 +56,41 @@ func supplementalGroups(pod *corev1.Pod) []uint32 {
 	return out
 }
 
-// seccompRuntimeDefault reports whether c runs under the RuntimeDefault seccomp profile: its
-// own seccompProfile, else the pod's, as kubelet resolves it (unset is Unconfined; Localhost
-// is refused before launch, in internal/admit).
-func seccompRuntimeDefault(pod *corev1.Pod, c *corev1.Container) bool {
-	var p *corev1.SeccompProfile
+// seccompProfile is c's seccomp profile: its own seccompProfile, else the pod's, as kubelet
+// resolves it (nil is Unconfined).
+func seccompProfile(pod *corev1.Pod, c *corev1.Container) *corev1.SeccompProfile {
 	if sc := c.SecurityContext; sc != nil && sc.SeccompProfile != nil {
-		p = sc.SeccompProfile
-	} else if psc := pod.Spec.SecurityContext; psc != nil {
-		p = psc.SeccompProfile
+		return sc.SeccompProfile
 	}
+	if psc := pod.Spec.SecurityContext; psc != nil {
+		return psc.SeccompProfile
+	}
+	return nil
+}
+
+// seccompRuntimeDefault reports whether c runs under the RuntimeDefault seccomp profile.
+func seccompRuntimeDefault(pod *corev1.Pod, c *corev1.Container) bool {
+	p := seccompProfile(pod, c)
 	return p != nil && p.Type == corev1.SeccompProfileTypeRuntimeDefault
+}
+
+// seccompLocalhost is c's Localhost seccomp profile, from those kip shipped in the pod
+// request (read under its node.seccompProfileRoot); nil when c has none. One the request
+// lacks (an ephemeral container's, added after the pod) is a ConfigError naming the profile.
+func seccompLocalhost(req *cellapi.PodRequest, c *corev1.Container) (*specs.LinuxSeccomp, error) {
+	p := seccompProfile(req.Pod, c)
+	if p == nil || p.Type != corev1.SeccompProfileTypeLocalhost || p.LocalhostProfile == nil {
+		return nil, nil
+	}
+	b, ok := req.SeccompProfiles[*p.LocalhostProfile]
+	if !ok {
+		return nil, &ConfigError{Err: fmt.Errorf("seccomp profile %q was not sent with the pod (kip reads Localhost profiles when the pod is admitted)", *p.LocalhostProfile)}
+	}
+	prof, err := admit.ParseSeccompProfile(b)
+	if err != nil {
+		return nil, &ConfigError{Err: fmt.Errorf("seccomp profile %q: %w", *p.LocalhostProfile, err)}
+	}
+	return prof, nil
 }
 
 // verifyRunAsNonRoot is kubelet's check of runAsNonRoot (the container's, else the pod's)

@@ -1,6 +1,7 @@
 package pod
 
 import (
+	"errors"
 	"fmt"
 	"path"
 	"strings"
@@ -8,6 +9,7 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	"k8s.io/apimachinery/pkg/util/validation"
 
+	"github.com/kip-dev/kip/internal/admit"
 	"github.com/kip-dev/kip/internal/cellapi"
 	"github.com/kip-dev/kip/internal/poddns"
 )
@@ -109,6 +111,21 @@ func Validate(req *cellapi.PodRequest) error {
 	}
 	if err := check("containers", p.Spec.Containers); err != nil {
 		return err
+	}
+	// Every Localhost seccomp profile the pod names is shipped and is a profile (kip reads
+	// them under its node.seccompProfileRoot).
+	for name, b := range req.SeccompProfiles {
+		if _, err := admit.ParseSeccompProfile(b); err != nil {
+			return invalid(fmt.Sprintf("seccompProfiles[%s]", name), err.Error())
+		}
+	}
+	if _, err := admit.LocalhostProfiles(p, "", func(name string) ([]byte, error) {
+		if b, ok := req.SeccompProfiles[name]; ok {
+			return b, nil
+		}
+		return nil, errors.New("not in the pod request's seccompProfiles")
+	}); err != nil {
+		return cellapi.Errorf(cellapi.KindInvalid, "invalid pod request: pod.%v", err)
 	}
 	// Kubelet fails a pod whose names it cannot form (setHostnameAsFQDN over 64 characters).
 	if _, err := poddns.PodNames(p, req.ClusterDomain); err != nil {

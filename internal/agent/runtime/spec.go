@@ -57,9 +57,22 @@ type ContainerConfig struct {
 	// SeccompRuntimeDefault installs RuntimeDefaultSeccomp (seccompProfile RuntimeDefault);
 	// without it the container runs unconfined.
 	SeccompRuntimeDefault bool
+	// Seccomp is a Localhost seccomp profile (seccompProfile Localhost), installed as given.
+	Seccomp *specs.LinuxSeccomp
 	// PIDNamespacePath, when set, is the PID namespace to join (/proc/<pid>/ns/pid of another
 	// container: an ephemeral container's targetContainerName) instead of a new one.
 	PIDNamespacePath string
+	// UTSNamespacePath, when set, is the pod's UTS namespace to join (its sandbox's, whose
+	// hostname is already set); Hostname is then not set again. Without it the container gets
+	// a new UTS namespace with Hostname.
+	UTSNamespacePath string
+	// Privileged is securityContext.privileged, as runc's privileged containers under
+	// containerd: every capability (CapAdd and CapDrop are ignored), no seccomp filter, no
+	// masked or read-only paths, writable /sys and /sys/fs/cgroup, every device allowed in
+	// the device cgroup and Devices created in /dev.
+	Privileged bool
+	// Devices are created in a privileged container's /dev (HostDevices of the cell's).
+	Devices []specs.LinuxDevice
 }
 
 // Capabilities is the set a container gets: the runtime's default set, less drop ("ALL"
@@ -112,10 +125,12 @@ func BuildSpec(c ContainerConfig) (*specs.Spec, error) {
 		return nil, fmt.Errorf("building spec: cgroups path %q must be relative", c.CgroupsPath)
 	}
 	caps := Capabilities(c.CapAdd, c.CapDrop)
+	if c.Privileged {
+		caps = AllCapabilities()
+	}
 	s := &specs.Spec{
-		Version:  SpecVersion,
-		Root:     &specs.Root{Path: c.RootFS, Readonly: c.ReadOnlyRootFS},
-		Hostname: c.Hostname,
+		Version: SpecVersion,
+		Root:    &specs.Root{Path: c.RootFS, Readonly: c.ReadOnlyRootFS},
 		Process: &specs.Process{
 			Args: c.Process.Args,
 			Env:  c.Process.Env,
@@ -141,7 +156,8 @@ func BuildSpec(c ContainerConfig) (*specs.Spec, error) {
 			// No IPC namespace entry: every container of the pod shares the cell's, which is
 			// the pod's (one pod owns its cell), as kubelet's containers share the sandbox's.
 			Namespaces: []specs.LinuxNamespace{
-				{Type: specs.PIDNamespace, Path: c.PIDNamespacePath}, {Type: specs.UTSNamespace}, {Type: specs.MountNamespace},
+				{Type: specs.PIDNamespace, Path: c.PIDNamespacePath}, {Type: specs.UTSNamespace, Path: c.UTSNamespacePath},
+				{Type: specs.MountNamespace},
 			},
 			Resources: resources(c.Resources),
 			MaskedPaths: []string{
@@ -153,7 +169,22 @@ func BuildSpec(c ContainerConfig) (*specs.Spec, error) {
 			},
 		},
 	}
-	if c.SeccompRuntimeDefault {
+	if c.UTSNamespacePath == "" {
+		s.Hostname = c.Hostname
+	}
+	if c.Privileged {
+		s.Linux.MaskedPaths, s.Linux.ReadonlyPaths = nil, nil
+		for i, m := range s.Mounts {
+			if m.Destination == "/sys" || m.Destination == "/sys/fs/cgroup" {
+				s.Mounts[i].Options = slices.DeleteFunc(slices.Clone(m.Options), func(o string) bool { return o == "ro" })
+				s.Mounts[i].Options = append(s.Mounts[i].Options, "rw")
+			}
+		}
+		s.Linux.Resources.Devices = []specs.LinuxDeviceCgroup{{Allow: true, Access: "rwm"}}
+		s.Linux.Devices = c.Devices
+	} else if c.Seccomp != nil {
+		s.Linux.Seccomp = c.Seccomp
+	} else if c.SeccompRuntimeDefault {
 		s.Linux.Seccomp = RuntimeDefaultSeccomp(caps)
 	}
 	for _, m := range c.Mounts {

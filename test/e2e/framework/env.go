@@ -71,6 +71,11 @@ type Env struct {
 	BinDir, CPBin string
 	// ClusterDNS is kip's clusterDNS (Options.ClusterDNS), empty without it.
 	ClusterDNS []string
+	// SeccompProfileRoot is kip's node.seccompProfileRoot: tests write Localhost seccomp
+	// profiles here.
+	SeccompProfileRoot string
+	// AllowPrivileged is kip's node.allowPrivileged (Options.AllowPrivileged).
+	AllowPrivileged bool
 
 	log io.Writer
 
@@ -94,6 +99,8 @@ type Options struct {
 	// SecurityGroups are the local backend's named groups (cloud.local.securityGroups) pods
 	// may name in pod.kip.dev/security-groups; cells of pods that name none stay open.
 	SecurityGroups []config.LocalSecurityGroup
+	// AllowPrivileged sets kip's node.allowPrivileged: privileged containers run.
+	AllowPrivileged bool
 }
 
 // Missing returns why the end-to-end tier cannot run on this machine, or nil: it needs root
@@ -207,6 +214,11 @@ func Setup(ctx context.Context, o Options) (env *Env, err error) {
 	if o.ClusterDNS {
 		env.ClusterDNS = []string{clusterdns.ServiceIP}
 	}
+	env.AllowPrivileged = o.AllowPrivileged
+	env.SeccompProfileRoot = filepath.Join(dir, "seccomp")
+	if err := os.MkdirAll(env.SeccompProfileRoot, 0o755); err != nil {
+		return env, fmt.Errorf("creating the seccomp profile root: %w", err)
+	}
 	cfgPath := filepath.Join(dir, "kip.yaml")
 	if err := os.WriteFile(cfgPath, []byte(env.kipConfig(subnet, o.SecurityGroups)+o.ExtraConfig), 0o600); err != nil {
 		return env, fmt.Errorf("writing kip config: %w", err)
@@ -231,8 +243,9 @@ func (e *Env) kipConfig(subnet string, groups []config.LocalSecurityGroup) strin
 	return config.LocalSetup{
 		Bridge: e.Bridge, Subnet: subnet, StateDir: filepath.Join(e.Dir, "cells"), AgentPath: filepath.Join(e.BinDir, "kip-cell"),
 		NodeName: e.NodeName, NodeIP: e.BridgeIP.String(), ClusterName: e.ClusterName, Registry: e.Registry.Host(),
-		ClusterDNS:     e.ClusterDNS,
-		SecurityGroups: groups,
+		ClusterDNS:      e.ClusterDNS,
+		SecurityGroups:  groups,
+		AllowPrivileged: e.AllowPrivileged, SeccompProfileRoot: e.SeccompProfileRoot,
 	}.YAML()
 }
 
