@@ -6,6 +6,7 @@ import (
 	"io"
 	"strings"
 	"sync"
+	"testing/iotest"
 	"time"
 
 	corev1 "k8s.io/api/core/v1"
@@ -21,6 +22,10 @@ type fakeAgent struct {
 	logs     string
 	logsErr  error
 	lastLogs cellapi.LogOptions
+	// onLogs, when set, runs at each Logs call (before it answers).
+	onLogs func()
+	// streamErr, when set, is what the log stream's first Read returns.
+	streamErr error
 }
 
 var _ cellapi.Agent = (*fakeAgent)(nil)
@@ -43,8 +48,14 @@ func (a *fakeAgent) Logs(_ context.Context, _ string, o cellapi.LogOptions) (io.
 	a.mu.Lock()
 	defer a.mu.Unlock()
 	a.lastLogs = o
+	if a.onLogs != nil {
+		a.onLogs()
+	}
 	if a.logsErr != nil {
 		return nil, a.logsErr
+	}
+	if a.streamErr != nil {
+		return io.NopCloser(iotest.ErrReader(a.streamErr)), nil
 	}
 	return io.NopCloser(strings.NewReader(a.logs)), nil
 }

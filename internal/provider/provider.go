@@ -7,6 +7,7 @@ package provider
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"io"
 	"log/slog"
@@ -302,10 +303,61 @@ func (p *Provider) GetContainerLogs(ctx context.Context, namespace, podName, con
 	}
 	rc, err := agent.Logs(ctx, containerName, lo)
 	if err != nil {
-		return nil, classify(fmt.Errorf("reading logs of %s/%s/%s: %w", namespace, podName, containerName, err))
+		// A completed pod's cell is terminated right after its logs are archived: a request
+		// that reached the agent just before may find it gone, and the archive serves it.
+		if archived := p.archivedAgent(namespace, podName, agent); archived != nil {
+			rc, err = archived.Logs(ctx, containerName, lo)
+		}
+		if err != nil {
+			return nil, classify(fmt.Errorf("reading logs of %s/%s/%s: %w", namespace, podName, containerName, err))
+		}
+		return rc, nil
 	}
-	return rc, nil
+	return &archiveFallback{rc: rc, reopen: func() (io.ReadCloser, error) {
+		archived := p.archivedAgent(namespace, podName, agent)
+		if archived == nil {
+			return nil, errNoArchive
+		}
+		return archived.Logs(ctx, containerName, lo)
+	}}, nil
 }
+
+var errNoArchive = errors.New("no log archive")
+
+// archivedAgent returns what now serves the pod's logs when it is no longer the agent the
+// request used (the cell's archive), or nil.
+func (p *Provider) archivedAgent(namespace, podName string, used cellapi.Agent) cellapi.Agent {
+	now, err := p.cells.Agent(namespace, podName)
+	if err != nil || now == used {
+		return nil
+	}
+	return now
+}
+
+// archiveFallback reads a log stream from a cell's agent; if the stream fails before it
+// delivered a byte (the cell was terminated under it), it reads the archive instead.
+type archiveFallback struct {
+	rc        io.ReadCloser
+	reopen    func() (io.ReadCloser, error)
+	delivered bool
+}
+
+func (a *archiveFallback) Read(b []byte) (int, error) {
+	n, err := a.rc.Read(b)
+	if n > 0 {
+		a.delivered = true
+	}
+	if err != nil && err != io.EOF && !a.delivered {
+		if rc, rerr := a.reopen(); rerr == nil {
+			a.rc.Close()
+			a.rc, a.delivered = rc, true
+			return rc.Read(b)
+		}
+	}
+	return n, err
+}
+
+func (a *archiveFallback) Close() error { return a.rc.Close() }
 
 func hasContainer(pod *corev1.Pod, name string) bool {
 	for _, c := range pod.Spec.InitContainers {

@@ -551,3 +551,44 @@ func ptrString(p *int64) string {
 	}
 	return strconv.FormatInt(*p, 10)
 }
+
+// TestGetContainerLogsFromTheArchive: a completed pod's cell is terminated right after its logs
+// are archived; a logs request that reached the agent just before, and found it gone (at the
+// call or at the stream's first read), is served from the archive.
+func TestGetContainerLogsFromTheArchive(t *testing.T) {
+	for _, tc := range []struct {
+		name  string
+		agent *fakeAgent
+	}{
+		{"the call fails", &fakeAgent{logsErr: errors.New("connection refused")}},
+		{"the stream fails", &fakeAgent{streamErr: errors.New("connection reset by peer")}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			c := newFakeCells(runningPod("ns", "web", "app"))
+			c.agents["ns/web"] = tc.agent
+			archive := &fakeAgent{logs: "kept\n"}
+			tc.agent.onLogs = func() {
+				c.mu.Lock()
+				c.agents["ns/web"] = archive
+				c.mu.Unlock()
+			}
+			p, _ := newTestProvider(t, c)
+			rc, err := p.GetContainerLogs(context.Background(), "ns", "web", "app", api.ContainerLogOpts{})
+			if err != nil {
+				t.Fatal(err)
+			}
+			b, err := io.ReadAll(rc)
+			rc.Close()
+			if err != nil || string(b) != "kept\n" {
+				t.Errorf("logs %q, %v; want the archive's", b, err)
+			}
+		})
+	}
+	// Without an archive, the agent's error stands.
+	c := newFakeCells(runningPod("ns", "web", "app"))
+	c.agents["ns/web"] = &fakeAgent{logsErr: errors.New("connection refused")}
+	p, _ := newTestProvider(t, c)
+	if _, err := p.GetContainerLogs(context.Background(), "ns", "web", "app", api.ContainerLogOpts{}); err == nil {
+		t.Error("logs of an unreachable agent without an archive: no error")
+	}
+}
