@@ -15,7 +15,6 @@ import (
 
 	corev1 "k8s.io/api/core/v1"
 	"k8s.io/apimachinery/pkg/api/resource"
-	"k8s.io/utils/ptr"
 
 	"github.com/kip-dev/kip/internal/cellapi"
 	"github.com/kip-dev/kip/internal/cloud"
