@@ -53,6 +53,18 @@ type Agent interface {
 	Health(ctx context.Context) (*Health, error)
 }
 
+// SameAgent reports whether a and b are the same agent client: the push controllers compare
+// the agent they last reached a cell through with the current one, a new client meaning an
+// adopted cell that may hold anything. Values that cannot be compared are not the same.
+func SameAgent(a, b Agent) (same bool) {
+	defer func() {
+		if recover() != nil {
+			same = false
+		}
+	}()
+	return a == b
+}
+
 // PodRequest is everything the agent needs to run a pod, already resolved by kip: env values
 // from Secrets/ConfigMaps/field refs are filled in, volume contents are carried in Volumes,
 // registry credentials in PullSecrets. The agent never talks to the API server.
