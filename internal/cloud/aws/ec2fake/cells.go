@@ -244,6 +244,14 @@ func (s *Server) VPCNetwork() netip.Prefix {
 	return s.cells.prefix
 }
 
+// StateDir returns the directory holding the instances' directories in cell mode, else "".
+func (s *Server) StateDir() string {
+	if s.cells == nil {
+		return ""
+	}
+	return s.cells.opts.StateDir
+}
+
 // IMDSAddr returns where the metadata server listens on the bridge (each cell reaches it as
 // 169.254.169.254:80), or an invalid address without cells.
 func (s *Server) IMDSAddr() netip.AddrPort {
@@ -389,8 +397,14 @@ func (s *Server) terminateLocked(in *instance, at time.Time, reason string) {
 func (h *cellHost) destroy(c *cellState) error {
 	var errs []error
 	if len(c.cgroups) > 0 {
+		strays := strayPods(c.cgroups)
 		if err := cgroups.RemoveCell(c.cgroups, cellKillTimeout); err != nil {
 			errs = append(errs, err)
+		}
+		for _, uid := range strays {
+			if err := h.cg.RemoveStrayPod(uid, cellKillTimeout); err != nil {
+				errs = append(errs, err)
+			}
 		}
 	}
 	if err := local.UnplumbCell(local.CellNet{Netns: c.netns, HostVeth: c.veth, Bridge: h.opts.Bridge}); err != nil {
@@ -402,6 +416,32 @@ func (h *cellHost) destroy(c *cellState) error {
 		}
 	}
 	return errors.Join(errs...)
+}
+
+// strayPods returns the UIDs of pods whose cgroup2 part runc put outside the cell: in the
+// hybrid layout runc 1.1 places it at the hierarchy's root (cgroups.StrayPodDirs), as seen in
+// the cgroup of the cell's processes. The local backend finds them by its pod-UID tag; the
+// fake has no tags of kip's to go by.
+func strayPods(dirs []string) []string {
+	seen := map[string]bool{}
+	var out []string
+	for _, d := range dirs {
+		pids, _ := cgroups.PIDs(d)
+		for _, pid := range pids {
+			b, err := os.ReadFile(fmt.Sprintf("/proc/%d/cgroup", pid))
+			if err != nil {
+				continue
+			}
+			for _, line := range strings.Split(string(b), "\n") {
+				rest, ok := strings.CutPrefix(line, "0::/"+cgroups.PodsParent+"/")
+				if uid, _, _ := strings.Cut(rest, "/"); ok && uid != "" && !seen[uid] {
+					seen[uid] = true
+					out = append(out, uid)
+				}
+			}
+		}
+	}
+	return out
 }
 
 // reap applies due state changes every reapInterval until Close.

@@ -309,3 +309,37 @@ func mustAddr(t *testing.T, s string) netip.Addr {
 	}
 	return a
 }
+
+// runc 1.1 on a hybrid host puts a container's cgroup2 part at the hierarchy's root
+// (kip/<pod uid>/...), outside the cell; terminating the cell removes it too. The script
+// plays runc: it moves a process there.
+func TestCellsRemoveStrayPodCgroups(t *testing.T) {
+	const unified = "/sys/fs/cgroup/unified"
+	if _, err := os.Stat(filepath.Join(unified, "cgroup.procs")); err != nil {
+		t.Skip("not a hybrid cgroup host: runc leaves no strays")
+	}
+	c, f := cellFake(t, ec2fake.Options{})
+	ctx := context.Background()
+	uid := fmt.Sprintf("ec2fake-test-%d", time.Now().UnixNano())
+	stray := filepath.Join(unified, "kip", uid, "main")
+	id := runCell(ctx, t, c, `#!/bin/sh
+mkdir -p `+stray+`
+sh -c 'echo $$ > `+stray+`/cgroup.procs; exec sleep 1000' &
+`, nil)
+	waitState(t, c, id, types.InstanceStateNameRunning)
+	poll(t, "the stray cgroup to hold a process", 30*time.Second, func() (bool, error) {
+		b, _ := os.ReadFile(filepath.Join(stray, "cgroup.procs"))
+		return len(strings.TrimSpace(string(b))) > 0, nil
+	})
+	cell, _ := f.Cell(id)
+	if _, err := c.TerminateInstances(ctx, &ec2.TerminateInstancesInput{InstanceIds: []string{id}}); err != nil {
+		t.Fatal(err)
+	}
+	waitState(t, c, id, types.InstanceStateNameTerminated)
+	checkGone(t, cell, 0)
+	if _, err := os.Stat(filepath.Dir(stray)); !errors.Is(err, fs.ErrNotExist) {
+		t.Errorf("stray pod cgroup %s left behind (%v)", filepath.Dir(stray), err)
+		os.Remove(stray)
+		os.Remove(filepath.Dir(stray))
+	}
+}
