@@ -8,7 +8,18 @@
 // shutting-down → terminated after delays measured on an injectable clock. It enforces EC2's
 // throttling as token buckets (request-rate per action plus the RunInstances and
 // TerminateInstances resource buckets), and injects capacity errors, arbitrary errors and
-// latency. It counts calls per action. Reset restores the seeded state.
+// latency. It counts calls per action. Reset restores the seeded state. New instances can be
+// kept from DescribeInstances for a while (eventual consistency); ClientTokens are kept 24
+// hours of the fake's clock; InterruptSpot sends a spot interruption notice and later
+// terminates the instance.
+//
+// NewWithCells makes a fake whose instances are real cells on this machine (root): a network
+// namespace on a bridge whose network is the fake's VPC, with the instance's private address;
+// a cgroup sized to the instance type holding all its processes; its user data run as
+// cloud-init runs a script (#!), in a private mount namespace; an instance metadata service
+// (IMDSv1/v2) at 169.254.169.254 in each cell, answering by source address. Terminating an
+// instance kills all its processes and removes its cell; Close removes them all.
+// hack/tools/ec2fake runs it as a process.
 package ec2fake
 
 import (
