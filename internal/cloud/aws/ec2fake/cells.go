@@ -75,7 +75,6 @@ type cellHost struct {
 	wg     sync.WaitGroup // boots and teardowns in flight
 	stop   chan struct{}
 	closed bool // under Server.mu
-	forwardRule bool
 }
 
 // cellState is one instance's cell. Its fields are guarded by Server.mu, except the names,
@@ -171,7 +170,7 @@ func newCellHost(c CellOptions) (*cellHost, error) {
 		h.teardown()
 		return nil, fmt.Errorf("ec2fake cells: %w", err)
 	}
-	if h.forwardRule, err = local.ForwardAccept(c.Bridge); err != nil {
+	if _, err := local.ForwardAccept(c.Bridge); err != nil {
 		h.teardown()
 		return nil, fmt.Errorf("ec2fake cells: %w", err)
 	}

@@ -343,3 +343,28 @@ sh -c 'echo $$ > `+stray+`/cgroup.procs; exec sleep 1000' &
 		os.Remove(filepath.Dir(stray))
 	}
 }
+
+func TestNewWithCellsRefusesBadOptions(t *testing.T) {
+	for _, tc := range []struct {
+		name string
+		opts ec2fake.CellOptions
+		want string
+	}{
+		{"long bridge", ec2fake.CellOptions{Bridge: "a-very-long-bridge"}, "Bridge"},
+		{"not a CIDR", ec2fake.CellOptions{Bridge: testBridge, CIDR: "10.254.12.0"}, "CIDR"},
+		{"IPv6", ec2fake.CellOptions{Bridge: testBridge, CIDR: "fd00::/64"}, "CIDR"},
+		{"too small", ec2fake.CellOptions{Bridge: testBridge, CIDR: "10.254.12.0/29"}, "prefix length"},
+		{"state under /run", ec2fake.CellOptions{Bridge: testBridge, CIDR: testCIDR, StateDir: "/run/ec2fake"}, "StateDir"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			f, err := ec2fake.NewWithCells(ec2fake.Options{}, tc.opts)
+			if err == nil {
+				f.Close()
+				t.Fatal("accepted")
+			}
+			if !strings.Contains(err.Error(), tc.want) {
+				t.Errorf("error %q does not name %s", err, tc.want)
+			}
+		})
+	}
+}

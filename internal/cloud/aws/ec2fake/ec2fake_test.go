@@ -3,8 +3,10 @@ package ec2fake_test
 import (
 	"context"
 	"encoding/base64"
+	"encoding/json"
 	"errors"
 	"fmt"
+	"net/http"
 	"net/http/httptest"
 	"strings"
 	"testing"
@@ -528,5 +530,60 @@ func TestInterruptSpot(t *testing.T) {
 	in, err := describe(ctx, c, id)
 	if err != nil || in.State.Name != types.InstanceStateNameTerminated || aws.ToString(in.StateReason.Code) != "Server.SpotInstanceTermination" {
 		t.Errorf("at the notice's time: %v %+v %v, want terminated by Server.SpotInstanceTermination", in.State, in.StateReason, err)
+	}
+}
+
+func TestControlHandler(t *testing.T) {
+	clk := clocktesting.NewFakeClock(time.Date(2026, 11, 27, 10, 0, 0, 0, time.UTC))
+	c, f := client(t, ec2fake.Options{Clock: clk}, 1)
+	ctl := httptest.NewServer(f.ControlHandler())
+	t.Cleanup(ctl.Close)
+	ctx := context.Background()
+	out, err := run(ctx, c, func(in *ec2.RunInstancesInput) {
+		in.InstanceMarketOptions = &types.InstanceMarketOptionsRequest{MarketType: types.MarketTypeSpot}
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	id := aws.ToString(out.Instances[0].InstanceId)
+	post := func(path string) int {
+		resp, err := http.Post(ctl.URL+path, "", nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		resp.Body.Close()
+		return resp.StatusCode
+	}
+	if code := post("/interrupt-spot?instance=i-00000000000000000"); code != http.StatusBadRequest {
+		t.Errorf("interrupting an unknown instance: %d", code)
+	}
+	at := clk.Now().Add(time.Minute).Format(time.RFC3339)
+	if code := post("/interrupt-spot?instance=" + id + "&at=" + at); code != http.StatusNoContent {
+		t.Fatalf("interrupt-spot: %d", code)
+	}
+	if code := post("/capacity?type=t3.micro&on=true"); code != http.StatusNoContent {
+		t.Fatalf("capacity: %d", code)
+	}
+	if _, err := run(ctx, c, func(in *ec2.RunInstancesInput) { in.InstanceType = "t3.micro" }); code(err) != "InsufficientInstanceCapacity" {
+		t.Errorf("after POST capacity: %v", err)
+	}
+	if code := post("/inject-error?action=DescribeVpcs&code=Unavailable"); code != http.StatusNoContent {
+		t.Fatalf("inject-error: %d", code)
+	}
+	if _, err := c.DescribeVpcs(ctx, &ec2.DescribeVpcsInput{}); code(err) != "Unavailable" {
+		t.Errorf("after POST inject-error: %v", err)
+	}
+	clk.Step(time.Minute)
+	resp, err := http.Get(ctl.URL + "/instances")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	var list []ec2fake.Instance
+	if err := json.NewDecoder(resp.Body).Decode(&list); err != nil {
+		t.Fatal(err)
+	}
+	if len(list) != 1 || list[0].ID != id || list[0].State != "terminated" || !strings.HasPrefix(list[0].StateReason, "Server.SpotInstanceTermination") {
+		t.Errorf("instances after the interruption's time: %+v", list)
 	}
 }
