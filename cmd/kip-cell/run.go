@@ -130,6 +130,8 @@ func Run(ctx context.Context, args []string, stdout io.Writer) error {
 	log.Info("cell agent serving", "cell", bs.CellID, "addr", ln.Addr().String(), "version", agent.Version)
 
 	g, gctx := errgroup.WithContext(ctx)
+	// A spot cell's agent watches for the cloud's interruption notice (none on a local cell).
+	g.Go(func() error { ag.WatchSpot(gctx, agent.SpotConfig{Instance: bs.Instance}); return nil })
 	g.Go(func() error {
 		if err := srv.ServeTLS(ln, "", ""); !errors.Is(err, http.ErrServerClosed) {
 			return fmt.Errorf("serving: %w", err)

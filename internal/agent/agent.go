@@ -136,6 +136,8 @@ type Agent struct {
 	last     *cellapi.PodStatus
 	seq      uint64
 	watchers map[*watcher]struct{}
+	// spot is the spot interruption notice, once seen (WatchSpot); every status carries it.
+	spot *cellapi.SpotInterruption
 
 	// smu serializes PutServices; svcVersion is the service table version in force (0: none
 	// since this agent started).
@@ -188,7 +190,7 @@ func (a *Agent) PutPod(ctx context.Context, req *cellapi.PodRequest) (*cellapi.P
 	defer a.mu.Unlock()
 	if a.pod != nil {
 		if a.pod.UID() == string(req.Pod.UID) {
-			return a.pod.Status(), nil
+			return withSpot(a.pod.Status(), a.spotNotice()), nil
 		}
 		return nil, cellapi.Errorf(cellapi.KindConflict, "cell %s already runs pod %s; delete it before putting pod %s", a.cfg.CellID, a.pod.UID(), req.Pod.UID)
 	}
@@ -225,7 +227,7 @@ func (a *Agent) PutPod(ctx context.Context, req *cellapi.PodRequest) (*cellapi.P
 	}
 	a.pod = p
 	a.log.Info("pod accepted", "uid", req.Pod.UID, "pod", req.Pod.Namespace+"/"+req.Pod.Name)
-	return p.Status(), nil
+	return withSpot(p.Status(), a.spotNotice()), nil
 }
 
 // newLog opens the log of one container run (<dir>/<run>.log) and drops the logs of runs
@@ -250,6 +252,7 @@ func (a *Agent) publish(st *cellapi.PodStatus) {
 	if a.last != nil && a.last.Seq >= st.Seq {
 		return
 	}
+	st = withSpot(st, a.spot)
 	a.last = st
 	a.seq = st.Seq
 	for w := range a.watchers {
@@ -271,7 +274,7 @@ func (a *Agent) GetPod(context.Context) (*cellapi.PodStatus, error) {
 	if p == nil {
 		return nil, cellapi.Errorf(cellapi.KindNotFound, "no pod on cell %s", a.cfg.CellID)
 	}
-	return p.Status(), nil
+	return withSpot(p.Status(), a.spotNotice()), nil
 }
 
 // WatchPod implements cellapi.Agent. A slow watcher skips intermediate statuses but always
