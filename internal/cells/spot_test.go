@@ -107,7 +107,9 @@ func TestSpotInterruptionGraceAndCompletedPods(t *testing.T) {
 		ContainerStatuses: []corev1.ContainerStatus{running("main", true)},
 		SpotInterruption:  &cellapi.SpotInterruption{Action: "stop", Time: h.clock.Now().Add(-time.Minute)},
 	})
-	h.waitPod(pod, "Failed", func(p *corev1.Pod) bool { return p.Status.Phase == corev1.PodFailed && p.Status.Reason == ReasonTerminated })
+	h.waitPod(pod, "Failed", func(p *corev1.Pod) bool {
+		return p.Status.Phase == corev1.PodFailed && p.Status.Reason == ReasonTerminated
+	})
 	h.waitFor("the containers stopped", func() bool {
 		a.mu.Lock()
 		defer a.mu.Unlock()
