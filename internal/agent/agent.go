@@ -20,6 +20,7 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	"k8s.io/utils/clock"
 
+	"github.com/kip-dev/kip/internal/agent/gpu"
 	"github.com/kip-dev/kip/internal/agent/logs"
 	"github.com/kip-dev/kip/internal/agent/pod"
 	"github.com/kip-dev/kip/internal/agent/runtime"
@@ -69,6 +70,8 @@ type Config struct {
 	// equal to their containerPorts work anyway; others are logged and not mapped (agents in
 	// tests never touch the host).
 	HostPorts HostPortRules
+	// GPU says where the cell's GPUs are (the zero value: where an instance has them).
+	GPU gpu.Config
 }
 
 // HostPortRules programs the pod's hostPorts (svcproxy.Programmer).
@@ -208,6 +211,7 @@ func (a *Agent) PutPod(ctx context.Context, req *cellapi.PodRequest) (*cellapi.P
 		Cgroups:       a.cfg.Cgroups,
 		CgroupParent:  a.cfg.CgroupParent,
 		SandboxBinary: a.cfg.SandboxBinary,
+		GPU:           a.cfg.GPU,
 		NewLog:        a.newLog,
 		Clock:         a.cfg.Clock,
 		BackOff:       a.cfg.BackOff,
