@@ -60,11 +60,16 @@ func (a *Agent) WatchSpot(ctx context.Context, cfg SpotConfig) {
 		}
 	}
 	a.log.Info("spot cell: watching for interruption notices", "metadata", md.base, "every", cfg.Interval)
-	for {
+	for failures := 0; ; {
 		n, err := md.instanceAction(ctx)
 		switch {
-		case err != nil:
-			a.log.Debug("asking for a spot interruption notice", "err", err)
+		case err != nil && ctx.Err() == nil:
+			// Said once, then quietly: the metadata service may be slow to come up.
+			if failures++; failures == 1 {
+				a.log.Warn("asking for a spot interruption notice; retrying", "err", err)
+			} else {
+				a.log.Debug("asking for a spot interruption notice", "err", err)
+			}
 		case n != nil:
 			a.log.Warn("spot interruption notice", "action", n.Action, "time", n.Time)
 			a.noticeSpot(n)

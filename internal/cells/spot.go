@@ -50,7 +50,7 @@ func (c *cell) spotInterrupted(n *cellapi.SpotInterruption) {
 		LastTransitionTime: metav1.NewTime(now),
 		ObservedGeneration: c.pod.Generation,
 	}
-	conds := c.pod.Status.Conditions[:0:0]
+	var conds []corev1.PodCondition
 	for _, old := range c.pod.Status.Conditions {
 		if old.Type != corev1.DisruptionTarget {
 			conds = append(conds, old)

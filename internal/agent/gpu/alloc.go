@@ -94,16 +94,18 @@ func Allocate(cfg Config, pod *corev1.Pod) (map[string]*Assignment, error) {
 			return got
 		}
 		type ask struct {
-			c     *corev1.Container
-			field string
-			n     int
+			c       *corev1.Container
+			field   string
+			n       int
+			sidecar bool
 		}
 		var together, inits []ask
 		for i := range pod.Spec.InitContainers {
 			c := &pod.Spec.InitContainers[i]
 			if n, where := Requested(c, res); n > 0 {
-				a := ask{c, fmt.Sprintf("spec.initContainers[%d].resources.%s[%s]", i, where, res), n}
+				a := ask{c, fmt.Sprintf("spec.initContainers[%d].resources.%s[%s]", i, where, res), n, false}
 				if c.RestartPolicy != nil && *c.RestartPolicy == corev1.ContainerRestartPolicyAlways {
+					a.sidecar = true
 					together = append(together, a)
 				} else {
 					inits = append(inits, a)
@@ -113,7 +115,7 @@ func Allocate(cfg Config, pod *corev1.Pod) (map[string]*Assignment, error) {
 		for i := range pod.Spec.Containers {
 			c := &pod.Spec.Containers[i]
 			if n, where := Requested(c, res); n > 0 {
-				together = append(together, ask{c, fmt.Sprintf("spec.containers[%d].resources.%s[%s]", i, where, res), n})
+				together = append(together, ask{c, fmt.Sprintf("spec.containers[%d].resources.%s[%s]", i, where, res), n, false})
 			}
 		}
 		sidecars := map[int]bool{}
@@ -130,7 +132,7 @@ func Allocate(cfg Config, pod *corev1.Pod) (map[string]*Assignment, error) {
 			}
 			for _, i := range got {
 				held[i] = true
-				if a.c.RestartPolicy != nil {
+				if a.sidecar {
 					sidecars[i] = true
 				}
 			}
