@@ -59,7 +59,7 @@ func TestBadInvocations(t *testing.T) {
 		{"missing file", []string{"--bootstrap", "/nonexistent/bs"}, "reading bootstrap"},
 		{"unknown field", []string{"--bootstrap", raw}, `unknown field "bogus"`},
 		{"no cell id", []string{"--bootstrap", writeJSON(t, cellapi.Bootstrap{CACert: ca.CertPEM, Cert: cert, Key: key})}, "field cellID is required"},
-		{"no cert", []string{"--bootstrap", writeJSON(t, cellapi.Bootstrap{CellID: "c1", CACert: ca.CertPEM})}, "fields cert and key are required"},
+		{"no cert", []string{"--bootstrap", writeJSON(t, cellapi.Bootstrap{CellID: "c1", CACert: ca.CertPEM})}, "fields cert and key (or enrollToken and enrollURL) are required"},
 		{"bad cert", []string{"--bootstrap", writeJSON(t, cellapi.Bootstrap{CellID: "c1", CACert: ca.CertPEM, Cert: []byte("x"), Key: key})}, "loading server certificate"},
 	}
 	for _, tc := range cases {
