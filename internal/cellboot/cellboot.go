@@ -141,3 +141,22 @@ func (r *Renderer) UserData(arch string, bootstrap []byte) ([]byte, error) {
 	}
 	return Render(Params{Bootstrap: bs, Archs: r.Archs, TrustKipCA: r.TrustKipCA})
 }
+
+// BootstrapOf returns the bootstrap a rendered script writes for the agent (for tests and
+// tools that inspect user data).
+func BootstrapOf(script []byte) (*cellapi.Bootstrap, error) {
+	const begin, end = "<<'KIP_BOOTSTRAP_EOF'\n", "\nKIP_BOOTSTRAP_EOF\n"
+	_, rest, ok := strings.Cut(string(script), begin)
+	if !ok {
+		return nil, errors.New("not a kip cell bootstrap script: no bootstrap document")
+	}
+	doc, _, ok := strings.Cut(rest, end)
+	if !ok {
+		return nil, errors.New("not a kip cell bootstrap script: unterminated bootstrap document")
+	}
+	var bs cellapi.Bootstrap
+	if err := json.Unmarshal([]byte(doc), &bs); err != nil {
+		return nil, fmt.Errorf("decoding the script's bootstrap: %w", err)
+	}
+	return &bs, nil
+}

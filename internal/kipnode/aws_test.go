@@ -2,10 +2,7 @@ package kipnode
 
 import (
 	"context"
-	"crypto/x509"
 	"encoding/base64"
-	"encoding/json"
-	"encoding/pem"
 	"fmt"
 	"log/slog"
 	"net/http/httptest"
@@ -26,10 +23,12 @@ import (
 	"github.com/kip-dev/kip/internal/annotations"
 	"github.com/kip-dev/kip/internal/cellapi"
 	"github.com/kip-dev/kip/internal/cellapi/cellapitest"
+	"github.com/kip-dev/kip/internal/cellboot"
 	"github.com/kip-dev/kip/internal/cells"
 	"github.com/kip-dev/kip/internal/cloud"
 	"github.com/kip-dev/kip/internal/cloud/aws/ec2fake"
 	"github.com/kip-dev/kip/internal/config"
+	"github.com/kip-dev/kip/internal/enroll"
 	"github.com/kip-dev/kip/internal/instancetype"
 	"github.com/kip-dev/kip/internal/pki"
 	"github.com/kip-dev/kip/internal/selector"
@@ -64,6 +63,11 @@ func newAWSEnv(t *testing.T, extra string) *awsEnv {
 	priceSrv := httptest.NewServer(f.PricingHandler())
 	t.Cleanup(priceSrv.Close)
 
+	// The artifacts whose hashes the user data pins (a stand-in: these cells run no agent).
+	artifact := filepath.Join(dir, "artifact")
+	if err := os.WriteFile(artifact, []byte("#!/bin/sh\n"), 0o755); err != nil {
+		t.Fatal(err)
+	}
 	doc := fmt.Sprintf(`apiVersion: kip.dev/v1alpha1
 kind: ProviderConfig
 cloud:
@@ -76,13 +80,17 @@ cloud:
     pollInterval: 50ms
     catalog:
       cacheFile: %s
-%s
+    bootstrap:
+      listenAddr: 127.0.0.1:0
+      agentPaths: {amd64: %[5]s, arm64: %[5]s}
+      runcPaths: {amd64: %[5]s, arm64: %[5]s}
+%[6]s
 node:
   name: kip-aws
   internalIP: 10.0.200.10
 cells:
   clusterName: kiptest
-`, ec2fake.SubnetA, ec2Srv.URL, priceSrv.URL, filepath.Join(dir, "aws-catalog.json"), extra)
+`, ec2fake.SubnetA, ec2Srv.URL, priceSrv.URL, filepath.Join(dir, "aws-catalog.json"), artifact, extra)
 	path := filepath.Join(dir, "kip.yaml")
 	if err := os.WriteFile(path, []byte(doc), 0o600); err != nil {
 		t.Fatal(err)
@@ -241,6 +249,7 @@ type awsKip struct {
 	mgr     *cells.Manager
 	events  *record.FakeRecorder
 	ca      *pki.CA
+	tokens  *enroll.Tokens
 
 	mu     sync.Mutex
 	agents map[string]*cellapitest.Agent
@@ -264,7 +273,11 @@ func (e *awsEnv) startKip(t *testing.T, ctx context.Context) *awsKip {
 	if err != nil {
 		t.Fatal(err)
 	}
-	k := &awsKip{backend: backend, events: record.NewFakeRecorder(1000), ca: ca, agents: map[string]*cellapitest.Agent{}}
+	tokens, err := enroll.NewTokens(ca, 0, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	k := &awsKip{backend: backend, tokens: tokens, events: record.NewFakeRecorder(1000), ca: ca, agents: map[string]*cellapitest.Agent{}}
 	dial := func(_ context.Context, inst *cloud.Instance, cellID string) (cellapi.Agent, error) {
 		// The agent boots from the instance's user data, as kip-cell does.
 		fi, ok := e.instance(inst.ID)
@@ -293,10 +306,11 @@ func (e *awsEnv) startKip(t *testing.T, ctx context.Context) *awsKip {
 		Resolver: cells.ResolverFunc(func(_ context.Context, pod *corev1.Pod) (*cellapi.PodRequest, error) {
 			return &cellapi.PodRequest{Pod: pod}, nil
 		}),
-		Dial:   dial,
-		CA:     ca,
-		Events: k.events,
-		Log:    r.log,
+		Dial:       dial,
+		CA:         ca,
+		Enrollment: &cells.Enrollment{Mint: tokens.Mint, URL: "https://10.0.200.10:6422"},
+		Events:     k.events,
+		Log:        r.log,
 	})
 	t.Cleanup(k.mgr.Close)
 	return k
@@ -419,11 +433,12 @@ func TestAWSPodLifecycle(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			if boot.CellID != cellID || string(boot.CACert) != string(ca.CertPEM) || len(boot.Key) == 0 {
-				t.Errorf("bootstrap names cell %q (tag %q), CA matches %v, key %d bytes", boot.CellID, cellID, string(boot.CACert) == string(ca.CertPEM), len(boot.Key))
+			if boot.CellID != cellID || string(boot.CACert) != string(ca.CertPEM) || len(boot.Key) != 0 || len(boot.Cert) != 0 {
+				t.Errorf("bootstrap names cell %q (tag %q), CA matches %v, key %d bytes, cert %d bytes; want no key or cert in user data",
+					boot.CellID, cellID, string(boot.CACert) == string(ca.CertPEM), len(boot.Key), len(boot.Cert))
 			}
-			if err := verifyCellCert(ca, boot.Cert, cellID); err != nil {
-				t.Errorf("bootstrap certificate: %v", err)
+			if claims, err := k.tokens.Verify(boot.EnrollToken); err != nil || claims.CellID != cellID {
+				t.Errorf("bootstrap enrollment token: claims %+v, %v; want a good token for cell %s", claims, err, cellID)
 			}
 			if group == "" || !slices.Contains(in.SecurityGroups, group) {
 				t.Errorf("instance groups %v, want Kip's group %q", in.SecurityGroups, group)
@@ -462,30 +477,16 @@ func TestAWSPodLifecycle(t *testing.T) {
 	}
 }
 
+// decodeBootstrap returns the agent bootstrap the user data (the cell bootstrap script) holds.
 func decodeBootstrap(userData string) (*cellapi.Bootstrap, error) {
 	raw, err := base64.StdEncoding.DecodeString(userData)
 	if err != nil {
 		return nil, fmt.Errorf("user data is not base64: %w", err)
 	}
-	var b cellapi.Bootstrap
-	if err := json.Unmarshal(raw, &b); err != nil {
-		return nil, fmt.Errorf("user data is not a cellapi.Bootstrap: %w", err)
+	if !strings.HasPrefix(string(raw), "#!/bin/sh\n") {
+		return nil, fmt.Errorf("user data is not the cell bootstrap script: %.40q", raw)
 	}
-	return &b, nil
-}
-
-// verifyCellCert checks certPEM is a serving certificate for cellID signed by ca.
-func verifyCellCert(ca *pki.CA, certPEM []byte, cellID string) error {
-	blk, _ := pem.Decode(certPEM)
-	if blk == nil {
-		return fmt.Errorf("no PEM block")
-	}
-	cert, err := x509.ParseCertificate(blk.Bytes)
-	if err != nil {
-		return err
-	}
-	_, err = cert.Verify(x509.VerifyOptions{Roots: ca.Pool(), DNSName: cellID, KeyUsages: []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth}})
-	return err
+	return cellboot.BootstrapOf(raw)
 }
 
 // testLogWriter sends log lines to t.Log until the test and its cleanups are over, then
