@@ -36,7 +36,7 @@ import (
 //
 //	kip-cell --bootstrap FILE [--state-dir DIR] [--runc PATH] [--cgroup-parent NAME]
 //	         [--backoff-base 10s] [--backoff-max 5m] [--services=true]
-//	kip-cell enroll --bootstrap FILE [--state-dir DIR]
+//	kip-cell enroll --bootstrap FILE [--state-dir DIR] [--timeout 15m]
 //	kip-cell version
 //
 // The bootstrap carries the agent's certificate and key (the local backend), or a one-time
@@ -216,9 +216,12 @@ func runEnroll(ctx context.Context, args []string, stdout io.Writer) error {
 	fs.SetOutput(stdout)
 	bootstrapFile := fs.String("bootstrap", "", "cellapi.Bootstrap JSON file with enrollToken and enrollURL (required)")
 	stateDir := fs.String("state-dir", "/var/lib/kip-cell", "the agent's state directory, where its key and certificate are kept")
+	timeout := fs.Duration("timeout", 15*time.Minute, "give up when kip cannot be reached for this long (kip's tokens expire after cloud.aws.bootstrap.tokenTTL)")
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
+	ctx, cancel := context.WithTimeout(ctx, *timeout)
+	defer cancel()
 	if fs.NArg() > 0 {
 		return fmt.Errorf("unexpected argument %q", fs.Arg(0))
 	}
