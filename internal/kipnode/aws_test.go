@@ -2,12 +2,20 @@ package kipnode
 
 import (
 	"context"
+	"crypto/sha256"
+	"crypto/tls"
 	"encoding/base64"
+	"encoding/hex"
+	"encoding/json"
 	"fmt"
+	"io"
 	"log/slog"
+	"net"
+	"net/http"
 	"net/http/httptest"
 	"os"
 	"path/filepath"
+	"regexp"
 	"slices"
 	"strings"
 	"sync"
@@ -24,6 +32,7 @@ import (
 	"github.com/kip-dev/kip/internal/cellapi"
 	"github.com/kip-dev/kip/internal/cellapi/cellapitest"
 	"github.com/kip-dev/kip/internal/cellboot"
+	"github.com/kip-dev/kip/internal/cellenroll"
 	"github.com/kip-dev/kip/internal/cells"
 	"github.com/kip-dev/kip/internal/cloud"
 	"github.com/kip-dev/kip/internal/cloud/aws/ec2fake"
@@ -712,5 +721,79 @@ func TestAWSGPUVendors(t *testing.T) {
 				t.Errorf("a pod asking %s runs on %s, want %s", tc.resource, in.InstanceType, tc.want)
 			}
 		}
+	}
+}
+
+// TestAWSCellBootServer: kip run's AWS wiring serves what the user data names. The backend's
+// renderer pins the configured artifacts at the advertised URL (by default node.internalIP
+// and the bound port); the server started with kip's CA serves them with those hashes over
+// TLS that the pinned CA verifies, and enrolls a cell with the token of its bootstrap, once.
+func TestAWSCellBootServer(t *testing.T) {
+	e := newAWSEnv(t, "")
+	e.cfg.Node.InternalIP = "127.0.0.1" // the listener is on loopback in this test
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	r := e.runner()
+	_, stop, err := r.backend(ctx)
+	if err != nil {
+		t.Fatalf("backend: %v", err)
+	}
+	defer stop()
+	if r.boot == nil {
+		t.Fatal("the AWS backend was made without the cell boot server")
+	}
+	port := r.boot.ln.Addr().(*net.TCPAddr).Port
+	if want := fmt.Sprintf("https://127.0.0.1:%d", port); r.boot.url != want {
+		t.Errorf("advertised URL %q, want %q", r.boot.url, want)
+	}
+	ca, err := pki.NewCA("kip-test")
+	if err != nil {
+		t.Fatal(err)
+	}
+	enrollment, err := r.boot.serve(ctx, ca, 0, &enroll.MemoryLedger{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	token, err := enrollment.Mint("c-wired")
+	if err != nil {
+		t.Fatal(err)
+	}
+	js, _ := json.Marshal(cellapi.Bootstrap{CellID: "c-wired", CACert: ca.CertPEM, EnrollToken: token, EnrollURL: enrollment.URL})
+	script, err := r.boot.renderer.UserData("amd64", js)
+	if err != nil {
+		t.Fatal(err)
+	}
+	// The pins in the script are those of what the server serves.
+	hc := &http.Client{Transport: &http.Transport{TLSClientConfig: &tls.Config{RootCAs: ca.Pool()}}}
+	defer hc.CloseIdleConnections()
+	for _, name := range []string{"kip-cell", "runc"} {
+		urlRe := regexp.MustCompile(`(?m)^amd64\)\n(?:\t.*\n)*?\t` + strings.ToUpper(strings.ReplaceAll(name, "-", "_")) + `_URL='([^']+)'\n\t` +
+			strings.ToUpper(strings.ReplaceAll(name, "-", "_")) + `_SHA256='([0-9a-f]{64})'`)
+		m := urlRe.FindSubmatch(script)
+		if m == nil {
+			t.Fatalf("no %s pin for amd64 in the script:\n%s", name, script)
+		}
+		resp, err := hc.Get(string(m[1]))
+		if err != nil {
+			t.Fatalf("GET %s: %v", m[1], err)
+		}
+		b, _ := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		sum := sha256.Sum256(b)
+		if resp.StatusCode != 200 || hex.EncodeToString(sum[:]) != string(m[2]) {
+			t.Errorf("GET %s: HTTP %d, SHA-256 %x, pinned %s", m[1], resp.StatusCode, sum, m[2])
+		}
+	}
+	bs, err := cellboot.BootstrapOf(script)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfg := cellenroll.Config{URL: bs.EnrollURL, Token: bs.EnrollToken, CellID: bs.CellID, CACert: bs.CACert, Dir: t.TempDir()}
+	if _, _, err := cellenroll.Enroll(ctx, cfg); err != nil {
+		t.Fatalf("enrolling with the script's bootstrap: %v", err)
+	}
+	cfg.Dir = t.TempDir()
+	if _, _, err := cellenroll.Enroll(ctx, cfg); !cellenroll.IsRefused(err) {
+		t.Errorf("enrolling again with the token: %v, want a refusal", err)
 	}
 }

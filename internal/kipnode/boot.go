@@ -154,7 +154,8 @@ func (cb *cellBoot) serve(ctx context.Context, ca *pki.CA, ttl time.Duration, le
 		ErrorLog:          slog.NewLogLogger(cb.log.Handler(), slog.LevelDebug),
 	}
 	go func() {
-		if err := srv.ServeTLS(cb.ln, "", ""); err != nil && !errors.Is(err, http.ErrServerClosed) {
+		// net.ErrClosed: the backend was released (its listener closed) before ctx ended.
+		if err := srv.ServeTLS(cb.ln, "", ""); err != nil && !errors.Is(err, http.ErrServerClosed) && !errors.Is(err, net.ErrClosed) {
 			cb.log.Error("the cell enrollment server stopped", "err", err)
 		}
 	}()
