@@ -204,15 +204,29 @@ type run struct {
 	binDir string
 }
 
-func boot(t *testing.T, script []byte) run {
+func boot(t *testing.T, script []byte) run { return bootWith(t, script, false) }
+
+// bootWith boots; hideCurl makes curl unusable in the namespace (a non-executable file is
+// bound over it), so the script downloads with wget.
+func bootWith(t *testing.T, script []byte, hideCurl bool) run {
 	t.Helper()
-	path := filepath.Join(t.TempDir(), "user-data")
+	dir := t.TempDir()
+	path := filepath.Join(dir, "user-data")
 	if err := os.WriteFile(path, script, 0o700); err != nil {
 		t.Fatal(err)
 	}
+	hide := ""
+	if hideCurl {
+		if err := os.WriteFile(filepath.Join(dir, "no-curl"), nil, 0o644); err != nil {
+			t.Fatal(err)
+		}
+		hide = `c=$(command -v curl) && mount --bind "` + filepath.Join(dir, "no-curl") + `" "$c"
+command -v curl >/dev/null && { echo "curl is still usable"; exit 1; }
+`
+	}
 	wrapper := `set -e
 for d in ` + strings.Join(privateDirs, " ") + `; do mount -t tmpfs -o mode=0755 kip-boot-test "$d"; done
-set +e
+` + hide + `set +e
 /bin/sh "$1"
 echo "KIP_TEST_RC=$?"
 echo "KIP_TEST_BIN=$(ls /opt/kip/bin 2>/dev/null | tr '\n' ' ')"
@@ -302,35 +316,7 @@ func TestBootFromUserData(t *testing.T) {
 
 	// kip's client, as cells dials agents: its client certificate, the agent's checked to
 	// name the cell under kip's CA.
-	ccert, ckey, err := k.ca.Issue(pki.LeafSpec{CommonName: "kip", Organization: []string{"kip"}, Client: true})
-	if err != nil {
-		t.Fatal(err)
-	}
-	ctls, err := pki.ClientTLS(k.ca.CertPEM, ccert, ckey, cellID)
-	if err != nil {
-		t.Fatal(err)
-	}
-	client := cellapi.NewClient("https://"+agentAddr, ctls)
-	defer client.Close()
-	deadline := time.Now().Add(60 * time.Second)
-	for {
-		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-		h, err := client.Health(ctx)
-		cancel()
-		if err == nil {
-			if h.CellID != cellID {
-				t.Fatalf("health names cell %q, want %q", h.CellID, cellID)
-			}
-			break
-		}
-		if !alive(r.pid) {
-			t.Fatalf("the agent exited before it was healthy (%v); its log:\n%s", err, agentLog(r.pid))
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("the agent is not healthy after 60s: %v; its log:\n%s", err, agentLog(r.pid))
-		}
-		time.Sleep(100 * time.Millisecond)
-	}
+	client, ctls := k.waitHealthy(t, cellID, agentAddr, r.pid)
 	if _, err := client.GetPod(context.Background()); !cellapi.IsNotFound(err) {
 		t.Errorf("GetPod over mutual TLS: %v, want NotFound (no pod yet)", err)
 	}
@@ -364,6 +350,58 @@ func TestBootFromUserData(t *testing.T) {
 	if _, err := client.Health(context.Background()); err != nil {
 		t.Errorf("the first agent after the refused boot: %v", err)
 	}
+}
+
+// waitHealthy dials the agent as kip does (its client certificate; the agent's checked to
+// name the cell under kip's CA) until its health answers.
+func (k *kip) waitHealthy(t *testing.T, cellID, agentAddr string, pid int) (*cellapi.Client, *tls.Config) {
+	t.Helper()
+	ccert, ckey, err := k.ca.Issue(pki.LeafSpec{CommonName: "kip", Organization: []string{"kip"}, Client: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctls, err := pki.ClientTLS(k.ca.CertPEM, ccert, ckey, cellID)
+	if err != nil {
+		t.Fatal(err)
+	}
+	client := cellapi.NewClient("https://"+agentAddr, ctls)
+	t.Cleanup(client.Close)
+	deadline := time.Now().Add(60 * time.Second)
+	for {
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		h, err := client.Health(ctx)
+		cancel()
+		if err == nil {
+			if h.CellID != cellID {
+				t.Fatalf("health names cell %q, want %q", h.CellID, cellID)
+			}
+			return client, ctls
+		}
+		if !alive(pid) {
+			t.Fatalf("the agent exited before it was healthy (%v); its log:\n%s", err, agentLog(pid))
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("the agent is not healthy after 60s: %v; its log:\n%s", err, agentLog(pid))
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+}
+
+// TestBootWithWget: on an image without curl the script downloads with wget.
+func TestBootWithWget(t *testing.T) {
+	k := startKip(t)
+	if _, err := exec.LookPath("wget"); err != nil {
+		t.Skip("wget is not installed")
+	}
+	cellID, agentAddr := "c-wget"+strconv.Itoa(os.Getpid()), freeAddr(t)
+	r := bootWith(t, k.userData(t, cellID, agentAddr), true)
+	if r.rc != 0 || r.pid == 0 {
+		t.Fatalf("the script exited %d, agent pid %d:\n%s", r.rc, r.pid, r.out)
+	}
+	if st := <-k.enrolls; st != http.StatusOK {
+		t.Fatalf("the enrollment was answered %d:\n%s", st, r.out)
+	}
+	k.waitHealthy(t, cellID, agentAddr, r.pid)
 }
 
 // TestBootRefusesWrongHash: an artifact whose SHA-256 is not the pinned one stops the script
