@@ -5,7 +5,7 @@
 #   - instancetype is pure data: it imports nothing under internal/cloud;
 #   - provider never imports internal/cloud/... itself (cells translates cloud errors);
 #   - the agent side (internal/agent/..., cmd/kip-cell) imports only cellapi and the shared leaf
-#     packages (admit, cgroups, logctx, pki, podenv, poddns, syncbuf), never kip's host side;
+#     packages (admit, cellenroll, cgroups, logctx, pki, podenv, poddns, syncbuf), never kip's host side;
 #   - only cmd/kip, the CLI (internal/cli/...) and the wiring (internal/kipnode) name a concrete
 #     backend.
 # Each violation is printed with the offending import; any violation fails.
@@ -43,7 +43,7 @@ for p in $(go list "$mod/internal/provider/..."); do
   hits=$(go list -f '{{join .Imports "\n"}}' "$p" | grep -E "^$mod/internal/cloud(/|$)" || true)
   if [ -n "$hits" ]; then echo "$p imports $(echo $hits) — provider must not import the cloud (cells translates its errors)"; fail=1; fi
 done
-agent_ok="^$mod/(internal/(agent|admit|cellapi|cgroups|logctx|pki|podenv|poddns|syncbuf)|cmd/kip-cell)(/|$)"
+agent_ok="^$mod/(internal/(agent|admit|cellapi|cellenroll|cgroups|logctx|pki|podenv|poddns|syncbuf)|cmd/kip-cell)(/|$)"
 for p in $(go list "$mod/internal/agent/..." "$mod/cmd/kip-cell"); do
   hits=$(deps "$p" | grep -vE "$agent_ok" || true)
   if [ -n "$hits" ]; then echo "$p imports $(echo $hits) — the agent imports only cellapi and shared leaf packages"; fail=1; fi

@@ -26,6 +26,7 @@ import (
 	"github.com/kip-dev/kip/internal/agent/runtime"
 	"github.com/kip-dev/kip/internal/agent/svcproxy"
 	"github.com/kip-dev/kip/internal/cellapi"
+	"github.com/kip-dev/kip/internal/cellenroll"
 	"github.com/kip-dev/kip/internal/cgroups"
 	"github.com/kip-dev/kip/internal/logctx"
 	"github.com/kip-dev/kip/internal/pki"
@@ -38,11 +39,20 @@ import (
 //	kip-cell --bootstrap FILE [--state-dir DIR] [--runc PATH] [--cgroup-parent NAME]
 //	         [--backoff-base 10s] [--backoff-max 5m] [--services=true]
 //	         [--gpu-dev-root /dev] [--gpu-lib-dirs DIR,...]
+//	kip-cell enroll --bootstrap FILE [--state-dir DIR] [--timeout 15m]
 //	kip-cell version
+//
+// The bootstrap carries the agent's certificate and key (the local backend), or a one-time
+// enrollment token and kip's enrollment URL (cells booted from cloud user data): then the
+// agent enrolls first (internal/cellenroll) and keeps its key and certificate in the state
+// directory, where a restarted agent finds them. `kip-cell enroll` only enrolls, and exits.
 func Run(ctx context.Context, args []string, stdout io.Writer) error {
 	if len(args) > 0 && args[0] == "version" {
 		fmt.Fprintf(stdout, "kip-cell %s (cellapi %s)\n", agent.Version, cellapi.Version)
 		return nil
+	}
+	if len(args) > 0 && args[0] == "enroll" {
+		return runEnroll(ctx, args[1:], stdout)
 	}
 	fs := flag.NewFlagSet("kip-cell", flag.ContinueOnError)
 	fs.SetOutput(stdout)
@@ -73,7 +83,11 @@ func Run(ctx context.Context, args []string, stdout io.Writer) error {
 	if err != nil {
 		return err
 	}
-	tlsConfig, err := pki.ServerTLS(bs.CACert, bs.Cert, bs.Key)
+	cert, key, err := identity(ctx, bs, *stateDir)
+	if err != nil {
+		return err
+	}
+	tlsConfig, err := pki.ServerTLS(bs.CACert, cert, key)
 	if err != nil {
 		return fmt.Errorf("bootstrap: %w", err)
 	}
@@ -186,10 +200,65 @@ func loadBootstrap(path string) (*cellapi.Bootstrap, error) {
 		return nil, fmt.Errorf("bootstrap %s: field cellID is required", path)
 	case len(bs.CACert) == 0:
 		return nil, fmt.Errorf("bootstrap %s: field caCert is required", path)
+	case bs.EnrollToken != "" || bs.EnrollURL != "":
+		if len(bs.Cert) > 0 || len(bs.Key) > 0 {
+			return nil, fmt.Errorf("bootstrap %s: fields cert and key, or enrollToken and enrollURL, not both", path)
+		}
+		if bs.EnrollToken == "" || bs.EnrollURL == "" {
+			return nil, fmt.Errorf("bootstrap %s: fields enrollToken and enrollURL go together", path)
+		}
 	case len(bs.Cert) == 0 || len(bs.Key) == 0:
-		return nil, fmt.Errorf("bootstrap %s: fields cert and key are required", path)
+		return nil, fmt.Errorf("bootstrap %s: fields cert and key (or enrollToken and enrollURL) are required", path)
 	}
 	return &bs, nil
+}
+
+// identity returns the agent's serving certificate and key: the bootstrap's, else the ones
+// enrollment keeps in stateDir, enrolling first when there are none.
+func identity(ctx context.Context, bs *cellapi.Bootstrap, stateDir string) (cert, key []byte, err error) {
+	if bs.EnrollToken == "" {
+		return bs.Cert, bs.Key, nil
+	}
+	cert, key, err = cellenroll.Enroll(ctx, cellenroll.Config{
+		URL: bs.EnrollURL, Token: bs.EnrollToken, CellID: bs.CellID, CACert: bs.CACert, Dir: stateDir,
+	})
+	if err != nil {
+		return nil, nil, fmt.Errorf("cell %s: %w", bs.CellID, err)
+	}
+	return cert, key, nil
+}
+
+// runEnroll is `kip-cell enroll`: enroll (or find the identity kept from an earlier
+// enrollment) and exit.
+func runEnroll(ctx context.Context, args []string, stdout io.Writer) error {
+	fs := flag.NewFlagSet("kip-cell enroll", flag.ContinueOnError)
+	fs.SetOutput(stdout)
+	bootstrapFile := fs.String("bootstrap", "", "cellapi.Bootstrap JSON file with enrollToken and enrollURL (required)")
+	stateDir := fs.String("state-dir", "/var/lib/kip-cell", "the agent's state directory, where its key and certificate are kept")
+	timeout := fs.Duration("timeout", 15*time.Minute, "give up when kip cannot be reached for this long (kip's tokens expire after cloud.aws.bootstrap.tokenTTL)")
+	if err := fs.Parse(args); err != nil {
+		return err
+	}
+	ctx, cancel := context.WithTimeout(ctx, *timeout)
+	defer cancel()
+	if fs.NArg() > 0 {
+		return fmt.Errorf("unexpected argument %q", fs.Arg(0))
+	}
+	if *bootstrapFile == "" {
+		return errors.New("flag --bootstrap is required")
+	}
+	bs, err := loadBootstrap(*bootstrapFile)
+	if err != nil {
+		return err
+	}
+	if bs.EnrollToken == "" {
+		return fmt.Errorf("bootstrap %s: no enrollToken: nothing to enroll with", *bootstrapFile)
+	}
+	if _, _, err := identity(ctx, bs, *stateDir); err != nil {
+		return err
+	}
+	fmt.Fprintf(stdout, "cell %s: enrolled; key and certificate in %s\n", bs.CellID, *stateDir)
+	return nil
 }
 
 // listenAddr is the bootstrap's address, else the default port on every interface — except

@@ -59,8 +59,12 @@ func TestBadInvocations(t *testing.T) {
 		{"missing file", []string{"--bootstrap", "/nonexistent/bs"}, "reading bootstrap"},
 		{"unknown field", []string{"--bootstrap", raw}, `unknown field "bogus"`},
 		{"no cell id", []string{"--bootstrap", writeJSON(t, cellapi.Bootstrap{CACert: ca.CertPEM, Cert: cert, Key: key})}, "field cellID is required"},
-		{"no cert", []string{"--bootstrap", writeJSON(t, cellapi.Bootstrap{CellID: "c1", CACert: ca.CertPEM})}, "fields cert and key are required"},
+		{"no cert", []string{"--bootstrap", writeJSON(t, cellapi.Bootstrap{CellID: "c1", CACert: ca.CertPEM})}, "fields cert and key (or enrollToken and enrollURL) are required"},
 		{"bad cert", []string{"--bootstrap", writeJSON(t, cellapi.Bootstrap{CellID: "c1", CACert: ca.CertPEM, Cert: []byte("x"), Key: key})}, "loading server certificate"},
+		{"cert and token", []string{"--bootstrap", writeJSON(t, cellapi.Bootstrap{CellID: "c1", CACert: ca.CertPEM, Cert: cert, Key: key, EnrollToken: "t", EnrollURL: "https://127.0.0.1:1"})}, "not both"},
+		{"token without URL", []string{"--bootstrap", writeJSON(t, cellapi.Bootstrap{CellID: "c1", CACert: ca.CertPEM, EnrollToken: "t"})}, "enrollToken and enrollURL go together"},
+		{"enroll without token", []string{"enroll", "--bootstrap", writeJSON(t, cellapi.Bootstrap{CellID: "c1", CACert: ca.CertPEM, Cert: cert, Key: key})}, "no enrollToken"},
+		{"enroll, kip unreachable", []string{"enroll", "--timeout", "2s", "--bootstrap", writeJSON(t, cellapi.Bootstrap{CellID: "c1", CACert: ca.CertPEM, EnrollToken: "t", EnrollURL: "https://127.0.0.1:1"})}, "enrolling at https://127.0.0.1:1: context deadline exceeded"},
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {

@@ -202,9 +202,14 @@ type Bootstrap struct {
 	CellID string `json:"cellID"`
 	// CACert (PEM) signs both the agent's certificate and kip's client certificate.
 	CACert []byte `json:"caCert"`
-	// Cert and Key (PEM) are the agent's serving certificate, naming CellID.
-	Cert []byte `json:"cert"`
-	Key  []byte `json:"key"`
+	// Cert and Key (PEM) are the agent's serving certificate, naming CellID. A cell that
+	// boots from cloud user data (readable on the instance) gets EnrollToken and EnrollURL
+	// instead: the agent makes its own key and trades the one-time token for its certificate
+	// at EnrollURL (internal/cellenroll).
+	Cert        []byte `json:"cert,omitempty"`
+	Key         []byte `json:"key,omitempty"`
+	EnrollToken string `json:"enrollToken,omitempty"`
+	EnrollURL   string `json:"enrollURL,omitempty"`
 	// ListenAddr defaults to ":6421".
 	ListenAddr string `json:"listenAddr,omitempty"`
 	// Registry configures image pulls.

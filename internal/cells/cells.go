@@ -47,6 +47,11 @@ type Deps struct {
 	Mirror Mirror
 	// Registry is handed to every cell's agent at boot.
 	Registry cellapi.RegistryConfig
+	// Enrollment, when set, gives each cell a one-time enrollment token and kip's
+	// enrollment URL in its bootstrap instead of a certificate and key (cloud backends,
+	// whose bootstrap is user data readable on the instance). nil: the CA issues the cell's
+	// certificate and key into the bootstrap (the local backend, whose bootstrap is a file).
+	Enrollment *Enrollment
 	// Log receives the manager's logs; nil means slog.Default().
 	Log *slog.Logger
 	// AgentPort is the agent's port for the default Dial; 0 means cellapi.DefaultPort.
@@ -58,6 +63,14 @@ type Deps struct {
 	// ready and before the pod is put, so containers start with them programmed (kip wires
 	// internal/controllers/svcpush). nil programs none.
 	Services ServiceSync
+}
+
+// Enrollment is how cells get their identity from kip instead of their bootstrap.
+type Enrollment struct {
+	// Mint returns a new one-time token for the cell (internal/enroll.Tokens.Mint).
+	Mint func(cellID string) (string, error)
+	// URL is kip's enrollment base URL, as cells reach it.
+	URL string
 }
 
 // ServiceSync programs the cluster's Services into a cell. Sync is called on the pod's path,

@@ -208,9 +208,11 @@ type harness struct {
 	dial      func(ctx context.Context, inst *cloud.Instance, cellID string) (cellapi.Agent, error)
 	agentPort int
 	services  ServiceSync // Deps.Services
-	events    []string
-	notified  []*corev1.Pod
-	observed  []Timing
+	// enrollment is Deps.Enrollment (nil: certificates in the bootstrap).
+	enrollment *Enrollment
+	events     []string
+	notified   []*corev1.Pod
+	observed   []Timing
 }
 
 func newHarness(t *testing.T, opts ...func(*harness)) *harness {
@@ -248,14 +250,15 @@ func (h *harness) newManager() *Manager {
 		Resolver: ResolverFunc(func(ctx context.Context, pod *corev1.Pod) (*cellapi.PodRequest, error) {
 			return &cellapi.PodRequest{Pod: pod}, nil
 		}),
-		Dial:      h.dial,
-		AgentPort: h.agentPort,
-		CA:        h.ca,
-		Events:    h.rec,
-		Clock:     h.clock,
-		Mirror:    h.mirror,
-		Services:  h.services,
-		Log:       slog.New(slog.NewTextHandler(testWriter{h.t}, nil)),
+		Dial:       h.dial,
+		AgentPort:  h.agentPort,
+		CA:         h.ca,
+		Events:     h.rec,
+		Clock:      h.clock,
+		Mirror:     h.mirror,
+		Services:   h.services,
+		Enrollment: h.enrollment,
+		Log:        slog.New(slog.NewTextHandler(testWriter{h.t}, nil)),
 		Observe: func(tm Timing) {
 			h.mu.Lock()
 			defer h.mu.Unlock()

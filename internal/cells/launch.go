@@ -309,17 +309,30 @@ func (m *Manager) tags(pod *corev1.Pod, cellID string) map[string]string {
 	}
 }
 
-// bootstrap makes the cell's boot data: its serving certificate (naming the cell id) and
-// the CA, as JSON; a spot cell is told it is, so that its agent watches for interruptions.
+// bootstrap makes the cell's boot data, as JSON: the CA and either the cell's serving
+// certificate and key (naming the cell id) or, with Deps.Enrollment, a one-time token the
+// agent trades for its certificate; a spot cell is told it is, so that its agent watches for
+// interruptions. Every launch attempt makes new data; a relaunch that adopts an earlier
+// attempt's instance (same client token) leaves that instance with the earlier data, which
+// names the same cell.
 func (m *Manager) bootstrap(cellID string, spot bool) ([]byte, error) {
 	if m.deps.CA == nil {
 		return nil, errors.New("no CA configured")
 	}
-	cert, key, err := m.deps.CA.Issue(pki.LeafSpec{CommonName: cellID, DNSNames: []string{cellID}, Server: true})
-	if err != nil {
-		return nil, fmt.Errorf("issuing certificate for cell %s: %w", cellID, err)
+	bs := cellapi.Bootstrap{CellID: cellID, CACert: m.deps.CA.CertPEM, Registry: m.deps.Registry}
+	if e := m.deps.Enrollment; e != nil {
+		token, err := e.Mint(cellID)
+		if err != nil {
+			return nil, fmt.Errorf("minting the enrollment token of cell %s: %w", cellID, err)
+		}
+		bs.EnrollToken, bs.EnrollURL = token, e.URL
+	} else {
+		cert, key, err := m.deps.CA.Issue(pki.LeafSpec{CommonName: cellID, DNSNames: []string{cellID}, Server: true})
+		if err != nil {
+			return nil, fmt.Errorf("issuing certificate for cell %s: %w", cellID, err)
+		}
+		bs.Cert, bs.Key = cert, key
 	}
-	bs := cellapi.Bootstrap{CellID: cellID, CACert: m.deps.CA.CertPEM, Cert: cert, Key: key, Registry: m.deps.Registry}
 	if spot {
 		bs.Instance = &cellapi.InstanceBootstrap{Spot: true}
 	}

@@ -18,8 +18,10 @@ import (
 
 	"github.com/kip-dev/kip/internal/capacity"
 	"github.com/kip-dev/kip/internal/cellapi"
+	"github.com/kip-dev/kip/internal/cellenroll"
 	"github.com/kip-dev/kip/internal/cloud"
 	"github.com/kip-dev/kip/internal/cloud/fake"
+	"github.com/kip-dev/kip/internal/enroll"
 	"github.com/kip-dev/kip/internal/instancetype"
 	"github.com/kip-dev/kip/internal/pki"
 	"github.com/kip-dev/kip/internal/selector"
@@ -98,11 +100,13 @@ func TestCellIDAndToken(t *testing.T) {
 // certificate from the cell's bootstrap data, so the manager's default Dial is exercised.
 type tlsCloud struct {
 	*fake.Fake
-	t      *testing.T
-	ln     net.Listener
-	agent  *testAgent
-	mu     sync.Mutex
-	server *httptest.Server
+	t     *testing.T
+	ln    net.Listener
+	agent *testAgent
+	// enrolling: the manager has Deps.Enrollment, so bootstraps carry a token, no key.
+	enrolling bool
+	mu        sync.Mutex
+	server    *httptest.Server
 }
 
 func (c *tlsCloud) Launch(ctx context.Context, spec cloud.LaunchSpec) (*cloud.Instance, error) {
@@ -114,7 +118,19 @@ func (c *tlsCloud) Launch(ctx context.Context, spec cloud.LaunchSpec) (*cloud.In
 	if err := json.Unmarshal(spec.BootstrapData, &boot); err != nil {
 		return nil, cloud.InvalidSpec("bootstrap: %v", err)
 	}
-	cfg, err := pki.ServerTLS(boot.CACert, boot.Cert, boot.Key)
+	if c.enrolling != (boot.EnrollToken != "") || (c.enrolling && (len(boot.Key) > 0 || len(boot.Cert) > 0)) {
+		c.t.Errorf("bootstrap: token %v, key %d bytes, cert %d bytes; want a token and no key exactly when enrolling (%v)",
+			boot.EnrollToken != "", len(boot.Key), len(boot.Cert), c.enrolling)
+	}
+	cert, key := boot.Cert, boot.Key
+	if boot.EnrollToken != "" {
+		// The agent enrolls, as kip-cell does, with its token.
+		if cert, key, err = cellenroll.Enroll(ctx, cellenroll.Config{URL: boot.EnrollURL, Token: boot.EnrollToken,
+			CellID: boot.CellID, CACert: boot.CACert, Dir: c.t.TempDir()}); err != nil {
+			return nil, cloud.InvalidSpec("enrolling: %v", err)
+		}
+	}
+	cfg, err := pki.ServerTLS(boot.CACert, cert, key)
 	if err != nil {
 		return nil, cloud.InvalidSpec("bootstrap: %v", err)
 	}
@@ -132,11 +148,43 @@ func (c *tlsCloud) Launch(ctx context.Context, spec cloud.LaunchSpec) (*cloud.In
 }
 
 func TestDefaultDialUsesMutualTLS(t *testing.T) {
+	for _, enrolling := range []bool{false, true} {
+		name := "certificate in the bootstrap"
+		if enrolling {
+			name = "enrolled with a one-time token"
+		}
+		t.Run(name, func(t *testing.T) { testDefaultDial(t, enrolling) })
+	}
+}
+
+// enrollServer serves kip's enrollment endpoint for ca over TLS, as kip run does for AWS.
+func enrollServer(t *testing.T, ca *pki.CA) *Enrollment {
+	t.Helper()
+	tokens, err := enroll.NewTokens(ca, 0, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv := httptest.NewUnstartedServer(enroll.Handler(enroll.Config{CA: ca, Tokens: tokens, Ledger: &enroll.MemoryLedger{}}))
+	certPEM, keyPEM, err := enroll.ServingCert(ca, []string{"127.0.0.1"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	pair, err := tls.X509KeyPair(certPEM, keyPEM)
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv.TLS = &tls.Config{Certificates: []tls.Certificate{pair}}
+	srv.StartTLS()
+	t.Cleanup(srv.Close)
+	return &Enrollment{Mint: tokens.Mint, URL: srv.URL}
+}
+
+func testDefaultDial(t *testing.T, enrolling bool) {
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
 	}
-	tc := &tlsCloud{t: t, ln: ln, agent: &testAgent{}}
+	tc := &tlsCloud{t: t, ln: ln, agent: &testAgent{}, enrolling: enrolling}
 	// Registered first so it runs last, after the manager has closed its streams.
 	t.Cleanup(func() {
 		tc.mu.Lock()
@@ -152,6 +200,9 @@ func TestDefaultDialUsesMutualTLS(t *testing.T) {
 		h.cl = tc
 		h.dial = nil
 		h.agentPort = ln.Addr().(*net.TCPAddr).Port
+		if enrolling {
+			h.enrollment = enrollServer(t, h.ca)
+		}
 	})
 	pod := testPod("tls", func(p *corev1.Pod) { p.Spec.RestartPolicy = corev1.RestartPolicyAlways })
 	if err := h.m.CreatePod(context.Background(), pod); err != nil {

@@ -142,6 +142,33 @@ type AWSCloud struct {
 	PricingEndpoint string `json:"pricingEndpoint,omitempty"`
 	// Catalog configures the instance-type catalog refresh.
 	Catalog AWSCatalog `json:"catalog"`
+	// Bootstrap configures how cells boot from a stock image: kip's artifact and enrollment
+	// server, and the files it serves.
+	Bootstrap AWSBootstrap `json:"bootstrap"`
+}
+
+// AWSBootstrap configures the cell bootstrap: each cell's user data is a script that
+// downloads the agent (kip-cell) and runc, checks the SHA-256 kip pins in it, and has the
+// agent enroll with kip over HTTPS with a one-time token (docs/aws.md).
+type AWSBootstrap struct {
+	// ListenAddr is where kip serves the artifacts and enrollment (HTTPS, kip's CA);
+	// default ":6422".
+	ListenAddr string `json:"listenAddr"`
+	// AdvertiseURL is that server as cells reach it (https://host:port); default
+	// https://<node.internalIP>:<ListenAddr's port>.
+	AdvertiseURL string `json:"advertiseURL,omitempty"`
+	// ArtifactURL, when set, is where cells download the artifacts instead of kip's server:
+	// <artifactURL>/kip-cell-<arch> and <artifactURL>/runc-<arch> (an S3 prefix, say). They
+	// must be copies of the files of AgentPaths and RuncPaths: their hashes are pinned.
+	ArtifactURL string `json:"artifactURL,omitempty"`
+	// TokenTTL is how long a cell's enrollment token is good for; default 15m.
+	TokenTTL Duration `json:"tokenTTL"`
+	// AgentPaths maps an architecture (amd64, arm64) to the kip-cell binary cells of that
+	// architecture run; default: kip's own architecture → the kip-cell next to kip.
+	AgentPaths map[string]string `json:"agentPaths,omitempty"`
+	// RuncPaths maps an architecture to the runc binary cells of that architecture run;
+	// default: kip's own architecture → runc on kip's PATH.
+	RuncPaths map[string]string `json:"runcPaths,omitempty"`
 }
 
 // AWSCatalog configures how the AWS instance-type catalog is kept fresh: the embedded copy is

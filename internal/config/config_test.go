@@ -65,6 +65,10 @@ func TestValidFiles(t *testing.T) {
 			eq(t, "cloud.aws.imageFilters[tag:channel]", strings.Join(a.ImageFilters["tag:channel"], ","), "stable")
 			eq(t, "cloud.aws.instanceProfile", a.InstanceProfile, "arn:aws:iam::123456789012:instance-profile/kip-cell")
 			eq(t, "cloud.aws.subnetIDs", strings.Join(a.SubnetIDs, ","), "subnet-0456789abcdef0124")
+			eq(t, "cloud.aws.bootstrap.advertiseURL", a.Bootstrap.AdvertiseURL, "https://kip.internal.example:6422")
+			eq(t, "cloud.aws.bootstrap.artifactURL", a.Bootstrap.ArtifactURL, "https://kip-artifacts.s3.us-east-1.amazonaws.com/v1")
+			eq(t, "cloud.aws.bootstrap.tokenTTL", a.Bootstrap.TokenTTL.Duration, 10*time.Minute)
+			eq(t, "cloud.aws.bootstrap.agentPaths[arm64]", a.Bootstrap.AgentPaths["arm64"], "/opt/kip/kip-cell-arm64")
 			eq(t, "cloud.aws.podSecurityGroups", strings.Join(a.PodSecurityGroups, ","), "sg-0123456789abcdef1")
 			eq(t, "cloud.aws.podInstanceProfiles", strings.Join(a.PodInstanceProfiles, ","), "kip-cell-s3-reader")
 			eq(t, "cloud.aws.pollInterval", a.PollInterval.Duration, 10*time.Second)
@@ -87,6 +91,9 @@ func TestValidFiles(t *testing.T) {
 			eq(t, "cloud.aws.catalog.cacheFile", a.Catalog.CacheFile, "")
 			eq(t, "node.internalIP", c.Node.InternalIP, "") // detected at start
 			eq(t, "cells.clusterName", c.Cells.ClusterName, DefaultClusterName)
+			eq(t, "cloud.aws.bootstrap.listenAddr", a.Bootstrap.ListenAddr, DefaultAWSBootstrapListen)
+			eq(t, "cloud.aws.bootstrap.tokenTTL", a.Bootstrap.TokenTTL.Duration, DefaultAWSTokenTTL)
+			eq(t, "cloud.aws.bootstrap.agentPaths", len(a.Bootstrap.AgentPaths), 0) // kip-cell next to kip, at start
 		}},
 	}
 	for _, tt := range tests {
@@ -127,6 +134,11 @@ func TestInvalidFiles(t *testing.T) {
 		{"invalid-aws-image.yaml", []string{
 			"cloud.aws.imageID", "not both", "cloud.aws.imageOwners[0]", "cloud.aws.imageFilters[name]",
 			"cloud.aws.imageFilters[architecture][0]", "cloud.aws.catalog.refreshInterval", "often",
+		}},
+		{"invalid-aws-bootstrap.yaml", []string{
+			"cloud.aws.bootstrap.listenAddr", "cloud.aws.bootstrap.advertiseURL", "must be an https://host:port URL",
+			"cloud.aws.bootstrap.artifactURL", "cloud.aws.bootstrap.tokenTTL", "cloud.aws.bootstrap.agentPaths[riscv64]: Unsupported value",
+			"cloud.aws.bootstrap.agentPaths[amd64]: Invalid value: \"bin/kip-cell\": must be an absolute path", "cloud.aws.bootstrap.runcPaths[arm64]",
 		}},
 		{"invalid-wrong-type.yaml", []string{"kubeletPort"}},
 		{"invalid-tls-half.yaml", []string{"node.tls"}},

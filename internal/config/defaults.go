@@ -30,6 +30,9 @@ const (
 	DefaultAWSPollInterval      = 5 * time.Second
 	DefaultAWSCatalogRefresh    = 6 * time.Hour
 	DefaultAWSFirstRefresh      = 30 * time.Second
+	// DefaultAWSBootstrapListen is where kip serves cells' artifacts and enrollment.
+	DefaultAWSBootstrapListen = ":6422"
+	DefaultAWSTokenTTL        = 15 * time.Minute
 	// MaxAWSSecurityGroups is how many extra groups cloud.aws.securityGroups may name: EC2
 	// allows 5 per interface and Kip's own group takes one.
 	MaxAWSSecurityGroups = 4
@@ -69,6 +72,10 @@ func (c *ProviderConfig) Default() {
 		defaultDuration(&a.PollInterval, DefaultAWSPollInterval)
 		defaultDuration(&a.Catalog.RefreshInterval, DefaultAWSCatalogRefresh)
 		defaultDuration(&a.Catalog.FirstRefreshTimeout, DefaultAWSFirstRefresh)
+		if a.Bootstrap.ListenAddr == "" {
+			a.Bootstrap.ListenAddr = DefaultAWSBootstrapListen
+		}
+		defaultDuration(&a.Bootstrap.TokenTTL, DefaultAWSTokenTTL)
 	}
 
 	n := &c.Node

@@ -169,6 +169,45 @@ func (a *AWSCloud) validate(p *field.Path) field.ErrorList {
 	if a.Catalog.CacheFile != "" && !filepath.IsAbs(a.Catalog.CacheFile) {
 		errs = append(errs, field.Invalid(cp.Child("cacheFile"), a.Catalog.CacheFile, "must be an absolute path"))
 	}
+	return append(errs, a.Bootstrap.validate(p.Child("bootstrap"))...)
+}
+
+// bootstrapArchs are the architectures cells may run.
+var bootstrapArchs = []string{"amd64", "arm64"}
+
+func (b *AWSBootstrap) validate(p *field.Path) field.ErrorList {
+	var errs field.ErrorList
+	if _, port, err := net.SplitHostPort(b.ListenAddr); err != nil {
+		errs = append(errs, field.Invalid(p.Child("listenAddr"), b.ListenAddr, "must be host:port, like :6422 or 10.0.0.5:6422"))
+	} else if n, err := strconv.Atoi(port); err != nil || n < 0 || n > 65535 {
+		errs = append(errs, field.Invalid(p.Child("listenAddr"), b.ListenAddr, "port must be 0..65535"))
+	}
+	if b.AdvertiseURL != "" {
+		if u, err := url.Parse(b.AdvertiseURL); err != nil || u.Scheme != "https" || u.Host == "" || (u.Path != "" && u.Path != "/") {
+			errs = append(errs, field.Invalid(p.Child("advertiseURL"), b.AdvertiseURL, "must be an https://host:port URL without a path"))
+		}
+	}
+	if b.ArtifactURL != "" {
+		if u, err := url.Parse(b.ArtifactURL); err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" ||
+			strings.ContainsAny(b.ArtifactURL, "'\\ \t\n\r") {
+			errs = append(errs, field.Invalid(p.Child("artifactURL"), b.ArtifactURL, "must be an http:// or https:// URL prefix without quotes or spaces"))
+		}
+	}
+	errs = append(errs, b.TokenTTL.validate(p.Child("tokenTTL"))...)
+	for _, m := range []struct {
+		name  string
+		paths map[string]string
+	}{{"agentPaths", b.AgentPaths}, {"runcPaths", b.RuncPaths}} {
+		for _, arch := range slices.Sorted(maps.Keys(m.paths)) {
+			fp := p.Child(m.name).Key(arch)
+			if !slices.Contains(bootstrapArchs, arch) {
+				errs = append(errs, field.NotSupported(fp, arch, bootstrapArchs))
+			}
+			if !filepath.IsAbs(m.paths[arch]) {
+				errs = append(errs, field.Invalid(fp, m.paths[arch], "must be an absolute path"))
+			}
+		}
+	}
 	return errs
 }
 

@@ -62,18 +62,27 @@ func (r *runner) awsBackend(ctx context.Context) (*aws.Backend, *instancetype.Li
 	}
 	cfg.Catalog = live
 
+	// Cells boot from a stock image: their user data is the bootstrap script, pinning the
+	// artifacts kip serves; the server starts with kip's CA (run).
+	boot, err := r.prepareCellBoot()
+	if err != nil {
+		return nil, nil, nil, err
+	}
+	cfg.UserData = boot.renderer.UserData
 	b, err := aws.New(ctx, cfg)
 	if err != nil {
+		boot.close()
 		return nil, nil, nil, fmt.Errorf("starting kip: %w", err)
 	}
+	r.boot = boot
 	log.Info("instance-type catalog", "region", cfg.Region, "origin", live.Origin(), "refreshInterval", every.String(),
 		"cacheFile", c.Catalog.CacheFile)
 	if every == 0 {
-		return b, live, func() {}, nil
+		return b, live, boot.close, nil
 	}
 	// The first refresh ends (or times out to the cache file or embedded catalog) before the
 	// backend is handed out, so the first selection never uses a catalog about to be replaced.
 	stop := live.Start(ctx, every, c.Catalog.FirstRefreshTimeout.Duration)
 	log.Info("instance-type catalog after the first refresh", "region", cfg.Region, "origin", live.Origin())
-	return b, live, stop, nil
+	return b, live, func() { stop(); boot.close() }, nil
 }

@@ -2,15 +2,20 @@ package kipnode
 
 import (
 	"context"
-	"crypto/x509"
+	"crypto/sha256"
+	"crypto/tls"
 	"encoding/base64"
+	"encoding/hex"
 	"encoding/json"
-	"encoding/pem"
 	"fmt"
+	"io"
 	"log/slog"
+	"net"
+	"net/http"
 	"net/http/httptest"
 	"os"
 	"path/filepath"
+	"regexp"
 	"slices"
 	"strings"
 	"sync"
@@ -26,10 +31,13 @@ import (
 	"github.com/kip-dev/kip/internal/annotations"
 	"github.com/kip-dev/kip/internal/cellapi"
 	"github.com/kip-dev/kip/internal/cellapi/cellapitest"
+	"github.com/kip-dev/kip/internal/cellboot"
+	"github.com/kip-dev/kip/internal/cellenroll"
 	"github.com/kip-dev/kip/internal/cells"
 	"github.com/kip-dev/kip/internal/cloud"
 	"github.com/kip-dev/kip/internal/cloud/aws/ec2fake"
 	"github.com/kip-dev/kip/internal/config"
+	"github.com/kip-dev/kip/internal/enroll"
 	"github.com/kip-dev/kip/internal/instancetype"
 	"github.com/kip-dev/kip/internal/pki"
 	"github.com/kip-dev/kip/internal/selector"
@@ -64,6 +72,11 @@ func newAWSEnv(t *testing.T, extra string) *awsEnv {
 	priceSrv := httptest.NewServer(f.PricingHandler())
 	t.Cleanup(priceSrv.Close)
 
+	// The artifacts whose hashes the user data pins (a stand-in: these cells run no agent).
+	artifact := filepath.Join(dir, "artifact")
+	if err := os.WriteFile(artifact, []byte("#!/bin/sh\n"), 0o755); err != nil {
+		t.Fatal(err)
+	}
 	doc := fmt.Sprintf(`apiVersion: kip.dev/v1alpha1
 kind: ProviderConfig
 cloud:
@@ -76,13 +89,17 @@ cloud:
     pollInterval: 50ms
     catalog:
       cacheFile: %s
-%s
+    bootstrap:
+      listenAddr: 127.0.0.1:0
+      agentPaths: {amd64: %[5]s, arm64: %[5]s}
+      runcPaths: {amd64: %[5]s, arm64: %[5]s}
+%[6]s
 node:
   name: kip-aws
   internalIP: 10.0.200.10
 cells:
   clusterName: kiptest
-`, ec2fake.SubnetA, ec2Srv.URL, priceSrv.URL, filepath.Join(dir, "aws-catalog.json"), extra)
+`, ec2fake.SubnetA, ec2Srv.URL, priceSrv.URL, filepath.Join(dir, "aws-catalog.json"), artifact, extra)
 	path := filepath.Join(dir, "kip.yaml")
 	if err := os.WriteFile(path, []byte(doc), 0o600); err != nil {
 		t.Fatal(err)
@@ -241,6 +258,7 @@ type awsKip struct {
 	mgr     *cells.Manager
 	events  *record.FakeRecorder
 	ca      *pki.CA
+	tokens  *enroll.Tokens
 
 	mu     sync.Mutex
 	agents map[string]*cellapitest.Agent
@@ -264,7 +282,11 @@ func (e *awsEnv) startKip(t *testing.T, ctx context.Context) *awsKip {
 	if err != nil {
 		t.Fatal(err)
 	}
-	k := &awsKip{backend: backend, events: record.NewFakeRecorder(1000), ca: ca, agents: map[string]*cellapitest.Agent{}}
+	tokens, err := enroll.NewTokens(ca, 0, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	k := &awsKip{backend: backend, tokens: tokens, events: record.NewFakeRecorder(1000), ca: ca, agents: map[string]*cellapitest.Agent{}}
 	dial := func(_ context.Context, inst *cloud.Instance, cellID string) (cellapi.Agent, error) {
 		// The agent boots from the instance's user data, as kip-cell does.
 		fi, ok := e.instance(inst.ID)
@@ -293,10 +315,11 @@ func (e *awsEnv) startKip(t *testing.T, ctx context.Context) *awsKip {
 		Resolver: cells.ResolverFunc(func(_ context.Context, pod *corev1.Pod) (*cellapi.PodRequest, error) {
 			return &cellapi.PodRequest{Pod: pod}, nil
 		}),
-		Dial:   dial,
-		CA:     ca,
-		Events: k.events,
-		Log:    r.log,
+		Dial:       dial,
+		CA:         ca,
+		Enrollment: &cells.Enrollment{Mint: tokens.Mint, URL: "https://10.0.200.10:6422"},
+		Events:     k.events,
+		Log:        r.log,
 	})
 	t.Cleanup(k.mgr.Close)
 	return k
@@ -419,11 +442,12 @@ func TestAWSPodLifecycle(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			if boot.CellID != cellID || string(boot.CACert) != string(ca.CertPEM) || len(boot.Key) == 0 {
-				t.Errorf("bootstrap names cell %q (tag %q), CA matches %v, key %d bytes", boot.CellID, cellID, string(boot.CACert) == string(ca.CertPEM), len(boot.Key))
+			if boot.CellID != cellID || string(boot.CACert) != string(ca.CertPEM) || len(boot.Key) != 0 || len(boot.Cert) != 0 {
+				t.Errorf("bootstrap names cell %q (tag %q), CA matches %v, key %d bytes, cert %d bytes; want no key or cert in user data",
+					boot.CellID, cellID, string(boot.CACert) == string(ca.CertPEM), len(boot.Key), len(boot.Cert))
 			}
-			if err := verifyCellCert(ca, boot.Cert, cellID); err != nil {
-				t.Errorf("bootstrap certificate: %v", err)
+			if claims, err := k.tokens.Verify(boot.EnrollToken); err != nil || claims.CellID != cellID {
+				t.Errorf("bootstrap enrollment token: claims %+v, %v; want a good token for cell %s", claims, err, cellID)
 			}
 			if group == "" || !slices.Contains(in.SecurityGroups, group) {
 				t.Errorf("instance groups %v, want Kip's group %q", in.SecurityGroups, group)
@@ -462,30 +486,16 @@ func TestAWSPodLifecycle(t *testing.T) {
 	}
 }
 
+// decodeBootstrap returns the agent bootstrap the user data (the cell bootstrap script) holds.
 func decodeBootstrap(userData string) (*cellapi.Bootstrap, error) {
 	raw, err := base64.StdEncoding.DecodeString(userData)
 	if err != nil {
 		return nil, fmt.Errorf("user data is not base64: %w", err)
 	}
-	var b cellapi.Bootstrap
-	if err := json.Unmarshal(raw, &b); err != nil {
-		return nil, fmt.Errorf("user data is not a cellapi.Bootstrap: %w", err)
+	if !strings.HasPrefix(string(raw), "#!/bin/sh\n") {
+		return nil, fmt.Errorf("user data is not the cell bootstrap script: %.40q", raw)
 	}
-	return &b, nil
-}
-
-// verifyCellCert checks certPEM is a serving certificate for cellID signed by ca.
-func verifyCellCert(ca *pki.CA, certPEM []byte, cellID string) error {
-	blk, _ := pem.Decode(certPEM)
-	if blk == nil {
-		return fmt.Errorf("no PEM block")
-	}
-	cert, err := x509.ParseCertificate(blk.Bytes)
-	if err != nil {
-		return err
-	}
-	_, err = cert.Verify(x509.VerifyOptions{Roots: ca.Pool(), DNSName: cellID, KeyUsages: []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth}})
-	return err
+	return cellboot.BootstrapOf(raw)
 }
 
 // testLogWriter sends log lines to t.Log until the test and its cleanups are over, then
@@ -711,5 +721,79 @@ func TestAWSGPUVendors(t *testing.T) {
 				t.Errorf("a pod asking %s runs on %s, want %s", tc.resource, in.InstanceType, tc.want)
 			}
 		}
+	}
+}
+
+// TestAWSCellBootServer: kip run's AWS wiring serves what the user data names. The backend's
+// renderer pins the configured artifacts at the advertised URL (by default node.internalIP
+// and the bound port); the server started with kip's CA serves them with those hashes over
+// TLS that the pinned CA verifies, and enrolls a cell with the token of its bootstrap, once.
+func TestAWSCellBootServer(t *testing.T) {
+	e := newAWSEnv(t, "")
+	e.cfg.Node.InternalIP = "127.0.0.1" // the listener is on loopback in this test
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	r := e.runner()
+	_, stop, err := r.backend(ctx)
+	if err != nil {
+		t.Fatalf("backend: %v", err)
+	}
+	defer stop()
+	if r.boot == nil {
+		t.Fatal("the AWS backend was made without the cell boot server")
+	}
+	port := r.boot.ln.Addr().(*net.TCPAddr).Port
+	if want := fmt.Sprintf("https://127.0.0.1:%d", port); r.boot.url != want {
+		t.Errorf("advertised URL %q, want %q", r.boot.url, want)
+	}
+	ca, err := pki.NewCA("kip-test")
+	if err != nil {
+		t.Fatal(err)
+	}
+	enrollment, err := r.boot.serve(ctx, ca, 0, &enroll.MemoryLedger{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	token, err := enrollment.Mint("c-wired")
+	if err != nil {
+		t.Fatal(err)
+	}
+	js, _ := json.Marshal(cellapi.Bootstrap{CellID: "c-wired", CACert: ca.CertPEM, EnrollToken: token, EnrollURL: enrollment.URL})
+	script, err := r.boot.renderer.UserData("amd64", js)
+	if err != nil {
+		t.Fatal(err)
+	}
+	// The pins in the script are those of what the server serves.
+	hc := &http.Client{Transport: &http.Transport{TLSClientConfig: &tls.Config{RootCAs: ca.Pool()}}}
+	defer hc.CloseIdleConnections()
+	for _, name := range []string{"kip-cell", "runc"} {
+		urlRe := regexp.MustCompile(`(?m)^amd64\)\n(?:\t.*\n)*?\t` + strings.ToUpper(strings.ReplaceAll(name, "-", "_")) + `_URL='([^']+)'\n\t` +
+			strings.ToUpper(strings.ReplaceAll(name, "-", "_")) + `_SHA256='([0-9a-f]{64})'`)
+		m := urlRe.FindSubmatch(script)
+		if m == nil {
+			t.Fatalf("no %s pin for amd64 in the script:\n%s", name, script)
+		}
+		resp, err := hc.Get(string(m[1]))
+		if err != nil {
+			t.Fatalf("GET %s: %v", m[1], err)
+		}
+		b, _ := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		sum := sha256.Sum256(b)
+		if resp.StatusCode != 200 || hex.EncodeToString(sum[:]) != string(m[2]) {
+			t.Errorf("GET %s: HTTP %d, SHA-256 %x, pinned %s", m[1], resp.StatusCode, sum, m[2])
+		}
+	}
+	bs, err := cellboot.BootstrapOf(script)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfg := cellenroll.Config{URL: bs.EnrollURL, Token: bs.EnrollToken, CellID: bs.CellID, CACert: bs.CACert, Dir: t.TempDir()}
+	if _, _, err := cellenroll.Enroll(ctx, cfg); err != nil {
+		t.Fatalf("enrolling with the script's bootstrap: %v", err)
+	}
+	cfg.Dir = t.TempDir()
+	if _, _, err := cellenroll.Enroll(ctx, cfg); !cellenroll.IsRefused(err) {
+		t.Errorf("enrolling again with the token: %v, want a refusal", err)
 	}
 }

@@ -39,6 +39,7 @@ import (
 	"github.com/kip-dev/kip/internal/controllers/svcpush"
 	"github.com/kip-dev/kip/internal/controllers/volpush"
 	"github.com/kip-dev/kip/internal/crd"
+	"github.com/kip-dev/kip/internal/enroll"
 	"github.com/kip-dev/kip/internal/metrics"
 	"github.com/kip-dev/kip/internal/nodeauth"
 	"github.com/kip-dev/kip/internal/podrequest"
@@ -60,6 +61,9 @@ type runner struct {
 	interfaceAddrs func() ([]net.Addr, error)
 	// role is what /healthz reports (health.go).
 	role atomic.Value
+	// boot is the AWS cells' artifact and enrollment server, made with the AWS backend;
+	// nil for other backends.
+	boot *cellBoot
 }
 
 func (r *runner) run(ctx context.Context) error {
@@ -89,6 +93,14 @@ func (r *runner) run(ctx context.Context) error {
 	clientCA, err := nodeauth.ClusterClientCA(ctx, r.client, r.restCfg)
 	if err != nil {
 		return err
+	}
+
+	var enrollment *cells.Enrollment
+	if r.boot != nil {
+		ledger := &enroll.SecretLedger{Secrets: r.client.CoreV1(), Namespace: enrollLedgerNamespace, Name: "kip-enrollments-" + name}
+		if enrollment, err = r.boot.serve(ctx, ca, cfg.Cloud.AWS.Bootstrap.TokenTTL.Duration, ledger); err != nil {
+			return err
+		}
 	}
 
 	var mirror *cellmirror.Mirror
@@ -165,9 +177,10 @@ func (r *runner) run(ctx context.Context) error {
 			Insecure:         cfg.Registry.Insecure,
 			MaxUnpackedBytes: cfg.Registry.MaxUnpackedImageSize.Value(),
 		},
-		Log:      r.log,
-		Observe:  met.Observe,
-		Services: svcPush,
+		Enrollment: enrollment,
+		Log:        r.log,
+		Observe:    met.Observe,
+		Services:   svcPush,
 	})
 	defer mgr.Close()
 	// Conditions other controllers set on a pod (readiness gates) reach the status kip

@@ -111,6 +111,11 @@ type Config struct {
 	Clock clock.Clock
 	// Logger logs; nil means slog.Default().
 	Logger *slog.Logger
+	// UserData turns a launch's BootstrapData into the instance's user data for an instance
+	// of architecture arch (amd64, arm64): kip renders the cell bootstrap script
+	// (internal/cellboot). An error refuses the launch as an InvalidSpec. nil sends
+	// BootstrapData as it is.
+	UserData func(arch string, bootstrap []byte) ([]byte, error)
 }
 
 // Backend is the EC2 cloud.Cloud. Make it with New.

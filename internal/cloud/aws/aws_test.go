@@ -8,6 +8,7 @@ import (
 	"log/slog"
 	"net/http"
 	"net/http/httptest"
+	"slices"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -22,6 +23,7 @@ import (
 	"github.com/kip-dev/kip/internal/cloud/aws/ec2fake"
 	"github.com/kip-dev/kip/internal/cloud/aws/ec2limits"
 	"github.com/kip-dev/kip/internal/cloud/cloudtest"
+	"github.com/kip-dev/kip/internal/instancetype"
 )
 
 const cluster = "kiptest"
@@ -780,5 +782,61 @@ func TestSeveralZones(t *testing.T) {
 	// A spec naming no zone goes to the first subnet.
 	if inst, err := b.Launch(ctx, spec("zones2")); err == nil || inst != nil {
 		t.Errorf("Launch with no zone = %v, %v; want the first subnet's zone, us-east-1a, without capacity", inst, err)
+	}
+}
+
+// TestLaunchRendersUserData: with Config.UserData the instance's user data is what it
+// renders from the bootstrap for the instance type's architecture (kip: the cell bootstrap
+// script); a rendering error refuses the launch as InvalidSpec before RunInstances, and the
+// rendered size is what EC2's limit is checked against.
+func TestLaunchRendersUserData(t *testing.T) {
+	e := newEnv(t, ec2fake.Options{})
+	render := func(arch string, bs []byte) ([]byte, error) {
+		switch {
+		case arch != "amd64":
+			return nil, fmt.Errorf("no agent for %s", arch)
+		case string(bs) == "big":
+			return make([]byte, 12289), nil
+		}
+		return []byte("#!/bin/sh\n# " + arch + "\n" + string(bs) + "\n"), nil
+	}
+	types, err := instancetype.Load("aws", "us-east-1")
+	if err != nil {
+		t.Fatal(err)
+	}
+	// The embedded 2020 catalog has no arm64 type in us-east-1: add one.
+	i := slices.IndexFunc(types, func(it instancetype.InstanceType) bool { return it.Name == "t3.nano" })
+	arm := types[i]
+	arm.Name, arm.Arch = "t4g.nano", "arm64"
+	types = append(types, arm)
+	b := e.backend(t, func(c *kipaws.Config) { c.UserData, c.Catalog = render, kipaws.StaticCatalog(types) })
+	ctx := ctxT(t, 10*time.Second)
+	if _, err := b.Launch(ctx, spec("script")); err != nil {
+		t.Fatal(err)
+	}
+	got := e.fake.Instances()[0]
+	ud, _ := base64.StdEncoding.DecodeString(got.UserData)
+	if want := "#!/bin/sh\n# amd64\n" + `{"cell":"script"}` + "\n"; string(ud) != want {
+		t.Errorf("user data %q, want %q", ud, want)
+	}
+	for _, tc := range []struct {
+		name string
+		mod  func(*cloud.LaunchSpec)
+		want string
+	}{
+		{"no agent for the architecture", func(s *cloud.LaunchSpec) { s.InstanceType = "t4g.nano" }, "bootstrapData: no agent for arm64"},
+		{"rendered over the limit", func(s *cloud.LaunchSpec) { s.BootstrapData = []byte("big") }, "bootstrapData: 12289 bytes"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			s := spec("refused")
+			tc.mod(&s)
+			_, err := b.Launch(ctx, s)
+			if !cloud.IsInvalidSpec(err) || !strings.Contains(err.Error(), tc.want) {
+				t.Errorf("Launch = %v, want InvalidSpec with %q", err, tc.want)
+			}
+		})
+	}
+	if n := e.fake.Calls("RunInstances"); n != 1 {
+		t.Errorf("RunInstances calls = %d, want 1 (refusals never reach EC2)", n)
 	}
 }

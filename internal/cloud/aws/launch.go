@@ -164,10 +164,18 @@ func (b *Backend) runInput(ctx context.Context, spec cloud.LaunchSpec) (*ec2.Run
 	if spec.VolumeSizeGiB < 0 || spec.VolumeSizeGiB > 16384 {
 		return nil, it, sn, cloud.InvalidSpec("volumeSizeGiB: %d is outside 0..16384", spec.VolumeSizeGiB)
 	}
-	userData := base64.StdEncoding.EncodeToString(spec.BootstrapData)
+	raw := spec.BootstrapData
+	if b.cfg.UserData != nil {
+		// The cell's bootstrap script: it installs the agent on a stock image and carries a
+		// one-time enrollment token, never a key (user data is readable on the instance).
+		if raw, err = b.cfg.UserData(it.Arch, spec.BootstrapData); err != nil {
+			return nil, it, sn, cloud.InvalidSpec("bootstrapData: %v", err)
+		}
+	}
+	userData := base64.StdEncoding.EncodeToString(raw)
 	if len(userData) > MaxUserDataBytes {
 		return nil, it, sn, cloud.InvalidSpec("bootstrapData: %d bytes are %d base64-encoded; EC2 user data is limited to %d (about %d bytes before encoding)",
-			len(spec.BootstrapData), len(userData), MaxUserDataBytes, MaxUserDataBytes/4*3)
+			len(raw), len(userData), MaxUserDataBytes, MaxUserDataBytes/4*3)
 	}
 	tags, err := b.tags(spec)
 	if err != nil {
