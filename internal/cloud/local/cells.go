@@ -337,8 +337,11 @@ func (b *Backend) cellNet(r *cellRecord) cellNet {
 // A cell whose agent has died is still reported running: its namespace, address and cgroups
 // are still held, as a cloud VM whose agent crashed is still running; kip's health checks see
 // the agent gone and terminate the cell. Reporting it terminated would hide it from List and
-// so from garbage collection. Only a cell whose namespace is gone (the host rebooted) is
-// reported terminated; Terminate then removes what is left of it.
+// so from garbage collection. A cell whose namespace is gone (the host rebooted, or someone
+// deleted it) is reported terminating: it runs nothing any more, but its directory (agent
+// key, secret files, images), address and token are still held, so List still shows it and
+// garbage collection (or the pod's own state machine) terminates it; Terminate removes what
+// is left.
 func (b *Backend) instance(r *cellRecord) *cloud.Instance {
 	in := &cloud.Instance{
 		ID: r.meta.ID, CellID: r.meta.CellID, InstanceType: r.meta.InstanceType,
@@ -356,7 +359,7 @@ func (b *Backend) instance(r *cellRecord) *cloud.Instance {
 		in.State = cloud.StateRunning
 		if r.meta.Netns != "" {
 			if _, err := os.Stat(filepath.Join(netnsDir, r.meta.Netns)); errors.Is(err, fs.ErrNotExist) {
-				in.State = cloud.StateTerminated
+				in.State = cloud.StateTerminating
 			}
 		}
 	}

@@ -800,3 +800,45 @@ func TestTerminateRemovesStrayPodCgroups(t *testing.T) {
 		}
 	}
 }
+
+// TestVanishedNetns: a cell whose network namespace is gone (the host rebooted: its agent and
+// namespace are gone, its directory, address and token are not) is reported terminating, so
+// List still shows it to garbage collection, and Terminate frees what is left.
+func TestVanishedNetns(t *testing.T) {
+	e := newEnv(t)
+	ctx := context.Background()
+	c := e.cloud()
+	in := e.launch(c, "vanish-1", "local.nano")
+	e.waitHealthy(in.PrivateIP)
+	b := e.backend()
+	r, err := b.store.read(in.ID)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := killAgent(r.meta.PID, r.meta.PIDStart, killTimeout); err != nil {
+		t.Fatal(err)
+	}
+	if err := netns.DeleteNamed(r.meta.Netns); err != nil {
+		t.Fatal(err)
+	}
+	got, err := b.Describe(ctx, in.ID)
+	if err != nil || got.State != cloud.StateTerminating {
+		t.Fatalf("Describe after the netns vanished = %+v, %v; want terminating", got, err)
+	}
+	listed, err := b.List(ctx, nil)
+	if err != nil || len(listed) != 1 || listed[0].ID != in.ID || listed[0].State != cloud.StateTerminating {
+		t.Fatalf("List after the netns vanished = %+v, %v; want the cell, terminating", listed, err)
+	}
+	if err := b.Terminate(ctx, in.ID); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := os.Stat(b.store.cellDir(in.ID)); !errors.Is(err, os.ErrNotExist) {
+		t.Errorf("cell directory left after Terminate: %v", err)
+	}
+	if used, _ := b.store.usedIPs(); used[in.PrivateIP] {
+		t.Errorf("address %s still held after Terminate", in.PrivateIP)
+	}
+	if err := b.Terminate(ctx, in.ID); !cloud.IsNotFound(err) {
+		t.Errorf("second Terminate = %v, want NotFound", err)
+	}
+}
