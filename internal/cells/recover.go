@@ -16,7 +16,8 @@ import (
 
 // Recover rebuilds state after a restart from the cloud's tags and the node's pods: it
 // adopts each live cell whose pod is among pods (reconnecting to its agent and resuming the
-// status stream, or finishing it when the pod has completed), terminates cells whose pod is
+// status stream, or finishing it when the pod has completed; resuming the launch of a cell
+// still pending), terminates cells whose pod is
 // gone, and fails pods that ran on a cell that no longer exists. Pods still pending without a
 // cell are left to CreatePod, whose launch is idempotent. Call it before CreatePod.
 func (m *Manager) Recover(ctx context.Context, pods []*corev1.Pod) error {

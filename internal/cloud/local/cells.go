@@ -120,6 +120,9 @@ func (b *Backend) reserve(spec cloud.LaunchSpec) (id string, existing bool, unlo
 		return "", false, nil, err
 	}
 	defer unlock()
+	if err := b.store.sweepStaging(); err != nil {
+		return "", false, nil, err
+	}
 	var tokenHash string
 	if spec.ClientToken != "" {
 		tokenHash = hashToken(spec.ClientToken)

@@ -842,3 +842,34 @@ func TestVanishedNetns(t *testing.T) {
 		t.Errorf("second Terminate = %v, want NotFound", err)
 	}
 }
+
+// TestUnfinishedRecordSwept: a launcher killed while writing a cell's record leaves a staging
+// directory (never renamed into place, so no cell); the next backend made on the state
+// directory (a restarted kip) and the next launch remove it.
+func TestUnfinishedRecordSwept(t *testing.T) {
+	e := newProcessOnlyEnv(t)
+	b := e.backend()
+	stage := func() string {
+		d := filepath.Join(b.store.cellsDir(), stagingPrefix+"lc-0123456789")
+		if err := os.MkdirAll(filepath.Join(d, "agent"), 0o700); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.WriteFile(filepath.Join(d, "bootstrap"), []byte("{}"), 0o600); err != nil {
+			t.Fatal(err)
+		}
+		return d
+	}
+	d := stage()
+	e.backend() // a restarted kip
+	if _, err := os.Stat(d); !errors.Is(err, os.ErrNotExist) {
+		t.Errorf("staging directory left after New: %v", err)
+	}
+	d = stage()
+	in := e.launch(e.cloud(), "swept-1", "local.nano")
+	if _, err := os.Stat(d); !errors.Is(err, os.ErrNotExist) {
+		t.Errorf("staging directory left after a launch: %v", err)
+	}
+	if err := b.Terminate(context.Background(), in.ID); err != nil {
+		t.Fatal(err)
+	}
+}
