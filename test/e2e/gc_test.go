@@ -115,7 +115,9 @@ func expectCollected(ctx context.Context, t *testing.T, e *framework.Env, ns, na
 	if _, err := os.Stat(filepath.Join("/run/netns", "kip-"+cell.ID)); err == nil {
 		t.Errorf("netns kip-%s is back", cell.ID)
 	}
-	t.Logf("pod %s: %s %s; cell %s and its address %s freed", name, p.Status.Phase, p.Status.Reason, cell.ID, cell.PrivateIP)
+	if !t.Failed() {
+		t.Logf("pod %s: %s %s; cell %s and its address %s freed", name, p.Status.Phase, p.Status.Reason, cell.ID, cell.PrivateIP)
+	}
 }
 
 // killNetns SIGKILLs every process in the named network namespace (a cell's agent, its
