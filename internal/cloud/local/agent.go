@@ -78,7 +78,6 @@ func startAgent(s agentSpec) (pid int, start uint64, err error) {
 type heldAgent struct {
 	cmd  *exec.Cmd
 	gate *os.File // the pipe's write end; nil once released or aborted
-	done chan struct{}
 }
 
 // release lets the agent run.
@@ -153,13 +152,9 @@ func spawnAgent(s agentSpec) (*heldAgent, error) {
 		gate.Close()
 		return nil, startErr
 	}
-	a := &heldAgent{cmd: cmd, gate: gate, done: make(chan struct{})}
 	// Reap it when it exits, so that it never lingers as a zombie of this process.
-	go func() {
-		_ = cmd.Wait()
-		close(a.done)
-	}()
-	return a, nil
+	go func() { _ = cmd.Wait() }()
+	return &heldAgent{cmd: cmd, gate: gate}, nil
 }
 
 // startIn starts cmd in the cell's namespaces, or in this process's in process-only mode.
