@@ -46,6 +46,11 @@ import (
 // enrollment token and kip's enrollment URL (cells booted from cloud user data): then the
 // agent enrolls first (internal/cellenroll) and keeps its key and certificate in the state
 // directory, where a restarted agent finds them. `kip-cell enroll` only enrolls, and exits.
+//
+// A launcher that must place the agent in its cell's cgroups before it does anything adds
+// --start-fd N (the local backend does): the agent first reads one byte from the inherited
+// descriptor N, which the launcher writes once the agent is in place, and exits at once if
+// the pipe closes without it (the launcher died first), so no agent runs outside its cell.
 func Run(ctx context.Context, args []string, stdout io.Writer) error {
 	if len(args) > 0 && args[0] == "version" {
 		fmt.Fprintf(stdout, "kip-cell %s (cellapi %s)\n", agent.Version, cellapi.Version)
@@ -65,8 +70,14 @@ func Run(ctx context.Context, args []string, stdout io.Writer) error {
 	services := fs.Bool("services", true, "program the cluster's Services and the pod's hostPorts (nftables) into this network namespace, the cell's; false refuses service tables and leaves hostPorts unmapped")
 	gpuDevRoot := fs.String("gpu-dev-root", "/dev", "where the instance's GPU device nodes are (nvidia<N>, nvidiactl, kfd, dri/renderD<N>)")
 	gpuLibDirs := fs.String("gpu-lib-dirs", "", "comma-separated directories of the NVIDIA driver's libraries (default: those ldconfig -p lists)")
+	startFD := fs.Int("start-fd", -1, "for launchers: before anything else, wait for one byte on this inherited descriptor; exit if it closes without one")
 	if err := fs.Parse(args); err != nil {
 		return err
+	}
+	if *startFD >= 0 {
+		if err := awaitStart(*startFD); err != nil {
+			return err
+		}
 	}
 	if fs.NArg() > 0 {
 		return fmt.Errorf("unexpected argument %q", fs.Arg(0))
@@ -181,6 +192,22 @@ func splitList(s string) []string {
 		}
 	}
 	return out
+}
+
+// awaitStart blocks until the launcher writes one byte on descriptor fd, then closes it (no
+// child inherits it). A pipe closed without that byte means the launcher died before the
+// agent was in its cell: the agent must not run.
+func awaitStart(fd int) error {
+	f := os.NewFile(uintptr(fd), "start-fd")
+	if f == nil {
+		return fmt.Errorf("flag --start-fd %d: not a descriptor", fd)
+	}
+	defer f.Close()
+	var b [1]byte
+	if n, err := f.Read(b[:]); n != 1 {
+		return fmt.Errorf("flag --start-fd %d: the launcher went away before releasing the agent (%v); not starting", fd, err)
+	}
+	return nil
 }
 
 // loadBootstrap strictly decodes and checks the bootstrap file.

@@ -10,9 +10,12 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
+
+	"golang.org/x/sys/unix"
 
 	"github.com/kip-dev/kip/internal/cellapi"
 	"github.com/kip-dev/kip/internal/cgroups"
@@ -163,5 +166,43 @@ func TestListenAddr(t *testing.T) {
 		if got := listenAddr(tc.configured); got != tc.want {
 			t.Errorf("listenAddr(%q) with KIP_CELL_IP=%q = %q, want %q", tc.configured, tc.cellIP, got, tc.want)
 		}
+	}
+}
+
+// TestStartFD: with --start-fd the agent waits for its launcher's byte before anything else,
+// and gives up at once, doing nothing, when the pipe closes without it.
+func TestStartFD(t *testing.T) {
+	for _, tc := range []struct {
+		name    string
+		release bool
+		want    string
+	}{
+		{"released", true, "--bootstrap is required"}, // past the gate, at the next check
+		{"launcher died", false, "launcher went away"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			r, w, err := os.Pipe()
+			if err != nil {
+				t.Fatal(err)
+			}
+			fd, err := unix.Dup(int(r.Fd())) // Run closes its descriptor; r keeps its own
+			r.Close()
+			if err != nil {
+				t.Fatal(err)
+			}
+			if tc.release {
+				if _, err := w.Write([]byte{1}); err != nil {
+					t.Fatal(err)
+				}
+			}
+			w.Close()
+			err = Run(t.Context(), []string{"--start-fd", strconv.Itoa(fd)}, &bytes.Buffer{})
+			if err == nil || !strings.Contains(err.Error(), tc.want) {
+				t.Errorf("Run = %v, want an error containing %q", err, tc.want)
+			}
+			if _, err := unix.FcntlInt(uintptr(fd), unix.F_GETFD, 0); err == nil {
+				t.Errorf("descriptor %d still open after the gate", fd)
+			}
+		})
 	}
 }

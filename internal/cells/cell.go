@@ -345,11 +345,15 @@ func (c *cell) run(adopt *cloud.Instance) {
 // bringUp launches the cell (unless adopted), waits for its agent and puts the pod.
 func (c *cell) bringUp(adopt *cloud.Instance) error {
 	inst := adopt
-	if inst == nil {
-		var err error
-		if inst, err = c.launch(); err != nil {
-			return err
-		}
+	var err error
+	switch {
+	case adopt == nil:
+		inst, err = c.launch()
+	case adopt.State == cloud.StatePending:
+		inst, err = c.resumeLaunch(adopt)
+	}
+	if err != nil {
+		return err
 	}
 	if err := c.interrupted(); err != nil {
 		return err
@@ -365,7 +369,7 @@ func (c *cell) bringUp(adopt *cloud.Instance) error {
 	}
 	c.mirror(PhaseBooting)
 
-	inst, err := c.waitRunning(inst)
+	inst, err = c.waitRunning(inst)
 	if err != nil {
 		return err
 	}

@@ -623,3 +623,93 @@ func TestRecoverKeepsThePrice(t *testing.T) {
 			after.InstanceType, after.PricePerHour, after.Spot, before.InstanceType, before.PricePerHour, before.Spot)
 	}
 }
+
+// bootingCloud is a cloud whose launches stop half-way while their launcher is away, as the
+// local backend's do when kip is killed mid-boot: an instance it marks stalled stays pending
+// until the same launch (same client token) is asked again, which finishes it.
+type bootingCloud struct {
+	*fake.Fake
+	mu      sync.Mutex
+	stalled map[string]bool // client token -> stalled
+}
+
+func (c *bootingCloud) Launch(ctx context.Context, spec cloud.LaunchSpec) (*cloud.Instance, error) {
+	in, err := c.Fake.Launch(ctx, spec)
+	if err != nil {
+		return nil, err
+	}
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.stalled[spec.ClientToken] {
+		delete(c.stalled, spec.ClientToken)
+		if err := c.SetState(in.ID, cloud.StateRunning); err != nil {
+			return nil, err
+		}
+		in.State = cloud.StateRunning
+	}
+	return in, nil
+}
+
+// TestRecoverResumesAPendingLaunch: a kip stopped while a cell was still launching leaves it
+// pending; the next kip's Recover resumes that launch (the same launch, same client token,
+// so no second cell) instead of waiting for a boot that nobody finishes and failing the pod
+// CellUnhealthy.
+func TestRecoverResumesAPendingLaunch(t *testing.T) {
+	bc := &bootingCloud{stalled: map[string]bool{}}
+	h := newHarness(t, func(h *harness) {
+		bc.Fake = h.cloud
+		h.cl = bc
+		// The agent is not up yet when kip is stopped.
+		h.newAgent = func(id string) *testAgent { return &testAgent{cellID: id, healthErr: errors.New("booting")} }
+	})
+	pod := testPod("resume", func(p *corev1.Pod) { p.Spec.RestartPolicy = corev1.RestartPolicyAlways })
+	if err := h.m.CreatePod(context.Background(), pod); err != nil {
+		t.Fatal(err)
+	}
+	h.waitFor("the launch", func() bool { return len(h.live()) == 1 })
+	inst := h.live()[0]
+	var token string
+	for _, c := range h.cloud.Calls() {
+		if c.Method == fake.MethodLaunch {
+			token = c.Arg.(cloud.LaunchSpec).ClientToken
+		}
+	}
+	// kip is stopped before the boot finished: the instance stays pending.
+	h.m.Close()
+	if err := h.cloud.SetState(inst.ID, cloud.StatePending); err != nil {
+		t.Fatal(err)
+	}
+	bc.mu.Lock()
+	bc.stalled[token] = true
+	bc.mu.Unlock()
+	snap := h.lastNotified("resume")
+
+	launches := h.cloud.CallCount(fake.MethodLaunch)
+	h.m = h.newManager()
+	t.Cleanup(h.m.Close)
+	if err := h.m.Recover(context.Background(), []*corev1.Pod{snap}); err != nil {
+		t.Fatal(err)
+	}
+	h.waitFor("the resumed launch", func() bool { return h.cloud.CallCount(fake.MethodLaunch) > launches })
+	h.agent(CellID(pod.UID)).setHealth(nil)
+	a := h.agent(CellID(pod.UID))
+	h.waitFor("the pod put on the resumed cell", func() bool { return a.watcherCount() > 0 })
+	a.set(&cellapi.PodStatus{Phase: corev1.PodRunning, ContainerStatuses: []corev1.ContainerStatus{running("main", true)}})
+	got := h.waitPod(pod, "Running", func(p *corev1.Pod) bool { return p.Status.Phase != corev1.PodPending })
+	if got.Status.Phase != corev1.PodRunning {
+		t.Fatalf("pod after the resumed launch: %s %s: %s", got.Status.Phase, got.Status.Reason, got.Status.Message)
+	}
+	if live := h.live(); len(live) != 1 || live[0].ID != inst.ID {
+		t.Errorf("instances after the resumed launch: %+v, want only %s", live, inst.ID)
+	}
+	calls := h.cloud.Calls()
+	var resumed []string
+	for _, c := range calls {
+		if c.Method == fake.MethodLaunch {
+			resumed = append(resumed, c.Arg.(cloud.LaunchSpec).ClientToken)
+		}
+	}
+	if len(resumed) != launches+1 || resumed[len(resumed)-1] != token {
+		t.Errorf("launch tokens %v, want the first (%s) asked once more", resumed, token)
+	}
+}

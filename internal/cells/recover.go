@@ -2,6 +2,7 @@ package cells
 
 import (
 	"context"
+	"errors"
 	"fmt"
 
 	corev1 "k8s.io/api/core/v1"
@@ -15,7 +16,8 @@ import (
 
 // Recover rebuilds state after a restart from the cloud's tags and the node's pods: it
 // adopts each live cell whose pod is among pods (reconnecting to its agent and resuming the
-// status stream, or finishing it when the pod has completed), terminates cells whose pod is
+// status stream, or finishing it when the pod has completed; resuming the launch of a cell
+// still pending), terminates cells whose pod is
 // gone, and fails pods that ran on a cell that no longer exists. Pods still pending without a
 // cell are left to CreatePod, whose launch is idempotent. Call it before CreatePod.
 func (m *Manager) Recover(ctx context.Context, pods []*corev1.Pod) error {
@@ -101,6 +103,49 @@ func (m *Manager) adopt(pod *corev1.Pod, inst *cloud.Instance, catalog []instanc
 	m.cells[c.key] = c
 	m.mu.Unlock()
 	m.start(c, inst)
+}
+
+// resumeLaunch finishes the launch of an adopted cell that was still pending when the kip
+// before was stopped: it asks for the same launch again (the same client token), which the
+// cloud answers with that instance — EC2 with the instance booting on its own, the local
+// backend by redoing in it the boot its dead launcher left half-way. A cloud that refuses
+// leaves the instance to boot as it is.
+func (c *cell) resumeLaunch(inst *cloud.Instance) (*cloud.Instance, error) {
+	m := c.m
+	m.mu.Lock()
+	pod, cand := c.pod.DeepCopy(), c.cand
+	m.mu.Unlock()
+	opts, err := annotations.Parse(pod)
+	if err != nil {
+		return nil, fail(ReasonInvalidAnnotation, "%v", err)
+	}
+	// The selector says how the pod's type was launched (UnlimitedCredits): EC2 refuses a
+	// retried launch that asks for anything else.
+	if types, err := m.deps.Cloud.InstanceTypes(c.ops); err == nil && m.deps.Selector != nil {
+		if choice, err := m.deps.Selector.Select(pod, types); err == nil && choice != nil {
+			for _, k := range candidates(m.capacity, choice) {
+				if k.Type.Name == inst.InstanceType && k.Offering.Zone == inst.Zone && k.Offering.Spot == inst.Spot {
+					cand = k
+					break
+				}
+			}
+		}
+	}
+	c.log.Info("resuming the launch of a cell found pending", "instance", inst.ID, "type", inst.InstanceType)
+	got, err := c.launchOne(pod, cand, opts)
+	switch {
+	case err == nil:
+		if got.ID != inst.ID {
+			// The same token made another instance: the first is gone (terminate takes every
+			// instance of the pod at the end).
+			c.log.Warn("the resumed launch returned another instance", "was", inst.ID, "now", got.ID)
+		}
+		return got, nil
+	case errors.Is(err, errDeleted), errors.Is(err, errClosed):
+		return nil, err
+	}
+	c.log.Warn("resuming the launch: the cloud refused it; waiting for the instance as it is", "instance", inst.ID, "err", err)
+	return inst, nil
 }
 
 // adoptedCandidate is what inst was launched as: its type from catalog and the offering of its

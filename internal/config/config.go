@@ -265,6 +265,11 @@ type Cells struct {
 	// CapacityErrorMemory is how long an instance type that failed with an
 	// insufficient-capacity error is tried last; default 3m.
 	CapacityErrorMemory Duration `json:"capacityErrorMemory"`
+	// FormerNodeNames are names the virtual node had before (node.name changed): the
+	// cluster's cells tagged with one of them have no pod any more and are terminated by
+	// garbage collection. Empty by default: cells of other node names are left alone, since
+	// another kip of the same cluster may run them.
+	FormerNodeNames []string `json:"formerNodeNames,omitempty"`
 }
 
 // Reserve is resources kept for the agent on every cell.

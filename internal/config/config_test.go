@@ -50,6 +50,7 @@ func TestValidFiles(t *testing.T) {
 			eq(t, "cells.lostTimeout", c.Cells.LostTimeout.Duration, 45*time.Second)
 			eq(t, "cells.reserve.cpu", c.Cells.Reserve.CPU.MilliValue(), int64(50))
 			eq(t, "cells.launchConcurrency", c.Cells.LaunchConcurrency, 4)
+			eq(t, "cells.formerNodeNames", fmt.Sprint(c.Cells.FormerNodeNames), "[kip-old kip.example.com]")
 			eq(t, "registry.insecure", len(c.Registry.Insecure), 2)
 			eq(t, "registry.maxUnpackedImageSize", c.Registry.MaxUnpackedImageSize.Value(), int64(2<<30))
 		}},
@@ -118,6 +119,7 @@ func TestInvalidFiles(t *testing.T) {
 		{"invalid-version.yaml", []string{"apiVersion"}},
 		{"invalid-provider.yaml", []string{"cloud.provider", `"gcp"`}},
 		{"invalid-duration.yaml", []string{"cells.healthyTimeout", "ninety", "cells.lostTimeout", "must be positive"}},
+		{"invalid-former-node-names.yaml", []string{`cells.formerNodeNames[0]: Invalid value: "Old_Node"`, `cells.formerNodeNames[2]: Duplicate value: "old"`, `cells.formerNodeNames[3]: Invalid value: "kip": is node.name`}},
 		{"invalid-quantity.yaml", []string{"node.capacity.memory", "lots"}},
 		{"invalid-image-size.yaml", []string{"registry.maxUnpackedImageSize", "must be positive"}},
 		{"invalid-loopback-ip.yaml", []string{"node.internalIP", "loopback"}},

@@ -29,6 +29,11 @@ func (c *ProviderConfig) Validate() error {
 	errs = append(errs, c.Cloud.validate(field.NewPath("cloud"))...)
 	errs = append(errs, c.Node.validate(field.NewPath("node"), c.Cloud.Provider)...)
 	errs = append(errs, c.Cells.validate(field.NewPath("cells"))...)
+	for i, n := range c.Cells.FormerNodeNames {
+		if n == c.Node.Name {
+			errs = append(errs, field.Invalid(field.NewPath("cells", "formerNodeNames").Index(i), n, "is node.name: the node's own cells would be terminated"))
+		}
+	}
 	errs = append(errs, c.Registry.validate(field.NewPath("registry"))...)
 	return errs.ToAggregate()
 }
@@ -292,6 +297,16 @@ func (c *Cells) validate(p *field.Path) field.ErrorList {
 	}
 	if msgs := validation.IsDNS1123Label(c.ClusterName); len(msgs) > 0 {
 		errs = append(errs, field.Invalid(p.Child("clusterName"), c.ClusterName, strings.Join(msgs, "; ")))
+	}
+	seen := map[string]bool{}
+	for i, n := range c.FormerNodeNames {
+		switch msgs := validation.IsDNS1123Subdomain(n); {
+		case len(msgs) > 0:
+			errs = append(errs, field.Invalid(p.Child("formerNodeNames").Index(i), n, strings.Join(msgs, "; ")))
+		case seen[n]:
+			errs = append(errs, field.Duplicate(p.Child("formerNodeNames").Index(i), n))
+		}
+		seen[n] = true
 	}
 	return errs
 }

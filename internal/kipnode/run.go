@@ -301,7 +301,7 @@ func (r *runner) run(ctx context.Context) error {
 	// every cell (svcpush). Each cell's state machine judges its own agent's liveness from
 	// the heartbeats on its status stream.
 	interval := cfg.Cells.StatusInterval.Duration
-	gcc := gc.New(gc.Options{Interval: interval, ClusterName: cfg.Cells.ClusterName, NodeName: name}, mgr, cl, mirrorOrNil(mirror), nil, r.log)
+	gcc := gc.New(gc.Options{Interval: interval, ClusterName: cfg.Cells.ClusterName, NodeName: name, FormerNodeNames: cfg.Cells.FormerNodeNames}, mgr, cl, mirrorOrNil(mirror), nil, r.log)
 	// The service table builds once the informers (started by the virtual node) have synced.
 	wg.Add(5)
 	go func() { defer wg.Done(); volPush.Run(runCtx) }()

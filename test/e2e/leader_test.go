@@ -26,7 +26,9 @@ import (
 // so the same node name and the same local backend state, as two pods of a Deployment on one
 // host would), SIGKILLs the leader in the middle of a burst of 20 pods, and checks that the
 // follower, which served nothing until then, takes the Lease, adopts every cell and runs every
-// pod: 20 pods Running on 20 cells, one each, and those that ran before the kill kept theirs.
+// pod: 20 pods Running on 20 cells, one each, and those that ran before the kill kept theirs;
+// no pod was ever Failed or had a second cell, and the takeover came within the 15 s the
+// design promises (the measured time is logged).
 func TestLeaderElection(t *testing.T) {
 	e := need(t)
 	ctx := context.Background()
@@ -51,6 +53,7 @@ func TestLeaderElection(t *testing.T) {
 		}
 	})
 	ns := e.Namespace(t)
+	w := watchBurst(ctx, t, e, ns)
 
 	// The first replica leads at once: no one else holds the Lease.
 	if err := a.Start(ctx); err != nil {
@@ -147,6 +150,12 @@ func TestLeaderElection(t *testing.T) {
 	t.Logf("the follower acquired the Lease %v after the kill (acquireTime %s, transitions %d; bound by configuration %v after the last renewal)",
 		acquired.Sub(killed).Round(10*time.Millisecond), acquired.Format(time.RFC3339Nano), ptrOr(lease.Spec.LeaseTransitions),
 		kipnode.DefaultLeaseDuration+time.Duration(2*2.2*float64(kipnode.DefaultRetryPeriod)))
+	// The promise (issue 13) is a takeover within 15 s of the leader's death; the
+	// configuration bounds it at about 14.4 s after the last renewal. Nothing tighter is
+	// asserted.
+	if took := acquired.Sub(killed); took > 15*time.Second {
+		t.Errorf("the follower took the Lease %v after the leader was killed, more than 15 s", took.Round(10*time.Millisecond))
+	}
 	if lease.Spec.LeaseTransitions == nil || *lease.Spec.LeaseTransitions < 1 {
 		t.Errorf("Lease transitions %v after a takeover", lease.Spec.LeaseTransitions)
 	}
@@ -183,6 +192,8 @@ func TestLeaderElection(t *testing.T) {
 		}
 	}
 	t.Logf("%d pods Running on %d cells; the %d cells launched before the kill adopted as they were", burst, len(all), len(atKill))
+	w.check(t, burst)
+	checkOneCellEach(ctx, t, e, ns, burst)
 	if at, ok := logTime(b.Log(), "kip is ready"); ok {
 		t.Logf("the new leader was ready (node Ready, kubelet API serving) %v after the kill", at.Sub(killed).Round(10*time.Millisecond))
 	}
@@ -191,6 +202,20 @@ func TestLeaderElection(t *testing.T) {
 	out, err := e.Kubectl(ctx, "-n", ns, "logs", name(0))
 	if err != nil || !strings.Contains(out, "hello-"+name(0)) {
 		t.Errorf("kubectl logs %s through the new leader: %q, %v", name(0), out, err)
+	}
+
+	// The new leader terminates every cell once the pods are gone: nothing leaks.
+	if err := e.Client.CoreV1().Pods(ns).DeleteCollection(ctx, metav1.DeleteOptions{GracePeriodSeconds: new(int64)}, metav1.ListOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	if cells, err := e.WaitForCells(ctx, map[string]string{cloud.TagPodNamespace: ns}, 2*time.Minute, framework.NoCells); err != nil {
+		t.Errorf("cells of the deleted pods left: %v", err)
+		for _, c := range cells {
+			t.Logf("left: %s %v", c.ID, c.Tags)
+		}
+	}
+	if dirs, err := cellDirsOf(e, ns); err != nil || len(dirs) > 0 {
+		t.Errorf("cell directories of the deleted pods left: %v (%v)", dirs, err)
 	}
 }
 

@@ -7,6 +7,7 @@ import (
 	"os"
 	"os/exec"
 	"runtime"
+	"slices"
 	"strconv"
 	"strings"
 	"syscall"
@@ -21,62 +22,150 @@ import (
 
 // agentSpec is how to start one cell's agent.
 type agentSpec struct {
-	argv     []string // AgentCommand plus --bootstrap and --state-dir
+	argv     []string // AgentCommand plus --bootstrap and --state-dir (startAgent adds --start-fd)
 	env      []string
 	logPath  string
 	netns    string // empty: stay in the host netns (process-only mode)
 	hostname string // set in a new UTS namespace when netns is set
 	cgroups  []string
+	// unified says cgroups is the one cgroup v2 directory of a cgroup v2-only host: the
+	// agent is cloned straight into it.
+	unified bool
 }
 
-// startAgent starts the agent and returns its pid and start time.
+// startFD is the descriptor on which the agent reads its start byte (--start-fd): the first
+// of cmd.ExtraFiles.
+const startFD = 3
+
+// startAgent starts the agent inside the cell's namespaces and cgroups and returns its pid
+// and start time. No agent ever runs outside its cell, even if this process dies half-way:
+//
+//   - it is started blocked on a pipe (kip-cell --start-fd 3 reads one byte before anything
+//     else) and released only once it is in every cgroup of the cell; if this process dies
+//     before, the pipe closes without the byte and the agent exits at once;
+//   - on a cgroup v2-only host it is also cloned straight into its cgroup (CLONE_INTO_CGROUP),
+//     so it is never outside it even while blocked. cgroup v1 has no such clone: there the
+//     pipe alone keeps it from doing anything before the move (writing the pid to
+//     cgroup.procs moves every thread it has).
 //
 // The netns is entered with setns on a locked OS thread, never with `ip netns exec` (which
 // remounts /sys and hides the cgroup mounts runc needs). On that same thread a new UTS
 // namespace gets the cell's hostname, and the child, cloned from the thread, inherits both.
-//
-// The agent is started and then moved into the cell's cgroups (cgroup v1 has no
-// CLONE_INTO_CGROUP for these controllers). That is safe without a sync pipe because the
-// agent forks nothing on its own: it starts runc only when kip asks it to, long after it
-// was moved; writing the pid to cgroup.procs moves every thread it has.
 func startAgent(s agentSpec) (pid int, start uint64, err error) {
-	if len(s.argv) == 0 {
-		return 0, 0, errors.New("no agent command configured")
-	}
-	logf, err := os.OpenFile(s.logPath, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o600)
+	a, err := spawnAgent(s)
 	if err != nil {
-		return 0, 0, fmt.Errorf("opening agent log: %w", err)
-	}
-	defer logf.Close()
-	cmd := exec.Command(s.argv[0], s.argv[1:]...)
-	cmd.Env = s.env
-	cmd.Stdout, cmd.Stderr = logf, logf
-	cmd.Dir = "/"
-	// Its own session: it outlives kip (a cell survives a restart of kip) and Terminate can
-	// signal its whole process group.
-	cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true}
-
-	if s.netns == "" {
-		if err := cmd.Start(); err != nil {
-			return 0, 0, fmt.Errorf("starting agent %s: %w", s.argv[0], err)
-		}
-	} else if err := startInNamespaces(cmd, s.netns, s.hostname); err != nil {
 		return 0, 0, err
 	}
-	pid = cmd.Process.Pid
-	// Reap it when it exits, so that it never lingers as a zombie of this process.
-	go func() { _ = cmd.Wait() }()
-
+	defer a.abort() // a no-op once released
+	pid = a.cmd.Process.Pid
 	if err := cgroups.Join(s.cgroups, pid); err != nil {
-		_ = syscall.Kill(-pid, syscall.SIGKILL)
+		a.kill()
 		return 0, 0, err
 	}
 	start, err = procStartTime(pid)
 	if err != nil {
-		_ = syscall.Kill(-pid, syscall.SIGKILL)
+		a.kill()
 		return 0, 0, fmt.Errorf("reading start time of agent pid %d: %w", pid, err)
 	}
+	if err := a.release(); err != nil {
+		a.kill()
+		return 0, 0, fmt.Errorf("releasing agent pid %d: %w", pid, err)
+	}
 	return pid, start, nil
+}
+
+// heldAgent is an agent process started but blocked on its start pipe.
+type heldAgent struct {
+	cmd  *exec.Cmd
+	gate *os.File // the pipe's write end; nil once released or aborted
+}
+
+// release lets the agent run.
+func (a *heldAgent) release() error {
+	_, err := a.gate.Write([]byte{1})
+	if cerr := a.gate.Close(); err == nil {
+		err = cerr
+	}
+	a.gate = nil
+	return err
+}
+
+// abort closes the pipe without the byte: the agent exits without doing anything.
+func (a *heldAgent) abort() {
+	if a.gate != nil {
+		a.gate.Close()
+		a.gate = nil
+	}
+}
+
+// kill SIGKILLs the agent's process group and closes its pipe.
+func (a *heldAgent) kill() {
+	a.abort()
+	_ = syscall.Kill(-a.cmd.Process.Pid, syscall.SIGKILL)
+}
+
+// spawnAgent starts the agent in the cell's namespaces, blocked on its start pipe (and, on a
+// cgroup v2-only host, already in its cgroup).
+func spawnAgent(s agentSpec) (*heldAgent, error) {
+	if len(s.argv) == 0 {
+		return nil, errors.New("no agent command configured")
+	}
+	logf, err := os.OpenFile(s.logPath, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o600)
+	if err != nil {
+		return nil, fmt.Errorf("opening agent log: %w", err)
+	}
+	defer logf.Close()
+	held, gate, err := os.Pipe() // close-on-exec: no other child keeps the write end
+	if err != nil {
+		return nil, fmt.Errorf("making the agent's start pipe: %w", err)
+	}
+	defer held.Close()
+	newCmd := func() *exec.Cmd {
+		argv := append(slices.Clone(s.argv), "--start-fd", strconv.Itoa(startFD))
+		cmd := exec.Command(argv[0], argv[1:]...)
+		cmd.Env = s.env
+		cmd.Stdout, cmd.Stderr = logf, logf
+		cmd.Dir = "/"
+		cmd.ExtraFiles = []*os.File{held} // startFD
+		// Its own session: it outlives kip (a cell survives a restart of kip) and Terminate
+		// can signal its whole process group.
+		cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true}
+		return cmd
+	}
+	cmd := newCmd()
+	if s.unified && len(s.cgroups) == 1 {
+		dir, err := os.OpenFile(s.cgroups[0], unix.O_PATH|unix.O_DIRECTORY|unix.O_CLOEXEC, 0)
+		if err != nil {
+			gate.Close()
+			return nil, fmt.Errorf("opening the agent's cgroup: %w", err)
+		}
+		defer dir.Close()
+		cmd.SysProcAttr.UseCgroupFD, cmd.SysProcAttr.CgroupFD = true, int(dir.Fd())
+	}
+	startErr := startIn(cmd, s)
+	if startErr != nil && cmd.SysProcAttr.UseCgroupFD {
+		// A kernel without clone3 or CLONE_INTO_CGROUP: the pipe alone keeps the agent held.
+		cmd = newCmd()
+		startErr = startIn(cmd, s)
+	}
+	if startErr != nil {
+		gate.Close()
+		return nil, startErr
+	}
+	// Reap it when it exits, so that it never lingers as a zombie of this process.
+	go func() { _ = cmd.Wait() }()
+	return &heldAgent{cmd: cmd, gate: gate}, nil
+}
+
+// startIn starts cmd in the cell's namespaces, or in this process's in process-only mode.
+func startIn(cmd *exec.Cmd, s agentSpec) error {
+	if s.netns == "" {
+		if err := cmd.Start(); err != nil {
+			return fmt.Errorf("starting agent %s: %w", s.argv[0], err)
+		}
+		return nil
+	}
+	return startInNamespaces(cmd, s.netns, s.hostname)
 }
 
 // startInNamespaces starts cmd from a locked thread that has joined the cell's netns and a

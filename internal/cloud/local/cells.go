@@ -75,11 +75,15 @@ func (b *Backend) Launch(ctx context.Context, spec cloud.LaunchSpec) (*cloud.Ins
 	t0 := time.Now()
 	id, existing, unlockLaunch, err := b.reserve(spec)
 	if errors.Is(err, errStaleLaunch) {
-		// A launch with this token died half-way (kip crashed): undo it and start over.
-		if derr := b.destroyLocked(id); derr != nil {
-			return nil, fmt.Errorf("launching cell %s: removing the half-made cell %s: %w", spec.CellID, id, derr)
+		// A launch with this token died half-way (kip was killed): resume it in the same
+		// cell (same id, address and token). What the dead launcher made of it is undone
+		// and the boot is done again.
+		b.log.Info("resuming a launch whose launcher died", "instance", id, "cell", spec.CellID)
+		if uerr := b.undoBoot(id); uerr != nil {
+			unlockLaunch()
+			return nil, fmt.Errorf("launching cell %s: undoing the half-made boot of %s: %w", spec.CellID, id, uerr)
 		}
-		id, existing, unlockLaunch, err = b.reserve(spec)
+		err = nil
 	}
 	if err != nil {
 		return nil, fmt.Errorf("launching cell %s: %w", spec.CellID, err) // keeps its kind
@@ -101,8 +105,9 @@ func (b *Backend) Launch(ctx context.Context, spec cloud.LaunchSpec) (*cloud.Ins
 	return inst, nil
 }
 
-// errStaleLaunch says that the cell of a client token is still launching but nobody holds
-// its launch lock: the launcher died.
+// errStaleLaunch says that the cell of a client token is still launching but nobody held
+// its launch lock: the launcher died. reserve returns it with the cell's id and its launch
+// lock, now held by the caller.
 var errStaleLaunch = errors.New("stale launch")
 
 // reserve, under the store lock, either finds the cell an earlier launch with the same
@@ -115,6 +120,9 @@ func (b *Backend) reserve(spec cloud.LaunchSpec) (id string, existing bool, unlo
 		return "", false, nil, err
 	}
 	defer unlock()
+	if err := b.store.sweepStaging(); err != nil {
+		return "", false, nil, err
+	}
 	var tokenHash string
 	if spec.ClientToken != "" {
 		tokenHash = hashToken(spec.ClientToken)
@@ -131,8 +139,7 @@ func (b *Backend) reserve(spec cloud.LaunchSpec) (id string, existing bool, unlo
 				if err != nil {
 					return prev, true, nil, nil // its launcher is at work
 				}
-				held()
-				return prev, false, nil, errStaleLaunch
+				return prev, false, held, errStaleLaunch
 			}
 		}
 	}
@@ -279,6 +286,7 @@ func (b *Backend) boot(id string, spec cloud.LaunchSpec, it instancetype.Instanc
 	pid, start, err := startAgent(agentSpec{
 		argv: argv, env: env, logPath: filepath.Join(dir, "agent.log"),
 		netns: r.meta.Netns, hostname: hostname, cgroups: agentCgroups,
+		unified: b.cg != nil && b.cg.Mode() == cgroups.Unified,
 	})
 	if err != nil {
 		return nil, err
@@ -332,8 +340,11 @@ func (b *Backend) cellNet(r *cellRecord) cellNet {
 // A cell whose agent has died is still reported running: its namespace, address and cgroups
 // are still held, as a cloud VM whose agent crashed is still running; kip's health checks see
 // the agent gone and terminate the cell. Reporting it terminated would hide it from List and
-// so from garbage collection. Only a cell whose namespace is gone (the host rebooted) is
-// reported terminated; Terminate then removes what is left of it.
+// so from garbage collection. A cell whose namespace is gone (the host rebooted, or someone
+// deleted it) is reported terminating: it runs nothing any more, but its directory (agent
+// key, secret files, images), address and token are still held, so List still shows it and
+// garbage collection (or the pod's own state machine) terminates it; Terminate removes what
+// is left.
 func (b *Backend) instance(r *cellRecord) *cloud.Instance {
 	in := &cloud.Instance{
 		ID: r.meta.ID, CellID: r.meta.CellID, InstanceType: r.meta.InstanceType,
@@ -351,7 +362,7 @@ func (b *Backend) instance(r *cellRecord) *cloud.Instance {
 		in.State = cloud.StateRunning
 		if r.meta.Netns != "" {
 			if _, err := os.Stat(filepath.Join(netnsDir, r.meta.Netns)); errors.Is(err, fs.ErrNotExist) {
-				in.State = cloud.StateTerminated
+				in.State = cloud.StateTerminating
 			}
 		}
 	}
@@ -452,26 +463,8 @@ func (b *Backend) destroy(id string) error {
 		return err
 	}
 	dir := b.store.cellDir(id)
-	if err := killAgent(r.meta.PID, r.meta.PIDStart, killTimeout); err != nil {
+	if err := b.release(r); err != nil {
 		return err
-	}
-	if err := cgroups.RemoveCell(r.meta.Cgroups, killTimeout); err != nil {
-		return err
-	}
-	if b.cg != nil {
-		// runc in hybrid mode put the pod's cgroup2 dirs outside the cell: the backend removes
-		// them itself, so a cell ended without its agent's help leaves nothing behind.
-		if err := b.cg.RemoveStrayPod(r.tags[cloud.TagPodUID], killTimeout); err != nil {
-			return err
-		}
-	}
-	if err := unmountUnder(dir); err != nil {
-		return err
-	}
-	if !r.meta.ProcessOnly {
-		if err := unplumbCell(b.cellNet(r)); err != nil {
-			return err
-		}
 	}
 	unlock, err := b.store.lock()
 	if err != nil {
@@ -490,6 +483,56 @@ func (b *Backend) destroy(id string) error {
 	}
 	if !r.meta.ProcessOnly {
 		return b.syncFirewall()
+	}
+	return nil
+}
+
+// release kills the cell's processes and removes its cgroups, mounts and network, keeping its
+// record (directory, address, token). Each step tolerates what is already gone.
+func (b *Backend) release(r *cellRecord) error {
+	if err := killAgent(r.meta.PID, r.meta.PIDStart, killTimeout); err != nil {
+		return err
+	}
+	// Every process of the cell, a recorded agent or not (one a dead launcher started), is
+	// in its cgroups (startAgent never lets an agent run outside them).
+	if err := cgroups.RemoveCell(r.meta.Cgroups, killTimeout); err != nil {
+		return err
+	}
+	if b.cg != nil {
+		// runc in hybrid mode put the pod's cgroup2 dirs outside the cell: the backend removes
+		// them itself, so a cell ended without its agent's help leaves nothing behind.
+		if err := b.cg.RemoveStrayPod(r.tags[cloud.TagPodUID], killTimeout); err != nil {
+			return err
+		}
+	}
+	if err := unmountUnder(b.store.cellDir(r.meta.ID)); err != nil {
+		return err
+	}
+	if !r.meta.ProcessOnly {
+		if err := unplumbCell(b.cellNet(r)); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// undoBoot undoes what a launcher that died made of a cell still launching (the caller holds
+// its launch lock), so that boot can start over in it: its processes, cgroups, mounts,
+// network and the agent's state go; its record, address and token stay.
+func (b *Backend) undoBoot(id string) error {
+	r, err := b.store.read(id)
+	if err != nil {
+		return err
+	}
+	if err := b.release(r); err != nil {
+		return err
+	}
+	agentDir := filepath.Join(b.store.cellDir(id), "agent")
+	if err := os.RemoveAll(agentDir); err != nil {
+		return fmt.Errorf("emptying the agent's state directory: %w", err)
+	}
+	if err := os.Mkdir(agentDir, 0o700); err != nil {
+		return fmt.Errorf("emptying the agent's state directory: %w", err)
 	}
 	return nil
 }

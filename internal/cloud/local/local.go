@@ -146,6 +146,16 @@ func New(cfg Config) (*Backend, error) {
 	if err := b.store.init(); err != nil {
 		return nil, fmt.Errorf("local backend: %w", err)
 	}
+	// A kip killed while recording a cell leaves its staging directory: remove it now.
+	unlock, err := b.store.lock()
+	if err != nil {
+		return nil, fmt.Errorf("local backend: %w", err)
+	}
+	err = b.store.sweepStaging()
+	unlock()
+	if err != nil {
+		return nil, fmt.Errorf("local backend: %w", err)
+	}
 	return b, nil
 }
 

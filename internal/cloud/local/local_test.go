@@ -18,6 +18,7 @@ import (
 	"github.com/vishvananda/netlink"
 	"github.com/vishvananda/netns"
 
+	"github.com/kip-dev/kip/internal/cgroups"
 	"github.com/kip-dev/kip/internal/cloud"
 	"github.com/kip-dev/kip/internal/cloud/cloudtest"
 )
@@ -443,14 +444,19 @@ func TestTerminateUnknown(t *testing.T) {
 	}
 }
 
-// TestStaleLaunch: a launch that died half-way (its launcher crashed after recording the
-// cell) is undone and redone by the next Launch with the same token; a launch still at work
-// is not disturbed.
+// TestStaleLaunch: a launch that died half-way (its launcher was killed after recording the
+// cell, making its cgroups and network and starting its agent) is resumed by the next Launch
+// with the same token, in the same cell: the dead launcher's agent is gone, one new agent
+// answers, same id and address. A launch still at work is not disturbed.
 func TestStaleLaunch(t *testing.T) {
 	e := newEnv(t)
 	ctx := context.Background()
 	spec := cloud.LaunchSpec{CellID: "stale-1", ClientToken: "stale-1", InstanceType: "local.nano"}
 	b := e.backend()
+	it, err := b.validate(spec)
+	if err != nil {
+		t.Fatal(err)
+	}
 	id, _, unlock, err := b.reserve(spec)
 	if err != nil {
 		t.Fatal(err)
@@ -461,18 +467,50 @@ func TestStaleLaunch(t *testing.T) {
 	if err != nil || in.ID != id || in.State != cloud.StatePending {
 		t.Fatalf("Launch during a live launch = %+v, %v; want pending %s", in, err, id)
 	}
-	unlock() // the launcher "crashes"
+	// The launcher gets as far as starting the agent in the cell, then "dies" before
+	// recording it.
+	r, err := b.store.read(id)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := b.cg.CreateCell(r.meta.Cgroups, cgroups.Limits{CPUs: it.VCPU, MemoryBytes: it.MemoryMiB << 20}); err != nil {
+		t.Fatal(err)
+	}
+	if err := plumbCell(b.cellNet(r)); err != nil {
+		t.Fatal(err)
+	}
+	dir := b.store.cellDir(id)
+	oldPID, oldStart, err := startAgent(agentSpec{
+		argv: append(agentCommand(t), "--bootstrap", filepath.Join(dir, "bootstrap"), "--state-dir", filepath.Join(dir, "agent")),
+		env:  []string{standinEnv + "=1", EnvCellID + "=stale-1", EnvCellIP + "=" + r.ip}, logPath: filepath.Join(dir, "agent.log"),
+		netns: r.meta.Netns, hostname: "stale-1", cgroups: b.cg.AgentDirs(r.meta.Cgroups),
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	e.waitHealthy(r.ip)
+	unlock()
 	in, err = e.cloud().Launch(ctx, spec)
 	if err != nil {
 		t.Fatalf("Launch after a dead launch: %v", err)
 	}
-	if in.ID == id || in.State != cloud.StateRunning {
-		t.Errorf("Launch after a dead launch = %s %s, want a new running cell", in.ID, in.State)
+	if in.ID != id || in.State != cloud.StateRunning || in.PrivateIP != r.ip {
+		t.Errorf("Launch after a dead launch = %s %s at %s, want the same cell %s running at %s", in.ID, in.State, in.PrivateIP, id, r.ip)
 	}
-	if _, err := b.Describe(ctx, id); !cloud.IsNotFound(err) {
-		t.Errorf("the half-made cell %s is still there: %v", id, err)
+	if agentAlive(oldPID, oldStart) {
+		t.Errorf("the dead launcher's agent (pid %d) still runs beside the resumed one", oldPID)
 	}
 	e.waitHealthy(in.PrivateIP)
+	r, err = b.store.read(id)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if r.meta.Phase != phaseRunning || r.meta.PID == oldPID || !agentAlive(r.meta.PID, r.meta.PIDStart) {
+		t.Errorf("resumed cell: phase %s, agent pid %d (the dead launcher's was %d)", r.meta.Phase, r.meta.PID, oldPID)
+	}
+	if ids, _ := b.store.ids(); len(ids) != 1 {
+		t.Errorf("cells after the resumed launch: %v, want only %s", ids, id)
+	}
 	if err := b.Terminate(ctx, in.ID); err != nil {
 		t.Fatal(err)
 	}
@@ -760,5 +798,78 @@ func TestTerminateRemovesStrayPodCgroups(t *testing.T) {
 		if _, err := os.Stat(d); !errors.Is(err, os.ErrNotExist) {
 			t.Errorf("pod cgroup %s left after Terminate (stat: %v)", d, err)
 		}
+	}
+}
+
+// TestVanishedNetns: a cell whose network namespace is gone (the host rebooted: its agent and
+// namespace are gone, its directory, address and token are not) is reported terminating, so
+// List still shows it to garbage collection, and Terminate frees what is left.
+func TestVanishedNetns(t *testing.T) {
+	e := newEnv(t)
+	ctx := context.Background()
+	c := e.cloud()
+	in := e.launch(c, "vanish-1", "local.nano")
+	e.waitHealthy(in.PrivateIP)
+	b := e.backend()
+	r, err := b.store.read(in.ID)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := killAgent(r.meta.PID, r.meta.PIDStart, killTimeout); err != nil {
+		t.Fatal(err)
+	}
+	if err := netns.DeleteNamed(r.meta.Netns); err != nil {
+		t.Fatal(err)
+	}
+	got, err := b.Describe(ctx, in.ID)
+	if err != nil || got.State != cloud.StateTerminating {
+		t.Fatalf("Describe after the netns vanished = %+v, %v; want terminating", got, err)
+	}
+	listed, err := b.List(ctx, nil)
+	if err != nil || len(listed) != 1 || listed[0].ID != in.ID || listed[0].State != cloud.StateTerminating {
+		t.Fatalf("List after the netns vanished = %+v, %v; want the cell, terminating", listed, err)
+	}
+	if err := b.Terminate(ctx, in.ID); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := os.Stat(b.store.cellDir(in.ID)); !errors.Is(err, os.ErrNotExist) {
+		t.Errorf("cell directory left after Terminate: %v", err)
+	}
+	if used, _ := b.store.usedIPs(); used[in.PrivateIP] {
+		t.Errorf("address %s still held after Terminate", in.PrivateIP)
+	}
+	if err := b.Terminate(ctx, in.ID); !cloud.IsNotFound(err) {
+		t.Errorf("second Terminate = %v, want NotFound", err)
+	}
+}
+
+// TestUnfinishedRecordSwept: a launcher killed while writing a cell's record leaves a staging
+// directory (never renamed into place, so no cell); the next backend made on the state
+// directory (a restarted kip) and the next launch remove it.
+func TestUnfinishedRecordSwept(t *testing.T) {
+	e := newProcessOnlyEnv(t)
+	b := e.backend()
+	stage := func() string {
+		d := filepath.Join(b.store.cellsDir(), stagingPrefix+"lc-0123456789")
+		if err := os.MkdirAll(filepath.Join(d, "agent"), 0o700); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.WriteFile(filepath.Join(d, "bootstrap"), []byte("{}"), 0o600); err != nil {
+			t.Fatal(err)
+		}
+		return d
+	}
+	d := stage()
+	e.backend() // a restarted kip
+	if _, err := os.Stat(d); !errors.Is(err, os.ErrNotExist) {
+		t.Errorf("staging directory left after New: %v", err)
+	}
+	d = stage()
+	in := e.launch(e.cloud(), "swept-1", "local.nano")
+	if _, err := os.Stat(d); !errors.Is(err, os.ErrNotExist) {
+		t.Errorf("staging directory left after a launch: %v", err)
+	}
+	if err := b.Terminate(context.Background(), in.ID); err != nil {
+		t.Fatal(err)
 	}
 }

@@ -34,6 +34,10 @@ const (
 )
 
 func TestMain(m *testing.M) {
+	if os.Getenv(launcherEnv) != "" {
+		launcherMain(os.Getenv(launcherEnv))
+		return
+	}
 	if os.Getenv(standinEnv) == "1" {
 		if err := standinAgent(os.Args[1:]); err != nil {
 			fmt.Fprintln(os.Stderr, "stand-in agent:", err)
@@ -54,8 +58,18 @@ func standinAgent(args []string) error {
 	fs := flag.NewFlagSet("standin", flag.ContinueOnError)
 	bootstrap := fs.String("bootstrap", "", "bootstrap file")
 	stateDir := fs.String("state-dir", "", "state directory")
+	startFD := fs.Int("start-fd", -1, "descriptor to read the start byte from, as kip-cell")
 	if err := fs.Parse(args); err != nil {
 		return err
+	}
+	if *startFD >= 0 {
+		// As kip-cell: nothing happens before the launcher's byte; without it, exit.
+		f := os.NewFile(uintptr(*startFD), "start-fd")
+		var b [1]byte
+		if n, err := f.Read(b[:]); n != 1 {
+			return fmt.Errorf("the launcher went away before releasing the agent (%v)", err)
+		}
+		f.Close()
 	}
 	if _, err := os.ReadFile(*bootstrap); err != nil {
 		return fmt.Errorf("reading bootstrap: %w", err)

@@ -80,6 +80,23 @@ func (s *store) init() error {
 	return nil
 }
 
+// sweepStaging removes the staging directories of cells whose recording was cut short (their
+// launcher died between writing the files and renaming the directory into place). A cell is
+// staged and renamed under the store lock, so with the lock held every staging directory is
+// such a leftover; it holds only files (nothing was booted from it). The lock must be held.
+func (s *store) sweepStaging() error {
+	stale, err := filepath.Glob(filepath.Join(s.cellsDir(), stagingPrefix+"*"))
+	if err != nil {
+		return err
+	}
+	for _, d := range stale {
+		if err := os.RemoveAll(d); err != nil {
+			return fmt.Errorf("removing the unfinished cell record %s: %w", d, err)
+		}
+	}
+	return nil
+}
+
 // lock takes the store's exclusive file lock; it works between processes and between
 // goroutines of one process (each call opens its own file description).
 func (s *store) lock() (unlock func(), err error) {

@@ -4,6 +4,13 @@
 // no pod owns (a failed terminate, a launch whose pod went away) are terminated. Every finding
 // must hold for two passes in a row (and a vanished instance is confirmed by Describe), so a
 // cloud whose List lags behind a launch never causes harm.
+//
+// Orphans are collected in any state short of terminated: running, pending, and terminating
+// ones nobody is terminating any more (a terminate that was interrupted, or a local cell whose
+// network namespace vanished with a host reboot, which still holds its directory, address and
+// agent key). Instances of this cluster tagged with one of the node's former names
+// (Options.FormerNodeNames) are orphans too. Each is logged; a pod that loses its cell gets
+// the cells manager's CellLost Event.
 package gc
 
 import (
@@ -41,6 +48,9 @@ type Options struct {
 	Interval time.Duration
 	// ClusterName and NodeName select the instances that are kip's on this node (their tags).
 	ClusterName, NodeName string
+	// FormerNodeNames are names this node had before (cells.formerNodeNames): the cluster's
+	// instances tagged with one of them have no pod here any more and are terminated.
+	FormerNodeNames []string
 }
 
 // Controller is the garbage collector. Make it with New and start it with Run.
@@ -88,6 +98,21 @@ func (c *Controller) pass(ctx context.Context) {
 		c.log.Warn("sweeping cells: listing instances", "err", err)
 		return
 	}
+	former := map[string]string{} // instance id -> the former node name it is tagged with
+	for _, name := range c.opts.FormerNodeNames {
+		if name == c.opts.NodeName {
+			continue
+		}
+		old, err := c.cloud.List(ctx, map[string]string{cloud.TagCluster: c.opts.ClusterName, cloud.TagNode: name})
+		if err != nil {
+			c.log.Warn("sweeping cells: listing instances of a former node name", "node", name, "err", err)
+			continue
+		}
+		for _, in := range old {
+			former[in.ID] = name
+		}
+		insts = append(insts, old...)
+	}
 	live := map[string]bool{}
 	for _, in := range insts {
 		if in.State != cloud.StateTerminated && in.State != cloud.StateTerminating {
@@ -127,11 +152,14 @@ func (c *Controller) pass(ctx context.Context) {
 
 	seen := map[string]bool{}
 	for _, in := range insts {
-		if !live[in.ID] {
+		// Terminated instances hold nothing. Terminating ones nobody owns any more are
+		// terminated again (Terminate may be called many times): one whose terminate was
+		// interrupted, or a local cell whose netns vanished, still holds resources.
+		if in.State == cloud.StateTerminated {
 			continue
 		}
 		seen[in.ID] = true
-		if owners[in.Tags[cloud.TagPodUID]] {
+		if former[in.ID] == "" && owners[in.Tags[cloud.TagPodUID]] {
 			delete(c.orphan, in.ID)
 			continue
 		}
@@ -139,7 +167,15 @@ func (c *Controller) pass(ctx context.Context) {
 		if c.orphan[in.ID] < misses {
 			continue
 		}
-		c.log.Info("terminating orphan cell", "instance", in.ID, "cell", in.Tags[cloud.TagCellID])
+		why := "no pod of this node owns it"
+		switch {
+		case former[in.ID] != "":
+			why = "it belongs to the node's former name " + former[in.ID]
+		case in.State == cloud.StateTerminating:
+			why = "it was left terminating (an interrupted terminate, or its network namespace vanished)"
+		}
+		c.log.Info("terminating orphan cell", "instance", in.ID, "cell", in.Tags[cloud.TagCellID], "state", in.State,
+			"pod", in.Tags[cloud.TagPodNamespace]+"/"+in.Tags[cloud.TagPodName], "why", why)
 		if err := c.cloud.Terminate(ctx, in.ID); err != nil && !cloud.IsNotFound(err) {
 			c.log.Warn("terminating orphan cell", "instance", in.ID, "err", err)
 			continue

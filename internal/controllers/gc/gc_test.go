@@ -86,3 +86,80 @@ func TestPasses(t *testing.T) {
 		}
 	}
 }
+
+// TestTerminatingOrphans: an instance left terminating that no pod owns (an interrupted
+// terminate; a local cell whose network namespace vanished, still holding its files and
+// address) is terminated again; one a pod still owns is the pod's to handle (MarkLost).
+func TestTerminatingOrphans(t *testing.T) {
+	ctx := context.Background()
+	c := fake.New()
+	left := launch(t, c, "kip", "nobody", "c-left")
+	owned := launch(t, c, "kip", "uid-owned", "c-owned")
+	for _, in := range []*cloud.Instance{left, owned} {
+		if err := c.SetState(in.ID, cloud.StateTerminating); err != nil {
+			t.Fatal(err)
+		}
+	}
+	cells := &fakeCells{lost: map[string]string{}, pods: []struct{ uid, cell, inst string }{{"uid-owned", "c-owned", owned.ID}}}
+	g := New(Options{ClusterName: "kip", NodeName: "kip"}, cells, c, nil, nil, nil)
+	g.pass(ctx)
+	if n := c.CallCount(fake.MethodTerminate); n != 0 {
+		t.Fatalf("one pass terminated %d instances", n)
+	}
+	g.pass(ctx)
+	var terminated []string
+	for _, call := range c.Calls() {
+		if call.Method == fake.MethodTerminate {
+			terminated = append(terminated, call.Arg.(string))
+		}
+	}
+	if len(terminated) != 1 || terminated[0] != left.ID {
+		t.Errorf("terminated %v, want only the unowned terminating instance %s", terminated, left.ID)
+	}
+	if _, ok := cells.lost["c-owned"]; !ok {
+		t.Errorf("the owned terminating cell was not reported lost: %v", cells.lost)
+	}
+}
+
+// TestFormerNodeNames: the cluster's instances tagged with a former name of the node are
+// terminated when the name is configured, and only then; other clusters' are never touched.
+func TestFormerNodeNames(t *testing.T) {
+	ctx := context.Background()
+	for _, configured := range []bool{false, true} {
+		t.Run(map[bool]string{false: "not configured", true: "configured"}[configured], func(t *testing.T) {
+			c := fake.New()
+			tagged := func(cluster, node, cell string) *cloud.Instance {
+				in, err := c.Launch(ctx, cloud.LaunchSpec{CellID: cell, ClientToken: cell, InstanceType: "fake.small",
+					Tags: map[string]string{cloud.TagCluster: cluster, cloud.TagNode: node, cloud.TagPodUID: "uid-" + cell, cloud.TagCellID: cell}})
+				if err != nil {
+					t.Fatal(err)
+				}
+				return in
+			}
+			old := tagged("kip", "old-node", "c-old")
+			otherCluster := tagged("elsewhere", "old-node", "c-else")
+			opts := Options{ClusterName: "kip", NodeName: "kip"}
+			if configured {
+				opts.FormerNodeNames = []string{"old-node"}
+			}
+			// A pod here with the same UID tag does not make the old node's instance its own.
+			cells := &fakeCells{lost: map[string]string{}, pods: []struct{ uid, cell, inst string }{{"uid-c-old", "c-new", ""}}}
+			g := New(opts, cells, c, nil, nil, nil)
+			g.pass(ctx)
+			g.pass(ctx)
+			state := func(id string) cloud.State {
+				in, err := c.Describe(ctx, id)
+				if err != nil {
+					t.Fatal(err)
+				}
+				return in.State
+			}
+			if want := map[bool]cloud.State{false: cloud.StateRunning, true: cloud.StateTerminated}[configured]; state(old.ID) != want {
+				t.Errorf("the former node's instance is %s, want %s", state(old.ID), want)
+			}
+			if state(otherCluster.ID) != cloud.StateRunning {
+				t.Errorf("another cluster's instance was terminated")
+			}
+		})
+	}
+}
