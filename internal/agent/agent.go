@@ -43,9 +43,13 @@ type Config struct {
 	CellID string
 	// StateDir holds the pods' directories (StateDir/pods/<uid>).
 	StateDir string
-	Runtime  runtime.Runtime
-	Images   pod.Images
-	Cgroups  pod.Cgroups
+	// RunDir, when set, is a memory-backed directory (MountRunDir) for the runtime bundles of
+	// container runs, whose config.json holds the resolved env, secret values included.
+	// Empty: bundles are written under StateDir.
+	RunDir  string
+	Runtime runtime.Runtime
+	Images  pod.Images
+	Cgroups pod.Cgroups
 	// CgroupParent is where pods' cgroups go, relative to where the agent's relative cgroup
 	// paths land (cgroups.PodsParent when empty).
 	CgroupParent string
@@ -201,6 +205,7 @@ func (a *Agent) PutPod(ctx context.Context, req *cellapi.PodRequest) (*cellapi.P
 	}
 	p, err := pod.Start(pod.Config{
 		Dir:           filepath.Join(a.cfg.StateDir, "pods", string(req.Pod.UID)),
+		RunDir:        a.cfg.RunDir,
 		Runtime:       a.cfg.Runtime,
 		Images:        a.cfg.Images,
 		Cgroups:       a.cfg.Cgroups,
