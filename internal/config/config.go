@@ -238,6 +238,10 @@ type Cells struct {
 	// CapacityErrorMemory is how long an instance type that failed with an
 	// insufficient-capacity error is tried last; default 3m.
 	CapacityErrorMemory Duration `json:"capacityErrorMemory"`
+	// PodPidsLimit is the most processes and threads a pod may run at once (kubelet's
+	// podPidsLimit), set on the pod's cgroup in its cell: a fork beyond it fails, so a fork
+	// bomb stays inside its pod. -1 sets no limit. Default 4096.
+	PodPidsLimit *int64 `json:"podPidsLimit,omitempty"`
 }
 
 // Reserve is resources kept for the agent on every cell.

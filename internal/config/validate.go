@@ -254,6 +254,9 @@ func (c *Cells) validate(p *field.Path) field.ErrorList {
 	if msgs := validation.IsDNS1123Label(c.ClusterName); len(msgs) > 0 {
 		errs = append(errs, field.Invalid(p.Child("clusterName"), c.ClusterName, strings.Join(msgs, "; ")))
 	}
+	if n := c.PodPidsLimit; n != nil && *n != -1 && *n < 1 {
+		errs = append(errs, field.Invalid(p.Child("podPidsLimit"), *n, "must be -1 (no limit) or at least 1"))
+	}
 	return errs
 }
 

@@ -49,6 +49,7 @@ type LogWriter interface {
 // Cgroups is the part of *cgroups.FS the supervisor uses.
 type Cgroups interface {
 	SetMemoryLimit(rel string, bytes int64) error
+	SetPidsLimit(rel string, limit int64) error
 	MemoryEvents(rel string) (cgroups.MemoryEvents, error)
 	Usage(rel string) (cgroups.Usage, error)
 	Ceiling(rel string) (cgroups.Ceiling, error)
@@ -196,6 +197,10 @@ func Start(cfg Config, req *cellapi.PodRequest) (*Pod, error) {
 	// Memory-backed volumes are sized by the cell's memory where nothing smaller is set, as
 	// kubelet sizes them by the node's allocatable memory.
 	ceil, err := cfg.Cgroups.Ceiling(cfg.CgroupParent)
+	if err == nil && req.PodPidsLimit > 0 {
+		// kubelet's podPidsLimit, on the pod's cgroup: every container run is below it.
+		err = cfg.Cgroups.SetPidsLimit(cgroups.PodPath(cfg.CgroupParent, string(req.Pod.UID)), req.PodPidsLimit)
+	}
 	var (
 		names       poddns.Names
 		dnsWarnings []poddns.Warning
@@ -225,6 +230,7 @@ func Start(cfg Config, req *cellapi.PodRequest) (*Pod, error) {
 	if err != nil {
 		_ = unmountUnder(cfg.Dir)
 		_ = os.RemoveAll(cfg.Dir)
+		_ = cfg.Cgroups.Remove(cgroups.PodPath(cfg.CgroupParent, string(req.Pod.UID)))
 		return nil, fmt.Errorf("preparing pod %s: %w", req.Pod.UID, err)
 	}
 	ctx, cancel := context.WithCancel(context.Background())
