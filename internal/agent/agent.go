@@ -43,6 +43,9 @@ type Config struct {
 	CellID string
 	// StateDir holds the pods' directories (StateDir/pods/<uid>).
 	StateDir string
+	// StorageInterval is how often pods' ephemeral storage is measured against their limits
+	// (pod.Config.EmptyDirInterval); zero means pod.DefaultEmptyDirInterval, kubelet's 10s.
+	StorageInterval time.Duration
 	// RunDir, when set, is a memory-backed directory (MountRunDir) for the runtime bundles of
 	// container runs, whose config.json holds the resolved env, secret values included.
 	// Empty: bundles are written under StateDir.
@@ -204,21 +207,22 @@ func (a *Agent) PutPod(ctx context.Context, req *cellapi.PodRequest) (*cellapi.P
 		}
 	}
 	p, err := pod.Start(pod.Config{
-		Dir:           filepath.Join(a.cfg.StateDir, "pods", string(req.Pod.UID)),
-		RunDir:        a.cfg.RunDir,
-		Runtime:       a.cfg.Runtime,
-		Images:        a.cfg.Images,
-		Cgroups:       a.cfg.Cgroups,
-		CgroupParent:  a.cfg.CgroupParent,
-		SandboxBinary: a.cfg.SandboxBinary,
-		NewLog:        a.newLog,
-		Clock:         a.cfg.Clock,
-		BackOff:       a.cfg.BackOff,
-		PodIP:         a.cfg.PodIP,
-		ResolvConf:    a.resolv,
-		Log:           a.log.With("pod", req.Pod.Namespace+"/"+req.Pod.Name),
-		Notify:        a.publish,
-		FirstSeq:      a.currentSeq(),
+		Dir:              filepath.Join(a.cfg.StateDir, "pods", string(req.Pod.UID)),
+		RunDir:           a.cfg.RunDir,
+		EmptyDirInterval: a.cfg.StorageInterval,
+		Runtime:          a.cfg.Runtime,
+		Images:           a.cfg.Images,
+		Cgroups:          a.cfg.Cgroups,
+		CgroupParent:     a.cfg.CgroupParent,
+		SandboxBinary:    a.cfg.SandboxBinary,
+		NewLog:           a.newLog,
+		Clock:            a.cfg.Clock,
+		BackOff:          a.cfg.BackOff,
+		PodIP:            a.cfg.PodIP,
+		ResolvConf:       a.resolv,
+		Log:              a.log.With("pod", req.Pod.Namespace+"/"+req.Pod.Name),
+		Notify:           a.publish,
+		FirstSeq:         a.currentSeq(),
 	}, req)
 	if err != nil {
 		if len(hostPorts) > 0 && a.cfg.HostPorts != nil {

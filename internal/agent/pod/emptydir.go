@@ -251,35 +251,6 @@ func limitedEmptyDirs(pod *corev1.Pod) []corev1.Volume {
 	return out
 }
 
-// watchEmptyDirs measures the pod's limited disk emptyDirs every EmptyDirInterval and evicts
-// the pod once one exceeds its sizeLimit, as kubelet's eviction manager does. It returns when
-// the pod stops or is evicted.
-func (p *Pod) watchEmptyDirs(vols []corev1.Volume) {
-	defer p.wg.Done()
-	for {
-		t := p.cfg.Clock.NewTimer(p.cfg.EmptyDirInterval)
-		select {
-		case <-p.ctx.Done():
-			t.Stop()
-			return
-		case <-t.C():
-		}
-		for _, v := range vols {
-			used, err := diskUsage(filepath.Join(p.cfg.Dir, volumesDir, v.Name))
-			if err != nil {
-				p.cfg.Log.Warn("measuring emptyDir", "pod", p.UID(), "volume", v.Name, "err", err)
-				continue
-			}
-			if used > v.EmptyDir.SizeLimit.Value() {
-				p.cfg.Log.Info("emptyDir over its sizeLimit; evicting the pod", "pod", p.UID(), "volume", v.Name, "used", used)
-				// halt waits for this goroutine (p.wg): evict from another.
-				go p.evict(emptyDirMessage(v.Name, *v.EmptyDir.SizeLimit))
-				return
-			}
-		}
-	}
-}
-
 // evict ends the pod as kubelet's eviction manager does: a Warning event Evicted with
 // message, its containers stopped with a 1s grace period and never restarted, then the pod
 // Failed with reason Evicted and message. The pod's files stay until Stop.

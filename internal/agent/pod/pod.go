@@ -86,8 +86,9 @@ type Config struct {
 	SandboxBinary string
 	// ProcSys is where the pod's net.* sysctls are written; empty means DefaultProcSys.
 	ProcSys string
-	// EmptyDirInterval is how often disk emptyDirs with a sizeLimit are measured; zero means
-	// DefaultEmptyDirInterval.
+	// EmptyDirInterval is how often the ephemeral storage of a pod with limits on it (disk
+	// emptyDirs with a sizeLimit, ephemeral-storage limits) is measured (storage.go); zero
+	// means DefaultEmptyDirInterval.
 	EmptyDirInterval time.Duration
 	// RunDir, when set, is a memory-backed directory (the agent's tmpfs, as a host's /run)
 	// for the runtime bundles of the pod's container runs, RunDir/<container id>: their
@@ -270,9 +271,9 @@ func Start(cfg Config, req *cellapi.PodRequest) (*Pod, error) {
 	p.mu.Unlock()
 	p.wg.Add(1)
 	go p.run()
-	if vols := limitedEmptyDirs(req.Pod); len(vols) > 0 {
+	if lim := storageLimitsOf(req.Pod); lim.any() {
 		p.wg.Add(1)
-		go p.watchEmptyDirs(vols)
+		go p.watchStorage(lim)
 	}
 	return p, nil
 }
