@@ -14,11 +14,13 @@ import (
 	"os"
 	"path/filepath"
 	"strconv"
+	"strings"
 	"time"
 
 	"golang.org/x/sync/errgroup"
 
 	"github.com/kip-dev/kip/internal/agent"
+	"github.com/kip-dev/kip/internal/agent/gpu"
 	"github.com/kip-dev/kip/internal/agent/image"
 	"github.com/kip-dev/kip/internal/agent/pod"
 	"github.com/kip-dev/kip/internal/agent/runtime"
@@ -35,6 +37,7 @@ import (
 //
 //	kip-cell --bootstrap FILE [--state-dir DIR] [--runc PATH] [--cgroup-parent NAME]
 //	         [--backoff-base 10s] [--backoff-max 5m] [--services=true]
+//	         [--gpu-dev-root /dev] [--gpu-lib-dirs DIR,...]
 //	kip-cell version
 func Run(ctx context.Context, args []string, stdout io.Writer) error {
 	if len(args) > 0 && args[0] == "version" {
@@ -50,6 +53,8 @@ func Run(ctx context.Context, args []string, stdout io.Writer) error {
 	backOffBase := fs.Duration("backoff-base", pod.DefaultBackOff.Base, "first restart and image-pull back-off (kubelet: 10s)")
 	backOffMax := fs.Duration("backoff-max", pod.DefaultBackOff.Max, "longest back-off (kubelet: 5m)")
 	services := fs.Bool("services", true, "program the cluster's Services and the pod's hostPorts (nftables) into this network namespace, the cell's; false refuses service tables and leaves hostPorts unmapped")
+	gpuDevRoot := fs.String("gpu-dev-root", "/dev", "where the instance's GPU device nodes are (nvidia<N>, nvidiactl, kfd, dri/renderD<N>)")
+	gpuLibDirs := fs.String("gpu-lib-dirs", "", "comma-separated directories of the NVIDIA driver's libraries (default: those ldconfig -p lists)")
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
@@ -119,6 +124,7 @@ func Run(ctx context.Context, args []string, stdout io.Writer) error {
 		PodIP:         podIP(),
 		Services:      rules,
 		HostPorts:     hostPorts,
+		GPU:           gpu.Config{DevRoot: *gpuDevRoot, LibDirs: splitList(*gpuLibDirs)},
 	})
 	if err != nil {
 		return err
@@ -137,6 +143,8 @@ func Run(ctx context.Context, args []string, stdout io.Writer) error {
 	log.Info("cell agent serving", "cell", bs.CellID, "addr", ln.Addr().String(), "version", agent.Version)
 
 	g, gctx := errgroup.WithContext(ctx)
+	// A spot cell's agent watches for the cloud's interruption notice (none on a local cell).
+	g.Go(func() error { ag.WatchSpot(gctx, agent.SpotConfig{Instance: bs.Instance}); return nil })
 	g.Go(func() error {
 		if err := srv.ServeTLS(ln, "", ""); !errors.Is(err, http.ErrServerClosed) {
 			return fmt.Errorf("serving: %w", err)
@@ -155,6 +163,17 @@ func Run(ctx context.Context, args []string, stdout io.Writer) error {
 		return err
 	})
 	return g.Wait()
+}
+
+// splitList splits a comma-separated flag, dropping empty entries.
+func splitList(s string) []string {
+	var out []string
+	for _, e := range strings.Split(s, ",") {
+		if e = strings.TrimSpace(e); e != "" {
+			out = append(out, e)
+		}
+	}
+	return out
 }
 
 // loadBootstrap strictly decodes and checks the bootstrap file.

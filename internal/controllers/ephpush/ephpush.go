@@ -22,7 +22,6 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/client-go/tools/record"
-	"k8s.io/client-go/util/workqueue"
 	"k8s.io/utils/clock"
 
 	"github.com/kip-dev/kip/internal/cellapi"
@@ -83,7 +82,7 @@ type Controller struct {
 	cells    Cells
 	resolver Resolver
 	log      *slog.Logger
-	queue    workqueue.TypedRateLimitingInterface[string]
+	keys     *loop.Keys
 
 	mu    sync.Mutex
 	state map[string]*podState // by "namespace/name"
@@ -99,9 +98,6 @@ type podState struct {
 	failed string
 }
 
-// allPods is the queue key that means "check every running pod".
-const allPods = "*"
-
 // New returns a controller; call Run to start it.
 func New(opts Options, cells Cells, resolver Resolver) *Controller {
 	if opts.Parallelism <= 0 {
@@ -113,86 +109,41 @@ func New(opts Options, cells Cells, resolver Resolver) *Controller {
 	if opts.ResyncInterval <= 0 {
 		opts.ResyncInterval = 30 * time.Second
 	}
-	if opts.MinRetry <= 0 {
-		opts.MinRetry = 200 * time.Millisecond
-	}
-	if opts.MaxRetry <= 0 {
-		opts.MaxRetry = 30 * time.Second
-	}
-	if opts.Clock == nil {
-		opts.Clock = clock.RealClock{}
-	}
 	if opts.Log == nil {
 		opts.Log = slog.Default()
 	}
-	return &Controller{
+	c := &Controller{
 		opts: opts, cells: cells, resolver: resolver,
-		log: opts.Log.With("component", "ephpush"),
-		queue: workqueue.NewTypedRateLimitingQueueWithConfig(
-			workqueue.NewTypedItemExponentialFailureRateLimiter[string](opts.MinRetry, opts.MaxRetry),
-			workqueue.TypedRateLimitingQueueConfig[string]{Name: "ephpush", Clock: opts.Clock}),
+		log:   opts.Log.With("component", "ephpush"),
 		state: map[string]*podState{},
 	}
+	c.keys = loop.NewKeys(loop.KeysOptions{
+		Name:           "ephpush",
+		Parallelism:    opts.Parallelism,
+		ResyncInterval: opts.ResyncInterval,
+		MinRetry:       opts.MinRetry,
+		MaxRetry:       opts.MaxRetry,
+		Resync:         c.enqueueAll,
+		Sync:           c.sync,
+		Retrying:       "starting a pod's ephemeral containers; retrying",
+		Clock:          opts.Clock,
+		Log:            c.log,
+	})
+	return c
 }
 
 // Run pushes until ctx ends.
-func (c *Controller) Run(ctx context.Context) {
-	go func() {
-		<-ctx.Done()
-		c.queue.ShutDown()
-	}()
-	var wg sync.WaitGroup
-	wg.Add(1)
-	go func() {
-		defer wg.Done()
-		loop.Run(ctx, "ephpush-resync", c.opts.Clock, 0, func(context.Context) time.Duration {
-			c.queue.Add(allPods)
-			return c.opts.ResyncInterval
-		})
-	}()
-	for range c.opts.Parallelism {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			for c.work(ctx) {
-			}
-		}()
-	}
-	wg.Wait()
-}
+func (c *Controller) Run(ctx context.Context) { c.keys.Run(ctx) }
 
 // PodChanged queues a pod whose list of ephemeral containers grew.
 func (c *Controller) PodChanged(old, cur *corev1.Pod) {
 	if len(cur.Spec.EphemeralContainers) > len(old.Spec.EphemeralContainers) {
-		c.queue.Add(cur.Namespace + "/" + cur.Name)
+		c.keys.Add(cur.Namespace + "/" + cur.Name)
 	}
-}
-
-// work handles one queue key; it reports false once the queue is shut down.
-func (c *Controller) work(ctx context.Context) bool {
-	key, quit := c.queue.Get()
-	if quit {
-		return false
-	}
-	defer c.queue.Done(key)
-	if key == allPods {
-		c.enqueueAll()
-		return true
-	}
-	err := c.sync(ctx, key)
-	switch {
-	case err == nil:
-		c.queue.Forget(key)
-	case ctx.Err() != nil:
-	default:
-		c.log.Warn("starting a pod's ephemeral containers; retrying", "pod", key, "err", err, "retries", c.queue.NumRequeues(key))
-		c.queue.AddRateLimited(key)
-	}
-	return true
 }
 
 // enqueueAll queues every running pod and forgets the pods that no longer run.
-func (c *Controller) enqueueAll() {
+func (c *Controller) enqueueAll(add func(key string)) {
 	running := map[string]types.UID{}
 	c.cells.EachRunningPod(func(ns, name string, uid types.UID) { running[ns+"/"+name] = uid })
 	c.mu.Lock()
@@ -203,7 +154,7 @@ func (c *Controller) enqueueAll() {
 	}
 	c.mu.Unlock()
 	for k := range running {
-		c.queue.Add(k)
+		add(k)
 	}
 }
 
@@ -223,7 +174,7 @@ func (c *Controller) sync(ctx context.Context, key string) error {
 	}
 	c.mu.Lock()
 	st := c.state[key]
-	if st == nil || st.uid != pod.UID || !sameAgent(st.agent, agent) {
+	if st == nil || st.uid != pod.UID || !cellapi.SameAgent(st.agent, agent) {
 		// A new pod, or a new connection to its agent (an adopted cell): it may hold anything.
 		st = &podState{uid: pod.UID, agent: agent, put: map[string]bool{}}
 		c.state[key] = st
@@ -294,14 +245,4 @@ func (c *Controller) unsupported(pod *corev1.Pod, st *podState, names []string) 
 				"Ephemeral container %q cannot start: the agent of this pod's cell predates ephemeral containers", n)
 		}
 	}
-}
-
-// sameAgent compares two agents, false where they cannot be compared.
-func sameAgent(a, b cellapi.Agent) (same bool) {
-	defer func() {
-		if recover() != nil {
-			same = false
-		}
-	}()
-	return a == b
 }

@@ -14,7 +14,6 @@ import (
 	"sync"
 	"time"
 
-	"k8s.io/client-go/util/workqueue"
 	"k8s.io/utils/clock"
 
 	"github.com/kip-dev/kip/internal/cellapi"
@@ -73,7 +72,7 @@ type Controller struct {
 	table Table
 	cells Cells
 	log   *slog.Logger
-	queue workqueue.TypedRateLimitingInterface[string]
+	keys  *loop.Keys
 
 	mu    sync.Mutex
 	state map[string]*cellState
@@ -89,9 +88,6 @@ type cellState struct {
 	unsupported bool
 	syncedAt    time.Time
 }
-
-// allCells is the queue key that means "check every running cell".
-const allCells = "*"
 
 // New returns a controller pushing table to cells. It registers with the table at once, so
 // versions built before Run are pushed when it starts.
@@ -111,9 +107,6 @@ func New(opts Options, table Table, cells Cells) *Controller {
 	if opts.MinRetry <= 0 {
 		opts.MinRetry = 100 * time.Millisecond
 	}
-	if opts.MaxRetry <= 0 {
-		opts.MaxRetry = 30 * time.Second
-	}
 	if opts.Clock == nil {
 		opts.Clock = clock.RealClock{}
 	}
@@ -125,40 +118,27 @@ func New(opts Options, table Table, cells Cells) *Controller {
 		table: table,
 		cells: cells,
 		log:   opts.Log.With("component", "svcpush"),
-		queue: workqueue.NewTypedRateLimitingQueueWithConfig(
-			workqueue.NewTypedItemExponentialFailureRateLimiter[string](opts.MinRetry, opts.MaxRetry),
-			workqueue.TypedRateLimitingQueueConfig[string]{Name: "svcpush", Clock: opts.Clock}),
 		state: map[string]*cellState{},
 	}
-	table.OnChange(func() { c.queue.Add(allCells) })
+	c.keys = loop.NewKeys(loop.KeysOptions{
+		Name:           "svcpush",
+		Parallelism:    opts.Parallelism,
+		FirstResync:    opts.ResyncInterval,
+		ResyncInterval: opts.ResyncInterval,
+		MinRetry:       opts.MinRetry,
+		MaxRetry:       opts.MaxRetry,
+		Resync:         c.enqueueStale,
+		Sync:           c.sync,
+		Retrying:       "pushing the service table to a cell; retrying",
+		Clock:          opts.Clock,
+		Log:            c.log,
+	})
+	table.OnChange(c.keys.ResyncNow)
 	return c
 }
 
 // Run pushes until ctx ends.
-func (c *Controller) Run(ctx context.Context) {
-	go func() {
-		<-ctx.Done()
-		c.queue.ShutDown()
-	}()
-	var wg sync.WaitGroup
-	wg.Add(1)
-	go func() {
-		defer wg.Done()
-		loop.Run(ctx, "svcpush-resync", c.opts.Clock, c.opts.ResyncInterval, func(context.Context) time.Duration {
-			c.queue.Add(allCells)
-			return c.opts.ResyncInterval
-		})
-	}()
-	for range c.opts.Parallelism {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			for c.work(ctx) {
-			}
-		}()
-	}
-	wg.Wait()
-}
+func (c *Controller) Run(ctx context.Context) { c.keys.Run(ctx) }
 
 // Sync brings the cell's agent to the current table now (the full table for a new cell),
 // waiting at most the call timeout for the table's first build. On error the cell is left to
@@ -170,7 +150,7 @@ func (c *Controller) Sync(ctx context.Context, cellID string, agent cellapi.Agen
 		st = &cellState{}
 		c.state[cellID] = st
 	}
-	if !sameAgent(st.agent, agent) {
+	if !cellapi.SameAgent(st.agent, agent) {
 		st.agent, st.acked, st.unsupported = agent, 0, false
 	}
 	st.syncedAt = c.opts.Clock.Now()
@@ -183,7 +163,7 @@ func (c *Controller) Sync(ctx context.Context, cellID string, agent cellapi.Agen
 		err = c.push(ctx, cellID, st)
 	}
 	if err != nil {
-		c.queue.AddRateLimited(cellID)
+		c.keys.AddRateLimited(cellID)
 		return fmt.Errorf("giving cell %s the service table: %w", cellID, err)
 	}
 	return nil
@@ -199,39 +179,20 @@ func (c *Controller) Acked(cellID string) uint64 {
 	return 0
 }
 
-// work handles one queue key; it reports false once the queue is shut down.
-func (c *Controller) work(ctx context.Context) bool {
-	key, quit := c.queue.Get()
-	if quit {
-		return false
-	}
-	defer c.queue.Done(key)
-	if key == allCells {
-		c.enqueueStale()
-		return true
-	}
+// sync pushes to one cell; a cell the controller no longer knows is gone.
+func (c *Controller) sync(ctx context.Context, cellID string) error {
 	c.mu.Lock()
-	st := c.state[key]
+	st := c.state[cellID]
 	c.mu.Unlock()
 	if st == nil {
-		c.queue.Forget(key) // gone
-		return true
+		return nil
 	}
-	if err := c.push(ctx, key, st); err != nil {
-		if ctx.Err() != nil {
-			return true
-		}
-		c.log.Warn("pushing the service table to a cell; retrying", "cell", key, "err", err, "retries", c.queue.NumRequeues(key))
-		c.queue.AddRateLimited(key)
-		return true
-	}
-	c.queue.Forget(key)
-	return true
+	return c.push(ctx, cellID, st)
 }
 
 // enqueueStale refreshes the set of cells from the manager, forgets those gone, and queues
 // every cell behind the current version.
-func (c *Controller) enqueueStale() {
+func (c *Controller) enqueueStale(add func(cellID string)) {
 	running := map[string]cellapi.Agent{}
 	c.cells.EachRunning(func(cellID string, agent cellapi.Agent, _ time.Duration) { running[cellID] = agent })
 	version := c.table.Version()
@@ -244,7 +205,7 @@ func (c *Controller) enqueueStale() {
 			st = &cellState{}
 			c.state[id] = st
 		}
-		if !sameAgent(st.agent, agent) {
+		if !cellapi.SameAgent(st.agent, agent) {
 			// A new connection to the agent (an adopted cell): it may hold anything.
 			st.agent, st.acked, st.unsupported = agent, 0, false
 		}
@@ -261,7 +222,7 @@ func (c *Controller) enqueueStale() {
 	}
 	c.mu.Unlock()
 	for _, id := range stale {
-		c.queue.Add(id)
+		add(id)
 	}
 }
 
@@ -317,15 +278,4 @@ func (c *Controller) markUnsupported(cellID string, st *cellState, why string) {
 	st.unsupported = true
 	c.mu.Unlock()
 	c.log.Warn("the cell's agent does not program Services; its pod will not reach ClusterIPs", "cell", cellID, "reason", why)
-}
-
-// sameAgent reports whether a and b are the same agent client (false for values that cannot
-// be compared).
-func sameAgent(a, b cellapi.Agent) (same bool) {
-	defer func() {
-		if recover() != nil {
-			same = false
-		}
-	}()
-	return a == b
 }

@@ -22,7 +22,6 @@ import (
 
 	corev1 "k8s.io/api/core/v1"
 	"k8s.io/apimachinery/pkg/types"
-	"k8s.io/client-go/util/workqueue"
 	"k8s.io/utils/clock"
 
 	"github.com/kip-dev/kip/internal/cellapi"
@@ -75,7 +74,7 @@ type Controller struct {
 	cells    Cells
 	resolver Resolver
 	log      *slog.Logger
-	queue    workqueue.TypedRateLimitingInterface[string]
+	keys     *loop.Keys
 
 	mu    sync.Mutex
 	state map[string]*podState // by "namespace/name"
@@ -92,9 +91,6 @@ type podState struct {
 	refs map[string]bool
 }
 
-// allPods is the queue key that means "resolve every running pod".
-const allPods = "*"
-
 // New returns a controller; call Run to start it.
 func New(opts Options, cells Cells, resolver Resolver) *Controller {
 	if opts.Parallelism <= 0 {
@@ -106,55 +102,33 @@ func New(opts Options, cells Cells, resolver Resolver) *Controller {
 	if opts.ResyncInterval <= 0 {
 		opts.ResyncInterval = 30 * time.Second
 	}
-	if opts.MinRetry <= 0 {
-		opts.MinRetry = 200 * time.Millisecond
-	}
-	if opts.MaxRetry <= 0 {
-		opts.MaxRetry = 30 * time.Second
-	}
-	if opts.Clock == nil {
-		opts.Clock = clock.RealClock{}
-	}
 	if opts.Log == nil {
 		opts.Log = slog.Default()
 	}
-	return &Controller{
+	c := &Controller{
 		opts:     opts,
 		cells:    cells,
 		resolver: resolver,
 		log:      opts.Log.With("component", "volpush"),
-		queue: workqueue.NewTypedRateLimitingQueueWithConfig(
-			workqueue.NewTypedItemExponentialFailureRateLimiter[string](opts.MinRetry, opts.MaxRetry),
-			workqueue.TypedRateLimitingQueueConfig[string]{Name: "volpush", Clock: opts.Clock}),
-		state: map[string]*podState{},
+		state:    map[string]*podState{},
 	}
+	c.keys = loop.NewKeys(loop.KeysOptions{
+		Name:           "volpush",
+		Parallelism:    opts.Parallelism,
+		ResyncInterval: opts.ResyncInterval,
+		MinRetry:       opts.MinRetry,
+		MaxRetry:       opts.MaxRetry,
+		Resync:         c.enqueueAll,
+		Sync:           c.sync,
+		Retrying:       "updating a pod's volumes; retrying",
+		Clock:          opts.Clock,
+		Log:            c.log,
+	})
+	return c
 }
 
 // Run resolves and pushes until ctx ends.
-func (c *Controller) Run(ctx context.Context) {
-	go func() {
-		<-ctx.Done()
-		c.queue.ShutDown()
-	}()
-	var wg sync.WaitGroup
-	wg.Add(1)
-	go func() {
-		defer wg.Done()
-		loop.Run(ctx, "volpush-resync", c.opts.Clock, 0, func(context.Context) time.Duration {
-			c.queue.Add(allPods)
-			return c.opts.ResyncInterval
-		})
-	}()
-	for range c.opts.Parallelism {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			for c.work(ctx) {
-			}
-		}()
-	}
-	wg.Wait()
-}
+func (c *Controller) Run(ctx context.Context) { c.keys.Run(ctx) }
 
 // ObjectChanged queues every running pod whose volumes read the ConfigMap or Secret (kind
 // "ConfigMap" or "Secret") namespace/name, which was added, updated or deleted, and every
@@ -172,7 +146,7 @@ func (c *Controller) ObjectChanged(kind, namespace, name string) {
 		c.mu.Unlock()
 	})
 	for _, k := range keys {
-		c.queue.Add(k)
+		c.keys.Add(k)
 	}
 }
 
@@ -184,37 +158,14 @@ func (c *Controller) PodMetaChanged(old, cur *corev1.Pod) {
 	}
 	for i := range cur.Spec.Volumes {
 		if v := &cur.Spec.Volumes[i]; v.DownwardAPI != nil || v.Projected != nil {
-			c.queue.Add(cur.Namespace + "/" + cur.Name)
+			c.keys.Add(cur.Namespace + "/" + cur.Name)
 			return
 		}
 	}
 }
 
-// work handles one queue key; it reports false once the queue is shut down.
-func (c *Controller) work(ctx context.Context) bool {
-	key, quit := c.queue.Get()
-	if quit {
-		return false
-	}
-	defer c.queue.Done(key)
-	if key == allPods {
-		c.enqueueAll()
-		return true
-	}
-	err := c.sync(ctx, key)
-	switch {
-	case err == nil:
-		c.queue.Forget(key)
-	case ctx.Err() != nil:
-	default:
-		c.log.Warn("updating a pod's volumes; retrying", "pod", key, "err", err, "retries", c.queue.NumRequeues(key))
-		c.queue.AddRateLimited(key)
-	}
-	return true
-}
-
 // enqueueAll queues every running pod and forgets the pods that no longer run.
-func (c *Controller) enqueueAll() {
+func (c *Controller) enqueueAll(add func(key string)) {
 	running := map[string]types.UID{}
 	c.cells.EachRunningPod(func(ns, name string, uid types.UID) { running[ns+"/"+name] = uid })
 	var gone []types.UID
@@ -230,7 +181,7 @@ func (c *Controller) enqueueAll() {
 		c.resolver.ForgetPod(uid)
 	}
 	for k := range running {
-		c.queue.Add(k)
+		add(k)
 	}
 }
 
@@ -248,7 +199,7 @@ func (c *Controller) sync(ctx context.Context, key string) error {
 	}
 	c.mu.Lock()
 	st := c.state[key]
-	if st == nil || st.uid != pod.UID || !sameAgent(st.agent, agent) {
+	if st == nil || st.uid != pod.UID || !cellapi.SameAgent(st.agent, agent) {
 		// A new pod, or a new connection to its agent (an adopted cell): it may hold anything.
 		st = &podState{uid: pod.UID, agent: agent, pushed: map[string][32]byte{}}
 		c.state[key] = st
@@ -387,13 +338,4 @@ func hashFiles(vf cellapi.VolumeFiles) [32]byte {
 
 func cutKey(key string) (ns, name string, ok bool) {
 	return strings.Cut(key, "/")
-}
-
-func sameAgent(a, b cellapi.Agent) (same bool) {
-	defer func() {
-		if recover() != nil {
-			same = false
-		}
-	}()
-	return a == b
 }

@@ -261,7 +261,7 @@ func TestPodLabelsChangeReachDownwardVolume(t *testing.T) {
 	}
 	// Only status changed: nothing to do.
 	c.PodMetaChanged(cur, cur)
-	if c.queue.Len() != 0 {
+	if c.keys.Len() != 0 {
 		t.Errorf("a pod whose metadata did not change was queued")
 	}
 }
@@ -376,7 +376,7 @@ func TestChangeReachesPodNotResolvedYet(t *testing.T) {
 	res := &fakeResolver{files: map[string]cellapi.VolumeFiles{}}
 	res.set("cfg", "index.html", "v1")
 	c, _ := start(t, cells, res, Options{})
-	waitFor(t, "the first (empty) pass", func() bool { return c.queue.Len() == 0 })
+	waitFor(t, "the first (empty) pass", func() bool { return c.keys.Len() == 0 })
 	cells.run(cmPod(), agent)
 	res.set("cfg", "index.html", "v2")
 	c.ObjectChanged("ConfigMap", "ns", "unrelated-but-maybe")
