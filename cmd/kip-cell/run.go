@@ -111,7 +111,13 @@ func Run(ctx context.Context, args []string, stdout io.Writer) error {
 	if err != nil {
 		return fmt.Errorf("opening image store: %w", err)
 	}
-	rt, err := runtime.NewRunc(*runcPath, filepath.Join(*stateDir, "runc"))
+	// runc's state and the bundles hold containers' env, secrets included: memory only.
+	runDir := filepath.Join(*stateDir, "run")
+	if err := agent.MountRunDir(runDir); err != nil {
+		return err
+	}
+	defer agent.UnmountRunDir(runDir)
+	rt, err := runtime.NewRunc(*runcPath, filepath.Join(runDir, "runc"))
 	if err != nil {
 		return err
 	}
@@ -134,6 +140,7 @@ func Run(ctx context.Context, args []string, stdout io.Writer) error {
 		SandboxBinary: self,
 		CellID:        bs.CellID,
 		StateDir:      *stateDir,
+		RunDir:        filepath.Join(runDir, "bundles"),
 		Runtime:       rt,
 		Images:        images,
 		Cgroups:       cg,

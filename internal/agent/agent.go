@@ -44,9 +44,16 @@ type Config struct {
 	CellID string
 	// StateDir holds the pods' directories (StateDir/pods/<uid>).
 	StateDir string
-	Runtime  runtime.Runtime
-	Images   pod.Images
-	Cgroups  pod.Cgroups
+	// StorageInterval is how often pods' ephemeral storage is measured against their limits
+	// (pod.Config.EmptyDirInterval); zero means pod.DefaultEmptyDirInterval, kubelet's 10s.
+	StorageInterval time.Duration
+	// RunDir, when set, is a memory-backed directory (MountRunDir) for the runtime bundles of
+	// container runs, whose config.json holds the resolved env, secret values included.
+	// Empty: bundles are written under StateDir.
+	RunDir  string
+	Runtime runtime.Runtime
+	Images  pod.Images
+	Cgroups pod.Cgroups
 	// CgroupParent is where pods' cgroups go, relative to where the agent's relative cgroup
 	// paths land (cgroups.PodsParent when empty).
 	CgroupParent string
@@ -220,6 +227,10 @@ func (a *Agent) PutPod(ctx context.Context, req *cellapi.PodRequest) (*cellapi.P
 		Log:           a.log.With("pod", req.Pod.Namespace+"/"+req.Pod.Name),
 		Notify:        a.publish,
 		FirstSeq:      a.currentSeq(),
+
+		// Isolation (docs/isolation.md).
+		RunDir:           a.cfg.RunDir,
+		EmptyDirInterval: a.cfg.StorageInterval,
 	}, req)
 	if err != nil {
 		if len(hostPorts) > 0 && a.cfg.HostPorts != nil {

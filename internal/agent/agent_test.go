@@ -83,7 +83,12 @@ func newHarness(t testing.TB, backOff pod.BackOff, opts ...func(*agent.Config)) 
 	if err != nil {
 		t.Fatal(err)
 	}
-	if h.rt, err = runtime.NewRunc("", filepath.Join(h.stateDir, "runc")); err != nil {
+	// As kip-cell: runc's state and the bundles on the agent's tmpfs.
+	if err := agent.MountRunDir(h.runDir()); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { agent.UnmountRunDir(h.runDir()) })
+	if h.rt, err = runtime.NewRunc("", filepath.Join(h.runDir(), "runc")); err != nil {
 		t.Fatal(err)
 	}
 	if h.cg, err = cgroups.Open("/sys/fs/cgroup", "/proc/self/cgroup"); err != nil {
@@ -93,6 +98,7 @@ func newHarness(t testing.TB, backOff pod.BackOff, opts ...func(*agent.Config)) 
 	cfg := agent.Config{
 		CellID: "cell-" + h.tag, StateDir: h.stateDir, Runtime: h.rt, Images: images,
 		Cgroups: h.cg, CgroupParent: h.parent, BackOff: backOff, PodIP: "10.250.9.9",
+		RunDir: filepath.Join(h.runDir(), "bundles"),
 	}
 	for _, o := range opts {
 		o(&cfg)
@@ -138,6 +144,9 @@ func newHarness(t testing.TB, backOff pod.BackOff, opts ...func(*agent.Config)) 
 	return h
 }
 
+// runDir is the agent's tmpfs, as kip-cell's <state>/run.
+func (h *harness) runDir() string { return filepath.Join(h.stateDir, "run") }
+
 func (h *harness) newClient(signer *pki.CA) *cellapi.Client {
 	cert, key, err := signer.Issue(pki.LeafSpec{CommonName: "kip", Client: true})
 	if err != nil {
@@ -161,13 +170,17 @@ func (h *harness) assertClean() {
 	}
 	mi, _ := os.ReadFile("/proc/self/mountinfo")
 	for _, line := range strings.Split(string(mi), "\n") {
-		if strings.Contains(line, h.stateDir) {
+		if f := strings.Fields(line); len(f) > 4 && strings.HasPrefix(f[4], h.stateDir) && f[4] != h.runDir() {
 			t.Errorf("mount left: %s", line)
 		}
 	}
 	entries, _ := os.ReadDir(filepath.Join(h.stateDir, "pods"))
 	for _, e := range entries {
 		t.Errorf("pod directory left: %s", e.Name())
+	}
+	bundles, _ := os.ReadDir(filepath.Join(h.runDir(), "bundles"))
+	for _, e := range bundles {
+		t.Errorf("bundle left: %s", e.Name())
 	}
 	for _, ctl := range []string{"memory", "cpu", "cpuacct", "pids"} {
 		if d := h.cg.Dir(ctl, h.parent); d != "" {

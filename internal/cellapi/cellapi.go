@@ -85,6 +85,10 @@ type PodRequest struct {
 	// localhostProfile: the files kip read under its node.seccompProfileRoot, each the OCI
 	// runtime spec's linux.seccomp object in JSON.
 	SeccompProfiles map[string][]byte `json:"seccompProfiles,omitempty"`
+	// PodPidsLimit is the most processes and threads the pod may run at once (kubelet's
+	// podPidsLimit, kip's cells.podPidsLimit), set as the pids limit of the pod's cgroup; 0
+	// means no limit.
+	PodPidsLimit int64 `json:"podPidsLimit,omitempty"`
 }
 
 // RegistryAuth is one registry's credentials, as in a docker config.json "auths" entry.
@@ -105,6 +109,10 @@ type VolumeFiles struct {
 type File struct {
 	Data []byte `json:"data"`
 	Mode int32  `json:"mode"`
+	// Owner, when set, is the file's owner (kubelet's FileProjection.FsUser: a projected
+	// service account token belongs to the user every container runs as, when they share
+	// one); otherwise the file belongs to root.
+	Owner *int64 `json:"owner,omitempty"`
 }
 
 // PodStatus is the agent's view of the pod, in kubelet's terms.

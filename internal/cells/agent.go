@@ -148,7 +148,7 @@ func (c *cell) ensurePut(agent cellapi.Agent) error {
 
 func (c *cell) resolve(pod *corev1.Pod) (*cellapi.PodRequest, error) {
 	if c.m.deps.Resolver == nil {
-		return &cellapi.PodRequest{Pod: pod}, nil
+		return &cellapi.PodRequest{Pod: pod, PodPidsLimit: max(c.m.cfg.PodPidsLimit, 0)}, nil
 	}
 	req, err := c.m.deps.Resolver.Resolve(c.ops, pod)
 	if err != nil {
@@ -164,6 +164,7 @@ func (c *cell) resolve(pod *corev1.Pod) (*cellapi.PodRequest, error) {
 	if req.SeccompProfiles, err = admit.LocalhostProfiles(req.Pod, c.m.cfg.SeccompProfileRoot, os.ReadFile); err != nil {
 		return nil, err
 	}
+	req.PodPidsLimit = max(c.m.cfg.PodPidsLimit, 0)
 	return req, nil
 }
 

@@ -151,6 +151,9 @@ type Options struct {
 	// under it when a pod is admitted (a missing one fails the pod before launch) and sent
 	// to its cell with the pod.
 	SeccompProfileRoot string
+	// PodPidsLimit is cells.podPidsLimit: the pids limit each pod's cgroup gets in its cell,
+	// sent with the pod; 0 or -1 sets none.
+	PodPidsLimit int64
 }
 
 // DefaultOptions are the options of a manager configured with nothing.

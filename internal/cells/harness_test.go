@@ -213,6 +213,9 @@ type harness struct {
 	events     []string
 	notified   []*corev1.Pod
 	observed   []Timing
+
+	// options, when set, changes the manager's options before it is made.
+	options func(*Options)
 }
 
 func newHarness(t *testing.T, opts ...func(*harness)) *harness {
@@ -244,6 +247,9 @@ func newHarness(t *testing.T, opts ...func(*harness)) *harness {
 
 func (h *harness) newManager() *Manager {
 	cfg := DefaultOptions()
+	if h.options != nil {
+		h.options(&cfg)
+	}
 	m := New(cfg, NodeInfo{Name: "kip", HostIP: "10.250.0.1"}, Deps{
 		Cloud:    h.cl,
 		Selector: SelectFunc(testSelect),

@@ -218,3 +218,58 @@ func (f *FS) Exists(rel string) bool {
 	}
 	return false
 }
+
+// SetPidsLimit creates rel (in the pids hierarchy on v1; enabling the pids controller down
+// to it on v2) and sets the most tasks (processes and threads) it and every cgroup below it
+// may hold at once (pids.max), as kubelet's podPidsLimit on a pod's cgroup: a fork beyond it
+// fails with EAGAIN. limit <= 0 sets no limit ("max").
+func (f *FS) SetPidsLimit(rel string, limit int64) error {
+	d := f.Dir("pids", rel)
+	if d == "" {
+		return fmt.Errorf("setting pids limit of %s: the pids controller is not mounted", rel)
+	}
+	if err := os.MkdirAll(d, 0o755); err != nil {
+		return fmt.Errorf("creating pids cgroup %s: %w", rel, err)
+	}
+	if limit <= 0 {
+		limit = -1 // the library writes "max"
+	}
+	var err error
+	if f.mode == Unified {
+		if err = delegate(f.root, d, []string{"pids"}); err != nil {
+			return fmt.Errorf("setting pids limit of %s: %w", rel, err)
+		}
+		var m *fs2.Manager
+		if m, err = fs2.NewManager(&cgroups.Cgroup{Resources: &cgroups.Resources{SkipDevices: true}}, d); err == nil {
+			err = m.Set(&cgroups.Resources{PidsLimit: &limit, SkipDevices: true})
+		}
+	} else {
+		err = (&v1.PidsGroup{}).Set(d, &cgroups.Resources{PidsLimit: &limit})
+	}
+	if err != nil {
+		return fmt.Errorf("setting pids limit of %s: %w", rel, err)
+	}
+	return nil
+}
+
+// Pids reads rel's pids.current (the tasks in it and below) and pids.max (0 for "max").
+func (f *FS) Pids(rel string) (current, limit int64, err error) {
+	d := f.Dir("pids", rel)
+	if d == "" {
+		return 0, 0, fmt.Errorf("reading pids of %s: the pids controller is not mounted", rel)
+	}
+	cur, err := fscommon.GetCgroupParamUint(d, "pids.current")
+	if err != nil {
+		return 0, 0, fmt.Errorf("reading pids of %s: %w", rel, err)
+	}
+	max, err := fscommon.GetCgroupParamString(d, "pids.max")
+	if err != nil {
+		return 0, 0, fmt.Errorf("reading pids of %s: %w", rel, err)
+	}
+	if max != "max" {
+		if _, err := fmt.Sscan(max, &limit); err != nil {
+			return 0, 0, fmt.Errorf("reading pids.max of %s: %q", rel, max)
+		}
+	}
+	return int64(cur), limit, nil
+}

@@ -241,3 +241,52 @@ func TestRemoveUnified(t *testing.T) {
 		}
 	}
 }
+
+// TestSetPidsLimit: on v1 pids.max goes in the pids hierarchy; on v2 the pids controller is
+// enabled from the root down first. Pids reads it back with pids.current.
+func TestSetPidsLimit(t *testing.T) {
+	for _, tc := range []struct {
+		name  string
+		tree  tree
+		extra tree
+		self  string
+		dir   string // the pod's cgroup directory under the root
+	}{{
+		name: "hybrid", tree: hybridTree, self: hybridSelf,
+		extra: tree{"pids/kip/p/pids.max": "max", "pids/kip/p/pids.current": "3"},
+		dir:   "pids/kip/p",
+	}, {
+		name: "unified", tree: unifiedTree, self: "0::/cell/agent\n",
+		extra: tree{
+			"cell/cgroup.controllers": "cpu memory pids", "cell/cgroup.subtree_control": "",
+			"cell/kip/cgroup.controllers": "pids", "cell/kip/cgroup.subtree_control": "",
+			"cell/kip/p/cgroup.controllers": "pids", "cell/kip/p/pids.max": "max", "cell/kip/p/pids.current": "3",
+		},
+		dir: "cell/kip/p",
+	}} {
+		t.Run(tc.name, func(t *testing.T) {
+			root := tc.tree.lay(t, tc.extra)
+			f := open(t, root, tc.self)
+			if err := f.SetPidsLimit("kip/p", 64); err != nil {
+				t.Fatal(err)
+			}
+			if got := read(t, filepath.Join(root, tc.dir, "pids.max")); got != "64" {
+				t.Errorf("pids.max = %q, want 64", got)
+			}
+			if tc.name == "unified" {
+				if got := read(t, filepath.Join(root, "cell/kip/cgroup.subtree_control")); got != "+pids" {
+					t.Errorf("cell/kip/cgroup.subtree_control = %q, want +pids", got)
+				}
+			}
+			if cur, max, err := f.Pids("kip/p"); err != nil || cur != 3 || max != 64 {
+				t.Errorf("Pids = %d, %d, %v; want 3, 64", cur, max, err)
+			}
+			if err := f.SetPidsLimit("kip/p", -1); err != nil {
+				t.Fatal(err)
+			}
+			if got := read(t, filepath.Join(root, tc.dir, "pids.max")); got != "max" {
+				t.Errorf("pids.max = %q after no limit, want max", got)
+			}
+		})
+	}
+}

@@ -270,6 +270,10 @@ type Cells struct {
 	// garbage collection. Empty by default: cells of other node names are left alone, since
 	// another kip of the same cluster may run them.
 	FormerNodeNames []string `json:"formerNodeNames,omitempty"`
+	// PodPidsLimit is the most processes and threads a pod may run at once (kubelet's
+	// podPidsLimit), set on the pod's cgroup in its cell: a fork beyond it fails, so a fork
+	// bomb stays inside its pod. -1 sets no limit. Default 4096.
+	PodPidsLimit *int64 `json:"podPidsLimit,omitempty"`
 }
 
 // Reserve is resources kept for the agent on every cell.

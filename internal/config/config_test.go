@@ -37,6 +37,7 @@ func TestValidFiles(t *testing.T) {
 			eq(t, "cells.reserve.memory", c.Cells.Reserve.Memory.String(), "128Mi") // selector.DefaultReserve, as kip select
 			eq(t, "cells.reserve.cpu", c.Cells.Reserve.CPU.String(), "50m")
 			eq(t, "registry.maxUnpackedImageSize", c.Registry.MaxUnpackedImageSize.String(), DefaultMaxUnpackedImageSize)
+			eq(t, "cells.podPidsLimit", *c.Cells.PodPidsLimit, DefaultPodPidsLimit)
 		}},
 		{"valid-local-full.yaml", func(t *testing.T, c *ProviderConfig) {
 			eq(t, "node.internalIP", c.Node.InternalIP, "10.250.7.1")
@@ -51,6 +52,7 @@ func TestValidFiles(t *testing.T) {
 			eq(t, "cells.reserve.cpu", c.Cells.Reserve.CPU.MilliValue(), int64(50))
 			eq(t, "cells.launchConcurrency", c.Cells.LaunchConcurrency, 4)
 			eq(t, "cells.formerNodeNames", fmt.Sprint(c.Cells.FormerNodeNames), "[kip-old kip.example.com]")
+			eq(t, "cells.podPidsLimit", *c.Cells.PodPidsLimit, int64(-1))
 			eq(t, "registry.insecure", len(c.Registry.Insecure), 2)
 			eq(t, "registry.maxUnpackedImageSize", c.Registry.MaxUnpackedImageSize.Value(), int64(2<<30))
 		}},
@@ -122,6 +124,7 @@ func TestInvalidFiles(t *testing.T) {
 		{"invalid-former-node-names.yaml", []string{`cells.formerNodeNames[0]: Invalid value: "Old_Node"`, `cells.formerNodeNames[2]: Duplicate value: "old"`, `cells.formerNodeNames[3]: Invalid value: "kip": is node.name`}},
 		{"invalid-quantity.yaml", []string{"node.capacity.memory", "lots"}},
 		{"invalid-image-size.yaml", []string{"registry.maxUnpackedImageSize", "must be positive"}},
+		{"invalid-pids-limit.yaml", []string{"cells.podPidsLimit", "must be -1 (no limit) or at least 1"}},
 		{"invalid-loopback-ip.yaml", []string{"node.internalIP", "loopback"}},
 		{"invalid-cluster-dns.yaml", []string{`node.clusterDNS[1]: Invalid value: "10.0.0.300"`, "must be an IP address", `node.clusterDomain: Invalid value: "Cluster_Local"`}},
 		{"invalid-taint-effect.yaml", []string{"node.taints[0].effect", "Sometimes"}},

@@ -22,6 +22,10 @@ const (
 	DefaultClusterName        = "kip"
 	DefaultHealthyTimeout     = 90 * time.Second
 	DefaultLostTimeout        = 30 * time.Second
+	// DefaultPodPidsLimit is cells.podPidsLimit when unset: far above what a pod runs (a
+	// busy JVM or a build runs a few hundred threads), far below what exhausts a host
+	// (pid_max is 32768 or 4194304).
+	DefaultPodPidsLimit int64 = 4096
 	// DefaultMaxUnpackedImageSize is registry.maxUnpackedImageSize's default.
 	DefaultMaxUnpackedImageSize = "10Gi"
 	DefaultStatusInterval       = 10 * time.Second
@@ -121,6 +125,10 @@ func (c *ProviderConfig) Default() {
 	}
 	if cl.ClusterName == "" {
 		cl.ClusterName = DefaultClusterName
+	}
+	if cl.PodPidsLimit == nil {
+		n := DefaultPodPidsLimit
+		cl.PodPidsLimit = &n
 	}
 	defaultQuantity(&c.Registry.MaxUnpackedImageSize, DefaultMaxUnpackedImageSize)
 }

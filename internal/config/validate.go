@@ -308,6 +308,9 @@ func (c *Cells) validate(p *field.Path) field.ErrorList {
 		}
 		seen[n] = true
 	}
+	if n := c.PodPidsLimit; n != nil && *n != -1 && *n < 1 {
+		errs = append(errs, field.Invalid(p.Child("podPidsLimit"), *n, "must be -1 (no limit) or at least 1"))
+	}
 	return errs
 }
 

@@ -28,6 +28,7 @@ import (
 	"k8s.io/client-go/rest"
 	"k8s.io/client-go/tools/cache"
 	"k8s.io/client-go/tools/record"
+	"k8s.io/utils/ptr"
 
 	"github.com/kip-dev/kip/internal/admit"
 	"github.com/kip-dev/kip/internal/cellapi"
@@ -380,6 +381,7 @@ func cellsOptions(cfg *config.ProviderConfig) cells.Options {
 		LostTimeout:         c.LostTimeout.Duration,
 		LaunchConcurrency:   c.LaunchConcurrency,
 		CapacityErrorMemory: c.CapacityErrorMemory.Duration,
+		PodPidsLimit:        ptr.Deref(c.PodPidsLimit, config.DefaultPodPidsLimit),
 	}
 }
 

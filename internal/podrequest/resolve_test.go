@@ -623,3 +623,59 @@ func TestResolveClusterDNS(t *testing.T) {
 		t.Errorf("clusterDNS %v, clusterDomain %q; want [10.0.0.10] and k.example", req.ClusterDNS, req.ClusterDomain)
 	}
 }
+
+// TestTokenModeAndOwner: a projected service account token is 0600 when the pod has an
+// fsUser (every container runs as one user) or an fsGroup, and is owned by that fsUser, as
+// kubelet's projected volume writes it; otherwise it has the volume's defaultMode.
+func TestTokenModeAndOwner(t *testing.T) {
+	tests := []struct {
+		name      string
+		podSC     *corev1.PodSecurityContext
+		ctrUsers  []*int64 // runAsUser of each container
+		mode      int32
+		wantMode  int32
+		wantOwner *int64
+	}{
+		{name: "nothing set", ctrUsers: []*int64{nil}, wantMode: 0o644},
+		{name: "defaultMode kept", ctrUsers: []*int64{nil}, mode: 0o440, wantMode: 0o440},
+		{name: "fsGroup", podSC: &corev1.PodSecurityContext{FSGroup: ptr.To[int64](2000)}, ctrUsers: []*int64{nil}, wantMode: 0o600},
+		{name: "pod runAsUser", podSC: &corev1.PodSecurityContext{RunAsUser: ptr.To[int64](1000)}, ctrUsers: []*int64{nil, nil}, wantMode: 0o600, wantOwner: ptr.To[int64](1000)},
+		{name: "containers agree", ctrUsers: []*int64{ptr.To[int64](1001), ptr.To[int64](1001)}, wantMode: 0o600, wantOwner: ptr.To[int64](1001)},
+		{name: "container overrides pod", podSC: &corev1.PodSecurityContext{RunAsUser: ptr.To[int64](1000)}, ctrUsers: []*int64{ptr.To[int64](1002)}, wantMode: 0o600, wantOwner: ptr.To[int64](1002)},
+		{name: "containers differ", ctrUsers: []*int64{ptr.To[int64](1001), ptr.To[int64](1002)}, wantMode: 0o644},
+		{name: "one container unset", ctrUsers: []*int64{ptr.To[int64](1001), nil}, wantMode: 0o644},
+		{name: "containers differ, fsGroup", podSC: &corev1.PodSecurityContext{FSGroup: ptr.To[int64](2000)}, ctrUsers: []*int64{ptr.To[int64](1001), ptr.To[int64](1002)}, wantMode: 0o600},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			e := newResolverEnv(t)
+			var ctrs []corev1.Container
+			for i, u := range tc.ctrUsers {
+				c := corev1.Container{Name: fmt.Sprintf("c%d", i)}
+				if u != nil {
+					c.SecurityContext = &corev1.SecurityContext{RunAsUser: u}
+				}
+				ctrs = append(ctrs, c)
+			}
+			pod := basePod(ctrs...)
+			pod.Spec.SecurityContext = tc.podSC
+			src := &corev1.ProjectedVolumeSource{Sources: []corev1.VolumeProjection{
+				{ServiceAccountToken: &corev1.ServiceAccountTokenProjection{Path: "token"}}}}
+			if tc.mode != 0 {
+				src.DefaultMode = ptr.To(tc.mode)
+			}
+			pod.Spec.Volumes = []corev1.Volume{{Name: "sa", VolumeSource: corev1.VolumeSource{Projected: src}}}
+			req, err := e.r.Resolve(context.Background(), pod)
+			if err != nil {
+				t.Fatal(err)
+			}
+			f := req.Volumes["sa"].Files["token"]
+			if f.Mode != tc.wantMode {
+				t.Errorf("token mode %o, want %o", f.Mode, tc.wantMode)
+			}
+			if (f.Owner == nil) != (tc.wantOwner == nil) || (f.Owner != nil && *f.Owner != *tc.wantOwner) {
+				t.Errorf("token owner %v, want %v", ptr.Deref(f.Owner, -1), ptr.Deref(tc.wantOwner, -1))
+			}
+		})
+	}
+}

@@ -259,9 +259,15 @@ func (r *Resolver) tokenFile(ctx context.Context, pod *corev1.Pod, volume string
 	if src.ExpirationSeconds != nil {
 		exp = *src.ExpirationSeconds
 	}
+	// As kubelet's projected volume: with an fsUser or an fsGroup the token is 0600 (the
+	// agent's fsGroup ownership then makes it 0640), owned by fsUser when there is one.
+	fsUser := fsUserOf(pod)
+	if fsUser != nil || (pod.Spec.SecurityContext != nil && pod.Spec.SecurityContext.FSGroup != nil) {
+		defMode = 0o600
+	}
 	key := tokenKey(pod.Namespace, sa, string(pod.UID), src.Audience, exp)
 	if tok, ok := r.tokens.get(key); ok {
-		files[src.Path] = cellapi.File{Data: []byte(tok), Mode: defMode}
+		files[src.Path] = cellapi.File{Data: []byte(tok), Mode: defMode, Owner: fsUser}
 		return nil
 	}
 	req := &authv1.TokenRequest{Spec: authv1.TokenRequestSpec{
@@ -276,7 +282,7 @@ func (r *Resolver) tokenFile(ctx context.Context, pod *corev1.Pod, volume string
 		if old, ok := r.tokens.stale(key); ok {
 			r.cfg.Log.Warn("refreshing a service account token failed; the current one is kept until it expires",
 				"pod", pod.Namespace+"/"+pod.Name, "volume", volume, "err", err)
-			files[src.Path] = cellapi.File{Data: []byte(old), Mode: defMode}
+			files[src.Path] = cellapi.File{Data: []byte(old), Mode: defMode, Owner: fsUser}
 			return nil
 		}
 		if apierrors.IsNotFound(err) || apierrors.IsForbidden(err) || apierrors.IsBadRequest(err) {
@@ -285,6 +291,49 @@ func (r *Resolver) tokenFile(ctx context.Context, pod *corev1.Pod, volume string
 		return fmt.Errorf("requesting a token for service account %s/%s: %w", pod.Namespace, sa, err)
 	}
 	r.tokens.put(key, string(pod.UID), tok, exp)
-	files[src.Path] = cellapi.File{Data: []byte(tok.Status.Token), Mode: defMode}
+	files[src.Path] = cellapi.File{Data: []byte(tok.Status.Token), Mode: defMode, Owner: fsUser}
 	return nil
+}
+
+// fsUserOf is kubelet's FsUserFrom: the user every container of the pod runs as
+// (runAsUser of its securityContext, else the pod's), or nil when one of them sets none or
+// two differ.
+func fsUserOf(pod *corev1.Pod) *int64 {
+	var podUser *int64
+	if sc := pod.Spec.SecurityContext; sc != nil {
+		podUser = sc.RunAsUser
+	}
+	var user *int64
+	check := func(sc *corev1.SecurityContext) bool {
+		u := podUser
+		if sc != nil && sc.RunAsUser != nil {
+			u = sc.RunAsUser
+		}
+		if u == nil || (user != nil && *user != *u) {
+			user = nil
+			return false
+		}
+		user = u
+		return true
+	}
+	for i := range pod.Spec.InitContainers {
+		if !check(pod.Spec.InitContainers[i].SecurityContext) {
+			return nil
+		}
+	}
+	for i := range pod.Spec.Containers {
+		if !check(pod.Spec.Containers[i].SecurityContext) {
+			return nil
+		}
+	}
+	for i := range pod.Spec.EphemeralContainers {
+		if !check(pod.Spec.EphemeralContainers[i].SecurityContext) {
+			return nil
+		}
+	}
+	if user == nil {
+		return nil
+	}
+	u := *user
+	return &u
 }

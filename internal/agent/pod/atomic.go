@@ -9,7 +9,10 @@ import (
 	"path"
 	"slices"
 	"strings"
+	"syscall"
 	"time"
+
+	"k8s.io/utils/ptr"
 
 	"github.com/kip-dev/kip/internal/cellapi"
 )
@@ -199,6 +202,11 @@ func writePayload(root *os.Root, tsDir string, payload map[string]cellapi.File) 
 		if err := root.Chmod(full, mode); err != nil {
 			return fmt.Errorf("writing %s: %w", p, err)
 		}
+		if f.Owner != nil {
+			if err := root.Lchown(full, int(*f.Owner), -1); err != nil {
+				return fmt.Errorf("writing %s: %w", p, err)
+			}
+		}
 	}
 	return nil
 }
@@ -239,8 +247,8 @@ func pathsToRemove(old []string, payload map[string]cellapi.File) []string {
 	return out
 }
 
-// samePayload reports whether the data directory already holds payload's content and modes
-// (with the group read bits fsGroup adds, when set).
+// samePayload reports whether the data directory already holds payload's content, modes
+// (with the group read bits fsGroup adds, when set) and owners.
 func samePayload(root *os.Root, tsDir string, payload map[string]cellapi.File, fsGroup bool) (bool, error) {
 	for p, f := range payload {
 		full := path.Join(tsDir, p)
@@ -256,6 +264,9 @@ func samePayload(root *os.Root, tsDir string, payload map[string]cellapi.File, f
 			want = fsGroupMode(want, true)
 		}
 		if !st.Mode().IsRegular() || st.Mode().Perm() != want {
+			return false, nil
+		}
+		if sys, ok := st.Sys().(*syscall.Stat_t); ok && int64(sys.Uid) != ptr.Deref(f.Owner, int64(os.Geteuid())) {
 			return false, nil
 		}
 		b, err := root.ReadFile(full)

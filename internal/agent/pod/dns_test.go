@@ -81,7 +81,7 @@ func TestPodEtcFiles(t *testing.T) {
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			dir := t.TempDir()
-			names, warns, err := writePodFiles(dir, &tt.req, "10.1.2.3", cellResolv)
+			names, warns, err := writePodFiles(dir, &tt.req, "10.1.2.3", cellResolv, 0)
 			if err != nil {
 				t.Fatal(err)
 			}

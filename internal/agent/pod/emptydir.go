@@ -111,6 +111,37 @@ func mountMemoryVolumes(dir string, pod *corev1.Pod, cellMemory int64) error {
 	return nil
 }
 
+// memoryBackedAPIData reports whether v is a secret, projected or downwardAPI volume: kubelet
+// sets these up on a memory-medium emptyDir (a tmpfs), so that secrets and service account
+// tokens never reach a disk; configMap volumes are on disk.
+func memoryBackedAPIData(v *corev1.Volume) bool {
+	return v.Secret != nil || v.Projected != nil || v.DownwardAPI != nil
+}
+
+// mountAPIDataTmpfs mounts the tmpfs of a secret, projected or downwardAPI volume on vdir
+// (nosuid, nodev), as kubelet's wrapped memory emptyDir: no mode option, so its root is the
+// tmpfs default 1777 (what `ls -ld` shows on a service account token directory), sized as a
+// memory emptyDir without sizeLimit (tmpfsSize). A vdir that is a mount point already (the
+// pod put again after an agent restart) is kept. Its pages are charged to the agent's memory
+// cgroup, inside the cell.
+func mountAPIDataTmpfs(vdir string, pod *corev1.Pod, cellMemory int64) error {
+	mounted, err := mountsUnder(vdir)
+	if err != nil {
+		return err
+	}
+	if slices.Contains(mounted, vdir) {
+		return nil
+	}
+	var opts string
+	if n := tmpfsSize(pod, &corev1.EmptyDirVolumeSource{Medium: corev1.StorageMediumMemory}, cellMemory); n > 0 {
+		opts = "size=" + strconv.FormatInt(n, 10)
+	}
+	if err := unix.Mount("tmpfs", vdir, "tmpfs", unix.MS_NOSUID|unix.MS_NODEV, opts); err != nil {
+		return fmt.Errorf("mounting a tmpfs (%s): %w", opts, err)
+	}
+	return nil
+}
+
 // unmountUnder unmounts every mount at or below dir, deepest first: the pod's tmpfs
 // volumes, including any an earlier agent left.
 func unmountUnder(dir string) error {
@@ -218,35 +249,6 @@ func limitedEmptyDirs(pod *corev1.Pod) []corev1.Volume {
 		}
 	}
 	return out
-}
-
-// watchEmptyDirs measures the pod's limited disk emptyDirs every EmptyDirInterval and evicts
-// the pod once one exceeds its sizeLimit, as kubelet's eviction manager does. It returns when
-// the pod stops or is evicted.
-func (p *Pod) watchEmptyDirs(vols []corev1.Volume) {
-	defer p.wg.Done()
-	for {
-		t := p.cfg.Clock.NewTimer(p.cfg.EmptyDirInterval)
-		select {
-		case <-p.ctx.Done():
-			t.Stop()
-			return
-		case <-t.C():
-		}
-		for _, v := range vols {
-			used, err := diskUsage(filepath.Join(p.cfg.Dir, volumesDir, v.Name))
-			if err != nil {
-				p.cfg.Log.Warn("measuring emptyDir", "pod", p.UID(), "volume", v.Name, "err", err)
-				continue
-			}
-			if used > v.EmptyDir.SizeLimit.Value() {
-				p.cfg.Log.Info("emptyDir over its sizeLimit; evicting the pod", "pod", p.UID(), "volume", v.Name, "used", used)
-				// halt waits for this goroutine (p.wg): evict from another.
-				go p.evict(emptyDirMessage(v.Name, *v.EmptyDir.SizeLimit))
-				return
-			}
-		}
-	}
 }
 
 // evict ends the pod as kubelet's eviction manager does: a Warning event Evicted with

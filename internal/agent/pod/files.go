@@ -41,8 +41,10 @@ const (
 // writePodFiles creates the pod directory with its /etc files and volumes. The names and
 // resolv.conf follow kubelet's rules (internal/poddns) in the request's cluster domain and
 // DNS, with hostResolv, the cell's own resolv.conf, as the host's; what kubelet would record
-// as warning events is returned.
-func writePodFiles(dir string, req *cellapi.PodRequest, podIP, hostResolv string) (poddns.Names, []poddns.Warning, error) {
+// as warning events is returned. Secret, projected and downwardAPI volumes are written on a
+// tmpfs of their own (mountAPIDataTmpfs), sized with cellMemory, so their files never reach
+// a disk.
+func writePodFiles(dir string, req *cellapi.PodRequest, podIP, hostResolv string, cellMemory int64) (poddns.Names, []poddns.Warning, error) {
 	p := req.Pod
 	names, err := poddns.PodNames(p, req.ClusterDomain)
 	if err != nil {
@@ -85,6 +87,11 @@ func writePodFiles(dir string, req *cellapi.PodRequest, podIP, hostResolv string
 			}
 		}
 		if isAPIDataVolume(&v) {
+			if memoryBackedAPIData(&v) {
+				if err := mountAPIDataTmpfs(vdir, p, cellMemory); err != nil {
+					return poddns.Names{}, nil, fmt.Errorf("creating volume %s: %w", v.Name, err)
+				}
+			}
 			// configMap, secret, downwardAPI and projected volumes update in place (atomic.go).
 			if _, err := writeAtomic(vdir, req.Volumes[v.Name].Files, time.Now(), podFSGroup(p)); err != nil {
 				return poddns.Names{}, nil, fmt.Errorf("writing volume %s: %w", v.Name, err)

@@ -50,6 +50,7 @@ type LogWriter interface {
 // Cgroups is the part of *cgroups.FS the supervisor uses.
 type Cgroups interface {
 	SetMemoryLimit(rel string, bytes int64) error
+	SetPidsLimit(rel string, limit int64) error
 	MemoryEvents(rel string) (cgroups.MemoryEvents, error)
 	Usage(rel string) (cgroups.Usage, error)
 	Ceiling(rel string) (cgroups.Ceiling, error)
@@ -89,9 +90,15 @@ type Config struct {
 	// GPU says where the cell's GPUs are (gpu.Config; the zero value: where an instance has
 	// them). Containers asking for nvidia.com/gpu or amd.com/gpu get their own.
 	GPU gpu.Config
-	// EmptyDirInterval is how often disk emptyDirs with a sizeLimit are measured; zero means
-	// DefaultEmptyDirInterval.
+	// EmptyDirInterval is how often the ephemeral storage of a pod with limits on it (disk
+	// emptyDirs with a sizeLimit, ephemeral-storage limits) is measured (storage.go); zero
+	// means DefaultEmptyDirInterval.
 	EmptyDirInterval time.Duration
+	// RunDir, when set, is a memory-backed directory (the agent's tmpfs, as a host's /run)
+	// for the runtime bundles of the pod's container runs, RunDir/<container id>: their
+	// config.json carries the resolved env, secret values included. Empty: each bundle is in
+	// the run's directory under Dir.
+	RunDir string
 }
 
 // Pod is one supervised pod.
@@ -203,14 +210,22 @@ func Start(cfg Config, req *cellapi.PodRequest) (*Pod, error) {
 	if err := podSysctls(cfg.ProcSys, req.Pod); err != nil {
 		return nil, fmt.Errorf("preparing pod %s: %w", req.Pod.UID, err)
 	}
-	names, dnsWarnings, err := writePodFiles(cfg.Dir, req, cfg.PodIP, cfg.ResolvConf)
+	// Memory-backed volumes are sized by the cell's memory where nothing smaller is set, as
+	// kubelet sizes them by the node's allocatable memory.
+	ceil, err := cfg.Cgroups.Ceiling(cfg.CgroupParent)
+	if err == nil && req.PodPidsLimit > 0 {
+		// kubelet's podPidsLimit, on the pod's cgroup: every container run is below it.
+		err = cfg.Cgroups.SetPidsLimit(cgroups.PodPath(cfg.CgroupParent, string(req.Pod.UID)), req.PodPidsLimit)
+	}
+	var (
+		names       poddns.Names
+		dnsWarnings []poddns.Warning
+	)
 	if err == nil {
-		// A memory-backed emptyDir is sized by the cell's memory where nothing smaller is
-		// set, as kubelet sizes it by the node's allocatable memory.
-		var ceil cgroups.Ceiling
-		if ceil, err = cfg.Cgroups.Ceiling(cfg.CgroupParent); err == nil {
-			err = mountMemoryVolumes(cfg.Dir, req.Pod, ceil.MemoryBytes)
-		}
+		names, dnsWarnings, err = writePodFiles(cfg.Dir, req, cfg.PodIP, cfg.ResolvConf, ceil.MemoryBytes)
+	}
+	if err == nil {
+		err = mountMemoryVolumes(cfg.Dir, req.Pod, ceil.MemoryBytes)
 		if err == nil {
 			err = mountPodShm(cfg.Dir)
 		}
@@ -231,6 +246,7 @@ func Start(cfg Config, req *cellapi.PodRequest) (*Pod, error) {
 	if err != nil {
 		_ = unmountUnder(cfg.Dir)
 		_ = os.RemoveAll(cfg.Dir)
+		_ = cfg.Cgroups.Remove(cgroups.PodPath(cfg.CgroupParent, string(req.Pod.UID)))
 		return nil, fmt.Errorf("preparing pod %s: %w", req.Pod.UID, err)
 	}
 	ctx, cancel := context.WithCancel(context.Background())
@@ -270,9 +286,9 @@ func Start(cfg Config, req *cellapi.PodRequest) (*Pod, error) {
 	p.mu.Unlock()
 	p.wg.Add(1)
 	go p.run()
-	if vols := limitedEmptyDirs(req.Pod); len(vols) > 0 {
+	if lim := storageLimitsOf(req.Pod); lim.any() {
 		p.wg.Add(1)
-		go p.watchEmptyDirs(vols)
+		go p.watchStorage(lim)
 	}
 	return p, nil
 }
@@ -539,10 +555,16 @@ func (p *Pod) runOnce(c *ctr) outcome {
 	c.runs++
 	p.mu.Unlock()
 	id := containerID(p.UID(), c.spec.Name, run)
-	bundle := filepath.Join(p.cfg.Dir, containersDir, c.spec.Name, strconv.Itoa(run))
+	// The run's directory on disk holds its writable layer and termination log; runc's bundle
+	// (config.json, which holds the resolved env, secrets included) is in RunDir, memory-backed.
+	runDir := filepath.Join(p.cfg.Dir, containersDir, c.spec.Name, strconv.Itoa(run))
+	bundle := runDir
+	if p.cfg.RunDir != "" {
+		bundle = filepath.Join(p.cfg.RunDir, id)
+	}
 	cg := cgroups.ContainerPath(p.cfg.CgroupParent, p.UID(), c.spec.Name)
 
-	cleanup, err := p.create(c, img, bundle, cg, strconv.Itoa(run))
+	cleanup, err := p.create(c, img, runDir, bundle, cg, strconv.Itoa(run))
 	if err != nil {
 		p.cfg.Log.Info("creating container failed", "pod", p.UID(), "container", c.spec.Name, "err", err)
 		reason := ReasonCreateContainerError
@@ -662,7 +684,7 @@ func (p *Pod) runOnce(c *ctr) outcome {
 	msg := c.killReason
 	c.killReason = ""
 	p.mu.Unlock()
-	if tm := terminationMessage(c.spec, filepath.Join(bundle, terminationLogName), logPath, st.Code); tm != "" {
+	if tm := terminationMessage(c.spec, filepath.Join(runDir, terminationLogName), logPath, st.Code); tm != "" {
 		msg = tm
 	}
 	finished := metav1.NewTime(st.At)
@@ -741,18 +763,23 @@ func (p *Pod) pull(c *ctr) *image.Image {
 	}
 }
 
-// create lays out one run's bundle: overlay rootfs, resolved process, config.json.
+// create lays out one run: the overlay rootfs and termination log in runDir, and the bundle
+// (config.json with the resolved process) in bundle, which may be runDir.
 // The memory limit goes on the container's cgroup (cgroup), which outlives the run's own
 // (cgroup/run), so the OOM evidence survives runc's removal of the run's cgroup.
-func (p *Pod) create(c *ctr, img *image.Image, bundle, cgroup, run string) (cleanup func(), err error) {
+func (p *Pod) create(c *ctr, img *image.Image, runDir, bundle, cgroup, run string) (cleanup func(), err error) {
 	if err := verifyRunAsNonRoot(p.req.Pod, c.spec, img.Config.User); err != nil {
 		return nil, err
 	}
-	if err := os.MkdirAll(bundle, 0o700); err != nil {
-		return nil, fmt.Errorf("creating bundle: %w", err)
+	for _, d := range []string{runDir, bundle} {
+		if err := os.MkdirAll(d, 0o700); err != nil {
+			_ = os.RemoveAll(runDir)
+			return nil, fmt.Errorf("creating bundle: %w", err)
+		}
 	}
-	rootfs, unmount, err := p.cfg.Images.MountRootFS(img, bundle)
+	rootfs, unmount, err := p.cfg.Images.MountRootFS(img, runDir)
 	if err != nil {
+		_ = os.RemoveAll(runDir)
 		_ = os.RemoveAll(bundle)
 		return nil, fmt.Errorf("mounting rootfs: %w", err)
 	}
@@ -760,6 +787,7 @@ func (p *Pod) create(c *ctr, img *image.Image, bundle, cgroup, run string) (clea
 		if err := unmount(); err != nil {
 			p.cfg.Log.Warn("unmounting rootfs", "pod", p.UID(), "container", c.spec.Name, "err", err)
 		}
+		_ = os.RemoveAll(runDir)
 		_ = os.RemoveAll(bundle)
 	}
 	proc, err := runtime.ResolveProcess(withPodSecurity(p.req.Pod, c.spec), img.Config, rootfs)
@@ -782,7 +810,7 @@ func (p *Pod) create(c *ctr, img *image.Image, bundle, cgroup, run string) (clea
 		return nil, err
 	}
 	// The termination message file, read back when the run ends.
-	termLog := filepath.Join(bundle, terminationLogName)
+	termLog := filepath.Join(runDir, terminationLogName)
 	if err := os.WriteFile(termLog, nil, 0o666); err != nil {
 		cleanup()
 		return nil, fmt.Errorf("creating termination log: %w", err)

@@ -132,6 +132,7 @@ func (f *fakeImages) MountRootFS(_ *image.Image, dir string) (string, func() err
 type fakeCgroups struct{}
 
 func (fakeCgroups) SetMemoryLimit(string, int64) error { return nil }
+func (fakeCgroups) SetPidsLimit(string, int64) error   { return nil }
 func (fakeCgroups) MemoryEvents(string) (cgroups.MemoryEvents, error) {
 	return cgroups.MemoryEvents{}, nil
 }

@@ -15,7 +15,12 @@ func TestCapabilities(t *testing.T) {
 		add, drop []string
 		want      []string
 	}{
-		{"default", nil, nil, defaultCaps},
+		// containerd's default set for unprivileged containers (pkg/oci defaultUnixCaps, what
+		// its CRI plugin starts from), spelt out so the set cannot drift.
+		{"default is containerd's", nil, nil, []string{
+			"CAP_CHOWN", "CAP_DAC_OVERRIDE", "CAP_FSETID", "CAP_FOWNER", "CAP_MKNOD", "CAP_NET_RAW",
+			"CAP_SETGID", "CAP_SETUID", "CAP_SETFCAP", "CAP_SETPCAP", "CAP_NET_BIND_SERVICE",
+			"CAP_SYS_CHROOT", "CAP_KILL", "CAP_AUDIT_WRITE"}},
 		{"drop all", nil, []string{"ALL"}, nil},
 		{"drop all, add one (without the prefix)", []string{"NET_BIND_SERVICE"}, []string{"ALL"}, []string{"CAP_NET_BIND_SERVICE"}},
 		{"drop some", nil, []string{"NET_RAW", "CAP_MKNOD", "chown"}, []string{

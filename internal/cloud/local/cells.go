@@ -213,7 +213,6 @@ func (b *Backend) reserve(spec cloud.LaunchSpec) (id string, existing bool, unlo
 		"meta.json": metaJSON,
 		"tags.json": tagsJSON,
 		"ip":        []byte(ip.String() + "\n"),
-		"bootstrap": spec.BootstrapData,
 	} {
 		if err := os.WriteFile(filepath.Join(staging, name), data, 0o600); err != nil {
 			return fail(err)
@@ -278,7 +277,11 @@ func (b *Backend) boot(id string, spec cloud.LaunchSpec, it instancetype.Instanc
 		EnvInstanceID + "=" + id,
 		EnvCellIP + "=" + ip.String(),
 	}, b.cfg.AgentEnv...)
-	argv := append(slices.Clone(b.cfg.AgentCommand), "--bootstrap", filepath.Join(dir, "bootstrap"), "--state-dir", agentDir)
+	bootstrap, err := writeBootstrap(dir, spec.BootstrapData, !r.meta.ProcessOnly)
+	if err != nil {
+		return nil, err
+	}
+	argv := append(slices.Clone(b.cfg.AgentCommand), "--bootstrap", bootstrap, "--state-dir", agentDir)
 	var agentCgroups []string
 	if !r.meta.ProcessOnly {
 		agentCgroups = b.cg.AgentDirs(r.meta.Cgroups)
@@ -535,6 +538,41 @@ func (b *Backend) undoBoot(id string) error {
 		return fmt.Errorf("emptying the agent's state directory: %w", err)
 	}
 	return nil
+}
+
+// secretsDir is the tmpfs in a cell's directory holding its bootstrap file.
+const secretsDir = "secrets"
+
+// writeBootstrap writes a cell's bootstrap data (the agent's TLS key among it) where its
+// agent reads it and returns the path. With tmpfs (every cell but a process-only one, which
+// may lack the privilege to mount) the file is on a tmpfs of its own, <dir>/secrets (mode
+// 0700, nosuid, nodev, noexec, sized to the data), so the key never reaches the host's disk
+// and is gone once the cell is terminated (which detaches every mount under its directory)
+// or the host reboots; a process-only cell gets <dir>/bootstrap (0600 in a 0700 directory).
+func writeBootstrap(dir string, data []byte, tmpfs bool) (string, error) {
+	path := filepath.Join(dir, "bootstrap")
+	if tmpfs {
+		sdir := filepath.Join(dir, secretsDir)
+		if err := os.Mkdir(sdir, 0o700); err != nil && !errors.Is(err, fs.ErrExist) {
+			return "", fmt.Errorf("creating the cell's secrets directory: %w", err)
+		}
+		mounted, err := mountsUnder("/proc/self/mountinfo", sdir)
+		if err != nil {
+			return "", err
+		}
+		if len(mounted) == 0 {
+			size := (len(data)/4096 + 2) * 4096
+			opts := fmt.Sprintf("mode=0700,size=%d", size)
+			if err := unix.Mount("tmpfs", sdir, "tmpfs", unix.MS_NOSUID|unix.MS_NODEV|unix.MS_NOEXEC, opts); err != nil {
+				return "", fmt.Errorf("mounting a tmpfs on %s: %w", sdir, err)
+			}
+		}
+		path = filepath.Join(sdir, "bootstrap")
+	}
+	if err := os.WriteFile(path, data, 0o600); err != nil {
+		return "", fmt.Errorf("writing the bootstrap file: %w", err)
+	}
+	return path, nil
 }
 
 // unmountUnder detaches every mount at or below dir, deepest first (the agent mounts image

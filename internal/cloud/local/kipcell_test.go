@@ -2,6 +2,7 @@ package local
 
 import (
 	"context"
+	"encoding/base64"
 	"encoding/json"
 	"fmt"
 	"net"
@@ -162,7 +163,9 @@ func TestKipCell(t *testing.T) {
 
 // TestKipCellPodTerminated runs a real pod with runc in a kip-cell cell, then terminates the
 // cell without asking the agent to stop the pod first (as when the agent is wedged): the
-// containers, their cgroups and their mounts must go too.
+// containers, their cgroups and their mounts must go too. While the pod runs, neither its
+// secret (a secret volume and an env var) nor the agent's TLS key is in any file on the
+// host's disk under the cell's directory: they are on tmpfs mounts only.
 func TestKipCellPodTerminated(t *testing.T) {
 	testenv.RequireRunc(t)
 	e := newEnv(t)
@@ -210,16 +213,22 @@ func TestKipCellPodTerminated(t *testing.T) {
 	defer client.Close()
 	waitAgentHealthy(t, client)
 
+	secret := []byte("s3cr3t-" + podUID + "-" + strconv.FormatInt(time.Now().UnixNano(), 36))
 	pod := &corev1.Pod{
 		ObjectMeta: metav1.ObjectMeta{Name: "sleeper", Namespace: "default", UID: types.UID(podUID)},
 		Spec: corev1.PodSpec{
 			RestartPolicy: corev1.RestartPolicyNever,
-			Containers:    []corev1.Container{{Name: "main", Image: "library/sleeper:latest"}},
+			Containers: []corev1.Container{{Name: "main", Image: "library/sleeper:latest",
+				Env:          []corev1.EnvVar{{Name: "PASSWORD", Value: string(secret)}},
+				VolumeMounts: []corev1.VolumeMount{{Name: "creds", MountPath: "/creds"}}}},
+			Volumes: []corev1.Volume{{Name: "creds", VolumeSource: corev1.VolumeSource{Secret: &corev1.SecretVolumeSource{SecretName: "creds"}}}},
 		},
 	}
 	pctx, cancel := context.WithTimeout(ctx, 10*time.Second)
 	defer cancel()
-	if _, err := client.PutPod(pctx, &cellapi.PodRequest{Pod: pod}); err != nil {
+	if _, err := client.PutPod(pctx, &cellapi.PodRequest{Pod: pod, Volumes: map[string]cellapi.VolumeFiles{
+		"creds": {Files: map[string]cellapi.File{"password": {Data: secret, Mode: 0o644}}},
+	}}); err != nil {
 		t.Fatalf("PutPod: %v", err)
 	}
 	var last *cellapi.PodStatus
@@ -257,6 +266,14 @@ func TestKipCellPodTerminated(t *testing.T) {
 	}
 	mounts, _ := mountsUnder("/proc/self/mountinfo", e.cfg.StateDir)
 	t.Logf("before Terminate: agent %d, container processes %v, mounts %v", r.meta.PID, containerPIDs, mounts)
+	cellDir := e.backend().store.cellDir(in.ID)
+	// The bootstrap file is JSON: the key is in it base64-encoded.
+	keyJSON := []byte(base64.StdEncoding.EncodeToString(key))
+	for what, b := range map[string][]byte{"the pod's secret": secret, "the agent's TLS key": key, "the agent's TLS key (JSON)": keyJSON} {
+		if found := testenv.FilesOnDiskHolding(t, cellDir, b); len(found) > 0 {
+			t.Errorf("%s is on the host's disk in %v", what, found)
+		}
+	}
 
 	if err := c.Terminate(ctx, in.ID); err != nil {
 		t.Fatalf("Terminate: %v", err)

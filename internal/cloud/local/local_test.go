@@ -480,8 +480,12 @@ func TestStaleLaunch(t *testing.T) {
 		t.Fatal(err)
 	}
 	dir := b.store.cellDir(id)
+	bootstrap, err := writeBootstrap(dir, []byte("{}"), true)
+	if err != nil {
+		t.Fatal(err)
+	}
 	oldPID, oldStart, err := startAgent(agentSpec{
-		argv: append(agentCommand(t), "--bootstrap", filepath.Join(dir, "bootstrap"), "--state-dir", filepath.Join(dir, "agent")),
+		argv: append(agentCommand(t), "--bootstrap", bootstrap, "--state-dir", filepath.Join(dir, "agent")),
 		env:  []string{standinEnv + "=1", EnvCellID + "=stale-1", EnvCellIP + "=" + r.ip}, logPath: filepath.Join(dir, "agent.log"),
 		netns: r.meta.Netns, hostname: "stale-1", cgroups: b.cg.AgentDirs(r.meta.Cgroups),
 	})

@@ -25,7 +25,8 @@ import (
 //	<StateDir>/cells/<id>/meta.json   cellMeta
 //	<StateDir>/cells/<id>/tags.json   the cell's tags
 //	<StateDir>/cells/<id>/ip          the cell's address (the IP pool is the set of these files)
-//	<StateDir>/cells/<id>/bootstrap   LaunchSpec.BootstrapData, handed to the agent
+//	<StateDir>/cells/<id>/secrets/    a tmpfs holding bootstrap: LaunchSpec.BootstrapData,
+//	                                  handed to the agent (<id>/bootstrap for a process-only cell)
 //	<StateDir>/cells/<id>/agent.log   the agent's stdout and stderr
 //	<StateDir>/cells/<id>/agent/      the agent's --state-dir
 
