@@ -35,6 +35,7 @@ import (
 //
 //	kip-cell --bootstrap FILE [--state-dir DIR] [--runc PATH] [--cgroup-parent NAME]
 //	         [--backoff-base 10s] [--backoff-max 5m] [--services=true]
+//	         [--image-store DIR] [--image-store-max-bytes N]
 //	kip-cell version
 func Run(ctx context.Context, args []string, stdout io.Writer) error {
 	if len(args) > 0 && args[0] == "version" {
@@ -49,6 +50,8 @@ func Run(ctx context.Context, args []string, stdout io.Writer) error {
 	cgroupParent := fs.String("cgroup-parent", cgroups.PodsParent, "cgroup, relative to the agent's own (on cgroup v2: its parent), under which pods' cgroups go")
 	backOffBase := fs.Duration("backoff-base", pod.DefaultBackOff.Base, "first restart and image-pull back-off (kubelet: 10s)")
 	backOffMax := fs.Duration("backoff-max", pod.DefaultBackOff.Max, "longest back-off (kubelet: 5m)")
+	imageStore := fs.String("image-store", "", "directory of unpacked images shared with the other agents of this host (the local backend's image store); empty: the agent's own, under --state-dir")
+	imageStoreMax := fs.Int64("image-store-max-bytes", 0, "cap on the unpacked images in --image-store: unused ones are removed, least recently used first; 0: no cap")
 	services := fs.Bool("services", true, "program the cluster's Services and the pod's hostPorts (nftables) into this network namespace, the cell's; false refuses service tables and leaves hostPorts unmapped")
 	if err := fs.Parse(args); err != nil {
 		return err
@@ -58,6 +61,9 @@ func Run(ctx context.Context, args []string, stdout io.Writer) error {
 	}
 	if *backOffBase <= 0 || *backOffMax < *backOffBase {
 		return fmt.Errorf("flags --backoff-base %s and --backoff-max %s: need 0 < base <= max", *backOffBase, *backOffMax)
+	}
+	if *imageStoreMax < 0 {
+		return fmt.Errorf("flag --image-store-max-bytes %d: must not be negative", *imageStoreMax)
 	}
 	if *bootstrapFile == "" {
 		return errors.New("flag --bootstrap is required")
@@ -74,6 +80,8 @@ func Run(ctx context.Context, args []string, stdout io.Writer) error {
 	}
 	images, err := image.NewStore(image.Config{
 		Root:             filepath.Join(*stateDir, "images"),
+		Shared:           *imageStore,
+		MaxSharedBytes:   *imageStoreMax,
 		DefaultRegistry:  bs.Registry.DefaultRegistry,
 		Insecure:         bs.Registry.Insecure,
 		MaxUnpackedBytes: bs.Registry.MaxUnpackedBytes,

@@ -2,6 +2,7 @@ package config
 
 import (
 	"net/netip"
+	"path/filepath"
 	"time"
 
 	"github.com/kip-dev/kip/internal/selector"
@@ -22,6 +23,8 @@ const (
 	DefaultClusterName        = "kip"
 	DefaultHealthyTimeout     = 90 * time.Second
 	DefaultLostTimeout        = 30 * time.Second
+	// DefaultImageStoreMaxSize is cloud.local.imageStore.maxSize's default.
+	DefaultImageStoreMaxSize = "20Gi"
 	// DefaultMaxUnpackedImageSize is registry.maxUnpackedImageSize's default.
 	DefaultMaxUnpackedImageSize = "10Gi"
 	DefaultStatusInterval       = 10 * time.Second
@@ -58,6 +61,10 @@ func (c *ProviderConfig) Default() {
 		if l.StateDir == "" {
 			l.StateDir = DefaultStateDir
 		}
+		if l.ImageStore.Dir == "" {
+			l.ImageStore.Dir = filepath.Join(l.StateDir, "images")
+		}
+		defaultQuantity(&l.ImageStore.MaxSize, DefaultImageStoreMaxSize)
 	}
 
 	if c.Cloud.Provider == ProviderAWS {
