@@ -153,14 +153,12 @@ func (s *Store) touch(key string) {
 	_ = os.Chtimes(filepath.Join(s.images, key, configName), now, now)
 }
 
-// Collect removes unpacked images that no live store leases, least recently used first,
-// until the images add up to at most Config.MaxSharedBytes. It does nothing without a cap,
-// or when another store is pulling (it runs again after the next pull). An image in a live
-// lease is never removed, even when those alone exceed the cap.
+// Collect drops the leases of stores whose Root is gone and, with a cap, removes unpacked
+// images that no live store leases, least recently used first, until the images add up to
+// at most Config.MaxSharedBytes. It does nothing while another store is pulling (it runs
+// again after the next pull). An image in a live lease is never removed, even when those
+// alone exceed the cap.
 func (s *Store) Collect() error {
-	if s.cfg.MaxSharedBytes <= 0 {
-		return nil
-	}
 	unlock, ok, err := tryLock(s.lockPath, unix.LOCK_EX)
 	if err != nil || !ok {
 		return err
@@ -182,8 +180,13 @@ func (s *Store) Collect() error {
 	return nil
 }
 
-// collectLocked moves the images to remove into tmp and returns their new paths.
+// collectLocked drops dead leases, moves the images to remove into tmp and returns their
+// new paths.
 func (s *Store) collectLocked() ([]string, error) {
+	inUse, err := s.liveLeases()
+	if err != nil || s.cfg.MaxSharedBytes <= 0 {
+		return nil, err
+	}
 	ents, err := os.ReadDir(s.images)
 	if err != nil {
 		return nil, fmt.Errorf("listing images: %w", err)
@@ -207,10 +210,6 @@ func (s *Store) collectLocked() ([]string, error) {
 	}
 	if total <= s.cfg.MaxSharedBytes {
 		return nil, nil
-	}
-	inUse, err := s.liveLeases()
-	if err != nil {
-		return nil, err
 	}
 	slices.SortFunc(all, func(a, b unpacked) int { return cmp.Or(a.used.Compare(b.used), strings.Compare(a.key, b.key)) })
 	var doomed []string

@@ -259,3 +259,36 @@ func TestLockFileCanceled(t *testing.T) {
 	}
 	again()
 }
+
+// TestCollectDropsDeadLeases: without a cap nothing is removed, but the lease of a store
+// whose Root is gone (a terminated cell) is dropped, so leases do not pile up.
+func TestCollectDropsDeadLeases(t *testing.T) {
+	reg := startRegistry(t)
+	push(t, reg.Host(), "library/busybox:latest", busybox(t, imagebuild.Options{}))
+	shared := t.TempDir()
+	goneRoot, liveRoot := t.TempDir(), t.TempDir()
+	gone := newStore(t, Config{Root: goneRoot, Shared: shared, DefaultRegistry: reg.Host(), Insecure: []string{reg.Host()}})
+	live := newStore(t, Config{Root: liveRoot, Shared: shared, DefaultRegistry: reg.Host(), Insecure: []string{reg.Host()}})
+	img, err := gone.Pull(context.Background(), "busybox", nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := live.Pull(context.Background(), "busybox", nil); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.RemoveAll(goneRoot); err != nil {
+		t.Fatal(err)
+	}
+	if err := live.Collect(); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := os.Stat(gone.leaseFile); !errors.Is(err, os.ErrNotExist) {
+		t.Errorf("dead lease kept: %v", err)
+	}
+	if _, err := os.Stat(live.leaseFile); err != nil {
+		t.Errorf("live lease dropped: %v", err)
+	}
+	if _, err := os.Stat(img.RootFS); err != nil {
+		t.Errorf("image removed without a cap: %v", err)
+	}
+}
