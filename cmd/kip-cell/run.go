@@ -14,11 +14,13 @@ import (
 	"os"
 	"path/filepath"
 	"strconv"
+	"strings"
 	"time"
 
 	"golang.org/x/sync/errgroup"
 
 	"github.com/kip-dev/kip/internal/agent"
+	"github.com/kip-dev/kip/internal/agent/gpu"
 	"github.com/kip-dev/kip/internal/agent/image"
 	"github.com/kip-dev/kip/internal/agent/pod"
 	"github.com/kip-dev/kip/internal/agent/runtime"
@@ -36,6 +38,7 @@ import (
 //	kip-cell --bootstrap FILE [--state-dir DIR] [--runc PATH] [--cgroup-parent NAME]
 //	         [--backoff-base 10s] [--backoff-max 5m] [--services=true]
 //	         [--image-store DIR] [--image-store-max-bytes N]
+//	         [--gpu-dev-root /dev] [--gpu-lib-dirs DIR,...]
 //	kip-cell version
 func Run(ctx context.Context, args []string, stdout io.Writer) error {
 	if len(args) > 0 && args[0] == "version" {
@@ -53,6 +56,8 @@ func Run(ctx context.Context, args []string, stdout io.Writer) error {
 	imageStore := fs.String("image-store", "", "directory of unpacked images shared with the other agents of this host (the local backend's image store); empty: the agent's own, under --state-dir")
 	imageStoreMax := fs.Int64("image-store-max-bytes", 0, "cap on the unpacked images in --image-store: unused ones are removed, least recently used first; 0: no cap")
 	services := fs.Bool("services", true, "program the cluster's Services and the pod's hostPorts (nftables) into this network namespace, the cell's; false refuses service tables and leaves hostPorts unmapped")
+	gpuDevRoot := fs.String("gpu-dev-root", "/dev", "where the instance's GPU device nodes are (nvidia<N>, nvidiactl, kfd, dri/renderD<N>)")
+	gpuLibDirs := fs.String("gpu-lib-dirs", "", "comma-separated directories of the NVIDIA driver's libraries (default: those ldconfig -p lists)")
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
@@ -120,6 +125,7 @@ func Run(ctx context.Context, args []string, stdout io.Writer) error {
 		PodIP:         podIP(),
 		Services:      rules,
 		HostPorts:     hostPorts,
+		GPU:           gpu.Config{DevRoot: *gpuDevRoot, LibDirs: splitList(*gpuLibDirs)},
 	})
 	if err != nil {
 		return err
@@ -138,6 +144,8 @@ func Run(ctx context.Context, args []string, stdout io.Writer) error {
 	log.Info("cell agent serving", "cell", bs.CellID, "addr", ln.Addr().String(), "version", agent.Version)
 
 	g, gctx := errgroup.WithContext(ctx)
+	// A spot cell's agent watches for the cloud's interruption notice (none on a local cell).
+	g.Go(func() error { ag.WatchSpot(gctx, agent.SpotConfig{Instance: bs.Instance}); return nil })
 	g.Go(func() error {
 		if err := srv.ServeTLS(ln, "", ""); !errors.Is(err, http.ErrServerClosed) {
 			return fmt.Errorf("serving: %w", err)
@@ -156,6 +164,17 @@ func Run(ctx context.Context, args []string, stdout io.Writer) error {
 		return err
 	})
 	return g.Wait()
+}
+
+// splitList splits a comma-separated flag, dropping empty entries.
+func splitList(s string) []string {
+	var out []string
+	for _, e := range strings.Split(s, ",") {
+		if e = strings.TrimSpace(e); e != "" {
+			out = append(out, e)
+		}
+	}
+	return out
 }
 
 // loadBootstrap strictly decodes and checks the bootstrap file.

@@ -20,6 +20,7 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	"k8s.io/utils/clock"
 
+	"github.com/kip-dev/kip/internal/agent/gpu"
 	"github.com/kip-dev/kip/internal/agent/logs"
 	"github.com/kip-dev/kip/internal/agent/pod"
 	"github.com/kip-dev/kip/internal/agent/runtime"
@@ -69,6 +70,8 @@ type Config struct {
 	// equal to their containerPorts work anyway; others are logged and not mapped (agents in
 	// tests never touch the host).
 	HostPorts HostPortRules
+	// GPU says where the cell's GPUs are (the zero value: where an instance has them).
+	GPU gpu.Config
 }
 
 // HostPortRules programs the pod's hostPorts (svcproxy.Programmer).
@@ -136,6 +139,8 @@ type Agent struct {
 	last     *cellapi.PodStatus
 	seq      uint64
 	watchers map[*watcher]struct{}
+	// spot is the spot interruption notice, once seen (WatchSpot); every status carries it.
+	spot *cellapi.SpotInterruption
 
 	// smu serializes PutServices; svcVersion is the service table version in force (0: none
 	// since this agent started).
@@ -188,7 +193,7 @@ func (a *Agent) PutPod(ctx context.Context, req *cellapi.PodRequest) (*cellapi.P
 	defer a.mu.Unlock()
 	if a.pod != nil {
 		if a.pod.UID() == string(req.Pod.UID) {
-			return a.pod.Status(), nil
+			return withSpot(a.pod.Status(), a.spotNotice()), nil
 		}
 		return nil, cellapi.Errorf(cellapi.KindConflict, "cell %s already runs pod %s; delete it before putting pod %s", a.cfg.CellID, a.pod.UID(), req.Pod.UID)
 	}
@@ -206,6 +211,7 @@ func (a *Agent) PutPod(ctx context.Context, req *cellapi.PodRequest) (*cellapi.P
 		Cgroups:       a.cfg.Cgroups,
 		CgroupParent:  a.cfg.CgroupParent,
 		SandboxBinary: a.cfg.SandboxBinary,
+		GPU:           a.cfg.GPU,
 		NewLog:        a.newLog,
 		Clock:         a.cfg.Clock,
 		BackOff:       a.cfg.BackOff,
@@ -225,7 +231,7 @@ func (a *Agent) PutPod(ctx context.Context, req *cellapi.PodRequest) (*cellapi.P
 	}
 	a.pod = p
 	a.log.Info("pod accepted", "uid", req.Pod.UID, "pod", req.Pod.Namespace+"/"+req.Pod.Name)
-	return p.Status(), nil
+	return withSpot(p.Status(), a.spotNotice()), nil
 }
 
 // newLog opens the log of one container run (<dir>/<run>.log) and drops the logs of runs
@@ -250,6 +256,7 @@ func (a *Agent) publish(st *cellapi.PodStatus) {
 	if a.last != nil && a.last.Seq >= st.Seq {
 		return
 	}
+	st = withSpot(st, a.spot)
 	a.last = st
 	a.seq = st.Seq
 	for w := range a.watchers {
@@ -271,7 +278,7 @@ func (a *Agent) GetPod(context.Context) (*cellapi.PodStatus, error) {
 	if p == nil {
 		return nil, cellapi.Errorf(cellapi.KindNotFound, "no pod on cell %s", a.cfg.CellID)
 	}
-	return p.Status(), nil
+	return withSpot(p.Status(), a.spotNotice()), nil
 }
 
 // WatchPod implements cellapi.Agent. A slow watcher skips intermediate statuses but always

@@ -127,6 +127,18 @@ type PodStatus struct {
 	// Events are the latest events only the agent sees (probe failures, probe kills), oldest
 	// first, at most MaxEvents; kip records each once, by ID.
 	Events []Event `json:"events,omitempty"`
+	// SpotInterruption is the cloud's notice that the cell's spot instance is about to be
+	// interrupted, as the agent read it from the instance metadata service; nil while none
+	// was seen. It is the cell's, not the pod's: once seen, every status carries it.
+	SpotInterruption *SpotInterruption `json:"spotInterruption,omitempty"`
+}
+
+// SpotInterruption is a spot interruption notice (EC2's spot/instance-action).
+type SpotInterruption struct {
+	// Action is what the cloud will do to the instance: terminate, stop or hibernate.
+	Action string `json:"action"`
+	// Time is when it will; the pod must be gone by then.
+	Time time.Time `json:"time"`
 }
 
 // MaxEvents bounds PodStatus.Events.
@@ -197,7 +209,23 @@ type Bootstrap struct {
 	ListenAddr string `json:"listenAddr,omitempty"`
 	// Registry configures image pulls.
 	Registry RegistryConfig `json:"registry,omitempty"`
+	// Instance is what kip knows of the cloud instance the cell runs on; nil on a local cell.
+	Instance *InstanceBootstrap `json:"instance,omitempty"`
 }
+
+// InstanceBootstrap describes a cloud cell's instance to its agent.
+type InstanceBootstrap struct {
+	// Spot says kip launched the cell as a spot instance: the agent watches the instance
+	// metadata service for interruption notices. Without it the agent asks the metadata
+	// service once (instance-life-cycle) and watches only if the instance is spot.
+	Spot bool `json:"spot,omitempty"`
+	// MetadataURL is the base URL of the instance metadata service (IMDSv2);
+	// DefaultMetadataURL when empty.
+	MetadataURL string `json:"metadataURL,omitempty"`
+}
+
+// DefaultMetadataURL is EC2's instance metadata service.
+const DefaultMetadataURL = "http://169.254.169.254"
 
 // RegistryConfig configures where images come from.
 type RegistryConfig struct {

@@ -345,4 +345,7 @@ func (c *cell) apply(st *cellapi.PodStatus) {
 	if reached {
 		c.observe()
 	}
+	if st.SpotInterruption != nil {
+		c.spotInterrupted(st.SpotInterruption)
+	}
 }

@@ -105,6 +105,9 @@ type cell struct {
 	// killed is why the pod is being stopped without being deleted (its active deadline
 	// passed): it ends Failed with that reason once its containers stopped.
 	killed *podFailure
+	// spotNotice is the spot interruption notice the agent reported, once handled
+	// (spotInterrupted).
+	spotNotice *cellapi.SpotInterruption
 	// userDeleted is set when the stop was asked by a deletion of the pod.
 	userDeleted bool
 	// specChanged is closed (and replaced) by every spec update.

@@ -209,7 +209,7 @@ func (c *cell) launchAny(pod *corev1.Pod, cands []selector.Candidate, opts annot
 // terminated.
 func (c *cell) launchOne(pod *corev1.Pod, cand selector.Candidate, opts annotations.Pod) (*cloud.Instance, error) {
 	m := c.m
-	boot, err := m.bootstrap(c.cellID)
+	boot, err := m.bootstrap(c.cellID, cand.Offering.Spot)
 	if err != nil {
 		return nil, fail(ReasonInvalidSpec, "making the cell's bootstrap data: %v", err)
 	}
@@ -310,8 +310,8 @@ func (m *Manager) tags(pod *corev1.Pod, cellID string) map[string]string {
 }
 
 // bootstrap makes the cell's boot data: its serving certificate (naming the cell id) and
-// the CA, as JSON.
-func (m *Manager) bootstrap(cellID string) ([]byte, error) {
+// the CA, as JSON; a spot cell is told it is, so that its agent watches for interruptions.
+func (m *Manager) bootstrap(cellID string, spot bool) ([]byte, error) {
 	if m.deps.CA == nil {
 		return nil, errors.New("no CA configured")
 	}
@@ -319,7 +319,11 @@ func (m *Manager) bootstrap(cellID string) ([]byte, error) {
 	if err != nil {
 		return nil, fmt.Errorf("issuing certificate for cell %s: %w", cellID, err)
 	}
-	b, err := json.Marshal(cellapi.Bootstrap{CellID: cellID, CACert: m.deps.CA.CertPEM, Cert: cert, Key: key, Registry: m.deps.Registry})
+	bs := cellapi.Bootstrap{CellID: cellID, CACert: m.deps.CA.CertPEM, Cert: cert, Key: key, Registry: m.deps.Registry}
+	if spot {
+		bs.Instance = &cellapi.InstanceBootstrap{Spot: true}
+	}
+	b, err := json.Marshal(bs)
 	if err != nil {
 		return nil, fmt.Errorf("encoding bootstrap for cell %s: %w", cellID, err)
 	}

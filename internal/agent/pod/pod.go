@@ -24,6 +24,7 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/utils/clock"
 
+	"github.com/kip-dev/kip/internal/agent/gpu"
 	"github.com/kip-dev/kip/internal/agent/image"
 	"github.com/kip-dev/kip/internal/agent/runtime"
 	"github.com/kip-dev/kip/internal/agent/sandbox"
@@ -85,6 +86,9 @@ type Config struct {
 	SandboxBinary string
 	// ProcSys is where the pod's net.* sysctls are written; empty means DefaultProcSys.
 	ProcSys string
+	// GPU says where the cell's GPUs are (gpu.Config; the zero value: where an instance has
+	// them). Containers asking for nvidia.com/gpu or amd.com/gpu get their own.
+	GPU gpu.Config
 	// EmptyDirInterval is how often disk emptyDirs with a sizeLimit are measured; zero means
 	// DefaultEmptyDirInterval.
 	EmptyDirInterval time.Duration
@@ -94,6 +98,8 @@ type Config struct {
 type Pod struct {
 	cfg Config
 	req *cellapi.PodRequest
+	// gpus are the GPUs of the containers that asked for some, by name (gpu.Allocate).
+	gpus map[string]*gpu.Assignment
 	// sandbox holds the pod's shared namespaces; nil without Config.SandboxBinary.
 	sandbox *sandbox.Sandbox
 	// names are the pod's hostname and FQDN in the cluster domain (internal/poddns).
@@ -185,6 +191,15 @@ func Start(cfg Config, req *cellapi.PodRequest) (*Pod, error) {
 	if cfg.EmptyDirInterval == 0 {
 		cfg.EmptyDirInterval = DefaultEmptyDirInterval
 	}
+	// GPUs first: a pod asking for more than the cell has fails before anything is done.
+	gpus, err := gpu.Allocate(cfg.GPU, req.Pod)
+	if err != nil {
+		var short *gpu.ShortageError
+		if errors.As(err, &short) {
+			return nil, cellapi.Errorf(cellapi.KindInvalid, "%v", err)
+		}
+		return nil, fmt.Errorf("preparing pod %s: finding the cell's GPUs: %w", req.Pod.UID, err)
+	}
 	if err := podSysctls(cfg.ProcSys, req.Pod); err != nil {
 		return nil, fmt.Errorf("preparing pod %s: %w", req.Pod.UID, err)
 	}
@@ -220,7 +235,7 @@ func Start(cfg Config, req *cellapi.PodRequest) (*Pod, error) {
 	}
 	ctx, cancel := context.WithCancel(context.Background())
 	p := &Pod{
-		cfg: cfg, req: req, sandbox: sb, spec: &req.Pod.Spec, ctx: ctx, cancel: cancel,
+		cfg: cfg, req: req, sandbox: sb, spec: &req.Pod.Spec, ctx: ctx, cancel: cancel, gpus: gpus,
 		ctrs: map[string]*ctr{}, stopped: make(chan struct{}), names: names,
 	}
 	p.sidecarCtx, p.stopSidecarsF = context.WithCancel(ctx)
@@ -833,6 +848,9 @@ func (p *Pod) create(c *ctr, img *image.Image, bundle, cgroup, run string) (clea
 		}
 	}
 	spec, err := runtime.BuildSpec(cc)
+	if a := p.gpus[c.spec.Name]; err == nil && a != nil {
+		err = a.Apply(spec)
+	}
 	if err == nil {
 		err = runtime.WriteBundle(bundle, spec)
 	}

@@ -8,7 +8,18 @@
 // shutting-down → terminated after delays measured on an injectable clock. It enforces EC2's
 // throttling as token buckets (request-rate per action plus the RunInstances and
 // TerminateInstances resource buckets), and injects capacity errors, arbitrary errors and
-// latency. It counts calls per action. Reset restores the seeded state.
+// latency. It counts calls per action. Reset restores the seeded state. New instances can be
+// kept from DescribeInstances for a while (eventual consistency); ClientTokens are kept 24
+// hours of the fake's clock; InterruptSpot sends a spot interruption notice and later
+// terminates the instance.
+//
+// NewWithCells makes a fake whose instances are real cells on this machine (root): a network
+// namespace on a bridge whose network is the fake's VPC, with the instance's private address;
+// a cgroup sized to the instance type holding all its processes; its user data run as
+// cloud-init runs a script (#!), in a private mount namespace; an instance metadata service
+// (IMDSv1/v2) at 169.254.169.254 in each cell, answering by source address. Terminating an
+// instance kills all its processes and removes its cell; Close removes them all.
+// hack/tools/ec2fake runs it as a process.
 package ec2fake
 
 import (
@@ -53,12 +64,29 @@ type Options struct {
 	Limits *ec2limits.Limits
 	// Latency is added to every request before it is served.
 	Latency time.Duration
+	// DescribeDelay is how long a new instance stays invisible to DescribeInstances (EC2's
+	// eventual consistency): a filtered listing leaves it out and naming its id is
+	// InvalidInstanceID.NotFound. RunInstances with its ClientToken still returns it.
+	DescribeDelay time.Duration
+	// SpotNotice is how long after InterruptSpot (given no time) EC2 acts on a spot
+	// instance. Default DefaultSpotNotice.
+	SpotNotice time.Duration
 }
+
+// DefaultSpotNotice is the two minutes EC2 gives a spot instance between the interruption
+// notice and the interruption.
+const DefaultSpotNotice = 2 * time.Minute
+
+// ClientTokenTTL is how long RunInstances remembers a ClientToken (EC2: at least 24 hours).
+const ClientTokenTTL = 24 * time.Hour
 
 // Server is the fake. It is an http.Handler; all methods are safe for concurrent use.
 type Server struct {
 	opts Options
 	clk  clock.PassiveClock
+	// cells is set in cell mode (NewWithCells); idBase is added to every new id's sequence.
+	cells  *cellHost
+	idBase uint64
 
 	mu        sync.Mutex
 	seq       int
@@ -87,11 +115,16 @@ type injected struct {
 
 // New returns a Server seeded with a default VPC (10.0.0.0/16), one subnet per zone, a few
 // images and a small instance-type catalog (see Seed*).
-func New(opts Options) *Server {
+func New(opts Options) *Server { return newServer(opts, nil, 0) }
+
+func newServer(opts Options, cells *cellHost, idBase uint64) *Server {
 	if opts.Region == "" {
 		opts.Region = "us-east-1"
 	}
-	s := &Server{opts: opts, clk: opts.Clock}
+	if opts.SpotNotice == 0 {
+		opts.SpotNotice = DefaultSpotNotice
+	}
+	s := &Server{opts: opts, clk: opts.Clock, cells: cells, idBase: idBase}
 	if s.clk == nil {
 		s.clk = clock.RealClock{}
 	}
@@ -100,8 +133,14 @@ func New(opts Options) *Server {
 }
 
 // Reset restores the seeded state, clears counters and injected errors, and refills the
-// throttling buckets.
+// throttling buckets. In cell mode it first removes every cell.
 func (s *Server) Reset() {
+	if s.cells != nil {
+		s.mu.Lock()
+		s.destroyAllLocked()
+		s.mu.Unlock()
+		s.cells.wg.Wait()
+	}
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	s.seq = 0
@@ -311,7 +350,7 @@ func (s *Server) requestID() string {
 // nextID returns a fresh resource id with prefix, 17 hex digits like EC2's.
 func (s *Server) nextID(prefix string) string {
 	s.seq++
-	return fmt.Sprintf("%s-%017x", prefix, s.seq)
+	return fmt.Sprintf("%s-%017x", prefix, s.idBase+uint64(s.seq))
 }
 
 // apiError is an EC2 error response.

@@ -3,8 +3,10 @@ package ec2fake_test
 import (
 	"context"
 	"encoding/base64"
+	"encoding/json"
 	"errors"
 	"fmt"
+	"net/http"
 	"net/http/httptest"
 	"strings"
 	"testing"
@@ -443,5 +445,145 @@ func TestLatency(t *testing.T) {
 	f.SetLatency(0)
 	if _, err := c.DescribeVpcs(context.Background(), &ec2.DescribeVpcsInput{}); err != nil {
 		t.Errorf("DescribeVpcs without latency: %v", err)
+	}
+}
+
+func TestDescribeDelay(t *testing.T) {
+	clk := clocktesting.NewFakeClock(time.Date(2026, 11, 27, 10, 0, 0, 0, time.UTC))
+	c, _ := client(t, ec2fake.Options{Clock: clk, DescribeDelay: 5 * time.Second}, 1)
+	ctx := context.Background()
+	out, err := run(ctx, c, func(in *ec2.RunInstancesInput) { in.ClientToken = aws.String("tok-ec") })
+	if err != nil {
+		t.Fatal(err)
+	}
+	id := aws.ToString(out.Instances[0].InstanceId)
+	if _, err := c.DescribeInstances(ctx, &ec2.DescribeInstancesInput{InstanceIds: []string{id}}); code(err) != "InvalidInstanceID.NotFound" {
+		t.Errorf("describing a new instance by id: %v, want InvalidInstanceID.NotFound", err)
+	}
+	all, err := c.DescribeInstances(ctx, &ec2.DescribeInstancesInput{})
+	if err != nil || len(all.Reservations) != 0 {
+		t.Errorf("listing right after launch: %d reservations (%v), want none", len(all.Reservations), err)
+	}
+	// The token still finds it, as in EC2.
+	again, err := run(ctx, c, func(in *ec2.RunInstancesInput) { in.ClientToken = aws.String("tok-ec") })
+	if err != nil || aws.ToString(again.Instances[0].InstanceId) != id {
+		t.Errorf("RunInstances with the same token: %v, %v", again, err)
+	}
+	clk.Step(5 * time.Second)
+	if got, err := c.DescribeInstances(ctx, &ec2.DescribeInstancesInput{InstanceIds: []string{id}}); err != nil || len(got.Reservations) != 1 {
+		t.Errorf("describing after the delay: %v", err)
+	}
+}
+
+func TestClientTokenKept24h(t *testing.T) {
+	clk := clocktesting.NewFakeClock(time.Date(2026, 11, 27, 10, 0, 0, 0, time.UTC))
+	c, f := client(t, ec2fake.Options{Clock: clk}, 1)
+	ctx := context.Background()
+	tok := func(typ types.InstanceType) func(*ec2.RunInstancesInput) {
+		return func(in *ec2.RunInstancesInput) { in.ClientToken = aws.String("tok-24h"); in.InstanceType = typ }
+	}
+	if _, err := run(ctx, c, tok("t3.nano")); err != nil {
+		t.Fatal(err)
+	}
+	clk.Step(ec2fake.ClientTokenTTL - time.Second)
+	if _, err := run(ctx, c, tok("t3.micro")); code(err) != "IdempotentParameterMismatch" {
+		t.Errorf("other parameters under a token of 24h-1s ago: %v, want IdempotentParameterMismatch", err)
+	}
+	clk.Step(time.Second)
+	if _, err := run(ctx, c, tok("t3.micro")); err != nil {
+		t.Errorf("the token of 24h ago is forgotten, yet: %v", err)
+	}
+	if n := len(f.Instances()); n != 2 {
+		t.Errorf("%d instances, want 2", n)
+	}
+}
+
+func TestInterruptSpot(t *testing.T) {
+	clk := clocktesting.NewFakeClock(time.Date(2026, 11, 27, 10, 0, 0, 0, time.UTC))
+	c, f := client(t, ec2fake.Options{Clock: clk, SpotNotice: 30 * time.Second}, 1)
+	ctx := context.Background()
+	spot, err := run(ctx, c, func(in *ec2.RunInstancesInput) {
+		in.InstanceMarketOptions = &types.InstanceMarketOptionsRequest{MarketType: types.MarketTypeSpot}
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	od, err := run(ctx, c, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	id := aws.ToString(spot.Instances[0].InstanceId)
+	if err := f.InterruptSpot(aws.ToString(od.Instances[0].InstanceId), "terminate", time.Time{}); err == nil {
+		t.Error("interrupting an on-demand instance worked")
+	}
+	if err := f.InterruptSpot(id, "hibernate", time.Time{}); err == nil {
+		t.Error("the fake accepted an action it does not take")
+	}
+	if err := f.InterruptSpot(id, "terminate", time.Time{}); err != nil {
+		t.Fatal(err)
+	}
+	clk.Step(29 * time.Second)
+	if in, err := describe(ctx, c, id); err != nil || in.State.Name != types.InstanceStateNameRunning {
+		t.Errorf("before the notice's time: %v %v, want running", in.State, err)
+	}
+	clk.Step(time.Second)
+	in, err := describe(ctx, c, id)
+	if err != nil || in.State.Name != types.InstanceStateNameTerminated || aws.ToString(in.StateReason.Code) != "Server.SpotInstanceTermination" {
+		t.Errorf("at the notice's time: %v %+v %v, want terminated by Server.SpotInstanceTermination", in.State, in.StateReason, err)
+	}
+}
+
+func TestControlHandler(t *testing.T) {
+	clk := clocktesting.NewFakeClock(time.Date(2026, 11, 27, 10, 0, 0, 0, time.UTC))
+	c, f := client(t, ec2fake.Options{Clock: clk}, 1)
+	ctl := httptest.NewServer(f.ControlHandler())
+	t.Cleanup(ctl.Close)
+	ctx := context.Background()
+	out, err := run(ctx, c, func(in *ec2.RunInstancesInput) {
+		in.InstanceMarketOptions = &types.InstanceMarketOptionsRequest{MarketType: types.MarketTypeSpot}
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	id := aws.ToString(out.Instances[0].InstanceId)
+	post := func(path string) int {
+		resp, err := http.Post(ctl.URL+path, "", nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		resp.Body.Close()
+		return resp.StatusCode
+	}
+	if code := post("/interrupt-spot?instance=i-00000000000000000"); code != http.StatusBadRequest {
+		t.Errorf("interrupting an unknown instance: %d", code)
+	}
+	at := clk.Now().Add(time.Minute).Format(time.RFC3339)
+	if code := post("/interrupt-spot?instance=" + id + "&at=" + at); code != http.StatusNoContent {
+		t.Fatalf("interrupt-spot: %d", code)
+	}
+	if code := post("/capacity?type=t3.micro&on=true"); code != http.StatusNoContent {
+		t.Fatalf("capacity: %d", code)
+	}
+	if _, err := run(ctx, c, func(in *ec2.RunInstancesInput) { in.InstanceType = "t3.micro" }); code(err) != "InsufficientInstanceCapacity" {
+		t.Errorf("after POST capacity: %v", err)
+	}
+	if code := post("/inject-error?action=DescribeVpcs&code=Unavailable"); code != http.StatusNoContent {
+		t.Fatalf("inject-error: %d", code)
+	}
+	if _, err := c.DescribeVpcs(ctx, &ec2.DescribeVpcsInput{}); code(err) != "Unavailable" {
+		t.Errorf("after POST inject-error: %v", err)
+	}
+	clk.Step(time.Minute)
+	resp, err := http.Get(ctl.URL + "/instances")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	var list []ec2fake.Instance
+	if err := json.NewDecoder(resp.Body).Decode(&list); err != nil {
+		t.Fatal(err)
+	}
+	if len(list) != 1 || list[0].ID != id || list[0].State != "terminated" || !strings.HasPrefix(list[0].StateReason, "Server.SpotInstanceTermination") {
+		t.Errorf("instances after the interruption's time: %+v", list)
 	}
 }

@@ -138,9 +138,7 @@ func (s *Server) instanceXML(in *instance, now time.Time) instanceXML {
 	if t, ok := s.typeByName(in.instanceType); ok {
 		x.Architecture = t.Arch
 	}
-	if in.privateIP != "" {
-		x.PrivateDNSName = "ip-" + strings.ReplaceAll(in.privateIP, ".", "-") + ".ec2.internal"
-	}
+	x.PrivateDNSName = privateDNSName(in.privateIP)
 	if st == "running" || st == "pending" {
 		x.IPAddress = in.publicIP
 	}
@@ -163,8 +161,9 @@ func (s *Server) instanceXML(in *instance, now time.Time) instanceXML {
 	if in.profile != "" {
 		x.Profile = &profileXML{Arn: "arn:aws:iam::" + OwnerID + ":instance-profile/" + in.profile, ID: "AIPA" + strings.ToUpper(in.profile)}
 	}
-	if st == "terminated" || st == "shutting-down" {
-		x.StateReason = &stateReasonXM{Code: "Client.UserInitiatedShutdown", Message: "Client.UserInitiatedShutdown: User initiated shutdown"}
+	if (st == "terminated" || st == "shutting-down") && in.stateReason != "" {
+		code, _, _ := strings.Cut(in.stateReason, ":")
+		x.StateReason = &stateReasonXM{Code: code, Message: in.stateReason}
 	}
 	return x
 }
@@ -188,6 +187,9 @@ func canonicalParams(q query) string {
 func (s *Server) runInstances(q query) (any, *apiError) {
 	now := s.clk.Now()
 	s.sweepLocked(now)
+	if s.cells != nil && s.cells.closed {
+		return nil, errorf("Unavailable", "The EC2 fake is closed.")
+	}
 	token := q.str("ClientToken")
 	if len(token) > 64 {
 		return nil, errorf("InvalidParameterValue", "Value (%s) for parameter clientToken is invalid. Length exceeds 64 characters.", token)
@@ -439,13 +441,19 @@ func (s *Server) runInstances(q query) (any, *apiError) {
 		if public {
 			in.publicIP = fmt.Sprintf("198.51.%d.%d", (s.seq/250)%250, s.seq%250+1)
 		}
+		if s.cells != nil {
+			if err := s.newCellLocked(in); err != nil {
+				sn.release(ip)
+				return nil, err
+			}
+		}
 		s.instances[in.id] = in
 		s.order = append(s.order, in.id)
 		ids = append(ids, in.id)
 		resp.Instances = append(resp.Instances, s.instanceXML(in, now))
 	}
 	if token != "" {
-		s.tokens[token] = tokenEntry{params: canonicalParams(q), ids: ids}
+		s.tokens[token] = tokenEntry{params: canonicalParams(q), ids: ids, at: now}
 	}
 	return resp, nil
 }
@@ -480,6 +488,15 @@ func (s *Server) describeInstances(q query) (any, *apiError) {
 	if err := s.checkInstanceIDs(ids); err != nil {
 		return nil, err
 	}
+	var unseen []string
+	for _, id := range ids {
+		if !s.visible(s.instances[id], now) {
+			unseen = append(unseen, id)
+		}
+	}
+	if len(unseen) > 0 {
+		return nil, errorf("InvalidInstanceID.NotFound", "The instance IDs '%s' do not exist", strings.Join(unseen, ", "))
+	}
 	want := map[string]bool{}
 	for _, id := range ids {
 		want[id] = true
@@ -488,7 +505,7 @@ func (s *Server) describeInstances(q query) (any, *apiError) {
 	var match []*instance
 	for _, id := range s.order {
 		in := s.instances[id]
-		if len(want) > 0 && !want[id] {
+		if len(want) > 0 && !want[id] || !s.visible(in, now) {
 			continue
 		}
 		ok, err := s.instanceMatches(in, filters, now)
@@ -515,6 +532,11 @@ func (s *Server) describeInstances(q query) (any, *apiError) {
 		resp.Reservations[i].Instances = append(resp.Reservations[i].Instances, s.instanceXML(in, now))
 	}
 	return resp, nil
+}
+
+// visible reports whether DescribeInstances shows in at now (Options.DescribeDelay).
+func (s *Server) visible(in *instance, now time.Time) bool {
+	return !now.Before(in.launched.Add(s.opts.DescribeDelay))
 }
 
 func (s *Server) instanceMatches(in *instance, filters []filter, now time.Time) (bool, *apiError) {
@@ -587,9 +609,7 @@ func (s *Server) terminateInstances(q query) (any, *apiError) {
 	for _, id := range ids {
 		in := s.instances[id]
 		prev := s.stateOf(in, now)
-		if in.terminateAt.IsZero() {
-			in.terminateAt = now
-		}
+		s.terminateLocked(in, now, reasonUserShutdown)
 		cur := s.stateOf(in, now)
 		resp.Instances = append(resp.Instances, stateChangeXML{InstanceID: id,
 			CurrentState: stateXML{Code: stateCodes[cur], Name: cur}, PreviousState: stateXML{Code: stateCodes[prev], Name: prev}})

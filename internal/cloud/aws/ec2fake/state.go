@@ -54,6 +54,9 @@ func (sn *subnet) allocate() (netip.Addr, bool) {
 	return netip.Addr{}, false
 }
 
+// release returns an address to the subnet.
+func (sn *subnet) release(a netip.Addr) { delete(sn.used, a) }
+
 func (sn *subnet) free() int {
 	total := 1<<(sn.prefix.Addr().BitLen()-sn.prefix.Bits()) - 5
 	return total - len(sn.used)
@@ -116,22 +119,45 @@ type instance struct {
 	tags, volumeTags                               map[string]string
 	launched                                       time.Time
 	terminateAt                                    time.Time // zero while not terminated
+	stateReason                                    string    // why it is terminated: "Code: message"
 	released                                       bool      // its address went back to the subnet
+	spotAction                                     *spotAction
+	cell                                           *cellState // in cell mode
 }
+
+// spotAction is a spot interruption: the action EC2 takes on the instance at a time.
+type spotAction struct {
+	action string
+	at     time.Time
+}
+
+// State reasons of terminated instances, as EC2 words them.
+const (
+	reasonUserShutdown = "Client.UserInitiatedShutdown: User initiated shutdown"
+	reasonSpot         = "Server.SpotInstanceTermination: Spot instance termination"
+	reasonLaunchError  = "Server.InternalError: Internal error on launch"
+)
 
 type tokenEntry struct {
 	params string
 	ids    []string
+	at     time.Time
 }
 
 // state returns the instance's EC2 state name at now.
+//
+// In cell mode an instance is also pending until its cell is made, and shutting-down until
+// its cell is removed.
 func (s *Server) stateOf(in *instance, now time.Time) string {
+	c := in.cell
 	switch {
+	case !in.terminateAt.IsZero() && c != nil && !c.destroyed:
+		return "shutting-down"
 	case !in.terminateAt.IsZero() && !now.Before(in.terminateAt.Add(s.opts.ShutdownDelay)):
 		return "terminated"
 	case !in.terminateAt.IsZero():
 		return "shutting-down"
-	case now.Before(in.launched.Add(s.opts.PendingDelay)):
+	case now.Before(in.launched.Add(s.opts.PendingDelay)) || c != nil && !c.booted:
 		return "pending"
 	}
 	return "running"
@@ -139,12 +165,21 @@ func (s *Server) stateOf(in *instance, now time.Time) string {
 
 var stateCodes = map[string]int{"pending": 0, "running": 16, "shutting-down": 32, "terminated": 48}
 
-// sweepLocked releases the addresses of terminated instances and forgets instances
-// terminated longer than TerminatedRetention ago.
+// sweepLocked carries out spot interruptions that are due, releases the addresses of
+// terminated instances, forgets instances terminated longer than TerminatedRetention ago
+// and client tokens older than ClientTokenTTL.
 func (s *Server) sweepLocked(now time.Time) {
+	for tok, e := range s.tokens {
+		if now.Sub(e.at) >= ClientTokenTTL {
+			delete(s.tokens, tok)
+		}
+	}
 	kept := s.order[:0]
 	for _, id := range s.order {
 		in := s.instances[id]
+		if a := in.spotAction; a != nil && in.terminateAt.IsZero() && !now.Before(a.at) {
+			s.terminateLocked(in, a.at, reasonSpot)
+		}
 		if s.stateOf(in, now) == "terminated" {
 			if sn := s.subnets[in.subnetID]; sn != nil && in.privateIP != "" && !in.released {
 				delete(sn.used, netip.MustParseAddr(in.privateIP))
@@ -167,6 +202,9 @@ func (s *Server) AddSubnet(cidr, zone string, mapPublicIP bool) (string, error) 
 	p, err := netip.ParsePrefix(cidr)
 	if err != nil {
 		return "", fmt.Errorf("adding subnet: %w", err)
+	}
+	if s.cells != nil && (!s.cells.prefix.Contains(p.Addr()) || p.Bits() < s.cells.prefix.Bits()) {
+		return "", fmt.Errorf("adding subnet: %s is not inside the cells' network %s", p, s.cells.prefix)
 	}
 	id := s.nextID("subnet")
 	s.subnets[id] = &subnet{id: id, vpcID: VPCID, zone: zone, prefix: p, mapPublicIP: mapPublicIP, used: map[netip.Addr]bool{}, tags: map[string]string{}}
@@ -211,6 +249,8 @@ type Instance struct {
 	RootVolumeGiB                                    int
 	// Metadata is the instance metadata service's settings.
 	Metadata MetadataOptions
+	// StateReason is why a terminated instance ended ("Code: message"), else "".
+	StateReason string
 	// CPUCredits is the credit mode of a burstable instance ("standard", "unlimited"), or ""
 	// when RunInstances did not say (EC2 then applies the account's default per family).
 	CPUCredits string
@@ -237,7 +277,7 @@ func (s *Server) Instances() []Instance {
 			SubnetID: in.subnetID, State: s.stateOf(in, now), PrivateIP: in.privateIP, PublicIP: in.publicIP,
 			ClientToken: in.clientToken, Profile: in.profile, Spot: in.spot, UserData: in.userData,
 			SecurityGroups: append([]string(nil), in.groups...), Tags: copyTags(in.tags), VolumeTags: copyTags(in.volumeTags),
-			Metadata: in.metadata, CPUCredits: in.cpuCredits}
+			Metadata: in.metadata, CPUCredits: in.cpuCredits, StateReason: in.stateReason}
 		if len(in.devices) > 0 {
 			snap.RootVolumeGiB = in.devices[0].sizeGiB
 		}
@@ -282,9 +322,14 @@ func copyTags(m map[string]string) map[string]string {
 // seedLocked creates the default VPC, subnets, security group, images and instance types.
 func (s *Server) seedLocked() {
 	r := s.opts.Region
-	s.vpcs[VPCID] = &vpc{id: VPCID, cidr: VPCCIDR, tags: map[string]string{"Name": "kip-fake"}}
-	s.subnets[SubnetA] = &subnet{id: SubnetA, vpcID: VPCID, zone: r + "a", prefix: netip.MustParsePrefix("10.0.0.0/20"), mapPublicIP: true, used: map[netip.Addr]bool{}, tags: map[string]string{}}
-	s.subnets[SubnetB] = &subnet{id: SubnetB, vpcID: VPCID, zone: r + "b", prefix: netip.MustParsePrefix("10.0.16.0/20"), used: map[netip.Addr]bool{}, tags: map[string]string{}}
+	cidr, a, b := VPCCIDR, netip.MustParsePrefix("10.0.0.0/20"), netip.MustParsePrefix("10.0.16.0/20")
+	if s.cells != nil {
+		cidr = s.cells.prefix.String()
+		a, b = s.cells.cellSubnets()
+	}
+	s.vpcs[VPCID] = &vpc{id: VPCID, cidr: cidr, tags: map[string]string{"Name": "kip-fake"}}
+	s.subnets[SubnetA] = &subnet{id: SubnetA, vpcID: VPCID, zone: r + "a", prefix: a, mapPublicIP: true, used: map[netip.Addr]bool{}, tags: map[string]string{}}
+	s.subnets[SubnetB] = &subnet{id: SubnetB, vpcID: VPCID, zone: r + "b", prefix: b, used: map[netip.Addr]bool{}, tags: map[string]string{}}
 	s.groups[DefaultGroupID] = &securityGroup{id: DefaultGroupID, name: "default", desc: "default VPC security group", vpcID: VPCID, tags: map[string]string{}}
 	s.seq = 100
 	s.addImageLocked("kip-cell-2026.01.0-x86_64", ImageOwner, "x86_64", "2026-01-10T10:00:00.000Z")
