@@ -38,6 +38,7 @@ import (
 //
 //	kip-cell --bootstrap FILE [--state-dir DIR] [--runc PATH] [--cgroup-parent NAME]
 //	         [--backoff-base 10s] [--backoff-max 5m] [--services=true]
+//	         [--image-store DIR] [--image-store-max-bytes N]
 //	         [--gpu-dev-root /dev] [--gpu-lib-dirs DIR,...]
 //	kip-cell enroll --bootstrap FILE [--state-dir DIR] [--timeout 15m]
 //	kip-cell version
@@ -67,6 +68,8 @@ func Run(ctx context.Context, args []string, stdout io.Writer) error {
 	cgroupParent := fs.String("cgroup-parent", cgroups.PodsParent, "cgroup, relative to the agent's own (on cgroup v2: its parent), under which pods' cgroups go")
 	backOffBase := fs.Duration("backoff-base", pod.DefaultBackOff.Base, "first restart and image-pull back-off (kubelet: 10s)")
 	backOffMax := fs.Duration("backoff-max", pod.DefaultBackOff.Max, "longest back-off (kubelet: 5m)")
+	imageStore := fs.String("image-store", "", "directory of unpacked images shared with the other agents of this host (the local backend's image store); empty: the agent's own, under --state-dir")
+	imageStoreMax := fs.Int64("image-store-max-bytes", 0, "cap on the unpacked images in --image-store: unused ones are removed, least recently used first; 0: no cap")
 	services := fs.Bool("services", true, "program the cluster's Services and the pod's hostPorts (nftables) into this network namespace, the cell's; false refuses service tables and leaves hostPorts unmapped")
 	gpuDevRoot := fs.String("gpu-dev-root", "/dev", "where the instance's GPU device nodes are (nvidia<N>, nvidiactl, kfd, dri/renderD<N>)")
 	gpuLibDirs := fs.String("gpu-lib-dirs", "", "comma-separated directories of the NVIDIA driver's libraries (default: those ldconfig -p lists)")
@@ -84,6 +87,9 @@ func Run(ctx context.Context, args []string, stdout io.Writer) error {
 	}
 	if *backOffBase <= 0 || *backOffMax < *backOffBase {
 		return fmt.Errorf("flags --backoff-base %s and --backoff-max %s: need 0 < base <= max", *backOffBase, *backOffMax)
+	}
+	if *imageStoreMax < 0 {
+		return fmt.Errorf("flag --image-store-max-bytes %d: must not be negative", *imageStoreMax)
 	}
 	if *bootstrapFile == "" {
 		return errors.New("flag --bootstrap is required")
@@ -104,6 +110,8 @@ func Run(ctx context.Context, args []string, stdout io.Writer) error {
 	}
 	images, err := image.NewStore(image.Config{
 		Root:             filepath.Join(*stateDir, "images"),
+		Shared:           *imageStore,
+		MaxSharedBytes:   *imageStoreMax,
 		DefaultRegistry:  bs.Registry.DefaultRegistry,
 		Insecure:         bs.Registry.Insecure,
 		MaxUnpackedBytes: bs.Registry.MaxUnpackedBytes,

@@ -62,6 +62,19 @@ type LocalCloud struct {
 	// DefaultSecurityGroups are the groups of cells whose pod names none. Empty (the
 	// default): such cells accept traffic from every cell, as without any groups.
 	DefaultSecurityGroups []string `json:"defaultSecurityGroups,omitempty"`
+	// ImageStore is where the cells of this host keep unpacked images, shared by all of
+	// them: each image is unpacked once per host (each pod's pull still checks the manifest
+	// with its own pull secrets). `kip down` removes it.
+	ImageStore LocalImageStore `json:"imageStore"`
+}
+
+// LocalImageStore configures the local backend's shared image store.
+type LocalImageStore struct {
+	// Dir is the store's directory; default <stateDir>/images.
+	Dir string `json:"dir,omitempty"`
+	// MaxSize caps the unpacked images (the sum of their files' sizes): images no cell uses
+	// are removed, least recently used first, until the rest fit. "0" is no cap.
+	MaxSize Quantity `json:"maxSize"`
 }
 
 // LocalSecurityGroup is a named group of the local backend.

@@ -38,6 +38,8 @@ func TestValidFiles(t *testing.T) {
 			eq(t, "cells.reserve.cpu", c.Cells.Reserve.CPU.String(), "50m")
 			eq(t, "registry.maxUnpackedImageSize", c.Registry.MaxUnpackedImageSize.String(), DefaultMaxUnpackedImageSize)
 			eq(t, "cells.podPidsLimit", *c.Cells.PodPidsLimit, DefaultPodPidsLimit)
+			eq(t, "cloud.local.imageStore.dir", c.Cloud.Local.ImageStore.Dir, DefaultStateDir+"/images")
+			eq(t, "cloud.local.imageStore.maxSize", c.Cloud.Local.ImageStore.MaxSize.String(), DefaultImageStoreMaxSize)
 		}},
 		{"valid-local-full.yaml", func(t *testing.T, c *ProviderConfig) {
 			eq(t, "node.internalIP", c.Node.InternalIP, "10.250.7.1")
@@ -125,6 +127,7 @@ func TestInvalidFiles(t *testing.T) {
 		{"invalid-quantity.yaml", []string{"node.capacity.memory", "lots"}},
 		{"invalid-image-size.yaml", []string{"registry.maxUnpackedImageSize", "must be positive"}},
 		{"invalid-pids-limit.yaml", []string{"cells.podPidsLimit", "must be -1 (no limit) or at least 1"}},
+		{"invalid-image-store.yaml", []string{"cloud.local.imageStore.dir", "absolute path", "cloud.local.imageStore.maxSize", "must not be negative"}},
 		{"invalid-loopback-ip.yaml", []string{"node.internalIP", "loopback"}},
 		{"invalid-cluster-dns.yaml", []string{`node.clusterDNS[1]: Invalid value: "10.0.0.300"`, "must be an IP address", `node.clusterDomain: Invalid value: "Cluster_Local"`}},
 		{"invalid-taint-effect.yaml", []string{"node.taints[0].effect", "Sometimes"}},

@@ -2,6 +2,7 @@ package config
 
 import (
 	"net/netip"
+	"path/filepath"
 	"time"
 
 	"github.com/kip-dev/kip/internal/selector"
@@ -26,6 +27,9 @@ const (
 	// busy JVM or a build runs a few hundred threads), far below what exhausts a host
 	// (pid_max is 32768 or 4194304).
 	DefaultPodPidsLimit int64 = 4096
+
+	// DefaultImageStoreMaxSize is cloud.local.imageStore.maxSize's default.
+	DefaultImageStoreMaxSize = "20Gi"
 	// DefaultMaxUnpackedImageSize is registry.maxUnpackedImageSize's default.
 	DefaultMaxUnpackedImageSize = "10Gi"
 	DefaultStatusInterval       = 10 * time.Second
@@ -65,6 +69,10 @@ func (c *ProviderConfig) Default() {
 		if l.StateDir == "" {
 			l.StateDir = DefaultStateDir
 		}
+		if l.ImageStore.Dir == "" {
+			l.ImageStore.Dir = filepath.Join(l.StateDir, "images")
+		}
+		defaultQuantity(&l.ImageStore.MaxSize, DefaultImageStoreMaxSize)
 	}
 
 	if c.Cloud.Provider == ProviderAWS {

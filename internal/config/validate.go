@@ -56,6 +56,10 @@ func (c *Cloud) validate(p *field.Path) field.ErrorList {
 		if l.AgentPath != "" && !filepath.IsAbs(l.AgentPath) {
 			errs = append(errs, field.Invalid(lp.Child("agentPath"), l.AgentPath, "must be an absolute path"))
 		}
+		if d := l.ImageStore.Dir; !filepath.IsAbs(d) || strings.ContainsAny(d, ",:") {
+			errs = append(errs, field.Invalid(lp.Child("imageStore", "dir"), d, "must be an absolute path without ',' or ':' (overlayfs options)"))
+		}
+		errs = append(errs, l.ImageStore.MaxSize.validate(lp.Child("imageStore", "maxSize"), false)...)
 		errs = append(errs, l.validateGroups(lp)...)
 	case ProviderAWS:
 		errs = append(errs, c.AWS.validate(p.Child("aws"))...)

@@ -42,6 +42,9 @@ func (r *runner) backend(ctx context.Context) (cloud.Cloud, func(), error) {
 			AgentCommand: []string{agent},
 			Logger:       r.log.With("component", "local-backend"),
 
+			ImageStore:         c.Local.ImageStore.Dir,
+			ImageStoreMaxBytes: c.Local.ImageStore.MaxSize.Value(),
+
 			SecurityGroups:        localGroups(c.Local.SecurityGroups),
 			DefaultSecurityGroups: c.Local.DefaultSecurityGroups,
 		})

@@ -1,11 +1,18 @@
 // Package image pulls OCI images for the cell agent, unpacks each image once per digest into a
-// store on disk, and gives each container a writable overlayfs on top of the unpacked rootfs.
+// store on disk that the agents of one host may share, and gives each container a writable
+// overlayfs on top of the unpacked rootfs.
 //
-// Layout under Config.Root:
+// Layout under Config.Shared (Config.Root when empty), the content-addressed part:
 //
 //	images/<algo>-<hex>/rootfs   the flattened, unpacked image (read-only by convention)
 //	images/<algo>-<hex>/config.json  the image config, so a restarted agent can reuse the unpack
+//	images/<algo>-<hex>/size     the sum of its files' sizes
 //	tmp/                          unpacks in progress; renamed into images/ when complete
+//	lock, locks/, leases/         see shared.go
+//
+// and under Config.Root, this agent's own: refs/ (what each reference was pulled as here).
+// A store uses an unpacked image only after it fetched the image's manifest from the
+// registry itself, with its own credentials: sharing unpacks never shares access.
 //
 // Unqualified names follow docker's convention against Config.DefaultRegistry: "nginx" is
 // "<DefaultRegistry>/library/nginx:latest", "me/app" is "<DefaultRegistry>/me/app:latest".
@@ -24,15 +31,17 @@ import (
 	"os"
 	"path/filepath"
 	"runtime"
+	"strconv"
 	"strings"
+	"sync"
 	"sync/atomic"
-	"time"
 
 	"github.com/google/go-containerregistry/pkg/name"
 	v1 "github.com/google/go-containerregistry/pkg/v1"
 	"github.com/google/go-containerregistry/pkg/v1/mutate"
 	"github.com/google/go-containerregistry/pkg/v1/remote"
 	"golang.org/x/sync/singleflight"
+	"golang.org/x/sys/unix"
 	"k8s.io/apimachinery/pkg/api/resource"
 
 	"github.com/kip-dev/kip/internal/cellapi"
@@ -40,8 +49,17 @@ import (
 
 // Config configures a Store.
 type Config struct {
-	// Root is the directory holding unpacked images.
+	// Root is this store's own directory: what its references were pulled as, and (unless
+	// Shared is set) the unpacked images.
 	Root string
+	// Shared is the directory of unpacked images shared with the other stores of this host
+	// (the local backend's image store, one per host); empty means Root. Stores sharing it
+	// unpack each image once between them.
+	Shared string
+	// MaxSharedBytes caps the size of the unpacked images in Shared (the sum of their files'
+	// sizes): after each pull, images that no live store uses are removed, least recently
+	// used first, until the rest fit (Collect). 0 is no cap.
+	MaxSharedBytes int64
 	// DefaultRegistry replaces docker.io for unqualified names ("nginx"); empty means docker.io.
 	DefaultRegistry string
 	// Insecure lists registries (host or host:port) reached over plain HTTP.
@@ -67,65 +85,78 @@ type Image struct {
 }
 
 // Store pulls and unpacks images. It is safe for concurrent use, and several stores (or
-// agent processes) may share a Root: an unpack is renamed into place atomically.
+// agent processes) may share a Shared directory: each image is unpacked by one of them
+// under a file lock and renamed into place when complete.
 type Store struct {
-	cfg    Config
-	images string // Root/images
-	tmp    string // Root/tmp
-	refs   string // Root/refs: what each reference was last pulled as, for Lookup
-	group  singleflight.Group
+	cfg       Config
+	images    string // Shared/images
+	tmp       string // Shared/tmp
+	locks     string // Shared/locks
+	leases    string // Shared/leases
+	lockPath  string // Shared/lock
+	refs      string // Root/refs: what each reference was last pulled as, for Lookup
+	leaseFile string // Shared/leases/<id>.json: this store's
+	group     singleflight.Group
+
+	leaseMu sync.Mutex
+	leased  map[string]bool // the images in this store's lease
 
 	// unpacks counts completed unpacks, for tests.
 	unpacks atomic.Int64
 }
 
-// NewStore makes a store rooted at cfg.Root, creating its directories and removing unpacks
-// left half-done long ago by a crashed agent.
+// NewStore makes a store rooted at cfg.Root (its images in cfg.Shared, when set), creating
+// its directories, taking up the lease an earlier agent on the same Root left, and removing
+// the unpacks that crashed agents left half-done (those whose image lock is free).
 func NewStore(cfg Config) (*Store, error) {
 	if cfg.Root == "" {
 		return nil, errors.New("creating image store: Root is empty")
+	}
+	if cfg.MaxSharedBytes < 0 {
+		return nil, fmt.Errorf("creating image store: MaxSharedBytes %d is negative", cfg.MaxSharedBytes)
 	}
 	root, err := filepath.Abs(cfg.Root)
 	if err != nil {
 		return nil, fmt.Errorf("creating image store: resolving Root %q: %w", cfg.Root, err)
 	}
-	if strings.ContainsAny(root, ",:") {
-		return nil, fmt.Errorf("creating image store: Root %q must not contain ',' or ':' (overlayfs options)", root)
+	shared := root
+	if cfg.Shared != "" {
+		if shared, err = filepath.Abs(cfg.Shared); err != nil {
+			return nil, fmt.Errorf("creating image store: resolving Shared %q: %w", cfg.Shared, err)
+		}
 	}
-	s := &Store{cfg: cfg, images: filepath.Join(root, "images"), tmp: filepath.Join(root, "tmp"), refs: filepath.Join(root, "refs")}
-	s.cfg.Root = root
-	for _, d := range []string{s.images, s.tmp, s.refs} {
+	if strings.ContainsAny(shared, ",:") {
+		return nil, fmt.Errorf("creating image store: %q must not contain ',' or ':' (overlayfs options)", shared)
+	}
+	s := &Store{
+		cfg:      cfg,
+		images:   filepath.Join(shared, "images"),
+		tmp:      filepath.Join(shared, "tmp"),
+		locks:    filepath.Join(shared, "locks"),
+		leases:   filepath.Join(shared, "leases"),
+		lockPath: filepath.Join(shared, "lock"),
+		refs:     filepath.Join(root, "refs"),
+		leased:   map[string]bool{},
+	}
+	s.cfg.Root, s.cfg.Shared = root, shared
+	s.leaseFile = filepath.Join(s.leases, leaseID(root)+".json")
+	for _, d := range []string{s.images, s.tmp, s.locks, s.leases, s.refs} {
 		if err := os.MkdirAll(d, 0o700); err != nil {
 			return nil, fmt.Errorf("creating image store: %w", err)
 		}
 	}
-	if err := removeStale(s.tmp, time.Now().Add(-staleUnpack)); err != nil {
+	if err := s.loadLease(); err != nil {
+		return nil, fmt.Errorf("creating image store: %w", err)
+	}
+	unlock, err := lockFile(context.Background(), s.lockPath, unix.LOCK_SH)
+	if err != nil {
+		return nil, fmt.Errorf("creating image store: %w", err)
+	}
+	defer unlock()
+	if err := s.cleanTmp(); err != nil {
 		return nil, fmt.Errorf("creating image store: %w", err)
 	}
 	return s, nil
-}
-
-// staleUnpack is how long an unpack directory in tmp may go unchanged before a new store
-// takes it for the leftover of a crashed agent. Another live store on the same Root may be
-// unpacking there, so fresh ones are left alone.
-const staleUnpack = 6 * time.Hour
-
-// removeStale removes the entries of dir last modified before cutoff.
-func removeStale(dir string, cutoff time.Time) error {
-	ents, err := os.ReadDir(dir)
-	if err != nil {
-		return fmt.Errorf("listing %s: %w", dir, err)
-	}
-	for _, e := range ents {
-		info, err := e.Info()
-		if err != nil || !info.ModTime().Before(cutoff) {
-			continue
-		}
-		if err := os.RemoveAll(filepath.Join(dir, e.Name())); err != nil {
-			return fmt.Errorf("removing stale unpack %s: %w", e.Name(), err)
-		}
-	}
-	return nil
 }
 
 // Pull resolves ref, fetches its manifest for this platform (linux/GOARCH, chosen from an
@@ -158,6 +189,11 @@ func (s *Store) Pull(ctx context.Context, ref string, auths []cellapi.RegistryAu
 		return nil, fmt.Errorf("pulling %s: computing image digest: %w", r, err)
 	}
 	key := imgDigest.Algorithm + "-" + imgDigest.Hex
+	// The shared lock keeps Collect out from the unpack until the lease is recorded.
+	unlock, err := lockFile(ctx, s.lockPath, unix.LOCK_SH)
+	if err != nil {
+		return nil, fmt.Errorf("pulling %s: %w", r, err)
+	}
 	var v any
 	for {
 		var shared bool
@@ -168,9 +204,19 @@ func (s *Store) Pull(ctx context.Context, ref string, auths []cellapi.RegistryAu
 		}
 		break
 	}
+	if err == nil {
+		err = s.leaseImage(key)
+	}
+	if err == nil {
+		s.touch(key)
+	}
+	unlock()
 	if err != nil {
 		return nil, fmt.Errorf("pulling %s: %w", r, err)
 	}
+	// A failed collection leaves the store over its cap until the next pull; it never
+	// fails this one, whose image is leased.
+	_ = s.Collect()
 	out := &Image{
 		Ref:     ref,
 		Digest:  desc.Digest.String(),
@@ -230,19 +276,36 @@ func (s *Store) Lookup(ref string) (*Image, bool) {
 	if json.Unmarshal(b, &pr) != nil || pr.Key == "" || strings.ContainsAny(pr.Key, "/.") {
 		return nil, false
 	}
-	cf, err := readConfig(filepath.Join(s.images, pr.Key))
+	unlock, err := lockFile(context.Background(), s.lockPath, unix.LOCK_SH)
 	if err != nil {
 		return nil, false
 	}
+	defer unlock()
+	cf, err := readConfig(filepath.Join(s.images, pr.Key))
+	if err != nil || s.leaseImage(pr.Key) != nil {
+		return nil, false
+	}
+	s.touch(pr.Key)
 	return &Image{Ref: ref, Digest: pr.Digest, ImageID: pr.ImageID, RootFS: filepath.Join(s.images, pr.Key, "rootfs"), Config: cf.Config}, true
 }
 
 // ensureUnpacked returns the config of the image unpacked under images/<key>, unpacking it
-// first (into tmp, then renamed) when it is not there.
+// first (into tmp, then renamed) when it is not there. Across processes the image's lock
+// (locks/<key>) makes one unpack and the others wait for it. Call with the shared lock held.
 func (s *Store) ensureUnpacked(ctx context.Context, key string, img v1.Image) (*v1.ConfigFile, error) {
 	dir := filepath.Join(s.images, key)
 	if cf, err := readConfig(dir); err == nil {
 		return cf, nil
+	} else if !errors.Is(err, fs.ErrNotExist) {
+		return nil, err
+	}
+	unlock, err := lockFile(ctx, filepath.Join(s.locks, key), unix.LOCK_EX)
+	if err != nil {
+		return nil, fmt.Errorf("waiting for another unpack of the image: %w", err)
+	}
+	defer unlock()
+	if cf, err := readConfig(dir); err == nil {
+		return cf, nil // another store unpacked it meanwhile
 	} else if !errors.Is(err, fs.ErrNotExist) {
 		return nil, err
 	}
@@ -266,7 +329,8 @@ func (s *Store) ensureUnpacked(ctx context.Context, key string, img v1.Image) (*
 	}
 	rc := mutate.Extract(img)
 	defer rc.Close()
-	if err := Untar(ctx, rc, rootfs, s.cfg.MaxUnpackedBytes); err != nil {
+	size, err := untar(ctx, rc, rootfs, s.cfg.MaxUnpackedBytes)
+	if err != nil {
 		if errors.Is(err, ErrTooLarge) {
 			return nil, fmt.Errorf("unpacking image: its files add up to more than this cell's limit of %s (kip config registry.maxUnpackedImageSize): %w",
 				resource.NewQuantity(s.cfg.MaxUnpackedBytes, resource.BinarySI), err)
@@ -279,6 +343,9 @@ func (s *Store) ensureUnpacked(ctx context.Context, key string, img v1.Image) (*
 	}
 	if err := os.WriteFile(filepath.Join(tmp, configName), raw, 0o600); err != nil {
 		return nil, fmt.Errorf("writing image config: %w", err)
+	}
+	if err := os.WriteFile(filepath.Join(tmp, sizeName), []byte(strconv.FormatInt(size, 10)+"\n"), 0o600); err != nil {
+		return nil, fmt.Errorf("writing image size: %w", err)
 	}
 	if err := os.Rename(tmp, dir); err != nil {
 		// Another process may have finished the same unpack first; use its result.

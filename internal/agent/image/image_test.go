@@ -13,13 +13,13 @@ import (
 	"sync"
 	"sync/atomic"
 	"testing"
-	"time"
 
 	"github.com/google/go-containerregistry/pkg/name"
 	v1 "github.com/google/go-containerregistry/pkg/v1"
 	"github.com/google/go-containerregistry/pkg/v1/empty"
 	"github.com/google/go-containerregistry/pkg/v1/mutate"
 	"github.com/google/go-containerregistry/pkg/v1/remote"
+	"golang.org/x/sys/unix"
 
 	"github.com/kip-dev/kip/internal/cellapi"
 	"github.com/kip-dev/kip/internal/imagebuild"
@@ -395,25 +395,31 @@ func TestParseReferenceDockerHub(t *testing.T) {
 	}
 }
 
+// TestNewStoreRemovesStaleUnpacks: an unpack left in tmp by a crashed agent (its image lock
+// free) goes when a store opens; one whose lock another store holds (it is unpacking) and
+// what a crashed collection left are handled as such.
 func TestNewStoreRemovesStaleUnpacks(t *testing.T) {
 	root := t.TempDir()
 	newStore(t, Config{Root: root})
-	stale, fresh := filepath.Join(root, "tmp", "sha256-aa-1"), filepath.Join(root, "tmp", "sha256-bb-2")
-	for _, d := range []string{stale, fresh} {
+	stale, busy, gc := filepath.Join(root, "tmp", "sha256-aa-1"), filepath.Join(root, "tmp", "sha256-bb-2"), filepath.Join(root, "tmp", "gc-sha256-cc-3")
+	for _, d := range []string{stale, busy, gc} {
 		if err := os.MkdirAll(filepath.Join(d, "rootfs"), 0o755); err != nil {
 			t.Fatal(err)
 		}
 	}
-	old := time.Now().Add(-2 * staleUnpack)
-	if err := os.Chtimes(stale, old, old); err != nil {
-		t.Fatal(err)
+	unlock, ok, err := tryLock(filepath.Join(root, "locks", "sha256-bb"), unix.LOCK_EX)
+	if err != nil || !ok {
+		t.Fatalf("locking sha256-bb: %v, %t", err, ok)
 	}
+	defer unlock()
 	newStore(t, Config{Root: root})
-	if _, err := os.Stat(stale); !errors.Is(err, os.ErrNotExist) {
-		t.Errorf("stale unpack kept: %v", err)
+	for _, d := range []string{stale, gc} {
+		if _, err := os.Stat(d); !errors.Is(err, os.ErrNotExist) {
+			t.Errorf("leftover %s kept: %v", filepath.Base(d), err)
+		}
 	}
-	if _, err := os.Stat(fresh); err != nil {
-		t.Errorf("fresh unpack (maybe another store's) removed: %v", err)
+	if _, err := os.Stat(busy); err != nil {
+		t.Errorf("an unpack in progress (its lock held) was removed: %v", err)
 	}
 }
 

@@ -34,41 +34,47 @@ var ErrTooLarge = errors.New("unpacked image exceeds the size limit")
 // maxBytes, when positive, caps the sum of the regular files' sizes: an entry that would take
 // the total past it is not written, and Untar returns an error wrapping ErrTooLarge.
 func Untar(ctx context.Context, r io.Reader, dir string, maxBytes int64) error {
+	_, err := untar(ctx, r, dir, maxBytes)
+	return err
+}
+
+// untar is Untar that also returns the sum of the regular files' sizes.
+func untar(ctx context.Context, r io.Reader, dir string, maxBytes int64) (int64, error) {
 	root, err := unix.Open(dir, unix.O_RDONLY|unix.O_DIRECTORY|unix.O_CLOEXEC, 0)
 	if err != nil {
-		return fmt.Errorf("opening unpack root %s: %w", dir, err)
+		return 0, fmt.Errorf("opening unpack root %s: %w", dir, err)
 	}
 	defer unix.Close(root)
 	u := &untarrer{root: root, chown: os.Geteuid() == 0, max: maxBytes}
 	tr := tar.NewReader(r)
 	for {
 		if err := ctx.Err(); err != nil {
-			return err
+			return 0, err
 		}
 		hdr, err := tr.Next()
 		if errors.Is(err, io.EOF) {
 			// Drain past the end-of-archive marker: mutate.Extract writes the marker
 			// even when it fails, and reports the failure only as the stream's error.
 			if _, err := io.Copy(io.Discard, r); err != nil {
-				return fmt.Errorf("reading tar: %w", err)
+				return 0, fmt.Errorf("reading tar: %w", err)
 			}
 			break
 		}
 		if err != nil {
-			return fmt.Errorf("reading tar: %w", err)
+			return 0, fmt.Errorf("reading tar: %w", err)
 		}
 		if err := u.entry(hdr, tr); err != nil {
-			return fmt.Errorf("unpacking %q: %w", hdr.Name, err)
+			return 0, fmt.Errorf("unpacking %q: %w", hdr.Name, err)
 		}
 	}
 	// Directory times last, deepest first, since creating children changed them.
 	for i := len(u.dirs) - 1; i >= 0; i-- {
 		d := u.dirs[i]
 		if err := u.setTimes(d.rel, d.atime, d.mtime); err != nil {
-			return fmt.Errorf("setting times of %q: %w", d.rel, err)
+			return 0, fmt.Errorf("setting times of %q: %w", d.rel, err)
 		}
 	}
-	return nil
+	return u.total, nil
 }
 
 type untarrer struct {
@@ -104,12 +110,10 @@ func (u *untarrer) entry(hdr *tar.Header, r io.Reader) error {
 	case tar.TypeDir:
 		return u.dir(rel, hdr, mode)
 	case tar.TypeReg, tar.TypeRegA:
-		if u.max > 0 {
-			if hdr.Size > u.max-u.total {
-				return fmt.Errorf("%w: more than %d bytes of files", ErrTooLarge, u.max)
-			}
-			u.total += hdr.Size
+		if u.max > 0 && hdr.Size > u.max-u.total {
+			return fmt.Errorf("%w: more than %d bytes of files", ErrTooLarge, u.max)
 		}
+		u.total += hdr.Size
 		return u.withParent(rel, func(pfd int, base string) error { return u.file(pfd, base, hdr, mode, r) })
 	case tar.TypeSymlink:
 		return u.withParent(rel, func(pfd int, base string) error {

@@ -281,7 +281,11 @@ func (b *Backend) boot(id string, spec cloud.LaunchSpec, it instancetype.Instanc
 	if err != nil {
 		return nil, err
 	}
-	argv := append(slices.Clone(b.cfg.AgentCommand), "--bootstrap", bootstrap, "--state-dir", agentDir)
+	argv := append(slices.Clone(b.cfg.AgentCommand), "--bootstrap", bootstrap, "--state-dir", agentDir,
+		"--image-store", b.cfg.ImageStore)
+	if b.cfg.ImageStoreMaxBytes > 0 {
+		argv = append(argv, "--image-store-max-bytes", strconv.FormatInt(b.cfg.ImageStoreMaxBytes, 10))
+	}
 	var agentCgroups []string
 	if !r.meta.ProcessOnly {
 		agentCgroups = b.cg.AgentDirs(r.meta.Cgroups)

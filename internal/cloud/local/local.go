@@ -69,8 +69,17 @@ type Config struct {
 	// Default DefaultSubnet (DefaultProcessOnlySubnet in process-only mode).
 	Subnet string
 	// AgentCommand is the agent binary and its extra arguments; the backend appends
-	// "--bootstrap <file> --state-dir <dir>". Required.
+	// "--bootstrap <file> --state-dir <dir> --image-store <ImageStore>" and, with a cap,
+	// "--image-store-max-bytes <ImageStoreMaxBytes>". Required.
 	AgentCommand []string
+	// ImageStore is the directory of unpacked images every cell's agent shares (agents run
+	// in the host's mount namespace, so all of them see it): each image is unpacked once
+	// per host, and each pull still fetches the manifest with the pod's own credentials.
+	// Teardown removes it. Default StateDir/images.
+	ImageStore string
+	// ImageStoreMaxBytes caps ImageStore: after a pull, the agent removes images no running
+	// cell uses, least recently used first, until the rest fit. 0 is no cap.
+	ImageStoreMaxBytes int64
 	// AgentEnv is added to the agent's environment.
 	AgentEnv []string
 	// Catalog replaces DefaultCatalog.
@@ -173,6 +182,15 @@ func (c *Config) defaults() error {
 	}
 	if len(c.AgentCommand) == 0 || c.AgentCommand[0] == "" {
 		return errors.New("local backend config: AgentCommand is required (the kip-cell binary and its extra arguments)")
+	}
+	if c.ImageStore == "" {
+		c.ImageStore = filepath.Join(c.StateDir, "images")
+	}
+	if !filepath.IsAbs(c.ImageStore) || strings.ContainsAny(c.ImageStore, ",:") {
+		return fmt.Errorf("local backend config: ImageStore %q must be an absolute path without ',' or ':' (overlayfs options)", c.ImageStore)
+	}
+	if c.ImageStoreMaxBytes < 0 {
+		return fmt.Errorf("local backend config: ImageStoreMaxBytes %d is negative", c.ImageStoreMaxBytes)
 	}
 	if c.Bridge == "" {
 		c.Bridge = DefaultBridge
@@ -363,6 +381,13 @@ func (b *Backend) Teardown(ctx context.Context) error {
 	for _, p := range []string{b.store.cellsDir(), filepath.Join(b.store.dir, "tokens"), filepath.Join(b.store.dir, "lock")} {
 		if err := os.Remove(p); err != nil && !errors.Is(err, os.ErrNotExist) {
 			errs = append(errs, fmt.Errorf("removing %s: %w", p, err))
+		}
+	}
+	// The image store goes with the cells, unless one of them could not be terminated: its
+	// containers may still run on images there.
+	if len(errs) == 0 {
+		if err := os.RemoveAll(b.cfg.ImageStore); err != nil {
+			errs = append(errs, fmt.Errorf("removing the image store: %w", err))
 		}
 	}
 	_ = os.Remove(b.store.dir) // only if empty: the caller may keep other files there

@@ -29,14 +29,16 @@ import (
 type pullResult struct {
 	Millis float64 `json:"millis"`
 	// ConnectMillis is the longest TCP connect of the pull.
-	ConnectMillis float64  `json:"connectMillis"`
-	Err           string   `json:"err,omitempty"`
-	Trace         []string `json:"trace"`
+	ConnectMillis float64 `json:"connectMillis"`
+	Err           string  `json:"err,omitempty"`
+	// RootFS is where the image was unpacked.
+	RootFS string   `json:"rootfs,omitempty"`
+	Trace  []string `json:"trace"`
 }
 
-// standinPull pulls ref into a fresh image store under stateDir, as kip-cell does, tracing
-// every connection the pull makes.
-func standinPull(stateDir, ref, insecure string) pullResult {
+// standinPull pulls ref into a fresh image store under stateDir, as kip-cell does, with its
+// images in shared when that is set, tracing every connection the pull makes.
+func standinPull(stateDir, shared, ref, insecure string) pullResult {
 	var mu sync.Mutex
 	var trace []string
 	start := time.Now()
@@ -76,11 +78,15 @@ func standinPull(stateDir, ref, insecure string) pullResult {
 		GotFirstResponseByte: func() { note("first response byte") },
 	}
 	ctx := httptrace.WithClientTrace(context.Background(), ct)
-	s, err := image.NewStore(image.Config{Root: filepath.Join(stateDir, "images"), Insecure: []string{insecure}})
+	s, err := image.NewStore(image.Config{Root: filepath.Join(stateDir, "images"), Shared: shared, Insecure: []string{insecure}})
+	var img *image.Image
 	if err == nil {
-		_, err = s.Pull(ctx, ref, nil)
+		img, err = s.Pull(ctx, ref, nil)
 	}
 	r := pullResult{Millis: ms(time.Since(start))}
+	if img != nil {
+		r.RootFS = img.RootFS
+	}
 	if err != nil {
 		r.Err = err.Error()
 	}
@@ -107,12 +113,16 @@ func standinPull(stateDir, ref, insecure string) pullResult {
 //	burst:      10 cells at a time, each terminated after its pull (a burst of pods)
 //	sequential: one cell at a time, the previous one terminated while the next one boots
 //	            and pulls (pods started one after another, each deleted once running)
+//	cached:     as sequential, on the host's shared image store (Config.ImageStore) that
+//	            one cell filled before: the manifest fetch alone, as kip-cell's pulls of an
+//	            image the host has
 func BenchmarkCellPull(b *testing.B) {
-	b.Run("burst", func(b *testing.B) { benchCellPull(b, 10, false) })
-	b.Run("sequential", func(b *testing.B) { benchCellPull(b, 1, true) })
+	b.Run("burst", func(b *testing.B) { benchCellPull(b, 10, false, false) })
+	b.Run("sequential", func(b *testing.B) { benchCellPull(b, 1, true, false) })
+	b.Run("cached", func(b *testing.B) { benchCellPull(b, 1, true, true) })
 }
 
-func benchCellPull(b *testing.B, parallel int, terminateLater bool) {
+func benchCellPull(b *testing.B, parallel int, terminateLater, shared bool) {
 	e := newEnv(b)
 	ctx := context.Background()
 	reg, err := registry.Start(e.backend().BridgeIP().String() + ":0")
@@ -125,6 +135,18 @@ func benchCellPull(b *testing.B, parallel int, terminateLater bool) {
 	}
 	ref := reg.Host() + "/library/foo"
 	c := e.cloud()
+	query := "/pull?ref=" + ref + "&insecure=" + reg.Host()
+	if shared {
+		query += "&shared=1"
+		warm := e.launch(c, "pull-warm-"+randTag(b), "local.nano")
+		var r pullResult
+		if err := getJSONTimeout(warm.PrivateIP, query, &r); err != nil || r.Err != "" {
+			b.Fatalf("filling the image store: %v %s", err, r.Err)
+		}
+		if err := c.Terminate(ctx, warm.ID); err != nil {
+			b.Fatal(err)
+		}
+	}
 	n := max(b.N, benchCells)
 	tag := randTag(b)
 	results := make([]pullResult, n)
@@ -160,7 +182,7 @@ func benchCellPull(b *testing.B, parallel int, terminateLater bool) {
 			e.waitHealthy(in.PrivateIP)
 			readies[i] = time.Since(start)
 			callStart := time.Now()
-			if err := getJSONTimeout(in.PrivateIP, "/pull?ref="+ref+"&insecure="+reg.Host(), &results[i]); err != nil {
+			if err := getJSONTimeout(in.PrivateIP, query, &results[i]); err != nil {
 				results[i].Err = err.Error()
 			}
 			calls[i] = time.Since(callStart)

@@ -25,8 +25,9 @@ import (
 //	GET /dial?addr=H:P  → 200 if a TCP connection from inside the cell succeeds, else 502
 //	POST /spawn         → starts "sleep" in its own session and in a nested cgroup
 //	                      (as runc puts containers), answers its pid
-//	GET /pull?ref=R&insecure=H → pulls R (registry H over plain HTTP) into a fresh image
-//	                      store, answers a pullResult with its duration and a trace
+//	GET /pull?ref=R&insecure=H[&shared=1] → pulls R (registry H over plain HTTP) into a
+//	                      fresh image store (with shared=1: on the host's shared store, as
+//	                      kip-cell does), answers a pullResult with its duration and a trace
 //	POST /mount         → mounts a tmpfs under the agent's state directory (as image overlays)
 const (
 	standinEnv  = "KIP_LOCAL_STANDIN_AGENT"
@@ -59,6 +60,8 @@ func standinAgent(args []string) error {
 	bootstrap := fs.String("bootstrap", "", "bootstrap file")
 	stateDir := fs.String("state-dir", "", "state directory")
 	startFD := fs.Int("start-fd", -1, "descriptor to read the start byte from, as kip-cell")
+	imageStore := fs.String("image-store", "", "the host's shared image store (kip-cell's flag)")
+	fs.Int64("image-store-max-bytes", 0, "its cap (kip-cell's flag)")
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
@@ -92,7 +95,11 @@ func standinAgent(args []string) error {
 		c.Close()
 	})
 	mux.HandleFunc("/pull", func(w http.ResponseWriter, r *http.Request) {
-		_ = json.NewEncoder(w).Encode(standinPull(*stateDir, r.URL.Query().Get("ref"), r.URL.Query().Get("insecure")))
+		shared := ""
+		if r.URL.Query().Get("shared") == "1" {
+			shared = *imageStore
+		}
+		_ = json.NewEncoder(w).Encode(standinPull(*stateDir, shared, r.URL.Query().Get("ref"), r.URL.Query().Get("insecure")))
 	})
 	mux.HandleFunc("/spawn", func(w http.ResponseWriter, r *http.Request) {
 		pid, err := standinSpawn()
