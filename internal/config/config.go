@@ -238,6 +238,11 @@ type Cells struct {
 	// CapacityErrorMemory is how long an instance type that failed with an
 	// insufficient-capacity error is tried last; default 3m.
 	CapacityErrorMemory Duration `json:"capacityErrorMemory"`
+	// CertLifetime is how long the certificates kip issues from its CA last: each cell
+	// agent's serving certificate and kip's client certificate to agents. kip renews both
+	// once two thirds of it have passed (agents in place, their key never leaving the cell);
+	// default 720h (30 days).
+	CertLifetime Duration `json:"certLifetime"`
 }
 
 // Reserve is resources kept for the agent on every cell.
