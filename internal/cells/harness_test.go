@@ -208,6 +208,8 @@ type harness struct {
 	dial      func(ctx context.Context, inst *cloud.Instance, cellID string) (cellapi.Agent, error)
 	agentPort int
 	services  ServiceSync // Deps.Services
+	// certLifetime is Options.CertLifetime (0: the default).
+	certLifetime time.Duration
 	events    []string
 	notified  []*corev1.Pod
 	observed  []Timing
@@ -242,6 +244,9 @@ func newHarness(t *testing.T, opts ...func(*harness)) *harness {
 
 func (h *harness) newManager() *Manager {
 	cfg := DefaultOptions()
+	if h.certLifetime > 0 {
+		cfg.CertLifetime = h.certLifetime
+	}
 	m := New(cfg, NodeInfo{Name: "kip", HostIP: "10.250.0.1"}, Deps{
 		Cloud:    h.cl,
 		Selector: SelectFunc(testSelect),
