@@ -198,7 +198,7 @@ func (o *options) up(ctx context.Context) (err error) {
 			return
 		}
 		if !keep {
-			o.step("stopped; everything kip up made is gone")
+			o.step("stopped; everything kip up made is gone but the registry credentials, kept for the next run in %s", filepath.Join(o.home, RegistryAuthDir))
 		}
 	}()
 
