@@ -210,9 +210,9 @@ type harness struct {
 	services  ServiceSync // Deps.Services
 	// certLifetime is Options.CertLifetime (0: the default).
 	certLifetime time.Duration
-	events    []string
-	notified  []*corev1.Pod
-	observed  []Timing
+	events       []string
+	notified     []*corev1.Pod
+	observed     []Timing
 }
 
 func newHarness(t *testing.T, opts ...func(*harness)) *harness {
