@@ -44,9 +44,7 @@ func (m *Manager) agentCertSeen(cellID string, notAfter time.Time) {
 func (m *Manager) RenewAgentCerts(ctx context.Context) time.Duration {
 	lifetime := m.cfg.CertLifetime
 	next := min(lifetime/6, time.Minute)
-	running := map[string]bool{}
 	m.EachRunning(func(cellID string, agent cellapi.Agent, _ time.Duration) {
-		running[cellID] = true
 		m.certMu.Lock()
 		ac := m.agentCerts[cellID]
 		var notAfter time.Time
@@ -75,9 +73,19 @@ func (m *Manager) RenewAgentCerts(ctx context.Context) time.Duration {
 			next = min(next, time.Second)
 		}
 	})
+	// Forget the cells that are gone; a booting cell's entry stays, since its connection,
+	// and so its handshake, may be the one it keeps once running.
+	live := map[string]bool{}
+	m.mu.Lock()
+	for _, c := range m.cells {
+		if c.stage != stageDone {
+			live[c.cellID] = true
+		}
+	}
+	m.mu.Unlock()
 	m.certMu.Lock()
 	for id := range m.agentCerts {
-		if !running[id] {
+		if !live[id] {
 			delete(m.agentCerts, id)
 		}
 	}
