@@ -56,7 +56,7 @@ func (m *Manager) RenewAgentCerts(ctx context.Context) time.Duration {
 		if skip {
 			return
 		}
-		if wait := notAfter.Add(-lifetime / 3).Sub(m.clock.Now()); wait > 0 {
+		if wait := pki.RenewAt(notAfter, lifetime).Sub(m.clock.Now()); wait > 0 {
 			next = min(next, wait)
 			return
 		}

@@ -11,10 +11,10 @@ import (
 	"time"
 )
 
-// RenewAt is when a certificate issued at issued for lifetime should be replaced: once two
-// thirds of its lifetime have passed, leaving a third for retries.
-func RenewAt(issued time.Time, lifetime time.Duration) time.Time {
-	return issued.Add(lifetime * 2 / 3)
+// RenewAt is when a certificate that expires at notAfter and was issued for lifetime should
+// be replaced: once two thirds of its lifetime have passed, leaving a third for retries.
+func RenewAt(notAfter time.Time, lifetime time.Duration) time.Time {
+	return notAfter.Add(-lifetime / 3)
 }
 
 // ServingCert is a server certificate that can be replaced while serving: a tls.Config
@@ -165,7 +165,7 @@ func (c *ClientCert) get() (*tls.Certificate, error) {
 	if err != nil {
 		return nil, fmt.Errorf("loading the client certificate of %s: %w", c.spec.CommonName, err)
 	}
-	c.cur, c.renewAt = &pair, RenewAt(now, c.lifetime)
+	c.cur, c.renewAt = &pair, RenewAt(pair.Leaf.NotAfter, c.lifetime)
 	return c.cur, nil
 }
 
