@@ -10,7 +10,8 @@ build:
 	go build -o bin/ ./cmd/...
 
 # The kip and kip-cell images (hack/images), tagged with `git describe`, in bin/images;
-# PUSH=registry[/prefix] also pushes them there (INSECURE=1: plain HTTP, as kip up's registry).
+# PUSH=registry[/prefix] also pushes them there (INSECURE=1: plain HTTP, as kip up's registry;
+# its push credentials: DOCKER_CONFIG=~/.kip/registry-auth, which kip up prints).
 images:
 	go run ./hack/images $(if $(PUSH),--push $(PUSH)) $(if $(INSECURE),--insecure) $(if $(VERSION),--version $(VERSION))
 

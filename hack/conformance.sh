@@ -28,7 +28,8 @@
 #   CONFORMANCE_BRIDGE / CONFORMANCE_SUBNET  kip up's bridge and subnet (default kipconf0,
 #                        10.251.0.0/22); give another pair to run beside a conformance run
 #   KUBECONFIG           use this running kip up instead of starting one; its registry is
-#                        KIP_REGISTRY (default: the node's InternalIP, port 5000)
+#                        KIP_REGISTRY (default: the node's InternalIP, port 5000), pushed to
+#                        with the credentials in $DOCKER_CONFIG (kip up's <home>/registry-auth)
 #   KIP_CONFORMANCE_CACHE  cache root (default ~/.cache/kip/conformance)
 set -euo pipefail
 
@@ -156,6 +157,9 @@ else
   done
   grep -q "kip is up" "$work/ready" || { echo "kip up was not ready in 10 minutes" >&2; exit 1; }
   export KUBECONFIG="$home/kubeconfig"
+  # kip up's registry takes pushes only with its credentials (conformance-images reads them
+  # through the default keychain).
+  export DOCKER_CONFIG="$home/registry-auth"
   registry=$(sed -n 's/.*(registry \([^;]*\);.*/\1/p' "$work/ready")
 fi
 step "registry $registry; removing the virtual node's NoSchedule taint"

@@ -104,7 +104,13 @@ func Run(ctx context.Context, args []string, stdout io.Writer) error {
 	if err != nil {
 		return err
 	}
-	tlsConfig, err := pki.ServerTLS(bs.CACert, cert, key)
+	// The serving certificate is renewed in place by kip (cellapi.CertPath) before it
+	// expires; new connections get the current one.
+	serving, err := pki.NewServingCert(bs.CACert, cert, key)
+	if err != nil {
+		return fmt.Errorf("bootstrap: %w", err)
+	}
+	tlsConfig, err := pki.ServerTLSFunc(bs.CACert, serving.GetCertificate)
 	if err != nil {
 		return fmt.Errorf("bootstrap: %w", err)
 	}
@@ -168,7 +174,7 @@ func Run(ctx context.Context, args []string, stdout io.Writer) error {
 		return fmt.Errorf("listening on %s: %w", addr, err)
 	}
 	srv := &http.Server{
-		Handler:           cellapi.Handler(ag, cellapi.HandlerOptions{Logger: log}),
+		Handler:           cellapi.Handler(ag, cellapi.HandlerOptions{Logger: log, Certs: cellapi.ServingCertRotator(serving)}),
 		TLSConfig:         tlsConfig,
 		ReadHeaderTimeout: 10 * time.Second,
 		ErrorLog:          slog.NewLogLogger(log.Handler(), slog.LevelDebug),

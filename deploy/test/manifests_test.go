@@ -177,7 +177,7 @@ func TestHelmValues(t *testing.T) {
 		t.Errorf("kip.yaml node and cells: %s", got)
 	}
 	for role, want := range map[string]string{
-		"Role kube-system/kip":     "kip-serving-edge kip-enrollments-edge kip-edge",
+		"Role kube-system/kip":     "kip-ca kip-serving-edge kip-enrollments-edge kip-edge",
 		"Role kube-node-lease/kip": "edge",
 	} {
 		var names []string

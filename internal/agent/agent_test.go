@@ -76,7 +76,7 @@ func newHarness(t testing.TB, backOff pod.BackOff, opts ...func(*agent.Config)) 
 	}
 	t.Cleanup(func() { reg.Close() })
 	h.reg = reg.Host()
-	if err := registry.SeedBusybox(t.Context(), h.reg, "library/busybox:latest", "library/sleeper:latest"); err != nil {
+	if err := registry.SeedBusybox(t.Context(), h.reg, nil, "library/busybox:latest", "library/sleeper:latest"); err != nil {
 		t.Fatal(err)
 	}
 	images, err := image.NewStore(image.Config{Root: filepath.Join(h.stateDir, "images"), DefaultRegistry: h.reg, Insecure: []string{h.reg}})

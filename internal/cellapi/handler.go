@@ -23,6 +23,9 @@ const MaxRequestBytes = 64 << 20
 type HandlerOptions struct {
 	// Logger receives one line per failed request; nil discards.
 	Logger *slog.Logger
+	// Certs renews the agent's serving certificate (CertRequestPath, CertPath); nil answers
+	// those routes with KindBadVersion.
+	Certs CertRotator
 }
 
 // Handler serves agent over the routes in this package. Every route but HealthPath requires
@@ -34,7 +37,7 @@ func Handler(agent Agent, opts HandlerOptions) http.Handler {
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
-	h := &handler{agent: agent, log: log}
+	h := &handler{agent: agent, log: log, certs: opts.Certs}
 	mux := http.NewServeMux()
 	mux.HandleFunc("GET "+HealthPath, h.health)
 	mux.HandleFunc("PUT "+PodPath, h.authed(h.putPod))
@@ -49,6 +52,8 @@ func Handler(agent Agent, opts HandlerOptions) http.Handler {
 	mux.HandleFunc("PUT "+ServicesPath, h.authed(h.putServices))
 	mux.HandleFunc("PUT "+VolumesPath, h.authed(h.updateVolumes))
 	mux.HandleFunc("PUT "+EphemeralPath, h.authed(h.putEphemeral))
+	mux.HandleFunc("POST "+CertRequestPath, h.authed(h.requestCert))
+	mux.HandleFunc("PUT "+CertPath, h.authed(h.putCert))
 	mux.HandleFunc(ExecPath, h.authed(func(w http.ResponseWriter, r *http.Request) {
 		h.fail(w, r, Errorf(KindBadVersion, "%s %s is not implemented by this agent", r.Method, r.URL.Path))
 	}))
@@ -65,6 +70,7 @@ func Handler(agent Agent, opts HandlerOptions) http.Handler {
 type handler struct {
 	agent Agent
 	log   *slog.Logger
+	certs CertRotator
 }
 
 // authed refuses requests that carry no verified client chain.

@@ -154,6 +154,10 @@ type Options struct {
 	// PodPidsLimit is cells.podPidsLimit: the pids limit each pod's cgroup gets in its cell,
 	// sent with the pod; 0 or -1 sets none.
 	PodPidsLimit int64
+	// CertLifetime is how long the certificates kip issues last: each cell agent's serving
+	// certificate and kip's own client certificate. Both are renewed once two thirds of it
+	// have passed (RenewAgentCerts, pki.ClientCert).
+	CertLifetime time.Duration
 }
 
 // DefaultOptions are the options of a manager configured with nothing.
@@ -165,8 +169,12 @@ func DefaultOptions() Options {
 		Heartbeat:           time.Second,
 		LaunchConcurrency:   10,
 		CapacityErrorMemory: 3 * time.Minute,
+		CertLifetime:        DefaultCertLifetime,
 	}
 }
+
+// DefaultCertLifetime is Options.CertLifetime when unset (config cells.certLifetime).
+const DefaultCertLifetime = 30 * 24 * time.Hour
 
 // NodeInfo is the virtual node the pods are bound to.
 type NodeInfo struct {
@@ -222,9 +230,15 @@ type Manager struct {
 	launchSem chan struct{}
 	capacity  *capacity.Memory
 
-	certOnce              sync.Once
-	clientCert, clientKey []byte
-	certErr               error
+	certOnce   sync.Once
+	clientCert *pki.ClientCert
+	certErr    error
+
+	// agentCerts is when each cell's serving certificate expires, by cell id, as last seen
+	// in a handshake or installed by RenewAgentCerts. Guarded by certMu, which is never
+	// held with mu.
+	certMu     sync.Mutex
+	agentCerts map[string]*agentCert
 
 	// notifyMu orders notifications: it is held from computing a status to delivering it,
 	// so the callback never sees an older status after a newer one. Taken before mu.
@@ -265,6 +279,9 @@ func New(opts Options, node NodeInfo, deps Deps) *Manager {
 	if opts.CapacityErrorMemory <= 0 {
 		opts.CapacityErrorMemory = def.CapacityErrorMemory
 	}
+	if opts.CertLifetime <= 0 {
+		opts.CertLifetime = def.CertLifetime
+	}
 	cfg := opts
 	ctx, cancel := context.WithCancel(context.Background())
 	m := &Manager{
@@ -278,6 +295,8 @@ func New(opts Options, node NodeInfo, deps Deps) *Manager {
 		launchSem: make(chan struct{}, cfg.LaunchConcurrency),
 		capacity:  capacity.New(deps.Clock, cfg.CapacityErrorMemory),
 		cells:     map[string]*cell{},
+
+		agentCerts: map[string]*agentCert{},
 	}
 	return m
 }

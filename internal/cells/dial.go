@@ -2,6 +2,7 @@ package cells
 
 import (
 	"context"
+	"crypto/tls"
 	"fmt"
 	"net"
 	"strconv"
@@ -17,26 +18,37 @@ func (m *Manager) dial(ctx context.Context, inst *cloud.Instance, cellID string)
 	if m.deps.Dial != nil {
 		return m.deps.Dial(ctx, inst, cellID)
 	}
-	cert, key, err := m.clientCertificate()
+	client, err := m.clientCertificate()
 	if err != nil {
 		return nil, err
 	}
-	tlsConfig, err := pki.ClientTLS(m.deps.CA.CertPEM, cert, key, cellID)
+	tlsConfig, err := pki.ClientTLSFunc(m.deps.CA.CertPEM, client.GetClientCertificate, cellID)
 	if err != nil {
 		return nil, fmt.Errorf("dialing cell %s: %w", cellID, err)
+	}
+	// Each handshake tells when the agent's serving certificate expires, so that it is
+	// renewed in time (RenewAgentCerts) whether kip launched or adopted the cell.
+	tlsConfig.VerifyConnection = func(cs tls.ConnectionState) error {
+		if len(cs.PeerCertificates) > 0 {
+			m.agentCertSeen(cellID, cs.PeerCertificates[0].NotAfter)
+		}
+		return nil
 	}
 	url := "https://" + net.JoinHostPort(inst.PrivateIP, strconv.Itoa(m.deps.AgentPort))
 	return cellapi.NewClient(url, tlsConfig), nil
 }
 
-// clientCertificate issues, once, kip's client certificate signed by the CA.
-func (m *Manager) clientCertificate() (cert, key []byte, err error) {
+// clientCertificate makes, once, kip's client certificate: signed by the CA for
+// Options.CertLifetime, reissued with a new key when two thirds of it have passed, and
+// presented afresh on every handshake.
+func (m *Manager) clientCertificate() (*pki.ClientCert, error) {
 	m.certOnce.Do(func() {
 		if m.deps.CA == nil {
 			m.certErr = fmt.Errorf("issuing kip's client certificate: no CA configured")
 			return
 		}
-		m.clientCert, m.clientKey, m.certErr = m.deps.CA.Issue(pki.LeafSpec{CommonName: "kip", Organization: []string{"kip"}, Client: true})
+		m.clientCert, m.certErr = pki.NewClientCert(m.deps.CA,
+			pki.LeafSpec{CommonName: "kip", Organization: []string{"kip"}, Client: true, Validity: m.cfg.CertLifetime}, m.clock.Now)
 	})
-	return m.clientCert, m.clientKey, m.certErr
+	return m.clientCert, m.certErr
 }

@@ -210,9 +210,11 @@ type harness struct {
 	services  ServiceSync // Deps.Services
 	// enrollment is Deps.Enrollment (nil: certificates in the bootstrap).
 	enrollment *Enrollment
-	events     []string
-	notified   []*corev1.Pod
-	observed   []Timing
+	// certLifetime is Options.CertLifetime (0: the default).
+	certLifetime time.Duration
+	events       []string
+	notified     []*corev1.Pod
+	observed     []Timing
 
 	// options, when set, changes the manager's options before it is made.
 	options func(*Options)
@@ -247,6 +249,9 @@ func newHarness(t *testing.T, opts ...func(*harness)) *harness {
 
 func (h *harness) newManager() *Manager {
 	cfg := DefaultOptions()
+	if h.certLifetime > 0 {
+		cfg.CertLifetime = h.certLifetime
+	}
 	if h.options != nil {
 		h.options(&cfg)
 	}

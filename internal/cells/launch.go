@@ -19,7 +19,6 @@ import (
 	"github.com/kip-dev/kip/internal/cellapi"
 	"github.com/kip-dev/kip/internal/cloud"
 	"github.com/kip-dev/kip/internal/instancetype"
-	"github.com/kip-dev/kip/internal/pki"
 	"github.com/kip-dev/kip/internal/selector"
 )
 
@@ -327,7 +326,7 @@ func (m *Manager) bootstrap(cellID string, spot bool) ([]byte, error) {
 		}
 		bs.EnrollToken, bs.EnrollURL = token, e.URL
 	} else {
-		cert, key, err := m.deps.CA.Issue(pki.LeafSpec{CommonName: cellID, DNSNames: []string{cellID}, Server: true})
+		cert, key, err := m.deps.CA.Issue(agentCertSpec(cellID, m.cfg.CertLifetime))
 		if err != nil {
 			return nil, fmt.Errorf("issuing certificate for cell %s: %w", cellID, err)
 		}

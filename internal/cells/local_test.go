@@ -419,7 +419,7 @@ func localSetup(t testing.TB) (*local.Backend, *registry.Registry, *pki.CA, stri
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { reg.Close() })
-	if err := registry.SeedBusybox(ctx, reg.Host(), "library/busybox:latest"); err != nil {
+	if err := registry.SeedBusybox(ctx, reg.Host(), reg.Auth(), "library/busybox:latest"); err != nil {
 		t.Fatal(err)
 	}
 	ca, err := pki.NewCA("kip-cells-test")

@@ -97,7 +97,10 @@ func TestCellIDAndToken(t *testing.T) {
 }
 
 // tlsCloud serves each launched cell's agent over real mutual TLS on 127.0.0.1, with the
-// certificate from the cell's bootstrap data, so the manager's default Dial is exercised.
+// certificate from the cell's bootstrap data, so the manager's default Dial is exercised. Its
+// serving certificate can be renewed as kip-cell's (cellapi.ServingCertRotator) unless
+// noRenewal, which stands for an older agent; clientSerials records the serial of each
+// client certificate a handshake verified, and certRequests counts CertRequestPath calls.
 type tlsCloud struct {
 	*fake.Fake
 	t     *testing.T
@@ -105,8 +108,22 @@ type tlsCloud struct {
 	agent *testAgent
 	// enrolling: the manager has Deps.Enrollment, so bootstraps carry a token, no key.
 	enrolling bool
+	noRenewal bool
 	mu        sync.Mutex
 	server    *httptest.Server
+	serving   *pki.ServingCert
+
+	clientSerials []string
+	certRequests  int
+}
+
+func (c *tlsCloud) lastClientSerial() string {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if len(c.clientSerials) == 0 {
+		return ""
+	}
+	return c.clientSerials[len(c.clientSerials)-1]
 }
 
 func (c *tlsCloud) Launch(ctx context.Context, spec cloud.LaunchSpec) (*cloud.Instance, error) {
@@ -130,14 +147,39 @@ func (c *tlsCloud) Launch(ctx context.Context, spec cloud.LaunchSpec) (*cloud.In
 			return nil, cloud.InvalidSpec("enrolling: %v", err)
 		}
 	}
-	cfg, err := pki.ServerTLS(boot.CACert, cert, key)
+	serving, err := pki.NewServingCert(boot.CACert, cert, key)
 	if err != nil {
 		return nil, cloud.InvalidSpec("bootstrap: %v", err)
+	}
+	cfg, err := pki.ServerTLSFunc(boot.CACert, serving.GetCertificate)
+	if err != nil {
+		return nil, cloud.InvalidSpec("bootstrap: %v", err)
+	}
+	cfg.VerifyConnection = func(cs tls.ConnectionState) error {
+		if len(cs.VerifiedChains) > 0 {
+			c.mu.Lock()
+			c.clientSerials = append(c.clientSerials, cs.PeerCertificates[0].SerialNumber.String())
+			c.mu.Unlock()
+		}
+		return nil
 	}
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	c.agent.cellID = boot.CellID
-	srv := httptest.NewUnstartedServer(cellapi.Handler(c.agent, cellapi.HandlerOptions{}))
+	c.serving = serving
+	hopts := cellapi.HandlerOptions{}
+	if !c.noRenewal {
+		hopts.Certs = cellapi.ServingCertRotator(serving)
+	}
+	handler := cellapi.Handler(c.agent, hopts)
+	srv := httptest.NewUnstartedServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.URL.Path == cellapi.CertRequestPath {
+			c.mu.Lock()
+			c.certRequests++
+			c.mu.Unlock()
+		}
+		handler.ServeHTTP(w, r)
+	}))
 	srv.Listener = c.ln
 	srv.TLS = cfg
 	srv.Config.ErrorLog = nil

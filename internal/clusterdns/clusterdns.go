@@ -18,6 +18,7 @@ import (
 	"strings"
 	"text/template"
 
+	"github.com/google/go-containerregistry/pkg/authn"
 	appsv1 "k8s.io/api/apps/v1"
 	corev1 "k8s.io/api/core/v1"
 	rbacv1 "k8s.io/api/rbac/v1"
@@ -233,6 +234,8 @@ type DeployOptions struct {
 	Build BuildOptions
 	// Registry (host:port, plain HTTP) receives the image, and cells pull it from there.
 	Registry string
+	// RegistryAuth authenticates the push (the registry's Auth()); nil pushes anonymously.
+	RegistryAuth authn.Authenticator
 	// Domain and ServiceIP as in Options.
 	Domain, ServiceIP string
 }
@@ -248,7 +251,7 @@ func Deploy(ctx context.Context, c kubernetes.Interface, o DeployOptions) ([]run
 	if err != nil {
 		return nil, err
 	}
-	digest, err := registry.Push(ctx, o.Registry, Repo+":latest", img)
+	digest, err := registry.Push(ctx, o.Registry, Repo+":latest", img, o.RegistryAuth)
 	if err != nil {
 		return nil, fmt.Errorf("pushing the CoreDNS image: %w", err)
 	}

@@ -287,6 +287,11 @@ type Cells struct {
 	// podPidsLimit), set on the pod's cgroup in its cell: a fork beyond it fails, so a fork
 	// bomb stays inside its pod. -1 sets no limit. Default 4096.
 	PodPidsLimit *int64 `json:"podPidsLimit,omitempty"`
+	// CertLifetime is how long the certificates kip issues from its CA last: each cell
+	// agent's serving certificate and kip's client certificate to agents. kip renews both
+	// once two thirds of it have passed (agents in place, their key never leaving the cell);
+	// default 720h (30 days).
+	CertLifetime Duration `json:"certLifetime"`
 }
 
 // Reserve is resources kept for the agent on every cell.

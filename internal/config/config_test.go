@@ -32,6 +32,7 @@ func TestValidFiles(t *testing.T) {
 			eq(t, "cells.healthyTimeout", c.Cells.HealthyTimeout.Duration, 90*time.Second)
 			eq(t, "cells.lostTimeout", c.Cells.LostTimeout.Duration, 30*time.Second)
 			eq(t, "cells.capacityErrorMemory", c.Cells.CapacityErrorMemory.Duration, 3*time.Minute)
+			eq(t, "cells.certLifetime", c.Cells.CertLifetime.Duration, 30*24*time.Hour)
 			eq(t, "cells.launchConcurrency", c.Cells.LaunchConcurrency, 10)
 			eq(t, "cells.clusterName", c.Cells.ClusterName, "kip")
 			eq(t, "cells.reserve.memory", c.Cells.Reserve.Memory.String(), "128Mi") // selector.DefaultReserve, as kip select

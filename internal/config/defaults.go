@@ -34,6 +34,7 @@ const (
 	DefaultMaxUnpackedImageSize = "10Gi"
 	DefaultStatusInterval       = 10 * time.Second
 	DefaultCapacityErrorMemory  = 3 * time.Minute
+	DefaultCertLifetime         = 30 * 24 * time.Hour
 	DefaultLaunchConcurrency    = 10
 	DefaultAWSPollInterval      = 5 * time.Second
 	DefaultAWSCatalogRefresh    = 6 * time.Hour
@@ -128,6 +129,7 @@ func (c *ProviderConfig) Default() {
 	defaultDuration(&cl.LostTimeout, DefaultLostTimeout)
 	defaultDuration(&cl.StatusInterval, DefaultStatusInterval)
 	defaultDuration(&cl.CapacityErrorMemory, DefaultCapacityErrorMemory)
+	defaultDuration(&cl.CertLifetime, DefaultCertLifetime)
 	if cl.LaunchConcurrency == 0 {
 		cl.LaunchConcurrency = DefaultLaunchConcurrency
 	}

@@ -296,6 +296,7 @@ func (c *Cells) validate(p *field.Path) field.ErrorList {
 	errs = append(errs, c.LostTimeout.validate(p.Child("lostTimeout"))...)
 	errs = append(errs, c.StatusInterval.validate(p.Child("statusInterval"))...)
 	errs = append(errs, c.CapacityErrorMemory.validate(p.Child("capacityErrorMemory"))...)
+	errs = append(errs, c.CertLifetime.validate(p.Child("certLifetime"))...)
 	if c.LaunchConcurrency < 1 || c.LaunchConcurrency > 1000 {
 		errs = append(errs, field.Invalid(p.Child("launchConcurrency"), c.LaunchConcurrency, "must be between 1 and 1000"))
 	}

@@ -37,6 +37,7 @@ import (
 	"github.com/kip-dev/kip/internal/controllers/cellmirror"
 	"github.com/kip-dev/kip/internal/controllers/ephpush"
 	"github.com/kip-dev/kip/internal/controllers/gc"
+	"github.com/kip-dev/kip/internal/controllers/loop"
 	"github.com/kip-dev/kip/internal/controllers/svcpush"
 	"github.com/kip-dev/kip/internal/controllers/volpush"
 	"github.com/kip-dev/kip/internal/crd"
@@ -310,6 +311,10 @@ func (r *runner) run(ctx context.Context) error {
 	go func() { defer wg.Done(); gcc.Run(runCtx) }()
 	go func() { defer wg.Done(); svcTable.Run(runCtx) }()
 	go func() { defer wg.Done(); svcPush.Run(runCtx) }()
+	// Cell agents' serving certificates are renewed before they expire (kip's own client
+	// certificate renews itself on the next handshake).
+	wg.Add(1)
+	go func() { defer wg.Done(); loop.Run(runCtx, "agent-certs", nil, time.Second, mgr.RenewAgentCerts) }()
 	if h, ok := backend.(nodePortHost); ok {
 		wg.Add(1)
 		go func() { defer wg.Done(); runNodePorts(runCtx, h, svcTable, r.log.With("component", "nodeports")) }()
@@ -382,6 +387,7 @@ func cellsOptions(cfg *config.ProviderConfig) cells.Options {
 		LaunchConcurrency:   c.LaunchConcurrency,
 		CapacityErrorMemory: c.CapacityErrorMemory.Duration,
 		PodPidsLimit:        ptr.Deref(c.PodPidsLimit, config.DefaultPodPidsLimit),
+		CertLifetime:        c.CertLifetime.Duration,
 	}
 }
 

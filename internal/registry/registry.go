@@ -1,5 +1,7 @@
 // Package registry runs an OCI registry in process (go-containerregistry's pkg/registry) for
-// tests and the local demo, and pushes images to it over plain HTTP.
+// tests and the local demo, and pushes images to it over plain HTTP. Started WithWriteAuth
+// and WithHostOnlyWrites (as kip up and the e2e suites do), anyone may pull but only the
+// host, with the credentials, may push.
 //
 // Cells cannot reach the host's loopback, so a registry that cells pull from must listen on
 // the bridge address ("10.250.0.1:0"), and cells must list its host as insecure.
@@ -17,6 +19,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/google/go-containerregistry/pkg/authn"
 	"github.com/google/go-containerregistry/pkg/name"
 	ggcrregistry "github.com/google/go-containerregistry/pkg/registry"
 	v1 "github.com/google/go-containerregistry/pkg/v1"
@@ -30,15 +33,18 @@ type Registry struct {
 	done      chan error
 	closeOnce sync.Once
 	closeErr  error
+	creds     *Credentials
 }
 
 // Option configures Start.
 type Option func(*options)
 
 type options struct {
-	dir     string
-	logger  *log.Logger
-	wrapper func(http.Handler) http.Handler
+	dir      string
+	logger   *log.Logger
+	wrapper  func(http.Handler) http.Handler
+	creds    *Credentials
+	hostOnly bool
 }
 
 // WithDiskStorage keeps blobs under dir (created if missing) instead of memory. Manifests are
@@ -67,6 +73,9 @@ func Start(addr string, opts ...Option) (*Registry, error) {
 		regOpts = append(regOpts, ggcrregistry.WithBlobHandler(ggcrregistry.NewDiskBlobHandler(o.dir)))
 	}
 	var h http.Handler = ggcrregistry.New(regOpts...)
+	if o.creds != nil || o.hostOnly {
+		h = guardWrites(h, o.creds, o.hostOnly)
+	}
 	if o.wrapper != nil {
 		h = o.wrapper(h)
 	}
@@ -75,9 +84,10 @@ func Start(addr string, opts ...Option) (*Registry, error) {
 		return nil, fmt.Errorf("listening for registry on %s: %w", addr, err)
 	}
 	r := &Registry{
-		host: ln.Addr().String(),
-		srv:  &http.Server{Handler: h, ReadHeaderTimeout: 10 * time.Second, ErrorLog: o.logger},
-		done: make(chan error, 1),
+		host:  ln.Addr().String(),
+		srv:   &http.Server{Handler: h, ReadHeaderTimeout: 10 * time.Second, ErrorLog: o.logger},
+		done:  make(chan error, 1),
+		creds: o.creds,
 	}
 	go func() { r.done <- r.srv.Serve(ln) }()
 	return r, nil
@@ -101,13 +111,17 @@ func (r *Registry) Close() error {
 }
 
 // Push pushes img to host/repo (repo may carry ":tag" or "@digest"; the default tag is
-// "latest") over plain HTTP and returns the manifest digest ("sha256:...").
-func Push(ctx context.Context, host, repo string, img v1.Image) (string, error) {
+// "latest") over plain HTTP with auth (a registry's Auth(); nil: anonymous) and returns the
+// manifest digest ("sha256:...").
+func Push(ctx context.Context, host, repo string, img v1.Image, auth authn.Authenticator) (string, error) {
+	if auth == nil {
+		auth = authn.Anonymous
+	}
 	ref, err := name.ParseReference(host+"/"+repo, name.Insecure)
 	if err != nil {
 		return "", fmt.Errorf("parsing push reference %s/%s: %w", host, repo, err)
 	}
-	if err := remote.Write(ref, img, remote.WithContext(ctx)); err != nil {
+	if err := remote.Write(ref, img, remote.WithContext(ctx), remote.WithAuth(auth)); err != nil {
 		return "", fmt.Errorf("pushing %s: %w", ref, err)
 	}
 	d, err := img.Digest()

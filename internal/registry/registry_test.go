@@ -47,7 +47,7 @@ func TestPushAndPull(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			digest, err := Push(context.Background(), reg.Host(), "library/busybox:1.0", img)
+			digest, err := Push(context.Background(), reg.Host(), "library/busybox:1.0", img, nil)
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -82,7 +82,7 @@ func TestStartAndPushErrors(t *testing.T) {
 	reg := start(t)
 	host := reg.Host()
 	img, _ := imagebuild.Busybox(imagebuild.Options{})
-	if _, err := Push(context.Background(), host, "Bad Repo", img); err == nil {
+	if _, err := Push(context.Background(), host, "Bad Repo", img, nil); err == nil {
 		t.Error("Push to an invalid repository name succeeded")
 	}
 	if err := reg.Close(); err != nil {
@@ -93,7 +93,7 @@ func TestStartAndPushErrors(t *testing.T) {
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
-	if _, err := Push(ctx, host, "library/busybox", img); err == nil {
+	if _, err := Push(ctx, host, "library/busybox", img, nil); err == nil {
 		t.Error("Push to a closed registry succeeded")
 	}
 }
@@ -101,7 +101,7 @@ func TestStartAndPushErrors(t *testing.T) {
 func TestSeedBusybox(t *testing.T) {
 	reg := start(t)
 	names := []string{"library/busybox:latest", "library/nginx:latest", "library/foo", "library/bar:latest"}
-	if err := SeedBusybox(context.Background(), reg.Host(), names...); err != nil {
+	if err := SeedBusybox(context.Background(), reg.Host(), nil, names...); err != nil {
 		t.Fatal(err)
 	}
 	want := map[string][]string{

@@ -6,6 +6,7 @@ import (
 	"path"
 	"strings"
 
+	"github.com/google/go-containerregistry/pkg/authn"
 	v1 "github.com/google/go-containerregistry/pkg/v1"
 
 	"github.com/kip-dev/kip/internal/imagebuild"
@@ -52,14 +53,14 @@ func BusyboxImage(repo string) (v1.Image, error) {
 // SeedBusybox pushes a busybox image under each repo name ("library/busybox:latest",
 // "library/nginx:latest", "library/foo"), choosing the command as BusyboxImage does. Plain
 // names like "nginx" resolve to "library/nginx" against a default registry (see
-// internal/agent/image), so seed those under "library/".
-func SeedBusybox(ctx context.Context, host string, names ...string) error {
+// internal/agent/image), so seed those under "library/". auth is the registry's Auth().
+func SeedBusybox(ctx context.Context, host string, auth authn.Authenticator, names ...string) error {
 	for _, n := range names {
 		img, err := BusyboxImage(n)
 		if err != nil {
 			return fmt.Errorf("seeding %s/%s: %w", host, n, err)
 		}
-		if _, err := Push(ctx, host, n, img); err != nil {
+		if _, err := Push(ctx, host, n, img, auth); err != nil {
 			return fmt.Errorf("seeding %s/%s: %w", host, n, err)
 		}
 	}

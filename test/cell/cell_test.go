@@ -132,7 +132,7 @@ func newVPC(t testing.TB) *vpc {
 	}
 	t.Cleanup(func() { reg.Close() })
 	v.reg = reg.Host()
-	if err := registry.SeedBusybox(t.Context(), v.reg, "library/busybox:latest", "library/nginx:latest", "library/sleeper:latest"); err != nil {
+	if err := registry.SeedBusybox(t.Context(), v.reg, nil, "library/busybox:latest", "library/nginx:latest", "library/sleeper:latest"); err != nil {
 		t.Fatal(err)
 	}
 	if v.ca, err = pki.NewCA("kip-cell-test"); err != nil {

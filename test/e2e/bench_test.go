@@ -153,7 +153,7 @@ func BenchmarkPodStartup(b *testing.B) {
 				b.Fatal(err)
 			}
 			repo := fmt.Sprintf("bench/cold-%s-%d:latest", tag, i)
-			if _, err := registry.Push(ctx, e.Registry.Host(), repo, img); err != nil {
+			if _, err := registry.Push(ctx, e.Registry.Host(), repo, img, e.Registry.Auth()); err != nil {
 				b.Fatal(err)
 			}
 			p := mk(fmt.Sprintf("cold-%02d", i))

@@ -354,7 +354,7 @@ func TestSupplementalGroupsPolicy(t *testing.T) {
 		t.Fatal(err)
 	}
 	const repo = "kip-e2e/wheel:latest"
-	if _, err := registry.Push(ctx, e.Registry.Host(), repo, img); err != nil {
+	if _, err := registry.Push(ctx, e.Registry.Host(), repo, img, e.Registry.Auth()); err != nil {
 		t.Fatal(err)
 	}
 	idG := corev1.Container{Name: "main", Image: e.Registry.Host() + "/" + repo, Command: []string{"id", "-G"}}

@@ -19,6 +19,9 @@ import (
 	"testing"
 	"time"
 
+	"github.com/google/go-containerregistry/pkg/authn"
+	"github.com/google/go-containerregistry/pkg/name"
+	"github.com/google/go-containerregistry/pkg/v1/remote/transport"
 	"github.com/vishvananda/netlink"
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
@@ -27,6 +30,8 @@ import (
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/tools/clientcmd"
 
+	"github.com/kip-dev/kip/internal/cli/upcmd"
+	"github.com/kip-dev/kip/internal/registry"
 	"github.com/kip-dev/kip/internal/syncbuf"
 	"github.com/kip-dev/kip/test/e2e/framework"
 )
@@ -37,8 +42,10 @@ type upRun struct {
 	home   string
 	bridge string
 	done   chan error
-	ready  chan string     // the ready line
-	stderr *syncbuf.Buffer // kip up's stderr, written by exec's copying goroutine
+	ready  chan string // the ready line
+	// readyLine is the ready line, once startUp has returned.
+	readyLine string
+	stderr    *syncbuf.Buffer // kip up's stderr, written by exec's copying goroutine
 }
 
 // startUp runs bin/kip up with its own home, bridge and subnet, and waits for its ready line.
@@ -92,6 +99,7 @@ func startUp(t *testing.T, e *framework.Env, home string) *upRun {
 	select {
 	case line := <-r.ready:
 		t.Logf("ready: %s", line)
+		r.readyLine = line
 	case err := <-r.done:
 		t.Fatalf("kip up exited before ready: %v\n%s", err, r.stderr)
 	case <-time.After(5 * time.Minute):
@@ -100,12 +108,14 @@ func startUp(t *testing.T, e *framework.Env, home string) *upRun {
 	return r
 }
 
-// checkGone asserts that nothing of run r remains: home, bridge, control plane processes.
+// checkGone asserts that nothing of run r remains: home (but the registry credentials
+// the next run reuses), bridge, control plane processes.
 func checkGone(t *testing.T, r *upRun, pids []int) {
 	t.Helper()
-	if _, err := os.Stat(r.home); !errors.Is(err, os.ErrNotExist) {
-		entries, _ := os.ReadDir(r.home)
-		t.Errorf("home %s still exists (%v): %v", r.home, err, entries)
+	if entries, err := os.ReadDir(r.home); !errors.Is(err, os.ErrNotExist) {
+		if len(entries) != 1 || entries[0].Name() != upcmd.RegistryAuthDir {
+			t.Errorf("home %s still holds more than %s (%v): %v", r.home, upcmd.RegistryAuthDir, err, entries)
+		}
 	}
 	if _, err := netlink.LinkByName(r.bridge); err == nil {
 		t.Errorf("bridge %s still exists", r.bridge)
@@ -182,6 +192,7 @@ func TestKipUp(t *testing.T) {
 	if err != nil || strings.TrimSpace(string(logs)) != "hello-up" {
 		t.Errorf("logs = %q, %v; want hello-up", logs, err)
 	}
+	checkUpRegistry(ctx, t, r)
 	// Leave a pod running so Ctrl-C has a live cell to remove.
 	startSleeper(ctx, t, cs)
 
@@ -230,5 +241,44 @@ func startSleeper(ctx context.Context, t *testing.T, cs kubernetes.Interface) {
 			return ok && p.Status.Phase == corev1.PodRunning, nil
 		}); err != nil {
 		t.Fatalf("sleeper pod not Running: %v", err)
+	}
+}
+
+// checkUpRegistry: kip up's registry refuses a push without credentials (401) and takes one
+// with the credentials it printed (DOCKER_CONFIG, through go-containerregistry's default
+// keychain, as make images does); the credentials file is 0600.
+func checkUpRegistry(ctx context.Context, t *testing.T, r *upRun) {
+	t.Helper()
+	ready := r.readyLine
+	i := strings.Index(ready, "(registry ")
+	j := strings.Index(ready, "DOCKER_CONFIG=")
+	if i < 0 || j < 0 {
+		t.Fatalf("the ready line names no registry or DOCKER_CONFIG: %s", ready)
+	}
+	host := strings.SplitN(ready[i+len("(registry "):], ";", 2)[0]
+	dir := strings.SplitN(ready[j+len("DOCKER_CONFIG="):], ";", 2)[0]
+	if st, err := os.Stat(filepath.Join(dir, registry.DockerConfigFile)); err != nil || st.Mode().Perm() != 0o600 {
+		t.Errorf("credentials file: %v, mode %v, want 0600", err, st)
+	}
+	img, err := registry.BusyboxImage("library/mine")
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, err = registry.Push(ctx, host, "library/mine:latest", img, nil)
+	var te *transport.Error
+	if !errors.As(err, &te) || te.StatusCode != 401 {
+		t.Errorf("push without credentials: %v, want 401", err)
+	}
+	t.Setenv("DOCKER_CONFIG", dir)
+	regName, err := name.NewRegistry(host, name.Insecure)
+	if err != nil {
+		t.Fatal(err)
+	}
+	auth, err := authn.DefaultKeychain.Resolve(regName)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := registry.Push(ctx, host, "library/mine:latest", img, auth); err != nil {
+		t.Errorf("push with DOCKER_CONFIG=%s: %v", dir, err)
 	}
 }

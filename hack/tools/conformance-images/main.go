@@ -41,6 +41,7 @@ import (
 	"strings"
 	"syscall"
 
+	"github.com/google/go-containerregistry/pkg/authn"
 	"github.com/google/go-containerregistry/pkg/name"
 	v1 "github.com/google/go-containerregistry/pkg/v1"
 
@@ -95,6 +96,16 @@ func run(ctx context.Context, args []string, out io.Writer) error {
 		return err
 	}
 
+	// kip up's registry takes pushes only with its credentials: found, as by docker and
+	// crane, in $DOCKER_CONFIG/config.json (kip up prints the directory).
+	regName, err := name.NewRegistry(in.registry, name.Insecure)
+	if err != nil {
+		return fmt.Errorf("-registry %q: %w", in.registry, err)
+	}
+	auth, err := authn.DefaultKeychain.Resolve(regName)
+	if err != nil {
+		return fmt.Errorf("finding credentials for %s: %w", in.registry, err)
+	}
 	b := &builder{in: in, built: map[string]v1.Image{}}
 	var skipped []string
 	pushed := 0
@@ -115,7 +126,7 @@ func run(ctx context.Context, args []string, out io.Writer) error {
 			return fmt.Errorf("building %s: %w", r, err)
 		}
 		repo := strings.TrimPrefix(r.String(), in.registry+"/")
-		digest, err := registry.Push(ctx, in.registry, repo, img)
+		digest, err := registry.Push(ctx, in.registry, repo, img, auth)
 		if err != nil {
 			return fmt.Errorf("pushing %s: %w", r, err)
 		}

@@ -64,7 +64,7 @@ func busybox(t testing.TB, opts imagebuild.Options) v1.Image {
 
 func push(t testing.TB, host, repo string, img v1.Image) string {
 	t.Helper()
-	d, err := registry.Push(context.Background(), host, repo, img)
+	d, err := registry.Push(context.Background(), host, repo, img, nil)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -40,6 +40,10 @@ type options struct {
 // DefaultHome is where `kip up` keeps everything, under the user's home directory.
 const DefaultHome = ".kip"
 
+// RegistryAuthDir, under --home, holds the registry's push credentials as a Docker config
+// (config.json, 0600): made by the first kip up, reused by later ones, kept by kip down.
+const RegistryAuthDir = "registry-auth"
+
 // Seeded are the images `kip up` pushes to its registry: unqualified `busybox` and `nginx`
 // (busybox httpd on port 80) then work offline.
 var Seeded = []string{"library/busybox:latest", "library/nginx:latest"}
@@ -55,6 +59,8 @@ func NewCommand() *cobra.Command {
     built by hack/build-control-plane.sh, on 127.0.0.1;
   - the local backend's bridge (cells are network namespaces on it);
   - an OCI registry on the bridge address, seeded with busybox (and nginx: busybox httpd);
+    anyone pulls, but pushes must come from this host with the credentials in
+    <home>/registry-auth/config.json (DOCKER_CONFIG=<home>/registry-auth);
   - kip's provider: a virtual node whose pods each run on their own cell;
   - cluster DNS: CoreDNS (built once from hack/tools/coredns, cached under ~/.cache/kip) as
     kube-system/coredns behind Service kube-dns at 10.0.0.10, kip's clusterDNS.
@@ -192,7 +198,7 @@ func (o *options) up(ctx context.Context) (err error) {
 			return
 		}
 		if !keep {
-			o.step("stopped; everything kip up made is gone")
+			o.step("stopped; everything kip up made is gone but the registry credentials, kept for the next run in %s", filepath.Join(o.home, RegistryAuthDir))
 		}
 	}()
 
@@ -230,14 +236,27 @@ func (o *options) up(ctx context.Context) (err error) {
 		return err
 	}
 
+	// Anyone (every cell) pulls; only this host pushes, with credentials made on the first
+	// run and kept in authDir for the next ones.
 	addr := net.JoinHostPort(bridgeIP.String(), strconv.Itoa(o.registryPort))
+	authDir := filepath.Join(o.home, RegistryAuthDir)
+	creds, err := registry.LoadOrMakeCredentials(authDir)
+	if err != nil {
+		return err
+	}
 	o.step("starting the registry on %s", addr)
-	reg, err := registry.Start(addr, registry.WithDiskStorage(st.RegistryDir))
+	reg, err := registry.Start(addr, registry.WithDiskStorage(st.RegistryDir),
+		registry.WithWriteAuth(creds), registry.WithHostOnlyWrites())
 	if err != nil {
 		return fmt.Errorf("starting the registry: %w", err)
 	}
 	teardown = append(teardown, func(context.Context) error { return reg.Close() })
-	if err := registry.SeedBusybox(ctx, reg.Host(), Seeded...); err != nil {
+	if err := registry.WriteDockerConfig(authDir, reg.Host(), creds); err != nil {
+		return err
+	}
+	o.step("registry %s takes pushes from this host only, with the credentials in %s (DOCKER_CONFIG=%s)",
+		reg.Host(), filepath.Join(authDir, registry.DockerConfigFile), authDir)
+	if err := registry.SeedBusybox(ctx, reg.Host(), reg.Auth(), Seeded...); err != nil {
 		return fmt.Errorf("seeding the registry: %w", err)
 	}
 
@@ -249,7 +268,7 @@ func (o *options) up(ctx context.Context) (err error) {
 			return fmt.Errorf("deploying CoreDNS: %w", err)
 		}
 		if _, err := clusterdns.Deploy(ctx, client, clusterdns.DeployOptions{
-			Build: clusterdns.BuildOptions{Log: o.step}, Registry: reg.Host(),
+			Build: clusterdns.BuildOptions{Log: o.step}, Registry: reg.Host(), RegistryAuth: reg.Auth(),
 		}); err != nil {
 			return fmt.Errorf("deploying CoreDNS (--cluster-dns=false runs without it): %w", err)
 		}
@@ -270,7 +289,8 @@ func (o *options) up(ctx context.Context) (err error) {
 		return err
 	}
 
-	fmt.Fprintf(o.stdout, "kip is up: export KUBECONFIG=%s  (registry %s; node %s; Ctrl-C to stop)\n", st.Kubeconfig, reg.Host(), o.node)
+	fmt.Fprintf(o.stdout, "kip is up: export KUBECONFIG=%s  (registry %s; node %s; push with DOCKER_CONFIG=%s; Ctrl-C to stop)\n",
+		st.Kubeconfig, reg.Host(), o.node, authDir)
 	select {
 	case <-ctx.Done():
 		return nil

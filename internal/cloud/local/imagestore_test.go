@@ -23,7 +23,7 @@ func TestCellsShareImageStore(t *testing.T) {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { _ = reg.Close() })
-	if err := registry.SeedBusybox(ctx, reg.Host(), "library/shared"); err != nil {
+	if err := registry.SeedBusybox(ctx, reg.Host(), reg.Auth(), "library/shared"); err != nil {
 		t.Fatal(err)
 	}
 	c := e.cloud()

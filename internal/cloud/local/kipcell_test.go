@@ -177,7 +177,7 @@ func TestKipCellPodTerminated(t *testing.T) {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { reg.Close() })
-	if err := registry.SeedBusybox(ctx, reg.Host(), "library/sleeper:latest"); err != nil {
+	if err := registry.SeedBusybox(ctx, reg.Host(), reg.Auth(), "library/sleeper:latest"); err != nil {
 		t.Fatal(err)
 	}
 	p := newKipCellPKI(t)

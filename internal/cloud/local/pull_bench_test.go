@@ -130,7 +130,7 @@ func benchCellPull(b *testing.B, parallel int, terminateLater, shared bool) {
 		b.Fatal(err)
 	}
 	b.Cleanup(func() { _ = reg.Close() })
-	if err := registry.SeedBusybox(ctx, reg.Host(), "library/foo"); err != nil {
+	if err := registry.SeedBusybox(ctx, reg.Host(), reg.Auth(), "library/foo"); err != nil {
 		b.Fatal(err)
 	}
 	ref := reg.Host() + "/library/foo"

@@ -201,13 +201,19 @@ func Setup(ctx context.Context, o Options) (env *Env, err error) {
 		return env, fmt.Errorf("making dynamic client: %w", err)
 	}
 
+	// As kip up's: anyone pulls, only this host pushes, with the credentials.
+	regCreds, err := registry.NewCredentials()
+	if err != nil {
+		return env, err
+	}
 	env.Registry, err = registry.Start(net.JoinHostPort(env.BridgeIP.String(), "0"),
-		registry.WithDiskStorage(filepath.Join(dir, "registry")))
+		registry.WithDiskStorage(filepath.Join(dir, "registry")),
+		registry.WithWriteAuth(regCreds), registry.WithHostOnlyWrites())
 	if err != nil {
 		return env, fmt.Errorf("starting registry: %w", err)
 	}
 	env.logf("seeding registry %s with %s", env.Registry.Host(), strings.Join(SeededImages, ", "))
-	if err := registry.SeedBusybox(ctx, env.Registry.Host(), SeededImages...); err != nil {
+	if err := registry.SeedBusybox(ctx, env.Registry.Host(), env.Registry.Auth(), SeededImages...); err != nil {
 		return env, fmt.Errorf("seeding registry: %w", err)
 	}
 
@@ -257,8 +263,9 @@ func (e *Env) DeployClusterDNS(ctx context.Context) ([]runtime.Object, error) {
 		return nil, fmt.Errorf("the environment was set up without Options.ClusterDNS: kip gives pods no cluster DNS")
 	}
 	return clusterdns.Deploy(ctx, e.Client, clusterdns.DeployOptions{
-		Build:    clusterdns.BuildOptions{Log: e.logf},
-		Registry: e.Registry.Host(),
+		Build:        clusterdns.BuildOptions{Log: e.logf},
+		Registry:     e.Registry.Host(),
+		RegistryAuth: e.Registry.Auth(),
 	})
 }
 

@@ -47,7 +47,7 @@ func (e *Env) pushGoImage(ctx context.Context, pkg, repo string) (string, error)
 	if err != nil {
 		return "", fmt.Errorf("building the image of %s: %w", pkg, err)
 	}
-	if _, err := registry.Push(ctx, e.Registry.Host(), repo, img); err != nil {
+	if _, err := registry.Push(ctx, e.Registry.Host(), repo, img, e.Registry.Auth()); err != nil {
 		return "", err
 	}
 	return e.Registry.Host() + "/" + repo, nil
