@@ -8,6 +8,8 @@
 #   CHAOS_SEED     the seed (default: random, printed first); a round's plan depends on the
 #                  seed and its number alone
 #   CHAOS_ONLY     comma-separated round numbers to replay alone (with the seed that failed)
+#   CHAOS_DURATION stop starting rounds after this long (a Go duration like 45m); the tally
+#                  says how many ran
 #   CHAOS_TIMEOUT  go test -timeout (default: 6 minutes a round plus 15)
 #   KIP_CP_BIN     control plane binary dir (default: built by hack/build-control-plane.sh)
 #   KIP_TEST_LOGS  where the full log goes (default .cache/test-logs/chaos.log)

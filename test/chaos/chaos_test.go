@@ -82,6 +82,16 @@ func TestChaos(t *testing.T) {
 		seed = s
 	}
 	rounds := envInt("CHAOS_ROUNDS", 50)
+	// CHAOS_DURATION (a Go duration) stops starting rounds once that much time has passed,
+	// so that a run bounded in time still ends with its tally.
+	var budget time.Duration
+	if v := os.Getenv("CHAOS_DURATION"); v != "" {
+		d, err := time.ParseDuration(v)
+		if err != nil {
+			t.Fatalf("CHAOS_DURATION=%q: %v", v, err)
+		}
+		budget = d
+	}
 	var only []int
 	for _, f := range strings.FieldsFunc(os.Getenv("CHAOS_ONLY"), func(r rune) bool { return r == ',' || r == ' ' }) {
 		n, err := strconv.Atoi(f)
@@ -118,6 +128,10 @@ func TestChaos(t *testing.T) {
 	for r := 0; r < rounds; r++ {
 		if len(only) > 0 && !slices.Contains(only, r) {
 			continue
+		}
+		if budget > 0 && time.Since(started) > budget {
+			fmt.Printf("\nchaos: CHAOS_DURATION=%v reached: stopping before round %d of %d\n", budget, r, rounds)
+			break
 		}
 		p := NewPlan(seed, r)
 		fmt.Printf("\n=== chaos %s\n", p)
@@ -488,16 +502,17 @@ func (c *chaos) expect(ctx context.Context, ns string, p Plan, before map[string
 		fault := faultOf[name]
 		check(func() {
 			switch fault {
-			case FaultPartitionLong, FaultAgentKill:
-				// The cell is silent past the lost timeout: Failed, CellLost, as a pod of a
-				// lost node; its cell is terminated.
+			case FaultPartitionLong, FaultAgentKill, FaultNetnsDelete:
+				// The cell is silent past the lost timeout (partitioned, agent dead), or the
+				// backend reports it terminated (its netns is gone, as after a host reboot):
+				// Failed, CellLost, as a pod of a lost node; its cell is terminated.
 				got, err := e.WaitForPod(ctx, ns, name, settleTimeout, framework.Finished)
 				if err != nil || !podFailedLost(got) {
 					wrong.add("%s after %s: want Failed/%s, got %s (%v)\n%s", name, fault, cells.ReasonCellLost, framework.DescribePod(got), err, e.EventsFor(ctx, ns, name))
 				}
 			default:
-				// No fault, a short partition, a deleted netns name, kip killed: the same
-				// container keeps running, no restart.
+				// No fault, a short partition, kip killed: the same container keeps
+				// running, no restart.
 				if fault != "" {
 					time.Sleep(5 * time.Second) // let kip notice what it will
 				}
