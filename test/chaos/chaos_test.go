@@ -337,6 +337,7 @@ func (c *chaos) round(ctx context.Context, p Plan) *result {
 
 	// Targeted faults, once their pods run.
 	before := map[string]corev1.ContainerStatus{}
+	judged := map[string]bool{}
 	var faultWG sync.WaitGroup
 	for _, tg := range p.Targets {
 		pod, err := e.WaitForPod(ctx, ns, tg.Pod, settleTimeout, func(p *corev1.Pod) bool {
@@ -344,6 +345,7 @@ func (c *chaos) round(ctx context.Context, p Plan) *result {
 		})
 		if err != nil || !framework.Running(pod) {
 			wrong.add("%s never Running and Ready before its %s: %v %s\n%s", tg.Pod, tg.Fault, err, framework.DescribePod(pod), e.EventsFor(ctx, ns, tg.Pod))
+			judged[tg.Pod] = true // counted once: no fault, no second verdict
 			continue
 		}
 		before[tg.Pod] = pod.Status.ContainerStatuses[0]
@@ -359,7 +361,7 @@ func (c *chaos) round(ctx context.Context, p Plan) *result {
 	faultWG.Wait()
 
 	// Every pod in the phase it should be in.
-	c.expect(ctx, ns, p, before, wrong)
+	c.expect(ctx, ns, p, before, judged, wrong)
 	// Cells match pods: one per running pod, none for finished ones, none for others.
 	c.cellsMatchPods(ctx, ns, res)
 
@@ -486,7 +488,7 @@ func podFailedLost(p *corev1.Pod) bool {
 
 // expect waits for every object of the plan to reach its expected end and records those
 // that do not.
-func (c *chaos) expect(ctx context.Context, ns string, p Plan, before map[string]corev1.ContainerStatus, wrong *problems) {
+func (c *chaos) expect(ctx context.Context, ns string, p Plan, before map[string]corev1.ContainerStatus, judged map[string]bool, wrong *problems) {
 	e := c.env
 	faultOf := map[string]string{}
 	for _, tg := range p.Targets {
@@ -500,6 +502,9 @@ func (c *chaos) expect(ctx context.Context, ns string, p Plan, before map[string
 	for i := range p.Long {
 		name := fmt.Sprintf("long-%d", i)
 		fault := faultOf[name]
+		if judged[name] {
+			continue
+		}
 		check(func() {
 			switch fault {
 			case FaultPartitionLong, FaultAgentKill, FaultNetnsDelete:

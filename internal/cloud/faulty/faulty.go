@@ -31,7 +31,9 @@ type Config struct {
 	// ServerErrorRate fails Launch, Describe and Terminate with an unclassified error (an
 	// HTTP 500 from the cloud's API) before the call reaches the backend.
 	ServerErrorRate float64
-	// CapacityErrorRate fails Launch with an InsufficientCapacity error.
+	// CapacityErrorRate fails Launch with an InsufficientCapacity error, except the retry of
+	// a launch that already reached the backend: a cloud answers a repeated client token
+	// with the first launch's result (EC2's idempotency), never with a capacity error.
 	CapacityErrorRate float64
 	// LostResponseRate makes Launch and Terminate reach the backend (the instance is
 	// launched, or terminated) and then returns an unclassified error, as when the answer is
@@ -77,6 +79,8 @@ type Cloud struct {
 	mu       sync.Mutex
 	rng      *rand.Rand
 	injected map[Kind]int
+	// made holds the client tokens of launches that reached the backend.
+	made map[string]bool
 }
 
 // New wraps inner. onFault, if not nil, is called for every injected fault with the call's
@@ -85,7 +89,7 @@ func New(inner cloud.Cloud, cfg Config, onFault func(op string, k Kind)) (*Cloud
 	if err := cfg.Validate(); err != nil {
 		return nil, fmt.Errorf("cloud faults: %w", err)
 	}
-	return &Cloud{inner: inner, cfg: cfg, onFault: onFault, rng: rand.New(rand.NewPCG(cfg.Seed, cfg.Seed^0x9e3779b97f4a7c15)), injected: map[Kind]int{}}, nil
+	return &Cloud{inner: inner, cfg: cfg, onFault: onFault, rng: rand.New(rand.NewPCG(cfg.Seed, cfg.Seed^0x9e3779b97f4a7c15)), injected: map[Kind]int{}, made: map[string]bool{}}, nil
 }
 
 // Injected returns how many faults of each kind were injected so far.
@@ -163,11 +167,22 @@ func (c *Cloud) InstanceTypes(ctx context.Context) ([]instancetype.InstanceType,
 
 // Launch implements cloud.Cloud.
 func (c *Cloud) Launch(ctx context.Context, spec cloud.LaunchSpec) (*cloud.Instance, error) {
-	k := c.draw("Launch", Throttle, ServerError, Capacity, LostResponse)
+	kinds := []Kind{Throttle, ServerError, Capacity, LostResponse}
+	c.mu.Lock()
+	if spec.ClientToken != "" && c.made[spec.ClientToken] {
+		kinds = []Kind{Throttle, ServerError, LostResponse}
+	}
+	c.mu.Unlock()
+	k := c.draw("Launch", kinds...)
 	if err := before("Launch", k); err != nil {
 		return nil, err
 	}
 	inst, err := c.inner.Launch(ctx, spec)
+	if err == nil && spec.ClientToken != "" {
+		c.mu.Lock()
+		c.made[spec.ClientToken] = true
+		c.mu.Unlock()
+	}
 	if err == nil && k == LostResponse {
 		return nil, lost("Launch")
 	}

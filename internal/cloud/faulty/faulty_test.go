@@ -84,6 +84,32 @@ func TestLostLaunchIsIdempotent(t *testing.T) {
 	}
 }
 
+// TestNoCapacityErrorForAMadeLaunch: once a launch reached the backend, its retries (same
+// client token) may be throttled or fail, but never lack capacity: a cloud answers a repeated
+// token with the first launch's result, and a capacity error would make the caller launch
+// another type beside the instance it already has.
+func TestNoCapacityErrorForAMadeLaunch(t *testing.T) {
+	ctx := context.Background()
+	inner := fake.New()
+	c, err := New(inner, Config{Seed: 3, CapacityErrorRate: 0.5, LostResponseRate: 0.5}, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	made := false
+	for i := range 200 {
+		_, err := c.Launch(ctx, launchSpec(1))
+		if cloud.IsInsufficientCapacity(err) && made {
+			t.Fatalf("retry %d of a launch that was made failed with a capacity error: %v", i, err)
+		}
+		if !cloud.IsInsufficientCapacity(err) {
+			made = true
+		}
+	}
+	if !made || len(inner.Instances()) != 1 {
+		t.Errorf("made=%v, %d instances, want one", made, len(inner.Instances()))
+	}
+}
+
 // TestSeeded: the same seed gives the same faults for the same calls; the rates hold
 // roughly; List and InstanceTypes are never faulted.
 func TestSeeded(t *testing.T) {
