@@ -69,7 +69,7 @@ build_cp() {
 
 stage "install Debian packages (hack/install-deps.sh)" hack/install-deps.sh || exit 1
 stage "build control plane (hack/build-control-plane.sh; ~15 min cold)" build_cp || exit 1
-stage "go vet ./... (and the e2e-tagged tests, and deploy/test)" bash -c "go vet ./... && go vet -tags e2e ./test/e2e/... && go vet -C deploy/test ./..."
+stage "go vet ./... (and the e2e- and chaos-tagged tests, and deploy/test)" bash -c "go vet ./... && go vet -tags e2e ./test/e2e/... && go vet -tags chaos ./test/chaos/... && go vet -C deploy/test ./..."
 stage "build bin/kip and bin/kip-cell" go build -o bin/ ./cmd/... || exit 1
 export KIP_BIN=$root/bin
 # CoreDNS for cluster DNS (internal/clusterdns): built once into ~/.cache/kip/coredns, so the
