@@ -1,5 +1,5 @@
 # Kip's Makefile only calls hack/ scripts and go.
-.PHONY: all build images test unit fuzz race demo bench conformance control-plane deps verify clean
+.PHONY: all build images test unit fuzz race chaos demo bench conformance control-plane deps verify clean
 
 all: build
 
@@ -31,6 +31,11 @@ fuzz:
 # The packages that run goroutines per pod, under the race detector (docs/fuzzing.md).
 race:
 	hack/race.sh
+
+# Seeded, randomized fault rounds over the local backend, with a tally (CHAOS_ROUNDS, default
+# 50; CHAOS_SEED; CHAOS_ONLY replays rounds; docs/chaos.md). Root only.
+chaos:
+	hack/chaos.sh
 
 demo:
 	hack/demo.sh

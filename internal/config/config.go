@@ -43,6 +43,24 @@ type Cloud struct {
 	Provider string     `json:"provider"`
 	Local    LocalCloud `json:"local"`
 	AWS      AWSCloud   `json:"aws"`
+	// Faults, a testing aid for `make chaos` (docs/chaos.md), makes some of the backend's
+	// calls fail on purpose. Absent (the default): no call is faulted.
+	Faults *CloudFaults `json:"faults,omitempty"`
+}
+
+// CloudFaults makes a share of the backend's per-pod calls fail, at random from Seed
+// (internal/cloud/faulty): a testing aid, never for production. Rates are fractions of calls
+// in [0, 1] that together add up to at most 1.
+type CloudFaults struct {
+	Seed uint64 `json:"seed"`
+	// ThrottleRate: Launch, Describe and Terminate fail Throttled.
+	ThrottleRate float64 `json:"throttleRate,omitempty"`
+	// ServerErrorRate: Launch, Describe and Terminate fail with a 500.
+	ServerErrorRate float64 `json:"serverErrorRate,omitempty"`
+	// CapacityErrorRate: Launch fails InsufficientCapacity.
+	CapacityErrorRate float64 `json:"capacityErrorRate,omitempty"`
+	// LostResponseRate: Launch and Terminate are made, then fail as if the answer was lost.
+	LostResponseRate float64 `json:"lostResponseRate,omitempty"`
 }
 
 // LocalCloud configures the local backend: cells are network namespaces on a bridge.

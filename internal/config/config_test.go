@@ -29,6 +29,7 @@ func TestValidFiles(t *testing.T) {
 			eq(t, "node.taints", len(c.Node.Taints), 1)
 			eq(t, "node.taints[0]", c.Node.Taints[0], corev1.Taint{Key: "virtual-kubelet.io/provider", Value: "kip", Effect: corev1.TaintEffectNoSchedule})
 			eq(t, "node.capacity.pods", c.Node.Capacity.Pods.String(), "110")
+			eq(t, "cloud.faults", c.Cloud.Faults == nil, true) // off unless asked for
 			eq(t, "cells.healthyTimeout", c.Cells.HealthyTimeout.Duration, 90*time.Second)
 			eq(t, "cells.lostTimeout", c.Cells.LostTimeout.Duration, 30*time.Second)
 			eq(t, "cells.capacityErrorMemory", c.Cells.CapacityErrorMemory.Duration, 3*time.Minute)
@@ -44,6 +45,7 @@ func TestValidFiles(t *testing.T) {
 		}},
 		{"valid-local-full.yaml", func(t *testing.T, c *ProviderConfig) {
 			eq(t, "node.internalIP", c.Node.InternalIP, "10.250.7.1")
+			eq(t, "cloud.faults", fmt.Sprintf("%+v", *c.Cloud.Faults), "{Seed:11 ThrottleRate:0.1 ServerErrorRate:0 CapacityErrorRate:0 LostResponseRate:0.05}")
 			eq(t, "node.taints", len(c.Node.Taints), 0)
 			eq(t, "node.capacity.cpu", c.Node.Capacity.CPU.String(), "8")
 			eq(t, "node.capacity.gpu", c.Node.Capacity.GPU.Value(), int64(1))
@@ -151,6 +153,7 @@ func TestInvalidFiles(t *testing.T) {
 		}},
 		{"invalid-wrong-type.yaml", []string{"kubeletPort"}},
 		{"invalid-tls-half.yaml", []string{"node.tls"}},
+		{"invalid-faults.yaml", []string{"cloud.faults.throttleRate", "cloud.faults.capacityErrorRate", "cloud.faults: Invalid value", "add up to at most 1"}},
 		{"invalid-duplicate.yaml", []string{`"name"`}},
 		{"invalid-many.yaml", []string{
 			"cloud.local.bridge", "cloud.local.subnet", "node.kubeletPort",

@@ -66,6 +66,22 @@ func (c *Cloud) validate(p *field.Path) field.ErrorList {
 	default:
 		errs = append(errs, field.NotSupported(p.Child("provider"), c.Provider, []string{ProviderLocal, ProviderAWS}))
 	}
+	if f := c.Faults; f != nil {
+		fp := p.Child("faults")
+		sum := 0.0
+		for _, r := range []struct {
+			name string
+			v    float64
+		}{{"throttleRate", f.ThrottleRate}, {"serverErrorRate", f.ServerErrorRate}, {"capacityErrorRate", f.CapacityErrorRate}, {"lostResponseRate", f.LostResponseRate}} {
+			if !(r.v >= 0 && r.v <= 1) {
+				errs = append(errs, field.Invalid(fp.Child(r.name), r.v, "must be a fraction between 0 and 1"))
+			}
+			sum += r.v
+		}
+		if sum > 1 {
+			errs = append(errs, field.Invalid(fp, sum, "the rates must add up to at most 1"))
+		}
+	}
 	return errs
 }
 

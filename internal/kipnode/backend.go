@@ -9,6 +9,7 @@ import (
 	"strings"
 
 	"github.com/kip-dev/kip/internal/cloud"
+	"github.com/kip-dev/kip/internal/cloud/faulty"
 	"github.com/kip-dev/kip/internal/cloud/local"
 	"github.com/kip-dev/kip/internal/config"
 )
@@ -125,4 +126,24 @@ func localGroups(gs []config.LocalSecurityGroup) []local.SecurityGroup {
 		out = append(out, lg)
 	}
 	return out
+}
+
+// faults wraps b in the fault injector when the config has a cloud.faults block (a testing
+// aid for make chaos, docs/chaos.md), logging each injected fault; without one it returns b.
+func (r *runner) faults(b cloud.Cloud) (cloud.Cloud, error) {
+	f := r.cfg.Cloud.Faults
+	if f == nil {
+		return b, nil
+	}
+	log := r.log.With("component", "cloud-faults")
+	log.Warn("cloud.faults is set: some cloud calls will fail on purpose (a testing aid)", "seed", f.Seed,
+		"throttleRate", f.ThrottleRate, "serverErrorRate", f.ServerErrorRate, "capacityErrorRate", f.CapacityErrorRate, "lostResponseRate", f.LostResponseRate)
+	fc, err := faulty.New(b, faulty.Config{
+		Seed: f.Seed, ThrottleRate: f.ThrottleRate, ServerErrorRate: f.ServerErrorRate,
+		CapacityErrorRate: f.CapacityErrorRate, LostResponseRate: f.LostResponseRate,
+	}, func(op string, k faulty.Kind) { log.Info("injected cloud fault", "call", op, "fault", string(k)) })
+	if err != nil {
+		return nil, fmt.Errorf("starting kip: cloud.faults: %w", err)
+	}
+	return fc, nil
 }

@@ -166,7 +166,11 @@ func (r *runner) run(ctx context.Context) error {
 	var mgr *cells.Manager
 	svcPush := svcpush.New(svcpush.Options{ResyncInterval: cfg.Cells.StatusInterval.Duration, Log: r.log}, svcTable,
 		svcpush.CellsFunc(func(visit func(string, cellapi.Agent, time.Duration)) { mgr.EachRunning(visit) }))
-	cl := met.InstrumentCloud(backend)
+	faulted, err := r.faults(backend)
+	if err != nil {
+		return err
+	}
+	cl := met.InstrumentCloud(faulted)
 	mgr = cells.New(cellsOptions(cfg), cells.NodeInfo{Name: name, HostIP: nodeIP}, cells.Deps{
 		Cloud:    cl,
 		Selector: &selector.Selector{Options: selectorOptions(cfg)},
