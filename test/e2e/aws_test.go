@@ -16,8 +16,12 @@ import (
 	"testing"
 	"time"
 
+	appsv1 "k8s.io/api/apps/v1"
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/util/wait"
+
+	"github.com/kip-dev/kip/internal/annotations"
 
 	"github.com/kip-dev/kip/internal/cloud"
 	"github.com/kip-dev/kip/internal/cloud/aws/ec2fake"
@@ -29,7 +33,36 @@ import (
 // downloads kip-cell and runc from kip and enrolls.
 type awsEnv struct {
 	*framework.Env
-	fake *ec2fake.Server
+	fake            *ec2fake.Server
+	instancesBefore int // instances launched before the current subtest
+}
+
+// waitReadyPods waits until n pods with labels are Running and Ready, and returns them.
+func (e *awsEnv) waitReadyPods(t *testing.T, ns string, labels map[string]string, n int) []corev1.Pod {
+	t.Helper()
+	sel := metav1.FormatLabelSelector(&metav1.LabelSelector{MatchLabels: labels})
+	var ready []corev1.Pod
+	err := wait.PollUntilContextTimeout(context.Background(), 300*time.Millisecond, 2*time.Minute, true, func(ctx context.Context) (bool, error) {
+		list, err := e.Client.CoreV1().Pods(ns).List(ctx, metav1.ListOptions{LabelSelector: sel})
+		if err != nil {
+			return false, err
+		}
+		ready = ready[:0]
+		for _, p := range list.Items {
+			if p.Status.Phase == corev1.PodRunning && p.DeletionTimestamp == nil {
+				for _, c := range p.Status.Conditions {
+					if c.Type == corev1.PodReady && c.Status == corev1.ConditionTrue {
+						ready = append(ready, p)
+					}
+				}
+			}
+		}
+		return len(ready) == n, nil
+	})
+	if err != nil {
+		t.Fatalf("waiting for %d Ready pods %s: %v (%d Ready)", n, sel, err, len(ready))
+	}
+	return ready
 }
 
 func setupAWS(t *testing.T) *awsEnv {
@@ -164,13 +197,22 @@ func (e *awsEnv) checkBootedFromScript(t *testing.T, p *corev1.Pod) ec2fake.Inst
 	if strings.Contains(string(ud), "PRIVATE KEY") {
 		t.Errorf("instance %s user data holds a private key", in.ID)
 	}
-	c, ok := e.fake.Cell(in.ID)
-	if !ok {
-		t.Fatalf("instance %s has no cell", in.ID)
+	// Kip enrolled the cell: only the bootstrap script's agent holds its one-time token.
+	var logs []byte
+	files, _ := filepath.Glob(filepath.Join(e.Kip.LogDir, "kip-*.log"))
+	for _, f := range files {
+		b, _ := os.ReadFile(f)
+		logs = append(logs, b...)
 	}
-	out, _ := os.ReadFile(c.OutputPath)
-	if !strings.Contains(string(out), "kip-cell started") {
-		t.Errorf("instance %s boot output shows no started agent:\n%s", in.ID, out)
+	if log := string(logs); !strings.Contains(log, "enrolled a cell") || !strings.Contains(log, "cell="+in.Tags[cloud.TagCellID]) {
+		t.Errorf("kip's log shows no enrollment of cell %s (instance %s)", in.Tags[cloud.TagCellID], in.ID)
+	}
+	// A running instance's cloud-init output shows the script started the agent.
+	if c, ok := e.fake.Cell(in.ID); ok && !c.Destroyed && in.State == "running" {
+		out, err := os.ReadFile(c.OutputPath)
+		if !strings.Contains(string(out), "kip-cell started") {
+			t.Errorf("instance %s boot output (%v) shows no started agent:\n%s", in.ID, err, out)
+		}
 	}
 	return in
 }
@@ -243,34 +285,66 @@ func TestAWSCells(t *testing.T) {
 		e.waitTerminated(t, in.ID)
 	})
 
-	t.Run("ExecAndSpot", func(t *testing.T) {
-		pod := framework.Pod("aws-spot", framework.Busybox("main", "exec sleep 3600"))
-		pod.Annotations = map[string]string{"pod.kip.dev/launch-type": "spot"}
-		p, err := e.Client.CoreV1().Pods(ns).Create(ctx, pod, metav1.CreateOptions{})
+	t.Run("DeploymentRestartAndSpot", func(t *testing.T) {
+		e.instancesBefore = len(e.fake.Instances())
+		replicas := int32(2)
+		labels := map[string]string{"app": "aws-web"}
+		tmpl := framework.Pod("", framework.Busybox("main", "exec sleep 3600"))
+		tmpl.Spec.RestartPolicy = corev1.RestartPolicyAlways
+		tmpl.Labels = labels
+		tmpl.Annotations = map[string]string{annotations.LaunchType: annotations.LaunchTypeSpot}
+		d := &appsv1.Deployment{
+			ObjectMeta: metav1.ObjectMeta{Name: "aws-web"},
+			Spec: appsv1.DeploymentSpec{
+				Replicas: &replicas,
+				Selector: &metav1.LabelSelector{MatchLabels: labels},
+				Template: corev1.PodTemplateSpec{ObjectMeta: tmpl.ObjectMeta, Spec: tmpl.Spec},
+			},
+		}
+		if _, err := e.Client.AppsV1().Deployments(ns).Create(ctx, d, metav1.CreateOptions{}); err != nil {
+			t.Fatal(err)
+		}
+		// Kill kip once the first instance is asked for, mid-launch, and start it again.
+		deadline := time.Now().Add(time.Minute)
+		for len(e.fake.Instances()) == e.instancesBefore && time.Now().Before(deadline) {
+			time.Sleep(20 * time.Millisecond)
+		}
+		e.Kip.Kill()
+		if err := e.Kip.Start(ctx); err != nil {
+			t.Fatalf("restarting kip: %v", err)
+		}
+		pods := e.waitReadyPods(t, ns, labels, 2)
+		for _, p := range pods {
+			in := e.checkBootedFromScript(t, &p)
+			if !in.Spot {
+				t.Errorf("instance %s of %s is not spot", in.ID, p.Name)
+			}
+		}
+		all, err := e.Client.CoreV1().Pods(ns).List(ctx, metav1.ListOptions{})
 		if err != nil {
 			t.Fatal(err)
 		}
-		p, err = e.WaitForPod(ctx, ns, p.Name, 2*time.Minute, func(p *corev1.Pod) bool {
-			return p.Status.Phase != corev1.PodPending
-		})
-		if err != nil || p.Status.Phase != corev1.PodRunning {
-			t.Fatalf("pod not Running: %v\n%s", err, e.EventsFor(ctx, ns, pod.Name))
+		for _, p := range all.Items {
+			if p.Status.Phase == corev1.PodFailed {
+				t.Errorf("pod %s Failed after kip's restart:\n%s", p.Name, framework.DescribePod(&p))
+			}
 		}
-		out, err := e.Kubectl(ctx, "exec", "-n", ns, p.Name, "--", "sh", "-c", "echo exec-ok")
+		out, err := e.Kubectl(ctx, "exec", "-n", ns, pods[0].Name, "--", "sh", "-c", "echo exec-ok")
 		if err != nil || strings.TrimSpace(out) != "exec-ok" {
 			t.Errorf("kubectl exec = %q, %v", out, err)
 		}
-		in := e.checkBootedFromScript(t, p)
-		if !in.Spot {
-			t.Errorf("instance %s is not spot", in.ID)
-		}
-		if err := e.fake.InterruptSpot(in.ID, "terminate", time.Now().Add(time.Minute)); err != nil {
+
+		// A spot notice on one instance: the pod fails as kubelet's node shutdown would have it,
+		// and its ReplicaSet replaces it on a new instance.
+		victim := pods[0]
+		old := e.instancesOf(string(victim.UID))[0]
+		if err := e.fake.InterruptSpot(old.ID, "terminate", time.Now().Add(time.Minute)); err != nil {
 			t.Fatal(err)
 		}
-		if _, err := e.WaitForEvent(ctx, ns, p.Name, "SpotInterruption", time.Minute); err != nil {
-			t.Errorf("no SpotInterruption event: %v\n%s", err, e.EventsFor(ctx, ns, p.Name))
+		if _, err := e.WaitForEvent(ctx, ns, victim.Name, "SpotInterruption", time.Minute); err != nil {
+			t.Errorf("no SpotInterruption event: %v\n%s", err, e.EventsFor(ctx, ns, victim.Name))
 		}
-		p, err = e.WaitForPod(ctx, ns, p.Name, 2*time.Minute, func(p *corev1.Pod) bool {
+		p, err := e.WaitForPod(ctx, ns, victim.Name, 2*time.Minute, func(p *corev1.Pod) bool {
 			return p.Status.Phase == corev1.PodFailed
 		})
 		if err != nil {
@@ -286,9 +360,32 @@ func TestAWSCells(t *testing.T) {
 		if !found {
 			t.Errorf("pod has no DisruptionTarget condition:\n%s", framework.DescribePod(p))
 		}
-		if err := e.Client.CoreV1().Pods(ns).Delete(ctx, p.Name, metav1.DeleteOptions{}); err != nil {
+		var ids []string
+		for _, np := range e.waitReadyPods(t, ns, labels, 2) {
+			if np.UID == victim.UID {
+				t.Errorf("the interrupted pod %s counts as Ready", np.Name)
+				continue
+			}
+			in := e.checkBootedFromScript(t, &np)
+			if in.ID == old.ID {
+				t.Errorf("pod %s runs on the interrupted instance %s", np.Name, old.ID)
+			}
+			ids = append(ids, in.ID)
+		}
+		if err := e.Client.AppsV1().Deployments(ns).Delete(ctx, d.Name, metav1.DeleteOptions{}); err != nil {
 			t.Fatal(err)
 		}
-		e.waitTerminated(t, in.ID)
+		if err := e.Client.CoreV1().Pods(ns).DeleteCollection(ctx, metav1.DeleteOptions{}, metav1.ListOptions{}); err != nil {
+			t.Fatal(err)
+		}
+		for _, id := range append(ids, old.ID) {
+			e.waitTerminated(t, id)
+		}
 	})
+	// No instance of the fake is left running.
+	for _, in := range e.fake.Instances() {
+		if in.State != "terminated" {
+			e.waitTerminated(t, in.ID)
+		}
+	}
 }
