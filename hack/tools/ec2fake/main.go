@@ -44,6 +44,7 @@ func main() {
 // ready is what the fake prints on stdout once it serves.
 type ready struct {
 	Endpoint        string            `json:"endpoint"`
+	PricingEndpoint string            `json:"pricingEndpoint"` // the Price List API (cloud.aws.pricingEndpoint)
 	Control         string            `json:"control"`
 	Region          string            `json:"region"`
 	VPCID           string            `json:"vpcID"`
@@ -98,8 +99,18 @@ func run(ctx context.Context, args []string) (err error) {
 	errc := make(chan error, 1)
 	go func() { errc <- srv.Serve(ln) }()
 
+	// The Price List API on a port of its own, so that kip's catalog refresh sees the fake's
+	// instance types.
+	pln, err := net.Listen("tcp", net.JoinHostPort(ln.Addr().(*net.TCPAddr).IP.String(), "0"))
+	if err != nil {
+		return err
+	}
+	psrv := &http.Server{Handler: f.PricingHandler(), ReadHeaderTimeout: 10 * time.Second}
+	go func() { _ = psrv.Serve(pln) }()
+	defer psrv.Close()
+
 	endpoint := "http://" + ln.Addr().String()
-	r := ready{Endpoint: endpoint, Control: endpoint + "/_fake/", Region: f.Region(), VPCID: ec2fake.VPCID,
+	r := ready{Endpoint: endpoint, PricingEndpoint: "http://" + pln.Addr().String(), Control: endpoint + "/_fake/", Region: f.Region(), VPCID: ec2fake.VPCID,
 		VPCCIDR: f.VPCNetwork().String(), Images: f.Images(), InstanceProfile: ec2fake.InstanceProfile,
 		Subnets: map[string]string{f.Region() + "a": ec2fake.SubnetA, f.Region() + "b": ec2fake.SubnetB}}
 	if !*noCells {

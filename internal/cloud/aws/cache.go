@@ -38,8 +38,12 @@ type refresh struct {
 func (c *instanceCache) launched(in *cloud.Instance, now time.Time) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
+	// A refresh sets byID but not launchAt: each map may be nil alone.
 	if c.byID == nil {
-		c.byID, c.launchAt = map[string]*cloud.Instance{}, map[string]time.Time{}
+		c.byID = map[string]*cloud.Instance{}
+	}
+	if c.launchAt == nil {
+		c.launchAt = map[string]time.Time{}
 	}
 	c.byID[in.ID] = copyInstance(in)
 	c.launchAt[in.ID] = now

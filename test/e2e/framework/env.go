@@ -64,9 +64,10 @@ type Env struct {
 	Kip      *Kip
 	// NodeName is the virtual node's name; ClusterName tags every cell kip launches.
 	NodeName, ClusterName string
-	// Bridge is the local backend's bridge; BridgeIP is the node's InternalIP.
-	Bridge   string
-	BridgeIP net.IP
+	// Bridge is the local backend's bridge; BridgeIP is the node's InternalIP (unless
+	// Options.NodeIP; NodeIP is the one in use).
+	Bridge           string
+	BridgeIP, NodeIP net.IP
 	// BinDir holds kip and kip-cell; CPBin the control plane binaries.
 	BinDir, CPBin string
 	// ClusterDNS is kip's clusterDNS (Options.ClusterDNS), empty without it.
@@ -101,6 +102,15 @@ type Options struct {
 	SecurityGroups []config.LocalSecurityGroup
 	// AllowPrivileged sets kip's node.allowPrivileged: privileged containers run.
 	AllowPrivileged bool
+	// Config, when set, replaces kip's local-backend config: it is called once the bridge, the
+	// control plane and the registry run, and returns kip's whole config (ExtraConfig is still
+	// appended). The AWS test uses it to point kip at the EC2 fake.
+	Config func(e *Env) string
+	// KipEnv are extra environment variables (KEY=value) of the kip process.
+	KipEnv []string
+	// NodeIP is kip's node.internalIP when Config sets another than the bridge's address:
+	// Setup waits for the kubelet API there.
+	NodeIP net.IP
 }
 
 // Missing returns why the end-to-end tier cannot run on this machine, or nil: it needs root
@@ -187,6 +197,10 @@ func Setup(ctx context.Context, o Options) (env *Env, err error) {
 		return env, err
 	}
 	env.BridgeIP = env.Backend.BridgeIP()
+	env.NodeIP = env.BridgeIP
+	if o.NodeIP != nil {
+		env.NodeIP = o.NodeIP
+	}
 
 	// The API server listens on the bridge address, so that cells reach it (Service
 	// `kubernetes`, in-cluster config), as `kip up` does.
@@ -226,7 +240,11 @@ func Setup(ctx context.Context, o Options) (env *Env, err error) {
 		return env, fmt.Errorf("creating the seccomp profile root: %w", err)
 	}
 	cfgPath := filepath.Join(dir, "kip.yaml")
-	if err := os.WriteFile(cfgPath, []byte(env.kipConfig(subnet, o.SecurityGroups)+o.ExtraConfig), 0o600); err != nil {
+	cfg := env.kipConfig(subnet, o.SecurityGroups)
+	if o.Config != nil {
+		cfg = o.Config(env)
+	}
+	if err := os.WriteFile(cfgPath, []byte(cfg+o.ExtraConfig), 0o600); err != nil {
 		return env, fmt.Errorf("writing kip config: %w", err)
 	}
 	env.Kip = &Kip{
@@ -235,6 +253,7 @@ func Setup(ctx context.Context, o Options) (env *Env, err error) {
 		Kubeconfig: env.CP.AdminKubeconfig(),
 		LogDir:     filepath.Join(dir, "kip-logs"),
 		Args:       o.KipArgs,
+		Env:        o.KipEnv,
 		env:        env,
 	}
 	if err := env.Kip.Start(ctx); err != nil {

@@ -28,6 +28,8 @@ type Kip struct {
 	LogDir string
 	// Args are extra arguments to `kip run`.
 	Args []string
+	// Env are extra environment variables (KEY=value) of `kip run`.
+	Env []string
 
 	env     *Env
 	cmd     *exec.Cmd
@@ -59,6 +61,7 @@ func (k *Kip) Replica(name string, args ...string) *Kip {
 		Bin: k.Bin, Config: k.Config, Kubeconfig: k.Kubeconfig,
 		LogDir: filepath.Join(k.LogDir, name),
 		Args:   append(slices.Clone(k.Args), args...),
+		Env:    k.Env,
 		env:    k.env,
 	}
 }
@@ -81,6 +84,9 @@ func (k *Kip) Launch() error {
 	args := append([]string{"run", "--config", k.Config, "--kubeconfig", k.Kubeconfig}, k.Args...)
 	cmd := exec.Command(k.Bin, args...)
 	cmd.Stdout, cmd.Stderr = logf, logf
+	if len(k.Env) > 0 {
+		cmd.Env = append(os.Environ(), k.Env...)
+	}
 	// Its own process group; SIGKILL if the test binary dies (see startLocked).
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGKILL}
 	if err := startLocked(cmd); err != nil {
@@ -128,7 +134,7 @@ func (k *Kip) waitNodeReady(ctx context.Context, since time.Time) error {
 	if err == nil {
 		// The node's status and Lease may be written before the kubelet API listens; the
 		// previous kip's are no proof at all. Nothing announces the listener: dial it.
-		err = waitListening(ctx, net.JoinHostPort(k.env.BridgeIP.String(), "10250"))
+		err = waitListening(ctx, net.JoinHostPort(k.env.NodeIP.String(), "10250"))
 	}
 	if err != nil {
 		if k.exited() {
