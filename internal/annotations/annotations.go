@@ -7,6 +7,7 @@ package annotations
 import (
 	"errors"
 	"fmt"
+	"math"
 	"path"
 	"strconv"
 	"strings"
@@ -180,9 +181,23 @@ var parsers = []struct {
 		return ""
 	}},
 	{VolumeSize, func(p *Pod, v, _ string) string {
+		// A decimal exponent far from any volume's size makes the quantity code compute with
+		// a number of that many digits (parsing 1e-888888811, or comparing 1e888888811, takes
+		// minutes and GiBs), so it is refused from the exponent alone, before parsing.
+		if exp, ok := decimalExponent(v); ok && exp > maxVolumeSizeExponent {
+			return "larger than " + maxVolumeSize.String() + ", the largest volume a cloud offers"
+		} else if ok && exp < -maxVolumeSizeExponent {
+			return `not a size in bytes like "20Gi"`
+		}
 		q, err := resource.ParseQuantity(v)
 		if err != nil || q.Sign() <= 0 {
 			return `not a positive size like "20Gi"`
+		}
+		switch scale := q.AsDec().Scale(); {
+		case scale < -maxVolumeSizeExponent:
+			return "larger than " + maxVolumeSize.String() + ", the largest volume a cloud offers"
+		case scale > maxVolumeSizeExponent:
+			return `not a size in bytes like "20Gi"`
 		}
 		if q.Cmp(maxVolumeSize) > 0 {
 			return "larger than " + maxVolumeSize.String() + ", the largest volume a cloud offers"
@@ -237,5 +252,31 @@ const maxDuration = time.Duration(1<<63 - 1)
 // maxVolumeSize bounds volume-size: EBS's largest volume, and far below where a size in
 // bytes overflows.
 var maxVolumeSize = resource.MustParse("64Ti")
+
+// decimalExponent returns the exponent of a quantity written with one ("5e3", "1E-2"); a
+// number too long for an int counts as far beyond any bound. ok is false for other forms
+// (including the suffixes E and Ei).
+func decimalExponent(v string) (exp int, ok bool) {
+	i := strings.LastIndexAny(v, "eE")
+	if i < 0 || i == len(v)-1 {
+		return 0, false
+	}
+	digits := strings.TrimLeft(v[i+1:], "+-")
+	if digits == "" || strings.Trim(digits, "0123456789") != "" {
+		return 0, false
+	}
+	n, err := strconv.Atoi(v[i+1:])
+	if err != nil { // out of range: as far as it goes
+		if strings.HasPrefix(v[i+1:], "-") {
+			return math.MinInt, true
+		}
+		return math.MaxInt, true
+	}
+	return n, true
+}
+
+// maxVolumeSizeExponent bounds the decimal exponent of a volume size: 10^30 bytes is far above
+// maxVolumeSize, and 10^-30 bytes far below a byte.
+const maxVolumeSizeExponent = 30
 
 func ptr[T any](v T) *T { return &v }
