@@ -53,10 +53,10 @@ resources:
 patches:
 - target: {kind: Role, name: kip, namespace: kube-system}
   patch: |-
-    - {op: test, path: /rules/1/resourceNames, value: [kip-serving-kip]}
-    - {op: replace, path: /rules/1/resourceNames, value: [kip-serving-%[2]s]}
-    - {op: test, path: /rules/3/resourceNames, value: [kip-kip]}
-    - {op: replace, path: /rules/3/resourceNames, value: [kip-%[2]s]}
+    - {op: test, path: /rules/2/resourceNames, value: [kip-serving-kip, kip-enrollments-kip]}
+    - {op: replace, path: /rules/2/resourceNames, value: [kip-serving-%[2]s, kip-enrollments-%[2]s]}
+    - {op: test, path: /rules/4/resourceNames, value: [kip-kip]}
+    - {op: replace, path: /rules/4/resourceNames, value: [kip-%[2]s]}
 - target: {kind: Role, name: kip, namespace: kube-node-lease}
   patch: |-
     - {op: test, path: /rules/1/resourceNames, value: [kip]}
