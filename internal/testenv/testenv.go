@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"os"
 	"os/exec"
+	"path/filepath"
 	"runtime"
 	"sync"
 	"testing"
@@ -82,4 +83,37 @@ func missing(t testing.TB, why string) {
 		t.Fatalf("%s=1 but this test cannot run: %s", RequireEnv, why)
 	}
 	t.Skipf("skipping: %s (set %s=1 to make this a failure)", why, RequireEnv)
+}
+
+// BusyboxRootFS copies Debian's busybox-static into a fresh rootfs under t.TempDir(), with a
+// symlink per applet the root tests run and an /etc/passwd naming root, and returns its path;
+// without busybox-static the test is skipped, saying what to install.
+func BusyboxRootFS(t testing.TB) string {
+	t.Helper()
+	bb, err := exec.LookPath("busybox")
+	if err != nil {
+		t.Skip("busybox-static is not installed (apt-get install busybox-static)")
+	}
+	root := filepath.Join(t.TempDir(), "rootfs")
+	for _, d := range []string{"bin", "etc", "proc", "sys", "dev", "tmp"} {
+		if err := os.MkdirAll(filepath.Join(root, d), 0o755); err != nil {
+			t.Fatal(err)
+		}
+	}
+	data, err := os.ReadFile(bb)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(root, "bin/busybox"), data, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	for _, a := range []string{"sh", "echo", "cat", "dd", "sleep", "true", "head", "test", "ls"} {
+		if err := os.Symlink("busybox", filepath.Join(root, "bin", a)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := os.WriteFile(filepath.Join(root, "etc/passwd"), []byte("root:x:0:0:root:/root:/bin/sh\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	return root
 }

@@ -6,7 +6,6 @@ import (
 	"encoding/hex"
 	"fmt"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -20,33 +19,11 @@ import (
 	"github.com/kip-dev/kip/internal/testenv"
 )
 
-// busyboxRootFS copies Debian's busybox-static into a fresh rootfs.
-func busyboxRootFS(t *testing.T) string {
-	t.Helper()
-	bb, err := exec.LookPath("busybox")
-	if err != nil {
-		t.Skip("busybox-static is not installed (apt-get install busybox-static)")
-	}
-	root := filepath.Join(t.TempDir(), "rootfs")
-	for _, d := range []string{"bin", "etc", "proc", "sys", "dev", "tmp"} {
-		os.MkdirAll(filepath.Join(root, d), 0o755)
-	}
-	data, err := os.ReadFile(bb)
-	if err != nil {
-		t.Fatal(err)
-	}
-	os.WriteFile(filepath.Join(root, "bin/busybox"), data, 0o755)
-	for _, a := range []string{"sh", "echo", "cat", "test", "ls"} {
-		os.Symlink("busybox", filepath.Join(root, "bin", a))
-	}
-	return root
-}
-
 // runIn runs script in a real runc container whose spec a edited; it returns the output.
 func runIn(t *testing.T, a *Assignment, script string) string {
 	t.Helper()
 	testenv.RequireRunc(t)
-	rootfs := busyboxRootFS(t)
+	rootfs := testenv.BusyboxRootFS(t)
 	b := make([]byte, 3)
 	rand.Read(b)
 	tag := hex.EncodeToString(b)

@@ -4,8 +4,6 @@ import (
 	"context"
 	"crypto/rand"
 	"encoding/hex"
-	"os"
-	"os/exec"
 	"path/filepath"
 	"strings"
 	"syscall"
@@ -17,30 +15,6 @@ import (
 	"github.com/kip-dev/kip/internal/testenv"
 )
 
-// busyboxRootFS copies Debian's busybox-static into a fresh rootfs with one symlink per
-// applet.
-func busyboxRootFS(t *testing.T) string {
-	t.Helper()
-	bb, err := exec.LookPath("busybox")
-	if err != nil {
-		t.Skip("busybox-static is not installed (apt-get install busybox-static)")
-	}
-	root := filepath.Join(t.TempDir(), "rootfs")
-	for _, d := range []string{"bin", "etc", "proc", "sys", "dev", "tmp"} {
-		os.MkdirAll(filepath.Join(root, d), 0o755)
-	}
-	data, err := os.ReadFile(bb)
-	if err != nil {
-		t.Fatal(err)
-	}
-	os.WriteFile(filepath.Join(root, "bin/busybox"), data, 0o755)
-	for _, a := range []string{"sh", "echo", "cat", "dd", "sleep", "true", "head"} {
-		os.Symlink("busybox", filepath.Join(root, "bin", a))
-	}
-	os.WriteFile(filepath.Join(root, "etc/passwd"), []byte("root:x:0:0:root:/root:/bin/sh\n"), 0o644)
-	return root
-}
-
 func randTag() string {
 	b := make([]byte, 3)
 	rand.Read(b)
@@ -49,7 +23,7 @@ func randTag() string {
 
 func TestRuncLifecycle(t *testing.T) {
 	testenv.RequireRunc(t)
-	rootfs := busyboxRootFS(t)
+	rootfs := testenv.BusyboxRootFS(t)
 	tag := randTag()
 	rt, err := NewRunc("", filepath.Join(t.TempDir(), "runc"))
 	if err != nil {
