@@ -4,7 +4,6 @@ import (
 	"context"
 	"crypto/tls"
 	"crypto/x509"
-	"net"
 	"net/http/httptest"
 	"strings"
 	"testing"
@@ -23,36 +22,12 @@ import (
 // the test moves it to the real time (syncClock) when it wants kip to notice time passing.
 func startTLSCell(t *testing.T, lifetime time.Duration, noRenewal bool) (*harness, *tlsCloud, *corev1.Pod) {
 	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	tc := &tlsCloud{t: t, ln: ln, agent: &testAgent{}, noRenewal: noRenewal}
-	t.Cleanup(func() {
-		tc.mu.Lock()
-		defer tc.mu.Unlock()
-		if tc.server != nil {
-			tc.server.Close()
-		} else {
-			ln.Close()
-		}
-	})
-	h := newHarness(t, func(h *harness) {
+	tc := &tlsCloud{noRenewal: noRenewal}
+	h, pod := runOnTLSCloud(t, tc, "certs", func(h *harness) {
 		h.clock = testingclock.NewFakeClock(time.Now())
 		h.cloud = fake.New(fake.WithClock(h.clock))
-		tc.Fake = h.cloud
-		h.cl = tc
-		h.dial = nil
-		h.agentPort = ln.Addr().(*net.TCPAddr).Port
 		h.certLifetime = lifetime
 	})
-	pod := testPod("certs", func(p *corev1.Pod) { p.Spec.RestartPolicy = corev1.RestartPolicyAlways })
-	if err := h.m.CreatePod(context.Background(), pod); err != nil {
-		t.Fatal(err)
-	}
-	h.waitFor("a status watch over TLS", func() bool { return tc.agent.watcherCount() > 0 })
-	tc.agent.set(&cellapi.PodStatus{Phase: corev1.PodRunning, ContainerStatuses: []corev1.ContainerStatus{running("main", true)}})
-	h.waitPod(pod, "Running", func(p *corev1.Pod) bool { return p.Status.Phase == corev1.PodRunning })
 	return h, tc, pod
 }
 

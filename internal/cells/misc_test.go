@@ -221,12 +221,20 @@ func enrollServer(t *testing.T, ca *pki.CA) *Enrollment {
 	return &Enrollment{Mint: tokens.Mint, URL: srv.URL}
 }
 
-func testDefaultDial(t *testing.T, enrolling bool) {
+// runOnTLSCloud runs one pod (restartPolicy Always) named name on a cell of tc, which it
+// serves on a fresh 127.0.0.1 listener, and returns once the pod is Running. setup, when not
+// nil, adjusts the harness first (a clock, a cloud, an enrollment endpoint); tc then wraps
+// the harness's cloud.
+func runOnTLSCloud(t *testing.T, tc *tlsCloud, name string, setup func(*harness)) (*harness, *corev1.Pod) {
+	t.Helper()
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
 	}
-	tc := &tlsCloud{t: t, ln: ln, agent: &testAgent{}, enrolling: enrolling}
+	tc.t, tc.ln = t, ln
+	if tc.agent == nil {
+		tc.agent = &testAgent{}
+	}
 	// Registered first so it runs last, after the manager has closed its streams.
 	t.Cleanup(func() {
 		tc.mu.Lock()
@@ -238,21 +246,31 @@ func testDefaultDial(t *testing.T, enrolling bool) {
 		}
 	})
 	h := newHarness(t, func(h *harness) {
+		if setup != nil {
+			setup(h)
+		}
 		tc.Fake = h.cloud
 		h.cl = tc
 		h.dial = nil
 		h.agentPort = ln.Addr().(*net.TCPAddr).Port
-		if enrolling {
-			h.enrollment = enrollServer(t, h.ca)
-		}
 	})
-	pod := testPod("tls", func(p *corev1.Pod) { p.Spec.RestartPolicy = corev1.RestartPolicyAlways })
+	pod := testPod(name, func(p *corev1.Pod) { p.Spec.RestartPolicy = corev1.RestartPolicyAlways })
 	if err := h.m.CreatePod(context.Background(), pod); err != nil {
 		t.Fatal(err)
 	}
 	h.waitFor("a status watch over TLS", func() bool { return tc.agent.watcherCount() > 0 })
 	tc.agent.set(&cellapi.PodStatus{Phase: corev1.PodRunning, ContainerStatuses: []corev1.ContainerStatus{running("main", true)}})
 	h.waitPod(pod, "Running", func(p *corev1.Pod) bool { return p.Status.Phase == corev1.PodRunning })
+	return h, pod
+}
+
+func testDefaultDial(t *testing.T, enrolling bool) {
+	tc := &tlsCloud{enrolling: enrolling}
+	h, pod := runOnTLSCloud(t, tc, "tls", func(h *harness) {
+		if enrolling {
+			h.enrollment = enrollServer(t, h.ca)
+		}
+	})
 
 	// A client without kip's certificate is refused by the agent.
 	tc.mu.Lock()
