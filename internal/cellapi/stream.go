@@ -153,8 +153,15 @@ func serveStream(ctx context.Context, stdin bool, conn io.ReadWriteCloser, run f
 		}
 	}()
 	go func() {
-		var once sync.Once
-		endStdin := func() { once.Do(func() { close(queue) }) }
+		// Only this goroutine sends on queue and closes it: stdin frames after the client's
+		// end of stdin are dropped, never sent on the closed queue.
+		ended := false
+		endStdin := func() {
+			if !ended {
+				ended = true
+				close(queue)
+			}
+		}
 		defer endStdin()
 		defer cancel() // the client went away: stop the process
 		for {
@@ -164,7 +171,7 @@ func serveStream(ctx context.Context, stdin bool, conn io.ReadWriteCloser, run f
 			}
 			switch kind {
 			case frameStdin:
-				if !stdin {
+				if !stdin || ended {
 					continue // nobody reads it
 				}
 				select {
