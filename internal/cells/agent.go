@@ -125,7 +125,9 @@ func (c *cell) ensurePut(agent cellapi.Agent) error {
 				return fail(ReasonCellLost, "cell %s runs another pod: %v", c.cellID, err)
 			}
 			m.event(pod, corev1.EventTypeWarning, "Failed", "Putting the pod on cell %s: %v", c.cellID, err)
-			if answered(err) {
+			// A put that broke is no proof of silence now (a put can outlast a slow agent's
+			// answer to a ping under load): ask the agent before judging it.
+			if answered(err) || c.answers(agent) {
 				c.heard()
 			} else if _, lerr := c.judge(fmt.Errorf("putting the pod: %w", err)); lerr != nil {
 				return lerr
@@ -144,6 +146,14 @@ func (c *cell) ensurePut(agent cellapi.Agent) error {
 			return err
 		}
 	}
+}
+
+// answers reports whether the agent answers Health within probeTimeout.
+func (c *cell) answers(agent cellapi.Agent) bool {
+	ctx, cancel := context.WithTimeout(c.ops, probeTimeout)
+	defer cancel()
+	_, err := agent.Health(ctx)
+	return answered(err)
 }
 
 func (c *cell) resolve(pod *corev1.Pod) (*cellapi.PodRequest, error) {

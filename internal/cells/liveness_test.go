@@ -254,3 +254,45 @@ func TestBadLostTimeoutRefusedBeforeLaunch(t *testing.T) {
 		t.Errorf("%d launches", n)
 	}
 }
+
+// brokenPutAgent is a live agent whose first PutPod outlasts the lost timeout and then breaks
+// on the transport (as an HTTP/2 connection whose ping came back late under load), while
+// Health answers at once.
+type brokenPutAgent struct {
+	cellapi.Agent
+	h    *harness
+	once sync.Once
+}
+
+func (a *brokenPutAgent) PutPod(ctx context.Context, req *cellapi.PodRequest) (*cellapi.PodStatus, error) {
+	broke := false
+	a.once.Do(func() {
+		a.h.clock.Step(DefaultOptions().LostTimeout + time.Second)
+		broke = true
+	})
+	if broke {
+		return nil, errors.New("http2: client connection lost")
+	}
+	return a.Agent.PutPod(ctx, req)
+}
+
+// TestBrokenPutOfALiveAgentKeepsPod: a put that breaks after more than the lost timeout does
+// not fail the pod while the agent answers: the put is retried and the pod runs.
+func TestBrokenPutOfALiveAgentKeepsPod(t *testing.T) {
+	h := newHarness(t, func(h *harness) {
+		h.dial = func(ctx context.Context, inst *cloud.Instance, cellID string) (cellapi.Agent, error) {
+			return &brokenPutAgent{Agent: h.agent(cellID), h: h}, nil
+		}
+	})
+	pod := testPod("slowput", func(p *corev1.Pod) { p.Spec.RestartPolicy = corev1.RestartPolicyAlways })
+	a := h.runPod(pod)
+	if got := h.pod(pod); got.Status.Phase != corev1.PodRunning {
+		t.Fatalf("pod %s: %s", got.Status.Phase, got.Status.Message)
+	}
+	if a.putCount() != 1 {
+		t.Errorf("puts that reached the agent: %d, want 1 (after the broken one)", a.putCount())
+	}
+	if h.hasEvent("Warning " + ReasonCellLost) {
+		t.Errorf("a live agent was declared lost: %v", h.allEvents())
+	}
+}
