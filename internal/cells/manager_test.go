@@ -654,7 +654,14 @@ func (c *bootingCloud) Launch(ctx context.Context, spec cloud.LaunchSpec) (*clou
 // pending; the next kip's Recover resumes that launch (the same launch, same client token,
 // so no second cell) instead of waiting for a boot that nobody finishes and failing the pod
 // CellUnhealthy.
+// A resumed launch the cloud first refuses for capacity (the instance holds its capacity
+// already) is asked again, not left pending until the pod fails CellUnhealthy.
 func TestRecoverResumesAPendingLaunch(t *testing.T) {
+	t.Run("at once", func(t *testing.T) { testResumePendingLaunch(t, 0) })
+	t.Run("after capacity errors", func(t *testing.T) { testResumePendingLaunch(t, 2) })
+}
+
+func testResumePendingLaunch(t *testing.T, refusals int) {
 	bc := &bootingCloud{stalled: map[string]bool{}}
 	h := newHarness(t, func(h *harness) {
 		bc.Fake = h.cloud
@@ -685,12 +692,15 @@ func TestRecoverResumesAPendingLaunch(t *testing.T) {
 	snap := h.lastNotified("resume")
 
 	launches := h.cloud.CallCount(fake.MethodLaunch)
+	for range refusals {
+		h.cloud.InjectError(fake.MethodLaunch, cloud.InsufficientCapacity("injected: no capacity"))
+	}
 	h.m = h.newManager()
 	t.Cleanup(h.m.Close)
 	if err := h.m.Recover(context.Background(), []*corev1.Pod{snap}); err != nil {
 		t.Fatal(err)
 	}
-	h.waitFor("the resumed launch", func() bool { return h.cloud.CallCount(fake.MethodLaunch) > launches })
+	h.waitFor("the resumed launch", func() bool { return h.cloud.CallCount(fake.MethodLaunch) > launches+refusals })
 	h.agent(CellID(pod.UID)).setHealth(nil)
 	a := h.agent(CellID(pod.UID))
 	h.waitFor("the pod put on the resumed cell", func() bool { return a.watcherCount() > 0 })
@@ -709,7 +719,13 @@ func TestRecoverResumesAPendingLaunch(t *testing.T) {
 			resumed = append(resumed, c.Arg.(cloud.LaunchSpec).ClientToken)
 		}
 	}
-	if len(resumed) != launches+1 || resumed[len(resumed)-1] != token {
-		t.Errorf("launch tokens %v, want the first (%s) asked once more", resumed, token)
+	if len(resumed) != launches+refusals+1 {
+		t.Errorf("launch tokens %v, want the first (%s) asked %d more times", resumed, token, refusals+1)
+	}
+	for _, tok := range resumed[launches:] {
+		if tok != token {
+			t.Errorf("launch tokens %v, want only the first (%s) after the restart", resumed, token)
+			break
+		}
 	}
 }

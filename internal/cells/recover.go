@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"time"
 
 	corev1 "k8s.io/api/core/v1"
 	"k8s.io/apimachinery/pkg/types"
@@ -132,20 +133,33 @@ func (c *cell) resumeLaunch(inst *cloud.Instance) (*cloud.Instance, error) {
 		}
 	}
 	c.log.Info("resuming the launch of a cell found pending", "instance", inst.ID, "type", inst.InstanceType)
-	got, err := c.launchOne(pod, cand, opts)
-	switch {
-	case err == nil:
-		if got.ID != inst.ID {
-			// The same token made another instance: the first is gone (terminate takes every
-			// instance of the pod at the end).
-			c.log.Warn("the resumed launch returned another instance", "was", inst.ID, "now", got.ID)
+	// launchOne retries throttling and server errors itself. A capacity error is retried
+	// here too, within the healthy timeout: the instance already holds its capacity, and a
+	// local cell whose launcher died boots only when its launch is redone.
+	start := m.clock.Now()
+	bo := newBackoff(500*time.Millisecond, 5*time.Second)
+	for {
+		got, err := c.launchOne(pod, cand, opts)
+		switch {
+		case err == nil:
+			if got.ID != inst.ID {
+				// The same token made another instance: the first is gone (terminate takes
+				// every instance of the pod at the end).
+				c.log.Warn("the resumed launch returned another instance", "was", inst.ID, "now", got.ID)
+			}
+			return got, nil
+		case errors.Is(err, errDeleted), errors.Is(err, errClosed):
+			return nil, err
+		case cloud.IsInsufficientCapacity(err) && m.clock.Since(start) < c.healthyTimeout():
+			c.log.Info("resuming the launch: the cloud answered with a capacity error; retrying", "instance", inst.ID, "err", err)
+			if err := c.sleep(bo.next()); err != nil {
+				return nil, err
+			}
+			continue
 		}
-		return got, nil
-	case errors.Is(err, errDeleted), errors.Is(err, errClosed):
-		return nil, err
+		c.log.Warn("resuming the launch: the cloud refused it; waiting for the instance as it is", "instance", inst.ID, "err", err)
+		return inst, nil
 	}
-	c.log.Warn("resuming the launch: the cloud refused it; waiting for the instance as it is", "instance", inst.ID, "err", err)
-	return inst, nil
 }
 
 // adoptedCandidate is what inst was launched as: its type from catalog and the offering of its
