@@ -21,21 +21,24 @@ import (
 // (kip up's), and the host routes between the two only for the peers SetPeers names. The
 // host forwards between interfaces only where /proc/sys/net/ipv4/conf/<if>/forwarding is 1
 // (checked on the interface a packet arrives on), so peering turns it on for the fake's bridge
-// and each peer's interface, and the table
+// and each peer's interface where it is off (kip's local backend has it on for its bridge
+// already, for nodePorts), and the table
 //
 //	table inet ec2fake-peers-<bridge> {
 //	  chain forward {                  # hook forward, priority filter, policy accept
 //	    iifname <peer if> oifname <bridge> ip saddr <peer> ip daddr <vpc> accept
 //	    iifname <bridge> oifname <peer if> ip saddr <vpc> ip daddr <peer> accept
-//	    iifname <if> oifname != <if> drop   # per interface whose forwarding peering turned on
+//	    iifname <bridge> oifname != <bridge> drop
+//	    oifname <bridge> iifname != <bridge> drop
+//	    iifname <if> oifname != <if> drop   # per peer interface whose forwarding peering turned on
 //	  }
 //	}
 //
-// keeps every other route closed: a cell on the peer's network that is not a peer reaches
-// none of the fake's cells (nor anything else the host would now route to), and the fake's
-// cells reach only the peers. Frames bridged within one network (iifname = oifname) are left
-// alone. Close (or SetPeers with none) deletes the table and turns forwarding off again where
-// peering turned it on.
+// keeps every other route closed: nothing routed reaches the fake's cells but from a peer (a
+// cell on the peer's network that is not a peer gets no packet through), the fake's cells
+// reach only the peers, and a peer interface peering opened routes nothing else. Frames
+// bridged within one network (iifname = oifname) are left alone. Close (or SetPeers with
+// none) deletes the table and turns forwarding off again where peering turned it on.
 
 // peering is the host state SetPeers made.
 type peering struct {
@@ -138,14 +141,25 @@ func (h *cellHost) writePeerTable(byIf map[string][]netip.Prefix, ifs []string) 
 				ifaces(br, ifc), ipv4(), inPrefix(12, h.prefix), inPrefix(16, p), []expr.Any{&expr.Verdict{Kind: expr.VerdictAccept}})})
 		}
 	}
-	for _, ifc := range h.peers.forwarded {
+	dropRouted := func(by expr.MetaKey, ifc string) {
+		other := expr.MetaKeyOIFNAME
+		if by == expr.MetaKeyOIFNAME {
+			other = expr.MetaKeyIIFNAME
+		}
 		c.AddRule(&nftables.Rule{Table: t, Chain: ch, Exprs: []expr.Any{
-			&expr.Meta{Key: expr.MetaKeyIIFNAME, Register: 1},
+			&expr.Meta{Key: by, Register: 1},
 			&expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: ifname(ifc)},
-			&expr.Meta{Key: expr.MetaKeyOIFNAME, Register: 1},
+			&expr.Meta{Key: other, Register: 1},
 			&expr.Cmp{Op: expr.CmpOpNeq, Register: 1, Data: ifname(ifc)},
 			&expr.Verdict{Kind: expr.VerdictDrop},
 		}})
+	}
+	dropRouted(expr.MetaKeyIIFNAME, br)
+	dropRouted(expr.MetaKeyOIFNAME, br)
+	for _, ifc := range h.peers.forwarded {
+		if ifc != br {
+			dropRouted(expr.MetaKeyIIFNAME, ifc)
+		}
 	}
 	if err := c.Flush(); err != nil {
 		return fmt.Errorf("ec2fake: writing nftables table inet %s: %w", h.peerTable(), err)
