@@ -318,11 +318,14 @@ func TestInClusterAWS(t *testing.T) {
 	if err := fake.SetPeers(peers...); err != nil {
 		t.Fatalf("routing the fake's VPC to kip's pods: %v", err)
 	}
+	// kipLogs returns both pods' logs, also written under the environment's directory
+	// (kept with KIP_E2E_KEEP=1).
 	kipLogs := func() string {
 		var b strings.Builder
 		for _, p := range kipPods {
 			out, err := e.Kubectl(context.Background(), "logs", "-n", "kube-system", p.Name)
 			fmt.Fprintf(&b, "=== %s (%v)\n%s", p.Name, err, out)
+			_ = os.WriteFile(filepath.Join(e.Dir, "kip-logs", "incluster-"+p.Name+".log"), []byte(out), 0o644)
 		}
 		return b.String()
 	}
