@@ -68,14 +68,10 @@ func run(ctx context.Context, args []string) (err error) {
 	fs.StringVar(&c.CIDR, "cidr", ec2fake.DefaultCellCIDR, "the bridge's network: the VPC; its halves are the two subnets")
 	fs.StringVar(&c.StateDir, "state-dir", "", "per-instance directories (default: a temporary directory, removed on exit)")
 	var peers []netip.Prefix
-	fs.Func("peer", "address or network on another host interface the VPC is routed to, and nothing else (repeatable): the pod address of a kip running in a local cell (internal/cloud/aws/README.md)", func(v string) error {
-		p, err := netip.ParsePrefix(v)
+	fs.Func("peer", "address or network on another host interface the VPC is routed to, and nothing else (repeatable; or later: POST <endpoint>/_fake/peers?peer=...): the pod address of a kip running in a local cell (internal/cloud/aws/README.md)", func(v string) error {
+		p, err := ec2fake.ParsePeer(v)
 		if err != nil {
-			a, aerr := netip.ParseAddr(v)
-			if aerr != nil {
-				return err
-			}
-			p = netip.PrefixFrom(a, a.BitLen())
+			return err
 		}
 		peers = append(peers, p)
 		return nil

@@ -119,6 +119,18 @@ func (s *Server) SetPeers(peers ...netip.Prefix) error {
 	return nil
 }
 
+// ParsePeer parses a peer: an IPv4 network ("10.250.0.0/24") or address ("10.250.0.5", a /32).
+func ParsePeer(s string) (netip.Prefix, error) {
+	if p, err := netip.ParsePrefix(s); err == nil {
+		return p, nil
+	}
+	a, err := netip.ParseAddr(s)
+	if err != nil {
+		return netip.Prefix{}, fmt.Errorf("%q is neither an address nor a network", s)
+	}
+	return netip.PrefixFrom(a, a.BitLen()), nil
+}
+
 // writePeerTable replaces the peering table with rules for byIf (peers by interface).
 func (h *cellHost) writePeerTable(byIf map[string][]netip.Prefix, ifs []string) error {
 	c, err := nftables.New()
