@@ -329,11 +329,12 @@ func TestInClusterAWS(t *testing.T) {
 		}
 		return b.String()
 	}
-	var logs string // kip's logs, read before the uninstall
+	var logs string       // kip's logs, read before the uninstall
+	var formerLogs string // the log of a leader LeaderFailover deleted
 	t.Cleanup(func() {
 		if t.Failed() {
 			if logs == "" {
-				logs = kipLogs()
+				logs = formerLogs + kipLogs()
 			}
 			t.Logf("kip pods' logs:\n%s", logs)
 			for _, in := range fake.Instances() {
@@ -527,8 +528,89 @@ func TestInClusterAWS(t *testing.T) {
 		ae.waitTerminated(t, ins[0].ID)
 	})
 
+	// The leader goes (its pod deleted, as a drain or a rollout would): the follower, peered
+	// already, takes the Lease and the node, and launches the next pod's instance.
+	t.Run("LeaderFailover", func(t *testing.T) {
+		i := slices.IndexFunc(kipPods, func(p corev1.Pod) bool { return strings.HasPrefix(holder, p.Name+"_") })
+		if i < 0 {
+			t.Skipf("no kip pod holds the Lease (%q)", holder)
+		}
+		leader, follower := kipPods[i], kipPods[1-i]
+		out, err := e.Kubectl(ctx, "logs", "-n", "kube-system", leader.Name)
+		if err != nil {
+			t.Fatal(err)
+		}
+		formerLogs = fmt.Sprintf("=== %s\n%s", leader.Name, out)
+		if err := e.Client.CoreV1().Pods("kube-system").Delete(ctx, leader.Name, metav1.DeleteOptions{}); err != nil {
+			t.Fatal(err)
+		}
+		err = wait.PollUntilContextTimeout(ctx, 500*time.Millisecond, 2*time.Minute, true, func(ctx context.Context) (bool, error) {
+			l, err := e.Client.CoordinationV1().Leases("kube-system").Get(ctx, "kip-"+node, metav1.GetOptions{})
+			return err == nil && strings.HasPrefix(ptr.Deref(l.Spec.HolderIdentity, ""), follower.Name+"_"), nil
+		})
+		if err != nil {
+			t.Fatalf("the follower %s did not take the Lease: %v", follower.Name, err)
+		}
+		// The Deployment's replacement is the new follower; peer it too.
+		var replacement corev1.Pod
+		err = wait.PollUntilContextTimeout(ctx, time.Second, 3*time.Minute, true, func(ctx context.Context) (bool, error) {
+			l, err := e.Client.CoreV1().Pods("kube-system").List(ctx, metav1.ListOptions{LabelSelector: kipLabels})
+			if err != nil {
+				return false, err
+			}
+			for _, p := range l.Items {
+				if p.Name != leader.Name && p.Name != follower.Name && p.Status.Phase == corev1.PodRunning && p.Status.PodIP != "" {
+					replacement = p
+					return true, nil
+				}
+			}
+			return false, nil
+		})
+		if err != nil {
+			t.Fatalf("waiting for the Deployment's replacement kip pod: %v", err)
+		}
+		kipPods = []corev1.Pod{follower, replacement}
+		a, err := netip.ParseAddr(replacement.Status.PodIP)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := fake.SetPeers(peers[1-i], netip.PrefixFrom(a, 32)); err != nil {
+			t.Fatal(err)
+		}
+
+		pod := framework.Pod("incluster-after-failover", framework.Busybox("main", "echo led-by-the-follower; exec sleep 3600"))
+		onNode(&pod.Spec)
+		p, err := e.Client.CoreV1().Pods(ns).Create(ctx, pod, metav1.CreateOptions{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		p, err = e.WaitForPod(ctx, ns, p.Name, 3*time.Minute, func(p *corev1.Pod) bool { return p.Status.Phase == corev1.PodRunning })
+		if err != nil {
+			t.Fatalf("pod not Running after the failover: %v\n%s", err, e.EventsFor(ctx, ns, pod.Name))
+		}
+		ins := ae.instancesOf(string(p.UID))
+		if len(ins) != 1 {
+			t.Fatalf("pod %s has %d instances of the fake, want 1", p.Name, len(ins))
+		}
+		var logs string
+		err = wait.PollUntilContextTimeout(ctx, 500*time.Millisecond, time.Minute, true, func(ctx context.Context) (bool, error) {
+			logs, err = e.Kubectl(ctx, "logs", "-n", ns, p.Name)
+			return err == nil && strings.TrimSpace(logs) == "led-by-the-follower", nil
+		})
+		if err != nil {
+			t.Errorf("kubectl logs = %q, %v; want led-by-the-follower", logs, err)
+		}
+		if err := e.Client.CoreV1().Pods(ns).Delete(ctx, p.Name, metav1.DeleteOptions{}); err != nil {
+			t.Fatal(err)
+		}
+		if err := e.WaitForPodGone(ctx, ns, p.Name, 2*time.Minute); err != nil {
+			t.Fatal(err)
+		}
+		ae.waitTerminated(t, ins[0].ID)
+	})
+
 	// Every refusal of the API server shows up as "forbidden" in kip's log.
-	logs = kipLogs()
+	logs = formerLogs + kipLogs()
 	var forbidden []string
 	for _, l := range strings.Split(logs, "\n") {
 		if strings.Contains(strings.ToLower(l), "forbidden") {
