@@ -113,7 +113,8 @@ func (s *Server) SetPeers(peers ...netip.Prefix) error {
 		h.peers.forwarded = append(h.peers.forwarded, ifc)
 	}
 	if err := h.writePeerTable(byIf, ifs); err != nil {
-		return err
+		// Fail closed: no forwarding without the table that confines it.
+		return errors.Join(err, h.unpeerLocked())
 	}
 	h.log.Info("peered the VPC", "peers", peers)
 	return nil
