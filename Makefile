@@ -11,9 +11,10 @@ build:
 
 # The kip and kip-cell images (hack/images), tagged with `git describe`, in bin/images;
 # PUSH=registry[/prefix] also pushes them there (INSECURE=1: plain HTTP, as kip up's registry;
-# its push credentials: DOCKER_CONFIG=~/.kip/registry-auth, which kip up prints).
+# its push credentials: DOCKER_CONFIG=~/.kip/registry-auth, which kip up prints). RUNC=path picks
+# the runc the kip image serves to cells (default: the runc on PATH).
 images:
-	go run ./hack/images $(if $(PUSH),--push $(PUSH)) $(if $(INSECURE),--insecure) $(if $(VERSION),--version $(VERSION))
+	go run ./hack/images $(if $(PUSH),--push $(PUSH)) $(if $(INSECURE),--insecure) $(if $(VERSION),--version $(VERSION)) $(if $(RUNC),--runc $(RUNC))
 
 control-plane:
 	hack/build-control-plane.sh

@@ -1,7 +1,9 @@
 // Command images builds Kip's two container images without a container daemon, reproducibly,
 // with go-containerregistry (`make images` runs it):
 //
-//   - kip: /usr/local/bin/kip (CGO_ENABLED=0), the host's CA bundle at
+//   - kip: /usr/local/bin/kip (CGO_ENABLED=0), beside it /usr/local/bin/kip-cell and
+//     /usr/local/bin/runc (--runc, default the runc on PATH), which kip serves to booting AWS
+//     cells (internal/kipimage), the host's CA bundle at
 //     /etc/ssl/certs/ca-certificates.crt (the AWS SDK's TLS), /etc/passwd and /etc/group
 //     (root and nonroot 65532), /tmp (1777) and /var/lib/kip (the catalog cache, owned by
 //     nonroot); it runs `kip run --config /etc/kip/kip.yaml` as 65532 (deploy/ mounts the
@@ -18,10 +20,7 @@
 package main
 
 import (
-	"archive/tar"
-	"bytes"
 	"context"
-	"errors"
 	"flag"
 	"fmt"
 	"io"
@@ -31,7 +30,6 @@ import (
 	"path/filepath"
 	"regexp"
 	"runtime"
-	"sort"
 	"strings"
 	"syscall"
 
@@ -40,10 +38,9 @@ import (
 	v1 "github.com/google/go-containerregistry/pkg/v1"
 	"github.com/google/go-containerregistry/pkg/v1/empty"
 	"github.com/google/go-containerregistry/pkg/v1/layout"
-	"github.com/google/go-containerregistry/pkg/v1/mutate"
 	"github.com/google/go-containerregistry/pkg/v1/remote"
 
-	"github.com/kip-dev/kip/internal/imagebuild"
+	"github.com/kip-dev/kip/internal/kipimage"
 )
 
 func main() {
@@ -56,21 +53,9 @@ func main() {
 	}
 }
 
-// The images' repository names under a registry.
-const (
-	KipRepo  = "kip"
-	CellRepo = "kip-cell"
-)
-
-// NonrootUID is the user kip runs as in its image (distroless's nonroot).
-const NonrootUID = 65532
-
-// caBundle is where Debian keeps the CA bundle, the host's and the image's.
-const caBundle = "/etc/ssl/certs/ca-certificates.crt"
-
 type options struct {
-	version, out, push, arch, caBundle, bins string
-	insecure                                 bool
+	version, out, push, arch, caBundle, bins, runc string
+	insecure                                       bool
 }
 
 func run(ctx context.Context, args []string, out io.Writer) error {
@@ -81,7 +66,8 @@ func run(ctx context.Context, args []string, out io.Writer) error {
 	fs.StringVar(&o.push, "push", "", "registry (host[:port][/prefix]) to push REGISTRY/kip:VERSION and REGISTRY/kip-cell:VERSION to")
 	fs.BoolVar(&o.insecure, "insecure", false, "allow plain HTTP to the --push registry (kip up's and the tests' registries)")
 	fs.StringVar(&o.arch, "arch", runtime.GOARCH, "GOARCH of the binaries and images")
-	fs.StringVar(&o.caBundle, "ca-bundle", caBundle, "CA bundle copied into the kip image")
+	fs.StringVar(&o.caBundle, "ca-bundle", kipimage.CABundle, "CA bundle copied into the kip image")
+	fs.StringVar(&o.runc, "runc", "", "runc binary the kip image serves to booting AWS cells (default: runc on PATH; prefer the static runc."+runtime.GOARCH+" of runc's releases)")
 	fs.StringVar(&o.bins, "bins", "", "directory of already built linux kip and kip-cell (default: build them here)")
 	if err := fs.Parse(args); err != nil {
 		return err
@@ -124,12 +110,24 @@ func run(ctx context.Context, args []string, out io.Writer) error {
 	if err != nil {
 		return err
 	}
+	runcPath := o.runc
+	if runcPath == "" {
+		if runcPath, err = exec.LookPath("runc"); err != nil {
+			return fmt.Errorf("finding runc for the kip image, which serves it to AWS cells: %w (install runc or pass --runc)", err)
+		}
+	}
+	runc, err := os.ReadFile(runcPath)
+	if err != nil {
+		return fmt.Errorf("reading runc for the kip image: %w", err)
+	}
 	images := []struct {
 		repo string
 		img  func() (v1.Image, error)
 	}{
-		{KipRepo, func() (v1.Image, error) { return KipImage(kip, ca, o.version, o.arch) }},
-		{CellRepo, func() (v1.Image, error) { return CellImage(cell, o.version, o.arch) }},
+		{kipimage.KipRepo, func() (v1.Image, error) {
+			return kipimage.Kip(kipimage.KipInputs{Kip: kip, KipCell: cell, Runc: runc, CABundle: ca, Version: o.version, Arch: o.arch})
+		}},
+		{kipimage.CellRepo, func() (v1.Image, error) { return kipimage.Cell(cell, o.version, o.arch) }},
 	}
 
 	if err := os.RemoveAll(o.out); err != nil {
@@ -205,117 +203,4 @@ func buildBinaries(ctx context.Context, dir, arch, version string) error {
 		return fmt.Errorf("building kip and kip-cell: %w", err)
 	}
 	return nil
-}
-
-// labels are the OCI annotations both images carry.
-func labels(version string) map[string]string {
-	return map[string]string{
-		"org.opencontainers.image.source":  "https://github.com/kip-dev/kip",
-		"org.opencontainers.image.version": version,
-	}
-}
-
-// KipImage is the kip image: the binary, the CA bundle, a nonroot user and kip's directories.
-func KipImage(kip, ca []byte, version, arch string) (v1.Image, error) {
-	passwd := fmt.Sprintf("root:x:0:0:root:/root:/sbin/nologin\nnonroot:x:%d:%d:nonroot:/home/nonroot:/sbin/nologin\n", NonrootUID, NonrootUID)
-	group := fmt.Sprintf("root:x:0:\nnonroot:x:%d:\n", NonrootUID)
-	entries := []entry{
-		{path: "etc/", mode: 0o755},
-		{path: "etc/passwd", mode: 0o644, data: []byte(passwd)},
-		{path: "etc/group", mode: 0o644, data: []byte(group)},
-		{path: "etc/ssl/", mode: 0o755},
-		{path: "etc/ssl/certs/", mode: 0o755},
-		{path: "etc/ssl/certs/ca-certificates.crt", mode: 0o644, data: ca},
-		{path: "home/", mode: 0o755},
-		{path: "home/nonroot/", mode: 0o700, uid: NonrootUID},
-		{path: "tmp/", mode: 0o1777},
-		{path: "usr/", mode: 0o755},
-		{path: "usr/local/", mode: 0o755},
-		{path: "usr/local/bin/", mode: 0o755},
-		{path: "usr/local/bin/kip", mode: 0o755, data: kip},
-		{path: "var/", mode: 0o755},
-		{path: "var/lib/", mode: 0o755},
-		{path: "var/lib/kip/", mode: 0o755, uid: NonrootUID},
-	}
-	layer, err := layerTar(entries)
-	if err != nil {
-		return nil, err
-	}
-	return oneLayer(layer, v1.Config{
-		Entrypoint: []string{"/usr/local/bin/kip"},
-		Cmd:        []string{"run", "--config", "/etc/kip/kip.yaml"},
-		Env:        []string{imagebuild.DefaultPath, "SSL_CERT_FILE=" + caBundle},
-		User:       fmt.Sprintf("%d:%d", NonrootUID, NonrootUID),
-		WorkingDir: "/",
-		Labels:     labels(version),
-	}, "kip hack/images "+version, arch)
-}
-
-// CellImage is the kip-cell artifact: the agent binary alone.
-func CellImage(cell []byte, version, arch string) (v1.Image, error) {
-	layer, err := layerTar([]entry{
-		{path: "usr/", mode: 0o755},
-		{path: "usr/local/", mode: 0o755},
-		{path: "usr/local/bin/", mode: 0o755},
-		{path: "usr/local/bin/kip-cell", mode: 0o755, data: cell},
-	})
-	if err != nil {
-		return nil, err
-	}
-	return oneLayer(layer, v1.Config{
-		Entrypoint: []string{"/usr/local/bin/kip-cell"},
-		Env:        []string{imagebuild.DefaultPath},
-		Labels:     labels(version),
-	}, "kip-cell hack/images "+version, arch)
-}
-
-// oneLayer is imagebuild.OneLayer for GOARCH arch.
-func oneLayer(layer []byte, cfg v1.Config, createdBy, arch string) (v1.Image, error) {
-	img, err := imagebuild.OneLayer(layer, cfg, createdBy)
-	if err != nil || arch == runtime.GOARCH {
-		return img, err
-	}
-	cf, err := img.ConfigFile()
-	if err != nil {
-		return nil, err
-	}
-	cf = cf.DeepCopy()
-	cf.Architecture = arch
-	return mutate.ConfigFile(img, cf)
-}
-
-// entry is one file ("data") or directory (path ending in "/") of a layer.
-type entry struct {
-	path string
-	mode int64
-	uid  int
-	data []byte
-}
-
-// layerTar writes entries sorted by path, each stamped imagebuild.Epoch.
-func layerTar(entries []entry) ([]byte, error) {
-	sort.Slice(entries, func(i, j int) bool { return entries[i].path < entries[j].path })
-	var buf bytes.Buffer
-	tw := tar.NewWriter(&buf)
-	for i, e := range entries {
-		if i > 0 && entries[i-1].path == e.path {
-			return nil, fmt.Errorf("layer entry %s twice", e.path)
-		}
-		h := &tar.Header{Name: e.path, Mode: e.mode, Uid: e.uid, Gid: e.uid, ModTime: imagebuild.Epoch, Format: tar.FormatPAX}
-		if strings.HasSuffix(e.path, "/") {
-			h.Typeflag = tar.TypeDir
-		} else {
-			h.Typeflag, h.Size = tar.TypeReg, int64(len(e.data))
-		}
-		if err := tw.WriteHeader(h); err != nil {
-			return nil, err
-		}
-		if _, err := tw.Write(e.data); err != nil {
-			return nil, err
-		}
-	}
-	if err := tw.Close(); err != nil {
-		return nil, errors.Join(errors.New("closing the layer"), err)
-	}
-	return buf.Bytes(), nil
 }

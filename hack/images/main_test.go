@@ -1,7 +1,6 @@
 package main
 
 import (
-	"archive/tar"
 	"bytes"
 	"context"
 	"io"
@@ -11,134 +10,11 @@ import (
 	"testing"
 
 	"github.com/google/go-containerregistry/pkg/name"
-	v1 "github.com/google/go-containerregistry/pkg/v1"
 	"github.com/google/go-containerregistry/pkg/v1/layout"
 	"github.com/google/go-containerregistry/pkg/v1/remote"
 
 	"github.com/kip-dev/kip/internal/registry"
 )
-
-// files reads the single layer of img into path → header.
-func files(t *testing.T, img v1.Image) map[string]*tar.Header {
-	t.Helper()
-	layers, err := img.Layers()
-	if err != nil || len(layers) != 1 {
-		t.Fatalf("layers: %d, %v; want 1", len(layers), err)
-	}
-	rc, err := layers[0].Uncompressed()
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer rc.Close()
-	out := map[string]*tar.Header{}
-	tr := tar.NewReader(rc)
-	for {
-		h, err := tr.Next()
-		if err == io.EOF {
-			return out
-		}
-		if err != nil {
-			t.Fatal(err)
-		}
-		out[h.Name] = h
-	}
-}
-
-func TestKipImage(t *testing.T) {
-	img, err := KipImage([]byte("kip-binary"), []byte("ca"), "v1.2.3", "arm64")
-	if err != nil {
-		t.Fatal(err)
-	}
-	cf, err := img.ConfigFile()
-	if err != nil {
-		t.Fatal(err)
-	}
-	if cf.Architecture != "arm64" || cf.OS != "linux" {
-		t.Errorf("platform %s/%s, want linux/arm64", cf.OS, cf.Architecture)
-	}
-	if cf.Config.User != "65532:65532" || strings.Join(cf.Config.Entrypoint, " ") != "/usr/local/bin/kip" ||
-		strings.Join(cf.Config.Cmd, " ") != "run --config /etc/kip/kip.yaml" {
-		t.Errorf("config user %q entrypoint %q cmd %q", cf.Config.User, cf.Config.Entrypoint, cf.Config.Cmd)
-	}
-	if cf.Config.Labels["org.opencontainers.image.version"] != "v1.2.3" {
-		t.Errorf("labels %v lack the version", cf.Config.Labels)
-	}
-	fs := files(t, img)
-	for _, tt := range []struct {
-		path string
-		mode int64
-		uid  int
-		size int64
-	}{
-		{"usr/local/bin/kip", 0o755, 0, int64(len("kip-binary"))},
-		{"etc/ssl/certs/ca-certificates.crt", 0o644, 0, 2},
-		{"var/lib/kip/", 0o755, NonrootUID, 0},
-		{"tmp/", 0o1777, 0, 0},
-	} {
-		h := fs[tt.path]
-		if h == nil {
-			t.Errorf("%s missing from the layer", tt.path)
-			continue
-		}
-		if h.Mode != tt.mode || h.Uid != tt.uid || h.Size != tt.size {
-			t.Errorf("%s: mode %o uid %d size %d, want %o %d %d", tt.path, h.Mode, h.Uid, h.Size, tt.mode, tt.uid, tt.size)
-		}
-	}
-	if !strings.Contains(readFile(t, img, "etc/passwd"), "nonroot:x:65532:65532:") {
-		t.Errorf("/etc/passwd has no nonroot user")
-	}
-}
-
-func readFile(t *testing.T, img v1.Image, name string) string {
-	t.Helper()
-	layers, _ := img.Layers()
-	rc, err := layers[0].Uncompressed()
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer rc.Close()
-	tr := tar.NewReader(rc)
-	for {
-		h, err := tr.Next()
-		if err != nil {
-			t.Fatalf("%s not in the layer: %v", name, err)
-		}
-		if h.Name == name {
-			b, _ := io.ReadAll(tr)
-			return string(b)
-		}
-	}
-}
-
-// TestImagesReproducible builds each image twice from the same inputs: same digest; a
-// different version or binary: a different one.
-func TestImagesReproducible(t *testing.T) {
-	digest := func(img v1.Image, err error) string {
-		t.Helper()
-		if err != nil {
-			t.Fatal(err)
-		}
-		d, err := img.Digest()
-		if err != nil {
-			t.Fatal(err)
-		}
-		return d.String()
-	}
-	a := digest(KipImage([]byte("k"), []byte("ca"), "v1", "amd64"))
-	if b := digest(KipImage([]byte("k"), []byte("ca"), "v1", "amd64")); a != b {
-		t.Errorf("kip image digests differ: %s, %s", a, b)
-	}
-	if b := digest(KipImage([]byte("k"), []byte("ca"), "v2", "amd64")); a == b {
-		t.Errorf("kip images of versions v1 and v2 have one digest %s", a)
-	}
-	c := digest(CellImage([]byte("c"), "v1", "amd64"))
-	if d := digest(CellImage([]byte("c"), "v1", "amd64")); c != d {
-		t.Errorf("kip-cell image digests differ: %s, %s", c, d)
-	}
-	if d := digest(CellImage([]byte("c2"), "v1", "amd64")); c == d {
-		t.Errorf("kip-cell images of different binaries have one digest %s", c)
-	}
-}
 
 // TestRunWritesLayoutAndPushes runs the command on prebuilt stand-in binaries: both images
 // land in the OCI layout under their version tags and in a registry under REGISTRY/repo:tag.
@@ -148,7 +24,7 @@ func TestRunWritesLayoutAndPushes(t *testing.T) {
 	if err := os.MkdirAll(bins, 0o755); err != nil {
 		t.Fatal(err)
 	}
-	for _, b := range []string{"kip", "kip-cell"} {
+	for _, b := range []string{"kip", "kip-cell", "runc"} {
 		if err := os.WriteFile(filepath.Join(bins, b), []byte(b), 0o755); err != nil {
 			t.Fatal(err)
 		}
@@ -164,7 +40,7 @@ func TestRunWritesLayoutAndPushes(t *testing.T) {
 	defer reg.Close()
 	out := filepath.Join(dir, "layout")
 	var stdout bytes.Buffer
-	err = run(context.Background(), []string{"--bins", bins, "--ca-bundle", ca, "--version", "v9.8.7", "--out", out,
+	err = run(context.Background(), []string{"--bins", bins, "--runc", filepath.Join(bins, "runc"), "--ca-bundle", ca, "--version", "v9.8.7", "--out", out,
 		"--push", reg.Host() + "/team", "--insecure"}, &stdout)
 	if err != nil {
 		t.Fatalf("run: %v\n%s", err, stdout.String())

@@ -125,3 +125,31 @@ func findLibrary(name string, dirs []string) (string, string, error) {
 	}
 	return "", "", fmt.Errorf("%s is in none of %v", name, dirs)
 }
+
+// SharedLibrary is one file a dynamically linked binary loads at run time.
+type SharedLibrary struct {
+	// Path is where the binary or the loader looks for it (the PT_INTERP path, or the first
+	// library directory holding the name); an image must have it there.
+	Path string
+	// Real is the host file after symlinks, whose contents the image needs.
+	Real string
+}
+
+// SharedLibraries lists the dynamic loader and every library bin needs, transitively,
+// resolved from dirs (DefaultLibraryDirs when empty) as the loader would: what an image needs
+// beside a dynamically linked binary (a plain `go build` with cgo) to run it. A static binary
+// needs none.
+func SharedLibraries(bin string, dirs []string) ([]SharedLibrary, error) {
+	if len(dirs) == 0 {
+		dirs = DefaultLibraryDirs()
+	}
+	objs, err := sharedObjects(bin, dirs)
+	if err != nil {
+		return nil, err
+	}
+	out := make([]SharedLibrary, len(objs))
+	for i, o := range objs {
+		out[i] = SharedLibrary(o)
+	}
+	return out, nil
+}

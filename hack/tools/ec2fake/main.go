@@ -24,6 +24,7 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"net/netip"
 	"os"
 	"os/signal"
 	"syscall"
@@ -66,6 +67,15 @@ func run(ctx context.Context, args []string) (err error) {
 	fs.StringVar(&c.Bridge, "bridge", ec2fake.DefaultCellBridge, "bridge the cells attach to (created, and deleted on exit)")
 	fs.StringVar(&c.CIDR, "cidr", ec2fake.DefaultCellCIDR, "the bridge's network: the VPC; its halves are the two subnets")
 	fs.StringVar(&c.StateDir, "state-dir", "", "per-instance directories (default: a temporary directory, removed on exit)")
+	var peers []netip.Prefix
+	fs.Func("peer", "address or network on another host interface the VPC is routed to, and nothing else (repeatable; or later: POST <endpoint>/_fake/peers?peer=...): the pod address of a kip running in a local cell (internal/cloud/aws/README.md)", func(v string) error {
+		p, err := ec2fake.ParsePeer(v)
+		if err != nil {
+			return err
+		}
+		peers = append(peers, p)
+		return nil
+	})
 	var o ec2fake.Options
 	fs.StringVar(&o.Region, "region", "us-east-1", "region; its zones are <region>a and <region>b")
 	fs.DurationVar(&o.PendingDelay, "pending-delay", 0, "least time an instance stays pending")
@@ -88,6 +98,14 @@ func run(ctx context.Context, args []string) (err error) {
 		return err
 	}
 	defer func() { err = errors.Join(err, f.Close()) }()
+	if len(peers) > 0 {
+		if *noCells {
+			return errors.New("--peer needs cell mode")
+		}
+		if err := f.SetPeers(peers...); err != nil {
+			return err
+		}
+	}
 	ln, err := net.Listen("tcp", *listen)
 	if err != nil {
 		return err

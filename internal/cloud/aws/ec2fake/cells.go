@@ -72,6 +72,8 @@ type cellHost struct {
 	imds     *http.Server
 	imdsAddr netip.AddrPort
 
+	peers peering // SetPeers
+
 	wg     sync.WaitGroup // boots and teardowns in flight
 	stop   chan struct{}
 	closed bool // under Server.mu
@@ -187,6 +189,11 @@ func newCellHost(c CellOptions) (*cellHost, error) {
 // teardown removes what newCellHost and startIMDS made; the cells must be gone already.
 func (h *cellHost) teardown() error {
 	var errs []error
+	h.peers.mu.Lock()
+	if err := h.unpeerLocked(); err != nil {
+		errs = append(errs, err)
+	}
+	h.peers.mu.Unlock()
 	if h.imds != nil {
 		if err := h.imds.Close(); err != nil {
 			errs = append(errs, fmt.Errorf("closing the metadata server: %w", err))
@@ -469,8 +476,8 @@ func (s *Server) destroyAllLocked() {
 	}
 }
 
-// Close removes every cell (killing all their processes), the metadata server, the bridge,
-// the cgroup parent and, if the fake made it, the state directory. Without cells it does
+// Close removes every cell (killing all their processes), the metadata server, the peering
+// (SetPeers), the bridge, the cgroup parent and, if the fake made it, the state directory. Without cells it does
 // nothing. RunInstances fails afterwards.
 func (s *Server) Close() error {
 	h := s.cells

@@ -22,11 +22,13 @@ import (
 	"github.com/aws/aws-sdk-go-v2/credentials"
 	"github.com/aws/aws-sdk-go-v2/service/ec2"
 	"github.com/aws/aws-sdk-go-v2/service/ec2/types"
+	"github.com/google/nftables"
 	"github.com/vishvananda/netlink"
 	"k8s.io/apimachinery/pkg/util/wait"
 
 	"github.com/kip-dev/kip/internal/cloud/aws/ec2fake"
 	"github.com/kip-dev/kip/internal/cloud/aws/sdkhttp"
+	"github.com/kip-dev/kip/internal/cloud/local"
 	"github.com/kip-dev/kip/internal/testenv"
 )
 
@@ -366,5 +368,83 @@ func TestNewWithCellsRefusesBadOptions(t *testing.T) {
 				t.Errorf("error %q does not name %s", err, tc.want)
 			}
 		})
+	}
+}
+
+// TestCellsPeers: SetPeers refuses peers that need no peering or cannot have it, turns
+// forwarding on for the fake's bridge and the peer's interface only while peered (with the
+// table that confines it), and Close undoes it. e2e TestInClusterAWS sends traffic through it.
+func TestCellsPeers(t *testing.T) {
+	_, f := cellFake(t, ec2fake.Options{})
+	const peerBridge = "kipec2tp12"
+	addr, _ := netlink.ParseAddr("10.254.13.1/24")
+	if err := local.EnsureBridge(peerBridge, addr); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		if err := local.DeleteBridge(peerBridge); err != nil {
+			t.Error(err)
+		}
+	})
+	forwarding := func(ifc string) string {
+		b, err := os.ReadFile("/proc/sys/net/ipv4/conf/" + ifc + "/forwarding")
+		if err != nil {
+			t.Fatal(err)
+		}
+		return strings.TrimSpace(string(b))
+	}
+	table := func() bool {
+		c, err := nftables.New()
+		if err != nil {
+			t.Fatal(err)
+		}
+		tables, err := c.ListTables()
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, tb := range tables {
+			if tb.Name == "ec2fake-peers-"+testBridge && tb.Family == nftables.TableFamilyINet {
+				return true
+			}
+		}
+		return false
+	}
+	if forwarding(testBridge) != "0" || forwarding(peerBridge) != "0" {
+		t.Skipf("skipping: this host forwards IPv4 already (%s %s, %s %s)", testBridge, forwarding(testBridge), peerBridge, forwarding(peerBridge))
+	}
+	for _, tt := range []struct {
+		peer, want string
+	}{
+		{"10.254.12.9/32", "overlaps the fake's VPC"},
+		{"10.254.13.1/32", "an address of this host"},
+		{"fd00::1/128", "not IPv4"},
+	} {
+		if err := f.SetPeers(netip.MustParsePrefix(tt.peer)); err == nil || !strings.Contains(err.Error(), tt.want) {
+			t.Errorf("SetPeers(%s) = %v, want an error saying %q", tt.peer, err, tt.want)
+		}
+	}
+	if table() || forwarding(testBridge) != "0" {
+		t.Fatalf("a refused SetPeers left the table (%v) or forwarding (%s)", table(), forwarding(testBridge))
+	}
+	if err := f.SetPeers(netip.MustParsePrefix("10.254.13.7/32")); err != nil {
+		t.Fatal(err)
+	}
+	if !table() || forwarding(testBridge) != "1" || forwarding(peerBridge) != "1" {
+		t.Errorf("peered: table %v, forwarding %s %s; want the table and both on", table(), forwarding(testBridge), forwarding(peerBridge))
+	}
+	if err := f.SetPeers(); err != nil {
+		t.Fatal(err)
+	}
+	if table() || forwarding(testBridge) != "0" || forwarding(peerBridge) != "0" {
+		t.Errorf("unpeered: table %v, forwarding %s %s; want neither", table(), forwarding(testBridge), forwarding(peerBridge))
+	}
+	if err := f.SetPeers(netip.MustParsePrefix("10.254.13.0/28")); err != nil {
+		t.Fatal(err)
+	}
+	if err := f.Close(); err != nil {
+		t.Fatal(err)
+	}
+	if table() || forwarding(peerBridge) != "0" {
+		t.Errorf("after Close: table %v, forwarding of %s %s; want neither", table(), peerBridge, forwarding(peerBridge))
 	}
 }

@@ -3,6 +3,7 @@ package ec2fake
 import (
 	"encoding/json"
 	"net/http"
+	"net/netip"
 	"os"
 	"strconv"
 	"time"
@@ -16,6 +17,7 @@ import (
 //	POST interrupt-spot?instance=ID[&action=terminate][&at=RFC3339]   InterruptSpot
 //	POST capacity?type=T[&zone=Z]&on=true|false          SetInsufficientCapacity ("spot:*": all spot)
 //	POST inject-error?action=A&code=C[&message=M][&times=N]           InjectError
+//	POST peers[?peer=ADDR|CIDR...]                       SetPeers (none: unpeer)
 //
 // Errors are plain text with a 4xx status.
 func (s *Server) ControlHandler() http.Handler {
@@ -65,6 +67,22 @@ func (s *Server) ControlHandler() http.Handler {
 			}
 		}
 		if err := s.InterruptSpot(q.Get("instance"), action, at); err != nil {
+			http.Error(w, err.Error(), http.StatusBadRequest)
+			return
+		}
+		w.WriteHeader(http.StatusNoContent)
+	})
+	mux.HandleFunc("POST /peers", func(w http.ResponseWriter, r *http.Request) {
+		var peers []netip.Prefix
+		for _, v := range r.URL.Query()["peer"] {
+			p, err := ParsePeer(v)
+			if err != nil {
+				http.Error(w, "parameter peer: "+err.Error(), http.StatusBadRequest)
+				return
+			}
+			peers = append(peers, p)
+		}
+		if err := s.SetPeers(peers...); err != nil {
 			http.Error(w, err.Error(), http.StatusBadRequest)
 			return
 		}
