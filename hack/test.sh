@@ -6,7 +6,7 @@
 # Environment:
 #   KIP_CP_BIN          control plane binary dir (default: built by hack/build-control-plane.sh)
 #   KIP_TEST_TIMEOUT    go test -timeout for the package tests (default 25m)
-#   KIP_E2E_TIMEOUT     go test -timeout for the e2e tier (default 20m)
+#   KIP_E2E_TIMEOUT     go test -timeout for the e2e tier (default 30m)
 #   KIP_TEST_P          go test -p (default 1: the 2-core reference machine runs one package's
 #                       tests at a time, so root tests that boot cells do not starve each other)
 #   KIP_SKIP_E2E=1      skip the e2e tier
@@ -88,7 +88,7 @@ fi
 
 if [ "${KIP_SKIP_E2E:-0}" != 1 ]; then
   stage "e2e: real control plane + kip + local cells (full log $logdir/e2e.log)" \
-    go_test "$logdir/e2e.log" -count=1 -tags e2e -timeout "${KIP_E2E_TIMEOUT:-20m}" -v ./test/e2e/...
+    go_test "$logdir/e2e.log" -count=1 -tags e2e -timeout "${KIP_E2E_TIMEOUT:-30m}" -v ./test/e2e/...
 fi
 
 if [ "${KIP_SKIP_E2E:-0}" != 1 ] && [ "${KIP_CHAOS:-1}" = 1 ]; then
