@@ -22,6 +22,7 @@ import (
 	"github.com/kip-dev/kip/internal/agent"
 	"github.com/kip-dev/kip/internal/agent/gpu"
 	"github.com/kip-dev/kip/internal/agent/image"
+	"github.com/kip-dev/kip/internal/agent/imdsguard"
 	"github.com/kip-dev/kip/internal/agent/pod"
 	"github.com/kip-dev/kip/internal/agent/runtime"
 	"github.com/kip-dev/kip/internal/agent/svcproxy"
@@ -39,7 +40,7 @@ import (
 //	kip-cell --bootstrap FILE [--state-dir DIR] [--runc PATH] [--cgroup-parent NAME]
 //	         [--backoff-base 10s] [--backoff-max 5m] [--services=true]
 //	         [--image-store DIR] [--image-store-max-bytes N]
-//	         [--gpu-dev-root /dev] [--gpu-lib-dirs DIR,...]
+//	         [--gpu-dev-root /dev] [--gpu-lib-dirs DIR,...] [--guard-metadata]
 //	kip-cell enroll --bootstrap FILE [--state-dir DIR] [--timeout 15m]
 //	kip-cell pull [--state-dir DIR] [--image-store DIR] [--default-registry HOST]
 //	         [--insecure-registry HOST,...] REF...
@@ -80,6 +81,7 @@ func Run(ctx context.Context, args []string, stdout io.Writer) error {
 	services := fs.Bool("services", true, "program the cluster's Services and the pod's hostPorts (nftables) into this network namespace, the cell's; false refuses service tables and leaves hostPorts unmapped")
 	gpuDevRoot := fs.String("gpu-dev-root", "/dev", "where the instance's GPU device nodes are (nvidia<N>, nvidiactl, kfd, dri/renderD<N>)")
 	gpuLibDirs := fs.String("gpu-lib-dirs", "", "comma-separated directories of the NVIDIA driver's libraries (default: those ldconfig -p lists)")
+	guardMetadata := fs.Bool("guard-metadata", false, "keep the pods from the cloud's instance metadata service (169.254.169.254) while the agent keeps it: an nftables rule on the pods' cgroup (cloud cells; kip's user data sets it)")
 	startFD := fs.Int("start-fd", -1, "for launchers: before anything else, wait for one byte on this inherited descriptor; exit if it closes without one")
 	if err := fs.Parse(args); err != nil {
 		return err
@@ -146,6 +148,10 @@ func Run(ctx context.Context, args []string, stdout io.Writer) error {
 	if err != nil {
 		return err
 	}
+	var guard agent.MetadataGuard
+	if *guardMetadata {
+		guard = imdsguard.New(cg, *cgroupParent, nil)
+	}
 	var rules agent.ServiceRules
 	var hostPorts agent.HostPortRules
 	if *services {
@@ -171,6 +177,7 @@ func Run(ctx context.Context, args []string, stdout io.Writer) error {
 		Services:      rules,
 		HostPorts:     hostPorts,
 		GPU:           gpu.Config{DevRoot: *gpuDevRoot, LibDirs: splitList(*gpuLibDirs)},
+		Metadata:      guard,
 	})
 	if err != nil {
 		return err

@@ -114,7 +114,7 @@ Wants=network-online.target
 ConditionPathExists=/etc/kip/bootstrap.json
 
 [Service]
-ExecStart=/opt/kip/bin/kip-cell --bootstrap /etc/kip/bootstrap.json --state-dir /var/lib/kip-cell --runc /opt/kip/bin/runc
+ExecStart=/opt/kip/bin/kip-cell --bootstrap /etc/kip/bootstrap.json --state-dir /var/lib/kip-cell --runc /opt/kip/bin/runc --guard-metadata
 Restart=always
 RestartSec=2
 Delegate=yes

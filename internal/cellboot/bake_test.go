@@ -61,7 +61,7 @@ func TestBakeIntoRoot(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	for _, want := range []string{"ConditionPathExists=/etc/kip/bootstrap.json", "ExecStart=/opt/kip/bin/kip-cell --bootstrap /etc/kip/bootstrap.json --state-dir /var/lib/kip-cell --runc /opt/kip/bin/runc"} {
+	for _, want := range []string{"ConditionPathExists=/etc/kip/bootstrap.json", "ExecStart=/opt/kip/bin/kip-cell --bootstrap /etc/kip/bootstrap.json --state-dir /var/lib/kip-cell --runc /opt/kip/bin/runc --guard-metadata"} {
 		if !strings.Contains(string(unit), want) {
 			t.Errorf("the unit has no %q:\n%s", want, unit)
 		}

@@ -391,6 +391,22 @@ func TestAWSCells(t *testing.T) {
 			t.Errorf("kubectl exec = %q, %v", out, err)
 		}
 
+		// The pods share their instance's network namespace, but not its metadata service:
+		// the agent's guard rejects their traffic to 169.254.169.254 (an IMDSv1 GET would
+		// get a 401 anyway; the IMDSv2 token PUT would get a token without the guard). The
+		// agent itself still reads spot notices there (below).
+		out, err = e.Kubectl(ctx, "exec", "-n", ns, pods[0].Name, "--", "sh", "-c",
+			"wget -T 3 -O- http://169.254.169.254/latest/meta-data/instance-id 2>&1; echo wget-exit=$?")
+		if !strings.Contains(out, "wget-exit=1") || strings.Contains(out, "HTTP") || strings.Contains(out, e.instancesOf(string(pods[0].UID))[0].ID) {
+			t.Errorf("a pod reached the instance metadata service with wget (%v):\n%s", err, out)
+		}
+		out, err = e.Kubectl(ctx, "exec", "-n", ns, pods[0].Name, "--", "sh", "-c",
+			`printf 'PUT /latest/api/token HTTP/1.0\r\nX-aws-ec2-metadata-token-ttl-seconds: 60\r\n\r\n' | nc -w 3 169.254.169.254 80 2>&1; echo nc-exit=$?`)
+		if strings.Contains(out, "HTTP/") || strings.Contains(out, "nc-exit=0") {
+			t.Errorf("a pod got an answer from the instance metadata service (%v):\n%s", err, out)
+		}
+		t.Logf("a pod asking the metadata service for a token: %s", strings.TrimSpace(out))
+
 		// A spot notice on one instance: the pod fails as kubelet's node shutdown would have it,
 		// and its ReplicaSet replaces it on a new instance.
 		victim := pods[0]
