@@ -22,6 +22,7 @@ import (
 	"github.com/kip-dev/kip/internal/agent"
 	"github.com/kip-dev/kip/internal/agent/gpu"
 	"github.com/kip-dev/kip/internal/agent/image"
+	"github.com/kip-dev/kip/internal/agent/imdsguard"
 	"github.com/kip-dev/kip/internal/agent/pod"
 	"github.com/kip-dev/kip/internal/agent/runtime"
 	"github.com/kip-dev/kip/internal/agent/svcproxy"
@@ -39,14 +40,18 @@ import (
 //	kip-cell --bootstrap FILE [--state-dir DIR] [--runc PATH] [--cgroup-parent NAME]
 //	         [--backoff-base 10s] [--backoff-max 5m] [--services=true]
 //	         [--image-store DIR] [--image-store-max-bytes N]
-//	         [--gpu-dev-root /dev] [--gpu-lib-dirs DIR,...]
+//	         [--gpu-dev-root /dev] [--gpu-lib-dirs DIR,...] [--guard-metadata]
 //	kip-cell enroll --bootstrap FILE [--state-dir DIR] [--timeout 15m]
+//	kip-cell pull [--state-dir DIR] [--image-store DIR] [--default-registry HOST]
+//	         [--insecure-registry HOST,...] REF...
 //	kip-cell version
 //
 // The bootstrap carries the agent's certificate and key (the local backend), or a one-time
 // enrollment token and kip's enrollment URL (cells booted from cloud user data): then the
 // agent enrolls first (internal/cellenroll) and keeps its key and certificate in the state
 // directory, where a restarted agent finds them. `kip-cell enroll` only enrolls, and exits.
+// `kip-cell pull` unpacks images into the agent's image store and exits: what an image bake
+// (deploy/ami/bake.sh) seeds the store with.
 //
 // A launcher that must place the agent in its cell's cgroups before it does anything adds
 // --start-fd N (the local backend does): the agent first reads one byte from the inherited
@@ -59,6 +64,9 @@ func Run(ctx context.Context, args []string, stdout io.Writer) error {
 	}
 	if len(args) > 0 && args[0] == "enroll" {
 		return runEnroll(ctx, args[1:], stdout)
+	}
+	if len(args) > 0 && args[0] == "pull" {
+		return runPull(ctx, args[1:], stdout)
 	}
 	fs := flag.NewFlagSet("kip-cell", flag.ContinueOnError)
 	fs.SetOutput(stdout)
@@ -73,6 +81,7 @@ func Run(ctx context.Context, args []string, stdout io.Writer) error {
 	services := fs.Bool("services", true, "program the cluster's Services and the pod's hostPorts (nftables) into this network namespace, the cell's; false refuses service tables and leaves hostPorts unmapped")
 	gpuDevRoot := fs.String("gpu-dev-root", "/dev", "where the instance's GPU device nodes are (nvidia<N>, nvidiactl, kfd, dri/renderD<N>)")
 	gpuLibDirs := fs.String("gpu-lib-dirs", "", "comma-separated directories of the NVIDIA driver's libraries (default: those ldconfig -p lists)")
+	guardMetadata := fs.Bool("guard-metadata", false, "keep the pods from the cloud's instance metadata service (169.254.169.254) while the agent keeps it: an nftables rule on the pods' cgroup (cloud cells; kip's user data sets it)")
 	startFD := fs.Int("start-fd", -1, "for launchers: before anything else, wait for one byte on this inherited descriptor; exit if it closes without one")
 	if err := fs.Parse(args); err != nil {
 		return err
@@ -139,6 +148,10 @@ func Run(ctx context.Context, args []string, stdout io.Writer) error {
 	if err != nil {
 		return err
 	}
+	var guard agent.MetadataGuard
+	if *guardMetadata {
+		guard = imdsguard.New(cg, *cgroupParent, nil)
+	}
 	var rules agent.ServiceRules
 	var hostPorts agent.HostPortRules
 	if *services {
@@ -164,6 +177,7 @@ func Run(ctx context.Context, args []string, stdout io.Writer) error {
 		Services:      rules,
 		HostPorts:     hostPorts,
 		GPU:           gpu.Config{DevRoot: *gpuDevRoot, LibDirs: splitList(*gpuLibDirs)},
+		Metadata:      guard,
 	})
 	if err != nil {
 		return err
@@ -306,6 +320,40 @@ func runEnroll(ctx context.Context, args []string, stdout io.Writer) error {
 		return err
 	}
 	fmt.Fprintf(stdout, "cell %s: enrolled; key and certificate in %s\n", bs.CellID, *stateDir)
+	return nil
+}
+
+// runPull is `kip-cell pull`: pull and unpack each reference (anonymously, for this
+// machine's architecture) into the store the agent opens with the same flags, and exit.
+func runPull(ctx context.Context, args []string, stdout io.Writer) error {
+	fs := flag.NewFlagSet("kip-cell pull", flag.ContinueOnError)
+	fs.SetOutput(stdout)
+	stateDir := fs.String("state-dir", "/var/lib/kip-cell", "the agent's state directory; the images go to its images/ unless --image-store is set")
+	imageStore := fs.String("image-store", "", "the shared image store the agent is run with (kip-cell --image-store); empty: the agent's own")
+	defaultRegistry := fs.String("default-registry", "", "registry for unqualified names (default docker.io)")
+	insecure := fs.String("insecure-registry", "", "comma-separated registries (host or host:port) reached over plain HTTP")
+	if err := fs.Parse(args); err != nil {
+		return err
+	}
+	if fs.NArg() == 0 {
+		return errors.New("kip-cell pull: name at least one image")
+	}
+	images, err := image.NewStore(image.Config{
+		Root:            filepath.Join(*stateDir, "images"),
+		Shared:          *imageStore,
+		DefaultRegistry: *defaultRegistry,
+		Insecure:        splitList(*insecure),
+	})
+	if err != nil {
+		return fmt.Errorf("opening image store: %w", err)
+	}
+	for _, ref := range fs.Args() {
+		img, err := images.Pull(ctx, ref, nil)
+		if err != nil {
+			return err
+		}
+		fmt.Fprintf(stdout, "pulled %s as %s\n", ref, img.ImageID)
+	}
 	return nil
 }
 

@@ -67,6 +67,9 @@ func TestBadInvocations(t *testing.T) {
 		{"cert and token", []string{"--bootstrap", writeJSON(t, cellapi.Bootstrap{CellID: "c1", CACert: ca.CertPEM, Cert: cert, Key: key, EnrollToken: "t", EnrollURL: "https://127.0.0.1:1"})}, "not both"},
 		{"token without URL", []string{"--bootstrap", writeJSON(t, cellapi.Bootstrap{CellID: "c1", CACert: ca.CertPEM, EnrollToken: "t"})}, "enrollToken and enrollURL go together"},
 		{"enroll without token", []string{"enroll", "--bootstrap", writeJSON(t, cellapi.Bootstrap{CellID: "c1", CACert: ca.CertPEM, Cert: cert, Key: key})}, "no enrollToken"},
+		{"pull nothing", []string{"pull"}, "name at least one image"},
+		{"pull a bad reference", []string{"pull", "--default-registry", "127.0.0.1:1", "Not A Reference"}, "Not A Reference"},
+		{"pull from nowhere", []string{"pull", "--insecure-registry", "127.0.0.1:1", "127.0.0.1:1/library/busybox"}, "pulling 127.0.0.1:1/library/busybox"},
 		{"enroll, kip unreachable", []string{"enroll", "--timeout", "2s", "--bootstrap", writeJSON(t, cellapi.Bootstrap{CellID: "c1", CACert: ca.CertPEM, EnrollToken: "t", EnrollURL: "https://127.0.0.1:1"})}, "enrolling at https://127.0.0.1:1: context deadline exceeded"},
 	}
 	for _, tc := range cases {

@@ -79,6 +79,20 @@ type Config struct {
 	HostPorts HostPortRules
 	// GPU says where the cell's GPUs are (the zero value: where an instance has them).
 	GPU gpu.Config
+	// Metadata keeps each pod from the cloud's instance metadata service
+	// (imdsguard.Guard in kip-cell --guard-metadata, on cloud cells). Nil: pods reach
+	// whatever the cell reaches.
+	Metadata MetadataGuard
+}
+
+// MetadataGuard keeps pods from the instance metadata service while the agent keeps it
+// (imdsguard.Guard).
+type MetadataGuard interface {
+	// Guard blocks the pod's processes from the metadata service; it is called before any
+	// of them starts, and the pod is refused when it fails.
+	Guard(podUID string) error
+	// Release undoes Guard once the pod's processes are gone.
+	Release(podUID string) error
 }
 
 // HostPortRules programs the pod's hostPorts (svcproxy.Programmer).
@@ -211,6 +225,13 @@ func (a *Agent) PutPod(ctx context.Context, req *cellapi.PodRequest) (*cellapi.P
 			return nil, fmt.Errorf("mapping hostPorts of pod %s: %w", req.Pod.UID, err)
 		}
 	}
+	uid := string(req.Pod.UID)
+	if a.cfg.Metadata != nil {
+		if err := a.cfg.Metadata.Guard(uid); err != nil {
+			a.releaseMetadata(uid)
+			return nil, err
+		}
+	}
 	p, err := pod.Start(pod.Config{
 		Dir:           filepath.Join(a.cfg.StateDir, "pods", string(req.Pod.UID)),
 		Runtime:       a.cfg.Runtime,
@@ -238,11 +259,23 @@ func (a *Agent) PutPod(ctx context.Context, req *cellapi.PodRequest) (*cellapi.P
 				a.log.Warn("unmapping hostPorts of a pod that did not start", "uid", req.Pod.UID, "err", derr)
 			}
 		}
+		a.releaseMetadata(uid)
 		return nil, err
 	}
 	a.pod = p
 	a.log.Info("pod accepted", "uid", req.Pod.UID, "pod", req.Pod.Namespace+"/"+req.Pod.Name)
 	return withSpot(p.Status(), a.spotNotice()), nil
+}
+
+// releaseMetadata undoes the metadata guard of a pod whose processes are gone; a failure
+// is logged (the next pod's guard replaces the rules anyway).
+func (a *Agent) releaseMetadata(uid string) {
+	if a.cfg.Metadata == nil {
+		return
+	}
+	if err := a.cfg.Metadata.Release(uid); err != nil {
+		a.log.Warn("releasing the metadata guard of a pod", "uid", uid, "err", err)
+	}
 }
 
 // newLog opens the log of one container run (<dir>/<run>.log) and drops the logs of runs
@@ -374,6 +407,9 @@ func (a *Agent) DeletePod(ctx context.Context, grace time.Duration) error {
 		if herr := a.cfg.HostPorts.DeleteHostPorts(); herr != nil {
 			err = errors.Join(err, fmt.Errorf("unmapping hostPorts: %w", herr))
 		}
+	}
+	if err == nil {
+		a.releaseMetadata(p.UID())
 	}
 	if err != nil {
 		return fmt.Errorf("deleting pod %s: %w", p.UID(), err)

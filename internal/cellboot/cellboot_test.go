@@ -75,7 +75,7 @@ func TestRender(t *testing.T) {
 	for _, want := range []string{
 		"CELL_ID='c-0123456789ab'", "KIP_CELL_URL='https://10.0.0.5:6422/v1/artifacts/kip-cell-arm64'",
 		"RUNC_SHA256='" + sha + "'", `--cacert "$ETC/ca.pem"`, "[ -d /run/systemd/system ]", "systemctl enable --now kip-cell.service",
-		"setsid nohup", `"$BIN/kip-cell" enroll`,
+		"setsid nohup", `"$BIN/kip-cell" enroll`, `if ! baked kip-cell "$KIP_CELL_SHA256"`, `if ! baked runc "$RUNC_SHA256"`, `--runc $BIN/runc --guard-metadata`,
 	} {
 		if !strings.Contains(string(out), want) {
 			t.Errorf("the script has no %q", want)

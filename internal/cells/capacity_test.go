@@ -2,12 +2,15 @@ package cells
 
 import (
 	"context"
+	"strings"
 	"sync/atomic"
 	"testing"
 
 	corev1 "k8s.io/api/core/v1"
+	"k8s.io/apimachinery/pkg/api/resource"
 
 	"github.com/kip-dev/kip/internal/cloud"
+	"github.com/kip-dev/kip/internal/cloud/fake"
 	"github.com/kip-dev/kip/internal/instancetype"
 	"github.com/kip-dev/kip/internal/selector"
 )
@@ -65,5 +68,40 @@ func TestPinnedPodWaitsOutACapacityShortage(t *testing.T) {
 	}
 	if p, _ := h.m.GetPod("default", "pinned"); p.Status.Phase == corev1.PodFailed {
 		t.Errorf("the pinned pod failed: %s %s", p.Status.Reason, p.Status.Message)
+	}
+}
+
+// TestPinnedTypeWithoutTheGPUsFailsBeforeLaunch: a pod pinned to an instance type with fewer
+// GPUs than it asks for can never run there: it fails InvalidSpec before any launch, with an
+// Event naming the container field that asks for them (not a wait, not a cell that refuses it).
+func TestPinnedTypeWithoutTheGPUsFailsBeforeLaunch(t *testing.T) {
+	h := newHarness(t)
+	h.m.Close()
+	deps := h.m.deps
+	deps.Selector = &selector.Selector{}
+	h.m = New(h.m.cfg, h.m.node, deps)
+	t.Cleanup(h.m.Close)
+
+	pod := testPod("gpu", func(p *corev1.Pod) {
+		p.Annotations = map[string]string{selector.AnnotationInstanceType: "fake.small"}
+		p.Spec.Containers[0].Resources.Limits = corev1.ResourceList{selector.ResourceGPU: resource.MustParse("1")}
+	})
+	if err := h.m.CreatePod(context.Background(), pod); err != nil {
+		t.Fatal(err)
+	}
+	got := h.waitPod(pod, "Failed", func(p *corev1.Pod) bool { return p.Status.Phase == corev1.PodFailed })
+	const field = "spec.containers[0].resources.limits[nvidia.com/gpu]"
+	if got.Status.Reason != ReasonInvalidSpec || !strings.Contains(got.Status.Message, field) || !strings.Contains(got.Status.Message, "fake.small") {
+		t.Errorf("reason %q message %q, want InvalidSpec naming %s and fake.small", got.Status.Reason, got.Status.Message, field)
+	}
+	if n := h.cloud.CallCount(fake.MethodLaunch); n != 0 {
+		t.Errorf("%d launches, want none", n)
+	}
+	found := false
+	for _, e := range h.allEvents() {
+		found = found || strings.Contains(e, "Warning "+ReasonInvalidSpec) && strings.Contains(e, field)
+	}
+	if !found {
+		t.Errorf("no InvalidSpec event naming %s: %v", field, h.allEvents())
 	}
 }

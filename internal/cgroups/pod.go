@@ -6,6 +6,7 @@ import (
 	"io/fs"
 	"os"
 	"path/filepath"
+	"strconv"
 	"strings"
 
 	"github.com/opencontainers/cgroups"
@@ -272,4 +273,60 @@ func (f *FS) Pids(rel string) (current, limit int64, err error) {
 		}
 	}
 	return int64(cur), limit, nil
+}
+
+// V2Dir returns the directory where runc puts the relative cgroup path rel in the cgroup v2
+// hierarchy, and its level there (the hierarchy's root is level 0; "kip/<uid>" at the root
+// is level 2), as nftables' "socket cgroupv2 level" counts: on a cgroup v2-only host rel
+// lands below the parent of this process's cgroup (Dirs); in hybrid mode runc 1.1 puts it at
+// the root of the cgroup2 hierarchy (StrayPodDirs). ok is false on a cgroup v1-only host.
+func (f *FS) V2Dir(rel string) (dir string, level int, ok bool, err error) {
+	if err := checkRel(rel); err != nil {
+		return "", 0, false, err
+	}
+	var root string
+	switch f.mode {
+	case Unified:
+		root = f.root
+		if dir, err = f.v2Dir(rel); err != nil {
+			return "", 0, false, err
+		}
+	case Hybrid:
+		for _, h := range f.hs {
+			if h.v2() {
+				root = filepath.Join(f.root, h.dir)
+			}
+		}
+		dir = filepath.Join(root, rel)
+	default:
+		return "", 0, false, nil
+	}
+	r, err := filepath.Rel(root, dir)
+	if err != nil || r == ".." || strings.HasPrefix(r, "../") {
+		return "", 0, false, fmt.Errorf("cgroup path %q lands outside the cgroup2 hierarchy %s", rel, root)
+	}
+	if r != "." {
+		level = len(strings.Split(r, "/"))
+	}
+	return dir, level, true, nil
+}
+
+// SetNetClassID creates rel in the cgroup v1 net_cls hierarchy and sets its net_cls.classid
+// to id: its sockets carry the class (nftables "meta cgroup"), and cgroups created below it
+// afterwards inherit it. ok is false when no net_cls hierarchy is mounted.
+func (f *FS) SetNetClassID(rel string, id uint32) (ok bool, err error) {
+	if f.mode == Unified {
+		return false, nil
+	}
+	d := f.Dir("net_cls", rel)
+	if d == "" {
+		return false, nil
+	}
+	if err := os.MkdirAll(d, 0o755); err != nil {
+		return true, fmt.Errorf("creating net_cls cgroup %s: %w", rel, err)
+	}
+	if err := cgroups.WriteFile(d, "net_cls.classid", strconv.FormatUint(uint64(id), 10)); err != nil {
+		return true, fmt.Errorf("setting net_cls.classid of %s: %w", rel, err)
+	}
+	return true, nil
 }

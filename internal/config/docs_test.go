@@ -60,3 +60,31 @@ func TestDocsAWSExample(t *testing.T) {
 		t.Errorf("found only %d fields of AWSCloud: %v", len(fields), fields)
 	}
 }
+
+// TestDocsAWSWalkthrough: the walkthrough's kip.yaml in docs/aws.md parses and validates, and
+// is what the walkthrough says: several subnets, a stock image by owner and name, the
+// artifacts named for an in-cluster kip.
+func TestDocsAWSWalkthrough(t *testing.T) {
+	doc, err := os.ReadFile(filepath.Join("..", "..", "docs", "aws.md"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	text := string(doc)
+	const begin, end = "<!-- walkthrough-config:begin -->", "<!-- walkthrough-config:end -->"
+	i, j := strings.Index(text, begin), strings.Index(text, end)
+	if i < 0 || j < i {
+		t.Fatalf("docs/aws.md has no %s … %s block", begin, end)
+	}
+	block := strings.TrimSpace(text[i+len(begin) : j])
+	example := strings.TrimSuffix(strings.TrimPrefix(block, "```yaml\n"), "```")
+	c, err := Parse([]byte(example))
+	if err != nil {
+		t.Fatalf("the walkthrough's config in docs/aws.md does not parse and validate: %v", err)
+	}
+	a := c.Cloud.AWS
+	eq(t, "cloud.aws.region", a.Region, "us-east-1")
+	eq(t, "len(cloud.aws.subnetIDs)", len(a.SubnetIDs), 2)
+	eq(t, "cloud.aws.imageOwners", strings.Join(a.ImageOwners, ","), "amazon")
+	eq(t, "cloud.aws.bootstrap.agentPaths[amd64]", a.Bootstrap.AgentPaths["amd64"] != "", true)
+	eq(t, "cloud.aws.bootstrap.runcPaths[amd64]", a.Bootstrap.RuncPaths["amd64"] != "", true)
+}

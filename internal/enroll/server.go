@@ -77,7 +77,8 @@ type Config struct {
 	Ledger Ledger
 	// Artifacts are served by name.
 	Artifacts []*Artifact
-	// Log receives one line per enrollment and per refusal; nil: slog.Default().
+	// Log receives one line per artifact download, per enrollment and per refusal; nil:
+	// slog.Default().
 	Log *slog.Logger
 }
 
@@ -96,6 +97,7 @@ func Handler(cfg Config) http.Handler {
 			return
 		}
 		a := cfg.Artifacts[i]
+		cfg.Log.Info("serving an artifact", "artifact", a.Name, "remote", r.RemoteAddr)
 		w.Header().Set("Content-Type", "application/octet-stream")
 		w.Header().Set("X-Kip-SHA256", a.SHA256)
 		http.ServeContent(w, r, a.Name, a.modTime, io.NewSectionReader(a.f, 0, a.Size))

@@ -251,3 +251,44 @@ func checkQuantity(q resource.Quantity, name corev1.ResourceName, list string, i
 	}
 	return &PodError{Field: fmt.Sprintf("%s.%s[%s]", field, kind, name), Reason: reason}
 }
+
+// gpuShortfall refuses a pod that names (by annotation) an instance type with fewer GPUs of
+// the maker it asks for than it asks for: no offering of the type can ever run it, so the
+// error is the pod's, and names the first container field asking for them.
+func gpuShortfall(pod *corev1.Pod, n Resources, t *instancetype.InstanceType, annotation string) error {
+	for _, g := range []struct {
+		res   corev1.ResourceName
+		maker string
+		want  int
+	}{{ResourceGPU, "nvidia", n.GPU}, {ResourceAMDGPU, "amd", n.AMDGPU}} {
+		have := gpusBy(t, g.maker)
+		if g.want <= have {
+			continue
+		}
+		what := fmt.Sprintf("%d %s GPUs", have, strings.ToUpper(g.maker))
+		if t.GPU > 0 && have == 0 {
+			what = fmt.Sprintf("%d GPUs, none of them %s", t.GPU, strings.ToUpper(g.maker))
+		}
+		return &PodError{Field: gpuField(pod, g.res), Reason: fmt.Sprintf("the pod asks for %d %s, but instance type %s (annotation %s) has %s",
+			g.want, g.res, t.Name, annotation, what)}
+	}
+	return nil
+}
+
+// gpuField is the first container field asking for res: its limit, else its request.
+func gpuField(pod *corev1.Pod, res corev1.ResourceName) string {
+	for _, l := range []struct {
+		name string
+		cs   []corev1.Container
+	}{{"spec.containers", pod.Spec.Containers}, {"spec.initContainers", pod.Spec.InitContainers}} {
+		for i, c := range l.cs {
+			if _, ok := c.Resources.Limits[res]; ok {
+				return fmt.Sprintf("%s[%d].resources.limits[%s]", l.name, i, res)
+			}
+			if _, ok := c.Resources.Requests[res]; ok {
+				return fmt.Sprintf("%s[%d].resources.requests[%s]", l.name, i, res)
+			}
+		}
+	}
+	return fmt.Sprintf("resources[%s]", res)
+}

@@ -408,6 +408,9 @@ func (ix *Index) Select(pod *corev1.Pod, opts Options) (*Choice, error) {
 		if !ok {
 			return nil, &AnnotationError{Annotation: ann.InstanceTypeFrom, Value: ann.InstanceType, Reason: "unknown instance type (not in the catalog)"}
 		}
+		if err := gpuShortfall(pod, needs, &ix.types[i], ann.InstanceTypeFrom); err != nil {
+			return nil, err
+		}
 		q.only = i
 		q.restriction = fmt.Sprintf("annotation %s=%q", ann.InstanceTypeFrom, ann.InstanceType)
 	case needs.Unspecified && opts.DefaultType != "":

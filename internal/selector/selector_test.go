@@ -2,6 +2,7 @@ package selector
 
 import (
 	"encoding/json"
+	"errors"
 	"fmt"
 	"math"
 	"slices"
@@ -327,5 +328,44 @@ func TestAMDGPUs(t *testing.T) {
 	}
 	if _, err := Select(pod(containers(ctr("app", nil, rl("amd.com/gpu", "500m")))), cat, Options{}); !IsBadPod(err) {
 		t.Errorf("half an AMD GPU: %v, want a pod error", err)
+	}
+}
+
+// TestPinnedTypeGPUShortfall: a pod naming an instance type with fewer GPUs (of the maker it
+// asks for) than it asks for is the pod's error, naming the first container field that asks,
+// the type and the annotation; a type with enough GPUs is chosen.
+func TestPinnedTypeGPUShortfall(t *testing.T) {
+	g4ad := amdGPU(it("g4ad.xlarge", "amd64", 4, 16384, 1, od(0.379), spotAt(0.114)))
+	ix := NewIndex(append(testCatalog(), g4ad))
+	gpus := func(res, n string) corev1.ResourceList { return rl(res, n) }
+	for _, tc := range []struct {
+		name      string
+		pod       *corev1.Pod
+		wantField string
+		wantMsg   string
+	}{
+		{"no GPU at all", pod(annotate(AnnotationInstanceType, "m5.large"), containers(ctr("app", nil, gpus("nvidia.com/gpu", "1")))),
+			"spec.containers[0].resources.limits[nvidia.com/gpu]", `asks for 1 nvidia.com/gpu, but instance type m5.large (annotation pod.kip.dev/instance-type) has 0 NVIDIA GPUs`},
+		{"AMD's GPUs for an NVIDIA ask", pod(annotate(AnnotationInstanceType, "g4ad.xlarge"), containers(ctr("app", nil, gpus("nvidia.com/gpu", "1")))),
+			"spec.containers[0].resources.limits[nvidia.com/gpu]", "has 1 GPUs, none of them NVIDIA"},
+		{"two containers, one GPU", pod(annotate(AnnotationInstanceType, "g4dn.xlarge"),
+			containers(ctr("a", nil, nil), ctr("b", gpus("nvidia.com/gpu", "1"), nil), ctr("c", nil, gpus("nvidia.com/gpu", "1")))),
+			"spec.containers[1].resources.requests[nvidia.com/gpu]", "asks for 2 nvidia.com/gpu"},
+		{"a sidecar's GPU", pod(annotate(AnnotationInstanceType, "m5.large"), inits(sidecar("sc", gpus("amd.com/gpu", "1")))),
+			"spec.initContainers[0].resources.requests[amd.com/gpu]", "has 0 AMD GPUs"},
+		{"the legacy annotation", pod(annotate("pod.elotl.co/instance-type", "m5.large"), containers(ctr("app", nil, gpus("nvidia.com/gpu", "1")))),
+			"spec.containers[0].resources.limits[nvidia.com/gpu]", "(annotation pod.elotl.co/instance-type)"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			_, err := ix.Select(tc.pod, Options{})
+			var pe *PodError
+			if !errors.As(err, &pe) || pe.Field != tc.wantField || !strings.Contains(pe.Reason, tc.wantMsg) {
+				t.Errorf("Select = %v, want a pod error on %s saying %q", err, tc.wantField, tc.wantMsg)
+			}
+		})
+	}
+	ch, err := ix.Select(pod(annotate(AnnotationInstanceType, "g4dn.xlarge"), containers(ctr("app", nil, gpus("nvidia.com/gpu", "1")))), Options{})
+	if err != nil || ch.Type.Name != "g4dn.xlarge" {
+		t.Errorf("one GPU on g4dn.xlarge: %+v, %v", ch, err)
 	}
 }

@@ -12,6 +12,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -34,7 +35,9 @@ import (
 type awsEnv struct {
 	*framework.Env
 	fake            *ec2fake.Server
-	instancesBefore int // instances launched before the current subtest
+	instancesBefore int    // instances launched before the current subtest
+	imageID         string // the image kip launches cells of
+	runc            string // the runc kip serves
 }
 
 // waitReadyPods waits until n pods with labels are Running and Ready, and returns them.
@@ -164,7 +167,61 @@ registry:
 			t.Errorf("teardown: %v", err)
 		}
 	})
-	return &awsEnv{Env: env, fake: fake}
+	return &awsEnv{Env: env, fake: fake, imageID: image, runc: runc}
+}
+
+// kipLog returns everything kip logged so far, across its restarts.
+func (e *awsEnv) kipLog() string {
+	var logs []byte
+	files, _ := filepath.Glob(filepath.Join(e.Kip.LogDir, "kip-*.log"))
+	for _, f := range files {
+		b, _ := os.ReadFile(f)
+		logs = append(logs, b...)
+	}
+	return string(logs)
+}
+
+// artifactsServedTo returns the artifacts kip's log shows it served to address ip after the
+// first since bytes of the log (addresses are reused once an instance is gone).
+func (e *awsEnv) artifactsServedTo(ip string, since int) []string {
+	var out []string
+	for _, line := range strings.Split(e.kipLog()[since:], "\n") {
+		if !strings.Contains(line, "serving an artifact") || !strings.Contains(line, " remote="+ip+":") {
+			continue
+		}
+		_, rest, _ := strings.Cut(line, " artifact=")
+		name, _, _ := strings.Cut(rest, " ")
+		out = append(out, name)
+	}
+	return out
+}
+
+// runBakedPod runs a pod that prints /baked-marker and sleeps, waits for it to be Running,
+// and returns it with its instance and that instance's cloud-init output so far.
+func (e *awsEnv) runBakedPod(t *testing.T, ns, name string) (*corev1.Pod, ec2fake.Instance, string) {
+	t.Helper()
+	ctx := context.Background()
+	pod := framework.Pod(name, framework.Busybox("main", "cat /baked-marker; exec sleep 3600"))
+	p, err := e.Client.CoreV1().Pods(ns).Create(ctx, pod, metav1.CreateOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	p, err = e.WaitForPod(ctx, ns, p.Name, 2*time.Minute, func(p *corev1.Pod) bool {
+		return p.Status.Phase != corev1.PodPending
+	})
+	if err != nil || p.Status.Phase != corev1.PodRunning {
+		t.Fatalf("pod %s not Running: %v\n%s", name, err, e.EventsFor(ctx, ns, name))
+	}
+	in := e.checkBootedFromScript(t, p)
+	c, ok := e.fake.Cell(in.ID)
+	if !ok {
+		t.Fatalf("instance %s has no cell", in.ID)
+	}
+	out, err := os.ReadFile(c.OutputPath)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return p, in, string(out)
 }
 
 // instancesOf returns the fake's instances (any state) launched for the pod.
@@ -334,6 +391,32 @@ func TestAWSCells(t *testing.T) {
 			t.Errorf("kubectl exec = %q, %v", out, err)
 		}
 
+		// The pods share their instance's network namespace, but not its metadata service:
+		// the agent's guard rejects their traffic to 169.254.169.254, so neither an IMDSv1
+		// GET (which IMDSv2-only would answer 401) nor the IMDSv2 token PUT (which would get a
+		// token without the guard) gets any answer. The agent itself still reads spot notices
+		// there (below). busybox's wget is tried too, as a user would, but only its failure
+		// is checked: the seeded busybox's wget crashes on any address (SIGSEGV), so the
+		// HTTP requests go through nc, whose answers tell a refused connection from a reply.
+		instanceID := e.instancesOf(string(pods[0].UID))[0].ID
+		out, err = e.Kubectl(ctx, "exec", "-n", ns, pods[0].Name, "--", "sh", "-c",
+			"wget -T 3 -O- http://169.254.169.254/latest/meta-data/instance-id 2>&1; echo wget-exit=$?")
+		if strings.Contains(out, "wget-exit=0\n") || strings.Contains(out, instanceID) {
+			t.Errorf("a pod read the instance id from the metadata service with wget (%v):\n%s", err, out)
+		}
+		t.Logf("a pod's wget of the metadata service: %s", strings.TrimSpace(out))
+		for _, req := range []string{
+			`GET /latest/meta-data/instance-id HTTP/1.0\r\n\r\n`,
+			`PUT /latest/api/token HTTP/1.0\r\nX-aws-ec2-metadata-token-ttl-seconds: 60\r\n\r\n`,
+		} {
+			out, err = e.Kubectl(ctx, "exec", "-n", ns, pods[0].Name, "--", "sh", "-c",
+				"printf '"+req+"' | nc -w 3 169.254.169.254 80 2>&1; echo nc-exit=$?")
+			if strings.Contains(out, "HTTP/") || strings.Contains(out, "nc-exit=0\n") {
+				t.Errorf("a pod got an answer from the instance metadata service to %.40q (%v):\n%s", req, err, out)
+			}
+			t.Logf("a pod's %.40q to the metadata service: %s", req, strings.TrimSpace(out))
+		}
+
 		// A spot notice on one instance: the pod fails as kubelet's node shutdown would have it,
 		// and its ReplicaSet replaces it on a new instance.
 		victim := pods[0]
@@ -382,6 +465,81 @@ func TestAWSCells(t *testing.T) {
 			e.waitTerminated(t, id)
 		}
 	})
+	t.Run("BakedImage", func(t *testing.T) {
+		// deploy/ami/bake.sh into a scratch root with the kip-cell and runc kip serves and
+		// busybox unpacked in the agent's store; the image kip launches now boots from it.
+		root := t.TempDir()
+		kipCell := filepath.Join(e.BinDir, "kip-cell")
+		host := e.Registry.Host()
+		bake := exec.Command("sh", "../../deploy/ami/bake.sh", "--root", root, "--kip-cell", kipCell, "--runc", e.runc,
+			"--default-registry", host, "--insecure-registry", host, "--image", "busybox")
+		if out, err := bake.CombinedOutput(); err != nil {
+			t.Fatalf("bake.sh: %v\n%s", err, out)
+		}
+		// A mark in the seeded image's rootfs: a pod sees it only if its container runs on
+		// the unpack the bake seeded, not on one of its own.
+		rootfses, _ := filepath.Glob(filepath.Join(root, "var/lib/kip-cell/images/images/*/rootfs"))
+		if len(rootfses) != 1 {
+			t.Fatalf("the baked store holds %d unpacked images, want 1 (busybox): %v", len(rootfses), rootfses)
+		}
+		if err := os.WriteFile(filepath.Join(rootfses[0], "baked-marker"), []byte("seeded-by-bake\n"), 0o644); err != nil {
+			t.Fatal(err)
+		}
+		if err := e.fake.SetImageRoot(e.imageID, root); err != nil {
+			t.Fatal(err)
+		}
+		defer e.fake.SetImageRoot(e.imageID, "")
+		ns := e.Namespace(t)
+
+		// The baked binaries have the pinned hashes: nothing is downloaded.
+		since := len(e.kipLog())
+		p, in, out := e.runBakedPod(t, ns, "aws-baked")
+		for _, name := range []string{"kip-cell", "runc"} {
+			if !strings.Contains(out, name+" in /opt/kip/bin has the pinned SHA-256") {
+				t.Errorf("instance %s did not find the baked %s:\n%s", in.ID, name, out)
+			}
+		}
+		if !strings.Contains(out, "(downloaded: none)") {
+			t.Errorf("instance %s downloaded something:\n%s", in.ID, out)
+		}
+		if served := e.artifactsServedTo(in.PrivateIP, since); len(served) > 0 {
+			t.Errorf("kip served %v to the baked instance %s (%s)", served, in.ID, in.PrivateIP)
+		}
+		if logs, err := e.Kubectl(ctx, "logs", "-n", ns, p.Name); err != nil || strings.TrimSpace(logs) != "seeded-by-bake" {
+			t.Errorf("the pod's container did not run on the seeded unpack: logs %q, %v", logs, err)
+		}
+		if err := e.Client.CoreV1().Pods(ns).Delete(ctx, p.Name, metav1.DeleteOptions{}); err != nil {
+			t.Fatal(err)
+		}
+		e.waitTerminated(t, in.ID)
+
+		// A baked kip-cell that is not the pinned one is downloaded again and replaced.
+		f, err := os.OpenFile(filepath.Join(root, "opt/kip/bin/kip-cell"), os.O_WRONLY|os.O_APPEND, 0)
+		if err != nil {
+			t.Fatal(err)
+		}
+		f.Write([]byte("stale"))
+		f.Close()
+		since = len(e.kipLog())
+		p, in, out = e.runBakedPod(t, ns, "aws-baked-stale")
+		if !strings.Contains(out, "kip-cell in /opt/kip/bin has SHA-256") || !strings.Contains(out, "downloading it to replace it") ||
+			!strings.Contains(out, "runc in /opt/kip/bin has the pinned SHA-256") || !strings.Contains(out, "(downloaded: kip-cell)") {
+			t.Errorf("instance %s did not replace the stale kip-cell (and only it):\n%s", in.ID, out)
+		}
+		if served := e.artifactsServedTo(in.PrivateIP, since); !slices.Equal(served, []string{"kip-cell-amd64"}) {
+			t.Errorf("kip served %v to %s (%s), want [kip-cell-amd64]", served, in.ID, in.PrivateIP)
+		}
+		c, _ := e.fake.Cell(in.ID)
+		want, _ := os.ReadFile(kipCell)
+		if got, err := os.ReadFile(filepath.Join(c.Dir, "opt/kip/bin/kip-cell")); err != nil || string(got) != string(want) {
+			t.Errorf("instance %s's kip-cell is not the one kip serves (%v)", in.ID, err)
+		}
+		if err := e.Client.CoreV1().Pods(ns).Delete(ctx, p.Name, metav1.DeleteOptions{}); err != nil {
+			t.Fatal(err)
+		}
+		e.waitTerminated(t, in.ID)
+	})
+
 	// No instance of the fake is left running.
 	for _, in := range e.fake.Instances() {
 		if in.State != "terminated" {

@@ -27,6 +27,7 @@ import (
 	"net/netip"
 	"os"
 	"os/signal"
+	"runtime"
 	"syscall"
 	"time"
 
@@ -57,6 +58,8 @@ type ready struct {
 	BridgeIP        string            `json:"bridgeIP,omitempty"`
 	IMDS            string            `json:"imds,omitempty"`
 	StateDir        string            `json:"stateDir,omitempty"`
+	// BakedImage is the image whose instances start with --baked-root's directories.
+	BakedImage string `json:"bakedImage,omitempty"`
 }
 
 func run(ctx context.Context, args []string) (err error) {
@@ -82,6 +85,7 @@ func run(ctx context.Context, args []string) (err error) {
 	fs.DurationVar(&o.ShutdownDelay, "shutdown-delay", 0, "least time an instance stays shutting-down")
 	fs.DurationVar(&o.DescribeDelay, "describe-delay", 0, "time a new instance stays invisible to DescribeInstances")
 	fs.DurationVar(&o.SpotNotice, "spot-notice", ec2fake.DefaultSpotNotice, "time from a spot interruption notice to the interruption")
+	bakedRoot := fs.String("baked-root", "", "a root baked with deploy/ami/bake.sh --root: adds image kip-cell-baked-<arch> (\"bakedImage\") whose instances start with its /opt/kip, /etc/kip, /var/lib/kip-cell, /etc/systemd/system and /var/log")
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
@@ -127,10 +131,18 @@ func run(ctx context.Context, args []string) (err error) {
 	go func() { _ = psrv.Serve(pln) }()
 	defer psrv.Close()
 
+	var baked string
+	if *bakedRoot != "" {
+		arch := map[string]string{"amd64": "x86_64", "arm64": "arm64"}[runtime.GOARCH]
+		baked = f.AddImage("kip-cell-baked-"+arch, ec2fake.OwnerID, arch, time.Now().UTC().Format(time.RFC3339))
+		if err := f.SetImageRoot(baked, *bakedRoot); err != nil {
+			return fmt.Errorf("flag --baked-root: %w", err)
+		}
+	}
 	endpoint := "http://" + ln.Addr().String()
 	r := ready{Endpoint: endpoint, PricingEndpoint: "http://" + pln.Addr().String(), Control: endpoint + "/_fake/", Region: f.Region(), VPCID: ec2fake.VPCID,
 		VPCCIDR: f.VPCNetwork().String(), Images: f.Images(), InstanceProfile: ec2fake.InstanceProfile,
-		Subnets: map[string]string{f.Region() + "a": ec2fake.SubnetA, f.Region() + "b": ec2fake.SubnetB}}
+		Subnets: map[string]string{f.Region() + "a": ec2fake.SubnetA, f.Region() + "b": ec2fake.SubnetB}, BakedImage: baked}
 	if !*noCells {
 		r.Bridge, r.BridgeIP, r.IMDS, r.StateDir = c.Bridge, f.BridgeIP().String(), f.IMDSAddr().String(), f.StateDir()
 	}

@@ -225,7 +225,8 @@ func (b *Backend) runInput(ctx context.Context, spec cloud.LaunchSpec) (*ec2.Run
 		UserData:     aws.String(userData),
 		// IMDSv2 only, and a hop limit of 1: a container behind a bridge or NAT on the cell
 		// (one hop more) gets no token, so it cannot read the instance's credentials or
-		// user data through the metadata service.
+		// user data through the metadata service. Pods, which share the instance's network
+		// namespace, are kept out by the agent (kip-cell --guard-metadata, agent/imdsguard).
 		MetadataOptions: &types.InstanceMetadataOptionsRequest{HttpTokens: types.HttpTokensStateRequired,
 			HttpPutResponseHopLimit: aws.Int32(1), HttpEndpoint: types.InstanceMetadataEndpointStateEnabled},
 		TagSpecifications: []types.TagSpecification{

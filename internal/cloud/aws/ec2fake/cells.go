@@ -11,6 +11,7 @@ import (
 	"net/http"
 	"net/netip"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strings"
 	"sync"
@@ -311,10 +312,14 @@ func (s *Server) newCellLocked(in *instance) *apiError {
 	it, _ := s.typeByName(in.instanceType)
 	ud, _ := base64.StdEncoding.DecodeString(in.userData)
 	host := privateDNSName(in.privateIP)
+	var baked string
+	if img := s.images[in.imageID]; img != nil {
+		baked = img.root
+	}
 	h.wg.Add(1)
 	go func() {
 		defer h.wg.Done()
-		err := h.boot(c, in.privateIP, host, ud, it, func(code int) { s.scriptExited(c, code) })
+		err := h.boot(c, in.privateIP, host, baked, ud, it, func(code int) { s.scriptExited(c, code) })
 		s.mu.Lock()
 		defer s.mu.Unlock()
 		close(c.bootDone)
@@ -334,12 +339,24 @@ func (s *Server) scriptExited(c *cellState, code int) {
 	c.scriptDone, c.scriptExit = true, code
 }
 
-// boot makes the cell: its directories, cgroup, network and metadata route, then starts
-// the user-data script. On error what it made stays for destroy to remove.
-func (h *cellHost) boot(c *cellState, ip, hostname string, userData []byte, it InstanceType, exited func(int)) error {
+// boot makes the cell: its directories (seeded from the image's baked root, if any), cgroup,
+// network and metadata route, then starts the user-data script. On error what it made stays
+// for destroy to remove.
+func (h *cellHost) boot(c *cellState, ip, hostname, baked string, userData []byte, it InstanceType, exited func(int)) error {
 	for _, d := range privateDirs {
-		if err := os.MkdirAll(filepath.Join(c.dir, d), 0o755); err != nil {
+		dst := filepath.Join(c.dir, d)
+		if err := os.MkdirAll(dst, 0o755); err != nil {
 			return err
+		}
+		if baked == "" {
+			continue
+		}
+		if _, err := os.Stat(filepath.Join(baked, d)); err != nil {
+			continue
+		}
+		// cp -a keeps modes, owners and links, as the image's snapshot does.
+		if out, err := exec.Command("cp", "-a", "--", filepath.Join(baked, d)+"/.", dst).CombinedOutput(); err != nil {
+			return fmt.Errorf("copying the image's baked %s: %v: %s", d, err, out)
 		}
 	}
 	if err := os.WriteFile(filepath.Join(c.dir, "user-data"), userData, 0o600); err != nil {

@@ -448,3 +448,52 @@ func TestCellsPeers(t *testing.T) {
 		t.Errorf("after Close: table %v, forwarding of %s %s; want neither", table(), peerBridge, forwarding(peerBridge))
 	}
 }
+
+// TestCellsBootFromBakedRoot: an image with a baked root (SetImageRoot) starts each instance
+// with the root's private directories: its script sees /opt/kip/bin as baked, modes kept, and
+// writes to its own copy, never to the root. Other images, and the image after SetImageRoot
+// with "", start empty.
+func TestCellsBootFromBakedRoot(t *testing.T) {
+	c, f := cellFake(t, ec2fake.Options{})
+	ctx := context.Background()
+	root := t.TempDir()
+	if err := os.MkdirAll(filepath.Join(root, "opt/kip/bin"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(root, "opt/kip/bin/kip-cell"), []byte("baked\n"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	img := f.Images()[0].ID
+	if err := f.SetImageRoot(img, filepath.Join(root, "nope")); err == nil {
+		t.Error("SetImageRoot accepted a missing directory")
+	}
+	if err := f.SetImageRoot("ami-0000000000000000f", root); err == nil {
+		t.Error("SetImageRoot accepted an unknown image")
+	}
+	if err := f.SetImageRoot(img, root); err != nil {
+		t.Fatal(err)
+	}
+	const script = "#!/bin/sh\nstat -c 'mode=%a' /opt/kip/bin/kip-cell\ncat /opt/kip/bin/kip-cell\necho instance >> /opt/kip/bin/kip-cell\n"
+	boot := func(image string) string {
+		id := runCell(ctx, t, c, script, func(in *ec2.RunInstancesInput) { in.ImageId = aws.String(image) })
+		poll(t, "the script's exit", 30*time.Second, func() (bool, error) {
+			cell, _ := f.Cell(id)
+			return cell.ScriptExited, nil
+		})
+		cell, _ := f.Cell(id)
+		out, _ := os.ReadFile(cell.OutputPath)
+		return string(out)
+	}
+	if out := boot(img); !strings.Contains(out, "mode=755\nbaked\n") || !strings.Contains(out, "exited with code 0") {
+		t.Errorf("an instance of the baked image saw:\n%s", out)
+	}
+	if b, _ := os.ReadFile(filepath.Join(root, "opt/kip/bin/kip-cell")); string(b) != "baked\n" {
+		t.Errorf("the instance wrote into the baked root: %q", b)
+	}
+	if err := f.SetImageRoot(img, ""); err != nil {
+		t.Fatal(err)
+	}
+	if out := boot(img); !strings.Contains(out, "No such file") {
+		t.Errorf("an instance of the image without its root saw:\n%s", out)
+	}
+}

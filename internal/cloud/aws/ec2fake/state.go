@@ -3,6 +3,8 @@ package ec2fake
 import (
 	"fmt"
 	"net/netip"
+	"os"
+	"path/filepath"
 	"time"
 )
 
@@ -80,6 +82,8 @@ type image struct {
 	id, name, owner, arch, created, rootDevice string
 	sizeGiB                                    int
 	tags                                       map[string]string
+	// root is a directory holding what the image has baked in (SetImageRoot).
+	root string
 }
 
 // InstanceType is an instance type the fake serves through DescribeInstanceTypes,
@@ -222,6 +226,32 @@ func (s *Server) addImageLocked(name, owner, arch, created string) string {
 	id := s.nextID("ami")
 	s.images[id] = &image{id: id, name: name, owner: owner, arch: arch, created: created, rootDevice: "/dev/xvda", sizeGiB: 2, tags: map[string]string{}}
 	return id
+}
+
+// SetImageRoot makes dir the baked part of image id's filesystem ("" undoes it): in cell
+// mode, each new instance of the image starts with its private directories (/opt/kip,
+// /etc/kip, /var/lib/kip-cell, /etc/systemd/system, /var/log) copied from those under dir,
+// as an AMI baked with deploy/ami/bake.sh --root dir would have them; the rest of an
+// instance's filesystem is the host's, whatever dir holds. Reset keeps no root.
+func (s *Server) SetImageRoot(id, dir string) error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	img := s.images[id]
+	if img == nil {
+		return fmt.Errorf("setting the root of image %s: no such image", id)
+	}
+	if dir != "" {
+		abs, err := filepath.Abs(dir)
+		if err != nil {
+			return fmt.Errorf("setting the root of image %s: %w", id, err)
+		}
+		if st, err := os.Stat(abs); err != nil || !st.IsDir() {
+			return fmt.Errorf("setting the root of image %s: %s is not a directory", id, dir)
+		}
+		dir = abs
+	}
+	img.root = dir
+	return nil
 }
 
 // SetInstanceTypes replaces the instance-type catalog.
