@@ -6,6 +6,7 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
+	"io/fs"
 	"log/slog"
 	"net"
 	"net/http"
@@ -442,13 +443,34 @@ func (h *cellHost) destroy(c *cellState) error {
 }
 
 // strayPods returns the UIDs of pods whose cgroup2 part runc put outside the cell: in the
-// hybrid layout runc 1.1 places it at the hierarchy's root (cgroups.StrayPodDirs), as seen in
-// the cgroup of the cell's processes. The local backend finds them by its pod-UID tag; the
-// fake has no tags of kip's to go by.
+// hybrid layout runc 1.1 places it at the hierarchy's root (cgroups.StrayPodDirs). They are
+// the pods whose cgroups runc nested in the cell's own v1 hierarchies (<cell>/.../kip/<uid>,
+// there even once every container of the pod has exited), and those seen in the cgroup of
+// the cell's processes. The local backend finds them by its pod-UID tag; the fake has no tags
+// of kip's to go by.
 func strayPods(dirs []string) []string {
 	seen := map[string]bool{}
 	var out []string
 	for _, d := range dirs {
+		_ = filepath.WalkDir(d, func(p string, e fs.DirEntry, err error) error {
+			if err != nil || !e.IsDir() {
+				return nil
+			}
+			if strings.Count(strings.TrimPrefix(p, d), "/") > 3 {
+				return fs.SkipDir
+			}
+			if e.Name() != cgroups.PodsParent || p == d {
+				return nil
+			}
+			pods, _ := os.ReadDir(p)
+			for _, pd := range pods {
+				if uid := pd.Name(); pd.IsDir() && !seen[uid] {
+					seen[uid] = true
+					out = append(out, uid)
+				}
+			}
+			return fs.SkipDir
+		})
 		pids, _ := cgroups.PIDs(d)
 		for _, pid := range pids {
 			b, err := os.ReadFile(fmt.Sprintf("/proc/%d/cgroup", pid))
