@@ -179,6 +179,18 @@ func (c *cell) launchAny(pod *corev1.Pod, cands []selector.Candidate, opts annot
 		c.cand = cand
 		c.timing.InstanceType = cand.Type.Name
 		c.m.mu.Unlock()
+		// A ready standby cell of this offering is bound instead of launching (standby.go).
+		if warmable(opts, cand) {
+			for w := m.takeWarm(cand); w != nil; w = m.takeWarm(cand) {
+				inst, err := c.bindWarm(pod, w)
+				if err == nil {
+					return inst, nil
+				}
+				if !errors.Is(err, errNotBound) {
+					return nil, err
+				}
+			}
+		}
 		inst, err := c.launchOne(pod, cand, opts)
 		switch {
 		case err == nil:
