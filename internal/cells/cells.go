@@ -124,7 +124,7 @@ const (
 	PhaseBooting     = "Booting"
 	PhaseReady       = "Ready"
 	PhaseTerminating = "Terminating"
-	// PhaseStandby is a warm cell with no pod yet (standby.go).
+	// PhaseStandby is a warm cell ready for a pod, with none yet (standby.go).
 	PhaseStandby = "Standby"
 )
 

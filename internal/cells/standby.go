@@ -467,13 +467,18 @@ func bindingTags(pod *corev1.Pod) map[string]string {
 // isStandby reports whether inst was launched as a standby cell.
 func isStandby(inst *cloud.Instance) bool { return inst.Tags[cloud.TagStandby] == "true" }
 
-// mirrorWarm upserts a standby cell's Cell resource (no pod, phase Standby).
+// mirrorWarm upserts a standby cell's Cell resource: no pod, phase Booting until its agent
+// answered, then Standby.
 func (m *Manager) mirrorWarm(w *warmCell) {
 	if m.deps.Mirror == nil {
 		return
 	}
 	m.mu.Lock()
-	info := CellInfo{CellID: w.id, Phase: PhaseStandby, InstanceType: w.pool.instanceType, Spot: w.pool.spot,
+	phase := PhaseBooting
+	if w.ready {
+		phase = PhaseStandby
+	}
+	info := CellInfo{CellID: w.id, Phase: phase, InstanceType: w.pool.instanceType, Spot: w.pool.spot,
 		PricePerHour: w.cand.Offering.Price}
 	if w.inst != nil {
 		info.InstanceID, info.IP, info.LaunchTime = w.inst.ID, w.inst.PrivateIP, w.inst.LaunchTime
