@@ -61,6 +61,33 @@ func (h *harness) launchedFor(pod *corev1.Pod) int {
 	return n
 }
 
+// podCell waits until pod runs on a cell (its agent streams its status) and returns the
+// cell's id.
+func (h *harness) podCell(pod *corev1.Pod) string {
+	h.t.Helper()
+	var id string
+	h.waitFor("pod "+pod.Name+" on a cell", func() bool {
+		for _, tm := range h.m.Timings() {
+			if tm.UID == pod.UID {
+				id = tm.CellID
+			}
+		}
+		return id != "" && h.agent(id).watcherCount() > 0
+	})
+	return id
+}
+
+// podCells counts the live instances tagged with pod's UID.
+func (h *harness) podCells(pod *corev1.Pod) int {
+	n := 0
+	for _, in := range h.live() {
+		if in.Tags[cloud.TagPodUID] == string(pod.UID) {
+			n++
+		}
+	}
+	return n
+}
+
 func TestStandbyPoolFillsAndGCKeepsIt(t *testing.T) {
 	h := newHarness(t, withStandby(StandbyPool{InstanceType: "fake.small", Count: 2}, StandbyPool{InstanceType: "fake.medium", Spot: true, Count: 1}))
 	h.m.StartStandby()
@@ -84,9 +111,12 @@ func TestStandbyPoolFillsAndGCKeepsIt(t *testing.T) {
 		t.Errorf("pool types %v, want 2 fake.small and 1 spot fake.medium", types)
 	}
 	for _, id := range ids {
-		info, ok := h.mirror.get(id)
-		if !ok || info.Phase != PhaseStandby || info.PodName != "" || info.IP == "" || info.PricePerHour <= 0 {
-			t.Errorf("Cell %s mirrored as %+v (ok %v)", id, info, ok)
+		h.waitFor("Cell "+id+" Standby", func() bool {
+			info, ok := h.mirror.get(id)
+			return ok && info.Phase == PhaseStandby
+		})
+		if info, _ := h.mirror.get(id); info.PodName != "" || info.IP == "" || info.PricePerHour <= 0 {
+			t.Errorf("Cell %s mirrored as %+v", id, info)
 		}
 	}
 	// The pools stay full: nothing more is launched, and garbage collection (a pass every
@@ -222,11 +252,18 @@ func TestStandbyCellThatDoesNotAnswerIsReplacedAndPodLaunches(t *testing.T) {
 	if err := h.m.CreatePod(context.Background(), pod); err != nil {
 		t.Fatal(err)
 	}
-	a := h.agent(CellID(pod.UID))
-	h.waitFor("the pod on a launched cell", func() bool { return a.watcherCount() > 0 })
+	// The pod runs on a launched cell, or on the pool's refill if it was ready first.
+	if id := h.podCell(pod); id == warm {
+		t.Fatalf("the pod runs on the dead standby cell")
+	}
 	h.waitFor("the dead standby cell terminated", func() bool { return h.instanceOfCell(warm) == nil })
-	if refill := h.waitStandby(1)[0]; refill == warm {
-		t.Errorf("the dead cell is back in the pool")
+	if n := h.podCells(pod); n != 1 {
+		t.Errorf("%d live cells for the pod, want 1", n)
+	}
+	for id := range h.m.StandbyCells() {
+		if id == warm {
+			t.Errorf("the dead cell is back in the pool")
+		}
 	}
 }
 
@@ -274,19 +311,15 @@ func TestFailedBindingTerminatesTheStandbyCellAndLaunches(t *testing.T) {
 			if err := h.m.CreatePod(context.Background(), pod); err != nil {
 				t.Fatal(err)
 			}
-			a := h.agent(CellID(pod.UID))
-			h.waitFor("the pod on a launched cell", func() bool { return a.watcherCount() > 0 })
+			// A launched cell, or the pool's refill if it was ready first.
+			if id := h.podCell(pod); id == warm {
+				t.Fatalf("the pod runs on the standby cell whose binding failed")
+			}
 			h.waitFor("the standby cell terminated", func() bool { return h.instanceOfCell(warm) == nil })
 			if h.agent(warm).puts != 0 {
 				t.Errorf("the pod was put on the standby cell whose binding failed")
 			}
-			n := 0
-			for _, in := range h.live() {
-				if in.Tags[cloud.TagPodUID] == string(pod.UID) {
-					n++
-				}
-			}
-			if n != 1 {
+			if n := h.podCells(pod); n != 1 {
 				t.Errorf("%d live cells for the pod, want 1", n)
 			}
 		})
@@ -338,6 +371,9 @@ func TestRecoverAfterCrashMidBind(t *testing.T) {
 				t.Fatal(err)
 			}
 			h.m.StartStandby()
+			// The pool is ready (with the recovered cell if it is still the pool's) before
+			// virtual-kubelet hands the pod over again.
+			h.waitStandby(1)
 			if err := h.m.CreatePod(context.Background(), pod); err != nil {
 				t.Fatal(err)
 			}
@@ -401,5 +437,22 @@ func TestRecoverTerminatesUnwantedAndSuspectStandbyCells(t *testing.T) {
 		if kept[id] || h.instanceOfCell(id) != nil {
 			t.Errorf("cell %s kept", id)
 		}
+	}
+}
+
+func TestGCTerminatesStandbyCellsNoPoolOwns(t *testing.T) {
+	h := newHarness(t, withStandby(StandbyPool{InstanceType: "fake.small", Count: 1}))
+	h.m.StartStandby()
+	owned := h.waitStandby(1)[0]
+	// A standby cell of this node that neither a pool nor a pod owns (a kip that died before
+	// Recover could see it, say).
+	stray := h.launchStandby("w-0000000000ff", nil)
+	h.startControllers()
+	h.waitFor("the stray standby cell collected", func() bool {
+		h.clock.Step(10 * time.Second)
+		return h.instanceOfCell(stray.CellID) == nil
+	})
+	if h.instanceOfCell(owned) == nil {
+		t.Errorf("gc terminated the pool's cell %s", owned)
 	}
 }

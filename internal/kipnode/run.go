@@ -195,6 +195,12 @@ func (r *runner) run(ctx context.Context) error {
 		Services:   svcPush,
 	})
 	defer mgr.Close()
+	if err := reg.Register(prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+		Name: "kip_standby_cells",
+		Help: "Warm cells no pod owns yet, booting or ready (cells.standby).",
+	}, func() float64 { return float64(len(mgr.StandbyCells())) })); err != nil {
+		return fmt.Errorf("starting kip: %w", err)
+	}
 	// Conditions other controllers set on a pod (readiness gates) reach the status kip
 	// reports; virtual-kubelet does not pass status-only changes to the provider.
 	if _, err := inf.Pods.Informer().AddEventHandler(cache.ResourceEventHandlerFuncs{
