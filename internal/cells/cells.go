@@ -124,6 +124,8 @@ const (
 	PhaseBooting     = "Booting"
 	PhaseReady       = "Ready"
 	PhaseTerminating = "Terminating"
+	// PhaseStandby is a warm cell ready for a pod, with none yet (standby.go).
+	PhaseStandby = "Standby"
 )
 
 // Options tune the manager. Zero fields take the defaults of DefaultOptions.
@@ -158,6 +160,9 @@ type Options struct {
 	// certificate and kip's own client certificate. Both are renewed once two thirds of it
 	// have passed (RenewAgentCerts, pki.ClientCert).
 	CertLifetime time.Duration
+	// Standby are the pools of warm cells kept booted with no pod (cells.standby), filled
+	// once StartStandby is called; see standby.go.
+	Standby []StandbyPool
 }
 
 // DefaultOptions are the options of a manager configured with nothing.
@@ -247,6 +252,12 @@ type Manager struct {
 	mu     sync.Mutex
 	cells  map[string]*cell // by namespace/name
 	notify func(*corev1.Pod)
+	// warm are the standby cells not bound to a pod, by cell id (standby.go); warmFails
+	// counts each pool's consecutive failures, for its back-off. Guarded by mu.
+	warm      map[string]*warmCell
+	warmFails map[poolKey]int
+	warmKick  chan struct{}
+	warmOnce  sync.Once
 }
 
 // New returns a manager.
@@ -295,6 +306,9 @@ func New(opts Options, node NodeInfo, deps Deps) *Manager {
 		launchSem: make(chan struct{}, cfg.LaunchConcurrency),
 		capacity:  capacity.New(deps.Clock, cfg.CapacityErrorMemory),
 		cells:     map[string]*cell{},
+		warm:      map[string]*warmCell{},
+		warmFails: map[poolKey]int{},
+		warmKick:  make(chan struct{}, 1),
 
 		agentCerts: map[string]*agentCert{},
 	}

@@ -82,6 +82,9 @@ func (m *Manager) RenewAgentCerts(ctx context.Context) time.Duration {
 			live[c.cellID] = true
 		}
 	}
+	for id := range m.warm {
+		live[id] = true
+	}
 	m.mu.Unlock()
 	m.certMu.Lock()
 	for id := range m.agentCerts {

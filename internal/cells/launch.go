@@ -168,6 +168,9 @@ func selectReason(err error) string {
 	return ReasonNoInstanceType
 }
 
+// maxBindTries bounds the standby cells one candidate tries to bind before launching.
+const maxBindTries = 3
+
 // launchAny tries each candidate in turn. It returns (nil, nil) when all lacked capacity.
 func (c *cell) launchAny(pod *corev1.Pod, cands []selector.Candidate, opts annotations.Pod) (*cloud.Instance, error) {
 	m := c.m
@@ -179,6 +182,23 @@ func (c *cell) launchAny(pod *corev1.Pod, cands []selector.Candidate, opts annot
 		c.cand = cand
 		c.timing.InstanceType = cand.Type.Name
 		c.m.mu.Unlock()
+		// A ready standby cell of this offering is bound instead of launching (standby.go);
+		// after a few that could not be bound, the pod launches its own.
+		if warmable(opts, cand) {
+			for tries := 0; tries < maxBindTries; tries++ {
+				w := m.takeWarm(cand)
+				if w == nil {
+					break
+				}
+				inst, err := c.bindWarm(pod, w)
+				if err == nil {
+					return inst, nil
+				}
+				if !errors.Is(err, errNotBound) {
+					return nil, err
+				}
+			}
+		}
 		inst, err := c.launchOne(pod, cand, opts)
 		switch {
 		case err == nil:

@@ -18,9 +18,10 @@ import (
 // Recover rebuilds state after a restart from the cloud's tags and the node's pods: it
 // adopts each live cell whose pod is among pods (reconnecting to its agent and resuming the
 // status stream, or finishing it when the pod has completed; resuming the launch of a cell
-// still pending), terminates cells whose pod is
-// gone, and fails pods that ran on a cell that no longer exists. Pods still pending without a
-// cell are left to CreatePod, whose launch is idempotent. Call it before CreatePod.
+// still pending), terminates cells whose pod is gone, gives the standby pools back the
+// running standby cells no pod was bound to (standby.go; the others are terminated), and
+// fails pods that ran on a cell that no longer exists. Pods still pending without a cell are
+// left to CreatePod, whose launch is idempotent. Call it before CreatePod and StartStandby.
 func (m *Manager) Recover(ctx context.Context, pods []*corev1.Pod) error {
 	insts, err := m.deps.Cloud.List(ctx, map[string]string{cloud.TagCluster: m.cfg.ClusterName, cloud.TagNode: m.node.Name})
 	if err != nil {
@@ -48,21 +49,28 @@ func (m *Manager) Recover(ctx context.Context, pods []*corev1.Pod) error {
 		}
 	}
 	adopted := map[types.UID]bool{}
-	var orphans []*cloud.Instance
+	var orphans, standby []*cloud.Instance
 	for _, inst := range insts {
 		uid := types.UID(inst.Tags[cloud.TagPodUID])
+		if isStandby(inst) && uid == "" {
+			standby = append(standby, inst) // no pod was bound to it
+			continue
+		}
 		if managed[uid] {
 			continue
 		}
+		// A pod's cell id is derived from its UID, except a bound standby cell's, which
+		// keeps its own (its pod tags are the binding record).
 		pod, ok := byUID[uid]
 		if !ok || adopted[uid] || isTerminal(pod.Status.Phase) || inst.State == cloud.StateTerminating || inst.State == cloud.StateTerminated ||
-			inst.Tags[cloud.TagCellID] != CellID(uid) {
+			(inst.Tags[cloud.TagCellID] != CellID(uid) && !(isStandby(inst) && inst.Tags[cloud.TagCellID] != "")) {
 			orphans = append(orphans, inst)
 			continue
 		}
 		adopted[uid] = true
 		m.adopt(pod, inst, catalog)
 	}
+	orphans = append(orphans, m.recoverStandby(standby, catalog)...)
 	for _, inst := range orphans {
 		m.log.Info("terminating orphan cell", "instance", inst.ID, "cell", inst.Tags[cloud.TagCellID],
 			"pod", inst.Tags[cloud.TagPodNamespace]+"/"+inst.Tags[cloud.TagPodName])
@@ -89,6 +97,12 @@ func (m *Manager) Recover(ctx context.Context, pods []*corev1.Pod) error {
 // adopt takes over a live cell of pod after a restart.
 func (m *Manager) adopt(pod *corev1.Pod, inst *cloud.Instance, catalog []instancetype.InstanceType) {
 	c := m.newCell(pod)
+	if isStandby(inst) {
+		// A bound standby cell: its own id, named in its certificate.
+		c.cellID = inst.Tags[cloud.TagCellID]
+		c.timing.CellID = c.cellID
+		c.log = m.log.With("pod", c.key, "cell", c.cellID)
+	}
 	c.inst = inst
 	c.cand = adoptedCandidate(inst, catalog)
 	c.timing.InstanceType = inst.InstanceType

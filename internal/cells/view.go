@@ -15,11 +15,19 @@ import (
 // report a cell lost.
 
 // EachCell calls visit for every pod the manager runs, with its pod UID, its cell id and,
-// while its instance must exist (launched and not yet stopping), the instance id, else "".
-// visit must not call back into the manager.
+// while its instance must exist (launched and not yet stopping), the instance id, else "";
+// and for every standby cell no pod owns yet, with an empty pod UID. visit must not call
+// back into the manager.
 func (m *Manager) EachCell(visit func(podUID, cellID, instanceID string)) {
 	m.mu.Lock()
 	defer m.mu.Unlock()
+	for _, w := range m.warm {
+		inst := ""
+		if w.inst != nil && w.ready {
+			inst = w.inst.ID
+		}
+		visit("", w.id, inst)
+	}
 	for _, c := range m.cells {
 		if c.stage == stageDone {
 			continue
@@ -32,8 +40,9 @@ func (m *Manager) EachCell(visit func(podUID, cellID, instanceID string)) {
 	}
 }
 
-// EachRunning calls visit for every cell whose pod runs on a ready agent, with the cell id,
-// the agent and how long it may stay silent (its lost timeout). visit must not call back
+// EachRunning calls visit for every cell whose pod runs on a ready agent, and every ready
+// standby cell (so Services and certificate renewals reach it before its pod), with the cell
+// id, the agent and how long it may stay silent (its lost timeout). visit must not call back
 // into the manager.
 func (m *Manager) EachRunning(visit func(cellID string, agent cellapi.Agent, lostTimeout time.Duration)) {
 	type running struct {
@@ -47,15 +56,29 @@ func (m *Manager) EachRunning(visit func(cellID string, agent cellapi.Agent, los
 			rs = append(rs, running{c, c.agent})
 		}
 	}
+	type warm struct {
+		id    string
+		agent cellapi.Agent
+	}
+	var ws []warm
+	for _, w := range m.warm {
+		if w.ready {
+			ws = append(ws, warm{w.id, w.agent})
+		}
+	}
 	m.mu.Unlock()
 	for _, r := range rs {
 		visit(r.c.cellID, r.agent, r.c.lostTimeout())
+	}
+	for _, w := range ws {
+		visit(w.id, w.agent, m.cfg.LostTimeout)
 	}
 }
 
 // MarkLost tells the state machine of cellID that its cell is lost (its instance is gone, or
 // its agent unreachable past the healthy timeout): the pod fails with CellLost and message,
-// and the cell is terminated. Unknown cells are ignored.
+// and the cell is terminated. A standby cell is terminated and replaced. Unknown cells are
+// ignored.
 func (m *Manager) MarkLost(cellID, message string) {
 	m.mu.Lock()
 	var target *cell
@@ -65,9 +88,14 @@ func (m *Manager) MarkLost(cellID, message string) {
 			break
 		}
 	}
+	w := m.warm[cellID]
 	m.mu.Unlock()
 	if target != nil {
 		target.markLost(message)
+	}
+	if w != nil {
+		m.log.Info("standby cell lost; replacing it", "cell", cellID, "why", message)
+		m.dropWarm(w)
 	}
 }
 

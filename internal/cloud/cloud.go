@@ -19,6 +19,9 @@ const (
 	TagPodNamespace = "kip.dev/pod-namespace"
 	TagPodName      = "kip.dev/pod-name"
 	TagPodUID       = "kip.dev/pod-uid"
+	// TagStandby ("true") marks a cell launched as a warm standby cell, with no pod. The pod
+	// tags written on it by Tagger.SetTags bind it to its pod (docs/standby.md).
+	TagStandby = "kip.dev/standby"
 )
 
 // LaunchSpec describes the cell to start.
@@ -110,4 +113,14 @@ type Cloud interface {
 	// Terminate stops an instance and releases everything it holds. It may be called many
 	// times; it returns a NotFound error once the instance is gone.
 	Terminate(ctx context.Context, id string) error
+}
+
+// Tagger is implemented by backends that can add tags to a live instance. Warm standby cells
+// need it: the pod tags written on one at bind time are the durable record of which pod it
+// belongs to.
+type Tagger interface {
+	// SetTags adds tags to instance id, replacing the values of keys it already has, all at
+	// once: a reader sees every new tag or none. It returns a NotFound error once the
+	// instance is gone.
+	SetTags(ctx context.Context, id string, tags map[string]string) error
 }

@@ -310,6 +310,21 @@ type Cells struct {
 	// once two thirds of it have passed (agents in place, their key never leaving the cell);
 	// default 720h (30 days).
 	CertLifetime Duration `json:"certLifetime"`
+	// Standby are pools of warm cells kept booted with their agent ready and no pod: a pod
+	// whose chosen instance type and market have one binds to it instead of launching
+	// (docs/standby.md). Empty by default. Each (instanceType, spot) appears once; an
+	// instanceType the backend's catalog lacks stops kip at start.
+	Standby []StandbyCells `json:"standby,omitempty"`
+}
+
+// StandbyCells is one pool of warm cells (cells.standby[i]).
+type StandbyCells struct {
+	// InstanceType is the pool's instance type, from the backend's catalog.
+	InstanceType string `json:"instanceType"`
+	// Count is how many warm cells the pool keeps; 0 keeps none.
+	Count int `json:"count"`
+	// Spot keeps spot cells (for pods choosing spot) instead of on-demand ones.
+	Spot bool `json:"spot,omitempty"`
 }
 
 // Reserve is resources kept for the agent on every cell.

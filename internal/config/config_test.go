@@ -58,6 +58,7 @@ func TestValidFiles(t *testing.T) {
 			eq(t, "cells.launchConcurrency", c.Cells.LaunchConcurrency, 4)
 			eq(t, "cells.formerNodeNames", fmt.Sprint(c.Cells.FormerNodeNames), "[kip-old kip.example.com]")
 			eq(t, "cells.podPidsLimit", *c.Cells.PodPidsLimit, int64(-1))
+			eq(t, "cells.standby", fmt.Sprint(c.Cells.Standby), "[{local.small 2 false} {local.small 1 true}]")
 			eq(t, "registry.insecure", len(c.Registry.Insecure), 2)
 			eq(t, "registry.maxUnpackedImageSize", c.Registry.MaxUnpackedImageSize.Value(), int64(2<<30))
 		}},
@@ -155,6 +156,11 @@ func TestInvalidFiles(t *testing.T) {
 		{"invalid-tls-half.yaml", []string{"node.tls"}},
 		{"invalid-faults.yaml", []string{"cloud.faults.throttleRate", "cloud.faults.capacityErrorRate", "cloud.faults: Invalid value", "add up to at most 1"}},
 		{"invalid-duplicate.yaml", []string{`"name"`}},
+		{"invalid-standby.yaml", []string{
+			"cells.standby[1].instanceType: Required value", `cells.standby[2].count: Invalid value: -1`,
+			`cells.standby[3]: Duplicate value: "instanceType local.small, spot false"`,
+		}},
+		{"invalid-standby-field.yaml", []string{`unknown field "dedicated"`}},
 		{"invalid-many.yaml", []string{
 			"cloud.local.bridge", "cloud.local.subnet", "node.kubeletPort",
 			"cells.launchConcurrency", "cells.clusterName", "registry.insecure[0]",

@@ -1,6 +1,7 @@
 package config
 
 import (
+	"fmt"
 	"maps"
 	"net"
 	"net/netip"
@@ -332,8 +333,29 @@ func (c *Cells) validate(p *field.Path) field.ErrorList {
 	if n := c.PodPidsLimit; n != nil && *n != -1 && *n < 1 {
 		errs = append(errs, field.Invalid(p.Child("podPidsLimit"), *n, "must be -1 (no limit) or at least 1"))
 	}
+	pools := map[StandbyCells]bool{}
+	for i, s := range c.Standby {
+		ip := p.Child("standby").Index(i)
+		switch {
+		case s.InstanceType == "":
+			errs = append(errs, field.Required(ip.Child("instanceType"), "the pool's instance type"))
+		case strings.ContainsAny(s.InstanceType, " \t/"):
+			errs = append(errs, field.Invalid(ip.Child("instanceType"), s.InstanceType, "must be an instance type name"))
+		}
+		if s.Count < 0 || s.Count > maxStandbyCount {
+			errs = append(errs, field.Invalid(ip.Child("count"), s.Count, fmt.Sprintf("must be between 0 and %d", maxStandbyCount)))
+		}
+		k := StandbyCells{InstanceType: s.InstanceType, Spot: s.Spot}
+		if pools[k] {
+			errs = append(errs, field.Duplicate(ip, fmt.Sprintf("instanceType %s, spot %t", s.InstanceType, s.Spot)))
+		}
+		pools[k] = true
+	}
 	return errs
 }
+
+// maxStandbyCount bounds one standby pool (cells.standby[i].count).
+const maxStandbyCount = 1000
 
 func (r *Registry) validate(p *field.Path) field.ErrorList {
 	var errs field.ErrorList

@@ -7,6 +7,7 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"slices"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -33,6 +34,7 @@ import (
 	"github.com/kip-dev/kip/internal/admit"
 	"github.com/kip-dev/kip/internal/cellapi"
 	"github.com/kip-dev/kip/internal/cells"
+	"github.com/kip-dev/kip/internal/cloud"
 	"github.com/kip-dev/kip/internal/config"
 	"github.com/kip-dev/kip/internal/controllers/cellmirror"
 	"github.com/kip-dev/kip/internal/controllers/ephpush"
@@ -42,6 +44,7 @@ import (
 	"github.com/kip-dev/kip/internal/controllers/volpush"
 	"github.com/kip-dev/kip/internal/crd"
 	"github.com/kip-dev/kip/internal/enroll"
+	"github.com/kip-dev/kip/internal/instancetype"
 	"github.com/kip-dev/kip/internal/metrics"
 	"github.com/kip-dev/kip/internal/nodeauth"
 	"github.com/kip-dev/kip/internal/podrequest"
@@ -122,6 +125,9 @@ func (r *runner) run(ctx context.Context) error {
 	if err != nil {
 		return fmt.Errorf("starting kip: reading the %s backend's instance types: %w", backend.Name(), err)
 	}
+	if err := checkStandby(backend, cfg.Cells.Standby, types); err != nil {
+		return err
+	}
 
 	// kip's own metrics, served at /metrics/kip and kubelet's /metrics on the kubelet API.
 	reg := prometheus.NewRegistry()
@@ -189,6 +195,12 @@ func (r *runner) run(ctx context.Context) error {
 		Services:   svcPush,
 	})
 	defer mgr.Close()
+	if err := reg.Register(prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+		Name: "kip_standby_cells",
+		Help: "Warm cells no pod owns yet, booting or ready (cells.standby).",
+	}, func() float64 { return float64(len(mgr.StandbyCells())) })); err != nil {
+		return fmt.Errorf("starting kip: %w", err)
+	}
 	// Conditions other controllers set on a pod (readiness gates) reach the status kip
 	// reports; virtual-kubelet does not pass status-only changes to the provider.
 	if _, err := inf.Pods.Informer().AddEventHandler(cache.ResourceEventHandlerFuncs{
@@ -254,6 +266,7 @@ func (r *runner) run(ctx context.Context) error {
 		return fmt.Errorf("starting kip: %w", err)
 	}
 	log.Info("recovered cells", "pods", len(podPtrs))
+	mgr.StartStandby()
 
 	prov, err := provider.New(provider.Config{NodeName: name, Cells: mgr, Pods: r.client.CoreV1(), Log: r.log})
 	if err != nil {
@@ -392,7 +405,43 @@ func cellsOptions(cfg *config.ProviderConfig) cells.Options {
 		CapacityErrorMemory: c.CapacityErrorMemory.Duration,
 		PodPidsLimit:        ptr.Deref(c.PodPidsLimit, config.DefaultPodPidsLimit),
 		CertLifetime:        c.CertLifetime.Duration,
+		Standby:             standbyPools(c.Standby),
 	}
+}
+
+// standbyPools are the cells.standby pools as the cells manager takes them.
+func standbyPools(in []config.StandbyCells) []cells.StandbyPool {
+	var out []cells.StandbyPool
+	for _, s := range in {
+		out = append(out, cells.StandbyPool{InstanceType: s.InstanceType, Spot: s.Spot, Count: s.Count})
+	}
+	return out
+}
+
+// checkStandby refuses cells.standby pools the backend cannot keep: a backend that cannot
+// tag live instances (binding needs it), an instance type its catalog lacks, a market it
+// does not offer.
+func checkStandby(backend cloud.Cloud, pools []config.StandbyCells, types []instancetype.InstanceType) error {
+	if len(pools) == 0 {
+		return nil
+	}
+	if _, ok := backend.(cloud.Tagger); !ok {
+		return fmt.Errorf("starting kip: cells.standby: the %s backend cannot keep standby cells (it cannot tag live instances)", backend.Name())
+	}
+	for i, p := range pools {
+		j := slices.IndexFunc(types, func(t instancetype.InstanceType) bool { return t.Name == p.InstanceType })
+		if j < 0 {
+			return fmt.Errorf("starting kip: cells.standby[%d].instanceType: %q is not in the %s backend's catalog", i, p.InstanceType, backend.Name())
+		}
+		if !slices.ContainsFunc(types[j].Offerings, func(o instancetype.Offering) bool { return o.Spot == p.Spot }) {
+			what := "on-demand"
+			if p.Spot {
+				what = "spot"
+			}
+			return fmt.Errorf("starting kip: cells.standby[%d].spot: instance type %s has no %s offering", i, p.InstanceType, what)
+		}
+	}
+	return nil
 }
 
 // selectorOptions are the selector's options of the config, the same kip select --config uses.

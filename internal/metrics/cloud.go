@@ -2,6 +2,7 @@ package metrics
 
 import (
 	"context"
+	"fmt"
 
 	"github.com/kip-dev/kip/internal/cloud"
 )
@@ -23,7 +24,8 @@ type instrumentedCloud struct {
 
 // InstrumentCloud returns c with every Launch counted in kip_cell_launches_total by the
 // spec's instance type and the call's result. Each call counts, retries included. The
-// wrapper offers only the cloud.Cloud methods: type-assert optional interfaces on c itself.
+// wrapper offers only the cloud.Cloud methods and cloud.Tagger's SetTags (an error when c
+// cannot tag): type-assert other optional interfaces on c itself.
 func (m *Metrics) InstrumentCloud(c cloud.Cloud) cloud.Cloud {
 	return &instrumentedCloud{Cloud: c, m: m}
 }
@@ -32,6 +34,15 @@ func (c *instrumentedCloud) Launch(ctx context.Context, spec cloud.LaunchSpec) (
 	inst, err := c.Cloud.Launch(ctx, spec)
 	c.m.launches.WithLabelValues(spec.InstanceType, launchResult(err)).Inc()
 	return inst, err
+}
+
+// SetTags forwards to the wrapped cloud when it is a cloud.Tagger (warm cells' binding).
+func (c *instrumentedCloud) SetTags(ctx context.Context, id string, tags map[string]string) error {
+	t, ok := c.Cloud.(cloud.Tagger)
+	if !ok {
+		return fmt.Errorf("tagging instance %s: the %s backend cannot tag live instances", id, c.Cloud.Name())
+	}
+	return t.SetTags(ctx, id, tags)
 }
 
 // launchResult names how a Launch ended.

@@ -27,7 +27,7 @@ import (
 // created (Create returned), bound (spec.nodeName set), kip's events (InstanceTypeSelected →
 // CellLaunched → CellReady → Pulled → Started) and the pod Running. Event times are when the
 // watch delivered them, so they include kip's event recorder's small delay.
-var phases = []string{"created", "scheduled", "InstanceTypeSelected", "CellLaunched", "CellReady", "Pulled", "Started", "running"}
+var phases = []string{"created", "scheduled", "InstanceTypeSelected", "CellLaunched", "CellBound", "CellReady", "Pulled", "Started", "running"}
 
 // tracker records, per pod, when each phase was first seen.
 type tracker struct {
@@ -92,21 +92,25 @@ func (tr *tracker) watchNamespace(ctx context.Context, e *framework.Env, ns stri
 }
 
 // BenchmarkPodStartup creates pods one after another and reports created → Running p50/p99
-// and each phase's p50/p99, in two series: "cold", KIP_BENCH_COLD (default 10) pods each with
+// and each phase's p50/p99, in three series: "cold", KIP_BENCH_COLD (default 10) pods each with
 // an image of its own that no cell on the host has pulled (the first pull on the host: fetch
 // and unpack), then "cached", KIP_BENCH_PODS (default 30) pods of busybox, which one
 // unmeasured pod pulled into the host's image store first (each cell still fetches the
-// manifest). Then it creates KIP_BENCH_BURST (default 20) pods at once and reports the time
-// until all are Running. Run with -benchtime=1x.
+// manifest), then "warm", KIP_BENCH_WARM (default 20) busybox pods each binding to a warm
+// cell (cells.standby, one cell of the pods' type, kip restarted with it; each pod created
+// once the pool has a ready cell again; docs/standby.md). Then it creates KIP_BENCH_BURST
+// (default 20) pods at once and reports the time until all are Running. Run with
+// -benchtime=1x.
 func BenchmarkPodStartup(b *testing.B) {
 	e := need(b)
 	n := envInt("KIP_BENCH_PODS", 30)
 	cold := envInt("KIP_BENCH_COLD", 10)
 	burst := envInt("KIP_BENCH_BURST", 20)
+	warm := envInt("KIP_BENCH_WARM", 20)
 	for range b.N {
 		ctx, cancel := context.WithTimeout(context.Background(), 20*time.Minute)
 		ns := e.Namespace(b)
-		tr := &tracker{seen: map[string]map[string]time.Time{}, ready: make(chan string, n+cold+1+burst)}
+		tr := &tracker{seen: map[string]map[string]time.Time{}, ready: make(chan string, n+cold+1+warm+burst)}
 		if err := tr.watchNamespace(ctx, e, ns); err != nil {
 			b.Fatal(err)
 		}
@@ -171,6 +175,25 @@ func BenchmarkPodStartup(b *testing.B) {
 		tr.mu.Lock()
 		report(b, "cached", tr.seen, n)
 		tr.mu.Unlock()
+		// Warm: the same pods, each bound to a warm cell of a one-cell pool, created once
+		// the pool has a ready cell (its Cell resource turned Standby).
+		if warm > 0 {
+			restore := withStandbyKip(ctx, b, e, standbyType(ctx, b, e, mk("probe")), 1)
+			var used []string
+			for i := range warm {
+				id, _, _, err := waitStandbyCell(ctx, e, 2*time.Minute, used...)
+				if err != nil {
+					restore()
+					b.Fatalf("%v; kip log %s", err, e.Kip.LogPath())
+				}
+				used = append(used, id)
+				startOne(mk(fmt.Sprintf("warm-%02d", i)))
+			}
+			tr.mu.Lock()
+			report(b, "warm", tr.seen, warm)
+			tr.mu.Unlock()
+			restore()
+		}
 		// Let the sequential pods' cells go before the burst.
 		if _, err := e.WaitForCells(ctx, map[string]string{cloud.TagPodNamespace: ns}, 2*time.Minute,
 			framework.NoCells); err != nil {
@@ -190,12 +213,14 @@ func BenchmarkPodStartup(b *testing.B) {
 }
 
 // seriesPrefix is the pod name prefix of each series report names.
-var seriesPrefix = map[string]string{"cold": "cold-", "cached": "seq-"}
+var seriesPrefix = map[string]string{"cold": "cold-", "cached": "seq-", "warm": "warm-"}
 
 // report prints created → Running and per-phase p50/p99 (milliseconds) for the pods of a
-// series ("cold", "cached"), and reports start-p50/p99-ms (cached) or cold-start-p50/p99-ms.
+// series ("cold", "cached", "warm"), and reports start-p50/p99-ms (cached), cold-start-p50/p99-ms
+// or warm-start-p50/p99-ms; a warm pod that launched a cell instead of binding one is left out.
 func report(b *testing.B, series string, seen map[string]map[string]time.Time, n int) {
 	total := []float64{}
+	unbound := 0
 	per := map[string][]float64{}
 	slowest, slowestMS := "", 0.0
 	for name, m := range seen {
@@ -204,6 +229,10 @@ func report(b *testing.B, series string, seen map[string]map[string]time.Time, n
 		}
 		c, r := m["created"], m["running"]
 		if c.IsZero() || r.IsZero() {
+			continue
+		}
+		if _, bound := m["CellBound"]; series == "warm" && !bound {
+			unbound++ // launched its own cell: not a warm start
 			continue
 		}
 		total = append(total, ms(r.Sub(c)))
@@ -222,8 +251,11 @@ func report(b *testing.B, series string, seen map[string]map[string]time.Time, n
 	}
 	p50, p99 := pct(total, 50), pct(total, 99)
 	unit, target := "start", "p50 ≤ 300 ms, p99 ≤ 1 s"
-	if series == "cold" {
+	switch series {
+	case "cold":
 		unit, target = "cold-start", "reported apart"
+	case "warm":
+		unit, target = "warm-start", "p50 ≤ 150 ms"
 	}
 	b.ReportMetric(p50, unit+"-p50-ms")
 	b.ReportMetric(p99, unit+"-p99-ms")
@@ -251,7 +283,7 @@ func report(b *testing.B, series string, seen map[string]map[string]time.Time, n
 		b.Logf("  slowest: %s %.0f ms (%s)", slowest, slowestMS, strings.Join(parts, ", "))
 	}
 	if len(total) < n {
-		b.Logf("  (only %d of %d pods had both times)", len(total), n)
+		b.Logf("  (only %d of %d pods had both times; %d launched a cell instead of binding a warm one)", len(total), n, unbound)
 	}
 }
 

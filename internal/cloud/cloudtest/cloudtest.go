@@ -68,6 +68,7 @@ func Run(t *testing.T, h Harness) {
 		{"Terminate", testTerminate},
 		{"UnknownInstanceType", testUnknownInstanceType},
 		{"ConcurrentLaunches", testConcurrentLaunches},
+		{"SetTags", testSetTags},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {

@@ -241,3 +241,37 @@ func testConcurrentLaunches(t *testing.T, s *suite) {
 		t.Errorf("List after %d concurrent launches = %v, want %v", n, g, w)
 	}
 }
+
+// testSetTags checks cloud.Tagger, for backends that implement it: the new tags are added to
+// the old (a value replaced), seen by List and Describe through a new backend object, and a
+// terminated instance cannot be tagged.
+func testSetTags(t *testing.T, s *suite) {
+	c := s.h.New(t)
+	if _, ok := c.(cloud.Tagger); !ok {
+		t.Skipf("the %s backend does not implement cloud.Tagger", c.Name())
+	}
+	inst := s.launch(t, c, s.spec("a", map[string]string{"kip.dev/conformance-a": "1", "kip.dev/conformance-b": "old"}))
+	c2 := s.h.New(t)
+	if err := c2.(cloud.Tagger).SetTags(s.ctx, inst.ID, map[string]string{"kip.dev/conformance-b": "new", "kip.dev/conformance-c": "3"}); err != nil {
+		t.Fatalf("SetTags(%s): %v", inst.ID, err)
+	}
+	got, err := s.h.New(t).Describe(s.ctx, inst.ID)
+	if err != nil {
+		t.Fatalf("Describe(%s): %v", inst.ID, err)
+	}
+	for k, v := range map[string]string{TagRun: s.run, "kip.dev/conformance-a": "1", "kip.dev/conformance-b": "new", "kip.dev/conformance-c": "3"} {
+		if got.Tags[k] != v {
+			t.Errorf("after SetTags, tag %s = %q, want %q (tags %v)", k, got.Tags[k], v, got.Tags)
+		}
+	}
+	list, err := c2.List(s.ctx, map[string]string{TagRun: s.run, "kip.dev/conformance-c": "3"})
+	if err != nil || len(list) != 1 || list[0].ID != inst.ID {
+		t.Errorf("List by a tag SetTags added: %v (%v), want %s", ids(list), err, inst.ID)
+	}
+	if err := c.Terminate(s.ctx, inst.ID); err != nil {
+		t.Fatalf("Terminate(%s): %v", inst.ID, err)
+	}
+	if err := c.(cloud.Tagger).SetTags(s.ctx, inst.ID, map[string]string{"kip.dev/conformance-d": "4"}); !cloud.IsNotFound(err) {
+		t.Errorf("SetTags of a terminated instance: %v, want NotFound", err)
+	}
+}

@@ -24,6 +24,7 @@ const (
 	MethodDescribe      = "Describe"
 	MethodList          = "List"
 	MethodTerminate     = "Terminate"
+	MethodSetTags       = "SetTags"
 )
 
 // Zone is the zone the fake's instances are placed in unless the spec names one.
@@ -50,7 +51,10 @@ type Fake struct {
 	nextID    int
 }
 
-var _ cloud.Cloud = (*Fake)(nil)
+var (
+	_ cloud.Cloud  = (*Fake)(nil)
+	_ cloud.Tagger = (*Fake)(nil)
+)
 
 // Option configures a Fake.
 type Option func(*Fake)
@@ -282,6 +286,21 @@ func (f *Fake) Terminate(ctx context.Context, id string) error {
 		return cloud.NotFound("terminating instance %s", id)
 	}
 	in.State = cloud.StateTerminated
+	return nil
+}
+
+// SetTags implements cloud.Tagger. Terminated and unknown instances give NotFound.
+func (f *Fake) SetTags(ctx context.Context, id string, tags map[string]string) error {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if err := f.begin(MethodSetTags, maps.Clone(tags)); err != nil {
+		return err
+	}
+	in, ok := f.instances[id]
+	if !ok || in.State == cloud.StateTerminated {
+		return cloud.NotFound("tagging instance %s", id)
+	}
+	maps.Copy(in.Tags, tags)
 	return nil
 }
 

@@ -214,3 +214,12 @@ func (c *Cloud) Terminate(ctx context.Context, id string) error {
 	}
 	return err
 }
+
+// SetTags implements cloud.Tagger when the wrapped cloud does; never faulted.
+func (c *Cloud) SetTags(ctx context.Context, id string, tags map[string]string) error {
+	t, ok := c.inner.(cloud.Tagger)
+	if !ok {
+		return fmt.Errorf("tagging instance %s: the %s backend cannot tag live instances", id, c.inner.Name())
+	}
+	return t.SetTags(ctx, id, tags)
+}

@@ -416,6 +416,35 @@ func (b *Backend) List(ctx context.Context, tags map[string]string) ([]*cloud.In
 	return out, nil
 }
 
+// SetTags implements cloud.Tagger: the cell's tags.json is rewritten whole (atomically)
+// under the store lock. A cell that is gone or terminating gives NotFound.
+func (b *Backend) SetTags(ctx context.Context, id string, tags map[string]string) error {
+	if !validID(id) {
+		return cloud.NotFound("tagging instance %q: no such local cell", id)
+	}
+	unlock, err := b.store.lock()
+	if err != nil {
+		return fmt.Errorf("tagging instance %s: %w", id, err)
+	}
+	defer unlock()
+	r, err := b.store.read(id)
+	if errors.Is(err, fs.ErrNotExist) || (err == nil && r.meta.Phase == phaseTerminating) {
+		return cloud.NotFound("tagging instance %s: no such local cell", id)
+	}
+	if err != nil {
+		return fmt.Errorf("tagging instance %s: %w", id, err)
+	}
+	merged := maps.Clone(r.tags)
+	if merged == nil {
+		merged = map[string]string{}
+	}
+	maps.Copy(merged, tags)
+	if err := writeJSON(filepath.Join(b.store.cellDir(id), "tags.json"), merged); err != nil {
+		return fmt.Errorf("tagging instance %s: %w", id, err)
+	}
+	return nil
+}
+
 func matches(have, want map[string]string) bool {
 	for k, v := range want {
 		if got, ok := have[k]; !ok || got != v {

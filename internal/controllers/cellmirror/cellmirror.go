@@ -179,8 +179,12 @@ func (m *Mirror) write(ctx context.Context, obj *unstructured.Unstructured) erro
 
 // object renders the Cell object for c.
 func (m *Mirror) object(c *cells.CellInfo) *unstructured.Unstructured {
+	pod := c.PodNamespace + "/" + c.PodName
+	if c.PodName == "" {
+		pod = "" // a standby cell, no pod yet
+	}
 	spec := map[string]any{
-		"pod":          c.PodNamespace + "/" + c.PodName,
+		"pod":          pod,
 		"podUID":       c.PodUID,
 		"node":         m.node,
 		"instanceID":   c.InstanceID,

@@ -31,7 +31,8 @@ const misses = 2
 // Cells is the view of the cells manager the controller needs; *cells.Manager implements it.
 type Cells interface {
 	// EachCell calls visit for every pod the manager runs, with its pod UID, its cell id and,
-	// while its instance must exist (launched and not stopping), the instance id, else "".
+	// while its instance must exist (launched and not stopping), the instance id, else "";
+	// and for every standby cell no pod owns yet, with an empty pod UID.
 	EachCell(visit func(podUID, cellID, instanceID string))
 	// MarkLost fails the pod of cellID with CellLost and message, and terminates its cell.
 	MarkLost(cellID, message string)
@@ -125,7 +126,9 @@ func (c *Controller) pass(ctx context.Context) {
 	owners := map[string]bool{}
 	seenCells := map[string]bool{}
 	c.cells.EachCell(func(podUID, cellID, instanceID string) {
-		owners[podUID] = true
+		if podUID != "" {
+			owners[podUID] = true
+		}
 		seenCells[cellID] = true
 		if instanceID == "" || live[instanceID] {
 			delete(c.missing, cellID)
@@ -159,7 +162,10 @@ func (c *Controller) pass(ctx context.Context) {
 			continue
 		}
 		seen[in.ID] = true
-		if former[in.ID] == "" && owners[in.Tags[cloud.TagPodUID]] {
+		// A pod's instance is owned through its pod; a standby cell's (no pod UID tag)
+		// through its cell id.
+		uid := in.Tags[cloud.TagPodUID]
+		if former[in.ID] == "" && (owners[uid] || (uid == "" && seenCells[in.Tags[cloud.TagCellID]])) {
 			delete(c.orphan, in.ID)
 			continue
 		}
