@@ -211,6 +211,7 @@ func (a *Agent) PutPod(ctx context.Context, req *cellapi.PodRequest) (*cellapi.P
 			return nil, fmt.Errorf("mapping hostPorts of pod %s: %w", req.Pod.UID, err)
 		}
 	}
+	t0 := time.Now()
 	p, err := pod.Start(pod.Config{
 		Dir:           filepath.Join(a.cfg.StateDir, "pods", string(req.Pod.UID)),
 		Runtime:       a.cfg.Runtime,
@@ -241,7 +242,7 @@ func (a *Agent) PutPod(ctx context.Context, req *cellapi.PodRequest) (*cellapi.P
 		return nil, err
 	}
 	a.pod = p
-	a.log.Info("pod accepted", "uid", req.Pod.UID, "pod", req.Pod.Namespace+"/"+req.Pod.Name)
+	a.log.Info("pod accepted", "uid", req.Pod.UID, "pod", req.Pod.Namespace+"/"+req.Pod.Name, "prepared", time.Since(t0))
 	return withSpot(p.Status(), a.spotNotice()), nil
 }
 

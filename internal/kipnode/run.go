@@ -33,6 +33,7 @@ import (
 	"github.com/kip-dev/kip/internal/admit"
 	"github.com/kip-dev/kip/internal/cellapi"
 	"github.com/kip-dev/kip/internal/cells"
+	"github.com/kip-dev/kip/internal/cloud"
 	"github.com/kip-dev/kip/internal/config"
 	"github.com/kip-dev/kip/internal/controllers/cellmirror"
 	"github.com/kip-dev/kip/internal/controllers/ephpush"
@@ -187,6 +188,8 @@ func (r *runner) run(ctx context.Context) error {
 		Log:        r.log,
 		Observe:    met.Observe,
 		Services:   svcPush,
+
+		AgentServing: agentServing(backend),
 	})
 	defer mgr.Close()
 	// Conditions other controllers set on a pod (readiness gates) reach the status kip
@@ -409,4 +412,13 @@ func withMetrics(metricsHandler, routes http.Handler) http.Handler {
 		}
 		routes.ServeHTTP(w, req)
 	})
+}
+
+// agentServing is the backend's notice that a cell's agent serves (the local backend starts
+// agents itself and hears from them), nil for backends that cannot tell.
+func agentServing(b cloud.Cloud) func(string) <-chan struct{} {
+	if s, ok := b.(interface{ AgentServing(string) <-chan struct{} }); ok {
+		return s.AgentServing
+	}
+	return nil
 }
