@@ -245,6 +245,10 @@ func Start(cfg Config, req *cellapi.PodRequest) (*Pod, error) {
 	sharePID := req.Pod.Spec.ShareProcessNamespace != nil && *req.Pod.Spec.ShareProcessNamespace
 	switch {
 	case err != nil:
+	case cfg.SandboxBinary != "" && !sharePID:
+		// Only a shared PID namespace needs a process (its PID 1); the UTS namespace is
+		// pinned by a mount, which saves starting one on every pod's path.
+		sb, err = sandbox.Pin(filepath.Join(cfg.Dir, utsName), names.Kernel)
 	case cfg.SandboxBinary != "":
 		sb, err = sandbox.Start(cfg.SandboxBinary, names.Kernel, sharePID)
 	case sharePID:
