@@ -39,7 +39,7 @@ import (
 //
 //	kip-cell --bootstrap FILE [--state-dir DIR] [--runc PATH] [--cgroup-parent NAME]
 //	         [--backoff-base 10s] [--backoff-max 5m] [--services=true]
-//	         [--image-store DIR] [--image-store-max-bytes N]
+//	         [--image-store DIR] [--image-store-max-bytes N] [--start-fd N] [--ready-fd N]
 //	         [--gpu-dev-root /dev] [--gpu-lib-dirs DIR,...] [--guard-metadata]
 //	kip-cell enroll --bootstrap FILE [--state-dir DIR] [--timeout 15m]
 //	kip-cell pull [--state-dir DIR] [--image-store DIR] [--default-registry HOST]
@@ -57,7 +57,10 @@ import (
 // --start-fd N (the local backend does): the agent first reads one byte from the inherited
 // descriptor N, which the launcher writes once the agent is in place, and exits at once if
 // the pipe closes without it (the launcher died first), so no agent runs outside its cell.
+// With --ready-fd N it writes one byte on descriptor N once it listens, so that the launcher
+// connects at once.
 func Run(ctx context.Context, args []string, stdout io.Writer) error {
+	began := time.Now()
 	if len(args) > 0 && args[0] == "version" {
 		fmt.Fprintf(stdout, "kip-cell %s (cellapi %s)\n", agent.Version, cellapi.Version)
 		return nil
@@ -83,6 +86,7 @@ func Run(ctx context.Context, args []string, stdout io.Writer) error {
 	gpuLibDirs := fs.String("gpu-lib-dirs", "", "comma-separated directories of the NVIDIA driver's libraries (default: those ldconfig -p lists)")
 	guardMetadata := fs.Bool("guard-metadata", false, "keep the pods from the cloud's instance metadata service (169.254.169.254) while the agent keeps it: an nftables rule on the pods' cgroup (cloud cells; kip's user data sets it)")
 	startFD := fs.Int("start-fd", -1, "for launchers: before anything else, wait for one byte on this inherited descriptor; exit if it closes without one")
+	readyFD := fs.Int("ready-fd", -1, "for launchers: write one byte on this inherited descriptor, and close it, once the agent listens")
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
@@ -193,7 +197,10 @@ func Run(ctx context.Context, args []string, stdout io.Writer) error {
 		ReadHeaderTimeout: 10 * time.Second,
 		ErrorLog:          slog.NewLogLogger(log.Handler(), slog.LevelDebug),
 	}
-	log.Info("cell agent serving", "cell", bs.CellID, "addr", ln.Addr().String(), "version", agent.Version)
+	if *readyFD >= 0 {
+		signalReady(*readyFD)
+	}
+	log.Info("cell agent serving", "cell", bs.CellID, "addr", ln.Addr().String(), "version", agent.Version, "startup", time.Since(began))
 
 	g, gctx := errgroup.WithContext(ctx)
 	// A spot cell's agent watches for the cloud's interruption notice (none on a local cell).
@@ -243,6 +250,16 @@ func awaitStart(fd int) error {
 		return fmt.Errorf("flag --start-fd %d: the launcher went away before releasing the agent (%v); not starting", fd, err)
 	}
 	return nil
+}
+
+// signalReady writes one byte on descriptor fd and closes it: the launcher connects once it
+// reads it (or sees the pipe close, when the agent exits) instead of polling. A launcher gone
+// meanwhile is no error.
+func signalReady(fd int) {
+	if f := os.NewFile(uintptr(fd), "ready-fd"); f != nil {
+		_, _ = f.Write([]byte{1})
+		_ = f.Close()
+	}
 }
 
 // loadBootstrap strictly decodes and checks the bootstrap file.

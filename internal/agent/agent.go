@@ -225,6 +225,7 @@ func (a *Agent) PutPod(ctx context.Context, req *cellapi.PodRequest) (*cellapi.P
 			return nil, fmt.Errorf("mapping hostPorts of pod %s: %w", req.Pod.UID, err)
 		}
 	}
+	t0 := time.Now()
 	uid := string(req.Pod.UID)
 	if a.cfg.Metadata != nil {
 		if err := a.cfg.Metadata.Guard(uid); err != nil {
@@ -263,7 +264,7 @@ func (a *Agent) PutPod(ctx context.Context, req *cellapi.PodRequest) (*cellapi.P
 		return nil, err
 	}
 	a.pod = p
-	a.log.Info("pod accepted", "uid", req.Pod.UID, "pod", req.Pod.Namespace+"/"+req.Pod.Name)
+	a.log.Info("pod accepted", "uid", req.Pod.UID, "pod", req.Pod.Namespace+"/"+req.Pod.Name, "prepared", time.Since(t0))
 	return withSpot(p.Status(), a.spotNotice()), nil
 }
 

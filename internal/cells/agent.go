@@ -34,9 +34,14 @@ func (c *cell) connect(inst *cloud.Instance, reason string) (cellapi.Agent, erro
 	c.m.mu.Unlock()
 	start := m.clock.Now()
 	timeout := c.healthyTimeout()
+	if err := c.awaitServing(inst, timeout); err != nil {
+		return nil, err
+	}
 	bo := newBackoff(20*time.Millisecond, 500*time.Millisecond)
 	var lastErr error
+	attempts := 0
 	for {
+		attempts++
 		if agent == nil {
 			var err error
 			agent, err = m.dial(c.ops, inst, c.cellID)
@@ -53,6 +58,7 @@ func (c *cell) connect(inst *cloud.Instance, reason string) (cellapi.Agent, erro
 				lastErr = fmt.Errorf("agent answers as cell %q", h.CellID)
 			case err == nil:
 				c.heard()
+				c.log.Debug("the cell's agent answered", "after", m.clock.Since(start), "attempts", attempts)
 				return agent, nil
 			default:
 				lastErr = err
@@ -80,37 +86,113 @@ func (c *cell) connect(inst *cloud.Instance, reason string) (cellapi.Agent, erro
 	}
 }
 
-// ensurePut puts the pod on the agent unless the agent already runs it.
-func (c *cell) ensurePut(agent cellapi.Agent) error {
-	m := c.m
-	gctx, cancel := context.WithTimeout(c.ops, probeTimeout)
-	st, err := agent.GetPod(gctx)
-	cancel()
-	if answered(err) {
-		c.heard()
-	}
-	if err == nil && st.UID == string(c.uid) {
-		c.apply(st)
+// awaitServing waits, when the backend can tell (Deps.AgentServing), until the cell's agent
+// serves or has exited, for at most timeout; connect then asks it once instead of polling.
+func (c *cell) awaitServing(inst *cloud.Instance, timeout time.Duration) error {
+	if c.m.deps.AgentServing == nil {
 		return nil
+	}
+	ch := c.m.deps.AgentServing(inst.ID)
+	if ch == nil {
+		return nil
+	}
+	t := c.m.clock.NewTimer(timeout)
+	defer t.Stop()
+	select {
+	case <-ch:
+	case <-t.C():
+	case <-c.deleted:
+		return errDeleted
+	case <-c.m.ctx.Done():
+		return errClosed
+	}
+	return nil
+}
+
+// resolved is a request resolved ahead of its put (resolveAhead), with the spec version
+// it was made from: changed is closed once the spec changed since.
+type resolved struct {
+	req     *cellapi.PodRequest
+	err     error
+	changed <-chan struct{}
+}
+
+// resolveAhead resolves the pod's request in the background, so that the API calls it
+// makes (tokens, secrets) overlap with the boot of a new cell's agent; ensurePut's first
+// attempt uses it unless the spec changed meanwhile. Call once the cell has its address.
+func (c *cell) resolveAhead() <-chan resolved {
+	out := make(chan resolved, 1)
+	pod, changed := c.podToPut()
+	c.m.wg.Add(1)
+	go func() {
+		defer c.m.wg.Done()
+		req, err := c.resolve(pod)
+		out <- resolved{req: req, err: err, changed: changed}
+	}()
+	return out
+}
+
+// podToPut is a copy of the pod as its cell's agent gets it (with the cell's addresses),
+// and the channel closed by the next spec change.
+func (c *cell) podToPut() (*corev1.Pod, <-chan struct{}) {
+	c.m.mu.Lock()
+	defer c.m.mu.Unlock()
+	pod := c.pod.DeepCopy()
+	if c.inst != nil {
+		pod.Status.PodIP = c.inst.PrivateIP
+		pod.Status.PodIPs = []corev1.PodIP{{IP: c.inst.PrivateIP}}
+	}
+	pod.Status.HostIP = c.hostIP()
+	return pod, c.specChanged
+}
+
+// ensurePut puts the pod on the agent unless the agent already runs it. ahead, when not nil,
+// is the request resolveAhead made for a new cell, whose agent runs nothing yet: it is put
+// without asking first.
+func (c *cell) ensurePut(agent cellapi.Agent, ahead <-chan resolved) error {
+	m := c.m
+	if ahead == nil {
+		gctx, cancel := context.WithTimeout(c.ops, probeTimeout)
+		st, err := agent.GetPod(gctx)
+		cancel()
+		if answered(err) {
+			c.heard()
+		}
+		if err == nil && st.UID == string(c.uid) {
+			c.apply(st)
+			return nil
+		}
 	}
 	bo := newBackoff(500*time.Millisecond, 30*time.Second)
 	for {
-		c.m.mu.Lock()
-		pod := c.pod.DeepCopy()
-		if c.inst != nil {
-			pod.Status.PodIP = c.inst.PrivateIP
-			pod.Status.PodIPs = []corev1.PodIP{{IP: c.inst.PrivateIP}}
+		pod, _ := c.podToPut()
+		t0 := m.clock.Now()
+		var req *cellapi.PodRequest
+		var err error
+		var r resolved
+		if ahead != nil {
+			select {
+			case r = <-ahead:
+			case <-c.deleted:
+				return errDeleted
+			case <-m.ctx.Done():
+				return errClosed
+			}
+			ahead = nil
 		}
-		pod.Status.HostIP = c.hostIP()
-		c.m.mu.Unlock()
-
-		req, err := c.resolve(pod)
+		if r.changed != nil && !closed(r.changed) {
+			req, err = r.req, r.err // resolved ahead from the spec of the moment
+		} else {
+			req, err = c.resolve(pod)
+		}
 		if err == nil {
 			var st *cellapi.PodStatus
+			t1 := m.clock.Now()
 			pctx, cancel := context.WithTimeout(c.ops, putTimeout)
 			st, err = agent.PutPod(pctx, req)
 			cancel()
 			if err == nil {
+				c.log.Debug("put the pod on its agent", "resolve", t1.Sub(t0), "putPod", m.clock.Since(t1))
 				c.heard()
 				c.m.mu.Lock()
 				c.stage = stageRunning
@@ -154,6 +236,16 @@ func (c *cell) answers(agent cellapi.Agent) bool {
 	defer cancel()
 	_, err := agent.Health(ctx)
 	return answered(err)
+}
+
+// closed reports whether ch is closed.
+func closed(ch <-chan struct{}) bool {
+	select {
+	case <-ch:
+		return true
+	default:
+		return false
+	}
 }
 
 func (c *cell) resolve(pod *corev1.Pod) (*cellapi.PodRequest, error) {
@@ -212,7 +304,7 @@ func (c *cell) watch() error {
 		if err := c.reconnect(agent, inst); err != nil {
 			return err
 		}
-		if err := c.ensurePut(agent); err != nil {
+		if err := c.ensurePut(agent, nil); err != nil {
 			return err
 		}
 		if c.final() {

@@ -346,6 +346,7 @@ func (c *cell) run(adopt *cloud.Instance) {
 func (c *cell) bringUp(adopt *cloud.Instance) error {
 	inst := adopt
 	var err error
+	t0 := c.m.clock.Now()
 	switch {
 	case adopt == nil:
 		inst, err = c.launch()
@@ -373,6 +374,11 @@ func (c *cell) bringUp(adopt *cloud.Instance) error {
 	if err != nil {
 		return err
 	}
+	// A new cell's request is resolved while its agent boots.
+	var ahead <-chan resolved
+	if adopt == nil {
+		ahead = c.resolveAhead()
+	}
 	// A new cell that never answers is unhealthy; an adopted one that stopped answering is lost.
 	reason := ReasonCellUnhealthy
 	if adopt != nil {
@@ -391,8 +397,12 @@ func (c *cell) bringUp(adopt *cloud.Instance) error {
 	c.observe()
 	c.m.event(pod, corev1.EventTypeNormal, "CellReady", "Cell %s agent is ready at %s", c.cellID, inst.PrivateIP)
 	c.mirror(PhaseReady)
+	t1 := c.m.clock.Now()
 	c.syncServices(agent)
-	return c.ensurePut(agent)
+	t2 := c.m.clock.Now()
+	err = c.ensurePut(agent, ahead)
+	c.log.Debug("brought the pod up", "err", err, "toAgentReady", t1.Sub(t0), "services", t2.Sub(t1), "put", c.m.clock.Since(t2))
+	return err
 }
 
 // syncServices gives the agent the cluster's Services before its pod is put (Deps.Services).

@@ -59,6 +59,10 @@ type Deps struct {
 	// Observe, if set, gets a pod's Timing each time it reaches a new phase (launched, agent
 	// ready, pulled, started, finished), for per-phase histograms. It must not block.
 	Observe func(Timing)
+	// AgentServing, if set, returns a channel closed once the agent of a cell the backend
+	// launched serves (or has exited), nil when the backend cannot tell (the local backend's
+	// AgentServing). A pod's state machine then connects once rather than polling the agent.
+	AgentServing func(instanceID string) <-chan struct{}
 	// Services, if set, gives each cell's agent the cluster's Services once the agent is
 	// ready and before the pod is put, so containers start with them programmed (kip wires
 	// internal/controllers/svcpush). nil programs none.

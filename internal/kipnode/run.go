@@ -193,6 +193,8 @@ func (r *runner) run(ctx context.Context) error {
 		Log:        r.log,
 		Observe:    met.Observe,
 		Services:   svcPush,
+
+		AgentServing: agentServing(backend),
 	})
 	defer mgr.Close()
 	if err := reg.Register(prometheus.NewGaugeFunc(prometheus.GaugeOpts{
@@ -458,4 +460,13 @@ func withMetrics(metricsHandler, routes http.Handler) http.Handler {
 		}
 		routes.ServeHTTP(w, req)
 	})
+}
+
+// agentServing is the backend's notice that a cell's agent serves (the local backend starts
+// agents itself and hears from them), nil for backends that cannot tell.
+func agentServing(b cloud.Cloud) func(string) <-chan struct{} {
+	if s, ok := b.(interface{ AgentServing(string) <-chan struct{} }); ok {
+		return s.AgentServing
+	}
+	return nil
 }

@@ -49,6 +49,13 @@ type Config struct {
 	Handler     http.Handler
 }
 
+// retryBase and retryMax bound the pod controller's retry delays, as client-go's default
+// controller limiter does (5 ms doubling up to 1000 s).
+const (
+	retryBase = 5 * time.Millisecond
+	retryMax  = 1000 * time.Second
+)
+
 // Node is the running virtual node. Make it with New, then Run it once.
 type Node struct {
 	cfg       Config
@@ -119,6 +126,11 @@ func New(cfg Config) (*Node, error) {
 		// kip's pod resolver (internal/podrequest) resolves env and volumes, with kubelet's
 		// Events, once the cell's IP is known.
 		SkipDownwardAPIResolution: true,
+		// Only retries wait (retryLimiter): a pod's start and its status changes are
+		// handled at once, however many pods change together.
+		SyncPodsFromKubernetesRateLimiter:    newRetryLimiter(retryBase, retryMax),
+		DeletePodsFromKubernetesRateLimiter:  newRetryLimiter(retryBase, retryMax),
+		SyncPodStatusFromProviderRateLimiter: newRetryLimiter(retryBase, retryMax),
 	})
 	if err != nil {
 		return nil, fmt.Errorf("creating the pod controller: %w", err)

@@ -31,11 +31,13 @@ import (
 //	volumes/<name>/                      emptyDir, or the files of a configMap/secret/... volume
 //	containers/<name>/<run>/             the bundle of one container run (config.json, rootfs)
 //	logs/<name>/<run>.log                the CRI log of one container run
+//	uts                                  the pod's UTS namespace, bind-mounted (sandbox.Pin)
 const (
 	etcDir        = "etc"
 	volumesDir    = "volumes"
 	containersDir = "containers"
 	logsDir       = "logs"
+	utsName       = "uts"
 )
 
 // writePodFiles creates the pod directory with its /etc files and volumes. The names and

@@ -137,6 +137,10 @@ type Pod struct {
 
 	cleanOnce sync.Once
 	cleanErr  error
+
+	// prefetched are the first pulls Start began, by container name (prefetch.go). Guarded
+	// by mu.
+	prefetched map[string]*prefetch
 }
 
 // ctr is the supervisor's record of one container.
@@ -210,6 +214,9 @@ func Start(cfg Config, req *cellapi.PodRequest) (*Pod, error) {
 	if err := podSysctls(cfg.ProcSys, req.Pod); err != nil {
 		return nil, fmt.Errorf("preparing pod %s: %w", req.Pod.UID, err)
 	}
+	// The first containers' images are fetched while the pod is prepared.
+	ctx, cancel := context.WithCancel(context.Background())
+	prefetched := startPrefetches(ctx, cfg.Images, req)
 	// Memory-backed volumes are sized by the cell's memory where nothing smaller is set, as
 	// kubelet sizes them by the node's allocatable memory.
 	ceil, err := cfg.Cgroups.Ceiling(cfg.CgroupParent)
@@ -238,21 +245,25 @@ func Start(cfg Config, req *cellapi.PodRequest) (*Pod, error) {
 	sharePID := req.Pod.Spec.ShareProcessNamespace != nil && *req.Pod.Spec.ShareProcessNamespace
 	switch {
 	case err != nil:
+	case cfg.SandboxBinary != "" && !sharePID:
+		// Only a shared PID namespace needs a process (its PID 1); the UTS namespace is
+		// pinned by a mount, which saves starting one on every pod's path.
+		sb, err = sandbox.Pin(filepath.Join(cfg.Dir, utsName), names.Kernel)
 	case cfg.SandboxBinary != "":
 		sb, err = sandbox.Start(cfg.SandboxBinary, names.Kernel, sharePID)
 	case sharePID:
 		err = errors.New("spec.shareProcessNamespace: this agent runs no pod sandbox to hold the shared process namespace")
 	}
 	if err != nil {
+		cancel()
 		_ = unmountUnder(cfg.Dir)
 		_ = os.RemoveAll(cfg.Dir)
 		_ = cfg.Cgroups.Remove(cgroups.PodPath(cfg.CgroupParent, string(req.Pod.UID)))
 		return nil, fmt.Errorf("preparing pod %s: %w", req.Pod.UID, err)
 	}
-	ctx, cancel := context.WithCancel(context.Background())
 	p := &Pod{
 		cfg: cfg, req: req, sandbox: sb, spec: &req.Pod.Spec, ctx: ctx, cancel: cancel, gpus: gpus,
-		ctrs: map[string]*ctr{}, stopped: make(chan struct{}), names: names,
+		ctrs: map[string]*ctr{}, stopped: make(chan struct{}), names: names, prefetched: prefetched,
 	}
 	p.sidecarCtx, p.stopSidecarsF = context.WithCancel(ctx)
 	p.status = cellapi.PodStatus{UID: string(req.Pod.UID), Seq: cfg.FirstSeq, Phase: corev1.PodPending, StartTime: cfg.Clock.Now().UTC().Truncate(time.Second)}
@@ -546,6 +557,7 @@ func (p *Pod) waitBackOff(c *ctr, out outcome, delay time.Duration) bool {
 
 // runOnce pulls, creates, starts and waits for one run of c.
 func (p *Pod) runOnce(c *ctr) outcome {
+	t0 := time.Now()
 	img := p.pull(c)
 	if img == nil {
 		return outcome{stage: ReasonErrImagePull} // only when stopping
@@ -564,6 +576,7 @@ func (p *Pod) runOnce(c *ctr) outcome {
 	}
 	cg := cgroups.ContainerPath(p.cfg.CgroupParent, p.UID(), c.spec.Name)
 
+	t1 := time.Now()
 	cleanup, err := p.create(c, img, runDir, bundle, cg, strconv.Itoa(run))
 	if err != nil {
 		p.cfg.Log.Info("creating container failed", "pod", p.UID(), "container", c.spec.Name, "err", err)
@@ -590,6 +603,7 @@ func (p *Pod) runOnce(c *ctr) outcome {
 		return outcome{stage: ReasonCreateContainerError}
 	}
 	defer streams.end()
+	t2 := time.Now()
 	started, err := p.cfg.Runtime.Start(c.ctx, id, bundle, streams.io(logw.Stream("stdout"), logw.Stream("stderr")))
 	if err != nil {
 		_ = logw.Close()
@@ -621,6 +635,8 @@ func (p *Pod) runOnce(c *ctr) outcome {
 	}
 
 	streams.started(started)
+	p.cfg.Log.Info("container started", "pod", p.UID(), "container", c.spec.Name, "run", run,
+		"pull", t1.Sub(t0), "create", t2.Sub(t1), "start", time.Since(t2))
 	p.mu.Lock()
 	c.running = started
 	c.attach = streams
@@ -726,7 +742,18 @@ func (p *Pod) pull(c *ctr) *image.Image {
 				}
 			}
 		}
-		img, err := p.cfg.Images.Pull(c.ctx, c.spec.Image, p.req.PullSecrets)
+		var img *image.Image
+		var err error
+		if f := p.takePrefetch(c); f != nil {
+			select {
+			case <-f.done:
+				img, err = f.img, f.err
+			case <-c.ctx.Done():
+				return nil
+			}
+		} else {
+			img, err = p.cfg.Images.Pull(c.ctx, c.spec.Image, p.req.PullSecrets)
+		}
 		if err == nil {
 			c.image = img
 			return img

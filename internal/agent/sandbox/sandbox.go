@@ -16,6 +16,7 @@ import (
 	"os/exec"
 	"os/signal"
 	"runtime"
+	"sync"
 	"syscall"
 
 	"golang.org/x/sys/unix"
@@ -27,11 +28,62 @@ const Command = "pod-sandbox"
 // ready is what a holder writes to its stdout once its namespaces are set up.
 const ready = "ready\n"
 
-// Sandbox is a running holder.
+// Sandbox is a running holder, or a pinned UTS namespace (Pin).
 type Sandbox struct {
-	cmd      *exec.Cmd
+	cmd      *exec.Cmd // nil when pinned
 	sharePID bool
 	done     chan struct{}
+	// pinned is the file the UTS namespace is bind-mounted on, when Pin made it.
+	pinned   string
+	stopOnce sync.Once
+}
+
+// Pin makes the pod's UTS namespace, named hostname, without a process: on a locked
+// thread that unshares a new UTS namespace, sets the hostname and bind-mounts the namespace
+// on path (created; its directory must exist), then returns to this process's namespace.
+// It is what Start does for a pod that shares no PID namespace, without starting a process
+// (the agent's binary, run again, costs a process start on every pod's path). Stop unmounts
+// and removes path; anything unmounting path's directory also ends it.
+func Pin(path, hostname string) (*Sandbox, error) {
+	f, err := os.OpenFile(path, os.O_CREATE|os.O_EXCL|os.O_RDONLY, 0o400)
+	if err != nil {
+		return nil, fmt.Errorf("pinning the pod's UTS namespace: %w", err)
+	}
+	f.Close()
+	errc := make(chan error, 1)
+	go func() {
+		runtime.LockOSThread()
+		orig, err := os.Open("/proc/thread-self/ns/uts")
+		if err != nil {
+			runtime.UnlockOSThread()
+			errc <- err
+			return
+		}
+		defer orig.Close()
+		err = func() error {
+			if err := unix.Unshare(unix.CLONE_NEWUTS); err != nil {
+				return fmt.Errorf("creating a UTS namespace: %w", err)
+			}
+			if err := unix.Sethostname([]byte(hostname)); err != nil {
+				return fmt.Errorf("setting the hostname: %w", err)
+			}
+			if err := unix.Mount("/proc/thread-self/ns/uts", path, "", unix.MS_BIND, ""); err != nil {
+				return fmt.Errorf("bind-mounting it on %s: %w", path, err)
+			}
+			return nil
+		}()
+		// A thread that cannot return to the agent's namespace stays locked, so the
+		// runtime ends it with this goroutine.
+		if unix.Setns(int(orig.Fd()), unix.CLONE_NEWUTS) == nil {
+			runtime.UnlockOSThread()
+		}
+		errc <- err
+	}()
+	if err := <-errc; err != nil {
+		_ = os.Remove(path)
+		return nil, fmt.Errorf("pinning the pod's UTS namespace: %w", err)
+	}
+	return &Sandbox{pinned: path}, nil
 }
 
 // Start runs binary (the agent's executable) as a holder in a new UTS namespace with
@@ -79,7 +131,12 @@ func Start(binary, hostname string, sharePID bool) (*Sandbox, error) {
 }
 
 // UTSPath is the pod's UTS namespace.
-func (s *Sandbox) UTSPath() string { return fmt.Sprintf("/proc/%d/ns/uts", s.cmd.Process.Pid) }
+func (s *Sandbox) UTSPath() string {
+	if s.cmd == nil {
+		return s.pinned
+	}
+	return fmt.Sprintf("/proc/%d/ns/uts", s.cmd.Process.Pid)
+}
 
 // PIDPath is the pod's shared PID namespace; "" when the pod does not share one.
 func (s *Sandbox) PIDPath() string {
@@ -89,12 +146,25 @@ func (s *Sandbox) PIDPath() string {
 	return fmt.Sprintf("/proc/%d/ns/pid", s.cmd.Process.Pid)
 }
 
-// Pid is the holder's process id, as the agent sees it.
-func (s *Sandbox) Pid() int { return s.cmd.Process.Pid }
+// Pid is the holder's process id, as the agent sees it; 0 for a pinned namespace.
+func (s *Sandbox) Pid() int {
+	if s.cmd == nil {
+		return 0
+	}
+	return s.cmd.Process.Pid
+}
 
 // Stop kills the holder and waits for it; with a shared PID namespace the kernel then kills
-// whatever is left in it. Stop is safe to call more than once.
+// whatever is left in it. A pinned namespace is unmounted. Stop is safe to call more than
+// once.
 func (s *Sandbox) Stop() {
+	if s.cmd == nil {
+		s.stopOnce.Do(func() {
+			_ = unix.Unmount(s.pinned, unix.MNT_DETACH)
+			_ = os.Remove(s.pinned)
+		})
+		return
+	}
 	_ = s.cmd.Process.Signal(syscall.SIGKILL)
 	<-s.done
 }

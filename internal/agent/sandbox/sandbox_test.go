@@ -4,6 +4,7 @@ import (
 	"bufio"
 	"fmt"
 	"os"
+	"path/filepath"
 	"runtime"
 	"strings"
 	"testing"
@@ -128,4 +129,43 @@ func TestStartFailsWhenHolderFails(t *testing.T) {
 	if _, err := Start(self, strings.Repeat("a", 100), false); err == nil || !strings.Contains(err.Error(), "hostname") {
 		t.Errorf("Start with a bad hostname: %v, want the holder's error", err)
 	}
+}
+
+// TestPin: a pinned UTS namespace is a new one with the hostname, outlives the call without
+// any process, and is gone from its path after Stop.
+func TestPin(t *testing.T) {
+	if os.Geteuid() != 0 {
+		t.Skip("needs root to create namespaces")
+	}
+	self, err := os.Readlink("/proc/self/ns/uts")
+	if err != nil {
+		t.Fatal(err)
+	}
+	path := filepath.Join(t.TempDir(), "uts")
+	s, err := Pin(path, "kip-pinned")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(s.Stop)
+	if s.PIDPath() != "" || s.Pid() != 0 {
+		t.Errorf("a pinned namespace has PIDPath %q, Pid %d; want none", s.PIDPath(), s.Pid())
+	}
+	var st unix.Stat_t
+	if err := unix.Stat(path, &st); err != nil {
+		t.Fatal(err)
+	}
+	if pinned := fmt.Sprintf("uts:[%d]", st.Ino); pinned == self {
+		t.Errorf("the pinned namespace is this process's own (%s)", self)
+	}
+	if host, _ := os.Hostname(); host == "kip-pinned" {
+		t.Errorf("this process's hostname became the pod's")
+	}
+	if got := hostnameIn(t, s.UTSPath()); got != "kip-pinned" {
+		t.Errorf("hostname in the pinned namespace %q, want kip-pinned", got)
+	}
+	s.Stop()
+	if _, err := os.Stat(path); !os.IsNotExist(err) {
+		t.Errorf("%s after Stop: %v, want it gone", path, err)
+	}
+	s.Stop() // a second Stop returns
 }

@@ -34,8 +34,12 @@ type agentSpec struct {
 }
 
 // startFD is the descriptor on which the agent reads its start byte (--start-fd): the first
-// of cmd.ExtraFiles.
-const startFD = 3
+// of cmd.ExtraFiles. readyFD is the one it writes a byte on once it serves (--ready-fd), the
+// second.
+const (
+	startFD = 3
+	readyFD = 4
+)
 
 // startAgent starts the agent inside the cell's namespaces and cgroups and returns its pid
 // and start time. No agent ever runs outside its cell, even if this process dies half-way:
@@ -51,33 +55,47 @@ const startFD = 3
 // The netns is entered with setns on a locked OS thread, never with `ip netns exec` (which
 // remounts /sys and hides the cgroup mounts runc needs). On that same thread a new UTS
 // namespace gets the cell's hostname, and the child, cloned from the thread, inherits both.
-func startAgent(s agentSpec) (pid int, start uint64, err error) {
+//
+// The returned channel is closed once the agent serves (it wrote its byte on --ready-fd) or
+// has exited: whoever connects to it waits for that instead of polling.
+func startAgent(s agentSpec) (pid int, start uint64, serving <-chan struct{}, err error) {
 	a, err := spawnAgent(s)
 	if err != nil {
-		return 0, 0, err
+		return 0, 0, nil, err
 	}
 	defer a.abort() // a no-op once released
 	pid = a.cmd.Process.Pid
 	if err := cgroups.Join(s.cgroups, pid); err != nil {
 		a.kill()
-		return 0, 0, err
+		return 0, 0, nil, err
 	}
 	start, err = procStartTime(pid)
 	if err != nil {
 		a.kill()
-		return 0, 0, fmt.Errorf("reading start time of agent pid %d: %w", pid, err)
+		return 0, 0, nil, fmt.Errorf("reading start time of agent pid %d: %w", pid, err)
 	}
 	if err := a.release(); err != nil {
 		a.kill()
-		return 0, 0, fmt.Errorf("releasing agent pid %d: %w", pid, err)
+		return 0, 0, nil, fmt.Errorf("releasing agent pid %d: %w", pid, err)
 	}
-	return pid, start, nil
+	return pid, start, a.serving, nil
 }
 
 // heldAgent is an agent process started but blocked on its start pipe.
 type heldAgent struct {
 	cmd  *exec.Cmd
 	gate *os.File // the pipe's write end; nil once released or aborted
+	// serving is closed once the agent writes on its ready pipe, or the pipe closes (the
+	// agent exited).
+	serving chan struct{}
+}
+
+// watchReady closes serving once the agent writes its ready byte on r, or exits.
+func watchReady(r *os.File, serving chan struct{}) {
+	defer close(serving)
+	defer r.Close()
+	var b [1]byte
+	_, _ = r.Read(b[:])
 }
 
 // release lets the agent run.
@@ -120,13 +138,19 @@ func spawnAgent(s agentSpec) (*heldAgent, error) {
 		return nil, fmt.Errorf("making the agent's start pipe: %w", err)
 	}
 	defer held.Close()
+	readyR, readyW, err := os.Pipe()
+	if err != nil {
+		gate.Close()
+		return nil, fmt.Errorf("making the agent's ready pipe: %w", err)
+	}
+	defer readyW.Close() // the agent's copy is the only one left: its exit closes the pipe
 	newCmd := func() *exec.Cmd {
-		argv := append(slices.Clone(s.argv), "--start-fd", strconv.Itoa(startFD))
+		argv := append(slices.Clone(s.argv), "--start-fd", strconv.Itoa(startFD), "--ready-fd", strconv.Itoa(readyFD))
 		cmd := exec.Command(argv[0], argv[1:]...)
 		cmd.Env = s.env
 		cmd.Stdout, cmd.Stderr = logf, logf
 		cmd.Dir = "/"
-		cmd.ExtraFiles = []*os.File{held} // startFD
+		cmd.ExtraFiles = []*os.File{held, readyW} // startFD, readyFD
 		// Its own session: it outlives kip (a cell survives a restart of kip) and Terminate
 		// can signal its whole process group.
 		cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true}
@@ -150,11 +174,14 @@ func spawnAgent(s agentSpec) (*heldAgent, error) {
 	}
 	if startErr != nil {
 		gate.Close()
+		readyR.Close()
 		return nil, startErr
 	}
 	// Reap it when it exits, so that it never lingers as a zombie of this process.
 	go func() { _ = cmd.Wait() }()
-	return &heldAgent{cmd: cmd, gate: gate}, nil
+	serving := make(chan struct{})
+	go watchReady(readyR, serving)
+	return &heldAgent{cmd: cmd, gate: gate, serving: serving}, nil
 }
 
 // startIn starts cmd in the cell's namespaces, or in this process's in process-only mode.

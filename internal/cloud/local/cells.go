@@ -290,7 +290,7 @@ func (b *Backend) boot(id string, spec cloud.LaunchSpec, it instancetype.Instanc
 	if !r.meta.ProcessOnly {
 		agentCgroups = b.cg.AgentDirs(r.meta.Cgroups)
 	}
-	pid, start, err := startAgent(agentSpec{
+	pid, start, serving, err := startAgent(agentSpec{
 		argv: argv, env: env, logPath: filepath.Join(dir, "agent.log"),
 		netns: r.meta.Netns, hostname: hostname, cgroups: agentCgroups,
 		unified: b.cg != nil && b.cg.Mode() == cgroups.Unified,
@@ -313,7 +313,19 @@ func (b *Backend) boot(id string, spec cloud.LaunchSpec, it instancetype.Instanc
 		_ = killAgent(pid, start, killTimeout)
 		return nil, err
 	}
+	b.servingMu.Lock()
+	b.serving[id] = serving
+	b.servingMu.Unlock()
 	return b.instance(r), nil
+}
+
+// AgentServing returns a channel closed once the agent of cell id serves (or has exited), so
+// that its caller connects at once rather than polling; nil when this backend did not start
+// that agent (a cell launched before a restart of kip): then the caller polls.
+func (b *Backend) AgentServing(id string) <-chan struct{} {
+	b.servingMu.Lock()
+	defer b.servingMu.Unlock()
+	return b.serving[id]
 }
 
 // updateMeta rewrites a cell's meta.json under the store lock if change returns true; it
@@ -498,10 +510,23 @@ func (b *Backend) destroy(id string) error {
 	if err != nil {
 		return err
 	}
-	dir := b.store.cellDir(id)
 	if err := b.release(r); err != nil {
 		return err
 	}
+	b.servingMu.Lock()
+	delete(b.serving, id)
+	b.servingMu.Unlock()
+	if err := b.forget(id, r); err != nil {
+		return err
+	}
+	if !r.meta.ProcessOnly {
+		return b.SyncFirewall()
+	}
+	return nil
+}
+
+// forget removes a released cell's client token and directory, under the store lock.
+func (b *Backend) forget(id string, r *cellRecord) error {
 	unlock, err := b.store.lock()
 	if err != nil {
 		return err
@@ -514,11 +539,8 @@ func (b *Backend) destroy(id string) error {
 			}
 		}
 	}
-	if err := os.RemoveAll(dir); err != nil {
+	if err := os.RemoveAll(b.store.cellDir(id)); err != nil {
 		return fmt.Errorf("removing cell directory: %w", err)
-	}
-	if !r.meta.ProcessOnly {
-		return b.syncFirewall()
 	}
 	return nil
 }

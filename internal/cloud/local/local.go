@@ -19,6 +19,7 @@ import (
 	"path/filepath"
 	"slices"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/vishvananda/netlink"
@@ -119,6 +120,12 @@ type Backend struct {
 	store    *store
 	cg       *cgroups.FS // nil in process-only mode
 	log      *slog.Logger
+	fw       fwSync
+
+	// serving holds, by cell id, the channel each agent this backend started closes once
+	// it serves (AgentServing).
+	servingMu sync.Mutex
+	serving   map[string]<-chan struct{}
 }
 
 var _ cloud.Cloud = (*Backend)(nil)
@@ -140,6 +147,7 @@ func New(cfg Config) (*Backend, error) {
 		catalog:  slices.Clone(cfg.Catalog),
 		store:    &store{dir: cfg.StateDir},
 		log:      cfg.Logger.With("cloud", "local"),
+		serving:  map[string]<-chan struct{}{},
 	}
 	if !cfg.ProcessOnly {
 		caps := probe(cfg.CgroupRoot)

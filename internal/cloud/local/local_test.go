@@ -484,7 +484,7 @@ func TestStaleLaunch(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	oldPID, oldStart, err := startAgent(agentSpec{
+	oldPID, oldStart, _, err := startAgent(agentSpec{
 		argv: append(agentCommand(t), "--bootstrap", bootstrap, "--state-dir", filepath.Join(dir, "agent")),
 		env:  []string{standinEnv + "=1", EnvCellID + "=stale-1", EnvCellIP + "=" + r.ip}, logPath: filepath.Join(dir, "agent.log"),
 		netns: r.meta.Netns, hostname: "stale-1", cgroups: b.cg.AgentDirs(r.meta.Cgroups),

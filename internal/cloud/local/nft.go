@@ -9,6 +9,7 @@ import (
 	"github.com/google/nftables"
 	"github.com/google/nftables/binaryutil"
 	"github.com/google/nftables/expr"
+	"github.com/mdlayher/netlink"
 	"golang.org/x/sys/unix"
 )
 
@@ -52,7 +53,7 @@ const (
 
 // applyPlan replaces both tables with p in one netlink transaction.
 func applyPlan(bridge string, p fwPlan) error {
-	c, err := nftables.New()
+	c, err := nftables.New(nftables.WithSockOptions(largeBuffers))
 	if err != nil {
 		return fmt.Errorf("opening nftables: %w", err)
 	}
@@ -140,6 +141,35 @@ func applyPlan(bridge string, p fwPlan) error {
 		return fmt.Errorf("writing nftables tables %s: %w", p.Table, err)
 	}
 	return nil
+}
+
+// fwSocketBuffer is the send and receive buffer of the socket that writes the tables. The
+// transaction is one message (a table for a host full of cells is megabytes), and the kernel
+// answers each of its parts (a rule is one, echoed back whole): with the default buffers
+// (wmem_default and rmem_default, about 200 KiB) the send fails with EMSGSIZE past a few
+// hundred cells, and before that the replies overflow and the write fails with ENOBUFS. The
+// buffers are limits, not allocations.
+const fwSocketBuffer = 64 << 20
+
+// largeBuffers raises the socket's buffers to fwSocketBuffer, past net.core.[rw]mem_max
+// (SO_[RCV|SND]BUFFORCE need CAP_NET_ADMIN, which writing nftables needs anyway), else as
+// far as the maxima let them.
+func largeBuffers(c *netlink.Conn) error {
+	raw, err := c.SyscallConn()
+	if err == nil {
+		var rerr, serr error
+		err = raw.Control(func(fd uintptr) {
+			rerr = unix.SetsockoptInt(int(fd), unix.SOL_SOCKET, unix.SO_RCVBUFFORCE, fwSocketBuffer)
+			serr = unix.SetsockoptInt(int(fd), unix.SOL_SOCKET, unix.SO_SNDBUFFORCE, fwSocketBuffer)
+		})
+		if err == nil && rerr == nil && serr == nil {
+			return nil
+		}
+	}
+	if err := c.SetReadBuffer(fwSocketBuffer); err != nil {
+		return err
+	}
+	return c.SetWriteBuffer(fwSocketBuffer)
 }
 
 // deleteTable removes the table if it is there.

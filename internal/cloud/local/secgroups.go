@@ -8,6 +8,7 @@ import (
 	"slices"
 	"sort"
 	"strings"
+	"sync"
 
 	"github.com/kip-dev/kip/internal/cloud"
 )
@@ -245,7 +246,49 @@ func (b *Backend) syncFirewall() error {
 
 // SyncFirewall rebuilds the security group firewall from the cells in the state directory.
 // Launch and Terminate keep it current; Setup calls it, and tests may.
+//
+// Calls that arrive while a rebuild runs share the next one: a burst of launches rebuilds
+// the table a few times rather than once per cell (each rebuild reads every cell and
+// rewrites every rule). A call returns once a rebuild that started after it has finished,
+// with that rebuild's error.
 func (b *Backend) SyncFirewall() error {
+	f := &b.fw
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if f.cond == nil {
+		f.cond = sync.NewCond(&f.mu)
+	}
+	f.wanted++
+	mine := f.wanted
+	for f.done < mine {
+		if f.running {
+			f.cond.Wait()
+			continue
+		}
+		f.running = true
+		upTo := f.wanted
+		f.mu.Unlock()
+		err := b.lockedSyncFirewall()
+		f.mu.Lock()
+		f.running, f.done, f.err = false, upTo, err
+		f.cond.Broadcast()
+	}
+	return f.err
+}
+
+// fwSync coalesces SyncFirewall calls: wanted counts the calls, done is the count the last
+// finished rebuild covered, err that rebuild's error.
+type fwSync struct {
+	mu      sync.Mutex
+	cond    *sync.Cond
+	running bool
+	wanted  uint64
+	done    uint64
+	err     error
+}
+
+// lockedSyncFirewall rebuilds the firewall under the store lock.
+func (b *Backend) lockedSyncFirewall() error {
 	unlock, err := b.store.lock()
 	if err != nil {
 		return err

@@ -1,7 +1,9 @@
 package local
 
 import (
+	"fmt"
 	"net/netip"
+	"os"
 	"slices"
 	"testing"
 )
@@ -60,5 +62,38 @@ func TestValidateGroups(t *testing.T) {
 	}
 	if err := validateGroups(ok, []string{"zz"}); err == nil {
 		t.Error("unknown default accepted")
+	}
+}
+
+// TestApplyPlanFullHost writes the firewall of a host full of cells (maxCells, every one in
+// a group whose rule names another group) in one transaction: the kernel's replies to so
+// many messages outgrow a netlink socket's default receive buffer, which failed the write
+// with ENOBUFS. Needs root; the table is named after a bridge that does not exist and is
+// removed at the end.
+func TestApplyPlanFullHost(t *testing.T) {
+	if os.Geteuid() != 0 {
+		t.Skip("needs root to write nftables tables")
+	}
+	groups := []SecurityGroup{
+		{Name: "web", Ingress: []IngressRule{{Protocol: ProtoTCP, FromPort: 80, ToPort: 80, From: []string{"client"}}}},
+		{Name: "client"},
+	}
+	var cells []fwCell
+	for i := range maxCells {
+		g := "web"
+		if i%2 == 1 {
+			g = "client"
+		}
+		id := fmt.Sprintf("lc-%010x", i)
+		cells = append(cells, fwCell{ID: id, Veth: "kv" + id[3:], IP: netip.AddrFrom4([4]byte{10, 251, byte(i >> 8), byte(i)}), Groups: []string{g}})
+	}
+	bridge := fmt.Sprintf("kiptst%d", os.Getpid()%100000)
+	t.Cleanup(func() {
+		if err := deleteTable(tableName(bridge)); err != nil {
+			t.Error(err)
+		}
+	})
+	if err := applyPlan(bridge, plan(bridge, groups, cells)); err != nil {
+		t.Fatalf("writing the firewall of %d cells: %v", len(cells), err)
 	}
 }

@@ -60,6 +60,7 @@ func standinAgent(args []string) error {
 	bootstrap := fs.String("bootstrap", "", "bootstrap file")
 	stateDir := fs.String("state-dir", "", "state directory")
 	startFD := fs.Int("start-fd", -1, "descriptor to read the start byte from, as kip-cell")
+	readyFD := fs.Int("ready-fd", -1, "descriptor to write a byte on once serving, as kip-cell")
 	imageStore := fs.String("image-store", "", "the host's shared image store (kip-cell's flag)")
 	fs.Int64("image-store-max-bytes", 0, "its cap (kip-cell's flag)")
 	if err := fs.Parse(args); err != nil {
@@ -124,6 +125,11 @@ func standinAgent(args []string) error {
 	ln, err := net.Listen("tcp", net.JoinHostPort(ip, fmt.Sprint(standinPort)))
 	if err != nil {
 		return err
+	}
+	if *readyFD >= 0 {
+		f := os.NewFile(uintptr(*readyFD), "ready-fd")
+		_, _ = f.Write([]byte{1})
+		f.Close()
 	}
 	return http.Serve(ln, mux)
 }
