@@ -21,6 +21,7 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/tools/record"
+	"k8s.io/client-go/util/workqueue"
 )
 
 // Config is what a Node is made of.
@@ -119,11 +120,25 @@ func New(cfg Config) (*Node, error) {
 		// kip's pod resolver (internal/podrequest) resolves env and volumes, with kubelet's
 		// Events, once the cell's IP is known.
 		SkipDownwardAPIResolution: true,
+		// virtual-kubelet rate-limits every enqueue, not only retries: its default limiter's
+		// shared bucket (10 a second, burst 100) capped the node at 10 pod syncs, 10 status
+		// updates and 10 deletions a second once 100 pods came at once
+		// (docs/design/scale.md). Each pod still backs off on its own failures; the API
+		// client's QPS bounds the requests.
+		SyncPodsFromKubernetesRateLimiter:    podRateLimiter(),
+		SyncPodStatusFromProviderRateLimiter: podRateLimiter(),
+		DeletePodsFromKubernetesRateLimiter:  podRateLimiter(),
 	})
 	if err != nil {
 		return nil, fmt.Errorf("creating the pod controller: %w", err)
 	}
 	return n, nil
+}
+
+// podRateLimiter is a pod controller queue's limiter: per pod, 5 ms doubling on each
+// consecutive failure up to 1000 s (client-go's controller default without its shared bucket).
+func podRateLimiter() workqueue.TypedRateLimiter[any] {
+	return workqueue.NewTypedItemExponentialFailureRateLimiter[any](5*time.Millisecond, 1000*time.Second)
 }
 
 // Run serves the kubelet API, starts the informers, runs the pod controller and, once it is

@@ -48,6 +48,7 @@ type Fake struct {
 	calls     []Call
 	injected  map[string][]error
 	nextID    int
+	noLog     bool
 }
 
 var _ cloud.Cloud = (*Fake)(nil)
@@ -62,6 +63,11 @@ func WithClock(c clock.Clock) Option { return func(f *Fake) { f.clock = c } }
 func WithCatalog(types []instancetype.InstanceType) Option {
 	return func(f *Fake) { f.catalog = slices.Clone(types) }
 }
+
+// WithoutCallLog keeps no call log (Calls and CallCount then report nothing), for long
+// simulations (hack/tools/scalekip) whose memory the log would otherwise grow with every call.
+// Injected errors still apply.
+func WithoutCallLog() Option { return func(f *Fake) { f.noLog = true } }
 
 // New returns an empty fake cloud with a small built-in catalog (see Catalog).
 func New(opts ...Option) *Fake {
@@ -163,7 +169,9 @@ func (f *Fake) begin(method string, arg any) error {
 	if q := f.injected[method]; len(q) > 0 {
 		err, f.injected[method] = q[0], q[1:]
 	}
-	f.calls = append(f.calls, Call{Method: method, Arg: arg, Err: err})
+	if !f.noLog {
+		f.calls = append(f.calls, Call{Method: method, Arg: arg, Err: err})
+	}
 	return err
 }
 
@@ -186,7 +194,11 @@ func (f *Fake) InstanceTypes(ctx context.Context) ([]instancetype.InstanceType, 
 func (f *Fake) Launch(ctx context.Context, spec cloud.LaunchSpec) (*cloud.Instance, error) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
-	if err := f.begin(MethodLaunch, cloneSpec(spec)); err != nil {
+	var logged any
+	if !f.noLog {
+		logged = cloneSpec(spec)
+	}
+	if err := f.begin(MethodLaunch, logged); err != nil {
 		return nil, err
 	}
 	if err := ctx.Err(); err != nil {
@@ -230,7 +242,10 @@ func (f *Fake) Launch(ctx context.Context, spec cloud.LaunchSpec) (*cloud.Instan
 	}
 	f.instances[in.ID] = in
 	if spec.ClientToken != "" {
-		f.tokens[spec.ClientToken] = tokenUse{id: in.ID, spec: cloneSpec(spec)}
+		// sameLaunch ignores the bootstrap data: do not keep it.
+		kept := cloneSpec(spec)
+		kept.BootstrapData = nil
+		f.tokens[spec.ClientToken] = tokenUse{id: in.ID, spec: kept}
 	}
 	return clone(in), nil
 }
