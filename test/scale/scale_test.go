@@ -99,6 +99,8 @@ func BenchmarkScale(b *testing.B) {
 		atN := s.sample(b)
 		idleN := s.idle(b, 10*time.Second)
 		b.Logf("%d more pods Running in %.1fs (%d in all)", n-first, time.Since(t1).Seconds(), n)
+		// The numbers so far, at once: deleting 10,000 pods takes a while.
+		s.report(b, base, at1, atN, nil, first, n, idle1, idleN)
 
 		t2 := time.Now()
 		s.deletePods(ctx, b, ns, n)
@@ -108,7 +110,7 @@ func BenchmarkScale(b *testing.B) {
 		gone := s.sample(b)
 		b.Logf("%d pods deleted and every cell gone in %.1fs", n, time.Since(t2).Seconds())
 
-		s.report(b, base, at1, atN, gone, first, n, idle1, idleN)
+		s.report(b, base, at1, atN, &gone, first, n, idle1, idleN)
 		s.stop(b)
 		cancel()
 	}
@@ -414,14 +416,21 @@ func (s *scale) waitNoCells(ctx context.Context, b *testing.B) {
 
 // report prints and reports the per-pod numbers at the first step and at all pods, and their
 // ratios.
-func (s *scale) report(b *testing.B, base, at1, atN, gone sample, first, n int, idle1, idleN float64) {
+//
+// Without gone (the pods are not deleted yet) it prints the numbers up to all Running and
+// reports nothing.
+func (s *scale) report(b *testing.B, base, at1, atN sample, gone *sample, first, n int, idle1, idleN float64) {
+	deleted := gone != nil
+	if !deleted {
+		gone = &atN
+	}
 	perPod := func(from, to sample, pods int) (cpuMS, reqs float64) {
 		return (to.cpu - from.cpu) * 1000 / float64(pods), float64(to.total()-from.total()) / float64(pods)
 	}
 	cpu1, req1 := perPod(base, at1, first)
 	cpuN, reqN := perPod(base, atN, n)
 	cpuMarg, reqMarg := perPod(at1, atN, n-first)
-	cpuDel, reqDel := perPod(atN, gone, n)
+	cpuDel, reqDel := perPod(atN, *gone, n)
 	mib := func(v int64) float64 { return float64(v) / (1 << 20) }
 
 	var out bytes.Buffer
@@ -433,8 +442,10 @@ func (s *scale) report(b *testing.B, base, at1, atN, gone sample, first, n int, 
 	fmt.Fprintf(w, "  %-34s %12.2f %12.2f %8.2f\n", "API requests per pod to Running", req1, reqN, reqN/req1)
 	fmt.Fprintf(w, "  %-34s %12.1f %12.1f %8.2f\n", "idle kip CPU per running pod (µs/s)", idle1*1e6/float64(first), idleN*1e6/float64(n), (idleN/float64(n))/(idle1/float64(first)))
 	fmt.Fprintf(w, "  pods %d..%d alone: %.2f ms CPU and %.2f requests per pod\n", first, n, cpuMarg, reqMarg)
-	fmt.Fprintf(w, "  deleting all %d: %.2f ms CPU and %.2f requests per pod; RSS peak at the end %.0f MiB, now %.0f MiB\n",
-		n, cpuDel, reqDel, mib(gone.hwm), mib(gone.rss))
+	if deleted {
+		fmt.Fprintf(w, "  deleting all %d: %.2f ms CPU and %.2f requests per pod; RSS peak at the end %.0f MiB, now %.0f MiB\n",
+			n, cpuDel, reqDel, mib(gone.hwm), mib(gone.rss))
+	}
 	fmt.Fprintf(w, "  API requests per pod by verb and resource (to Running at %d, at %d; deleting):\n", first, n)
 	keys := map[string]bool{}
 	for _, m := range []map[string]int64{at1.requests, atN.requests, gone.requests} {
@@ -455,6 +466,9 @@ func (s *scale) report(b *testing.B, base, at1, atN, gone sample, first, n int, 
 	}
 	w.Flush()
 	fmt.Print(out.String())
+	if !deleted {
+		return
+	}
 	b.Log("\n" + out.String())
 
 	b.ReportMetric(mib(atN.hwm), "kip-rss-MiB")

@@ -25,6 +25,7 @@ import (
 	"sync"
 	"syscall"
 
+	corev1 "k8s.io/api/core/v1"
 	"k8s.io/client-go/tools/clientcmd"
 
 	"github.com/kip-dev/kip/internal/cellapi"
@@ -243,6 +244,18 @@ type simAgent struct {
 }
 
 var _ cellapi.ServiceProgrammer = (*simAgent)(nil)
+
+// PutPod runs the pod on cellapitest's agent, handing it only the pod's UID and containers:
+// a real agent keeps the whole request in its cell, not in kip's memory, which this
+// process's RSS is meant to measure.
+func (a *simAgent) PutPod(ctx context.Context, req *cellapi.PodRequest) (*cellapi.PodStatus, error) {
+	slim := &corev1.Pod{}
+	slim.UID = req.Pod.UID
+	for _, c := range req.Pod.Spec.Containers {
+		slim.Spec.Containers = append(slim.Spec.Containers, corev1.Container{Name: c.Name, Image: c.Image})
+	}
+	return a.Agent.PutPod(ctx, &cellapi.PodRequest{Pod: slim})
+}
 
 // PutServices acknowledges t: a full table, or a delta on top of the version it holds.
 func (a *simAgent) PutServices(_ context.Context, t *cellapi.ServiceTable) (*cellapi.ServiceTableStatus, error) {
