@@ -51,7 +51,13 @@ type sample struct {
 	cpu      float64 // kip's user+system CPU seconds so far
 	hwm, rss int64   // bytes: peak and current resident set
 	requests map[string]int64
+	// cellSeconds is the integral of kip's live cells over time so far: what its steady,
+	// per-cell cost (liveness probes, heartbeats) is proportional to.
+	cellSeconds float64
 }
+
+// events is how many of the sample's requests created Events.
+func (s sample) events() int64 { return s.requests["create events"] }
 
 func (s sample) total() int64 {
 	var n int64
@@ -126,6 +132,31 @@ type scale struct {
 	kipLog  string
 	stats   string // URL of scalekip's /stats
 	exited  chan struct{}
+
+	mu          sync.Mutex
+	cellSeconds float64
+}
+
+// integrateCells adds kip's live cells × time to cellSeconds every 500 ms until ctx ends.
+func (s *scale) integrateCells(ctx context.Context) {
+	last := time.Now()
+	t := time.NewTicker(500 * time.Millisecond)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case now := <-t.C:
+			st, err := s.readStats()
+			if err != nil {
+				continue
+			}
+			s.mu.Lock()
+			s.cellSeconds += float64(st.LiveCells) * now.Sub(last).Seconds()
+			s.mu.Unlock()
+			last = now
+		}
+	}
 }
 
 // start builds scalekip, starts the control plane (etcd on tmpfs where there is one) and
@@ -226,6 +257,7 @@ cells:
 	if err != nil {
 		b.Fatalf("waiting for node %s to be Ready: %v", nodeName, err)
 	}
+	go s.integrateCells(ctx)
 	return s
 }
 
@@ -333,7 +365,10 @@ func (s *scale) sample(b *testing.B) sample {
 	if err != nil {
 		b.Fatal(err)
 	}
-	return sample{at: time.Now(), cpu: cpu, hwm: hwm, rss: rss, requests: st.Requests}
+	s.mu.Lock()
+	cs := s.cellSeconds
+	s.mu.Unlock()
+	return sample{at: time.Now(), cpu: cpu, hwm: hwm, rss: rss, requests: st.Requests, cellSeconds: cs}
 }
 
 // settle waits until kip has made no API request for 2 seconds besides its node's Lease and
@@ -431,6 +466,15 @@ func (s *scale) report(b *testing.B, base, at1, atN sample, gone *sample, first,
 	cpuN, reqN := perPod(base, atN, n)
 	cpuMarg, reqMarg := perPod(at1, atN, n-first)
 	cpuDel, reqDel := perPod(atN, *gone, n)
+	// The same without the steady cost of the cells while they waited (idle CPU per cell-second,
+	// as measured at each step, times the cell-seconds), and without Events (which client-go
+	// drops when the API server falls behind).
+	steady1 := idle1 / float64(first)
+	steadyN := idleN / float64(n)
+	life1 := cpu1 - steady1*(at1.cellSeconds-base.cellSeconds)*1000/float64(first)
+	lifeN := cpuN - steadyN*(atN.cellSeconds-base.cellSeconds)*1000/float64(n)
+	noEv1 := req1 - float64(at1.events()-base.events())/float64(first)
+	noEvN := reqN - float64(atN.events()-base.events())/float64(n)
 	mib := func(v int64) float64 { return float64(v) / (1 << 20) }
 
 	var out bytes.Buffer
@@ -439,7 +483,10 @@ func (s *scale) report(b *testing.B, base, at1, atN sample, gone *sample, first,
 	fmt.Fprintf(w, "  %-34s %12s %12s %8s\n", "", fmt.Sprintf("at %d", first), fmt.Sprintf("at %d", n), "ratio")
 	fmt.Fprintf(w, "  %-34s %12.0f %12.0f %8.2f\n", "kip RSS peak (VmHWM, MiB)", mib(at1.hwm), mib(atN.hwm), mib(atN.hwm)/mib(at1.hwm))
 	fmt.Fprintf(w, "  %-34s %12.2f %12.2f %8.2f\n", "kip CPU per pod to Running (ms)", cpu1, cpuN, cpuN/cpu1)
+	fmt.Fprintf(w, "  %-34s %12.2f %12.2f %8.2f\n", "  less the idle cost while waiting", life1, lifeN, lifeN/life1)
 	fmt.Fprintf(w, "  %-34s %12.2f %12.2f %8.2f\n", "API requests per pod to Running", req1, reqN, reqN/req1)
+	fmt.Fprintf(w, "  %-34s %12.2f %12.2f %8.2f\n", "  of which Events", req1-noEv1, reqN-noEvN, (reqN-noEvN)/(req1-noEv1))
+	fmt.Fprintf(w, "  %-34s %12.2f %12.2f %8.2f\n", "  other than Events", noEv1, noEvN, noEvN/noEv1)
 	fmt.Fprintf(w, "  %-34s %12.1f %12.1f %8.2f\n", "idle kip CPU per running pod (µs/s)", idle1*1e6/float64(first), idleN*1e6/float64(n), (idleN/float64(n))/(idle1/float64(first)))
 	fmt.Fprintf(w, "  pods %d..%d alone: %.2f ms CPU and %.2f requests per pod\n", first, n, cpuMarg, reqMarg)
 	if deleted {
@@ -478,6 +525,8 @@ func (s *scale) report(b *testing.B, base, at1, atN sample, gone *sample, first,
 	b.ReportMetric(req1, "api-req/pod@first")
 	b.ReportMetric(reqN, "api-req/pod@all")
 	b.ReportMetric(reqN/req1, "api-req-per-pod-ratio")
+	b.ReportMetric(lifeN/life1, "cpu-less-idle-per-pod-ratio")
+	b.ReportMetric(noEvN/noEv1, "api-req-less-events-per-pod-ratio")
 	b.ReportMetric(cpuDel, "delete-cpu-ms/pod")
 	b.ReportMetric(reqDel, "delete-api-req/pod")
 }
