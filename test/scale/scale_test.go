@@ -90,21 +90,21 @@ func BenchmarkScale(b *testing.B) {
 
 		t0 := time.Now()
 		s.createPods(ctx, b, ns, 0, first)
-		b.Logf("%d pods created in %.1fs", first, time.Since(t0).Seconds())
+		say(b, "%d pods created in %.1fs", first, time.Since(t0).Seconds())
 		pods.waitRunning(ctx, b, s, first)
 		s.settle(ctx, b)
 		at1 := s.sample(b)
 		idle1 := s.idle(b, 10*time.Second)
-		b.Logf("%d pods Running in %.1fs", first, time.Since(t0).Seconds())
+		say(b, "%d pods Running in %.1fs", first, time.Since(t0).Seconds())
 
 		t1 := time.Now()
 		s.createPods(ctx, b, ns, first, n)
-		b.Logf("%d more pods created in %.1fs", n-first, time.Since(t1).Seconds())
+		say(b, "%d more pods created in %.1fs", n-first, time.Since(t1).Seconds())
 		pods.waitRunning(ctx, b, s, n)
 		s.settle(ctx, b)
 		atN := s.sample(b)
 		idleN := s.idle(b, 10*time.Second)
-		b.Logf("%d more pods Running in %.1fs (%d in all)", n-first, time.Since(t1).Seconds(), n)
+		say(b, "%d more pods Running in %.1fs (%d in all)", n-first, time.Since(t1).Seconds(), n)
 		// The numbers so far, at once: deleting 10,000 pods takes a while.
 		s.report(b, base, at1, atN, nil, first, n, idle1, idleN)
 
@@ -114,12 +114,18 @@ func BenchmarkScale(b *testing.B) {
 		s.waitNoCells(ctx, b)
 		s.settle(ctx, b)
 		gone := s.sample(b)
-		b.Logf("%d pods deleted and every cell gone in %.1fs", n, time.Since(t2).Seconds())
+		say(b, "%d pods deleted and every cell gone in %.1fs", n, time.Since(t2).Seconds())
 
 		s.report(b, base, at1, atN, &gone, first, n, idle1, idleN)
 		s.stop(b)
 		cancel()
 	}
+}
+
+// say logs a line at once (a benchmark's own log shows only when it ends) and in its log.
+func say(b *testing.B, format string, args ...any) {
+	fmt.Printf("scale: "+format+"\n", args...)
+	b.Logf(format, args...)
 }
 
 // scale is one run's control plane and kip.
