@@ -45,11 +45,14 @@ type Fake struct {
 
 	mu        sync.Mutex
 	instances map[string]*cloud.Instance
-	tokens    map[string]tokenUse // client token → what it launched
-	calls     []Call
-	injected  map[string][]error
-	nextID    int
-	noLog     bool
+	// byTag indexes instances by "key=value" of each tag they were launched with, so that a
+	// List by tags visits only the instances with the rarest of them.
+	byTag    map[string][]string
+	tokens   map[string]tokenUse // client token → what it launched
+	calls    []Call
+	injected map[string][]error
+	nextID   int
+	noLog    bool
 }
 
 var _ cloud.Cloud = (*Fake)(nil)
@@ -103,6 +106,7 @@ func (f *Fake) Reset() {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	f.instances = map[string]*cloud.Instance{}
+	f.byTag = map[string][]string{}
 	f.tokens = map[string]tokenUse{}
 	f.calls = nil
 	f.injected = map[string][]error{}
@@ -242,6 +246,9 @@ func (f *Fake) Launch(ctx context.Context, spec cloud.LaunchSpec) (*cloud.Instan
 		in.Tags = map[string]string{}
 	}
 	f.instances[in.ID] = in
+	for k, v := range in.Tags {
+		f.byTag[k+"="+v] = append(f.byTag[k+"="+v], in.ID)
+	}
 	if spec.ClientToken != "" {
 		// sameLaunch ignores the bootstrap data: do not keep it.
 		kept := cloneSpec(spec)
@@ -273,14 +280,22 @@ func (f *Fake) List(ctx context.Context, tags map[string]string) ([]*cloud.Insta
 	if err := f.begin(MethodList, maps.Clone(tags)); err != nil {
 		return nil, err
 	}
-	// Filter, then sort only the matches: a List for one pod's instances stays cheap among
-	// the 10,000 of a scale simulation.
+	// Visit only the instances carrying the rarest of the wanted tags, then sort the matches:
+	// a List for one pod's instances stays cheap among the 10,000 of a scale simulation.
 	var out []*cloud.Instance
-	for _, in := range f.instances {
-		if in.State == cloud.StateTerminated || !matches(in.Tags, tags) {
-			continue
+	visit := func(in *cloud.Instance) {
+		if in.State != cloud.StateTerminated && matches(in.Tags, tags) {
+			out = append(out, clone(in))
 		}
-		out = append(out, clone(in))
+	}
+	if ids, ok := f.rarest(tags); ok {
+		for _, id := range ids {
+			visit(f.instances[id])
+		}
+	} else {
+		for _, in := range f.instances {
+			visit(in)
+		}
 	}
 	slices.SortFunc(out, func(a, b *cloud.Instance) int { return strings.Compare(a.ID, b.ID) })
 	return out, nil
@@ -301,6 +316,20 @@ func (f *Fake) Terminate(ctx context.Context, id string) error {
 	}
 	in.State = cloud.StateTerminated
 	return nil
+}
+
+// rarest returns the ids of the instances launched with the least common of the wanted tags;
+// false when no tag is wanted. f.mu must be held.
+func (f *Fake) rarest(tags map[string]string) ([]string, bool) {
+	var best []string
+	found := false
+	for k, v := range tags {
+		ids := f.byTag[k+"="+v]
+		if !found || len(ids) < len(best) {
+			best, found = ids, true
+		}
+	}
+	return best, found
 }
 
 func matches(have, want map[string]string) bool {
