@@ -72,6 +72,12 @@ type cell struct {
 	cellID string
 	log    *slog.Logger
 
+	// notifyMu orders this pod's notifications: it is held from computing its status to
+	// delivering it, so the callback never sees an older status after a newer one. It is the
+	// pod's own, so one pod's slow delivery never holds up another's (with one lock for all
+	// pods, 10,000 pods' statuses queued behind it: docs/design/scale.md). Taken before m.mu.
+	notifyMu sync.Mutex
+
 	// ops is canceled when the pod is deleted or the manager closes; it bounds agent calls.
 	ops       context.Context
 	cancelOps context.CancelFunc
@@ -267,8 +273,8 @@ func (c *cell) setContainersWaiting(reason, message string) {
 
 // publish recomputes the pod's status and notifies it when it changed.
 func (c *cell) publish() {
-	c.m.notifyMu.Lock()
-	defer c.m.notifyMu.Unlock()
+	c.notifyMu.Lock()
+	defer c.notifyMu.Unlock()
 	c.m.mu.Lock()
 	prev := c.pod.Status
 	c.pod.Status = podstatus.Build(c.statusInput())

@@ -249,8 +249,8 @@ type Manager struct {
 	certMu     sync.Mutex
 	agentCerts map[string]*agentCert
 
-	// notifyMu orders notifications: it is held from computing a status to delivering it,
-	// so the callback never sees an older status after a newer one. Taken before mu.
+	// notifyMu serializes NotifyPods calls; each pod's notifications are ordered by its
+	// cell's notifyMu. Taken before the cells' notifyMu and mu.
 	notifyMu sync.Mutex
 
 	mu     sync.Mutex
@@ -334,12 +334,22 @@ func (m *Manager) NotifyPods(f func(*corev1.Pod)) {
 	defer m.notifyMu.Unlock()
 	m.mu.Lock()
 	m.notify = f
+	cs := make([]*cell, 0, len(m.cells))
+	for _, c := range m.cells {
+		cs = append(cs, c)
+	}
 	m.mu.Unlock()
 	if f == nil {
 		return
 	}
-	for _, p := range m.ListPods() {
-		f(p)
+	sort.Slice(cs, func(i, j int) bool { return cs[i].key < cs[j].key })
+	for _, c := range cs {
+		c.notifyMu.Lock()
+		m.mu.Lock()
+		pod := c.snapshot()
+		m.mu.Unlock()
+		f(pod)
+		c.notifyMu.Unlock()
 	}
 }
 

@@ -23,6 +23,7 @@ import (
 	"k8s.io/client-go/tools/clientcmd"
 	"k8s.io/klog/v2"
 
+	"github.com/kip-dev/kip/internal/cellapi"
 	"github.com/kip-dev/kip/internal/cloud"
 	"github.com/kip-dev/kip/internal/config"
 )
@@ -54,6 +55,10 @@ type Options struct {
 	// HealthAddr, when set, serves GET /healthz (plain HTTP, no credentials) on this address
 	// for the process's whole life, leader or follower; the body names the role.
 	HealthAddr string
+	// Dial, when set, returns the client of a cell's agent instead of dialling it over mutual
+	// TLS (cells.Deps.Dial). It is a seam for simulations only: hack/tools/scalekip runs
+	// kip on the fake cloud with an in-process agent per cell. Nil in every real kip.
+	Dial func(ctx context.Context, inst *cloud.Instance, cellID string) (cellapi.Agent, error)
 }
 
 // Start runs the virtual node until ctx ends, then stops it. Cells are left running: the next
@@ -98,7 +103,9 @@ func Start(ctx context.Context, o Options) error {
 }
 
 // restConfig loads the client configuration with generous client-side limits: a burst of
-// pods means a burst of status updates and events.
+// pods means a burst of status updates and events, and one kip serves as many pods as a
+// hundred kubelets (each allowed 50 requests a second): kipAPIQPS is sized for 10,000 pods
+// (docs/design/scale.md); the API server's priority and fairness guards it.
 func restConfig(o Options) (*rest.Config, error) {
 	var (
 		cfg *rest.Config
@@ -115,10 +122,14 @@ func restConfig(o Options) (*rest.Config, error) {
 	if err != nil {
 		return nil, fmt.Errorf("starting kip: loading kubeconfig %q: %w", o.Kubeconfig, err)
 	}
-	cfg.QPS, cfg.Burst = 100, 200
+	cfg.QPS, cfg.Burst = kipAPIQPS, 2*kipAPIQPS
 	cfg.UserAgent = "kip/" + Version
 	return cfg, nil
 }
+
+// kipAPIQPS is kip's client-side limit of API server requests a second (twice as many in a
+// burst).
+const kipAPIQPS = 500
 
 // Version is reported as the node's kubelet version suffix and user agent.
 var Version = "v0.1.0"

@@ -24,11 +24,8 @@ import (
 	"k8s.io/apimachinery/pkg/labels"
 	"k8s.io/client-go/dynamic"
 	"k8s.io/client-go/kubernetes"
-	"k8s.io/client-go/kubernetes/scheme"
-	corev1client "k8s.io/client-go/kubernetes/typed/core/v1"
 	"k8s.io/client-go/rest"
 	"k8s.io/client-go/tools/cache"
-	"k8s.io/client-go/tools/record"
 	"k8s.io/utils/ptr"
 
 	"github.com/kip-dev/kip/internal/admit"
@@ -115,11 +112,9 @@ func (r *runner) run(ctx context.Context) error {
 		mirror = cellmirror.New(r.dynamic, name, log)
 	}
 
-	// One event broadcaster for virtual-kubelet, the cells and the resolver.
-	eb := record.NewBroadcaster()
-	defer eb.Shutdown()
-	eb.StartRecordingToSink(&corev1client.EventSinkImpl{Interface: r.client.CoreV1().Events(corev1.NamespaceAll)})
-	recorder := eb.NewRecorder(scheme.Scheme, corev1.EventSource{Component: "kip", Host: name})
+	// One event recorder for virtual-kubelet, the cells and the resolver (events.go).
+	recorder, stopEvents := eventRecorder(r.client, name)
+	defer stopEvents()
 
 	types, err := backend.InstanceTypes(ctx)
 	if err != nil {
@@ -190,6 +185,7 @@ func (r *runner) run(ctx context.Context) error {
 			MaxUnpackedBytes: cfg.Registry.MaxUnpackedImageSize.Value(),
 		},
 		Enrollment: enrollment,
+		Dial:       r.opts.Dial,
 		Log:        r.log,
 		Observe:    met.Observe,
 		Services:   svcPush,

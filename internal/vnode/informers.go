@@ -5,6 +5,7 @@ import (
 	"time"
 
 	"github.com/virtual-kubelet/virtual-kubelet/node/nodeutil"
+	"k8s.io/apimachinery/pkg/api/meta"
 	"k8s.io/client-go/informers"
 	corev1informers "k8s.io/client-go/informers/core/v1"
 	discoveryinformers "k8s.io/client-go/informers/discovery/v1"
@@ -32,8 +33,9 @@ type Informers struct {
 // NewInformers makes the informers; nothing is watched until Start. Pods are filtered to
 // spec.nodeName=nodeName.
 func NewInformers(client kubernetes.Interface, nodeName string) *Informers {
-	pods := informers.NewSharedInformerFactoryWithOptions(client, ResyncPeriod, nodeutil.PodInformerFilter(nodeName))
-	all := informers.NewSharedInformerFactoryWithOptions(client, ResyncPeriod)
+	strip := informers.WithTransform(stripManagedFields)
+	pods := informers.NewSharedInformerFactoryWithOptions(client, ResyncPeriod, nodeutil.PodInformerFilter(nodeName), strip)
+	all := informers.NewSharedInformerFactoryWithOptions(client, ResyncPeriod, strip)
 	inf := &Informers{
 		Pods:           pods.Core().V1().Pods(),
 		Secrets:        all.Core().V1().Secrets(),
@@ -49,6 +51,16 @@ func NewInformers(client kubernetes.Interface, nodeName string) *Informers {
 	inf.Services.Informer()
 	inf.EndpointSlices.Informer()
 	return inf
+}
+
+// stripManagedFields drops metadata.managedFields from every cached object: nothing in kip
+// reads them, they are about a third of a small pod, and each pod is copied several times
+// (docs/design/scale.md). An update that carries none leaves the server's as they are.
+func stripManagedFields(obj any) (any, error) {
+	if m, err := meta.Accessor(obj); err == nil && m.GetManagedFields() != nil {
+		m.SetManagedFields(nil)
+	}
+	return obj, nil
 }
 
 // Start starts watching; the informers stop when ctx ends. Starting again does nothing.

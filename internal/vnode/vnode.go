@@ -127,7 +127,10 @@ func New(cfg Config) (*Node, error) {
 		// Events, once the cell's IP is known.
 		SkipDownwardAPIResolution: true,
 		// Only retries wait (retryLimiter): a pod's start and its status changes are
-		// handled at once, however many pods change together.
+		// handled at once, however many pods change together. virtual-kubelet's default
+		// limiter's shared bucket (10 a second, burst 100) capped the node at 10 pod syncs,
+		// 10 status updates and 10 deletions a second (docs/design/scale.md); the API
+		// client's QPS bounds the requests.
 		SyncPodsFromKubernetesRateLimiter:    newRetryLimiter(retryBase, retryMax),
 		DeletePodsFromKubernetesRateLimiter:  newRetryLimiter(retryBase, retryMax),
 		SyncPodStatusFromProviderRateLimiter: newRetryLimiter(retryBase, retryMax),

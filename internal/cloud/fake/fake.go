@@ -9,6 +9,7 @@ import (
 	"maps"
 	"reflect"
 	"slices"
+	"strings"
 	"sync"
 
 	"k8s.io/utils/clock"
@@ -45,10 +46,14 @@ type Fake struct {
 
 	mu        sync.Mutex
 	instances map[string]*cloud.Instance
-	tokens    map[string]tokenUse // client token → what it launched
-	calls     []Call
-	injected  map[string][]error
-	nextID    int
+	// byTag indexes instances by "key=value" of each tag they were launched with, so that a
+	// List by tags visits only the instances with the rarest of them.
+	byTag    map[string][]string
+	tokens   map[string]tokenUse // client token → what it launched
+	calls    []Call
+	injected map[string][]error
+	nextID   int
+	noLog    bool
 }
 
 var (
@@ -66,6 +71,11 @@ func WithClock(c clock.Clock) Option { return func(f *Fake) { f.clock = c } }
 func WithCatalog(types []instancetype.InstanceType) Option {
 	return func(f *Fake) { f.catalog = slices.Clone(types) }
 }
+
+// WithoutCallLog keeps no call log (Calls and CallCount then report nothing), for long
+// simulations (hack/tools/scalekip) whose memory the log would otherwise grow with every call.
+// Injected errors still apply.
+func WithoutCallLog() Option { return func(f *Fake) { f.noLog = true } }
 
 // New returns an empty fake cloud with a small built-in catalog (see Catalog).
 func New(opts ...Option) *Fake {
@@ -100,6 +110,7 @@ func (f *Fake) Reset() {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	f.instances = map[string]*cloud.Instance{}
+	f.byTag = map[string][]string{}
 	f.tokens = map[string]tokenUse{}
 	f.calls = nil
 	f.injected = map[string][]error{}
@@ -167,7 +178,9 @@ func (f *Fake) begin(method string, arg any) error {
 	if q := f.injected[method]; len(q) > 0 {
 		err, f.injected[method] = q[0], q[1:]
 	}
-	f.calls = append(f.calls, Call{Method: method, Arg: arg, Err: err})
+	if !f.noLog {
+		f.calls = append(f.calls, Call{Method: method, Arg: arg, Err: err})
+	}
 	return err
 }
 
@@ -190,7 +203,11 @@ func (f *Fake) InstanceTypes(ctx context.Context) ([]instancetype.InstanceType, 
 func (f *Fake) Launch(ctx context.Context, spec cloud.LaunchSpec) (*cloud.Instance, error) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
-	if err := f.begin(MethodLaunch, cloneSpec(spec)); err != nil {
+	var logged any
+	if !f.noLog {
+		logged = cloneSpec(spec)
+	}
+	if err := f.begin(MethodLaunch, logged); err != nil {
 		return nil, err
 	}
 	if err := ctx.Err(); err != nil {
@@ -233,8 +250,14 @@ func (f *Fake) Launch(ctx context.Context, spec cloud.LaunchSpec) (*cloud.Instan
 		in.Tags = map[string]string{}
 	}
 	f.instances[in.ID] = in
+	for k, v := range in.Tags {
+		f.byTag[k+"="+v] = append(f.byTag[k+"="+v], in.ID)
+	}
 	if spec.ClientToken != "" {
-		f.tokens[spec.ClientToken] = tokenUse{id: in.ID, spec: cloneSpec(spec)}
+		// sameLaunch ignores the bootstrap data: do not keep it.
+		kept := cloneSpec(spec)
+		kept.BootstrapData = nil
+		f.tokens[spec.ClientToken] = tokenUse{id: in.ID, spec: kept}
 	}
 	return clone(in), nil
 }
@@ -261,14 +284,24 @@ func (f *Fake) List(ctx context.Context, tags map[string]string) ([]*cloud.Insta
 	if err := f.begin(MethodList, maps.Clone(tags)); err != nil {
 		return nil, err
 	}
+	// Visit only the instances carrying the rarest of the wanted tags, then sort the matches:
+	// a List for one pod's instances stays cheap among the 10,000 of a scale simulation.
 	var out []*cloud.Instance
-	for _, id := range slices.Sorted(maps.Keys(f.instances)) {
-		in := f.instances[id]
-		if in.State == cloud.StateTerminated || !matches(in.Tags, tags) {
-			continue
+	visit := func(in *cloud.Instance) {
+		if in.State != cloud.StateTerminated && matches(in.Tags, tags) {
+			out = append(out, clone(in))
 		}
-		out = append(out, clone(in))
 	}
+	if ids, ok := f.rarest(tags); ok {
+		for _, id := range ids {
+			visit(f.instances[id])
+		}
+	} else {
+		for _, in := range f.instances {
+			visit(in)
+		}
+	}
+	slices.SortFunc(out, func(a, b *cloud.Instance) int { return strings.Compare(a.ID, b.ID) })
 	return out, nil
 }
 
@@ -300,8 +333,29 @@ func (f *Fake) SetTags(ctx context.Context, id string, tags map[string]string) e
 	if !ok || in.State == cloud.StateTerminated {
 		return cloud.NotFound("tagging instance %s", id)
 	}
+	for k, v := range tags {
+		// Index the new values; entries of values replaced stay, and List checks each
+		// instance's tags anyway.
+		if key := k + "=" + v; !slices.Contains(f.byTag[key], id) {
+			f.byTag[key] = append(f.byTag[key], id)
+		}
+	}
 	maps.Copy(in.Tags, tags)
 	return nil
+}
+
+// rarest returns the ids of the instances launched with the least common of the wanted tags;
+// false when no tag is wanted. f.mu must be held.
+func (f *Fake) rarest(tags map[string]string) ([]string, bool) {
+	var best []string
+	found := false
+	for k, v := range tags {
+		ids := f.byTag[k+"="+v]
+		if !found || len(ids) < len(best) {
+			best, found = ids, true
+		}
+	}
+	return best, found
 }
 
 func matches(have, want map[string]string) bool {

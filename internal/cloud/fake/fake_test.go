@@ -167,3 +167,27 @@ func TestReusedTokenChecksArguments(t *testing.T) {
 		t.Errorf("%d instances, want 1", n)
 	}
 }
+
+// TestWithoutCallLog: the fake keeps no calls, and still injects errors and keeps tokens.
+func TestWithoutCallLog(t *testing.T) {
+	ctx := context.Background()
+	f := New(WithoutCallLog())
+	spec := cloud.LaunchSpec{CellID: "c1", InstanceType: "fake.small", ClientToken: "t1", BootstrapData: []byte("secret")}
+	in, err := f.Launch(ctx, spec)
+	if err != nil {
+		t.Fatal(err)
+	}
+	spec.BootstrapData = []byte("other")
+	again, err := f.Launch(ctx, spec)
+	if err != nil || again.ID != in.ID {
+		t.Fatalf("relaunch with the same token: %v, %v; want instance %s", again, err, in.ID)
+	}
+	boom := errors.New("boom")
+	f.InjectError(MethodTerminate, boom)
+	if err := f.Terminate(ctx, in.ID); !errors.Is(err, boom) {
+		t.Errorf("Terminate: %v, want the injected error", err)
+	}
+	if n := len(f.Calls()); n != 0 || f.CallCount(MethodLaunch) != 0 {
+		t.Errorf("the call log holds %d calls, want none", n)
+	}
+}

@@ -37,6 +37,9 @@ type Mirror struct {
 
 	mu   sync.Mutex
 	want map[string]*cells.CellInfo // nil value: delete
+	// rv is the resourceVersion of each Cell as this mirror last wrote it, so that the next
+	// write is one request (a create, or an update at that version) instead of a get first.
+	rv map[string]string
 }
 
 var _ cells.Mirror = (*Mirror)(nil)
@@ -55,6 +58,7 @@ func New(client dynamic.Interface, node string, log *slog.Logger) *Mirror {
 			workqueue.NewTypedItemExponentialFailureRateLimiter[string](200*time.Millisecond, 30*time.Second),
 			workqueue.TypedRateLimitingQueueConfig[string]{Name: "cell-mirror"}),
 		want: map[string]*cells.CellInfo{},
+		rv:   map[string]string{},
 	}
 }
 
@@ -140,6 +144,11 @@ func (m *Mirror) next(ctx context.Context) bool {
 		if apierrors.IsNotFound(err) {
 			err = nil
 		}
+		if err == nil {
+			m.mu.Lock()
+			delete(m.rv, id)
+			m.mu.Unlock()
+		}
 	} else {
 		err = m.write(ctx, m.object(want))
 	}
@@ -160,21 +169,52 @@ func (m *Mirror) next(ctx context.Context) bool {
 	return true
 }
 
-// write creates the Cell or replaces its content (kip is its only writer; a conflict is
-// retried from the queue).
+// write creates the Cell or replaces its content (kip is its only writer): one request when
+// the mirror knows the version it wrote last, else a get first; a conflict is retried from the
+// queue.
 func (m *Mirror) write(ctx context.Context, obj *unstructured.Unstructured) error {
+	res := m.client.Resource(crd.CellGVR)
+	id := obj.GetName()
+	m.mu.Lock()
+	rv, known := m.rv[id]
+	m.mu.Unlock()
+	var (
+		got *unstructured.Unstructured
+		err error
+	)
+	if known {
+		obj.SetResourceVersion(rv)
+		got, err = res.Update(ctx, obj, metav1.UpdateOptions{FieldManager: crd.FieldManager})
+	} else {
+		got, err = res.Create(ctx, obj, metav1.CreateOptions{FieldManager: crd.FieldManager})
+	}
+	if (known && (apierrors.IsConflict(err) || apierrors.IsNotFound(err))) || (!known && apierrors.IsAlreadyExists(err)) {
+		// Written by someone else (another kip before this one took over), or gone.
+		got, err = m.writeFresh(ctx, obj)
+	}
+	m.mu.Lock()
+	if err == nil {
+		m.rv[id] = got.GetResourceVersion()
+	} else {
+		delete(m.rv, id)
+	}
+	m.mu.Unlock()
+	return err
+}
+
+// writeFresh reads the Cell's current version, then creates or updates it.
+func (m *Mirror) writeFresh(ctx context.Context, obj *unstructured.Unstructured) (*unstructured.Unstructured, error) {
 	res := m.client.Resource(crd.CellGVR)
 	cur, err := res.Get(ctx, obj.GetName(), metav1.GetOptions{})
 	if apierrors.IsNotFound(err) {
-		_, err = res.Create(ctx, obj, metav1.CreateOptions{FieldManager: crd.FieldManager})
-		return err
+		obj.SetResourceVersion("")
+		return res.Create(ctx, obj, metav1.CreateOptions{FieldManager: crd.FieldManager})
 	}
 	if err != nil {
-		return err
+		return nil, err
 	}
 	obj.SetResourceVersion(cur.GetResourceVersion())
-	_, err = res.Update(ctx, obj, metav1.UpdateOptions{FieldManager: crd.FieldManager})
-	return err
+	return res.Update(ctx, obj, metav1.UpdateOptions{FieldManager: crd.FieldManager})
 }
 
 // object renders the Cell object for c.

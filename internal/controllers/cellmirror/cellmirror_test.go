@@ -2,6 +2,7 @@ package cellmirror
 
 import (
 	"context"
+	"maps"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -140,4 +141,62 @@ func TestSlowAPIServerDoesNotDelayUpserts(t *testing.T) {
 	if err != nil {
 		t.Error("no write reached the API server; the test did not exercise a hanging one")
 	}
+}
+
+// TestWritesWithoutGet: a Cell the mirror wrote is replaced with one request (no get first);
+// one that someone else deleted since is created again.
+func TestWritesWithoutGet(t *testing.T) {
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	client := newFakeDynamic()
+	m := New(client, "kip", nil)
+	done := make(chan struct{})
+	go func() { m.Run(ctx, 1); close(done) }()
+	verbs := func() map[string]int {
+		n := map[string]int{}
+		for _, a := range client.Actions() {
+			n[a.GetVerb()]++
+		}
+		client.ClearActions()
+		return n
+	}
+	info := cells.CellInfo{CellID: "c-1", Phase: cells.PhaseLaunching, PodNamespace: "ns", PodName: "web"}
+	for _, step := range []struct {
+		phase string
+		want  map[string]int
+	}{
+		{cells.PhaseLaunching, map[string]int{"create": 1}},
+		{cells.PhaseBooting, map[string]int{"update": 1}},
+		{cells.PhaseReady, map[string]int{"update": 1}},
+	} {
+		info.Phase = step.phase
+		if err := m.Upsert(ctx, info); err != nil {
+			t.Fatal(err)
+		}
+		flush(t, m)
+		if got := verbs(); !maps.Equal(got, step.want) {
+			t.Errorf("writing phase %s: requests %v, want %v", step.phase, got, step.want)
+		}
+	}
+	if err := client.Resource(crd.CellGVR).Delete(ctx, info.CellID, metav1.DeleteOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	client.ClearActions()
+	info.Phase = cells.PhaseTerminating
+	if err := m.Upsert(ctx, info); err != nil {
+		t.Fatal(err)
+	}
+	flush(t, m)
+	if got, want := verbs(), map[string]int{"update": 1, "get": 1, "create": 1}; !maps.Equal(got, want) {
+		t.Errorf("writing a Cell deleted behind the mirror's back: requests %v, want %v", got, want)
+	}
+	got, err := client.Resource(crd.CellGVR).Get(ctx, info.CellID, metav1.GetOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if phase, _, _ := unstructured.NestedString(got.Object, "status", "phase"); phase != cells.PhaseTerminating {
+		t.Errorf("status.phase = %q, want %s", phase, cells.PhaseTerminating)
+	}
+	cancel()
+	<-done
 }
