@@ -16,6 +16,7 @@ import (
 	authnv1 "k8s.io/api/authentication/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
 	utilyaml "k8s.io/apimachinery/pkg/util/yaml"
 	"k8s.io/client-go/tools/clientcmd"
 	clientcmdapi "k8s.io/client-go/tools/clientcmd/api"
@@ -30,18 +31,18 @@ var rbacKinds = map[string]bool{
 	"ServiceAccount": true, "ClusterRole": true, "ClusterRoleBinding": true, "Role": true, "RoleBinding": true,
 }
 
-// renderLocalRBAC renders deploy/overlays/local with kubectl's kustomize for node nodeName
+// renderOverlay renders deploy/overlays/<overlay> with kubectl's kustomize for node nodeName
 // (the names the Roles grant follow the node name, as an installer sets them) and returns its
-// ServiceAccount and RBAC objects as one YAML stream.
-func renderLocalRBAC(ctx context.Context, t *testing.T, e *framework.Env, nodeName string) []byte {
+// objects.
+func renderOverlay(ctx context.Context, t *testing.T, e *framework.Env, overlay, nodeName string) []*unstructured.Unstructured {
 	t.Helper()
-	overlay, err := filepath.Abs(filepath.Join("..", "..", "deploy", "overlays", "local"))
+	abs, err := filepath.Abs(filepath.Join("..", "..", "deploy", "overlays", overlay))
 	if err != nil {
 		t.Fatal(err)
 	}
 	dir := t.TempDir()
 	// kustomize takes another kustomization only by a relative path.
-	rel, err := filepath.Rel(dir, overlay)
+	rel, err := filepath.Rel(dir, abs)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -67,25 +68,39 @@ patches:
 	}
 	out, err := e.Kubectl(ctx, "kustomize", dir)
 	if err != nil {
-		t.Fatalf("rendering deploy/overlays/local: %v", err)
+		t.Fatalf("rendering deploy/overlays/%s: %v", overlay, err)
 	}
-	var rbac bytes.Buffer
+	var objs []*unstructured.Unstructured
 	d := utilyaml.NewYAMLOrJSONDecoder(strings.NewReader(out), 4096)
 	for {
 		var obj map[string]any
 		if err := d.Decode(&obj); err != nil {
 			break
 		}
-		if kind, _ := obj["kind"].(string); rbacKinds[kind] {
-			b, err := yaml.Marshal(obj)
-			if err != nil {
-				t.Fatal(err)
-			}
-			fmt.Fprintf(&rbac, "---\n%s", b)
+		if obj != nil {
+			objs = append(objs, &unstructured.Unstructured{Object: obj})
 		}
 	}
+	return objs
+}
+
+// renderLocalRBAC renders deploy/overlays/local for node nodeName and returns its
+// ServiceAccount and RBAC objects as one YAML stream.
+func renderLocalRBAC(ctx context.Context, t *testing.T, e *framework.Env, nodeName string) []byte {
+	t.Helper()
+	var rbac bytes.Buffer
+	for _, obj := range renderOverlay(ctx, t, e, "local", nodeName) {
+		if !rbacKinds[obj.GetKind()] {
+			continue
+		}
+		b, err := yaml.Marshal(obj.Object)
+		if err != nil {
+			t.Fatal(err)
+		}
+		fmt.Fprintf(&rbac, "---\n%s", b)
+	}
 	if n := strings.Count(rbac.String(), "---\n"); n != 7 {
-		t.Fatalf("deploy/overlays/local renders %d ServiceAccount and RBAC objects, want 7:\n%s", n, out)
+		t.Fatalf("deploy/overlays/local renders %d ServiceAccount and RBAC objects, want 7:\n%s", n, rbac.String())
 	}
 	return rbac.Bytes()
 }

@@ -25,7 +25,6 @@ import (
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
 	"k8s.io/apimachinery/pkg/runtime/schema"
 	"k8s.io/apimachinery/pkg/util/wait"
-	utilyaml "k8s.io/apimachinery/pkg/util/yaml"
 	"k8s.io/utils/ptr"
 	"sigs.k8s.io/yaml"
 
@@ -36,56 +35,6 @@ import (
 
 // kipLabels select the pods of kip's Deployment (deploy/base).
 var kipLabels = "app.kubernetes.io/name=kip"
-
-// renderAWSOverlay renders deploy/overlays/aws with kubectl's kustomize, its Roles' names
-// following node nodeName as in renderLocalRBAC, and returns its objects.
-func renderAWSOverlay(ctx context.Context, t *testing.T, e *framework.Env, nodeName string) []*unstructured.Unstructured {
-	t.Helper()
-	overlay, err := filepath.Abs(filepath.Join("..", "..", "deploy", "overlays", "aws"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	dir := t.TempDir()
-	rel, err := filepath.Rel(dir, overlay)
-	if err != nil {
-		t.Fatal(err)
-	}
-	kust := fmt.Sprintf(`apiVersion: kustomize.config.k8s.io/v1beta1
-kind: Kustomization
-resources:
-- %s
-patches:
-- target: {kind: Role, name: kip, namespace: kube-system}
-  patch: |-
-    - {op: test, path: /rules/2/resourceNames, value: [kip-serving-kip, kip-enrollments-kip]}
-    - {op: replace, path: /rules/2/resourceNames, value: [kip-serving-%[2]s, kip-enrollments-%[2]s]}
-    - {op: test, path: /rules/4/resourceNames, value: [kip-kip]}
-    - {op: replace, path: /rules/4/resourceNames, value: [kip-%[2]s]}
-- target: {kind: Role, name: kip, namespace: kube-node-lease}
-  patch: |-
-    - {op: test, path: /rules/1/resourceNames, value: [kip]}
-    - {op: replace, path: /rules/1/resourceNames, value: [%[2]s]}
-`, rel, nodeName)
-	if err := os.WriteFile(filepath.Join(dir, "kustomization.yaml"), []byte(kust), 0o644); err != nil {
-		t.Fatal(err)
-	}
-	out, err := e.Kubectl(ctx, "kustomize", dir)
-	if err != nil {
-		t.Fatalf("rendering deploy/overlays/aws: %v", err)
-	}
-	var objs []*unstructured.Unstructured
-	d := utilyaml.NewYAMLOrJSONDecoder(strings.NewReader(out), 4096)
-	for {
-		var obj map[string]any
-		if err := d.Decode(&obj); err != nil {
-			break
-		}
-		if obj != nil {
-			objs = append(objs, &unstructured.Unstructured{Object: obj})
-		}
-	}
-	return objs
-}
 
 // findObject returns the object of kind and name in objs, or fails t.
 func findObject(t *testing.T, objs []*unstructured.Unstructured, kind, name string) *unstructured.Unstructured {
@@ -178,7 +127,7 @@ func TestInClusterAWS(t *testing.T) {
 
 	// The overlay, patched for this cluster: the image, the node's names, the fake, and pods
 	// on kip up's node (its taint tolerated).
-	objs := renderAWSOverlay(ctx, t, e, node)
+	objs := renderOverlay(ctx, t, e, "aws", node)
 	cm := findObject(t, objs, "ConfigMap", "kip-config")
 	var pc map[string]any
 	raw, _, _ := unstructured.NestedString(cm.Object, "data", "kip.yaml")
@@ -382,14 +331,7 @@ func TestInClusterAWS(t *testing.T) {
 		pod := framework.Pod("incluster-web", framework.Busybox("main",
 			"echo hello-from-incluster-kip; mkdir /www; echo peered > /www/index.html; exec httpd -f -p 8080 -h /www"))
 		onNode(&pod.Spec)
-		p, err := e.Client.CoreV1().Pods(ns).Create(ctx, pod, metav1.CreateOptions{})
-		if err != nil {
-			t.Fatal(err)
-		}
-		p, err = e.WaitForPod(ctx, ns, p.Name, 3*time.Minute, func(p *corev1.Pod) bool { return p.Status.Phase == corev1.PodRunning })
-		if err != nil {
-			t.Fatalf("pod not Running: %v\n%s", err, e.EventsFor(ctx, ns, pod.Name))
-		}
+		p := e.CreateRunning(ctx, t, ns, pod, 3*time.Minute)
 		if p.Spec.NodeName != node {
 			t.Errorf("pod on node %q, want %s", p.Spec.NodeName, node)
 		}
@@ -422,13 +364,7 @@ func TestInClusterAWS(t *testing.T) {
 		// instance while it is a peer, and not once it is not.
 		probe := framework.Pod("incluster-probe", framework.Busybox("main", "exec sleep 3600"))
 		probe.Spec.NodeSelector = map[string]string{"kubernetes.io/hostname": e.NodeName}
-		if _, err := e.Client.CoreV1().Pods(ns).Create(ctx, probe, metav1.CreateOptions{}); err != nil {
-			t.Fatal(err)
-		}
-		pp, err := e.WaitForPod(ctx, ns, probe.Name, 2*time.Minute, func(p *corev1.Pod) bool { return p.Status.Phase == corev1.PodRunning })
-		if err != nil {
-			t.Fatalf("probe pod not Running: %v", err)
-		}
+		pp := e.CreateRunning(ctx, t, ns, probe, 2*time.Minute)
 		fetch := func() string {
 			out, err := e.Kubectl(ctx, "exec", "-n", ns, pp.Name, "--", "sh", "-c",
 				"timeout 10 wget -q -O- http://"+net.JoinHostPort(p.Status.PodIP, "8080")+"/ 2>&1; echo exit=$?")
@@ -528,8 +464,10 @@ func TestInClusterAWS(t *testing.T) {
 		ae.waitTerminated(t, ins[0].ID)
 	})
 
-	// The leader goes (its pod deleted, as a drain or a rollout would): the follower, peered
-	// already, takes the Lease and the node, and launches the next pod's instance.
+	// The leader goes (its pod deleted, as a drain or a rollout would): another replica takes
+	// the Lease and the node, and launches the next pod's instance. The leader gives the Lease
+	// back only once its node has wound down, by which time the Deployment's replacement may be
+	// campaigning too: either survivor may win, so the replacement is peered before the wait.
 	t.Run("LeaderFailover", func(t *testing.T) {
 		i := slices.IndexFunc(kipPods, func(p corev1.Pod) bool { return strings.HasPrefix(holder, p.Name+"_") })
 		if i < 0 {
@@ -541,19 +479,12 @@ func TestInClusterAWS(t *testing.T) {
 			t.Fatal(err)
 		}
 		formerLogs = fmt.Sprintf("=== %s\n%s", leader.Name, out)
+		deleted := time.Now()
 		if err := e.Client.CoreV1().Pods("kube-system").Delete(ctx, leader.Name, metav1.DeleteOptions{}); err != nil {
 			t.Fatal(err)
 		}
-		err = wait.PollUntilContextTimeout(ctx, 500*time.Millisecond, 2*time.Minute, true, func(ctx context.Context) (bool, error) {
-			l, err := e.Client.CoordinationV1().Leases("kube-system").Get(ctx, "kip-"+node, metav1.GetOptions{})
-			return err == nil && strings.HasPrefix(ptr.Deref(l.Spec.HolderIdentity, ""), follower.Name+"_"), nil
-		})
-		if err != nil {
-			t.Fatalf("the follower %s did not take the Lease: %v", follower.Name, err)
-		}
-		// The Deployment's replacement is the new follower; peer it too.
 		var replacement corev1.Pod
-		err = wait.PollUntilContextTimeout(ctx, time.Second, 3*time.Minute, true, func(ctx context.Context) (bool, error) {
+		err = wait.PollUntilContextTimeout(ctx, 500*time.Millisecond, 3*time.Minute, true, func(ctx context.Context) (bool, error) {
 			l, err := e.Client.CoreV1().Pods("kube-system").List(ctx, metav1.ListOptions{LabelSelector: kipLabels})
 			if err != nil {
 				return false, err
@@ -577,17 +508,23 @@ func TestInClusterAWS(t *testing.T) {
 		if err := fake.SetPeers(peers[1-i], netip.PrefixFrom(a, 32)); err != nil {
 			t.Fatal(err)
 		}
+		var newHolder string
+		err = wait.PollUntilContextTimeout(ctx, 500*time.Millisecond, 2*time.Minute, true, func(ctx context.Context) (bool, error) {
+			l, err := e.Client.CoordinationV1().Leases("kube-system").Get(ctx, "kip-"+node, metav1.GetOptions{})
+			if err != nil {
+				return false, nil
+			}
+			newHolder = ptr.Deref(l.Spec.HolderIdentity, "")
+			return slices.ContainsFunc(kipPods, func(p corev1.Pod) bool { return strings.HasPrefix(newHolder, p.Name+"_") }), nil
+		})
+		if err != nil {
+			t.Fatalf("neither %s nor %s took the Lease (held by %q): %v", follower.Name, replacement.Name, newHolder, err)
+		}
+		t.Logf("%s leads %s after %s was deleted", newHolder, time.Since(deleted).Round(100*time.Millisecond), leader.Name)
 
-		pod := framework.Pod("incluster-after-failover", framework.Busybox("main", "echo led-by-the-follower; exec sleep 3600"))
+		pod := framework.Pod("incluster-after-failover", framework.Busybox("main", "echo led-after-the-failover; exec sleep 3600"))
 		onNode(&pod.Spec)
-		p, err := e.Client.CoreV1().Pods(ns).Create(ctx, pod, metav1.CreateOptions{})
-		if err != nil {
-			t.Fatal(err)
-		}
-		p, err = e.WaitForPod(ctx, ns, p.Name, 3*time.Minute, func(p *corev1.Pod) bool { return p.Status.Phase == corev1.PodRunning })
-		if err != nil {
-			t.Fatalf("pod not Running after the failover: %v\n%s", err, e.EventsFor(ctx, ns, pod.Name))
-		}
+		p := e.CreateRunning(ctx, t, ns, pod, 3*time.Minute)
 		ins := ae.instancesOf(string(p.UID))
 		if len(ins) != 1 {
 			t.Fatalf("pod %s has %d instances of the fake, want 1", p.Name, len(ins))
@@ -595,10 +532,10 @@ func TestInClusterAWS(t *testing.T) {
 		var logs string
 		err = wait.PollUntilContextTimeout(ctx, 500*time.Millisecond, time.Minute, true, func(ctx context.Context) (bool, error) {
 			logs, err = e.Kubectl(ctx, "logs", "-n", ns, p.Name)
-			return err == nil && strings.TrimSpace(logs) == "led-by-the-follower", nil
+			return err == nil && strings.TrimSpace(logs) == "led-after-the-failover", nil
 		})
 		if err != nil {
-			t.Errorf("kubectl logs = %q, %v; want led-by-the-follower", logs, err)
+			t.Errorf("kubectl logs = %q, %v; want led-after-the-failover", logs, err)
 		}
 		if err := e.Client.CoreV1().Pods(ns).Delete(ctx, p.Name, metav1.DeleteOptions{}); err != nil {
 			t.Fatal(err)

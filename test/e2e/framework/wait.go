@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"strings"
+	"testing"
 	"time"
 
 	corev1 "k8s.io/api/core/v1"
@@ -66,6 +67,21 @@ func (e *Env) WaitForPod(ctx context.Context, ns, name string, timeout time.Dura
 		return last, fmt.Errorf("waiting for pod %s/%s: %w; last seen: %s", ns, name, err, DescribePod(last))
 	}
 	return ev.Object.(*corev1.Pod), nil
+}
+
+// CreateRunning creates pod in ns and waits up to timeout for it to be Running; it fails t,
+// with the pod's Events, if it is not.
+func (e *Env) CreateRunning(ctx context.Context, t testing.TB, ns string, pod *corev1.Pod, timeout time.Duration) *corev1.Pod {
+	t.Helper()
+	p, err := e.Client.CoreV1().Pods(ns).Create(ctx, pod, metav1.CreateOptions{})
+	if err != nil {
+		t.Fatalf("creating pod %s/%s: %v", ns, pod.Name, err)
+	}
+	p, err = e.WaitForPod(ctx, ns, p.Name, timeout, func(p *corev1.Pod) bool { return p.Status.Phase == corev1.PodRunning })
+	if err != nil {
+		t.Fatalf("pod not Running: %v\n%s", err, e.EventsFor(ctx, ns, pod.Name))
+	}
+	return p
 }
 
 // WaitForPodGone waits until pod ns/name no longer exists.
