@@ -64,7 +64,7 @@ if [ ${#e2e[@]} -gt 0 ]; then
     KIP_CP_BIN=$(hack/build-control-plane.sh | tail -n1); export KIP_CP_BIN
   fi
   go build -o bin/ ./cmd/...
-  KIP_BIN=$root/bin run_all -tags e2e "${e2e[@]}" || rc=1
+  KIP_BIN=$root/bin run_all -tags e2e -v "${e2e[@]}" || rc=1
 fi
 
 echo
