@@ -46,9 +46,20 @@ func (l Limits) shares() uint64 { return uint64(max(int64(l.CPUs*1024), 2)) }
 func (l Limits) quota() int64   { return int64(l.CPUs * cfsPeriod) }
 
 // CreateCell makes a cell's cgroup (dirs, from Dirs) sized by l, with the agent's leaf on a
-// cgroup v2-only host.
+// cgroup v2-only host. The memory limit and the CPU weight bind the whole cell; the CPU quota
+// binds only its pods' parent (PodsParent below each dir, made here), as kubelet keeps its
+// own and the runtime's work out of the pods' CPU: the agent's and runc's work to start a
+// container is not charged to the quota the pod's containers share, which on a quarter CPU
+// would hold each start for several quota periods.
 func (f *FS) CreateCell(dirs []string, l Limits) error {
-	if err := f.Create(dirs, l); err != nil {
+	if err := f.create(dirs, l, false); err != nil {
+		return err
+	}
+	pods := make([]string, 0, len(dirs))
+	for _, d := range dirs {
+		pods = append(pods, filepath.Join(d, PodsParent))
+	}
+	if err := f.create(pods, Limits{CPUs: l.CPUs}, true); err != nil {
 		return err
 	}
 	if f.mode != Unified {
@@ -79,10 +90,13 @@ func (f *FS) AgentDirs(cellDirs []string) []string {
 // sets l in each: cpu.cfs_quota_us, cpu.cfs_period_us, cpu.shares and memory.limit_in_bytes
 // where the hierarchy has them (v1), or cpu.max, cpu.weight and memory.max after enabling
 // the cpu and memory controllers down to dirs (v2). A controller the host lacks is skipped.
-func (f *FS) Create(dirs []string, l Limits) error {
+func (f *FS) Create(dirs []string, l Limits) error { return f.create(dirs, l, true) }
+
+// create is Create; without quota it sets l's CPU weight but no CPU quota.
+func (f *FS) create(dirs []string, l Limits, quota bool) error {
 	if f.mode == Unified {
 		for _, d := range dirs {
-			if err := createV2(f.root, d, l); err != nil {
+			if err := createV2(f.root, d, l, quota); err != nil {
 				return err
 			}
 		}
@@ -94,14 +108,14 @@ func (f *FS) Create(dirs []string, l Limits) error {
 		}
 	}
 	for _, d := range dirs {
-		if err := setV1(d, l); err != nil {
+		if err := setV1(d, l, quota); err != nil {
 			return err
 		}
 	}
 	return nil
 }
 
-func setV1(d string, l Limits) error {
+func setV1(d string, l Limits, quota bool) error {
 	if l.MemoryBytes != 0 && exists(d, "memory.limit_in_bytes") {
 		if err := (&v1.MemoryGroup{}).Set(d, &cgroups.Resources{Memory: l.MemoryBytes}); err != nil {
 			return fmt.Errorf("setting memory limit of %s: %w", d, err)
@@ -114,7 +128,7 @@ func setV1(d string, l Limits) error {
 	if exists(d, "cpu.shares") {
 		r.CpuShares = l.shares()
 	}
-	if exists(d, "cpu.cfs_quota_us") {
+	if quota && exists(d, "cpu.cfs_quota_us") {
 		r.CpuPeriod, r.CpuQuota = cfsPeriod, l.quota()
 	}
 	if err := (&v1.CpuGroup{}).Set(d, &r); err != nil {
@@ -123,7 +137,7 @@ func setV1(d string, l Limits) error {
 	return nil
 }
 
-func createV2(root, d string, l Limits) error {
+func createV2(root, d string, l Limits, quota bool) error {
 	if err := os.MkdirAll(d, 0o755); err != nil {
 		return fmt.Errorf("creating cgroup %s: %w", d, err)
 	}
@@ -139,7 +153,9 @@ func createV2(root, d string, l Limits) error {
 		r.Memory = l.MemoryBytes
 	}
 	if slices.Contains(has, "cpu") && l.CPUs != 0 {
-		r.CpuPeriod, r.CpuQuota = cfsPeriod, l.quota()
+		if quota {
+			r.CpuPeriod, r.CpuQuota = cfsPeriod, l.quota()
+		}
 		r.CpuWeight = cgroups.ConvertCPUSharesToCgroupV2Value(l.shares())
 	}
 	m, err := fs2.NewManager(&cgroups.Cgroup{Resources: &cgroups.Resources{SkipDevices: true}}, d)

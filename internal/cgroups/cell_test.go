@@ -9,7 +9,8 @@ import (
 	"time"
 )
 
-// TestCreateCell sizes a cell for 1.5 CPUs and 256 MiB in each layout. The cell's
+// TestCreateCell sizes a cell for 1.5 CPUs and 256 MiB in each layout: the memory limit and
+// CPU weight on the cell, the CPU quota on its pods' parent (kip below it). The cell's
 // directories are laid out first with the files a kernel puts in a new cgroup (a fake tree
 // cannot make them appear on mkdir), or left out to check that they are made.
 func TestCreateCell(t *testing.T) {
@@ -25,6 +26,8 @@ func TestCreateCell(t *testing.T) {
 		tree: hybridTree, self: hybridSelf,
 		extra: tree{
 			"cpu/kip/c1/cpu.shares": "1024", "cpu/kip/c1/cpu.cfs_period_us": "100000", "cpu/kip/c1/cpu.cfs_quota_us": "-1",
+			"cpu/kip/c1/kip/cpu.shares": "1024", "cpu/kip/c1/kip/cpu.cfs_period_us": "100000", "cpu/kip/c1/kip/cpu.cfs_quota_us": "-1",
+			"cpuset/kip/c1/kip/cpuset.cpus": "", "cpuset/kip/c1/kip/cpuset.mems": "",
 			"memory/process_api/p1/kip/c1/memory.limit_in_bytes": "9223372036854771712",
 			// a parent another launch made but has not filled in yet, and a new cell
 			"cpuset/kip/cpuset.cpus": "", "cpuset/kip/cpuset.mems": "",
@@ -32,8 +35,12 @@ func TestCreateCell(t *testing.T) {
 		},
 		want: map[string]string{
 			"cpu/kip/c1/cpu.shares":                              "1536",
-			"cpu/kip/c1/cpu.cfs_period_us":                       "100000",
-			"cpu/kip/c1/cpu.cfs_quota_us":                        "150000",
+			"cpu/kip/c1/cpu.cfs_quota_us":                        "-1",
+			"cpu/kip/c1/kip/cpu.shares":                          "1536",
+			"cpu/kip/c1/kip/cpu.cfs_period_us":                   "100000",
+			"cpu/kip/c1/kip/cpu.cfs_quota_us":                    "150000",
+			"cpuset/kip/c1/kip/cpuset.cpus":                      "0-1",
+			"memory/process_api/p1/kip/c1/kip/":                  "",
 			"memory/process_api/p1/kip/c1/memory.limit_in_bytes": mem,
 			"cpuset/kip/cpuset.cpus":                             "0-1",
 			"cpuset/kip/cpuset.mems":                             "0",
@@ -54,16 +61,22 @@ func TestCreateCell(t *testing.T) {
 			"user.slice/kip/cgroup.controllers": "cpu memory", "user.slice/kip/cgroup.subtree_control": "",
 			"user.slice/kip/c1/cgroup.controllers": "cpu memory", "user.slice/kip/c1/memory.max": "max",
 			"user.slice/kip/c1/cpu.max": "max 100000", "user.slice/kip/c1/cpu.weight": "100",
+			"user.slice/kip/c1/cgroup.subtree_control": "",
+			"user.slice/kip/c1/kip/cgroup.controllers": "cpu memory",
+			"user.slice/kip/c1/kip/cpu.max":            "max 100000", "user.slice/kip/c1/kip/cpu.weight": "100",
 		},
 		want: map[string]string{
-			"cgroup.subtree_control":                  "+cpu +memory",
-			"user.slice/cgroup.subtree_control":       "+cpu +memory",
-			"user.slice/kip/cgroup.subtree_control":   "+cpu +memory",
-			"user.slice/kip/c1/memory.max":            mem,
-			"user.slice/kip/c1/cpu.max":               "150000 100000",
-			"user.slice/kip/c1/cpu.weight":            "138", // runc's conversion of 1536 shares
-			"user.slice/kip/c1/agent/":                "",
-			"user.slice/kip/c1/memory.limit_in_bytes": "<missing>",
+			"cgroup.subtree_control":                   "+cpu +memory",
+			"user.slice/cgroup.subtree_control":        "+cpu +memory",
+			"user.slice/kip/cgroup.subtree_control":    "+cpu +memory",
+			"user.slice/kip/c1/memory.max":             mem,
+			"user.slice/kip/c1/cpu.max":                "max 100000",
+			"user.slice/kip/c1/cpu.weight":             "138", // runc's conversion of 1536 shares
+			"user.slice/kip/c1/cgroup.subtree_control": "+cpu +memory",
+			"user.slice/kip/c1/kip/cpu.max":            "150000 100000",
+			"user.slice/kip/c1/kip/cpu.weight":         "138",
+			"user.slice/kip/c1/agent/":                 "",
+			"user.slice/kip/c1/memory.limit_in_bytes":  "<missing>",
 		},
 	}, {
 		name: "unified, controllers already enabled and memory not on offer",
@@ -72,11 +85,14 @@ func TestCreateCell(t *testing.T) {
 		extra: tree{
 			"kip/cgroup.controllers": "cpu pids", "kip/cgroup.subtree_control": "cpu",
 			"kip/c1/cgroup.controllers": "cpu", "kip/c1/cpu.max": "max 100000", "kip/c1/cpu.weight": "100",
+			"kip/c1/cgroup.subtree_control": "",
+			"kip/c1/kip/cgroup.controllers": "cpu", "kip/c1/kip/cpu.max": "max 100000", "kip/c1/kip/cpu.weight": "100",
 		},
 		want: map[string]string{
 			"cgroup.subtree_control":     "cpu pids", // untouched: nothing to add
 			"kip/cgroup.subtree_control": "cpu",
-			"kip/c1/cpu.max":             "150000 100000",
+			"kip/c1/cpu.max":             "max 100000",
+			"kip/c1/kip/cpu.max":         "150000 100000",
 			"kip/c1/memory.max":          "<missing>",
 		},
 	}} {

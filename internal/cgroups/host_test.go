@@ -93,8 +93,10 @@ func TestCellOnHost(t *testing.T) {
 	if err := f.CreateCell(dirs, Limits{CPUs: 0.5, MemoryBytes: 64 << 20}); err != nil {
 		t.Fatalf("CreateCell: %v", err)
 	}
-	limits := map[string]string{"memory.limit_in_bytes": "67108864", "cpu.cfs_quota_us": "50000", "cpu.shares": "512",
-		"memory.max": "67108864", "cpu.max": "50000 100000"}
+	// The cell: memory limit and CPU weight; its pods' parent: the CPU quota.
+	limits := map[string]string{"memory.limit_in_bytes": "67108864", "cpu.shares": "512", "memory.max": "67108864",
+		"cpu.cfs_quota_us": "-1", "cpu.max": "max 100000",
+		PodsParent + "/cpu.cfs_quota_us": "50000", PodsParent + "/cpu.max": "50000 100000"}
 	found := 0
 	for _, d := range dirs {
 		for file, want := range limits {

@@ -133,11 +133,14 @@ func TestCell(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	// The cell holds the memory limit and CPU weight; the quota binds its pods' parent only,
+	// so the agent's own work is not charged to it (cgroups.CreateCell).
 	want := map[string]string{
-		"memory.limit_in_bytes": strconv.Itoa(256 << 20),
-		"cpu.cfs_quota_us":      "25000",
-		"cpu.cfs_period_us":     "100000",
-		"cpu.shares":            "256",
+		"memory.limit_in_bytes":                   strconv.Itoa(256 << 20),
+		"cpu.shares":                              "256",
+		"cpu.cfs_quota_us":                        "-1",
+		cgroups.PodsParent + "/cpu.cfs_quota_us":  "25000",
+		cgroups.PodsParent + "/cpu.cfs_period_us": "100000",
 	}
 	seen := map[string]bool{}
 	for _, d := range r.meta.Cgroups {
