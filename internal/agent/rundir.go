@@ -3,10 +3,9 @@ package agent
 import (
 	"fmt"
 	"os"
-	"path/filepath"
 	"strconv"
-	"strings"
 
+	"github.com/moby/sys/mountinfo"
 	"golang.org/x/sys/unix"
 )
 
@@ -24,9 +23,9 @@ func MountRunDir(dir string) error {
 	if err := os.MkdirAll(dir, 0o700); err != nil {
 		return fmt.Errorf("creating %s: %w", dir, err)
 	}
-	mounted, err := isMountPoint(dir)
+	mounted, err := mountinfo.Mounted(dir)
 	if err != nil {
-		return err
+		return fmt.Errorf("checking whether %s is a mount point: %w", dir, err)
 	}
 	if mounted {
 		return nil
@@ -36,25 +35,6 @@ func MountRunDir(dir string) error {
 		return fmt.Errorf("mounting a tmpfs on %s: %w", dir, err)
 	}
 	return nil
-}
-
-// isMountPoint reports whether dir is a mount point in /proc/self/mountinfo.
-func isMountPoint(dir string) (bool, error) {
-	abs, err := filepath.Abs(dir)
-	if err != nil {
-		return false, err
-	}
-	b, err := os.ReadFile("/proc/self/mountinfo")
-	if err != nil {
-		return false, fmt.Errorf("reading mounts: %w", err)
-	}
-	for _, line := range strings.Split(string(b), "\n") {
-		f := strings.Fields(line)
-		if len(f) >= 5 && strings.ReplaceAll(f[4], `\040`, " ") == abs {
-			return true, nil
-		}
-	}
-	return false, nil
 }
 
 // UnmountRunDir detaches the tmpfs MountRunDir made, and its contents with it; the agent

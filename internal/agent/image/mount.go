@@ -3,11 +3,13 @@ package image
 import (
 	"errors"
 	"fmt"
+	"io/fs"
 	"os"
 	"path/filepath"
 	"strings"
 	"sync"
 
+	"github.com/moby/sys/mountinfo"
 	"golang.org/x/sys/unix"
 )
 
@@ -37,8 +39,8 @@ func (s *Store) MountRootFS(img *Image, dir string) (rootfs string, unmount func
 	if err := os.MkdirAll(dir, 0o700); err != nil {
 		return "", nil, fmt.Errorf("mounting rootfs: %w", err)
 	}
-	if mounted, err := isMountPoint(merged); err != nil {
-		return "", nil, fmt.Errorf("mounting rootfs: %w", err)
+	if mounted, err := mountinfo.Mounted(merged); err != nil && !errors.Is(err, fs.ErrNotExist) {
+		return "", nil, fmt.Errorf("mounting rootfs: checking whether %s is a mount point: %w", merged, err)
 	} else if mounted {
 		return "", nil, fmt.Errorf("mounting rootfs: %s is already mounted", merged)
 	}
@@ -84,21 +86,6 @@ func (s *Store) MountRootFS(img *Image, dir string) (rootfs string, unmount func
 		return nil
 	})
 	return merged, unmount, nil
-}
-
-// isMountPoint reports whether p is mounted on (its device differs from its parent's).
-func isMountPoint(p string) (bool, error) {
-	var st, pst unix.Stat_t
-	if err := unix.Lstat(p, &st); err != nil {
-		if errors.Is(err, unix.ENOENT) {
-			return false, nil
-		}
-		return false, fmt.Errorf("inspecting %s: %w", p, err)
-	}
-	if err := unix.Lstat(filepath.Dir(p), &pst); err != nil {
-		return false, fmt.Errorf("inspecting %s: %w", filepath.Dir(p), err)
-	}
-	return st.Dev != pst.Dev, nil
 }
 
 // removeIfExists removes the empty directory p (never recursively: it was a mount point).

@@ -5,11 +5,9 @@ import (
 	"errors"
 	"fmt"
 	"io/fs"
-	"os"
 	"path/filepath"
 	"slices"
 	"strconv"
-	"strings"
 	"time"
 
 	"golang.org/x/sys/unix"
@@ -18,6 +16,7 @@ import (
 	resourcehelper "k8s.io/component-helpers/resource"
 
 	"github.com/kip-dev/kip/internal/cellapi"
+	"github.com/moby/sys/mountinfo"
 )
 
 // emptyDir volumes as kubelet's pkg/volume/emptydir and eviction manager treat them:
@@ -88,16 +87,14 @@ func podMemoryLimited(pod *corev1.Pod) bool {
 // every emptyDir volume of medium Memory under dir. A directory that is a mount point
 // already (the pod put again after an agent restart) keeps its mount and its files.
 func mountMemoryVolumes(dir string, pod *corev1.Pod, cellMemory int64) error {
-	mounted, err := mountsUnder(dir)
-	if err != nil {
-		return err
-	}
 	for _, v := range pod.Spec.Volumes {
 		if v.EmptyDir == nil || v.EmptyDir.Medium != corev1.StorageMediumMemory {
 			continue
 		}
 		vdir := filepath.Join(dir, volumesDir, v.Name)
-		if slices.Contains(mounted, vdir) {
+		if mounted, err := mountPoint(vdir); err != nil {
+			return err
+		} else if mounted {
 			continue
 		}
 		opts := "mode=0777"
@@ -125,12 +122,8 @@ func memoryBackedAPIData(v *corev1.Volume) bool {
 // pod put again after an agent restart) is kept. Its pages are charged to the agent's memory
 // cgroup, inside the cell.
 func mountAPIDataTmpfs(vdir string, pod *corev1.Pod, cellMemory int64) error {
-	mounted, err := mountsUnder(vdir)
-	if err != nil {
+	if mounted, err := mountPoint(vdir); err != nil || mounted {
 		return err
-	}
-	if slices.Contains(mounted, vdir) {
-		return nil
 	}
 	var opts string
 	if n := tmpfsSize(pod, &corev1.EmptyDirVolumeSource{Medium: corev1.StorageMediumMemory}, cellMemory); n > 0 {
@@ -162,43 +155,31 @@ func unmountUnder(dir string) error {
 	return errors.Join(errs...)
 }
 
-// mountsUnder lists the mount points at or below dir, from /proc/self/mountinfo.
+// mountsUnder lists the mount points at or below dir. It reads the whole mount table, whose
+// size grows with every cell on the host: for one directory, mountPoint.
 func mountsUnder(dir string) ([]string, error) {
-	b, err := os.ReadFile("/proc/self/mountinfo")
+	infos, err := mountinfo.GetMounts(mountinfo.PrefixFilter(dir))
 	if err != nil {
 		return nil, fmt.Errorf("reading mounts: %w", err)
 	}
-	var out []string
-	for _, line := range strings.Split(string(b), "\n") {
-		f := strings.Fields(line)
-		if len(f) < 5 {
-			continue
-		}
-		mp := unescapeMountPath(f[4])
-		if mp == dir || strings.HasPrefix(mp, dir+"/") {
-			out = append(out, mp)
-		}
+	out := make([]string, 0, len(infos))
+	for _, m := range infos {
+		out = append(out, m.Mountpoint)
 	}
 	return out, nil
 }
 
-// unescapeMountPath undoes mountinfo's octal escapes (\040 for a space).
-func unescapeMountPath(s string) string {
-	if !strings.Contains(s, `\`) {
-		return s
+// mountPoint reports whether dir is a mount point, without reading the mount table (openat2
+// or stat on dir and its parent); a dir that does not exist is none.
+func mountPoint(dir string) (bool, error) {
+	mounted, err := mountinfo.Mounted(dir)
+	if errors.Is(err, fs.ErrNotExist) {
+		return false, nil
 	}
-	var b strings.Builder
-	for i := 0; i < len(s); i++ {
-		if s[i] == '\\' && i+4 <= len(s) {
-			if n, err := strconv.ParseUint(s[i+1:i+4], 8, 8); err == nil {
-				b.WriteByte(byte(n))
-				i += 3
-				continue
-			}
-		}
-		b.WriteByte(s[i])
+	if err != nil {
+		return false, fmt.Errorf("checking whether %s is a mount point: %w", dir, err)
 	}
-	return b.String()
+	return mounted, nil
 }
 
 // diskUsage is what du counts under dir: allocated blocks, each inode once, without

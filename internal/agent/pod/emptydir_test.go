@@ -61,14 +61,6 @@ func TestTmpfsSize(t *testing.T) {
 	}
 }
 
-func TestUnescapeMountPath(t *testing.T) {
-	for in, want := range map[string]string{`/a/b`: "/a/b", `/a\040b`: "/a b", `/x\134y`: `/x\y`, `/end\04`: `/end\04`} {
-		if got := unescapeMountPath(in); got != want {
-			t.Errorf("unescapeMountPath(%q) = %q, want %q", in, got, want)
-		}
-	}
-}
-
 // TestDiskUsage counts allocated blocks, a hard-linked file once.
 func TestDiskUsage(t *testing.T) {
 	dir := t.TempDir()

@@ -4,7 +4,6 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
-	"slices"
 	"strconv"
 
 	"golang.org/x/sys/unix"
@@ -30,12 +29,8 @@ func mountPodShm(dir string) error {
 	if err := os.MkdirAll(target, 0o755); err != nil {
 		return fmt.Errorf("creating the pod's /dev/shm: %w", err)
 	}
-	mounted, err := mountsUnder(target)
-	if err != nil {
+	if mounted, err := mountPoint(target); err != nil || mounted {
 		return err
-	}
-	if slices.Contains(mounted, target) {
-		return nil
 	}
 	opts := "mode=1777,size=" + strconv.Itoa(shmSize)
 	if err := unix.Mount("shm", target, "tmpfs", unix.MS_NOSUID|unix.MS_NODEV|unix.MS_NOEXEC, opts); err != nil {
