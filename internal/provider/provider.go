@@ -80,7 +80,13 @@ type Provider struct {
 	cpu map[string]cpuSample
 	// finished holds the UIDs of deleted pods whose API object kip has removed (or is removing).
 	finished map[types.UID]struct{}
+	// pruneAt is the size of finished at which removeObject next forgets the UIDs of pods the
+	// cells no longer know (pruneFinished), so that neither map grows with every pod ever run.
+	pruneAt int
 }
+
+// minPruneAt is pruneAt's floor: below it, no pruning.
+const minPruneAt = 1024
 
 var (
 	_ nodeutil.Provider = (*Provider)(nil)
@@ -112,6 +118,7 @@ func New(cfg Config) (*Provider, error) {
 		deleting: map[types.UID]struct{}{},
 		cpu:      map[string]cpuSample{},
 		finished: map[types.UID]struct{}{},
+		pruneAt:  minPruneAt,
 	}, nil
 }
 
@@ -243,6 +250,7 @@ func (p *Provider) removeObject(ctx context.Context, pod *corev1.Pod) {
 	if p.cfg.Pods == nil {
 		return
 	}
+	p.pruneFinished()
 	p.mu.Lock()
 	if _, done := p.finished[pod.UID]; done {
 		p.mu.Unlock()
@@ -270,6 +278,36 @@ func (p *Provider) removeObject(ctx context.Context, pod *corev1.Pod) {
 			p.mu.Unlock()
 		}
 	}()
+}
+
+// pruneFinished forgets the UIDs in finished and deleting of pods the cells no longer know
+// (their cells are gone: no status of theirs comes any more), once finished has reached
+// pruneAt; pruneAt then doubles what is left, so the cost is constant per pod. The cells are
+// listed without p.mu held: their notifications call in with their own locks held.
+func (p *Provider) pruneFinished() {
+	p.mu.Lock()
+	due := len(p.finished) >= p.pruneAt
+	p.mu.Unlock()
+	if !due {
+		return
+	}
+	live := map[types.UID]bool{}
+	for _, pod := range p.cells.ListPods() {
+		live[pod.UID] = true
+	}
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	for uid := range p.finished {
+		if !live[uid] {
+			delete(p.finished, uid)
+		}
+	}
+	for uid := range p.deleting {
+		if !live[uid] {
+			delete(p.deleting, uid)
+		}
+	}
+	p.pruneAt = max(minPruneAt, 2*len(p.finished))
 }
 
 // anyRunning reports whether some (init) container of the pod is running.

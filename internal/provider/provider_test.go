@@ -592,3 +592,29 @@ func TestGetContainerLogsFromTheArchive(t *testing.T) {
 		t.Error("logs of an unreachable agent without an archive: no error")
 	}
 }
+
+// TestFinishedIsPruned: the UIDs of finished deletions are forgotten once their pods' cells
+// are gone, so the set does not grow with every pod ever deleted; a pod the cells still know
+// keeps its UID (no second delete while its cell drains).
+func TestFinishedIsPruned(t *testing.T) {
+	live := runningPod("ns", "draining", "app")
+	c := newFakeCells(live)
+	p, err := New(Config{NodeName: "kip", Cells: c, Pods: k8sfake.NewClientset().CoreV1()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	p.removeObject(context.Background(), live)
+	for i := range 10 * minPruneAt {
+		gone := runningPod("ns", fmt.Sprintf("gone-%d", i), "app")
+		gone.UID = types.UID(fmt.Sprintf("gone-%d", i))
+		p.removeObject(context.Background(), gone)
+	}
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if n := len(p.finished); n > minPruneAt+1 {
+		t.Errorf("%d finished UIDs kept after %d deletions of pods whose cells are gone, want at most %d", n, 10*minPruneAt, minPruneAt+1)
+	}
+	if _, ok := p.finished[live.UID]; !ok {
+		t.Error("the UID of a pod whose cell still drains was forgotten")
+	}
+}
