@@ -39,7 +39,7 @@ import (
 //
 //	kip-cell --bootstrap FILE [--state-dir DIR] [--runc PATH] [--cgroup-parent NAME]
 //	         [--backoff-base 10s] [--backoff-max 5m] [--services=true]
-//	         [--image-store DIR] [--image-store-max-bytes N] [--start-fd N] [--ready-fd N]
+//	         [--image-store DIR] [--image-store-max-bytes N] [--start-slots N] [--start-fd N] [--ready-fd N]
 //	         [--gpu-dev-root /dev] [--gpu-lib-dirs DIR,...] [--guard-metadata]
 //	kip-cell enroll --bootstrap FILE [--state-dir DIR] [--timeout 15m]
 //	kip-cell pull [--state-dir DIR] [--image-store DIR] [--default-registry HOST]
@@ -81,6 +81,7 @@ func Run(ctx context.Context, args []string, stdout io.Writer) error {
 	backOffMax := fs.Duration("backoff-max", pod.DefaultBackOff.Max, "longest back-off (kubelet: 5m)")
 	imageStore := fs.String("image-store", "", "directory of unpacked images shared with the other agents of this host (the local backend's image store); empty: the agent's own, under --state-dir")
 	imageStoreMax := fs.Int64("image-store-max-bytes", 0, "cap on the unpacked images in --image-store: unused ones are removed, least recently used first; 0: no cap")
+	startSlots := fs.Int("start-slots", 0, "how many container starts may run at once across the agents sharing --image-store (flocked slots in its start-slots/); 0: no bound")
 	services := fs.Bool("services", true, "program the cluster's Services and the pod's hostPorts (nftables) into this network namespace, the cell's; false refuses service tables and leaves hostPorts unmapped")
 	gpuDevRoot := fs.String("gpu-dev-root", "/dev", "where the instance's GPU device nodes are (nvidia<N>, nvidiactl, kfd, dri/renderD<N>)")
 	gpuLibDirs := fs.String("gpu-lib-dirs", "", "comma-separated directories of the NVIDIA driver's libraries (default: those ldconfig -p lists)")
@@ -144,9 +145,15 @@ func Run(ctx context.Context, args []string, stdout io.Writer) error {
 		return err
 	}
 	defer agent.UnmountRunDir(runDir)
-	rt, err := runtime.NewRunc(*runcPath, filepath.Join(runDir, "runc"))
+	runc, err := runtime.NewRunc(*runcPath, filepath.Join(runDir, "runc"))
 	if err != nil {
 		return err
+	}
+	var rt runtime.Runtime = runc
+	if *startSlots > 0 && *imageStore != "" {
+		if rt, err = runtime.WithStartSlots(runc, filepath.Join(*imageStore, "start-slots"), *startSlots); err != nil {
+			return err
+		}
 	}
 	cg, err := cgroups.Open("/sys/fs/cgroup", "/proc/self/cgroup")
 	if err != nil {

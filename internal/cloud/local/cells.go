@@ -286,6 +286,9 @@ func (b *Backend) boot(id string, spec cloud.LaunchSpec, it instancetype.Instanc
 	if b.cfg.ImageStoreMaxBytes > 0 {
 		argv = append(argv, "--image-store-max-bytes", strconv.FormatInt(b.cfg.ImageStoreMaxBytes, 10))
 	}
+	if b.cfg.StartSlots > 0 {
+		argv = append(argv, "--start-slots", strconv.Itoa(b.cfg.StartSlots))
+	}
 	var agentCgroups []string
 	if !r.meta.ProcessOnly {
 		agentCgroups = b.cg.AgentDirs(r.meta.Cgroups)

@@ -17,6 +17,7 @@ import (
 	"net"
 	"os"
 	"path/filepath"
+	"runtime"
 	"slices"
 	"strings"
 	"sync"
@@ -81,6 +82,9 @@ type Config struct {
 	// ImageStoreMaxBytes caps ImageStore: after a pull, the agent removes images no running
 	// cell uses, least recently used first, until the rest fit. 0 is no cap.
 	ImageStoreMaxBytes int64
+	// StartSlots bounds how many containers the host's agents start at once (kip-cell
+	// --start-slots): 0 means twice the host's CPU count, a negative number no bound.
+	StartSlots int
 	// AgentEnv is added to the agent's environment.
 	AgentEnv []string
 	// Catalog replaces DefaultCatalog.
@@ -193,6 +197,9 @@ func (c *Config) defaults() error {
 	}
 	if c.ImageStore == "" {
 		c.ImageStore = filepath.Join(c.StateDir, "images")
+	}
+	if c.StartSlots == 0 {
+		c.StartSlots = 2 * runtime.NumCPU()
 	}
 	if !filepath.IsAbs(c.ImageStore) || strings.ContainsAny(c.ImageStore, ",:") {
 		return fmt.Errorf("local backend config: ImageStore %q must be an absolute path without ',' or ':' (overlayfs options)", c.ImageStore)

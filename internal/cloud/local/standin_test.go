@@ -63,6 +63,7 @@ func standinAgent(args []string) error {
 	readyFD := fs.Int("ready-fd", -1, "descriptor to write a byte on once serving, as kip-cell")
 	imageStore := fs.String("image-store", "", "the host's shared image store (kip-cell's flag)")
 	fs.Int64("image-store-max-bytes", 0, "its cap (kip-cell's flag)")
+	fs.Int("start-slots", 0, "how many container starts at once on the host (kip-cell's flag)")
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
