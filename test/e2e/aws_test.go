@@ -546,4 +546,54 @@ func TestAWSCells(t *testing.T) {
 			e.waitTerminated(t, in.ID)
 		}
 	}
+
+	// A standby pool on AWS: the warm instance is bound by tagging it with the pod
+	// (CreateTags), and the pod runs on it; no other instance is launched for the pod.
+	t.Run("StandbyCell", func(t *testing.T) {
+		mk := func(name string) *corev1.Pod {
+			p := framework.Pod(name, framework.Busybox("main", "echo warm-on-ec2; exec sleep 3600"))
+			p.Spec.TerminationGracePeriodSeconds = new(int64)
+			return p
+		}
+		// The type kip picks for such a pod, from a first one's instance.
+		first := e.CreateRunning(ctx, t, ns, mk("aws-type-probe"), 2*time.Minute)
+		ins := e.instancesOf(string(first.UID))
+		if len(ins) != 1 {
+			t.Fatalf("pod %s has %d instances, want 1", first.Name, len(ins))
+		}
+		if err := e.Client.CoreV1().Pods(ns).Delete(ctx, first.Name, metav1.DeleteOptions{}); err != nil {
+			t.Fatal(err)
+		}
+		e.waitTerminated(t, ins[0].ID)
+
+		restore := withStandbyKip(ctx, t, e.Env, ins[0].InstanceType, 1)
+		defer restore()
+		cell, ip, _, err := waitStandbyCell(ctx, e.Env, 3*time.Minute)
+		if err != nil {
+			t.Fatalf("no standby cell: %v\n%s", err, e.Kip.LogTail(40))
+		}
+		p := e.CreateRunning(ctx, t, ns, mk("aws-warm"), 2*time.Minute)
+		if _, err := e.WaitForEvent(ctx, ns, p.Name, "CellBound", 30*time.Second); err != nil {
+			t.Errorf("no CellBound event: %v\n%s", err, e.EventsFor(ctx, ns, p.Name))
+		}
+		bound := e.instancesOf(string(p.UID))
+		if len(bound) != 1 {
+			t.Fatalf("pod %s has %d instances, want the standby one: %+v", p.Name, len(bound), bound)
+		}
+		if in := bound[0]; in.Tags[cloud.TagStandby] != "true" || in.Tags[cloud.TagCellID] != cell || in.PrivateIP != ip || p.Status.PodIP != ip {
+			t.Errorf("pod %s on instance %s (tags %v, address %s, pod IP %s); want standby cell %s at %s", p.Name, in.ID, in.Tags, in.PrivateIP, p.Status.PodIP, cell, ip)
+		}
+		var logs string
+		err = wait.PollUntilContextTimeout(ctx, 500*time.Millisecond, time.Minute, true, func(ctx context.Context) (bool, error) {
+			logs, err = e.Kubectl(ctx, "logs", "-n", ns, p.Name)
+			return err == nil && strings.TrimSpace(logs) == "warm-on-ec2", nil
+		})
+		if err != nil {
+			t.Errorf("kubectl logs = %q, %v; want warm-on-ec2", logs, err)
+		}
+		if err := e.Client.CoreV1().Pods(ns).Delete(ctx, p.Name, metav1.DeleteOptions{}); err != nil {
+			t.Fatal(err)
+		}
+		e.waitTerminated(t, bound[0].ID)
+	})
 }

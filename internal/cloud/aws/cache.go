@@ -3,6 +3,7 @@ package aws
 import (
 	"context"
 	"fmt"
+	"maps"
 	"sync"
 	"time"
 
@@ -28,6 +29,15 @@ type instanceCache struct {
 	failErr   error                // and why it failed
 	inflight  *refresh
 	refreshes int
+	// tagged are the tags this backend wrote on live instances (SetTags), each set with
+	// when: for launchGrace a refresh that does not show them yet (tags too are eventually
+	// consistent) gets them added.
+	tagged map[string]setTags
+}
+
+type setTags struct {
+	tags map[string]string
+	at   time.Time
 }
 
 type refresh struct {
@@ -47,6 +57,24 @@ func (c *instanceCache) launched(in *cloud.Instance, now time.Time) {
 	}
 	c.byID[in.ID] = copyInstance(in)
 	c.launchAt[in.ID] = now
+}
+
+// tagsSet records tags this backend wrote on instance id (SetTags).
+func (c *instanceCache) tagsSet(id string, tags map[string]string, now time.Time) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if in := c.byID[id]; in != nil {
+		maps.Copy(in.Tags, tags)
+	}
+	if c.tagged == nil {
+		c.tagged = map[string]setTags{}
+	}
+	all := maps.Clone(c.tagged[id].tags)
+	if all == nil {
+		all = map[string]string{}
+	}
+	maps.Copy(all, tags)
+	c.tagged[id] = setTags{tags: all, at: now}
 }
 
 // setState records a state this backend learned from a call (TerminateInstances).
@@ -118,6 +146,13 @@ func (b *Backend) refresh(ctx context.Context, r *refresh) {
 				delete(c.launchAt, id)
 			default:
 				got[id] = c.byID[id]
+			}
+		}
+		for id, t := range c.tagged {
+			if start.Sub(t.at) > launchGrace {
+				delete(c.tagged, id)
+			} else if in := got[id]; in != nil {
+				maps.Copy(in.Tags, t.tags)
 			}
 		}
 		c.byID, c.refreshed, c.failErr = got, start, nil

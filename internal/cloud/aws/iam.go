@@ -9,6 +9,7 @@ import (
 	"sort"
 	"strings"
 
+	"github.com/kip-dev/kip/internal/cloud"
 	"github.com/kip-dev/kip/internal/cloud/aws/catalogapi"
 )
 
@@ -48,7 +49,9 @@ var roleARNRe = regexp.MustCompile(`^arn:aws[a-z-]*:iam::[0-9]{12}:role/[\w+=,.@
 // IAMPolicy returns the least-privilege policy kip needs on AWS, generated from the calls the
 // code makes: the methods of EC2API (the backend) and of catalogapi.EC2API and catalogapi.PricingAPI
 // (the catalog refresh), plus what those calls imply: ec2:CreateTags limited to tagging on
-// create (RunInstances and CreateSecurityGroup carry TagSpecifications) and, when passRoles
+// create (RunInstances and CreateSecurityGroup carry TagSpecifications) and, for the backend's
+// own CreateTags (binding a standby cell to its pod), to instances that already carry the
+// cluster tag, Kip's cells; and, when passRoles
 // names any, iam:PassRole to EC2 for exactly those roles: the roles of cloud.aws.instanceProfile
 // and of the profiles in cloud.aws.podInstanceProfiles. With none, kip may pass no role, and a
 // cell can get no instance profile. It returns an error for a string that is not a role ARN.
@@ -71,7 +74,9 @@ func IAMPolicy(passRoles []string) (Policy, error) {
 	}
 	catalog := append(prefix("ec2", methods(reflect.TypeFor[catalogapi.EC2API]())), prefix("pricing", methods(reflect.TypeFor[catalogapi.PricingAPI]()))...)
 	p := Policy{Version: "2012-10-17", Statement: []Statement{
-		{Sid: "KipCells", Effect: "Allow", Action: prefix("ec2", ec2Actions()), Resource: "*"},
+		{Sid: "KipCells", Effect: "Allow", Action: prefix("ec2", slices.DeleteFunc(ec2Actions(), func(a string) bool { return a == "CreateTags" })), Resource: "*"},
+		{Sid: "KipTagCells", Effect: "Allow", Action: []string{"ec2:CreateTags"}, Resource: "arn:aws:ec2:*:*:instance/*",
+			Condition: map[string]map[string]any{"Null": {"aws:ResourceTag/" + cloud.TagCluster: "false"}}},
 		{Sid: "KipTagOnCreate", Effect: "Allow", Action: []string{"ec2:CreateTags"}, Resource: "*",
 			Condition: map[string]map[string]any{"StringEquals": {"ec2:CreateAction": []string{"CreateSecurityGroup", "RunInstances"}}}},
 	}}

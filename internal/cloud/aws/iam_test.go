@@ -38,6 +38,9 @@ func TestIAMPolicy(t *testing.T) {
 	if _, err := b.Describe(ctx, inst.ID); err != nil {
 		t.Fatal(err)
 	}
+	if err := b.SetTags(ctx, inst.ID, map[string]string{"kip.dev/pod-uid": "u1"}); err != nil {
+		t.Fatal(err)
+	}
 	if err := b.Terminate(ctx, inst.ID); err != nil {
 		t.Fatal(err)
 	}
@@ -53,12 +56,13 @@ func TestIAMPolicy(t *testing.T) {
 	}
 	var cells []string
 	for _, s := range policy.Statement {
-		if s.Sid == "KipCells" {
-			cells = s.Action
+		if s.Sid == "KipCells" || s.Sid == "KipTagCells" {
+			cells = append(cells, s.Action...)
 		}
 	}
+	sort.Strings(cells)
 	if !reflect.DeepEqual(made, cells) {
-		t.Errorf("the backend called %v; the policy's KipCells statement (EC2API) grants %v", made, cells)
+		t.Errorf("the backend called %v; the policy's KipCells and KipTagCells statements (EC2API) grant %v", made, cells)
 	}
 
 	want := policy.JSON()

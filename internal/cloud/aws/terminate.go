@@ -3,7 +3,9 @@ package aws
 import (
 	"context"
 	"fmt"
+	"maps"
 	"regexp"
+	"slices"
 	"sync"
 	"time"
 
@@ -31,6 +33,42 @@ func (b *Backend) Terminate(ctx context.Context, id string) error {
 	}
 	return nil
 }
+
+// SetTags writes tags on instance id in one CreateTags call, which EC2 applies together (a
+// standby cell's binding to its pod, internal/cells). An instance that is not a live cell of
+// the cluster (as of the last refresh, and this backend's own terminations) is NotFound: EC2
+// itself would tag a terminated instance.
+func (b *Backend) SetTags(ctx context.Context, id string, tags map[string]string) error {
+	if !instanceIDRe.MatchString(id) {
+		return cloud.NotFound("tagging instance %q: not an EC2 instance id", id)
+	}
+	in, err := b.Describe(ctx, id)
+	if err != nil {
+		return fmt.Errorf("tagging instance %s: %w", id, err)
+	}
+	if in.State == cloud.StateTerminating || in.State == cloud.StateTerminated {
+		return cloud.NotFound("tagging instance %s: it is %s", id, in.State)
+	}
+	if len(tags) == 0 {
+		return nil
+	}
+	keys := slices.Sorted(maps.Keys(tags))
+	req := &ec2.CreateTagsInput{Resources: []string{id}, Tags: make([]types.Tag, 0, len(keys))}
+	for _, k := range keys {
+		req.Tags = append(req.Tags, types.Tag{Key: aws.String(k), Value: aws.String(tags[k])})
+	}
+	err = b.call(ctx, "CreateTags", 1, func(ctx context.Context) error {
+		_, err := b.ec2.CreateTags(ctx, req)
+		return err
+	})
+	if err != nil {
+		return fmt.Errorf("tagging instance %s: %w", id, err)
+	}
+	b.cache.tagsSet(id, tags, b.clk.Now())
+	return nil
+}
+
+var _ cloud.Tagger = (*Backend)(nil)
 
 // terminator batches terminations.
 type terminator struct {

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -131,5 +132,77 @@ func TestErrorClassification(t *testing.T) {
 				t.Errorf("the classified error lost the EC2 error: %v", err)
 			}
 		})
+	}
+}
+
+// laggingTags is an EC2 whose DescribeInstances shows the instance it launched with its
+// launch tags only: tags CreateTags wrote are not visible yet (EC2's eventual consistency).
+type laggingTags struct {
+	stubEC2
+	mu      sync.Mutex
+	run     *types.Instance
+	tagged  []string
+	created int
+}
+
+func (l *laggingTags) RunInstances(ctx context.Context, in *ec2.RunInstancesInput, opts ...func(*ec2.Options)) (*ec2.RunInstancesOutput, error) {
+	out, err := l.stubEC2.RunInstances(ctx, in, opts...)
+	if err == nil {
+		l.mu.Lock()
+		l.run = &out.Instances[0]
+		l.mu.Unlock()
+	}
+	return out, err
+}
+
+func (l *laggingTags) DescribeInstances(context.Context, *ec2.DescribeInstancesInput, ...func(*ec2.Options)) (*ec2.DescribeInstancesOutput, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if l.run == nil {
+		return &ec2.DescribeInstancesOutput{}, nil
+	}
+	i := *l.run
+	i.State = &types.InstanceState{Name: types.InstanceStateNameRunning}
+	return &ec2.DescribeInstancesOutput{Reservations: []types.Reservation{{Instances: []types.Instance{i}}}}, nil
+}
+
+func (l *laggingTags) CreateTags(_ context.Context, in *ec2.CreateTagsInput, _ ...func(*ec2.Options)) (*ec2.CreateTagsOutput, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	l.created++
+	for _, t := range in.Tags {
+		l.tagged = append(l.tagged, aws.ToString(t.Key)+"="+aws.ToString(t.Value))
+	}
+	return &ec2.CreateTagsOutput{}, nil
+}
+
+// TestSetTagsOutlastsStaleDescribes: tags SetTags wrote are listed at once and stay listed
+// while DescribeInstances does not show them yet, so a bound standby cell is never seen as
+// unbound by kip's own listings; they are sent in one CreateTags.
+func TestSetTagsOutlastsStaleDescribes(t *testing.T) {
+	stub := &laggingTags{}
+	b, err := kipaws.New(context.Background(), kipaws.Config{Region: "eu-west-1", SubnetID: "subnet-00000001", ClusterName: cluster,
+		ImageID: "ami-00000001", EC2: stub, PollInterval: time.Millisecond, Logger: slog.New(slog.NewTextHandler(io.Discard, nil))})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx := ctxT(t, 10*time.Second)
+	inst, err := b.Launch(ctx, spec("bind"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	bound := map[string]string{cloud.TagPodUID: "uid-1", "kip.dev/pod-name": "web"}
+	if err := b.SetTags(ctx, inst.ID, bound); err != nil {
+		t.Fatal(err)
+	}
+	if stub.created != 1 || len(stub.tagged) != 2 {
+		t.Errorf("CreateTags calls %d with %v, want one with both tags", stub.created, stub.tagged)
+	}
+	for range 5 {
+		time.Sleep(5 * time.Millisecond) // past PollInterval: the next List refreshes
+		list, err := b.List(ctx, bound)
+		if err != nil || len(list) != 1 || list[0].ID != inst.ID {
+			t.Fatalf("List by the tags SetTags wrote, with DescribeInstances not showing them yet: %v, %v; want %s", list, err, inst.ID)
+		}
 	}
 }
