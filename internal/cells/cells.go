@@ -167,6 +167,9 @@ type Options struct {
 	// Standby are the pools of warm cells kept booted with no pod (cells.standby), filled
 	// once StartStandby is called; see standby.go.
 	Standby []StandbyPool
+	// StandbyDemandWindow is how far back an elastic pool (StandbyPool.Max) counts demand;
+	// 0 means DemandWindow.
+	StandbyDemandWindow time.Duration
 }
 
 // DefaultOptions are the options of a manager configured with nothing.
@@ -260,8 +263,10 @@ type Manager struct {
 	// counts each pool's consecutive failures, for its back-off. Guarded by mu.
 	warm      map[string]*warmCell
 	warmFails map[poolKey]int
-	warmKick  chan struct{}
-	warmOnce  sync.Once
+	// warmDemand are, per elastic pool, when pods asked for one of its cells (noteDemand).
+	warmDemand map[poolKey][]time.Time
+	warmKick   chan struct{}
+	warmOnce   sync.Once
 }
 
 // New returns a manager.
@@ -288,6 +293,9 @@ func New(opts Options, node NodeInfo, deps Deps) *Manager {
 	if opts.Heartbeat <= 0 {
 		opts.Heartbeat = def.Heartbeat
 	}
+	if opts.StandbyDemandWindow <= 0 {
+		opts.StandbyDemandWindow = DemandWindow
+	}
 	if opts.ClusterName == "" {
 		opts.ClusterName = def.ClusterName
 	}
@@ -300,19 +308,20 @@ func New(opts Options, node NodeInfo, deps Deps) *Manager {
 	cfg := opts
 	ctx, cancel := context.WithCancel(context.Background())
 	m := &Manager{
-		cfg:       cfg,
-		node:      node,
-		deps:      deps,
-		clock:     deps.Clock,
-		log:       deps.Log.With("component", "cells"),
-		ctx:       ctx,
-		cancel:    cancel,
-		launchSem: make(chan struct{}, cfg.LaunchConcurrency),
-		capacity:  capacity.New(deps.Clock, cfg.CapacityErrorMemory),
-		cells:     map[string]*cell{},
-		warm:      map[string]*warmCell{},
-		warmFails: map[poolKey]int{},
-		warmKick:  make(chan struct{}, 1),
+		cfg:        cfg,
+		node:       node,
+		deps:       deps,
+		clock:      deps.Clock,
+		log:        deps.Log.With("component", "cells"),
+		ctx:        ctx,
+		cancel:     cancel,
+		launchSem:  make(chan struct{}, cfg.LaunchConcurrency),
+		capacity:   capacity.New(deps.Clock, cfg.CapacityErrorMemory),
+		cells:      map[string]*cell{},
+		warm:       map[string]*warmCell{},
+		warmFails:  map[poolKey]int{},
+		warmDemand: map[poolKey][]time.Time{},
+		warmKick:   make(chan struct{}, 1),
 
 		agentCerts: map[string]*agentCert{},
 	}

@@ -185,6 +185,7 @@ func (c *cell) launchAny(pod *corev1.Pod, cands []selector.Candidate, opts annot
 		// A ready standby cell of this offering is bound instead of launching (standby.go);
 		// after a few that could not be bound, the pod launches its own.
 		if warmable(opts, cand) {
+			m.noteDemand(cand)
 			for tries := 0; tries < maxBindTries; tries++ {
 				w := m.takeWarm(cand)
 				if w == nil {

@@ -46,13 +46,60 @@ import (
 // adopted like any other (its pod put when it was not yet).
 
 // StandbyPool is one cells.standby entry: Count warm cells of InstanceType, spot or on-demand.
+// With Max above Count the pool follows demand: it keeps as many cells as pods asked for one
+// of its kind in the last DemandWindow, at least Count and at most Max.
 type StandbyPool struct {
 	InstanceType string
 	Spot         bool
 	Count        int
+	Max          int
 }
 
 func (p StandbyPool) key() poolKey { return poolKey{p.InstanceType, p.Spot} }
+
+// elastic says the pool's size follows demand.
+func (p StandbyPool) elastic() bool { return p.Max > p.Count }
+
+// DemandWindow is how far back an elastic pool counts the pods that asked for one of its
+// cells (Options.StandbyDemandWindow); the pool shrinks back, one window after the asking
+// stopped, by terminating the ready cells above what is still asked for.
+const DemandWindow = time.Minute
+
+// demandTick is how often the pools are sized again while some pool is elastic.
+const demandTick = 10 * time.Second
+
+// noteDemand records that a pod asked for a warm cell of the offering cand (bound to one or
+// not), for elastic pools of its kind.
+func (m *Manager) noteDemand(cand selector.Candidate) {
+	k := poolKey{cand.Type.Name, cand.Offering.Spot}
+	if !slices.ContainsFunc(m.cfg.Standby, func(p StandbyPool) bool { return p.key() == k && p.elastic() }) {
+		return
+	}
+	now := m.clock.Now()
+	m.mu.Lock()
+	m.warmDemand[k] = append(trimDemand(m.warmDemand[k], now, m.cfg.StandbyDemandWindow), now)
+	m.mu.Unlock()
+	m.kickStandby()
+}
+
+// trimDemand drops the times older than window before now.
+func trimDemand(ts []time.Time, now time.Time, window time.Duration) []time.Time {
+	i := 0
+	for i < len(ts) && now.Sub(ts[i]) > window {
+		i++
+	}
+	return ts[i:]
+}
+
+// target is how many cells pool p should have now. Call with m.mu held.
+func (m *Manager) target(p StandbyPool, now time.Time) int {
+	if !p.elastic() {
+		return p.Count
+	}
+	d := trimDemand(m.warmDemand[p.key()], now, m.cfg.StandbyDemandWindow)
+	m.warmDemand[p.key()] = d
+	return min(max(p.Count, len(d)), p.Max)
+}
 
 // poolKey is what a warm cell is matched on.
 type poolKey struct {
@@ -96,6 +143,18 @@ func (m *Manager) StartStandby() {
 		return
 	}
 	m.warmOnce.Do(func() {
+		// Elastic pools are sized again every demandTick, to shrink once demand is gone.
+		var tick <-chan time.Time
+		if slices.ContainsFunc(m.cfg.Standby, StandbyPool.elastic) {
+			t := m.clock.NewTicker(demandTick)
+			tick = t.C()
+			m.wg.Add(1)
+			go func() {
+				defer m.wg.Done()
+				<-m.ctx.Done()
+				t.Stop()
+			}()
+		}
 		m.wg.Add(1)
 		go func() {
 			defer m.wg.Done()
@@ -103,6 +162,7 @@ func (m *Manager) StartStandby() {
 				m.fillStandby()
 				select {
 				case <-m.warmKick:
+				case <-tick:
 				case <-m.ctx.Done():
 					return
 				}
@@ -119,24 +179,39 @@ func (m *Manager) kickStandby() {
 	}
 }
 
-// fillStandby launches the cells each pool lacks.
+// fillStandby launches the cells each pool lacks and, for an elastic pool whose demand
+// fell, terminates the ready cells above its target (the newest first).
 func (m *Manager) fillStandby() {
-	var start []*warmCell
+	var start, surplus []*warmCell
+	now := m.clock.Now()
 	m.mu.Lock()
 	for _, p := range m.cfg.Standby {
-		n := 0
+		var cells []*warmCell
 		for _, w := range m.warm {
 			if w.pool == p.key() {
-				n++
+				cells = append(cells, w)
 			}
 		}
-		for ; n < p.Count; n++ {
+		want := m.target(p, now)
+		for n := len(cells); n < want; n++ {
 			w := &warmCell{id: newWarmID(), pool: p.key()}
 			m.warm[w.id] = w
 			start = append(start, w)
 		}
+		if extra := len(cells) - want; extra > 0 {
+			ready := slices.DeleteFunc(cells, func(w *warmCell) bool { return !w.ready || w.inst == nil })
+			slices.SortFunc(ready, func(a, b *warmCell) int { return b.inst.LaunchTime.Compare(a.inst.LaunchTime) })
+			for _, w := range ready[:min(extra, len(ready))] {
+				delete(m.warm, w.id)
+				surplus = append(surplus, w)
+			}
+		}
 	}
 	m.mu.Unlock()
+	for _, w := range surplus {
+		m.log.Info("standby pool shrinks with its demand; terminating a ready cell", "cell", w.id, "type", w.pool.instanceType, "spot", w.pool.spot)
+		m.terminateWarm(w.id, w.inst)
+	}
 	for _, w := range start {
 		m.wg.Add(1)
 		go func() {

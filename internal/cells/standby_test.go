@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"maps"
+	"slices"
 	"sync"
 	"testing"
 	"time"
@@ -454,5 +455,45 @@ func TestGCTerminatesStandbyCellsNoPoolOwns(t *testing.T) {
 	})
 	if h.instanceOfCell(owned) == nil {
 		t.Errorf("gc terminated the pool's cell %s", owned)
+	}
+}
+
+// TestElasticStandbyPoolFollowsDemand: a pool of count 1, max 3 grows to as many cells as pods
+// asked for one within the window (3), and once the window has passed without asking,
+// terminates its ready cells back down to 1.
+func TestElasticStandbyPoolFollowsDemand(t *testing.T) {
+	h := newHarness(t, func(h *harness) {
+		h.options = func(o *Options) {
+			o.Standby = []StandbyPool{{InstanceType: "fake.small", Count: 1, Max: 3}}
+			o.StandbyDemandWindow = 24 * time.Hour // the harness steps its clock while anything waits
+		}
+	})
+	h.m.StartStandby()
+	first := h.waitStandby(1)[0]
+	for _, name := range []string{"d1", "d2", "d3"} {
+		if err := h.m.CreatePod(context.Background(), testPod(name)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	h.waitFor("the pods on cells", func() bool { return len(h.m.Timings()) == 3 && h.agent(first).watcherCount() > 0 })
+	grown := h.waitStandby(3)
+	standbyLive := func() int {
+		n := 0
+		for _, in := range h.live() {
+			if in.Tags[cloud.TagStandby] == "true" && in.Tags[cloud.TagPodUID] == "" {
+				n++
+			}
+		}
+		return n
+	}
+	if n := standbyLive(); n != 3 {
+		t.Errorf("%d unbound standby instances live, want 3", n)
+	}
+
+	h.clock.Step(24*time.Hour + demandTick)
+	h.waitFor("the pool back to one cell", func() bool { return len(h.m.StandbyCells()) == 1 && standbyLive() == 1 })
+	kept := h.waitStandby(1)[0]
+	if !slices.Contains(grown, kept) {
+		t.Errorf("the cell kept, %s, is not one of the pool's %v", kept, grown)
 	}
 }

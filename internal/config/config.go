@@ -325,6 +325,10 @@ type StandbyCells struct {
 	Count int `json:"count"`
 	// Spot keeps spot cells (for pods choosing spot) instead of on-demand ones.
 	Spot bool `json:"spot,omitempty"`
+	// Max, when above Count, makes the pool follow demand: it keeps as many cells as pods
+	// asked for one of its kind in the last minute, at least Count and at most Max, and
+	// shrinks back a minute after the asking stops. 0 keeps Count.
+	Max int `json:"max,omitempty"`
 }
 
 // Reserve is resources kept for the agent on every cell.

@@ -58,7 +58,7 @@ func TestValidFiles(t *testing.T) {
 			eq(t, "cells.launchConcurrency", c.Cells.LaunchConcurrency, 4)
 			eq(t, "cells.formerNodeNames", fmt.Sprint(c.Cells.FormerNodeNames), "[kip-old kip.example.com]")
 			eq(t, "cells.podPidsLimit", *c.Cells.PodPidsLimit, int64(-1))
-			eq(t, "cells.standby", fmt.Sprint(c.Cells.Standby), "[{local.small 2 false} {local.small 1 true}]")
+			eq(t, "cells.standby", fmt.Sprint(c.Cells.Standby), "[{local.small 2 false 5} {local.small 1 true 0}]")
 			eq(t, "registry.insecure", len(c.Registry.Insecure), 2)
 			eq(t, "registry.maxUnpackedImageSize", c.Registry.MaxUnpackedImageSize.Value(), int64(2<<30))
 		}},
@@ -159,6 +159,7 @@ func TestInvalidFiles(t *testing.T) {
 		{"invalid-standby.yaml", []string{
 			"cells.standby[1].instanceType: Required value", `cells.standby[2].count: Invalid value: -1`,
 			`cells.standby[3]: Duplicate value: "instanceType local.small, spot false"`,
+			`cells.standby[5].max: Invalid value: 2: must be 0 (the pool keeps count) or between count (3) and 1000`,
 		}},
 		{"invalid-standby-field.yaml", []string{`unknown field "dedicated"`}},
 		{"invalid-many.yaml", []string{

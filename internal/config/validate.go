@@ -345,6 +345,9 @@ func (c *Cells) validate(p *field.Path) field.ErrorList {
 		if s.Count < 0 || s.Count > maxStandbyCount {
 			errs = append(errs, field.Invalid(ip.Child("count"), s.Count, fmt.Sprintf("must be between 0 and %d", maxStandbyCount)))
 		}
+		if s.Max != 0 && (s.Max < s.Count || s.Max > maxStandbyCount) {
+			errs = append(errs, field.Invalid(ip.Child("max"), s.Max, fmt.Sprintf("must be 0 (the pool keeps count) or between count (%d) and %d", s.Count, maxStandbyCount)))
+		}
 		k := StandbyCells{InstanceType: s.InstanceType, Spot: s.Spot}
 		if pools[k] {
 			errs = append(errs, field.Duplicate(ip, fmt.Sprintf("instanceType %s, spot %t", s.InstanceType, s.Spot)))

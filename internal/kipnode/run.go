@@ -411,7 +411,7 @@ func cellsOptions(cfg *config.ProviderConfig) cells.Options {
 func standbyPools(in []config.StandbyCells) []cells.StandbyPool {
 	var out []cells.StandbyPool
 	for _, s := range in {
-		out = append(out, cells.StandbyPool{InstanceType: s.InstanceType, Spot: s.Spot, Count: s.Count})
+		out = append(out, cells.StandbyPool{InstanceType: s.InstanceType, Spot: s.Spot, Count: s.Count, Max: s.Max})
 	}
 	return out
 }
