@@ -18,7 +18,7 @@ import (
 // execute the container's process, then gives it back. A burst of cells on a small host then
 // starts its containers a few at a time instead of all of them sharing the CPUs at once, so
 // that the first ones run early; a dead agent's slots are freed by the kernel with its files.
-// n < 1 returns rt unchanged.
+// n < 1 returns rt unchanged. The result is an Execer when rt is one (exec is not bounded).
 func WithStartSlots(rt Runtime, dir string, n int) (Runtime, error) {
 	if n < 1 {
 		return rt, nil
@@ -26,13 +26,23 @@ func WithStartSlots(rt Runtime, dir string, n int) (Runtime, error) {
 	if err := os.MkdirAll(dir, 0o700); err != nil {
 		return nil, fmt.Errorf("creating the start slots %s: %w", dir, err)
 	}
-	return &slotted{Runtime: rt, dir: dir, n: n}, nil
+	s := &slotted{Runtime: rt, dir: dir, n: n}
+	if ex, ok := rt.(Execer); ok {
+		return &slottedExecer{slotted: s, Execer: ex}, nil
+	}
+	return s, nil
 }
 
 type slotted struct {
 	Runtime
 	dir string
 	n   int
+}
+
+// slottedExecer is a slotted runtime that keeps the wrapped runtime's Exec.
+type slottedExecer struct {
+	*slotted
+	Execer
 }
 
 func (s *slotted) Start(ctx context.Context, id, bundle string, stdio IO) (*Container, error) {

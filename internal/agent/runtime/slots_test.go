@@ -96,3 +96,34 @@ func TestStartSlotsNone(t *testing.T) {
 		t.Errorf("WithStartSlots(n=0) = %v, %v; want the runtime itself", rt, err)
 	}
 }
+
+// execRuntime is a blockingRuntime that can exec.
+type execRuntime struct{ blockingRuntime }
+
+func (e *execRuntime) Exec(context.Context, string, []string, IO) (int, error) { return 7, nil }
+func (e *execRuntime) ExecProcess(context.Context, string, ExecOptions) (int, error) {
+	return 7, nil
+}
+
+// TestStartSlotsKeepExec: a runtime that execs (probes, hooks, kubectl exec) still does
+// through the slots; one that does not, does not start to.
+func TestStartSlotsKeepExec(t *testing.T) {
+	rt, err := WithStartSlots(&execRuntime{}, t.TempDir(), 2)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ex, ok := rt.(Execer)
+	if !ok {
+		t.Fatal("the slotted runtime lost Exec")
+	}
+	if code, err := ex.Exec(context.Background(), "c", []string{"true"}, IO{}); code != 7 || err != nil {
+		t.Errorf("Exec = %d, %v; want the wrapped runtime's 7", code, err)
+	}
+	plain, err := WithStartSlots(&blockingRuntime{}, t.TempDir(), 2)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, ok := plain.(Execer); ok {
+		t.Error("a runtime that cannot exec gained Exec")
+	}
+}
