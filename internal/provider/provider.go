@@ -200,6 +200,12 @@ func (p *Provider) RunningPods(context.Context) ([]*corev1.Pod, error) {
 		}
 		out = append(out, pod)
 	}
+	p.forget(live)
+	return out, nil
+}
+
+// forget drops from deleting and finished the UIDs not in live. Call with p.mu held.
+func (p *Provider) forget(live map[types.UID]bool) {
 	for uid := range p.deleting {
 		if !live[uid] {
 			delete(p.deleting, uid)
@@ -210,7 +216,6 @@ func (p *Provider) RunningPods(context.Context) ([]*corev1.Pod, error) {
 			delete(p.finished, uid)
 		}
 	}
-	return out, nil
 }
 
 func hasStartedContainer(pod *corev1.Pod) bool {
@@ -297,16 +302,7 @@ func (p *Provider) pruneFinished() {
 	}
 	p.mu.Lock()
 	defer p.mu.Unlock()
-	for uid := range p.finished {
-		if !live[uid] {
-			delete(p.finished, uid)
-		}
-	}
-	for uid := range p.deleting {
-		if !live[uid] {
-			delete(p.deleting, uid)
-		}
-	}
+	p.forget(live)
 	p.pruneAt = max(minPruneAt, 2*len(p.finished))
 }
 

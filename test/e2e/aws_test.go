@@ -583,11 +583,7 @@ func TestAWSCells(t *testing.T) {
 		if in := bound[0]; in.Tags[cloud.TagStandby] != "true" || in.Tags[cloud.TagCellID] != cell || in.PrivateIP != ip || p.Status.PodIP != ip {
 			t.Errorf("pod %s on instance %s (tags %v, address %s, pod IP %s); want standby cell %s at %s", p.Name, in.ID, in.Tags, in.PrivateIP, p.Status.PodIP, cell, ip)
 		}
-		var logs string
-		err = wait.PollUntilContextTimeout(ctx, 500*time.Millisecond, time.Minute, true, func(ctx context.Context) (bool, error) {
-			logs, err = e.Kubectl(ctx, "logs", "-n", ns, p.Name)
-			return err == nil && strings.TrimSpace(logs) == "warm-on-ec2", nil
-		})
+		logs, err := e.WaitForLogs(ctx, ns, p.Name, "warm-on-ec2", time.Minute)
 		if err != nil {
 			t.Errorf("kubectl logs = %q, %v; want warm-on-ec2", logs, err)
 		}

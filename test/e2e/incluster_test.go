@@ -349,11 +349,7 @@ func TestInClusterAWS(t *testing.T) {
 				t.Errorf("instance %s boot output shows no started agent:\n%s", in.ID, out)
 			}
 		}
-		var logs string
-		err = wait.PollUntilContextTimeout(ctx, 500*time.Millisecond, time.Minute, true, func(ctx context.Context) (bool, error) {
-			logs, err = e.Kubectl(ctx, "logs", "-n", ns, p.Name)
-			return err == nil && strings.TrimSpace(logs) == "hello-from-incluster-kip", nil
-		})
+		logs, err := e.WaitForLogs(ctx, ns, p.Name, "hello-from-incluster-kip", time.Minute)
 		if err != nil {
 			t.Errorf("kubectl logs = %q, %v; want hello-from-incluster-kip", logs, err)
 		}
@@ -529,11 +525,7 @@ func TestInClusterAWS(t *testing.T) {
 		if len(ins) != 1 {
 			t.Fatalf("pod %s has %d instances of the fake, want 1", p.Name, len(ins))
 		}
-		var logs string
-		err = wait.PollUntilContextTimeout(ctx, 500*time.Millisecond, time.Minute, true, func(ctx context.Context) (bool, error) {
-			logs, err = e.Kubectl(ctx, "logs", "-n", ns, p.Name)
-			return err == nil && strings.TrimSpace(logs) == "led-after-the-failover", nil
-		})
+		logs, err := e.WaitForLogs(ctx, ns, p.Name, "led-after-the-failover", time.Minute)
 		if err != nil {
 			t.Errorf("kubectl logs = %q, %v; want led-after-the-failover", logs, err)
 		}

@@ -84,6 +84,21 @@ func (e *Env) CreateRunning(ctx context.Context, t testing.TB, ns string, pod *c
 	return p
 }
 
+// WaitForLogs polls kubectl logs of pod ns/name until they are want (spaces trimmed) and
+// returns the last output and error seen.
+func (e *Env) WaitForLogs(ctx context.Context, ns, name, want string, timeout time.Duration) (string, error) {
+	var logs string
+	var err error
+	perr := wait.PollUntilContextTimeout(ctx, 500*time.Millisecond, timeout, true, func(ctx context.Context) (bool, error) {
+		logs, err = e.Kubectl(ctx, "logs", "-n", ns, name)
+		return err == nil && strings.TrimSpace(logs) == want, nil
+	})
+	if perr != nil && err == nil {
+		err = perr
+	}
+	return logs, err
+}
+
 // WaitForPodGone waits until pod ns/name no longer exists.
 func (e *Env) WaitForPodGone(ctx context.Context, ns, name string, timeout time.Duration) error {
 	ctx, cancel := context.WithTimeout(ctx, timeout)
