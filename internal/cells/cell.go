@@ -117,12 +117,15 @@ type cell struct {
 	// userDeleted is set when the stop was asked by a deletion of the pod.
 	userDeleted bool
 	// specChanged is closed (and replaced) by every spec update.
-	specChanged  chan struct{}
-	stopped      bool // containers stopped by deletion: the status is final
-	archive      *logarchive.Archive
-	timing       Timing
-	events       podstatus.Events
-	healthyAfter time.Duration
+	specChanged chan struct{}
+	// deadlineWatched says watchDeadline runs (or ran) for the pod: only a pod with
+	// spec.activeDeadlineSeconds has a deadline goroutine.
+	deadlineWatched bool
+	stopped         bool // containers stopped by deletion: the status is final
+	archive         *logarchive.Archive
+	timing          Timing
+	events          podstatus.Events
+	healthyAfter    time.Duration
 	// lostAfter is the pod's lost-timeout annotation (0: none). lastHeard is when the agent
 	// last spoke; silent, while not empty, says why the pod is NotReady (the agent has been
 	// silent since silentSince). See liveness.go.
@@ -179,6 +182,7 @@ func (c *cell) updateSpec(pod *corev1.Pod) {
 	c.pod.Status = status
 	close(c.specChanged)
 	c.specChanged = make(chan struct{})
+	c.watchDeadlineIfSet()
 }
 
 // snapshot returns a copy of the pod with its status. m.mu must be held.

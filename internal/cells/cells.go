@@ -498,15 +498,14 @@ func (m *Manager) Timings() []Timing {
 }
 
 func (m *Manager) start(c *cell, adopt *cloud.Instance) {
-	m.wg.Add(2)
+	m.wg.Add(1)
 	go func() {
 		defer m.wg.Done()
 		c.run(adopt)
 	}()
-	go func() {
-		defer m.wg.Done()
-		c.watchDeadline()
-	}()
+	m.mu.Lock()
+	c.watchDeadlineIfSet()
+	m.mu.Unlock()
 }
 
 func podKey(namespace, name string) string { return namespace + "/" + name }

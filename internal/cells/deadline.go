@@ -8,6 +8,21 @@ const (
 	messageDeadlineExceeded = "Pod was active on the node longer than the specified deadline"
 )
 
+// watchDeadlineIfSet starts watchDeadline once the pod has spec.activeDeadlineSeconds (it
+// may be set by an update); most pods have none, and at 10,000 pods a goroutine each costs
+// memory (docs/design/scale.md). m.mu must be held.
+func (c *cell) watchDeadlineIfSet() {
+	if c.deadlineWatched || c.stage == stageDone || c.pod.Spec.ActiveDeadlineSeconds == nil || c.m.ctx.Err() != nil {
+		return
+	}
+	c.deadlineWatched = true
+	c.m.wg.Add(1)
+	go func() {
+		defer c.m.wg.Done()
+		c.watchDeadline()
+	}()
+}
+
 // watchDeadline kills the pod (graceful stop, then Failed with DeadlineExceeded) once it has
 // been active longer than spec.activeDeadlineSeconds, counted from its status's startTime as
 // kubelet does. A spec update (the deadline may be lowered) re-arms it. It returns when the

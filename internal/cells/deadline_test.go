@@ -66,3 +66,25 @@ func TestActiveDeadlineKillsThePod(t *testing.T) {
 }
 
 func ptrTo[T any](v T) *T { return &v }
+
+// TestActiveDeadlineSetByUpdate: a pod started without activeDeadlineSeconds has no deadline
+// watcher; an update that sets one (the API allows adding it) arms it.
+func TestActiveDeadlineSetByUpdate(t *testing.T) {
+	h := newHarness(t)
+	pod := testPod("later", func(p *corev1.Pod) { p.Spec.RestartPolicy = corev1.RestartPolicyAlways })
+	a := h.runPod(pod)
+	a.mu.Lock()
+	a.onDelete = func(a *testAgent) {
+		a.setLocked(&cellapi.PodStatus{Phase: corev1.PodFailed, ContainerStatuses: []corev1.ContainerStatus{exited("main", 137)}})
+	}
+	a.mu.Unlock()
+	upd, _ := h.m.GetPod("default", "later")
+	upd.Spec.ActiveDeadlineSeconds = ptrTo(int64(30))
+	if err := h.m.UpdatePod(context.Background(), upd); err != nil {
+		t.Fatal(err)
+	}
+	got := h.waitPod(pod, "Failed with DeadlineExceeded", func(p *corev1.Pod) bool { return p.Status.Phase == corev1.PodFailed })
+	if got.Status.Reason != ReasonDeadlineExceeded {
+		t.Errorf("reason %q, want %s", got.Status.Reason, ReasonDeadlineExceeded)
+	}
+}

@@ -1,13 +1,14 @@
 // Package cellapitest is an in-process cellapi.Agent for unit tests of kip's host side
 // (the provider, `kip run`): PutPod runs the pod's containers at once, WatchPod streams every
-// status change, and DeletePod stops the containers with exit code 0, as a healthy cell
-// running a well-behaved pod would. Tests that drive a pod's status by hand keep fakes of
+// status change (with heartbeats when asked, as a real agent sends them), and DeletePod stops
+// the containers with exit code 0, as a healthy cell running a well-behaved pod would. Tests that drive a pod's status by hand keep fakes of
 // their own.
 package cellapitest
 
 import (
 	"context"
 	"io"
+	"slices"
 	"strings"
 	"sync"
 	"time"
@@ -27,11 +28,42 @@ type Agent struct {
 	mu       sync.Mutex
 	req      *cellapi.PodRequest
 	status   *cellapi.PodStatus
-	watchers []chan *cellapi.PodStatus
+	watchers []*watcher
 	deletes  int
 }
 
-var _ cellapi.Agent = (*Agent)(nil)
+var (
+	_ cellapi.Agent            = (*Agent)(nil)
+	_ cellapi.HeartbeatWatcher = (*Agent)(nil)
+)
+
+// watcher is one status stream: statuses for WatchPod, messages (statuses and heartbeats)
+// for WatchPodHeartbeats. Neither holds a goroutine: the stream ends by context.AfterFunc and
+// heartbeats come from a time.AfterFunc, so a simulation of thousands of cells costs the
+// process that hosts them only their channels and timers.
+type watcher struct {
+	statuses chan *cellapi.PodStatus
+	msgs     chan cellapi.WatchMessage
+	every    time.Duration
+	beat     *time.Timer
+}
+
+func (w *watcher) send(st *cellapi.PodStatus) {
+	if w.statuses != nil {
+		select {
+		case w.statuses <- st:
+		default:
+		}
+		return
+	}
+	select {
+	case w.msgs <- cellapi.WatchMessage{Status: st}:
+		if w.beat != nil {
+			w.beat.Reset(w.every) // a heartbeat only after the stream was quiet that long
+		}
+	default:
+	}
+}
 
 // Health reports the agent healthy, as cell CellID, version "test".
 func (a *Agent) Health(context.Context) (*cellapi.Health, error) {
@@ -68,10 +100,7 @@ func (a *Agent) publishLocked(st *cellapi.PodStatus) {
 	}
 	a.status = st
 	for _, w := range a.watchers {
-		select {
-		case w <- st:
-		default:
-		}
+		w.send(st)
 	}
 }
 
@@ -88,26 +117,59 @@ func (a *Agent) GetPod(context.Context) (*cellapi.PodStatus, error) {
 // WatchPod streams the current status, if any, then every change until ctx ends, when it
 // closes the channel.
 func (a *Agent) WatchPod(ctx context.Context) (<-chan *cellapi.PodStatus, error) {
-	a.mu.Lock()
-	defer a.mu.Unlock()
-	ch := make(chan *cellapi.PodStatus, 64)
-	if a.status != nil {
-		ch <- a.status
-	}
-	a.watchers = append(a.watchers, ch)
-	go func() {
-		<-ctx.Done()
+	w := &watcher{statuses: make(chan *cellapi.PodStatus, 64)}
+	a.watch(ctx, w)
+	return w.statuses, nil
+}
+
+// WatchPodHeartbeats implements cellapi.HeartbeatWatcher: WatchPod, plus a heartbeat (a
+// message without a status) whenever the stream has been quiet for every, when every > 0.
+func (a *Agent) WatchPodHeartbeats(ctx context.Context, every time.Duration) (<-chan cellapi.WatchMessage, bool, error) {
+	w := &watcher{msgs: make(chan cellapi.WatchMessage, 64), every: every}
+	a.watch(ctx, w)
+	if every > 0 {
 		a.mu.Lock()
 		defer a.mu.Unlock()
-		for i, w := range a.watchers {
-			if w == ch {
-				a.watchers = append(a.watchers[:i], a.watchers[i+1:]...)
-				break
-			}
+		if slices.Contains(a.watchers, w) {
+			w.beat = time.AfterFunc(every, func() {
+				a.mu.Lock()
+				defer a.mu.Unlock()
+				if !slices.Contains(a.watchers, w) {
+					return // ended
+				}
+				select {
+				case w.msgs <- cellapi.WatchMessage{}:
+				default:
+				}
+				w.beat.Reset(every)
+			})
 		}
-		close(ch)
-	}()
-	return ch, nil
+	}
+	return w.msgs, every > 0, nil
+}
+
+// watch registers w, sends it the current status, and ends it (closing its channel) when
+// ctx ends.
+func (a *Agent) watch(ctx context.Context, w *watcher) {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	if a.status != nil {
+		w.send(a.status)
+	}
+	a.watchers = append(a.watchers, w)
+	context.AfterFunc(ctx, func() {
+		a.mu.Lock()
+		defer a.mu.Unlock()
+		a.watchers = slices.DeleteFunc(a.watchers, func(o *watcher) bool { return o == w })
+		if w.beat != nil {
+			w.beat.Stop()
+		}
+		if w.statuses != nil {
+			close(w.statuses)
+		} else {
+			close(w.msgs)
+		}
+	})
 }
 
 // DeletePod counts the call and reports the pod Succeeded, every container terminated with

@@ -74,3 +74,57 @@ func TestAgentLifecycle(t *testing.T) {
 	for range ch { // closed once the watch's context ends
 	}
 }
+
+// TestWatchPodHeartbeats: a heartbeat stream sends the current status first, then a
+// heartbeat (no status) whenever it was quiet for the interval, statuses in between, and
+// closes when its context ends; an interval of 0 asks for no heartbeats.
+func TestWatchPodHeartbeats(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	a := &Agent{}
+	req := &cellapi.PodRequest{Pod: &corev1.Pod{ObjectMeta: metav1.ObjectMeta{UID: "u1"},
+		Spec: corev1.PodSpec{Containers: []corev1.Container{{Name: "a", Image: "busybox"}}}}}
+	if _, err := a.PutPod(ctx, req); err != nil {
+		t.Fatal(err)
+	}
+	wctx, stop := context.WithCancel(ctx)
+	msgs, beats, err := a.WatchPodHeartbeats(wctx, 20*time.Millisecond)
+	if err != nil || !beats {
+		t.Fatalf("WatchPodHeartbeats: beats %v, err %v; want heartbeats", beats, err)
+	}
+	next := func() cellapi.WatchMessage {
+		t.Helper()
+		select {
+		case m := <-msgs:
+			return m
+		case <-ctx.Done():
+			t.Fatal("no message")
+		}
+		return cellapi.WatchMessage{}
+	}
+	if m := next(); m.Status == nil || m.Status.Seq != 1 {
+		t.Fatalf("first message %+v, want the current status", m)
+	}
+	for range 2 {
+		if m := next(); m.Status != nil {
+			t.Fatalf("message %+v, want a heartbeat", m.Status)
+		}
+	}
+	if err := a.DeletePod(ctx, 0); err != nil {
+		t.Fatal(err)
+	}
+	for m := next(); ; m = next() {
+		if m.Status != nil {
+			if m.Status.Phase != corev1.PodSucceeded {
+				t.Errorf("status after the delete %s, want Succeeded", m.Status.Phase)
+			}
+			break
+		}
+	}
+	stop()
+	for range msgs {
+	}
+	if _, beats, _ := a.WatchPodHeartbeats(ctx, 0); beats {
+		t.Error("an interval of 0 got heartbeats")
+	}
+}
