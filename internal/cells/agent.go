@@ -343,6 +343,15 @@ func (c *cell) consume(ctx context.Context, agent cellapi.Agent, msgs <-chan cel
 				return true, nil
 			}
 		case <-due:
+			// A busy kip may see its timer and the agent's next message at once, and the
+			// select picks either: take what arrived before judging the silence.
+			if drained, done, err := c.takePending(msgs); drained {
+				if done || err != nil {
+					return done, err
+				}
+				timer.Reset(c.m.silentAfter())
+				continue
+			}
 			next, err := c.judge(errSilent)
 			if err != nil {
 				return false, err
@@ -360,6 +369,25 @@ func (c *cell) consume(ctx context.Context, agent cellapi.Agent, msgs <-chan cel
 			return false, nil
 		case <-c.lost:
 			return false, nil
+		}
+	}
+}
+
+// takePending takes the messages already waiting on the stream, without blocking; it reports
+// whether there were any, and as consume does whether the pod is final or the stream closed.
+func (c *cell) takePending(msgs <-chan cellapi.WatchMessage) (drained, done bool, err error) {
+	for {
+		select {
+		case m, ok := <-msgs:
+			if !ok {
+				return true, false, errors.New("status stream closed")
+			}
+			drained = true
+			if c.take(m) {
+				return true, true, nil
+			}
+		default:
+			return drained, false, nil
 		}
 	}
 }

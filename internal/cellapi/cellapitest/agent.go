@@ -1,8 +1,8 @@
 // Package cellapitest is an in-process cellapi.Agent for unit tests of kip's host side
 // (the provider, `kip run`): PutPod runs the pod's containers at once, WatchPod streams every
-// status change (with heartbeats when asked, as a real agent sends them), and DeletePod stops
-// the containers with exit code 0, as a healthy cell running a well-behaved pod would. Tests that drive a pod's status by hand keep fakes of
-// their own.
+// status change, and DeletePod stops the containers with exit code 0, as a healthy cell
+// running a well-behaved pod would. It sends no heartbeats: kip probes it as an older agent.
+// Tests that drive a pod's status by hand keep fakes of their own.
 package cellapitest
 
 import (
@@ -28,39 +28,15 @@ type Agent struct {
 	mu       sync.Mutex
 	req      *cellapi.PodRequest
 	status   *cellapi.PodStatus
-	watchers []*watcher
+	watchers []chan *cellapi.PodStatus // no goroutine each: see WatchPod
 	deletes  int
 }
 
-var (
-	_ cellapi.Agent            = (*Agent)(nil)
-	_ cellapi.HeartbeatWatcher = (*Agent)(nil)
-)
+var _ cellapi.Agent = (*Agent)(nil)
 
-// watcher is one status stream: statuses for WatchPod, messages (statuses and heartbeats)
-// for WatchPodHeartbeats. Neither holds a goroutine: the stream ends by context.AfterFunc and
-// heartbeats come from a time.AfterFunc, so a simulation of thousands of cells costs the
-// process that hosts them only their channels and timers.
-type watcher struct {
-	statuses chan *cellapi.PodStatus
-	msgs     chan cellapi.WatchMessage
-	every    time.Duration
-	beat     *time.Timer
-}
-
-func (w *watcher) send(st *cellapi.PodStatus) {
-	if w.statuses != nil {
-		select {
-		case w.statuses <- st:
-		default:
-		}
-		return
-	}
+func send(w chan<- *cellapi.PodStatus, st *cellapi.PodStatus) {
 	select {
-	case w.msgs <- cellapi.WatchMessage{Status: st}:
-		if w.beat != nil {
-			w.beat.Reset(w.every) // a heartbeat only after the stream was quiet that long
-		}
+	case w <- st:
 	default:
 	}
 }
@@ -100,7 +76,7 @@ func (a *Agent) publishLocked(st *cellapi.PodStatus) {
 	}
 	a.status = st
 	for _, w := range a.watchers {
-		w.send(st)
+		send(w, st)
 	}
 }
 
@@ -115,61 +91,23 @@ func (a *Agent) GetPod(context.Context) (*cellapi.PodStatus, error) {
 }
 
 // WatchPod streams the current status, if any, then every change until ctx ends, when it
-// closes the channel.
+// closes the channel. The stream holds no goroutine (context.AfterFunc ends it), so a
+// simulation of thousands of cells costs the process hosting them only their channels.
 func (a *Agent) WatchPod(ctx context.Context) (<-chan *cellapi.PodStatus, error) {
-	w := &watcher{statuses: make(chan *cellapi.PodStatus, 64)}
-	a.watch(ctx, w)
-	return w.statuses, nil
-}
-
-// WatchPodHeartbeats implements cellapi.HeartbeatWatcher: WatchPod, plus a heartbeat (a
-// message without a status) whenever the stream has been quiet for every, when every > 0.
-func (a *Agent) WatchPodHeartbeats(ctx context.Context, every time.Duration) (<-chan cellapi.WatchMessage, bool, error) {
-	w := &watcher{msgs: make(chan cellapi.WatchMessage, 64), every: every}
-	a.watch(ctx, w)
-	if every > 0 {
-		a.mu.Lock()
-		defer a.mu.Unlock()
-		if slices.Contains(a.watchers, w) {
-			w.beat = time.AfterFunc(every, func() {
-				a.mu.Lock()
-				defer a.mu.Unlock()
-				if !slices.Contains(a.watchers, w) {
-					return // ended
-				}
-				select {
-				case w.msgs <- cellapi.WatchMessage{}:
-				default:
-				}
-				w.beat.Reset(every)
-			})
-		}
-	}
-	return w.msgs, every > 0, nil
-}
-
-// watch registers w, sends it the current status, and ends it (closing its channel) when
-// ctx ends.
-func (a *Agent) watch(ctx context.Context, w *watcher) {
 	a.mu.Lock()
 	defer a.mu.Unlock()
+	ch := make(chan *cellapi.PodStatus, 64)
 	if a.status != nil {
-		w.send(a.status)
+		ch <- a.status
 	}
-	a.watchers = append(a.watchers, w)
+	a.watchers = append(a.watchers, ch)
 	context.AfterFunc(ctx, func() {
 		a.mu.Lock()
 		defer a.mu.Unlock()
-		a.watchers = slices.DeleteFunc(a.watchers, func(o *watcher) bool { return o == w })
-		if w.beat != nil {
-			w.beat.Stop()
-		}
-		if w.statuses != nil {
-			close(w.statuses)
-		} else {
-			close(w.msgs)
-		}
+		a.watchers = slices.DeleteFunc(a.watchers, func(w chan *cellapi.PodStatus) bool { return w == ch })
+		close(ch)
 	})
+	return ch, nil
 }
 
 // DeletePod counts the call and reports the pod Succeeded, every container terminated with
