@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"slices"
 	"time"
 
 	corev1 "k8s.io/api/core/v1"
@@ -13,6 +14,7 @@ import (
 	"github.com/kip-dev/kip/internal/admit"
 	"github.com/kip-dev/kip/internal/cellapi"
 	"github.com/kip-dev/kip/internal/cloud"
+	"github.com/kip-dev/kip/internal/podrequest"
 	"github.com/kip-dev/kip/internal/podstatus"
 )
 
@@ -118,8 +120,10 @@ type resolved struct {
 }
 
 // resolveAhead resolves the pod's request in the background, so that the API calls it
-// makes (tokens, secrets) overlap with the boot of a new cell's agent; ensurePut's first
-// attempt uses it unless the spec changed meanwhile. Call once the cell has its address.
+// makes (tokens, secrets) overlap with the launch or bind of a new cell and its agent's boot;
+// ensurePut's first attempt uses it unless the spec changed meanwhile. It may start before the
+// cell has an address: ensurePut then sets the addresses in the request, or resolves it again
+// when an env var reads them (podrequest.UsesAddresses).
 func (c *cell) resolveAhead() <-chan resolved {
 	out := make(chan resolved, 1)
 	pod, changed := c.podToPut()
@@ -182,6 +186,13 @@ func (c *cell) ensurePut(agent cellapi.Agent, ahead <-chan resolved) error {
 		}
 		if r.changed != nil && !closed(r.changed) {
 			req, err = r.req, r.err // resolved ahead from the spec of the moment
+			if err == nil && !sameAddresses(req.Pod, pod) {
+				if podrequest.UsesAddresses(pod) {
+					req, err = c.resolve(pod)
+				} else {
+					setAddresses(req.Pod, pod)
+				}
+			}
 		} else {
 			req, err = c.resolve(pod)
 		}
@@ -228,6 +239,18 @@ func (c *cell) ensurePut(agent cellapi.Agent, ahead <-chan resolved) error {
 			return err
 		}
 	}
+}
+
+// sameAddresses reports whether a and b carry the same pod and host addresses.
+func sameAddresses(a, b *corev1.Pod) bool {
+	return a.Status.PodIP == b.Status.PodIP && a.Status.HostIP == b.Status.HostIP &&
+		slices.Equal(a.Status.PodIPs, b.Status.PodIPs) && slices.Equal(a.Status.HostIPs, b.Status.HostIPs)
+}
+
+// setAddresses gives dst the pod and host addresses of src.
+func setAddresses(dst, src *corev1.Pod) {
+	dst.Status.PodIP, dst.Status.PodIPs = src.Status.PodIP, slices.Clone(src.Status.PodIPs)
+	dst.Status.HostIP, dst.Status.HostIPs = src.Status.HostIP, slices.Clone(src.Status.HostIPs)
 }
 
 // answers reports whether the agent answers Health within probeTimeout.
@@ -478,5 +501,8 @@ func (c *cell) apply(st *cellapi.PodStatus) {
 	}
 	if st.SpotInterruption != nil {
 		c.spotInterrupted(st.SpotInterruption)
+	}
+	if startedOrStuck(st) {
+		c.releaseWarm()
 	}
 }

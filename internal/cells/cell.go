@@ -118,6 +118,12 @@ type cell struct {
 	userDeleted bool
 	// specChanged is closed (and replaced) by every spec update.
 	specChanged chan struct{}
+	// warmPool is the standby pool the cell was taken from while its pod has not started
+	// (releaseWarm); nil otherwise.
+	warmPool *poolKey
+	// warmBound says the cell is a standby cell bound to the pod, whose agent answered as the
+	// bind began.
+	warmBound bool
 	// deadlineWatched says watchDeadline runs (or ran) for the pod: only a pod with
 	// spec.activeDeadlineSeconds has a deadline goroutine.
 	deadlineWatched bool
@@ -357,6 +363,12 @@ func (c *cell) bringUp(adopt *cloud.Instance) error {
 	inst := adopt
 	var err error
 	t0 := c.m.clock.Now()
+	// A new cell's request (its service account tokens and the like, API calls) is resolved
+	// while the cell is chosen, launched or bound, and boots.
+	var ahead <-chan resolved
+	if adopt == nil {
+		ahead = c.resolveAhead()
+	}
 	switch {
 	case adopt == nil:
 		inst, err = c.launch()
@@ -384,18 +396,18 @@ func (c *cell) bringUp(adopt *cloud.Instance) error {
 	if err != nil {
 		return err
 	}
-	// A new cell's request is resolved while its agent boots.
-	var ahead <-chan resolved
-	if adopt == nil {
-		ahead = c.resolveAhead()
-	}
 	// A new cell that never answers is unhealthy; an adopted one that stopped answering is lost.
 	reason := ReasonCellUnhealthy
 	if adopt != nil {
 		reason = ReasonCellLost
 	}
-	agent, err := c.connect(inst, reason)
-	if err != nil {
+	// A bound standby cell's agent answered as the bind began: it is not asked again.
+	c.m.mu.Lock()
+	agent, bound := c.agent, c.warmBound
+	c.m.mu.Unlock()
+	if bound {
+		c.heard()
+	} else if agent, err = c.connect(inst, reason); err != nil {
 		return err
 	}
 	c.m.mu.Lock()

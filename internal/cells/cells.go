@@ -265,7 +265,11 @@ type Manager struct {
 	warmFails map[poolKey]int
 	// warmDemand are, per elastic pool, when pods asked for one of its cells (noteDemand).
 	warmDemand map[poolKey][]time.Time
-	warmKick   chan struct{}
+	// warmStarting counts, per pool, the cells taken from it whose pods have not started
+	// yet: the pool counts them until then, so that its replacement does not boot on the
+	// CPU the bound pod's first container needs (releaseWarm).
+	warmStarting map[poolKey]int
+	warmKick     chan struct{}
 	warmOnce   sync.Once
 }
 
@@ -322,6 +326,8 @@ func New(opts Options, node NodeInfo, deps Deps) *Manager {
 		warmFails:  map[poolKey]int{},
 		warmDemand: map[poolKey][]time.Time{},
 		warmKick:   make(chan struct{}, 1),
+
+		warmStarting: map[poolKey]int{},
 
 		agentCerts: map[string]*agentCert{},
 	}

@@ -16,6 +16,7 @@ import (
 // of a completed one, terminates the cell and publishes the final status.
 func (c *cell) finish(err error) {
 	m := c.m
+	c.releaseWarm()
 	if errors.Is(err, errClosed) || (err != nil && m.ctx.Err() != nil && !c.isDeleted()) {
 		return // kip is shutting down: the cell keeps running for the next kip to adopt
 	}

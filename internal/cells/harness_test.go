@@ -218,6 +218,8 @@ type harness struct {
 
 	// options, when set, changes the manager's options before it is made.
 	options func(*Options)
+	// resolver is Deps.Resolver (nil: the request is the pod as given).
+	resolver Resolver
 }
 
 func newHarness(t *testing.T, opts ...func(*harness)) *harness {
@@ -255,12 +257,16 @@ func (h *harness) newManager() *Manager {
 	if h.options != nil {
 		h.options(&cfg)
 	}
+	resolver := h.resolver
+	if resolver == nil {
+		resolver = ResolverFunc(func(ctx context.Context, pod *corev1.Pod) (*cellapi.PodRequest, error) {
+			return &cellapi.PodRequest{Pod: pod}, nil
+		})
+	}
 	m := New(cfg, NodeInfo{Name: "kip", HostIP: "10.250.0.1"}, Deps{
 		Cloud:    h.cl,
 		Selector: SelectFunc(testSelect),
-		Resolver: ResolverFunc(func(ctx context.Context, pod *corev1.Pod) (*cellapi.PodRequest, error) {
-			return &cellapi.PodRequest{Pod: pod}, nil
-		}),
+		Resolver: resolver,
 		Dial:       h.dial,
 		AgentPort:  h.agentPort,
 		CA:         h.ca,

@@ -191,10 +191,15 @@ func (c *cell) launchAny(pod *corev1.Pod, cands []selector.Candidate, opts annot
 				if w == nil {
 					break
 				}
+				m.mu.Lock()
+				c.warmPool = &w.pool
+				m.mu.Unlock()
 				inst, err := c.bindWarm(pod, w)
 				if err == nil {
+					c.releaseWarmAfter(warmStartGrace)
 					return inst, nil
 				}
+				c.releaseWarm()
 				if !errors.Is(err, errNotBound) {
 					return nil, err
 				}

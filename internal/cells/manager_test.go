@@ -7,6 +7,7 @@ import (
 	"encoding/pem"
 	"errors"
 	"io"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
@@ -726,6 +727,57 @@ func testResumePendingLaunch(t *testing.T, refusals int) {
 		if tok != token {
 			t.Errorf("launch tokens %v, want only the first (%s) after the restart", resumed, token)
 			break
+		}
+	}
+}
+
+// TestRequestResolvedAheadGetsTheCellAddress: a new cell's request is resolved while the cell
+// launches, before it has an address. The agent still gets the pod with the cell's address;
+// a pod whose env reads status.podIP is resolved again, once the address is known.
+func TestRequestResolvedAheadGetsTheCellAddress(t *testing.T) {
+	var mu sync.Mutex
+	var resolved []string // the pod IP each resolution saw
+	h := newHarness(t, func(h *harness) {
+		h.resolver = ResolverFunc(func(ctx context.Context, pod *corev1.Pod) (*cellapi.PodRequest, error) {
+			mu.Lock()
+			defer mu.Unlock()
+			resolved = append(resolved, pod.Status.PodIP)
+			return &cellapi.PodRequest{Pod: pod.DeepCopy()}, nil
+		})
+	})
+	for _, tt := range []struct {
+		name    string
+		readsIP bool
+	}{{"plain", false}, {"reads-ip", true}} {
+		mu.Lock()
+		resolved = nil
+		mu.Unlock()
+		pod := testPod(tt.name, func(p *corev1.Pod) {
+			if tt.readsIP {
+				p.Spec.Containers[0].Env = []corev1.EnvVar{{Name: "MY_IP", ValueFrom: &corev1.EnvVarSource{
+					FieldRef: &corev1.ObjectFieldSelector{FieldPath: "status.podIP"}}}}
+			}
+		})
+		a := h.runPod(pod)
+		inst := h.live()[len(h.live())-1]
+		a.mu.Lock()
+		req := a.req
+		a.mu.Unlock()
+		if req == nil {
+			t.Fatalf("%s: no request put", tt.name)
+		}
+		if st := req.Pod.Status; st.PodIP != inst.PrivateIP || len(st.PodIPs) != 1 || st.PodIPs[0].IP != inst.PrivateIP {
+			t.Errorf("%s: the agent got pod IP %q (IPs %v), want the cell's %s", tt.name, st.PodIP, st.PodIPs, inst.PrivateIP)
+		}
+		mu.Lock()
+		got := slices.Clone(resolved)
+		mu.Unlock()
+		want := []string{""}
+		if tt.readsIP {
+			want = []string{"", inst.PrivateIP}
+		}
+		if !slices.Equal(got, want) {
+			t.Errorf("%s: resolutions saw pod IPs %q, want %q", tt.name, got, want)
 		}
 	}
 }

@@ -497,3 +497,39 @@ func TestElasticStandbyPoolFollowsDemand(t *testing.T) {
 		t.Errorf("the cell kept, %s, is not one of the pool's %v", kept, grown)
 	}
 }
+
+// TestStandbyRefillWaitsForThePodsStart: a pool does not boot the replacement of a cell taken
+// from it while the bound pod's first container starts (on a small host the boot would take
+// that start's CPU); it does once the agent reports the container running, and after
+// warmStartGrace when the pod does not start (a slow pull).
+func TestStandbyRefillWaitsForThePodsStart(t *testing.T) {
+	for _, starts := range []bool{true, false} {
+		h := newHarness(t, withStandby(StandbyPool{InstanceType: "fake.small", Count: 1}))
+		h.m.StartStandby()
+		first := h.waitStandby(1)[0]
+		launched := len(h.cloud.Instances())
+		if err := h.m.CreatePod(context.Background(), testPod("p")); err != nil {
+			t.Fatal(err)
+		}
+		// Wait in real time, without stepping the fake clock: the grace must not pass.
+		deadline := time.Now().Add(10 * time.Second)
+		for h.agent(first).watcherCount() == 0 {
+			if time.Now().After(deadline) {
+				t.Fatal("the pod was not put on the standby cell")
+			}
+			time.Sleep(time.Millisecond)
+		}
+		time.Sleep(50 * time.Millisecond)
+		if n := len(h.cloud.Instances()); n != launched {
+			t.Fatalf("starts=%v: %d instances launched while the bound pod had not started, want none", starts, n-launched)
+		}
+		if starts {
+			h.agent(first).set(&cellapi.PodStatus{Phase: corev1.PodRunning, ContainerStatuses: []corev1.ContainerStatus{running("main", true)}})
+		}
+		// Once the pod runs (or the grace passed, as waitStandby steps the clock), the
+		// pool has a new ready cell.
+		if again := h.waitStandby(1)[0]; again == first {
+			t.Errorf("starts=%v: the pool's ready cell is still the bound one", starts)
+		}
+	}
+}

@@ -202,6 +202,26 @@ func (r *Resolver) envValueFrom(ctx context.Context, pod *corev1.Pod, c *corev1.
 	return "", false, nil
 }
 
+// addressFields are the downward-API field paths that read the pod's or its host's address.
+var addressFields = map[string]bool{"status.podIP": true, "status.podIPs": true, "status.hostIP": true, "status.hostIPs": true}
+
+// UsesAddresses reports whether a container or init container of the pod reads its
+// addresses (status.podIP(s), status.hostIP(s)) into an env var: a request resolved before the
+// pod's cell had an address must then be resolved again. Every other part of a request only
+// carries the addresses in its pod's status, which the caller may set afterwards.
+func UsesAddresses(pod *corev1.Pod) bool {
+	for _, list := range [][]corev1.Container{pod.Spec.InitContainers, pod.Spec.Containers} {
+		for _, c := range list {
+			for _, e := range c.Env {
+				if e.ValueFrom != nil && e.ValueFrom.FieldRef != nil && addressFields[e.ValueFrom.FieldRef.FieldPath] {
+					return true
+				}
+			}
+		}
+	}
+	return false
+}
+
 // fieldValue reads a downward-API field path from the pod. status.podIP(s) are whatever the
 // pod carries: the cell state machine fills them in once the cell has an address.
 func fieldValue(pod *corev1.Pod, path string) (string, error) {

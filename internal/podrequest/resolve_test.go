@@ -6,9 +6,11 @@ import (
 	"errors"
 	"fmt"
 	"sort"
+	"strconv"
 	"strings"
 	"sync/atomic"
 	"testing"
+	"time"
 
 	authv1 "k8s.io/api/authentication/v1"
 	corev1 "k8s.io/api/core/v1"
@@ -20,6 +22,7 @@ import (
 	k8stesting "k8s.io/client-go/testing"
 	"k8s.io/client-go/tools/cache"
 	"k8s.io/client-go/tools/record"
+	testingclock "k8s.io/utils/clock/testing"
 	"k8s.io/utils/ptr"
 
 	"github.com/kip-dev/kip/internal/cellapi"
@@ -677,5 +680,58 @@ func TestTokenModeAndOwner(t *testing.T) {
 				t.Errorf("token owner %v, want %v", ptr.Deref(f.Owner, -1), ptr.Deref(tc.wantOwner, -1))
 			}
 		})
+	}
+}
+
+// TestUsesAddresses: only env vars reading status.podIP(s) or status.hostIP(s), in containers
+// or init containers, make a request depend on the pod's addresses.
+func TestUsesAddresses(t *testing.T) {
+	field := func(path string) corev1.EnvVar {
+		return corev1.EnvVar{Name: "V", ValueFrom: &corev1.EnvVarSource{FieldRef: &corev1.ObjectFieldSelector{FieldPath: path}}}
+	}
+	for _, tt := range []struct {
+		name string
+		init []corev1.EnvVar
+		main []corev1.EnvVar
+		want bool
+	}{
+		{"none", nil, []corev1.EnvVar{{Name: "A", Value: "1"}, field("metadata.name"), field("spec.nodeName")}, false},
+		{"podIP", nil, []corev1.EnvVar{field("status.podIP")}, true},
+		{"podIPs", nil, []corev1.EnvVar{field("status.podIPs")}, true},
+		{"hostIPs in an init container", []corev1.EnvVar{field("status.hostIPs")}, nil, true},
+		{"hostIP", nil, []corev1.EnvVar{field("status.hostIP")}, true},
+	} {
+		pod := &corev1.Pod{Spec: corev1.PodSpec{
+			InitContainers: []corev1.Container{{Name: "init", Env: tt.init}},
+			Containers:     []corev1.Container{{Name: "main", Env: tt.main}},
+		}}
+		if got := UsesAddresses(pod); got != tt.want {
+			t.Errorf("%s: UsesAddresses = %v, want %v", tt.name, got, tt.want)
+		}
+	}
+}
+
+// TestTokenCacheSweepsExpired: expired tokens are dropped once the cache reaches its sweep
+// size, and the next sweep waits until it doubles.
+func TestTokenCacheSweepsExpired(t *testing.T) {
+	clk := testingclock.NewFakeClock(time.Now())
+	c := newTokenCache(clk)
+	issue := func(key string, ttl int64) {
+		exp := metav1.NewTime(clk.Now().Add(time.Duration(ttl) * time.Second))
+		c.put(key, "uid-"+key, &authv1.TokenRequest{Status: authv1.TokenRequestStatus{Token: "t", ExpirationTimestamp: exp}}, ttl)
+	}
+	for i := range minTokenSweep {
+		issue(strconv.Itoa(i), 60)
+	}
+	clk.Step(2 * time.Minute) // every token so far expired
+	issue("fresh", 3600)
+	if len(c.byKey) != 1 {
+		t.Fatalf("%d tokens cached after the sweep, want only the fresh one", len(c.byKey))
+	}
+	if _, ok := c.get("fresh"); !ok {
+		t.Error("the fresh token is not served")
+	}
+	if c.sweepAt != minTokenSweep {
+		t.Errorf("next sweep at %d tokens, want %d", c.sweepAt, minTokenSweep)
 	}
 }

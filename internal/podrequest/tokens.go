@@ -23,6 +23,8 @@ type tokenCache struct {
 	clock clock.PassiveClock
 	mu    sync.Mutex
 	byKey map[string]cachedToken
+	// sweepAt is the size at which the next put drops expired tokens.
+	sweepAt int
 }
 
 type cachedToken struct {
@@ -32,7 +34,7 @@ type cachedToken struct {
 }
 
 func newTokenCache(c clock.PassiveClock) *tokenCache {
-	return &tokenCache{clock: c, byKey: map[string]cachedToken{}}
+	return &tokenCache{clock: c, byKey: map[string]cachedToken{}, sweepAt: minTokenSweep}
 }
 
 // tokenKey names one token: the service account, the pod it is bound to, the audience and the
@@ -82,13 +84,21 @@ func (c *tokenCache) put(key, podUID string, tr *authv1.TokenRequest, exp int64)
 	}
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	for k, t := range c.byKey {
-		if now.After(t.expires) {
-			delete(c.byKey, k)
+	// Expired tokens are dropped each time the cache doubles, not on every put: a sweep per
+	// put made issuing 10,000 pods' tokens quadratic.
+	if len(c.byKey) >= c.sweepAt {
+		for k, t := range c.byKey {
+			if now.After(t.expires) {
+				delete(c.byKey, k)
+			}
 		}
+		c.sweepAt = max(2*len(c.byKey), minTokenSweep)
 	}
 	c.byKey[key] = cachedToken{token: tr.Status.Token, podUID: podUID, issued: issued, expires: expires, refreshAt: refreshAt}
 }
+
+// minTokenSweep is the cache size below which put never sweeps expired tokens.
+const minTokenSweep = 256
 
 // forgetPod drops the tokens bound to a pod that is gone.
 func (c *tokenCache) forgetPod(podUID string) {
