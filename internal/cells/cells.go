@@ -270,7 +270,7 @@ type Manager struct {
 	// CPU the bound pod's first container needs (releaseWarm).
 	warmStarting map[poolKey]int
 	warmKick     chan struct{}
-	warmOnce   sync.Once
+	warmOnce     sync.Once
 }
 
 // New returns a manager.

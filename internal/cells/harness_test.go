@@ -264,9 +264,9 @@ func (h *harness) newManager() *Manager {
 		})
 	}
 	m := New(cfg, NodeInfo{Name: "kip", HostIP: "10.250.0.1"}, Deps{
-		Cloud:    h.cl,
-		Selector: SelectFunc(testSelect),
-		Resolver: resolver,
+		Cloud:      h.cl,
+		Selector:   SelectFunc(testSelect),
+		Resolver:   resolver,
 		Dial:       h.dial,
 		AgentPort:  h.agentPort,
 		CA:         h.ca,
