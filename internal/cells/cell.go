@@ -364,14 +364,12 @@ func (c *cell) bringUp(adopt *cloud.Instance) error {
 	var err error
 	t0 := c.m.clock.Now()
 	// A new cell's request (its service account tokens and the like, API calls) is resolved
-	// while the cell is chosen, launched or bound, and boots.
+	// while the cell is chosen, launched or bound, and boots: from the moment the pod is
+	// admitted.
 	var ahead <-chan resolved
-	if adopt == nil {
-		ahead = c.resolveAhead()
-	}
 	switch {
 	case adopt == nil:
-		inst, err = c.launch()
+		inst, err = c.launch(func() { ahead = c.resolveAhead() })
 	case adopt.State == cloud.StatePending:
 		inst, err = c.resumeLaunch(adopt)
 	}

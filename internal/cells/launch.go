@@ -40,8 +40,9 @@ func clientToken(uid types.UID, instanceType, zone string) string {
 }
 
 // launch selects an instance type and launches the cell, falling back to the next candidate
-// on capacity errors.
-func (c *cell) launch() (*cloud.Instance, error) {
+// on capacity errors. admitted is called once the pod passed admission, before the type is
+// chosen.
+func (c *cell) launch(admitted func()) (*cloud.Instance, error) {
 	c.m.mu.Lock()
 	pod := c.pod.DeepCopy()
 	c.m.mu.Unlock()
@@ -63,6 +64,7 @@ func (c *cell) launch() (*cloud.Instance, error) {
 	c.m.mu.Lock()
 	c.healthyAfter, c.lostAfter = opts.HealthyTimeout, opts.LostTimeout
 	c.m.mu.Unlock()
+	admitted()
 
 	bo := newBackoff(time.Second, time.Minute)
 	for {

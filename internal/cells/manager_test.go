@@ -10,6 +10,7 @@ import (
 	"slices"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 
 	"k8s.io/utils/ptr"
@@ -209,7 +210,13 @@ func TestPodThatCannotRunFailsWithoutLaunching(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			h := newHarness(t)
+			var resolves atomic.Int32
+			h := newHarness(t, func(h *harness) {
+				h.resolver = ResolverFunc(func(ctx context.Context, pod *corev1.Pod) (*cellapi.PodRequest, error) {
+					resolves.Add(1)
+					return &cellapi.PodRequest{Pod: pod}, nil
+				})
+			})
 			pod := testPod("p", tt.mutate)
 			if err := h.m.CreatePod(context.Background(), pod); err != nil {
 				t.Fatal(err)
@@ -223,6 +230,11 @@ func TestPodThatCannotRunFailsWithoutLaunching(t *testing.T) {
 			}
 			if n := h.cloud.CallCount(fake.MethodLaunch); n != 0 {
 				t.Errorf("%d launches, want none", n)
+			}
+			// A pod refused by admission costs no API call for its request (the selector's
+			// refusals come after admission, while the request is resolved).
+			if admission := !strings.Contains(tt.name, "selector") && tt.wantReason != ReasonNoInstanceType; admission && resolves.Load() != 0 {
+				t.Errorf("the request of a pod refused by admission was resolved %d times", resolves.Load())
 			}
 			h.mirror.mu.Lock()
 			if len(h.mirror.cells) != 0 || len(h.mirror.deleted) != 0 {
