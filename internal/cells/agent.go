@@ -491,6 +491,8 @@ func (c *cell) apply(st *cellapi.PodStatus) {
 	}
 	c.adopted = false
 	pod := c.pod
+	// A cell taken from a standby pool: its pool replaces it once the pod started.
+	release := c.warmPool != nil && podstatus.AnyStartedOrStuck(st)
 	c.m.mu.Unlock()
 	for _, e := range evs {
 		m.event(pod, e.Type, e.Reason, "%s", e.Message)
@@ -502,7 +504,7 @@ func (c *cell) apply(st *cellapi.PodStatus) {
 	if st.SpotInterruption != nil {
 		c.spotInterrupted(st.SpotInterruption)
 	}
-	if startedOrStuck(st) {
+	if release {
 		c.releaseWarm()
 	}
 }

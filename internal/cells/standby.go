@@ -766,23 +766,3 @@ func (c *cell) releaseWarmAfter(d time.Duration) {
 		c.releaseWarm()
 	}()
 }
-
-// startedOrStuck reports whether the agent's status shows the pod past its first container's
-// start: a container running or ended, one waiting for a reason other than its creation (an
-// image that cannot be pulled, a bad config, a back-off), or the pod ended.
-func startedOrStuck(st *cellapi.PodStatus) bool {
-	if isTerminal(st.Phase) {
-		return true
-	}
-	for _, list := range [][]corev1.ContainerStatus{st.InitContainerStatuses, st.ContainerStatuses} {
-		for _, cs := range list {
-			if cs.State.Running != nil || cs.State.Terminated != nil {
-				return true
-			}
-			if w := cs.State.Waiting; w != nil && w.Reason != "" && w.Reason != "ContainerCreating" && w.Reason != "PodInitializing" {
-				return true
-			}
-		}
-	}
-	return false
-}

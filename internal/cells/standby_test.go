@@ -507,24 +507,20 @@ func TestStandbyRefillWaitsForThePodsStart(t *testing.T) {
 		h := newHarness(t, withStandby(StandbyPool{InstanceType: "fake.small", Count: 1}))
 		h.m.StartStandby()
 		first := h.waitStandby(1)[0]
-		launched := len(h.cloud.Instances())
 		if err := h.m.CreatePod(context.Background(), testPod("p")); err != nil {
 			t.Fatal(err)
 		}
 		// Wait in real time, without stepping the fake clock: the grace must not pass.
-		deadline := time.Now().Add(10 * time.Second)
-		for h.agent(first).watcherCount() == 0 {
-			if time.Now().After(deadline) {
-				t.Fatal("the pod was not put on the standby cell")
-			}
-			time.Sleep(time.Millisecond)
-		}
-		time.Sleep(50 * time.Millisecond)
-		if n := len(h.cloud.Instances()); n != launched {
-			t.Fatalf("starts=%v: %d instances launched while the bound pod had not started, want none", starts, n-launched)
+		waitReal(t, 10*time.Second, "the pod put on the standby cell", func() bool { return h.agent(first).watcherCount() > 0 })
+		// The pool's filler, run now, sees the taken cell as still its own.
+		h.m.fillStandby()
+		if cells := h.m.StandbyCells(); len(cells) != 0 {
+			t.Fatalf("starts=%v: the pool replaced the bound cell before its pod started: %v", starts, cells)
 		}
 		if starts {
 			h.agent(first).set(&cellapi.PodStatus{Phase: corev1.PodRunning, ContainerStatuses: []corev1.ContainerStatus{running("main", true)}})
+			// Replaced at once, before the grace (the fake clock does not move here).
+			waitReal(t, 10*time.Second, "the pool to replace the cell of the started pod", func() bool { return len(h.m.StandbyCells()) == 1 })
 		}
 		// Once the pod runs (or the grace passed, as waitStandby steps the clock), the
 		// pool has a new ready cell.

@@ -452,6 +452,27 @@ func AllStarted(pod *corev1.Pod, st *cellapi.PodStatus) bool {
 	}) >= len(pod.Spec.Containers)
 }
 
+// AnyStartedOrStuck reports whether the agent's status shows the pod past its first
+// container's start: a container (or init container) running or ended, one waiting for a
+// reason other than its creation (an image that cannot be pulled, a bad config, a back-off),
+// or the pod ended.
+func AnyStartedOrStuck(st *cellapi.PodStatus) bool {
+	if isTerminal(st.Phase) {
+		return true
+	}
+	for _, list := range [][]corev1.ContainerStatus{st.InitContainerStatuses, st.ContainerStatuses} {
+		for _, cs := range list {
+			if cs.State.Running != nil || cs.State.Terminated != nil {
+				return true
+			}
+			if w := cs.State.Waiting; w != nil && w.Reason != "" && w.Reason != reasonContainerCreating && w.Reason != reasonPodInitializing {
+				return true
+			}
+		}
+	}
+	return false
+}
+
 func countWith(statuses []corev1.ContainerStatus, f func(corev1.ContainerStatus) bool) int {
 	n := 0
 	for _, cs := range statuses {

@@ -374,3 +374,31 @@ func TestEventsFromContainerTransitions(t *testing.T) {
 		}
 	}
 }
+
+// TestAnyStartedOrStuck: a pod is past its first container's start once a container runs or
+// ended, or waits for anything but its creation, or the pod ended; not while every container
+// is still being created or initialized.
+func TestAnyStartedOrStuck(t *testing.T) {
+	waitingFor := func(reason string) corev1.ContainerStatus {
+		return corev1.ContainerStatus{Name: "main", State: corev1.ContainerState{Waiting: &corev1.ContainerStateWaiting{Reason: reason}}}
+	}
+	for _, tt := range []struct {
+		name string
+		st   cellapi.PodStatus
+		want bool
+	}{
+		{"creating", cellapi.PodStatus{Phase: corev1.PodPending, ContainerStatuses: []corev1.ContainerStatus{waitingFor(reasonContainerCreating)}}, false},
+		{"initializing", cellapi.PodStatus{Phase: corev1.PodPending, ContainerStatuses: []corev1.ContainerStatus{waitingFor(reasonPodInitializing)}}, false},
+		{"no statuses yet", cellapi.PodStatus{Phase: corev1.PodPending}, false},
+		{"image pull back-off", cellapi.PodStatus{Phase: corev1.PodPending, ContainerStatuses: []corev1.ContainerStatus{waitingFor("ImagePullBackOff")}}, true},
+		{"init container running", cellapi.PodStatus{Phase: corev1.PodPending, InitContainerStatuses: []corev1.ContainerStatus{
+			{Name: "init", State: corev1.ContainerState{Running: &corev1.ContainerStateRunning{}}}}}, true},
+		{"exited", cellapi.PodStatus{Phase: corev1.PodRunning, ContainerStatuses: []corev1.ContainerStatus{
+			{Name: "main", State: corev1.ContainerState{Terminated: &corev1.ContainerStateTerminated{ExitCode: 1}}}}}, true},
+		{"pod failed", cellapi.PodStatus{Phase: corev1.PodFailed}, true},
+	} {
+		if got := AnyStartedOrStuck(&tt.st); got != tt.want {
+			t.Errorf("%s: AnyStartedOrStuck = %v, want %v", tt.name, got, tt.want)
+		}
+	}
+}

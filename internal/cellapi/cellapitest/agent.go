@@ -34,13 +34,6 @@ type Agent struct {
 
 var _ cellapi.Agent = (*Agent)(nil)
 
-func send(w chan<- *cellapi.PodStatus, st *cellapi.PodStatus) {
-	select {
-	case w <- st:
-	default:
-	}
-}
-
 // Health reports the agent healthy, as cell CellID, version "test".
 func (a *Agent) Health(context.Context) (*cellapi.Health, error) {
 	return &cellapi.Health{CellID: a.CellID, Version: "test"}, nil
@@ -76,7 +69,10 @@ func (a *Agent) publishLocked(st *cellapi.PodStatus) {
 	}
 	a.status = st
 	for _, w := range a.watchers {
-		send(w, st)
+		select {
+		case w <- st:
+		default:
+		}
 	}
 }
 
